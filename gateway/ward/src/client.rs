@@ -1,0 +1,369 @@
+//! `ward connect` and the other client commands: reach the gateway over QUIC (or the TLS-over-TCP
+//! fallback), open sessions, and carry them to a local port or to stdio.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::Mutex;
+use ward_core::frame::{self, Request, Response};
+
+use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::tls;
+
+/// Which transport to reach the gateway over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    /// QUIC over UDP.
+    Quic,
+    /// TLS 1.3 over TCP, for networks that block UDP.
+    Tcp,
+    /// Try QUIC; fall back to TCP within about a second.
+    Auto,
+}
+
+/// A boxed read half of a session stream.
+pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
+/// A boxed write half of a session stream.
+pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Where to find the identity (certificate chain + key) and the root to trust.
+#[derive(Debug, Clone)]
+pub struct IdentityFiles {
+    /// `PREFIX.crt`.
+    pub cert: PathBuf,
+    /// `PREFIX.key`.
+    pub key: PathBuf,
+    /// Ward's root certificate.
+    pub root: PathBuf,
+}
+
+impl IdentityFiles {
+    /// Resolve `--identity PREFIX` and `--ca FILE` (default: `root.crt` beside the identity, then
+    /// `~/.ward/root.crt`).
+    pub fn resolve(prefix: &Path, ca: Option<&Path>) -> anyhow::Result<Self> {
+        let cert = with_ext(prefix, "crt");
+        let key = with_ext(prefix, "key");
+        for f in [&cert, &key] {
+            if !f.exists() {
+                bail!("identity file {} not found; get an identity with `ward ca issue ... --out {}` (or `ward login`)", f.display(), prefix.display());
+            }
+        }
+        let root = match ca {
+            Some(p) => p.to_path_buf(),
+            None => {
+                let beside = prefix.parent().unwrap_or(Path::new(".")).join("root.crt");
+                let home = home_dir().map(|h| h.join(".ward").join("root.crt"));
+                if beside.exists() {
+                    beside
+                } else if let Some(h) = home.filter(|h| h.exists()) {
+                    h
+                } else {
+                    bail!("no Ward root certificate beside {} or in ~/.ward/; pass --ca FILE", prefix.display());
+                }
+            }
+        };
+        Ok(Self { cert, key, root })
+    }
+}
+
+fn with_ext(prefix: &Path, ext: &str) -> PathBuf {
+    let mut s = prefix.as_os_str().to_os_string();
+    s.push(".");
+    s.push(ext);
+    PathBuf::from(s)
+}
+
+/// The user's home directory, from `$HOME`.
+pub fn home_dir() -> Option<PathBuf> {
+    std::env::var_os("HOME").map(PathBuf::from)
+}
+
+/// A connection (or connection factory) to one gateway.
+pub struct Client {
+    tls: Arc<rustls::ClientConfig>,
+    host: String,
+    addr: SocketAddr,
+    transport: Transport,
+    quic: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
+    fell_back: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("gateway", &self.addr).field("transport", &self.transport).finish()
+    }
+}
+
+/// Explain a connection failure in terms of what the user should do.
+fn explain(e: &dyn std::fmt::Display, files: Option<&IdentityFiles>) -> String {
+    let s = e.to_string();
+    let lower = s.to_ascii_lowercase();
+    if lower.contains("certificateexpired") || lower.contains("expired") {
+        "the gateway refused your certificate: it has expired. Get a new one (`ward login`, or `ward ca issue` for development identities)".into()
+    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("badcertificate") {
+        match files {
+            Some(f) => format!("certificate check failed ({s}): either your identity is not from this gateway's CA or the gateway's certificate is not signed by the root in {}", f.root.display()),
+            None => format!("certificate check failed: {s}"),
+        }
+    } else {
+        s
+    }
+}
+
+impl Client {
+    /// Prepare a client for `gateway` (`HOST:PORT`) with the given identity.
+    pub fn new(gateway: &str, files: &IdentityFiles, transport: Transport) -> anyhow::Result<Self> {
+        let chain = tls::load_certs(&files.cert)?;
+        let key = tls::load_key(&files.key)?;
+        let root = tls::load_certs(&files.root)?.into_iter().next().ok_or_else(|| anyhow!("empty root file"))?;
+        let cfg = tls::client_config(root, chain, key)?;
+        let (host, _) = gateway
+            .rsplit_once(':')
+            .ok_or_else(|| anyhow!("--gateway must be HOST:PORT, got {gateway:?}"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let addr = gateway
+            .to_socket_addrs()
+            .with_context(|| format!("resolving gateway {gateway}"))?
+            .next()
+            .ok_or_else(|| anyhow!("gateway {gateway} resolves to no address"))?;
+        Ok(Self {
+            tls: Arc::new(cfg),
+            host,
+            addr,
+            transport,
+            quic: Mutex::new(None),
+            fell_back: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    fn server_name(&self) -> anyhow::Result<ServerName<'static>> {
+        ServerName::try_from(self.host.clone()).map_err(|_| anyhow!("{:?} is not a valid gateway host name", self.host))
+    }
+
+    async fn quic_connection(&self) -> anyhow::Result<quinn::Connection> {
+        let mut guard = self.quic.lock().await;
+        if let Some((_, conn)) = guard.as_ref() {
+            if conn.close_reason().is_none() {
+                return Ok(conn.clone());
+            }
+        }
+        let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+        let mut endpoint = quinn::Endpoint::client(bind)?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
+        let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+        let mut transport = crate::gateway::transport_config(1024, Duration::from_secs(60))?;
+        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        cc.transport_config(Arc::new(transport));
+        endpoint.set_default_client_config(cc);
+        let conn = endpoint
+            .connect(self.addr, &self.host)?
+            .await
+            .map_err(|e| anyhow!("{}", explain(&e, None)))?;
+        *guard = Some((endpoint, conn.clone()));
+        Ok(conn)
+    }
+
+    async fn tcp_stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(self.addr))
+            .await
+            .map_err(|_| anyhow!("gateway {} did not answer on TCP within 10s", self.addr))?
+            .with_context(|| format!("connecting to gateway {} over TCP", self.addr))?;
+        let _ = tcp.set_nodelay(true);
+        let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
+        let tls = connector.connect(self.server_name()?, tcp).await.map_err(|e| anyhow!("{}", explain(&e, None)))?;
+        let (r, w) = tokio::io::split(tls);
+        Ok((Box::new(r), Box::new(w)))
+    }
+
+    /// A fresh bidirectional stream: a new QUIC stream on the shared connection, or a new TLS
+    /// connection on the fallback.
+    pub async fn stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
+        use std::sync::atomic::Ordering;
+        let quic = match self.transport {
+            Transport::Tcp => return self.tcp_stream().await,
+            Transport::Quic => self.quic_connection().await?,
+            Transport::Auto => {
+                if self.fell_back.load(Ordering::Relaxed) {
+                    return self.tcp_stream().await;
+                }
+                match tokio::time::timeout(Duration::from_millis(1000), self.quic_connection()).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) if !e.to_string().contains("timed out") && is_tls_failure(&e) => return Err(e),
+                    _ => {
+                        tracing::info!("QUIC to {} failed or timed out; falling back to TLS over TCP", self.addr);
+                        self.fell_back.store(true, Ordering::Relaxed);
+                        return self.tcp_stream().await;
+                    }
+                }
+            }
+        };
+        let (send, recv) = quic.open_bi().await.map_err(|e| anyhow!("gateway closed the connection: {e}"))?;
+        Ok((Box::new(recv), Box::new(send)))
+    }
+
+    /// Send one request and read its single response (for devices, lock, unlock…).
+    pub async fn request(&self, req: &Request) -> anyhow::Result<Response> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        writer.write_frame(&frame::encode_request(req)).await?;
+        let mut reader = FrameReader::new(r);
+        let resp = read_response(&mut reader).await?;
+        let _ = writer.finish().await;
+        Ok(resp)
+    }
+
+    /// Open a session to `device`. Denials and device errors are returned as errors with the
+    /// gateway's message.
+    pub async fn open(&self, device: &str, break_glass: bool, reason: Option<String>) -> anyhow::Result<Session> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        writer
+            .write_frame(&frame::encode_request(&Request::Open { device: device.to_string(), break_glass, reason }))
+            .await?;
+        let mut reader = FrameReader::new(r);
+        match read_response(&mut reader).await? {
+            Response::Opened { session_id, rule, ends_at_unix, end_reason_if_uncut, .. } => Ok(Session {
+                reader,
+                writer,
+                session_id,
+                rule,
+                ends_at_unix,
+                end_reason: end_reason_if_uncut,
+            }),
+            Response::Denied { reason } => Err(SessionError::Denied(reason).into()),
+            Response::Error { code, message } => Err(SessionError::Gateway(format!("{code:?}: {message}")).into()),
+            other => bail!("unexpected answer from the gateway: {other:?}"),
+        }
+    }
+}
+
+fn is_tls_failure(e: &anyhow::Error) -> bool {
+    let s = e.to_string().to_ascii_lowercase();
+    s.contains("certificate") || s.contains("alert")
+}
+
+/// Why a session could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// Policy said no; the text is the gateway's reason.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// The gateway could not carry the session (device unreachable, overloaded…).
+    #[error("{0}")]
+    Gateway(String),
+}
+
+async fn read_response<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> anyhow::Result<Response> {
+    match reader.next().await.context("reading the gateway's answer")? {
+        Some(Inbound::Control(bytes)) => match frame::decode_response(&bytes)? {
+            Some((resp, _)) => Ok(resp),
+            None => bail!("truncated answer from the gateway"),
+        },
+        Some(_) => bail!("gateway sent data before answering"),
+        None => bail!("gateway closed the stream without answering"),
+    }
+}
+
+/// An open, authorized session.
+pub struct Session {
+    reader: FrameReader<BoxRead>,
+    writer: FrameWriter<BoxWrite>,
+    /// Gateway-assigned id (find it in the audit log and recordings).
+    pub session_id: String,
+    /// The rule that permitted it.
+    pub rule: String,
+    /// When the gateway will end it at the latest (Unix seconds).
+    pub ends_at_unix: i64,
+    /// What that end will be (certificate expiry, maximum duration…).
+    pub end_reason: String,
+}
+
+/// How a session ended, as seen by the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// Both sides finished normally.
+    Completed,
+    /// The gateway ended it and said why.
+    ClosedByGateway(String),
+    /// The stream broke.
+    Broken(String),
+}
+
+impl Session {
+    /// Carry the session between a local reader/writer pair until both directions finish.
+    pub async fn run<R, W>(mut self, mut local_r: R, mut local_w: W) -> SessionEnd
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let activity = Activity::new();
+        let up = datapath::raw_to_framed(&mut local_r, &mut self.writer, &activity, &activity.up);
+        let down = datapath::framed_to_raw(&mut self.reader, &mut local_w, &activity, &activity.down);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        while !(up_done && down_done) {
+            tokio::select! {
+                r = &mut up, if !up_done => {
+                    up_done = true;
+                    if let Err(e) = r {
+                        return SessionEnd::Broken(format!("sending: {e}"));
+                    }
+                }
+                r = &mut down, if !down_done => {
+                    down_done = true;
+                    match r {
+                        Ok(FramedEnd::Eof) => {}
+                        Ok(FramedEnd::Control(bytes)) => {
+                            return match frame::decode_response(&bytes) {
+                                Ok(Some((Response::Closed { reason }, _))) => SessionEnd::ClosedByGateway(reason),
+                                _ => SessionEnd::Broken("unexpected control frame from the gateway".into()),
+                            };
+                        }
+                        Ok(FramedEnd::Abrupt) => return SessionEnd::Broken("gateway closed the stream".into()),
+                        Err(e) => return SessionEnd::Broken(format!("receiving: {e}")),
+                    }
+                }
+            }
+        }
+        drop(up);
+        let _ = self.writer.finish().await;
+        SessionEnd::Completed
+    }
+}
+
+/// `ward connect --listen`: every local connection becomes its own authorized session.
+pub async fn listen(client: Arc<Client>, device: String, addr: SocketAddr, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding local port {addr}"))?;
+    let local = listener.local_addr()?;
+    eprintln!("ward: forwarding {local} → {device} through {}; Ctrl-C to stop", client.addr);
+    if let Some(tx) = ready {
+        let _ = tx.send(local);
+    }
+    loop {
+        let (sock, from) = listener.accept().await?;
+        let _ = sock.set_nodelay(true);
+        let client = client.clone();
+        let device = device.clone();
+        tokio::spawn(async move {
+            match client.open(&device, false, None).await {
+                Ok(session) => {
+                    let id = session.session_id.clone();
+                    eprintln!("ward: {from} → {device}: session {id} opened (rule {})", session.rule);
+                    let (r, w) = sock.into_split();
+                    match session.run(r, w).await {
+                        SessionEnd::Completed => eprintln!("ward: session {id} closed"),
+                        SessionEnd::ClosedByGateway(reason) => eprintln!("ward: session {id} ended by the gateway: {reason}"),
+                        SessionEnd::Broken(why) => eprintln!("ward: session {id} broke: {why}"),
+                    }
+                }
+                Err(e) => eprintln!("ward: {from} → {device}: {e:#}"),
+            }
+        });
+    }
+}

@@ -1,0 +1,306 @@
+//! The data phase of a session: framed bytes between client and gateway, raw bytes to the device.
+//!
+//! After the gateway answers `Opened`, both directions carry frames with the same 5-byte header as
+//! control frames (`[type u8][len u32 BE]`): `DATA` (raw payload, up to [`MAX_DATA`] bytes) and `EOF`
+//! (this direction is finished: half-close). The gateway may send one control frame, `Closed`, to
+//! say why it ended a session (lock, certificate expiry, shutdown…). Framing is what lets a half-close
+//! and a close reason travel over both QUIC streams and TLS-over-TCP; it costs 5 bytes per chunk of up
+//! to 64 KiB. See docs/protocol.md.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Frame type of a data chunk.
+pub const DATA: u8 = 0x10;
+/// Frame type of an end-of-direction marker.
+pub const EOF: u8 = 0x11;
+/// Header length shared by every frame.
+pub const HEADER: usize = 5;
+/// Largest data frame accepted.
+pub const MAX_DATA: usize = 256 * 1024;
+/// Copy buffer size (performance.md: 64–256 KiB; tokio's 8 KiB default is slow).
+pub const CHUNK: usize = 64 * 1024;
+
+/// What one read of a framed stream produced.
+#[derive(Debug)]
+pub enum Inbound<'a> {
+    /// Payload bytes (a whole data frame or part of one).
+    Data(&'a [u8]),
+    /// The peer finished this direction.
+    Eof,
+    /// A control frame (type byte, header and payload), for `ward_core::frame::decode`.
+    Control(Vec<u8>),
+}
+
+/// Reads frames off a client↔gateway stream.
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    remaining: usize,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// Wrap a stream positioned at a frame boundary.
+    pub fn new(inner: R) -> Self {
+        Self { inner, buf: vec![0; CHUNK], remaining: 0 }
+    }
+
+    /// Next piece of input; `Ok(None)` when the stream ended at a frame boundary without `EOF`.
+    pub async fn next(&mut self) -> io::Result<Option<Inbound<'_>>> {
+        if self.remaining == 0 {
+            let mut hdr = [0u8; HEADER];
+            if !read_exact_or_eof(&mut self.inner, &mut hdr).await? {
+                return Ok(None);
+            }
+            let [ty, a, b, c, d] = hdr;
+            let len = u32::from_be_bytes([a, b, c, d]) as usize;
+            match ty {
+                DATA => {
+                    if len > MAX_DATA {
+                        return Err(invalid(format!("data frame of {len} bytes exceeds {MAX_DATA}")));
+                    }
+                    if len == 0 {
+                        return Ok(Some(Inbound::Data(&[])));
+                    }
+                    self.remaining = len;
+                }
+                EOF => return Ok(Some(Inbound::Eof)),
+                _ => {
+                    if len > ward_core::frame::MAX_PAYLOAD {
+                        return Err(invalid(format!("control frame of {len} bytes is too large")));
+                    }
+                    let mut frame = Vec::with_capacity(HEADER + len);
+                    frame.extend_from_slice(&hdr);
+                    frame.resize(HEADER + len, 0);
+                    let body = frame.get_mut(HEADER..).unwrap_or_default();
+                    self.inner.read_exact(body).await?;
+                    return Ok(Some(Inbound::Control(frame)));
+                }
+            }
+        }
+        let want = self.remaining.min(self.buf.len());
+        let slot = self.buf.get_mut(..want).unwrap_or_default();
+        let got = self.inner.read(slot).await?;
+        if got == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a data frame"));
+        }
+        self.remaining -= got;
+        Ok(Some(Inbound::Data(self.buf.get(..got).unwrap_or_default())))
+    }
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+/// `read_exact` that returns `Ok(false)` on a clean end of stream before the first byte.
+async fn read_exact_or_eof<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> io::Result<bool> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let slot = buf.get_mut(filled..).unwrap_or_default();
+        let n = r.read(slot).await?;
+        if n == 0 {
+            if filled == 0 {
+                return Ok(false);
+            }
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame header"));
+        }
+        filled += n;
+    }
+    Ok(true)
+}
+
+/// Writes frames onto a client↔gateway stream, remembering whether a frame was cut half-way (so a
+/// close reason is only written at a frame boundary).
+pub struct FrameWriter<W> {
+    inner: W,
+    in_frame: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// Wrap the write half of a stream.
+    pub fn new(inner: W) -> Self {
+        Self { inner, in_frame: false }
+    }
+
+    /// Write an already-encoded frame whole.
+    pub async fn write_frame(&mut self, frame: &[u8]) -> io::Result<()> {
+        self.in_frame = true;
+        self.inner.write_all(frame).await?;
+        self.in_frame = false;
+        Ok(())
+    }
+
+    /// Write the `EOF` marker and flush.
+    pub async fn write_eof(&mut self) -> io::Result<()> {
+        self.write_frame(&[EOF, 0, 0, 0, 0]).await?;
+        self.inner.flush().await
+    }
+
+    /// True when the last frame write was interrupted before it finished.
+    pub fn torn(&self) -> bool {
+        self.in_frame
+    }
+
+    /// Finish the stream (QUIC FIN / TLS close_notify + TCP FIN).
+    pub async fn finish(&mut self) -> io::Result<()> {
+        self.inner.shutdown().await
+    }
+
+    /// The wrapped writer.
+    pub fn get_mut(&mut self) -> &mut W {
+        &mut self.inner
+    }
+}
+
+/// Session activity counters, shared by both pump directions and the idle watcher.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+    /// Bytes from the client to the device.
+    pub up: AtomicU64,
+    /// Bytes from the device to the client.
+    pub down: AtomicU64,
+}
+
+impl Activity {
+    /// Fresh counters starting now.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self { start: Instant::now(), last_ms: AtomicU64::new(0), up: AtomicU64::new(0), down: AtomicU64::new(0) })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// When the last byte moved, in either direction.
+    pub fn last(&self) -> Instant {
+        self.start + std::time::Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Copy raw bytes from `r` into data frames on `w` until `r` ends, then send `EOF`.
+/// Memory is one buffer; a slow reader on the far side of `w` pushes back on `r`.
+pub async fn raw_to_framed<R, W>(
+    r: &mut R,
+    w: &mut FrameWriter<W>,
+    activity: &Activity,
+    counter: &AtomicU64,
+) -> io::Result<()>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; HEADER + CHUNK];
+    loop {
+        let n = {
+            let slot = buf.get_mut(HEADER..).unwrap_or_default();
+            r.read(slot).await?
+        };
+        if n == 0 {
+            return w.write_eof().await;
+        }
+        activity.touch();
+        counter.fetch_add(n as u64, Ordering::Relaxed);
+        let len = u32::try_from(n).map_err(|_| invalid("chunk too large".into()))?.to_be_bytes();
+        if let Some(h) = buf.get_mut(..HEADER) {
+            h.copy_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
+        }
+        w.write_frame(buf.get(..HEADER + n).unwrap_or_default()).await?;
+    }
+}
+
+/// How a framed → raw copy ended.
+#[derive(Debug)]
+pub enum FramedEnd {
+    /// The peer sent `EOF`; the raw side was shut down for writing.
+    Eof,
+    /// The stream ended with no `EOF` (peer vanished or reset).
+    Abrupt,
+    /// A control frame arrived (e.g. the gateway's `Closed`).
+    Control(Vec<u8>),
+}
+
+/// Copy data frames from `r` to the raw writer `w` until `EOF`, a control frame, or the end.
+pub async fn framed_to_raw<R, W>(
+    r: &mut FrameReader<R>,
+    w: &mut W,
+    activity: &Activity,
+    counter: &AtomicU64,
+) -> io::Result<FramedEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    loop {
+        match r.next().await? {
+            None => return Ok(FramedEnd::Abrupt),
+            Some(Inbound::Eof) => {
+                w.flush().await?;
+                w.shutdown().await?;
+                return Ok(FramedEnd::Eof);
+            }
+            Some(Inbound::Control(frame)) => return Ok(FramedEnd::Control(frame)),
+            Some(Inbound::Data(bytes)) => {
+                if bytes.is_empty() {
+                    continue;
+                }
+                activity.touch();
+                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                w.write_all(bytes).await?;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn framed_round_trip_with_half_close() {
+        let (a, b) = tokio::io::duplex(1024);
+        let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let act = Activity::new();
+        let sent = payload.clone();
+        let act2 = act.clone();
+        let writer = tokio::spawn(async move {
+            let mut w = FrameWriter::new(a);
+            let mut src = &sent[..];
+            raw_to_framed(&mut src, &mut w, &act2, &act2.up).await.unwrap();
+        });
+        let mut r = FrameReader::new(b);
+        let mut out = Vec::new();
+        let end = framed_to_raw(&mut r, &mut out, &act, &act.down).await.unwrap();
+        writer.await.unwrap();
+        assert!(matches!(end, FramedEnd::Eof));
+        assert_eq!(out, payload);
+        assert_eq!(act.up.load(Ordering::Relaxed), payload.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn oversized_data_frame_is_an_error() {
+        let mut bytes = vec![DATA];
+        bytes.extend_from_slice(&((MAX_DATA as u32) + 1).to_be_bytes());
+        let mut r = FrameReader::new(&bytes[..]);
+        let err = r.next().await.unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn truncated_frame_is_an_error_not_a_panic() {
+        let bytes = [DATA, 0, 0, 0, 10, 1, 2];
+        let mut r = FrameReader::new(&bytes[..]);
+        assert!(matches!(r.next().await, Ok(Some(Inbound::Data(_)))));
+        assert!(r.next().await.is_err());
+        let hdr = [DATA, 0, 0];
+        let mut r = FrameReader::new(&hdr[..]);
+        assert!(r.next().await.is_err());
+    }
+}

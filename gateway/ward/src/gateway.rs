@@ -1,0 +1,727 @@
+//! The gateway: QUIC and TLS-over-TCP listeners, per-session authorization, the device dialer and
+//! the proxy. Everything here is I/O around the pure core in `ward-core` (frames, policy) and
+//! `ward-ca` (identity validation).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use anyhow::{anyhow, Context};
+use rustls::pki_types::CertificateDer;
+use time::OffsetDateTime;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{field, info, info_span, warn, Instrument};
+use ward_ca::{Clock, Identity, Usage, Validator};
+use ward_core::config::{Config, Device};
+use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
+use ward_core::policy::{self, Decision, Lock};
+use ward_core::Principal;
+
+use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::store::{SqliteStore, Store};
+use crate::tls;
+
+/// Why the gateway cut a live session (sent to the client in a `Closed` frame).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cut(pub String);
+
+struct LiveSession {
+    principal: Principal,
+    device: String,
+    cut: watch::Sender<Option<Cut>>,
+}
+
+/// Live state shared by the listeners and every session.
+pub struct Shared {
+    config: Config,
+    validator: Validator,
+    clock: Arc<dyn Clock>,
+    store: Arc<dyn Store>,
+    locks: RwLock<Vec<Lock>>,
+    sessions: Mutex<HashMap<u64, LiveSession>>,
+    next_session: AtomicU64,
+    connections: AtomicUsize,
+    per_source: Mutex<HashMap<IpAddr, usize>>,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    fn limits(&self) -> &ward_core::config::Limits {
+        &self.config.gateway.limits
+    }
+
+    fn live_sessions(&self) -> usize {
+        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
+        let Ok(sessions) = self.sessions.lock() else { return 0 };
+        let mut n = 0;
+        for s in sessions.values().filter(|s| pred(s)) {
+            s.cut.send_replace(Some(Cut(reason.to_string())));
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Releases a connection slot (total and per source) when the connection ends.
+struct ConnSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl ConnSlot {
+    fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Result<Self, &'static str> {
+        let limits = shared.limits();
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err("total connection limit reached");
+        }
+        let Ok(mut per) = shared.per_source.lock() else {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err("internal error");
+        };
+        let count = per.entry(ip).or_insert(0);
+        if *count >= limits.max_connections_per_source {
+            shared.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err("per-source connection limit reached");
+        }
+        *count += 1;
+        Ok(Self { shared: shared.clone(), ip })
+    }
+}
+
+impl Drop for ConnSlot {
+    fn drop(&mut self) {
+        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Ok(mut per) = self.shared.per_source.lock() {
+            if let Some(c) = per.get_mut(&self.ip) {
+                *c = c.saturating_sub(1);
+                if *c == 0 {
+                    per.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    quic_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
+    endpoint: quinn::Endpoint,
+    stop_accepting: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+}
+
+/// Map a ward-ca identity onto the policy's view of a principal.
+pub fn principal_of(id: &Identity) -> Principal {
+    Principal {
+        kind: id.kind.to_string().parse().unwrap_or(ward_core::PrincipalKind::Vendor),
+        name: id.name.clone(),
+        org: id.org.clone(),
+        roles: id.roles.clone(),
+        serial: id.serial.clone(),
+        not_after: id.not_after,
+    }
+}
+
+fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = sock.set_only_v6(false);
+    }
+    // Large socket buffers keep bursts of QUIC packets from being dropped (performance.md).
+    let _ = sock.set_recv_buffer_size(8 << 20);
+    let _ = sock.set_send_buffer_size(8 << 20);
+    sock.bind(&addr.into()).with_context(|| format!("binding UDP {addr}"))?;
+    Ok(sock.into())
+}
+
+/// quinn transport settings tuned for bulk device transfers on LANs (performance.md).
+pub fn transport_config(max_streams: u32, idle: Duration) -> anyhow::Result<quinn::TransportConfig> {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(max_streams.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.max_idle_timeout(Some(idle.try_into().context("idle timeout out of range")?));
+    t.stream_receive_window((16u32 << 20).into());
+    t.receive_window((64u32 << 20).into());
+    t.send_window(64 << 20);
+    let mut mtu = quinn::MtuDiscoveryConfig::default();
+    mtu.upper_bound(65_000);
+    t.mtu_discovery_config(Some(mtu));
+    Ok(t)
+}
+
+impl Gateway {
+    /// Load the CA, certificates and store named by `config`, bind the listeners and start serving.
+    pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Gateway> {
+        let g = &config.gateway;
+        let validator = Validator::from_dir(&g.ca)
+            .with_context(|| format!("loading Ward's CA from {} (create one with `ward ca init`)", g.ca.display()))?;
+        let chain = tls::load_certs(&g.cert)?;
+        let key = tls::load_key(&g.key)?;
+        // Refuse to start with a gateway certificate Ward's own CA would not accept.
+        let leaf = chain.first().ok_or_else(|| anyhow!("{} holds no certificate", g.cert.display()))?;
+        let ints: Vec<&[u8]> = chain.iter().skip(1).map(|c| c.as_ref()).collect();
+        validator
+            .validate(leaf.as_ref(), &ints, Usage::Server, clock.now())
+            .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
+        std::fs::create_dir_all(&g.state_dir)
+            .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&g.state_dir)?);
+        let locks = store.active_locks(clock.now())?;
+        let server_tls = tls::server_config(validator.clone(), clock.clone(), chain, key)?;
+
+        let limits = g.limits.clone();
+        let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.clone())
+            .context("TLS config unusable for QUIC")?;
+        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+        server_config.transport_config(Arc::new(transport_config(
+            u32::try_from(limits.max_sessions_per_connection).unwrap_or(u32::MAX),
+            limits.idle_timeout.max(Duration::from_secs(30)),
+        )?));
+        server_config.migration(false);
+        let socket = udp_socket(g.listen)?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let quic_addr = endpoint.local_addr()?;
+
+        let tcp = match g.listen_tcp {
+            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding TCP {addr}"))?),
+            None => None,
+        };
+        let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
+
+        let shared = Arc::new(Shared {
+            config,
+            validator,
+            clock,
+            store,
+            locks: RwLock::new(locks),
+            sessions: Mutex::new(HashMap::new()),
+            next_session: AtomicU64::new(rand::random::<u32>() as u64),
+            connections: AtomicUsize::new(0),
+            per_source: Mutex::new(HashMap::new()),
+            draining: AtomicBool::new(false),
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        tasks.spawn(quic_accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone()));
+        if let Some(listener) = tcp {
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+            tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
+        }
+        info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
+              devices = shared.config.devices.len(), rules = shared.config.rules.len(), "gateway listening");
+        Ok(Gateway { shared, quic_addr, tcp_addr, endpoint, stop_accepting: stop_tx, tasks })
+    }
+
+    /// The bound QUIC (UDP) address.
+    pub fn quic_addr(&self) -> SocketAddr {
+        self.quic_addr
+    }
+
+    /// The bound TLS-over-TCP address, when the fallback is enabled.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
+    }
+
+    /// Number of sessions currently proxying.
+    pub fn live_sessions(&self) -> usize {
+        self.shared.live_sessions()
+    }
+
+    /// Number of open client connections (QUIC and TCP).
+    pub fn connections(&self) -> usize {
+        self.shared.connections.load(Ordering::Acquire)
+    }
+
+    /// Stop accepting, let sessions drain for up to `grace`, then close the rest with a reason.
+    pub async fn shutdown(mut self, grace: Duration) {
+        info!(event = "gateway_stopping", live = self.shared.live_sessions(), "draining sessions");
+        self.shared.draining.store(true, Ordering::Release);
+        self.stop_accepting.send_replace(true);
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.shared.live_sessions() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cut = self.shared.cut_where(|_| true, "gateway shutting down");
+        if cut > 0 {
+            let until = tokio::time::Instant::now() + Duration::from_secs(2);
+            while self.shared.live_sessions() > 0 && tokio::time::Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        self.endpoint.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        self.tasks.abort_all();
+        info!(event = "gateway_stopped", cut, "gateway stopped");
+    }
+}
+
+async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
+    loop {
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => return },
+            _ = stop.changed() => return,
+        };
+        let ip = incoming.remote_address().ip();
+        let slot = match ConnSlot::acquire(&shared, ip) {
+            Ok(s) => s,
+            Err(why) => {
+                warn!(event = "connection_refused", source = %incoming.remote_address(), reason = why);
+                incoming.refuse();
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let peer = incoming.remote_address();
+            if let Err(e) = serve_quic(shared, incoming, slot).await {
+                warn!(event = "connection_failed", source = %peer, reason = %e);
+            }
+        });
+    }
+}
+
+fn identity_from_certs(shared: &Shared, certs: &[CertificateDer<'_>]) -> anyhow::Result<Identity> {
+    let (leaf, rest) = certs.split_first().ok_or_else(|| anyhow!("client presented no certificate"))?;
+    let ints: Vec<&[u8]> = rest.iter().map(|c| c.as_ref()).collect();
+    Ok(shared.validator.validate(leaf.as_ref(), &ints, Usage::Client, shared.clock.now())?)
+}
+
+async fn serve_quic(shared: Arc<Shared>, incoming: quinn::Incoming, _slot: ConnSlot) -> anyhow::Result<()> {
+    let peer = incoming.remote_address();
+    let connecting = incoming.accept()?;
+    let conn = tokio::time::timeout(shared.limits().handshake_timeout, connecting)
+        .await
+        .map_err(|_| anyhow!("handshake timed out"))?
+        .context("handshake failed")?;
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .ok_or_else(|| anyhow!("no client certificate"))?;
+    let identity = Arc::new(identity_from_certs(&shared, &certs)?);
+    info!(event = "connection_opened", transport = "quic", source = %peer, principal = %identity.principal(),
+          serial = %identity.serial);
+    loop {
+        let (send, recv) = match conn.accept_bi().await {
+            Ok(s) => s,
+            Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => break,
+            Err(e) => {
+                info!(event = "connection_closed", source = %peer, reason = %e);
+                break;
+            }
+        };
+        let shared = shared.clone();
+        let identity = identity.clone();
+        tokio::spawn(serve_stream(shared, identity, peer, "quic", recv, send));
+    }
+    Ok(())
+}
+
+async fn tcp_accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => { warn!(event = "accept_failed", reason = %e); tokio::time::sleep(Duration::from_millis(50)).await; continue; }
+            },
+            _ = stop.changed() => return,
+        };
+        let slot = match ConnSlot::acquire(&shared, peer.ip()) {
+            Ok(s) => s,
+            Err(why) => {
+                warn!(event = "connection_refused", source = %peer, reason = why);
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let _ = tcp.set_nodelay(true);
+            let tls = match tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
+                    return;
+                }
+                Err(_) => {
+                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = "handshake timed out");
+                    return;
+                }
+            };
+            let certs = tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+            let identity = match identity_from_certs(&shared, &certs) {
+                Ok(i) => Arc::new(i),
+                Err(e) => {
+                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
+                    return;
+                }
+            };
+            let (r, w) = tokio::io::split(tls);
+            serve_stream(shared, identity, peer, "tcp", r, w).await;
+        });
+    }
+}
+
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
+    frame::encode_response(&Response::Error { code, message: message.into() })
+}
+
+/// One session: read the request, answer it, and for a permitted open, proxy until it ends.
+async fn serve_stream<R, W>(shared: Arc<Shared>, identity: Arc<Identity>, peer: SocketAddr, transport: &'static str, r: R, w: W)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let mut reader = FrameReader::new(r);
+    let mut writer = FrameWriter::new(w);
+    let request = match tokio::time::timeout(shared.limits().handshake_timeout, read_request(&mut reader)).await {
+        Ok(Ok(req)) => req,
+        Ok(Err(msg)) => {
+            warn!(event = "bad_request", source = %peer, principal = %identity.principal(), reason = %msg);
+            let _ = writer.write_frame(&error_frame(ErrorCode::BadRequest, msg)).await;
+            let _ = writer.finish().await;
+            return;
+        }
+        Err(_) => {
+            let _ = writer.write_frame(&error_frame(ErrorCode::BadRequest, "no request within the handshake timeout")).await;
+            let _ = writer.finish().await;
+            return;
+        }
+    };
+    let principal = principal_of(&identity);
+    let response = match request {
+        Request::Open { device, break_glass: _, reason: _ } => {
+            open_session(shared, &identity, principal, peer, transport, &device, reader, writer).await;
+            return;
+        }
+        Request::ListDevices => {
+            let now = shared.clock.now();
+            let devices = policy::reachable_devices(&shared.config.rules, &principal, &shared.config.devices, now)
+                .into_iter()
+                .map(|(d, rule)| frame::DeviceInfo {
+                    id: d.id.to_string(),
+                    protocol: d.protocol.to_string(),
+                    labels: d.labels.clone(),
+                    rule,
+                })
+                .collect();
+            Response::Devices { devices }
+        }
+        Request::Lock { target, for_secs, reason } => lock(&shared, &identity, &principal, target, for_secs, reason),
+        Request::Unlock { target } => unlock(&shared, &identity, &principal, target),
+        Request::ListLocks => match require_security(&principal, "list locks") {
+            Err(r) => r,
+            Ok(()) => {
+                let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
+                Response::Locks { locks: locks.iter().map(frame::LockInfo::from).collect() }
+            }
+        },
+    };
+    let _ = writer.write_frame(&frame::encode_response(&response)).await;
+    let _ = writer.finish().await;
+}
+
+async fn read_request<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Request, String> {
+    match reader.next().await {
+        Ok(Some(Inbound::Control(bytes))) => match frame::decode_request(&bytes) {
+            Ok(Some((req, _))) => Ok(req),
+            Ok(None) => Err("truncated request frame".into()),
+            Err(e) => Err(format!("bad request: {e}")),
+        },
+        Ok(Some(Inbound::Data(_) | Inbound::Eof)) => Err("expected a request frame, got data".into()),
+        Ok(None) => Err("stream closed before a request".into()),
+        Err(e) => Err(format!("bad request: {e}")),
+    }
+}
+
+fn require_security(p: &Principal, what: &str) -> Result<(), Response> {
+    use ward_core::PrincipalKind as K;
+    match p.kind {
+        K::Security | K::Admin => Ok(()),
+        _ => Err(Response::Error {
+            code: ErrorCode::Forbidden,
+            message: format!("{p} may not {what}: only security and admin identities can"),
+        }),
+    }
+}
+
+fn lock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget, for_secs: Option<u64>, reason: String) -> Response {
+    if let Err(r) = require_security(p, "lock") {
+        warn!(event = "lock_refused", principal = %identity.principal(), "lock refused");
+        return r;
+    }
+    let now = shared.clock.now();
+    let until = for_secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 2)));
+    let lock = Lock { target: target.clone(), until, reason: reason.clone(), by: identity.principal() };
+    if let Err(e) = shared.store.put_lock(&lock) {
+        return Response::Error { code: ErrorCode::Internal, message: format!("lock not stored: {e}") };
+    }
+    if let Ok(mut locks) = shared.locks.write() {
+        locks.retain(|l| l.target != target);
+        locks.push(lock.clone());
+    }
+    let cut = shared.cut_where(|s| policy::lock_applies(&lock, &s.principal, &s.device, now), &format!("locked: {reason} (by {})", lock.by));
+    info!(event = "lock", principal = %identity.principal(), target = ?target, reason = %reason, sessions_ended = cut);
+    Response::Ok { message: format!("locked {target}; {cut} live session(s) ended") }
+}
+
+fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget) -> Response {
+    if let Err(r) = require_security(p, "unlock") {
+        return r;
+    }
+    match shared.store.remove_lock(&target) {
+        Err(e) => Response::Error { code: ErrorCode::Internal, message: format!("unlock not stored: {e}") },
+        Ok(existed) => {
+            if let Ok(mut locks) = shared.locks.write() {
+                locks.retain(|l| l.target != target);
+            }
+            info!(event = "unlock", principal = %identity.principal(), target = ?target, existed);
+            if existed {
+                Response::Ok { message: format!("unlocked {target}") }
+            } else {
+                Response::Error { code: ErrorCode::BadRequest, message: format!("no lock on {target}") }
+            }
+        }
+    }
+}
+
+fn to_instant(shared: &Shared, at: OffsetDateTime) -> tokio::time::Instant {
+    let left = at - shared.clock.now();
+    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now() + left
+}
+
+async fn dial(device: &Device, timeout: Duration) -> Result<TcpStream, (ErrorCode, String)> {
+    let addr = device.address.to_string();
+    match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err((
+            ErrorCode::DeviceUnreachable,
+            format!("device {} refused the connection; it may be off or its service stopped — ask biomedical engineering to check it", device.id),
+        )),
+        Ok(Err(e)) => Err((ErrorCode::DeviceUnreachable, format!("device {} is unreachable: {e}", device.id))),
+        Err(_) => Err((
+            ErrorCode::DeviceTimeout,
+            format!("device {} did not answer within {:?}; it may be off the network", device.id, timeout),
+        )),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn open_session<R, W>(
+    shared: Arc<Shared>,
+    identity: &Identity,
+    principal: Principal,
+    peer: SocketAddr,
+    transport: &'static str,
+    device_id: &str,
+    mut reader: FrameReader<R>,
+    mut writer: FrameWriter<W>,
+) where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let session_id = format!("{:016x}", shared.next_session.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>());
+    let span = info_span!("session", session_id = %session_id, principal = %identity.principal(), serial = %identity.serial,
+        source = %peer, transport, device = %device_id, decision = field::Empty, rule = field::Empty,
+        bytes_up = field::Empty, bytes_down = field::Empty, end_reason = field::Empty);
+    async move {
+        let now = shared.clock.now();
+        if shared.draining.load(Ordering::Acquire) {
+            let _ = writer.write_frame(&error_frame(ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly")).await;
+            let _ = writer.finish().await;
+            return;
+        }
+        if now > identity.not_after {
+            let msg = format!("certificate expired at {}; get a new one (`ward ca issue` or `ward login`)", identity.not_after);
+            tracing::Span::current().record("decision", "deny");
+            warn!(event = "session_denied", reason = %msg);
+            let _ = writer.write_frame(&frame::encode_response(&Response::Denied { reason: msg })).await;
+            let _ = writer.finish().await;
+            return;
+        }
+        let device = shared.config.devices.iter().find(|d| d.id.as_str() == device_id);
+        let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
+        let decision = policy::evaluate(&shared.config.rules, &principal, device_id, device, &locks, now);
+        let permit = match decision {
+            Decision::Deny(reason) => {
+                let reason = reason.to_string();
+                tracing::Span::current().record("decision", "deny");
+                warn!(event = "session_denied", reason = %reason);
+                let _ = writer.write_frame(&frame::encode_response(&Response::Denied { reason })).await;
+                let _ = writer.finish().await;
+                return;
+            }
+            Decision::Permit(p) => p,
+        };
+        let Some(device) = device else { return };
+        tracing::Span::current().record("decision", "permit").record("rule", permit.rule.as_str());
+        if shared.live_sessions() >= shared.limits().max_sessions {
+            let _ = writer.write_frame(&error_frame(ErrorCode::Overloaded, "gateway is at its session limit; try again shortly")).await;
+            let _ = writer.finish().await;
+            return;
+        }
+        let tcp = match dial(device, shared.limits().device_connect_timeout).await {
+            Ok(s) => s,
+            Err((code, msg)) => {
+                warn!(event = "device_unreachable", reason = %msg);
+                let _ = writer.write_frame(&error_frame(code, msg)).await;
+                let _ = writer.finish().await;
+                return;
+            }
+        };
+        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
+        let (cut_tx, mut cut_rx) = watch::channel(None);
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), cut: cut_tx });
+        }
+        // A lock may have landed between the policy check and registration.
+        let locks_now = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
+        if let Some(l) = locks_now.iter().find(|l| policy::lock_applies(l, &principal, device_id, now)) {
+            let _ = cut_rx_send(&shared, id, format!("locked: {}", l.reason));
+        }
+        let opened = Response::Opened {
+            session_id: session_id.clone(),
+            device: device_id.to_string(),
+            rule: permit.rule.clone(),
+            ends_at_unix: permit.ends_at.unix_timestamp(),
+            end_reason_if_uncut: permit.end_reason.to_string(),
+        };
+        info!(event = "session_opened", rule = %permit.rule, ends_at = %permit.ends_at);
+        let activity = Activity::new();
+        let end = if writer.write_frame(&frame::encode_response(&opened)).await.is_err() {
+            "client went away".to_string()
+        } else {
+            let (mut dev_r, mut dev_w) = tcp.into_split();
+            let deadline = to_instant(&shared, permit.ends_at);
+            let idle = shared.limits().idle_timeout;
+            let end_reason_text = permit.end_reason.to_string();
+            let proxy = async {
+                let up = datapath::framed_to_raw(&mut reader, &mut dev_w, &activity, &activity.up);
+                let down = datapath::raw_to_framed(&mut dev_r, &mut writer, &activity, &activity.down);
+                tokio::pin!(up, down);
+                let (mut up_done, mut down_done) = (None, None);
+                while up_done.is_none() || down_done.is_none() {
+                    tokio::select! {
+                        r = &mut up, if up_done.is_none() => {
+                            match r {
+                                Ok(FramedEnd::Eof) => up_done = Some(()),
+                                Ok(FramedEnd::Abrupt) => return "client went away".to_string(),
+                                Ok(FramedEnd::Control(_)) => return "client sent an unexpected control frame".to_string(),
+                                Err(e) => return format!("client stream error: {e}"),
+                            }
+                        }
+                        r = &mut down, if down_done.is_none() => {
+                            match r {
+                                Ok(()) => down_done = Some(()),
+                                Err(e) => return format!("device or client error: {e}"),
+                            }
+                        }
+                    }
+                }
+                "completed".to_string()
+            };
+            let idle_watch = async {
+                loop {
+                    let at = activity.last() + idle;
+                    tokio::time::sleep_until(at).await;
+                    if activity.last() + idle <= tokio::time::Instant::now() {
+                        return;
+                    }
+                }
+            };
+            let result = tokio::select! {
+                r = proxy => Ok(r),
+                _ = tokio::time::sleep_until(deadline) => Err(Cut(format!("{end_reason_text} reached"))),
+                _ = idle_watch => Err(Cut(format!("idle for {}s", idle.as_secs()))),
+                c = wait_cut(&mut cut_rx) => Err(c),
+            };
+            match result {
+                Ok(r) => r,
+                Err(Cut(reason)) => {
+                    if !writer.torn() {
+                        let closed = frame::encode_response(&Response::Closed { reason: reason.clone() });
+                        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_frame(&closed)).await;
+                    }
+                    reason
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), writer.finish()).await;
+        if let Ok(mut s) = shared.sessions.lock() {
+            s.remove(&id);
+        }
+        let span = tracing::Span::current();
+        span.record("bytes_up", activity.up.load(Ordering::Relaxed));
+        span.record("bytes_down", activity.down.load(Ordering::Relaxed));
+        span.record("end_reason", end.as_str());
+        info!(event = "session_closed", end_reason = %end, bytes_up = activity.up.load(Ordering::Relaxed),
+              bytes_down = activity.down.load(Ordering::Relaxed));
+        drop(writer.get_mut().shutdown().await);
+    }
+    .instrument(span)
+    .await;
+}
+
+fn cut_rx_send(shared: &Shared, id: u64, reason: String) -> bool {
+    let Ok(s) = shared.sessions.lock() else { return false };
+    match s.get(&id) {
+        Some(live) => {
+            live.cut.send_replace(Some(Cut(reason)));
+            true
+        }
+        None => false,
+    }
+}
+
+async fn wait_cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
+    loop {
+        if let Some(c) = rx.borrow_and_update().clone() {
+            return c;
+        }
+        if rx.changed().await.is_err() {
+            // Sender gone: the session is being torn down elsewhere; never resolve.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Load a config file and resolve its relative paths against the file's directory.
+pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let mut config = Config::parse(&text, &path.display().to_string())?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    config.resolve_paths(base);
+    Ok(config)
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").field("quic", &self.quic_addr).field("tcp", &self.tcp_addr).finish()
+    }
+}

@@ -1,0 +1,15 @@
+//! Ward: a zero-trust access gateway for legacy medical devices.
+//!
+//! This crate is the I/O shell around the pure core (`ward-core`: frames, config, policy) and the CA
+//! (`ward-ca`): the QUIC and TLS-over-TCP listeners, the device dialer and proxy, the embedded store,
+//! the client (`ward connect`), simulated devices and `ward quickstart`. See docs/architecture.md.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod datapath;
+pub mod gateway;
+pub mod quickstart;
+pub mod sim;
+pub mod store;
+pub mod telemetry;
+pub mod tls;

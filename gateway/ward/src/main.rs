@@ -1,0 +1,350 @@
+//! The `ward` command: one binary for the gateway, the client, the CA and the security team's tools.
+#![forbid(unsafe_code)]
+
+mod ca_cmd;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use ward::client::{Client, IdentityFiles, SessionEnd, Transport};
+use ward::telemetry::LogFormat;
+use ward_ca::{Clock, SystemClock};
+use ward_core::frame::{LockTarget, Request, Response};
+
+/// Ward: zero-trust access to legacy medical devices.
+///
+/// Vendors and clinicians reach device consoles through the gateway with short-lived certificates;
+/// every session is authorized on its own against policy.
+#[derive(Debug, Parser)]
+#[command(name = "ward", version, propagate_version = true)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Export tracing spans to this OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318/v1/traces).
+    #[arg(long, global = true, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Set up a development CA, identities, two simulated devices and a running gateway.
+    Quickstart(QuickstartArgs),
+    /// Run the gateway (or check its config).
+    Gateway(GatewayArgs),
+    /// Open a session to a device: on a local port (--listen) or on stdin/stdout.
+    Connect(ConnectArgs),
+    /// List the devices your identity may reach, as the gateway decides.
+    Devices(DevicesArgs),
+    /// Lock a principal, device or organisation out: live sessions end, new ones are refused.
+    Lock(LockArgs),
+    /// Remove a lock.
+    Unlock(UnlockArgs),
+    /// List active locks.
+    Locks(GatewayClientArgs),
+    /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
+    #[command(subcommand)]
+    Ca(ca_cmd::CaCommand),
+}
+
+#[derive(Debug, Args)]
+struct QuickstartArgs {
+    /// Where to put the CA, identities, config and state.
+    #[arg(long, default_value = "certs-dev")]
+    dir: PathBuf,
+    /// Gateway port on 127.0.0.1 (QUIC on UDP, TLS fallback on TCP).
+    #[arg(long, default_value_t = 4433)]
+    port: u16,
+    /// Write the setup and exit without starting anything.
+    #[arg(long)]
+    no_run: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+struct GatewayArgs {
+    /// Run the gateway with this config file.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Validate this config file (syntax, fields, CA and certificates) and exit.
+    #[arg(long, value_name = "FILE")]
+    check_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct GatewayClientArgs {
+    /// The gateway, HOST:PORT.
+    #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
+    gateway: String,
+    /// Your identity: PREFIX.crt and PREFIX.key (default ~/.ward/identity, written by `ward login`).
+    #[arg(long, env = "WARD_IDENTITY", value_name = "PREFIX")]
+    identity: Option<PathBuf>,
+    /// Ward's root certificate (default: root.crt beside the identity, then ~/.ward/root.crt).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// How to reach the gateway.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+}
+
+impl GatewayClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let prefix = match &self.identity {
+            Some(p) => p.clone(),
+            None => ward::client::home_dir()
+                .map(|h| h.join(".ward").join("identity"))
+                .context("no --identity given and $HOME is not set")?,
+        };
+        let files = IdentityFiles::resolve(&prefix, self.ca.as_deref())?;
+        preflight_identity(&files)?;
+        Client::new(&self.gateway, &files, self.transport)
+    }
+}
+
+/// Refuse early, with advice, when the user's own certificate has expired.
+fn preflight_identity(files: &IdentityFiles) -> anyhow::Result<()> {
+    let pem = std::fs::read_to_string(&files.cert).with_context(|| format!("reading {}", files.cert.display()))?;
+    let now = SystemClock.now();
+    let inspection = ward_ca::inspect(&pem, None, now).with_context(|| format!("{} is not a usable certificate", files.cert.display()))?;
+    if inspection.identity.not_after <= now {
+        bail!(
+            "your certificate {} expired at {}; get a new one (`ward login`, or `ward ca issue` for development identities)",
+            files.cert.display(),
+            inspection.identity.not_after
+        );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+struct ConnectArgs {
+    /// Device id, as in `ward devices`.
+    device: String,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+    /// Forward this local address: every connection to it becomes its own session.
+    /// Without it, the session runs on stdin/stdout (usable as an ssh ProxyCommand).
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+}
+
+#[derive(Debug, Args)]
+struct DevicesArgs {
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+#[group(id = "target", required = true, multiple = false)]
+struct TargetArgs {
+    /// A principal, as shown in sessions: its name (e.g. jdoe).
+    #[arg(long, group = "target")]
+    principal: Option<String>,
+    /// A device id.
+    #[arg(long, group = "target")]
+    device: Option<String>,
+    /// An organisation (a vendor's company).
+    #[arg(long, group = "target")]
+    org: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> anyhow::Result<LockTarget> {
+        Ok(match (&self.principal, &self.device, &self.org) {
+            (Some(p), None, None) => LockTarget::Principal(p.clone()),
+            (None, Some(d), None) => LockTarget::Device(d.clone()),
+            (None, None, Some(o)) => LockTarget::Org(o.clone()),
+            _ => bail!("give exactly one of --principal, --device, --org"),
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+struct LockArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    /// How long the lock lasts (e.g. 30m, 1h); without it, until `ward unlock`.
+    #[arg(long = "for", value_name = "DURATION")]
+    for_: Option<String>,
+    /// Why (recorded in the audit log and shown to the locked-out user).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+#[derive(Debug, Args)]
+struct UnlockArgs {
+    #[command(flatten)]
+    target: TargetArgs,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let _guard = match ward::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ward: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ward: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    match command {
+        Command::Ca(cmd) => ca_cmd::run(cmd, clock.as_ref()).map(|()| ExitCode::SUCCESS),
+        Command::Gateway(args) => runtime()?.block_on(gateway(args, clock)),
+        Command::Quickstart(args) => runtime()?.block_on(quickstart(args, clock)),
+        Command::Connect(args) => runtime()?.block_on(connect(args)),
+        Command::Devices(args) => runtime()?.block_on(devices(args)),
+        Command::Lock(args) => runtime()?.block_on(async move {
+            let for_secs = match &args.for_ {
+                Some(d) => Some(ward_core::parse_duration(d).with_context(|| format!("--for {d}"))?.as_secs()),
+                None => None,
+            };
+            let req = Request::Lock { target: args.target.target()?, for_secs, reason: args.reason.clone() };
+            simple(&args.gw, req).await
+        }),
+        Command::Unlock(args) => runtime()?.block_on(async move {
+            simple(&args.gw, Request::Unlock { target: args.target.target()? }).await
+        }),
+        Command::Locks(args) => runtime()?.block_on(simple(&args, Request::ListLocks)),
+    }
+}
+
+async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode> {
+    let client = gw.client()?;
+    match client.request(&req).await? {
+        Response::Ok { message } => println!("{message}"),
+        Response::Locks { locks } => {
+            if locks.is_empty() {
+                println!("no active locks");
+            }
+            for l in locks {
+                println!("{l}");
+            }
+        }
+        Response::Error { code, message } => bail!("{code:?}: {message}"),
+        Response::Denied { reason } => bail!("denied: {reason}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() -> anyhow::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
+        _ = term.recv() => Ok("SIGTERM"),
+    }
+}
+
+async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
+    if let Some(path) = args.check_config {
+        let config = ward::gateway::load_config(&path)?;
+        // Beyond syntax: the CA and the gateway certificate must load.
+        ward_ca::Validator::from_dir(&config.gateway.ca)
+            .with_context(|| format!("{}: ca = {}", path.display(), config.gateway.ca.display()))?;
+        ward::tls::load_certs(&config.gateway.cert)?;
+        ward::tls::load_key(&config.gateway.key)?;
+        println!("{}: ok ({} devices, {} rules)", path.display(), config.devices.len(), config.rules.len());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = args.config.context("--config FILE is required")?;
+    let config = ward::gateway::load_config(&path)?;
+    let grace = config.gateway.limits.shutdown_grace;
+    let gw = ward::gateway::Gateway::start(config, clock).await?;
+    let sig = wait_for_signal().await?;
+    tracing::info!(signal = sig, "stopping");
+    gw.shutdown(grace).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ward".into());
+    if args.no_run {
+        let ports = ward::quickstart::Ports { gateway: args.port, telnet: 2300, http: 8000 };
+        let setup = ward::quickstart::prepare(&args.dir, ports, clock.as_ref())?;
+        println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());
+        println!("Run the gateway: {exe} gateway --config {}", setup.config.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let (gw, setup) = ward::quickstart::run(&args.dir, args.port, clock).await?;
+    println!("{}", ward::quickstart::instructions(&exe, &setup, gw.quic_addr()));
+    let _ = wait_for_signal().await?;
+    gw.shutdown(Duration::from_secs(2)).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let client = Arc::new(args.gw.client()?);
+    if let Some(addr) = args.listen {
+        ward::client::listen(client, args.device, addr, None).await?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let session = match client.open(&args.device, false, None).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("ward: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    eprintln!("ward: session {} to {} opened (rule {})", session.session_id, args.device, session.rule);
+    match session.run(tokio::io::stdin(), tokio::io::stdout()).await {
+        SessionEnd::Completed => Ok(ExitCode::SUCCESS),
+        SessionEnd::ClosedByGateway(reason) => {
+            eprintln!("ward: session ended by the gateway: {reason}");
+            Ok(ExitCode::from(3))
+        }
+        SessionEnd::Broken(why) => {
+            eprintln!("ward: session broke: {why}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
+    let client = args.gw.client()?;
+    match client.request(&Request::ListDevices).await? {
+        Response::Devices { devices } => {
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&devices)?);
+            } else if devices.is_empty() {
+                println!("no device is reachable with this identity now");
+            } else {
+                println!("{:<16} {:<8} {:<32} LABELS", "DEVICE", "PROTOCOL", "RULE");
+                for d in devices {
+                    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!("{:<16} {:<8} {:<32} {}", d.id, d.protocol, d.rule, labels.join(","));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Response::Error { code, message } => bail!("{code:?}: {message}"),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}

@@ -1,0 +1,157 @@
+//! `ward quickstart`: a development CA, identities, a sample config, two simulated legacy devices and
+//! a running gateway, with the commands to try it printed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use ward_ca::{Ca, Clock, IssueRequest, Kind};
+
+/// What quickstart set up.
+#[derive(Debug)]
+pub struct Setup {
+    /// The directory holding the CA, identities and config.
+    pub dir: PathBuf,
+    /// The config file written.
+    pub config: PathBuf,
+}
+
+/// Ports quickstart uses.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    /// Gateway port (QUIC on UDP and the TLS fallback on TCP).
+    pub gateway: u16,
+    /// The telnet pump console.
+    pub telnet: u16,
+    /// The HTTP monitor console.
+    pub http: u16,
+}
+
+fn issue(ca: &Ca, dir: &Path, out: &str, req: IssueRequest, clock: &dyn Clock) -> anyhow::Result<()> {
+    let issued = ca.issue(&req, clock.now()).with_context(|| format!("issuing the {out} identity"))?;
+    issued.write(&dir.join(out))?;
+    Ok(())
+}
+
+fn person(kind: Kind, name: &str, org: Option<&str>, roles: &[&str]) -> IssueRequest {
+    IssueRequest {
+        kind,
+        name: name.into(),
+        org: org.map(Into::into),
+        roles: roles.iter().map(|r| r.to_string()).collect(),
+        ttl: None,
+        csr_pem: None,
+        dns: vec![],
+        ips: vec![],
+    }
+}
+
+/// Create (or reuse) the CA in `dir`, issue fresh identities and write `dir/ward.toml`.
+pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Setup> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca = if dir.join("ca.json").exists() {
+        Ca::load(dir)?
+    } else {
+        Ca::init(dir, "ward.dev", false, clock.now())?
+    };
+    let mut gw = person(Kind::Gateway, "gateway", None, &[]);
+    gw.dns = vec!["localhost".into()];
+    gw.ips = vec!["127.0.0.1".parse()?, "::1".parse()?];
+    issue(&ca, dir, "gateway", gw, clock)?;
+    issue(&ca, dir, "vendor", person(Kind::Vendor, "jdoe", Some("acme"), &[]), clock)?;
+    issue(&ca, dir, "clinician", person(Kind::Clinician, "alice", None, &["icu"]), clock)?;
+    issue(&ca, dir, "security", person(Kind::Security, "sam", None, &["soc"]), clock)?;
+    let config = dir.join("ward.toml");
+    std::fs::write(&config, sample_config(ports)).with_context(|| format!("writing {}", config.display()))?;
+    Ok(Setup { dir: dir.to_path_buf(), config })
+}
+
+/// The quickstart config. Paths are relative to the config file's directory.
+pub fn sample_config(p: Ports) -> String {
+    format!(
+        r#"# Written by `ward quickstart` (development only). Paths are relative to this file.
+[gateway]
+listen = "127.0.0.1:{gw}"
+listen_tcp = "127.0.0.1:{gw}"
+ca = "."
+cert = "gateway.crt"
+key = "gateway.key"
+state_dir = "state"
+
+[[device]]
+id = "pump-12"
+address = "127.0.0.1:{telnet}"
+protocol = "telnet"
+labels = {{ class = "infusion-pump", vendor = "acme", unit = "icu" }}
+
+[[device]]
+id = "monitor-3"
+address = "127.0.0.1:{http}"
+protocol = "http"
+labels = {{ class = "patient-monitor", vendor = "vitalview", unit = "icu" }}
+
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ labels = {{ vendor = "acme" }} }}
+max_session = "2h"
+
+[[rule]]
+name = "icu-nurses-see-icu-monitors"
+who = {{ kind = "clinician", roles = ["icu"] }}
+devices = {{ labels = {{ unit = "icu", class = "patient-monitor" }} }}
+hours = "Mon-Sun 00:00-24:00"
+"#,
+        gw = p.gateway,
+        telnet = p.telnet,
+        http = p.http
+    )
+}
+
+/// The commands a person runs to try the quickstart gateway.
+pub fn instructions(exe: &str, setup: &Setup, gateway: SocketAddr) -> String {
+    let d = setup.dir.display();
+    format!(
+        r#"
+Ward is running (development CA in {d}, config {cfg}).
+Devices: pump-12 (telnet console, login admin/admin) and monitor-3 (HTTP console, Basic auth admin/admin).
+They listen on loopback ports only Ward is configured to use.
+
+As the vendor (acme/jdoe) — reach the pump's telnet console:
+  {exe} connect pump-12 --gateway {gateway} --identity {d}/vendor --listen 127.0.0.1:2323
+  telnet 127.0.0.1 2323            # login: admin  password: admin
+
+As the clinician (alice, role icu) — reach the monitor's HTTP console:
+  {exe} connect monitor-3 --gateway {gateway} --identity {d}/clinician --listen 127.0.0.1:8080
+  curl -u admin:admin http://127.0.0.1:8080/
+
+The clinician is refused the vendor's pump:
+  {exe} connect pump-12 --gateway {gateway} --identity {d}/clinician < /dev/null
+
+What each identity may reach, as the gateway decides:
+  {exe} devices --gateway {gateway} --identity {d}/vendor
+
+As security (sam) — lock the vendor out, then let them back:
+  {exe} lock --org acme --for 1h --reason "incident 42" --gateway {gateway} --identity {d}/security
+  {exe} unlock --org acme --gateway {gateway} --identity {d}/security
+
+Press Ctrl-C to stop.
+"#,
+        cfg = setup.config.display(),
+    )
+}
+
+/// Start the simulated devices, prepare the setup for their ports, and start the gateway.
+pub async fn run(dir: &Path, gateway_port: u16, clock: Arc<dyn Clock>) -> anyhow::Result<(crate::gateway::Gateway, Setup)> {
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let telnet = crate::sim::telnet_console(any).await?;
+    let http = crate::sim::http_console(any).await?;
+    let ports = Ports { gateway: gateway_port, telnet: telnet.addr.port(), http: http.addr.port() };
+    let setup = prepare(dir, ports, clock.as_ref())?;
+    let config = crate::gateway::load_config(&setup.config)?;
+    let gw = crate::gateway::Gateway::start(config, clock)
+        .await
+        .with_context(|| format!("starting the gateway on port {gateway_port} (is another quickstart running? try --port)"))?;
+    Ok((gw, setup))
+}

@@ -1,0 +1,231 @@
+//! Simulated legacy devices for `ward quickstart` and the tests: a telnet-style infusion-pump console
+//! with the factory login `admin`/`admin`, and an HTTP patient-monitor status page behind Basic auth.
+//! They are deliberately as naive as the devices Ward protects.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use base64::Engine;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+/// Telnet IAC WILL ECHO / WILL SUPPRESS-GO-AHEAD, as old consoles send on connect.
+const NEGOTIATION: &[u8] = &[255, 251, 1, 255, 251, 3];
+
+/// A running simulated device.
+#[derive(Debug, Clone)]
+pub struct SimDevice {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// How many TCP connections it has accepted.
+    pub connections: Arc<AtomicUsize>,
+}
+
+/// Start the telnet-style pump console on `addr` (port 0 picks one).
+pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
+    let listener = TcpListener::bind(addr).await?;
+    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let count = dev.connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = telnet_session(sock).await;
+            });
+        }
+    });
+    Ok(dev)
+}
+
+/// Strip telnet IAC sequences (3-byte option negotiation, 2-byte commands) from a line.
+fn strip_iac(line: &[u8]) -> String {
+    let mut out = Vec::with_capacity(line.len());
+    let mut it = line.iter().copied();
+    while let Some(b) = it.next() {
+        if b == 255 {
+            match it.next() {
+                Some(251..=254) => {
+                    it.next();
+                }
+                Some(255) => out.push(255),
+                _ => {}
+            }
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8_lossy(&out).trim_matches(|c: char| c == '\r' || c == '\n' || c == '\0').trim().to_string()
+}
+
+async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    w.write_all(NEGOTIATION).await?;
+    w.write_all(b"\r\nAcme InfuPump 3000 service console (fw 2.1.4)\r\n\r\n").await?;
+    let mut line = Vec::new();
+    for _attempt in 0..3 {
+        w.write_all(b"login: ").await?;
+        line.clear();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let user = strip_iac(&line);
+        w.write_all(b"Password: ").await?;
+        line.clear();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let pass = strip_iac(&line);
+        if user == "admin" && pass == "admin" {
+            w.write_all(b"\r\nWelcome, admin. Type 'help' for commands.\r\n").await?;
+            loop {
+                w.write_all(b"pump> ").await?;
+                line.clear();
+                if r.read_until(b'\n', &mut line).await? == 0 {
+                    return Ok(());
+                }
+                let reply: &[u8] = match strip_iac(&line).as_str() {
+                    "help" => b"commands: status, rate, log, exit\r\n",
+                    "status" => b"status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n",
+                    "rate" => b"rate: 12.5 mL/h (limit 50.0)\r\n",
+                    "log" => b"2026-11-02 03:14 alarm cleared: air-in-line\r\n",
+                    "exit" | "quit" | "logout" => {
+                        w.write_all(b"bye\r\n").await?;
+                        w.shutdown().await?;
+                        return Ok(());
+                    }
+                    "" => b"",
+                    _ => b"unknown command; try 'help'\r\n",
+                };
+                w.write_all(reply).await?;
+            }
+        }
+        w.write_all(b"\r\nLogin incorrect\r\n").await?;
+    }
+    w.shutdown().await
+}
+
+/// Start the HTTP status console (Basic auth `admin`/`admin`) on `addr`.
+pub async fn http_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
+    let listener = TcpListener::bind(addr).await?;
+    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let count = dev.connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = http_session(sock).await;
+            });
+        }
+    });
+    Ok(dev)
+}
+
+async fn http_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
+    let _ = sock.set_nodelay(true);
+    let (r, mut w) = sock.into_split();
+    let mut r = BufReader::new(r);
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:admin"));
+    loop {
+        let mut request_line = String::new();
+        if r.read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let mut authorized = false;
+        let mut close = false;
+        let mut content_length = 0usize;
+        let mut headers = 0;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).await? == 0 {
+                return Ok(());
+            }
+            headers += 1;
+            let h = h.trim_end();
+            if h.is_empty() || headers > 100 {
+                break;
+            }
+            if let Some((name, value)) = h.split_once(':') {
+                let (name, value) = (name.trim().to_ascii_lowercase(), value.trim());
+                match name.as_str() {
+                    "authorization" => authorized = value == expected,
+                    "connection" => close = value.eq_ignore_ascii_case("close"),
+                    "content-length" => content_length = value.parse().unwrap_or(0).min(1 << 20),
+                    _ => {}
+                }
+            }
+        }
+        let mut body = vec![0u8; content_length];
+        r.read_exact(&mut body).await?;
+        let response = if authorized {
+            let page = "<html><head><title>VitalView 900 monitor</title></head><body>\n<h1>VitalView 900 bedside monitor</h1>\n<p>Bed ICU-3 &middot; HR 72 bpm &middot; SpO2 98% &middot; NIBP 118/76</p>\n</body></html>\n";
+            format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}", page.len())
+        } else {
+            let page = "401 login required\n";
+            format!(
+                "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"VitalView\"\r\nContent-Length: {}\r\n\r\n{page}",
+                page.len()
+            )
+        };
+        w.write_all(response.as_bytes()).await?;
+        if close || request_line.contains("HTTP/1.0") {
+            return w.shutdown().await;
+        }
+    }
+}
+
+/// An echo device (raw protocol): everything it reads comes straight back; used by tests and the
+/// benchmark harness.
+pub async fn echo(addr: SocketAddr) -> std::io::Result<SimDevice> {
+    let listener = TcpListener::bind(addr).await?;
+    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let count = dev.connections.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let _ = sock.set_nodelay(true);
+                let (mut r, mut w) = sock.into_split();
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match r.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            let Some(chunk) = buf.get(..n) else { break };
+                            if w.write_all(chunk).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    Ok(dev)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iac_is_stripped() {
+        assert_eq!(strip_iac(&[255, 253, 1, b'a', b'd', 255, 255, b'\r', b'\n']), "ad\u{ff}");
+        assert_eq!(strip_iac(b"admin\r\n"), "admin");
+    }
+
+    #[tokio::test]
+    async fn telnet_console_accepts_default_login() {
+        let dev = telnet_console("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
+        s.write_all(b"admin\r\nadmin\r\nstatus\r\nexit\r\n").await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.contains("status: RUNNING"), "{text}");
+        assert!(text.ends_with("bye\r\n"));
+    }
+}

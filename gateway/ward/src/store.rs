@@ -1,0 +1,146 @@
+//! The embedded store: locks today; users, requests and grants later.
+//!
+//! Kept behind the narrow [`Store`] trait so that a hospital group running several gateways can put a
+//! shared PostgreSQL in its place. The SQLite implementation (rusqlite, bundled) lives in the state dir.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use time::OffsetDateTime;
+use ward_core::frame::LockTarget;
+use ward_core::policy::Lock;
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened, read or written.
+    #[error("store: {0}")]
+    Db(#[from] rusqlite::Error),
+    /// A row held a value Ward does not understand (a corrupted or newer database).
+    #[error("store holds an unreadable row: {0}")]
+    Corrupt(String),
+    /// The store's lock was poisoned by a panic elsewhere.
+    #[error("store is unavailable after an internal error")]
+    Poisoned,
+}
+
+/// What the gateway needs from persistent state.
+pub trait Store: Send + Sync {
+    /// Add (or replace) the lock on a target.
+    fn put_lock(&self, lock: &Lock) -> Result<(), StoreError>;
+    /// Remove the lock on a target; returns whether one existed.
+    fn remove_lock(&self, target: &LockTarget) -> Result<bool, StoreError>;
+    /// Locks that have not ended at `now`.
+    fn active_locks(&self, now: OffsetDateTime) -> Result<Vec<Lock>, StoreError>;
+}
+
+/// SQLite-backed store in `<state_dir>/ward.db`.
+pub struct SqliteStore {
+    conn: Mutex<rusqlite::Connection>,
+}
+
+fn target_parts(t: &LockTarget) -> (&'static str, &str) {
+    match t {
+        LockTarget::Principal(v) => ("principal", v.as_str()),
+        LockTarget::Device(v) => ("device", v.as_str()),
+        LockTarget::Org(v) => ("org", v.as_str()),
+    }
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) the store in `state_dir`.
+    pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
+        let conn = rusqlite::Connection::open(state_dir.join("ward.db"))?;
+        conn.execute_batch(
+            "PRAGMA journal_mode=WAL;
+             PRAGMA synchronous=FULL;
+             CREATE TABLE IF NOT EXISTS locks (
+                 kind TEXT NOT NULL,
+                 value TEXT NOT NULL,
+                 until INTEGER,
+                 reason TEXT NOT NULL,
+                 by TEXT NOT NULL,
+                 PRIMARY KEY (kind, value)
+             );",
+        )?;
+        Ok(Self { conn: Mutex::new(conn) })
+    }
+}
+
+impl Store for SqliteStore {
+    fn put_lock(&self, lock: &Lock) -> Result<(), StoreError> {
+        let (kind, value) = target_parts(&lock.target);
+        let until = lock.until.map(|t| t.unix_timestamp());
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        conn.execute(
+            "INSERT OR REPLACE INTO locks (kind, value, until, reason, by) VALUES (?1, ?2, ?3, ?4, ?5)",
+            rusqlite::params![kind, value, until, lock.reason, lock.by],
+        )?;
+        Ok(())
+    }
+
+    fn remove_lock(&self, target: &LockTarget) -> Result<bool, StoreError> {
+        let (kind, value) = target_parts(target);
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let n = conn.execute("DELETE FROM locks WHERE kind = ?1 AND value = ?2", rusqlite::params![kind, value])?;
+        Ok(n > 0)
+    }
+
+    fn active_locks(&self, now: OffsetDateTime) -> Result<Vec<Lock>, StoreError> {
+        let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
+        let mut stmt = conn.prepare("SELECT kind, value, until, reason, by FROM locks WHERE until IS NULL OR until > ?1")?;
+        let rows = stmt.query_map([now.unix_timestamp()], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, Option<i64>>(2)?,
+                row.get::<_, String>(3)?,
+                row.get::<_, String>(4)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (kind, value, until, reason, by) = row?;
+            let target = match kind.as_str() {
+                "principal" => LockTarget::Principal(value),
+                "device" => LockTarget::Device(value),
+                "org" => LockTarget::Org(value),
+                other => return Err(StoreError::Corrupt(format!("lock kind {other:?}"))),
+            };
+            let until = match until {
+                Some(t) => Some(OffsetDateTime::from_unix_timestamp(t).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                None => None,
+            };
+            out.push(Lock { target, until, reason, by });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locks_survive_reopen_and_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.put_lock(&Lock { target: LockTarget::Org("acme".into()), until: None, reason: "incident 42".into(), by: "security sam".into() }).unwrap();
+            s.put_lock(&Lock {
+                target: LockTarget::Device("pump-12".into()),
+                until: Some(now + time::Duration::hours(1)),
+                reason: "recall".into(),
+                by: "security sam".into(),
+            })
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.active_locks(now).unwrap().len(), 2);
+        assert_eq!(s.active_locks(now + time::Duration::hours(2)).unwrap().len(), 1);
+        assert!(s.remove_lock(&LockTarget::Org("acme".into())).unwrap());
+        assert!(!s.remove_lock(&LockTarget::Org("acme".into())).unwrap());
+        assert_eq!(s.active_locks(now).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,183 @@
+//! TLS configuration for both ends of a Ward connection.
+//!
+//! The gateway accepts only TLS 1.3 with ALPN `ward/1`, and asks the CA's validation API
+//! ([`ward_ca::Validator`]) about every client certificate: rustls' own chain building is not used,
+//! so the same checks (chain, skew-bounded validity, EKU, not a CA, SPIFFE identity, lifetime cap)
+//! apply on QUIC and on the TLS-over-TCP fallback. The client verifies the gateway against Ward's root
+//! with webpki, never with verification switched off.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use ward_ca::{Clock, Usage, ValidationError, Validator};
+
+/// ALPN protocol id for Ward's session protocol.
+pub const ALPN: &[u8] = ward_core::frame::ALPN;
+
+/// The crypto provider Ward uses everywhere (aws-lc-rs: markedly faster AES-GCM than ring).
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Read every certificate in a PEM file.
+pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
+    let text = std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
+    let certs = pem::parse_many(&text)
+        .with_context(|| format!("{} is not PEM", path.display()))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect::<Vec<_>>();
+    if certs.is_empty() {
+        return Err(anyhow!("{} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+/// Read a PKCS#8 / SEC1 private key from a PEM file.
+pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    let text = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
+    let blocks = pem::parse_many(&text).with_context(|| format!("{} is not PEM", path.display()))?;
+    for block in blocks {
+        let der = block.contents().to_vec();
+        match block.tag() {
+            "PRIVATE KEY" => return Ok(PrivateKeyDer::Pkcs8(der.into())),
+            "EC PRIVATE KEY" => return Ok(PrivateKeyDer::Sec1(der.into())),
+            _ => {}
+        }
+    }
+    Err(anyhow!("{} holds no private key", path.display()))
+}
+
+/// Client-certificate verifier that delegates every decision to Ward's CA validation API.
+pub struct WardClientVerifier {
+    validator: Validator,
+    clock: Arc<dyn Clock>,
+    provider: Arc<CryptoProvider>,
+    hints: Vec<DistinguishedName>,
+}
+
+impl std::fmt::Debug for WardClientVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WardClientVerifier").finish_non_exhaustive()
+    }
+}
+
+impl WardClientVerifier {
+    /// A verifier over `validator`, asking `clock` for `now`.
+    pub fn new(validator: Validator, clock: Arc<dyn Clock>) -> Self {
+        Self { validator, clock, provider: provider(), hints: Vec::new() }
+    }
+}
+
+/// Map a CA validation failure to the closest TLS alert, keeping the full reason for logs.
+fn to_rustls(e: ValidationError) -> rustls::Error {
+    let text = e.to_string();
+    let lower = text.to_ascii_lowercase();
+    let ce = if lower.contains("expired") {
+        CertificateError::Expired
+    } else if lower.contains("not yet valid") || lower.contains("not valid before") {
+        CertificateError::NotValidYet
+    } else if lower.contains("signature") || lower.contains("issuer") || lower.contains("chain") {
+        CertificateError::UnknownIssuer
+    } else {
+        CertificateError::Other(rustls::OtherError(Arc::new(e)))
+    };
+    rustls::Error::InvalidCertificate(ce)
+}
+
+impl ClientCertVerifier for WardClientVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &self.hints
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
+        match self.validator.validate(end_entity.as_ref(), &ints, Usage::Client, self.clock.now()) {
+            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Err(e) => {
+                tracing::warn!(event = "handshake_refused", reason = %e, "client certificate refused");
+                Err(to_rustls(e))
+            }
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        // The server config only enables TLS 1.3; reaching this would be a rustls bug.
+        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// The gateway's TLS server configuration: TLS 1.3 only, ALPN `ward/1`, client certificates required
+/// and validated by Ward's CA, no 0-RTT.
+pub fn server_config(
+    validator: Validator,
+    clock: Arc<dyn Clock>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ServerConfig> {
+    let verifier = Arc::new(WardClientVerifier::new(validator, clock));
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)
+        .context("gateway certificate and key do not match")?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.max_early_data_size = 0;
+    cfg.send_half_rtt_data = false;
+    Ok(cfg)
+}
+
+/// The client's TLS configuration: trusts only Ward's root, presents the user's identity.
+pub fn client_config(
+    root: CertificateDer<'static>,
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root).context("Ward root certificate is not usable as a trust anchor")?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .context("identity certificate and key do not match")?;
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
