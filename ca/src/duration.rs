@@ -31,7 +31,9 @@ pub enum DurationError {
         input: String,
     },
     /// A character that is not a digit nor one of the units.
-    #[error("invalid duration {input:?}: unknown unit {unit:?} at position {pos} (use s, m, h or d)")]
+    #[error(
+        "invalid duration {input:?}: unknown unit {unit:?} at position {pos} (use s, m, h or d)"
+    )]
     UnknownUnit {
         /// The whole input.
         input: String,
@@ -41,13 +43,15 @@ pub enum DurationError {
         pos: usize,
     },
     /// Units repeated or not largest first (`30m1h`, `1h1h`).
-    #[error("invalid duration {input:?}: units must appear once each, largest first (e.g. \"1h30m\")")]
+    #[error(
+        "invalid duration {input:?}: units must appear once each, largest first (e.g. \"1h30m\")"
+    )]
     UnitOrder {
         /// The whole input.
         input: String,
     },
-    /// The value does not fit.
-    #[error("invalid duration {input:?}: too large")]
+    /// Longer than [`MAX_DURATION`] (100 years).
+    #[error("invalid duration {input:?}: too large (the limit is 36500d)")]
     TooLarge {
         /// The whole input.
         input: String,
@@ -61,6 +65,10 @@ pub enum DurationError {
 }
 
 const MAX_DIGITS: usize = 12;
+
+/// The longest duration [`parse_duration`] accepts: 100 years (36500d), far beyond any lifetime
+/// or timeout, and small enough that adding it to a date cannot overflow.
+pub const MAX_DURATION: Duration = Duration::days(36_500);
 
 /// Parse a duration such as `45s`, `30m`, `1h30m` or `90d`. Zero (`0s`) is allowed.
 pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
@@ -114,7 +122,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, DurationError> {
     if number.is_some() {
         return Err(DurationError::MissingUnit { input: input() });
     }
-    Ok(Duration::seconds(total))
+    let d = Duration::seconds(total);
+    if d > MAX_DURATION {
+        return Err(DurationError::TooLarge { input: input() });
+    }
+    Ok(d)
 }
 
 /// Parse a certificate lifetime: a [`parse_duration`] that must be longer than zero.
@@ -197,7 +209,9 @@ impl Serialize for HumanDuration {
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        parse_duration(&s).map(Self).map_err(serde::de::Error::custom)
+        parse_duration(&s)
+            .map(Self)
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -217,6 +231,7 @@ mod tests {
             ("1d2h3m4s", 86_400 + 7_200 + 180 + 4),
             ("0s", 0),
             ("007m", 420),
+            ("36500d", 36_500 * 86_400),
         ];
         for (input, secs) in table {
             assert_eq!(
@@ -241,12 +256,16 @@ mod tests {
             ("1h1h", "largest first"),
             ("1234567890123s", "too large"),
             ("999999999999d", "too large"),
+            ("36501d", "too large"),
         ];
         for (input, want) in table {
             let err = parse_duration(input).expect_err(input).to_string();
             assert!(err.contains(want), "{input:?}: {err}");
         }
-        assert!(parse_ttl("0s").unwrap_err().to_string().contains("longer than zero"));
+        assert!(parse_ttl("0s")
+            .unwrap_err()
+            .to_string()
+            .contains("longer than zero"));
         assert_eq!(parse_ttl("1h30m"), Ok(Duration::minutes(90)));
     }
 
@@ -270,7 +289,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn format_then_parse_is_identity(secs in 0i64..100_000_000_000) {
+        fn format_then_parse_is_identity(secs in 0i64..=3_153_600_000) {
             let d = Duration::seconds(secs);
             prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
         }

@@ -12,7 +12,7 @@ use crate::validate::ValidationError;
 #[derive(Debug, thiserror::Error)]
 pub enum CaError {
     /// Reading or writing a file failed.
-    #[error("{path}: {source}")]
+    #[error("{}: {source}", path.display())]
     Io {
         /// The file.
         path: PathBuf,

@@ -116,3 +116,12 @@ pub(crate) fn create_private_dir(dir: &Path) -> Result<(), CaError> {
     }
     b.create(dir).map_err(|e| CaError::io(dir, e))
 }
+
+/// Create `path` empty with `mode` if it does not exist; leave it alone if it does.
+pub(crate) fn append_line_if_missing(path: &Path, mode: u32) -> Result<(), CaError> {
+    match open_new(path, mode) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(CaError::io(path, e)),
+    }
+}

@@ -96,12 +96,12 @@ pub(crate) fn parse_spiffe(uri: &str) -> Result<SpiffeId, SpiffeError> {
     }
     let mut parts = rest.split('/');
     let td = parts.next().unwrap_or_default();
-    let kind = parts
-        .next()
-        .ok_or(SpiffeError::Malformed("it has no path; expected /<kind>/<name>"))?;
-    let name = parts
-        .next()
-        .ok_or(SpiffeError::Malformed("its path has one segment; expected /<kind>/<name>"))?;
+    let kind = parts.next().ok_or(SpiffeError::Malformed(
+        "it has no path; expected /<kind>/<name>",
+    ))?;
+    let name = parts.next().ok_or(SpiffeError::Malformed(
+        "its path has one segment; expected /<kind>/<name>",
+    ))?;
     if parts.next().is_some() {
         return Err(SpiffeError::Malformed(
             "its path has more than two segments; expected /<kind>/<name>",
@@ -169,7 +169,9 @@ pub(crate) fn dns_and_ip_sans(cert: &X509Certificate<'_>) -> (Vec<String>, Vec<s
     (dns, ips)
 }
 
-fn attr_str<'a>(attr: &'a AttributeTypeAndValue<'_>) -> Result<&'a str, x509_parser::error::X509Error> {
+fn attr_str<'a>(
+    attr: &'a AttributeTypeAndValue<'_>,
+) -> Result<&'a str, x509_parser::error::X509Error> {
     attr.as_str()
 }
 
@@ -223,7 +225,10 @@ mod tests {
 
     #[test]
     fn principal_format() {
-        assert_eq!(principal(Kind::Vendor, Some("acme"), "jdoe"), "vendor acme/jdoe");
+        assert_eq!(
+            principal(Kind::Vendor, Some("acme"), "jdoe"),
+            "vendor acme/jdoe"
+        );
         assert_eq!(principal(Kind::Clinician, None, "alice"), "clinician alice");
     }
 

@@ -292,7 +292,10 @@ mod tests {
         assert!(Kind::Vendor.is_person());
         assert!(!Kind::Gateway.is_person());
         let err = "robot".parse::<Kind>().unwrap_err().to_string();
-        assert!(err.contains("\"robot\"") && err.contains("clinician"), "{err}");
+        assert!(
+            err.contains("\"robot\"") && err.contains("clinician"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -312,13 +315,33 @@ mod tests {
         let h = Duration::hours;
         let table: &[(Kind, Duration, Duration, Option<&str>)] = &[
             (Kind::Vendor, h(1), h(24), None),
-            (Kind::Vendor, h(1), h(25), Some("hard ceiling of 1d for people")),
+            (
+                Kind::Vendor,
+                h(1),
+                h(25),
+                Some("hard ceiling of 1d for people"),
+            ),
             (Kind::Admin, h(1), Duration::days(2), Some("hard ceiling")),
             (Kind::Gateway, h(1), Duration::days(397), None),
-            (Kind::Gateway, h(1), Duration::days(398), Some("397d for gateways")),
+            (
+                Kind::Gateway,
+                h(1),
+                Duration::days(398),
+                Some("397d for gateways"),
+            ),
             (Kind::Clinician, h(13), h(12), Some("longer than its cap")),
-            (Kind::Clinician, Duration::ZERO, h(12), Some("default lifetime must be longer")),
-            (Kind::Clinician, h(1), Duration::ZERO, Some("max lifetime must be longer")),
+            (
+                Kind::Clinician,
+                Duration::ZERO,
+                h(12),
+                Some("default lifetime must be longer"),
+            ),
+            (
+                Kind::Clinician,
+                h(1),
+                Duration::ZERO,
+                Some("max lifetime must be longer"),
+            ),
         ];
         for (kind, default, max, want) in table {
             let mut caps = Caps::default();

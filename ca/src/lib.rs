@@ -22,7 +22,9 @@ pub mod names;
 mod secret;
 mod validate;
 
-pub use ca::{Ca, IssueRequest, Issued, CA_JSON, ISSUED_LOG, ISSUING_CRT, ISSUING_KEY, ROOT_CRT, ROOT_KEY};
+pub use ca::{
+    Ca, IssueRequest, Issued, CA_JSON, ISSUED_LOG, ISSUING_CRT, ISSUING_KEY, ROOT_CRT, ROOT_KEY,
+};
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use duration::{format_duration, parse_duration, parse_ttl, DurationError, HumanDuration};
 pub use error::CaError;

@@ -99,7 +99,11 @@ impl fmt::Display for Problem {
                 write!(f, "is {len} characters long; the limit is {max}")
             }
             Problem::Control { ch, pos } => {
-                let esc = if *ch == '\u{1b}' { ", an ANSI escape" } else { "" };
+                let esc = if *ch == '\u{1b}' {
+                    ", an ANSI escape"
+                } else {
+                    ""
+                };
                 write!(
                     f,
                     "contains a control character ({}{esc}) at position {pos}",
@@ -116,10 +120,15 @@ impl fmt::Display for Problem {
                 ch.escape_debug()
             ),
             Problem::Uppercase { ch, pos } => {
-                write!(f, "contains uppercase '{ch}' at position {pos}; use lowercase")
+                write!(
+                    f,
+                    "contains uppercase '{ch}' at position {pos}; use lowercase"
+                )
             }
             Problem::BadStart { ch } => write!(f, "must not start with '{ch}'"),
-            Problem::EmptyLabel => f.write_str("has an empty label (leading, trailing or double dot)"),
+            Problem::EmptyLabel => {
+                f.write_str("has an empty label (leading, trailing or double dot)")
+            }
             Problem::LongLabel { label } => write!(
                 f,
                 "has a label longer than {MAX_LABEL_LEN} characters ({label})"
@@ -318,10 +327,19 @@ mod tests {
             (&"a".repeat(64), None),
             ("", Some("name is empty")),
             (&long, Some("name is 65 characters long; the limit is 64")),
-            ("jdoe\nx", Some("name contains a control character (\\n) at position 4")),
-            ("jd\u{1b}[31m", Some("name contains a control character (\\u{1b}, an ANSI escape) at position 2")),
+            (
+                "jdoe\nx",
+                Some("name contains a control character (\\n) at position 4"),
+            ),
+            (
+                "jd\u{1b}[31m",
+                Some("name contains a control character (\\u{1b}, an ANSI escape) at position 2"),
+            ),
             ("a/b", Some("name contains '/' at position 1")),
-            ("a b", Some("name contains ' ' at position 1; allowed characters are A-Z a-z 0-9 . _ -")),
+            (
+                "a b",
+                Some("name contains ' ' at position 1; allowed characters are A-Z a-z 0-9 . _ -"),
+            ),
             ("jöe", Some("name contains 'ö' at position 1")),
             (".hidden", Some("name must not start with '.'")),
             ("-rf", Some("name must not start with '-'")),
@@ -334,7 +352,10 @@ mod tests {
                 (got, want) => panic!("{input:?}: got {got:?}, wanted {want:?}"),
             }
         }
-        assert!(check_org("Acme Corp").unwrap_err().to_string().starts_with("org contains ' '"));
+        assert!(check_org("Acme Corp")
+            .unwrap_err()
+            .to_string()
+            .starts_with("org contains ' '"));
     }
 
     #[test]
@@ -342,12 +363,19 @@ mod tests {
         let r = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
         check_roles(&r(&[])).unwrap();
         check_roles(&r(&["biomed", "oncall"])).unwrap();
-        let e = check_roles(&r(&["biomed", "biomed"])).unwrap_err().to_string();
+        let e = check_roles(&r(&["biomed", "biomed"]))
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "roles lists \"biomed\" twice");
         let e = check_roles(&r(&["ok", "x,y"])).unwrap_err().to_string();
         assert!(e.starts_with("role contains ','"), "{e}");
-        let e = check_roles(&r(&[&"a".repeat(40), &"b".repeat(30)])).unwrap_err().to_string();
-        assert!(e.contains("roles is 71 characters long; the limit is 64"), "{e}");
+        let e = check_roles(&r(&[&"a".repeat(40), &"b".repeat(30)]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("roles is 71 characters long; the limit is 64"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -56,7 +56,9 @@ pub enum ValidationError {
         reason: String,
     },
     /// 2a. More certificates than leaf + issuing CA.
-    #[error("chain has {presented} certificates; Ward accepts only the leaf and its issuing CA (2)")]
+    #[error(
+        "chain has {presented} certificates; Ward accepts only the leaf and its issuing CA (2)"
+    )]
     ChainTooLong {
         /// Leaf plus intermediates presented.
         presented: usize,
@@ -76,7 +78,9 @@ pub enum ValidationError {
     #[error("certificate signature does not verify with this CA's issuing key (signed by another CA, or altered)")]
     BadSignature,
     /// 3a. Our issuing CA is outside its own validity window.
-    #[error("this CA's issuing certificate is not valid at {now} (valid {not_before} to {not_after})")]
+    #[error(
+        "this CA's issuing certificate is not valid at {now} (valid {not_before} to {not_after})"
+    )]
     IssuerNotValid {
         /// The time checked.
         now: String,
@@ -86,7 +90,9 @@ pub enum ValidationError {
         not_after: String,
     },
     /// 3b. `now` is before notBefore (beyond the skew).
-    #[error("certificate is not valid until {not_before}, {starts_in} from now (tolerance {tolerance})")]
+    #[error(
+        "certificate is not valid until {not_before}, {starts_in} from now (tolerance {tolerance})"
+    )]
     NotYetValid {
         /// notBefore, RFC 3339.
         not_before: String,
@@ -249,19 +255,26 @@ impl Validator {
             reason,
         };
         let root = parse_whole(&root_der).map_err(|e| broken(format!("root.crt: {e}")))?;
-        let issuing =
-            parse_whole(&issuing_der).map_err(|e| broken(format!("issuing.crt: {e}")))?;
+        let issuing = parse_whole(&issuing_der).map_err(|e| broken(format!("issuing.crt: {e}")))?;
         if !root.is_ca() || !issuing.is_ca() {
-            return Err(broken("root or issuing certificate is not a CA (CA:true)".into()));
+            return Err(broken(
+                "root or issuing certificate is not a CA (CA:true)".into(),
+            ));
         }
         root.verify_signature(None)
             .map_err(|e| broken(format!("root certificate is not validly self-signed: {e}")))?;
         if issuing.issuer().as_raw() != root.subject().as_raw() {
-            return Err(broken("issuing CA's issuer is not the root's subject".into()));
+            return Err(broken(
+                "issuing CA's issuer is not the root's subject".into(),
+            ));
         }
         issuing
             .verify_signature(Some(root.public_key()))
-            .map_err(|e| broken(format!("issuing CA's signature does not verify with the root key: {e}")))?;
+            .map_err(|e| {
+                broken(format!(
+                    "issuing CA's signature does not verify with the root key: {e}"
+                ))
+            })?;
         Ok(Validator {
             inner: Arc::new(Inner {
                 root_der,
@@ -359,14 +372,14 @@ impl Validator {
             return Err(ValidationError::NotYetValid {
                 not_before: rfc3339(not_before),
                 starts_in: format_duration(not_before - now),
-                tolerance: format_duration(skew),
+                tolerance: format!("{}s", skew.whole_seconds()),
             });
         }
         if now > not_after + skew {
             return Err(ValidationError::Expired {
                 not_after: rfc3339(not_after),
                 ago: format_duration(now - not_after),
-                tolerance: format_duration(skew),
+                tolerance: format!("{}s", skew.whole_seconds()),
             });
         }
 

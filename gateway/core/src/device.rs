@@ -34,9 +34,12 @@ pub enum DeviceError {
     },
 }
 
-fn check_name(what: &'static str, value: &str) -> Result<(), DeviceError> {
+pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), DeviceError> {
     let ok_len = !value.is_empty() && value.len() <= MAX_NAME_LEN;
-    let ok_first = value.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_first = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
     let ok_chars = value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));

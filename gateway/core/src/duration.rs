@@ -128,22 +128,33 @@ mod tests {
             ("0h5m", 300),
         ];
         for (text, secs) in cases {
-            assert_eq!(parse_duration(text), Ok(Duration::from_secs(secs)), "{text}");
+            assert_eq!(
+                parse_duration(text),
+                Ok(Duration::from_secs(secs)),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn rejects_malformed_input() {
-        let cases: [(&str, fn(&DurationError) -> bool); 9] = [
+        type Check = fn(&DurationError) -> bool;
+        let cases: [(&str, Check); 9] = [
             ("", |e| matches!(e, DurationError::Empty)),
             ("30", |e| matches!(e, DurationError::MissingPart(_))),
             ("h", |e| matches!(e, DurationError::MissingPart(_))),
             ("1h30", |e| matches!(e, DurationError::MissingPart(_))),
-            ("5w", |e| matches!(e, DurationError::UnknownUnit { unit: 'w', .. })),
-            ("1 h", |e| matches!(e, DurationError::UnknownUnit { unit: ' ', .. })),
+            ("5w", |e| {
+                matches!(e, DurationError::UnknownUnit { unit: 'w', .. })
+            }),
+            ("1 h", |e| {
+                matches!(e, DurationError::UnknownUnit { unit: ' ', .. })
+            }),
             ("30m1h", |e| matches!(e, DurationError::Order(_))),
             ("0s", |e| matches!(e, DurationError::Zero(_))),
-            ("99999999999999999999s", |e| matches!(e, DurationError::Overflow(_))),
+            ("99999999999999999999s", |e| {
+                matches!(e, DurationError::Overflow(_))
+            }),
         ];
         for (text, check) in cases {
             let err = parse_duration(text).unwrap_err();

@@ -1,1 +1,38 @@
+//! Ward's sans-I/O core.
+//!
+//! Everything here is pure: no sockets, no files, no clock reads. Callers pass bytes, config
+//! text and `now`, and get back frames, validated config, decisions and session states. The
+//! `ward` binary drives it with tokio/quinn and owns all I/O.
+//!
+//! * [`frame`]: the control frames exchanged at the start of each stream, `decode` / `encode`.
+//! * [`config`]: the TOML configuration parsed into valid-by-construction types.
+//! * [`policy`]: rules, locks and [`policy::evaluate`], which returns a permit or a reason.
+//! * [`session`]: session states as types (`Handshaken` → `Authorized` → `Closed`).
+//! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
 #![forbid(unsafe_code)]
+
+pub mod config;
+pub mod device;
+pub mod duration;
+pub mod frame;
+pub mod policy;
+pub mod principal;
+pub mod session;
+pub mod window;
+
+pub use config::{
+    Config, ConfigError, ConfigErrorKind, GatewayConfig, Limits, Location, SAMPLE_CONFIG,
+};
+pub use device::{Device, DeviceAddress, DeviceError, DeviceId, Protocol};
+pub use duration::{format_duration, parse_duration, DurationError};
+pub use frame::{
+    decode, decode_request, decode_response, encode, encode_request, encode_response, DeviceInfo,
+    ErrorCode, Frame, FrameError, LockInfo, Request, Response, ALPN,
+};
+pub use policy::{
+    evaluate, evaluate_id, lock_applies, reachable_devices, Decision, DenyReason, DeviceSelector,
+    Lock, LockTarget, Permit, Rule, Who,
+};
+pub use principal::{Principal, PrincipalKind, UnknownPrincipalKind};
+pub use session::{Authorized, Closed, Denied, EndReason, Handshaken};
+pub use window::{Hours, Window, WindowError, WindowState};

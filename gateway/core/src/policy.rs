@@ -145,8 +145,8 @@ pub struct Lock {
     pub by: String,
 }
 
-/// Whether `lock` stops `principal` from using `device` at `now`.
-pub fn lock_applies(lock: &Lock, principal: &Principal, device: &DeviceId, now: OffsetDateTime) -> bool {
+/// Whether `lock` stops `principal` from using the device with id `device` at `now`.
+pub fn lock_applies(lock: &Lock, principal: &Principal, device: &str, now: OffsetDateTime) -> bool {
     if lock.until.is_some_and(|until| now >= until) {
         return false;
     }
@@ -154,7 +154,7 @@ pub fn lock_applies(lock: &Lock, principal: &Principal, device: &DeviceId, now: 
         LockTarget::Principal(p) => {
             *p == principal.serial || *p == principal.name || *p == principal.qualified_name()
         }
-        LockTarget::Device(d) => d == device.as_str(),
+        LockTarget::Device(d) => d == device,
         LockTarget::Org(o) => principal.org.as_ref() == Some(o),
     }
 }
@@ -320,7 +320,7 @@ pub fn evaluate(
     }
     if let Some(lock) = locks
         .iter()
-        .find(|l| lock_applies(l, principal, &device.id, now))
+        .find(|l| lock_applies(l, principal, device.id.as_str(), now))
     {
         return Decision::Deny(DenyReason::Locked {
             reason: lock.reason.clone(),
@@ -367,18 +367,20 @@ pub fn evaluate_id(
 /// The devices `principal` could open right now (ignoring locks, which the caller filters with
 /// [`lock_applies`] if it wants), with the rule that would allow each, in `devices` order.
 /// This is what `ward devices` lists.
-pub fn reachable_devices(
+pub fn reachable_devices<'d>(
     rules: &[Rule],
     principal: &Principal,
-    devices: &[Device],
+    devices: &'d [Device],
     now: OffsetDateTime,
-) -> Vec<(DeviceId, String)> {
+) -> Vec<(&'d Device, String)> {
     devices
         .iter()
-        .filter_map(|device| match evaluate(rules, &[], principal, device, now) {
-            Decision::Permit(permit) => Some((device.id.clone(), permit.rule)),
-            Decision::Deny(_) => None,
-        })
+        .filter_map(
+            |device| match evaluate(rules, &[], principal, device, now) {
+                Decision::Permit(permit) => Some((device, permit.rule)),
+                Decision::Deny(_) => None,
+            },
+        )
         .collect()
 }
 
@@ -565,7 +567,8 @@ mod tests {
         };
         assert_eq!(p.rule(), "night-biomed");
         // Outside night-biomed's window the short rule still applies.
-        let Decision::Permit(p) = evaluate(&rules, &[], &carol, &devices()[1], NOW + Duration::hours(3))
+        let Decision::Permit(p) =
+            evaluate(&rules, &[], &carol, &devices()[1], NOW + Duration::hours(3))
         else {
             panic!("expected permit");
         };
@@ -585,19 +588,38 @@ mod tests {
         let rows = [
             (lock(LockTarget::Principal("acme/jdoe".into()), None), true),
             (lock(LockTarget::Principal("jdoe".into()), None), true),
-            (lock(LockTarget::Principal("serial-jdoe".into()), None), true),
-            (lock(LockTarget::Principal("globex/jdoe".into()), None), false),
+            (
+                lock(LockTarget::Principal("serial-jdoe".into()), None),
+                true,
+            ),
+            (
+                lock(LockTarget::Principal("globex/jdoe".into()), None),
+                false,
+            ),
             (lock(LockTarget::Device("pump-12".into()), None), true),
             (lock(LockTarget::Device("pump-13".into()), None), false),
             (lock(LockTarget::Org("acme".into()), None), true),
             (lock(LockTarget::Org("globex".into()), None), false),
             (lock(LockTarget::Org("acme".into()), Some(NOW)), false),
-            (lock(LockTarget::Org("acme".into()), Some(NOW + Duration::hours(1))), true),
+            (
+                lock(
+                    LockTarget::Org("acme".into()),
+                    Some(NOW + Duration::hours(1)),
+                ),
+                true,
+            ),
         ];
         for (lock, applies) in rows {
-            assert_eq!(lock_applies(&lock, &jdoe, &pump.id, NOW), applies, "{lock:?}");
+            assert_eq!(
+                lock_applies(&lock, &jdoe, pump.id.as_str(), NOW),
+                applies,
+                "{lock:?}"
+            );
             let decision = evaluate(&rules(), std::slice::from_ref(&lock), &jdoe, pump, NOW);
-            assert_eq!(matches!(decision, Decision::Deny(DenyReason::Locked { .. })), applies);
+            assert_eq!(
+                matches!(decision, Decision::Deny(DenyReason::Locked { .. })),
+                applies
+            );
         }
         let Decision::Deny(reason) = evaluate(
             &rules(),
@@ -614,7 +636,10 @@ mod tests {
         );
         let Decision::Deny(reason) = evaluate(
             &rules(),
-            &[lock(LockTarget::Device("pump-12".into()), Some(datetime!(2024-01-02 0:00 UTC)))],
+            &[lock(
+                LockTarget::Device("pump-12".into()),
+                Some(datetime!(2024-01-02 0:00 UTC)),
+            )],
             &jdoe,
             pump,
             NOW,
@@ -637,7 +662,10 @@ mod tests {
             by: "y".into(),
         };
         let decision = evaluate(&rules(), &[lock], &globex, &devices()[0], NOW);
-        assert!(matches!(decision, Decision::Deny(DenyReason::NoRule { .. })));
+        assert!(matches!(
+            decision,
+            Decision::Deny(DenyReason::NoRule { .. })
+        ));
     }
 
     #[test]
@@ -650,13 +678,14 @@ mod tests {
     #[test]
     fn reachable_lists_what_evaluate_permits() {
         let jdoe = principal(PrincipalKind::Vendor, Some("acme"), "jdoe", &[]);
-        let got = reachable_devices(&rules(), &jdoe, &devices(), NOW);
+        let devices = devices();
+        let got = reachable_devices(&rules(), &jdoe, &devices, NOW);
         assert_eq!(
             got,
-            vec![(DeviceId::new("pump-12").unwrap(), "acme-maintains-its-pumps".to_string())]
+            vec![(&devices[0], "acme-maintains-its-pumps".to_string())]
         );
         let root = principal(PrincipalKind::Admin, None, "root", &[]);
-        assert_eq!(reachable_devices(&rules(), &root, &devices(), NOW).len(), 3);
+        assert_eq!(reachable_devices(&rules(), &root, &devices, NOW).len(), 3);
     }
 
     // --- property: no permit without a covering, open rule ---
@@ -747,11 +776,12 @@ mod tests {
     /// `Who::matches` / `DeviceSelector::matches`.
     fn oracle_covers(rule: &Rule, p: &Principal, d: &Device) -> bool {
         let w = &rule.who;
-        let who_set = w.kind.is_some() || w.name.is_some() || w.org.is_some() || !w.roles.is_empty();
+        let who_set =
+            w.kind.is_some() || w.name.is_some() || w.org.is_some() || !w.roles.is_empty();
         let who_ok = who_set
-            && w.kind.map_or(true, |k| k == p.kind)
-            && w.name.as_deref().map_or(true, |n| n == p.name)
-            && w.org.as_deref().map_or(true, |o| p.org.as_deref() == Some(o))
+            && w.kind.is_none_or(|k| k == p.kind)
+            && w.name.as_deref().is_none_or(|n| n == p.name)
+            && w.org.as_deref().is_none_or(|o| p.org.as_deref() == Some(o))
             && w.roles.iter().all(|r| p.roles.iter().any(|pr| pr == r));
         let dev_ok = match &rule.devices {
             DeviceSelector::All => true,

@@ -1,7 +1,7 @@
 //! Session states as types: [`Handshaken`] → [`Authorized`] → [`Closed`].
 //!
 //! Each transition consumes the previous state. [`Authorized`] can only be built from a
-//! [`Permit`] that came out of [`policy::evaluate`](crate::policy::evaluate) (its fields are
+//! [`Permit`] that came out of [`policy::evaluate`] (its fields are
 //! private and it has no public constructor), so the I/O layer cannot start proxying to a device
 //! without a policy decision, and the device's address is read from the `Authorized` value.
 
@@ -76,6 +76,9 @@ impl Handshaken {
 
     /// Asks policy whether this principal may open `device_id` now. An unknown device id is
     /// denied with [`DenyReason::UnknownDevice`], which reads the same as "no rule".
+    // `Denied` is large, but so is `Authorized` (both carry the principal): boxing the error
+    // would not make the `Result` smaller.
+    #[allow(clippy::result_large_err)]
     pub fn authorize(
         self,
         rules: &[Rule],
@@ -158,7 +161,7 @@ impl Authorized {
         }
         locks
             .iter()
-            .find(|lock| policy::lock_applies(lock, &self.principal, &self.device.id, now))
+            .find(|lock| policy::lock_applies(lock, &self.principal, self.device.id.as_str(), now))
             .map(|lock| EndReason::Locked(lock.reason.clone()))
     }
 
@@ -287,7 +290,10 @@ mod tests {
 
     #[test]
     fn end_reasons_display() {
-        assert_eq!(EndReason::CertificateExpiry.to_string(), "certificate expiry");
+        assert_eq!(
+            EndReason::CertificateExpiry.to_string(),
+            "certificate expiry"
+        );
         assert_eq!(EndReason::Locked("x".into()).to_string(), "locked: x");
         assert_eq!(
             EndReason::DeviceError("refused".into()).to_string(),

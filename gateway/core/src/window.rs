@@ -178,7 +178,9 @@ pub fn parse_offset(text: &str) -> Result<UtcOffset, WindowError> {
         Some(("-", rest)) => (-1i8, rest),
         _ => return Err(bad()),
     };
-    let minutes = parse_hhmm(rest).filter(|m| *m < MINUTES_PER_DAY).ok_or_else(bad)?;
+    let minutes = parse_hhmm(rest)
+        .filter(|m| *m < MINUTES_PER_DAY)
+        .ok_or_else(bad)?;
     let h = i8::try_from(minutes / 60).map_err(|_| bad())?;
     let m = i8::try_from(minutes % 60).map_err(|_| bad())?;
     UtcOffset::from_hms(sign * h, sign * m, 0).map_err(|_| bad())
@@ -358,11 +360,16 @@ mod tests {
         ] {
             assert!(Window::parse(ok).is_ok(), "{ok}");
         }
-        let cases: [(&str, fn(&WindowError) -> bool); 10] = [
+        type Check = fn(&WindowError) -> bool;
+        let cases: [(&str, Check); 10] = [
             ("Mon-Fri", |e| matches!(e, WindowError::Shape(_))),
             ("Mon-Fri 07:00", |e| matches!(e, WindowError::Shape(_))),
-            ("Mon-Fri 07:00-19:00 x", |e| matches!(e, WindowError::Shape(_))),
-            ("Mon-Fry 07:00-19:00", |e| matches!(e, WindowError::Day { .. })),
+            ("Mon-Fri 07:00-19:00 x", |e| {
+                matches!(e, WindowError::Shape(_))
+            }),
+            ("Mon-Fry 07:00-19:00", |e| {
+                matches!(e, WindowError::Day { .. })
+            }),
             ("Mon 7:00-19:00", |e| matches!(e, WindowError::Time { .. })),
             ("Mon 07:00-24:01", |e| matches!(e, WindowError::Time { .. })),
             ("Mon 24:00-02:00", |e| matches!(e, WindowError::Time { .. })),

@@ -64,7 +64,10 @@ impl IdentityFiles {
                 } else if let Some(h) = home.filter(|h| h.exists()) {
                     h
                 } else {
-                    bail!("no Ward root certificate beside {} or in ~/.ward/; pass --ca FILE", prefix.display());
+                    bail!(
+                        "no Ward root certificate beside {} or in ~/.ward/; pass --ca FILE",
+                        prefix.display()
+                    );
                 }
             }
         };
@@ -96,7 +99,10 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("gateway", &self.addr).field("transport", &self.transport).finish()
+        f.debug_struct("Client")
+            .field("gateway", &self.addr)
+            .field("transport", &self.transport)
+            .finish()
     }
 }
 
@@ -106,7 +112,10 @@ fn explain(e: &dyn std::fmt::Display, files: Option<&IdentityFiles>) -> String {
     let lower = s.to_ascii_lowercase();
     if lower.contains("certificateexpired") || lower.contains("expired") {
         "the gateway refused your certificate: it has expired. Get a new one (`ward login`, or `ward ca issue` for development identities)".into()
-    } else if lower.contains("unknownissuer") || lower.contains("unknown issuer") || lower.contains("badcertificate") {
+    } else if lower.contains("unknownissuer")
+        || lower.contains("unknown issuer")
+        || lower.contains("badcertificate")
+    {
         match files {
             Some(f) => format!("certificate check failed ({s}): either your identity is not from this gateway's CA or the gateway's certificate is not signed by the root in {}", f.root.display()),
             None => format!("certificate check failed: {s}"),
@@ -121,12 +130,18 @@ impl Client {
     pub fn new(gateway: &str, files: &IdentityFiles, transport: Transport) -> anyhow::Result<Self> {
         let chain = tls::load_certs(&files.cert)?;
         let key = tls::load_key(&files.key)?;
-        let root = tls::load_certs(&files.root)?.into_iter().next().ok_or_else(|| anyhow!("empty root file"))?;
+        let root = tls::load_certs(&files.root)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("empty root file"))?;
         let cfg = tls::client_config(root, chain, key)?;
         let (host, _) = gateway
             .rsplit_once(':')
             .ok_or_else(|| anyhow!("--gateway must be HOST:PORT, got {gateway:?}"))?;
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addr = gateway
             .to_socket_addrs()
             .with_context(|| format!("resolving gateway {gateway}"))?
@@ -143,7 +158,8 @@ impl Client {
     }
 
     fn server_name(&self) -> anyhow::Result<ServerName<'static>> {
-        ServerName::try_from(self.host.clone()).map_err(|_| anyhow!("{:?} is not a valid gateway host name", self.host))
+        ServerName::try_from(self.host.clone())
+            .map_err(|_| anyhow!("{:?} is not a valid gateway host name", self.host))
     }
 
     async fn quic_connection(&self) -> anyhow::Result<quinn::Connection> {
@@ -153,7 +169,12 @@ impl Client {
                 return Ok(conn.clone());
             }
         }
-        let bind: SocketAddr = if self.addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse()?;
+        let bind: SocketAddr = if self.addr.is_ipv6() {
+            "[::]:0"
+        } else {
+            "0.0.0.0:0"
+        }
+        .parse()?;
         let mut endpoint = quinn::Endpoint::client(bind)?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
@@ -176,7 +197,10 @@ impl Client {
             .with_context(|| format!("connecting to gateway {} over TCP", self.addr))?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let tls = connector.connect(self.server_name()?, tcp).await.map_err(|e| anyhow!("{}", explain(&e, None)))?;
+        let tls = connector
+            .connect(self.server_name()?, tcp)
+            .await
+            .map_err(|e| anyhow!("{}", explain(&e, None)))?;
         let (r, w) = tokio::io::split(tls);
         Ok((Box::new(r), Box::new(w)))
     }
@@ -192,18 +216,28 @@ impl Client {
                 if self.fell_back.load(Ordering::Relaxed) {
                     return self.tcp_stream().await;
                 }
-                match tokio::time::timeout(Duration::from_millis(1000), self.quic_connection()).await {
+                match tokio::time::timeout(Duration::from_millis(1000), self.quic_connection())
+                    .await
+                {
                     Ok(Ok(c)) => c,
-                    Ok(Err(e)) if !e.to_string().contains("timed out") && is_tls_failure(&e) => return Err(e),
+                    Ok(Err(e)) if !e.to_string().contains("timed out") && is_tls_failure(&e) => {
+                        return Err(e)
+                    }
                     _ => {
-                        tracing::info!("QUIC to {} failed or timed out; falling back to TLS over TCP", self.addr);
+                        tracing::info!(
+                            "QUIC to {} failed or timed out; falling back to TLS over TCP",
+                            self.addr
+                        );
                         self.fell_back.store(true, Ordering::Relaxed);
                         return self.tcp_stream().await;
                     }
                 }
             }
         };
-        let (send, recv) = quic.open_bi().await.map_err(|e| anyhow!("gateway closed the connection: {e}"))?;
+        let (send, recv) = quic
+            .open_bi()
+            .await
+            .map_err(|e| anyhow!("gateway closed the connection: {e}"))?;
         Ok((Box::new(recv), Box::new(send)))
     }
 
@@ -211,7 +245,7 @@ impl Client {
     pub async fn request(&self, req: &Request) -> anyhow::Result<Response> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        writer.write_frame(&frame::encode_request(req)).await?;
+        writer.write_request(req).await?;
         let mut reader = FrameReader::new(r);
         let resp = read_response(&mut reader).await?;
         let _ = writer.finish().await;
@@ -220,15 +254,30 @@ impl Client {
 
     /// Open a session to `device`. Denials and device errors are returned as errors with the
     /// gateway's message.
-    pub async fn open(&self, device: &str, break_glass: bool, reason: Option<String>) -> anyhow::Result<Session> {
+    pub async fn open(
+        &self,
+        device: &str,
+        break_glass: bool,
+        reason: Option<String>,
+    ) -> anyhow::Result<Session> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
         writer
-            .write_frame(&frame::encode_request(&Request::Open { device: device.to_string(), break_glass, reason }))
+            .write_request(&Request::Open {
+                device: device.to_string(),
+                break_glass,
+                reason,
+            })
             .await?;
         let mut reader = FrameReader::new(r);
         match read_response(&mut reader).await? {
-            Response::Opened { session_id, rule, ends_at_unix, end_reason_if_uncut, .. } => Ok(Session {
+            Response::Opened {
+                session_id,
+                rule,
+                ends_at_unix,
+                end_reason_if_uncut,
+                ..
+            } => Ok(Session {
                 reader,
                 writer,
                 session_id,
@@ -237,7 +286,9 @@ impl Client {
                 end_reason: end_reason_if_uncut,
             }),
             Response::Denied { reason } => Err(SessionError::Denied(reason).into()),
-            Response::Error { code, message } => Err(SessionError::Gateway(format!("{code:?}: {message}")).into()),
+            Response::Error { code, message } => {
+                Err(SessionError::Gateway(format!("{code:?}: {message}")).into())
+            }
             other => bail!("unexpected answer from the gateway: {other:?}"),
         }
     }
@@ -259,8 +310,14 @@ pub enum SessionError {
     Gateway(String),
 }
 
-async fn read_response<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> anyhow::Result<Response> {
-    match reader.next().await.context("reading the gateway's answer")? {
+async fn read_response<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+) -> anyhow::Result<Response> {
+    match reader
+        .next()
+        .await
+        .context("reading the gateway's answer")?
+    {
         Some(Inbound::Control(bytes)) => match frame::decode_response(&bytes)? {
             Some((resp, _)) => Ok(resp),
             None => bail!("truncated answer from the gateway"),
@@ -303,45 +360,61 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let activity = Activity::new();
-        let up = datapath::raw_to_framed(&mut local_r, &mut self.writer, &activity, &activity.up);
-        let down = datapath::framed_to_raw(&mut self.reader, &mut local_w, &activity, &activity.down);
-        tokio::pin!(up, down);
-        let (mut up_done, mut down_done) = (false, false);
-        while !(up_done && down_done) {
-            tokio::select! {
-                r = &mut up, if !up_done => {
-                    up_done = true;
-                    if let Err(e) = r {
-                        return SessionEnd::Broken(format!("sending: {e}"));
+        let early = {
+            let up =
+                datapath::raw_to_framed(&mut local_r, &mut self.writer, &activity, &activity.up);
+            let down =
+                datapath::framed_to_raw(&mut self.reader, &mut local_w, &activity, &activity.down);
+            tokio::pin!(up, down);
+            let (mut up_done, mut down_done) = (false, false);
+            let mut early = None;
+            while early.is_none() && !(up_done && down_done) {
+                tokio::select! {
+                    r = &mut up, if !up_done => {
+                        up_done = true;
+                        if let Err(e) = r {
+                            early = Some(SessionEnd::Broken(format!("sending: {e}")));
+                        }
                     }
-                }
-                r = &mut down, if !down_done => {
-                    down_done = true;
-                    match r {
-                        Ok(FramedEnd::Eof) => {}
-                        Ok(FramedEnd::Control(bytes)) => {
-                            return match frame::decode_response(&bytes) {
+                    r = &mut down, if !down_done => {
+                        down_done = true;
+                        early = match r {
+                            Ok(FramedEnd::Eof) => None,
+                            Ok(FramedEnd::Control(bytes)) => Some(match frame::decode_response(&bytes) {
                                 Ok(Some((Response::Closed { reason }, _))) => SessionEnd::ClosedByGateway(reason),
                                 _ => SessionEnd::Broken("unexpected control frame from the gateway".into()),
-                            };
-                        }
-                        Ok(FramedEnd::Abrupt) => return SessionEnd::Broken("gateway closed the stream".into()),
-                        Err(e) => return SessionEnd::Broken(format!("receiving: {e}")),
+                            }),
+                            Ok(FramedEnd::Abrupt) => Some(SessionEnd::Broken("gateway closed the stream".into())),
+                            Err(e) => Some(SessionEnd::Broken(format!("receiving: {e}"))),
+                        };
                     }
                 }
             }
-        }
-        drop(up);
+            early
+        };
         let _ = self.writer.finish().await;
+        if let Some(end) = early {
+            return end;
+        }
         SessionEnd::Completed
     }
 }
 
 /// `ward connect --listen`: every local connection becomes its own authorized session.
-pub async fn listen(client: Arc<Client>, device: String, addr: SocketAddr, ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding local port {addr}"))?;
+pub async fn listen(
+    client: Arc<Client>,
+    device: String,
+    addr: SocketAddr,
+    ready: Option<tokio::sync::oneshot::Sender<SocketAddr>>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding local port {addr}"))?;
     let local = listener.local_addr()?;
-    eprintln!("ward: forwarding {local} → {device} through {}; Ctrl-C to stop", client.addr);
+    eprintln!(
+        "ward: forwarding {local} → {device} through {}; Ctrl-C to stop",
+        client.addr
+    );
     if let Some(tx) = ready {
         let _ = tx.send(local);
     }
@@ -354,11 +427,16 @@ pub async fn listen(client: Arc<Client>, device: String, addr: SocketAddr, ready
             match client.open(&device, false, None).await {
                 Ok(session) => {
                     let id = session.session_id.clone();
-                    eprintln!("ward: {from} → {device}: session {id} opened (rule {})", session.rule);
+                    eprintln!(
+                        "ward: {from} → {device}: session {id} opened (rule {})",
+                        session.rule
+                    );
                     let (r, w) = sock.into_split();
                     match session.run(r, w).await {
                         SessionEnd::Completed => eprintln!("ward: session {id} closed"),
-                        SessionEnd::ClosedByGateway(reason) => eprintln!("ward: session {id} ended by the gateway: {reason}"),
+                        SessionEnd::ClosedByGateway(reason) => {
+                            eprintln!("ward: session {id} ended by the gateway: {reason}")
+                        }
                         SessionEnd::Broken(why) => eprintln!("ward: session {id} broke: {why}"),
                     }
                 }

@@ -46,7 +46,11 @@ pub struct FrameReader<R> {
 impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Wrap a stream positioned at a frame boundary.
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: vec![0; CHUNK], remaining: 0 }
+        Self {
+            inner,
+            buf: vec![0; CHUNK],
+            remaining: 0,
+        }
     }
 
     /// Next piece of input; `Ok(None)` when the stream ended at a frame boundary without `EOF`.
@@ -61,7 +65,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             match ty {
                 DATA => {
                     if len > MAX_DATA {
-                        return Err(invalid(format!("data frame of {len} bytes exceeds {MAX_DATA}")));
+                        return Err(invalid(format!(
+                            "data frame of {len} bytes exceeds {MAX_DATA}"
+                        )));
                     }
                     if len == 0 {
                         return Ok(Some(Inbound::Data(&[])));
@@ -71,7 +77,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 EOF => return Ok(Some(Inbound::Eof)),
                 _ => {
                     if len > ward_core::frame::MAX_PAYLOAD {
-                        return Err(invalid(format!("control frame of {len} bytes is too large")));
+                        return Err(invalid(format!(
+                            "control frame of {len} bytes is too large"
+                        )));
                     }
                     let mut frame = Vec::with_capacity(HEADER + len);
                     frame.extend_from_slice(&hdr);
@@ -86,7 +94,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         let slot = self.buf.get_mut(..want).unwrap_or_default();
         let got = self.inner.read(slot).await?;
         if got == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a data frame"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream ended inside a data frame",
+            ));
         }
         self.remaining -= got;
         Ok(Some(Inbound::Data(self.buf.get(..got).unwrap_or_default())))
@@ -107,7 +118,10 @@ async fn read_exact_or_eof<R: AsyncRead + Unpin>(r: &mut R, buf: &mut [u8]) -> i
             if filled == 0 {
                 return Ok(false);
             }
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame header"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "stream ended inside a frame header",
+            ));
         }
         filled += n;
     }
@@ -124,7 +138,10 @@ pub struct FrameWriter<W> {
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wrap the write half of a stream.
     pub fn new(inner: W) -> Self {
-        Self { inner, in_frame: false }
+        Self {
+            inner,
+            in_frame: false,
+        }
     }
 
     /// Write an already-encoded frame whole.
@@ -133,6 +150,26 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.inner.write_all(frame).await?;
         self.in_frame = false;
         Ok(())
+    }
+
+    /// Encode and write a response. An answer too large to encode becomes an `Internal` error frame.
+    pub async fn write_response(&mut self, r: &ward_core::frame::Response) -> io::Result<()> {
+        use ward_core::frame::{encode_response, ErrorCode, Response};
+        let bytes = encode_response(r)
+            .or_else(|e| {
+                encode_response(&Response::Error {
+                    code: ErrorCode::Internal,
+                    message: format!("answer could not be encoded: {e}"),
+                })
+            })
+            .map_err(|e| invalid(e.to_string()))?;
+        self.write_frame(&bytes).await
+    }
+
+    /// Encode and write a request.
+    pub async fn write_request(&mut self, r: &ward_core::frame::Request) -> io::Result<()> {
+        let bytes = ward_core::frame::encode_request(r).map_err(|e| invalid(e.to_string()))?;
+        self.write_frame(&bytes).await
     }
 
     /// Write the `EOF` marker and flush.
@@ -171,7 +208,12 @@ pub struct Activity {
 impl Activity {
     /// Fresh counters starting now.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self { start: Instant::now(), last_ms: AtomicU64::new(0), up: AtomicU64::new(0), down: AtomicU64::new(0) })
+        Arc::new(Self {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        })
     }
 
     fn touch(&self) {
@@ -208,11 +250,14 @@ where
         }
         activity.touch();
         counter.fetch_add(n as u64, Ordering::Relaxed);
-        let len = u32::try_from(n).map_err(|_| invalid("chunk too large".into()))?.to_be_bytes();
+        let len = u32::try_from(n)
+            .map_err(|_| invalid("chunk too large".into()))?
+            .to_be_bytes();
         if let Some(h) = buf.get_mut(..HEADER) {
             h.copy_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
         }
-        w.write_frame(buf.get(..HEADER + n).unwrap_or_default()).await?;
+        w.write_frame(buf.get(..HEADER + n).unwrap_or_default())
+            .await?;
     }
 }
 
@@ -273,11 +318,15 @@ mod tests {
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
             let mut src = &sent[..];
-            raw_to_framed(&mut src, &mut w, &act2, &act2.up).await.unwrap();
+            raw_to_framed(&mut src, &mut w, &act2, &act2.up)
+                .await
+                .unwrap();
         });
         let mut r = FrameReader::new(b);
         let mut out = Vec::new();
-        let end = framed_to_raw(&mut r, &mut out, &act, &act.down).await.unwrap();
+        let end = framed_to_raw(&mut r, &mut out, &act, &act.down)
+            .await
+            .unwrap();
         writer.await.unwrap();
         assert!(matches!(end, FramedEnd::Eof));
         assert_eq!(out, payload);

@@ -60,7 +60,9 @@ impl Shared {
     }
 
     fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
-        let Ok(sessions) = self.sessions.lock() else { return 0 };
+        let Ok(sessions) = self.sessions.lock() else {
+            return 0;
+        };
         let mut n = 0;
         for s in sessions.values().filter(|s| pred(s)) {
             s.cut.send_replace(Some(Cut(reason.to_string())));
@@ -79,7 +81,7 @@ struct ConnSlot {
 impl ConnSlot {
     fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Result<Self, &'static str> {
         let limits = shared.limits();
-        if shared.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections {
+        if shared.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections as usize {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
             return Err("total connection limit reached");
         }
@@ -88,12 +90,15 @@ impl ConnSlot {
             return Err("internal error");
         };
         let count = per.entry(ip).or_insert(0);
-        if *count >= limits.max_connections_per_source {
+        if *count >= limits.max_connections_per_source as usize {
             shared.connections.fetch_sub(1, Ordering::AcqRel);
             return Err("per-source connection limit reached");
         }
         *count += 1;
-        Ok(Self { shared: shared.clone(), ip })
+        Ok(Self {
+            shared: shared.clone(),
+            ip,
+        })
     }
 }
 
@@ -124,7 +129,11 @@ pub struct Gateway {
 /// Map a ward-ca identity onto the policy's view of a principal.
 pub fn principal_of(id: &Identity) -> Principal {
     Principal {
-        kind: id.kind.to_string().parse().unwrap_or(ward_core::PrincipalKind::Vendor),
+        kind: id
+            .kind
+            .to_string()
+            .parse()
+            .unwrap_or(ward_core::PrincipalKind::Vendor),
         name: id.name.clone(),
         org: id.org.clone(),
         roles: id.roles.clone(),
@@ -142,12 +151,16 @@ fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     // Large socket buffers keep bursts of QUIC packets from being dropped (performance.md).
     let _ = sock.set_recv_buffer_size(8 << 20);
     let _ = sock.set_send_buffer_size(8 << 20);
-    sock.bind(&addr.into()).with_context(|| format!("binding UDP {addr}"))?;
+    sock.bind(&addr.into())
+        .with_context(|| format!("binding UDP {addr}"))?;
     Ok(sock.into())
 }
 
 /// quinn transport settings tuned for bulk device transfers on LANs (performance.md).
-pub fn transport_config(max_streams: u32, idle: Duration) -> anyhow::Result<quinn::TransportConfig> {
+pub fn transport_config(
+    max_streams: u32,
+    idle: Duration,
+) -> anyhow::Result<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
@@ -165,12 +178,18 @@ impl Gateway {
     /// Load the CA, certificates and store named by `config`, bind the listeners and start serving.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Gateway> {
         let g = &config.gateway;
-        let validator = Validator::from_dir(&g.ca)
-            .with_context(|| format!("loading Ward's CA from {} (create one with `ward ca init`)", g.ca.display()))?;
+        let validator = Validator::from_dir(&g.ca).with_context(|| {
+            format!(
+                "loading Ward's CA from {} (create one with `ward ca init`)",
+                g.ca.display()
+            )
+        })?;
         let chain = tls::load_certs(&g.cert)?;
         let key = tls::load_key(&g.key)?;
         // Refuse to start with a gateway certificate Ward's own CA would not accept.
-        let leaf = chain.first().ok_or_else(|| anyhow!("{} holds no certificate", g.cert.display()))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| anyhow!("{} holds no certificate", g.cert.display()))?;
         let ints: Vec<&[u8]> = chain.iter().skip(1).map(|c| c.as_ref()).collect();
         validator
             .validate(leaf.as_ref(), &ints, Usage::Server, clock.now())
@@ -200,7 +219,11 @@ impl Gateway {
         let quic_addr = endpoint.local_addr()?;
 
         let tcp = match g.listen_tcp {
-            Some(addr) => Some(TcpListener::bind(addr).await.with_context(|| format!("binding TCP {addr}"))?),
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding TCP {addr}"))?,
+            ),
             None => None,
         };
         let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
@@ -219,14 +242,25 @@ impl Gateway {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        tasks.spawn(quic_accept_loop(shared.clone(), endpoint.clone(), stop_rx.clone()));
+        tasks.spawn(quic_accept_loop(
+            shared.clone(),
+            endpoint.clone(),
+            stop_rx.clone(),
+        ));
         if let Some(listener) = tcp {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
             tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
         }
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
               devices = shared.config.devices.len(), rules = shared.config.rules.len(), "gateway listening");
-        Ok(Gateway { shared, quic_addr, tcp_addr, endpoint, stop_accepting: stop_tx, tasks })
+        Ok(Gateway {
+            shared,
+            quic_addr,
+            tcp_addr,
+            endpoint,
+            stop_accepting: stop_tx,
+            tasks,
+        })
     }
 
     /// The bound QUIC (UDP) address.
@@ -251,7 +285,11 @@ impl Gateway {
 
     /// Stop accepting, let sessions drain for up to `grace`, then close the rest with a reason.
     pub async fn shutdown(mut self, grace: Duration) {
-        info!(event = "gateway_stopping", live = self.shared.live_sessions(), "draining sessions");
+        info!(
+            event = "gateway_stopping",
+            live = self.shared.live_sessions(),
+            "draining sessions"
+        );
         self.shared.draining.store(true, Ordering::Release);
         self.stop_accepting.send_replace(true);
         let deadline = tokio::time::Instant::now() + grace;
@@ -265,14 +303,19 @@ impl Gateway {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"gateway shutting down");
+        self.endpoint
+            .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
 }
 
-async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut stop: watch::Receiver<bool>) {
+async fn quic_accept_loop(
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => return },
@@ -298,12 +341,20 @@ async fn quic_accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint, mut st
 }
 
 fn identity_from_certs(shared: &Shared, certs: &[CertificateDer<'_>]) -> anyhow::Result<Identity> {
-    let (leaf, rest) = certs.split_first().ok_or_else(|| anyhow!("client presented no certificate"))?;
+    let (leaf, rest) = certs
+        .split_first()
+        .ok_or_else(|| anyhow!("client presented no certificate"))?;
     let ints: Vec<&[u8]> = rest.iter().map(|c| c.as_ref()).collect();
-    Ok(shared.validator.validate(leaf.as_ref(), &ints, Usage::Client, shared.clock.now())?)
+    Ok(shared
+        .validator
+        .validate(leaf.as_ref(), &ints, Usage::Client, shared.clock.now())?)
 }
 
-async fn serve_quic(shared: Arc<Shared>, incoming: quinn::Incoming, _slot: ConnSlot) -> anyhow::Result<()> {
+async fn serve_quic(
+    shared: Arc<Shared>,
+    incoming: quinn::Incoming,
+    _slot: ConnSlot,
+) -> anyhow::Result<()> {
     let peer = incoming.remote_address();
     let connecting = incoming.accept()?;
     let conn = tokio::time::timeout(shared.limits().handshake_timeout, connecting)
@@ -320,7 +371,10 @@ async fn serve_quic(shared: Arc<Shared>, incoming: quinn::Incoming, _slot: ConnS
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
-            Err(quinn::ConnectionError::ApplicationClosed(_) | quinn::ConnectionError::LocallyClosed) => break,
+            Err(
+                quinn::ConnectionError::ApplicationClosed(_)
+                | quinn::ConnectionError::LocallyClosed,
+            ) => break,
             Err(e) => {
                 info!(event = "connection_closed", source = %peer, reason = %e);
                 break;
@@ -359,7 +413,12 @@ async fn tcp_accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp)).await {
+            let tls = match tokio::time::timeout(
+                shared.limits().handshake_timeout,
+                acceptor.accept(tcp),
+            )
+            .await
+            {
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
@@ -370,7 +429,12 @@ async fn tcp_accept_loop(
                     return;
                 }
             };
-            let certs = tls.get_ref().1.peer_certificates().map(|c| c.to_vec()).unwrap_or_default();
+            let certs = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .map(|c| c.to_vec())
+                .unwrap_or_default();
             let identity = match identity_from_certs(&shared, &certs) {
                 Ok(i) => Arc::new(i),
                 Err(e) => {
@@ -384,73 +448,116 @@ async fn tcp_accept_loop(
     }
 }
 
-fn error_frame(code: ErrorCode, message: impl Into<String>) -> Vec<u8> {
-    frame::encode_response(&Response::Error { code, message: message.into() })
+fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
 }
 
 /// One session: read the request, answer it, and for a permitted open, proxy until it ends.
-async fn serve_stream<R, W>(shared: Arc<Shared>, identity: Arc<Identity>, peer: SocketAddr, transport: &'static str, r: R, w: W)
-where
+async fn serve_stream<R, W>(
+    shared: Arc<Shared>,
+    identity: Arc<Identity>,
+    peer: SocketAddr,
+    transport: &'static str,
+    r: R,
+    w: W,
+) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    let request = match tokio::time::timeout(shared.limits().handshake_timeout, read_request(&mut reader)).await {
+    let request = match tokio::time::timeout(
+        shared.limits().handshake_timeout,
+        read_request(&mut reader),
+    )
+    .await
+    {
         Ok(Ok(req)) => req,
         Ok(Err(msg)) => {
             warn!(event = "bad_request", source = %peer, principal = %identity.principal(), reason = %msg);
-            let _ = writer.write_frame(&error_frame(ErrorCode::BadRequest, msg)).await;
+            let _ = writer
+                .write_response(&error_frame(ErrorCode::BadRequest, msg))
+                .await;
             let _ = writer.finish().await;
             return;
         }
         Err(_) => {
-            let _ = writer.write_frame(&error_frame(ErrorCode::BadRequest, "no request within the handshake timeout")).await;
+            let _ = writer
+                .write_response(&error_frame(
+                    ErrorCode::BadRequest,
+                    "no request within the handshake timeout",
+                ))
+                .await;
             let _ = writer.finish().await;
             return;
         }
     };
     let principal = principal_of(&identity);
     let response = match request {
-        Request::Open { device, break_glass: _, reason: _ } => {
-            open_session(shared, &identity, principal, peer, transport, &device, reader, writer).await;
+        Request::Open {
+            device,
+            break_glass: _,
+            reason: _,
+        } => {
+            open_session(
+                shared, &identity, principal, peer, transport, &device, reader, writer,
+            )
+            .await;
             return;
         }
         Request::ListDevices => {
             let now = shared.clock.now();
-            let devices = policy::reachable_devices(&shared.config.rules, &principal, &shared.config.devices, now)
-                .into_iter()
-                .map(|(d, rule)| frame::DeviceInfo {
-                    id: d.id.to_string(),
-                    protocol: d.protocol.to_string(),
-                    labels: d.labels.clone(),
-                    rule,
-                })
-                .collect();
+            let devices = policy::reachable_devices(
+                &shared.config.rules,
+                &principal,
+                &shared.config.devices,
+                now,
+            )
+            .into_iter()
+            .map(|(d, rule)| frame::DeviceInfo {
+                id: d.id.to_string(),
+                protocol: d.protocol,
+                labels: d.labels.clone(),
+                rule,
+            })
+            .collect();
             Response::Devices { devices }
         }
-        Request::Lock { target, for_secs, reason } => lock(&shared, &identity, &principal, target, for_secs, reason),
+        Request::Lock {
+            target,
+            for_secs,
+            reason,
+        } => lock(&shared, &identity, &principal, target, for_secs, reason),
         Request::Unlock { target } => unlock(&shared, &identity, &principal, target),
         Request::ListLocks => match require_security(&principal, "list locks") {
             Err(r) => r,
             Ok(()) => {
                 let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-                Response::Locks { locks: locks.iter().map(frame::LockInfo::from).collect() }
+                Response::Locks {
+                    locks: locks.iter().map(frame::LockInfo::from).collect(),
+                }
             }
         },
     };
-    let _ = writer.write_frame(&frame::encode_response(&response)).await;
+    let _ = writer.write_response(&response).await;
     let _ = writer.finish().await;
 }
 
-async fn read_request<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Request, String> {
+async fn read_request<R: AsyncRead + Unpin>(
+    reader: &mut FrameReader<R>,
+) -> Result<Request, String> {
     match reader.next().await {
         Ok(Some(Inbound::Control(bytes))) => match frame::decode_request(&bytes) {
             Ok(Some((req, _))) => Ok(req),
             Ok(None) => Err("truncated request frame".into()),
             Err(e) => Err(format!("bad request: {e}")),
         },
-        Ok(Some(Inbound::Data(_) | Inbound::Eof)) => Err("expected a request frame, got data".into()),
+        Ok(Some(Inbound::Data(_) | Inbound::Eof)) => {
+            Err("expected a request frame, got data".into())
+        }
         Ok(None) => Err("stream closed before a request".into()),
         Err(e) => Err(format!("bad request: {e}")),
     }
@@ -467,24 +574,45 @@ fn require_security(p: &Principal, what: &str) -> Result<(), Response> {
     }
 }
 
-fn lock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget, for_secs: Option<u64>, reason: String) -> Response {
+fn lock(
+    shared: &Shared,
+    identity: &Identity,
+    p: &Principal,
+    target: LockTarget,
+    for_secs: Option<u64>,
+    reason: String,
+) -> Response {
     if let Err(r) = require_security(p, "lock") {
         warn!(event = "lock_refused", principal = %identity.principal(), "lock refused");
         return r;
     }
     let now = shared.clock.now();
-    let until = for_secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 2)));
-    let lock = Lock { target: target.clone(), until, reason: reason.clone(), by: identity.principal() };
+    let until =
+        for_secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 2)));
+    let lock = Lock {
+        target: target.clone(),
+        until,
+        reason: reason.clone(),
+        by: identity.principal(),
+    };
     if let Err(e) = shared.store.put_lock(&lock) {
-        return Response::Error { code: ErrorCode::Internal, message: format!("lock not stored: {e}") };
+        return Response::Error {
+            code: ErrorCode::Internal,
+            message: format!("lock not stored: {e}"),
+        };
     }
     if let Ok(mut locks) = shared.locks.write() {
         locks.retain(|l| l.target != target);
         locks.push(lock.clone());
     }
-    let cut = shared.cut_where(|s| policy::lock_applies(&lock, &s.principal, &s.device, now), &format!("locked: {reason} (by {})", lock.by));
+    let cut = shared.cut_where(
+        |s| policy::lock_applies(&lock, &s.principal, &s.device, now),
+        &format!("locked: {reason} (by {})", lock.by),
+    );
     info!(event = "lock", principal = %identity.principal(), target = ?target, reason = %reason, sessions_ended = cut);
-    Response::Ok { message: format!("locked {target}; {cut} live session(s) ended") }
+    Response::Ok {
+        message: format!("locked {target}; {cut} live session(s) ended"),
+    }
 }
 
 fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget) -> Response {
@@ -492,16 +620,24 @@ fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarge
         return r;
     }
     match shared.store.remove_lock(&target) {
-        Err(e) => Response::Error { code: ErrorCode::Internal, message: format!("unlock not stored: {e}") },
+        Err(e) => Response::Error {
+            code: ErrorCode::Internal,
+            message: format!("unlock not stored: {e}"),
+        },
         Ok(existed) => {
             if let Ok(mut locks) = shared.locks.write() {
                 locks.retain(|l| l.target != target);
             }
             info!(event = "unlock", principal = %identity.principal(), target = ?target, existed);
             if existed {
-                Response::Ok { message: format!("unlocked {target}") }
+                Response::Ok {
+                    message: format!("unlocked {target}"),
+                }
             } else {
-                Response::Error { code: ErrorCode::BadRequest, message: format!("no lock on {target}") }
+                Response::Error {
+                    code: ErrorCode::BadRequest,
+                    message: format!("no lock on {target}"),
+                }
             }
         }
     }
@@ -546,14 +682,17 @@ async fn open_session<R, W>(
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let session_id = format!("{:016x}", shared.next_session.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>());
+    let session_id = format!(
+        "{:016x}",
+        shared.next_session.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>()
+    );
     let span = info_span!("session", session_id = %session_id, principal = %identity.principal(), serial = %identity.serial,
         source = %peer, transport, device = %device_id, decision = field::Empty, rule = field::Empty,
         bytes_up = field::Empty, bytes_down = field::Empty, end_reason = field::Empty);
     async move {
         let now = shared.clock.now();
         if shared.draining.load(Ordering::Acquire) {
-            let _ = writer.write_frame(&error_frame(ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly")).await;
+            let _ = writer.write_response(&error_frame(ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly")).await;
             let _ = writer.finish().await;
             return;
         }
@@ -561,28 +700,28 @@ async fn open_session<R, W>(
             let msg = format!("certificate expired at {}; get a new one (`ward ca issue` or `ward login`)", identity.not_after);
             tracing::Span::current().record("decision", "deny");
             warn!(event = "session_denied", reason = %msg);
-            let _ = writer.write_frame(&frame::encode_response(&Response::Denied { reason: msg })).await;
+            let _ = writer.write_response(&Response::Denied { reason: msg }).await;
             let _ = writer.finish().await;
             return;
         }
         let device = shared.config.devices.iter().find(|d| d.id.as_str() == device_id);
         let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-        let decision = policy::evaluate(&shared.config.rules, &principal, device_id, device, &locks, now);
+        let decision = policy::evaluate_id(&shared.config.rules, &locks, &principal, &shared.config.devices, device_id, now);
         let permit = match decision {
             Decision::Deny(reason) => {
                 let reason = reason.to_string();
                 tracing::Span::current().record("decision", "deny");
                 warn!(event = "session_denied", reason = %reason);
-                let _ = writer.write_frame(&frame::encode_response(&Response::Denied { reason })).await;
+                let _ = writer.write_response(&Response::Denied { reason }).await;
                 let _ = writer.finish().await;
                 return;
             }
             Decision::Permit(p) => p,
         };
         let Some(device) = device else { return };
-        tracing::Span::current().record("decision", "permit").record("rule", permit.rule.as_str());
-        if shared.live_sessions() >= shared.limits().max_sessions {
-            let _ = writer.write_frame(&error_frame(ErrorCode::Overloaded, "gateway is at its session limit; try again shortly")).await;
+        tracing::Span::current().record("decision", "permit").record("rule", permit.rule());
+        if shared.live_sessions() >= shared.limits().max_sessions as usize {
+            let _ = writer.write_response(&error_frame(ErrorCode::Overloaded, "gateway is at its session limit; try again shortly")).await;
             let _ = writer.finish().await;
             return;
         }
@@ -590,7 +729,7 @@ async fn open_session<R, W>(
             Ok(s) => s,
             Err((code, msg)) => {
                 warn!(event = "device_unreachable", reason = %msg);
-                let _ = writer.write_frame(&error_frame(code, msg)).await;
+                let _ = writer.write_response(&error_frame(code, msg)).await;
                 let _ = writer.finish().await;
                 return;
             }
@@ -608,19 +747,19 @@ async fn open_session<R, W>(
         let opened = Response::Opened {
             session_id: session_id.clone(),
             device: device_id.to_string(),
-            rule: permit.rule.clone(),
-            ends_at_unix: permit.ends_at.unix_timestamp(),
-            end_reason_if_uncut: permit.end_reason.to_string(),
+            rule: permit.rule().to_string(),
+            ends_at_unix: permit.ends_at().unix_timestamp(),
+            end_reason_if_uncut: permit.end_reason().to_string(),
         };
-        info!(event = "session_opened", rule = %permit.rule, ends_at = %permit.ends_at);
+        info!(event = "session_opened", rule = %permit.rule(), ends_at = %permit.ends_at());
         let activity = Activity::new();
-        let end = if writer.write_frame(&frame::encode_response(&opened)).await.is_err() {
+        let end = if writer.write_response(&opened).await.is_err() {
             "client went away".to_string()
         } else {
             let (mut dev_r, mut dev_w) = tcp.into_split();
-            let deadline = to_instant(&shared, permit.ends_at);
+            let deadline = to_instant(&shared, permit.ends_at());
             let idle = shared.limits().idle_timeout;
-            let end_reason_text = permit.end_reason.to_string();
+            let end_reason_text = permit.end_reason().to_string();
             let proxy = async {
                 let up = datapath::framed_to_raw(&mut reader, &mut dev_w, &activity, &activity.up);
                 let down = datapath::raw_to_framed(&mut dev_r, &mut writer, &activity, &activity.down);
@@ -665,8 +804,8 @@ async fn open_session<R, W>(
                 Ok(r) => r,
                 Err(Cut(reason)) => {
                     if !writer.torn() {
-                        let closed = frame::encode_response(&Response::Closed { reason: reason.clone() });
-                        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_frame(&closed)).await;
+                        let closed = Response::Closed { reason: reason.clone() };
+                        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_response(&closed)).await;
                     }
                     reason
                 }
@@ -689,7 +828,9 @@ async fn open_session<R, W>(
 }
 
 fn cut_rx_send(shared: &Shared, id: u64, reason: String) -> bool {
-    let Ok(s) = shared.sessions.lock() else { return false };
+    let Ok(s) = shared.sessions.lock() else {
+        return false;
+    };
     match s.get(&id) {
         Some(live) => {
             live.cut.send_replace(Some(Cut(reason)));
@@ -713,7 +854,8 @@ async fn wait_cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
 
 /// Load a config file and resolve its relative paths against the file's directory.
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading config {}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config {}", path.display()))?;
     let mut config = Config::parse(&text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
@@ -722,6 +864,9 @@ pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gateway").field("quic", &self.quic_addr).field("tcp", &self.tcp_addr).finish()
+        f.debug_struct("Gateway")
+            .field("quic", &self.quic_addr)
+            .field("tcp", &self.tcp_addr)
+            .finish()
     }
 }

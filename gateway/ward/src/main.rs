@@ -110,14 +110,16 @@ impl GatewayClientArgs {
 
 /// Refuse early, with advice, when the user's own certificate has expired.
 fn preflight_identity(files: &IdentityFiles) -> anyhow::Result<()> {
-    let pem = std::fs::read_to_string(&files.cert).with_context(|| format!("reading {}", files.cert.display()))?;
+    let pem = std::fs::read_to_string(&files.cert)
+        .with_context(|| format!("reading {}", files.cert.display()))?;
     let now = SystemClock.now();
-    let inspection = ward_ca::inspect(&pem, None, now).with_context(|| format!("{} is not a usable certificate", files.cert.display()))?;
-    if inspection.identity.not_after <= now {
+    let inspection = ward_ca::inspect(&pem, None, now)
+        .with_context(|| format!("{} is not a usable certificate", files.cert.display()))?;
+    if inspection.remaining_seconds <= 0 {
         bail!(
             "your certificate {} expired at {}; get a new one (`ward login`, or `ward ca issue` for development identities)",
             files.cert.display(),
-            inspection.identity.not_after
+            inspection.not_after
         );
     }
     Ok(())
@@ -210,7 +212,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
 }
 
 fn run(command: Command) -> anyhow::Result<ExitCode> {
@@ -223,14 +228,28 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Devices(args) => runtime()?.block_on(devices(args)),
         Command::Lock(args) => runtime()?.block_on(async move {
             let for_secs = match &args.for_ {
-                Some(d) => Some(ward_core::parse_duration(d).with_context(|| format!("--for {d}"))?.as_secs()),
+                Some(d) => Some(
+                    ward_core::parse_duration(d)
+                        .with_context(|| format!("--for {d}"))?
+                        .as_secs(),
+                ),
                 None => None,
             };
-            let req = Request::Lock { target: args.target.target()?, for_secs, reason: args.reason.clone() };
+            let req = Request::Lock {
+                target: args.target.target()?,
+                for_secs,
+                reason: args.reason.clone(),
+            };
             simple(&args.gw, req).await
         }),
         Command::Unlock(args) => runtime()?.block_on(async move {
-            simple(&args.gw, Request::Unlock { target: args.target.target()? }).await
+            simple(
+                &args.gw,
+                Request::Unlock {
+                    target: args.target.target()?,
+                },
+            )
+            .await
         }),
         Command::Locks(args) => runtime()?.block_on(simple(&args, Request::ListLocks)),
     }
@@ -245,7 +264,17 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
                 println!("no active locks");
             }
             for l in locks {
-                println!("{l}");
+                let until = match l
+                    .until_unix
+                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
+                {
+                    Some(t) => t.to_string(),
+                    None => "until unlocked".into(),
+                };
+                println!(
+                    "{}  until {until}  by {}  reason: {}",
+                    l.target, l.by, l.reason
+                );
             }
         }
         Response::Error { code, message } => bail!("{code:?}: {message}"),
@@ -271,7 +300,12 @@ async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Exi
             .with_context(|| format!("{}: ca = {}", path.display(), config.gateway.ca.display()))?;
         ward::tls::load_certs(&config.gateway.cert)?;
         ward::tls::load_key(&config.gateway.key)?;
-        println!("{}: ok ({} devices, {} rules)", path.display(), config.devices.len(), config.rules.len());
+        println!(
+            "{}: ok ({} devices, {} rules)",
+            path.display(),
+            config.devices.len(),
+            config.rules.len()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.config.context("--config FILE is required")?;
@@ -285,16 +319,28 @@ async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Exi
 }
 
 async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ward".into());
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "ward".into());
     if args.no_run {
-        let ports = ward::quickstart::Ports { gateway: args.port, telnet: 2300, http: 8000 };
+        let ports = ward::quickstart::Ports {
+            gateway: args.port,
+            telnet: 2300,
+            http: 8000,
+        };
         let setup = ward::quickstart::prepare(&args.dir, ports, clock.as_ref())?;
         println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());
-        println!("Run the gateway: {exe} gateway --config {}", setup.config.display());
+        println!(
+            "Run the gateway: {exe} gateway --config {}",
+            setup.config.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let (gw, setup) = ward::quickstart::run(&args.dir, args.port, clock).await?;
-    println!("{}", ward::quickstart::instructions(&exe, &setup, gw.quic_addr()));
+    println!(
+        "{}",
+        ward::quickstart::instructions(&exe, &setup, gw.quic_addr())
+    );
     let _ = wait_for_signal().await?;
     gw.shutdown(Duration::from_secs(2)).await;
     Ok(ExitCode::SUCCESS)
@@ -313,7 +359,10 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    eprintln!("ward: session {} to {} opened (rule {})", session.session_id, args.device, session.rule);
+    eprintln!(
+        "ward: session {} to {} opened (rule {})",
+        session.session_id, args.device, session.rule
+    );
     match session.run(tokio::io::stdin(), tokio::io::stdout()).await {
         SessionEnd::Completed => Ok(ExitCode::SUCCESS),
         SessionEnd::ClosedByGateway(reason) => {
@@ -338,8 +387,15 @@ async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
             } else {
                 println!("{:<16} {:<8} {:<32} LABELS", "DEVICE", "PROTOCOL", "RULE");
                 for d in devices {
-                    let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!("{:<16} {:<8} {:<32} {}", d.id, d.protocol, d.rule, labels.join(","));
+                    let labels: Vec<String> =
+                        d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    println!(
+                        "{:<16} {:<8} {:<32} {}",
+                        d.id,
+                        d.protocol.to_string(),
+                        d.rule,
+                        labels.join(",")
+                    );
                 }
             }
             Ok(ExitCode::SUCCESS)

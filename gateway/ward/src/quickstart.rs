@@ -28,8 +28,16 @@ pub struct Ports {
     pub http: u16,
 }
 
-fn issue(ca: &Ca, dir: &Path, out: &str, req: IssueRequest, clock: &dyn Clock) -> anyhow::Result<()> {
-    let issued = ca.issue(&req, clock.now()).with_context(|| format!("issuing the {out} identity"))?;
+fn issue(
+    ca: &Ca,
+    dir: &Path,
+    out: &str,
+    req: IssueRequest,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
+    let issued = ca
+        .issue(&req, clock.now())
+        .with_context(|| format!("issuing the {out} identity"))?;
     issued.write(&dir.join(out))?;
     Ok(())
 }
@@ -59,12 +67,34 @@ pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Se
     gw.dns = vec!["localhost".into()];
     gw.ips = vec!["127.0.0.1".parse()?, "::1".parse()?];
     issue(&ca, dir, "gateway", gw, clock)?;
-    issue(&ca, dir, "vendor", person(Kind::Vendor, "jdoe", Some("acme"), &[]), clock)?;
-    issue(&ca, dir, "clinician", person(Kind::Clinician, "alice", None, &["icu"]), clock)?;
-    issue(&ca, dir, "security", person(Kind::Security, "sam", None, &["soc"]), clock)?;
+    issue(
+        &ca,
+        dir,
+        "vendor",
+        person(Kind::Vendor, "jdoe", Some("acme"), &[]),
+        clock,
+    )?;
+    issue(
+        &ca,
+        dir,
+        "clinician",
+        person(Kind::Clinician, "alice", None, &["icu"]),
+        clock,
+    )?;
+    issue(
+        &ca,
+        dir,
+        "security",
+        person(Kind::Security, "sam", None, &["soc"]),
+        clock,
+    )?;
     let config = dir.join("ward.toml");
-    std::fs::write(&config, sample_config(ports)).with_context(|| format!("writing {}", config.display()))?;
-    Ok(Setup { dir: dir.to_path_buf(), config })
+    std::fs::write(&config, sample_config(ports))
+        .with_context(|| format!("writing {}", config.display()))?;
+    Ok(Setup {
+        dir: dir.to_path_buf(),
+        config,
+    })
 }
 
 /// The quickstart config. Paths are relative to the config file's directory.
@@ -143,11 +173,19 @@ Press Ctrl-C to stop.
 }
 
 /// Start the simulated devices, prepare the setup for their ports, and start the gateway.
-pub async fn run(dir: &Path, gateway_port: u16, clock: Arc<dyn Clock>) -> anyhow::Result<(crate::gateway::Gateway, Setup)> {
+pub async fn run(
+    dir: &Path,
+    gateway_port: u16,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<(crate::gateway::Gateway, Setup)> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
     let telnet = crate::sim::telnet_console(any).await?;
     let http = crate::sim::http_console(any).await?;
-    let ports = Ports { gateway: gateway_port, telnet: telnet.addr.port(), http: http.addr.port() };
+    let ports = Ports {
+        gateway: gateway_port,
+        telnet: telnet.addr.port(),
+        http: http.addr.port(),
+    };
     let setup = prepare(dir, ports, clock.as_ref())?;
     let config = crate::gateway::load_config(&setup.config)?;
     let gw = crate::gateway::Gateway::start(config, clock)

@@ -25,7 +25,10 @@ pub struct SimDevice {
 /// Start the telnet-style pump console on `addr` (port 0 picks one).
 pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     let listener = TcpListener::bind(addr).await?;
-    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let dev = SimDevice {
+        addr: listener.local_addr()?,
+        connections: Arc::new(AtomicUsize::new(0)),
+    };
     let count = dev.connections.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
@@ -55,7 +58,10 @@ fn strip_iac(line: &[u8]) -> String {
             out.push(b);
         }
     }
-    String::from_utf8_lossy(&out).trim_matches(|c: char| c == '\r' || c == '\n' || c == '\0').trim().to_string()
+    String::from_utf8_lossy(&out)
+        .trim_matches(|c: char| c == '\r' || c == '\n' || c == '\0')
+        .trim()
+        .to_string()
 }
 
 async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
@@ -63,7 +69,8 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
     w.write_all(NEGOTIATION).await?;
-    w.write_all(b"\r\nAcme InfuPump 3000 service console (fw 2.1.4)\r\n\r\n").await?;
+    w.write_all(b"\r\nAcme InfuPump 3000 service console (fw 2.1.4)\r\n\r\n")
+        .await?;
     let mut line = Vec::new();
     for _attempt in 0..3 {
         w.write_all(b"login: ").await?;
@@ -79,7 +86,8 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
         }
         let pass = strip_iac(&line);
         if user == "admin" && pass == "admin" {
-            w.write_all(b"\r\nWelcome, admin. Type 'help' for commands.\r\n").await?;
+            w.write_all(b"\r\nWelcome, admin. Type 'help' for commands.\r\n")
+                .await?;
             loop {
                 w.write_all(b"pump> ").await?;
                 line.clear();
@@ -88,7 +96,9 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
                 }
                 let reply: &[u8] = match strip_iac(&line).as_str() {
                     "help" => b"commands: status, rate, log, exit\r\n",
-                    "status" => b"status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n",
+                    "status" => {
+                        b"status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n"
+                    }
                     "rate" => b"rate: 12.5 mL/h (limit 50.0)\r\n",
                     "log" => b"2026-11-02 03:14 alarm cleared: air-in-line\r\n",
                     "exit" | "quit" | "logout" => {
@@ -110,7 +120,10 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
 /// Start the HTTP status console (Basic auth `admin`/`admin`) on `addr`.
 pub async fn http_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     let listener = TcpListener::bind(addr).await?;
-    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let dev = SimDevice {
+        addr: listener.local_addr()?,
+        connections: Arc::new(AtomicUsize::new(0)),
+    };
     let count = dev.connections.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
@@ -127,7 +140,10 @@ async fn http_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
-    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("admin:admin"));
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:admin")
+    );
     loop {
         let mut request_line = String::new();
         if r.read_line(&mut request_line).await? == 0 {
@@ -161,7 +177,10 @@ async fn http_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
         r.read_exact(&mut body).await?;
         let response = if authorized {
             let page = "<html><head><title>VitalView 900 monitor</title></head><body>\n<h1>VitalView 900 bedside monitor</h1>\n<p>Bed ICU-3 &middot; HR 72 bpm &middot; SpO2 98% &middot; NIBP 118/76</p>\n</body></html>\n";
-            format!("HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}", page.len())
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\r\n{page}",
+                page.len()
+            )
         } else {
             let page = "401 login required\n";
             format!(
@@ -180,7 +199,10 @@ async fn http_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
 /// benchmark harness.
 pub async fn echo(addr: SocketAddr) -> std::io::Result<SimDevice> {
     let listener = TcpListener::bind(addr).await?;
-    let dev = SimDevice { addr: listener.local_addr()?, connections: Arc::new(AtomicUsize::new(0)) };
+    let dev = SimDevice {
+        addr: listener.local_addr()?,
+        connections: Arc::new(AtomicUsize::new(0)),
+    };
     let count = dev.connections.clone();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
@@ -213,15 +235,22 @@ mod tests {
 
     #[test]
     fn iac_is_stripped() {
-        assert_eq!(strip_iac(&[255, 253, 1, b'a', b'd', 255, 255, b'\r', b'\n']), "ad\u{ff}");
+        assert_eq!(
+            strip_iac(&[255, 253, 1, b'a', b'd', 255, 255, b'\r', b'\n']),
+            "ad\u{ff}"
+        );
         assert_eq!(strip_iac(b"admin\r\n"), "admin");
     }
 
     #[tokio::test]
     async fn telnet_console_accepts_default_login() {
-        let dev = telnet_console("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let dev = telnet_console("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
         let mut s = tokio::net::TcpStream::connect(dev.addr).await.unwrap();
-        s.write_all(b"admin\r\nadmin\r\nstatus\r\nexit\r\n").await.unwrap();
+        s.write_all(b"admin\r\nadmin\r\nstatus\r\nexit\r\n")
+            .await
+            .unwrap();
         let mut out = Vec::new();
         s.read_to_end(&mut out).await.unwrap();
         let text = String::from_utf8_lossy(&out);

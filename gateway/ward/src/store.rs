@@ -63,7 +63,9 @@ impl SqliteStore {
                  PRIMARY KEY (kind, value)
              );",
         )?;
-        Ok(Self { conn: Mutex::new(conn) })
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
     }
 }
 
@@ -82,13 +84,18 @@ impl Store for SqliteStore {
     fn remove_lock(&self, target: &LockTarget) -> Result<bool, StoreError> {
         let (kind, value) = target_parts(target);
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let n = conn.execute("DELETE FROM locks WHERE kind = ?1 AND value = ?2", rusqlite::params![kind, value])?;
+        let n = conn.execute(
+            "DELETE FROM locks WHERE kind = ?1 AND value = ?2",
+            rusqlite::params![kind, value],
+        )?;
         Ok(n > 0)
     }
 
     fn active_locks(&self, now: OffsetDateTime) -> Result<Vec<Lock>, StoreError> {
         let conn = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        let mut stmt = conn.prepare("SELECT kind, value, until, reason, by FROM locks WHERE until IS NULL OR until > ?1")?;
+        let mut stmt = conn.prepare(
+            "SELECT kind, value, until, reason, by FROM locks WHERE until IS NULL OR until > ?1",
+        )?;
         let rows = stmt.query_map([now.unix_timestamp()], |row| {
             Ok((
                 row.get::<_, String>(0)?,
@@ -108,10 +115,18 @@ impl Store for SqliteStore {
                 other => return Err(StoreError::Corrupt(format!("lock kind {other:?}"))),
             };
             let until = match until {
-                Some(t) => Some(OffsetDateTime::from_unix_timestamp(t).map_err(|e| StoreError::Corrupt(e.to_string()))?),
+                Some(t) => Some(
+                    OffsetDateTime::from_unix_timestamp(t)
+                        .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                ),
                 None => None,
             };
-            out.push(Lock { target, until, reason, by });
+            out.push(Lock {
+                target,
+                until,
+                reason,
+                by,
+            });
         }
         Ok(out)
     }
@@ -127,7 +142,13 @@ mod tests {
         let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
         {
             let s = SqliteStore::open(dir.path()).unwrap();
-            s.put_lock(&Lock { target: LockTarget::Org("acme".into()), until: None, reason: "incident 42".into(), by: "security sam".into() }).unwrap();
+            s.put_lock(&Lock {
+                target: LockTarget::Org("acme".into()),
+                until: None,
+                reason: "incident 42".into(),
+                by: "security sam".into(),
+            })
+            .unwrap();
             s.put_lock(&Lock {
                 target: LockTarget::Device("pump-12".into()),
                 until: Some(now + time::Duration::hours(1)),
@@ -138,7 +159,12 @@ mod tests {
         }
         let s = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(s.active_locks(now).unwrap().len(), 2);
-        assert_eq!(s.active_locks(now + time::Duration::hours(2)).unwrap().len(), 1);
+        assert_eq!(
+            s.active_locks(now + time::Duration::hours(2))
+                .unwrap()
+                .len(),
+            1
+        );
         assert!(s.remove_lock(&LockTarget::Org("acme".into())).unwrap());
         assert!(!s.remove_lock(&LockTarget::Org("acme".into())).unwrap());
         assert_eq!(s.active_locks(now).unwrap().len(), 1);

@@ -31,9 +31,15 @@ impl Drop for TelemetryGuard {
 
 /// Install the global subscriber. `RUST_LOG` overrides the default level (`info`).
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<TelemetryGuard> {
-    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"));
+    let filter = || {
+        EnvFilter::try_from_default_env()
+            .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"))
+    };
     let fmt = match format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed(),
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter())
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_current_span(true)
@@ -49,17 +55,30 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
                 .with_endpoint(url)
                 .build()
                 .with_context(|| format!("OTLP exporter for {url}"))?;
-            let resource = opentelemetry_sdk::Resource::builder().with_service_name("ward").build();
+            let resource = opentelemetry_sdk::Resource::builder()
+                .with_service_name("ward")
+                .build();
             let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
                 .with_batch_exporter(exporter)
                 .with_resource(resource)
                 .build();
             let tracer = provider.tracer("ward");
-            (Some(tracing_opentelemetry::layer().with_tracer(tracer).with_filter(filter())), Some(provider))
+            (
+                Some(
+                    tracing_opentelemetry::layer()
+                        .with_tracer(tracer)
+                        .with_filter(filter()),
+                ),
+                Some(provider),
+            )
         }
         None => (None, None),
     };
-    tracing_subscriber::registry().with(fmt).with(otel).try_init().context("installing the log subscriber")?;
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init()
+        .context("installing the log subscriber")?;
     Ok(TelemetryGuard { provider })
 }
 

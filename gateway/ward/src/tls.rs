@@ -27,7 +27,8 @@ pub fn provider() -> Arc<CryptoProvider> {
 
 /// Read every certificate in a PEM file.
 pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
-    let text = std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
+    let text =
+        std::fs::read(path).with_context(|| format!("reading certificate {}", path.display()))?;
     let certs = pem::parse_many(&text)
         .with_context(|| format!("{} is not PEM", path.display()))?
         .into_iter()
@@ -43,7 +44,8 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 /// Read a PKCS#8 / SEC1 private key from a PEM file.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     let text = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
-    let blocks = pem::parse_many(&text).with_context(|| format!("{} is not PEM", path.display()))?;
+    let blocks =
+        pem::parse_many(&text).with_context(|| format!("{} is not PEM", path.display()))?;
     for block in blocks {
         let der = block.contents().to_vec();
         match block.tag() {
@@ -72,7 +74,12 @@ impl std::fmt::Debug for WardClientVerifier {
 impl WardClientVerifier {
     /// A verifier over `validator`, asking `clock` for `now`.
     pub fn new(validator: Validator, clock: Arc<dyn Clock>) -> Self {
-        Self { validator, clock, provider: provider(), hints: Vec::new() }
+        Self {
+            validator,
+            clock,
+            provider: provider(),
+            hints: Vec::new(),
+        }
     }
 }
 
@@ -104,7 +111,10 @@ impl ClientCertVerifier for WardClientVerifier {
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
         let ints: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
-        match self.validator.validate(end_entity.as_ref(), &ints, Usage::Client, self.clock.now()) {
+        match self
+            .validator
+            .validate(end_entity.as_ref(), &ints, Usage::Client, self.clock.now())
+        {
             Ok(_) => Ok(ClientCertVerified::assertion()),
             Err(e) => {
                 tracing::warn!(event = "handshake_refused", reason = %e, "client certificate refused");
@@ -120,7 +130,9 @@ impl ClientCertVerifier for WardClientVerifier {
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         // The server config only enables TLS 1.3; reaching this would be a rustls bug.
-        Err(rustls::Error::PeerIncompatible(rustls::PeerIncompatible::Tls12NotOffered))
+        Err(rustls::Error::PeerIncompatible(
+            rustls::PeerIncompatible::Tls12NotOffered,
+        ))
     }
 
     fn verify_tls13_signature(
@@ -138,7 +150,9 @@ impl ClientCertVerifier for WardClientVerifier {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -170,7 +184,9 @@ pub fn client_config(
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(root).context("Ward root certificate is not usable as a trust anchor")?;
+    roots
+        .add(root)
+        .context("Ward root certificate is not usable as a trust anchor")?;
     let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?

@@ -1,0 +1,1033 @@
+//! The gateway's TOML configuration, parsed into types that are valid by construction.
+//!
+//! [`Config::parse`] reads the text (the caller reads the file) with serde and
+//! `deny_unknown_fields` into raw, span-carrying structs, then checks every semantic rule and
+//! builds [`Device`]s, [`Rule`]s and [`GatewayConfig`]. Every error names the file, the line and
+//! column, and the field (`rule[1].hours`), see [`ConfigError`]. The format is documented in
+//! `docs/config.md`; [`SAMPLE_CONFIG`] is a complete commented example.
+
+// `ConfigError` is ~150 bytes. Parsing runs once at startup and returns the first error, so the
+// size costs nothing measurable; boxing it would only put the public fields behind a pointer.
+#![allow(clippy::result_large_err)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_spanned::Spanned;
+use time::UtcOffset;
+
+use crate::device::{check_label, check_name, DeviceError};
+pub use crate::device::{Device, DeviceAddress, DeviceId, Protocol};
+use crate::duration::{parse_duration, DurationError};
+pub use crate::policy::{DeviceSelector, Rule, Who};
+use crate::principal::{PrincipalKind, UnknownPrincipalKind};
+use crate::window::{parse_offset, Hours, Window, WindowError};
+
+/// A complete, commented configuration. It parses (a unit test checks), and `docs/config.md`
+/// walks through it.
+pub const SAMPLE_CONFIG: &str = r#"# Ward gateway configuration. Relative paths are relative to this file's directory.
+
+[gateway]
+listen = "127.0.0.1:4433"          # QUIC (UDP)
+listen_tcp = "127.0.0.1:4433"      # TLS over TCP fallback; omit to disable
+ca = "certs-dev"                   # CA dir: root.crt, issuing.crt, ca.json
+cert = "certs-dev/gateway.crt"
+key = "certs-dev/gateway.key"
+state_dir = "var/ward"             # locks, audit log, recordings
+# timezone_offset = "+01:00"       # fixed offset for rule hours; default UTC
+# Limits (these are the defaults):
+# handshake_timeout = "10s"
+# idle_timeout = "15m"
+# device_connect_timeout = "5s"
+# shutdown_grace = "10s"
+# max_connections = 1024
+# max_connections_per_source = 64
+# max_sessions = 4096
+# max_sessions_per_connection = 256
+
+[[device]]
+id = "pump-12"
+address = "10.20.0.12:23"          # ip:port or hostname:port
+protocol = "telnet"                # telnet | http | dicom | hl7 | raw
+labels = { class = "infusion-pump", vendor = "acme", unit = "icu" }
+
+[[device]]
+id = "monitor-3"
+address = "monitor-3.icu.hospital.example:80"
+protocol = "http"
+labels = { class = "patient-monitor", vendor = "globex", unit = "icu" }
+
+[[device]]
+id = "pacs-1"
+address = "10.30.0.5:104"
+protocol = "dicom"
+labels = { class = "pacs", unit = "radiology" }
+
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+max_session = "2h"
+
+[[rule]]
+name = "icu-nurses-see-icu-consoles"
+who = { kind = "clinician", roles = ["icu", "nurse"] }
+devices = { ids = ["monitor-3"] }
+hours = "Mon-Fri 07:00-19:00"
+
+[[rule]]
+name = "radiology-weekend-maintenance"
+who = { kind = "vendor", org = "globex" }
+devices = { labels = { unit = "radiology" } }
+hours = ["Sat 22:00-06:00", "Sun 22:00-06:00"]
+max_session = "4h"
+
+[[rule]]
+name = "admins-reach-everything"
+who = { kind = "admin" }
+devices = { all = true }
+max_session = "1h"
+"#;
+
+/// Line and column (both 1-based, column in characters) of an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+}
+
+impl Location {
+    fn of(text: &str, offset: usize) -> Location {
+        let mut offset = offset.min(text.len());
+        while !text.is_char_boundary(offset) {
+            offset -= 1;
+        }
+        let before = text.get(..offset).unwrap_or("");
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+        Location { line, column }
+    }
+}
+
+/// A configuration error: `ward.toml:12:9: rule[1].hours: bad window "Mon-Fry 07:00-19:00": …`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigError {
+    /// The file name given to [`Config::parse`].
+    pub file: String,
+    /// Where in the file, when known.
+    pub location: Option<Location>,
+    /// The field path, e.g. `gateway.listen`, `device[2].address`, `rule[0].who`
+    /// (array indexes are 0-based, in file order).
+    pub field: String,
+    /// What is wrong.
+    pub kind: ConfigErrorKind,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.location {
+            Some(Location { line, column }) => write!(f, "{}:{line}:{column}: ", self.file)?,
+            None => write!(f, "{}: ", self.file)?,
+        }
+        if !self.field.is_empty() {
+            write!(f, "{}: ", self.field)?;
+        }
+        write!(f, "{}", self.kind)
+    }
+}
+
+/// What is wrong with a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigErrorKind {
+    /// TOML syntax, a wrong value type, an unknown or a missing field.
+    #[error("{0}")]
+    Syntax(String),
+    /// Two devices with the same id.
+    #[error("duplicate device id {id:?} (first defined on line {first_line})")]
+    DuplicateDevice {
+        /// The id.
+        id: String,
+        /// Line of the first definition.
+        first_line: usize,
+    },
+    /// Two rules with the same name.
+    #[error("duplicate rule name {name:?} (first defined on line {first_line})")]
+    DuplicateRule {
+        /// The name.
+        name: String,
+        /// Line of the first definition.
+        first_line: usize,
+    },
+    /// A bad device id, rule name, label, protocol or address.
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    /// A bad duration string.
+    #[error(transparent)]
+    Duration(#[from] DurationError),
+    /// A bad `hours` window or `timezone_offset`.
+    #[error(transparent)]
+    Window(#[from] WindowError),
+    /// A bad `who.kind`.
+    #[error(transparent)]
+    Kind(#[from] UnknownPrincipalKind),
+    /// A rule names a device id that no `[[device]]` defines.
+    #[error("no device with id {0:?} is defined")]
+    UnknownDevice(String),
+    /// A rule's `who` sets no field, which would match nobody (or, worse, everybody).
+    #[error("`who` must set at least one of kind, org, name, roles")]
+    EmptyWho,
+    /// A rule's `devices` does not set exactly one of `ids`, `labels`, `all = true`.
+    #[error("`devices` must set exactly one of ids = [..], labels = {{..}}, all = true")]
+    Selector,
+    /// A listen address that is not `ip:port`.
+    #[error(
+        "bad listen address {0:?}: expected ip:port, e.g. \"127.0.0.1:4433\" or \"[::]:4433\""
+    )]
+    Listen(String),
+    /// An empty string where a value is required.
+    #[error("must not be empty")]
+    Empty,
+    /// A limit that is zero or inconsistent with another.
+    #[error("{0}")]
+    Limit(String),
+}
+
+/// Connection, session and timing limits, with safe defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest a TLS/QUIC handshake plus first request frame may take. Default 10s.
+    pub handshake_timeout: Duration,
+    /// A session with no bytes either way for this long is closed. Default 15m.
+    pub idle_timeout: Duration,
+    /// Longest the gateway waits for a device's TCP connect. Default 5s.
+    pub device_connect_timeout: Duration,
+    /// On shutdown, sessions get this long before they are cut. Default 10s.
+    pub shutdown_grace: Duration,
+    /// Concurrent client connections. Default 1024.
+    pub max_connections: u32,
+    /// Concurrent connections from one source IP. Default 64.
+    pub max_connections_per_source: u32,
+    /// Concurrent device sessions, all clients. Default 4096.
+    pub max_sessions: u32,
+    /// Concurrent sessions (streams) in one connection. Default 256.
+    pub max_sessions_per_connection: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(15 * 60),
+            device_connect_timeout: Duration::from_secs(5),
+            shutdown_grace: Duration::from_secs(10),
+            max_connections: 1024,
+            max_connections_per_source: 64,
+            max_sessions: 4096,
+            max_sessions_per_connection: 256,
+        }
+    }
+}
+
+/// The `[gateway]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewayConfig {
+    /// QUIC (UDP) listen address.
+    pub listen: SocketAddr,
+    /// TLS-over-TCP fallback listen address; `None` = disabled.
+    pub listen_tcp: Option<SocketAddr>,
+    /// CA directory (`root.crt`, `issuing.crt`, `ca.json`).
+    pub ca: PathBuf,
+    /// Gateway certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Gateway private key (PEM).
+    pub key: PathBuf,
+    /// Where locks, audit log and recordings live.
+    pub state_dir: PathBuf,
+    /// Fixed offset at which rule `hours` are evaluated. Default UTC.
+    pub timezone_offset: UtcOffset,
+    /// Limits.
+    pub limits: Limits,
+}
+
+/// A whole, validated configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[gateway]`.
+    pub gateway: GatewayConfig,
+    /// `[[device]]`, in file order, ids unique.
+    pub devices: Vec<Device>,
+    /// `[[rule]]`, in file order, names unique.
+    pub rules: Vec<Rule>,
+}
+
+impl Config {
+    /// Parses and validates configuration text. `file_name` is only used in error messages.
+    pub fn parse(text: &str, file_name: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let location = e.span().map(|s| Location::of(text, s.start));
+            let field = e
+                .span()
+                .map(|s| syntax_field(text, s, e.message()))
+                .unwrap_or_default();
+            ConfigError {
+                file: file_name.to_owned(),
+                location,
+                field,
+                kind: ConfigErrorKind::Syntax(e.message().to_owned()),
+            }
+        })?;
+        let cx = Cx {
+            text,
+            file: file_name,
+        };
+        let gateway = cx.gateway(raw.gateway)?;
+        let devices = cx.devices(raw.device)?;
+        let rules = cx.rules(raw.rule, &devices, gateway.timezone_offset)?;
+        Ok(Config {
+            gateway,
+            devices,
+            rules,
+        })
+    }
+
+    /// Joins every relative path (`ca`, `cert`, `key`, `state_dir`) onto `base`, normally the
+    /// config file's directory. Pure path arithmetic: nothing is read or canonicalized.
+    pub fn resolve_paths(&mut self, base: &Path) {
+        let g = &mut self.gateway;
+        for path in [&mut g.ca, &mut g.cert, &mut g.key, &mut g.state_dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+    }
+
+    /// The device with this id.
+    pub fn device(&self, id: &str) -> Option<&Device> {
+        self.devices.iter().find(|d| d.id.as_str() == id)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw (as written) structures.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    gateway: RawGateway,
+    #[serde(default)]
+    device: Vec<Spanned<RawDevice>>,
+    #[serde(default)]
+    rule: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGateway {
+    listen: Spanned<String>,
+    listen_tcp: Option<Spanned<String>>,
+    ca: Spanned<PathBuf>,
+    cert: Spanned<PathBuf>,
+    key: Spanned<PathBuf>,
+    state_dir: Spanned<PathBuf>,
+    timezone_offset: Option<Spanned<String>>,
+    handshake_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    device_connect_timeout: Option<Spanned<String>>,
+    shutdown_grace: Option<Spanned<String>>,
+    max_connections: Option<Spanned<u32>>,
+    max_connections_per_source: Option<Spanned<u32>>,
+    max_sessions: Option<Spanned<u32>>,
+    max_sessions_per_connection: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevice {
+    id: Spanned<String>,
+    address: Spanned<String>,
+    protocol: Spanned<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    name: Spanned<String>,
+    who: Spanned<RawWho>,
+    devices: Spanned<RawDevices>,
+    max_session: Option<Spanned<String>>,
+    hours: Option<Spanned<RawHours>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWho {
+    kind: Option<Spanned<String>>,
+    org: Option<Spanned<String>>,
+    name: Option<Spanned<String>>,
+    roles: Option<Vec<Spanned<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDevices {
+    ids: Option<Vec<Spanned<String>>>,
+    labels: Option<BTreeMap<String, Spanned<String>>>,
+    all: Option<bool>,
+}
+
+/// `hours = "Mon-Fri 07:00-19:00"` or `hours = ["…", "…"]`.
+struct RawHours(Vec<String>);
+
+impl<'de> Deserialize<'de> for RawHours {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHours;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a window string like \"Mon-Fri 07:00-19:00\" or a list of them")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawHours, E> {
+                Ok(RawHours(vec![v.to_owned()]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<RawHours, A::Error> {
+                let mut out = Vec::new();
+                while let Some(s) = seq.next_element::<String>()? {
+                    out.push(s);
+                }
+                Ok(RawHours(out))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validation.
+
+struct Cx<'a> {
+    text: &'a str,
+    file: &'a str,
+}
+
+impl Cx<'_> {
+    fn err(
+        &self,
+        span: Range<usize>,
+        field: impl Into<String>,
+        kind: impl Into<ConfigErrorKind>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            location: Some(Location::of(self.text, span.start)),
+            field: field.into(),
+            kind: kind.into(),
+        }
+    }
+
+    fn line(&self, span: &Range<usize>) -> usize {
+        Location::of(self.text, span.start).line
+    }
+
+    fn duration(
+        &self,
+        raw: Option<Spanned<String>>,
+        field: &str,
+        default: Duration,
+    ) -> Result<Duration, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(s) => parse_duration(s.get_ref()).map_err(|e| self.err(s.span(), field, e)),
+        }
+    }
+
+    fn count(
+        &self,
+        raw: Option<Spanned<u32>>,
+        field: &str,
+        default: u32,
+    ) -> Result<u32, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(s) if *s.get_ref() == 0 => Err(self.err(
+                s.span(),
+                field,
+                ConfigErrorKind::Limit("must be at least 1".into()),
+            )),
+            Some(s) => Ok(s.into_inner()),
+        }
+    }
+
+    fn path(&self, raw: Spanned<PathBuf>, field: &str) -> Result<PathBuf, ConfigError> {
+        if raw.get_ref().as_os_str().is_empty() {
+            return Err(self.err(raw.span(), field, ConfigErrorKind::Empty));
+        }
+        Ok(raw.into_inner())
+    }
+
+    fn listen(&self, raw: &Spanned<String>, field: &str) -> Result<SocketAddr, ConfigError> {
+        raw.get_ref().parse().map_err(|_| {
+            self.err(
+                raw.span(),
+                field,
+                ConfigErrorKind::Listen(raw.get_ref().clone()),
+            )
+        })
+    }
+
+    fn gateway(&self, g: RawGateway) -> Result<GatewayConfig, ConfigError> {
+        let listen = self.listen(&g.listen, "gateway.listen")?;
+        let listen_tcp = g
+            .listen_tcp
+            .as_ref()
+            .map(|l| self.listen(l, "gateway.listen_tcp"))
+            .transpose()?;
+        let timezone_offset = match &g.timezone_offset {
+            None => UtcOffset::UTC,
+            Some(s) => parse_offset(s.get_ref())
+                .map_err(|e| self.err(s.span(), "gateway.timezone_offset", e))?,
+        };
+        let d = Limits::default();
+        let per_source_span = g.max_connections_per_source.as_ref().map(Spanned::span);
+        let per_conn_span = g.max_sessions_per_connection.as_ref().map(Spanned::span);
+        let limits = Limits {
+            handshake_timeout: self.duration(
+                g.handshake_timeout,
+                "gateway.handshake_timeout",
+                d.handshake_timeout,
+            )?,
+            idle_timeout: self.duration(g.idle_timeout, "gateway.idle_timeout", d.idle_timeout)?,
+            device_connect_timeout: self.duration(
+                g.device_connect_timeout,
+                "gateway.device_connect_timeout",
+                d.device_connect_timeout,
+            )?,
+            shutdown_grace: self.duration(
+                g.shutdown_grace,
+                "gateway.shutdown_grace",
+                d.shutdown_grace,
+            )?,
+            max_connections: self.count(
+                g.max_connections,
+                "gateway.max_connections",
+                d.max_connections,
+            )?,
+            max_connections_per_source: self.count(
+                g.max_connections_per_source,
+                "gateway.max_connections_per_source",
+                d.max_connections_per_source,
+            )?,
+            max_sessions: self.count(g.max_sessions, "gateway.max_sessions", d.max_sessions)?,
+            max_sessions_per_connection: self.count(
+                g.max_sessions_per_connection,
+                "gateway.max_sessions_per_connection",
+                d.max_sessions_per_connection,
+            )?,
+        };
+        let header_span = g.listen.span();
+        if limits.max_connections_per_source > limits.max_connections {
+            return Err(self.err(
+                per_source_span.unwrap_or(header_span),
+                "gateway.max_connections_per_source",
+                ConfigErrorKind::Limit(format!(
+                    "{} is more than max_connections ({})",
+                    limits.max_connections_per_source, limits.max_connections
+                )),
+            ));
+        }
+        if limits.max_sessions_per_connection > limits.max_sessions {
+            return Err(self.err(
+                per_conn_span.unwrap_or(header_span),
+                "gateway.max_sessions_per_connection",
+                ConfigErrorKind::Limit(format!(
+                    "{} is more than max_sessions ({})",
+                    limits.max_sessions_per_connection, limits.max_sessions
+                )),
+            ));
+        }
+        Ok(GatewayConfig {
+            listen,
+            listen_tcp,
+            ca: self.path(g.ca, "gateway.ca")?,
+            cert: self.path(g.cert, "gateway.cert")?,
+            key: self.path(g.key, "gateway.key")?,
+            state_dir: self.path(g.state_dir, "gateway.state_dir")?,
+            timezone_offset,
+            limits,
+        })
+    }
+
+    fn labels(
+        &self,
+        raw: BTreeMap<String, Spanned<String>>,
+        field: &str,
+    ) -> Result<BTreeMap<String, String>, ConfigError> {
+        raw.into_iter()
+            .map(|(k, v)| {
+                check_label(&k, v.get_ref())
+                    .map_err(|e| self.err(v.span(), format!("{field}.{k}"), e))?;
+                Ok((k, v.into_inner()))
+            })
+            .collect()
+    }
+
+    fn devices(&self, raw: Vec<Spanned<RawDevice>>) -> Result<Vec<Device>, ConfigError> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, d) in raw.into_iter().enumerate() {
+            let d = d.into_inner();
+            let f = |name: &str| format!("device[{i}].{name}");
+            let id =
+                DeviceId::new(d.id.get_ref()).map_err(|e| self.err(d.id.span(), f("id"), e))?;
+            if let Some(first_line) = seen.get(id.as_str()) {
+                return Err(self.err(
+                    d.id.span(),
+                    f("id"),
+                    ConfigErrorKind::DuplicateDevice {
+                        id: id.to_string(),
+                        first_line: *first_line,
+                    },
+                ));
+            }
+            seen.insert(id.to_string(), self.line(&d.id.span()));
+            let address: DeviceAddress = d
+                .address
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(d.address.span(), f("address"), e))?;
+            let protocol: Protocol = d
+                .protocol
+                .get_ref()
+                .parse()
+                .map_err(|e| self.err(d.protocol.span(), f("protocol"), e))?;
+            let labels = self.labels(d.labels, &f("labels"))?;
+            out.push(Device {
+                id,
+                address,
+                protocol,
+                labels,
+            });
+        }
+        Ok(out)
+    }
+
+    fn non_empty(&self, raw: Spanned<String>, field: String) -> Result<String, ConfigError> {
+        if raw.get_ref().trim().is_empty() {
+            return Err(self.err(raw.span(), field, ConfigErrorKind::Empty));
+        }
+        Ok(raw.into_inner())
+    }
+
+    fn who(&self, raw: Spanned<RawWho>, field: &str) -> Result<Who, ConfigError> {
+        let span = raw.span();
+        let w = raw.into_inner();
+        let kind = w
+            .kind
+            .map(|k| {
+                k.get_ref()
+                    .parse::<PrincipalKind>()
+                    .map_err(|e| self.err(k.span(), format!("{field}.kind"), e))
+            })
+            .transpose()?;
+        let org = w
+            .org
+            .map(|o| self.non_empty(o, format!("{field}.org")))
+            .transpose()?;
+        let name = w
+            .name
+            .map(|n| self.non_empty(n, format!("{field}.name")))
+            .transpose()?;
+        let roles = w
+            .roles
+            .unwrap_or_default()
+            .into_iter()
+            .map(|r| self.non_empty(r, format!("{field}.roles")))
+            .collect::<Result<Vec<_>, _>>()?;
+        let who = Who {
+            kind,
+            name,
+            org,
+            roles,
+        };
+        if who.is_empty() {
+            return Err(self.err(span, field, ConfigErrorKind::EmptyWho));
+        }
+        Ok(who)
+    }
+
+    fn selector(
+        &self,
+        raw: Spanned<RawDevices>,
+        field: &str,
+        devices: &[Device],
+    ) -> Result<DeviceSelector, ConfigError> {
+        let span = raw.span();
+        match raw.into_inner() {
+            RawDevices {
+                ids: Some(ids),
+                labels: None,
+                all: None,
+            } if !ids.is_empty() => ids
+                .into_iter()
+                .map(|id| {
+                    let f = format!("{field}.ids");
+                    let parsed = DeviceId::new(id.get_ref())
+                        .map_err(|e| self.err(id.span(), f.clone(), e))?;
+                    if !devices.iter().any(|d| d.id == parsed) {
+                        return Err(self.err(
+                            id.span(),
+                            f,
+                            ConfigErrorKind::UnknownDevice(parsed.to_string()),
+                        ));
+                    }
+                    Ok(parsed)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(DeviceSelector::Ids),
+            RawDevices {
+                ids: None,
+                labels: Some(labels),
+                all: None,
+            } if !labels.is_empty() => self
+                .labels(labels, &format!("{field}.labels"))
+                .map(DeviceSelector::Labels),
+            RawDevices {
+                ids: None,
+                labels: None,
+                all: Some(true),
+            } => Ok(DeviceSelector::All),
+            _ => Err(self.err(span, field, ConfigErrorKind::Selector)),
+        }
+    }
+
+    fn rules(
+        &self,
+        raw: Vec<Spanned<RawRule>>,
+        devices: &[Device],
+        offset: UtcOffset,
+    ) -> Result<Vec<Rule>, ConfigError> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, r) in raw.into_iter().enumerate() {
+            let r = r.into_inner();
+            let f = |name: &str| format!("rule[{i}].{name}");
+            let name_span = r.name.span();
+            check_name("rule name", r.name.get_ref())
+                .map_err(|e| self.err(name_span.clone(), f("name"), e))?;
+            if let Some(first_line) = seen.get(r.name.get_ref()) {
+                return Err(self.err(
+                    name_span,
+                    f("name"),
+                    ConfigErrorKind::DuplicateRule {
+                        name: r.name.into_inner(),
+                        first_line: *first_line,
+                    },
+                ));
+            }
+            seen.insert(r.name.get_ref().clone(), self.line(&name_span));
+            let who = self.who(r.who, &f("who"))?;
+            let selector = self.selector(r.devices, &f("devices"), devices)?;
+            let max_session = r
+                .max_session
+                .map(|m| {
+                    parse_duration(m.get_ref()).map_err(|e| self.err(m.span(), f("max_session"), e))
+                })
+                .transpose()?;
+            let hours = r
+                .hours
+                .map(|h| {
+                    let span = h.span();
+                    let windows = h
+                        .into_inner()
+                        .0
+                        .iter()
+                        .map(|w| Window::parse(w))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| self.err(span.clone(), f("hours"), e))?;
+                    Hours::new(windows, offset).map_err(|e| self.err(span, f("hours"), e))
+                })
+                .transpose()?;
+            out.push(Rule {
+                name: r.name.into_inner(),
+                who,
+                devices: selector,
+                max_session,
+                hours,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Best-effort field path for a TOML error at `span`: the enclosing table header (with a
+/// 0-based index for arrays of tables), the key on the error's line when the error is in its
+/// value, and the field named by `unknown field` / `missing field` messages.
+fn syntax_field(text: &str, span: Range<usize>, message: &str) -> String {
+    let loc = Location::of(text, span.start);
+    let lines: Vec<&str> = text.lines().collect();
+    let line_idx = loc.line.saturating_sub(1);
+    let mut parts: Vec<String> = Vec::new();
+
+    // Enclosing table: the nearest header at or above the error line.
+    let header = lines
+        .iter()
+        .take(line_idx + 1)
+        .enumerate()
+        .rev()
+        .find_map(|(i, l)| header_name(l).map(|h| (i, h)));
+    let header_idx = header.as_ref().map(|(i, _)| *i);
+    if let Some((header_line, (name, is_array))) = header {
+        if is_array {
+            let index = lines
+                .iter()
+                .take(header_line)
+                .filter(|l| header_name(l) == Some((name.clone(), true)))
+                .count();
+            parts.push(format!("{name}[{index}]"));
+        } else {
+            parts.push(name);
+        }
+    }
+
+    // The key whose value holds the error (`who = { knd = "v" }` → `who`).
+    if let Some(line) = lines.get(line_idx) {
+        if header_name(line).is_none() {
+            if let Some(eq) = line.find('=') {
+                let eq_col = line.get(..eq).map_or(0, |s| s.chars().count()) + 1;
+                if loc.column > eq_col {
+                    let key = line.get(..eq).unwrap_or("").trim().trim_matches('"');
+                    if !key.is_empty() {
+                        parts.push(key.to_owned());
+                    }
+                }
+            }
+        }
+    }
+
+    let named = ["unknown field `", "missing field `"]
+        .iter()
+        .find_map(|p| message.strip_prefix(p))
+        .and_then(|rest| rest.split('`').next());
+    let on_header = header_idx == Some(line_idx);
+    if on_header && message.starts_with("unknown field `") {
+        // The header itself is the unknown key (`[gatway]`): drop it, keep its parent path.
+        if let (Some(n), Some(last)) = (named, parts.pop()) {
+            let parent = last.rsplit_once('.').map(|(p, _)| p.to_owned());
+            parts.extend(parent);
+            parts.push(n.to_owned());
+            return parts.join(".");
+        }
+    }
+    match named {
+        Some(n) => parts.push(n.to_owned()),
+        None => {
+            // The error is on a `key = …` line at the key itself (e.g. a bad key): name it.
+            if let Some(line) = lines.get(line_idx) {
+                if header_name(line).is_none() && parts.len() < 2 {
+                    if let Some((key, _)) = line.split_once('=') {
+                        let key = key.trim().trim_matches('"');
+                        if !key.is_empty() {
+                            parts.push(key.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    parts.join(".")
+}
+
+/// `[name]` → (name, false), `[[name]]` → (name, true).
+fn header_name(line: &str) -> Option<(String, bool)> {
+    let line = line.split('#').next().unwrap_or("").trim();
+    if let Some(inner) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+        return Some((inner.trim().to_owned(), true));
+    }
+    line.strip_prefix('[')
+        .and_then(|l| l.strip_suffix(']'))
+        .map(|inner| (inner.trim().to_owned(), false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::window::WindowState;
+    use time::macros::{datetime, offset};
+
+    const GATEWAY: &str = r#"[gateway]
+listen = "127.0.0.1:4433"
+ca = "certs-dev"
+cert = "certs-dev/gateway.crt"
+key = "certs-dev/gateway.key"
+state_dir = "var/ward"
+"#;
+
+    const DEVICE: &str = r#"
+[[device]]
+id = "pump-12"
+address = "10.20.0.12:23"
+protocol = "telnet"
+labels = { vendor = "acme" }
+"#;
+
+    #[test]
+    fn sample_config_parses() {
+        let config = Config::parse(SAMPLE_CONFIG, "sample.toml").unwrap();
+        assert_eq!(config.gateway.listen, "127.0.0.1:4433".parse().unwrap());
+        assert_eq!(
+            config.gateway.listen_tcp,
+            Some("127.0.0.1:4433".parse().unwrap())
+        );
+        assert_eq!(config.gateway.limits, Limits::default());
+        assert_eq!(config.devices.len(), 3);
+        assert_eq!(config.rules.len(), 4);
+        let rule = &config.rules[0];
+        assert_eq!(rule.name, "acme-maintains-its-pumps");
+        assert_eq!(rule.who.kind, Some(PrincipalKind::Vendor));
+        assert_eq!(rule.who.org.as_deref(), Some("acme"));
+        assert_eq!(rule.max_session, Some(Duration::from_secs(7200)));
+        assert_eq!(
+            rule.devices,
+            DeviceSelector::Labels([("vendor".into(), "acme".into())].into())
+        );
+        assert_eq!(config.rules[2].hours.as_ref().unwrap().windows().len(), 2);
+        assert_eq!(config.rules[3].devices, DeviceSelector::All);
+        assert_eq!(
+            config.device("monitor-3").unwrap().address,
+            DeviceAddress::Host {
+                host: "monitor-3.icu.hospital.example".into(),
+                port: 80
+            }
+        );
+    }
+
+    #[test]
+    fn optional_gateway_fields() {
+        let text = format!(
+            "{GATEWAY}listen_tcp = \"[::]:4433\"\ntimezone_offset = \"+01:00\"\nidle_timeout = \"1h30m\"\nmax_connections = 10\nmax_connections_per_source = 2\n\
+             {DEVICE}\n[[rule]]\nname = \"r\"\nwho = {{ kind = \"vendor\" }}\ndevices = {{ ids = [\"pump-12\"] }}\nhours = \"Mon 09:00-10:00\"\n"
+        );
+        let config = Config::parse(&text, "w.toml").unwrap();
+        let g = &config.gateway;
+        assert_eq!(g.listen_tcp, Some("[::]:4433".parse().unwrap()));
+        assert_eq!(g.timezone_offset, offset!(+1));
+        assert_eq!(g.limits.idle_timeout, Duration::from_secs(5400));
+        assert_eq!(g.limits.max_connections, 10);
+        assert_eq!(g.limits.handshake_timeout, Duration::from_secs(10));
+        // Rule hours use the gateway's offset: 08:30 UTC on a Monday is 09:30 at +01:00.
+        let hours = config.rules[0].hours.as_ref().unwrap();
+        assert!(matches!(
+            hours.state(datetime!(2024-01-01 8:30 UTC)),
+            WindowState::Open { .. }
+        ));
+    }
+
+    #[test]
+    fn resolve_paths_joins_relative_paths_only() {
+        let text = GATEWAY.replace("\"var/ward\"", "\"/srv/ward\"");
+        let mut config = Config::parse(&text, "w.toml").unwrap();
+        config.resolve_paths(Path::new("/etc/ward"));
+        assert_eq!(config.gateway.ca, PathBuf::from("/etc/ward/certs-dev"));
+        assert_eq!(
+            config.gateway.key,
+            PathBuf::from("/etc/ward/certs-dev/gateway.key")
+        );
+        assert_eq!(config.gateway.state_dir, PathBuf::from("/srv/ward"));
+    }
+
+    /// One fixture per error type: (name, config text, expected line, expected field, expected
+    /// fragment of the message).
+    #[test]
+    fn invalid_configs_name_file_line_and_field() {
+        let rule = |body: &str| format!("{GATEWAY}{DEVICE}\n[[rule]]\nname = \"r\"\n{body}\n");
+        // GATEWAY is 6 lines, DEVICE adds 6 (blank + 5), so the first rule's `name` is line 15
+        // and the line after it 16.
+        let cases: Vec<(&str, String, usize, &str, &str)> = vec![
+            ("toml syntax", format!("{GATEWAY}listen_tcp = \n"), 7, "gateway.listen_tcp", "quoted"),
+            ("unknown top-level field", format!("{GATEWAY}\n[gatway]\n"), 8, "gatway", "unknown field `gatway`"),
+            ("unknown gateway field", format!("{GATEWAY}lisen = \"x\"\n"), 7, "gateway.lisen", "unknown field `lisen`"),
+            ("unknown field in inline table",
+                rule("who = { knd = \"vendor\" }\ndevices = { all = true }"), 16, "rule[0].who.knd", "unknown field `knd`"),
+            ("missing field", format!("{GATEWAY}\n[[device]]\nid = \"x\"\n"), 8, "device[0].address", "missing field `address`"),
+            ("wrong type", format!("{GATEWAY}max_sessions = \"lots\"\n"), 7, "gateway.max_sessions", "invalid type"),
+            ("negative count", format!("{GATEWAY}max_sessions = -1\n"), 7, "gateway.max_sessions", "u32"),
+            ("zero count", format!("{GATEWAY}max_sessions = 0\n"), 7, "gateway.max_sessions", "at least 1"),
+            ("inconsistent limits", format!("{GATEWAY}max_connections = 8\nmax_connections_per_source = 9\n"), 8,
+                "gateway.max_connections_per_source", "more than max_connections"),
+            ("bad listen", GATEWAY.replace("127.0.0.1:4433", "localhost:4433"), 2, "gateway.listen", "bad listen address"),
+            ("bad duration", format!("{GATEWAY}idle_timeout = \"15 minutes\"\n"), 7, "gateway.idle_timeout", "bad duration"),
+            ("bad offset", format!("{GATEWAY}timezone_offset = \"CET\"\n"), 7, "gateway.timezone_offset", "timezone offset"),
+            ("empty path", GATEWAY.replace("\"var/ward\"", "\"\""), 6, "gateway.state_dir", "must not be empty"),
+            ("duplicate device id", format!("{GATEWAY}{DEVICE}{DEVICE}"), 15, "device[1].id", "duplicate device id \"pump-12\" (first defined on line 9)"),
+            ("bad device id", format!("{GATEWAY}{}", DEVICE.replace("pump-12", "pump 12")), 9, "device[0].id", "device id"),
+            ("unknown protocol", format!("{GATEWAY}{}", DEVICE.replace("telnet", "ssh")), 11, "device[0].protocol", "unknown protocol \"ssh\""),
+            ("bad address", format!("{GATEWAY}{}", DEVICE.replace("10.20.0.12:23", "10.20.0.12")), 10, "device[0].address", "bad address"),
+            ("unsafe label value", format!("{GATEWAY}{}", DEVICE.replace("\"acme\"", "\"acme; rm -rf\"")), 12,
+                "device[0].labels.vendor", "label value"),
+            ("duplicate rule name",
+                format!("{}\n[[rule]]\nname = \"r\"\nwho = {{ kind = \"admin\" }}\ndevices = {{ all = true }}\n",
+                    rule("who = { kind = \"admin\" }\ndevices = { all = true }")),
+                20, "rule[1].name", "duplicate rule name \"r\" (first defined on line 15)"),
+            ("bad rule name", rule("who = { kind = \"admin\" }\ndevices = { all = true }").replace("name = \"r\"", "name = \"a rule\""),
+                15, "rule[0].name", "rule name"),
+            ("empty who", rule("who = {}\ndevices = { all = true }"), 16, "rule[0].who", "at least one of kind"),
+            ("unknown kind", rule("who = { kind = \"doctor\" }\ndevices = { all = true }"), 16, "rule[0].who.kind", "unknown principal kind"),
+            ("empty org", rule("who = { org = \"\" }\ndevices = { all = true }"), 16, "rule[0].who.org", "must not be empty"),
+            ("unknown device id in rule", rule("who = { kind = \"admin\" }\ndevices = { ids = [\"pump-99\"] }"), 17,
+                "rule[0].devices.ids", "no device with id \"pump-99\""),
+            ("two selectors", rule("who = { kind = \"admin\" }\ndevices = { all = true, ids = [\"pump-12\"] }"), 17,
+                "rule[0].devices", "exactly one of"),
+            ("empty labels selector", rule("who = { kind = \"admin\" }\ndevices = { labels = {} }"), 17, "rule[0].devices", "exactly one of"),
+            ("unsafe label in selector", rule("who = { kind = \"admin\" }\ndevices = { labels = { vendor = \"a/b\" } }"), 17,
+                "rule[0].devices.labels.vendor", "label value"),
+            ("bad max_session", rule("who = { kind = \"admin\" }\ndevices = { all = true }\nmax_session = \"0s\""), 18,
+                "rule[0].max_session", "greater than zero"),
+            ("bad window", rule("who = { kind = \"admin\" }\ndevices = { all = true }\nhours = \"Mon-Fry 07:00-19:00\""), 18,
+                "rule[0].hours", "unknown day \"Fry\""),
+            ("bad window in list", rule("who = { kind = \"admin\" }\ndevices = { all = true }\nhours = [\"Mon 07:00-08:00\", \"Tue 7-8\"]"), 18,
+                "rule[0].hours", "bad window \"Tue 7-8\""),
+            ("empty window list", rule("who = { kind = \"admin\" }\ndevices = { all = true }\nhours = []"), 18,
+                "rule[0].hours", "no windows"),
+            ("hours of wrong type", rule("who = { kind = \"admin\" }\ndevices = { all = true }\nhours = 7"), 18,
+                "rule[0].hours", "window string"),
+        ];
+        for (name, text, line, field, fragment) in cases {
+            let err = Config::parse(&text, "ward.toml").expect_err(name);
+            let msg = err.to_string();
+            assert_eq!(err.location.map(|l| l.line), Some(line), "{name}: {msg}");
+            assert_eq!(err.field, field, "{name}: {msg}");
+            assert!(
+                msg.starts_with(&format!("ward.toml:{line}:")),
+                "{name}: {msg}"
+            );
+            assert!(msg.contains(field), "{name}: {msg}");
+            assert!(msg.contains(fragment), "{name}: {msg}");
+        }
+    }
+
+    #[test]
+    fn error_display_format() {
+        let text = format!("{GATEWAY}{}", DEVICE.replace("telnet", "ssh"));
+        let err = Config::parse(&text, "/etc/ward/ward.toml").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/etc/ward/ward.toml:11:12: device[0].protocol: unknown protocol \"ssh\" (expected telnet, http, dicom, hl7 or raw)"
+        );
+    }
+
+    #[test]
+    fn columns_count_characters() {
+        assert_eq!(Location::of("ab\ncé=x", 6), Location { line: 2, column: 3 });
+        assert_eq!(Location::of("", 10), Location { line: 1, column: 1 });
+    }
+}

@@ -1,0 +1,858 @@
+//! Control frames of the Ward session protocol (see `docs/protocol.md`).
+//!
+//! Every QUIC bidirectional stream (or TLS-over-TCP connection) starts with exactly one request
+//! frame from the client and one response frame from the gateway. After `Opened`, device bytes
+//! travel in `DATA`/`EOF` frames with the same header (type bytes reserved in [`frame_type`],
+//! handled by the I/O layer's data path), and the gateway may end with one `Closed` frame.
+//!
+//! Layout: `[u8 type][u32 big-endian payload length][payload]`, payload = a UTF-8 JSON object
+//! with exactly the fields of the frame type (unknown fields are rejected), at most
+//! [`MAX_PAYLOAD`] bytes. [`decode`] works on whatever bytes have arrived so far and returns
+//! `Ok(None)` until a whole frame is there, so the I/O layer just appends and retries.
+
+use std::collections::BTreeMap;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::device::Protocol;
+use crate::policy::Lock;
+pub use crate::policy::LockTarget;
+
+/// Protocol version; bump it together with [`ALPN`].
+pub const VERSION: u8 = 1;
+/// The TLS ALPN protocol id for this version. The version is negotiated here, not in frames.
+pub const ALPN: &[u8] = b"ward/1";
+/// Largest payload accepted or produced (16 KiB).
+pub const MAX_PAYLOAD: usize = 16 * 1024;
+/// Bytes before the payload: type (1) + length (4).
+pub const HEADER_LEN: usize = 5;
+
+/// Why bytes could not be decoded into a frame, or a frame encoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// The type byte names no frame type.
+    #[error("unknown frame type 0x{0:02x}")]
+    UnknownType(u8),
+    /// The declared (decode) or actual (encode) payload length exceeds [`MAX_PAYLOAD`].
+    #[error("frame payload of {len} bytes exceeds the {MAX_PAYLOAD}-byte limit")]
+    TooLarge {
+        /// The length.
+        len: usize,
+    },
+    /// The payload is not UTF-8.
+    #[error("{frame} frame payload is not UTF-8")]
+    NotUtf8 {
+        /// The frame type's name.
+        frame: &'static str,
+    },
+    /// A request where a response was expected, or the other way round.
+    #[error("unexpected {frame} frame: expected a {expected}")]
+    WrongDirection {
+        /// The frame type's name.
+        frame: &'static str,
+        /// `request` or `response`.
+        expected: &'static str,
+    },
+    /// The payload is not the JSON object this frame type requires.
+    #[error("bad {frame} frame payload: {message}")]
+    BadJson {
+        /// The frame type's name.
+        frame: &'static str,
+        /// The JSON error.
+        message: String,
+    },
+}
+
+/// What a client asks for; the first frame on every stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Open a session to a device; on `Opened` the stream becomes the device's byte stream.
+    Open {
+        /// Device id.
+        device: String,
+        /// Ask for emergency access (recorded and alerted on; policy decides).
+        break_glass: bool,
+        /// Free-text justification, recorded in the audit log.
+        reason: Option<String>,
+    },
+    /// List the devices this client can open now.
+    ListDevices,
+    /// Lock a principal, device or org (security staff).
+    Lock {
+        /// What to lock.
+        target: LockTarget,
+        /// For how long; `None` = until unlocked.
+        for_secs: Option<u64>,
+        /// Why (shown to whoever is locked out).
+        reason: String,
+    },
+    /// Remove a lock.
+    Unlock {
+        /// What to unlock.
+        target: LockTarget,
+    },
+    /// List current locks.
+    ListLocks,
+}
+
+/// Error classes in [`Response::Error`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request frame was malformed (client's fault; do not retry unchanged).
+    BadRequest,
+    /// The device could not be reached (connection refused, no route).
+    DeviceUnreachable,
+    /// The device did not answer within `device_connect_timeout`.
+    DeviceTimeout,
+    /// A connection or session limit was hit (retry later).
+    Overloaded,
+    /// The gateway is shutting down (retry on another gateway or later).
+    ShuttingDown,
+    /// A bug or unexpected failure in the gateway.
+    Internal,
+    /// The request is not allowed for this principal (e.g. `Lock` by a non-security principal).
+    Forbidden,
+    /// The session cannot be recorded, so it is not opened (fail closed).
+    RecordingUnavailable,
+}
+
+/// One device in a [`Response::Devices`] listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInfo {
+    /// Device id.
+    pub id: String,
+    /// Protocol it speaks.
+    pub protocol: Protocol,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// The rule that lets this client reach it.
+    pub rule: String,
+}
+
+/// One lock in a [`Response::Locks`] listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LockInfo {
+    /// What is locked.
+    pub target: LockTarget,
+    /// When it lifts (Unix seconds); `None` = until unlocked.
+    pub until_unix: Option<i64>,
+    /// Why.
+    pub reason: String,
+    /// Who locked it.
+    pub by: String,
+}
+
+/// What the gateway answers; exactly one per request, plus `Closed` (see below).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The session is open: every following byte on the stream is device traffic.
+    Opened {
+        /// Session id (also names the recording).
+        session_id: String,
+        /// Device id.
+        device: String,
+        /// The rule that allowed it.
+        rule: String,
+        /// When the gateway will end it at the latest (Unix seconds).
+        ends_at_unix: i64,
+        /// What ends it then, e.g. `certificate expiry`, `maximum session duration`.
+        end_reason_if_uncut: String,
+    },
+    /// Policy said no; `reason` is meant for the user.
+    Denied {
+        /// Why.
+        reason: String,
+    },
+    /// Something other than policy failed.
+    Error {
+        /// Error class.
+        code: ErrorCode,
+        /// Human-readable detail.
+        message: String,
+    },
+    /// Answer to `ListDevices`.
+    Devices {
+        /// The devices.
+        devices: Vec<DeviceInfo>,
+    },
+    /// Answer to `Lock` / `Unlock`.
+    Ok {
+        /// What was done.
+        message: String,
+    },
+    /// Answer to `ListLocks`.
+    Locks {
+        /// The locks.
+        locks: Vec<LockInfo>,
+    },
+    /// The gateway ended the session on this stream (lock, expiry, window end, idle, shutdown).
+    /// Sent in the data phase, at a data-frame boundary, as the last frame before the gateway
+    /// finishes the stream. See `docs/protocol.md`.
+    Closed {
+        /// Why, e.g. `locked: credential leak`.
+        reason: String,
+    },
+}
+
+/// Any frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client to gateway.
+    Request(Request),
+    /// Gateway to client.
+    Response(Response),
+}
+
+impl From<Request> for Frame {
+    fn from(r: Request) -> Self {
+        Frame::Request(r)
+    }
+}
+
+impl From<Response> for Frame {
+    fn from(r: Response) -> Self {
+        Frame::Response(r)
+    }
+}
+
+/// Frame type bytes. Requests are `0x0_`, data-phase frames `0x1_`, responses `0x8_`.
+pub mod frame_type {
+    /// [`Request::Open`](super::Request::Open).
+    pub const OPEN: u8 = 0x01;
+    /// [`Request::ListDevices`](super::Request::ListDevices).
+    pub const LIST_DEVICES: u8 = 0x02;
+    /// [`Request::Lock`](super::Request::Lock).
+    pub const LOCK: u8 = 0x03;
+    /// [`Request::Unlock`](super::Request::Unlock).
+    pub const UNLOCK: u8 = 0x04;
+    /// [`Request::ListLocks`](super::Request::ListLocks).
+    pub const LIST_LOCKS: u8 = 0x05;
+    /// [`Response::Opened`](super::Response::Opened).
+    pub const OPENED: u8 = 0x81;
+    /// [`Response::Denied`](super::Response::Denied).
+    pub const DENIED: u8 = 0x82;
+    /// [`Response::Error`](super::Response::Error).
+    pub const ERROR: u8 = 0x83;
+    /// [`Response::Devices`](super::Response::Devices).
+    pub const DEVICES: u8 = 0x84;
+    /// [`Response::Ok`](super::Response::Ok).
+    pub const OK: u8 = 0x85;
+    /// [`Response::Locks`](super::Response::Locks).
+    pub const LOCKS: u8 = 0x86;
+    /// [`Response::Closed`](super::Response::Closed).
+    pub const CLOSED: u8 = 0x87;
+    /// Reserved: a data-phase chunk of device bytes (handled by the I/O layer's data path, never
+    /// by [`decode`](super::decode), which reports it as an unknown type).
+    pub const DATA: u8 = 0x10;
+    /// Reserved: data-phase end of one direction (half-close); see [`DATA`].
+    pub const EOF: u8 = 0x11;
+}
+
+// Wire payloads, one struct per frame type, so each type's JSON has exactly its own fields.
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenWire {
+    device: String,
+    #[serde(default)]
+    break_glass: bool,
+    #[serde(default)]
+    reason: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockWire {
+    target: LockTarget,
+    #[serde(default)]
+    for_secs: Option<u64>,
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnlockWire {
+    target: LockTarget,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OpenedWire {
+    session_id: String,
+    device: String,
+    rule: String,
+    ends_at_unix: i64,
+    end_reason_if_uncut: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonWire {
+    reason: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ErrorWire {
+    code: ErrorCode,
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevicesWire {
+    devices: Vec<DeviceInfo>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MessageWire {
+    message: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LocksWire {
+    locks: Vec<LockInfo>,
+}
+
+fn type_name(t: u8) -> Option<&'static str> {
+    use frame_type::*;
+    Some(match t {
+        OPEN => "Open",
+        LIST_DEVICES => "ListDevices",
+        LOCK => "Lock",
+        UNLOCK => "Unlock",
+        LIST_LOCKS => "ListLocks",
+        OPENED => "Opened",
+        DENIED => "Denied",
+        ERROR => "Error",
+        DEVICES => "Devices",
+        OK => "Ok",
+        LOCKS => "Locks",
+        CLOSED => "Closed",
+        _ => return None,
+    })
+}
+
+impl Frame {
+    /// This frame's type byte.
+    pub fn type_byte(&self) -> u8 {
+        use frame_type::*;
+        match self {
+            Frame::Request(r) => match r {
+                Request::Open { .. } => OPEN,
+                Request::ListDevices => LIST_DEVICES,
+                Request::Lock { .. } => LOCK,
+                Request::Unlock { .. } => UNLOCK,
+                Request::ListLocks => LIST_LOCKS,
+            },
+            Frame::Response(r) => match r {
+                Response::Opened { .. } => OPENED,
+                Response::Denied { .. } => DENIED,
+                Response::Error { .. } => ERROR,
+                Response::Devices { .. } => DEVICES,
+                Response::Ok { .. } => OK,
+                Response::Locks { .. } => LOCKS,
+                Response::Closed { .. } => CLOSED,
+            },
+        }
+    }
+}
+
+/// Encodes a frame. Fails only with [`FrameError::TooLarge`] when the JSON payload would exceed
+/// [`MAX_PAYLOAD`] (e.g. a `Devices` listing of a few hundred devices), so the sender learns of
+/// it instead of the peer rejecting the frame.
+pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
+    let payload = match frame {
+        Frame::Request(r) => match r.clone() {
+            Request::Open {
+                device,
+                break_glass,
+                reason,
+            } => to_json(&OpenWire {
+                device,
+                break_glass,
+                reason,
+            }),
+            Request::ListDevices | Request::ListLocks => to_json(&Empty {}),
+            Request::Lock {
+                target,
+                for_secs,
+                reason,
+            } => to_json(&LockWire {
+                target,
+                for_secs,
+                reason,
+            }),
+            Request::Unlock { target } => to_json(&UnlockWire { target }),
+        },
+        Frame::Response(r) => match r.clone() {
+            Response::Opened {
+                session_id,
+                device,
+                rule,
+                ends_at_unix,
+                end_reason_if_uncut,
+            } => to_json(&OpenedWire {
+                session_id,
+                device,
+                rule,
+                ends_at_unix,
+                end_reason_if_uncut,
+            }),
+            Response::Denied { reason } | Response::Closed { reason } => {
+                to_json(&ReasonWire { reason })
+            }
+            Response::Error { code, message } => to_json(&ErrorWire { code, message }),
+            Response::Devices { devices } => to_json(&DevicesWire { devices }),
+            Response::Ok { message } => to_json(&MessageWire { message }),
+            Response::Locks { locks } => to_json(&LocksWire { locks }),
+        },
+    }?;
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|_| payload.len() <= MAX_PAYLOAD)
+        .ok_or(FrameError::TooLarge { len: payload.len() })?;
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    out.push(frame.type_byte());
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(&payload);
+    Ok(out)
+}
+
+/// [`encode`] for a request.
+pub fn encode_request(request: &Request) -> Result<Vec<u8>, FrameError> {
+    encode(&Frame::Request(request.clone()))
+}
+
+/// [`encode`] for a response.
+pub fn encode_response(response: &Response) -> Result<Vec<u8>, FrameError> {
+    encode(&Frame::Response(response.clone()))
+}
+
+/// [`decode`] where only a request is valid (the gateway reading a client).
+pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, FrameError> {
+    match decode(buf)? {
+        None => Ok(None),
+        Some((Frame::Request(r), used)) => Ok(Some((r, used))),
+        Some((frame @ Frame::Response(_), _)) => Err(FrameError::WrongDirection {
+            frame: type_name(frame.type_byte()).unwrap_or("?"),
+            expected: "request",
+        }),
+    }
+}
+
+/// [`decode`] where only a response is valid (a client reading the gateway).
+pub fn decode_response(buf: &[u8]) -> Result<Option<(Response, usize)>, FrameError> {
+    match decode(buf)? {
+        None => Ok(None),
+        Some((Frame::Response(r), used)) => Ok(Some((r, used))),
+        Some((frame @ Frame::Request(_), _)) => Err(FrameError::WrongDirection {
+            frame: type_name(frame.type_byte()).unwrap_or("?"),
+            expected: "response",
+        }),
+    }
+}
+
+impl From<&Lock> for LockInfo {
+    fn from(lock: &Lock) -> Self {
+        LockInfo {
+            target: lock.target.clone(),
+            until_unix: lock.until.map(|t| t.unix_timestamp()),
+            reason: lock.reason.clone(),
+            by: lock.by.clone(),
+        }
+    }
+}
+
+fn to_json<T: Serialize>(value: &T) -> Result<Vec<u8>, FrameError> {
+    // Serializing these plain structs (string keys, no floats, no maps with non-string keys)
+    // cannot fail; map the error anyway rather than assert it.
+    serde_json::to_vec(value).map_err(|e| FrameError::BadJson {
+        frame: "outgoing",
+        message: e.to_string(),
+    })
+}
+
+/// Decodes one frame from the start of `buf`. Returns `Ok(None)` if more bytes are needed,
+/// `Ok(Some((frame, consumed)))` when a whole frame is there. Errors are reported as soon as
+/// the bytes that prove them have arrived: an unknown type byte after 1 byte, an oversized
+/// length after 5 (without waiting for the payload).
+pub fn decode(buf: &[u8]) -> Result<Option<(Frame, usize)>, FrameError> {
+    let Some(&frame_type) = buf.first() else {
+        return Ok(None);
+    };
+    let name = type_name(frame_type).ok_or(FrameError::UnknownType(frame_type))?;
+    let Some(len_bytes) = buf.get(1..HEADER_LEN) else {
+        return Ok(None);
+    };
+    let mut len = [0u8; 4];
+    len.copy_from_slice(len_bytes);
+    let len = usize::try_from(u32::from_be_bytes(len)).unwrap_or(usize::MAX);
+    if len > MAX_PAYLOAD {
+        return Err(FrameError::TooLarge { len });
+    }
+    let end = HEADER_LEN + len;
+    let Some(payload) = buf.get(HEADER_LEN..end) else {
+        return Ok(None);
+    };
+    let text = std::str::from_utf8(payload).map_err(|_| FrameError::NotUtf8 { frame: name })?;
+    let frame = parse_payload(frame_type, name, text)?;
+    Ok(Some((frame, end)))
+}
+
+fn from_json<T: DeserializeOwned>(name: &'static str, text: &str) -> Result<T, FrameError> {
+    serde_json::from_str(text).map_err(|e| FrameError::BadJson {
+        frame: name,
+        message: e.to_string(),
+    })
+}
+
+fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame, FrameError> {
+    use frame_type::*;
+    Ok(match frame_type {
+        OPEN => {
+            let w: OpenWire = from_json(name, text)?;
+            Request::Open {
+                device: w.device,
+                break_glass: w.break_glass,
+                reason: w.reason,
+            }
+            .into()
+        }
+        LIST_DEVICES => {
+            let Empty {} = from_json(name, text)?;
+            Request::ListDevices.into()
+        }
+        LOCK => {
+            let w: LockWire = from_json(name, text)?;
+            Request::Lock {
+                target: w.target,
+                for_secs: w.for_secs,
+                reason: w.reason,
+            }
+            .into()
+        }
+        UNLOCK => {
+            let w: UnlockWire = from_json(name, text)?;
+            Request::Unlock { target: w.target }.into()
+        }
+        LIST_LOCKS => {
+            let Empty {} = from_json(name, text)?;
+            Request::ListLocks.into()
+        }
+        OPENED => {
+            let w: OpenedWire = from_json(name, text)?;
+            Response::Opened {
+                session_id: w.session_id,
+                device: w.device,
+                rule: w.rule,
+                ends_at_unix: w.ends_at_unix,
+                end_reason_if_uncut: w.end_reason_if_uncut,
+            }
+            .into()
+        }
+        DENIED => {
+            let w: ReasonWire = from_json(name, text)?;
+            Response::Denied { reason: w.reason }.into()
+        }
+        ERROR => {
+            let w: ErrorWire = from_json(name, text)?;
+            Response::Error {
+                code: w.code,
+                message: w.message,
+            }
+            .into()
+        }
+        DEVICES => {
+            let w: DevicesWire = from_json(name, text)?;
+            Response::Devices { devices: w.devices }.into()
+        }
+        OK => {
+            let w: MessageWire = from_json(name, text)?;
+            Response::Ok { message: w.message }.into()
+        }
+        LOCKS => {
+            let w: LocksWire = from_json(name, text)?;
+            Response::Locks { locks: w.locks }.into()
+        }
+        CLOSED => {
+            let w: ReasonWire = from_json(name, text)?;
+            Response::Closed { reason: w.reason }.into()
+        }
+        other => return Err(FrameError::UnknownType(other)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header(t: u8, len: u32) -> Vec<u8> {
+        let mut v = vec![t];
+        v.extend_from_slice(&len.to_be_bytes());
+        v
+    }
+
+    fn raw(t: u8, payload: &[u8]) -> Vec<u8> {
+        let mut v = header(t, payload.len() as u32);
+        v.extend_from_slice(payload);
+        v
+    }
+
+    #[test]
+    fn open_wire_format_is_as_documented() {
+        let bytes = encode(
+            &Request::Open {
+                device: "pump-12".into(),
+                break_glass: false,
+                reason: Some("ticket 4711".into()),
+            }
+            .into(),
+        )
+        .unwrap();
+        let json = br#"{"device":"pump-12","break_glass":false,"reason":"ticket 4711"}"#;
+        assert_eq!(bytes, raw(0x01, json));
+    }
+
+    #[test]
+    fn open_defaults_break_glass_and_reason() {
+        let (frame, used) = decode(&raw(0x01, br#"{"device":"pump-12"}"#))
+            .unwrap()
+            .unwrap();
+        assert_eq!(used, 5 + 20);
+        assert_eq!(
+            frame,
+            Frame::Request(Request::Open {
+                device: "pump-12".into(),
+                break_glass: false,
+                reason: None
+            })
+        );
+    }
+
+    #[test]
+    fn errors_are_typed() {
+        assert_eq!(decode(&[0x42]), Err(FrameError::UnknownType(0x42)));
+        assert_eq!(
+            decode(&header(0x01, (MAX_PAYLOAD + 1) as u32)),
+            Err(FrameError::TooLarge {
+                len: MAX_PAYLOAD + 1
+            })
+        );
+        assert_eq!(
+            decode(&raw(0x01, &[0xff, 0xfe])),
+            Err(FrameError::NotUtf8 { frame: "Open" })
+        );
+        assert!(matches!(
+            decode(&raw(0x01, br#"{"device":"p","extra":1}"#)),
+            Err(FrameError::BadJson { frame: "Open", .. })
+        ));
+        assert!(matches!(
+            decode(&raw(0x02, b"")),
+            Err(FrameError::BadJson {
+                frame: "ListDevices",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(&raw(0x83, br#"{"code":"nope","message":""}"#)),
+            Err(FrameError::BadJson { .. })
+        ));
+    }
+
+    #[test]
+    fn incomplete_input_waits() {
+        assert_eq!(decode(&[]), Ok(None));
+        assert_eq!(decode(&[0x01, 0, 0]), Ok(None));
+        assert_eq!(decode(&header(0x01, 10)), Ok(None));
+    }
+
+    #[test]
+    fn consumes_exactly_one_frame() {
+        let mut bytes = encode(&Request::ListDevices.into()).unwrap();
+        let first = bytes.len();
+        bytes.extend_from_slice(b"device bytes follow");
+        let (frame, used) = decode(&bytes).unwrap().unwrap();
+        assert_eq!(frame, Frame::Request(Request::ListDevices));
+        assert_eq!(used, first);
+    }
+
+    #[test]
+    fn direction_is_checked() {
+        let req = encode_request(&Request::ListLocks).unwrap();
+        let resp = encode_response(&Response::Ok {
+            message: "done".into(),
+        })
+        .unwrap();
+        assert_eq!(
+            decode_request(&req),
+            Ok(Some((Request::ListLocks, req.len())))
+        );
+        assert_eq!(
+            decode_response(&req),
+            Err(FrameError::WrongDirection {
+                frame: "ListLocks",
+                expected: "response"
+            })
+        );
+        assert!(matches!(
+            decode_request(&resp),
+            Err(FrameError::WrongDirection { frame: "Ok", .. })
+        ));
+        assert_eq!(decode_response(&resp[..3]), Ok(None));
+        assert_eq!(
+            decode(&[frame_type::DATA]),
+            Err(FrameError::UnknownType(0x10))
+        );
+    }
+
+    #[test]
+    fn lock_info_from_lock() {
+        let lock = Lock {
+            target: LockTarget::Org("acme".into()),
+            until: Some(time::macros::datetime!(2024-01-02 0:00 UTC)),
+            reason: "leak".into(),
+            by: "security/bob".into(),
+        };
+        let info = LockInfo::from(&lock);
+        assert_eq!(info.until_unix, Some(1_704_153_600));
+        assert_eq!(
+            serde_json::to_string(&info).unwrap(),
+            r#"{"target":{"org":"acme"},"until_unix":1704153600,"reason":"leak","by":"security/bob"}"#
+        );
+    }
+
+    #[test]
+    fn encode_refuses_oversized_payloads() {
+        let frame = Frame::Response(Response::Denied {
+            reason: "x".repeat(MAX_PAYLOAD),
+        });
+        assert!(matches!(encode(&frame), Err(FrameError::TooLarge { .. })));
+    }
+
+    fn arb_text() -> impl Strategy<Value = String> {
+        "\\PC{0,20}"
+    }
+
+    fn arb_target() -> impl Strategy<Value = LockTarget> {
+        prop_oneof![
+            arb_text().prop_map(LockTarget::Principal),
+            arb_text().prop_map(LockTarget::Device),
+            arb_text().prop_map(LockTarget::Org),
+        ]
+    }
+
+    fn arb_frame() -> impl Strategy<Value = Frame> {
+        let labels = proptest::collection::btree_map(arb_text(), arb_text(), 0..3);
+        let device_info = (
+            arb_text(),
+            proptest::sample::select(Protocol::ALL.to_vec()),
+            labels,
+            arb_text(),
+        )
+            .prop_map(|(id, protocol, labels, rule)| DeviceInfo {
+                id,
+                protocol,
+                labels,
+                rule,
+            });
+        let lock_info = (arb_target(), any::<Option<i64>>(), arb_text(), arb_text()).prop_map(
+            |(target, until_unix, reason, by)| LockInfo {
+                target,
+                until_unix,
+                reason,
+                by,
+            },
+        );
+        let code = proptest::sample::select(vec![
+            ErrorCode::BadRequest,
+            ErrorCode::DeviceUnreachable,
+            ErrorCode::DeviceTimeout,
+            ErrorCode::Overloaded,
+            ErrorCode::ShuttingDown,
+            ErrorCode::Internal,
+            ErrorCode::Forbidden,
+            ErrorCode::RecordingUnavailable,
+        ]);
+        prop_oneof![
+            (arb_text(), any::<bool>(), proptest::option::of(arb_text())).prop_map(
+                |(device, break_glass, reason)| Request::Open {
+                    device,
+                    break_glass,
+                    reason
+                }
+                .into()
+            ),
+            Just(Request::ListDevices.into()),
+            (arb_target(), any::<Option<u64>>(), arb_text()).prop_map(
+                |(target, for_secs, reason)| Request::Lock {
+                    target,
+                    for_secs,
+                    reason
+                }
+                .into()
+            ),
+            arb_target().prop_map(|target| Request::Unlock { target }.into()),
+            Just(Request::ListLocks.into()),
+            (arb_text(), arb_text(), arb_text(), any::<i64>(), arb_text()).prop_map(
+                |(session_id, device, rule, ends_at_unix, end_reason_if_uncut)| Response::Opened {
+                    session_id,
+                    device,
+                    rule,
+                    ends_at_unix,
+                    end_reason_if_uncut
+                }
+                .into()
+            ),
+            arb_text().prop_map(|reason| Response::Denied { reason }.into()),
+            (code, arb_text()).prop_map(|(code, message)| Response::Error { code, message }.into()),
+            proptest::collection::vec(device_info, 0..4)
+                .prop_map(|devices| Response::Devices { devices }.into()),
+            arb_text().prop_map(|message| Response::Ok { message }.into()),
+            proptest::collection::vec(lock_info, 0..4)
+                .prop_map(|locks| Response::Locks { locks }.into()),
+            arb_text().prop_map(|reason| Response::Closed { reason }.into()),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn round_trips(frame in arb_frame()) {
+            let bytes = encode(&frame).unwrap();
+            prop_assert_eq!(decode(&bytes), Ok(Some((frame, bytes.len()))));
+        }
+
+        #[test]
+        fn split_anywhere_is_incomplete_then_whole(frame in arb_frame(), cut in any::<prop::sample::Index>()) {
+            let bytes = encode(&frame).unwrap();
+            let cut = cut.index(bytes.len());
+            prop_assert_eq!(decode(&bytes[..cut]), Ok(None));
+            prop_assert_eq!(decode(&bytes), Ok(Some((frame, bytes.len()))));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = decode(&bytes);
+        }
+
+        #[test]
+        fn arbitrary_payloads_never_panic(t in any::<u8>(), payload in proptest::collection::vec(any::<u8>(), 0..64)) {
+            match decode(&raw(t, &payload)) {
+                Ok(Some((_, used))) => prop_assert_eq!(used, payload.len() + 5),
+                Ok(None) => prop_assert!(false, "a whole frame is never incomplete"),
+                Err(_) => {}
+            }
+        }
+    }
+}
