@@ -1,1 +1,345 @@
+//! Ward's shared test harness: an ephemeral CA, a gateway on 127.0.0.1 port 0, simulated devices,
+//! clients and local forwarders. Everything stays on loopback and cleans up with its temp dir.
 #![forbid(unsafe_code)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use ward::client::{Client, IdentityFiles, Transport};
+use ward::gateway::Gateway;
+use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
+
+/// Install a test log subscriber once (RUST_LOG=debug to see the gateway's logs).
+pub fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// The real clock's `now`, for tests that talk to a gateway on the real clock.
+pub fn now() -> OffsetDateTime {
+    SystemClock.now()
+}
+
+/// An ephemeral CA in a temp dir, with a gateway certificate already issued.
+pub struct Pki {
+    /// Holds every file; removed on drop.
+    pub dir: tempfile::TempDir,
+    /// The CA.
+    pub ca: Ca,
+}
+
+impl Pki {
+    /// A new CA (trust domain `ward.test`) with `gateway.crt`/`gateway.key`.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        // Created a day ago, so tests can issue identities "in the past" (e.g. already expired ones).
+        let ca = Ca::init(
+            dir.path(),
+            "ward.test",
+            false,
+            now() - time::Duration::days(1),
+        )
+        .unwrap();
+        let mut gw = IssueRequest::new(Kind::Gateway, "gw");
+        gw.dns = vec!["localhost".into()];
+        gw.ips = vec!["127.0.0.1".parse().unwrap()];
+        ca.issue(&gw, now())
+            .unwrap()
+            .write(&dir.path().join("gateway"))
+            .unwrap();
+        Pki { dir, ca }
+    }
+
+    /// Issue a person identity at the real `now`; returns the file prefix.
+    pub fn person(&self, kind: Kind, name: &str, org: Option<&str>, roles: &[&str]) -> PathBuf {
+        self.person_at(kind, name, org, roles, None, now())
+    }
+
+    /// Issue a person identity as of `at`, with an optional TTL.
+    pub fn person_at(
+        &self,
+        kind: Kind,
+        name: &str,
+        org: Option<&str>,
+        roles: &[&str],
+        ttl: Option<time::Duration>,
+        at: OffsetDateTime,
+    ) -> PathBuf {
+        let mut req = IssueRequest::new(kind, name);
+        req.org = org.map(Into::into);
+        req.roles = roles.iter().map(|r| r.to_string()).collect();
+        req.ttl = ttl;
+        let prefix = self
+            .dir
+            .path()
+            .join(format!("{kind}-{name}-{}", rand::random::<u32>()));
+        self.ca.issue(&req, at).unwrap().write(&prefix).unwrap();
+        prefix
+    }
+
+    /// The root certificate path.
+    pub fn root(&self) -> PathBuf {
+        self.dir.path().join("root.crt")
+    }
+}
+
+impl Default for Pki {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A device entry for a test config.
+#[derive(Debug, Clone)]
+pub struct DeviceSpec {
+    /// Device id.
+    pub id: String,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// telnet | http | dicom | hl7 | raw.
+    pub protocol: &'static str,
+    /// `k = "v"` pairs.
+    pub labels: Vec<(&'static str, &'static str)>,
+}
+
+impl DeviceSpec {
+    /// A device with labels.
+    pub fn new(
+        id: &str,
+        addr: SocketAddr,
+        protocol: &'static str,
+        labels: &[(&'static str, &'static str)],
+    ) -> Self {
+        DeviceSpec {
+            id: id.into(),
+            addr,
+            protocol,
+            labels: labels.to_vec(),
+        }
+    }
+}
+
+/// A gateway running in-process on 127.0.0.1 port 0 (QUIC and TCP).
+pub struct TestGateway {
+    /// The gateway (None once shut down).
+    pub gw: Option<Gateway>,
+    /// The PKI it trusts.
+    pub pki: Arc<Pki>,
+    /// The config file written.
+    pub config: PathBuf,
+}
+
+/// Write a config for `devices` and `rules_toml` (raw `[[rule]]` tables) and start a gateway.
+pub async fn start_gateway(
+    pki: Arc<Pki>,
+    devices: &[DeviceSpec],
+    rules_toml: &str,
+    extra_gateway_toml: &str,
+    clock: Arc<dyn Clock>,
+) -> TestGateway {
+    let dir = pki.dir.path();
+    let mut text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nlisten_tcp = \"127.0.0.1:0\"\nca = \".\"\ncert = \"gateway.crt\"\nkey = \"gateway.key\"\nstate_dir = \"state-{}\"\n{extra_gateway_toml}\n",
+        rand::random::<u32>()
+    );
+    for d in devices {
+        let labels: Vec<String> = d
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
+        text.push_str(&format!(
+            "\n[[device]]\nid = \"{}\"\naddress = \"{}\"\nprotocol = \"{}\"\nlabels = {{ {} }}\n",
+            d.id,
+            d.addr,
+            d.protocol,
+            labels.join(", ")
+        ));
+    }
+    text.push('\n');
+    text.push_str(rules_toml);
+    let config = dir.join(format!("ward-{}.toml", rand::random::<u32>()));
+    std::fs::write(&config, &text).unwrap();
+    let cfg = ward::gateway::load_config(&config).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+    let gw = Gateway::start(cfg, clock).await.unwrap();
+    TestGateway {
+        gw: Some(gw),
+        pki,
+        config,
+    }
+}
+
+impl TestGateway {
+    fn gw(&self) -> &Gateway {
+        self.gw.as_ref().expect("gateway already shut down")
+    }
+
+    /// `127.0.0.1:PORT` of the QUIC listener.
+    pub fn quic(&self) -> String {
+        self.gw().quic_addr().to_string()
+    }
+
+    /// `127.0.0.1:PORT` of the TLS-over-TCP listener.
+    pub fn tcp(&self) -> String {
+        self.gw().tcp_addr().unwrap().to_string()
+    }
+
+    /// A client for `identity` over `transport`.
+    pub fn client(&self, identity: &Path, transport: Transport) -> Client {
+        let files = IdentityFiles::resolve(identity, Some(&self.pki.root())).unwrap();
+        let addr = match transport {
+            Transport::Tcp => self.tcp(),
+            _ => self.quic(),
+        };
+        Client::new(&addr, &files, transport).unwrap()
+    }
+
+    /// Live sessions on the gateway.
+    pub fn live_sessions(&self) -> usize {
+        self.gw().live_sessions()
+    }
+
+    /// Shut the gateway down with `grace`.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        if let Some(gw) = self.gw.take() {
+            gw.shutdown(grace).await;
+        }
+    }
+}
+
+/// Start `ward connect --listen 127.0.0.1:0` semantics for `device`; returns the local address.
+pub async fn forwarder(client: Client, device: &str) -> SocketAddr {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let device = device.to_string();
+    tokio::spawn(async move {
+        let _ = ward::client::listen(
+            Arc::new(client),
+            device,
+            "127.0.0.1:0".parse().unwrap(),
+            Some(tx),
+        )
+        .await;
+    });
+    rx.await.unwrap()
+}
+
+/// A device that counts connection attempts and answers nothing; for "the device never saw it".
+pub async fn counting_device() -> (SocketAddr, Arc<AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let n = Arc::new(AtomicUsize::new(0));
+    let n2 = n.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            n2.fetch_add(1, Ordering::SeqCst);
+            drop(s);
+        }
+    });
+    (addr, n)
+}
+
+/// A loopback address nothing listens on (connections are refused).
+pub async fn refusing_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    drop(l);
+    addr
+}
+
+/// A listener that never accepts and whose backlog is full, so new connects stall (SYNs dropped).
+/// The returned guard keeps the listener and the filler connections alive.
+pub fn stalling_address() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)) {
+            Ok(s) => fillers.push(s),
+            Err(_) => break,
+        }
+    }
+    (addr, fillers, sock)
+}
+
+/// A device that sends `banner`, half-closes its write side, then reads until EOF and reports how
+/// many bytes it got.
+pub async fn banner_then_read_device(
+    banner: &'static [u8],
+) -> (SocketAddr, tokio::sync::mpsc::Receiver<Vec<u8>>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                w.write_all(banner).await.unwrap();
+                w.shutdown().await.unwrap();
+                let mut got = Vec::new();
+                r.read_to_end(&mut got).await.unwrap();
+                let _ = tx.send(got).await;
+            });
+        }
+    });
+    (addr, rx)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn payload(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407)
+        | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+/// SHA-256 hex of bytes.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Is `tool` on PATH? Under CI a missing peer is a failure, never a skip.
+pub fn require_peer(tool: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{tool} is required under CI (install it: .ci/run does)");
+        }
+        eprintln!("SKIPPED: {tool} is not installed (CI installs it; .ci/run)");
+    }
+    found
+}

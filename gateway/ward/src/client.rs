@@ -110,7 +110,9 @@ impl std::fmt::Debug for Client {
 fn explain(e: &dyn std::fmt::Display, files: Option<&IdentityFiles>) -> String {
     let s = e.to_string();
     let lower = s.to_ascii_lowercase();
-    if lower.contains("certificateexpired") || lower.contains("expired") {
+    // QUIC reports TLS alerts as "cryptographic handshake failed: error N" (RFC 9001 §4.8).
+    let alert = |n: u8| lower.contains(&format!("handshake failed: error {n}"));
+    if lower.contains("certificateexpired") || lower.contains("expired") || alert(45) {
         "the gateway refused your certificate: it has expired. Get a new one (`ward login`, or `ward ca issue` for development identities)".into()
     } else if lower.contains("unknownissuer")
         || lower.contains("unknown issuer")
@@ -241,13 +243,35 @@ impl Client {
         Ok((Box::new(recv), Box::new(send)))
     }
 
+    /// Why the QUIC connection closed, explained, if it has.
+    async fn quic_close_reason(&self) -> Option<String> {
+        let guard = self.quic.lock().await;
+        let (_, conn) = guard.as_ref()?;
+        conn.close_reason().map(|e| explain(&e, None))
+    }
+
+    /// Read the answer; if the stream broke because the gateway closed the connection (for example
+    /// after refusing the certificate at the end of the handshake), say why.
+    async fn answer<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+    ) -> anyhow::Result<Response> {
+        match read_response(reader).await {
+            Ok(r) => Ok(r),
+            Err(e) => match self.quic_close_reason().await {
+                Some(why) => Err(anyhow!("{why}")),
+                None => Err(anyhow!("{}", explain(&format!("{e:#}"), None))),
+            },
+        }
+    }
+
     /// Send one request and read its single response (for devices, lock, unlock…).
     pub async fn request(&self, req: &Request) -> anyhow::Result<Response> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
         writer.write_request(req).await?;
         let mut reader = FrameReader::new(r);
-        let resp = read_response(&mut reader).await?;
+        let resp = self.answer(&mut reader).await?;
         let _ = writer.finish().await;
         Ok(resp)
     }
@@ -270,7 +294,7 @@ impl Client {
             })
             .await?;
         let mut reader = FrameReader::new(r);
-        match read_response(&mut reader).await? {
+        match self.answer(&mut reader).await? {
             Response::Opened {
                 session_id,
                 rule,

@@ -1,0 +1,621 @@
+//! End-to-end tests of the gateway on 127.0.0.1: real QUIC and TLS-over-TCP, real TCP devices.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ward::client::{SessionEnd, Transport};
+use ward_ca::{Clock, Kind, SystemClock};
+use ward_core::frame::{LockTarget, Request, Response};
+use ward_tests::*;
+
+const RULES: &str = r#"
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+max_session = "2h"
+
+[[rule]]
+name = "icu-nurses-see-icu-monitors"
+who = { kind = "clinician", roles = ["icu"] }
+devices = { labels = { unit = "icu", class = "monitor" } }
+"#;
+
+fn clock() -> Arc<dyn Clock> {
+    Arc::new(SystemClock)
+}
+
+/// A gateway with an echo pump (acme) and a counting monitor (icu).
+async fn setup() -> (
+    TestGateway,
+    Arc<Pki>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    setup_with("").await
+}
+
+async fn setup_with(
+    extra_gateway_toml: &str,
+) -> (
+    TestGateway,
+    Arc<Pki>,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let echo = ward::sim::echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (mon, mon_count) = counting_device().await;
+    let devices = [
+        DeviceSpec::new(
+            "pump-12",
+            echo.addr,
+            "raw",
+            &[("vendor", "acme"), ("unit", "icu")],
+        ),
+        DeviceSpec::new(
+            "monitor-3",
+            mon,
+            "http",
+            &[("unit", "icu"), ("class", "monitor")],
+        ),
+    ];
+    let gw = start_gateway(pki.clone(), &devices, RULES, extra_gateway_toml, clock()).await;
+    (gw, pki, mon_count)
+}
+
+/// Push `data` through a session and collect what comes back (echo device).
+async fn echo_through(session: ward::client::Session, data: Vec<u8>) -> (Vec<u8>, SessionEnd) {
+    let (local, mut remote) = tokio::io::duplex(256 * 1024);
+    let (lr, lw) = tokio::io::split(local);
+    let run = tokio::spawn(session.run(lr, lw));
+    let (mut rr, mut rw) = tokio::io::split(&mut remote);
+    let writer = async {
+        rw.write_all(&data).await.unwrap();
+        rw.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut out = Vec::new();
+        rr.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    let ((), out) = tokio::join!(writer, reader);
+    (out, run.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permitted_session_carries_large_payload_byte_exact_over_quic_and_tcp() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let client = gw.client(&vendor, transport);
+        let session = client.open("pump-12", false, None).await.unwrap();
+        assert_eq!(session.rule, "acme-maintains-its-pumps");
+        let data = payload(8 * 1024 * 1024 + 17, 7);
+        let (out, end) = echo_through(session, data.clone()).await;
+        assert_eq!(end, SessionEnd::Completed, "{transport:?}");
+        assert_eq!(out.len(), data.len(), "{transport:?}");
+        assert_eq!(sha256(&out), sha256(&data), "{transport:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_close_device_finishes_first_and_still_reads() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let (dev, mut got) = banner_then_read_device(b"HELLO FROM DEVICE\r\n").await;
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        dev,
+        "raw",
+        &[("vendor", "acme")],
+    )];
+    let gw = start_gateway(pki.clone(), &devices, RULES, "", clock()).await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let client = gw.client(&vendor, transport);
+        let session = client.open("pump-12", false, None).await.unwrap();
+        let (local, remote) = tokio::io::duplex(64 * 1024);
+        let (lr, lw) = tokio::io::split(local);
+        let run = tokio::spawn(session.run(lr, lw));
+        let (mut rr, mut rw) = tokio::io::split(remote);
+        // The device has finished sending: we see its banner and then EOF...
+        let mut banner = Vec::new();
+        rr.read_to_end(&mut banner).await.unwrap();
+        assert_eq!(banner, b"HELLO FROM DEVICE\r\n");
+        // ...and the other direction still works.
+        let data = payload(300_000, 3);
+        rw.write_all(&data).await.unwrap();
+        rw.shutdown().await.unwrap();
+        let received = tokio::time::timeout(Duration::from_secs(10), got.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(sha256(&received), sha256(&data), "{transport:?}");
+        assert_eq!(run.await.unwrap(), SessionEnd::Completed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_session_gets_reason_and_device_sees_nothing() {
+    let (gw, pki, monitor_connections) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let client = gw.client(&vendor, Transport::Quic);
+    let err = client
+        .open("monitor-3", false, None)
+        .await
+        .err()
+        .expect("vendor must be denied the monitor");
+    assert_eq!(
+        err.to_string(),
+        "denied: no rule lets vendor acme/jdoe reach monitor-3"
+    );
+    // Unknown devices read the same, so ids cannot be probed.
+    let err = client.open("pump-99", false, None).await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "denied: no rule lets vendor acme/jdoe reach pump-99"
+    );
+    // A different org is denied the pump.
+    let other = pki.person(Kind::Vendor, "eve", Some("globex"), &[]);
+    let err = gw
+        .client(&other, Transport::Tcp)
+        .open("pump-12", false, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string()
+            .starts_with("denied: no rule lets vendor globex/eve"),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(monitor_connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_name_or_address_swaps_cannot_reach_unpermitted_device() {
+    let (gw, pki, monitor_connections) = setup().await;
+    let clinician = pki.person(Kind::Clinician, "alice", None, &["icu"]);
+    let client = gw.client(&clinician, Transport::Quic);
+    // The clinician may reach monitor-3; try every way of naming the pump instead.
+    for name in [
+        "pump-12",
+        "PUMP-12",
+        "pump-12 ",
+        "monitor-3/../pump-12",
+        "monitor-3\0pump-12",
+        "127.0.0.1:1",
+        "monitor-3:80",
+    ] {
+        let r = client.open(name, false, None).await;
+        assert!(r.is_err(), "{name:?} must not open a session");
+    }
+    assert_eq!(monitor_connections.load(Ordering::SeqCst), 0);
+    // And the permitted one works on the same connection.
+    let s = client.open("monitor-3", false, None).await.unwrap();
+    assert_eq!(s.rule, "icu-nurses-see-icu-monitors");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_from_another_ca_fails_at_handshake() {
+    let (gw, _pki, monitor_connections) = setup().await;
+    let rogue = Arc::new(Pki::new());
+    let vendor = rogue.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    for transport in [Transport::Quic, Transport::Tcp] {
+        // Trust the real gateway's root, present the rogue identity.
+        let files = ward::client::IdentityFiles::resolve(&vendor, Some(&gw.pki.root())).unwrap();
+        let addr = if transport == Transport::Tcp {
+            gw.tcp()
+        } else {
+            gw.quic()
+        };
+        let client = ward::client::Client::new(&addr, &files, transport).unwrap();
+        let r = client.request(&Request::ListDevices).await;
+        assert!(
+            r.is_err(),
+            "{transport:?}: rogue identity must not be served"
+        );
+    }
+    assert_eq!(monitor_connections.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_certificate_is_refused() {
+    let (gw, pki, _) = setup().await;
+    let two_hours_ago = now() - time::Duration::hours(2);
+    let vendor = pki.person_at(
+        Kind::Vendor,
+        "jdoe",
+        Some("acme"),
+        &[],
+        Some(time::Duration::hours(1)),
+        two_hours_ago,
+    );
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let r = gw
+            .client(&vendor, transport)
+            .open("pump-12", false, None)
+            .await;
+        let err = r.err().expect("expired identity must be refused");
+        assert!(
+            err.to_string().to_lowercase().contains("expired"),
+            "{transport:?}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_is_cut_at_certificate_expiry() {
+    let (gw, pki, _) = setup().await;
+    // Issued so that it expires 3 s from now.
+    let at = now() - time::Duration::hours(1) + time::Duration::seconds(3);
+    let vendor = pki.person_at(
+        Kind::Vendor,
+        "jdoe",
+        Some("acme"),
+        &[],
+        Some(time::Duration::hours(1)),
+        at,
+    );
+    let session = gw
+        .client(&vendor, Transport::Quic)
+        .open("pump-12", false, None)
+        .await
+        .unwrap();
+    assert_eq!(session.end_reason, "certificate expiry");
+    let (local, _remote) = tokio::io::duplex(1024);
+    let (lr, lw) = tokio::io::split(local);
+    let started = Instant::now();
+    let end = tokio::time::timeout(Duration::from_secs(10), session.run(lr, lw))
+        .await
+        .unwrap();
+    match end {
+        SessionEnd::ClosedByGateway(reason) => {
+            assert!(reason.contains("certificate expiry"), "{reason}")
+        }
+        other => panic!("expected the gateway to cut the session, got {other:?}"),
+    }
+    assert!(started.elapsed() >= Duration::from_secs(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lock_ends_live_session_within_a_second_and_refuses_new_ones() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let security = pki.person(Kind::Security, "sam", None, &["soc"]);
+    let clinician = pki.person(Kind::Clinician, "alice", None, &["icu"]);
+    let vclient = gw.client(&vendor, Transport::Quic);
+    let session = vclient.open("pump-12", false, None).await.unwrap();
+    let (local, _remote) = tokio::io::duplex(1024);
+    let (lr, lw) = tokio::io::split(local);
+    let run = tokio::spawn(session.run(lr, lw));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A clinician may not lock.
+    let r = gw
+        .client(&clinician, Transport::Quic)
+        .request(&Request::Lock {
+            target: LockTarget::Org("acme".into()),
+            for_secs: None,
+            reason: "x".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Error { .. }), "{r:?}");
+
+    let sec = gw.client(&security, Transport::Tcp);
+    let started = Instant::now();
+    let r = sec
+        .request(&Request::Lock {
+            target: LockTarget::Org("acme".into()),
+            for_secs: Some(3600),
+            reason: "incident 42".into(),
+        })
+        .await
+        .unwrap();
+    assert!(
+        matches!(&r, Response::Ok { message } if message.contains("1 live session")),
+        "{r:?}"
+    );
+    let end = tokio::time::timeout(Duration::from_secs(1), run)
+        .await
+        .expect("session must end within a second")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    match end {
+        SessionEnd::ClosedByGateway(reason) => assert!(reason.contains("incident 42"), "{reason}"),
+        other => panic!("expected a close with the lock reason, got {other:?}"),
+    }
+    let err = vclient.open("pump-12", false, None).await.err().unwrap();
+    assert!(err.to_string().contains("incident 42"), "{err}");
+    let r = sec.request(&Request::ListLocks).await.unwrap();
+    assert!(
+        matches!(&r, Response::Locks { locks } if locks.len() == 1),
+        "{r:?}"
+    );
+    let r = sec
+        .request(&Request::Unlock {
+            target: LockTarget::Org("acme".into()),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Ok { .. }), "{r:?}");
+    vclient.open("pump-12", false, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn locks_survive_a_gateway_restart() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let echo = ward::sim::echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        echo.addr,
+        "raw",
+        &[("vendor", "acme")],
+    )];
+    // Same state dir across both runs.
+    let extra = "";
+    let mut gw = start_gateway(pki.clone(), &devices, RULES, extra, clock()).await;
+    let security = pki.person(Kind::Security, "sam", None, &[]);
+    let r = gw
+        .client(&security, Transport::Quic)
+        .request(&Request::Lock {
+            target: LockTarget::Device("pump-12".into()),
+            for_secs: None,
+            reason: "recall".into(),
+        })
+        .await
+        .unwrap();
+    assert!(matches!(r, Response::Ok { .. }));
+    gw.shutdown(Duration::from_millis(100)).await;
+    let config = ward::gateway::load_config(&gw.config).unwrap();
+    let gw2 = TestGateway {
+        gw: Some(
+            ward::gateway::Gateway::start(config, clock())
+                .await
+                .unwrap(),
+        ),
+        pki: pki.clone(),
+        config: gw.config.clone(),
+    };
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let err = gw2
+        .client(&vendor, Transport::Quic)
+        .open("pump-12", false, None)
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("recall"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusing_and_stalling_devices_give_clear_errors() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let refusing = refusing_address().await;
+    let (stalling, _fillers, _listener) = stalling_address();
+    let devices = [
+        DeviceSpec::new("pump-off", refusing, "raw", &[("vendor", "acme")]),
+        DeviceSpec::new("pump-stuck", stalling, "raw", &[("vendor", "acme")]),
+    ];
+    let gw = start_gateway(
+        pki.clone(),
+        &devices,
+        RULES,
+        "device_connect_timeout = \"1s\"",
+        clock(),
+    )
+    .await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let client = gw.client(&vendor, Transport::Quic);
+    let err = client.open("pump-off", false, None).await.err().unwrap();
+    assert!(err.to_string().contains("refused the connection"), "{err}");
+    let started = Instant::now();
+    let err = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.open("pump-stuck", false, None),
+    )
+    .await
+    .unwrap()
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_transport_falls_back_to_tcp_when_udp_is_blocked() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    // Point `auto` at the TCP port: nothing answers QUIC there, as on a network that drops UDP.
+    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let client = ward::client::Client::new(&gw.tcp(), &files, Transport::Auto).unwrap();
+    let started = Instant::now();
+    let session = client.open("pump-12", false, None).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let data = payload(100_000, 9);
+    let (out, end) = echo_through(session, data.clone()).await;
+    assert_eq!(end, SessionEnd::Completed);
+    assert_eq!(out, data);
+}
+
+async fn many_sessions(
+    gw: &TestGateway,
+    vendor: &std::path::Path,
+    transport: Transport,
+    shared_connection: bool,
+    n: usize,
+) {
+    let shared = Arc::new(gw.client(vendor, transport));
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let client = if shared_connection {
+            shared.clone()
+        } else {
+            Arc::new(gw.client(vendor, transport))
+        };
+        tasks.spawn(async move {
+            let session = client.open("pump-12", false, None).await.unwrap();
+            let data = payload(64 * 1024 + i, i as u64);
+            let (out, end) = echo_through(session, data.clone()).await;
+            assert_eq!(end, SessionEnd::Completed);
+            assert_eq!(sha256(&out), sha256(&data));
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_sessions_over_one_and_many_connections() {
+    // All test clients share 127.0.0.1, so lift the per-source limit (default 64) for this test.
+    let (gw, pki, _) = setup_with("max_connections_per_source = 512").await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    many_sessions(&gw, &vendor, Transport::Quic, true, 200).await;
+    many_sessions(&gw, &vendor, Transport::Quic, false, 200).await;
+    many_sessions(&gw, &vendor, Transport::Tcp, false, 200).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(gw.live_sessions(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbled_and_oversized_requests_get_errors_not_panics() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let client = gw.client(&vendor, Transport::Quic);
+    let cases: Vec<Vec<u8>> = vec![
+        vec![0x01, 0, 0, 0, 5, b'{', b'x', b'"', 0xff, b'}'],
+        vec![0x01, 0xff, 0xff, 0xff, 0xff],
+        vec![0x7e, 0, 0, 0, 2, b'{', b'}'],
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+        {
+            let mut v = vec![0x01, 0, 0, 0x40, 0x01];
+            v.extend(std::iter::repeat_n(b'a', 16 * 1024 + 1));
+            v
+        },
+    ];
+    for bytes in cases {
+        let (mut r, mut w) = client.stream().await.unwrap();
+        w.write_all(&bytes).await.unwrap();
+        let _ = w.shutdown().await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut answer))
+            .await
+            .unwrap();
+        let decoded = ward_core::frame::decode_response(&answer);
+        assert!(
+            matches!(decoded, Ok(Some((Response::Error { .. }, _)))),
+            "{:?} → {:?}",
+            String::from_utf8_lossy(&bytes[..bytes.len().min(20)]),
+            decoded
+        );
+    }
+    // The gateway still serves.
+    client.open("pump-12", false, None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_live_sessions_with_a_reason() {
+    let (mut gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let session = gw
+        .client(&vendor, Transport::Tcp)
+        .open("pump-12", false, None)
+        .await
+        .unwrap();
+    let (local, _remote) = tokio::io::duplex(1024);
+    let (lr, lw) = tokio::io::split(local);
+    let run = tokio::spawn(session.run(lr, lw));
+    gw.shutdown(Duration::from_millis(300)).await;
+    let end = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        end,
+        SessionEnd::ClosedByGateway("gateway shutting down".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn devices_lists_what_the_gateway_permits() {
+    let (gw, pki, _) = setup().await;
+    let clinician = pki.person(Kind::Clinician, "alice", None, &["icu"]);
+    let r = gw
+        .client(&clinician, Transport::Quic)
+        .request(&Request::ListDevices)
+        .await
+        .unwrap();
+    match r {
+        Response::Devices { devices } => {
+            let ids: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
+            assert_eq!(ids, ["monitor-3"]);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_session_is_cut() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let echo = ward::sim::echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        echo.addr,
+        "raw",
+        &[("vendor", "acme")],
+    )];
+    let gw = start_gateway(
+        pki.clone(),
+        &devices,
+        RULES,
+        "idle_timeout = \"1s\"",
+        clock(),
+    )
+    .await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let session = gw
+        .client(&vendor, Transport::Quic)
+        .open("pump-12", false, None)
+        .await
+        .unwrap();
+    let (local, _remote) = tokio::io::duplex(1024);
+    let (lr, lw) = tokio::io::split(local);
+    let end = tokio::time::timeout(Duration::from_secs(10), session.run(lr, lw))
+        .await
+        .unwrap();
+    assert!(
+        matches!(&end, SessionEnd::ClosedByGateway(r) if r.contains("idle")),
+        "{end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_source_connection_limit_refuses_extra_connections() {
+    let (gw, pki, _) = setup_with("max_connections_per_source = 2").await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let a = gw.client(&vendor, Transport::Quic);
+    let b = gw.client(&vendor, Transport::Quic);
+    let c = gw.client(&vendor, Transport::Quic);
+    a.request(&Request::ListDevices).await.unwrap();
+    b.request(&Request::ListDevices).await.unwrap();
+    let err = c
+        .request(&Request::ListDevices)
+        .await
+        .err()
+        .expect("third connection from one source must be refused");
+    assert!(err.to_string().contains("refused"), "{err}");
+    drop(a);
+    drop(b);
+}
