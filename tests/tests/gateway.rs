@@ -1,4 +1,10 @@
 //! End-to-end tests of the gateway on 127.0.0.1: real QUIC and TLS-over-TCP, real TCP devices.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -613,8 +619,7 @@ async fn per_source_connection_limit_refuses_extra_connections() {
     let err = c
         .request(&Request::ListDevices)
         .await
-        .err()
-        .expect("third connection from one source must be refused");
+        .expect_err("third connection from one source must be refused");
     assert!(err.to_string().contains("refused"), "{err}");
     drop(a);
     drop(b);

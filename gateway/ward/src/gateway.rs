@@ -200,12 +200,12 @@ impl Gateway {
         let locks = store.active_locks(clock.now())?;
         let server_tls = tls::server_config(validator.clone(), clock.clone(), chain, key)?;
 
-        let limits = g.limits.clone();
+        let limits = g.limits;
         let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.clone())
             .context("TLS config unusable for QUIC")?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server_config.transport_config(Arc::new(transport_config(
-            u32::try_from(limits.max_sessions_per_connection).unwrap_or(u32::MAX),
+            limits.max_sessions_per_connection,
             limits.idle_timeout.max(Duration::from_secs(30)),
         )?));
         server_config.migration(false);
