@@ -343,3 +343,99 @@ pub fn require_peer(tool: &str) -> bool {
     }
     found
 }
+
+/// The `ward` binary of this build profile, built on first use (`cargo test --workspace` builds the
+/// test harnesses, not necessarily the binary itself).
+pub fn ward_binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let profile = exe
+            .parent()
+            .and_then(Path::parent)
+            .and_then(|p| p.file_name())
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .to_string();
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let mut cmd = std::process::Command::new(cargo);
+        cmd.current_dir(workspace).args([
+            "build",
+            "-p",
+            "ward",
+            "--bin",
+            "ward",
+            "--message-format=json-render-diagnostics",
+        ]);
+        match profile.as_str() {
+            "debug" => {}
+            "release" => {
+                cmd.arg("--release");
+            }
+            other => {
+                cmd.args(["--profile", other]);
+            }
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "cargo build -p ward failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        stdout
+            .lines()
+            .filter(|l| {
+                l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"name\":\"ward\"")
+            })
+            .find_map(|l| {
+                let (_, rest) = l.split_once("\"executable\":\"")?;
+                let (path, _) = rest.split_once('"')?;
+                Some(PathBuf::from(path))
+            })
+            .expect("cargo did not report the ward executable")
+    })
+    .clone()
+}
+
+/// Start a gateway with [`ward::gateway::Options`] (e.g. an injected failing recording sink).
+pub async fn start_gateway_with(
+    pki: Arc<Pki>,
+    devices: &[DeviceSpec],
+    rules_toml: &str,
+    extra_gateway_toml: &str,
+    clock: Arc<dyn Clock>,
+    options: ward::gateway::Options,
+) -> TestGateway {
+    let tg = start_gateway(
+        pki.clone(),
+        devices,
+        rules_toml,
+        extra_gateway_toml,
+        clock.clone(),
+    )
+    .await;
+    // Restart on the same config with the options (the first start created the state dir).
+    let config_path = tg.config.clone();
+    let mut tg = tg;
+    tg.shutdown(Duration::from_millis(10)).await;
+    let cfg = ward::gateway::load_config(&config_path).unwrap();
+    let gw = Gateway::start_with(cfg, clock, options).await.unwrap();
+    TestGateway {
+        gw: Some(gw),
+        pki,
+        config: config_path,
+    }
+}
+
+impl TestGateway {
+    /// The gateway's state dir.
+    pub fn state_dir(&self) -> PathBuf {
+        ward::gateway::load_config(&self.config)
+            .unwrap()
+            .gateway
+            .state_dir
+    }
+}

@@ -133,7 +133,8 @@ impl Nginx {
     }
 }
 
-const CONSOLE_PAGE: &str = "<html><body><h1>CardioStation 5 service console</h1><p>ward-interop-7f3a</p></body></html>\n";
+const CONSOLE_PAGE: &str =
+    "<html><body><h1>CardioStation 5 service console</h1><p>ward-interop-7f3a</p></body></html>\n";
 
 async fn start_nginx() -> Nginx {
     let dir = tempfile::tempdir().unwrap();
@@ -276,24 +277,34 @@ async fn curl_reaches_nginx_behind_basic_auth_and_denied_identity_never_does() {
     }
     let log = lines(&nginx.access_log());
     assert_eq!(log.len(), expected_requests, "{log:#?}");
-    assert!(log[0].contains(" admin ") && log[0].contains("\"GET / HTTP/1.1\" 200"), "{log:#?}");
+    assert!(
+        log[0].contains(" admin ") && log[0].contains("\"GET / HTTP/1.1\" 200"),
+        "{log:#?}"
+    );
     assert!(log[1].contains("\"GET / HTTP/1.1\" 401"), "{log:#?}");
 
     // A vendor of another company has no rule for the console: its forwarder accepts the local
     // connection, the gateway refuses the session, curl gets nothing, nginx sees nothing.
     let globex = pki.person(Kind::Vendor, "eve", Some("globex"), &[]);
     for transport in [Transport::Quic, Transport::Tcp] {
-        let fwd = forwarder(gw.client(&alice, transport), "console-7").await;
+        let fwd = forwarder(gw.client(&globex, transport), "console-7").await;
         let (exit, code, body) = curl(fwd, true).await;
         assert_ne!(exit, Some(0), "{transport:?}: denied curl must fail");
         // 52: empty reply from server; 56: connection reset.
-        assert!(matches!(exit, Some(52) | Some(56)), "{transport:?}: curl exit {exit:?}");
+        assert!(
+            matches!(exit, Some(52) | Some(56)),
+            "{transport:?}: curl exit {exit:?}"
+        );
         assert_eq!(code, "000", "{transport:?}");
         assert_eq!(body, "", "{transport:?}");
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let log = lines(&nginx.access_log());
-    assert_eq!(log.len(), expected_requests, "nginx saw a denied request: {log:#?}");
+    assert_eq!(
+        log.len(),
+        expected_requests,
+        "nginx saw a denied request: {log:#?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -471,7 +482,7 @@ async fn dcmtk_echo_and_store_through_ward() {
 
     // A clinician (no rule for the radiology archive) cannot associate through their forwarder.
     let alice = pki.person(Kind::Clinician, "alice", None, &["icu"]);
-    let fwd = forwarder(gw.client(&vendor, Transport::Quic), "pacs-1").await;
+    let fwd = forwarder(gw.client(&alice, Transport::Quic), "pacs-1").await;
     let out = echoscu(fwd).await;
     assert!(!out.status.success(), "denied echoscu must fail");
     assert_eq!(
@@ -599,7 +610,7 @@ async fn telnet_client_logs_into_pump_console_through_ward() {
     // The clinician has no rule for the oncology pump: telnet connects to the local forwarder,
     // which hangs up once the gateway refuses; the console never sees a connection.
     let alice = pki.person(Kind::Clinician, "alice", None, &["icu"]);
-    let fwd = forwarder(gw.client(&vendor, Transport::Quic), "pump-12").await;
+    let fwd = forwarder(gw.client(&alice, Transport::Quic), "pump-12").await;
     // stdin stays open (telnet quits at once on stdin EOF), so only the far end can end it.
     let mut proc = ChildGuard::spawn(
         "telnet",

@@ -94,6 +94,42 @@ pub enum Request {
     },
     /// List current locks.
     ListLocks,
+    /// A security-team review operation (security and admin identities only; audited).
+    Review(Review),
+}
+
+/// Security-team review operations, carried by [`Request::Review`]. Answers that can be large
+/// (listings, recordings, the audit log) come back as [`Response::Stream`] followed by the bytes
+/// in data frames and `EOF`, exactly like a session's data phase.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Review {
+    /// List recorded sessions matching the filter; streams one JSON object per line.
+    ListSessions {
+        /// Principal name (or `org/name`) to match.
+        principal: Option<String>,
+        /// Device id to match.
+        device: Option<String>,
+        /// Sessions that started at or after this Unix time.
+        since_unix: Option<i64>,
+        /// Sessions that started before this Unix time.
+        until_unix: Option<i64>,
+        /// Only sessions whose recorded bytes contain this text.
+        grep: Option<String>,
+    },
+    /// Stream one recording's file, for replay, export or verification on the reviewer's machine.
+    Recording {
+        /// The session.
+        session_id: String,
+        /// `replay`, `export` or `verify` (audited as such).
+        purpose: String,
+        /// The reviewer chose to proceed although the recording failed verification (audited).
+        force: bool,
+    },
+    /// Stream the audit log file.
+    AuditLog,
+    /// The gateway's recording/audit public key (hex) in an `Ok` message.
+    PublicKey,
 }
 
 /// Error classes in [`Response::Error`].
@@ -196,6 +232,11 @@ pub enum Response {
         /// Why, e.g. `locked: credential leak`.
         reason: String,
     },
+    /// The answer to a [`Review`] follows as data frames, then `EOF`.
+    Stream {
+        /// What is being sent (e.g. `sessions`, `recording 3f…`, `audit log`).
+        what: String,
+    },
 }
 
 /// Any frame.
@@ -231,6 +272,8 @@ pub mod frame_type {
     pub const UNLOCK: u8 = 0x04;
     /// [`Request::ListLocks`](super::Request::ListLocks).
     pub const LIST_LOCKS: u8 = 0x05;
+    /// [`Request::Review`](super::Request::Review).
+    pub const REVIEW: u8 = 0x06;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -245,6 +288,8 @@ pub mod frame_type {
     pub const LOCKS: u8 = 0x86;
     /// [`Response::Closed`](super::Response::Closed).
     pub const CLOSED: u8 = 0x87;
+    /// [`Response::Stream`](super::Response::Stream).
+    pub const STREAM: u8 = 0x88;
     /// Reserved: a data-phase chunk of device bytes (handled by the I/O layer's data path, never
     /// by [`decode`](super::decode), which reports it as an unknown type).
     pub const DATA: u8 = 0x10;
@@ -320,6 +365,12 @@ struct MessageWire {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct StreamWire {
+    what: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LocksWire {
     locks: Vec<LockInfo>,
 }
@@ -332,6 +383,8 @@ fn type_name(t: u8) -> Option<&'static str> {
         LOCK => "Lock",
         UNLOCK => "Unlock",
         LIST_LOCKS => "ListLocks",
+        REVIEW => "Review",
+        STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
         ERROR => "Error",
@@ -354,6 +407,7 @@ impl Frame {
                 Request::Lock { .. } => LOCK,
                 Request::Unlock { .. } => UNLOCK,
                 Request::ListLocks => LIST_LOCKS,
+                Request::Review(_) => REVIEW,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -363,6 +417,7 @@ impl Frame {
                 Response::Ok { .. } => OK,
                 Response::Locks { .. } => LOCKS,
                 Response::Closed { .. } => CLOSED,
+                Response::Stream { .. } => STREAM,
             },
         }
     }
@@ -394,6 +449,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
                 reason,
             }),
             Request::Unlock { target } => to_json(&UnlockWire { target }),
+            Request::Review(review) => to_json(&review),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -416,6 +472,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Response::Devices { devices } => to_json(&DevicesWire { devices }),
             Response::Ok { message } => to_json(&MessageWire { message }),
             Response::Locks { locks } => to_json(&LocksWire { locks }),
+            Response::Stream { what } => to_json(&StreamWire { what }),
         },
     }?;
     let len = u32::try_from(payload.len())
@@ -549,6 +606,11 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         LIST_LOCKS => {
             let Empty {} = from_json(name, text)?;
             Request::ListLocks.into()
+        }
+        REVIEW => Request::Review(from_json(name, text)?).into(),
+        STREAM => {
+            let w: StreamWire = from_json(name, text)?;
+            Response::Stream { what: w.what }.into()
         }
         OPENED => {
             let w: OpenedWire = from_json(name, text)?;

@@ -385,10 +385,20 @@ impl Session {
     {
         let activity = Activity::new();
         let early = {
-            let up =
-                datapath::raw_to_framed(&mut local_r, &mut self.writer, &activity, &activity.up);
-            let down =
-                datapath::framed_to_raw(&mut self.reader, &mut local_w, &activity, &activity.down);
+            let up = datapath::raw_to_framed(
+                &mut local_r,
+                &mut self.writer,
+                &activity,
+                &activity.up,
+                None,
+            );
+            let down = datapath::framed_to_raw(
+                &mut self.reader,
+                &mut local_w,
+                &activity,
+                &activity.down,
+                None,
+            );
             tokio::pin!(up, down);
             let (mut up_done, mut down_done) = (false, false);
             let mut early = None;
@@ -467,5 +477,29 @@ pub async fn listen(
                 Err(e) => eprintln!("ward: {from} → {device}: {e:#}"),
             }
         });
+    }
+}
+
+/// Largest review answer a client accepts (a recording or the audit log).
+pub const MAX_REVIEW_BYTES: usize = 1 << 30;
+
+impl Client {
+    /// Ask the gateway for a review operation; returns the streamed body, or an `Ok` message's
+    /// text as bytes.
+    pub async fn review(&self, review: ward_core::frame::Review) -> anyhow::Result<Vec<u8>> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        writer.write_request(&Request::Review(review)).await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let body = match answer {
+            Response::Stream { .. } => datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?,
+            Response::Ok { message } => message.into_bytes(),
+            Response::Error { code, message } => bail!("{code:?}: {message}"),
+            Response::Denied { reason } => bail!("denied: {reason}"),
+            other => bail!("unexpected answer from the gateway: {other:?}"),
+        };
+        let _ = writer.finish().await;
+        Ok(body)
     }
 }

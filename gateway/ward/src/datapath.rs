@@ -13,6 +13,9 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+use ward_recording::Direction;
+
+use crate::recorder::Tap;
 
 /// Frame type of a data chunk.
 pub const DATA: u8 = 0x10;
@@ -234,6 +237,7 @@ pub async fn raw_to_framed<R, W>(
     w: &mut FrameWriter<W>,
     activity: &Activity,
     counter: &AtomicU64,
+    tap: Option<(&Tap, Direction)>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -250,6 +254,11 @@ where
         }
         activity.touch();
         counter.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some((tap, dir)) = tap {
+            // Recorded before it is forwarded (fail closed).
+            tap.record(dir, buf.get(HEADER..HEADER + n).unwrap_or_default())
+                .await?;
+        }
         let len = u32::try_from(n)
             .map_err(|_| invalid("chunk too large".into()))?
             .to_be_bytes();
@@ -258,6 +267,51 @@ where
         }
         w.write_frame(buf.get(..HEADER + n).unwrap_or_default())
             .await?;
+    }
+}
+
+/// Send `bytes` as data frames followed by `EOF` (a review answer's body).
+pub async fn write_stream<W: AsyncWrite + Unpin>(
+    w: &mut FrameWriter<W>,
+    bytes: &[u8],
+) -> io::Result<()> {
+    for chunk in bytes.chunks(CHUNK) {
+        let len = u32::try_from(chunk.len())
+            .map_err(|_| invalid("chunk too large".into()))?
+            .to_be_bytes();
+        let mut frame = Vec::with_capacity(HEADER + chunk.len());
+        frame.extend_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
+        frame.extend_from_slice(chunk);
+        w.write_frame(&frame).await?;
+    }
+    w.write_eof().await
+}
+
+/// Read data frames until `EOF`, at most `limit` bytes (a review answer's body).
+pub async fn read_stream<R: AsyncRead + Unpin>(
+    r: &mut FrameReader<R>,
+    limit: usize,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        match r.next().await? {
+            Some(Inbound::Data(b)) => {
+                if out.len() + b.len() > limit {
+                    return Err(invalid(format!("answer larger than {limit} bytes")));
+                }
+                out.extend_from_slice(b);
+            }
+            Some(Inbound::Eof) => return Ok(out),
+            Some(Inbound::Control(_)) => {
+                return Err(invalid("unexpected control frame in a stream".into()))
+            }
+            None => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "stream ended before EOF",
+                ))
+            }
+        }
     }
 }
 
@@ -278,6 +332,7 @@ pub async fn framed_to_raw<R, W>(
     w: &mut W,
     activity: &Activity,
     counter: &AtomicU64,
+    tap: Option<(&Tap, Direction)>,
 ) -> io::Result<FramedEnd>
 where
     R: AsyncRead + Unpin,
@@ -298,6 +353,10 @@ where
                 }
                 activity.touch();
                 counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                if let Some((tap, dir)) = tap {
+                    // Recorded before it is forwarded (fail closed).
+                    tap.record(dir, bytes).await?;
+                }
                 w.write_all(bytes).await?;
             }
         }
@@ -318,13 +377,13 @@ mod tests {
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
             let mut src = &sent[..];
-            raw_to_framed(&mut src, &mut w, &act2, &act2.up)
+            raw_to_framed(&mut src, &mut w, &act2, &act2.up, None)
                 .await
                 .unwrap();
         });
         let mut r = FrameReader::new(b);
         let mut out = Vec::new();
-        let end = framed_to_raw(&mut r, &mut out, &act, &act.down)
+        let end = framed_to_raw(&mut r, &mut out, &act, &act.down, None)
             .await
             .unwrap();
         writer.await.unwrap();

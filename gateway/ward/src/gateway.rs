@@ -22,9 +22,12 @@ use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
 use ward_core::policy::{self, Decision, Lock};
 use ward_core::Principal;
 
+use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::recorder::{FileSink, SessionRecorder, Sink};
 use crate::store::{SqliteStore, Store};
 use crate::tls;
+use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
 
 /// Why the gateway cut a live session (sent to the client in a `Closed` frame).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,9 @@ struct LiveSession {
 /// Live state shared by the listeners and every session.
 pub struct Shared {
     config: Config,
+    audit: AuditLog,
+    signer: Arc<Signer>,
+    sink: Option<Arc<dyn Sink>>,
     validator: Validator,
     clock: Arc<dyn Clock>,
     store: Arc<dyn Store>,
@@ -119,6 +125,7 @@ impl Drop for ConnSlot {
 /// A running gateway.
 pub struct Gateway {
     shared: Arc<Shared>,
+    audit_writer: AuditWriter,
     quic_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
@@ -174,9 +181,124 @@ pub fn transport_config(
     Ok(t)
 }
 
+/// Options that are not part of the config file.
+#[derive(Clone, Default)]
+pub struct Options {
+    /// Turn session recording OFF. Never set by the `ward` binary: no session runs unrecorded.
+    /// Only the benchmark harness sets it, to measure what recording costs.
+    pub no_recording: bool,
+    /// Where recordings go; `None` means `<state_dir>/recordings` on local disk.
+    pub sink: Option<Arc<dyn Sink>>,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("no_recording", &self.no_recording)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The gateway's recording/audit signing key: `<state_dir>/audit.key` (PKCS#8, 0600), created at
+/// first start; its public key is written to `audit.pub` (hex).
+pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<Signer>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let key_path = state_dir.join(crate::AUDIT_KEY);
+    let signer = match std::fs::read(&key_path) {
+        Ok(pkcs8) => Signer::from_pkcs8(&pkcs8)
+            .with_context(|| format!("{} is not a Ward signing key", key_path.display()))?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let (signer, pkcs8) = Signer::generate().context("generating the audit signing key")?;
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&key_path)
+                .with_context(|| format!("creating {}", key_path.display()))?;
+            f.write_all(&pkcs8)?;
+            f.sync_all()?;
+            signer
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", key_path.display())),
+    };
+    std::fs::write(
+        state_dir.join(crate::AUDIT_PUB),
+        format!("{}\n", hex::encode(signer.public_key())),
+    )?;
+    Ok(Arc::new(signer))
+}
+
+/// Seal recordings left open by a crash (kill -9, power loss): verify their prefix, append an
+/// `Interrupted` record and a signed checkpoint, and audit it.
+fn recover_recordings(
+    dir: &std::path::Path,
+    signer: &Signer,
+    audit: &AuditLog,
+    now: OffsetDateTime,
+) -> anyhow::Result<usize> {
+    use std::io::{Seek, Write};
+    let mut sealed = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report = ward_recording::verify(&bytes, &signer.public_key());
+        if report.status != ward_recording::SealStatus::Unsealed {
+            continue;
+        }
+        let session = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let mut tail = Vec::new();
+        let why = "gateway stopped without closing this session (crash or kill -9)";
+        match ward_recording::seal_interrupted(&bytes, signer, why, 0, &mut tail) {
+            Ok(keep) => {
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
+                f.set_len(keep)?;
+                f.seek(std::io::SeekFrom::Start(keep))?;
+                f.write_all(&tail)?;
+                f.sync_all()?;
+                sealed += 1;
+                audit.emit(
+                    Event::new("recording_interrupted", "failure", now)
+                        .severity("warning")
+                        .session(session)
+                        .reason(format!("sealed as interrupted: {why}"))
+                        .detail("verified_records", report.verified_records)
+                        .detail("kept_bytes", keep),
+                );
+            }
+            Err(e) => audit.emit(
+                Event::new("recording_interrupted", "failure", now)
+                    .severity("high")
+                    .session(session)
+                    .reason(format!("could not seal an interrupted recording: {e}")),
+            ),
+        }
+    }
+    Ok(sealed)
+}
+
 impl Gateway {
     /// Load the CA, certificates and store named by `config`, bind the listeners and start serving.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Gateway> {
+        Self::start_with(config, clock, Options::default()).await
+    }
+
+    /// [`Gateway::start`] with [`Options`].
+    pub async fn start_with(
+        config: Config,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> anyhow::Result<Gateway> {
         let g = &config.gateway;
         let validator = Validator::from_dir(&g.ca).with_context(|| {
             format!(
@@ -197,6 +319,26 @@ impl Gateway {
         std::fs::create_dir_all(&g.state_dir)
             .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&g.state_dir)?);
+        let signer = load_or_create_signer(&g.state_dir)?;
+        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone())?;
+        let recordings = g.state_dir.join(crate::RECORDINGS_DIR);
+        let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
+            match options.sink.clone() {
+                Some(s) => Some(s),
+                None => {
+                    Some(Arc::new(FileSink::new(&recordings).with_context(|| {
+                        format!("creating {}", recordings.display())
+                    })?))
+                }
+            }
+        } else {
+            tracing::warn!("session recording is OFF (benchmark mode)");
+            None
+        };
+        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
+        if sealed > 0 {
+            tracing::warn!(sealed, "sealed recordings left open by a previous crash");
+        }
         let locks = store.active_locks(clock.now())?;
         let server_tls = tls::server_config(validator.clone(), clock.clone(), chain, key)?;
 
@@ -228,8 +370,22 @@ impl Gateway {
         };
         let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
 
+        audit.emit(
+            Event::new("config_loaded", "success", clock.now())
+                .detail("devices", config.devices.len())
+                .detail("rules", config.rules.len()),
+        );
+        audit.emit(
+            Event::new("gateway_start", "success", clock.now())
+                .detail("quic", quic_addr.to_string())
+                .detail("tcp", tcp_addr.map(|a| a.to_string()).unwrap_or_default())
+                .detail("recording", !options.no_recording),
+        );
         let shared = Arc::new(Shared {
             config,
+            audit,
+            signer,
+            sink,
             validator,
             clock,
             store,
@@ -255,6 +411,7 @@ impl Gateway {
               devices = shared.config.devices.len(), rules = shared.config.rules.len(), "gateway listening");
         Ok(Gateway {
             shared,
+            audit_writer,
             quic_addr,
             tcp_addr,
             endpoint,
@@ -307,6 +464,15 @@ impl Gateway {
             .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
+        self.shared
+            .audit
+            .emit_wait(
+                Event::new("gateway_stop", "success", self.shared.clock.now())
+                    .detail("sessions_cut", cut),
+            )
+            .await;
+        self.shared.audit.flush().await;
+        drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
 }
@@ -333,8 +499,15 @@ async fn quic_accept_loop(
         let shared = shared.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
-            if let Err(e) = serve_quic(shared, incoming, slot).await {
+            if let Err(e) = serve_quic(shared.clone(), incoming, slot).await {
                 warn!(event = "connection_failed", source = %peer, reason = %e);
+                shared.audit.emit(
+                    Event::new("handshake_failed", "failure", shared.clock.now())
+                        .severity("warning")
+                        .source(peer)
+                        .reason(format!("{e:#}"))
+                        .detail("transport", "quic"),
+                );
             }
         });
     }
@@ -422,10 +595,18 @@ async fn tcp_accept_loop(
                 Ok(Ok(t)) => t,
                 Ok(Err(e)) => {
                     warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
+                    shared
+                        .audit
+                        .emit(handshake_failed(&shared, peer, e.to_string()));
                     return;
                 }
                 Err(_) => {
                     warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = "handshake timed out");
+                    shared.audit.emit(handshake_failed(
+                        &shared,
+                        peer,
+                        "handshake timed out".into(),
+                    ));
                     return;
                 }
             };
@@ -439,6 +620,9 @@ async fn tcp_accept_loop(
                 Ok(i) => Arc::new(i),
                 Err(e) => {
                     warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
+                    shared
+                        .audit
+                        .emit(handshake_failed(&shared, peer, format!("{e:#}")));
                     return;
                 }
             };
@@ -446,6 +630,14 @@ async fn tcp_accept_loop(
             serve_stream(shared, identity, peer, "tcp", r, w).await;
         });
     }
+}
+
+fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String) -> Event {
+    Event::new("handshake_failed", "failure", shared.clock.now())
+        .severity("warning")
+        .source(peer)
+        .reason(reason)
+        .detail("transport", "tcp")
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -532,6 +724,11 @@ async fn serve_stream<R, W>(
             reason,
         } => lock(&shared, &identity, &principal, target, for_secs, reason),
         Request::Unlock { target } => unlock(&shared, &identity, &principal, target),
+        Request::Review(review) => {
+            review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         Request::ListLocks => match require_security(&principal, "list locks") {
             Err(r) => r,
             Ok(()) => {
@@ -583,7 +780,13 @@ fn lock(
     reason: String,
 ) -> Response {
     if let Err(r) = require_security(p, "lock") {
-        warn!(event = "lock_refused", principal = %identity.principal(), "lock refused");
+        shared.audit.emit(
+            Event::new("lock", "denied", shared.clock.now())
+                .principal(identity)
+                .reason(format!(
+                    "only security and admin identities may lock; target {target}"
+                )),
+        );
         return r;
     }
     let now = shared.clock.now();
@@ -609,7 +812,20 @@ fn lock(
         |s| policy::lock_applies(&lock, &s.principal, &s.device, now),
         &format!("locked: {reason} (by {})", lock.by),
     );
-    info!(event = "lock", principal = %identity.principal(), target = ?target, reason = %reason, sessions_ended = cut);
+    shared.audit.emit(
+        Event::new("lock", "success", now)
+            .severity("warning")
+            .principal(identity)
+            .reason(reason.clone())
+            .detail("target", target.to_string())
+            .detail(
+                "until",
+                until
+                    .map(|u| u.to_string())
+                    .unwrap_or_else(|| "until unlocked".into()),
+            )
+            .detail("sessions_ended", cut),
+    );
     Response::Ok {
         message: format!("locked {target}; {cut} live session(s) ended"),
     }
@@ -617,6 +833,13 @@ fn lock(
 
 fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget) -> Response {
     if let Err(r) = require_security(p, "unlock") {
+        shared.audit.emit(
+            Event::new("unlock", "denied", shared.clock.now())
+                .principal(identity)
+                .reason(format!(
+                    "only security and admin identities may unlock; target {target}"
+                )),
+        );
         return r;
     }
     match shared.store.remove_lock(&target) {
@@ -628,7 +851,15 @@ fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarge
             if let Ok(mut locks) = shared.locks.write() {
                 locks.retain(|l| l.target != target);
             }
-            info!(event = "unlock", principal = %identity.principal(), target = ?target, existed);
+            shared.audit.emit(
+                Event::new(
+                    "unlock",
+                    if existed { "success" } else { "failure" },
+                    shared.clock.now(),
+                )
+                .principal(identity)
+                .detail("target", target.to_string()),
+            );
             if existed {
                 Response::Ok {
                     message: format!("unlocked {target}"),
@@ -691,15 +922,26 @@ async fn open_session<R, W>(
         bytes_up = field::Empty, bytes_down = field::Empty, end_reason = field::Empty);
     async move {
         let now = shared.clock.now();
+        let audit = |event: &str, outcome: &str| {
+            Event::new(event, outcome, shared.clock.now())
+                .principal(identity)
+                .source(peer)
+                .device(device_id)
+                .session(session_id.clone())
+        };
         if shared.draining.load(Ordering::Acquire) {
-            let _ = writer.write_response(&error_frame(ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly")).await;
-            let _ = writer.finish().await;
+            refuse(&mut writer, ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly".into()).await;
+            return;
+        }
+        if !shared.audit.healthy() {
+            shared.audit.emit(audit("session_deny", "failure").reason("audit log unavailable"));
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, "session refused: the gateway cannot write its audit log (fail closed); tell the security team".into()).await;
             return;
         }
         if now > identity.not_after {
             let msg = format!("certificate expired at {}; get a new one (`ward ca issue` or `ward login`)", identity.not_after);
             tracing::Span::current().record("decision", "deny");
-            warn!(event = "session_denied", reason = %msg);
+            shared.audit.emit(audit("session_deny", "denied").reason(msg.clone()));
             let _ = writer.write_response(&Response::Denied { reason: msg }).await;
             let _ = writer.finish().await;
             return;
@@ -711,7 +953,7 @@ async fn open_session<R, W>(
             Decision::Deny(reason) => {
                 let reason = reason.to_string();
                 tracing::Span::current().record("decision", "deny");
-                warn!(event = "session_denied", reason = %reason);
+                shared.audit.emit(audit("session_deny", "denied").reason(reason.clone()));
                 let _ = writer.write_response(&Response::Denied { reason }).await;
                 let _ = writer.finish().await;
                 return;
@@ -721,16 +963,49 @@ async fn open_session<R, W>(
         let Some(device) = device else { return };
         tracing::Span::current().record("decision", "permit").record("rule", permit.rule());
         if shared.live_sessions() >= shared.limits().max_sessions as usize {
-            let _ = writer.write_response(&error_frame(ErrorCode::Overloaded, "gateway is at its session limit; try again shortly")).await;
-            let _ = writer.finish().await;
+            shared.audit.emit(audit("session_deny", "failure").reason("session limit reached"));
+            refuse(&mut writer, ErrorCode::Overloaded, "gateway is at its session limit; try again shortly".into()).await;
             return;
         }
+        // Fail closed: the recording is open (header and first checkpoint on disk) before the
+        // gateway even connects to the device.
+        let recorder = match &shared.sink {
+            None => None,
+            Some(sink) => {
+                let meta = SessionMeta {
+                    session_id: session_id.clone(),
+                    principal_kind: identity.kind.to_string(),
+                    principal_name: identity.name.clone(),
+                    principal_org: identity.org.clone(),
+                    cert_serial: identity.serial.clone(),
+                    source: peer.to_string(),
+                    device: device_id.to_string(),
+                    device_addr: device.address.to_string(),
+                    protocol: device.protocol.to_string(),
+                    rule: permit.rule().to_string(),
+                    transport: transport.to_string(),
+                    break_glass: false,
+                    started_unix_ms: unix_ms(now),
+                };
+                match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
+                        shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));
+                        refuse(&mut writer, ErrorCode::RecordingUnavailable, "session refused: its recording could not be opened, and no session runs unrecorded; tell the security team".into()).await;
+                        return;
+                    }
+                }
+            }
+        };
         let tcp = match dial(device, shared.limits().device_connect_timeout).await {
             Ok(s) => s,
             Err((code, msg)) => {
-                warn!(event = "device_unreachable", reason = %msg);
-                let _ = writer.write_response(&error_frame(code, msg)).await;
-                let _ = writer.finish().await;
+                shared.audit.emit(audit("session_open", "failure").reason(msg.clone()));
+                if let Some(rec) = recorder {
+                    let _ = rec.finish(EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: msg.clone(), bytes_up: 0, bytes_down: 0 }).await;
+                }
+                refuse(&mut writer, code, msg).await;
                 return;
             }
         };
@@ -751,8 +1026,17 @@ async fn open_session<R, W>(
             ends_at_unix: permit.ends_at().unix_timestamp(),
             end_reason_if_uncut: permit.end_reason().to_string(),
         };
-        info!(event = "session_opened", rule = %permit.rule(), ends_at = %permit.ends_at());
+        shared.audit.emit(
+            audit("session_open", "success")
+                .reason(format!("permitted by rule {}", permit.rule()))
+                .detail("rule", permit.rule())
+                .detail("transport", transport)
+                .detail("ends_at", permit.ends_at().to_string())
+                .detail("recorded", recorder.is_some()),
+        );
         let activity = Activity::new();
+        let tap = recorder.as_ref().map(|r| r.tap());
+        let mut rec_failed = recorder.as_ref().map(|r| r.failed());
         let end = if writer.write_response(&opened).await.is_err() {
             "client went away".to_string()
         } else {
@@ -760,9 +1044,11 @@ async fn open_session<R, W>(
             let deadline = to_instant(&shared, permit.ends_at());
             let idle = shared.limits().idle_timeout;
             let end_reason_text = permit.end_reason().to_string();
+            let up_tap = tap.as_ref().map(|t| (t, Direction::Up));
+            let down_tap = tap.as_ref().map(|t| (t, Direction::Down));
             let proxy = async {
-                let up = datapath::framed_to_raw(&mut reader, &mut dev_w, &activity, &activity.up);
-                let down = datapath::raw_to_framed(&mut dev_r, &mut writer, &activity, &activity.down);
+                let up = datapath::framed_to_raw(&mut reader, &mut dev_w, &activity, &activity.up, up_tap);
+                let down = datapath::raw_to_framed(&mut dev_r, &mut writer, &activity, &activity.down, down_tap);
                 tokio::pin!(up, down);
                 let (mut up_done, mut down_done) = (None, None);
                 while up_done.is_none() || down_done.is_none() {
@@ -794,11 +1080,25 @@ async fn open_session<R, W>(
                     }
                 }
             };
+            let recording_watch = async {
+                match rec_failed.as_mut() {
+                    Some(rx) => loop {
+                        if let Some(e) = rx.borrow_and_update().clone() {
+                            return e;
+                        }
+                        if rx.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    },
+                    None => std::future::pending().await,
+                }
+            };
             let result = tokio::select! {
                 r = proxy => Ok(r),
                 _ = tokio::time::sleep_until(deadline) => Err(Cut(format!("{end_reason_text} reached"))),
                 _ = idle_watch => Err(Cut(format!("idle for {}s", idle.as_secs()))),
                 c = wait_cut(&mut cut_rx) => Err(c),
+                e = recording_watch => Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
             };
             match result {
                 Ok(r) => r,
@@ -815,16 +1115,152 @@ async fn open_session<R, W>(
         if let Ok(mut s) = shared.sessions.lock() {
             s.remove(&id);
         }
+        let (up, down) = (activity.up.load(Ordering::Relaxed), activity.down.load(Ordering::Relaxed));
+        drop(tap);
+        if let Some(rec) = recorder {
+            let info = EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: end.clone(), bytes_up: up, bytes_down: down };
+            if let Err(e) = rec.finish(info).await {
+                shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(e));
+            }
+        }
         let span = tracing::Span::current();
-        span.record("bytes_up", activity.up.load(Ordering::Relaxed));
-        span.record("bytes_down", activity.down.load(Ordering::Relaxed));
+        span.record("bytes_up", up);
+        span.record("bytes_down", down);
         span.record("end_reason", end.as_str());
-        info!(event = "session_closed", end_reason = %end, bytes_up = activity.up.load(Ordering::Relaxed),
-              bytes_down = activity.down.load(Ordering::Relaxed));
+        shared.audit.emit(
+            audit("session_close", "success").reason(end.clone()).detail("bytes_up", up).detail("bytes_down", down),
+        );
         drop(writer.get_mut().shutdown().await);
     }
     .instrument(span)
     .await;
+}
+
+/// Serve a security-team review request: listings, recordings and the audit log, each access audited.
+async fn review_request<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    identity: &Identity,
+    principal: &Principal,
+    peer: SocketAddr,
+    review: frame::Review,
+    writer: &mut FrameWriter<W>,
+) {
+    use frame::Review;
+    let now = shared.clock.now();
+    let state_dir = &shared.config.gateway.state_dir;
+    let op = match &review {
+        Review::ListSessions { .. } => "recording_listed",
+        Review::Recording { purpose, .. } if purpose == "replay" => "recording_replayed",
+        Review::Recording { purpose, .. } if purpose == "export" => "recording_exported",
+        Review::Recording { .. } => "recording_verified",
+        Review::AuditLog => "audit_log_read",
+        Review::PublicKey => "public_key_read",
+    };
+    if let Err(r) = require_security(principal, "review recordings or the audit log") {
+        shared.audit.emit(
+            Event::new(op, "denied", now)
+                .severity("warning")
+                .principal(identity)
+                .source(peer)
+                .reason("only security and admin identities may review recordings"),
+        );
+        let _ = writer.write_response(&r).await;
+        return;
+    }
+    let key = shared.signer.public_key();
+    let base = Event::new(op, "success", now)
+        .principal(identity)
+        .source(peer);
+    if matches!(review, Review::AuditLog) {
+        // Hand out a log whose every line is covered by a signed checkpoint.
+        shared.audit.flush().await;
+    }
+    let result: anyhow::Result<(String, Vec<u8>, Event)> = (|| match review {
+        Review::PublicKey => Ok((String::new(), hex::encode(key).into_bytes(), base)),
+        Review::AuditLog => {
+            let bytes = std::fs::read(state_dir.join(crate::audit::AUDIT_LOG))
+                .context("reading the audit log")?;
+            Ok(("audit log".into(), bytes, base))
+        }
+        Review::ListSessions {
+            principal,
+            device,
+            since_unix,
+            until_unix,
+            grep,
+        } => {
+            let filter = crate::review::Filter {
+                principal,
+                device,
+                since: since_unix,
+                until: until_unix,
+                grep,
+            };
+            let list = crate::review::list(state_dir, &key, &filter)?;
+            let mut out = Vec::new();
+            for s in &list {
+                serde_json::to_writer(&mut out, s)?;
+                out.push(b'\n');
+            }
+            let ev = base
+                .detail("sessions", list.len())
+                .detail("grep", filter.grep.is_some());
+            Ok(("sessions".into(), out, ev))
+        }
+        Review::Recording {
+            session_id,
+            purpose,
+            force,
+        } => {
+            let bytes = crate::review::read_recording(state_dir, &session_id)?;
+            let report = ward_recording::verify(&bytes, &key);
+            if purpose == "replay" && !report.ok && !force {
+                let what = report
+                    .first_error
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "not sealed".into());
+                anyhow::bail!("recording {session_id} fails verification ({what}); replay refused — use --force to replay anyway (audited)");
+            }
+            let ev = base
+                .session(session_id.clone())
+                .detail("verified", report.ok)
+                .detail("forced", force)
+                .severity(if force && !report.ok { "high" } else { "info" });
+            Ok((format!("recording {session_id}"), bytes, ev))
+        }
+    })();
+    match result {
+        Ok((what, bytes, ev)) => {
+            shared.audit.emit(ev);
+            if what.is_empty() {
+                let msg = String::from_utf8_lossy(&bytes).into_owned();
+                let _ = writer.write_response(&Response::Ok { message: msg }).await;
+            } else {
+                let _ = writer.write_response(&Response::Stream { what }).await;
+                let _ = datapath::write_stream(writer, &bytes).await;
+            }
+        }
+        Err(e) => {
+            shared.audit.emit(
+                Event::new(op, "failure", now)
+                    .principal(identity)
+                    .source(peer)
+                    .reason(format!("{e:#}")),
+            );
+            let _ = writer
+                .write_response(&error_frame(ErrorCode::BadRequest, format!("{e:#}")))
+                .await;
+        }
+    }
+}
+
+async fn refuse<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, code: ErrorCode, msg: String) {
+    let _ = writer.write_response(&error_frame(code, msg)).await;
+    let _ = writer.finish().await;
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
 
 fn cut_rx_send(shared: &Shared, id: u64, reason: String) -> bool {

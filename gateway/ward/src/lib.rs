@@ -5,11 +5,21 @@
 //! the client (`ward connect`), simulated devices and `ward quickstart`. See docs/architecture.md.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod client;
 pub mod datapath;
 pub mod gateway;
 pub mod quickstart;
+pub mod recorder;
+pub mod review;
 pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+
+/// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.
+pub const AUDIT_KEY: &str = "audit.key";
+/// Its public key (hex), inside the state dir.
+pub const AUDIT_PUB: &str = "audit.pub";
+/// Session recordings, inside the state dir.
+pub const RECORDINGS_DIR: &str = "recordings";

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod ca_cmd;
+mod review_cmd;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -49,6 +50,15 @@ enum Command {
     Unlock(UnlockArgs),
     /// List active locks.
     Locks(GatewayClientArgs),
+    /// List and search recorded sessions (security and admin).
+    Sessions(review_cmd::SessionsArgs),
+    /// Replay a recorded session with its original timing (verifies it first).
+    Replay(review_cmd::ReplayArgs),
+    /// Export a recorded session as asciicast, pcap, raw bytes or JSON lines.
+    Export(review_cmd::ExportArgs),
+    /// Verify recordings and the audit log; print the gateway's signing key.
+    #[command(subcommand)]
+    Audit(review_cmd::AuditCommand),
     /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -96,16 +106,31 @@ struct GatewayClientArgs {
 
 impl GatewayClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        let prefix = match &self.identity {
-            Some(p) => p.clone(),
-            None => ward::client::home_dir()
-                .map(|h| h.join(".ward").join("identity"))
-                .context("no --identity given and $HOME is not set")?,
-        };
-        let files = IdentityFiles::resolve(&prefix, self.ca.as_deref())?;
-        preflight_identity(&files)?;
-        Client::new(&self.gateway, &files, self.transport)
+        make_client(
+            &self.gateway,
+            self.identity.as_ref(),
+            self.ca.as_ref(),
+            self.transport,
+        )
     }
+}
+
+/// A client for `gateway` with the given (or default) identity, after checking it has not expired.
+pub(crate) fn make_client(
+    gateway: &str,
+    identity: Option<&PathBuf>,
+    ca: Option<&PathBuf>,
+    transport: Transport,
+) -> anyhow::Result<Client> {
+    let prefix = match identity {
+        Some(p) => p.clone(),
+        None => ward::client::home_dir()
+            .map(|h| h.join(".ward").join("identity"))
+            .context("no --identity given and $HOME is not set")?,
+    };
+    let files = IdentityFiles::resolve(&prefix, ca.map(|p| p.as_path()))?;
+    preflight_identity(&files)?;
+    Client::new(gateway, &files, transport)
 }
 
 /// Refuse early, with advice, when the user's own certificate has expired.
@@ -252,6 +277,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             .await
         }),
         Command::Locks(args) => runtime()?.block_on(simple(&args, Request::ListLocks)),
+        Command::Sessions(args) => runtime()?.block_on(review_cmd::sessions(args)),
+        Command::Replay(args) => runtime()?.block_on(review_cmd::replay(args)),
+        Command::Export(args) => runtime()?.block_on(review_cmd::export(args)),
+        Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
     }
 }
 

@@ -273,6 +273,8 @@ struct Bulk {
     bytes: u64,
     secs: f64,
     cpu: CpuUse,
+    /// Bytes the gateway's recordings grew by (Ward with recording on only).
+    recorded: Option<u64>,
 }
 
 impl Bulk {
@@ -295,14 +297,8 @@ impl Bulk {
 
 /// `streams` connections to `addr`, each writing for `dur`, then half-closing and waiting for the
 /// device's close to come back (so every byte has reached the sink). Checks the sink got them all.
-fn bulk(
-    addr: SocketAddr,
-    streams: usize,
-    dur: Duration,
-    sink: &Sink,
-    roots: &[u32],
-    hz: f64,
-) -> Result<Bulk> {
+fn bulk(route: &Route, streams: usize, dur: Duration, sink: &Sink, hz: f64) -> Result<Bulk> {
+    let (addr, roots) = (route.sink, route.roots.as_slice());
     let before_sink = sink.received.load(Ordering::Relaxed);
     let cpu0 = cpu_snap(roots);
     let start = Instant::now();
@@ -353,11 +349,60 @@ fn bulk(
     if got != sent {
         bail!("sink received {got} bytes of the {sent} sent to {addr}");
     }
+    let recorded = match &route.recordings {
+        Some(dir) => {
+            // The recorder finishes and syncs off the data path; let it catch up, then measure and
+            // delete (keeps disk use bounded; the sessions are closed).
+            let mut last = dir_size(dir);
+            for _ in 0..40 {
+                std::thread::sleep(Duration::from_millis(50));
+                let now = dir_size(dir);
+                if now == last && now > 0 {
+                    break;
+                }
+                last = now;
+            }
+            clear_dir(dir);
+            Some(last)
+        }
+        None => None,
+    };
     Ok(Bulk {
         bytes: sent,
         secs,
         cpu: cpu_use(&cpu0, &cpu1, hz),
+        recorded,
     })
+}
+
+/// Total size of the regular files under `dir`.
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// Delete the regular files under `dir` (recordings of finished benchmark sessions).
+fn clear_dir(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        match e.metadata() {
+            Ok(m) if m.is_dir() => clear_dir(&e.path()),
+            Ok(_) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -435,7 +480,7 @@ fn ward_setup(clock: &dyn Clock) -> Result<WardSetup> {
     Ok(WardSetup { dir, files })
 }
 
-fn ward_config(sink: SocketAddr, echo: SocketAddr) -> String {
+fn ward_config(sink: SocketAddr, echo: SocketAddr, state_dir: &str) -> String {
     format!(
         r#"# Written by ward-bench.
 [gateway]
@@ -444,7 +489,7 @@ listen_tcp = "127.0.0.1:0"
 ca = "."
 cert = "gateway.crt"
 key = "gateway.key"
-state_dir = "state"
+state_dir = "{state_dir}"
 max_connections = 8192
 max_connections_per_source = 8192
 max_sessions = 8192
@@ -809,6 +854,8 @@ struct Route {
     echo: SocketAddr,
     roots: Vec<u32>,
     kind: PathKind,
+    /// The gateway's recordings directory, when this route records.
+    recordings: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -816,6 +863,7 @@ enum PathKind {
     Direct,
     WardQuic,
     WardTcp,
+    WardQuicNoRec,
     Peer,
 }
 
@@ -961,7 +1009,7 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             let ratio = w.2.gbps() / p.2.gbps();
             let _ = writeln!(
                 s,
-                "| one bulk session over {label} ≥ 1.0× the faster of stunnel / ssh -L (recording on) | {:.2} Gbit/s = {ratio:.2}× {} ({:.2}); recording is not implemented yet, so this is recording off | {} |",
+                "| one bulk session over {label} ≥ 1.0× the faster of stunnel / ssh -L (recording on) | {:.2} Gbit/s = {ratio:.2}× {} ({:.2}); recording on | {} |",
                 w.2.gbps(),
                 p.0,
                 p.2.gbps(),
@@ -1009,7 +1057,29 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             );
         }
     }
-    let _ = writeln!(s, "| recording on ÷ off ≥ 0.9; recording size ÷ payload ≤ 1.05 | not measurable: the gateway does not record yet | – |");
+    let quic_on = r.bulk.iter().find(|b| b.1 == PathKind::WardQuic);
+    let quic_off = r.bulk.iter().find(|b| b.1 == PathKind::WardQuicNoRec);
+    if let (Some(on), Some(off)) = (quic_on, quic_off) {
+        let ratio = on.2.gbps() / off.2.gbps();
+        let _ = writeln!(
+            s,
+            "| recording on ÷ recording off ≥ 0.9 (QUIC bulk) | {:.2} ÷ {:.2} Gbit/s = {ratio:.2} | {} |",
+            on.2.gbps(),
+            off.2.gbps(),
+            met(ratio >= 0.9)
+        );
+    }
+    for (name, _, b) in r.bulk.iter().filter(|b| b.2.recorded.is_some()) {
+        let rec = b.recorded.unwrap_or(0) as f64;
+        let ratio = rec / b.bytes as f64;
+        let _ = writeln!(
+            s,
+            "| recording size ÷ payload bytes (bulk) ≤ 1.05, {name} | {:.3} GB recorded for {:.3} GB moved = {ratio:.4} | {} |",
+            rec / 1e9,
+            b.bytes as f64 / 1e9,
+            met(ratio <= 1.05 && rec > 0.0)
+        );
+    }
     let _ = writeln!(s, "| 10,000 concurrent idle sessions: gateway RSS ≤ 1 GiB | not measured by this run (issue #7) | – |");
     if !r.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}", r.skipped.join("; "));
@@ -1095,8 +1165,11 @@ cargo run --release -p ward-tests --bin ward-bench -- --quick                   
   The connection rate runs 16 such clients in parallel, each opening and closing one session.
 - **Concurrent.** 100 generator threads at once, through one `ward connect --listen` (QUIC: 100
   streams on one connection; TLS/TCP: 100 connections); aggregate Gbit/s.
-- **Not covered yet.** Recording (the gateway does not record yet), 10,000 idle sessions' RSS
-  (issue #7), separate-process gateway and client.
+- **Recording.** Two gateways run side by side with the same config: one as deployed (every session
+  recorded to `<state_dir>/recordings` on local disk), one started with the benchmark-only
+  `Options { no_recording: true }`. Recording size is the growth of the recordings directory over a
+  bulk run (measured once the recorder has caught up; the files are then deleted to bound disk use).
+- **Not covered yet.** 10,000 idle sessions' RSS (issue #7); gateway and client in separate processes.
 
 ## Latest results
 
@@ -1128,32 +1201,54 @@ fn main() -> Result<()> {
         .block_on(ward::sim::echo("127.0.0.1:0".parse()?))?
         .addr;
 
-    // Ward.
+    // Ward: one gateway as deployed (recording on) and one with recording off (benchmark-only
+    // option), same config otherwise, both in the gateway runtime.
     let w = ward_setup(clock.as_ref())?;
-    let config_path = w.dir.path().join("ward.toml");
-    std::fs::write(&config_path, ward_config(sink.addr, echo))?;
-    let config = ward::gateway::load_config(&config_path)?;
     let gw_rt = runtime("ward-gw", 2)?;
-    let gateway = gw_rt.block_on(ward::gateway::Gateway::start(config, clock.clone()))?;
-    let quic_addr = gateway.quic_addr();
-    let tcp_addr = gateway
-        .tcp_addr()
-        .ok_or_else(|| anyhow!("the gateway has no TCP listener"))?;
     let cl_rt = runtime("ward-cl", 2)?;
-    let quic_client = Arc::new(Client::new(
-        &quic_addr.to_string(),
-        &w.files,
-        Transport::Quic,
-    )?);
-    let tcp_client = Arc::new(Client::new(
-        &tcp_addr.to_string(),
-        &w.files,
-        Transport::Tcp,
-    )?);
-    let quic_sink = ward_listen(&cl_rt, quic_client.clone(), "sink")?;
-    let quic_echo = ward_listen(&cl_rt, quic_client, "echo")?;
-    let tcp_sink = ward_listen(&cl_rt, tcp_client.clone(), "sink")?;
-    let tcp_echo = ward_listen(&cl_rt, tcp_client, "echo")?;
+    let mut gateways = Vec::new();
+    let mut routes_of = Vec::new();
+    for (state, recording) in [("state", true), ("state-norec", false)] {
+        let config_path = w.dir.path().join(format!("{state}.toml"));
+        std::fs::write(&config_path, ward_config(sink.addr, echo, state))?;
+        let config = ward::gateway::load_config(&config_path)?;
+        let options = ward::gateway::Options {
+            no_recording: !recording,
+            ..Default::default()
+        };
+        let gateway = gw_rt.block_on(ward::gateway::Gateway::start_with(
+            config,
+            clock.clone(),
+            options,
+        ))?;
+        let quic_addr = gateway.quic_addr();
+        let tcp_addr = gateway
+            .tcp_addr()
+            .ok_or_else(|| anyhow!("the gateway has no TCP listener"))?;
+        let quic = Arc::new(Client::new(
+            &quic_addr.to_string(),
+            &w.files,
+            Transport::Quic,
+        )?);
+        let tcp = Arc::new(Client::new(
+            &tcp_addr.to_string(),
+            &w.files,
+            Transport::Tcp,
+        )?);
+        let recordings = recording.then(|| w.dir.path().join(state).join(ward::RECORDINGS_DIR));
+        routes_of.push((
+            quic_addr,
+            tcp_addr,
+            ward_listen(&cl_rt, quic.clone(), "sink")?,
+            ward_listen(&cl_rt, quic, "echo")?,
+            ward_listen(&cl_rt, tcp.clone(), "sink")?,
+            ward_listen(&cl_rt, tcp, "echo")?,
+            recordings,
+        ));
+        gateways.push(gateway);
+    }
+    let [(quic_addr, tcp_addr, quic_sink, quic_echo, tcp_sink, tcp_echo, rec_dir), (_, _, nr_sink, nr_echo, _, _, _)] =
+        <[_; 2]>::try_from(routes_of).map_err(|_| anyhow!("expected two gateways"))?;
 
     let mut results = Results::default();
     let mut paths = vec![
@@ -1163,6 +1258,7 @@ fn main() -> Result<()> {
             echo,
             roots: vec![],
             kind: PathKind::Direct,
+            recordings: None,
         },
         Route {
             name: "Ward, QUIC".into(),
@@ -1170,6 +1266,7 @@ fn main() -> Result<()> {
             echo: quic_echo,
             roots: vec![],
             kind: PathKind::WardQuic,
+            recordings: rec_dir.clone(),
         },
         Route {
             name: "Ward, TLS/TCP fallback".into(),
@@ -1177,6 +1274,15 @@ fn main() -> Result<()> {
             echo: tcp_echo,
             roots: vec![],
             kind: PathKind::WardTcp,
+            recordings: rec_dir,
+        },
+        Route {
+            name: "Ward, QUIC, recording off".into(),
+            sink: nr_sink,
+            echo: nr_echo,
+            roots: vec![],
+            kind: PathKind::WardQuicNoRec,
+            recordings: None,
         },
     ];
     let mut peers = Vec::new();
@@ -1195,6 +1301,7 @@ fn main() -> Result<()> {
                         echo: p.echo,
                         roots: p.pids(),
                         kind: PathKind::Peer,
+                        recordings: None,
                     });
                     peers.push(p);
                 }
@@ -1218,7 +1325,7 @@ fn main() -> Result<()> {
     let mut runs: Vec<Vec<Bulk>> = paths.iter().map(|_| Vec::new()).collect();
     for _ in 0..opts.reps {
         for (p, out) in paths.iter().zip(runs.iter_mut()) {
-            let b = bulk(p.sink, 1, opts.bulk, &sink, &p.roots, hz)
+            let b = bulk(p, 1, opts.bulk, &sink, hz)
                 .with_context(|| format!("bulk through {}", p.name))?;
             eprintln!("  {:<48} {:>7.2} Gbit/s", p.name, b.gbps());
             out.push(b);
@@ -1277,15 +1384,22 @@ fn main() -> Result<()> {
 
     // 4. Concurrent bulk sessions.
     eprintln!("ward-bench: {} concurrent bulk sessions", opts.concurrent);
-    for p in paths.iter().filter(|p| p.kind != PathKind::Peer) {
-        let b = bulk(p.sink, opts.concurrent, opts.bulk, &sink, &p.roots, hz)
+    for p in paths.iter().filter(|p| {
+        matches!(
+            p.kind,
+            PathKind::Direct | PathKind::WardQuic | PathKind::WardTcp
+        )
+    }) {
+        let b = bulk(p, opts.concurrent, opts.bulk, &sink, hz)
             .with_context(|| format!("concurrent bulk through {}", p.name))?;
         eprintln!("  {:<48} {:>7.2} Gbit/s aggregate", p.name, b.gbps());
         results.concurrent.push((p.name.clone(), p.kind, b));
     }
 
     drop(peers);
-    gw_rt.block_on(gateway.shutdown(Duration::from_millis(500)));
+    for gateway in gateways {
+        gw_rt.block_on(gateway.shutdown(Duration::from_millis(500)));
+    }
     let report = render(&opts, &results, &cmd);
     let full = format!("{DOC_HEAD}{}\n{report}", machine());
     println!("\n{}\n{report}", machine());

@@ -1,0 +1,33 @@
+//! Ward's session recording format, pure.
+//!
+//! No files, no sockets, no clock: bytes and times go in, bytes and reports come out. The `ward`
+//! binary owns the I/O (the recorder task, the file sink, fsync batching, the audit file writer and
+//! the CLI) and drives these types.
+//!
+//! * [`mod@format`]: the binary framed layout ([`MAGIC`], record codes), [`Record`] and the [`Reader`].
+//! * [`encoder`]: the [`Encoder`] state machine that turns session bytes into records, keeping the
+//!   SHA-256 hash chain and writing Ed25519-signed checkpoints.
+//! * [`mod@verify`]: [`verify()`] (names the first bad record) and [`seal_interrupted`] (crash recovery).
+//! * [`signer`]: the gateway's Ed25519 recording key ([`Signer`]).
+//! * [`audit`]: the audit log: JSON lines, chained and signed the same way.
+//! * [`export`]: asciicast v2, pcap, raw, JSON lines, hexdump, and the telnet IAC filter.
+//!
+//! The byte layout is specified in `docs/recording-format.md`.
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod encoder;
+pub mod error;
+pub mod export;
+pub mod format;
+pub mod signer;
+pub mod verify;
+
+pub use encoder::{CheckpointPolicy, Encoder};
+pub use error::{ReadError, RecError};
+pub use format::{
+    read_all, read_prefix, Direction, EndInfo, Reader, Record, RecordAt, SessionMeta, MAGIC,
+    MAX_DATA_PAYLOAD, MAX_RECORD_BODY, RECORD_HEADER_LEN,
+};
+pub use signer::{key_id_of, Signer};
+pub use verify::{seal_interrupted, verify, ErrorUnit, SealStatus, VerifyError, VerifyReport};

@@ -1,0 +1,271 @@
+//! Session recording at the gateway: the data path hands every chunk to a [`Tap`] before forwarding
+//! it; a per-session recorder task encodes chunks with `ward_recording::Encoder` (hash chain, signed
+//! checkpoints) and writes them to a [`Sink`] (local files today; S3-compatible object storage later).
+//!
+//! Fail closed: if the sink cannot be opened there is no session; if a write or fsync fails the
+//! recorder reports it on [`SessionRecorder::failed`] and stops taking chunks, so the session ends
+//! (within one second) and no further byte is forwarded unrecorded. Memory is bounded: the channel
+//! holds at most [`CHANNEL_CHUNKS`] chunks, after which the data path waits (backpressure).
+//! Durability lags by at most [`SYNC_EVERY`]: fsync is batched off the data path.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
+
+/// Chunks buffered between the data path and the recorder task (≤ 64 KiB each).
+pub const CHANNEL_CHUNKS: usize = 64;
+/// fsync at least this often while there are unsynced bytes.
+pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+/// Recording file extension.
+pub const EXT: &str = "wrec";
+
+/// One open recording file (or object).
+pub trait SinkFile: Send + 'static {
+    /// Append bytes.
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
+    /// Make everything written so far durable.
+    fn sync(&mut self) -> io::Result<()>;
+}
+
+/// Where recordings go.
+pub trait Sink: Send + Sync + 'static {
+    /// Create the recording for `session_id`; fails if it cannot be opened (the session is refused).
+    fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>>;
+}
+
+/// Recordings as files in `<state_dir>/recordings/<session_id>.wrec`.
+#[derive(Debug, Clone)]
+pub struct FileSink {
+    dir: PathBuf,
+}
+
+impl FileSink {
+    /// A sink writing into `dir` (created if missing).
+    pub fn new(dir: &Path) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+struct File(std::fs::File);
+
+impl SinkFile for File {
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.0.write_all(bytes)
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+}
+
+impl Sink for FileSink {
+    fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.dir.join(format!("{session_id}.{EXT}"));
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)?;
+        Ok(Box::new(File(f)))
+    }
+}
+
+struct Chunk {
+    dir: Direction,
+    t_ns: u64,
+    bytes: Bytes,
+}
+
+/// The data path's handle: record a chunk before forwarding it.
+#[derive(Clone)]
+pub struct Tap {
+    tx: mpsc::Sender<Chunk>,
+    start: Instant,
+}
+
+impl Tap {
+    /// Hand `bytes` to the recorder; waits when the recorder is behind; fails once the recording
+    /// has failed (the caller must then stop forwarding).
+    pub async fn record(&self, dir: Direction, bytes: &[u8]) -> io::Result<()> {
+        let t_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.tx
+            .send(Chunk {
+                dir,
+                t_ns,
+                bytes: Bytes::copy_from_slice(bytes),
+            })
+            .await
+            .map_err(|_| {
+                io::Error::other(
+                    "recording failed: session ended to keep it recorded (fail closed)",
+                )
+            })
+    }
+}
+
+/// A session's recorder.
+pub struct SessionRecorder {
+    tap: Tap,
+    failed: watch::Receiver<Option<String>>,
+    done: tokio::task::JoinHandle<Result<(), String>>,
+    end_tx: tokio::sync::oneshot::Sender<EndInfo>,
+}
+
+impl SessionRecorder {
+    /// Open the recording (header, metadata, first checkpoint written and synced) and start its task.
+    pub async fn start(
+        sink: &Arc<dyn Sink>,
+        signer: Arc<Signer>,
+        meta: &SessionMeta,
+    ) -> io::Result<SessionRecorder> {
+        let mut out = Vec::with_capacity(4096);
+        let encoder = Encoder::start(meta, signer, CheckpointPolicy::default(), &mut out)
+            .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
+        let sink = sink.clone();
+        let id = meta.session_id.clone();
+        let file = tokio::task::spawn_blocking(move || -> io::Result<Box<dyn SinkFile>> {
+            let mut f = sink.create(&id)?;
+            f.write_all(&out)?;
+            f.sync()?;
+            Ok(f)
+        })
+        .await
+        .map_err(io::Error::other)??;
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (failed_tx, failed) = watch::channel(None);
+        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let start = Instant::now();
+        let done = tokio::spawn(run(encoder, file, rx, end_rx, failed_tx, start));
+        Ok(SessionRecorder {
+            tap: Tap { tx, start },
+            failed,
+            done,
+            end_tx,
+        })
+    }
+
+    /// The data path's tap.
+    pub fn tap(&self) -> Tap {
+        self.tap.clone()
+    }
+
+    /// Resolves with the error once the recording has failed.
+    pub fn failed(&self) -> watch::Receiver<Option<String>> {
+        self.failed.clone()
+    }
+
+    /// Write the end record and final checkpoint, fsync, and close.
+    pub async fn finish(self, end: EndInfo) -> Result<(), String> {
+        let SessionRecorder {
+            tap, done, end_tx, ..
+        } = self;
+        drop(tap);
+        let _ = end_tx.send(end);
+        done.await.map_err(|e| format!("recorder task: {e}"))?
+    }
+}
+
+async fn blocking_write(
+    mut file: Box<dyn SinkFile>,
+    buf: Vec<u8>,
+    sync: bool,
+) -> (Box<dyn SinkFile>, io::Result<()>) {
+    match tokio::task::spawn_blocking(move || {
+        let r = file
+            .write_all(&buf)
+            .and_then(|()| if sync { file.sync() } else { Ok(()) });
+        (file, r)
+    })
+    .await
+    {
+        Ok(x) => x,
+        Err(e) => (Box::new(Broken), Err(io::Error::other(e))),
+    }
+}
+
+struct Broken;
+impl SinkFile for Broken {
+    fn write_all(&mut self, _: &[u8]) -> io::Result<()> {
+        Err(io::Error::other("recording file lost"))
+    }
+    fn sync(&mut self) -> io::Result<()> {
+        Err(io::Error::other("recording file lost"))
+    }
+}
+
+async fn run(
+    mut enc: Encoder,
+    mut file: Box<dyn SinkFile>,
+    mut rx: mpsc::Receiver<Chunk>,
+    end_rx: tokio::sync::oneshot::Receiver<EndInfo>,
+    failed: watch::Sender<Option<String>>,
+    start: Instant,
+) -> Result<(), String> {
+    let mut last_sync = Instant::now();
+    let mut dirty = false;
+    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
+    let fail = |what: String, failed: &watch::Sender<Option<String>>| {
+        failed.send_replace(Some(what.clone()));
+        what
+    };
+    loop {
+        let next = tokio::time::timeout(SYNC_EVERY, rx.recv()).await;
+        let closed = match next {
+            Ok(Some(c)) => {
+                enc.data(c.dir, c.t_ns, &c.bytes, &mut out);
+                // Batch whatever else is already queued into one write.
+                while out.len() < 1 << 20 {
+                    match rx.try_recv() {
+                        Ok(c) => enc.data(c.dir, c.t_ns, &c.bytes, &mut out),
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        };
+        let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        if !closed && enc.checkpoint_due(t) && (dirty || !out.is_empty()) {
+            enc.checkpoint(t, &mut out);
+        }
+        if closed {
+            break;
+        }
+        let sync = (dirty || !out.is_empty()) && last_sync.elapsed() >= SYNC_EVERY;
+        if out.is_empty() && !sync {
+            continue;
+        }
+        let buf = std::mem::replace(&mut out, Vec::with_capacity(256 * 1024));
+        let (f, r) = blocking_write(file, buf, sync).await;
+        file = f;
+        if let Err(e) = r {
+            // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
+            rx.close();
+            return Err(fail(format!("recording write failed: {e}"), &failed));
+        }
+        if sync {
+            last_sync = Instant::now();
+            dirty = false;
+        } else {
+            dirty = true;
+        }
+    }
+    let end = match end_rx.await {
+        Ok(e) => e,
+        Err(_) => return Err(fail("recorder dropped without an end".into(), &failed)),
+    };
+    let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    enc.finish(t, &end, &mut out);
+    let (_f, r) = blocking_write(file, out, true).await;
+    r.map_err(|e| fail(format!("recording close failed: {e}"), &failed))
+}

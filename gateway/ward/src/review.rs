@@ -1,0 +1,487 @@
+//! What security teams do with recordings and the audit log: list and search sessions, verify,
+//! replay, export. The same code serves `ward sessions|replay|export|audit` on the gateway host
+//! (reading the state dir) and the gateway's `Review` requests (streamed to a remote reviewer).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use ward_recording::{Direction, Record, SealStatus, VerifyReport};
+
+/// A session as listed by `ward sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    /// Session id.
+    pub id: String,
+    /// `vendor acme/jdoe`.
+    pub principal: String,
+    /// Certificate serial.
+    pub serial: String,
+    /// Device id.
+    pub device: String,
+    /// Device protocol.
+    pub protocol: String,
+    /// Client address.
+    pub source: String,
+    /// Rule that permitted it.
+    pub rule: String,
+    /// Start, RFC 3339 UTC.
+    pub start: String,
+    /// Start, Unix seconds.
+    pub start_unix: i64,
+    /// Duration in seconds (until the last record for unfinished recordings).
+    pub duration_s: f64,
+    /// Bytes client → device.
+    pub bytes_up: u64,
+    /// Bytes device → client.
+    pub bytes_down: u64,
+    /// Why it ended (`open` while live, `interrupted` after a crash).
+    pub end_reason: String,
+    /// `ok`, `interrupted`, `open` or `FAILED: <first error>`.
+    pub verification: String,
+    /// Emergency access.
+    pub break_glass: bool,
+}
+
+/// Which sessions to list.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Matches the principal's name, `org/name`, or the whole `kind org/name`.
+    pub principal: Option<String>,
+    /// Device id.
+    pub device: Option<String>,
+    /// Started at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Started before (Unix seconds).
+    pub until: Option<i64>,
+    /// Text to find in the recorded bytes (either direction).
+    pub grep: Option<String>,
+}
+
+/// The recordings directory inside a state dir.
+pub fn recordings_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join(crate::RECORDINGS_DIR)
+}
+
+/// The public key of a state dir's signing key.
+pub fn public_key(state_dir: &Path) -> anyhow::Result<[u8; 32]> {
+    let path = state_dir.join(crate::AUDIT_PUB);
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading {} (has the gateway run with this state dir?)",
+            path.display()
+        )
+    })?;
+    parse_public_key(text.trim())
+}
+
+/// Parse a hex public key.
+pub fn parse_public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
+    let bytes = hex::decode(hex_text.trim()).context("public key is not hex")?;
+    bytes
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("public key must be 32 bytes (64 hex digits)"))
+}
+
+/// Session ids are 16 lowercase hex digits; anything else is refused before touching the disk.
+pub fn check_session_id(id: &str) -> anyhow::Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+        bail!("{id:?} is not a session id (see `ward sessions`)");
+    }
+    Ok(())
+}
+
+/// Read one recording file.
+pub fn read_recording(state_dir: &Path, id: &str) -> anyhow::Result<Vec<u8>> {
+    check_session_id(id)?;
+    let path = recordings_dir(state_dir).join(format!("{id}.{}", crate::recorder::EXT));
+    std::fs::read(&path)
+        .with_context(|| format!("no recording for session {id} ({})", path.display()))
+}
+
+fn verification(report: &VerifyReport) -> String {
+    match (&report.first_error, report.status) {
+        (Some(e), _) => format!("FAILED: {e}"),
+        (None, SealStatus::Sealed) => "ok".into(),
+        (None, SealStatus::Interrupted) => "interrupted".into(),
+        (None, SealStatus::Unsealed) => "open".into(),
+    }
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Summarise one recording (verifying it), or `None` if it does not match `filter`.
+pub fn summarise(
+    bytes: &[u8],
+    key: &[u8; 32],
+    filter: &Filter,
+    fallback_id: &str,
+) -> Option<SessionSummary> {
+    let report = ward_recording::verify(bytes, key);
+    let meta = report.meta.clone();
+    let (mut up, mut down, mut last_ns, mut hay_up, mut hay_down) =
+        (0u64, 0u64, 0u64, Vec::new(), Vec::new());
+    let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
+    for item in ward_recording::Reader::new(bytes) {
+        let Ok((_, record)) = item else { break };
+        if let Record::Data { dir, t_ns, payload } = record {
+            last_ns = last_ns.max(t_ns);
+            match dir {
+                Direction::Up => {
+                    up += payload.len() as u64;
+                    if want_grep.is_some() {
+                        hay_up.extend_from_slice(&payload);
+                    }
+                }
+                Direction::Down => {
+                    down += payload.len() as u64;
+                    if want_grep.is_some() {
+                        hay_down.extend_from_slice(&payload);
+                    }
+                }
+            }
+        }
+    }
+    let (id, principal, serial, device, protocol, source, rule, start_ms, break_glass) = match &meta
+    {
+        Some(m) => {
+            let who = match &m.principal_org {
+                Some(org) => format!("{} {org}/{}", m.principal_kind, m.principal_name),
+                None => format!("{} {}", m.principal_kind, m.principal_name),
+            };
+            (
+                m.session_id.clone(),
+                who,
+                m.cert_serial.clone(),
+                m.device.clone(),
+                m.protocol.clone(),
+                m.source.clone(),
+                m.rule.clone(),
+                m.started_unix_ms,
+                m.break_glass,
+            )
+        }
+        None => (
+            fallback_id.to_string(),
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            "?".into(),
+            0,
+            false,
+        ),
+    };
+    let start_unix = start_ms.div_euclid(1000);
+    if let Some(p) = &filter.principal {
+        let m = meta.as_ref();
+        let name_ok = m.is_some_and(|m| {
+            &m.principal_name == p
+                || m.principal_org
+                    .as_ref()
+                    .is_some_and(|o| format!("{o}/{}", m.principal_name) == *p)
+                || principal == *p
+        });
+        if !name_ok {
+            return None;
+        }
+    }
+    if filter.device.as_ref().is_some_and(|d| *d != device) {
+        return None;
+    }
+    if filter.since.is_some_and(|s| start_unix < s) || filter.until.is_some_and(|u| start_unix >= u)
+    {
+        return None;
+    }
+    if let Some(g) = &want_grep {
+        if !contains(&hay_up, g) && !contains(&hay_down, g) {
+            return None;
+        }
+    }
+    let (end_reason, duration_s, bytes_up, bytes_down) = match &report.end {
+        Some(end) => (
+            end.reason.clone(),
+            (end.ended_unix_ms - start_ms) as f64 / 1000.0,
+            end.bytes_up,
+            end.bytes_down,
+        ),
+        None => (
+            if report.status == SealStatus::Interrupted {
+                "interrupted".into()
+            } else {
+                "open".into()
+            },
+            last_ns as f64 / 1e9,
+            up,
+            down,
+        ),
+    };
+    let start = OffsetDateTime::from_unix_timestamp(start_unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default();
+    Some(SessionSummary {
+        id,
+        principal,
+        serial,
+        device,
+        protocol,
+        source,
+        rule,
+        start,
+        start_unix,
+        duration_s,
+        bytes_up,
+        bytes_down,
+        end_reason,
+        verification: verification(&report),
+        break_glass,
+    })
+}
+
+/// List the sessions in a state dir, newest first.
+pub fn list(
+    state_dir: &Path,
+    key: &[u8; 32],
+    filter: &Filter,
+) -> anyhow::Result<Vec<SessionSummary>> {
+    let dir = recordings_dir(state_dir);
+    let mut out = Vec::new();
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
+            continue;
+        }
+        let id = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        if let Some(s) = summarise(&bytes, key, filter, &id) {
+            out.push(s);
+        }
+    }
+    out.sort_by(|a, b| b.start_unix.cmp(&a.start_unix).then(a.id.cmp(&b.id)));
+    Ok(out)
+}
+
+/// Print a listing as a table.
+pub fn print_table(sessions: &[SessionSummary], out: &mut dyn Write) -> std::io::Result<()> {
+    if sessions.is_empty() {
+        return writeln!(out, "no recorded sessions match");
+    }
+    writeln!(
+        out,
+        "{:<16}  {:<24}  {:<12}  {:<20}  {:>8}  {:>10}  {:>10}  {:<24}  VERIFY",
+        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END"
+    )?;
+    for s in sessions {
+        let flag = if s.break_glass { " [BREAK-GLASS]" } else { "" };
+        writeln!(
+            out,
+            "{:<16}  {:<24}  {:<12}  {:<20}  {:>8.1}  {:>10}  {:>10}  {:<24}  {}{flag}",
+            s.id,
+            printable(&s.principal),
+            printable(&s.device),
+            s.start,
+            s.duration_s,
+            s.bytes_up,
+            s.bytes_down,
+            printable(&s.end_reason),
+            s.verification
+        )?;
+    }
+    Ok(())
+}
+
+/// Replay settings.
+#[derive(Debug, Clone)]
+pub struct ReplayOptions {
+    /// Playback speed multiplier (2.0 = twice as fast).
+    pub speed: f64,
+    /// Cap on any pause, in seconds.
+    pub skip_idle: Option<f64>,
+    /// Start this many seconds into the session.
+    pub from: f64,
+    /// Show the client's input too.
+    pub input: bool,
+    /// Do not sleep at all (for tests and piping).
+    pub no_timing: bool,
+}
+
+/// Is this protocol a terminal (played as text) or not (hex dump)?
+pub fn is_terminal(protocol: &str) -> bool {
+    matches!(protocol, "telnet" | "raw")
+}
+
+/// Play a recording to `out`: terminal protocols as text with their timing (telnet negotiation
+/// removed), others as a timestamped hex/ASCII dump per direction.
+pub async fn replay(
+    bytes: &[u8],
+    opts: &ReplayOptions,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<()> {
+    let protocol = ward_recording::Reader::new(bytes)
+        .find_map(|r| match r {
+            Ok((_, Record::Meta(m))) => Some(m.protocol),
+            _ => None,
+        })
+        .unwrap_or_else(|| "raw".into());
+    let terminal = is_terminal(&protocol);
+    let mut filter_down = ward_recording::export::TelnetFilter::new();
+    let mut filter_up = ward_recording::export::TelnetFilter::new();
+    let from_ns = (opts.from.max(0.0) * 1e9) as u64;
+    let mut clock_ns = from_ns;
+    for item in ward_recording::Reader::new(bytes) {
+        let (_, record) = item.map_err(|e| anyhow::anyhow!("recording unreadable: {e}"))?;
+        let Record::Data { dir, t_ns, payload } = record else {
+            continue;
+        };
+        if t_ns < from_ns {
+            continue;
+        }
+        if !opts.no_timing && t_ns > clock_ns {
+            let mut wait = (t_ns - clock_ns) as f64 / 1e9 / opts.speed.max(0.001);
+            if let Some(cap) = opts.skip_idle {
+                wait = wait.min(cap);
+            }
+            out.flush()?;
+            tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+        }
+        clock_ns = clock_ns.max(t_ns);
+        if terminal {
+            match dir {
+                Direction::Down => out.write_all(&filter_down.filter(&payload))?,
+                Direction::Up if opts.input => {
+                    let text = filter_up.filter(&payload);
+                    // Input is shown in reverse video so it cannot be mistaken for device output.
+                    out.write_all(b"\x1b[7m")?;
+                    out.write_all(printable(&String::from_utf8_lossy(&text)).as_bytes())?;
+                    out.write_all(b"\x1b[27m")?;
+                }
+                Direction::Up => {}
+            }
+        } else if dir == Direction::Down || opts.input {
+            out.write_all(ward_recording::export::hexdump(t_ns, dir, &payload).as_bytes())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// asciicast v2 (asciinema).
+    Asciicast,
+    /// pcap with synthesized TCP/IP headers (Wireshark, tshark).
+    Pcap,
+    /// Raw bytes, one file per direction (PATH.up, PATH.down).
+    Raw,
+    /// JSON lines, one record per line.
+    Json,
+}
+
+/// Export a recording to `out`.
+pub fn export(bytes: &[u8], format: ExportFormat, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let records: Vec<Record> = ward_recording::Reader::new(bytes)
+        .map(|r| r.map(|(_, rec)| rec))
+        .collect::<Result<_, _>>()
+        .map_err(|e| anyhow::anyhow!("recording unreadable: {e}"))?;
+    let meta = records.iter().find_map(|r| match r {
+        Record::Meta(m) => Some(m.clone()),
+        _ => None,
+    });
+    let write = |path: &Path, data: &[u8]| -> anyhow::Result<()> {
+        std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+    };
+    match format {
+        ExportFormat::Asciicast => {
+            let data = ward_recording::export::asciicast(
+                &records,
+                &ward_recording::export::AsciicastOpts::default(),
+            )?;
+            write(out, &data)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        ExportFormat::Pcap => {
+            let m = meta.context("recording has no metadata")?;
+            let client: std::net::SocketAddr = m
+                .source
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 1], 40000).into());
+            let device: std::net::SocketAddr = m
+                .device_addr
+                .parse()
+                .unwrap_or_else(|_| ([127, 0, 0, 2], 0).into());
+            let data = ward_recording::export::pcap(&records, client, device)?;
+            write(out, &data)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        ExportFormat::Raw => {
+            let (up, down) = ward_recording::export::raw(&records);
+            let (pu, pd) = (with_suffix(out, "up"), with_suffix(out, "down"));
+            write(&pu, &up)?;
+            write(&pd, &down)?;
+            Ok(vec![pu, pd])
+        }
+        ExportFormat::Json => {
+            write(out, &ward_recording::export::json_lines(&records))?;
+            Ok(vec![out.to_path_buf()])
+        }
+    }
+}
+
+/// Escape control characters (newlines, ANSI escapes) in text that came from peers, so a listing
+/// or a replayed input line cannot drive the reviewer's terminal.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+fn with_suffix(p: &Path, s: &str) -> PathBuf {
+    let mut o = p.as_os_str().to_os_string();
+    o.push(".");
+    o.push(s);
+    PathBuf::from(o)
+}
+
+/// Parse `--since`/`--until`: RFC 3339, `YYYY-MM-DD`, or a duration ago (`2h`, `7d`).
+pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    if let Ok(d) = time::Date::parse(
+        text,
+        time::macros::format_description!("[year]-[month]-[day]"),
+    ) {
+        return Ok(d.midnight().assume_utc().unix_timestamp());
+    }
+    if let Ok(ago) = ward_core::parse_duration(text) {
+        return Ok((now - ago).unix_timestamp());
+    }
+    bail!("{text:?} is not a time: use RFC 3339 (2026-11-22T08:00:00Z), a date (2026-11-22) or a duration ago (2h, 7d)")
+}

@@ -1,0 +1,371 @@
+//! `ward sessions`, `ward replay`, `ward export`, `ward audit`: the security team's commands, on the
+//! gateway host (`--config`/`--state-dir`) or through the gateway (`--gateway`, security and admin
+//! identities only, every access audited by the gateway).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use ward::client::{Client, Transport};
+use ward::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
+use ward_ca::{Clock, SystemClock};
+use ward_core::frame::Review;
+
+/// Where recordings and the audit log are read from.
+#[derive(Debug, Args)]
+pub struct SourceArgs {
+    /// On the gateway host: read the state dir named in this gateway config.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// On the gateway host: read this state dir directly.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Through a gateway, HOST:PORT (security and admin identities only; every access is audited).
+    #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
+    gateway: Option<String>,
+    /// With --gateway: your identity (PREFIX.crt, PREFIX.key; default ~/.ward/identity).
+    #[arg(long, env = "WARD_IDENTITY", value_name = "PREFIX")]
+    identity: Option<PathBuf>,
+    /// With --gateway: Ward's root certificate (default: beside the identity, then ~/.ward/root.crt).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// With --gateway: how to reach it.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+    /// Verify against this public key (hex, from `ward audit pubkey`) instead of the one the
+    /// source reports — pin it when you do not trust the host holding the recordings.
+    #[arg(long, value_name = "HEX")]
+    pubkey: Option<String>,
+}
+
+enum Source {
+    Local { state_dir: PathBuf },
+    Remote { client: Client },
+}
+
+impl SourceArgs {
+    fn open(&self) -> anyhow::Result<Source> {
+        match (&self.config, &self.state_dir, &self.gateway) {
+            (Some(cfg), None, None) => {
+                let config = ward::gateway::load_config(cfg)?;
+                Ok(Source::Local { state_dir: config.gateway.state_dir })
+            }
+            (None, Some(dir), None) => Ok(Source::Local { state_dir: dir.clone() }),
+            (None, None, Some(gw)) => Ok(Source::Remote { client: crate::make_client(gw, self.identity.as_ref(), self.ca.as_ref(), self.transport)? }),
+            (None, None, None) => bail!("say where the recordings are: --config FILE or --state-dir DIR on the gateway host, or --gateway HOST:PORT"),
+            _ => bail!("give only one of --config, --state-dir, --gateway"),
+        }
+    }
+}
+
+impl Source {
+    async fn key(&self, pinned: Option<&String>) -> anyhow::Result<[u8; 32]> {
+        if let Some(hex) = pinned {
+            return review::parse_public_key(hex);
+        }
+        match self {
+            Source::Local { state_dir } => review::public_key(state_dir),
+            Source::Remote { client } => {
+                let text = client.review(Review::PublicKey).await?;
+                review::parse_public_key(&String::from_utf8_lossy(&text))
+            }
+        }
+    }
+
+    async fn recording(&self, id: &str, purpose: &str, force: bool) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Source::Local { state_dir } => review::read_recording(state_dir, id),
+            Source::Remote { client } => {
+                client
+                    .review(Review::Recording {
+                        session_id: id.to_string(),
+                        purpose: purpose.into(),
+                        force,
+                    })
+                    .await
+            }
+        }
+    }
+
+    async fn audit_log(&self) -> anyhow::Result<Vec<u8>> {
+        match self {
+            Source::Local { state_dir } => {
+                let p = state_dir.join(ward::audit::AUDIT_LOG);
+                std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
+            }
+            Source::Remote { client } => client.review(Review::AuditLog).await,
+        }
+    }
+
+    async fn list(&self, key: &[u8; 32], filter: Filter) -> anyhow::Result<Vec<SessionSummary>> {
+        match self {
+            Source::Local { state_dir } => review::list(state_dir, key, &filter),
+            Source::Remote { client } => {
+                let body = client
+                    .review(Review::ListSessions {
+                        principal: filter.principal,
+                        device: filter.device,
+                        since_unix: filter.since,
+                        until_unix: filter.until,
+                        grep: filter.grep,
+                    })
+                    .await?;
+                body.split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| {
+                        serde_json::from_slice(l).context("gateway sent a malformed session line")
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
+/// `ward sessions`.
+#[derive(Debug, Args)]
+pub struct SessionsArgs {
+    /// Only this principal (name, org/name, or "kind org/name").
+    #[arg(long)]
+    principal: Option<String>,
+    /// Only this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Started at or after: RFC 3339, a date, or a duration ago (2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Started before: RFC 3339, a date, or a duration ago.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// Only sessions whose recorded bytes (either direction) contain this text.
+    #[arg(long, value_name = "TEXT")]
+    grep: Option<String>,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// `ward replay`.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// Session id (from `ward sessions`).
+    session: String,
+    /// Playback speed (2 = twice as fast).
+    #[arg(long, default_value_t = 1.0)]
+    speed: f64,
+    /// Shorten any pause to at most this many seconds.
+    #[arg(long, value_name = "SECS")]
+    skip_idle: Option<f64>,
+    /// Start this many seconds into the session.
+    #[arg(long, value_name = "OFFSET", default_value_t = 0.0)]
+    from: f64,
+    /// Also show what the client typed (shown in reverse video), including input the device never echoed.
+    #[arg(long)]
+    input: bool,
+    /// Print everything at once, without the original timing.
+    #[arg(long)]
+    no_timing: bool,
+    /// Replay even if the recording fails verification (audited by the gateway).
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// `ward export`.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Session id (from `ward sessions`).
+    session: String,
+    /// Output format.
+    #[arg(long, value_enum)]
+    format: ExportFormat,
+    /// Output path (raw writes PATH.up and PATH.down).
+    #[arg(long, value_name = "PATH")]
+    out: PathBuf,
+    /// Export even if the recording fails verification.
+    #[arg(long)]
+    force: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// `ward audit`.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Verify hash chains and signatures offline: one recording, every recording and the audit log
+    /// (--all), or by default the audit log. Names the first bad record and what is wrong.
+    Verify(VerifyArgs),
+    /// Print the gateway's public key (hex) that signs recordings and the audit log.
+    Pubkey(PubkeyArgs),
+}
+
+/// `ward audit verify`.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// A session id; without it the audit log is verified.
+    session: Option<String>,
+    /// Verify every recording and the audit log.
+    #[arg(long, conflicts_with = "session")]
+    all: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// `ward audit pubkey`.
+#[derive(Debug, Args)]
+pub struct PubkeyArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+fn filter(args: &SessionsArgs) -> anyhow::Result<Filter> {
+    let now = SystemClock.now();
+    Ok(Filter {
+        principal: args.principal.clone(),
+        device: args.device.clone(),
+        since: args
+            .since
+            .as_deref()
+            .map(|t| review::parse_time(t, now))
+            .transpose()?,
+        until: args
+            .until
+            .as_deref()
+            .map(|t| review::parse_time(t, now))
+            .transpose()?,
+        grep: args.grep.clone(),
+    })
+}
+
+/// Run `ward sessions`.
+pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let source = args.source.open()?;
+    let key = source.key(args.source.pubkey.as_ref()).await?;
+    let list = source.list(&key, filter(&args)?).await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        for s in &list {
+            serde_json::to_writer(&mut out, s)?;
+            std::io::Write::write_all(&mut out, b"\n")?;
+        }
+    } else {
+        review::print_table(&list, &mut out)?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(bytes: &[u8], key: &[u8; 32], id: &str, force: bool, what: &str) -> anyhow::Result<()> {
+    let report = ward_recording::verify(bytes, key);
+    if report.ok {
+        return Ok(());
+    }
+    let why = report
+        .first_error
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("{:?}", report.status));
+    if force {
+        eprintln!("ward: WARNING: recording {id} fails verification ({why}); {what} anyway because of --force");
+        Ok(())
+    } else {
+        bail!("recording {id} fails verification ({why}); {what} refused — use --force to {what} anyway")
+    }
+}
+
+/// Run `ward replay`.
+pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    review::check_session_id(&args.session)?;
+    let source = args.source.open()?;
+    let key = source.key(args.source.pubkey.as_ref()).await?;
+    let bytes = source
+        .recording(&args.session, "replay", args.force)
+        .await?;
+    check(&bytes, &key, &args.session, args.force, "replay")?;
+    let opts = ReplayOptions {
+        speed: args.speed,
+        skip_idle: args.skip_idle,
+        from: args.from,
+        input: args.input,
+        no_timing: args.no_timing,
+    };
+    let mut out = std::io::stdout();
+    review::replay(&bytes, &opts, &mut out).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `ward export`.
+pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
+    review::check_session_id(&args.session)?;
+    let source = args.source.open()?;
+    let key = source.key(args.source.pubkey.as_ref()).await?;
+    let bytes = source
+        .recording(&args.session, "export", args.force)
+        .await?;
+    check(&bytes, &key, &args.session, args.force, "export")?;
+    for path in review::export(&bytes, args.format, &args.out)? {
+        println!("wrote {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Run `ward audit …`.
+pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Pubkey(args) => {
+            let source = args.source.open()?;
+            println!(
+                "{}",
+                hex::encode(source.key(args.source.pubkey.as_ref()).await?)
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        AuditCommand::Verify(args) => {
+            let source = args.source.open()?;
+            let key = source.key(args.source.pubkey.as_ref()).await?;
+            let mut failed = 0;
+            let mut report =
+                |name: &str, r: &ward_recording::VerifyReport| match (&r.first_error, r.ok) {
+                    (None, true) => println!("{name}: ok ({} records, {:?})", r.records, r.status),
+                    (Some(e), _) => {
+                        failed += 1;
+                        println!("{name}: FAILED: {e}");
+                    }
+                    (None, false) => {
+                        failed += 1;
+                        println!("{name}: FAILED: {:?} ({} records)", r.status, r.records);
+                    }
+                };
+            if let Some(id) = &args.session {
+                review::check_session_id(id)?;
+                let bytes = source.recording(id, "verify", false).await?;
+                report(
+                    &format!("recording {id}"),
+                    &ward_recording::verify(&bytes, &key),
+                );
+            } else {
+                if args.all {
+                    let all = source.list(&key, Filter::default()).await?;
+                    for s in all {
+                        let bytes = source.recording(&s.id, "verify", false).await?;
+                        report(
+                            &format!("recording {}", s.id),
+                            &ward_recording::verify(&bytes, &key),
+                        );
+                    }
+                }
+                let log = source.audit_log().await?;
+                report(
+                    "audit log",
+                    &ward_recording::audit::verify_audit(&log, &key),
+                );
+            }
+            Ok(if failed == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
