@@ -102,7 +102,7 @@ impl std::fmt::Debug for AuditLog {
 }
 
 enum Msg {
-    Event(AuditEvent),
+    Event(Box<AuditEvent>),
     Flush(tokio::sync::oneshot::Sender<()>),
 }
 
@@ -185,11 +185,11 @@ impl AuditLog {
                 ));
             let mut note = note.0;
             note.time = ev.0.time.clone();
-            if self.tx.try_send(Msg::Event(note)).is_err() {
+            if self.tx.try_send(Msg::Event(Box::new(note))).is_err() {
                 self.dropped.fetch_add(dropped, Ordering::AcqRel);
             }
         }
-        if self.tx.try_send(Msg::Event(ev.0)).is_err() {
+        if self.tx.try_send(Msg::Event(Box::new(ev.0))).is_err() {
             self.dropped.fetch_add(1, Ordering::AcqRel);
         }
     }
@@ -197,7 +197,7 @@ impl AuditLog {
     /// Emit an event and wait until the writer has it (for events that must not be lost).
     pub async fn emit_wait(&self, ev: Event) {
         trace(&ev.0);
-        let _ = self.tx.send(Msg::Event(ev.0)).await;
+        let _ = self.tx.send(Msg::Event(Box::new(ev.0))).await;
     }
 
     /// Checkpoint and fsync everything emitted so far; returns once it is durable (or the writer
