@@ -123,9 +123,21 @@ fn trace(ev: &AuditEvent) {
         .principal
         .as_ref()
         .map(|p| format!("{} {}", p.kind, p.name));
-    tracing::info!(target: "audit", event = %ev.event, outcome = %ev.outcome, severity = %ev.severity,
-        principal = principal.as_deref(), source = ev.source.as_deref(), device = ev.device.as_deref(),
-        session_id = ev.session_id.as_deref(), reason = ev.reason.as_deref(), "audit");
+    // A span of its own, so the event reaches OpenTelemetry (as a span with one event) even when it
+    // happens outside a session, e.g. a failed handshake.
+    let span = tracing::info_span!(target: "audit", "audit_event", event = %ev.event, outcome = %ev.outcome, severity = %ev.severity);
+    let _entered = span.enter();
+    macro_rules! emit {
+        ($lvl:ident) => {
+            tracing::$lvl!(target: "audit", event = %ev.event, outcome = %ev.outcome, severity = %ev.severity,
+                principal = principal.as_deref(), source = ev.source.as_deref(), device = ev.device.as_deref(),
+                session_id = ev.session_id.as_deref(), reason = ev.reason.as_deref(), "audit")
+        };
+    }
+    match ev.severity.as_str() {
+        "high" | "warning" => emit!(warn),
+        _ => emit!(info),
+    }
 }
 
 impl AuditLog {

@@ -1,0 +1,157 @@
+//! `--otlp-endpoint`: session spans and audit events reach an OTLP/HTTP collector.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use ward_tests::ward_binary;
+
+/// A minimal OTLP/HTTP collector: records the body of every POST and answers 200.
+fn collector() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let got2 = got.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let got = got2.clone();
+            std::thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut stream = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let mut len = 0usize;
+                    loop {
+                        let mut h = String::new();
+                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let h = h.trim_end();
+                        if h.is_empty() {
+                            break;
+                        }
+                        if let Some((k, v)) = h.split_once(':') {
+                            if k.eq_ignore_ascii_case("content-length") {
+                                len = v.trim().parse().unwrap();
+                            }
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    reader.read_exact(&mut body).unwrap();
+                    got.lock()
+                        .unwrap()
+                        .push((request_line.trim().to_string(), body));
+                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n").unwrap();
+                }
+            });
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn otlp_endpoint_receives_session_spans_and_audit_events() {
+    let (url, got) = collector();
+    let dir = tempfile::tempdir().unwrap();
+    let port = {
+        let l = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let bin = ward_binary();
+    let mut qs = Command::new(&bin)
+        .args([
+            "--otlp-endpoint",
+            &url,
+            "quickstart",
+            "--port",
+            &port.to_string(),
+            "--dir",
+        ])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait for the instructions.
+    let mut out = BufReader::new(qs.stdout.take().unwrap());
+    let started = Instant::now();
+    let mut seen = String::new();
+    while !seen.contains("Press Ctrl-C") {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "quickstart did not start: {seen}"
+        );
+        let mut line = String::new();
+        if out.read_line(&mut line).unwrap() == 0 {
+            panic!("quickstart exited: {seen}");
+        }
+        seen.push_str(&line);
+    }
+    let gateway = format!("127.0.0.1:{port}");
+    let identity = dir.path().join("vendor");
+    let mut connect = Command::new(&bin)
+        .args(["connect", "pump-12", "--gateway", &gateway, "--identity"])
+        .arg(&identity)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    connect
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"admin\r\nadmin\r\nstatus\r\nexit\r\n")
+        .unwrap();
+    let status = connect.wait().unwrap();
+    assert!(status.success());
+    // SIGTERM: the gateway shuts down and the exporter flushes.
+    let term = Command::new("kill")
+        .args(["-TERM", &qs.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(st) = qs.try_wait().unwrap() {
+            assert!(st.success(), "quickstart exited with {st}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "quickstart did not stop after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let posts = got.lock().unwrap().clone();
+    assert!(!posts.is_empty(), "the collector received nothing");
+    assert!(
+        posts
+            .iter()
+            .all(|(line, _)| line.starts_with("POST /v1/traces")),
+        "{:?}",
+        posts.iter().map(|p| &p.0).collect::<Vec<_>>()
+    );
+    let all: Vec<u8> = posts.iter().flat_map(|(_, b)| b.clone()).collect();
+    let has = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("ward"), "service name missing");
+    assert!(has("session"), "no session span");
+    assert!(has("pump-12"), "session span lacks the device");
+    assert!(has("audit_event"), "no audit event span");
+    assert!(has("session_open"), "no session_open audit event");
+}
