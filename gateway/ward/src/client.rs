@@ -240,7 +240,13 @@ impl Client {
             .open_bi()
             .await
             .map_err(|e| anyhow!("gateway closed the connection: {e}"))?;
-        Ok((Box::new(recv), Box::new(send)))
+        Ok((
+            Box::new(recv),
+            Box::new(QuicSend {
+                inner: send,
+                stopped: None,
+            }),
+        ))
     }
 
     /// Why the QUIC connection closed, explained, if it has.
@@ -321,6 +327,49 @@ impl Client {
 fn is_tls_failure(e: &anyhow::Error) -> bool {
     let s = e.to_string().to_ascii_lowercase();
     s.contains("certificate") || s.contains("alert")
+}
+
+/// A QUIC send stream whose shutdown waits (bounded) until the gateway has taken everything:
+/// quinn's own `poll_shutdown` only queues the FIN, so a client that exits right after finishing
+/// could drop its last bytes — e.g. the `EOF` frame that ends the session at the gateway.
+struct QuicSend {
+    inner: quinn::SendStream,
+    stopped: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + Sync>>>,
+}
+
+impl AsyncWrite for QuicSend {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        AsyncWrite::poll_write(std::pin::Pin::new(&mut self.inner), cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        AsyncWrite::poll_flush(std::pin::Pin::new(&mut self.inner), cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.stopped.is_none() {
+            let _ = self.inner.finish();
+            let stopped = self.inner.stopped();
+            self.stopped = Some(Box::pin(async move {
+                // The gateway read everything (or stopped the stream); either way we may go.
+                let _ = tokio::time::timeout(Duration::from_secs(5), stopped).await;
+            }));
+        }
+        match self.stopped.as_mut() {
+            Some(f) => f.as_mut().poll(cx).map(Ok),
+            None => std::task::Poll::Ready(Ok(())),
+        }
+    }
 }
 
 /// Why a session could not be opened.

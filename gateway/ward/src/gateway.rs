@@ -348,7 +348,9 @@ impl Gateway {
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
         server_config.transport_config(Arc::new(transport_config(
             limits.max_sessions_per_connection,
-            limits.idle_timeout.max(Duration::from_secs(30)),
+            // Connection liveness: clients send keep-alives every 10 s, so a client that vanished
+            // is noticed within 30 s; each session has its own idle timeout on top.
+            Duration::from_secs(30),
         )?));
         server_config.migration(false);
         let socket = udp_socket(g.listen)?;

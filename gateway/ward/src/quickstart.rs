@@ -166,6 +166,13 @@ As security (sam) — lock the vendor out, then let them back:
   {exe} lock --org acme --for 1h --reason "incident 42" --gateway {gateway} --identity {d}/security
   {exe} unlock --org acme --gateway {gateway} --identity {d}/security
 
+As security (sam) — every session is recorded; list, replay, export and verify them:
+  {exe} sessions --state-dir {d}/state
+  {exe} replay SESSION --state-dir {d}/state            # SESSION from the listing
+  {exe} export SESSION --format asciicast --out session.cast --state-dir {d}/state
+  {exe} audit verify --all --state-dir {d}/state
+  {exe} sessions --gateway {gateway} --identity {d}/security   # the same, through the gateway (audited)
+
 Press Ctrl-C to stop.
 "#,
         cfg = setup.config.display(),

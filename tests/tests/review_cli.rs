@@ -1,0 +1,909 @@
+//! Issue #4's "done when", with the real `ward` binary and real reviewers' tools: a session made
+//! through `ward quickstart` shows up in `ward sessions`, replays with its timing, verifies, exports
+//! to asciicast and pcap that `asciinema` and `tshark` read, and fails verification after one byte of
+//! its file is changed; a clinician identity is refused listing or replaying recordings. And DICOM
+//! carried through Ward exports to a pcap that tshark decodes as DICOM.
+//!
+//! Everything stays on loopback; every child process runs under a timeout and is killed when its
+//! guard drops. Under CI a missing peer (tshark, asciinema, dcmtk) fails the test; locally it skips.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use ward::client::Transport;
+use ward_ca::{Clock, Kind, SystemClock};
+use ward_tests::*;
+
+/// Upper bound for one short command (`ward sessions`, `ward connect` on stdio, tshark...).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the vendor types on the pump's console: the login, then (after a pause) a command.
+const LOGIN: &[u8] = b"admin\r\nadmin\r\n";
+const COMMANDS: &[u8] = b"status\r\nexit\r\n";
+/// The pause between the two, so the recording has timing worth replaying.
+const PAUSE: Duration = Duration::from_millis(1200);
+/// The pump's answer to `status`.
+const STATUS_LINE: &str = "pump> status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none";
+
+// ---------------------------------------------------------------------------------------------
+// Child processes
+// ---------------------------------------------------------------------------------------------
+
+/// A child process that is killed (and reaped) when dropped, with its output collected by threads.
+struct Proc {
+    name: String,
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            into.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    })
+}
+
+impl Proc {
+    /// Spawn `cmd`; stdin gets each chunk after its delay, then is closed (no chunks: /dev/null).
+    fn spawn(cmd: &mut Command, stdin: Vec<(Duration, Vec<u8>)>) -> Proc {
+        let name = format!("{cmd:?}");
+        cmd.stdin(if stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        if let Some(mut pipe) = child.stdin.take() {
+            readers.push(std::thread::spawn(move || {
+                for (delay, chunk) in stdin {
+                    std::thread::sleep(delay);
+                    if pipe.write_all(&chunk).and_then(|()| pipe.flush()).is_err() {
+                        return;
+                    }
+                }
+            }));
+        }
+        Proc {
+            name,
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
+    }
+
+    /// Wait until stdout contains `what`; fails if the process exits first or time runs out.
+    fn wait_for_stdout(&mut self, what: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self.stdout().contains(what) {
+                return;
+            }
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::thread::sleep(Duration::from_millis(100));
+                if self.stdout().contains(what) {
+                    return;
+                }
+                panic!(
+                    "{} exited ({status}) before printing {what:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not print {what:?} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                self.name,
+                self.stdout(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Wait for the process to exit on its own within `limit` (killed and failed otherwise).
+    fn finish(mut self, limit: Duration) -> Finished {
+        let started = Instant::now();
+        let status = loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                break status;
+            }
+            if started.elapsed() >= limit {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                panic!(
+                    "{} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                    self.name,
+                    self.stdout(),
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for r in self.readers.drain(..) {
+            r.join().unwrap();
+        }
+        let raw = self.stdout.lock().unwrap().clone();
+        Finished {
+            status,
+            stdout: String::from_utf8_lossy(&raw).into_owned(),
+            raw_stdout: raw,
+            stderr: self.stderr(),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// What a finished process left.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    raw_stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl std::fmt::Debug for Finished {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit {}\n--- stdout:\n{}\n--- stderr:\n{}",
+            self.status, self.stdout, self.stderr
+        )
+    }
+}
+
+/// Run `cmd` (stdin from /dev/null) to completion within [`COMMAND_TIMEOUT`].
+fn run(cmd: &mut Command) -> Finished {
+    Proc::spawn(cmd, Vec::new()).finish(COMMAND_TIMEOUT)
+}
+
+/// Run `cmd` and require exit 0.
+fn run_ok(cmd: &mut Command) -> Finished {
+    let out = run(cmd);
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    out
+}
+
+fn ward(args: &[&str]) -> Command {
+    let mut cmd = Command::new(ward_binary());
+    cmd.args(args)
+        .env_remove("WARD_GATEWAY")
+        .env_remove("WARD_IDENTITY")
+        .env_remove("RUST_LOG");
+    cmd
+}
+
+/// A loopback port free on both TCP and UDP a moment ago (the gateway listens on both).
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// `ward quickstart --dir DIR --port PORT`, running until dropped or stopped.
+fn start_quickstart(dir: &Path) -> (Proc, u16) {
+    for _attempt in 0..5 {
+        let port = free_port();
+        let mut qs = Proc::spawn(
+            ward(&["quickstart", "--port", &port.to_string(), "--dir"]).arg(dir),
+            Vec::new(),
+        );
+        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            qs.wait_for_stdout("Press Ctrl-C to stop.", COMMAND_TIMEOUT)
+        }));
+        match ready {
+            Ok(()) => return (qs, port),
+            // Lost the port to another process between probing and binding: try another.
+            Err(_) if qs.stderr().contains("is another quickstart running?") => continue,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+    panic!("ward quickstart could not get a free port in 5 attempts");
+}
+
+/// `ward sessions … --json`, parsed.
+fn sessions_json(source: &[&str], filter: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["sessions", "--json"];
+    args.extend_from_slice(source);
+    args.extend_from_slice(filter);
+    let out = run_ok(&mut ward(&args));
+    out.stdout
+        .lines()
+        .map(|l| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{args:?}: bad JSON line {l:?}: {e}"))
+        })
+        .collect()
+}
+
+/// The address a device has in a quickstart's `ward.toml`.
+fn device_address(config: &str, device: &str) -> SocketAddr {
+    let (_, after) = config
+        .split_once(&format!("id = \"{device}\"\n"))
+        .unwrap_or_else(|| panic!("{device} not in\n{config}"));
+    let (_, rest) = after.split_once("address = \"").unwrap();
+    let (addr, _) = rest.split_once('"').unwrap();
+    addr.parse().unwrap()
+}
+
+/// Flip the low bit of one byte of `path`.
+fn flip(path: &Path, at: usize) {
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+// ---------------------------------------------------------------------------------------------
+// quickstart → sessions, replay, export, verify, tamper, who may review
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() {
+    if !require_peer("tshark") || !require_peer("asciinema") || !require_peer("script") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("qs");
+    let d = dir.display().to_string();
+    let (qs, port) = start_quickstart(&dir);
+    let gateway = format!("127.0.0.1:{port}");
+    let state = format!("{d}/state");
+    let local: &[&str] = &["--state-dir", &state];
+    let (vendor, security, clinician) = (
+        format!("{d}/vendor"),
+        format!("{d}/security"),
+        format!("{d}/clinician"),
+    );
+    let as_security: &[&str] = &["--gateway", &gateway, "--identity", &security];
+    let as_clinician: &[&str] = &["--gateway", &gateway, "--identity", &clinician];
+    let pump = device_address(
+        &std::fs::read_to_string(dir.join("ward.toml")).unwrap(),
+        "pump-12",
+    );
+
+    // The vendor's telnet session on the pump, over stdin/stdout, with a pause before `status`.
+    let connect = Proc::spawn(
+        &mut ward(&[
+            "connect",
+            "pump-12",
+            "--gateway",
+            &gateway,
+            "--identity",
+            &vendor,
+        ]),
+        vec![(Duration::ZERO, LOGIN.to_vec()), (PAUSE, COMMANDS.to_vec())],
+    )
+    .finish(COMMAND_TIMEOUT);
+    assert_eq!(connect.status.code(), Some(0), "{connect:?}");
+    assert!(
+        connect.stdout.contains(&format!("{STATUS_LINE}\r\n")),
+        "{connect:?}"
+    );
+    assert!(connect.stdout.ends_with("pump> bye\r\n"), "{connect:?}");
+    let console = connect.raw_stdout.clone();
+    // The console negotiates telnet options, so the client did see IAC bytes (replay removes them).
+    assert!(console.contains(&0xFF), "{connect:?}");
+
+    // ---- ward sessions, on the gateway host ---------------------------------------------------
+    // The recording is sealed once the gateway has closed the session: wait for "ok".
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let listed = loop {
+        let list = sessions_json(local, &[]);
+        if list.len() == 1 && list[0]["verification"] == "ok" {
+            break list;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the session was not listed as sealed and verified: {list:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let s = &listed[0];
+    let id = s["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 16, "{s}");
+    assert!(id.chars().all(|c| c.is_ascii_hexdigit()), "{s}");
+    assert_eq!(s["principal"], "vendor acme/jdoe", "{s}");
+    assert_eq!(s["device"], "pump-12", "{s}");
+    assert_eq!(s["protocol"], "telnet", "{s}");
+    assert_eq!(s["rule"], "acme-maintains-its-pumps", "{s}");
+    assert_eq!(s["end_reason"], "completed", "{s}");
+    assert_eq!(s["break_glass"], false, "{s}");
+    assert_eq!(s["bytes_up"], (LOGIN.len() + COMMANDS.len()) as u64, "{s}");
+    assert_eq!(s["bytes_down"], console.len() as u64, "{s}");
+    let duration = s["duration_s"].as_f64().unwrap();
+    assert!(duration >= PAUSE.as_secs_f64() * 0.9, "{s}");
+    let wrec = dir.join("state/recordings").join(format!("{id}.wrec"));
+    assert!(wrec.is_file(), "{} missing", wrec.display());
+
+    // The table.
+    let out = run_ok(&mut ward(&[&["sessions"], local].concat()));
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} not in\n{}", out.stdout));
+    for want in ["vendor acme/jdoe", "pump-12", "completed"] {
+        assert!(row.contains(want), "{want:?} not in {row:?}");
+    }
+    assert!(row.ends_with(" ok"), "{row:?}");
+
+    // Filters: each one both ways.
+    let ids = |filter: &[&str]| -> Vec<String> {
+        sessions_json(local, filter)
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let just = vec![id.clone()];
+    assert_eq!(ids(&["--grep", "status: RUNNING"]), just);
+    assert_eq!(ids(&["--grep", "nothing-like-this"]), Vec::<String>::new());
+    // What the vendor typed is searchable too.
+    assert_eq!(ids(&["--grep", "exit\r\n"]), just);
+    assert_eq!(ids(&["--principal", "acme/jdoe"]), just);
+    assert_eq!(ids(&["--principal", "jdoe"]), just);
+    assert_eq!(ids(&["--principal", "alice"]), Vec::<String>::new());
+    assert_eq!(ids(&["--device", "pump-12"]), just);
+    assert_eq!(ids(&["--device", "monitor-3"]), Vec::<String>::new());
+    assert_eq!(ids(&["--since", "1h"]), just);
+    assert_eq!(ids(&["--until", "1h"]), Vec::<String>::new());
+    let out = run_ok(&mut ward(
+        &[&["sessions"], local, &["--principal", "alice"]].concat(),
+    ));
+    assert_eq!(out.stdout.trim(), "no recorded sessions match", "{out:?}");
+
+    // ---- the same through the gateway: security may, a clinician may not --------------------
+    let remote = sessions_json(as_security, &[]);
+    assert_eq!(remote, listed, "remote and local listings differ");
+    assert_eq!(
+        sessions_json(as_security, &["--grep", "status: RUNNING"]).len(),
+        1
+    );
+    assert_eq!(
+        sessions_json(as_security, &["--principal", "alice"]).len(),
+        0
+    );
+    for args in [
+        [&["sessions"], as_clinician].concat(),
+        [&["sessions", "--json"], as_clinician].concat(),
+        [&["replay", &id, "--no-timing"], as_clinician].concat(),
+        [
+            &["export", &id, "--format", "raw", "--out"],
+            &[d.as_str()][..],
+            as_clinician,
+        ]
+        .concat(),
+        [&["audit", "verify", "--all"], as_clinician].concat(),
+    ] {
+        let out = run(&mut ward(&args));
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        assert!(
+            out.stderr.contains("Forbidden") && out.stderr.contains("only security and admin"),
+            "{args:?}: {out:?}"
+        );
+        assert!(!out.stdout.contains(&id), "{args:?}: {out:?}");
+        assert!(!out.stdout.contains("RUNNING"), "{args:?}: {out:?}");
+    }
+
+    // ---- ward replay ---------------------------------------------------------------------------
+    let replay = |extra: &[&str]| -> (Finished, Duration) {
+        let started = Instant::now();
+        let out = run_ok(&mut ward(
+            &[&["replay", id.as_str()], local, extra].concat(),
+        ));
+        (out, started.elapsed())
+    };
+    let (text, _) = replay(&["--no-timing"]);
+    assert!(text.stdout.contains(STATUS_LINE), "{text:?}");
+    assert!(text.stdout.ends_with("pump> bye\r\n"), "{text:?}");
+    assert!(!text.raw_stdout.contains(&0xFF), "IAC left in {text:?}");
+    // Exactly the console without its telnet negotiation: the client's bytes minus IAC WILL x.
+    let mut negotiation_free = console.clone();
+    for option in [[0xFF, 0xFB, 0x01], [0xFF, 0xFB, 0x03]] {
+        let at = find(&negotiation_free, &option).expect("the pump negotiates ECHO and SGA");
+        negotiation_free.drain(at..at + 3);
+    }
+    assert_eq!(
+        String::from_utf8_lossy(&negotiation_free),
+        text.stdout,
+        "replay differs from what the vendor saw (negotiation aside)"
+    );
+    // Without --input nothing the vendor typed is shown.
+    assert!(!text.stdout.contains("\x1b[7m"), "{text:?}");
+
+    // With its timing: at speed 1 it takes the session's pause; at speed 100 the same text, sooner.
+    let (timed, took) = replay(&[]);
+    assert_eq!(timed.stdout, text.stdout);
+    assert!(
+        took >= PAUSE.mul_f64(0.9),
+        "a replay with timing took {took:?}, the session paused {PAUSE:?}"
+    );
+    let (fast, _) = replay(&["--speed", "100"]);
+    assert_eq!(fast.stdout, text.stdout);
+    let (skipped, _) = replay(&["--skip-idle", "0.1"]);
+    assert_eq!(skipped.stdout, text.stdout);
+
+    // --input shows what the vendor typed, in reverse video, escaped.
+    let (with_input, _) = replay(&["--no-timing", "--input"]);
+    let typed: Vec<&str> = with_input
+        .stdout
+        .split("\x1b[7m")
+        .skip(1)
+        .map(|s| s.split("\x1b[27m").next().unwrap())
+        .collect();
+    assert!(!typed.is_empty(), "{with_input:?}");
+    let typed = typed.concat();
+    assert!(typed.contains("status"), "{typed:?}");
+    assert!(typed.contains("exit"), "{typed:?}");
+    assert!(with_input.stdout.contains(STATUS_LINE), "{with_input:?}");
+
+    // ---- ward export ---------------------------------------------------------------------------
+    let out_dir = tmp.path().join("exports");
+    std::fs::create_dir(&out_dir).unwrap();
+    let export = |format: &str, name: &str| -> PathBuf {
+        let path = out_dir.join(name);
+        let p = path.display().to_string();
+        let out = run_ok(&mut ward(
+            &[
+                &["export", id.as_str(), "--format", format, "--out", &p],
+                local,
+            ]
+            .concat(),
+        ));
+        assert!(out.stdout.contains("wrote "), "{out:?}");
+        path
+    };
+
+    // raw: the two directions, byte for byte.
+    let raw = export("raw", "session");
+    let up = std::fs::read(out_dir.join("session.up")).unwrap();
+    let down = std::fs::read(out_dir.join("session.down")).unwrap();
+    assert_eq!(up, [LOGIN, COMMANDS].concat());
+    assert_eq!(sha256(&down), sha256(&console), "device → client bytes");
+    assert!(!raw.exists(), "raw writes PATH.up and PATH.down only");
+
+    // json: lines that parse; meta first, data lengths add up.
+    let json = std::fs::read_to_string(export("json", "session.jsonl")).unwrap();
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
+        .collect();
+    assert_eq!(records[0]["type"], "meta", "{json}");
+    assert_eq!(records[0]["meta"]["session_id"], id.as_str(), "{json}");
+    assert_eq!(
+        records[0]["meta"]["device_addr"],
+        pump.to_string(),
+        "{json}"
+    );
+    let bytes_in = |dir: &str| -> u64 {
+        records
+            .iter()
+            .filter(|r| r["dir"] == dir)
+            .map(|r| r["len"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(bytes_in("up"), up.len() as u64, "{json}");
+    assert_eq!(bytes_in("down"), down.len() as u64, "{json}");
+
+    // asciicast: v2 that asciinema plays (`asciinema cat` needs a terminal: `script` lends one).
+    let cast = export("asciicast", "session.cast");
+    let cast_text = std::fs::read_to_string(&cast).unwrap();
+    let header: serde_json::Value =
+        serde_json::from_str(cast_text.lines().next().unwrap()).unwrap();
+    assert_eq!(header["version"], 2, "{cast_text}");
+    let asciinema_cat = |path: &Path| -> Finished {
+        run(Command::new("script")
+            .args(["-q", "-e", "-c"])
+            .arg(format!("asciinema cat '{}'", path.display()))
+            .arg("/dev/null"))
+    };
+    let played = asciinema_cat(&cast);
+    assert!(played.status.success(), "{played:?}");
+    assert!(played.stdout.contains(STATUS_LINE), "{played:?}");
+    // The check can fail: asciinema refuses a file that is not asciicast.
+    let bogus = out_dir.join("bogus.cast");
+    std::fs::write(&bogus, "{\"version\": 7}\n").unwrap();
+    let refused = asciinema_cat(&bogus);
+    assert!(!refused.status.success(), "{refused:?}");
+
+    // pcap: tshark reads it, between the client and the pump's real address, as telnet.
+    let pcap = export("pcap", "session.pcap");
+    let p = pcap.display().to_string();
+    let decode_as = format!("tcp.port=={},telnet", pump.port());
+    let ports = run_ok(Command::new("tshark").args([
+        "-r",
+        &p,
+        "-T",
+        "fields",
+        "-e",
+        "ip.dst",
+        "-e",
+        "tcp.dstport",
+        "-c",
+        "1",
+    ]));
+    assert_eq!(
+        ports.stdout.trim(),
+        format!("{}\t{}", pump.ip(), pump.port()),
+        "the first packet (SYN) goes to the pump: {ports:?}"
+    );
+    let telnet = run_ok(Command::new("tshark").args([
+        "-r",
+        &p,
+        "-d",
+        &decode_as,
+        "-Y",
+        "telnet",
+        "-T",
+        "fields",
+        "-e",
+        "telnet.data",
+    ]));
+    assert!(
+        telnet.stdout.contains(&format!("{STATUS_LINE}\\r\\n")),
+        "{telnet:?}"
+    );
+    assert!(telnet.stdout.contains("status\\r\\n"), "{telnet:?}");
+    let verbose = run_ok(Command::new("tshark").args([
+        "-r", &p, "-d", &decode_as, "-Y", "telnet", "-O", "telnet", "-V",
+    ]));
+    assert!(verbose.stdout.contains("Will Echo"), "{verbose:?}");
+    let follow = run_ok(Command::new("tshark").args(["-r", &p, "-qz", "follow,tcp,ascii,0"]));
+    assert!(follow.stdout.contains(STATUS_LINE), "{follow:?}");
+
+    // ---- ward audit ----------------------------------------------------------------------------
+    let out = run_ok(&mut ward(
+        &[&["audit", "verify", id.as_str()], local].concat(),
+    ));
+    assert!(
+        out.stdout.contains(&format!("recording {id}: ok")),
+        "{out:?}"
+    );
+    // Through the gateway (which flushes its audit log first), then on the host once the gateway
+    // has checkpointed the review accesses it just audited.
+    let out = run_ok(&mut ward(
+        &[&["audit", "verify", "--all"], as_security].concat(),
+    ));
+    assert!(
+        out.stdout.contains(&format!("recording {id}: ok")) && out.stdout.contains("audit log: ok"),
+        "{out:?}"
+    );
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    loop {
+        std::thread::sleep(Duration::from_millis(1500));
+        let out = run(&mut ward(&[&["audit", "verify", "--all"], local].concat()));
+        if out.status.success() {
+            assert!(
+                out.stdout.contains(&format!("recording {id}: ok"))
+                    && out.stdout.contains("audit log: ok"),
+                "{out:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the audit log never verified on the host: {out:?}"
+        );
+    }
+    let audit_pub = std::fs::read_to_string(dir.join("state/audit.pub")).unwrap();
+    let audit_pub = audit_pub.trim();
+    for source in [local, as_security] {
+        let out = run_ok(&mut ward(&[&["audit", "pubkey"], source].concat()));
+        let key = out.stdout.trim();
+        assert_eq!(key.len(), 64, "{out:?}");
+        assert!(key.chars().all(|c| c.is_ascii_hexdigit()), "{out:?}");
+        assert_eq!(key, audit_pub, "{source:?}");
+    }
+
+    // ---- one changed byte ----------------------------------------------------------------------
+    let original = std::fs::read(&wrec).unwrap();
+    let key = ward::review::parse_public_key(audit_pub).unwrap();
+    assert!(ward_recording::verify(&original, &key).ok);
+    // Every single-byte change anywhere in the file is caught (library check over the real file).
+    for at in 0..original.len() {
+        let mut bad = original.clone();
+        bad[at] ^= 0x01;
+        let report = ward_recording::verify(&bad, &key);
+        assert!(
+            !report.ok,
+            "flipping byte {at} of {} went unnoticed",
+            original.len()
+        );
+    }
+
+    // The byte in the middle of the file, through the binary.
+    flip(&wrec, original.len() / 2);
+    let out = run(&mut ward(
+        &[&["audit", "verify", id.as_str()], local].concat(),
+    ));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("recording {id}: FAILED: record ")),
+        "{out:?}"
+    );
+    let out = run(&mut ward(&[&["audit", "verify", "--all"], local].concat()));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("FAILED: record "), "{out:?}");
+    std::fs::write(&wrec, &original).unwrap();
+    run_ok(&mut ward(
+        &[&["audit", "verify", id.as_str()], local].concat(),
+    ));
+
+    // A byte of what the pump said: RUNNING becomes SUNNING.
+    let at = find(&original, b"RUNNING").unwrap();
+    flip(&wrec, at);
+    let out = run(&mut ward(
+        &[&["audit", "verify", id.as_str()], local].concat(),
+    ));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("FAILED: record "), "{out:?}");
+    let failed = sessions_json(local, &[]);
+    assert!(
+        failed[0]["verification"]
+            .as_str()
+            .unwrap()
+            .starts_with("FAILED: record "),
+        "{failed:#?}"
+    );
+    for source in [local, as_security] {
+        let out = run(&mut ward(
+            &[&["replay", id.as_str(), "--no-timing"], source].concat(),
+        ));
+        assert!(!out.status.success(), "{source:?}: {out:?}");
+        assert!(out.stderr.contains("fails verification"), "{out:?}");
+        assert!(!out.stdout.contains("UNNING"), "{out:?}");
+    }
+    let p = out_dir.join("tampered.pcap").display().to_string();
+    let out = run(&mut ward(
+        &[
+            &["export", id.as_str(), "--format", "pcap", "--out", &p],
+            local,
+        ]
+        .concat(),
+    ));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("fails verification"), "{out:?}");
+    assert!(!Path::new(&p).exists(), "a refused export wrote {p}");
+    // --force plays it, altered byte and all, with a warning.
+    for source in [local, as_security] {
+        let out = run_ok(&mut ward(
+            &[&["replay", id.as_str(), "--no-timing", "--force"], source].concat(),
+        ));
+        assert!(out.stdout.contains("status: SUNNING"), "{out:?}");
+        assert!(out.stderr.contains("fails verification"), "{out:?}");
+    }
+
+    // ---- SIGTERM stops the quickstart cleanly ----------------------------------------------
+    let pid = qs.child.id().to_string();
+    run_ok(Command::new("kill").args(["-TERM", &pid]));
+    let out = qs.finish(Duration::from_secs(10));
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM through Ward → pcap → tshark decodes DICOM
+// ---------------------------------------------------------------------------------------------
+
+const RULES: &str = r#"
+[[rule]]
+name = "acme-services-its-devices"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+"#;
+
+/// storescp on a free loopback port, killed when dropped.
+struct Storescp {
+    addr: SocketAddr,
+    _out: tempfile::TempDir,
+    _proc: Proc,
+}
+
+fn echoscu(addr: SocketAddr) -> Finished {
+    run(Command::new("echoscu")
+        .args(["-aec", "STORESCP", "-to", "10", "-ta", "10", "-td", "10"])
+        .arg(addr.ip().to_string())
+        .arg(addr.port().to_string()))
+}
+
+fn start_storescp() -> Storescp {
+    let out = tempfile::tempdir().unwrap();
+    for _attempt in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut proc = Proc::spawn(
+            Command::new("storescp")
+                .args(["-aet", "STORESCP", "-od"])
+                .arg(out.path())
+                .arg(port.to_string()),
+            Vec::new(),
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        // Ready when a direct C-ECHO works.
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                let err = proc.stderr();
+                if err.contains("cannot listen") || err.contains("in use") {
+                    break; // lost the port: try another
+                }
+                panic!("storescp exited ({status}): {err}");
+            }
+            if echoscu(addr).status.success() {
+                return Storescp {
+                    addr,
+                    _out: out,
+                    _proc: proc,
+                };
+            }
+            assert!(Instant::now() < deadline, "storescp did not start in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("storescp could not bind a free loopback port in 5 attempts");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dicom_through_ward_exports_to_a_pcap_tshark_decodes_as_dicom() {
+    if !require_peer("echoscu") || !require_peer("storescp") || !require_peer("tshark") {
+        return;
+    }
+    init_logs();
+    let scp = tokio::task::spawn_blocking(start_storescp).await.unwrap();
+    let pki = Arc::new(Pki::new());
+    let devices = [DeviceSpec::new(
+        "pacs-1",
+        scp.addr,
+        "dicom",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let gw = start_gateway(pki.clone(), &devices, RULES, "", clock).await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let fwd = forwarder(gw.client(&vendor, Transport::Quic), "pacs-1").await;
+    let out = tokio::task::spawn_blocking(move || echoscu(fwd))
+        .await
+        .unwrap();
+    assert!(out.status.success(), "echoscu through Ward: {out:?}");
+
+    // The session's recording, once sealed.
+    let state = gw.state_dir();
+    let key = ward::review::public_key(&state).unwrap();
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let session = loop {
+        let list = ward::review::list(&state, &key, &ward::review::Filter::default()).unwrap();
+        if list.len() == 1 && list[0].verification == "ok" {
+            break list[0].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no sealed DICOM recording: {list:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(session.protocol, "dicom");
+    assert_eq!(session.device, "pacs-1");
+    assert!(
+        session.bytes_up > 0 && session.bytes_down > 0,
+        "{session:?}"
+    );
+
+    // Exported with the binary, on the gateway host.
+    let work = tempfile::tempdir().unwrap();
+    let pcap = work.path().join("echo.pcap");
+    let (state_s, pcap_s, id) = (
+        state.display().to_string(),
+        pcap.display().to_string(),
+        session.id.clone(),
+    );
+    let decode_as = format!("tcp.port=={},dicom", scp.addr.port());
+    let (export, decoded, fields) = tokio::task::spawn_blocking(move || {
+        let export = run(&mut ward(&[
+            "export",
+            &id,
+            "--format",
+            "pcap",
+            "--out",
+            &pcap_s,
+            "--state-dir",
+            &state_s,
+        ]));
+        let decoded =
+            run(Command::new("tshark").args(["-r", &pcap_s, "-d", &decode_as, "-Y", "dicom"]));
+        let fields = run(Command::new("tshark").args([
+            "-r",
+            &pcap_s,
+            "-d",
+            &decode_as,
+            "-Y",
+            "dicom",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "_ws.col.Info",
+        ]));
+        (export, decoded, fields)
+    })
+    .await
+    .unwrap();
+    assert!(export.status.success(), "{export:?}");
+    assert!(pcap.is_file());
+    assert!(decoded.status.success(), "{decoded:?}");
+    for want in [
+        "DICOM",
+        "A-ASSOCIATE request",
+        "A-ASSOCIATE accept",
+        "C-ECHO",
+    ] {
+        assert!(decoded.stdout.contains(want), "no {want:?} in {decoded:?}");
+    }
+    assert!(fields.status.success(), "{fields:?}");
+    // The association request goes to storescp's configured address (from the recording's meta).
+    let request = fields
+        .stdout
+        .lines()
+        .find(|l| l.contains("A-ASSOCIATE request"))
+        .unwrap_or_else(|| panic!("{fields:?}"));
+    assert!(
+        request.starts_with(&format!("{}\t", scp.addr.port())),
+        "{request:?}"
+    );
+}
