@@ -76,6 +76,22 @@ async fn session(
     (out, run.await.unwrap(), id)
 }
 
+/// Wait (bounded) until the gateway has sealed the session's recording.
+async fn wait_sealed(gw: &TestGateway, id: &str) -> Vec<u8> {
+    let state = gw.state_dir();
+    let key = review::public_key(&state).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(bytes) = review::read_recording(&state, id) {
+            if ward_recording::verify(&bytes, &key).status != ward_recording::SealStatus::Unsealed {
+                return bytes;
+            }
+        }
+        assert!(Instant::now() < deadline, "recording {id} was never sealed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn recording_path(gw: &TestGateway, id: &str) -> std::path::PathBuf {
     review::recordings_dir(&gw.state_dir()).join(format!("{id}.wrec"))
 }
@@ -89,10 +105,9 @@ async fn recording_is_byte_exact_both_ways_and_verifies() {
     assert_eq!(end, SessionEnd::Completed);
     assert_eq!(sha256(&out), sha256(&data));
     // The recording is sealed once the gateway has closed the session.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let bytes = wait_sealed(&gw, &id).await;
     let state = gw.state_dir();
     let key = review::public_key(&state).unwrap();
-    let bytes = review::read_recording(&state, &id).unwrap();
     let report = ward_recording::verify(&bytes, &key);
     assert!(report.ok, "{:?}", report.first_error);
     let dir = tempfile::tempdir().unwrap();
@@ -134,7 +149,7 @@ async fn non_echoed_input_is_recorded_and_grep_finds_it() {
     let (out, _end, id) = session(&gw, &vendor, Transport::Tcp, secret_typed.clone()).await;
     assert_eq!(out, b"login: ");
     assert_eq!(got.recv().await.unwrap(), secret_typed);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_sealed(&gw, &id).await;
     let state = gw.state_dir();
     let key = review::public_key(&state).unwrap();
     let found = review::list(
@@ -183,7 +198,7 @@ async fn one_flipped_byte_fails_verification_and_replay_refuses() {
     let (gw, pki) = echo_gateway("").await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let (_, _, id) = session(&gw, &vendor, Transport::Quic, payload(200_000, 2)).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_sealed(&gw, &id).await;
     let path = recording_path(&gw, &id);
     let mut bytes = std::fs::read(&path).unwrap();
     let key = review::public_key(&gw.state_dir()).unwrap();
@@ -267,8 +282,7 @@ async fn only_security_and_admin_may_review_and_every_access_is_audited() {
         .await
         .unwrap();
     let pubkey = String::from_utf8(s.review(Review::PublicKey).await.unwrap()).unwrap();
-    // Let the audit writer catch up, then read the log through the gateway and verify it.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // Through the gateway the log comes flushed: every line covered by a signed checkpoint.
     let log = s.review(Review::AuditLog).await.unwrap();
     let key = review::parse_public_key(&pubkey).unwrap();
     let report = ward_recording::audit::verify_audit(&log, &key);
@@ -332,8 +346,24 @@ async fn text_from_peers_cannot_forge_audit_lines() {
         .client(&vendor, Transport::Quic)
         .open("pump\n{\"event\":\"forged\"}\x1b[31m", false, None)
         .await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    let log = std::fs::read(gw.state_dir().join("audit.log")).unwrap();
+    // Wait (bounded) for the writer's next signed checkpoint to cover both events.
+    let key = review::public_key(&gw.state_dir()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read(gw.state_dir().join("audit.log")).unwrap();
+        let text = String::from_utf8_lossy(&log);
+        let covered = ward_recording::audit::verify_audit(&log, &key)
+            .first_error
+            .is_none();
+        if covered && text.contains("\"event\":\"lock\"") && text.contains("\"session_deny\"") {
+            break log;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "audit log never covered the events: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let text = String::from_utf8(log.clone()).unwrap();
     for line in text.lines() {
         let v: serde_json::Value =

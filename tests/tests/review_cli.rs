@@ -486,7 +486,13 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     let typed = typed.concat();
     assert!(typed.contains("status"), "{typed:?}");
     assert!(typed.contains("exit"), "{typed:?}");
-    assert!(with_input.stdout.contains(STATUS_LINE), "{with_input:?}");
+    // The input is interleaved where it was sent ("pump> " + typed + the answer).
+    assert!(
+        with_input
+            .stdout
+            .contains("pump> \x1b[7mstatus\\r\\nexit\\r\\n\x1b[27mstatus: RUNNING"),
+        "{with_input:?}"
+    );
 
     // ---- ward export ---------------------------------------------------------------------------
     let out_dir = tmp.path().join("exports");

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
 
 /// Chunks buffered between the data path and the recorder task (≤ 64 KiB each).
-pub const CHANNEL_CHUNKS: usize = 64;
+pub const CHANNEL_CHUNKS: usize = 16;
 /// fsync at least this often while there are unsynced bytes.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
 /// Recording file extension.

@@ -38,7 +38,9 @@ const USAGE: &str = "usage: ward-bench [--quick] [--out FILE] [--no-peers]
 
   --quick      about 1 s per bulk figure and fewer samples (a smoke run, ~20 s in all)
   --out FILE   also write the report (markdown) to FILE, e.g. docs/benchmarks.md
-  --no-peers   skip the socat / stunnel4 / ssh baselines even when installed";
+  --no-peers   skip the socat / stunnel4 / ssh baselines even when installed
+  --only TEXT  profiling aid: bulk-test only the paths whose name contains TEXT, print, stop
+  --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)";
 
 /// Generator write size (performance.md: 64–256 KiB).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -50,6 +52,8 @@ struct Opts {
     quick: bool,
     out: Option<PathBuf>,
     peers: bool,
+    /// Profiling aid: only bulk-test the paths whose name contains this, then stop.
+    only: Option<String>,
     /// One bulk measurement lasts this long…
     bulk: Duration,
     /// …and is repeated this many times per path (the median is reported).
@@ -65,6 +69,8 @@ impl Opts {
         let mut quick = false;
         let mut out = None;
         let mut peers = true;
+        let mut only = None;
+        let mut bulk_secs: Option<f64> = None;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -76,6 +82,20 @@ impl Opts {
                             .ok_or_else(|| anyhow!("--out needs a file\n{USAGE}"))?,
                     ))
                 }
+                "--only" => {
+                    only = Some(
+                        args.next()
+                            .ok_or_else(|| anyhow!("--only needs text\n{USAGE}"))?,
+                    )
+                }
+                "--bulk-secs" => {
+                    bulk_secs = Some(
+                        args.next()
+                            .and_then(|v| v.parse::<f64>().ok())
+                            .filter(|v| *v > 0.0 && *v < 600.0)
+                            .ok_or_else(|| anyhow!("--bulk-secs needs seconds\n{USAGE}"))?,
+                    )
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -83,11 +103,12 @@ impl Opts {
                 other => bail!("unknown argument {other:?}\n{USAGE}"),
             }
         }
-        Ok(if quick {
+        let mut o = if quick {
             Opts {
                 quick,
                 out,
                 peers,
+                only,
                 bulk: Duration::from_secs(1),
                 reps: 1,
                 concurrent: 100,
@@ -100,6 +121,7 @@ impl Opts {
                 quick,
                 out,
                 peers,
+                only,
                 bulk: Duration::from_millis(2_500),
                 reps: 3,
                 concurrent: 100,
@@ -107,7 +129,11 @@ impl Opts {
                 opens: 300,
                 conn_rate_for: Duration::from_secs(3),
             }
-        })
+        };
+        if let Some(secs) = bulk_secs {
+            o.bulk = Duration::from_secs_f64(secs);
+        }
+        Ok(o)
     }
 }
 
@@ -299,6 +325,10 @@ impl Bulk {
 /// device's close to come back (so every byte has reached the sink). Checks the sink got them all.
 fn bulk(route: &Route, streams: usize, dur: Duration, sink: &Sink, hz: f64) -> Result<Bulk> {
     let (addr, roots) = (route.sink, route.roots.as_slice());
+    if let Some(dir) = &route.recordings {
+        // Earlier runs' recordings (their sessions are long closed): bound disk use.
+        clear_dir(dir);
+    }
     let before_sink = sink.received.load(Ordering::Relaxed);
     let cpu0 = cpu_snap(roots);
     let start = Instant::now();
@@ -362,7 +392,6 @@ fn bulk(route: &Route, streams: usize, dur: Duration, sink: &Sink, hz: f64) -> R
                 }
                 last = now;
             }
-            clear_dir(dir);
             Some(last)
         }
         None => None,
@@ -873,6 +902,7 @@ struct Results {
     rr: Vec<(String, PathKind, Pcts)>,
     concurrent: Vec<(String, PathKind, Bulk)>,
     open_quic_existing: Option<Pcts>,
+    open_quic_existing_norec: Option<Pcts>,
     open_quic_new: Option<Pcts>,
     open_tcp_new: Option<Pcts>,
     conn_rate: Option<(usize, f64)>,
@@ -959,6 +989,10 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
         (
             "QUIC, new stream on an existing connection",
             r.open_quic_existing,
+        ),
+        (
+            "QUIC, new stream on an existing connection, recording off",
+            r.open_quic_existing_norec,
         ),
         (
             "QUIC, new connection (new client) each time",
@@ -1247,7 +1281,7 @@ fn main() -> Result<()> {
         ));
         gateways.push(gateway);
     }
-    let [(quic_addr, tcp_addr, quic_sink, quic_echo, tcp_sink, tcp_echo, rec_dir), (_, _, nr_sink, nr_echo, _, _, _)] =
+    let [(quic_addr, tcp_addr, quic_sink, quic_echo, tcp_sink, tcp_echo, rec_dir), (nr_quic_addr, _, nr_sink, nr_echo, _, _, _)] =
         <[_; 2]>::try_from(routes_of).map_err(|_| anyhow!("expected two gateways"))?;
 
     let mut results = Results::default();
@@ -1315,6 +1349,11 @@ fn main() -> Result<()> {
         results.skipped.push("peers (--no-peers)".into());
     }
 
+    if let Some(only) = &opts.only {
+        paths.retain(|p| p.name.contains(only.as_str()));
+        eprintln!("ward-bench: --only {only:?}: {} path(s)", paths.len());
+    }
+
     // 1. Bulk, interleaved repetitions.
     eprintln!(
         "ward-bench: bulk, {} path(s) × {} run(s) × {:?}",
@@ -1337,6 +1376,24 @@ fn main() -> Result<()> {
         }
     }
 
+    if opts.only.is_some() {
+        for (name, _, b) in &results.bulk {
+            let c = b.cpu;
+            println!(
+                "{name}: {:.2} Gbit/s; CPU s: gateway {:.2}, client {:.2}, peer {:.2}, process {:.2}",
+                b.gbps(),
+                c.gateway,
+                c.client,
+                c.peer,
+                c.total
+            );
+        }
+        cl_rt.shutdown_background();
+        gw_rt.shutdown_background();
+        dev_rt.shutdown_background();
+        return Ok(());
+    }
+
     // 2. Round trips.
     eprintln!("ward-bench: 64-byte round trips");
     for p in &paths {
@@ -1353,6 +1410,13 @@ fn main() -> Result<()> {
     eprintln!("ward-bench: session opens");
     results.open_quic_existing = Some(cl_rt.block_on(open_times(
         quic_addr,
+        &w.files,
+        Transport::Quic,
+        opts.opens,
+        true,
+    ))?);
+    results.open_quic_existing_norec = Some(cl_rt.block_on(open_times(
+        nr_quic_addr,
         &w.files,
         Transport::Quic,
         opts.opens,
