@@ -14,8 +14,11 @@ use std::time::{Duration, Instant};
 
 use ward_tests::ward_binary;
 
+/// Requests a collector received: (request line, body).
+type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
 /// A minimal OTLP/HTTP collector: records the body of every POST and answers 200.
-fn collector() -> (String, Arc<Mutex<Vec<(String, Vec<u8>)>>>) {
+fn collector() -> (String, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
     let got = Arc::new(Mutex::new(Vec::new()));
