@@ -112,6 +112,13 @@ async fn recording_is_byte_exact_both_ways_and_verifies() {
     assert!(report.ok, "{:?}", report.first_error);
     let dir = tempfile::tempdir().unwrap();
     let files = review::export(&bytes, ExportFormat::Raw, &dir.path().join("s")).unwrap();
+    // Exports carry everything typed: owner-only, and never written over an existing file.
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(review::export(&bytes, ExportFormat::Raw, &dir.path().join("s")).is_err());
     let up = std::fs::read(&files[0]).unwrap();
     let down = std::fs::read(&files[1]).unwrap();
     assert_eq!(sha256(&up), sha256(&data), "client → device bytes");

@@ -16,7 +16,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -35,6 +35,8 @@ const COMMANDS: &[u8] = b"status\r\nexit\r\n";
 const PAUSE: Duration = Duration::from_millis(1200);
 /// The pump's answer to `status`.
 const STATUS_LINE: &str = "pump> status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none";
+/// The same without the prompt (sent before the pause, so in its own packet).
+const STATUS_ANSWER: &str = "status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none";
 
 // ---------------------------------------------------------------------------------------------
 // Child processes
@@ -47,6 +49,8 @@ struct Proc {
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     readers: Vec<JoinHandle<()>>,
+    /// The write end of the child's stdin, when piped; dropping it sends EOF.
+    stdin: Option<ChildStdin>,
 }
 
 fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
@@ -62,13 +66,13 @@ fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> J
 }
 
 impl Proc {
-    /// Spawn `cmd`; stdin gets each chunk after its delay, then is closed (no chunks: /dev/null).
-    fn spawn(cmd: &mut Command, stdin: Vec<(Duration, Vec<u8>)>) -> Proc {
+    /// Spawn `cmd`, its stdin a pipe ([`Proc::send`]) or /dev/null.
+    fn spawn(cmd: &mut Command, piped_stdin: bool) -> Proc {
         let name = format!("{cmd:?}");
-        cmd.stdin(if stdin.is_empty() {
-            Stdio::null()
-        } else {
+        cmd.stdin(if piped_stdin {
             Stdio::piped()
+        } else {
+            Stdio::null()
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -77,27 +81,31 @@ impl Proc {
             .unwrap_or_else(|e| panic!("starting {name}: {e}"));
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
-        let mut readers = vec![
+        let readers = vec![
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
         ];
-        if let Some(mut pipe) = child.stdin.take() {
-            readers.push(std::thread::spawn(move || {
-                for (delay, chunk) in stdin {
-                    std::thread::sleep(delay);
-                    if pipe.write_all(&chunk).and_then(|()| pipe.flush()).is_err() {
-                        return;
-                    }
-                }
-            }));
-        }
         Proc {
             name,
             child,
             stdout,
             stderr,
             readers,
+            stdin: None,
         }
+        .with_stdin()
+    }
+
+    fn with_stdin(mut self) -> Self {
+        self.stdin = self.child.stdin.take();
+        self
+    }
+
+    /// Write to the child's stdin (a small write to a pipe: it does not block).
+    fn send(&mut self, bytes: &[u8]) {
+        let pipe = self.stdin.as_mut().expect("spawned with piped stdin");
+        pipe.write_all(bytes).unwrap();
+        pipe.flush().unwrap();
     }
 
     fn stdout(&self) -> String {
@@ -140,6 +148,7 @@ impl Proc {
 
     /// Wait for the process to exit on its own within `limit` (killed and failed otherwise).
     fn finish(mut self, limit: Duration) -> Finished {
+        drop(self.stdin.take());
         let started = Instant::now();
         let status = loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -199,7 +208,7 @@ impl std::fmt::Debug for Finished {
 
 /// Run `cmd` (stdin from /dev/null) to completion within [`COMMAND_TIMEOUT`].
 fn run(cmd: &mut Command) -> Finished {
-    Proc::spawn(cmd, Vec::new()).finish(COMMAND_TIMEOUT)
+    Proc::spawn(cmd, false).finish(COMMAND_TIMEOUT)
 }
 
 /// Run `cmd` and require exit 0.
@@ -235,7 +244,7 @@ fn start_quickstart(dir: &Path) -> (Proc, u16) {
         let port = free_port();
         let mut qs = Proc::spawn(
             ward(&["quickstart", "--port", &port.to_string(), "--dir"]).arg(dir),
-            Vec::new(),
+            false,
         );
         let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             qs.wait_for_stdout("Press Ctrl-C to stop.", COMMAND_TIMEOUT)
@@ -314,7 +323,9 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     );
 
     // The vendor's telnet session on the pump, over stdin/stdout, with a pause before `status`.
-    let connect = Proc::spawn(
+    // The pause starts once the pump has welcomed the vendor, so it is in the recording whatever
+    // the time it took to connect.
+    let mut connect = Proc::spawn(
         &mut ward(&[
             "connect",
             "pump-12",
@@ -323,9 +334,13 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
             "--identity",
             &vendor,
         ]),
-        vec![(Duration::ZERO, LOGIN.to_vec()), (PAUSE, COMMANDS.to_vec())],
-    )
-    .finish(COMMAND_TIMEOUT);
+        true,
+    );
+    connect.send(LOGIN);
+    connect.wait_for_stdout("Welcome, admin.", COMMAND_TIMEOUT);
+    std::thread::sleep(PAUSE);
+    connect.send(COMMANDS);
+    let connect = connect.finish(COMMAND_TIMEOUT);
     assert_eq!(connect.status.code(), Some(0), "{connect:?}");
     assert!(
         connect.stdout.contains(&format!("{STATUS_LINE}\r\n")),
@@ -363,6 +378,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert_eq!(s["bytes_up"], (LOGIN.len() + COMMANDS.len()) as u64, "{s}");
     assert_eq!(s["bytes_down"], console.len() as u64, "{s}");
     let duration = s["duration_s"].as_f64().unwrap();
+    // (A little slack: the recorder timestamps records as it takes them from the data path.)
     assert!(duration >= PAUSE.as_secs_f64() * 0.9, "{s}");
     let wrec = dir.join("state/recordings").join(format!("{id}.wrec"));
     assert!(wrec.is_file(), "{} missing", wrec.display());
@@ -542,6 +558,29 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert_eq!(bytes_in("up"), up.len() as u64, "{json}");
     assert_eq!(bytes_in("down"), down.len() as u64, "{json}");
 
+    // replay --from: start half a pause before the commands were typed, i.e. after the welcome
+    // (which the vendor saw a whole pause before typing) and before the status answer.
+    let up_times: Vec<u64> = records
+        .iter()
+        .filter(|r| r["dir"] == "up")
+        .map(|r| r["t_ns"].as_u64().unwrap())
+        .collect();
+    let pause_ns = PAUSE.as_nanos() as u64;
+    let commands_t = *up_times
+        .iter()
+        .find(|t| **t >= up_times[0] + pause_ns * 9 / 10)
+        .unwrap_or_else(|| panic!("no input a pause after the login: {json}"));
+    let from = format!("{:.3}", (commands_t - pause_ns / 2) as f64 / 1e9);
+    let (later, _) = replay(&["--no-timing", "--from", &from]);
+    assert!(
+        later.stdout.contains(STATUS_ANSWER),
+        "--from {from}: {later:?}"
+    );
+    assert!(
+        !later.stdout.contains("Welcome"),
+        "--from {from}: {later:?}"
+    );
+
     // asciicast: v2 that asciinema plays (`asciinema cat` needs a terminal: `script` lends one).
     let cast = export("asciicast", "session.cast");
     let cast_text = std::fs::read_to_string(&cast).unwrap();
@@ -597,7 +636,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
         "telnet.data",
     ]));
     assert!(
-        telnet.stdout.contains(&format!("{STATUS_LINE}\\r\\n")),
+        telnet.stdout.contains(&format!("{STATUS_ANSWER}\\r\\n")),
         "{telnet:?}"
     );
     assert!(telnet.stdout.contains("status\\r\\n"), "{telnet:?}");
@@ -606,7 +645,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     ]));
     assert!(verbose.stdout.contains("Will Echo"), "{verbose:?}");
     let follow = run_ok(Command::new("tshark").args(["-r", &p, "-qz", "follow,tcp,ascii,0"]));
-    assert!(follow.stdout.contains(STATUS_LINE), "{follow:?}");
+    assert!(follow.stdout.contains(STATUS_ANSWER), "{follow:?}");
 
     // ---- ward audit ----------------------------------------------------------------------------
     let out = run_ok(&mut ward(
@@ -776,7 +815,7 @@ fn start_storescp() -> Storescp {
                 .args(["-aet", "STORESCP", "-od"])
                 .arg(out.path())
                 .arg(port.to_string()),
-            Vec::new(),
+            false,
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // Ready when a direct C-ECHO works.

@@ -412,8 +412,22 @@ pub fn export(bytes: &[u8], format: ExportFormat, out: &Path) -> anyhow::Result<
         Record::Meta(m) => Some(m.clone()),
         _ => None,
     });
+    // Exports hold everything typed (device passwords included): 0600, and never over an existing file.
     let write = |path: &Path, data: &[u8]| -> anyhow::Result<()> {
-        std::fs::write(path, data).with_context(|| format!("writing {}", path.display()))
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .with_context(|| {
+                format!(
+                    "creating {} (remove it or choose another --out)",
+                    path.display()
+                )
+            })?;
+        f.write_all(data)
+            .with_context(|| format!("writing {}", path.display()))
     };
     match format {
         ExportFormat::Asciicast => {
@@ -426,14 +440,16 @@ pub fn export(bytes: &[u8], format: ExportFormat, out: &Path) -> anyhow::Result<
         }
         ExportFormat::Pcap => {
             let m = meta.context("recording has no metadata")?;
-            let client: std::net::SocketAddr = m
-                .source
-                .parse()
-                .unwrap_or_else(|_| ([127, 0, 0, 1], 40000).into());
-            let device: std::net::SocketAddr = m
-                .device_addr
-                .parse()
-                .unwrap_or_else(|_| ([127, 0, 0, 2], 0).into());
+            let client: std::net::SocketAddr = m.source.parse().unwrap_or_else(|_| {
+                tracing::warn!(source = %m.source, "client address unparseable; pcap uses 127.0.0.1:40000");
+                ([127, 0, 0, 1], 40000).into()
+            });
+            // A device configured by host name has no address to put in an IP header.
+            let device: std::net::SocketAddr = m.device_addr.parse().unwrap_or_else(|_| {
+                tracing::warn!(device = %m.device_addr, "device address is not ip:port; pcap uses 127.0.0.2 with the same port");
+                let port = m.device_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+                ([127, 0, 0, 2], port).into()
+            });
             let data = ward_recording::export::pcap(&records, client, device)?;
             write(out, &data)?;
             Ok(vec![out.to_path_buf()])

@@ -140,14 +140,22 @@ impl Opts {
 // ---------------------------------------------------------------------------------------------
 // CPU accounting from /proc (Linux only; figures are omitted elsewhere).
 
-/// utime + stime, in clock ticks, from a /proc `stat` line.
-fn stat_ticks(stat: &str) -> Option<(u32, u64)> {
+/// Parent pid and utime + stime (+ cutime + cstime when `reaped`: CPU of children already waited
+/// for, e.g. socat's per-connection forks), in clock ticks, from a /proc `stat` line.
+fn stat_ticks_with(stat: &str, reaped: bool) -> Option<(u32, u64)> {
     let (_, rest) = stat.rsplit_once(')')?;
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the ')' the fields are: state(3) ppid(4) … utime(14) stime(15).
     let ppid = f.get(1)?.parse().ok()?;
-    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    let mut ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    if reaped {
+        ticks += f.get(13)?.parse::<u64>().ok()? + f.get(14)?.parse::<u64>().ok()?;
+    }
     Some((ppid, ticks))
+}
+
+fn stat_ticks(stat: &str) -> Option<(u32, u64)> {
+    stat_ticks_with(stat, false)
 }
 
 fn clock_ticks_per_sec() -> f64 {
@@ -204,7 +212,7 @@ fn cpu_snap(roots: &[u32]) -> CpuSnap {
                 };
                 if let Some(v) = std::fs::read_to_string(e.path().join("stat"))
                     .ok()
-                    .and_then(|s| stat_ticks(&s))
+                    .and_then(|s| stat_ticks_with(&s, true))
                 {
                     all.insert(pid, v);
                 }
@@ -945,7 +953,7 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
         opts.bulk.as_secs_f64(),
         opts.reps
     );
-    let _ = writeln!(s, "| path | Gbit/s | × direct TCP | × best peer | tunnel CPU s/GB | CPU s/GB, whole bench process |");
+    let _ = writeln!(s, "| path | Gbit/s | × direct TCP | × best peer | tunnel CPU s/GB | bench-process CPU s/GB (generator + sink, + Ward when in the path) |");
     let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|");
     for (name, kind, b) in &r.bulk {
         let vs_direct = direct_bulk.map_or(f64::NAN, |d| b.gbps() / d.gbps());
@@ -1145,8 +1153,14 @@ fn machine() -> String {
         .map(|t| t.contains(" aes "))
         .unwrap_or(false);
     let kernel = out(Command::new("uname").arg("-r"));
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ");
     format!(
-        "- date: {date}\n- machine: {nproc} CPUs, {cpu}{}, Linux {kernel}, loopback only\n- rustc: {rustc}; release profile (thin LTO)\n",
+        "- date: {date}\n- machine: {nproc} CPUs, {cpu}{}, Linux {kernel}, loopback only\n- rustc: {rustc}; release profile (thin LTO)\n- load average when the report was written: {load} (a shared machine: other work inflates the spread)\n",
         if aes { " (AES-NI)" } else { "" }
     )
 }
