@@ -1130,7 +1130,15 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
     s
 }
 
-fn machine() -> String {
+fn loadavg() -> String {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    load.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn machine(load_at_start: &str) -> String {
     let out = |c: &mut Command| {
         c.output()
             .ok()
@@ -1153,14 +1161,9 @@ fn machine() -> String {
         .map(|t| t.contains(" aes "))
         .unwrap_or(false);
     let kernel = out(Command::new("uname").arg("-r"));
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load_now = loadavg();
     format!(
-        "- date: {date}\n- machine: {nproc} CPUs, {cpu}{}, Linux {kernel}, loopback only\n- rustc: {rustc}; release profile (thin LTO)\n- load average when the report was written: {load} (a shared machine: other work inflates the spread)\n",
+        "- date: {date}\n- machine: {nproc} CPUs, {cpu}{}, Linux {kernel}, loopback only\n- rustc: {rustc}; release profile (thin LTO)\n- load average (1/5/15 min) before the run: {load_at_start}, after: {load_now} (a shared machine: other work inflates the spread)\n",
         if aes { " (AES-NI)" } else { "" }
     )
 }
@@ -1241,6 +1244,7 @@ fn main() -> Result<()> {
     let hz = clock_ticks_per_sec();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let wall = Instant::now();
+    let load_at_start = loadavg();
 
     // Devices.
     let sink = start_sink()?;
@@ -1479,8 +1483,8 @@ fn main() -> Result<()> {
         gw_rt.block_on(gateway.shutdown(Duration::from_millis(500)));
     }
     let report = render(&opts, &results, &cmd);
-    let full = format!("{DOC_HEAD}{}\n{report}", machine());
-    println!("\n{}\n{report}", machine());
+    let full = format!("{DOC_HEAD}{}\n{report}", machine(&load_at_start));
+    println!("\n{}\n{report}", machine(&load_at_start));
     eprintln!("ward-bench: done in {:.0} s", wall.elapsed().as_secs_f64());
     if let Some(out) = &opts.out {
         std::fs::write(out, full).with_context(|| format!("writing {}", out.display()))?;
