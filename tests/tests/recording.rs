@@ -413,11 +413,18 @@ impl SinkFile for FailingFile {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.syncs += 1;
-        // The first sync (at open) succeeds; later ones fail like an EIO from fsync.
-        if self.fail_sync && self.syncs > 1 {
-            return Err(io::Error::from_raw_os_error(5));
+        if self.fail_sync {
+            return Err(io::Error::from_raw_os_error(5)); // EIO from fsync
         }
         self.inner.sync_data()
+    }
+    fn syncer(&self) -> io::Result<ward::recorder::Syncer> {
+        // The fsync-failure case exercises the gateway's concurrent fsync path; the write-failure
+        // case keeps the in-line one.
+        if !self.fail_sync {
+            return Err(io::Error::from(io::ErrorKind::Unsupported));
+        }
+        Ok(Box::new(|| Err(io::Error::from_raw_os_error(5))))
     }
 }
 

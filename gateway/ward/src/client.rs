@@ -177,7 +177,14 @@ impl Client {
             "0.0.0.0:0"
         }
         .parse()?;
-        let mut endpoint = quinn::Endpoint::client(bind)?;
+        // Large UDP buffers, as on the gateway: bursts of full-size packets are not dropped.
+        let socket = crate::gateway::udp_socket(bind)?;
+        let mut endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            None,
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
         let mut transport = crate::gateway::transport_config(1024, Duration::from_secs(60))?;

@@ -149,7 +149,7 @@ pub fn principal_of(id: &Identity) -> Principal {
     }
 }
 
-fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
+pub(crate) fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {

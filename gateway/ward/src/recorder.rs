@@ -31,7 +31,15 @@ pub trait SinkFile: Send + 'static {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Make everything written so far durable.
     fn sync(&mut self) -> io::Result<()>;
+    /// An independent handle that makes the file durable, so the batched fsync can run while
+    /// writes go on (fsync then never stalls the data path). Sinks without one are synced in line.
+    fn syncer(&self) -> io::Result<Syncer> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
 }
+
+/// Makes a recording durable from another thread.
+pub type Syncer = Box<dyn FnMut() -> io::Result<()> + Send>;
 
 /// Where recordings go.
 pub trait Sink: Send + Sync + 'static {
@@ -63,6 +71,10 @@ impl SinkFile for File {
     }
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
+    }
+    fn syncer(&self) -> io::Result<Syncer> {
+        let f = self.0.try_clone()?;
+        Ok(Box::new(move || f.sync_data()))
     }
 }
 
@@ -132,10 +144,11 @@ impl SessionRecorder {
             .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
         let sink = sink.clone();
         let id = meta.session_id.clone();
+        // Created and its header written before the session may start (fail closed); made
+        // durable by the first batched fsync, at most SYNC_EVERY later.
         let file = tokio::task::spawn_blocking(move || -> io::Result<Box<dyn SinkFile>> {
             let mut f = sink.create(&id)?;
             f.write_all(&out)?;
-            f.sync()?;
             Ok(f)
         })
         .await
@@ -210,17 +223,43 @@ async fn run(
     failed: watch::Sender<Option<String>>,
     start: Instant,
 ) -> Result<(), String> {
-    let mut last_sync = Instant::now();
-    let mut dirty = false;
-    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     let fail = |what: String, failed: &watch::Sender<Option<String>>| {
         failed.send_replace(Some(what.clone()));
         what
     };
+    // fsync runs beside the writes when the sink allows it; one at a time.
+    let mut syncer = file.syncer().ok();
+    let mut sync_job: Option<tokio::task::JoinHandle<(Syncer, io::Result<()>)>> = None;
+    let mut last_sync = Instant::now();
+    let mut unsynced = true;
+    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
     loop {
-        let next = tokio::time::timeout(SYNC_EVERY, rx.recv()).await;
+        let next = tokio::select! {
+            m = tokio::time::timeout(SYNC_EVERY, rx.recv()) => Some(m),
+            r = async {
+                match sync_job.as_mut() {
+                    Some(job) => job.await,
+                    None => std::future::pending().await,
+                }
+            }, if sync_job.is_some() => {
+                sync_job = None;
+                match r {
+                    Ok((s, Ok(()))) => syncer = Some(s),
+                    Ok((_, Err(e))) => {
+                        // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
+                        rx.close();
+                        return Err(fail(format!("recording fsync failed: {e}"), &failed));
+                    }
+                    Err(e) => {
+                        rx.close();
+                        return Err(fail(format!("recording fsync task: {e}"), &failed));
+                    }
+                }
+                None
+            }
+        };
         let closed = match next {
-            Ok(Some(c)) => {
+            Some(Ok(Some(c))) => {
                 enc.data(c.dir, c.t_ns, &c.bytes, &mut out);
                 // Batch whatever else is already queued into one write.
                 while out.len() < 1 << 20 {
@@ -231,33 +270,48 @@ async fn run(
                 }
                 false
             }
-            Ok(None) => true,
-            Err(_) => false,
+            Some(Ok(None)) => true,
+            Some(Err(_)) | None => false,
         };
         let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if !closed && enc.checkpoint_due(t) && (dirty || !out.is_empty()) {
+        if !closed && enc.checkpoint_due(t) && (unsynced || !out.is_empty()) {
             enc.checkpoint(t, &mut out);
         }
         if closed {
             break;
         }
-        let sync = (dirty || !out.is_empty()) && last_sync.elapsed() >= SYNC_EVERY;
-        if out.is_empty() && !sync {
-            continue;
+        let sync_due = (unsynced || !out.is_empty()) && last_sync.elapsed() >= SYNC_EVERY;
+        // In-line sync only for sinks without a separate syncer.
+        let inline_sync = sync_due && syncer.is_none() && sync_job.is_none();
+        if !out.is_empty() || inline_sync {
+            let buf = std::mem::replace(&mut out, Vec::with_capacity(256 * 1024));
+            let (f, r) = blocking_write(file, buf, inline_sync).await;
+            file = f;
+            if let Err(e) = r {
+                // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
+                rx.close();
+                return Err(fail(format!("recording write failed: {e}"), &failed));
+            }
+            unsynced = true;
+            if inline_sync {
+                last_sync = Instant::now();
+                unsynced = false;
+            }
         }
-        let buf = std::mem::replace(&mut out, Vec::with_capacity(256 * 1024));
-        let (f, r) = blocking_write(file, buf, sync).await;
-        file = f;
-        if let Err(e) = r {
-            // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
-            rx.close();
-            return Err(fail(format!("recording write failed: {e}"), &failed));
+        if sync_due && sync_job.is_none() {
+            if let Some(mut s) = syncer.take() {
+                last_sync = Instant::now();
+                unsynced = false;
+                sync_job = Some(tokio::task::spawn_blocking(move || {
+                    let r = s();
+                    (s, r)
+                }));
+            }
         }
-        if sync {
-            last_sync = Instant::now();
-            dirty = false;
-        } else {
-            dirty = true;
+    }
+    if let Some(job) = sync_job.take() {
+        if let Ok((_, Err(e))) = job.await {
+            return Err(fail(format!("recording fsync failed: {e}"), &failed));
         }
     }
     let end = match end_rx.await {
