@@ -136,11 +136,14 @@ pub struct Gateway {
 /// Map a ward-ca identity onto the policy's view of a principal.
 pub fn principal_of(id: &Identity) -> Principal {
     Principal {
-        kind: id
-            .kind
-            .to_string()
-            .parse()
-            .unwrap_or(ward_core::PrincipalKind::Vendor),
+        // Exhaustive: a new kind in the CA will not compile until policy knows it.
+        kind: match id.kind {
+            ward_ca::Kind::Vendor => ward_core::PrincipalKind::Vendor,
+            ward_ca::Kind::Clinician => ward_core::PrincipalKind::Clinician,
+            ward_ca::Kind::Security => ward_core::PrincipalKind::Security,
+            ward_ca::Kind::Admin => ward_core::PrincipalKind::Admin,
+            ward_ca::Kind::Gateway => ward_core::PrincipalKind::Gateway,
+        },
         name: id.name.clone(),
         org: id.org.clone(),
         roles: id.roles.clone(),
