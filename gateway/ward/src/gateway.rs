@@ -42,6 +42,7 @@ struct LiveSession {
 /// Live state shared by the listeners and every session.
 pub struct Shared {
     config: Config,
+    verified: Arc<tls::VerifiedCache>,
     audit: AuditLog,
     signer: Arc<Signer>,
     sink: Option<Arc<dyn Sink>>,
@@ -343,7 +344,14 @@ impl Gateway {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
         let locks = store.active_locks(clock.now())?;
-        let server_tls = tls::server_config(validator.clone(), clock.clone(), chain, key)?;
+        let verified = Arc::new(tls::VerifiedCache::default());
+        let server_tls = tls::server_config(
+            validator.clone(),
+            clock.clone(),
+            chain,
+            key,
+            verified.clone(),
+        )?;
 
         let limits = g.limits;
         let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.clone())
@@ -388,6 +396,7 @@ impl Gateway {
         );
         let shared = Arc::new(Shared {
             config,
+            verified,
             audit,
             signer,
             sink,
@@ -522,6 +531,10 @@ fn identity_from_certs(shared: &Shared, certs: &[CertificateDer<'_>]) -> anyhow:
     let (leaf, rest) = certs
         .split_first()
         .ok_or_else(|| anyhow!("client presented no certificate"))?;
+    // The handshake just validated this exact chain; take its result rather than verify twice.
+    if let Some(id) = shared.verified.take(leaf.as_ref()) {
+        return Ok(id);
+    }
     let ints: Vec<&[u8]> = rest.iter().map(|c| c.as_ref()).collect();
     Ok(shared
         .validator

@@ -57,9 +57,37 @@ pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     Err(anyhow!("{} holds no private key", path.display()))
 }
 
+/// Identities the handshake verifier just validated, keyed by the exact leaf DER, so the gateway
+/// does not verify the same chain twice per connection (a measurable share of handshake CPU).
+/// One-shot: an entry is removed when the connection picks it up. Bounded.
+#[derive(Debug, Default)]
+pub struct VerifiedCache {
+    map: std::sync::Mutex<std::collections::HashMap<Vec<u8>, ward_ca::Identity>>,
+}
+
+/// Most entries kept (handshakes in flight at once).
+const VERIFIED_CACHE_MAX: usize = 4096;
+
+impl VerifiedCache {
+    fn put(&self, leaf: &[u8], id: ward_ca::Identity) {
+        if let Ok(mut m) = self.map.lock() {
+            if m.len() >= VERIFIED_CACHE_MAX {
+                m.clear();
+            }
+            m.insert(leaf.to_vec(), id);
+        }
+    }
+
+    /// The identity validated for exactly this leaf during the handshake, if any.
+    pub fn take(&self, leaf: &[u8]) -> Option<ward_ca::Identity> {
+        self.map.lock().ok()?.remove(leaf)
+    }
+}
+
 /// Client-certificate verifier that delegates every decision to Ward's CA validation API.
 pub struct WardClientVerifier {
     validator: Validator,
+    cache: Option<Arc<VerifiedCache>>,
     clock: Arc<dyn Clock>,
     provider: Arc<CryptoProvider>,
     hints: Vec<DistinguishedName>,
@@ -79,7 +107,14 @@ impl WardClientVerifier {
             clock,
             provider: provider(),
             hints: Vec::new(),
+            cache: None,
         }
+    }
+
+    /// Also leave each validated identity in `cache` for the connection to pick up.
+    pub fn with_cache(mut self, cache: Arc<VerifiedCache>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 }
 
@@ -115,7 +150,12 @@ impl ClientCertVerifier for WardClientVerifier {
             .validator
             .validate(end_entity.as_ref(), &ints, Usage::Client, self.clock.now())
         {
-            Ok(_) => Ok(ClientCertVerified::assertion()),
+            Ok(id) => {
+                if let Some(cache) = &self.cache {
+                    cache.put(end_entity.as_ref(), id);
+                }
+                Ok(ClientCertVerified::assertion())
+            }
             Err(e) => {
                 tracing::warn!(event = "handshake_refused", reason = %e, "client certificate refused");
                 Err(to_rustls(e))
@@ -163,8 +203,9 @@ pub fn server_config(
     clock: Arc<dyn Clock>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    cache: Arc<VerifiedCache>,
 ) -> anyhow::Result<rustls::ServerConfig> {
-    let verifier = Arc::new(WardClientVerifier::new(validator, clock));
+    let verifier = Arc::new(WardClientVerifier::new(validator, clock).with_cache(cache));
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3 unavailable")?
