@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Ward's benchmark (issue #3): install the Debian peers used as baselines (stunnel4, openssh-server,
-# socat) when missing and we may, then run ward-bench in release mode and write docs/benchmarks.md.
-#   scripts/bench.sh            full run (~1.5 min), writes docs/benchmarks.md
-#   scripts/bench.sh --quick    smoke run (~20 s), prints only
+# Ward's benchmark (issues #3, #7): install the Debian peers used as baselines (stunnel4,
+# openssh-server, socat) and linux-perf (for the profiles) when missing and we may, build the release
+# `ward` binary (the gateway and clients run as their own processes), then run ward-bench in release
+# mode and write docs/benchmarks.md.
+#   scripts/bench.sh            full run (~3 min), writes docs/benchmarks.md
+#   scripts/bench.sh --quick    smoke run (~40 s), prints only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +13,7 @@ command -v stunnel4 >/dev/null || missing+=(stunnel4)
 command -v sshd >/dev/null || [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 command -v ssh >/dev/null || missing+=(openssh-client)
 command -v socat >/dev/null || missing+=(socat)
+command -v perf >/dev/null || missing+=(linux-perf)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "bench.sh: installing ${missing[*]}" >&2
@@ -19,8 +22,15 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "bench.sh: ${missing[*]} missing (install them as root); their rows will be skipped" >&2
   fi
 fi
-
-if [ "${1:-}" = "--quick" ]; then
-  exec cargo run --release -p ward-tests --bin ward-bench -- --quick "${@:2}"
+if command -v perf >/dev/null && ! perf record -o /dev/null -- true >/dev/null 2>&1; then
+  echo "bench.sh: perf cannot record here (kernel.perf_event_paranoid=$(cat /proc/sys/kernel/perf_event_paranoid 2>/dev/null)); profiles will be skipped" >&2
 fi
-exec cargo run --release -p ward-tests --bin ward-bench -- --out docs/benchmarks.md "$@"
+
+# Built separately, as a user builds `ward` (building both in one command unifies features and would
+# produce a different `ward`).
+cargo build --release -p ward --bin ward
+cargo build --release -p ward-tests --bin ward-bench
+if [ "${1:-}" = "--quick" ]; then
+  exec target/release/ward-bench --quick --ward target/release/ward "${@:2}"
+fi
+exec target/release/ward-bench --ward target/release/ward --out docs/benchmarks.md "$@"

@@ -27,6 +27,9 @@ pub const HEADER: usize = 5;
 pub const MAX_DATA: usize = 256 * 1024;
 /// Copy buffer size (performance.md: 64–256 KiB; tokio's 8 KiB default is slow).
 pub const CHUNK: usize = 64 * 1024;
+/// Buffers start this small and grow to [`CHUNK`] the first time a read fills them, so an idle or
+/// interactive session costs kilobytes, a bulk one gets full-size copies.
+pub const FIRST_CHUNK: usize = 4 * 1024;
 
 /// What one read of a framed stream produced.
 #[derive(Debug)]
@@ -51,7 +54,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     pub fn new(inner: R) -> Self {
         Self {
             inner,
-            buf: vec![0; CHUNK],
+            buf: vec![0; FIRST_CHUNK],
             remaining: 0,
         }
     }
@@ -92,6 +95,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Ok(Some(Inbound::Control(frame)));
                 }
             }
+        }
+        if self.buf.len() < CHUNK && self.remaining > self.buf.len() {
+            self.buf.resize(CHUNK, 0);
         }
         let want = self.remaining.min(self.buf.len());
         let slot = self.buf.get_mut(..want).unwrap_or_default();
@@ -243,11 +249,13 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; HEADER + CHUNK];
+    let mut buf = vec![0u8; HEADER + FIRST_CHUNK];
     loop {
-        let n = {
+        let (n, full) = {
             let slot = buf.get_mut(HEADER..).unwrap_or_default();
-            r.read(slot).await?
+            let cap = slot.len();
+            let n = r.read(slot).await?;
+            (n, n == cap)
         };
         if n == 0 {
             return w.write_eof().await;
@@ -267,6 +275,9 @@ where
         }
         w.write_frame(buf.get(..HEADER + n).unwrap_or_default())
             .await?;
+        if full && buf.len() < HEADER + CHUNK {
+            buf.resize(HEADER + CHUNK, 0);
+        }
     }
 }
 

@@ -63,17 +63,19 @@ impl FileSink {
     }
 }
 
-struct File(std::fs::File);
+/// One descriptor per recording, shared by the writer and the background fsync (no dup: at
+/// 10,000 sessions descriptors, not memory, are the limit).
+struct File(Arc<std::fs::File>);
 
 impl SinkFile for File {
     fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.0.write_all(bytes)
+        (&*self.0).write_all(bytes)
     }
     fn sync(&mut self) -> io::Result<()> {
         self.0.sync_data()
     }
     fn syncer(&self) -> io::Result<Syncer> {
-        let f = self.0.try_clone()?;
+        let f = self.0.clone();
         Ok(Box::new(move || f.sync_data()))
     }
 }
@@ -87,7 +89,7 @@ impl Sink for FileSink {
             .create_new(true)
             .mode(0o600)
             .open(path)?;
-        Ok(Box::new(File(f)))
+        Ok(Box::new(File(Arc::new(f))))
     }
 }
 

@@ -1,4 +1,4 @@
-//! `ward-bench`: Ward's data-path benchmark (issue #3).
+//! `ward-bench`: Ward's data-path benchmark (issues #3 and #7).
 //!
 //! Everything runs on 127.0.0.1, bounded in time, and prints figures only (no assertions):
 //!
@@ -8,14 +8,16 @@
 //! 2. 64-byte request/response round trips against an echo device (p50/p99, and what Ward adds);
 //! 3. session open time on an existing QUIC connection and with a new connection each time, plus how
 //!    many new mutual-TLS QUIC connections (each carrying one session) complete per second;
-//! 4. 100 concurrent bulk sessions, aggregate.
+//! 4. 100 concurrent bulk sessions, aggregate;
+//! 5. many idle sessions held open: the gateway process's RSS and file descriptors;
+//! 6. with `perf` installed, a profile of the gateway and client processes during QUIC bulk.
 //!
-//! Layout: the gateway runs in its own tokio runtime (threads `ward-gw`, 2 workers, as `ward gateway`
-//! builds it), the client in another (`ward-cl`, 2 workers, as `ward connect` builds it) driven
-//! exactly as `ward connect --listen` (`ward::client::listen`), the devices in a third (`bench-dev`),
-//! and the load generator is plain blocking sockets on OS threads (`bench-gen`) talking TCP to the
-//! local port, as telnet or curl would. All of them share the machine's cores, as the baselines'
-//! processes do. CPU is read per thread group from /proc.
+//! Layout: the gateway is the release `ward gateway --config FILE` binary in its own process; the
+//! recording-off gateway is this binary re-executed as `ward-bench --serve-norec FILE` (the library
+//! gateway with the benchmark-only `Options { no_recording: true }`, built on the same runtime as
+//! `ward gateway`). Each client is a `ward connect DEVICE --listen 127.0.0.1:0` process. CPU and RSS
+//! are read from /proc/PID of those processes. The devices and the load generator (blocking sockets on
+//! OS threads, like iperf3 or telnet) are in this process.
 //!
 //! Run: `cargo run --release -p ward-tests --bin ward-bench -- [--quick] [--out docs/benchmarks.md]`.
 #![forbid(unsafe_code)]
@@ -34,9 +36,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use ward::client::{Client, IdentityFiles, Transport};
 use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
 
-const USAGE: &str = "usage: ward-bench [--quick] [--out FILE] [--no-peers]
+const USAGE: &str =
+    "usage: ward-bench [--quick] [--out FILE] [--no-peers] [--no-profile] [--ward PATH]
 
-  --quick      about 1 s per bulk figure and fewer samples (a smoke run, ~20 s in all)
+  --quick      about 1 s per bulk figure and fewer samples (a smoke run, ~30 s in all)
+  --ward PATH  the `ward` binary (default: beside this one, built first when run by cargo)
+  --no-profile skip the perf profile of the gateway and client processes
   --out FILE   also write the report (markdown) to FILE, e.g. docs/benchmarks.md
   --no-peers   skip the socat / stunnel4 / ssh baselines even when installed
   --only TEXT  profiling aid: bulk-test only the paths whose name contains TEXT, print, stop
@@ -62,6 +67,12 @@ struct Opts {
     rr_samples: usize,
     opens: usize,
     conn_rate_for: Duration,
+    /// Parallel clients for the connection-rate figure (each level is measured).
+    conn_rate_parallel: Vec<usize>,
+    /// Idle sessions to hold open, as (connections, sessions per connection).
+    idle: (usize, usize),
+    profile: bool,
+    ward: Option<PathBuf>,
 }
 
 impl Opts {
@@ -71,11 +82,20 @@ impl Opts {
         let mut peers = true;
         let mut only = None;
         let mut bulk_secs: Option<f64> = None;
+        let mut profile = true;
+        let mut ward = None;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-peers" => peers = false,
+                "--no-profile" => profile = false,
+                "--ward" => {
+                    ward = Some(PathBuf::from(
+                        args.next()
+                            .ok_or_else(|| anyhow!("--ward needs a path\n{USAGE}"))?,
+                    ))
+                }
                 "--out" => {
                     out = Some(PathBuf::from(
                         args.next()
@@ -115,6 +135,10 @@ impl Opts {
                 rr_samples: 2_000,
                 opens: 100,
                 conn_rate_for: Duration::from_secs(1),
+                conn_rate_parallel: vec![16, 64],
+                idle: (8, 250),
+                profile,
+                ward,
             }
         } else {
             Opts {
@@ -128,6 +152,10 @@ impl Opts {
                 rr_samples: 20_000,
                 opens: 300,
                 conn_rate_for: Duration::from_secs(3),
+                conn_rate_parallel: vec![16, 64],
+                idle: (40, 250),
+                profile,
+                ward,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -173,7 +201,56 @@ fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU ticks of this process's thread groups and of the external peers' process trees.
+/// utime + stime of one process (all its threads), in clock ticks.
+fn proc_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| stat_ticks(&s))
+        .map_or(0, |(_, t)| t)
+}
+
+/// A `Kb` field of /proc/PID/status (VmRSS, VmHWM…), in KiB.
+fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field) && l.get(field.len()..field.len() + 1) == Some(":"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// (busy, all) CPU ticks of the whole machine, from /proc/stat.
+fn machine_ticks() -> (u64, u64) {
+    let text = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let all: u64 = v.iter().take(8).sum();
+    // idle + iowait
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (all.saturating_sub(idle), all)
+}
+
+/// Open file descriptors of a process.
+fn proc_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Soft limit on open files of a process.
+fn proc_nofile(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with("Max open files"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|v| v.parse().ok())
+}
+
+/// CPU ticks of this process's thread groups, of Ward's gateway and client processes, and of the
+/// external peers' process trees.
 #[derive(Debug, Default, Clone)]
 struct CpuSnap {
     gateway: u64,
@@ -183,7 +260,20 @@ struct CpuSnap {
     procs: HashMap<u32, u64>,
 }
 
-fn cpu_snap(roots: &[u32]) -> CpuSnap {
+/// `gw` / `cl`: Ward's gateway and client processes (their whole CPU counts as gateway / client);
+/// without them, this process's `ward-gw` / `ward-cl` threads do.
+fn cpu_snap(roots: &[u32], gw: Option<u32>, cl: Option<u32>) -> CpuSnap {
+    let mut snap = cpu_snap_threads(roots);
+    if let Some(pid) = gw {
+        snap.gateway = proc_ticks(pid);
+    }
+    if let Some(pid) = cl {
+        snap.client = proc_ticks(pid);
+    }
+    snap
+}
+
+fn cpu_snap_threads(roots: &[u32]) -> CpuSnap {
     let mut snap = CpuSnap::default();
     if let Ok(s) = std::fs::read_to_string("/proc/self/stat") {
         snap.total = stat_ticks(&s).map_or(0, |(_, t)| t);
@@ -333,12 +423,13 @@ impl Bulk {
 /// device's close to come back (so every byte has reached the sink). Checks the sink got them all.
 fn bulk(route: &Route, streams: usize, dur: Duration, sink: &Sink, hz: f64) -> Result<Bulk> {
     let (addr, roots) = (route.sink, route.roots.as_slice());
+    let (gw, cl) = (route.gw_pid, route.cl_pid);
     if let Some(dir) = &route.recordings {
         // Earlier runs' recordings (their sessions are long closed): bound disk use.
         clear_dir(dir);
     }
     let before_sink = sink.received.load(Ordering::Relaxed);
-    let cpu0 = cpu_snap(roots);
+    let cpu0 = cpu_snap(roots, gw, cl);
     let start = Instant::now();
     let mut handles = Vec::with_capacity(streams);
     for _ in 0..streams {
@@ -368,7 +459,7 @@ fn bulk(route: &Route, streams: usize, dur: Duration, sink: &Sink, hz: f64) -> R
             .map_err(|_| anyhow!("generator thread panicked"))??;
     }
     let secs = start.elapsed().as_secs_f64();
-    let cpu1 = cpu_snap(roots);
+    let cpu1 = cpu_snap(roots, gw, cl);
     // The sink counts on its own threads; give the last read a moment to be counted.
     let deadline = Instant::now() + Duration::from_secs(2);
     while sink
@@ -517,20 +608,29 @@ fn ward_setup(clock: &dyn Clock) -> Result<WardSetup> {
     Ok(WardSetup { dir, files })
 }
 
-fn ward_config(sink: SocketAddr, echo: SocketAddr, state_dir: &str) -> String {
+/// The gateway's config: fixed ports (the `ward` binary does not print what it bound), limits that let
+/// one source open 10,000 sessions, and the sink, echo and idle devices.
+fn ward_config(
+    quic: SocketAddr,
+    tcp: SocketAddr,
+    devices: (SocketAddr, SocketAddr, SocketAddr),
+    state_dir: &str,
+) -> String {
+    let (sink, echo, idle) = devices;
     format!(
         r#"# Written by ward-bench.
 [gateway]
-listen = "127.0.0.1:0"
-listen_tcp = "127.0.0.1:0"
+listen = "{quic}"
+listen_tcp = "{tcp}"
 ca = "."
 cert = "gateway.crt"
 key = "gateway.key"
 state_dir = "{state_dir}"
-max_connections = 8192
-max_connections_per_source = 8192
-max_sessions = 8192
-max_sessions_per_connection = 1024
+max_connections = 2048
+max_connections_per_source = 1024
+max_sessions = 20000
+max_sessions_per_connection = 256
+idle_timeout = "15m"
 
 [[device]]
 id = "sink"
@@ -541,6 +641,12 @@ labels = {{ bench = "yes" }}
 [[device]]
 id = "echo"
 address = "{echo}"
+protocol = "raw"
+labels = {{ bench = "yes" }}
+
+[[device]]
+id = "idle"
+address = "{idle}"
 protocol = "raw"
 labels = {{ bench = "yes" }}
 
@@ -561,22 +667,238 @@ fn runtime(name: &str, workers: usize) -> Result<tokio::runtime::Runtime> {
         .with_context(|| format!("building the {name} runtime"))
 }
 
-/// `ward connect DEVICE --listen 127.0.0.1:0` inside the client runtime; returns the local port.
-fn ward_listen(
-    rt: &tokio::runtime::Runtime,
-    client: Arc<Client>,
-    device: &str,
-) -> Result<SocketAddr> {
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let device = device.to_string();
-    let any: SocketAddr = "127.0.0.1:0".parse()?;
-    rt.spawn(async move {
-        if let Err(e) = ward::client::listen(client, device, any, Some(tx)).await {
-            eprintln!("ward-bench: listener failed: {e:#}");
+// ---------------------------------------------------------------------------------------------
+// Ward's processes: `ward gateway`, `ward-bench --serve-norec`, `ward connect --listen`.
+
+/// A child process this run started; killed (by its handle) and reaped when dropped.
+struct Proc {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    /// Fails with the log when the process has exited.
+    fn check_alive(&mut self, what: &str) -> Result<()> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            bail!(
+                "{what} exited ({status}): {}",
+                tail_lines(&self.log_text(), 8)
+            );
         }
-    });
-    rt.block_on(rx)
-        .map_err(|_| anyhow!("the ward listener did not start"))
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tail_lines(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .skip(lines.len().saturating_sub(n))
+        .copied()
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
+/// The release `ward` binary: `--ward PATH`, or the one beside this binary, built first when this
+/// runs under cargo (a no-op when it is up to date).
+fn ward_binary(opts: &Opts) -> Result<PathBuf> {
+    if let Some(p) = &opts.ward {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe()?;
+    let dir = me
+        .parent()
+        .ok_or_else(|| anyhow!("no directory for {}", me.display()))?;
+    let bin = dir.join("ward");
+    let mtime = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    // Built (again) when missing or older than this binary (which links the same gateway code).
+    let stale = match (mtime(&bin), mtime(&me)) {
+        (Some(w), Some(m)) => w < m,
+        _ => true,
+    };
+    if let (true, Some(cargo)) = (stale, std::env::var_os("CARGO")) {
+        eprintln!("ward-bench: cargo build --release -p ward --bin ward");
+        let st = Command::new(cargo)
+            .args(["build", "--release", "-p", "ward", "--bin", "ward"])
+            .stdin(Stdio::null())
+            .status()
+            .context("running cargo build for the ward binary")?;
+        if !st.success() {
+            bail!("cargo build --release -p ward --bin ward failed");
+        }
+    }
+    if !bin.is_file() {
+        bail!(
+            "{} not found: build it with `cargo build --release -p ward --bin ward` or pass --ward PATH",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// Start `program args…` under `sh -c 'ulimit -n <hard limit>; exec …'` (the soft open-files limit
+/// raised to the hard one), output to `log`, stdin a pipe held by the handle (a child that reads it
+/// sees EOF when this process goes away).
+fn spawn_raised(program: &Path, args: &[&std::ffi::OsStr], log: &Path) -> Result<Proc> {
+    let out = std::fs::File::create(log)?;
+    let err = out.try_clone()?;
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(r#"ulimit -n "$(ulimit -Hn)" 2>/dev/null; exec "$@""#)
+        .arg("sh")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .stderr(err)
+        .spawn()
+        .with_context(|| format!("starting {}", program.display()))?;
+    Ok(Proc {
+        child,
+        log: log.to_path_buf(),
+    })
+}
+
+/// A free UDP port on 127.0.0.1 (for the gateway's QUIC listener).
+fn free_udp_port() -> Result<SocketAddr> {
+    Ok(std::net::UdpSocket::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+/// A gateway process and where it listens.
+struct GatewayProc {
+    proc: Proc,
+    quic: SocketAddr,
+    tcp: SocketAddr,
+    state: PathBuf,
+}
+
+/// Start a gateway process with its own config and state dir: the `ward` binary when `recording`,
+/// else this binary as `--serve-norec`. Ready once its TCP listener accepts.
+fn start_gateway(
+    ward: &Path,
+    w: &WardSetup,
+    devices: (SocketAddr, SocketAddr, SocketAddr),
+    state: &str,
+    recording: bool,
+) -> Result<GatewayProc> {
+    let (quic, tcp) = (free_udp_port()?, free_port()?);
+    let config = w.dir.path().join(format!("{state}.toml"));
+    std::fs::write(&config, ward_config(quic, tcp, devices, state))?;
+    let log = w.dir.path().join(format!("{state}.log"));
+    let mut proc = if recording {
+        spawn_raised(
+            ward,
+            &["gateway".as_ref(), "--config".as_ref(), config.as_os_str()],
+            &log,
+        )?
+    } else {
+        let me = std::env::current_exe()?;
+        spawn_raised(&me, &["--serve-norec".as_ref(), config.as_os_str()], &log)?
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        proc.check_alive(&format!("gateway {state}"))?;
+        if TcpStream::connect_timeout(&tcp, Duration::from_millis(200)).is_ok() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "gateway {state} not listening within 15 s: {}",
+                tail_lines(&proc.log_text(), 8)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    Ok(GatewayProc {
+        proc,
+        quic,
+        tcp,
+        state: w.dir.path().join(state),
+    })
+}
+
+/// `ward-bench --serve-norec CONFIG`: the library gateway with recording off, on the runtime `ward
+/// gateway` builds (multi-thread, one worker per CPU), until stdin closes or the process is killed.
+fn serve_norec(config: &Path) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let config = ward::gateway::load_config(config)?;
+        let options = ward::gateway::Options {
+            no_recording: true,
+            ..Default::default()
+        };
+        let gateway =
+            ward::gateway::Gateway::start_with(config, Arc::new(SystemClock), options).await?;
+        let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut tokio::io::sink()).await;
+        gateway.shutdown(Duration::from_millis(200)).await;
+        anyhow::Ok(())
+    })
+}
+
+/// `ward connect DEVICE --gateway G --transport T --listen 127.0.0.1:0` as a process; returns it and
+/// the local address it printed.
+fn start_client(
+    ward: &Path,
+    w: &WardSetup,
+    gateway: SocketAddr,
+    transport: &str,
+    device: &str,
+    tag: &str,
+) -> Result<(Proc, SocketAddr)> {
+    let d = w.dir.path();
+    let log = d.join(format!("client-{tag}.log"));
+    let gw = gateway.to_string();
+    let prefix = d.join("vendor");
+    let root = d.join(ward_ca::ROOT_CRT);
+    let args: [&std::ffi::OsStr; 11] = [
+        "connect".as_ref(),
+        device.as_ref(),
+        "--gateway".as_ref(),
+        gw.as_ref(),
+        "--identity".as_ref(),
+        prefix.as_os_str(),
+        "--ca".as_ref(),
+        root.as_os_str(),
+        "--transport".as_ref(),
+        transport.as_ref(),
+        "--listen=127.0.0.1:0".as_ref(),
+    ];
+    let mut proc = spawn_raised(ward, &args, &log)?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        proc.check_alive(&format!("ward connect ({tag})"))?;
+        let text = proc.log_text();
+        if let Some(addr) = text
+            .lines()
+            .find_map(|l| l.split_once("forwarding ").map(|(_, rest)| rest))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+        {
+            return Ok((proc, addr));
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "ward connect ({tag}) printed no address within 10 s: {}",
+                tail_lines(&text, 8)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// Session open times: on one existing QUIC connection, and with a new client (new connection) each
@@ -642,6 +964,344 @@ async fn connection_rate(
         total += r??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Idle sessions: a device that accepts and holds connections, and many sessions held open to it.
+
+/// Accepts connections and holds them (never reads or writes) until `release`.
+struct IdleDevice {
+    addr: SocketAddr,
+    held: Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl IdleDevice {
+    fn start() -> Result<IdleDevice> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::Builder::new()
+            .name("bench-dev-idle".into())
+            .spawn(move || {
+                for sock in listener.incoming().flatten() {
+                    if let Ok(mut v) = keep.lock() {
+                        v.push(sock);
+                    }
+                }
+            })?;
+        Ok(IdleDevice { addr, held })
+    }
+    fn release(&self) {
+        if let Ok(mut v) = self.held.lock() {
+            v.clear();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Idle {
+    label: String,
+    wanted: usize,
+    opened: usize,
+    connections: usize,
+    secs: f64,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    fds_before: usize,
+    fds_after: usize,
+    nofile: Option<u64>,
+    /// Why fewer than `wanted` sessions were opened.
+    stopped: Option<String>,
+}
+
+impl Idle {
+    fn per_session_kib(&self) -> f64 {
+        if self.opened == 0 {
+            return f64::NAN;
+        }
+        self.rss_after_kib.saturating_sub(self.rss_before_kib) as f64 / self.opened as f64
+    }
+    fn fds_per_session(&self) -> f64 {
+        if self.opened == 0 {
+            return f64::NAN;
+        }
+        self.fds_after.saturating_sub(self.fds_before) as f64 / self.opened as f64
+    }
+    /// RSS at `n` sessions: measured when `n` were open, else the fresh process plus `n` × the
+    /// measured per-session growth.
+    fn rss_at_kib(&self, n: usize) -> f64 {
+        if self.opened >= n {
+            return self.rss_after_kib as f64;
+        }
+        self.rss_before_kib as f64 + self.per_session_kib() * n as f64
+    }
+}
+
+/// Hold `conns` × `per_conn` idle sessions (to the `idle` device) open on a fresh gateway process,
+/// from clients in this process's `ward-cl` runtime, and read the gateway's VmRSS and fd count.
+/// Opens no more than the gateway's open-files limit allows (measured fds per session after a
+/// first batch), so the gateway is never pushed into refusing for lack of descriptors.
+fn idle_sessions(
+    rt: &tokio::runtime::Runtime,
+    gw: &GatewayProc,
+    files: &IdentityFiles,
+    conns: usize,
+    per_conn: usize,
+    label: &str,
+) -> Result<Idle> {
+    let pid = gw.proc.pid();
+    let wanted = conns * per_conn;
+    let rss_before_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let fds_before = proc_fds(pid);
+    let nofile = proc_nofile(pid);
+    let target = gw.quic.to_string();
+    type Held = (Arc<Client>, Vec<ward::client::Session>);
+    let open_batch = |n: usize, clients: usize| -> (Vec<Held>, Option<String>) {
+        rt.block_on(async {
+            let mut tasks = tokio::task::JoinSet::new();
+            for i in 0..clients {
+                let mine = n / clients + usize::from(i < n % clients);
+                let target = target.clone();
+                let files = files.clone();
+                tasks.spawn(async move {
+                    let client = match Client::new(&target, &files, Transport::Quic) {
+                        Ok(c) => Arc::new(c),
+                        Err(e) => return (None, Vec::new(), Some(format!("{e:#}"))),
+                    };
+                    let mut held = Vec::with_capacity(mine);
+                    for _ in 0..mine {
+                        match client.open("idle", false, None).await {
+                            Ok(s) => held.push(s),
+                            Err(e) => return (Some(client), held, Some(format!("{e:#}"))),
+                        }
+                    }
+                    (Some(client), held, None)
+                });
+            }
+            let mut out = Vec::new();
+            let mut err = None;
+            while let Some(r) = tasks.join_next().await {
+                match r {
+                    Ok((c, held, e)) => {
+                        if let Some(c) = c {
+                            out.push((c, held));
+                        }
+                        err = err.or(e);
+                    }
+                    Err(e) => err = err.or(Some(format!("open task: {e}"))),
+                }
+            }
+            (out, err)
+        })
+    };
+    let start = Instant::now();
+    // A first connection's worth, to learn what one session costs in descriptors.
+    let first = per_conn.min(wanted);
+    let (mut held, mut stopped) = open_batch(first, 1);
+    let opened_first: usize = held.iter().map(|h| h.1.len()).sum();
+    let mut allowed = wanted;
+    if stopped.is_none() && opened_first > 0 {
+        let per = (proc_fds(pid).saturating_sub(fds_before) as f64 / opened_first as f64).ceil();
+        if let Some(limit) = nofile {
+            let room = limit.saturating_sub(proc_fds(pid) as u64 + 64) as f64;
+            let more = if per > 0.0 {
+                (room / per) as usize
+            } else {
+                wanted
+            };
+            allowed = wanted.min(opened_first + more);
+        }
+        if allowed > opened_first {
+            let rest = allowed - opened_first;
+            let clients = rest.div_ceil(per_conn).max(1);
+            let (more, err) = open_batch(rest, clients);
+            held.extend(more);
+            stopped = err;
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let opened: usize = held.iter().map(|h| h.1.len()).sum();
+    if stopped.is_none() && opened < wanted {
+        stopped = Some(format!(
+            "stopped at {opened}: the gateway's open-files limit is {} and each session holds {:.0} descriptors",
+            nofile.unwrap_or(0),
+            (proc_fds(pid).saturating_sub(fds_before) as f64 / opened.max(1) as f64).ceil()
+        ));
+    }
+    // Let the gateway settle (recorders' first fsync, buffers returned), then measure.
+    std::thread::sleep(Duration::from_millis(1500));
+    let rss_after_kib = proc_status_kib(pid, "VmRSS").unwrap_or(0);
+    let fds_after = proc_fds(pid);
+    let connections = held.len();
+    rt.block_on(async move { drop(held) });
+    Ok(Idle {
+        label: label.to_string(),
+        wanted,
+        opened,
+        connections,
+        secs,
+        rss_before_kib,
+        rss_after_kib,
+        fds_before,
+        fds_after,
+        nofile,
+        stopped,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Profiles: `perf record -g` of Ward's gateway and client processes during a bulk run.
+
+/// Top symbols by self time.
+#[derive(Debug, Clone)]
+struct Profile {
+    what: String,
+    top: Vec<(f64, String)>,
+}
+
+fn perf_record(pid: u32, secs: f64, out: &Path, log: &Path) -> Result<Child> {
+    let perf =
+        have("perf").ok_or_else(|| anyhow!("perf not installed (apt-get install linux-perf)"))?;
+    let log = std::fs::File::create(log)?;
+    Command::new(perf)
+        .args(["record", "-g", "-F", "999", "-o"])
+        .arg(out)
+        .arg("-p")
+        .arg(pid.to_string())
+        .args(["--", "sleep", &format!("{secs:.2}")])
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting perf record")
+}
+
+/// `perf report --no-children --sort symbol`: (self %, symbol), top `n`.
+fn perf_top(data: &Path, n: usize) -> Result<Vec<(f64, String)>> {
+    let perf = have("perf").ok_or_else(|| anyhow!("perf not installed"))?;
+    let out = Command::new(perf)
+        .args([
+            "report",
+            "--no-children",
+            "--sort",
+            "symbol",
+            "--stdio",
+            "-q",
+            "-g",
+            "none",
+            "-i",
+        ])
+        .arg(data)
+        .stdin(Stdio::null())
+        .output()
+        .context("running perf report")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut top = Vec::new();
+    for line in text.lines() {
+        let t = line.trim();
+        let Some((pct, rest)) = t.split_once('%') else {
+            continue;
+        };
+        let Ok(pct) = pct.trim().parse::<f64>() else {
+            continue;
+        };
+        let mut words: Vec<&str> = rest.split_whitespace().collect();
+        while words.last() == Some(&"-") {
+            words.pop();
+        }
+        let mut sym = words.join(" ");
+        if sym.chars().count() > 110 {
+            sym = sym.chars().take(107).collect::<String>() + "...";
+        }
+        top.push((pct, sym));
+        if top.len() >= n {
+            break;
+        }
+    }
+    if top.is_empty() {
+        bail!(
+            "perf report gave no symbols: {}",
+            tail_lines(&String::from_utf8_lossy(&out.stderr), 4)
+        );
+    }
+    Ok(top)
+}
+
+/// Profile the route's gateway and client processes over one bulk run.
+/// Run `work` while `perf record` samples each of `procs` ((label, pid)) for `secs`; the work starts
+/// once perf has attached.
+fn profile_during<T>(
+    procs: &[(String, u32)],
+    secs: f64,
+    dir: &Path,
+    tag: &str,
+    work: impl FnOnce() -> Result<T>,
+) -> Result<(Vec<Profile>, T)> {
+    let mut runs = Vec::new();
+    for (i, (label, pid)) in procs.iter().enumerate() {
+        let data = dir.join(format!("perf-{tag}-{i}.data"));
+        let child = perf_record(
+            *pid,
+            secs + 0.3,
+            &data,
+            &dir.join(format!("perf-{tag}-{i}.log")),
+        )?;
+        runs.push((label.clone(), data, child));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let result = work();
+    let mut out = Vec::new();
+    for (what, data, mut child) in runs {
+        let _ = child.wait();
+        out.push(Profile {
+            what,
+            top: perf_top(&data, 14)?,
+        });
+    }
+    Ok((out, result?))
+}
+
+/// Profile the route's gateway and client processes over one bulk run.
+fn profile_bulk(
+    route: &Route,
+    opts: &Opts,
+    sink: &Sink,
+    hz: f64,
+    dir: &Path,
+) -> Result<Vec<Profile>> {
+    let (Some(gw), Some(cl)) = (route.gw_pid, route.cl_pid) else {
+        bail!("{} has no gateway / client process", route.name);
+    };
+    let procs = [
+        (
+            format!(
+                "{}, bulk — gateway process (`ward gateway`, pid {gw})",
+                route.name
+            ),
+            gw,
+        ),
+        (
+            format!(
+                "{}, bulk — client process (`ward connect --listen`, pid {cl})",
+                route.name
+            ),
+            cl,
+        ),
+    ];
+    let (out, b) = profile_during(
+        &procs,
+        opts.bulk.as_secs_f64(),
+        dir,
+        route.kind.tag(),
+        || bulk(route, 1, opts.bulk, sink, hz),
+    )?;
+    eprintln!(
+        "  profiled {}: {:.2} Gbit/s under perf",
+        route.name,
+        b.gbps()
+    );
+    Ok(out)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -890,6 +1550,9 @@ struct Route {
     sink: SocketAddr,
     echo: SocketAddr,
     roots: Vec<u32>,
+    /// Ward's gateway and client processes on this route.
+    gw_pid: Option<u32>,
+    cl_pid: Option<u32>,
     kind: PathKind,
     /// The gateway's recordings directory, when this route records.
     recordings: Option<PathBuf>,
@@ -904,6 +1567,18 @@ enum PathKind {
     Peer,
 }
 
+impl PathKind {
+    fn tag(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::WardQuic => "quic",
+            PathKind::WardTcp => "tcp",
+            PathKind::WardQuicNoRec => "quic-norec",
+            PathKind::Peer => "peer",
+        }
+    }
+}
+
 #[derive(Default)]
 struct Results {
     bulk: Vec<(String, PathKind, Bulk)>,
@@ -913,22 +1588,42 @@ struct Results {
     open_quic_existing_norec: Option<Pcts>,
     open_quic_new: Option<Pcts>,
     open_tcp_new: Option<Pcts>,
-    conn_rate: Option<(usize, f64)>,
+    conn_rate: Vec<ConnRate>,
+    idle: Vec<Idle>,
+    profiles: Vec<Profile>,
     skipped: Vec<String>,
 }
+
+#[derive(Debug, Clone, Copy)]
+struct ConnRate {
+    parallel: usize,
+    rate: f64,
+    /// CPU cores busy over the measurement: the gateway process, and the clients (this process's
+    /// `ward-cl` runtime, which does the clients' handshakes).
+    gw_cores: f64,
+    cl_cores: f64,
+    /// Share of the whole machine's CPU time that was busy (all processes, kernel included).
+    machine_busy: f64,
+}
+
+impl ConnRate {
+    /// Gateway CPU milliseconds per new connection.
+    fn gw_ms(&self) -> f64 {
+        self.gw_cores / self.rate.max(1e-9) * 1e3
+    }
+    fn cl_ms(&self) -> f64 {
+        self.cl_cores / self.rate.max(1e-9) * 1e3
+    }
+}
+
+/// Everything from this line on in docs/benchmarks.md is hand-written and kept by `--out`.
+const KEEP_MARKER: &str =
+    "<!-- ward-bench keeps everything below this line when it rewrites the file -->";
 
 fn median_bulk(mut runs: Vec<Bulk>) -> Option<Bulk> {
     runs.sort_by(|a, b| a.gbps().total_cmp(&b.gbps()));
     let mid = runs.len() / 2;
     runs.get(mid).copied()
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**not met**"
-    }
 }
 
 fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
@@ -1012,8 +1707,24 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             let _ = writeln!(s, "| {name} | {:.0} | {:.0} |", p.p50, p.p99);
         }
     }
-    if let Some((par, rate)) = r.conn_rate {
-        let _ = writeln!(s, "| new mutual-TLS QUIC connections per second ({par} in parallel, each opens and closes one session) | {rate:.0}/s | |");
+    if !r.conn_rate.is_empty() {
+        let _ = writeln!(s, "\n### New mutual-TLS QUIC connections per second ({:.0} s per level; each connection opens and closes one session; clients in the bench process's 2-worker `ward-cl` runtime)\n", opts.conn_rate_for.as_secs_f64());
+        let _ = writeln!(s, "| parallel clients | connections/s | gateway process, CPU cores busy | clients, CPU cores busy | whole machine busy | gateway CPU ms per connection | client CPU ms per connection | gateway-only ceiling on 2 cores |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for c in &r.conn_rate {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {:.2} | {:.2} | {:.0} % | {:.2} | {:.2} | {:.0}/s |",
+                c.parallel,
+                c.rate,
+                c.gw_cores,
+                c.cl_cores,
+                c.machine_busy * 100.0,
+                c.gw_ms(),
+                c.cl_ms(),
+                2000.0 / c.gw_ms().max(1e-9)
+            );
+        }
     }
     if !r.concurrent.is_empty() {
         let _ = writeln!(
@@ -1037,65 +1748,109 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
         }
     }
 
-    // Targets from docs/../performance.md.
-    let _ = writeln!(s, "\n### Against the targets (performance.md)\n");
-    let _ = writeln!(s, "| target | figure this run | verdict |");
-    let _ = writeln!(s, "|---|---|---|");
-    for kind in [PathKind::WardQuic, PathKind::WardTcp] {
-        let label = if kind == PathKind::WardQuic {
+    if !r.idle.is_empty() {
+        let _ = writeln!(s, "\n### Idle sessions held open (idle device that accepts and holds; QUIC, {} connections × {} sessions wanted; fresh gateway process each)\n", opts.idle.0, opts.idle.1);
+        let _ = writeln!(s, "| gateway | sessions open | connections | time to open s | RSS fresh MiB | RSS with sessions MiB | KiB per session | fds fresh → with sessions (per session) | open-files limit | stopped because |");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for i in &r.idle {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} → {} ({:.2}) | {} | {} |",
+                i.label,
+                i.opened,
+                i.connections,
+                i.secs,
+                i.rss_before_kib as f64 / 1024.0,
+                i.rss_after_kib as f64 / 1024.0,
+                i.per_session_kib(),
+                i.fds_before,
+                i.fds_after,
+                i.fds_per_session(),
+                i.nofile.map_or("?".into(), |n| n.to_string()),
+                i.stopped.clone().unwrap_or_else(|| "–".into())
+            );
+        }
+    }
+    if !r.profiles.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n### Profiles: gateway and client processes, recording on (self time)\n"
+        );
+        let _ = writeln!(s, "Command, per process, during one extra run of the figure named (its own result is not used; bulk runs {:.1} s, the connection run {:.1} s): `perf record -g -F 999 -p PID -o FILE -- sleep T` (T = the run + 0.3 s), then `perf report --no-children --sort symbol --stdio -q -g none -i FILE`. Kernel symbols are marked `[k]`, user-space `[.]`.\n", opts.bulk.as_secs_f64(), opts.conn_rate_for.as_secs_f64());
+        for p in &r.profiles {
+            let _ = writeln!(s, "**{}**\n", p.what);
+            let _ = writeln!(s, "| self % | symbol |");
+            let _ = writeln!(s, "|---:|---|");
+            for (pct, sym) in &p.top {
+                let _ = writeln!(
+                    s,
+                    "| {pct:.2} | `{}` |",
+                    sym.replace('|', "\\|").replace('`', "'")
+                );
+            }
+            let _ = writeln!(s);
+        }
+    }
+
+    // Targets from performance.md: every row, measured, target, verdict with the gap.
+    let _ = writeln!(
+        s,
+        "\n### Against the targets (performance.md), all from this run\n"
+    );
+    let _ = writeln!(s, "| figure | measured | target | verdict |");
+    let _ = writeln!(s, "|---|---|---|---|");
+    let row = |s: &mut String, fig: &str, measured: String, target: &str, ok: bool, gap: String| {
+        let v = if ok {
+            "met".to_string()
+        } else {
+            format!("**not met** — {gap}")
+        };
+        let _ = writeln!(s, "| {fig} | {measured} | {target} | {v} |");
+    };
+    let label = |k: PathKind| {
+        if k == PathKind::WardQuic {
             "QUIC"
         } else {
             "TLS/TCP fallback"
-        };
+        }
+    };
+    for kind in [PathKind::WardQuic, PathKind::WardTcp] {
         if let (Some(w), Some(p)) = (r.bulk.iter().find(|b| b.1 == kind), best_peer) {
             let ratio = w.2.gbps() / p.2.gbps();
-            let _ = writeln!(
-                s,
-                "| one bulk session over {label} ≥ 1.0× the faster of stunnel / ssh -L (recording on) | {:.2} Gbit/s = {ratio:.2}× {} ({:.2}); recording on | {} |",
-                w.2.gbps(),
-                p.0,
-                p.2.gbps(),
-                met(ratio >= 1.0)
+            row(
+                &mut s,
+                &format!("one bulk session over {}, recording on", label(kind)),
+                format!(
+                    "{:.2} Gbit/s = {ratio:.2}× {} ({:.2} Gbit/s)",
+                    w.2.gbps(),
+                    p.0,
+                    p.2.gbps()
+                ),
+                "≥ 1.0× the faster of stunnel / ssh -L",
+                ratio >= 1.0,
+                format!(
+                    "{:.2} Gbit/s short; needs {:.2}× the throughput",
+                    p.2.gbps() - w.2.gbps(),
+                    1.0 / ratio
+                ),
             );
         }
-        if let (Some(w), Some(best)) = (r.bulk.iter().find(|b| b.1 == kind), best_peer_cpu) {
-            let c = w.2.tunnel_cpu_per_gb();
-            let _ = writeln!(s, "| CPU s per GB (client + gateway) ≤ best peer's, {label} | {c:.2} vs {best:.2} | {} |", met(c <= best));
-        }
-        if let (Some(w), Some(d)) = (r.rr.iter().find(|b| b.1 == kind), direct_rr) {
-            let (a50, a99) = (w.2.p50 - d.p50, w.2.p99 - d.p99);
-            let _ = writeln!(
-                s,
-                "| added round trip vs direct TCP, {label}: p50 ≤ 100 µs, p99 ≤ 500 µs | +{a50:.1} µs p50, +{a99:.1} µs p99 | {} |",
-                met(a50 <= 100.0 && a99 <= 500.0)
-            );
-        }
-    }
-    if let (Some(o), Some(d)) = (r.open_quic_existing, direct_rr) {
-        let budget = d.p50 + 200.0;
-        let _ = writeln!(
-            s,
-            "| new session on an open connection ≤ 1 round trip + 200 µs | median {:.0} µs vs {budget:.0} µs (direct TCP p50 {:.1} µs + 200) | {} |",
-            o.p50,
-            d.p50,
-            met(o.p50 <= budget)
-        );
-    }
-    if let Some((par, rate)) = r.conn_rate {
-        let _ = writeln!(s, "| new mutual-TLS QUIC connections ≥ 1000 per second sustained | {rate:.0}/s ({par} parallel clients, same machine as the gateway) | {} |", met(rate >= 1000.0));
     }
     for kind in [PathKind::WardQuic, PathKind::WardTcp] {
-        if let (Some(c), Some(one)) = (
-            r.concurrent.iter().find(|b| b.1 == kind),
-            r.bulk.iter().find(|b| b.1 == kind),
-        ) {
-            let ratio = c.2.gbps() / one.2.gbps();
-            let _ = writeln!(
-                s,
-                "| {} concurrent bulk sessions ≥ 0.8× one session, {} | {ratio:.2}× | {} |",
-                opts.concurrent,
-                c.0,
-                met(ratio >= 0.8)
+        if let (Some(w), Some(best)) = (r.bulk.iter().find(|b| b.1 == kind), best_peer_cpu) {
+            let c = w.2.tunnel_cpu_per_gb();
+            row(
+                &mut s,
+                &format!("CPU s per GB, client + gateway processes, {}", label(kind)),
+                format!(
+                    "{c:.2} (gateway {:.2} + client {:.2} CPU s for {:.2} GB)",
+                    w.2.cpu.gateway,
+                    w.2.cpu.client,
+                    w.2.bytes as f64 / 1e9
+                ),
+                &format!("≤ best peer's two processes ({best:.2})"),
+                c <= best,
+                format!("{:.2}× the best peer's CPU per GB", c / best),
             );
         }
     }
@@ -1103,26 +1858,149 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
     let quic_off = r.bulk.iter().find(|b| b.1 == PathKind::WardQuicNoRec);
     if let (Some(on), Some(off)) = (quic_on, quic_off) {
         let ratio = on.2.gbps() / off.2.gbps();
-        let _ = writeln!(
-            s,
-            "| recording on ÷ recording off ≥ 0.9 (QUIC bulk) | {:.2} ÷ {:.2} Gbit/s = {ratio:.2} | {} |",
-            on.2.gbps(),
-            off.2.gbps(),
-            met(ratio >= 0.9)
+        row(
+            &mut s,
+            "recording on ÷ recording off (QUIC bulk; `ward gateway` vs `--serve-norec`, both own processes)",
+            format!("{:.2} ÷ {:.2} Gbit/s = {ratio:.2}", on.2.gbps(), off.2.gbps()),
+            "≥ 0.9",
+            ratio >= 0.9,
+            format!("recording costs {:.0} % of the throughput", (1.0 - ratio) * 100.0),
         );
     }
     for (name, _, b) in r.bulk.iter().filter(|b| b.2.recorded.is_some()) {
         let rec = b.recorded.unwrap_or(0) as f64;
         let ratio = rec / b.bytes as f64;
-        let _ = writeln!(
-            s,
-            "| recording size ÷ payload bytes (bulk) ≤ 1.05, {name} | {:.3} GB recorded for {:.3} GB moved = {ratio:.4} | {} |",
-            rec / 1e9,
-            b.bytes as f64 / 1e9,
-            met(ratio <= 1.05 && rec > 0.0)
+        row(
+            &mut s,
+            &format!("recording size ÷ payload bytes (bulk), {name}"),
+            format!(
+                "{:.3} GB recorded for {:.3} GB moved = {ratio:.4}",
+                rec / 1e9,
+                b.bytes as f64 / 1e9
+            ),
+            "≤ 1.05",
+            ratio <= 1.05 && rec > 0.0,
+            format!("{ratio:.4}"),
         );
     }
-    let _ = writeln!(s, "| 10,000 concurrent idle sessions: gateway RSS ≤ 1 GiB | not measured by this run (issue #7) | – |");
+    for kind in [PathKind::WardQuic, PathKind::WardTcp] {
+        if let (Some(w), Some(d)) = (r.rr.iter().find(|b| b.1 == kind), direct_rr) {
+            let (a50, a99) = (w.2.p50 - d.p50, w.2.p99 - d.p99);
+            row(
+                &mut s,
+                &format!("added round trip vs direct TCP, 64 B, {}", label(kind)),
+                format!("+{a50:.1} µs p50, +{a99:.1} µs p99"),
+                "p50 ≤ 100 µs, p99 ≤ 500 µs",
+                a50 <= 100.0 && a99 <= 500.0,
+                format!(
+                    "{:.0} µs over at p50, {:.0} µs at p99",
+                    (a50 - 100.0).max(0.0),
+                    (a99 - 500.0).max(0.0)
+                ),
+            );
+        }
+    }
+    if let (Some(o), Some(d)) = (r.open_quic_existing, direct_rr) {
+        let budget = d.p50 + 200.0;
+        row(
+            &mut s,
+            "new session on an open QUIC connection, recording on",
+            format!(
+                "median {:.0} µs (recording off: {})",
+                o.p50,
+                r.open_quic_existing_norec
+                    .map_or("–".into(), |n| format!("{:.0} µs", n.p50))
+            ),
+            &format!(
+                "≤ 1 round trip + 200 µs = {budget:.0} µs (direct TCP p50 {:.1} + 200)",
+                d.p50
+            ),
+            o.p50 <= budget,
+            format!("{:.0} µs over", o.p50 - budget),
+        );
+    }
+    if let Some(best) = r.conn_rate.iter().max_by(|a, b| a.rate.total_cmp(&b.rate)) {
+        let side = if best.gw_cores >= best.cl_cores {
+            "gateway"
+        } else {
+            "clients"
+        };
+        row(
+            &mut s,
+            "new mutual-TLS QUIC connections per second",
+            format!("{:.0}/s at {} parallel clients; machine {:.0} % busy: gateway {:.2} cores ({:.2} ms/connection), clients {:.2} cores ({:.2} ms/connection), the {side} use more", best.rate, best.parallel, best.machine_busy * 100.0, best.gw_cores, best.gw_ms(), best.cl_cores, best.cl_ms()),
+            "≥ 1000/s sustained",
+            best.rate >= 1000.0,
+            format!("{:.0}/s short ({:.2}× needed)", 1000.0 - best.rate, 1000.0 / best.rate.max(1e-9)),
+        );
+    }
+    for i in &r.idle {
+        let at = i.rss_at_kib(10_000) / 1024.0;
+        let all = i.opened >= 10_000;
+        let measured = if all {
+            format!(
+                "{at:.0} MiB with {} sessions open ({:.1} KiB each; fresh process {:.0} MiB; {:.2} fds each)",
+                i.opened,
+                i.per_session_kib(),
+                i.rss_before_kib as f64 / 1024.0,
+                i.fds_per_session()
+            )
+        } else {
+            format!(
+                "{} sessions open: {:.0} MiB, {:.1} KiB and {:.2} fds each → {at:.0} MiB at 10,000 (projected){}",
+                i.opened,
+                i.rss_after_kib as f64 / 1024.0,
+                i.per_session_kib(),
+                i.fds_per_session(),
+                i.stopped
+                    .as_ref()
+                    .map(|s| format!("; {s}"))
+                    .unwrap_or_else(|| format!("; {} wanted by this run", i.wanted))
+            )
+        };
+        let fits = at <= 1024.0;
+        let (ok, gap) = match (fits, all, &i.stopped) {
+            (false, _, _) => (false, format!("{:.0} MiB over", at - 1024.0)),
+            (true, true, _) => (true, String::new()),
+            (true, false, Some(_)) => (
+                false,
+                format!(
+                    "memory fits (projected), but the gateway could hold only {} sessions: {:.0} fds per session against an open-files limit of {}",
+                    i.opened,
+                    i.fds_per_session().ceil(),
+                    i.nofile.map_or("?".into(), |n| n.to_string())
+                ),
+            ),
+            (true, false, None) => (true, String::new()),
+        };
+        row(
+            &mut s,
+            &format!("10,000 concurrent idle sessions, gateway RSS, {}", i.label),
+            measured,
+            "≤ 1 GiB",
+            ok,
+            gap,
+        );
+    }
+    for kind in [PathKind::WardQuic, PathKind::WardTcp] {
+        if let (Some(c), Some(one)) = (
+            r.concurrent.iter().find(|b| b.1 == kind),
+            r.bulk.iter().find(|b| b.1 == kind),
+        ) {
+            let ratio = c.2.gbps() / one.2.gbps();
+            row(
+                &mut s,
+                &format!(
+                    "{} concurrent bulk sessions, aggregate, {}",
+                    opts.concurrent, c.0
+                ),
+                format!("{:.2} Gbit/s = {ratio:.2}× one session", c.2.gbps()),
+                "≥ 0.8× one session",
+                ratio >= 0.8,
+                format!("{ratio:.2}×"),
+            );
+        }
+    }
     if !r.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}", r.skipped.join("; "));
     }
@@ -1170,57 +2048,75 @@ fn machine(load_at_start: &str) -> String {
 
 const DOC_HEAD: &str = r#"# Benchmarks
 
-Ward's data-path benchmark (issue #3). It measures, in one run on 127.0.0.1, one bulk session's
-throughput, the 64-byte round trip, session open times and 100 concurrent bulk sessions, for direct
-TCP (the baseline), Ward over QUIC and Ward over the TLS/TCP fallback, and — when installed — the peers
-a user would pick instead of Ward: a `socat` plain relay, a `stunnel4` TLS 1.3 pair with client
-certificates required and verified (using Ward's own CA and identities) and `ssh -L -c
-aes128-gcm@openssh.com` to a throwaway sshd. The targets are in the team's performance notes
-(performance.md); figures are ratios against baselines measured in the same run, because absolute
-figures drift on shared machines. It prints figures only; nothing asserts on time.
+Ward's data-path benchmark (issues #3 and #7). It measures, in one run on 127.0.0.1, every figure in
+the team's performance notes (performance.md) side by side: one bulk session's throughput and CPU per
+GB, recording on and off, recording size, the 64-byte round trip, session open times, new mutual-TLS
+connections per second, 100 concurrent bulk sessions and the gateway's memory with many idle
+sessions — for direct TCP (the baseline), Ward over QUIC and Ward over the TLS/TCP fallback, and, when
+installed, the peers a user would pick instead of Ward: a `socat` plain relay, a `stunnel4` TLS 1.3 pair
+with client certificates required and verified (using Ward's own CA and identities) and `ssh -L -c
+aes128-gcm@openssh.com` to a throwaway sshd. With `perf` installed it also profiles the gateway and
+client processes during bulk. Figures are ratios against baselines measured in the same run, because
+absolute figures drift on shared machines. It prints figures only; nothing asserts on time.
 
 ## Running it
 
 ```sh
-# Debian peers for the baselines (optional; rows are skipped when missing)
-apt-get install stunnel4 openssh-server socat
-cargo run --release -p ward-tests --bin ward-bench -- --out docs/benchmarks.md   # ~1.5 min
-cargo run --release -p ward-tests --bin ward-bench -- --quick                    # ~20 s smoke run
+scripts/bench.sh            # installs the Debian peers and linux-perf if missing, builds, full run (~3 min), writes this file
+scripts/bench.sh --quick    # smoke run (~40 s), prints only
+# or by hand (the bench builds `target/release/ward` itself when run by cargo):
+cargo run --release -p ward-tests --bin ward-bench -- --out docs/benchmarks.md
 ```
 
-`scripts/bench.sh` does both steps. Always release mode: a debug build of quinn is about ten times slower.
+Always release mode: a debug build of quinn is about ten times slower.
 
 ## How it is measured
 
-- **Layout.** One process, separate runtimes so the parts can use both cores as real deployments do:
-  the gateway (`ward::gateway::Gateway`, a 2-worker tokio runtime, threads `ward-gw`), the client (a
-  2-worker runtime, threads `ward-cl`) driven exactly as `ward connect --listen` (`ward::client::listen`:
-  every local TCP connection becomes its own session), the devices (a sink on OS threads, and
-  `ward::sim::echo` in its own runtime), and the load generator (blocking sockets on OS threads, like
-  iperf3 or telnet) talking TCP to the listener's local port. The same generator talks directly to
-  the device for the baseline, and to the peers' local ports. Every path goes through the same
-  loopback TCP hops at the ends; the peers run as separate processes. Tracing has no subscriber
-  installed (the gateway emits only per-session events, none per byte).
+- **Processes.** The gateway is the release binary, `target/release/ward gateway --config FILE`, in its
+  own process (tokio's default runtime: one worker per CPU). The recording-off gateway cannot be the
+  `ward` binary (it has no such switch, by design); it is the bench binary re-executed as
+  `ward-bench --serve-norec FILE`, which runs the same library gateway with the benchmark-only
+  `Options { no_recording: true }` on the same runtime, also in its own process. Each client is a
+  `target/release/ward connect DEVICE --gateway … --identity … --transport quic|tcp --listen
+  127.0.0.1:0` process (every local TCP connection becomes its own session). Both are started under
+  `sh -c 'ulimit -n <hard limit>; exec …'`. The devices (a sink on OS threads, `ward::sim::echo`, an
+  idle device that accepts and holds) and the load generator (blocking sockets on OS threads, like
+  iperf3 or telnet) are in the bench process; the generator talks TCP to the client's local port, to
+  the device directly (baseline) and to the peers' local ports. Every path crosses the same loopback
+  TCP hops at the ends. The gateway logs per-session events only (none per byte).
 - **Bulk.** The generator writes 256 KiB chunks for a fixed time, half-closes, and waits until the
   device's close comes back through the tunnel, so every byte has reached the sink (the sink's count
   is checked). Gbit/s = bytes ÷ (connect → close seen). Runs of all paths are interleaved and the
   median of the repetitions is reported.
-- **CPU.** utime + stime from /proc: Ward's client and gateway thread groups (`ward-cl`, `ward-gw`),
-  or the peer's process tree (both ends), over the bulk run; "whole bench process" also includes the
-  generator and the sink.
+- **CPU.** utime + stime from /proc/PID/stat over the bulk run: Ward's gateway process plus the
+  `ward connect` process carrying the run; for a peer, its process tree (both ends). CPU s/GB = that ÷
+  GB moved. "Bench process" is the generator and the sink.
 - **Round trip.** One connection, 64 bytes written, 64 bytes read back, one at a time, `TCP_NODELAY`
   on the generator's socket, 200 warm-up exchanges discarded.
-- **Session open.** `Client::open` to the echo device until the gateway's `Opened` arrives (policy
-  check and device dial included); the session is then closed cleanly, untimed. "New connection"
-  builds a new `Client` (untimed: it reads the identity files) and times the handshake plus the open.
-  The connection rate runs 16 such clients in parallel, each opening and closing one session.
+- **Session open.** `Client::open` (in the bench's 2-worker `ward-cl` runtime) to the echo device until
+  the gateway's `Opened` arrives (policy check, device dial and recording file creation included); the
+  session is then closed cleanly, untimed. "New connection" builds a new `Client` (untimed: it reads
+  the identity files) and times the handshake plus the open. The connection rate runs 16 and 64 such
+  clients in parallel, each opening and closing one session per connection, and reads how many CPU
+  cores the gateway process and the clients kept busy (which side saturates).
 - **Concurrent.** 100 generator threads at once, through one `ward connect --listen` (QUIC: 100
   streams on one connection; TLS/TCP: 100 connections); aggregate Gbit/s.
-- **Recording.** Two gateways run side by side with the same config: one as deployed (every session
-  recorded to `<state_dir>/recordings` on local disk), one started with the benchmark-only
-  `Options { no_recording: true }`. Recording size is the growth of the recordings directory over a
-  bulk run (measured once the recorder has caught up; the files are then deleted to bound disk use).
-- **Not covered yet.** 10,000 idle sessions' RSS (issue #7); gateway and client in separate processes.
+- **Recording.** Recording size is the growth of the recordings directory over a bulk run (measured
+  once the recorder has caught up; the files are then deleted to bound disk use).
+- **Idle sessions.** A fresh gateway process (so RSS is not the bulk runs' high-water mark); 40 QUIC
+  connections × 250 sessions (the default `max_sessions_per_connection` is 256) to a device that
+  accepts and holds its connections; the config sets `max_sessions = 20000`,
+  `max_connections_per_source = 1024`, `max_connections = 2048`, `idle_timeout = "15m"`. After
+  everything is open and 1.5 s of settling, VmRSS and the number of open descriptors are read from
+  /proc/PID. The bench never opens more sessions than the gateway's open-files limit allows (it
+  measures descriptors per session after the first 250); when it stops short, the 10,000-session RSS
+  is projected from the measured per-session growth and the row says so. Done for the `ward` binary
+  (recording on) and for the recording-off gateway.
+- **Profiles.** `perf record -g -F 999 -p PID -- sleep T` on the gateway and on the client process
+  during one extra run each of: one bulk session over QUIC and over TLS/TCP (recording on), the
+  new-connection rate at 64 parallel clients (the client side is the bench process), and 100
+  concurrent QUIC bulk sessions; `perf report --no-children --sort symbol` gives self time per symbol.
+  Those runs' own figures are not used.
 
 ## Latest results
 
@@ -1229,6 +2125,14 @@ cargo run --release -p ward-tests --bin ward-bench -- --quick                   
 // ---------------------------------------------------------------------------------------------
 
 fn main() -> Result<()> {
+    // Re-executed as the recording-off gateway process (see `start_gateway`).
+    let mut argv = std::env::args().skip(1);
+    if argv.next().as_deref() == Some("--serve-norec") {
+        let config = argv
+            .next()
+            .ok_or_else(|| anyhow!("--serve-norec needs a config file"))?;
+        return serve_norec(Path::new(&config));
+    }
     let opts = Opts::parse()?;
     let cmd = format!(
         "cargo run --release -p ward-tests --bin ward-bench --{}{}",
@@ -1253,54 +2157,37 @@ fn main() -> Result<()> {
         .block_on(ward::sim::echo("127.0.0.1:0".parse()?))?
         .addr;
 
-    // Ward: one gateway as deployed (recording on) and one with recording off (benchmark-only
-    // option), same config otherwise, both in the gateway runtime.
+    // Ward: the gateway as deployed (the `ward` binary, recording on) and the recording-off gateway
+    // (this binary as `--serve-norec`), each in its own process, each with its own state dir; a
+    // `ward connect --listen` process per (gateway, transport, device).
+    let ward_bin = ward_binary(&opts)?;
+    let idle_dev = IdleDevice::start()?;
+    let devices = (sink.addr, echo, idle_dev.addr);
     let w = ward_setup(clock.as_ref())?;
-    let gw_rt = runtime("ward-gw", 2)?;
     let cl_rt = runtime("ward-cl", 2)?;
-    let mut gateways = Vec::new();
-    let mut routes_of = Vec::new();
-    for (state, recording) in [("state", true), ("state-norec", false)] {
-        let config_path = w.dir.path().join(format!("{state}.toml"));
-        std::fs::write(&config_path, ward_config(sink.addr, echo, state))?;
-        let config = ward::gateway::load_config(&config_path)?;
-        let options = ward::gateway::Options {
-            no_recording: !recording,
-            ..Default::default()
+    let gw_on = start_gateway(&ward_bin, &w, devices, "state", true)?;
+    let gw_off = start_gateway(&ward_bin, &w, devices, "state-norec", false)?;
+    let mut clients = Vec::new();
+    let mut client =
+        |gw: &GatewayProc, transport: &str, device: &str, tag: &str| -> Result<(u32, SocketAddr)> {
+            let addr = if transport == "quic" { gw.quic } else { gw.tcp };
+            let (p, local) = start_client(&ward_bin, &w, addr, transport, device, tag)?;
+            let pid = p.pid();
+            clients.push(p);
+            Ok((pid, local))
         };
-        let gateway = gw_rt.block_on(ward::gateway::Gateway::start_with(
-            config,
-            clock.clone(),
-            options,
-        ))?;
-        let quic_addr = gateway.quic_addr();
-        let tcp_addr = gateway
-            .tcp_addr()
-            .ok_or_else(|| anyhow!("the gateway has no TCP listener"))?;
-        let quic = Arc::new(Client::new(
-            &quic_addr.to_string(),
-            &w.files,
-            Transport::Quic,
-        )?);
-        let tcp = Arc::new(Client::new(
-            &tcp_addr.to_string(),
-            &w.files,
-            Transport::Tcp,
-        )?);
-        let recordings = recording.then(|| w.dir.path().join(state).join(ward::RECORDINGS_DIR));
-        routes_of.push((
-            quic_addr,
-            tcp_addr,
-            ward_listen(&cl_rt, quic.clone(), "sink")?,
-            ward_listen(&cl_rt, quic, "echo")?,
-            ward_listen(&cl_rt, tcp.clone(), "sink")?,
-            ward_listen(&cl_rt, tcp, "echo")?,
-            recordings,
-        ));
-        gateways.push(gateway);
+    let (quic_sink_pid, quic_sink) = client(&gw_on, "quic", "sink", "quic-sink")?;
+    let (_, quic_echo) = client(&gw_on, "quic", "echo", "quic-echo")?;
+    let (tcp_sink_pid, tcp_sink) = client(&gw_on, "tcp", "sink", "tcp-sink")?;
+    let (_, tcp_echo) = client(&gw_on, "tcp", "echo", "tcp-echo")?;
+    let (nr_sink_pid, nr_sink) = client(&gw_off, "quic", "sink", "norec-sink")?;
+    let (_, nr_echo) = client(&gw_off, "quic", "echo", "norec-echo")?;
+    for addr in [quic_echo, tcp_echo, nr_echo] {
+        wait_ready(addr, &mut [], &w.dir.path().join("client-quic-echo.log"))
+            .with_context(|| format!("ward connect on {addr}"))?;
     }
-    let [(quic_addr, tcp_addr, quic_sink, quic_echo, tcp_sink, tcp_echo, rec_dir), (nr_quic_addr, _, nr_sink, nr_echo, _, _, _)] =
-        <[_; 2]>::try_from(routes_of).map_err(|_| anyhow!("expected two gateways"))?;
+    let rec_dir = Some(gw_on.state.join(ward::RECORDINGS_DIR));
+    let (gw_pid, nr_gw_pid) = (gw_on.proc.pid(), gw_off.proc.pid());
 
     let mut results = Results::default();
     let mut paths = vec![
@@ -1309,6 +2196,8 @@ fn main() -> Result<()> {
             sink: sink.addr,
             echo,
             roots: vec![],
+            gw_pid: None,
+            cl_pid: None,
             kind: PathKind::Direct,
             recordings: None,
         },
@@ -1317,6 +2206,8 @@ fn main() -> Result<()> {
             sink: quic_sink,
             echo: quic_echo,
             roots: vec![],
+            gw_pid: Some(gw_pid),
+            cl_pid: Some(quic_sink_pid),
             kind: PathKind::WardQuic,
             recordings: rec_dir.clone(),
         },
@@ -1325,6 +2216,8 @@ fn main() -> Result<()> {
             sink: tcp_sink,
             echo: tcp_echo,
             roots: vec![],
+            gw_pid: Some(gw_pid),
+            cl_pid: Some(tcp_sink_pid),
             kind: PathKind::WardTcp,
             recordings: rec_dir,
         },
@@ -1333,6 +2226,8 @@ fn main() -> Result<()> {
             sink: nr_sink,
             echo: nr_echo,
             roots: vec![],
+            gw_pid: Some(nr_gw_pid),
+            cl_pid: Some(nr_sink_pid),
             kind: PathKind::WardQuicNoRec,
             recordings: None,
         },
@@ -1352,6 +2247,8 @@ fn main() -> Result<()> {
                         sink: p.sink,
                         echo: p.echo,
                         roots: p.pids(),
+                        gw_pid: None,
+                        cl_pid: None,
                         kind: PathKind::Peer,
                         recordings: None,
                     });
@@ -1407,9 +2304,30 @@ fn main() -> Result<()> {
             );
         }
         cl_rt.shutdown_background();
-        gw_rt.shutdown_background();
         dev_rt.shutdown_background();
         return Ok(());
+    }
+
+    // 1b. Profiles of the gateway and client processes, QUIC and TLS/TCP bulk with recording on.
+    if opts.profile {
+        eprintln!("ward-bench: perf profiles (bulk, recording on)");
+        for p in paths
+            .iter()
+            .filter(|p| matches!(p.kind, PathKind::WardQuic | PathKind::WardTcp))
+        {
+            match profile_bulk(p, &opts, &sink, hz, w.dir.path()) {
+                Ok(mut v) => results.profiles.append(&mut v),
+                Err(e) => {
+                    eprintln!("ward-bench: no profile of {}: {e:#}", p.name);
+                    results
+                        .skipped
+                        .push(format!("profile of {} ({e:#})", p.name));
+                    break;
+                }
+            }
+        }
+    } else {
+        results.skipped.push("profiles (--no-profile)".into());
     }
 
     // 2. Round trips.
@@ -1424,45 +2342,103 @@ fn main() -> Result<()> {
         results.rr.push((p.name.clone(), p.kind, r));
     }
 
-    // 3. Session opens.
+    // 3. Session opens (clients in this process's `ward-cl` runtime, gateways in their processes).
     eprintln!("ward-bench: session opens");
     results.open_quic_existing = Some(cl_rt.block_on(open_times(
-        quic_addr,
+        gw_on.quic,
         &w.files,
         Transport::Quic,
         opts.opens,
         true,
     ))?);
     results.open_quic_existing_norec = Some(cl_rt.block_on(open_times(
-        nr_quic_addr,
+        gw_off.quic,
         &w.files,
         Transport::Quic,
         opts.opens,
         true,
     ))?);
     results.open_quic_new = Some(cl_rt.block_on(open_times(
-        quic_addr,
+        gw_on.quic,
         &w.files,
         Transport::Quic,
         opts.opens,
         false,
     ))?);
     results.open_tcp_new = Some(cl_rt.block_on(open_times(
-        tcp_addr,
+        gw_on.tcp,
         &w.files,
         Transport::Tcp,
         opts.opens,
         false,
     ))?);
-    let parallel = 16;
-    let rate = cl_rt.block_on(connection_rate(
-        quic_addr,
-        &w.files,
-        parallel,
-        opts.conn_rate_for,
-    ))?;
-    results.conn_rate = Some((parallel, rate));
-    eprintln!("  opens done; {rate:.0} new QUIC connections/s");
+    for &parallel in &opts.conn_rate_parallel {
+        let c0 = cpu_snap(&[], Some(gw_pid), None);
+        let m0 = machine_ticks();
+        let t0 = Instant::now();
+        let rate = cl_rt.block_on(connection_rate(
+            gw_on.quic,
+            &w.files,
+            parallel,
+            opts.conn_rate_for,
+        ))?;
+        let wall = t0.elapsed().as_secs_f64();
+        let c1 = cpu_snap(&[], Some(gw_pid), None);
+        let m1 = machine_ticks();
+        let machine_busy =
+            m1.0.saturating_sub(m0.0) as f64 / (m1.1.saturating_sub(m0.1).max(1)) as f64;
+        let cpu = cpu_use(&c0, &c1, hz);
+        eprintln!(
+            "  {parallel:>3} parallel: {rate:.0} new QUIC connections/s; gateway {:.2} cores, clients {:.2} cores, machine {:.0} % busy",
+            cpu.gateway / wall,
+            cpu.client / wall,
+            machine_busy * 100.0
+        );
+        results.conn_rate.push(ConnRate {
+            parallel,
+            rate,
+            gw_cores: cpu.gateway / wall,
+            cl_cores: cpu.client / wall,
+            machine_busy,
+        });
+    }
+    if opts.profile && !results.profiles.is_empty() {
+        // One more run at the highest level, under perf: the gateway, and this process (whose only
+        // busy threads during it are the clients' `ward-cl` runtime).
+        let parallel = opts.conn_rate_parallel.iter().copied().max().unwrap_or(16);
+        let procs = [
+            (
+                format!("new QUIC connections, {parallel} parallel — gateway process (`ward gateway`, pid {gw_pid})"),
+                gw_pid,
+            ),
+            (
+                format!("new QUIC connections, {parallel} parallel — clients (bench process, `ward-cl` runtime)"),
+                std::process::id(),
+            ),
+        ];
+        match profile_during(
+            &procs,
+            opts.conn_rate_for.as_secs_f64(),
+            w.dir.path(),
+            "connrate",
+            || {
+                cl_rt.block_on(connection_rate(
+                    gw_on.quic,
+                    &w.files,
+                    parallel,
+                    opts.conn_rate_for,
+                ))
+            },
+        ) {
+            Ok((mut v, rate)) => {
+                eprintln!("  profiled: {rate:.0} new QUIC connections/s under perf");
+                results.profiles.append(&mut v);
+            }
+            Err(e) => results
+                .skipped
+                .push(format!("profile of new connections ({e:#})")),
+        }
+    }
 
     // 4. Concurrent bulk sessions.
     eprintln!("ward-bench: {} concurrent bulk sessions", opts.concurrent);
@@ -1477,22 +2453,88 @@ fn main() -> Result<()> {
         eprintln!("  {:<48} {:>7.2} Gbit/s aggregate", p.name, b.gbps());
         results.concurrent.push((p.name.clone(), p.kind, b));
     }
-
-    drop(peers);
-    for gateway in gateways {
-        gw_rt.block_on(gateway.shutdown(Duration::from_millis(500)));
+    if opts.profile && !results.profiles.is_empty() {
+        if let Some(p) = paths.iter().find(|p| p.kind == PathKind::WardQuic) {
+            if let (Some(gw), Some(cl)) = (p.gw_pid, p.cl_pid) {
+                let n = opts.concurrent;
+                let procs = [
+                    (format!("{}, {n} concurrent bulk sessions — gateway process (`ward gateway`, pid {gw})", p.name), gw),
+                    (format!("{}, {n} concurrent bulk sessions — client process (`ward connect --listen`, pid {cl})", p.name), cl),
+                ];
+                match profile_during(
+                    &procs,
+                    opts.bulk.as_secs_f64(),
+                    w.dir.path(),
+                    "concurrent",
+                    || bulk(p, n, opts.bulk, &sink, hz),
+                ) {
+                    Ok((mut v, b)) => {
+                        eprintln!("  profiled: {:.2} Gbit/s aggregate under perf", b.gbps());
+                        results.profiles.append(&mut v);
+                    }
+                    Err(e) => results
+                        .skipped
+                        .push(format!("profile of concurrent bulk ({e:#})")),
+                }
+            }
+        }
     }
+    drop(peers);
+    drop(clients);
+    drop(gw_on);
+    drop(gw_off);
+
+    // 5. Idle sessions, each on a fresh gateway process (so its RSS is not the bulk runs' high-water
+    // mark): recording on (the `ward` binary), then recording off.
+    let (conns, per_conn) = opts.idle;
+    eprintln!(
+        "ward-bench: {} idle sessions ({conns} QUIC connections × {per_conn})",
+        conns * per_conn
+    );
+    for (state, recording, label) in [
+        ("state-idle", true, "`ward gateway`, recording on"),
+        ("state-idle-norec", false, "recording off (`--serve-norec`)"),
+    ] {
+        let gw = start_gateway(&ward_bin, &w, devices, state, recording)?;
+        // A fresh process: let it finish starting before the baseline is read.
+        std::thread::sleep(Duration::from_millis(300));
+        let idle = idle_sessions(&cl_rt, &gw, &w.files, conns, per_conn, label)?;
+        eprintln!(
+            "  {label}: {} sessions in {:.1} s; RSS {:.1} → {:.1} MiB ({:.1} KiB/session); fds {} → {} (limit {}){}",
+            idle.opened,
+            idle.secs,
+            idle.rss_before_kib as f64 / 1024.0,
+            idle.rss_after_kib as f64 / 1024.0,
+            idle.per_session_kib(),
+            idle.fds_before,
+            idle.fds_after,
+            idle.nofile.map_or("?".into(), |n| n.to_string()),
+            idle.stopped.as_ref().map(|s| format!("; {s}")).unwrap_or_default()
+        );
+        results.idle.push(idle);
+        drop(gw);
+        idle_dev.release();
+    }
+
     let report = render(&opts, &results, &cmd);
-    let full = format!("{DOC_HEAD}{}\n{report}", machine(&load_at_start));
-    println!("\n{}\n{report}", machine(&load_at_start));
+    let machine_text = machine(&load_at_start);
+    println!("\n{machine_text}\n{report}");
     eprintln!("ward-bench: done in {:.0} s", wall.elapsed().as_secs_f64());
     if let Some(out) = &opts.out {
+        // Keep the hand-written analysis below the marker, if the file has one.
+        let kept = std::fs::read_to_string(out)
+            .ok()
+            .and_then(|old| {
+                old.find(KEEP_MARKER)
+                    .map(|i| old.get(i..).unwrap_or("").to_string())
+            })
+            .unwrap_or_else(|| format!("{KEEP_MARKER}\n"));
+        let full = format!("{DOC_HEAD}{machine_text}\n{report}\n{kept}");
         std::fs::write(out, full).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("ward-bench: wrote {}", out.display());
     }
     // The runtimes hold listener tasks that never end; drop them without waiting.
     cl_rt.shutdown_background();
-    gw_rt.shutdown_background();
     dev_rt.shutdown_background();
     Ok(())
 }
