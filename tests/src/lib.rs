@@ -21,6 +21,8 @@ use ward::client::{Client, IdentityFiles, Transport};
 use ward::gateway::Gateway;
 use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
 
+pub mod process;
+
 /// Install a test log subscriber once (RUST_LOG=debug to see the gateway's logs).
 pub fn init_logs() {
     let _ = tracing_subscriber::fmt()
@@ -344,61 +346,7 @@ pub fn require_peer(tool: &str) -> bool {
     found
 }
 
-/// The `ward` binary of this build profile, built on first use (`cargo test --workspace` builds the
-/// test harnesses, not necessarily the binary itself).
-pub fn ward_binary() -> PathBuf {
-    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-        let exe = std::env::current_exe().unwrap();
-        let profile = exe
-            .parent()
-            .and_then(Path::parent)
-            .and_then(|p| p.file_name())
-            .unwrap()
-            .to_str()
-            .unwrap()
-            .to_string();
-        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-        let mut cmd = std::process::Command::new(cargo);
-        cmd.current_dir(workspace).args([
-            "build",
-            "-p",
-            "ward",
-            "--bin",
-            "ward",
-            "--message-format=json-render-diagnostics",
-        ]);
-        match profile.as_str() {
-            "debug" => {}
-            "release" => {
-                cmd.arg("--release");
-            }
-            other => {
-                cmd.args(["--profile", other]);
-            }
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "cargo build -p ward failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        stdout
-            .lines()
-            .filter(|l| {
-                l.contains("\"reason\":\"compiler-artifact\"") && l.contains("\"name\":\"ward\"")
-            })
-            .find_map(|l| {
-                let (_, rest) = l.split_once("\"executable\":\"")?;
-                let (path, _) = rest.split_once('"')?;
-                Some(PathBuf::from(path))
-            })
-            .expect("cargo did not report the ward executable")
-    })
-    .clone()
-}
+pub use process::ward_binary;
 
 /// Start a gateway with [`ward::gateway::Options`] (e.g. an injected failing recording sink).
 pub async fn start_gateway_with(

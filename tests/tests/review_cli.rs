@@ -13,20 +13,16 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ward::client::Transport;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_tests::process::*;
 use ward_tests::*;
-
-/// Upper bound for one short command (`ward sessions`, `ward connect` on stdio, tshark...).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the vendor types on the pump's console: the login, then (after a pause) a command.
 const LOGIN: &[u8] = b"admin\r\nadmin\r\n";
@@ -39,225 +35,8 @@ const STATUS_LINE: &str = "pump> status: RUNNING  channel A 12.5 mL/h  battery 8
 const STATUS_ANSWER: &str = "status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none";
 
 // ---------------------------------------------------------------------------------------------
-// Child processes
+// Helpers (child processes: ward_tests::process)
 // ---------------------------------------------------------------------------------------------
-
-/// A child process that is killed (and reaped) when dropped, with its output collected by threads.
-struct Proc {
-    name: String,
-    child: Child,
-    stdout: Arc<Mutex<Vec<u8>>>,
-    stderr: Arc<Mutex<Vec<u8>>>,
-    readers: Vec<JoinHandle<()>>,
-    /// The write end of the child's stdin, when piped; dropping it sends EOF.
-    stdin: Option<ChildStdin>,
-}
-
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<Vec<u8>>>) -> JoinHandle<()> {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock().unwrap().extend_from_slice(&buf[..n]);
-        }
-    })
-}
-
-impl Proc {
-    /// Spawn `cmd`, its stdin a pipe ([`Proc::send`]) or /dev/null.
-    fn spawn(cmd: &mut Command, piped_stdin: bool) -> Proc {
-        let name = format!("{cmd:?}");
-        cmd.stdin(if piped_stdin {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let readers = vec![
-            collect(child.stdout.take().unwrap(), stdout.clone()),
-            collect(child.stderr.take().unwrap(), stderr.clone()),
-        ];
-        Proc {
-            name,
-            child,
-            stdout,
-            stderr,
-            readers,
-            stdin: None,
-        }
-        .with_stdin()
-    }
-
-    fn with_stdin(mut self) -> Self {
-        self.stdin = self.child.stdin.take();
-        self
-    }
-
-    /// Write to the child's stdin (a small write to a pipe: it does not block).
-    fn send(&mut self, bytes: &[u8]) {
-        let pipe = self.stdin.as_mut().expect("spawned with piped stdin");
-        pipe.write_all(bytes).unwrap();
-        pipe.flush().unwrap();
-    }
-
-    fn stdout(&self) -> String {
-        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
-    }
-
-    fn stderr(&self) -> String {
-        String::from_utf8_lossy(&self.stderr.lock().unwrap()).into_owned()
-    }
-
-    /// Wait until stdout contains `what`; fails if the process exits first or time runs out.
-    fn wait_for_stdout(&mut self, what: &str, limit: Duration) {
-        let deadline = Instant::now() + limit;
-        loop {
-            if self.stdout().contains(what) {
-                return;
-            }
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::thread::sleep(Duration::from_millis(100));
-                if self.stdout().contains(what) {
-                    return;
-                }
-                panic!(
-                    "{} exited ({status}) before printing {what:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} did not print {what:?} within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                self.name,
-                self.stdout(),
-                self.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Wait for the process to exit on its own within `limit` (killed and failed otherwise).
-    fn finish(mut self, limit: Duration) -> Finished {
-        drop(self.stdin.take());
-        let started = Instant::now();
-        let status = loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                break status;
-            }
-            if started.elapsed() >= limit {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                panic!(
-                    "{} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.stdout(),
-                    self.stderr()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        for r in self.readers.drain(..) {
-            r.join().unwrap();
-        }
-        let raw = self.stdout.lock().unwrap().clone();
-        Finished {
-            status,
-            stdout: String::from_utf8_lossy(&raw).into_owned(),
-            raw_stdout: raw,
-            stderr: self.stderr(),
-        }
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// What a finished process left.
-struct Finished {
-    status: ExitStatus,
-    stdout: String,
-    raw_stdout: Vec<u8>,
-    stderr: String,
-}
-
-impl std::fmt::Debug for Finished {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "exit {}\n--- stdout:\n{}\n--- stderr:\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-}
-
-/// Run `cmd` (stdin from /dev/null) to completion within [`COMMAND_TIMEOUT`].
-fn run(cmd: &mut Command) -> Finished {
-    Proc::spawn(cmd, false).finish(COMMAND_TIMEOUT)
-}
-
-/// Run `cmd` and require exit 0.
-fn run_ok(cmd: &mut Command) -> Finished {
-    let out = run(cmd);
-    assert!(out.status.success(), "{cmd:?}: {out:?}");
-    out
-}
-
-fn ward(args: &[&str]) -> Command {
-    let mut cmd = Command::new(ward_binary());
-    cmd.args(args)
-        .env_remove("WARD_GATEWAY")
-        .env_remove("WARD_IDENTITY")
-        .env_remove("RUST_LOG");
-    cmd
-}
-
-/// A loopback port free on both TCP and UDP a moment ago (the gateway listens on both).
-fn free_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
-
-/// `ward quickstart --dir DIR --port PORT`, running until dropped or stopped.
-fn start_quickstart(dir: &Path) -> (Proc, u16) {
-    for _attempt in 0..5 {
-        let port = free_port();
-        let mut qs = Proc::spawn(
-            ward(&["quickstart", "--port", &port.to_string(), "--dir"]).arg(dir),
-            false,
-        );
-        let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            qs.wait_for_stdout("Press Ctrl-C to stop.", COMMAND_TIMEOUT)
-        }));
-        match ready {
-            Ok(()) => return (qs, port),
-            // Lost the port to another process between probing and binding: try another.
-            Err(_) if qs.stderr().contains("is another quickstart running?") => continue,
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    }
-    panic!("ward quickstart could not get a free port in 5 attempts");
-}
 
 /// `ward sessions … --json`, parsed.
 fn sessions_json(source: &[&str], filter: &[&str]) -> Vec<serde_json::Value> {
@@ -334,7 +113,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
             "--identity",
             &vendor,
         ]),
-        true,
+        Input::Pipe,
     );
     connect.send(LOGIN);
     connect.wait_for_stdout("Welcome, admin.", COMMAND_TIMEOUT);
@@ -815,7 +594,7 @@ fn start_storescp() -> Storescp {
                 .args(["-aet", "STORESCP", "-od"])
                 .arg(out.path())
                 .arg(port.to_string()),
-            false,
+            Input::Null,
         );
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         // Ready when a direct C-ECHO works.
