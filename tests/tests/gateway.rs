@@ -624,3 +624,20 @@ async fn per_source_connection_limit_refuses_extra_connections() {
     drop(a);
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn break_glass_is_refused_not_ignored() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let err = gw
+        .client(&vendor, Transport::Quic)
+        .open("pump-12", true, Some("emergency".into()))
+        .await
+        .err()
+        .expect("break-glass must not open an ordinary session");
+    assert!(
+        err.to_string()
+            .contains("break-glass access is not enabled"),
+        "{err}"
+    );
+}

@@ -509,7 +509,15 @@ pub async fn listen(
         let _ = tx.send(local);
     }
     loop {
-        let (sock, from) = listener.accept().await?;
+        let (sock, from) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                // E.g. out of descriptors: keep forwarding once some are free again.
+                eprintln!("ward: accepting a local connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
         let _ = sock.set_nodelay(true);
         let client = client.clone();
         let device = device.clone();

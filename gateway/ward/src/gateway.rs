@@ -709,9 +709,24 @@ async fn serve_stream<R, W>(
     let response = match request {
         Request::Open {
             device,
-            break_glass: _,
-            reason: _,
+            break_glass: true,
+            ..
         } => {
+            // Emergency access needs its own policy (issue #5); until then it is refused, loudly,
+            // rather than treated as an ordinary open.
+            let reason = "break-glass access is not enabled on this gateway; ask for an ordinary session or call security".to_string();
+            shared.audit.emit(
+                Event::new("session_deny", "denied", shared.clock.now())
+                    .severity("high")
+                    .principal(&identity)
+                    .source(peer)
+                    .device(device)
+                    .reason(reason.clone())
+                    .detail("break_glass", true),
+            );
+            Response::Denied { reason }
+        }
+        Request::Open { device, .. } => {
             open_session(
                 shared, &identity, principal, peer, transport, &device, reader, writer,
             )
