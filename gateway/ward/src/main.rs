@@ -243,13 +243,23 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the async runtime")
 }
 
+/// `ward connect` runs on one thread: a forwarder's work is a chain of hand-offs (local socket →
+/// QUIC stream → UDP), and keeping them on one thread saves the cross-thread wake-ups that add
+/// latency to every keystroke.
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 fn run(command: Command) -> anyhow::Result<ExitCode> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     match command {
         Command::Ca(cmd) => ca_cmd::run(cmd, clock.as_ref()).map(|()| ExitCode::SUCCESS),
         Command::Gateway(args) => runtime()?.block_on(gateway(args, clock)),
         Command::Quickstart(args) => runtime()?.block_on(quickstart(args, clock)),
-        Command::Connect(args) => runtime()?.block_on(connect(args)),
+        Command::Connect(args) => client_runtime()?.block_on(connect(args)),
         Command::Devices(args) => runtime()?.block_on(devices(args)),
         Command::Lock(args) => runtime()?.block_on(async move {
             let for_secs = match &args.for_ {
