@@ -19,7 +19,8 @@ use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
 use ward_core::config::{Config, Device};
 use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
-use ward_core::policy::{self, Decision, Lock};
+use ward_core::policy::{self, Lock};
+use ward_core::session::Handshaken;
 use ward_core::Principal;
 
 use crate::audit::{AuditLog, AuditWriter, Event};
@@ -979,21 +980,27 @@ async fn open_session<R, W>(
             let _ = writer.finish().await;
             return;
         }
-        let device = shared.config.devices.iter().find(|d| d.id.as_str() == device_id);
         let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-        let decision = policy::evaluate_id(&shared.config.rules, &locks, &principal, &shared.config.devices, device_id, now);
-        let permit = match decision {
-            Decision::Deny(reason) => {
-                let reason = reason.to_string();
+        // The session's states are types (ward_core::session): the device dialed below can only
+        // come out of an `Authorized`, which only a policy permit builds.
+        let authorized = match Handshaken::new(principal.clone()).authorize(
+            &shared.config.rules,
+            &locks,
+            &shared.config.devices,
+            device_id,
+            now,
+        ) {
+            Err(denied) => {
+                let reason = denied.reason.to_string();
                 tracing::Span::current().record("decision", "deny");
                 shared.audit.emit(audit("session_deny", "denied").reason(reason.clone()));
                 let _ = writer.write_response(&Response::Denied { reason }).await;
                 let _ = writer.finish().await;
                 return;
             }
-            Decision::Permit(p) => p,
+            Ok(a) => a,
         };
-        let Some(device) = device else { return };
+        let (permit, device) = (authorized.permit(), authorized.device());
         tracing::Span::current().record("decision", "permit").record("rule", permit.rule());
         if shared.live_sessions() >= shared.limits().max_sessions as usize {
             shared.audit.emit(audit("session_deny", "failure").reason("session limit reached"));
