@@ -18,6 +18,7 @@ pub mod frame;
 pub mod policy;
 pub mod principal;
 pub mod session;
+pub mod totp;
 pub mod window;
 
 pub use config::{
