@@ -53,6 +53,8 @@ state_dir = "var/ward"             # locks, audit log, recordings
 
 [[device]]
 id = "pump-12"
+# disk_alert_percent = 90          # recording disk this full: high-severity audit alert
+# disk_refuse_percent = 98         # this full: new sessions refused (fail closed)
 address = "10.20.0.12:23"          # ip:port or hostname:port
 protocol = "telnet"                # telnet | http | dicom | hl7 | raw
 labels = { class = "infusion-pump", vendor = "acme", unit = "icu" }
@@ -242,6 +244,10 @@ impl Default for Limits {
 pub struct GatewayConfig {
     /// QUIC (UDP) listen address.
     pub listen: SocketAddr,
+    /// Recording disk usage (percent) that raises a high-severity alert. Default 90.
+    pub disk_alert_percent: u8,
+    /// Recording disk usage (percent) above which new sessions are refused. Default 98.
+    pub disk_refuse_percent: u8,
     /// TLS-over-TCP fallback listen address; `None` = disabled.
     pub listen_tcp: Option<SocketAddr>,
     /// CA directory (`root.crt`, `issuing.crt`, `ca.json`).
@@ -255,6 +261,8 @@ pub struct GatewayConfig {
     /// Fixed offset at which rule `hours` are evaluated. Default UTC.
     pub timezone_offset: UtcOffset,
     /// Limits.
+            disk_alert_percent: 90,
+            disk_refuse_percent: 98,
     pub limits: Limits,
 }
 
@@ -407,6 +415,8 @@ impl<'de> Deserialize<'de> for RawHours {
                 }
                 Ok(RawHours(out))
             }
+    disk_alert_percent: Option<Spanned<u32>>,
+    disk_refuse_percent: Option<Spanned<u32>>,
         }
         deserializer.deserialize_any(V)
     }
@@ -564,6 +574,27 @@ impl Cx<'_> {
             state_dir: self.path(g.state_dir, "gateway.state_dir")?,
             timezone_offset,
             limits,
+    fn percent(
+        &self,
+        raw: Option<&Spanned<u32>>,
+        field: &str,
+        default: u8,
+    ) -> Result<u8, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(s) => u8::try_from(*s.get_ref())
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| {
+                    self.err(
+                        s.span(),
+                        field,
+                        ConfigErrorKind::Limit("must be a percentage from 1 to 100".into()),
+                    )
+                }),
+        }
+    }
+
         })
     }
 
@@ -629,6 +660,16 @@ impl Cx<'_> {
     }
 
     fn who(&self, raw: Spanned<RawWho>, field: &str) -> Result<Who, ConfigError> {
+            disk_alert_percent: self.percent(
+                g.disk_alert_percent.as_ref(),
+                "gateway.disk_alert_percent",
+                d.disk_alert_percent,
+            )?,
+            disk_refuse_percent: self.percent(
+                g.disk_refuse_percent.as_ref(),
+                "gateway.disk_refuse_percent",
+                d.disk_refuse_percent,
+            )?,
         let span = raw.span();
         let w = raw.into_inner();
         let kind = w
@@ -651,6 +692,21 @@ impl Cx<'_> {
             .roles
             .unwrap_or_default()
             .into_iter()
+        if limits.disk_alert_percent >= limits.disk_refuse_percent {
+            let span = g
+                .disk_alert_percent
+                .as_ref()
+                .or(g.disk_refuse_percent.as_ref())
+                .map(Spanned::span);
+            return Err(self.err(
+                span.unwrap_or(header_span),
+                "gateway.disk_alert_percent",
+                ConfigErrorKind::Limit(format!(
+                    "{} must be below disk_refuse_percent ({}): the alert has to come before sessions are refused",
+                    limits.disk_alert_percent, limits.disk_refuse_percent
+                )),
+            ));
+        }
             .map(|r| self.non_empty(r, format!("{field}.roles")))
             .collect::<Result<Vec<_>, _>>()?;
         let who = Who {
@@ -1031,3 +1087,7 @@ labels = { vendor = "acme" }
         assert_eq!(Location::of("", 10), Location { line: 1, column: 1 });
     }
 }
+            ("percent over 100", format!("{GATEWAY}disk_alert_percent = 101\n"), 7, "gateway.disk_alert_percent", "from 1 to 100"),
+            ("zero percent", format!("{GATEWAY}disk_refuse_percent = 0\n"), 7, "gateway.disk_refuse_percent", "from 1 to 100"),
+            ("alert not below refuse", format!("{GATEWAY}disk_alert_percent = 95\ndisk_refuse_percent = 95\n"), 7,
+                "gateway.disk_alert_percent", "must be below disk_refuse_percent"),

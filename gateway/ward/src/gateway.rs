@@ -340,6 +340,17 @@ impl Gateway {
             tracing::warn!("session recording is OFF (benchmark mode)");
             None
         };
+        // SR 2.9: alert before the recording disk fills, refuse new sessions once it is full.
+        let disk = crate::diskwatch::DiskWatch::new(
+            Box::new(crate::diskwatch::Statvfs::new(&recordings)),
+            recordings.display().to_string(),
+            crate::diskwatch::Thresholds::from_limits(&g.limits),
+            audit.clone(),
+            clock.clone(),
+        );
+        let sink = sink.map(|s| -> Arc<dyn Sink> {
+            Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
+        });
         let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
@@ -413,6 +424,7 @@ impl Gateway {
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        tasks.spawn(disk.run());
         tasks.spawn(quic_accept_loop(
             shared.clone(),
             endpoint.clone(),

@@ -8,6 +8,7 @@
 pub mod audit;
 pub mod client;
 pub mod datapath;
+pub mod diskwatch;
 pub mod gateway;
 pub mod quickstart;
 pub mod recorder;
