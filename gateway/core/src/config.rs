@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_spanned::Spanned;
 use time::UtcOffset;
 
+use crate::access::{ApprovalPolicy, BreakGlass, DEFAULT_MAX_DURATION, DEFAULT_PENDING_EXPIRY};
 use crate::device::{check_label, check_name, DeviceError};
 pub use crate::device::{Device, DeviceAddress, DeviceId, Protocol};
 use crate::duration::{parse_duration, DurationError};
@@ -50,20 +51,23 @@ state_dir = "var/ward"             # locks, audit log, recordings
 # max_connections_per_source = 64
 # max_sessions = 4096
 # max_sessions_per_connection = 256
+# disk_alert_percent = 90          # recording disk this full: high-severity audit alert
+# disk_refuse_percent = 98         # this full: new sessions refused (fail closed)
 
 [[device]]
 id = "pump-12"
-# disk_alert_percent = 90          # recording disk this full: high-severity audit alert
-# disk_refuse_percent = 98         # this full: new sessions refused (fail closed)
 address = "10.20.0.12:23"          # ip:port or hostname:port
 protocol = "telnet"                # telnet | http | dicom | hl7 | raw
 labels = { class = "infusion-pump", vendor = "acme", unit = "icu" }
+maintenance = ["Tue 02:00-04:00", "Thu 02:00-04:00"]  # vendor sessions only then, unless a grant covers the time
+break_glass = true                 # clinicians may open a recorded emergency session (30m cap)
 
 [[device]]
 id = "monitor-3"
 address = "monitor-3.icu.hospital.example:80"
 protocol = "http"
 labels = { class = "patient-monitor", vendor = "globex", unit = "icu" }
+break_glass = { who = { kind = "clinician", roles = ["icu"] }, max = "15m" }
 
 [[device]]
 id = "pacs-1"
@@ -95,6 +99,22 @@ name = "admins-reach-everything"
 who = { kind = "admin" }
 devices = { all = true }
 max_session = "1h"
+
+# Vendors hold no standing access to pumps: they ask (`ward request`), and one ICU clinician and
+# one biomedical engineer approve. The approved window is the grant: it opens the device to that
+# vendor alone, even outside maintenance windows, and the vendor's login certificate ends with it.
+[[approval]]
+name = "pump-maintenance"
+who = { kind = "vendor" }
+devices = { labels = { class = "infusion-pump" } }
+approvers = [ { kind = "clinician", roles = ["icu"] }, { roles = ["biomed"] } ]
+required = 2                       # distinct people; at least one per approver group
+max_duration = "8h"
+pending_expiry = "1h"
+
+[login]
+mfa = ["security"]                 # TOTP is always required for vendor and admin; add kinds here
+cert_ttl = "8h"                    # login certificates; capped by the CA's per-kind cap and grants
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -222,6 +242,10 @@ pub struct Limits {
     pub max_sessions: u32,
     /// Concurrent sessions (streams) in one connection. Default 256.
     pub max_sessions_per_connection: u32,
+    /// Recording disk usage (percent) that raises a high-severity alert. Default 90.
+    pub disk_alert_percent: u8,
+    /// Recording disk usage (percent) above which new sessions are refused. Default 98.
+    pub disk_refuse_percent: u8,
 }
 
 impl Default for Limits {
@@ -235,6 +259,8 @@ impl Default for Limits {
             max_connections_per_source: 64,
             max_sessions: 4096,
             max_sessions_per_connection: 256,
+            disk_alert_percent: 90,
+            disk_refuse_percent: 98,
         }
     }
 }
@@ -244,10 +270,6 @@ impl Default for Limits {
 pub struct GatewayConfig {
     /// QUIC (UDP) listen address.
     pub listen: SocketAddr,
-    /// Recording disk usage (percent) that raises a high-severity alert. Default 90.
-    pub disk_alert_percent: u8,
-    /// Recording disk usage (percent) above which new sessions are refused. Default 98.
-    pub disk_refuse_percent: u8,
     /// TLS-over-TCP fallback listen address; `None` = disabled.
     pub listen_tcp: Option<SocketAddr>,
     /// CA directory (`root.crt`, `issuing.crt`, `ca.json`).
@@ -261,8 +283,6 @@ pub struct GatewayConfig {
     /// Fixed offset at which rule `hours` are evaluated. Default UTC.
     pub timezone_offset: UtcOffset,
     /// Limits.
-            disk_alert_percent: 90,
-            disk_refuse_percent: 98,
     pub limits: Limits,
 }
 
@@ -275,6 +295,36 @@ pub struct Config {
     pub devices: Vec<Device>,
     /// `[[rule]]`, in file order, names unique.
     pub rules: Vec<Rule>,
+    /// `[[approval]]`: devices whose sessions need an approved access request.
+    pub approvals: Vec<ApprovalPolicy>,
+    /// `[login]`.
+    pub login: LoginConfig,
+}
+
+/// The `[login]` table: password + TOTP login that issues short-lived certificates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginConfig {
+    /// Kinds that must give a TOTP code. Vendor and admin are always in it.
+    pub mfa: Vec<PrincipalKind>,
+    /// Lifetime of a login certificate (also capped by the CA's per-kind cap and by a grant's
+    /// end). Default 8h.
+    pub cert_ttl: Duration,
+}
+
+impl Default for LoginConfig {
+    fn default() -> Self {
+        LoginConfig {
+            mfa: vec![PrincipalKind::Vendor, PrincipalKind::Admin],
+            cert_ttl: Duration::from_secs(8 * 3600),
+        }
+    }
+}
+
+impl LoginConfig {
+    /// Whether users of `kind` must give a TOTP code.
+    pub fn needs_mfa(&self, kind: PrincipalKind) -> bool {
+        matches!(kind, PrincipalKind::Vendor | PrincipalKind::Admin) || self.mfa.contains(&kind)
+    }
 }
 
 impl Config {
@@ -298,12 +348,16 @@ impl Config {
             file: file_name,
         };
         let gateway = cx.gateway(raw.gateway)?;
-        let devices = cx.devices(raw.device)?;
+        let devices = cx.devices(raw.device, gateway.timezone_offset)?;
         let rules = cx.rules(raw.rule, &devices, gateway.timezone_offset)?;
+        let approvals = cx.approvals(raw.approval, &devices)?;
+        let login = cx.login(raw.login)?;
         Ok(Config {
             gateway,
             devices,
             rules,
+            approvals,
+            login,
         })
     }
 
@@ -335,6 +389,10 @@ struct RawConfig {
     device: Vec<Spanned<RawDevice>>,
     #[serde(default)]
     rule: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    approval: Vec<Spanned<RawApproval>>,
+    #[serde(default)]
+    login: RawLogin,
 }
 
 #[derive(Deserialize)]
@@ -355,6 +413,8 @@ struct RawGateway {
     max_connections_per_source: Option<Spanned<u32>>,
     max_sessions: Option<Spanned<u32>>,
     max_sessions_per_connection: Option<Spanned<u32>>,
+    disk_alert_percent: Option<Spanned<u32>>,
+    disk_refuse_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
@@ -365,6 +425,60 @@ struct RawDevice {
     protocol: Spanned<String>,
     #[serde(default)]
     labels: BTreeMap<String, Spanned<String>>,
+    maintenance: Option<Spanned<RawHours>>,
+    break_glass: Option<Spanned<RawBreakGlass>>,
+}
+
+/// `break_glass = true` or `break_glass = { who = {..}, max = "30m" }`.
+enum RawBreakGlass {
+    Flag(bool),
+    Table(RawBreakGlassTable),
+}
+
+impl<'de> Deserialize<'de> for RawBreakGlass {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawBreakGlass;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table like { who = { kind = \"clinician\" }, max = \"30m\" }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawBreakGlass, E> {
+                Ok(RawBreakGlass::Flag(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawBreakGlass, A::Error> {
+                RawBreakGlassTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawBreakGlass::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBreakGlassTable {
+    who: Option<Spanned<RawWho>>,
+    max: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawApproval {
+    name: Spanned<String>,
+    who: Spanned<RawWho>,
+    devices: Spanned<RawDevices>,
+    approvers: Spanned<Vec<Spanned<RawWho>>>,
+    required: Option<Spanned<u32>>,
+    max_duration: Option<Spanned<String>>,
+    pending_expiry: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLogin {
+    mfa: Option<Vec<Spanned<String>>>,
+    cert_ttl: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -415,8 +529,6 @@ impl<'de> Deserialize<'de> for RawHours {
                 }
                 Ok(RawHours(out))
             }
-    disk_alert_percent: Option<Spanned<u32>>,
-    disk_refuse_percent: Option<Spanned<u32>>,
         }
         deserializer.deserialize_any(V)
     }
@@ -475,6 +587,27 @@ impl Cx<'_> {
                 ConfigErrorKind::Limit("must be at least 1".into()),
             )),
             Some(s) => Ok(s.into_inner()),
+        }
+    }
+
+    fn percent(
+        &self,
+        raw: Option<&Spanned<u32>>,
+        field: &str,
+        default: u8,
+    ) -> Result<u8, ConfigError> {
+        match raw {
+            None => Ok(default),
+            Some(s) => u8::try_from(*s.get_ref())
+                .ok()
+                .filter(|p| (1..=100).contains(p))
+                .ok_or_else(|| {
+                    self.err(
+                        s.span(),
+                        field,
+                        ConfigErrorKind::Limit("must be a percentage from 1 to 100".into()),
+                    )
+                }),
         }
     }
 
@@ -543,6 +676,16 @@ impl Cx<'_> {
                 "gateway.max_sessions_per_connection",
                 d.max_sessions_per_connection,
             )?,
+            disk_alert_percent: self.percent(
+                g.disk_alert_percent.as_ref(),
+                "gateway.disk_alert_percent",
+                d.disk_alert_percent,
+            )?,
+            disk_refuse_percent: self.percent(
+                g.disk_refuse_percent.as_ref(),
+                "gateway.disk_refuse_percent",
+                d.disk_refuse_percent,
+            )?,
         };
         let header_span = g.listen.span();
         if limits.max_connections_per_source > limits.max_connections {
@@ -565,6 +708,21 @@ impl Cx<'_> {
                 )),
             ));
         }
+        if limits.disk_alert_percent >= limits.disk_refuse_percent {
+            let span = g
+                .disk_alert_percent
+                .as_ref()
+                .or(g.disk_refuse_percent.as_ref())
+                .map(Spanned::span);
+            return Err(self.err(
+                span.unwrap_or(header_span),
+                "gateway.disk_alert_percent",
+                ConfigErrorKind::Limit(format!(
+                    "{} must be below disk_refuse_percent ({}): the alert has to come before sessions are refused",
+                    limits.disk_alert_percent, limits.disk_refuse_percent
+                )),
+            ));
+        }
         Ok(GatewayConfig {
             listen,
             listen_tcp,
@@ -574,27 +732,6 @@ impl Cx<'_> {
             state_dir: self.path(g.state_dir, "gateway.state_dir")?,
             timezone_offset,
             limits,
-    fn percent(
-        &self,
-        raw: Option<&Spanned<u32>>,
-        field: &str,
-        default: u8,
-    ) -> Result<u8, ConfigError> {
-        match raw {
-            None => Ok(default),
-            Some(s) => u8::try_from(*s.get_ref())
-                .ok()
-                .filter(|p| (1..=100).contains(p))
-                .ok_or_else(|| {
-                    self.err(
-                        s.span(),
-                        field,
-                        ConfigErrorKind::Limit("must be a percentage from 1 to 100".into()),
-                    )
-                }),
-        }
-    }
-
         })
     }
 
@@ -612,7 +749,135 @@ impl Cx<'_> {
             .collect()
     }
 
-    fn devices(&self, raw: Vec<Spanned<RawDevice>>) -> Result<Vec<Device>, ConfigError> {
+    fn hours(
+        &self,
+        raw: Spanned<RawHours>,
+        field: String,
+        offset: UtcOffset,
+    ) -> Result<Hours, ConfigError> {
+        let span = raw.span();
+        let windows = raw
+            .into_inner()
+            .0
+            .iter()
+            .map(|w| Window::parse(w))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| self.err(span.clone(), field.clone(), e))?;
+        Hours::new(windows, offset).map_err(|e| self.err(span, field, e))
+    }
+
+    fn break_glass(
+        &self,
+        raw: Spanned<RawBreakGlass>,
+        field: String,
+    ) -> Result<Option<BreakGlass>, ConfigError> {
+        match raw.into_inner() {
+            RawBreakGlass::Flag(false) => Ok(None),
+            RawBreakGlass::Flag(true) => Ok(Some(BreakGlass::default())),
+            RawBreakGlass::Table(t) => {
+                let d = BreakGlass::default();
+                let who = match t.who {
+                    Some(w) => self.who(w, &format!("{field}.who"))?,
+                    None => d.who,
+                };
+                let max = self.duration(t.max, &format!("{field}.max"), d.max)?;
+                Ok(Some(BreakGlass { who, max }))
+            }
+        }
+    }
+
+    fn approvals(
+        &self,
+        raw: Vec<Spanned<RawApproval>>,
+        devices: &[Device],
+    ) -> Result<Vec<ApprovalPolicy>, ConfigError> {
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut out = Vec::with_capacity(raw.len());
+        for (i, a) in raw.into_iter().enumerate() {
+            let a = a.into_inner();
+            let f = |name: &str| format!("approval[{i}].{name}");
+            let name_span = a.name.span();
+            check_name("approval name", a.name.get_ref())
+                .map_err(|e| self.err(name_span.clone(), f("name"), e))?;
+            if let Some(first_line) = seen.get(a.name.get_ref()) {
+                return Err(self.err(
+                    name_span,
+                    f("name"),
+                    ConfigErrorKind::DuplicateRule {
+                        name: a.name.into_inner(),
+                        first_line: *first_line,
+                    },
+                ));
+            }
+            seen.insert(a.name.get_ref().clone(), self.line(&name_span));
+            let who = self.who(a.who, &f("who"))?;
+            let selector = self.selector(a.devices, &f("devices"), devices)?;
+            let approvers_span = a.approvers.span();
+            let approvers = a
+                .approvers
+                .into_inner()
+                .into_iter()
+                .enumerate()
+                .map(|(j, w)| self.who(w, &format!("approval[{i}].approvers[{j}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            if approvers.is_empty() {
+                return Err(self.err(approvers_span, f("approvers"), ConfigErrorKind::Empty));
+            }
+            let groups = u32::try_from(approvers.len()).unwrap_or(u32::MAX);
+            let required = match a.required {
+                None => groups,
+                Some(r) if *r.get_ref() < groups => {
+                    return Err(self.err(
+                        r.span(),
+                        f("required"),
+                        ConfigErrorKind::Limit(format!(
+                            "{} is less than the number of approver groups ({groups}); each group must approve",
+                            r.get_ref()
+                        )),
+                    ))
+                }
+                Some(r) => r.into_inner(),
+            };
+            let max_duration =
+                self.duration(a.max_duration, &f("max_duration"), DEFAULT_MAX_DURATION)?;
+            let pending_expiry = self.duration(
+                a.pending_expiry,
+                &f("pending_expiry"),
+                DEFAULT_PENDING_EXPIRY,
+            )?;
+            out.push(ApprovalPolicy {
+                name: a.name.into_inner(),
+                devices: selector,
+                who,
+                approvers,
+                required,
+                max_duration,
+                pending_expiry,
+            });
+        }
+        Ok(out)
+    }
+
+    fn login(&self, raw: RawLogin) -> Result<LoginConfig, ConfigError> {
+        let mut login = LoginConfig::default();
+        for k in raw.mfa.unwrap_or_default() {
+            let kind = k
+                .get_ref()
+                .parse::<PrincipalKind>()
+                .map_err(|e| self.err(k.span(), "login.mfa", e))?;
+            if !login.mfa.contains(&kind) {
+                login.mfa.push(kind);
+            }
+        }
+        login.cert_ttl = self.duration(raw.cert_ttl, "login.cert_ttl", login.cert_ttl)?;
+        Ok(login)
+    }
+
+    fn devices(
+        &self,
+        raw: Vec<Spanned<RawDevice>>,
+        offset: UtcOffset,
+    ) -> Result<Vec<Device>, ConfigError> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
         for (i, d) in raw.into_iter().enumerate() {
@@ -642,11 +907,21 @@ impl Cx<'_> {
                 .parse()
                 .map_err(|e| self.err(d.protocol.span(), f("protocol"), e))?;
             let labels = self.labels(d.labels, &f("labels"))?;
+            let maintenance = d
+                .maintenance
+                .map(|h| self.hours(h, f("maintenance"), offset))
+                .transpose()?;
+            let break_glass = match d.break_glass {
+                Some(b) => self.break_glass(b, f("break_glass"))?,
+                None => None,
+            };
             out.push(Device {
                 id,
                 address,
                 protocol,
                 labels,
+                maintenance,
+                break_glass,
             });
         }
         Ok(out)
@@ -660,16 +935,6 @@ impl Cx<'_> {
     }
 
     fn who(&self, raw: Spanned<RawWho>, field: &str) -> Result<Who, ConfigError> {
-            disk_alert_percent: self.percent(
-                g.disk_alert_percent.as_ref(),
-                "gateway.disk_alert_percent",
-                d.disk_alert_percent,
-            )?,
-            disk_refuse_percent: self.percent(
-                g.disk_refuse_percent.as_ref(),
-                "gateway.disk_refuse_percent",
-                d.disk_refuse_percent,
-            )?,
         let span = raw.span();
         let w = raw.into_inner();
         let kind = w
@@ -692,21 +957,6 @@ impl Cx<'_> {
             .roles
             .unwrap_or_default()
             .into_iter()
-        if limits.disk_alert_percent >= limits.disk_refuse_percent {
-            let span = g
-                .disk_alert_percent
-                .as_ref()
-                .or(g.disk_refuse_percent.as_ref())
-                .map(Spanned::span);
-            return Err(self.err(
-                span.unwrap_or(header_span),
-                "gateway.disk_alert_percent",
-                ConfigErrorKind::Limit(format!(
-                    "{} must be below disk_refuse_percent ({}): the alert has to come before sessions are refused",
-                    limits.disk_alert_percent, limits.disk_refuse_percent
-                )),
-            ));
-        }
             .map(|r| self.non_empty(r, format!("{field}.roles")))
             .collect::<Result<Vec<_>, _>>()?;
         let who = Who {
@@ -801,17 +1051,7 @@ impl Cx<'_> {
                 .transpose()?;
             let hours = r
                 .hours
-                .map(|h| {
-                    let span = h.span();
-                    let windows = h
-                        .into_inner()
-                        .0
-                        .iter()
-                        .map(|w| Window::parse(w))
-                        .collect::<Result<Vec<_>, _>>()
-                        .map_err(|e| self.err(span.clone(), f("hours"), e))?;
-                    Hours::new(windows, offset).map_err(|e| self.err(span, f("hours"), e))
-                })
+                .map(|h| self.hours(h, f("hours"), offset))
                 .transpose()?;
             out.push(Rule {
                 name: r.name.into_inner(),
@@ -1018,6 +1258,10 @@ labels = { vendor = "acme" }
             ("wrong type", format!("{GATEWAY}max_sessions = \"lots\"\n"), 7, "gateway.max_sessions", "invalid type"),
             ("negative count", format!("{GATEWAY}max_sessions = -1\n"), 7, "gateway.max_sessions", "u32"),
             ("zero count", format!("{GATEWAY}max_sessions = 0\n"), 7, "gateway.max_sessions", "at least 1"),
+            ("percent over 100", format!("{GATEWAY}disk_alert_percent = 101\n"), 7, "gateway.disk_alert_percent", "from 1 to 100"),
+            ("zero percent", format!("{GATEWAY}disk_refuse_percent = 0\n"), 7, "gateway.disk_refuse_percent", "from 1 to 100"),
+            ("alert not below refuse", format!("{GATEWAY}disk_alert_percent = 95\ndisk_refuse_percent = 95\n"), 7,
+                "gateway.disk_alert_percent", "must be below disk_refuse_percent"),
             ("inconsistent limits", format!("{GATEWAY}max_connections = 8\nmax_connections_per_source = 9\n"), 8,
                 "gateway.max_connections_per_source", "more than max_connections"),
             ("bad listen", GATEWAY.replace("127.0.0.1:4433", "localhost:4433"), 2, "gateway.listen", "bad listen address"),
@@ -1087,7 +1331,3 @@ labels = { vendor = "acme" }
         assert_eq!(Location::of("", 10), Location { line: 1, column: 1 });
     }
 }
-            ("percent over 100", format!("{GATEWAY}disk_alert_percent = 101\n"), 7, "gateway.disk_alert_percent", "from 1 to 100"),
-            ("zero percent", format!("{GATEWAY}disk_refuse_percent = 0\n"), 7, "gateway.disk_refuse_percent", "from 1 to 100"),
-            ("alert not below refuse", format!("{GATEWAY}disk_alert_percent = 95\ndisk_refuse_percent = 95\n"), 7,
-                "gateway.disk_alert_percent", "must be below disk_refuse_percent"),

@@ -253,6 +253,10 @@ pub struct Device {
     pub protocol: Protocol,
     /// Free-form labels rules select on (keys and values checked by [`check_label`]).
     pub labels: BTreeMap<String, String>,
+    /// Maintenance windows: vendor sessions only inside them, unless a grant covers the time.
+    pub maintenance: Option<crate::window::Hours>,
+    /// Emergency access: who may break the glass here, and for how long. `None` = never.
+    pub break_glass: Option<crate::access::BreakGlass>,
 }
 
 #[cfg(test)]

@@ -11,10 +11,12 @@
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod device;
 pub mod duration;
 pub mod frame;
+pub mod password;
 pub mod policy;
 pub mod principal;
 pub mod session;
@@ -31,8 +33,8 @@ pub use frame::{
     ErrorCode, Frame, FrameError, LockInfo, Request, Response, ALPN,
 };
 pub use policy::{
-    evaluate, evaluate_id, lock_applies, reachable_devices, Decision, DenyReason, DeviceSelector,
-    Lock, LockTarget, Permit, Rule, Who,
+    evaluate, evaluate_access, evaluate_id, lock_applies, reachable_devices, AccessInputs,
+    Decision, DenyReason, DeviceSelector, Lock, LockTarget, Permit, Rule, Who,
 };
 pub use principal::{Principal, PrincipalKind, UnknownPrincipalKind};
 pub use session::{Authorized, Closed, Denied, EndReason, Handshaken};

@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
+use crate::access::{policy_for, ApprovalPolicy, Grant};
 use crate::device::{Device, DeviceId};
 use crate::principal::{Principal, PrincipalKind};
 use crate::session::EndReason;
@@ -165,6 +166,8 @@ pub struct Permit {
     rule: String,
     ends_at: OffsetDateTime,
     end_reason: EndReason,
+    grant: Option<String>,
+    break_glass: bool,
 }
 
 impl Permit {
@@ -182,6 +185,16 @@ impl Permit {
     /// [`EndReason::CertificateExpiry`], [`EndReason::MaxDuration`], [`EndReason::WindowEnd`].
     pub fn end_reason(&self) -> &EndReason {
         &self.end_reason
+    }
+
+    /// The access grant that allowed it, if a grant did.
+    pub fn grant(&self) -> Option<&str> {
+        self.grant.as_deref()
+    }
+
+    /// Whether this is an emergency (break-glass) session.
+    pub fn break_glass(&self) -> bool {
+        self.break_glass
     }
 }
 
@@ -228,6 +241,49 @@ pub enum DenyReason {
         /// When it lifts; `None` = indefinitely.
         until: Option<OffsetDateTime>,
     },
+    /// An approval policy governs this principal on this device and no grant covers now.
+    #[error("{device} needs an approved access request for {principal} (policy {policy}); ask with: ward request {device} --reason TEXT --duration 2h")]
+    NeedsApproval {
+        /// Principal display.
+        principal: String,
+        /// Device id.
+        device: String,
+        /// The approval policy.
+        policy: String,
+    },
+    /// The principal holds a grant for this device whose window has not started.
+    #[error("grant {grant} for {device} starts at {}", until_text(Some(*.starts)))]
+    GrantNotYet {
+        /// Grant id.
+        grant: String,
+        /// Device id.
+        device: String,
+        /// Window start.
+        starts: OffsetDateTime,
+    },
+    /// A vendor outside the device's maintenance windows, with no grant covering now.
+    #[error("{device} takes vendor sessions only in its maintenance windows ({windows}); next window opens {next_open}; an approved access request can cover other times")]
+    OutsideMaintenance {
+        /// Principal display.
+        principal: String,
+        /// Device id.
+        device: String,
+        /// The windows, e.g. `Tue 02:00-04:00 (UTC)`.
+        windows: String,
+        /// When the next one opens.
+        next_open: String,
+    },
+    /// Break-glass asked where the device's policy does not allow it for this principal.
+    #[error("break-glass access to {device} is not allowed for {principal}")]
+    BreakGlassNotAllowed {
+        /// Principal display.
+        principal: String,
+        /// Device id.
+        device: String,
+    },
+    /// Break-glass asked without a reason.
+    #[error("break-glass access needs a reason: ward connect DEVICE --break-glass --reason TEXT")]
+    BreakGlassNoReason,
     /// The principal's certificate has already expired.
     #[error("the certificate for {principal} expired at {}", until_text(Some(*.not_after)))]
     CertificateExpired {
@@ -309,6 +365,8 @@ pub fn evaluate(
                 rule: rule.name.clone(),
                 ends_at,
                 end_reason,
+                grant: None,
+                break_glass: false,
             });
         }
     }
@@ -342,6 +400,175 @@ pub fn evaluate(
             principal: principal.to_string(),
             device: device.id.to_string(),
         }),
+    }
+}
+
+/// What session authorization looks at besides rules: locks, approval policies and grants.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AccessInputs<'a> {
+    /// `[[rule]]`s.
+    pub rules: &'a [Rule],
+    /// Active locks.
+    pub locks: &'a [Lock],
+    /// `[[approval]]` policies.
+    pub approvals: &'a [ApprovalPolicy],
+    /// Grants (any state; only live ones count).
+    pub grants: &'a [Grant],
+}
+
+/// Full session authorization: locks, break-glass, grants, approval policies, rules and
+/// maintenance windows, in that order.
+///
+/// * A lock denies everything, break-glass included.
+/// * Break-glass (`Some(reason)`) is allowed only where the device's `break_glass` matches the
+///   principal, needs a non-empty reason, and is capped by the device's `max`.
+/// * A live grant for this principal and device permits until the grant's end, outside
+///   maintenance windows too (the approval explicitly covered the time).
+/// * A principal an approval policy governs on this device is denied without a live grant, even
+///   if a rule would permit: no standing access.
+/// * Otherwise [`evaluate`]; a vendor's permit is then limited to the device's maintenance windows.
+pub fn evaluate_access(
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    break_glass: Option<&str>,
+    now: OffsetDateTime,
+) -> Decision {
+    if principal.not_after <= now {
+        return Decision::Deny(DenyReason::CertificateExpired {
+            principal: principal.to_string(),
+            not_after: principal.not_after,
+        });
+    }
+    let decision = decide_access(inputs, principal, device, break_glass, now);
+    // Like `evaluate`: a lock is reported only to principals that could otherwise reach the
+    // device, so that a lock never reveals a device's existence.
+    if let Decision::Deny(
+        DenyReason::NoRule { .. }
+        | DenyReason::UnknownDevice { .. }
+        | DenyReason::BreakGlassNotAllowed { .. },
+    ) = decision
+    {
+        return decision;
+    }
+    match inputs
+        .locks
+        .iter()
+        .find(|l| lock_applies(l, principal, device.id.as_str(), now))
+    {
+        Some(lock) => Decision::Deny(DenyReason::Locked {
+            reason: lock.reason.clone(),
+            by: lock.by.clone(),
+            until: lock.until,
+        }),
+        None => decision,
+    }
+}
+
+fn decide_access(
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    break_glass: Option<&str>,
+    now: OffsetDateTime,
+) -> Decision {
+    let capped = |limit: OffsetDateTime, reason: EndReason| {
+        if limit < principal.not_after {
+            (limit, reason)
+        } else {
+            (principal.not_after, EndReason::CertificateExpiry)
+        }
+    };
+    if let Some(reason) = break_glass {
+        let Some(bg) = device
+            .break_glass
+            .as_ref()
+            .filter(|bg| bg.who.matches(principal))
+        else {
+            return Decision::Deny(DenyReason::BreakGlassNotAllowed {
+                principal: principal.to_string(),
+                device: device.id.to_string(),
+            });
+        };
+        if reason.trim().is_empty() {
+            return Decision::Deny(DenyReason::BreakGlassNoReason);
+        }
+        let limit = time::Duration::try_from(bg.max)
+            .ok()
+            .and_then(|d| now.checked_add(d))
+            .unwrap_or(principal.not_after);
+        let (ends_at, end_reason) = capped(limit, EndReason::MaxDuration);
+        return Decision::Permit(Permit {
+            rule: "break-glass".to_owned(),
+            ends_at,
+            end_reason,
+            grant: None,
+            break_glass: true,
+        });
+    }
+    let device_id = device.id.as_str();
+    if let Some(grant) = inputs
+        .grants
+        .iter()
+        .filter(|g| g.covers(principal, device_id, now))
+        .max_by_key(|g| g.end)
+    {
+        let (ends_at, end_reason) = capped(grant.end, EndReason::WindowEnd);
+        return Decision::Permit(Permit {
+            rule: format!("grant {}", grant.id),
+            ends_at,
+            end_reason,
+            grant: Some(grant.id.clone()),
+            break_glass: false,
+        });
+    }
+    if let Some(policy) = policy_for(inputs.approvals, principal, device) {
+        if let Some(upcoming) = inputs
+            .grants
+            .iter()
+            .filter(|g| g.is_current(now) && g.principal.is(principal) && g.device == device_id)
+            .min_by_key(|g| g.start)
+        {
+            return Decision::Deny(DenyReason::GrantNotYet {
+                grant: upcoming.id.clone(),
+                device: device_id.to_owned(),
+                starts: upcoming.start,
+            });
+        }
+        return Decision::Deny(DenyReason::NeedsApproval {
+            principal: principal.to_string(),
+            device: device_id.to_owned(),
+            policy: policy.name.clone(),
+        });
+    }
+    match evaluate(inputs.rules, &[], principal, device, now) {
+        Decision::Permit(mut permit) => {
+            let Some(hours) = device
+                .maintenance
+                .as_ref()
+                .filter(|_| principal.kind == PrincipalKind::Vendor)
+            else {
+                return Decision::Permit(permit);
+            };
+            match hours.state(now) {
+                WindowState::Open { until } => {
+                    if let Some(until) = until.filter(|u| *u < permit.ends_at) {
+                        permit.ends_at = until;
+                        permit.end_reason = EndReason::WindowEnd;
+                    }
+                    Decision::Permit(permit)
+                }
+                WindowState::Closed { opens_at } => {
+                    Decision::Deny(DenyReason::OutsideMaintenance {
+                        principal: principal.to_string(),
+                        device: device_id.to_owned(),
+                        windows: hours.to_string(),
+                        next_open: format_local(opens_at, hours.offset()),
+                    })
+                }
+            }
+        }
+        deny => deny,
     }
 }
 
@@ -404,6 +631,8 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            maintenance: None,
+            break_glass: None,
         }
     }
 
@@ -769,6 +998,8 @@ mod tests {
                 address: "10.0.0.1:23".parse().unwrap(),
                 protocol: Protocol::Raw,
                 labels,
+                maintenance: None,
+                break_glass: None,
             })
     }
 
@@ -819,5 +1050,251 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod access_tests {
+    use super::*;
+    use crate::access::{BreakGlass, PrincipalRef};
+    use crate::device::{DeviceAddress, Protocol};
+    use time::macros::datetime;
+    use time::{Duration, UtcOffset};
+
+    /// Monday 10:00.
+    const NOW: OffsetDateTime = datetime!(2024-01-01 10:00 UTC);
+
+    fn pump() -> Device {
+        Device {
+            id: DeviceId::new("pump-12").unwrap(),
+            address: "10.0.0.1:23".parse::<DeviceAddress>().unwrap(),
+            protocol: Protocol::Telnet,
+            labels: [("class".to_string(), "infusion-pump".to_string())].into(),
+            maintenance: Some(Hours::parse(&["Tue 02:00-04:00"], UtcOffset::UTC).unwrap()),
+            break_glass: Some(BreakGlass::default()),
+        }
+    }
+
+    fn person(kind: PrincipalKind, name: &str) -> Principal {
+        Principal {
+            kind,
+            name: name.into(),
+            org: Some("acme".into()),
+            roles: vec![],
+            serial: "01".into(),
+            not_after: NOW + Duration::hours(8),
+        }
+    }
+
+    fn standing_rule() -> Vec<Rule> {
+        vec![Rule {
+            name: "vendors".into(),
+            who: Who {
+                kind: Some(PrincipalKind::Vendor),
+                ..Who::default()
+            },
+            devices: DeviceSelector::All,
+            max_session: None,
+            hours: None,
+        }]
+    }
+
+    fn approval() -> ApprovalPolicy {
+        ApprovalPolicy {
+            name: "pumps".into(),
+            devices: DeviceSelector::All,
+            who: Who {
+                kind: Some(PrincipalKind::Vendor),
+                ..Who::default()
+            },
+            approvers: vec![Who {
+                kind: Some(PrincipalKind::Clinician),
+                ..Who::default()
+            }],
+            required: 1,
+            max_duration: crate::access::DEFAULT_MAX_DURATION,
+            pending_expiry: crate::access::DEFAULT_PENDING_EXPIRY,
+        }
+    }
+
+    fn grant(p: &Principal, start: OffsetDateTime, end: OffsetDateTime) -> Grant {
+        Grant {
+            id: "grant-1".into(),
+            request: "req-1".into(),
+            principal: PrincipalRef::of(p),
+            device: "pump-12".into(),
+            start,
+            end,
+            approvers: vec!["nurse".into()],
+            revoked_at: None,
+            revoked: None,
+        }
+    }
+
+    fn decide(
+        inputs: &AccessInputs<'_>,
+        p: &Principal,
+        bg: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Decision {
+        evaluate_access(inputs, p, &pump(), bg, now)
+    }
+
+    #[test]
+    fn maintenance_window_names_the_next_window() {
+        let vendor = person(PrincipalKind::Vendor, "tech");
+        let rules = standing_rule();
+        let inputs = AccessInputs {
+            rules: &rules,
+            ..AccessInputs::default()
+        };
+        let Decision::Deny(reason) = decide(&inputs, &vendor, None, NOW) else {
+            panic!("vendor outside the window must be denied");
+        };
+        assert!(matches!(reason, DenyReason::OutsideMaintenance { .. }));
+        assert!(
+            reason.to_string().contains("next window opens Tue 02:00"),
+            "{reason}"
+        );
+        // Inside the window: permitted, cut at the window's end.
+        let tue = datetime!(2024-01-02 03:00 UTC);
+        let mut v = vendor.clone();
+        v.not_after = tue + Duration::hours(8);
+        let Decision::Permit(p) = decide(&inputs, &v, None, tue) else {
+            panic!("inside the window");
+        };
+        assert_eq!(p.ends_at(), datetime!(2024-01-02 04:00 UTC));
+        assert_eq!(p.end_reason(), &EndReason::WindowEnd);
+        // Clinicians are not limited by maintenance windows.
+        let rules = vec![Rule {
+            who: Who {
+                kind: Some(PrincipalKind::Clinician),
+                ..Who::default()
+            },
+            ..standing_rule().remove(0)
+        }];
+        let inputs = AccessInputs {
+            rules: &rules,
+            ..AccessInputs::default()
+        };
+        assert!(matches!(
+            decide(&inputs, &person(PrincipalKind::Clinician, "n"), None, NOW),
+            Decision::Permit(_)
+        ));
+    }
+
+    #[test]
+    fn grants_open_their_window_and_nothing_else() {
+        let vendor = person(PrincipalKind::Vendor, "tech");
+        let approvals = [approval()];
+        let rules = standing_rule();
+        // A standing rule does not help where an approval policy governs.
+        let none = AccessInputs {
+            rules: &rules,
+            approvals: &approvals,
+            ..AccessInputs::default()
+        };
+        assert!(matches!(
+            decide(&none, &vendor, None, NOW),
+            Decision::Deny(DenyReason::NeedsApproval { .. })
+        ));
+        let grants = [grant(
+            &vendor,
+            NOW + Duration::hours(1),
+            NOW + Duration::hours(3),
+        )];
+        let inputs = AccessInputs {
+            approvals: &approvals,
+            grants: &grants,
+            ..AccessInputs::default()
+        };
+        // Before the window: named grant, its start.
+        assert!(matches!(
+            decide(&inputs, &vendor, None, NOW),
+            Decision::Deny(DenyReason::GrantNotYet { .. })
+        ));
+        // Inside: permitted outside the maintenance window, ends with the grant.
+        let Decision::Permit(p) = decide(&inputs, &vendor, None, NOW + Duration::hours(2)) else {
+            panic!("grant window");
+        };
+        assert_eq!(p.grant(), Some("grant-1"));
+        assert_eq!(p.ends_at(), NOW + Duration::hours(3));
+        assert_eq!(p.end_reason(), &EndReason::WindowEnd);
+        // After: denied again.
+        assert!(matches!(
+            decide(&inputs, &vendor, None, NOW + Duration::hours(3)),
+            Decision::Deny(DenyReason::NeedsApproval { .. })
+        ));
+        // Another vendor gains nothing from it.
+        assert!(matches!(
+            decide(
+                &inputs,
+                &person(PrincipalKind::Vendor, "other"),
+                None,
+                NOW + Duration::hours(2)
+            ),
+            Decision::Deny(DenyReason::NeedsApproval { .. })
+        ));
+        // The certificate still caps it.
+        let mut short = vendor.clone();
+        short.not_after = NOW + Duration::minutes(150);
+        let Decision::Permit(p) = decide(&inputs, &short, None, NOW + Duration::hours(2)) else {
+            panic!("grant window");
+        };
+        assert_eq!(p.end_reason(), &EndReason::CertificateExpiry);
+        // A lock wins over the grant.
+        let locks = [Lock {
+            target: LockTarget::Principal("tech".into()),
+            until: None,
+            reason: "stolen laptop".into(),
+            by: "soc".into(),
+        }];
+        let locked = AccessInputs {
+            locks: &locks,
+            ..inputs
+        };
+        assert!(matches!(
+            decide(&locked, &vendor, None, NOW + Duration::hours(2)),
+            Decision::Deny(DenyReason::Locked { .. })
+        ));
+    }
+
+    #[test]
+    fn break_glass_where_allowed_capped_and_flagged() {
+        let nurse = person(PrincipalKind::Clinician, "nurse");
+        let inputs = AccessInputs::default();
+        // No rule at all: break-glass still opens, capped at 30 minutes and flagged.
+        let Decision::Permit(p) = decide(&inputs, &nurse, Some("patient crashing"), NOW) else {
+            panic!("break-glass");
+        };
+        assert!(p.break_glass());
+        assert_eq!(p.ends_at(), NOW + Duration::minutes(30));
+        assert_eq!(p.end_reason(), &EndReason::MaxDuration);
+        assert!(matches!(
+            decide(&inputs, &nurse, Some("  "), NOW),
+            Decision::Deny(DenyReason::BreakGlassNoReason)
+        ));
+        // Vendors may not break the glass (default who = clinicians).
+        assert!(matches!(
+            decide(
+                &inputs,
+                &person(PrincipalKind::Vendor, "tech"),
+                Some("x"),
+                NOW
+            ),
+            Decision::Deny(DenyReason::BreakGlassNotAllowed { .. })
+        ));
+        // A device without break_glass refuses it.
+        let mut d = pump();
+        d.break_glass = None;
+        assert!(matches!(
+            evaluate_access(&inputs, &nurse, &d, Some("x"), NOW),
+            Decision::Deny(DenyReason::BreakGlassNotAllowed { .. })
+        ));
+        // Without break-glass the same nurse has no rule.
+        assert!(matches!(
+            decide(&inputs, &nurse, None, NOW),
+            Decision::Deny(DenyReason::NoRule { .. })
+        ));
     }
 }

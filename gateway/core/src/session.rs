@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::device::Device;
-use crate::policy::{self, Decision, DenyReason, Lock, Permit, Rule};
+use crate::policy::{self, AccessInputs, Decision, DenyReason, Lock, Permit, Rule};
 use crate::principal::Principal;
 
 /// Why a session ended (or, in a [`Permit`], why it will end if nothing cuts it short).
@@ -87,17 +87,45 @@ impl Handshaken {
         device_id: &str,
         now: OffsetDateTime,
     ) -> Result<Authorized, Denied> {
+        let inputs = AccessInputs {
+            rules,
+            locks,
+            ..AccessInputs::default()
+        };
+        self.authorize_access(&inputs, devices, device_id, None, now)
+    }
+
+    /// Full authorization ([`policy::evaluate_access`]): grants, approval policies, maintenance
+    /// windows and break-glass (`Some(reason)`) as well as rules and locks. An unknown device is
+    /// denied like a device no rule reaches (for break-glass: like one that does not allow it).
+    #[allow(clippy::result_large_err)]
+    pub fn authorize_access(
+        self,
+        inputs: &AccessInputs<'_>,
+        devices: &[Device],
+        device_id: &str,
+        break_glass: Option<&str>,
+        now: OffsetDateTime,
+    ) -> Result<Authorized, Denied> {
         let Some(device) = devices.iter().find(|d| d.id.as_str() == device_id) else {
-            return Err(Denied {
-                reason: DenyReason::UnknownDevice {
+            let reason = if break_glass.is_some() {
+                DenyReason::BreakGlassNotAllowed {
                     principal: self.principal.to_string(),
                     device: device_id.to_owned(),
-                },
+                }
+            } else {
+                DenyReason::UnknownDevice {
+                    principal: self.principal.to_string(),
+                    device: device_id.to_owned(),
+                }
+            };
+            return Err(Denied {
+                reason,
                 principal: self.principal,
                 device: device_id.to_owned(),
             });
         };
-        match policy::evaluate(rules, locks, &self.principal, device, now) {
+        match policy::evaluate_access(inputs, &self.principal, device, break_glass, now) {
             Decision::Permit(permit) => Ok(Authorized {
                 principal: self.principal,
                 device: device.clone(),
@@ -218,6 +246,8 @@ mod tests {
             address: "10.20.0.12:23".parse::<DeviceAddress>().unwrap(),
             protocol: Protocol::Telnet,
             labels: BTreeMap::new(),
+            maintenance: None,
+            break_glass: None,
         };
         let rule = Rule {
             name: "r".into(),
