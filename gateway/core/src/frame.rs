@@ -96,6 +96,148 @@ pub enum Request {
     ListLocks,
     /// A security-team review operation (security and admin identities only; audited).
     Review(Review),
+    /// Log in with password (+ TOTP) and a CSR; answered with `Issued`. The only request a
+    /// connection without a client certificate may make.
+    Login(Login),
+    /// Access requests, approvals, grants and users (answered with `Access`, `Stream` or `Ok`).
+    Access(AccessOp),
+}
+
+/// A login: the user's password and TOTP code, and a CSR for the key made on the client.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    /// User name.
+    pub user: String,
+    /// Password (never logged; `Debug` hides it).
+    pub password: String,
+    /// TOTP code, when the user has MFA.
+    #[serde(default)]
+    pub totp: Option<String>,
+    /// PEM CSR; only its public key is used.
+    pub csr_pem: String,
+    /// Bind the certificate to this grant (its end caps the certificate).
+    #[serde(default)]
+    pub grant: Option<String>,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("totp", &self.totp.as_ref().map(|_| "<hidden>"))
+            .field("grant", &self.grant)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Just-in-time access operations, carried by [`Request::Access`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccessOp {
+    /// Ask for access to a device for a window.
+    Request {
+        /// Device id.
+        device: String,
+        /// Why.
+        reason: String,
+        /// Window length in seconds.
+        duration_secs: u64,
+        /// Window start (Unix seconds); `None` = now.
+        #[serde(default)]
+        start_unix: Option<i64>,
+    },
+    /// Requests this principal may see (own, to approve, or all for security/admin); streams JSON lines.
+    ListRequests {
+        /// Include decided and expired requests.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Approve a request.
+    Approve {
+        /// Request id.
+        id: String,
+        /// Optional comment.
+        #[serde(default)]
+        comment: Option<String>,
+    },
+    /// Deny a request.
+    Deny {
+        /// Request id.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// Grants this principal may see; streams JSON lines.
+    ListGrants {
+        /// Include ended and revoked grants.
+        #[serde(default)]
+        all: bool,
+    },
+    /// Revoke a grant; live sessions on it end within a second.
+    Revoke {
+        /// Grant id.
+        grant: String,
+        /// Why.
+        reason: String,
+    },
+    /// Add a user (admin only). Answered with `Access(UserCreated)`.
+    UserAdd {
+        /// Name.
+        name: String,
+        /// vendor | clinician | security | admin.
+        kind: String,
+        /// Organisation.
+        #[serde(default)]
+        org: Option<String>,
+        /// Roles.
+        #[serde(default)]
+        roles: Vec<String>,
+    },
+    /// Disable a user (admin only): no more logins, live sessions end.
+    UserDisable {
+        /// Name.
+        name: String,
+    },
+    /// List users (admin only); streams JSON lines.
+    UserList,
+}
+
+/// Single-object answers to [`AccessOp`]s, carried by [`Response::Access`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum AccessReply {
+    /// A request (after `Request` or `Deny`).
+    Request {
+        /// The request.
+        request: crate::access::AccessRequest,
+    },
+    /// An approval was recorded.
+    Approved {
+        /// The request, after the approval.
+        request: crate::access::AccessRequest,
+        /// Distinct approvers so far.
+        count: u32,
+        /// Needed in all.
+        required: u32,
+        /// The grant, when this approval completed the request.
+        grant: Option<crate::access::Grant>,
+    },
+    /// A grant (after `Revoke`).
+    Grant {
+        /// The grant.
+        grant: crate::access::Grant,
+    },
+    /// A user was created: the one-time initial password and the TOTP provisioning URI.
+    UserCreated {
+        /// Name.
+        name: String,
+        /// Initial password (shown once).
+        password: String,
+        /// `otpauth://` URI, when the user has TOTP.
+        totp_uri: Option<String>,
+    },
 }
 
 /// Security-team review operations, carried by [`Request::Review`]. Answers that can be large
@@ -237,6 +379,17 @@ pub enum Response {
         /// What is being sent (e.g. `sessions`, `recording 3f…`, `audit log`).
         what: String,
     },
+    /// Answer to `Login`: the certificate chain for the client's key.
+    Issued {
+        /// PEM chain (leaf first).
+        chain_pem: String,
+        /// The certificate's not-after (Unix seconds).
+        not_after_unix: i64,
+        /// The grant the certificate is bound to, if any.
+        grant: Option<String>,
+    },
+    /// Answer to an [`AccessOp`] that returns one object.
+    Access(AccessReply),
 }
 
 /// Any frame.
@@ -274,6 +427,14 @@ pub mod frame_type {
     pub const LIST_LOCKS: u8 = 0x05;
     /// [`Request::Review`](super::Request::Review).
     pub const REVIEW: u8 = 0x06;
+    /// `Login`.
+    pub const LOGIN: u8 = 0x07;
+    /// `Access`.
+    pub const ACCESS: u8 = 0x08;
+    /// `Issued`.
+    pub const ISSUED: u8 = 0x89;
+    /// `Access` (response).
+    pub const ACCESS_REPLY: u8 = 0x8a;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -371,6 +532,15 @@ struct StreamWire {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct IssuedWire {
+    chain_pem: String,
+    not_after_unix: i64,
+    #[serde(default)]
+    grant: Option<String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LocksWire {
     locks: Vec<LockInfo>,
 }
@@ -384,6 +554,10 @@ fn type_name(t: u8) -> Option<&'static str> {
         UNLOCK => "Unlock",
         LIST_LOCKS => "ListLocks",
         REVIEW => "Review",
+        LOGIN => "Login",
+        ACCESS => "Access",
+        ISSUED => "Issued",
+        ACCESS_REPLY => "AccessReply",
         STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
@@ -408,6 +582,8 @@ impl Frame {
                 Request::Unlock { .. } => UNLOCK,
                 Request::ListLocks => LIST_LOCKS,
                 Request::Review(_) => REVIEW,
+                Request::Login(_) => LOGIN,
+                Request::Access(_) => ACCESS,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -418,6 +594,8 @@ impl Frame {
                 Response::Locks { .. } => LOCKS,
                 Response::Closed { .. } => CLOSED,
                 Response::Stream { .. } => STREAM,
+                Response::Issued { .. } => ISSUED,
+                Response::Access(_) => ACCESS_REPLY,
             },
         }
     }
@@ -450,6 +628,8 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             }),
             Request::Unlock { target } => to_json(&UnlockWire { target }),
             Request::Review(review) => to_json(&review),
+            Request::Login(login) => to_json(&login),
+            Request::Access(op) => to_json(&op),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -473,6 +653,16 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Response::Ok { message } => to_json(&MessageWire { message }),
             Response::Locks { locks } => to_json(&LocksWire { locks }),
             Response::Stream { what } => to_json(&StreamWire { what }),
+            Response::Issued {
+                chain_pem,
+                not_after_unix,
+                grant,
+            } => to_json(&IssuedWire {
+                chain_pem,
+                not_after_unix,
+                grant,
+            }),
+            Response::Access(reply) => to_json(&reply),
         },
     }?;
     let len = u32::try_from(payload.len())
@@ -608,6 +798,18 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
             Request::ListLocks.into()
         }
         REVIEW => Request::Review(from_json(name, text)?).into(),
+        LOGIN => Request::Login(from_json(name, text)?).into(),
+        ACCESS => Request::Access(from_json(name, text)?).into(),
+        ACCESS_REPLY => Response::Access(from_json(name, text)?).into(),
+        ISSUED => {
+            let w: IssuedWire = from_json(name, text)?;
+            Response::Issued {
+                chain_pem: w.chain_pem,
+                not_after_unix: w.not_after_unix,
+                grant: w.grant,
+            }
+            .into()
+        }
         STREAM => {
             let w: StreamWire = from_json(name, text)?;
             Response::Stream { what: w.what }.into()
@@ -916,5 +1118,74 @@ mod tests {
                 Err(_) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod access_frame_tests {
+    use super::*;
+
+    #[test]
+    fn login_and_access_frames_round_trip() {
+        let frames: Vec<Frame> = vec![
+            Request::Login(Login {
+                user: "tech".into(),
+                password: "correct horse battery".into(),
+                totp: Some("123456".into()),
+                csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+                grant: None,
+            })
+            .into(),
+            Request::Access(AccessOp::Request {
+                device: "pump-12".into(),
+                reason: "firmware".into(),
+                duration_secs: 7200,
+                start_unix: None,
+            })
+            .into(),
+            Request::Access(AccessOp::UserList).into(),
+            Response::Issued {
+                chain_pem: "pem".into(),
+                not_after_unix: 1,
+                grant: Some("grant-1".into()),
+            }
+            .into(),
+            Response::Access(AccessReply::UserCreated {
+                name: "n".into(),
+                password: "p".into(),
+                totp_uri: None,
+            })
+            .into(),
+        ];
+        for f in frames {
+            let bytes = encode(&f).unwrap();
+            let (back, used) = decode(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(back, f);
+        }
+        let json = br#"{"op":"approve","id":"req-1"}"#;
+        let mut raw = vec![frame_type::ACCESS];
+        raw.extend_from_slice(&(json.len() as u32).to_be_bytes());
+        raw.extend_from_slice(json);
+        assert_eq!(
+            decode_request(&raw).unwrap().unwrap().0,
+            Request::Access(AccessOp::Approve {
+                id: "req-1".into(),
+                comment: None
+            })
+        );
+    }
+
+    #[test]
+    fn login_debug_hides_secrets() {
+        let l = Login {
+            user: "tech".into(),
+            password: "hunter2hunter2".into(),
+            totp: Some("123456".into()),
+            csr_pem: String::new(),
+            grant: None,
+        };
+        let d = format!("{l:?}");
+        assert!(!d.contains("hunter2") && !d.contains("123456"), "{d}");
     }
 }

@@ -29,8 +29,9 @@ pub use config::{
 pub use device::{Device, DeviceAddress, DeviceError, DeviceId, Protocol};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use frame::{
-    decode, decode_request, decode_response, encode, encode_request, encode_response, DeviceInfo,
-    ErrorCode, Frame, FrameError, LockInfo, Request, Response, ALPN,
+    decode, decode_request, decode_response, encode, encode_request, encode_response, AccessOp,
+    AccessReply, DeviceInfo, ErrorCode, Frame, FrameError, LockInfo, Login, Request, Response,
+    ALPN,
 };
 pub use policy::{
     evaluate, evaluate_access, evaluate_id, lock_applies, reachable_devices, AccessInputs,
