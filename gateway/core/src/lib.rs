@@ -19,6 +19,7 @@ pub mod frame;
 pub mod password;
 pub mod policy;
 pub mod principal;
+pub mod ratelimit;
 pub mod session;
 pub mod totp;
 pub mod window;
