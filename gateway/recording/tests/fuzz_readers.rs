@@ -147,46 +147,36 @@ fn arb_mutation() -> impl Strategy<Value = (Vec<Mutation>, usize)> {
     (proptest::collection::vec(one, 1..4), any::<usize>())
 }
 
-/// Applies the mutations; returns the new bytes and the lowest offset that may differ.
+/// Applies the mutations; returns the new bytes and the offset of the first byte that differs
+/// from `base` (its length if one is a prefix of the other).
 fn apply(base: &[u8], muts: &[Mutation]) -> (Vec<u8>, usize) {
     let mut b = base.to_vec();
-    let mut first = usize::MAX;
     for m in muts {
         let n = b.len();
         match m {
-            Mutation::Flip { at, mask } if n > 0 => {
-                let at = at % n;
-                b[at] ^= mask;
-                first = first.min(at);
-            }
-            Mutation::Truncate { at } => {
-                let at = at % (n + 1);
-                b.truncate(at);
-                first = first.min(at);
-            }
+            Mutation::Flip { at, mask } if n > 0 => b[at % n] ^= mask,
+            Mutation::Truncate { at } => b.truncate(at % (n + 1)),
             Mutation::Insert { at, bytes } => {
                 let at = at % (n + 1);
                 b.splice(at..at, bytes.iter().copied());
-                first = first.min(at);
             }
             Mutation::Remove { at, n: k } if n > 0 => {
                 let at = at % n;
-                let end = (at + k).min(n);
-                b.drain(at..end);
-                first = first.min(at);
+                b.drain(at..(at + k).min(n));
             }
             Mutation::Overwrite { at, bytes } if n > 0 => {
-                let at = at % n;
-                for (i, x) in bytes.iter().enumerate() {
-                    if let Some(slot) = b.get_mut(at + i) {
-                        *slot = *x;
-                    }
+                for (slot, x) in b.iter_mut().skip(at % n).zip(bytes) {
+                    *slot = *x;
                 }
-                first = first.min(at);
             }
             _ => {}
         }
     }
+    let first = base
+        .iter()
+        .zip(&b)
+        .position(|(x, y)| x != y)
+        .unwrap_or(base.len().min(b.len()));
     (b, first)
 }
 
