@@ -359,7 +359,9 @@ impl Validator {
         // 3. Validity, ours first.
         let ca_nb = issuing.validity().not_before.to_datetime();
         let ca_na = issuing.validity().not_after.to_datetime();
-        if now < ca_nb - skew || now > ca_na + skew {
+        // Differences, not `time ± skew`: a certificate can say 9999-12-31T23:59:59Z, and adding
+        // the skew to that overflows (a panic), while the difference of two dates never does.
+        if ca_nb - now > skew || now - ca_na > skew {
             return Err(ValidationError::IssuerNotValid {
                 now: rfc3339(now),
                 not_before: rfc3339(ca_nb),
@@ -368,14 +370,14 @@ impl Validator {
         }
         let not_before = leaf.validity().not_before.to_datetime();
         let not_after = leaf.validity().not_after.to_datetime();
-        if now < not_before - skew {
+        if not_before - now > skew {
             return Err(ValidationError::NotYetValid {
                 not_before: rfc3339(not_before),
                 starts_in: format_duration(not_before - now),
                 tolerance: format!("{}s", skew.whole_seconds()),
             });
         }
-        if now > not_after + skew {
+        if now - not_after > skew {
             return Err(ValidationError::Expired {
                 not_after: rfc3339(not_after),
                 ago: format_duration(now - not_after),
