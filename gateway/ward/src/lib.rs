@@ -17,6 +17,7 @@ pub mod sim;
 pub mod store;
 pub mod telemetry;
 pub mod tls;
+pub mod users;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.
 pub const AUDIT_KEY: &str = "audit.key";

@@ -22,6 +22,12 @@ pub enum StoreError {
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("store is unavailable after an internal error")]
     Poisoned,
+    /// A record with that key already exists (a user name, …).
+    #[error("{0} already exists")]
+    Exists(String),
+    /// A value refused before it reached the database (a malformed user name, …).
+    #[error("invalid {0}")]
+    Invalid(String),
 }
 
 /// What the gateway needs from persistent state.
@@ -63,9 +69,17 @@ impl SqliteStore {
                  PRIMARY KEY (kind, value)
              );",
         )?;
+        crate::users::migrate_users(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
+    }
+
+    /// The connection, for the other tables' modules (`users`, `access_store`).
+    pub(crate) fn conn(
+        &self,
+    ) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
 }
 

@@ -1,0 +1,507 @@
+//! Users in the embedded store: who may log in, with which password hash and TOTP secret.
+//!
+//! A separate trait from [`crate::store::Store`] so the tables can move to another database with
+//! it. The SQLite implementation shares `SqliteStore`'s connection; its table is created by
+//! [`migrate_users`] when the store opens. [`UserStore::record_totp_step`] is a single
+//! conditional `UPDATE`, so two logins racing with the same code cannot both consume it.
+
+use std::fmt;
+use std::str::FromStr;
+
+use rusqlite::OptionalExtension;
+use time::OffsetDateTime;
+use ward_ca::Kind;
+
+use crate::store::{SqliteStore, StoreError};
+
+/// Longest user name.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A user account. `Debug` never shows the password hash or the TOTP secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct User {
+    /// Login name: `^[a-z0-9][a-z0-9._-]{0,62}$` (see [`check_user_name`]).
+    pub name: String,
+    /// The certificate kind the user's logins get (never `gateway`).
+    pub kind: Kind,
+    /// Organisation (a vendor's company), put in the certificate's O.
+    pub org: Option<String>,
+    /// Roles, put in the certificate's OU.
+    pub roles: Vec<String>,
+    /// argon2id PHC string (`ward_core::password::hash_password`).
+    pub password_phc: String,
+    /// TOTP secret, base32 (`ward_core::totp::TotpSecret::to_base32`); `None` if not enrolled.
+    pub totp_secret: Option<String>,
+    /// The last TOTP step consumed; codes at or before it are refused.
+    pub totp_last_step: Option<i64>,
+    /// A disabled user cannot log in.
+    pub disabled: bool,
+    /// When the user was added (Unix seconds).
+    pub created_unix: i64,
+    /// When the user was disabled (Unix seconds).
+    pub disabled_unix: Option<i64>,
+}
+
+impl fmt::Debug for User {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("User")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("org", &self.org)
+            .field("roles", &self.roles)
+            .field("password_phc", &"[redacted]")
+            .field(
+                "totp_secret",
+                &self.totp_secret.as_ref().map(|_| "[redacted]"),
+            )
+            .field("totp_last_step", &self.totp_last_step)
+            .field("disabled", &self.disabled)
+            .field("created_unix", &self.created_unix)
+            .field("disabled_unix", &self.disabled_unix)
+            .finish()
+    }
+}
+
+/// Whether `name` is a valid user name: 1–63 characters, lowercase ASCII letters, digits, `.`,
+/// `_` and `-`, starting with a letter or digit.
+pub fn check_user_name(name: &str) -> Result<(), StoreError> {
+    let mut bytes = name.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    let rest_ok = bytes
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-'));
+    if first_ok && rest_ok && name.len() <= MAX_NAME_LEN {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "user name {name:?}: 1-63 of a-z 0-9 . _ -, starting with a letter or digit"
+        )))
+    }
+}
+
+/// What the gateway needs to know about users.
+pub trait UserStore: Send + Sync {
+    /// Add a user; [`StoreError::Exists`] if the name is taken, [`StoreError::Invalid`] for a bad
+    /// name or a `gateway` kind.
+    fn add_user(&self, user: &User) -> Result<(), StoreError>;
+    /// One user by name.
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError>;
+    /// All users, by name.
+    fn list_users(&self) -> Result<Vec<User>, StoreError>;
+    /// Disable a user at `now`. True if the user existed and was enabled; false if unknown or
+    /// already disabled (the first disable time is kept).
+    fn disable_user(&self, name: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
+    /// Replace a user's password hash. False if there is no such user.
+    fn set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError>;
+    /// Enrol (or remove, with `None`) a TOTP secret; resets the last used step. False if there
+    /// is no such user.
+    fn set_totp(&self, name: &str, secret_base32: Option<&str>) -> Result<bool, StoreError>;
+    /// Consume TOTP step `step`: set it as the last used step only if it is newer than the
+    /// stored one, atomically. True if it was consumed; false if a step at or after it was
+    /// already used (or the user does not exist): the login must then be refused.
+    fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError>;
+    /// Names of disabled users (the gateway ends their live sessions).
+    fn disabled_users(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// Create the `users` table if it is missing. Called by `SqliteStore::open`.
+pub(crate) fn migrate_users(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS users (
+             name TEXT PRIMARY KEY NOT NULL,
+             kind TEXT NOT NULL,
+             org TEXT,
+             roles TEXT NOT NULL,
+             password_phc TEXT NOT NULL,
+             totp_secret TEXT,
+             totp_last_step INTEGER,
+             disabled INTEGER NOT NULL DEFAULT 0,
+             created_unix INTEGER NOT NULL,
+             disabled_unix INTEGER
+         );",
+    )?;
+    Ok(())
+}
+
+const COLUMNS: &str = "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \
+                       disabled, created_unix, disabled_unix";
+
+type Row = (
+    String,
+    String,
+    Option<String>,
+    String,
+    String,
+    Option<String>,
+    Option<i64>,
+    bool,
+    i64,
+    Option<i64>,
+);
+
+fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+        row.get(6)?,
+        row.get(7)?,
+        row.get(8)?,
+        row.get(9)?,
+    ))
+}
+
+fn to_user(r: Row) -> Result<User, StoreError> {
+    let (name, kind, org, roles, password_phc, totp_secret, totp_last_step, disabled, created, dis) =
+        r;
+    let kind =
+        Kind::from_str(&kind).map_err(|e| StoreError::Corrupt(format!("user {name:?}: {e}")))?;
+    let roles: Vec<String> = serde_json::from_str(&roles)
+        .map_err(|e| StoreError::Corrupt(format!("user {name:?} roles: {e}")))?;
+    Ok(User {
+        name,
+        kind,
+        org,
+        roles,
+        password_phc,
+        totp_secret,
+        totp_last_step,
+        disabled,
+        created_unix: created,
+        disabled_unix: dis,
+    })
+}
+
+impl UserStore for SqliteStore {
+    fn add_user(&self, user: &User) -> Result<(), StoreError> {
+        check_user_name(&user.name)?;
+        if !user.kind.is_person() {
+            return Err(StoreError::Invalid(format!(
+                "user {:?}: kind {} is not a person",
+                user.name, user.kind
+            )));
+        }
+        let roles = serde_json::to_string(&user.roles)
+            .map_err(|e| StoreError::Invalid(format!("roles: {e}")))?;
+        let conn = self.conn()?;
+        let n = conn.execute(
+            &format!(
+                "INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                 ON CONFLICT(name) DO NOTHING"
+            ),
+            rusqlite::params![
+                user.name,
+                user.kind.as_str(),
+                user.org,
+                roles,
+                user.password_phc,
+                user.totp_secret,
+                user.totp_last_step,
+                user.disabled,
+                user.created_unix,
+                user.disabled_unix,
+            ],
+        )?;
+        if n == 0 {
+            return Err(StoreError::Exists(format!("user {:?}", user.name)));
+        }
+        Ok(())
+    }
+
+    fn user(&self, name: &str) -> Result<Option<User>, StoreError> {
+        let conn = self.conn()?;
+        let row = conn
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM users WHERE name = ?1"),
+                [name],
+                read_row,
+            )
+            .optional()?;
+        row.map(to_user).transpose()
+    }
+
+    fn list_users(&self) -> Result<Vec<User>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM users ORDER BY name"))?;
+        let rows = stmt.query_map([], read_row)?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(to_user(row?)?);
+        }
+        Ok(out)
+    }
+
+    fn disable_user(&self, name: &str, now: OffsetDateTime) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE users SET disabled = 1, disabled_unix = ?2 WHERE name = ?1 AND disabled = 0",
+            rusqlite::params![name, now.unix_timestamp()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE users SET password_phc = ?2 WHERE name = ?1",
+            rusqlite::params![name, phc],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn set_totp(&self, name: &str, secret_base32: Option<&str>) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE users SET totp_secret = ?2, totp_last_step = NULL WHERE name = ?1",
+            rusqlite::params![name, secret_base32],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
+        let conn = self.conn()?;
+        let n = conn.execute(
+            "UPDATE users SET totp_last_step = ?2 \
+             WHERE name = ?1 AND (totp_last_step IS NULL OR totp_last_step < ?2)",
+            rusqlite::params![name, step],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn()?;
+        let mut stmt = conn.prepare("SELECT name FROM users WHERE disabled != 0 ORDER BY name")?;
+        let rows = stmt.query_map([], |row| row.get::<_, String>(0))?;
+        let mut out = Vec::new();
+        for row in rows {
+            out.push(row?);
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    fn alice(now: i64) -> User {
+        User {
+            name: "alice".into(),
+            kind: Kind::Vendor,
+            org: Some("acme".into()),
+            roles: vec!["infusion".into(), "field-service".into()],
+            password_phc: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            totp_secret: Some("GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ".into()),
+            totp_last_step: None,
+            disabled: false,
+            created_unix: now,
+            disabled_unix: None,
+        }
+    }
+
+    fn at(unix: i64) -> OffsetDateTime {
+        OffsetDateTime::from_unix_timestamp(unix).unwrap()
+    }
+
+    #[test]
+    fn names() {
+        for good in ["a", "alice", "0", "bob.smith", "b_2-x", &"a".repeat(63)] {
+            assert!(check_user_name(good).is_ok(), "{good:?}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            ".alice",
+            "-alice",
+            "_a",
+            "al ice",
+            "al/ice",
+            "alice\n",
+            "élise",
+            "a:b",
+            &"a".repeat(64),
+        ] {
+            assert!(
+                matches!(check_user_name(bad), Err(StoreError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn add_get_list_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = 1_800_000_000;
+        {
+            let s = SqliteStore::open(dir.path()).unwrap();
+            s.add_user(&alice(now)).unwrap();
+            let bob = User {
+                name: "bob".into(),
+                kind: Kind::Clinician,
+                org: None,
+                roles: vec![],
+                totp_secret: None,
+                ..alice(now + 5)
+            };
+            s.add_user(&bob).unwrap();
+            // Same name again: Exists, and the first record is untouched.
+            let again = User {
+                kind: Kind::Admin,
+                ..alice(now + 9)
+            };
+            assert!(matches!(s.add_user(&again), Err(StoreError::Exists(_))));
+            assert_eq!(s.user("alice").unwrap().unwrap().kind, Kind::Vendor);
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(s.user("alice").unwrap(), Some(alice(now)));
+        assert_eq!(s.user("nobody").unwrap(), None);
+        let names: Vec<String> = s
+            .list_users()
+            .unwrap()
+            .into_iter()
+            .map(|u| u.name)
+            .collect();
+        assert_eq!(names, ["alice", "bob"]);
+        let bob = s.user("bob").unwrap().unwrap();
+        assert_eq!(bob.kind, Kind::Clinician);
+        assert_eq!(bob.org, None);
+        assert!(bob.roles.is_empty());
+        assert_eq!(bob.totp_secret, None);
+    }
+
+    #[test]
+    fn invalid_users_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let bad_name = User {
+            name: "Alice".into(),
+            ..alice(1)
+        };
+        assert!(matches!(s.add_user(&bad_name), Err(StoreError::Invalid(_))));
+        let gateway = User {
+            kind: Kind::Gateway,
+            ..alice(1)
+        };
+        assert!(matches!(s.add_user(&gateway), Err(StoreError::Invalid(_))));
+        assert!(s.list_users().unwrap().is_empty());
+    }
+
+    #[test]
+    fn disable_password_and_totp_updates() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.add_user(&alice(100)).unwrap();
+        assert!(s.disabled_users().unwrap().is_empty());
+        assert!(s.disable_user("alice", at(200)).unwrap());
+        // A second disable changes nothing and keeps the first time.
+        assert!(!s.disable_user("alice", at(300)).unwrap());
+        assert!(!s.disable_user("nobody", at(300)).unwrap());
+        let a = s.user("alice").unwrap().unwrap();
+        assert!(a.disabled);
+        assert_eq!(a.disabled_unix, Some(200));
+        assert_eq!(s.disabled_users().unwrap(), ["alice"]);
+
+        assert!(s.set_password("alice", "$argon2id$new").unwrap());
+        assert!(!s.set_password("nobody", "$argon2id$new").unwrap());
+        assert_eq!(
+            s.user("alice").unwrap().unwrap().password_phc,
+            "$argon2id$new"
+        );
+
+        assert!(s.record_totp_step("alice", 10).unwrap());
+        assert!(s.set_totp("alice", Some("MZXW6YTBOI")).unwrap());
+        let a = s.user("alice").unwrap().unwrap();
+        assert_eq!(a.totp_secret.as_deref(), Some("MZXW6YTBOI"));
+        assert_eq!(a.totp_last_step, None);
+        assert!(s.set_totp("alice", None).unwrap());
+        assert_eq!(s.user("alice").unwrap().unwrap().totp_secret, None);
+        assert!(!s.set_totp("nobody", None).unwrap());
+    }
+
+    #[test]
+    fn totp_steps_are_consumed_once_and_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.add_user(&alice(1)).unwrap();
+        assert!(s.record_totp_step("alice", 1000).unwrap());
+        assert!(!s.record_totp_step("alice", 1000).unwrap());
+        assert!(!s.record_totp_step("alice", 999).unwrap());
+        assert!(s.record_totp_step("alice", 1001).unwrap());
+        assert_eq!(s.user("alice").unwrap().unwrap().totp_last_step, Some(1001));
+        assert!(!s.record_totp_step("nobody", 5000).unwrap());
+        // It survives a restart: the used code stays used.
+        drop(s);
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(!s.record_totp_step("alice", 1001).unwrap());
+    }
+
+    /// Two logins racing with the same code: exactly one consumes the step, both through one
+    /// store (the gateway's case) and through two connections to the same file.
+    #[test]
+    fn racing_totp_steps_consume_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        s.add_user(&alice(1)).unwrap();
+        let other = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        for round in 0..50i64 {
+            let step = 10_000 + round;
+            let barrier = Arc::new(Barrier::new(2));
+            let stores = [
+                Arc::clone(&s),
+                if round % 2 == 0 {
+                    Arc::clone(&s)
+                } else {
+                    Arc::clone(&other)
+                },
+            ];
+            let handles: Vec<_> = stores
+                .into_iter()
+                .map(|st| {
+                    let b = Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        b.wait();
+                        st.record_totp_step("alice", step).unwrap()
+                    })
+                })
+                .collect();
+            let won: Vec<bool> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+            assert_eq!(
+                won.iter().filter(|w| **w).count(),
+                1,
+                "round {round}: {won:?}"
+            );
+        }
+        assert_eq!(
+            s.user("alice").unwrap().unwrap().totp_last_step,
+            Some(10_049)
+        );
+    }
+
+    #[test]
+    fn debug_hides_secrets() {
+        let shown = format!("{:?}", alice(1));
+        assert!(shown.contains("alice") && shown.contains("acme"), "{shown}");
+        assert!(!shown.contains("argon2id"), "{shown}");
+        assert!(!shown.contains("GEZD"), "{shown}");
+        assert!(shown.contains("[redacted]"), "{shown}");
+    }
+
+    #[test]
+    fn corrupt_rows_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        s.add_user(&alice(1)).unwrap();
+        s.conn()
+            .unwrap()
+            .execute("UPDATE users SET kind = 'wizard' WHERE name = 'alice'", [])
+            .unwrap();
+        assert!(matches!(s.user("alice"), Err(StoreError::Corrupt(_))));
+        assert!(matches!(s.list_users(), Err(StoreError::Corrupt(_))));
+    }
+}
