@@ -52,6 +52,16 @@ impl Event {
         });
         self
     }
+    /// Who, for events before a certificate exists (login): the user's kind, name and org.
+    pub fn user(mut self, kind: &str, name: &str, org: Option<&str>) -> Self {
+        self.0.principal = Some(AuditPrincipal {
+            name: name.to_owned(),
+            kind: kind.to_owned(),
+            org: org.map(str::to_owned),
+            serial: String::new(),
+        });
+        self
+    }
     /// From where.
     pub fn source(mut self, s: impl ToString) -> Self {
         self.0.source = Some(s.to_string());

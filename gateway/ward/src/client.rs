@@ -137,6 +137,23 @@ impl Client {
             .next()
             .ok_or_else(|| anyhow!("empty root file"))?;
         let cfg = tls::client_config(root, chain, key)?;
+        Self::with_config(gateway, cfg, transport)
+    }
+
+    /// A client without a certificate, trusting `root`: it can only log in.
+    pub fn anonymous(gateway: &str, root: &Path, transport: Transport) -> anyhow::Result<Self> {
+        let root = tls::load_certs(root)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| anyhow!("empty root file {}", root.display()))?;
+        Self::with_config(gateway, tls::anonymous_client_config(root)?, transport)
+    }
+
+    fn with_config(
+        gateway: &str,
+        cfg: rustls::ClientConfig,
+        transport: Transport,
+    ) -> anyhow::Result<Self> {
         let (host, _) = gateway
             .rsplit_once(':')
             .ok_or_else(|| anyhow!("--gateway must be HOST:PORT, got {gateway:?}"))?;
@@ -546,6 +563,98 @@ pub async fn listen(
 
 /// Largest review answer a client accepts (a recording or the audit log).
 pub const MAX_REVIEW_BYTES: usize = 1 << 30;
+
+/// A fresh key pair and its CSR (PEM), made on the client for `ward login`: the private key never
+/// leaves this machine.
+pub fn key_and_csr(name: &str) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// What `login` returns: the chain (PEM), the private key (PEM), not-after and the bound grant.
+pub struct LoggedIn {
+    /// Certificate chain.
+    pub chain_pem: String,
+    /// Private key (write it 0600).
+    pub key_pem: ward_ca::Secret<String>,
+    /// Not-after, Unix seconds.
+    pub not_after_unix: i64,
+    /// The grant the certificate is bound to.
+    pub grant: Option<String>,
+}
+
+impl Client {
+    /// Log in: make a key here, send the CSR with the password and TOTP code, get a certificate.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: String,
+        totp: Option<String>,
+        grant: Option<String>,
+    ) -> anyhow::Result<LoggedIn> {
+        let (key_pem, csr_pem) = key_and_csr(user)?;
+        let req = Request::Login(ward_core::frame::Login {
+            user: user.to_owned(),
+            password,
+            totp,
+            csr_pem,
+            grant,
+        });
+        match self.request(&req).await? {
+            Response::Issued {
+                chain_pem,
+                not_after_unix,
+                grant,
+            } => Ok(LoggedIn {
+                chain_pem,
+                key_pem: ward_ca::Secret::new(key_pem),
+                not_after_unix,
+                grant,
+            }),
+            Response::Denied { reason } => bail!("{reason}"),
+            Response::Error { code, message } => bail!("{code:?}: {message}"),
+            other => bail!("unexpected answer from the gateway: {other:?}"),
+        }
+    }
+
+    /// An access operation: `Ok(Left(response))` for single answers, `Ok(Right(bytes))` for
+    /// streamed listings (JSON lines).
+    pub async fn access(&self, op: ward_core::frame::AccessOp) -> anyhow::Result<AccessAnswer> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        writer.write_request(&Request::Access(op)).await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let out = match answer {
+            Response::Stream { .. } => {
+                AccessAnswer::Lines(datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?)
+            }
+            Response::Access(reply) => AccessAnswer::Reply(reply),
+            Response::Ok { message } => AccessAnswer::Message(message),
+            Response::Error { code, message } => bail!("{code:?}: {message}"),
+            Response::Denied { reason } => bail!("refused: {reason}"),
+            other => bail!("unexpected answer from the gateway: {other:?}"),
+        };
+        let _ = writer.finish().await;
+        Ok(out)
+    }
+}
+
+/// The answer to [`Client::access`].
+#[derive(Debug)]
+pub enum AccessAnswer {
+    /// One object.
+    Reply(ward_core::frame::AccessReply),
+    /// A message.
+    Message(String),
+    /// JSON lines.
+    Lines(Vec<u8>),
+}
 
 impl Client {
     /// Ask the gateway for a review operation; returns the streamed body, or an `Ok` message's

@@ -34,21 +34,24 @@ use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Cut(pub String);
 
-struct LiveSession {
-    principal: Principal,
-    device: String,
+pub(crate) struct LiveSession {
+    pub(crate) principal: Principal,
+    pub(crate) device: String,
+    /// The access grant the session runs on, if a grant permitted it.
+    pub(crate) grant: Option<String>,
     cut: watch::Sender<Option<Cut>>,
 }
 
 /// Live state shared by the listeners and every session.
 pub struct Shared {
-    config: Config,
+    pub(crate) config: Config,
     verified: Arc<tls::VerifiedCache>,
-    audit: AuditLog,
+    pub(crate) audit: AuditLog,
     signer: Arc<Signer>,
     sink: Option<Arc<dyn Sink>>,
     validator: Validator,
-    clock: Arc<dyn Clock>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) jit: crate::jit::Jit,
     store: Arc<dyn Store>,
     locks: RwLock<Vec<Lock>>,
     sessions: Mutex<HashMap<u64, LiveSession>>,
@@ -67,7 +70,7 @@ impl Shared {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
     }
 
-    fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
+    pub(crate) fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
         let Ok(sessions) = self.sessions.lock() else {
             return 0;
         };
@@ -323,7 +326,18 @@ impl Gateway {
             .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
         std::fs::create_dir_all(&g.state_dir)
             .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&g.state_dir)?);
+        let db = Arc::new(SqliteStore::open(&g.state_dir)?);
+        let store: Arc<dyn Store> = db.clone();
+        // Login issues certificates, so it needs the issuing key; without it the gateway still
+        // runs and login answers with a clear error.
+        let ca = match ward_ca::Ca::load(&g.ca) {
+            Ok(ca) => Some(ca),
+            Err(e) => {
+                tracing::warn!(event = "login_disabled", reason = %e, "ward login is disabled: the CA's issuing key cannot be loaded");
+                None
+            }
+        };
+        let jit = crate::jit::Jit::new(db, ca, clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone())?;
         let recordings = g.state_dir.join(crate::RECORDINGS_DIR);
@@ -414,6 +428,7 @@ impl Gateway {
             sink,
             validator,
             clock,
+            jit,
             store,
             locks: RwLock::new(locks),
             sessions: Mutex::new(HashMap::new()),
@@ -425,6 +440,7 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(disk.run());
+        tasks.spawn(crate::jit::refresh_loop(shared.clone()));
         tasks.spawn(quic_accept_loop(
             shared.clone(),
             endpoint.clone(),
@@ -565,13 +581,24 @@ async fn serve_quic(
         .await
         .map_err(|_| anyhow!("handshake timed out"))?
         .context("handshake failed")?;
-    let certs = conn
+    // No certificate: an anonymous connection that can only log in (see `serve_stream`).
+    let identity = match conn
         .peer_identity()
         .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or_else(|| anyhow!("no client certificate"))?;
-    let identity = Arc::new(identity_from_certs(&shared, &certs)?);
-    info!(event = "connection_opened", transport = "quic", source = %peer, principal = %identity.principal(),
-          serial = %identity.serial);
+        .filter(|certs| !certs.is_empty())
+    {
+        Some(certs) => Some(Arc::new(identity_from_certs(&shared, &certs)?)),
+        None => None,
+    };
+    match &identity {
+        Some(identity) => {
+            info!(event = "connection_opened", transport = "quic", source = %peer, principal = %identity.principal(),
+          serial = %identity.serial)
+        }
+        None => {
+            info!(event = "connection_opened", transport = "quic", source = %peer, principal = "anonymous (login only)")
+        }
+    }
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -647,9 +674,10 @@ async fn tcp_accept_loop(
                 .peer_certificates()
                 .map(|c| c.to_vec())
                 .unwrap_or_default();
-            let identity = match identity_from_certs(&shared, &certs) {
-                Ok(i) => Arc::new(i),
-                Err(e) => {
+            let identity = match (!certs.is_empty()).then(|| identity_from_certs(&shared, &certs)) {
+                None => None,
+                Some(Ok(i)) => Some(Arc::new(i)),
+                Some(Err(e)) => {
                     warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
                     shared
                         .audit
@@ -681,7 +709,7 @@ fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
 /// One session: read the request, answer it, and for a permitted open, proxy until it ends.
 async fn serve_stream<R, W>(
     shared: Arc<Shared>,
-    identity: Arc<Identity>,
+    identity: Option<Arc<Identity>>,
     peer: SocketAddr,
     transport: &'static str,
     r: R,
@@ -700,7 +728,7 @@ async fn serve_stream<R, W>(
     {
         Ok(Ok(req)) => req,
         Ok(Err(msg)) => {
-            warn!(event = "bad_request", source = %peer, principal = %identity.principal(), reason = %msg);
+            warn!(event = "bad_request", source = %peer, principal = %identity.as_ref().map(|i| i.principal()).unwrap_or_else(|| "anonymous".into()), reason = %msg);
             let _ = writer
                 .write_response(&error_frame(ErrorCode::BadRequest, msg))
                 .await;
@@ -718,32 +746,62 @@ async fn serve_stream<R, W>(
             return;
         }
     };
+    // The unauthenticated path: a connection without a client certificate can log in and do
+    // nothing else.
+    let identity = match (identity, request) {
+        (_, Request::Login(login)) => {
+            let response = crate::jit::login(&shared, peer, login);
+            let _ = writer.write_response(&response).await;
+            let _ = writer.finish().await;
+            return;
+        }
+        (Some(identity), request) => (identity, request),
+        (None, request) => {
+            let what = frame::Frame::Request(request.clone()).type_byte();
+            shared.audit.emit(
+                Event::new("unauthenticated_request", "denied", shared.clock.now())
+                    .severity("warning")
+                    .source(peer)
+                    .reason("request without a client certificate")
+                    .detail("frame_type", what),
+            );
+            let _ = writer
+                .write_response(&error_frame(
+                    ErrorCode::Forbidden,
+                    "this connection has no client certificate: the only thing it can do is log in (ward login)",
+                ))
+                .await;
+            let _ = writer.finish().await;
+            return;
+        }
+    };
+    let (identity, request) = identity;
     let principal = principal_of(&identity);
     let response = match request {
+        Request::Login(_) => return,
         Request::Open {
             device,
-            break_glass: true,
-            ..
+            break_glass,
+            reason,
         } => {
-            // Emergency access needs its own policy (issue #5); until then it is refused, loudly,
-            // rather than treated as an ordinary open.
-            let reason = "break-glass access is not enabled on this gateway; ask for an ordinary session or call security".to_string();
-            shared.audit.emit(
-                Event::new("session_deny", "denied", shared.clock.now())
-                    .severity("high")
-                    .principal(&identity)
-                    .source(peer)
-                    .device(device)
-                    .reason(reason.clone())
-                    .detail("break_glass", true),
-            );
-            Response::Denied { reason }
-        }
-        Request::Open { device, .. } => {
+            let break_glass = break_glass.then(|| reason.unwrap_or_default());
             open_session(
-                shared, &identity, principal, peer, transport, &device, reader, writer,
+                shared,
+                &identity,
+                principal,
+                peer,
+                transport,
+                &device,
+                break_glass,
+                reader,
+                writer,
             )
             .await;
+            return;
+        }
+        Request::Access(op) => {
+            crate::jit::access_op(&shared, &identity, &principal, peer, op, &mut writer).await;
+            let _ = writer.finish().await;
             return;
         }
         Request::ListDevices => {
@@ -761,6 +819,22 @@ async fn serve_stream<R, W>(
                 labels: d.labels.clone(),
                 rule,
             })
+            .chain(
+                // Devices opened to this principal by a live grant.
+                shared
+                    .jit
+                    .grants()
+                    .into_iter()
+                    .filter(|g| g.principal.is(&principal) && g.is_live(now))
+                    .filter_map(|g| {
+                        shared.config.device(&g.device).map(|d| frame::DeviceInfo {
+                            id: d.id.to_string(),
+                            protocol: d.protocol,
+                            labels: d.labels.clone(),
+                            rule: format!("grant {} (until {})", g.id, g.end),
+                        })
+                    }),
+            )
             .collect();
             Response::Devices { devices }
         }
@@ -953,6 +1027,7 @@ async fn open_session<R, W>(
     peer: SocketAddr,
     transport: &'static str,
     device_id: &str,
+    break_glass: Option<String>,
     mut reader: FrameReader<R>,
     mut writer: FrameWriter<W>,
 ) where
@@ -995,17 +1070,28 @@ async fn open_session<R, W>(
         let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
         // The session's states are types (ward_core::session): the device dialed below can only
         // come out of an `Authorized`, which only a policy permit builds.
-        let authorized = match Handshaken::new(principal.clone()).authorize(
-            &shared.config.rules,
-            &locks,
+        let grants = shared.jit.grants();
+        let inputs = policy::AccessInputs {
+            rules: &shared.config.rules,
+            locks: &locks,
+            approvals: &shared.config.approvals,
+            grants: &grants,
+        };
+        let authorized = match Handshaken::new(principal.clone()).authorize_access(
+            &inputs,
             &shared.config.devices,
             device_id,
+            break_glass.as_deref(),
             now,
         ) {
             Err(denied) => {
                 let reason = denied.reason.to_string();
                 tracing::Span::current().record("decision", "deny");
-                shared.audit.emit(audit("session_deny", "denied").reason(reason.clone()));
+                let mut e = audit("session_deny", "denied").reason(reason.clone());
+                if let Some(why) = &break_glass {
+                    e = e.severity("high").detail("break_glass", true).detail("justification", why.clone());
+                }
+                shared.audit.emit(e);
                 let _ = writer.write_response(&Response::Denied { reason }).await;
                 let _ = writer.finish().await;
                 return;
@@ -1036,7 +1122,7 @@ async fn open_session<R, W>(
                     protocol: device.protocol.to_string(),
                     rule: permit.rule().to_string(),
                     transport: transport.to_string(),
-                    break_glass: false,
+                    break_glass: permit.break_glass(),
                     started_unix_ms: unix_ms(now),
                 };
                 match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
@@ -1064,7 +1150,7 @@ async fn open_session<R, W>(
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let (cut_tx, mut cut_rx) = watch::channel(None);
         if let Ok(mut s) = shared.sessions.lock() {
-            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), cut: cut_tx });
+            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), cut: cut_tx });
         }
         // A lock may have landed between the policy check and registration.
         let locks_now = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
@@ -1078,14 +1164,24 @@ async fn open_session<R, W>(
             ends_at_unix: permit.ends_at().unix_timestamp(),
             end_reason_if_uncut: permit.end_reason().to_string(),
         };
-        shared.audit.emit(
-            audit("session_open", "success")
-                .reason(format!("permitted by rule {}", permit.rule()))
-                .detail("rule", permit.rule())
-                .detail("transport", transport)
-                .detail("ends_at", permit.ends_at().to_string())
-                .detail("recorded", recorder.is_some()),
-        );
+        let mut open_event = audit("session_open", "success")
+            .reason(format!("permitted by rule {}", permit.rule()))
+            .detail("rule", permit.rule())
+            .detail("transport", transport)
+            .detail("ends_at", permit.ends_at().to_string())
+            .detail("recorded", recorder.is_some());
+        if let Some(g) = permit.grant() {
+            open_event = open_event.detail("grant", g);
+        }
+        if permit.break_glass() {
+            // Emergency access: loud, recorded, capped (HIPAA 164.312(a)(2)(ii)).
+            open_event = open_event
+                .severity("high")
+                .detail("break_glass", true)
+                .detail("justification", break_glass.clone().unwrap_or_default());
+            warn!(event = "break_glass", principal = %principal, device = %device_id, "BREAK-GLASS session opened");
+        }
+        shared.audit.emit(open_event);
         let activity = Activity::new();
         let tap = recorder.as_ref().map(|r| r.tap());
         let mut rec_failed = recorder.as_ref().map(|r| r.failed());

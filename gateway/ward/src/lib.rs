@@ -5,11 +5,13 @@
 //! the client (`ward connect`), simulated devices and `ward quickstart`. See docs/architecture.md.
 #![forbid(unsafe_code)]
 
+pub mod access_store;
 pub mod audit;
 pub mod client;
 pub mod datapath;
 pub mod diskwatch;
 pub mod gateway;
+pub mod jit;
 pub mod quickstart;
 pub mod recorder;
 pub mod review;

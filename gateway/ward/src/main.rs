@@ -1,6 +1,7 @@
 //! The `ward` command: one binary for the gateway, the client, the CA and the security team's tools.
 #![forbid(unsafe_code)]
 
+mod access_cmd;
 mod ca_cmd;
 mod review_cmd;
 
@@ -62,6 +63,23 @@ enum Command {
     /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
+    /// Log in with password and authenticator code; stores a short-lived certificate in ~/.ward/.
+    Login(access_cmd::LoginArgs),
+    /// Ask for access to a device for a time window (approvers decide).
+    Request(access_cmd::RequestArgs),
+    /// List access requests you made or may approve.
+    Requests(access_cmd::ListArgs),
+    /// Approve an access request.
+    Approve(access_cmd::ApproveArgs),
+    /// Deny an access request.
+    Deny(access_cmd::DenyArgs),
+    /// List access grants (approved windows).
+    Grants(access_cmd::ListArgs),
+    /// Revoke a grant: live sessions on it end within a second.
+    Revoke(access_cmd::RevokeArgs),
+    /// Manage users who log in with `ward login` (admins).
+    #[command(subcommand)]
+    User(access_cmd::UserCommand),
 }
 
 #[derive(Debug, Args)]
@@ -89,7 +107,7 @@ struct GatewayArgs {
 }
 
 #[derive(Debug, Args)]
-struct GatewayClientArgs {
+pub(crate) struct GatewayClientArgs {
     /// The gateway, HOST:PORT.
     #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
     gateway: String,
@@ -105,7 +123,7 @@ struct GatewayClientArgs {
 }
 
 impl GatewayClientArgs {
-    fn client(&self) -> anyhow::Result<Client> {
+    pub(crate) fn client(&self) -> anyhow::Result<Client> {
         make_client(
             &self.gateway,
             self.identity.as_ref(),
@@ -160,6 +178,13 @@ struct ConnectArgs {
     /// Without it, the session runs on stdin/stdout (usable as an ssh ProxyCommand).
     #[arg(long, value_name = "ADDR")]
     listen: Option<SocketAddr>,
+    /// Emergency access outside your usual rules, where the device's policy allows it: recorded,
+    /// flagged, raised as a high-severity event, and capped (default 30 minutes). Needs --reason.
+    #[arg(long, requires = "reason")]
+    break_glass: bool,
+    /// Why (required with --break-glass; recorded in the audit log).
+    #[arg(long)]
+    reason: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -291,6 +316,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => runtime()?.block_on(review_cmd::replay(args)),
         Command::Export(args) => runtime()?.block_on(review_cmd::export(args)),
         Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
+        Command::Login(args) => client_runtime()?.block_on(access_cmd::login(args)),
+        Command::Request(args) => client_runtime()?.block_on(access_cmd::request(args)),
+        Command::Requests(args) => client_runtime()?.block_on(access_cmd::requests(args)),
+        Command::Approve(args) => client_runtime()?.block_on(access_cmd::approve(args)),
+        Command::Deny(args) => client_runtime()?.block_on(access_cmd::deny(args)),
+        Command::Grants(args) => client_runtime()?.block_on(access_cmd::grants(args)),
+        Command::Revoke(args) => client_runtime()?.block_on(access_cmd::revoke(args)),
+        Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
     }
 }
 
@@ -388,10 +421,19 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
 async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let client = Arc::new(args.gw.client()?);
     if let Some(addr) = args.listen {
+        if args.break_glass {
+            bail!("--break-glass opens one session on stdin/stdout; it cannot be combined with --listen");
+        }
         ward::client::listen(client, args.device, addr, None).await?;
         return Ok(ExitCode::SUCCESS);
     }
-    let session = match client.open(&args.device, false, None).await {
+    if args.break_glass {
+        eprintln!("ward: BREAK-GLASS: this emergency session is recorded, flagged and reported to the security team");
+    }
+    let session = match client
+        .open(&args.device, args.break_glass, args.reason.clone())
+        .await
+    {
         Ok(s) => s,
         Err(e) => {
             eprintln!("ward: {e:#}");

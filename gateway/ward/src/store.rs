@@ -69,6 +69,7 @@ impl SqliteStore {
                  PRIMARY KEY (kind, value)
              );",
         )?;
+        crate::access_store::migrate(&conn)?;
         crate::users::migrate_users(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),

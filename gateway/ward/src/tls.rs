@@ -139,6 +139,13 @@ impl ClientCertVerifier for WardClientVerifier {
         &self.hints
     }
 
+    /// A client without a certificate completes the handshake but can only log in (`ward
+    /// login`); the gateway refuses every other request on such a connection. A certificate that
+    /// is presented must validate, or the handshake fails.
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
     fn verify_client_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -219,6 +226,25 @@ pub fn server_config(
 }
 
 /// The client's TLS configuration: trusts only Ward's root, presents the user's identity.
+/// A client config without a client certificate: for `ward login` only (the gateway refuses
+/// every other request on such a connection).
+pub fn anonymous_client_config(
+    root: CertificateDer<'static>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(root)
+        .context("Ward root certificate is not usable as a trust anchor")?;
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    Ok(cfg)
+}
+
 pub fn client_config(
     root: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,

@@ -1,0 +1,573 @@
+//! `ward login`, `ward request|requests|approve|deny|grants|revoke` and `ward user ...`.
+
+use std::io::{IsTerminal, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
+use time::OffsetDateTime;
+use ward::client::{AccessAnswer, Client, Transport};
+use ward_ca::{Clock, SystemClock};
+use ward_core::frame::{AccessOp, AccessReply};
+
+use crate::GatewayClientArgs;
+
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// The gateway, HOST:PORT.
+    #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
+    gateway: String,
+    /// Your user name.
+    #[arg(long, env = "WARD_USER")]
+    user: String,
+    /// Read the password from standard input (one line) instead of asking on the terminal.
+    #[arg(long)]
+    password_stdin: bool,
+    /// The 6-digit code from your authenticator app (asked on the terminal if needed and not given).
+    #[arg(long, value_name = "CODE")]
+    totp: Option<String>,
+    /// Bind the certificate to this grant (vendors are bound to their current grant by default).
+    #[arg(long, value_name = "GRANT")]
+    grant: Option<String>,
+    /// Ward's root certificate, to check the gateway (default ~/.ward/root.crt).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Where to write the certificate and key: PREFIX.crt, PREFIX.key (default ~/.ward/identity,
+    /// which `ward connect` uses by default).
+    #[arg(long, value_name = "PREFIX")]
+    out: Option<PathBuf>,
+    /// How to reach the gateway.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+}
+
+fn ward_home() -> anyhow::Result<PathBuf> {
+    Ok(ward::client::home_dir()
+        .context("$HOME is not set; pass --out and --ca")?
+        .join(".ward"))
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
+    let home = ward_home();
+    let root = match &args.ca {
+        Some(p) => p.clone(),
+        None => home
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))?
+            .join("root.crt"),
+    };
+    if !root.exists() {
+        bail!("no Ward root certificate at {}; get it from your gateway's administrator and pass --ca FILE", root.display());
+    }
+    let password = if args.password_stdin {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .context("reading the password from stdin")?;
+        s.lines().next().unwrap_or("").to_owned()
+    } else {
+        rpassword::prompt_password(format!("Password for {}: ", args.user))
+            .context("reading the password (no terminal? use --password-stdin)")?
+    };
+    let totp = match args.totp.clone() {
+        Some(c) => Some(c),
+        None if !args.password_stdin && std::io::stdin().is_terminal() => {
+            let c = rpassword::prompt_password("Authenticator code (Enter if you have none): ")?;
+            Some(c).filter(|c| !c.trim().is_empty())
+        }
+        None => None,
+    };
+    let client = Client::anonymous(&args.gateway, &root, args.transport)?;
+    let logged = client
+        .login(&args.user, password, totp, args.grant.clone())
+        .await?;
+    let prefix = match &args.out {
+        Some(p) => p.clone(),
+        None => {
+            let dir = home?;
+            std::fs::create_dir_all(&dir)?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+            dir.join("identity")
+        }
+    };
+    let crt = ward_ca::Issued::cert_path(&prefix);
+    let key = ward_ca::Issued::key_path(&prefix);
+    write_private(&key, logged.key_pem.expose().as_bytes())?;
+    write_private(&crt, logged.chain_pem.as_bytes())?;
+    // `ward connect` looks for root.crt beside the identity.
+    let beside = prefix.parent().unwrap_or(Path::new(".")).join("root.crt");
+    if !beside.exists() {
+        std::fs::copy(&root, &beside)
+            .with_context(|| format!("copying the root to {}", beside.display()))?;
+    }
+    let until = OffsetDateTime::from_unix_timestamp(logged.not_after_unix)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    println!(
+        "logged in as {}: certificate {} valid until {until}",
+        args.user,
+        crt.display()
+    );
+    if let Some(g) = logged.grant {
+        println!("bound to grant {g}: the certificate ends no later than the grant");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Debug, Args)]
+pub struct RequestArgs {
+    /// Device id.
+    device: String,
+    /// Why you need access (shown to approvers, audited).
+    #[arg(long)]
+    reason: String,
+    /// How long (e.g. 2h, 30m).
+    #[arg(long)]
+    duration: String,
+    /// When the window starts (RFC 3339, or e.g. "2h" from now); default now.
+    #[arg(long)]
+    start: Option<String>,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Include decided, expired, ended and revoked entries.
+    #[arg(long)]
+    all: bool,
+    /// Print JSON lines.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Request id (from `ward requests`).
+    id: String,
+    /// Optional comment (audited).
+    #[arg(long)]
+    comment: Option<String>,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DenyArgs {
+    /// Request id.
+    id: String,
+    /// Why (shown to the requester, audited).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Grant id (from `ward grants`).
+    grant: String,
+    /// Why (audited).
+    #[arg(long)]
+    reason: String,
+    #[command(flatten)]
+    gw: GatewayClientArgs,
+}
+
+fn print_reply(reply: AccessReply) {
+    match reply {
+        AccessReply::Request { request } => println!(
+            "request {} for {} is {} (window {} to {}; expires {} if not approved)",
+            request.id,
+            request.device,
+            request.state.as_str(),
+            request.start,
+            request.end,
+            request.expires
+        ),
+        AccessReply::Approved {
+            request,
+            count,
+            required,
+            grant,
+        } => match grant {
+            Some(g) => println!(
+                "approved ({count}/{required}): grant {} gives {} access to {} from {} to {}",
+                g.id, g.principal, g.device, g.start, g.end
+            ),
+            None => println!(
+                "approval recorded for {} ({count} of {required} needed so far)",
+                request.id
+            ),
+        },
+        AccessReply::Grant { grant } => println!(
+            "grant {} revoked ({}); live sessions on it are ending",
+            grant.id,
+            grant.revoked.unwrap_or_default()
+        ),
+        AccessReply::UserCreated {
+            name,
+            password,
+            totp_uri,
+        } => print_created(&name, &password, totp_uri.as_deref()),
+    }
+}
+
+fn print_created(name: &str, password: &str, totp_uri: Option<&str>) {
+    println!("user {name} created.");
+    println!("One-time initial password (shown once; hand it over in person): {password}");
+    if let Some(uri) = totp_uri {
+        println!("TOTP provisioning URI (scan it with an authenticator app): {uri}");
+        match qrcode::QrCode::new(uri.as_bytes()) {
+            Ok(code) => println!(
+                "{}",
+                code.render::<qrcode::render::unicode::Dense1x2>()
+                    .quiet_zone(true)
+                    .build()
+            ),
+            Err(e) => println!("(could not render a QR code: {e})"),
+        }
+    }
+}
+
+async fn access(gw: &GatewayClientArgs, op: AccessOp) -> anyhow::Result<AccessAnswer> {
+    gw.client()?.access(op).await
+}
+
+fn done(answer: AccessAnswer) -> anyhow::Result<ExitCode> {
+    match answer {
+        AccessAnswer::Reply(r) => print_reply(r),
+        AccessAnswer::Message(m) => println!("{m}"),
+        AccessAnswer::Lines(l) => std::io::stdout().write_all(&l)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
+    let duration = ward_core::parse_duration(&args.duration)
+        .with_context(|| format!("--duration {}", args.duration))?;
+    let start_unix = match &args.start {
+        Some(s) => Some(ward::review::parse_time(s, SystemClock.now())?),
+        None => None,
+    };
+    let op = AccessOp::Request {
+        device: args.device.clone(),
+        reason: args.reason.clone(),
+        duration_secs: duration.as_secs(),
+        start_unix,
+    };
+    let answer = access(&args.gw, op).await?;
+    let r = done(answer);
+    println!(
+        "approvers see it with `ward requests`; once approved, `ward login` then `ward connect {}`",
+        args.device
+    );
+    r
+}
+
+fn table(lines: &[u8], cols: &[(&str, &str)]) {
+    let rows: Vec<serde_json::Value> = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .collect();
+    if rows.is_empty() {
+        println!("none");
+        return;
+    }
+    let header: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
+    println!("{}", header.join("  "));
+    for r in rows {
+        let cells: Vec<String> = cols
+            .iter()
+            .map(|(_, key)| match r.get(*key) {
+                Some(serde_json::Value::String(s)) => ward::review::printable(s),
+                Some(serde_json::Value::Array(a)) => a
+                    .iter()
+                    .map(|v| {
+                        v.as_str()
+                            .map(ward::review::printable)
+                            .unwrap_or_else(|| v.to_string())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Some(serde_json::Value::Object(o)) => o
+                    .get("name")
+                    .and_then(|v| v.as_str())
+                    .map(ward::review::printable)
+                    .unwrap_or_default(),
+                Some(serde_json::Value::Null) | None => "-".into(),
+                Some(v) => v.to_string(),
+            })
+            .collect();
+        println!("{}", cells.join("  "));
+    }
+}
+
+pub async fn requests(args: ListArgs) -> anyhow::Result<ExitCode> {
+    match access(&args.gw, AccessOp::ListRequests { all: args.all }).await? {
+        AccessAnswer::Lines(l) if !args.json => table(
+            &l,
+            &[
+                ("ID", "id"),
+                ("STATE", "state_now"),
+                ("REQUESTER", "requester"),
+                ("DEVICE", "device"),
+                ("START", "start"),
+                ("END", "end"),
+                ("APPROVALS", "approvals"),
+                ("REASON", "reason"),
+            ],
+        ),
+        other => return done(other),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn grants(args: ListArgs) -> anyhow::Result<ExitCode> {
+    match access(&args.gw, AccessOp::ListGrants { all: args.all }).await? {
+        AccessAnswer::Lines(l) if !args.json => table(
+            &l,
+            &[
+                ("GRANT", "id"),
+                ("PRINCIPAL", "principal"),
+                ("DEVICE", "device"),
+                ("START", "start"),
+                ("END", "end"),
+                ("APPROVERS", "approvers"),
+                ("REVOKED", "revoked"),
+            ],
+        ),
+        other => return done(other),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn approve(args: ApproveArgs) -> anyhow::Result<ExitCode> {
+    done(
+        access(
+            &args.gw,
+            AccessOp::Approve {
+                id: args.id.clone(),
+                comment: args.comment.clone(),
+            },
+        )
+        .await?,
+    )
+}
+
+pub async fn deny(args: DenyArgs) -> anyhow::Result<ExitCode> {
+    done(
+        access(
+            &args.gw,
+            AccessOp::Deny {
+                id: args.id.clone(),
+                reason: args.reason.clone(),
+            },
+        )
+        .await?,
+    )
+}
+
+pub async fn revoke(args: RevokeArgs) -> anyhow::Result<ExitCode> {
+    done(
+        access(
+            &args.gw,
+            AccessOp::Revoke {
+                grant: args.grant.clone(),
+                reason: args.reason.clone(),
+            },
+        )
+        .await?,
+    )
+}
+
+/// Where a `ward user` command runs: through a gateway (as an admin identity) or on the gateway
+/// host against its config's state dir.
+#[derive(Debug, Args)]
+pub struct UserTarget {
+    /// On the gateway host: the gateway's config file (its state dir holds the user store).
+    #[arg(long, value_name = "FILE", conflicts_with = "gateway")]
+    config: Option<PathBuf>,
+    /// Through the gateway, HOST:PORT (needs an admin identity).
+    #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
+    gateway: Option<String>,
+    /// Your identity (default ~/.ward/identity).
+    #[arg(long, env = "WARD_IDENTITY", value_name = "PREFIX")]
+    identity: Option<PathBuf>,
+    /// Ward's root certificate.
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// How to reach the gateway.
+    #[arg(long, value_enum, default_value_t = Transport::Auto)]
+    transport: Transport,
+}
+
+impl UserTarget {
+    fn remote(&self) -> anyhow::Result<Option<Client>> {
+        match (&self.gateway, &self.config) {
+            (Some(g), None) => Ok(Some(crate::make_client(
+                g,
+                self.identity.as_ref(),
+                self.ca.as_ref(),
+                self.transport,
+            )?)),
+            (None, Some(_)) => Ok(None),
+            _ => bail!("give --gateway HOST:PORT (through the gateway) or --config FILE (on the gateway host)"),
+        }
+    }
+
+    fn local(&self) -> anyhow::Result<(ward::store::SqliteStore, ward_core::config::LoginConfig)> {
+        let path = self
+            .config
+            .as_ref()
+            .context("--config FILE is required here")?;
+        let config = ward::gateway::load_config(path)?;
+        std::fs::create_dir_all(&config.gateway.state_dir)?;
+        let db = ward::store::SqliteStore::open(&config.gateway.state_dir)?;
+        Ok((db, config.login))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user: prints a one-time initial password and, for MFA kinds, a TOTP QR code.
+    Add {
+        /// User name (also the certificate name).
+        name: String,
+        /// vendor | clinician | security | admin.
+        #[arg(long)]
+        kind: String,
+        /// Organisation (a vendor's company).
+        #[arg(long)]
+        org: Option<String>,
+        /// Roles, comma-separated (e.g. icu,nurse).
+        #[arg(long, value_delimiter = ',')]
+        roles: Vec<String>,
+        /// On the gateway host: read the password from stdin instead of generating one.
+        #[arg(long)]
+        password_stdin: bool,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+    /// Disable a user: no more logins; their live sessions end within a second.
+    Disable {
+        /// User name.
+        name: String,
+        #[command(flatten)]
+        target: UserTarget,
+    },
+    /// List users.
+    List {
+        #[command(flatten)]
+        target: UserTarget,
+    },
+}
+
+pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
+    use ward::users::UserStore;
+    let now = SystemClock.now();
+    match cmd {
+        UserCommand::Add {
+            name,
+            kind,
+            org,
+            roles,
+            password_stdin,
+            target,
+        } => {
+            let roles: Vec<String> = roles.into_iter().filter(|r| !r.is_empty()).collect();
+            if let Some(client) = target.remote()? {
+                if password_stdin {
+                    bail!("--password-stdin works on the gateway host only (--config); through the gateway the password is generated");
+                }
+                return done(
+                    client
+                        .access(AccessOp::UserAdd {
+                            name,
+                            kind,
+                            org,
+                            roles,
+                        })
+                        .await?,
+                );
+            }
+            let password = if password_stdin {
+                let mut s = String::new();
+                std::io::stdin().read_to_string(&mut s)?;
+                Some(s.lines().next().unwrap_or("").to_owned())
+            } else {
+                None
+            };
+            let (db, login) = target.local()?;
+            let created =
+                ward::jit::create_user(&db, &login, &name, &kind, org, roles, password, now)?;
+            print_created(&name, &created.password, created.totp_uri.as_deref());
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::Disable { name, target } => {
+            if let Some(client) = target.remote()? {
+                return done(client.access(AccessOp::UserDisable { name }).await?);
+            }
+            let (db, _) = target.local()?;
+            if !db.disable_user(&name, now)? {
+                bail!("no user {name}");
+            }
+            println!(
+                "user {name} disabled; a running gateway ends their live sessions within a second"
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        UserCommand::List { target } => {
+            let lines = match target.remote()? {
+                Some(client) => match client.access(AccessOp::UserList).await? {
+                    AccessAnswer::Lines(l) => l,
+                    other => return done(other),
+                },
+                None => {
+                    let (db, _) = target.local()?;
+                    let mut out = Vec::new();
+                    for u in db.list_users()? {
+                        out.extend_from_slice(
+                            serde_json::to_string(&ward::jit::user_line(&u))?.as_bytes(),
+                        );
+                        out.push(b'\n');
+                    }
+                    out
+                }
+            };
+            table(
+                &lines,
+                &[
+                    ("USER", "name"),
+                    ("KIND", "kind"),
+                    ("ORG", "org"),
+                    ("ROLES", "roles"),
+                    ("TOTP", "totp"),
+                    ("DISABLED", "disabled"),
+                ],
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
