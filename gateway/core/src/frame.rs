@@ -207,6 +207,8 @@ pub enum AccessOp {
 /// Single-object answers to [`AccessOp`]s, carried by [`Response::Access`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+// One value per request/response; size differences between variants cost nothing measurable.
+#[allow(clippy::large_enum_variant)]
 pub enum AccessReply {
     /// A request (after `Request` or `Deny`).
     Request {
@@ -389,7 +391,7 @@ pub enum Response {
         grant: Option<String>,
     },
     /// Answer to an [`AccessOp`] that returns one object.
-    Access(AccessReply),
+    Access(Box<AccessReply>),
 }
 
 /// Any frame.
@@ -800,7 +802,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         REVIEW => Request::Review(from_json(name, text)?).into(),
         LOGIN => Request::Login(from_json(name, text)?).into(),
         ACCESS => Request::Access(from_json(name, text)?).into(),
-        ACCESS_REPLY => Response::Access(from_json(name, text)?).into(),
+        ACCESS_REPLY => Response::Access(Box::new(from_json(name, text)?)).into(),
         ISSUED => {
             let w: IssuedWire = from_json(name, text)?;
             Response::Issued {
@@ -1150,11 +1152,11 @@ mod access_frame_tests {
                 grant: Some("grant-1".into()),
             }
             .into(),
-            Response::Access(AccessReply::UserCreated {
+            Response::Access(Box::new(AccessReply::UserCreated {
                 name: "n".into(),
                 password: "p".into(),
                 totp_uri: None,
-            })
+            }))
             .into(),
         ];
         for f in frames {

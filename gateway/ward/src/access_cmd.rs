@@ -256,7 +256,7 @@ async fn access(gw: &GatewayClientArgs, op: AccessOp) -> anyhow::Result<AccessAn
 
 fn done(answer: AccessAnswer) -> anyhow::Result<ExitCode> {
     match answer {
-        AccessAnswer::Reply(r) => print_reply(r),
+        AccessAnswer::Reply(r) => print_reply(*r),
         AccessAnswer::Message(m) => println!("{m}"),
         AccessAnswer::Lines(l) => std::io::stdout().write_all(&l)?,
     }

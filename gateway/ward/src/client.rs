@@ -649,7 +649,7 @@ impl Client {
 #[derive(Debug)]
 pub enum AccessAnswer {
     /// One object.
-    Reply(ward_core::frame::AccessReply),
+    Reply(Box<ward_core::frame::AccessReply>),
     /// A message.
     Message(String),
     /// JSON lines.

@@ -421,7 +421,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                                 .detail("end", r.end.to_string())
                                 .detail("expires", r.expires.to_string()),
                         );
-                        Response::Access(AccessReply::Request { request: r })
+                        Response::Access(Box::new(AccessReply::Request { request: r }))
                     }
                 },
             }
@@ -483,12 +483,12 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                         );
                         refresh(shared);
                     }
-                    Response::Access(AccessReply::Approved {
+                    Response::Access(Box::new(AccessReply::Approved {
                         request: out.request,
                         count: u32::try_from(out.approved.count).unwrap_or(u32::MAX),
                         required: u32::try_from(out.approved.required).unwrap_or(u32::MAX),
                         grant: out.grant,
-                    })
+                    }))
                 }
                 Err(e) => decision_refused(shared, ev("access_approve", "denied"), &id, e),
             }
@@ -511,7 +511,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                                 .detail("requester", r.requester.to_string())
                                 .reason(reason),
                         );
-                        Response::Access(AccessReply::Request { request: r })
+                        Response::Access(Box::new(AccessReply::Request { request: r }))
                     }
                     Err(e) => decision_refused(shared, ev("access_deny", "denied"), &id, e),
                 }
@@ -565,7 +565,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                                         .detail("principal", g.principal.to_string())
                                         .reason(reason),
                                 );
-                                Response::Access(AccessReply::Grant { grant: g })
+                                Response::Access(Box::new(AccessReply::Grant { grant: g }))
                             }
                             Ok(None) => not_found_grant(&grant),
                             Err(e) => internal(e),
@@ -613,11 +613,11 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                             .detail("kind", kind)
                             .detail("totp", created.totp_uri.is_some()),
                     );
-                    Response::Access(AccessReply::UserCreated {
+                    Response::Access(Box::new(AccessReply::UserCreated {
                         name,
                         password: created.password,
                         totp_uri: created.totp_uri,
-                    })
+                    }))
                 }
                 Err(e) => {
                     shared.audit.emit(
@@ -766,7 +766,12 @@ pub fn create_user(
             password::check_strength(&p, name).map_err(|e| anyhow::anyhow!("password: {e}"))?;
             p
         }
-        None => password::generate_password(rand::random()),
+        // A generated password is strong by construction; draw again in the (astronomically
+        // unlikely) case the strength check says otherwise.
+        None => (0..16)
+            .map(|_| password::generate_password(rand::random()))
+            .find(|p| password::check_strength(p, name).is_ok())
+            .ok_or_else(|| anyhow::anyhow!("could not generate a password"))?,
     };
     let phc = password::hash_password(&password, rand::random())?;
     let secret = login

@@ -84,6 +84,13 @@ pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Se
     issue(
         &ca,
         dir,
+        "biomed",
+        person(Kind::Clinician, "bob", None, &["biomed"]),
+        clock,
+    )?;
+    issue(
+        &ca,
+        dir,
         "security",
         person(Kind::Security, "sam", None, &["soc"]),
         clock,
@@ -91,10 +98,55 @@ pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Se
     let config = dir.join("ward.toml");
     std::fs::write(&config, sample_config(ports))
         .with_context(|| format!("writing {}", config.display()))?;
+    add_login_user(dir, &config, clock)?;
     Ok(Setup {
         dir: dir.to_path_buf(),
         config,
     })
+}
+
+/// The file holding the quickstart vendor's login (development only, mode 0600).
+pub const USERS_FILE: &str = "login-users.txt";
+
+/// Creates the `tech` vendor login (password + TOTP) once, writing its secrets to
+/// [`USERS_FILE`] so a developer (or a test) can log in.
+fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Result<()> {
+    use crate::users::UserStore;
+    let cfg = crate::gateway::load_config(config)?;
+    std::fs::create_dir_all(&cfg.gateway.state_dir)?;
+    let db = crate::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    if db.user("tech")?.is_some() {
+        return Ok(());
+    }
+    let created = crate::jit::create_user(
+        &db,
+        &cfg.login,
+        "tech",
+        "vendor",
+        Some("acme".into()),
+        vec![],
+        None,
+        clock.now(),
+    )?;
+    let secret = db
+        .user("tech")?
+        .and_then(|u| u.totp_secret)
+        .unwrap_or_default();
+    let text = format!(
+        "# ward quickstart (development only): the vendor login `tech` (org acme)\nuser = tech\npassword = {}\ntotp_secret = {secret}\ntotp_uri = {}\n",
+        created.password,
+        created.totp_uri.unwrap_or_default()
+    );
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dir.join(USERS_FILE))?;
+    f.write_all(text.as_bytes())?;
+    Ok(())
 }
 
 /// The quickstart config. Paths are relative to the config file's directory.
@@ -127,11 +179,32 @@ who = {{ kind = "vendor", org = "acme" }}
 devices = {{ labels = {{ vendor = "acme" }} }}
 max_session = "2h"
 
+[[device]]
+id = "pump-14"                     # same simulated console, but vendors need an approved request
+address = "127.0.0.1:{telnet}"
+protocol = "telnet"
+labels = {{ class = "infusion-pump", vendor = "acme", unit = "icu", access = "jit" }}
+maintenance = ["Tue 02:00-04:00"]  # vendor sessions only then, unless a grant covers the time
+break_glass = true                 # clinicians may open a recorded, flagged 30-minute emergency session
+
 [[rule]]
 name = "icu-nurses-see-icu-monitors"
 who = {{ kind = "clinician", roles = ["icu"] }}
 devices = {{ labels = {{ unit = "icu", class = "patient-monitor" }} }}
 hours = "Mon-Sun 00:00-24:00"
+
+# Vendors hold no standing access to pump-14: they ask, one ICU clinician and one biomedical
+# engineer approve, and the grant (that vendor, that device, that window) is the access.
+[[approval]]
+name = "pump-14-maintenance"
+who = {{ kind = "vendor" }}
+devices = {{ ids = ["pump-14"] }}
+approvers = [ {{ kind = "clinician", roles = ["icu"] }}, {{ roles = ["biomed"] }} ]
+max_duration = "8h"
+pending_expiry = "1h"
+
+[login]
+cert_ttl = "8h"
 "#,
         gw = p.gateway,
         telnet = p.telnet,
@@ -161,6 +234,21 @@ The clinician is refused the vendor's pump:
 
 What each identity may reach, as the gateway decides:
   {exe} devices --gateway {gateway} --identity {d}/vendor
+
+Just-in-time access to pump-14 (no standing access; see {d}/login-users.txt for tech's password
+and TOTP secret, or scan its otpauth URI into an authenticator app):
+  {exe} login --gateway {gateway} --user tech --ca {d}/root.crt --out {d}/tech     # password + code
+  {exe} request pump-14 --reason "firmware 2.1" --duration 1h --gateway {gateway} --identity {d}/tech
+  {exe} requests --gateway {gateway} --identity {d}/clinician                       # alice (ICU)
+  {exe} approve REQUEST --gateway {gateway} --identity {d}/clinician
+  {exe} approve REQUEST --gateway {gateway} --identity {d}/biomed                    # bob (biomed)
+  {exe} login --gateway {gateway} --user tech --ca {d}/root.crt --out {d}/tech     # now bound to the grant
+  {exe} connect pump-14 --gateway {gateway} --identity {d}/tech --listen 127.0.0.1:2324
+  {exe} grants --gateway {gateway} --identity {d}/security
+  {exe} revoke GRANT --reason "done early" --gateway {gateway} --identity {d}/security
+
+Break-glass (emergency, recorded and flagged): alice has no rule for pump-14, but may break the glass:
+  {exe} connect pump-14 --break-glass --reason "pump alarm, patient bed 4" --gateway {gateway} --identity {d}/clinician
 
 As security (sam) — lock the vendor out, then let them back:
   {exe} lock --org acme --for 1h --reason "incident 42" --gateway {gateway} --identity {d}/security
