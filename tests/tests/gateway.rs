@@ -626,7 +626,7 @@ async fn per_source_connection_limit_refuses_extra_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn break_glass_is_refused_not_ignored() {
+async fn break_glass_is_refused_where_the_device_does_not_allow_it() {
     let (gw, pki, _) = setup().await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let err = gw
@@ -637,7 +637,7 @@ async fn break_glass_is_refused_not_ignored() {
         .expect("break-glass must not open an ordinary session");
     assert!(
         err.to_string()
-            .contains("break-glass access is not enabled"),
+            .contains("break-glass access to pump-12 is not allowed for vendor acme/jdoe"),
         "{err}"
     );
 }

@@ -750,7 +750,13 @@ async fn serve_stream<R, W>(
     // nothing else.
     let identity = match (identity, request) {
         (_, Request::Login(login)) => {
-            let response = crate::jit::login(&shared, peer, login);
+            // argon2id and signing take tens of milliseconds: off the async workers.
+            let sh = shared.clone();
+            let response = tokio::task::spawn_blocking(move || crate::jit::login(&sh, peer, login))
+                .await
+                .unwrap_or_else(|_| {
+                    error_frame(ErrorCode::Internal, "login failed inside the gateway")
+                });
             let _ = writer.write_response(&response).await;
             let _ = writer.finish().await;
             return;
