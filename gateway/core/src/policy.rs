@@ -592,8 +592,9 @@ pub fn evaluate_id(
 }
 
 /// The devices `principal` could open right now (ignoring locks, which the caller filters with
-/// [`lock_applies`] if it wants), with the rule that would allow each, in `devices` order.
-/// This is what `ward devices` lists.
+/// [`lock_applies`] if it wants), with the rule that would allow each, in `devices` order, by
+/// the rules alone. `ward devices` lists with [`evaluate_access`] instead, so grants, approval
+/// policies and maintenance windows count too.
 pub fn reachable_devices<'d>(
     rules: &[Rule],
     principal: &Principal,

@@ -811,37 +811,32 @@ async fn serve_stream<R, W>(
             return;
         }
         Request::ListDevices => {
+            // Exactly what opening each device would decide now (grants, approval policies,
+            // maintenance windows, rules; locks ignored as before, so a lock is not a listing).
             let now = shared.clock.now();
-            let devices = policy::reachable_devices(
-                &shared.config.rules,
-                &principal,
-                &shared.config.devices,
-                now,
-            )
-            .into_iter()
-            .map(|(d, rule)| frame::DeviceInfo {
-                id: d.id.to_string(),
-                protocol: d.protocol,
-                labels: d.labels.clone(),
-                rule,
-            })
-            .chain(
-                // Devices opened to this principal by a live grant.
-                shared
-                    .jit
-                    .grants()
-                    .into_iter()
-                    .filter(|g| g.principal.is(&principal) && g.is_live(now))
-                    .filter_map(|g| {
-                        shared.config.device(&g.device).map(|d| frame::DeviceInfo {
+            let grants = shared.jit.grants();
+            let inputs = policy::AccessInputs {
+                rules: &shared.config.rules,
+                locks: &[],
+                approvals: &shared.config.approvals,
+                grants: &grants,
+            };
+            let devices = shared
+                .config
+                .devices
+                .iter()
+                .filter_map(
+                    |d| match policy::evaluate_access(&inputs, &principal, d, None, now) {
+                        policy::Decision::Permit(p) => Some(frame::DeviceInfo {
                             id: d.id.to_string(),
                             protocol: d.protocol,
                             labels: d.labels.clone(),
-                            rule: format!("grant {} (until {})", g.id, g.end),
-                        })
-                    }),
-            )
-            .collect();
+                            rule: p.rule().to_owned(),
+                        }),
+                        policy::Decision::Deny(_) => None,
+                    },
+                )
+                .collect();
             Response::Devices { devices }
         }
         Request::Lock {
