@@ -119,6 +119,9 @@ pub struct Login {
     /// Bind the certificate to this grant (its end caps the certificate).
     #[serde(default)]
     pub grant: Option<String>,
+    /// Replace the password with this one once the login succeeds (e.g. the initial one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub new_password: Option<String>,
 }
 
 impl std::fmt::Debug for Login {
@@ -128,6 +131,10 @@ impl std::fmt::Debug for Login {
             .field("password", &"<hidden>")
             .field("totp", &self.totp.as_ref().map(|_| "<hidden>"))
             .field("grant", &self.grant)
+            .field(
+                "new_password",
+                &self.new_password.as_ref().map(|_| "<hidden>"),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -1136,6 +1143,7 @@ mod access_frame_tests {
                 totp: Some("123456".into()),
                 csr_pem: "-----BEGIN CERTIFICATE REQUEST-----".into(),
                 grant: None,
+                new_password: Some("a new long passphrase".into()),
             })
             .into(),
             Request::Access(AccessOp::Request {
@@ -1186,6 +1194,7 @@ mod access_frame_tests {
             totp: Some("123456".into()),
             csr_pem: String::new(),
             grant: None,
+            new_password: None,
         };
         let d = format!("{l:?}");
         assert!(!d.contains("hunter2") && !d.contains("123456"), "{d}");

@@ -21,9 +21,13 @@ pub struct LoginArgs {
     /// Your user name.
     #[arg(long, env = "WARD_USER")]
     user: String,
-    /// Read the password from standard input (one line) instead of asking on the terminal.
+    /// Read the password from standard input (one line; with --change-password, the new one on
+    /// the second line) instead of asking on the terminal.
     #[arg(long)]
     password_stdin: bool,
+    /// Set a new password as part of this login (do this with the initial password you were given).
+    #[arg(long)]
+    change_password: bool,
     /// The 6-digit code from your authenticator app (asked on the terminal if needed and not given).
     #[arg(long, value_name = "CODE")]
     totp: Option<String>,
@@ -76,15 +80,39 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     if !root.exists() {
         bail!("no Ward root certificate at {}; get it from your gateway's administrator and pass --ca FILE", root.display());
     }
-    let password = if args.password_stdin {
+    let (password, new_password) = if args.password_stdin {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
             .context("reading the password from stdin")?;
-        s.lines().next().unwrap_or("").to_owned()
+        let mut lines = s.lines();
+        let old = lines.next().unwrap_or("").to_owned();
+        let new = match args.change_password {
+            true => Some(
+                lines
+                    .next()
+                    .filter(|l| !l.is_empty())
+                    .context("--change-password with --password-stdin: put the new password on the second line")?
+                    .to_owned(),
+            ),
+            false => None,
+        };
+        (old, new)
     } else {
-        rpassword::prompt_password(format!("Password for {}: ", args.user))
-            .context("reading the password (no terminal? use --password-stdin)")?
+        let old = rpassword::prompt_password(format!("Password for {}: ", args.user))
+            .context("reading the password (no terminal? use --password-stdin)")?;
+        let new = match args.change_password {
+            true => {
+                let a = rpassword::prompt_password("New password (12+ characters): ")?;
+                let b = rpassword::prompt_password("New password again: ")?;
+                if a != b {
+                    bail!("the new passwords differ; nothing was changed");
+                }
+                Some(a)
+            }
+            false => None,
+        };
+        (old, new)
     };
     let totp = match args.totp.clone() {
         Some(c) => Some(c),
@@ -96,7 +124,13 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     };
     let client = Client::anonymous(&args.gateway, &root, args.transport)?;
     let logged = client
-        .login(&args.user, password, totp, args.grant.clone())
+        .login(
+            &args.user,
+            password,
+            totp,
+            args.grant.clone(),
+            new_password.clone(),
+        )
         .await?;
     let prefix = match &args.out {
         Some(p) => p.clone(),
@@ -121,6 +155,9 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let until = OffsetDateTime::from_unix_timestamp(logged.not_after_unix)
         .map(|t| t.to_string())
         .unwrap_or_default();
+    if new_password.is_some() {
+        println!("password changed");
+    }
     println!(
         "logged in as {}: certificate {} valid until {until}",
         args.user,
@@ -235,7 +272,7 @@ fn print_reply(reply: AccessReply) {
 
 fn print_created(name: &str, password: &str, totp_uri: Option<&str>) {
     println!("user {name} created.");
-    println!("One-time initial password (shown once; hand it over in person): {password}");
+    println!("One-time initial password (shown once; hand it over in person, and have the user replace it with `ward login --change-password`): {password}");
     if let Some(uri) = totp_uri {
         println!("TOTP provisioning URI (scan it with an authenticator app): {uri}");
         match qrcode::QrCode::new(uri.as_bytes()) {

@@ -596,6 +596,7 @@ impl Client {
         password: String,
         totp: Option<String>,
         grant: Option<String>,
+        new_password: Option<String>,
     ) -> anyhow::Result<LoggedIn> {
         let (key_pem, csr_pem) = key_and_csr(user)?;
         let req = Request::Login(ward_core::frame::Login {
@@ -604,6 +605,7 @@ impl Client {
             totp,
             csr_pem,
             grant,
+            new_password,
         });
         match self.request(&req).await? {
             Response::Issued {

@@ -240,6 +240,33 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
         limiter.success(&login.user, &source);
     }
     let who = |e: Event| e.user(user.kind.as_str(), &user.name, user.org.as_deref());
+    if let Some(new) = &login.new_password {
+        if let Err(e) = password::check_strength(new, &user.name) {
+            return Response::Denied {
+                reason: format!("new password refused: {e}"),
+            };
+        }
+        let stored = password::hash_password(new, rand::random())
+            .map_err(|e| e.to_string())
+            .and_then(|phc| {
+                jit.db
+                    .set_password(&user.name, &phc)
+                    .map_err(|e| e.to_string())
+            });
+        match stored {
+            Ok(true) => shared.audit.emit(
+                who(ev("success"))
+                    .reason("password changed at login")
+                    .detail("password_changed", true),
+            ),
+            _ => {
+                return Response::Error {
+                    code: ErrorCode::Internal,
+                    message: "the new password could not be stored; the old one still works".into(),
+                }
+            }
+        }
+    }
     let Some(ca) = &jit.ca else {
         shared
             .audit
