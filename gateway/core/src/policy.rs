@@ -513,7 +513,17 @@ fn decide_access(
         .filter(|g| g.covers(principal, device_id, now))
         .max_by_key(|g| g.end)
     {
-        let (ends_at, end_reason) = capped(grant.end, EndReason::WindowEnd);
+        // A certificate issued for this grant (`ward login`) ends with it, to within X.509's
+        // one-second precision: then the window, not the certificate, is what ends the session.
+        let (ends_at, end_reason) = if grant
+            .end
+            .checked_sub(time::Duration::SECOND)
+            .is_some_and(|almost| principal.not_after > almost)
+        {
+            (grant.end.min(principal.not_after), EndReason::WindowEnd)
+        } else {
+            capped(grant.end, EndReason::WindowEnd)
+        };
         return Decision::Permit(Permit {
             rule: format!("grant {}", grant.id),
             ends_at,
@@ -1243,6 +1253,15 @@ mod access_tests {
             panic!("grant window");
         };
         assert_eq!(p.end_reason(), &EndReason::CertificateExpiry);
+        // A certificate issued for the grant ends with it (X.509 keeps whole seconds): the
+        // session ends at the certificate's end, and the reason is the window's.
+        let mut bound = vendor.clone();
+        bound.not_after = NOW + Duration::hours(3) - Duration::milliseconds(400);
+        let Decision::Permit(p) = decide(&inputs, &bound, None, NOW + Duration::hours(2)) else {
+            panic!("grant window");
+        };
+        assert_eq!(p.ends_at(), bound.not_after);
+        assert_eq!(p.end_reason(), &EndReason::WindowEnd);
         // A lock wins over the grant.
         let locks = [Lock {
             target: LockTarget::Principal("tech".into()),

@@ -369,6 +369,10 @@ where
                     tap.record(dir, bytes).await?;
                 }
                 w.write_all(bytes).await?;
+                // Interactive output must not wait for more: a prompt without a newline
+                // ("login: ") would sit in a line-buffered writer (`ward connect` on stdio).
+                // A no-op for sockets.
+                w.flush().await?;
             }
         }
     }

@@ -1,0 +1,523 @@
+//! Just-in-time access end to end (issue 5): the built `ward` binary runs `ward quickstart`, and
+//! the vendor `tech` logs in with password and TOTP, asks for pump-14, is approved by an ICU
+//! clinician and a biomedical engineer, connects within the window and is cut at its end; login
+//! failures, disabled users, revocation, break-glass and racing approvals; and the unauthenticated
+//! (login-only) path, in process.
+//!
+//! TOTP codes are computed here from the secret quickstart writes to `login-users.txt`. A code
+//! works once, and the gateway accepts the steps now-1, now and now+1, so [`Totp::next`] hands out
+//! a fresh step each time and waits for the clock only when it has used them all.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+use ward::client::Transport;
+use ward_ca::{Clock, Kind, SystemClock};
+use ward_core::access::Grant;
+use ward_core::frame::{AccessOp, ErrorCode, Request, Response, Review};
+use ward_core::totp::{self, TotpSecret};
+use ward_tests::process::{
+    run, run_ok, run_with, start_quickstart, ward, Finished, Input, Proc, COMMAND_TIMEOUT,
+};
+
+/// What the gateway says to every failed login, whatever was wrong.
+const LOGIN_FAILED: &str = "login failed: wrong user name, password or code";
+
+/// Hands out TOTP codes for one user, never the same step twice.
+struct Totp {
+    secret: TotpSecret,
+    last: Option<i64>,
+}
+
+fn unix_now() -> i64 {
+    SystemClock.now().unix_timestamp()
+}
+
+impl Totp {
+    /// A code the gateway accepts now and has not seen: the oldest unused step among now-1, now
+    /// and now+1 (now-1 only if it stays valid for a few more seconds); waits for the next step
+    /// when all three are used.
+    fn next(&mut self) -> String {
+        loop {
+            let now = unix_now();
+            let oldest_safe = totp::step_at(now + 3) - 1;
+            let step = match self.last {
+                Some(last) => oldest_safe.max(last + 1),
+                None => oldest_safe,
+            };
+            if step <= totp::step_at(now) + 1 {
+                self.last = Some(step);
+                return totp::code_at(&self.secret, step * totp::PERIOD);
+            }
+            // Every acceptable step is used: wait for the clock to reach the next one.
+            let next_boundary = (totp::step_at(now) + 1) * totp::PERIOD;
+            std::thread::sleep(Duration::from_millis(
+                u64::try_from((next_boundary - now).max(0)).unwrap() * 1000 + 200,
+            ));
+        }
+    }
+
+    /// The step the last code was for.
+    fn last_step(&self) -> i64 {
+        self.last.unwrap()
+    }
+
+    /// A code no acceptable step has.
+    fn wrong(&self) -> String {
+        let now = unix_now();
+        let valid: Vec<String> = (totp::step_at(now) - 2..=totp::step_at(now) + 3)
+            .map(|s| totp::code_at(&self.secret, s * totp::PERIOD))
+            .collect();
+        (100..)
+            .map(|k| totp::code_at(&self.secret, (totp::step_at(now) + k) * totp::PERIOD))
+            .find(|c| !valid.contains(c))
+            .unwrap()
+    }
+}
+
+/// A running `ward quickstart` in a temp dir.
+struct Quickstart {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    _qs: Proc,
+    gateway: String,
+    /// tech's password (from login-users.txt).
+    password: String,
+    /// tech's TOTP codes.
+    totp: Totp,
+}
+
+impl Quickstart {
+    fn start() -> Quickstart {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("certs-dev");
+        let (qs, port) = start_quickstart(&dir);
+        let users = std::fs::read_to_string(dir.join("login-users.txt")).unwrap();
+        let field = |name: &str| {
+            users
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix('='))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in login-users.txt:\n{users}"))
+        };
+        let password = field("password");
+        let secret = TotpSecret::from_base32(&field("totp_secret")).unwrap();
+        Quickstart {
+            _tmp: tmp,
+            dir,
+            _qs: qs,
+            gateway: format!("127.0.0.1:{port}"),
+            password,
+            totp: Totp { secret, last: None },
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn state(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// `ward ARGS --gateway G --identity DIR/IDENTITY`.
+    fn as_(&self, identity: &str, args: &[&str]) -> Command {
+        let mut cmd = ward(args);
+        cmd.args([
+            "--gateway",
+            &self.gateway,
+            "--identity",
+            &self.path(identity),
+        ]);
+        cmd
+    }
+
+    /// `ward login --user USER --password-stdin --totp CODE` writing DIR/tech.{crt,key}.
+    fn login_with(&self, user: &str, password: &str, code: &str) -> Finished {
+        run_with(
+            &mut ward(&[
+                "login",
+                "--gateway",
+                &self.gateway,
+                "--user",
+                user,
+                "--password-stdin",
+                "--totp",
+                code,
+                "--ca",
+                &self.path("root.crt"),
+                "--out",
+                &self.path("tech"),
+            ]),
+            Input::Bytes(format!("{password}\n").into_bytes()),
+            COMMAND_TIMEOUT,
+        )
+    }
+
+    /// tech logs in with the right password and a fresh code.
+    fn login_tech(&mut self) -> Finished {
+        let code = self.totp.next();
+        let out = self.login_with("tech", &self.password.clone(), &code);
+        assert!(out.status.success(), "login: {out:?}");
+        out
+    }
+
+    /// tech asks for `device` for `duration`; returns the request id.
+    fn request(&self, device: &str, duration: &str) -> String {
+        let out = run_ok(&mut self.as_(
+            "tech",
+            &[
+                "request",
+                device,
+                "--reason",
+                "firmware 2.1",
+                "--duration",
+                duration,
+            ],
+        ));
+        let id = out
+            .stdout
+            .split_whitespace()
+            .find(|w| w.starts_with("req-"))
+            .unwrap_or_else(|| panic!("no request id in {out:?}"))
+            .to_owned();
+        assert!(
+            out.stdout
+                .contains(&format!("request {id} for {device} is pending")),
+            "{out:?}"
+        );
+        id
+    }
+
+    fn approve(&self, identity: &str, id: &str) -> Finished {
+        run(&mut self.as_(identity, &["approve", id]))
+    }
+
+    /// Grants as `ward grants --json [--all]` prints them to security (sam).
+    fn grants(&self, all: bool) -> Vec<Grant> {
+        let mut args = vec!["grants", "--json"];
+        if all {
+            args.push("--all");
+        }
+        let out = run_ok(&mut self.as_("security", &args));
+        out.stdout
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
+    /// tech's request `id` approved by alice (ICU) and bob (biomed); returns the grant.
+    fn approved(&self, id: &str) -> Grant {
+        let out = self.approve("clinician", id);
+        assert!(out.status.success(), "{out:?}");
+        let out = self.approve("biomed", id);
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.contains("approved (2/2): grant "), "{out:?}");
+        let grants: Vec<Grant> = self
+            .grants(false)
+            .into_iter()
+            .filter(|g| g.request == id)
+            .collect();
+        assert_eq!(grants.len(), 1, "{grants:?}");
+        grants.into_iter().next().unwrap()
+    }
+
+    /// `ward connect DEVICE` on stdio as `identity`, stdin a pipe the test writes.
+    fn connect(&self, identity: &str, device: &str, extra: &[&str]) -> Proc {
+        let mut cmd = self.as_(identity, &["connect", device]);
+        cmd.args(extra);
+        Proc::spawn(&mut cmd, Input::Pipe)
+    }
+
+    /// The audit log's events, once `ready` holds for them (the gateway writes them from a task).
+    fn audit_when(
+        &self,
+        what: &str,
+        ready: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let events = audit_events(&self.state());
+            if ready(&events) {
+                return events;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit log never showed {what}:\n{}",
+                events
+                    .iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `ward audit verify --all --state-dir` passes (once the gateway has checkpointed).
+    fn audit_verifies(&self) {
+        let state = self.state().display().to_string();
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            let out = run(&mut ward(&[
+                "audit",
+                "verify",
+                "--all",
+                "--state-dir",
+                &state,
+            ]));
+            if out.status.success() {
+                assert!(out.stdout.contains("audit log: ok"), "{out:?}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the audit log never verified: {out:?}"
+            );
+            std::thread::sleep(Duration::from_millis(1000));
+        }
+    }
+}
+
+/// `<state>/audit.log` as JSON events, in order.
+fn audit_events(state: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}
+
+fn is(e: &serde_json::Value, event: &str, outcome: &str) -> bool {
+    e["event"] == event && e["outcome"] == outcome
+}
+
+fn who(e: &serde_json::Value) -> &str {
+    e["principal"]["name"].as_str().unwrap_or("")
+}
+
+/// Wait for `p` to exit (within `limit`) after printing `needle` on stderr; returns how it ended.
+fn ends_with_stderr(mut p: Proc, needle: &str, limit: Duration) -> Finished {
+    p.wait_for(&format!("{needle:?} on stderr"), limit, |_, err| {
+        err.contains(needle)
+    });
+    p.finish(Duration::from_secs(5))
+}
+
+fn parse_time(s: &str) -> OffsetDateTime {
+    OffsetDateTime::parse(s, &Rfc3339).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// The vendor's login console on the simulated pump, through `ward connect` on stdio.
+fn on_the_console(p: &mut Proc) {
+    p.wait_for_stdout("Acme InfuPump 3000 service console", COMMAND_TIMEOUT);
+    p.wait_for_stdout("login: ", COMMAND_TIMEOUT);
+    p.send(b"admin\r\nadmin\r\n");
+    p.wait_for_stdout("pump> ", COMMAND_TIMEOUT);
+}
+
+// ---- 1. The issue's "Done when" ----------------------------------------------------------------
+
+#[test]
+fn jit_flow_from_quickstart() {
+    let mut q = Quickstart::start();
+
+    // The vendor logs in (password + TOTP): no grant yet, so no binding.
+    let out = q.login_tech();
+    assert!(out.stdout.contains("logged in as tech"), "{out:?}");
+    assert!(!out.stdout.contains("bound to grant"), "{out:?}");
+    let first_step = q.totp.last_step();
+
+    // No standing access to pump-14: refused, with the way forward.
+    let out = q.connect("tech", "pump-14", &[]).finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr.contains("needs an approved access request")
+            && out.stderr.contains("ward request pump-14"),
+        "{out:?}"
+    );
+
+    // A short window, so the test sees its end.
+    let id = q.request("pump-14", "20s");
+    let refused = |when: &str| {
+        let out = q.connect("tech", "pump-14", &[]).finish(COMMAND_TIMEOUT);
+        assert_eq!(out.status.code(), Some(2), "connect {when}: {out:?}");
+    };
+    refused("with the request pending");
+
+    // The requester cannot approve its own request.
+    let out = q.approve("tech", &id);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("you cannot approve or deny your own request"),
+        "{out:?}"
+    );
+
+    // One approval of two: no grant, still refused.
+    let out = q.approve("clinician", &id);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "approval recorded for {id} (1 of 2 needed so far)"
+        )),
+        "{out:?}"
+    );
+    assert!(
+        q.grants(true).iter().all(|g| g.request != id),
+        "a grant after one approval"
+    );
+    refused("after one approval of two");
+
+    // The biomedical engineer completes it: a grant for tech on pump-14.
+    let out = q.approve("biomed", &id);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("approved (2/2): grant "), "{out:?}");
+    let grants: Vec<Grant> = q
+        .grants(false)
+        .into_iter()
+        .filter(|g| g.request == id)
+        .collect();
+    assert_eq!(grants.len(), 1, "{grants:?}");
+    let grant = &grants[0];
+    assert_eq!(grant.principal.name, "tech");
+    assert_eq!(grant.device, "pump-14");
+    assert_eq!(grant.end - grant.start, time::Duration::seconds(20));
+    let mut approvers = grant.approvers.clone();
+    approvers.sort();
+    assert_eq!(approvers, ["alice", "bob"]);
+
+    // tech logs in again (a new code): the certificate is bound to the grant and ends with it.
+    let out = q.login_tech();
+    assert!(q.totp.last_step() > first_step);
+    assert!(
+        out.stdout.contains(&format!("bound to grant {}", grant.id)),
+        "{out:?}"
+    );
+    let pem = std::fs::read_to_string(q.dir.join("tech.crt")).unwrap();
+    let cert = ward_ca::inspect(&pem, None, SystemClock.now()).unwrap();
+    let not_after = parse_time(&cert.not_after);
+    assert!(
+        not_after <= grant.end,
+        "certificate until {not_after} outlives the grant ending {}",
+        grant.end
+    );
+    assert!(
+        not_after > grant.end - time::Duration::seconds(2),
+        "certificate until {not_after}, grant until {}",
+        grant.end
+    );
+
+    // Within the window the vendor reaches the pump's console...
+    let mut session = q.connect("tech", "pump-14", &[]);
+    session.wait_for(
+        "the session opened on the grant",
+        COMMAND_TIMEOUT,
+        |_, err| err.contains(&format!("rule grant {}", grant.id)),
+    );
+    on_the_console(&mut session);
+    // ...and is cut at its end.
+    let out = ends_with_stderr(
+        session,
+        "session ended by the gateway",
+        Duration::from_secs(40),
+    );
+    let cut_at = OffsetDateTime::now_utc();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("access window end"), "{out:?}");
+    assert!(
+        cut_at >= grant.end - time::Duration::seconds(2),
+        "cut at {cut_at}, before the window's end {}",
+        grant.end
+    );
+    assert!(
+        cut_at <= grant.end + time::Duration::seconds(5),
+        "cut at {cut_at}, long after the window's end {}",
+        grant.end
+    );
+    // After the window, refused again.
+    let out = q.connect("tech", "pump-14", &[]).finish(COMMAND_TIMEOUT);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+
+    // Every step is in the audit log, and the log verifies.
+    let gid = grant.id.clone();
+    let events = q.audit_when("the session's close", |ev| {
+        ev.iter().any(|e| {
+            is(e, "session_close", "success") && e["device"] == "pump-14" && who(e) == "tech"
+        })
+    });
+    q.audit_verifies();
+    let logins: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| is(e, "login", "success") && who(e) == "tech")
+        .collect();
+    assert_eq!(logins.len(), 2, "{logins:?}");
+    assert_eq!(logins[1]["detail"]["grant"], gid.as_str(), "{logins:?}");
+    assert!(
+        events.iter().any(|e| is(e, "access_request", "success")
+            && e["detail"]["request"] == id.as_str()
+            && who(e) == "tech"),
+        "no access_request"
+    );
+    assert!(
+        events.iter().any(|e| is(e, "access_approve", "denied")
+            && e["detail"]["request"] == id.as_str()
+            && who(e) == "tech"),
+        "the self-approval was not audited"
+    );
+    let mut approved_by: Vec<&str> = events
+        .iter()
+        .filter(|e| is(e, "access_approve", "success") && e["detail"]["request"] == id.as_str())
+        .map(who)
+        .collect();
+    approved_by.sort();
+    assert_eq!(approved_by, ["alice", "bob"]);
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| is(e, "access_grant", "success") && e["detail"]["grant"] == gid.as_str())
+            .count(),
+        1
+    );
+    let opened: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| is(e, "session_open", "success") && e["detail"]["grant"] == gid.as_str())
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let sid = opened[0]["session_id"].as_str().unwrap();
+    let closed: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["event"] == "session_close" && e["session_id"] == sid)
+        .collect();
+    assert_eq!(closed.len(), 1, "{closed:?}");
+    assert!(
+        closed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("access window end"),
+        "{closed:?}"
+    );
+    // The refusals before approval are there too, with their reason.
+    assert!(
+        events.iter().any(|e| is(e, "session_deny", "denied")
+            && e["device"] == "pump-14"
+            && e["reason"]
+                .as_str()
+                .unwrap_or("")
+                .contains("needs an approved access request")),
+        "no session_deny before approval"
+    );
+}
