@@ -15,17 +15,19 @@
 //! The client host has a route to the device network through the gateway host, and the device
 //! network one back, as if the gateway host were a router: the only thing between the client and
 //! the devices is that the gateway host does not forward packets (`net.ipv4.ip_forward = 0`; a new
-//! namespace inherits the host's IPv4 setting, so the test sets it and asserts it). Every route in
-//! the three namespaces stays inside 10.231.1.0/24 and 10.231.2.0/24; there is no default route.
+//! namespace inherits the host's IPv4 setting, so the test sets it and asserts it; IPv6 forwarding
+//! is asserted off too). Every route in the three namespaces stays inside 10.231.1.0/24 and
+//! 10.231.2.0/24; there is no default route.
 //!
 //! From the client host the test shows that: a direct TCP connect (and curl) to the telnet and HTTP
 //! consoles fails within a bounded time and the devices count no connection; through
 //! `ward connect --listen` a permitted vendor logs in to the telnet console with the real `telnet`
 //! client (admin/admin) and fetches the HTTP console with the real `curl` and Basic auth, over QUIC
 //! and over TLS/TCP; a clinician with no rule is refused with the policy's reason on both
-//! transports, and the devices see no connection for it. Last, a control: with forwarding switched
-//! on at the gateway host the same direct connect succeeds, so the probe can see a reachable
-//! device and the failures above come from the gateway host, not from a broken topology.
+//! transports, the gateway audits each refusal, and the devices see no connection for it. Last, a
+//! control: with forwarding switched on at the gateway host the same direct connect succeeds, so
+//! the probe can see a reachable device and the failures above come from the gateway host, not
+//! from a broken topology.
 //!
 //! Needs root and `ip`: under CI (`CI` set) their absence fails the test; elsewhere it skips with a
 //! message. The namespaces (and every process left in them) are removed when the test ends, also
@@ -136,7 +138,9 @@ fn remove_stale_namespaces() {
             continue;
         };
         if let Some(pid) = owner_pid(name) {
-            if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            // Our own pid too: only this test makes namespaces in this process, and it has made
+            // none yet, so such a name was left by a dead process that had the same pid.
+            if pid == std::process::id() || !Path::new(&format!("/proc/{pid}")).exists() {
                 eprintln!("removing stale namespace {name} (its test process {pid} is gone)");
                 remove_namespace(name);
             }
@@ -214,6 +218,12 @@ fn build_topology() -> Topology {
     // host's IPv4 forwarding setting, so set it as a gateway host is deployed, then check it.
     run_ok(in_ns(&gw, "sh").args(["-c", "echo 0 > /proc/sys/net/ipv4/ip_forward"]));
     assert_eq!(forwarding(&gw), "0");
+    // IPv6 (when the kernel has it) starts from its defaults in a new namespace: off as well.
+    let v6 = run_ok(in_ns(&gw, "sh").args([
+        "-c",
+        "f=/proc/sys/net/ipv6/conf/all/forwarding; if [ -e $f ]; then cat $f; else echo 0; fi",
+    ]));
+    assert_eq!(v6.stdout.trim(), "0", "IPv6 forwarding on the gateway host");
 
     // Two veth pairs, created straight into the namespaces (nothing in the host's namespace).
     ip(&[
