@@ -1,0 +1,8 @@
+//! `cargo fuzz run audit_reader`: see `ward_fuzz::check_audit` and docs/fuzzing.md.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    ward_fuzz::check_audit(data);
+});
