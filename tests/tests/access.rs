@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 use ward::client::Transport;
-use ward_ca::{Clock, Kind, SystemClock};
+use ward_ca::{Clock, SystemClock};
 use ward_core::access::Grant;
 use ward_core::frame::{AccessOp, ErrorCode, Request, Response, Review};
 use ward_core::totp::{self, TotpSecret};
@@ -416,7 +416,7 @@ fn jit_flow_from_quickstart() {
         grant.end
     );
     assert!(
-        not_after > grant.end - time::Duration::seconds(2),
+        not_after > grant.end - time::Duration::SECOND,
         "certificate until {not_after}, grant until {}",
         grant.end
     );
@@ -519,5 +519,543 @@ fn jit_flow_from_quickstart() {
                 .unwrap_or("")
                 .contains("needs an approved access request")),
         "no session_deny before approval"
+    );
+}
+
+// ---- 2. Login failures -------------------------------------------------------------------------
+
+#[test]
+fn login_failures_are_refused_and_rate_limited() {
+    let mut q = Quickstart::start();
+    let password = q.password.clone();
+    q.login_tech();
+    let used = totp::code_at(&q.totp.secret, q.totp.last_step() * totp::PERIOD);
+    let refused = |out: &Finished, what: &str| {
+        assert!(!out.status.success(), "{what}: {out:?}");
+        assert!(out.stderr.contains(LOGIN_FAILED), "{what}: {out:?}");
+        // The message never says which part was wrong.
+        for tell in ["password was", "TOTP", "reused", "disabled", "unknown"] {
+            assert!(!out.stderr.contains(tell), "{what} says {tell:?}: {out:?}");
+        }
+    };
+
+    // The code just used, again.
+    refused(&q.login_with("tech", &password, &used), "reused code");
+    // A code from no acceptable step.
+    let wrong = q.totp.wrong();
+    refused(&q.login_with("tech", &password, &wrong), "wrong code");
+    // A wrong password with a good code.
+    let fresh = q.totp.next();
+    refused(
+        &q.login_with("tech", "Not-the-password-7", &fresh),
+        "wrong password",
+    );
+
+    // Three failures in a row from this address: the next attempt is turned away before any
+    // check, even with the right password and a valid code.
+    let now_code = totp::code_at(&q.totp.secret, unix_now());
+    let first = q.login_with("tech", &password, &now_code);
+    assert!(!first.status.success(), "{first:?}");
+    assert!(first.stderr.contains("too many failed logins"), "{first:?}");
+    let wait = |out: &Finished| -> u64 {
+        let (_, rest) = out
+            .stderr
+            .split_once("try again in ")
+            .unwrap_or_else(|| panic!("{out:?}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let first_wait = wait(&first);
+
+    // After the wait, one more failure (an unknown user reads the same), and the back-off grows.
+    std::thread::sleep(Duration::from_secs(first_wait + 1));
+    refused(
+        &q.login_with("nobody", "Not-the-password-7", &fresh),
+        "unknown user",
+    );
+    let second = q.login_with("tech", &password, &now_code);
+    assert!(
+        second.stderr.contains("too many failed logins"),
+        "{second:?}"
+    );
+    assert!(
+        wait(&second) > first_wait,
+        "the back-off did not grow: {first:?} then {second:?}"
+    );
+
+    // The audit log has each reason the user was not told.
+    let events = q.audit_when("the rate-limited logins", |ev| {
+        ev.iter()
+            .filter(|e| is(e, "login", "denied"))
+            .any(|e| e["reason"].as_str().unwrap_or("").contains("rate-limited"))
+    });
+    let reasons: Vec<&str> = events
+        .iter()
+        .filter(|e| is(e, "login", "denied"))
+        .filter_map(|e| e["reason"].as_str())
+        .collect();
+    for why in [
+        "TOTP code reused",
+        "wrong TOTP code",
+        "wrong password",
+        "unknown user",
+        "rate-limited for",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(why)),
+            "no login denial {why:?} in {reasons:?}"
+        );
+    }
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| is(e, "login", "success") && who(e) == "tech")
+            .count(),
+        1
+    );
+}
+
+// ---- 3. Disabled users -------------------------------------------------------------------------
+
+/// tech logged in for an approved grant on pump-14 and on the pump's console.
+fn live_session_on_a_grant(q: &mut Quickstart) -> (Grant, Proc) {
+    q.login_tech();
+    let id = q.request("pump-14", "10m");
+    let grant = q.approved(&id);
+    let out = q.login_tech();
+    assert!(
+        out.stdout.contains(&format!("bound to grant {}", grant.id)),
+        "{out:?}"
+    );
+    let mut session = q.connect("tech", "pump-14", &[]);
+    on_the_console(&mut session);
+    (grant, session)
+}
+
+#[test]
+fn disabled_user_cannot_log_in_and_live_sessions_end() {
+    let mut q = Quickstart::start();
+    let (_grant, session) = live_session_on_a_grant(&mut q);
+
+    // On the gateway host, against the store the running gateway uses.
+    let config = q.path("ward.toml");
+    let out = run_ok(&mut ward(&["user", "disable", "tech", "--config", &config]));
+    assert!(out.stdout.contains("user tech disabled"), "{out:?}");
+    // The gateway's refresh (every 400 ms) cuts the live session.
+    let out = ends_with_stderr(
+        session,
+        "session ended by the gateway",
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(out.stderr.contains("user disabled"), "{out:?}");
+
+    let out = run_ok(&mut ward(&["user", "list", "--config", &config]));
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("tech "))
+        .unwrap_or_else(|| panic!("{out:?}"));
+    assert!(row.trim_end().ends_with("true"), "{out:?}");
+
+    // No new login, even with the right password and a valid code.
+    let password = q.password.clone();
+    let code = totp::code_at(&q.totp.secret, unix_now());
+    let out = q.login_with("tech", &password, &code);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains(LOGIN_FAILED), "{out:?}");
+    let events = q.audit_when("the disabled user's login", |ev| {
+        ev.iter()
+            .any(|e| is(e, "login", "denied") && e["reason"] == "user is disabled")
+    });
+    assert!(
+        events.iter().any(|e| e["event"] == "session_close"
+            && who(e) == "tech"
+            && e["reason"].as_str().unwrap_or("").contains("user disabled")),
+        "no session_close for the disabled user"
+    );
+}
+
+// ---- 4. Revocation -----------------------------------------------------------------------------
+
+#[test]
+fn revoke_ends_live_session() {
+    let mut q = Quickstart::start();
+    let (grant, session) = live_session_on_a_grant(&mut q);
+
+    // The vendor cannot revoke someone else's... but security can revoke anyone's.
+    let out = run_ok(&mut q.as_(
+        "security",
+        &["revoke", &grant.id, "--reason", "vendor finished early"],
+    ));
+    assert!(
+        out.stdout.contains(&format!("grant {} revoked", grant.id)),
+        "{out:?}"
+    );
+    let out = ends_with_stderr(
+        session,
+        "session ended by the gateway",
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    assert!(
+        out.stderr.contains("access grant revoked or ended"),
+        "{out:?}"
+    );
+
+    // The grant is no longer current, and the vendor is refused again (certificate still valid).
+    assert!(q.grants(false).iter().all(|g| g.id != grant.id));
+    let revoked: Vec<Grant> = q
+        .grants(true)
+        .into_iter()
+        .filter(|g| g.id == grant.id)
+        .collect();
+    assert_eq!(revoked.len(), 1);
+    assert!(revoked[0].revoked_at.is_some(), "{revoked:?}");
+    assert!(
+        revoked[0]
+            .revoked
+            .as_deref()
+            .unwrap_or("")
+            .contains("vendor finished early"),
+        "{revoked:?}"
+    );
+    let out = q.connect("tech", "pump-14", &[]).finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    let events = q.audit_when("the revocation and the cut", |ev| {
+        ev.iter().any(|e| {
+            e["event"] == "session_close"
+                && who(e) == "tech"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("access grant revoked")
+        })
+    });
+    assert!(
+        events.iter().any(|e| is(e, "access_revoke", "success")
+            && who(e) == "sam"
+            && e["detail"]["grant"] == grant.id.as_str()),
+        "no access_revoke by sam"
+    );
+}
+
+// ---- 5. Break-glass ----------------------------------------------------------------------------
+
+#[test]
+fn break_glass_allowed_flagged_and_refused_where_not() {
+    let q = Quickstart::start();
+    let why = "pump alarm, patient bed 4";
+
+    // alice has no rule for pump-14, but its policy lets clinicians break the glass.
+    let mut cmd = q.as_(
+        "clinician",
+        &["connect", "pump-14", "--break-glass", "--reason", why],
+    );
+    let out = run_with(
+        &mut cmd,
+        Input::Bytes(b"admin\r\nadmin\r\nstatus\r\nexit\r\n".to_vec()),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stderr.contains("BREAK-GLASS"), "{out:?}");
+    assert!(
+        out.stderr.contains("to pump-14 opened (rule break-glass)"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("status: RUNNING"), "{out:?}");
+
+    // Without --break-glass she is refused, as before.
+    let out = q
+        .connect("clinician", "pump-14", &[])
+        .finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // pump-12 does not allow break-glass.
+    let out = q
+        .connect("clinician", "pump-12", &["--break-glass", "--reason", why])
+        .finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("break-glass access to pump-12 is not allowed"),
+        "{out:?}"
+    );
+    // Nor does pump-14 for vendors.
+    let out = q
+        .connect("vendor", "pump-14", &["--break-glass", "--reason", why])
+        .finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("break-glass access to pump-14 is not allowed"),
+        "{out:?}"
+    );
+    // And never without a reason: the CLI refuses before dialing.
+    let out = q
+        .connect("clinician", "pump-14", &["--break-glass"])
+        .finish(COMMAND_TIMEOUT);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("--reason"), "{out:?}");
+    assert!(!out.stderr.contains("opened"), "{out:?}");
+
+    // Flagged in `ward sessions` (once the recording is closed).
+    let state = q.state().display().to_string();
+    let deadline = Instant::now() + COMMAND_TIMEOUT;
+    let listing = loop {
+        let out = run_ok(&mut ward(&["sessions", "--state-dir", &state]));
+        if out.stdout.contains("pump-14") {
+            break out.stdout;
+        }
+        assert!(Instant::now() < deadline, "never listed: {out:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let rows: Vec<&str> = listing.lines().filter(|l| l.contains("pump-14")).collect();
+    assert_eq!(rows.len(), 1, "{listing}");
+    assert!(
+        rows[0].contains("alice") && rows[0].ends_with("[BREAK-GLASS]"),
+        "{listing}"
+    );
+
+    // A high-severity audit event for the session, with the justification; the refusals too.
+    let events = q.audit_when("the break-glass session", |ev| {
+        ev.iter()
+            .any(|e| is(e, "session_open", "success") && e["device"] == "pump-14")
+    });
+    let opened: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| is(e, "session_open", "success") && e["device"] == "pump-14")
+        .collect();
+    assert_eq!(opened.len(), 1, "{opened:?}");
+    let e = opened[0];
+    assert_eq!(who(e), "alice");
+    assert_eq!(e["severity"], "high", "{e}");
+    assert_eq!(e["detail"]["break_glass"], true, "{e}");
+    assert_eq!(e["detail"]["justification"], why, "{e}");
+    assert!(
+        events.iter().any(|e| is(e, "session_deny", "denied")
+            && e["device"] == "pump-12"
+            && e["severity"] == "high"
+            && e["detail"]["break_glass"] == true),
+        "the refused break-glass was not raised"
+    );
+}
+
+// ---- 6. The unauthenticated path ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unauthenticated_path_only_logs_in() {
+    use ward::users::UserStore;
+    use ward_tests::{counting_device, start_gateway, DeviceSpec, Pki};
+
+    let pki = Arc::new(Pki::new());
+    let (device, seen) = counting_device().await;
+    let rules = r#"
+[[rule]]
+name = "acme-pumps"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+"#;
+    let tg = start_gateway(
+        pki.clone(),
+        &[DeviceSpec::new(
+            "pump-1",
+            device,
+            "telnet",
+            &[("vendor", "acme")],
+        )],
+        rules,
+        "",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let state = tg.state_dir();
+    let db = ward::store::SqliteStore::open(&state).unwrap();
+    let created = ward::jit::create_user(
+        &db,
+        &ward_core::config::LoginConfig::default(),
+        "tech",
+        "vendor",
+        Some("acme".into()),
+        vec![],
+        None,
+        SystemClock.now(),
+    )
+    .unwrap();
+    let secret = db.user("tech").unwrap().unwrap().totp_secret.unwrap();
+    let mut codes = Totp {
+        secret: TotpSecret::from_base32(&secret).unwrap(),
+        last: None,
+    };
+
+    for (transport, addr) in [(Transport::Quic, tg.quic()), (Transport::Tcp, tg.tcp())] {
+        let anon = ward::client::Client::anonymous(&addr, &pki.root(), transport).unwrap();
+        let everything_else = [
+            Request::ListDevices,
+            Request::Open {
+                device: "pump-1".into(),
+                break_glass: false,
+                reason: None,
+            },
+            Request::Open {
+                device: "pump-1".into(),
+                break_glass: true,
+                reason: Some("emergency".into()),
+            },
+            Request::ListLocks,
+            Request::Review(Review::ListSessions {
+                principal: None,
+                device: None,
+                since_unix: None,
+                until_unix: None,
+                grep: None,
+            }),
+            Request::Review(Review::AuditLog),
+            Request::Review(Review::PublicKey),
+            Request::Access(AccessOp::ListGrants { all: true }),
+            Request::Access(AccessOp::ListRequests { all: true }),
+            Request::Access(AccessOp::Request {
+                device: "pump-1".into(),
+                reason: "r".into(),
+                duration_secs: 60,
+                start_unix: None,
+            }),
+            Request::Access(AccessOp::UserList),
+        ];
+        for req in &everything_else {
+            match anon.request(req).await {
+                Ok(Response::Error {
+                    code: ErrorCode::Forbidden,
+                    message,
+                }) => assert!(
+                    message.contains("only thing it can do is log in"),
+                    "{message}"
+                ),
+                other => panic!("{transport:?} {req:?} without a certificate: {other:?}"),
+            }
+        }
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            0,
+            "the device saw a connection"
+        );
+
+        // The same connection logs in, and the certificate it gets works.
+        let logged = anon
+            .login(
+                &"tech".to_owned(),
+                created.password.clone(),
+                Some(codes.next()),
+                None,
+                None,
+            )
+            .await
+            .unwrap();
+        let prefix = pki
+            .dir
+            .path()
+            .join(format!("tech-{transport:?}"))
+            .display()
+            .to_string();
+        std::fs::write(format!("{prefix}.crt"), &logged.chain_pem).unwrap();
+        std::fs::write(format!("{prefix}.key"), logged.key_pem.expose()).unwrap();
+        let client = tg.client(Path::new(&prefix), transport);
+        match client.request(&Request::ListDevices).await.unwrap() {
+            Response::Devices { devices } => {
+                assert_eq!(devices.len(), 1, "{devices:?}");
+                assert_eq!(devices[0].id, "pump-1");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // The counter does count: an authenticated session reaches the device.
+    let prefix = pki.dir.path().join("tech-Quic");
+    let client = tg.client(&prefix, Transport::Quic);
+    let session = client.open("pump-1", false, None).await.unwrap();
+    drop(session);
+    assert!(
+        ward_tests::eventually(Duration::from_secs(10), || seen.load(Ordering::SeqCst) == 1).await,
+        "the device never saw the permitted session"
+    );
+
+    // Each refusal is audited.
+    let mut refusals = 0;
+    for _ in 0..100 {
+        refusals = audit_events(&state)
+            .iter()
+            .filter(|e| is(e, "unauthenticated_request", "denied"))
+            .count();
+        if refusals >= 22 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(refusals, 22);
+}
+
+// ---- 7. Racing approvals -----------------------------------------------------------------------
+
+#[test]
+fn racing_approvals_make_one_grant() {
+    let mut q = Quickstart::start();
+    q.login_tech();
+    // A second biomedical engineer.
+    run_ok(&mut ward(&[
+        "ca",
+        "issue",
+        "--dir",
+        &q.path(""),
+        "--kind",
+        "clinician",
+        "--name",
+        "carol",
+        "--roles",
+        "biomed",
+        "--out",
+        &q.path("biomed2"),
+    ]));
+
+    for round in 0..3 {
+        let id = q.request("pump-14", "10m");
+        let out = q.approve("clinician", &id);
+        assert!(out.status.success(), "round {round}: {out:?}");
+        assert!(out.stdout.contains("(1 of 2 needed so far)"), "{out:?}");
+        // bob and carol answer at once for the last slot.
+        let bob = Proc::spawn(&mut q.as_("biomed", &["approve", &id]), Input::Null);
+        let carol = Proc::spawn(&mut q.as_("biomed2", &["approve", &id]), Input::Null);
+        let answers = [bob.finish(COMMAND_TIMEOUT), carol.finish(COMMAND_TIMEOUT)];
+        let won: Vec<&Finished> = answers.iter().filter(|o| o.status.success()).collect();
+        assert_eq!(won.len(), 1, "round {round}: {answers:?}");
+        assert!(
+            won[0].stdout.contains("approved (2/2): grant "),
+            "{answers:?}"
+        );
+        let lost = answers.iter().find(|o| !o.status.success()).unwrap();
+        assert!(
+            lost.stderr
+                .contains(&format!("request {id} is already approved")),
+            "round {round}: {lost:?}"
+        );
+        let grants: Vec<Grant> = q
+            .grants(true)
+            .into_iter()
+            .filter(|g| g.request == id)
+            .collect();
+        assert_eq!(grants.len(), 1, "round {round}: {grants:?}");
+        assert_eq!(grants[0].approvers.len(), 2, "{grants:?}");
+        assert_eq!(grants[0].approvers[0], "alice", "{grants:?}");
+    }
+    let events = q.audit_when("three grants", |ev| {
+        ev.iter()
+            .filter(|e| is(e, "access_grant", "success"))
+            .count()
+            >= 3
+    });
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| is(e, "access_grant", "success"))
+            .count(),
+        3
     );
 }

@@ -311,7 +311,11 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
         None => None,
     };
     if let Some(g) = &grant {
-        ttl = ttl.min(g.end - now);
+        // The CA counts from `now` in whole seconds and X.509 keeps whole seconds: measured that
+        // way, the certificate ends on the grant's last whole second (within a second of the
+        // grant's end, which the gateway then names as the session's end), never after it.
+        let whole = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+        ttl = ttl.min(whole(g.end) - whole(now));
     }
     if ttl < time::Duration::SECOND {
         return Response::Denied {
