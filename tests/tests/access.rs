@@ -435,7 +435,7 @@ fn jit_flow_from_quickstart() {
         "session ended by the gateway",
         Duration::from_secs(40),
     );
-    let cut_at = OffsetDateTime::now_utc();
+    let cut_at = SystemClock.now();
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     assert!(out.stderr.contains("access window end"), "{out:?}");
     assert!(
@@ -943,7 +943,7 @@ devices = { labels = { vendor = "acme" } }
         // The same connection logs in, and the certificate it gets works.
         let logged = anon
             .login(
-                &"tech".to_owned(),
+                "tech",
                 created.password.clone(),
                 Some(codes.next()),
                 None,
