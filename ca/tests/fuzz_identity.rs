@@ -332,7 +332,7 @@ fn check_csr(
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(300))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn random_der(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {

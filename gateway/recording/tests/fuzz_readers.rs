@@ -378,7 +378,7 @@ fn check_audit(base: &[u8], bytes: &[u8], first: usize) -> Result<(), TestCaseEr
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(1500))]
+    #![proptest_config(ProptestConfig::with_cases(4000))]
 
     #[test]
     fn reader_on_random_bytes(
