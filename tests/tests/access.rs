@@ -682,7 +682,7 @@ fn revoke_ends_live_session() {
     let mut q = Quickstart::start();
     let (grant, session) = live_session_on_a_grant(&mut q);
 
-    // The vendor cannot revoke someone else's... but security can revoke anyone's.
+    // Security (sam) revokes it, with a reason.
     let out = run_ok(&mut q.as_(
         "security",
         &["revoke", &grant.id, "--reason", "vendor finished early"],
