@@ -641,3 +641,19 @@ async fn break_glass_is_refused_where_the_device_does_not_allow_it() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_dir_audit_log_and_user_store_are_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let (gw, _pki, _) = setup().await;
+    let state = gw.state_dir();
+    let mode = |p: std::path::PathBuf| std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(state.clone()), 0o700, "state dir");
+    assert_eq!(mode(state.join("audit.log")), 0o600, "audit.log");
+    assert_eq!(
+        mode(state.join("ward.db")),
+        0o600,
+        "ward.db (password hashes, TOTP secrets)"
+    );
+    assert_eq!(mode(state.join("audit.key")), 0o600, "audit.key");
+}

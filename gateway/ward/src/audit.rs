@@ -171,13 +171,18 @@ impl AuditLog {
                 )
             })?
         };
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(false)
             .write(true)
             .truncate(false)
+            .mode(0o600)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
+        // Also tighten a log created by an older version with the umask's mode.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
         file.set_len(keep)
             .with_context(|| format!("truncating a torn line in {}", path.display()))?;
         let (tx, rx) = mpsc::channel(16 * 1024);

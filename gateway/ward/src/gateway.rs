@@ -326,6 +326,12 @@ impl Gateway {
             .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
         std::fs::create_dir_all(&g.state_dir)
             .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
+        // The state dir holds recordings, the audit log, its signing key and the user store.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&g.state_dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("setting mode 0700 on {}", g.state_dir.display()))?;
+        }
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
         let store: Arc<dyn Store> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still

@@ -19,6 +19,9 @@ pub enum StoreError {
     /// A row held a value Ward does not understand (a corrupted or newer database).
     #[error("store holds an unreadable row: {0}")]
     Corrupt(String),
+    /// The database file could not be created or protected.
+    #[error("store file: {0}")]
+    Io(String),
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("store is unavailable after an internal error")]
     Poisoned,
@@ -56,7 +59,21 @@ fn target_parts(t: &LockTarget) -> (&'static str, &str) {
 impl SqliteStore {
     /// Open (creating if needed) the store in `state_dir`.
     pub fn open(state_dir: &Path) -> Result<Self, StoreError> {
-        let conn = rusqlite::Connection::open(state_dir.join("ward.db"))?;
+        // ward.db holds password hashes and TOTP secrets: owner-only, whatever the umask. SQLite
+        // creates its -wal/-shm files with the database file's mode.
+        let path = state_dir.join("ward.db");
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
+        }
+        let conn = rusqlite::Connection::open(&path)?;
         conn.execute_batch(
             "PRAGMA journal_mode=WAL;
              PRAGMA synchronous=FULL;
@@ -150,6 +167,19 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_is_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ward.db");
+        // An existing file with a lax mode is tightened too.
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _s = SqliteStore::open(dir.path()).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
 
     #[test]
     fn locks_survive_reopen_and_expire() {
