@@ -657,3 +657,52 @@ async fn state_dir_audit_log_and_user_store_are_owner_only() {
     );
     assert_eq!(mode(state.join("audit.key")), 0o600, "audit.key");
 }
+
+/// Security case 8: 0-RTT is off. A client that resumed a session and wants to send early data
+/// gets no 0-RTT keys (the gateway's tickets allow no early data), so replayable early data can
+/// never carry an `Open`; the full handshake still works and the device sees nothing until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_rtt_is_refused_so_early_data_can_never_open_a_session() {
+    let (gw, pki, count) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let root = ward::tls::load_certs(&files.root).unwrap().remove(0);
+    let mut tls = ward::tls::client_config(
+        root,
+        ward::tls::load_certs(&files.cert).unwrap(),
+        ward::tls::load_key(&files.key).unwrap(),
+    )
+    .unwrap();
+    // The client asks for early data; rustls keeps tickets in its default resumption store.
+    tls.enable_early_data = true;
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    let addr: std::net::SocketAddr = gw.quic().parse().unwrap();
+
+    // First connection: full handshake, one request, so the gateway's tickets have arrived.
+    let conn = endpoint.connect(addr, "localhost").unwrap().await.unwrap();
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&ward_core::encode_request(&Request::ListDevices).unwrap())
+        .await
+        .unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    assert!(!answer.is_empty());
+    conn.close(0u32.into(), b"done");
+
+    // Second connection: 0-RTT must be impossible.
+    let connecting = endpoint.connect(addr, "localhost").unwrap();
+    let connecting = match connecting.into_0rtt() {
+        Ok(_) => panic!("the gateway accepted a 0-RTT connection: early data could be replayed"),
+        Err(connecting) => connecting,
+    };
+    let conn = connecting.await.expect("the full handshake still works");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "the device saw a connection"
+    );
+    conn.close(0u32.into(), b"done");
+    endpoint.wait_idle().await;
+}
