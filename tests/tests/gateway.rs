@@ -706,3 +706,48 @@ async fn zero_rtt_is_refused_so_early_data_can_never_open_a_session() {
     conn.close(0u32.into(), b"done");
     endpoint.wait_idle().await;
 }
+
+/// Security case 21: a denied attempt's audit event carries UTC time, type, outcome, the
+/// principal's name, kind, org and certificate serial, the source address, the device and the
+/// reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_attempt_is_audited_with_every_field_including_the_serial() {
+    let (gw, pki, _) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let pem = std::fs::read_to_string(vendor.with_extension("crt")).unwrap();
+    let serial = ward_ca::inspect(&pem, None, now()).unwrap().serial;
+    let client = gw.client(&vendor, Transport::Quic);
+    client.open("monitor-3", false, None).await.err().unwrap();
+    let log = gw.state_dir().join("audit.log");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .find(|e| e["event"] == "session_deny" && e["device"] == "monitor-3");
+        if let Some(e) = found {
+            break e;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no session_deny in {}",
+            log.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(event["outcome"], "denied");
+    assert!(event["time"].as_str().unwrap().ends_with('Z'), "{event}");
+    assert_eq!(event["principal"]["name"], "jdoe");
+    assert_eq!(event["principal"]["kind"], "vendor");
+    assert_eq!(event["principal"]["org"], "acme");
+    assert_eq!(event["principal"]["serial"], serial.as_str(), "{event}");
+    assert!(
+        event["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{event}"
+    );
+    assert_eq!(
+        event["reason"],
+        "no rule lets vendor acme/jdoe reach monitor-3"
+    );
+}
