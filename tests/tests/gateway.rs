@@ -751,3 +751,52 @@ async fn denied_attempt_is_audited_with_every_field_including_the_serial() {
         "no rule lets vendor acme/jdoe reach monitor-3"
     );
 }
+
+/// Only TLS 1.3: a real `openssl s_client` with a valid client certificate but limited to TLS 1.2
+/// fails the handshake on the TLS-over-TCP listener; the same client with TLS 1.3 succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_1_2_is_refused_by_a_real_openssl_client() {
+    if !require_peer("openssl") {
+        return;
+    }
+    let (gw, pki, count) = setup().await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let (crt, key) = (vendor.with_extension("crt"), vendor.with_extension("key"));
+    let tcp = gw.tcp();
+    let s_client = |version: &'static str| {
+        let (tcp, crt, key, root) = (tcp.clone(), crt.clone(), key.clone(), pki.root());
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("openssl")
+                .args(["s_client", "-connect", &tcp, version, "-alpn", "ward/1"])
+                .arg("-cert")
+                .arg(&crt)
+                .arg("-key")
+                .arg(&key)
+                .arg("-CAfile")
+                .arg(&root)
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        })
+    };
+    let old = s_client("-tls1_2").await.unwrap();
+    let text =
+        String::from_utf8_lossy(&old.stdout).to_string() + &String::from_utf8_lossy(&old.stderr);
+    assert!(
+        !old.status.success(),
+        "TLS 1.2 handshake succeeded:\n{text}"
+    );
+    assert!(
+        text.contains("alert protocol version")
+            || text.contains("no protocols available")
+            || text.contains("wrong version"),
+        "{text}"
+    );
+    let new = s_client("-tls1_3").await.unwrap();
+    let text = String::from_utf8_lossy(&new.stdout).to_string();
+    assert!(
+        text.contains("TLSv1.3"),
+        "TLS 1.3 handshake failed:\n{text}"
+    );
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+}
