@@ -387,3 +387,223 @@ impl TestGateway {
             .state_dir
     }
 }
+
+// ---- Load and fault harness (tests/tests/load.rs, tests/tests/faults.rs) ----
+
+/// Push `data` through an open session (echo device behind it), half-close, and collect what comes
+/// back, with how the session ended.
+pub async fn echo_session(
+    session: ward::client::Session,
+    data: &[u8],
+) -> (Vec<u8>, ward::client::SessionEnd) {
+    let (local, remote) = tokio::io::duplex(256 * 1024);
+    let (lr, lw) = tokio::io::split(local);
+    let run = tokio::spawn(session.run(lr, lw));
+    let (mut rr, mut rw) = tokio::io::split(remote);
+    let writer = async {
+        rw.write_all(data).await.unwrap();
+        rw.shutdown().await.unwrap();
+    };
+    let reader = async {
+        let mut out = Vec::with_capacity(data.len());
+        rr.read_to_end(&mut out).await.unwrap();
+        out
+    };
+    let ((), out) = tokio::join!(writer, reader);
+    (out, run.await.unwrap())
+}
+
+/// Poll `check` every 20 ms until it returns true or `limit` passes; returns whether it held.
+pub async fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Open file descriptors of process `pid` (`/proc/<pid>/fd`).
+pub fn proc_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// A `kB` field of `/proc/<pid>/status` (`VmRSS`, `VmHWM`), or a count field (`Threads`).
+pub fn proc_status(pid: u32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Write a gateway config for `devices` and `rules_toml` listening on `port` (UDP and TCP); returns
+/// its path. The state dir is a fresh directory next to the config unless `extra_gateway_toml`
+/// names one.
+pub fn write_gateway_config(
+    pki: &Pki,
+    devices: &[DeviceSpec],
+    rules_toml: &str,
+    extra_gateway_toml: &str,
+    port: u16,
+    state_dir: &Path,
+) -> PathBuf {
+    let mut text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:{port}\"\nlisten_tcp = \"127.0.0.1:{port}\"\nca = \".\"\ncert = \"gateway.crt\"\nkey = \"gateway.key\"\nstate_dir = \"{}\"\n{extra_gateway_toml}\n",
+        state_dir.display()
+    );
+    for d in devices {
+        let labels: Vec<String> = d
+            .labels
+            .iter()
+            .map(|(k, v)| format!("{k} = \"{v}\""))
+            .collect();
+        text.push_str(&format!(
+            "\n[[device]]\nid = \"{}\"\naddress = \"{}\"\nprotocol = \"{}\"\nlabels = {{ {} }}\n",
+            d.id,
+            d.addr,
+            d.protocol,
+            labels.join(", ")
+        ));
+    }
+    text.push('\n');
+    text.push_str(rules_toml);
+    let config = pki
+        .dir
+        .path()
+        .join(format!("ward-{}.toml", rand::random::<u32>()));
+    std::fs::write(&config, &text).unwrap();
+    config
+}
+
+/// The real `ward gateway` binary as a child process on 127.0.0.1 (killed when dropped).
+pub struct ChildGateway {
+    /// The process.
+    pub proc: process::Proc,
+    /// `127.0.0.1:PORT`, for QUIC and TCP alike.
+    pub addr: String,
+    /// Its config file.
+    pub config: PathBuf,
+    /// Its state dir.
+    pub state_dir: PathBuf,
+    /// The PKI it trusts.
+    pub pki: Arc<Pki>,
+}
+
+impl ChildGateway {
+    /// Start `ward gateway` on a free port with `state_dir` (None: a fresh one in the PKI dir), and
+    /// wait (bounded) until its TCP listener accepts.
+    pub fn start(
+        pki: Arc<Pki>,
+        devices: &[DeviceSpec],
+        rules_toml: &str,
+        extra_gateway_toml: &str,
+        state_dir: Option<&Path>,
+    ) -> ChildGateway {
+        Self::start_env(pki, devices, rules_toml, extra_gateway_toml, state_dir, &[])
+    }
+
+    /// [`ChildGateway::start`] with extra environment variables for the child.
+    pub fn start_env(
+        pki: Arc<Pki>,
+        devices: &[DeviceSpec],
+        rules_toml: &str,
+        extra_gateway_toml: &str,
+        state_dir: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> ChildGateway {
+        let state_dir = state_dir.map(Path::to_path_buf).unwrap_or_else(|| {
+            pki.dir
+                .path()
+                .join(format!("state-{}", rand::random::<u32>()))
+        });
+        let binary = ward_binary();
+        for _attempt in 0..5 {
+            let port = process::free_port();
+            let config = write_gateway_config(
+                &pki,
+                devices,
+                rules_toml,
+                extra_gateway_toml,
+                port,
+                &state_dir,
+            );
+            let mut cmd = std::process::Command::new(&binary);
+            cmd.args(["gateway", "--config"])
+                .arg(&config)
+                .env("RUST_LOG", "warn")
+                .envs(env.iter().copied());
+            let mut proc = process::Proc::spawn(&mut cmd, process::Input::Null);
+            let addr = format!("127.0.0.1:{port}");
+            let deadline = std::time::Instant::now() + process::COMMAND_TIMEOUT;
+            loop {
+                if std::net::TcpStream::connect(&addr).is_ok() {
+                    return ChildGateway {
+                        proc,
+                        addr,
+                        config,
+                        state_dir,
+                        pki,
+                    };
+                }
+                if proc.child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "ward gateway did not listen on {addr}\nstderr:\n{}",
+                    proc.stderr()
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let err = proc.stderr();
+            // Lost the port between probing and binding: try another; anything else is a failure.
+            assert!(err.contains("binding"), "ward gateway exited early:\n{err}");
+        }
+        panic!("ward gateway could not get a free port in 5 attempts");
+    }
+
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.proc.child.id()
+    }
+
+    /// A client for `identity` over `transport`.
+    pub fn client(&self, identity: &Path, transport: Transport) -> Client {
+        let files = IdentityFiles::resolve(identity, Some(&self.pki.root())).unwrap();
+        Client::new(&self.addr, &files, transport).unwrap()
+    }
+
+    /// Send SIGTERM (the `kill` tool: no unsafe code in tests).
+    pub fn sigterm(&self) {
+        let ok = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM {} failed", self.pid());
+    }
+
+    /// The audit log as parsed JSON lines (events only).
+    pub fn audit_events(&self) -> Vec<serde_json::Value> {
+        audit_events(&self.state_dir)
+    }
+}
+
+/// `<state_dir>/audit.log` as parsed JSON objects that carry an `event` field, in order.
+pub fn audit_events(state_dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(state_dir.join("audit.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v.get("event").is_some())
+        .collect()
+}

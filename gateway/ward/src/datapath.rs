@@ -378,6 +378,72 @@ where
     }
 }
 
+/// The device side of a session, its I/O errors tagged (see [`is_device_error`]) so a session's end
+/// can name who failed: a device that closed or reset its connection, or the client.
+#[derive(Debug)]
+pub struct DeviceIo<T>(pub T);
+
+/// An I/O error of the device connection.
+#[derive(Debug)]
+struct DeviceError(io::Error);
+
+impl std::fmt::Display for DeviceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "device connection: {}", self.0)
+    }
+}
+
+impl std::error::Error for DeviceError {}
+
+fn tag(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), DeviceError(e))
+}
+
+/// True when `e` came from a [`DeviceIo`].
+pub fn is_device_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<DeviceError>())
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for DeviceIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_read(cx, buf)
+            .map_err(tag)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for DeviceIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_write(cx, buf)
+            .map_err(tag)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx).map_err(tag)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::pin::Pin::new(&mut self.0)
+            .poll_shutdown(cx)
+            .map_err(tag)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,6 +480,19 @@ mod tests {
         let mut r = FrameReader::new(&bytes[..]);
         let err = r.next().await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[tokio::test]
+    async fn device_errors_are_tagged_and_others_are_not() {
+        let (a, b) = tokio::io::duplex(16);
+        drop(b);
+        let mut dev = DeviceIo(a);
+        let err = dev.write_all(b"x").await.unwrap_err();
+        assert!(is_device_error(&err), "{err}");
+        assert_eq!(err.kind(), io::ErrorKind::BrokenPipe);
+        assert!(err.to_string().contains("device connection"), "{err}");
+        let mut r = FrameReader::new(&[DATA, 0, 0][..]);
+        assert!(!is_device_error(&r.next().await.unwrap_err()));
     }
 
     #[tokio::test]

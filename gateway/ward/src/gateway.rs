@@ -1137,7 +1137,8 @@ async fn open_session<R, W>(
                     Err(e) => {
                         shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
                         shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));
-                        refuse(&mut writer, ErrorCode::RecordingUnavailable, "session refused: its recording could not be opened, and no session runs unrecorded; tell the security team".into()).await;
+                        let why = if e.kind() == std::io::ErrorKind::StorageFull { "the recording disk is full" } else { "its recording could not be opened" };
+                        refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {why}, and no session runs unrecorded; tell the security team")).await;
                         return;
                     }
                 }
@@ -1195,7 +1196,9 @@ async fn open_session<R, W>(
         let end = if writer.write_response(&opened).await.is_err() {
             "client went away".to_string()
         } else {
-            let (mut dev_r, mut dev_w) = tcp.into_split();
+            // Device I/O errors are tagged, so the end reason names the device or the client.
+            let (dev_r, dev_w) = tcp.into_split();
+            let (mut dev_r, mut dev_w) = (datapath::DeviceIo(dev_r), datapath::DeviceIo(dev_w));
             let deadline = to_instant(&shared, permit.ends_at());
             let idle = shared.limits().idle_timeout;
             let end_reason_text = permit.end_reason().to_string();
@@ -1211,20 +1214,24 @@ async fn open_session<R, W>(
                         r = &mut up, if up_done.is_none() => {
                             match r {
                                 Ok(FramedEnd::Eof) => up_done = Some(()),
-                                Ok(FramedEnd::Abrupt) => return "client went away".to_string(),
-                                Ok(FramedEnd::Control(_)) => return "client sent an unexpected control frame".to_string(),
-                                Err(e) => return format!("client stream error: {e}"),
+                                Ok(FramedEnd::Abrupt) => return Ok("client went away".to_string()),
+                                // Errors end the session with a Closed frame naming them (a client
+                                // sending bad frames learns what was wrong).
+                                Ok(FramedEnd::Control(_)) => return Err(Cut("client sent an unexpected control frame during the session".to_string())),
+                                Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
+                                Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }
                         r = &mut down, if down_done.is_none() => {
                             match r {
                                 Ok(()) => down_done = Some(()),
-                                Err(e) => return format!("device or client error: {e}"),
+                                Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
+                                Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }
                     }
                 }
-                "completed".to_string()
+                Ok("completed".to_string())
             };
             let idle_watch = async {
                 loop {
@@ -1249,7 +1256,7 @@ async fn open_session<R, W>(
                 }
             };
             let result = tokio::select! {
-                r = proxy => Ok(r),
+                r = proxy => r,
                 _ = tokio::time::sleep_until(deadline) => Err(Cut(format!("{end_reason_text} reached"))),
                 _ = idle_watch => Err(Cut(format!("idle for {}s", idle.as_secs()))),
                 c = wait_cut(&mut cut_rx) => Err(c),
