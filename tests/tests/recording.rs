@@ -191,6 +191,7 @@ async fn non_echoed_input_is_recorded_and_grep_finds_it() {
         from: 0.0,
         input: true,
         no_timing: true,
+        raw: false,
     };
     review::replay(&bytes, &opts, &mut shown).await.unwrap();
     let shown = String::from_utf8_lossy(&shown);

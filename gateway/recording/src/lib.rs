@@ -21,6 +21,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod signer;
+pub mod terminal;
 pub mod verify;
 
 pub use encoder::{CheckpointPolicy, Encoder};

@@ -327,6 +327,9 @@ pub struct ReplayOptions {
     pub input: bool,
     /// Do not sleep at all (for tests and piping).
     pub no_timing: bool,
+    /// Pass the device's terminal output unfiltered (escape sequences that query or reconfigure
+    /// the reviewer's terminal included). Off by default: see `ward_recording::terminal`.
+    pub raw: bool,
 }
 
 /// Is this protocol a terminal (played as text) or not (hex dump)?
@@ -335,12 +338,15 @@ pub fn is_terminal(protocol: &str) -> bool {
 }
 
 /// Play a recording to `out`: terminal protocols as text with their timing (telnet negotiation
-/// removed), others as a timestamped hex/ASCII dump per direction.
+/// removed, and, unless `opts.raw`, escape sequences other than drawing ones dropped by
+/// `TerminalGuard`), others as a timestamped hex/ASCII dump per direction. Returns how many
+/// sequences or control characters the guard dropped.
 pub async fn replay(
     bytes: &[u8],
     opts: &ReplayOptions,
     out: &mut (dyn Write + Send),
-) -> anyhow::Result<()> {
+) -> anyhow::Result<u64> {
+    let mut guard = ward_recording::terminal::TerminalGuard::new();
     let protocol = ward_recording::Reader::new(bytes)
         .find_map(|r| match r {
             Ok((_, Record::Meta(m))) => Some(m.protocol),
@@ -371,7 +377,14 @@ pub async fn replay(
         clock_ns = clock_ns.max(t_ns);
         if terminal {
             match dir {
-                Direction::Down => out.write_all(&filter_down.filter(&payload))?,
+                Direction::Down => {
+                    let text = filter_down.filter(&payload);
+                    if opts.raw {
+                        out.write_all(&text)?;
+                    } else {
+                        out.write_all(&guard.filter(&text))?;
+                    }
+                }
                 Direction::Up if opts.input => {
                     let text = filter_up.filter(&payload);
                     // Input is shown in reverse video so it cannot be mistaken for device output.
@@ -386,7 +399,7 @@ pub async fn replay(
         }
     }
     out.flush()?;
-    Ok(())
+    Ok(guard.dropped())
 }
 
 /// Export formats.

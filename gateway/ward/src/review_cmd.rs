@@ -170,6 +170,11 @@ pub struct ReplayArgs {
     /// Replay even if the recording fails verification (audited by the gateway).
     #[arg(long)]
     force: bool,
+    /// Pass the device's output to your terminal unfiltered. By default escape sequences that
+    /// could query or reconfigure your terminal (titles, clipboard, status reports, DCS) are
+    /// dropped, since a compromised device controls them.
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -289,9 +294,13 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         from: args.from,
         input: args.input,
         no_timing: args.no_timing,
+        raw: args.raw,
     };
     let mut out = std::io::stdout();
-    review::replay(&bytes, &opts, &mut out).await?;
+    let dropped = review::replay(&bytes, &opts, &mut out).await?;
+    if dropped > 0 {
+        eprintln!("ward: {dropped} terminal control sequence(s) from the device were not passed to your terminal (--raw shows them)");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
