@@ -181,17 +181,19 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
             reason: LOGIN_FAILED.to_owned(),
         }
     };
+    // Fail closed when the user store cannot be read or written.
+    let store_down = |e: crate::store::StoreError, what: &str| {
+        shared
+            .audit
+            .emit(ev("failure").reason(format!("store: {e}")));
+        Response::Error {
+            code: ErrorCode::Internal,
+            message: format!("login is unavailable: the gateway cannot {what} its user store"),
+        }
+    };
     let user = match jit.db.user(&login.user) {
         Ok(u) => u,
-        Err(e) => {
-            shared
-                .audit
-                .emit(ev("failure").reason(format!("store: {e}")));
-            return Response::Error {
-                code: ErrorCode::Internal,
-                message: "login is unavailable: the gateway cannot read its user store".into(),
-            };
-        }
+        Err(e) => return store_down(e, "read"),
     };
     let Some(user) = user else {
         password::verify_dummy(&login.password);
@@ -222,16 +224,7 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
             Ok(step) => match jit.db.record_totp_step(&user.name, step) {
                 Ok(true) => {}
                 Ok(false) => return fail("TOTP code reused (concurrent login)", Some(&user)),
-                Err(e) => {
-                    shared
-                        .audit
-                        .emit(ev("failure").reason(format!("store: {e}")));
-                    return Response::Error {
-                        code: ErrorCode::Internal,
-                        message: "login is unavailable: the gateway cannot write its user store"
-                            .into(),
-                    };
-                }
+                Err(e) => return store_down(e, "write"),
             },
         }
     }

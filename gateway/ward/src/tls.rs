@@ -225,42 +225,44 @@ pub fn server_config(
     Ok(cfg)
 }
 
-/// The client's TLS configuration: trusts only Ward's root, presents the user's identity.
+/// TLS 1.3 only, trusting only Ward's root; the caller chooses the client authentication.
+fn client_builder(
+    root: CertificateDer<'static>,
+) -> anyhow::Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(root)
+        .context("Ward root certificate is not usable as a trust anchor")?;
+    Ok(rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3 unavailable")?
+        .with_root_certificates(roots))
+}
+
+/// ALPN `ward/1`, and no 0-RTT: early data could be replayed.
+fn finish_client(mut cfg: rustls::ClientConfig) -> rustls::ClientConfig {
+    cfg.alpn_protocols = vec![ALPN.to_vec()];
+    cfg.enable_early_data = false;
+    cfg
+}
+
 /// A client config without a client certificate: for `ward login` only (the gateway refuses
 /// every other request on such a connection).
 pub fn anonymous_client_config(
     root: CertificateDer<'static>,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(root)
-        .context("Ward root certificate is not usable as a trust anchor")?;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 unavailable")?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.enable_early_data = false;
-    Ok(cfg)
+    Ok(finish_client(client_builder(root)?.with_no_client_auth()))
 }
 
+/// The client's TLS configuration: trusts only Ward's root, presents the user's identity.
 pub fn client_config(
     root: CertificateDer<'static>,
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
 ) -> anyhow::Result<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(root)
-        .context("Ward root certificate is not usable as a trust anchor")?;
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .context("TLS 1.3 unavailable")?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(chain, key)
-        .context("identity certificate and key do not match")?;
-    cfg.alpn_protocols = vec![ALPN.to_vec()];
-    cfg.enable_early_data = false;
-    Ok(cfg)
+    Ok(finish_client(
+        client_builder(root)?
+            .with_client_auth_cert(chain, key)
+            .context("identity certificate and key do not match")?,
+    ))
 }
