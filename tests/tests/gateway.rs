@@ -800,3 +800,72 @@ async fn tls_1_2_is_refused_by_a_real_openssl_client() {
     );
     assert_eq!(count.load(Ordering::SeqCst), 0);
 }
+
+/// Maintenance windows: a vendor outside the device's window is refused with the next window
+/// named, and the device sees no connection; a clinician with a rule is not bound by them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vendor_outside_the_maintenance_window_is_refused_with_the_next_window_named() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let (pump, pump_count) = counting_device().await;
+    // A window three days from now cannot be open now.
+    let day = (now() + time::Duration::days(3)).weekday().to_string();
+    let day = &day[..3];
+    let rules = format!(
+        r#"
+[[device]]
+id = "pump-77"
+address = "{pump}"
+protocol = "telnet"
+labels = {{ vendor = "acme" }}
+maintenance = ["{day} 02:00-04:00"]
+
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ labels = {{ vendor = "acme" }} }}
+
+[[rule]]
+name = "biomed-anytime"
+who = {{ kind = "clinician", roles = ["biomed"] }}
+devices = {{ all = true }}
+"#
+    );
+    let gw = start_gateway(pki.clone(), &[], &rules, "", clock()).await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let err = gw
+        .client(&vendor, Transport::Quic)
+        .open("pump-77", false, None)
+        .await
+        .err()
+        .expect("a vendor outside the maintenance window must be refused");
+    let text = err.to_string();
+    assert!(
+        text.contains("takes vendor sessions only in its maintenance windows")
+            && text.contains(&format!("next window opens {day} 02:00")),
+        "{text}"
+    );
+    assert_eq!(
+        pump_count.load(Ordering::SeqCst),
+        0,
+        "the device saw a connection"
+    );
+    // The listing agrees: the vendor has nothing to open now.
+    let Response::Devices { devices } = gw
+        .client(&vendor, Transport::Tcp)
+        .request(&Request::ListDevices)
+        .await
+        .unwrap()
+    else {
+        panic!("expected a device list");
+    };
+    assert!(devices.is_empty(), "{devices:?}");
+    // Maintenance windows bind vendors only.
+    let biomed = pki.person(Kind::Clinician, "bob", None, &["biomed"]);
+    let session = gw
+        .client(&biomed, Transport::Quic)
+        .open("pump-77", false, None)
+        .await
+        .expect("clinicians are not bound by maintenance windows");
+    drop(session);
+}
