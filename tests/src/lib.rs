@@ -248,7 +248,8 @@ pub async fn counting_device() -> (SocketAddr, Arc<AtomicUsize>) {
     let n = Arc::new(AtomicUsize::new(0));
     let n2 = n.clone();
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
+        loop {
+            let s = ward::sim::accept_next(&l).await;
             n2.fetch_add(1, Ordering::SeqCst);
             drop(s);
         }
@@ -292,7 +293,8 @@ pub async fn banner_then_read_device(
     let addr = l.local_addr().unwrap();
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
+        loop {
+            let s = ward::sim::accept_next(&l).await;
             let tx = tx.clone();
             tokio::spawn(async move {
                 let (mut r, mut w) = s.into_split();

@@ -57,7 +57,8 @@ async fn closing_device(then_close_after: usize) -> (SocketAddr, Arc<AtomicUsize
     let closed = Arc::new(AtomicUsize::new(0));
     let c = closed.clone();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        loop {
+            let mut s = ward::sim::accept_next(&l).await;
             let c = c.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; then_close_after];
@@ -79,7 +80,8 @@ async fn deaf_device() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let gone = Arc::new(AtomicUsize::new(0));
     let (a, g) = (accepted.clone(), gone.clone());
     tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
+        loop {
+            let s = ward::sim::accept_next(&l).await;
             a.fetch_add(1, Ordering::SeqCst);
             let g = g.clone();
             tokio::spawn(async move {
@@ -402,7 +404,8 @@ async fn tcp_blackhole(gateway: SocketAddr) -> (SocketAddr, Arc<AtomicBool>) {
     let dead = Arc::new(AtomicBool::new(false));
     let d = dead.clone();
     tokio::spawn(async move {
-        while let Ok((front, _)) = l.accept().await {
+        loop {
+            let front = ward::sim::accept_next(&l).await;
             let back = TcpStream::connect(gateway).await.unwrap();
             let d = d.clone();
             tokio::spawn(async move {

@@ -22,6 +22,21 @@ pub struct SimDevice {
     pub connections: Arc<AtomicUsize>,
 }
 
+/// The next connection. A failed accept (a connection reset while still queued, a descriptor
+/// limit hit for a moment) is logged and retried after a short pause: before, the first error
+/// ended the accept loop and dropped the listener, which reset every connection still queued.
+pub async fn accept_next(listener: &TcpListener) -> tokio::net::TcpStream {
+    loop {
+        match listener.accept().await {
+            Ok((sock, _)) => return sock,
+            Err(e) => {
+                tracing::warn!(event = "sim_accept_failed", reason = %e, "simulated device: accept failed; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
 /// Start the telnet-style pump console on `addr` (port 0 picks one).
 pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     let listener = TcpListener::bind(addr).await?;
@@ -31,7 +46,8 @@ pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     };
     let count = dev.connections.clone();
     tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
+        loop {
+            let sock = accept_next(&listener).await;
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = telnet_session(sock).await;
@@ -126,7 +142,8 @@ pub async fn http_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     };
     let count = dev.connections.clone();
     tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
+        loop {
+            let sock = accept_next(&listener).await;
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = http_session(sock).await;
@@ -205,7 +222,8 @@ pub async fn echo(addr: SocketAddr) -> std::io::Result<SimDevice> {
     };
     let count = dev.connections.clone();
     tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
+        loop {
+            let sock = accept_next(&listener).await;
             count.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
                 let _ = sock.set_nodelay(true);
