@@ -305,12 +305,17 @@ pub fn free_port() -> u16 {
 
 /// `ward quickstart --dir DIR --port PORT`, running until dropped or stopped.
 pub fn start_quickstart(dir: &Path) -> (Proc, u16) {
+    start_quickstart_with(dir, &[])
+}
+
+/// [`start_quickstart`] with global options (`ward OPTIONS quickstart ...`), e.g. `--otlp-endpoint`.
+pub fn start_quickstart_with(dir: &Path, global: &[&str]) -> (Proc, u16) {
     for _attempt in 0..5 {
         let port = free_port();
-        let mut qs = Proc::spawn(
-            ward(&["quickstart", "--port", &port.to_string(), "--dir"]).arg(dir),
-            Input::Null,
-        );
+        let port_arg = port.to_string();
+        let mut args = global.to_vec();
+        args.extend(["quickstart", "--port", &port_arg, "--dir"]);
+        let mut qs = Proc::spawn(ward(&args).arg(dir), Input::Null);
         let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             qs.wait_for_stdout("Press Ctrl-C to stop.", COMMAND_TIMEOUT)
         }));

@@ -573,32 +573,12 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
         "raw",
         &[("vendor", "acme")],
     )];
-    // Write the config via the harness, then run the real binary on it as a child process.
-    let mut tg = start_gateway(pki.clone(), &devices, RULES, "", clock()).await;
-    tg.shutdown(Duration::from_millis(10)).await;
-    let config = tg.config.clone();
-    let text = std::fs::read_to_string(&config).unwrap();
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let text = text.replacen(
-        "listen = \"127.0.0.1:0\"",
-        &format!("listen = \"127.0.0.1:{port}\""),
-        1,
-    );
-    std::fs::write(&config, &text).unwrap();
-    let mut child = std::process::Command::new(ward_binary())
-        .args(["gateway", "--config"])
-        .arg(&config)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    // The real binary as a child process (it listens before this returns).
+    let mut child = ChildGateway::start(pki.clone(), &devices, RULES, "", None);
+    let config = child.config.clone();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
-    let client =
-        ward::client::Client::new(&format!("127.0.0.1:{port}"), &files, Transport::Quic).unwrap();
+    let client = ward::client::Client::new(&child.addr, &files, Transport::Quic).unwrap();
     let mut opened = None;
     for _ in 0..100 {
         match client.open("pump-12", false, None).await {
@@ -621,8 +601,8 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
     rr.read_exact(&mut back).await.unwrap();
     // Let the recorder's batched fsync happen, then kill -9.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.proc.child.kill().unwrap();
+    child.proc.child.wait().unwrap();
     run.abort();
 
     let state = ward::gateway::load_config(&config)

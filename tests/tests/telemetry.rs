@@ -12,6 +12,7 @@ use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ward_tests::process::start_quickstart_with;
 use ward_tests::ward_binary;
 
 /// Requests a collector received: (request line, body).
@@ -71,40 +72,8 @@ fn collector() -> (String, Received) {
 fn otlp_endpoint_receives_session_spans_and_audit_events() {
     let (url, got) = collector();
     let dir = tempfile::tempdir().unwrap();
-    let port = {
-        let l = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let (mut qs, port) = start_quickstart_with(dir.path(), &["--otlp-endpoint", &url]);
     let bin = ward_binary();
-    let mut qs = Command::new(&bin)
-        .args([
-            "--otlp-endpoint",
-            &url,
-            "quickstart",
-            "--port",
-            &port.to_string(),
-            "--dir",
-        ])
-        .arg(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    // Wait for the instructions.
-    let mut out = BufReader::new(qs.stdout.take().unwrap());
-    let started = Instant::now();
-    let mut seen = String::new();
-    while !seen.contains("Press Ctrl-C") {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "quickstart did not start: {seen}"
-        );
-        let mut line = String::new();
-        if out.read_line(&mut line).unwrap() == 0 {
-            panic!("quickstart exited: {seen}");
-        }
-        seen.push_str(&line);
-    }
     let gateway = format!("127.0.0.1:{port}");
     let identity = dir.path().join("vendor");
     let mut connect = Command::new(&bin)
@@ -125,19 +94,24 @@ fn otlp_endpoint_receives_session_spans_and_audit_events() {
     assert!(status.success());
     // SIGTERM: the gateway shuts down and the exporter flushes.
     let term = Command::new("kill")
-        .args(["-TERM", &qs.id().to_string()])
+        .args(["-TERM", &qs.child.id().to_string()])
         .status()
         .unwrap();
     assert!(term.success());
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Some(st) = qs.try_wait().unwrap() {
-            assert!(st.success(), "quickstart exited with {st}");
+        if let Some(st) = qs.child.try_wait().unwrap() {
+            assert!(
+                st.success(),
+                "quickstart exited with {st}\nstderr:\n{}",
+                qs.stderr()
+            );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "quickstart did not stop after SIGTERM"
+            "quickstart did not stop after SIGTERM\nstderr:\n{}",
+            qs.stderr()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
