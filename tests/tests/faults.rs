@@ -52,6 +52,16 @@ async fn echo_device() -> SocketAddr {
 /// A device that accepts, reads `then_close_after` bytes and closes its socket with data still
 /// arriving (the kernel answers further data with a reset). Counts the connections it closed.
 async fn closing_device(then_close_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    dying_device(then_close_after, false).await
+}
+
+/// Like [`closing_device`], but first shuts down its sending side (a FIN: the gateway's EOF to the
+/// client) and waits a moment before the close that resets.
+async fn half_closing_device(then_half_close_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    dying_device(then_half_close_after, true).await
+}
+
+async fn dying_device(after: usize, half_close_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let closed = Arc::new(AtomicUsize::new(0));
@@ -61,8 +71,12 @@ async fn closing_device(then_close_after: usize) -> (SocketAddr, Arc<AtomicUsize
             let mut s = ward::sim::accept_next(&l).await;
             let c = c.clone();
             tokio::spawn(async move {
-                let mut buf = vec![0u8; then_close_after];
+                let mut buf = vec![0u8; after];
                 let _ = s.read_exact(&mut buf).await;
+                if half_close_first {
+                    let _ = s.shutdown().await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
                 drop(s);
                 c.fetch_add(1, Ordering::SeqCst);
             });
@@ -249,6 +263,64 @@ async fn device_closing_mid_stream_ends_only_that_session_and_says_so() {
         );
         let recorded = sealed_reason(&gw.state_dir(), &id).await;
         assert!(recorded.contains("device"), "{transport:?}: {recorded}");
+    }
+    assert_eq!(closed.load(Ordering::SeqCst), 2);
+}
+
+/// The `ward connect` side of the same fault: the device half-closes (its FIN becomes the gateway's
+/// EOF) and then resets on the data still arriving. The client is still sending, so it must keep
+/// listening after the EOF and report the gateway's `Closed` reason, not a broken stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_still_sending_after_device_eof_reports_the_gateways_reason() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let (closing, closed) = half_closing_device(64 * 1024).await;
+    let gw = start_gateway(
+        pki.clone(),
+        &[acme("pump-dies", closing)],
+        RULES,
+        "",
+        clock(),
+    )
+    .await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    for transport in [Transport::Quic, Transport::Tcp] {
+        let client = gw.client(&vendor, transport);
+        let session = client.open("pump-dies", false, None).await.unwrap();
+        let (local, remote) = tokio::io::duplex(64 * 1024);
+        let (lr, lw) = tokio::io::split(local);
+        let run = tokio::spawn(session.run(lr, lw));
+        let (mut rr, mut rw) = tokio::io::split(remote);
+        // Keep sending (bounded) well past what the device reads; drain what comes back.
+        let chunk = payload(16 * 1024, 2);
+        let send = tokio::spawn(async move {
+            for _ in 0..4096 {
+                if rw.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            rw
+        });
+        let drain = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            let _ = rr.read_to_end(&mut sink).await;
+        });
+        let end = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the client never saw the session end")
+            .unwrap();
+        match &end {
+            SessionEnd::ClosedByGateway(reason) => {
+                assert!(reason.contains("device"), "{transport:?}: {reason}")
+            }
+            other => panic!("{transport:?}: expected the gateway's reason, got {other:?}"),
+        }
+        send.abort();
+        drain.abort();
+        assert!(
+            eventually(Duration::from_secs(5), || gw.live_sessions() == 0).await,
+            "{transport:?}: session still live"
+        );
     }
     assert_eq!(closed.load(Ordering::SeqCst), 2);
 }

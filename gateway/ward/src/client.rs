@@ -457,6 +457,11 @@ impl Session {
         W: AsyncWrite + Unpin,
     {
         let activity = Activity::new();
+        // Set once the gateway's EOF has arrived: the device finished its direction. The gateway
+        // may still end the session with a `Closed` frame after that (the device then reset, a
+        // lock, the permit ran out), so the down side keeps reading for that trailer while the
+        // local side is still sending.
+        let down_eof = std::sync::atomic::AtomicBool::new(false);
         let early = {
             let up = datapath::raw_to_framed(
                 &mut local_r,
@@ -465,17 +470,41 @@ impl Session {
                 &activity.up,
                 None,
             );
-            let down = datapath::framed_to_raw(
-                &mut self.reader,
-                &mut local_w,
-                &activity,
-                &activity.down,
-                None,
-            );
+            let reader = &mut self.reader;
+            let down_eof = &down_eof;
+            let activity = &activity;
+            let down = async move {
+                let end =
+                    datapath::framed_to_raw(reader, &mut local_w, activity, &activity.down, None)
+                        .await;
+                match end {
+                    Ok(FramedEnd::Eof) => {
+                        down_eof.store(true, std::sync::atomic::Ordering::Relaxed);
+                        match reader.next().await {
+                            // The gateway finished the stream: the session is over.
+                            Ok(None) => None,
+                            Ok(Some(Inbound::Control(bytes))) => Some(closed_or_broken(&bytes)),
+                            Ok(Some(_)) => Some(SessionEnd::Broken(
+                                "the gateway sent data after its end of stream".into(),
+                            )),
+                            Err(e) => Some(SessionEnd::Broken(format!("receiving: {e}"))),
+                        }
+                    }
+                    Ok(FramedEnd::Control(bytes)) => Some(closed_or_broken(&bytes)),
+                    Ok(FramedEnd::Abrupt) => {
+                        Some(SessionEnd::Broken("gateway closed the stream".into()))
+                    }
+                    Err(e) => Some(SessionEnd::Broken(format!("receiving: {e}"))),
+                }
+            };
             tokio::pin!(up, down);
             let (mut up_done, mut down_done) = (false, false);
             let mut early = None;
-            while early.is_none() && !(up_done && down_done) {
+            // Done when both directions finished: ours sent, and the gateway's EOF received (its
+            // trailer is not waited for once there is nothing left to send).
+            while early.is_none()
+                && !(up_done && (down_done || down_eof.load(std::sync::atomic::Ordering::Relaxed)))
+            {
                 tokio::select! {
                     r = &mut up, if !up_done => {
                         up_done = true;
@@ -485,15 +514,7 @@ impl Session {
                     }
                     r = &mut down, if !down_done => {
                         down_done = true;
-                        early = match r {
-                            Ok(FramedEnd::Eof) => None,
-                            Ok(FramedEnd::Control(bytes)) => Some(match frame::decode_response(&bytes) {
-                                Ok(Some((Response::Closed { reason }, _))) => SessionEnd::ClosedByGateway(reason),
-                                _ => SessionEnd::Broken("unexpected control frame from the gateway".into()),
-                            }),
-                            Ok(FramedEnd::Abrupt) => Some(SessionEnd::Broken("gateway closed the stream".into())),
-                            Err(e) => Some(SessionEnd::Broken(format!("receiving: {e}"))),
-                        };
+                        early = r;
                     }
                 }
             }
@@ -504,6 +525,14 @@ impl Session {
             return end;
         }
         SessionEnd::Completed
+    }
+}
+
+/// A control frame in the data phase: the gateway's `Closed` and its reason, or a protocol error.
+fn closed_or_broken(bytes: &[u8]) -> SessionEnd {
+    match frame::decode_response(bytes) {
+        Ok(Some((Response::Closed { reason }, _))) => SessionEnd::ClosedByGateway(reason),
+        _ => SessionEnd::Broken("unexpected control frame from the gateway".into()),
     }
 }
 

@@ -30,7 +30,8 @@ pub const REFRESH_EVERY: Duration = Duration::from_millis(400);
 /// JIT state held by the gateway.
 pub struct Jit {
     pub(crate) db: Arc<SqliteStore>,
-    pub(crate) grants: RwLock<Vec<Grant>>,
+    /// Swapped whole by [`refresh`]; a session open takes a reference, not a copy.
+    pub(crate) grants: RwLock<Arc<[Grant]>>,
     pub(crate) disabled: RwLock<HashSet<String>>,
     ca: Option<Ca>,
     limiter: Mutex<LoginLimiter>,
@@ -44,16 +45,20 @@ impl Jit {
         let disabled = db.disabled_users()?.into_iter().collect();
         Ok(Jit {
             db,
-            grants: RwLock::new(grants),
+            grants: RwLock::new(grants.into()),
             disabled: RwLock::new(disabled),
             ca,
             limiter: Mutex::new(LoginLimiter::new()),
         })
     }
 
-    /// Current grants (live or upcoming), cloned.
-    pub fn grants(&self) -> Vec<Grant> {
-        self.grants.read().map(|g| g.clone()).unwrap_or_default()
+    /// Current grants (live or upcoming): a shared snapshot. A poisoned lock reads as no grants
+    /// (fail closed).
+    pub fn grants(&self) -> Arc<[Grant]> {
+        self.grants
+            .read()
+            .map(|g| Arc::clone(&g))
+            .unwrap_or_else(|_| Arc::from(Vec::new()))
     }
 
     /// Whether a user name is disabled.
@@ -97,7 +102,7 @@ pub(crate) fn refresh(shared: &Shared) {
     match jit.db.grants(now, false) {
         Ok(g) => {
             if let Ok(mut cur) = jit.grants.write() {
-                *cur = g;
+                *cur = g.into();
             }
         }
         Err(e) => tracing::warn!(event = "store_failed", reason = %e, "reading grants"),
@@ -112,9 +117,9 @@ pub(crate) fn refresh(shared: &Shared) {
     }
     let live: HashSet<String> = jit
         .grants()
-        .into_iter()
+        .iter()
         .filter(|g| g.is_live(now))
-        .map(|g| g.id)
+        .map(|g| g.id.clone())
         .collect();
     shared.cut_where(
         |s| s.grant.as_ref().is_some_and(|g| !live.contains(g)),
