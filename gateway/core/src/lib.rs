@@ -35,8 +35,8 @@ pub use frame::{
     ALPN,
 };
 pub use policy::{
-    evaluate, evaluate_access, evaluate_id, lock_applies, reachable_devices, AccessInputs,
-    Decision, DenyReason, DeviceSelector, Lock, LockTarget, Permit, Rule, Who,
+    evaluate, evaluate_access, evaluate_id, lock_applies, AccessInputs, Decision, DenyReason,
+    DeviceSelector, Lock, LockTarget, Permit, Rule, Who,
 };
 pub use principal::{Principal, PrincipalKind, UnknownPrincipalKind};
 pub use session::{Authorized, Closed, Denied, EndReason, Handshaken};

@@ -601,27 +601,6 @@ pub fn evaluate_id(
     }
 }
 
-/// The devices `principal` could open right now (ignoring locks, which the caller filters with
-/// [`lock_applies`] if it wants), with the rule that would allow each, in `devices` order, by
-/// the rules alone. `ward devices` lists with [`evaluate_access`] instead, so grants, approval
-/// policies and maintenance windows count too.
-pub fn reachable_devices<'d>(
-    rules: &[Rule],
-    principal: &Principal,
-    devices: &'d [Device],
-    now: OffsetDateTime,
-) -> Vec<(&'d Device, String)> {
-    devices
-        .iter()
-        .filter_map(
-            |device| match evaluate(rules, &[], principal, device, now) {
-                Decision::Permit(permit) => Some((device, permit.rule)),
-                Decision::Deny(_) => None,
-            },
-        )
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -913,19 +892,6 @@ mod tests {
         let jdoe = principal(PrincipalKind::Vendor, Some("acme"), "jdoe", &[]);
         assert!(!Who::default().matches(&jdoe));
         assert!(!DeviceSelector::Labels(BTreeMap::new()).matches(&devices()[0]));
-    }
-
-    #[test]
-    fn reachable_lists_what_evaluate_permits() {
-        let jdoe = principal(PrincipalKind::Vendor, Some("acme"), "jdoe", &[]);
-        let devices = devices();
-        let got = reachable_devices(&rules(), &jdoe, &devices, NOW);
-        assert_eq!(
-            got,
-            vec![(&devices[0], "acme-maintains-its-pumps".to_string())]
-        );
-        let root = principal(PrincipalKind::Admin, None, "root", &[]);
-        assert_eq!(reachable_devices(&rules(), &root, &devices, NOW).len(), 3);
     }
 
     // --- property: no permit without a covering, open rule ---
