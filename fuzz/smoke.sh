@@ -13,6 +13,8 @@ secs="${FUZZ_SECONDS:-10}"
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 targets="${FUZZ_TARGETS:-$(cargo fuzz list)}"
 cargo fuzz build -s none
+# The logs go here even when CARGO_TARGET_DIR puts the build elsewhere.
+mkdir -p target
 for t in $targets; do
   mkdir -p "corpus/$t"
   dirs=("corpus/$t")
