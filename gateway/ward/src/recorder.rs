@@ -234,7 +234,11 @@ async fn run(
     let mut sync_job: Option<tokio::task::JoinHandle<(Syncer, io::Result<()>)>> = None;
     let mut last_sync = Instant::now();
     let mut unsynced = true;
-    let mut out: Vec<u8> = Vec::with_capacity(256 * 1024);
+    // Sized by what each batch holds (the encoder reserves per record): a keystroke is a small
+    // allocation, a bulk chunk one of its own size. A fixed 256 KiB buffer per batch was a fresh
+    // mmap/munmap per write under glibc's fixed mmap threshold, most of the gateway's kernel time
+    // under load (docs/benchmarks.md).
+    let mut out: Vec<u8> = Vec::new();
     loop {
         let next = tokio::select! {
             m = tokio::time::timeout(SYNC_EVERY, rx.recv()) => Some(m),
@@ -286,7 +290,7 @@ async fn run(
         // In-line sync only for sinks without a separate syncer.
         let inline_sync = sync_due && syncer.is_none() && sync_job.is_none();
         if !out.is_empty() || inline_sync {
-            let buf = std::mem::replace(&mut out, Vec::with_capacity(256 * 1024));
+            let buf = std::mem::take(&mut out);
             let (f, r) = blocking_write(file, buf, inline_sync).await;
             file = f;
             if let Err(e) = r {
