@@ -33,9 +33,9 @@ const BYTES_EACH_WAY: usize = 1 << 20;
 /// ~18 MiB), so the memory baseline is the gateway after a first full round; what this bounds is
 /// memory a round leaves behind. A session leaking its two 64 KiB copy buffers would leave 125 MiB
 /// per round, one leaking one of them 62.5 MiB. Measured round-to-round growth, with descriptors,
-/// threads and tasks exactly back each time: +0.2 MiB and +20.2 MiB in two runs (the heap's
-/// high-water mark differs between rounds), so 16 MiB was too tight; 48 MiB still catches a
-/// session leaking 48 KiB or more.
+/// threads and tasks exactly back each time: +0.2, +20.2 and +29 MiB with the recorder's old
+/// fixed 256 KiB batch buffers (the heap's high-water mark differs between rounds), −3.8 and
+/// +0.3 MiB since it sizes them by the batch; 48 MiB still catches a session leaking 48 KiB or more.
 const RSS_TOLERANCE_KIB: u64 = 48 * 1024;
 
 /// glibc malloc settings for the gateway child so that its resident size follows live memory more
