@@ -675,6 +675,194 @@ fn disabled_user_cannot_log_in_and_live_sessions_end() {
     );
 }
 
+/// The initial password `ward user add` printed.
+fn initial_password(out: &Finished) -> String {
+    out.stdout
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("One-time initial password (shown once; hand it over in person): ")
+        })
+        .unwrap_or_else(|| panic!("no initial password printed: {out:?}"))
+        .trim()
+        .to_owned()
+}
+
+/// A user added on the gateway host gets an initial password somebody else saw: the first login
+/// without `--change-password` is refused (no certificate), the change works, the initial password
+/// is then dead and the user's own works without further changes.
+#[test]
+fn initial_password_must_be_changed_at_first_login() {
+    let q = Quickstart::start();
+    let config = q.path("ward.toml");
+    let out = run_ok(&mut ward(&[
+        "user", "add", "rita", "--kind", "vendor", "--org", "acme", "--config", &config,
+    ]));
+    assert!(out.stdout.contains("--change-password"), "{out:?}");
+    let initial = initial_password(&out);
+    let secret = out
+        .stdout
+        .split("secret=")
+        .nth(1)
+        .and_then(|rest| rest.split('&').next())
+        .unwrap_or_else(|| panic!("no TOTP URI printed: {out:?}"));
+    let mut codes = Totp {
+        secret: TotpSecret::from_base32(secret).unwrap(),
+        last: None,
+    };
+    // `ward user list`'s MUST CHANGE PASSWORD column (the one before DISABLED).
+    let must_change = |q: &Quickstart| {
+        let out = run_ok(&mut ward(&[
+            "user",
+            "list",
+            "--config",
+            &q.path("ward.toml"),
+        ]));
+        assert!(
+            out.stdout.contains("MUST CHANGE PASSWORD  DISABLED"),
+            "{out:?}"
+        );
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("rita "))
+            .unwrap_or_else(|| panic!("{out:?}"))
+            .to_owned();
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        fields[fields.len() - 2].to_owned()
+    };
+    assert_eq!(must_change(&q), "true");
+    let out_prefix = q.path("rita");
+    let login = |stdin: String, change: bool, code: String| {
+        let mut cmd = ward(&[
+            "login",
+            "--gateway",
+            &q.gateway,
+            "--user",
+            "rita",
+            "--password-stdin",
+            "--totp",
+            &code,
+            "--ca",
+            &q.path("root.crt"),
+            "--out",
+            &out_prefix,
+        ]);
+        if change {
+            cmd.arg("--change-password");
+        }
+        run_with(&mut cmd, Input::Bytes(stdin.into_bytes()), COMMAND_TIMEOUT)
+    };
+
+    // 1. The initial password alone: authenticated, but refused until it is changed.
+    let out = login(format!("{initial}\n"), false, codes.next());
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("must be changed first"), "{out:?}");
+    assert!(out.stderr.contains("--change-password"), "{out:?}");
+    assert!(
+        !Path::new(&format!("{out_prefix}.crt")).exists(),
+        "a certificate was written for a refused login"
+    );
+    q.audit_when("the refused first login", |ev| {
+        ev.iter().any(|e| {
+            is(e, "login", "denied")
+                && who(e) == "rita"
+                && e["reason"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("initial password must be changed")
+        })
+    });
+
+    // 2. With --change-password: a certificate, and the flag is cleared.
+    let mine = "a long passphrase of my own 42";
+    let out = login(format!("{initial}\n{mine}\n"), true, codes.next());
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("password changed"), "{out:?}");
+    assert!(Path::new(&format!("{out_prefix}.crt")).exists());
+    assert_eq!(must_change(&q), "false");
+
+    // 3. The initial password no longer works; the new one does, with no change asked.
+    // (The password is checked first, so no code is spent on this attempt.)
+    let out = login(format!("{initial}\n"), false, codes.wrong());
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains(LOGIN_FAILED), "{out:?}");
+    let out = login(format!("{mine}\n"), false, codes.next());
+    assert!(out.status.success(), "{out:?}");
+}
+
+/// `ward user add` through the gateway: refused (and audited) for security, allowed for an admin,
+/// and the user it creates must change the initial password too.
+#[test]
+fn users_are_added_through_the_gateway_by_admins_only() {
+    let q = Quickstart::start();
+    // An admin identity from the quickstart's development CA.
+    run_ok(&mut ward(&[
+        "ca",
+        "issue",
+        "--dir",
+        &q.path(""),
+        "--kind",
+        "admin",
+        "--name",
+        "ada",
+        "--out",
+        &q.path("admin"),
+    ]));
+    let add = |identity: &str| {
+        run(&mut q.as_(
+            identity,
+            &[
+                "user",
+                "add",
+                "sue",
+                "--kind",
+                "clinician",
+                "--roles",
+                "icu",
+            ],
+        ))
+    };
+    let out = add("security");
+    assert!(!out.status.success(), "{out:?}");
+    q.audit_when("the refused user add", |ev| {
+        ev.iter()
+            .any(|e| is(e, "user_add", "denied") && e["detail"]["user"] == "sue")
+    });
+    let out = add("admin");
+    assert!(out.status.success(), "{out:?}");
+    let initial = initial_password(&out);
+    q.audit_when("the user add", |ev| {
+        ev.iter()
+            .any(|e| is(e, "user_add", "success") && e["detail"]["user"] == "sue")
+    });
+    // Clinicians need no TOTP code by default: the password decides.
+    let login = |stdin: String, change: bool| {
+        let mut cmd = ward(&[
+            "login",
+            "--gateway",
+            &q.gateway,
+            "--user",
+            "sue",
+            "--password-stdin",
+            "--ca",
+            &q.path("root.crt"),
+            "--out",
+            &q.path("sue"),
+        ]);
+        if change {
+            cmd.arg("--change-password");
+        }
+        run_with(&mut cmd, Input::Bytes(stdin.into_bytes()), COMMAND_TIMEOUT)
+    };
+    let out = login(format!("{initial}\n"), false);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("must be changed first"), "{out:?}");
+    let out = login(format!("{initial}\ncorrect horse battery staple 7\n"), true);
+    assert!(out.status.success(), "{out:?}");
+    let out = login("correct horse battery staple 7\n".to_string(), false);
+    assert!(out.status.success(), "{out:?}");
+}
+
 // ---- 4. Revocation -----------------------------------------------------------------------------
 
 #[test]
@@ -879,6 +1067,7 @@ devices = { labels = { vendor = "acme" } }
         Some("acme".into()),
         vec![],
         None,
+        false,
         SystemClock.now(),
     )
     .unwrap();

@@ -25,7 +25,7 @@ pub struct LoginArgs {
     /// the second line) instead of asking on the terminal.
     #[arg(long)]
     password_stdin: bool,
-    /// Set a new password as part of this login (do this with the initial password you were given).
+    /// Set a new password as part of this login (required with the initial password you were given).
     #[arg(long)]
     change_password: bool,
     /// The 6-digit code from your authenticator app (asked on the terminal if needed and not given).
@@ -272,7 +272,8 @@ fn print_reply(reply: AccessReply) {
 
 fn print_created(name: &str, password: &str, totp_uri: Option<&str>) {
     println!("user {name} created.");
-    println!("One-time initial password (shown once; hand it over in person, and have the user replace it with `ward login --change-password`): {password}");
+    println!("One-time initial password (shown once; hand it over in person): {password}");
+    println!("The first login must replace it: `ward login --user {name} --change-password` (a login without it is refused).");
     if let Some(uri) = totp_uri {
         println!("TOTP provisioning URI (scan it with an authenticator app): {uri}");
         match qrcode::QrCode::new(uri.as_bytes()) {
@@ -488,7 +489,8 @@ impl UserTarget {
 
 #[derive(Debug, Subcommand)]
 pub enum UserCommand {
-    /// Add a user: prints a one-time initial password and, for MFA kinds, a TOTP QR code.
+    /// Add a user: prints a one-time initial password (the first login must change it) and, for MFA
+    /// kinds, a TOTP QR code.
     Add {
         /// User name (also the certificate name).
         name: String,
@@ -558,7 +560,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
             };
             let (db, login) = target.local()?;
             let created =
-                ward::jit::create_user(&db, &login, &name, &kind, org, roles, password, now)?;
+                ward::jit::create_user(&db, &login, &name, &kind, org, roles, password, true, now)?;
             print_created(&name, &created.password, created.totp_uri.as_deref());
             Ok(ExitCode::SUCCESS)
         }
@@ -601,6 +603,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     ("ORG", "org"),
                     ("ROLES", "roles"),
                     ("TOTP", "totp"),
+                    ("MUST CHANGE PASSWORD", "must_change_password"),
                     ("DISABLED", "disabled"),
                 ],
             );

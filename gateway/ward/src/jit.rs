@@ -238,6 +238,18 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
         limiter.success(&login.user, &source);
     }
     let who = |e: Event| e.user(user.kind.as_str(), &user.name, user.org.as_deref());
+    if user.must_change_password && login.new_password.is_none() {
+        shared.audit.emit(
+            who(ev("denied"))
+                .reason("the initial password must be changed before a certificate is issued"),
+        );
+        return Response::Denied {
+            reason: "your password is the initial one you were given and must be changed first: \
+                     run `ward login` again with --change-password (your authenticator code was \
+                     used; wait for the next one)"
+                .into(),
+        };
+    }
     if let Some(new) = &login.new_password {
         if let Err(e) = password::check_strength(new, &user.name) {
             return Response::Denied {
@@ -633,6 +645,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                 org,
                 roles,
                 None,
+                true,
                 now,
             ) {
                 Ok(created) => {
@@ -752,6 +765,7 @@ pub fn user_line(u: &User) -> serde_json::Value {
         "org": u.org,
         "roles": u.roles,
         "totp": u.totp_secret.is_some(),
+        "must_change_password": u.must_change_password,
         "disabled": u.disabled,
         "created_unix": u.created_unix,
     })
@@ -767,6 +781,8 @@ pub struct CreatedUser {
 
 /// Creates a user with a generated (or given) password and, where MFA applies, a TOTP secret.
 /// Shared by the gateway (`ward user add` through the gateway) and the host-side command.
+/// `must_change`: the first login must set a new password (an initial password is known to
+/// whoever created the user; IEC 62443-3-3 SR 1.5, changing initial authenticators).
 #[allow(clippy::too_many_arguments)]
 pub fn create_user(
     db: &SqliteStore,
@@ -776,6 +792,7 @@ pub fn create_user(
     org: Option<String>,
     roles: Vec<String>,
     password_given: Option<String>,
+    must_change: bool,
     now: OffsetDateTime,
 ) -> anyhow::Result<CreatedUser> {
     let pkind: PrincipalKind = kind
@@ -820,6 +837,7 @@ pub fn create_user(
         disabled: false,
         created_unix: now.unix_timestamp(),
         disabled_unix: None,
+        must_change_password: must_change,
     };
     db.add_user(&user)?;
     Ok(CreatedUser { password, totp_uri })

@@ -126,6 +126,9 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
         Some("acme".into()),
         vec![],
         None,
+        // A development fixture whose secrets sit in a file for the printed flow and the tests;
+        // users from `ward user add` must change their initial password at first login.
+        false,
         clock.now(),
     )?;
     let secret = db

@@ -40,6 +40,9 @@ pub struct User {
     pub created_unix: i64,
     /// When the user was disabled (Unix seconds).
     pub disabled_unix: Option<i64>,
+    /// The password is an initial one somebody else chose or saw (`ward user add`): the next
+    /// login must set a new one (`ward login --change-password`) before a certificate is issued.
+    pub must_change_password: bool,
 }
 
 impl fmt::Debug for User {
@@ -58,6 +61,7 @@ impl fmt::Debug for User {
             .field("disabled", &self.disabled)
             .field("created_unix", &self.created_unix)
             .field("disabled_unix", &self.disabled_unix)
+            .field("must_change_password", &self.must_change_password)
             .finish()
     }
 }
@@ -92,7 +96,8 @@ pub trait UserStore: Send + Sync {
     /// Disable a user at `now`. True if the user existed and was enabled; false if unknown or
     /// already disabled (the first disable time is kept).
     fn disable_user(&self, name: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
-    /// Replace a user's password hash. False if there is no such user.
+    /// Replace a user's password hash (the user's own choice: clears `must_change_password`).
+    /// False if there is no such user.
     fn set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError>;
     /// Enrol (or remove, with `None`) a TOTP secret; resets the last used step. False if there
     /// is no such user.
@@ -118,14 +123,24 @@ pub(crate) fn migrate_users(conn: &rusqlite::Connection) -> Result<(), StoreErro
              totp_last_step INTEGER,
              disabled INTEGER NOT NULL DEFAULT 0,
              created_unix INTEGER NOT NULL,
-             disabled_unix INTEGER
+             disabled_unix INTEGER,
+             must_change_password INTEGER NOT NULL DEFAULT 0
          );",
     )?;
+    // Stores created before the column existed.
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'must_change_password'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
     Ok(())
 }
 
 const COLUMNS: &str = "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \
-                       disabled, created_unix, disabled_unix";
+                       disabled, created_unix, disabled_unix, must_change_password";
 
 type Row = (
     String,
@@ -138,6 +153,7 @@ type Row = (
     bool,
     i64,
     Option<i64>,
+    bool,
 );
 
 fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -152,27 +168,27 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         row.get(7)?,
         row.get(8)?,
         row.get(9)?,
+        row.get(10)?,
     ))
 }
 
 fn to_user(r: Row) -> Result<User, StoreError> {
-    let (name, kind, org, roles, password_phc, totp_secret, totp_last_step, disabled, created, dis) =
-        r;
     let kind =
-        Kind::from_str(&kind).map_err(|e| StoreError::Corrupt(format!("user {name:?}: {e}")))?;
-    let roles: Vec<String> = serde_json::from_str(&roles)
-        .map_err(|e| StoreError::Corrupt(format!("user {name:?} roles: {e}")))?;
+        Kind::from_str(&r.1).map_err(|e| StoreError::Corrupt(format!("user {:?}: {e}", r.0)))?;
+    let roles: Vec<String> = serde_json::from_str(&r.3)
+        .map_err(|e| StoreError::Corrupt(format!("user {:?} roles: {e}", r.0)))?;
     Ok(User {
-        name,
+        name: r.0,
         kind,
-        org,
+        org: r.2,
         roles,
-        password_phc,
-        totp_secret,
-        totp_last_step,
-        disabled,
-        created_unix: created,
-        disabled_unix: dis,
+        password_phc: r.4,
+        totp_secret: r.5,
+        totp_last_step: r.6,
+        disabled: r.7,
+        created_unix: r.8,
+        disabled_unix: r.9,
+        must_change_password: r.10,
     })
 }
 
@@ -190,7 +206,7 @@ impl UserStore for SqliteStore {
         let conn = self.conn()?;
         let n = conn.execute(
             &format!(
-                "INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+                "INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
                  ON CONFLICT(name) DO NOTHING"
             ),
             rusqlite::params![
@@ -204,6 +220,7 @@ impl UserStore for SqliteStore {
                 user.disabled,
                 user.created_unix,
                 user.disabled_unix,
+                user.must_change_password,
             ],
         )?;
         if n == 0 {
@@ -247,7 +264,7 @@ impl UserStore for SqliteStore {
     fn set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError> {
         let conn = self.conn()?;
         let n = conn.execute(
-            "UPDATE users SET password_phc = ?2 WHERE name = ?1",
+            "UPDATE users SET password_phc = ?2, must_change_password = 0 WHERE name = ?1",
             rusqlite::params![name, phc],
         )?;
         Ok(n > 0)
@@ -302,6 +319,7 @@ mod tests {
             disabled: false,
             created_unix: now,
             disabled_unix: None,
+            must_change_password: false,
         }
     }
 
@@ -422,6 +440,52 @@ mod tests {
         assert!(s.set_totp("alice", None).unwrap());
         assert_eq!(s.user("alice").unwrap().unwrap().totp_secret, None);
         assert!(!s.set_totp("nobody", None).unwrap());
+    }
+
+    #[test]
+    fn initial_password_flag_round_trips_and_a_new_password_clears_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let fresh = User {
+            must_change_password: true,
+            ..alice(1)
+        };
+        s.add_user(&fresh).unwrap();
+        assert!(s.user("alice").unwrap().unwrap().must_change_password);
+        assert!(s.set_password("alice", "$argon2id$mine").unwrap());
+        assert!(!s.user("alice").unwrap().unwrap().must_change_password);
+    }
+
+    #[test]
+    fn a_store_from_before_the_flag_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // The users table as it was created before `must_change_password` existed.
+            let conn = rusqlite::Connection::open(dir.path().join("ward.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE users (
+                     name TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, org TEXT,
+                     roles TEXT NOT NULL, password_phc TEXT NOT NULL, totp_secret TEXT,
+                     totp_last_step INTEGER, disabled INTEGER NOT NULL DEFAULT 0,
+                     created_unix INTEGER NOT NULL, disabled_unix INTEGER);
+                 INSERT INTO users (name, kind, org, roles, password_phc, created_unix)
+                     VALUES ('old', 'vendor', 'acme', '[]', '$argon2id$x', 5);",
+            )
+            .unwrap();
+        }
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let old = s.user("old").unwrap().unwrap();
+        assert!(!old.must_change_password);
+        assert_eq!(old.created_unix, 5);
+        s.add_user(&User {
+            must_change_password: true,
+            ..alice(9)
+        })
+        .unwrap();
+        drop(s);
+        // Opening again does not try to add the column twice.
+        let s = SqliteStore::open(dir.path()).unwrap();
+        assert!(s.user("alice").unwrap().unwrap().must_change_password);
     }
 
     #[test]
