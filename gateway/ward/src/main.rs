@@ -243,6 +243,11 @@ struct UnlockArgs {
     gw: GatewayClientArgs,
 }
 
+/// jemalloc with background purging: memory freed when sessions close goes back to the system
+/// within seconds (glibc's malloc kept the heap a load peak grew, as fragmentation).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let _guard = match ward::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
