@@ -145,22 +145,40 @@ impl Quickstart {
 
     /// `ward login --user USER --password-stdin --totp CODE` writing DIR/tech.{crt,key}.
     fn login_with(&self, user: &str, password: &str, code: &str) -> Finished {
+        self.login_as(user, &format!("{password}\n"), Some(code), false, "tech")
+    }
+
+    /// `ward login --user USER --password-stdin [--totp CODE] [--change-password]` with `stdin`
+    /// (the password, and with `change` the new one on a second line), writing DIR/OUT.{crt,key}.
+    fn login_as(
+        &self,
+        user: &str,
+        stdin: &str,
+        code: Option<&str>,
+        change: bool,
+        out: &str,
+    ) -> Finished {
+        let mut cmd = ward(&[
+            "login",
+            "--gateway",
+            &self.gateway,
+            "--user",
+            user,
+            "--password-stdin",
+            "--ca",
+            &self.path("root.crt"),
+            "--out",
+            &self.path(out),
+        ]);
+        if let Some(code) = code {
+            cmd.args(["--totp", code]);
+        }
+        if change {
+            cmd.arg("--change-password");
+        }
         run_with(
-            &mut ward(&[
-                "login",
-                "--gateway",
-                &self.gateway,
-                "--user",
-                user,
-                "--password-stdin",
-                "--totp",
-                code,
-                "--ca",
-                &self.path("root.crt"),
-                "--out",
-                &self.path("tech"),
-            ]),
-            Input::Bytes(format!("{password}\n").into_bytes()),
+            &mut cmd,
+            Input::Bytes(stdin.as_bytes().to_vec()),
             COMMAND_TIMEOUT,
         )
     }
@@ -733,24 +751,7 @@ fn initial_password_must_be_changed_at_first_login() {
     assert_eq!(must_change(&q), "true");
     let out_prefix = q.path("rita");
     let login = |stdin: String, change: bool, code: String| {
-        let mut cmd = ward(&[
-            "login",
-            "--gateway",
-            &q.gateway,
-            "--user",
-            "rita",
-            "--password-stdin",
-            "--totp",
-            &code,
-            "--ca",
-            &q.path("root.crt"),
-            "--out",
-            &out_prefix,
-        ]);
-        if change {
-            cmd.arg("--change-password");
-        }
-        run_with(&mut cmd, Input::Bytes(stdin.into_bytes()), COMMAND_TIMEOUT)
+        q.login_as("rita", &stdin, Some(&code), change, "rita")
     };
 
     // 1. The initial password alone: authenticated, but refused until it is changed.
@@ -836,24 +837,7 @@ fn users_are_added_through_the_gateway_by_admins_only() {
             .any(|e| is(e, "user_add", "success") && e["detail"]["user"] == "sue")
     });
     // Clinicians need no TOTP code by default: the password decides.
-    let login = |stdin: String, change: bool| {
-        let mut cmd = ward(&[
-            "login",
-            "--gateway",
-            &q.gateway,
-            "--user",
-            "sue",
-            "--password-stdin",
-            "--ca",
-            &q.path("root.crt"),
-            "--out",
-            &q.path("sue"),
-        ]);
-        if change {
-            cmd.arg("--change-password");
-        }
-        run_with(&mut cmd, Input::Bytes(stdin.into_bytes()), COMMAND_TIMEOUT)
-    };
+    let login = |stdin: String, change: bool| q.login_as("sue", &stdin, None, change, "sue");
     let out = login(format!("{initial}\n"), false);
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("must be changed first"), "{out:?}");

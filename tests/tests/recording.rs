@@ -579,17 +579,11 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
     let client = ward::client::Client::new(&child.addr, &files, Transport::Quic).unwrap();
-    let mut opened = None;
-    for _ in 0..100 {
-        match client.open("pump-12", false, None).await {
-            Ok(s) => {
-                opened = Some(s);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-    let session = opened.expect("the gateway child never came up");
+    // ChildGateway::start returned once the child listened: no retry needed.
+    let session = client
+        .open("pump-12", false, None)
+        .await
+        .expect("open on the gateway child");
     let id = session.session_id.clone();
     let (local, remote) = tokio::io::duplex(64 * 1024);
     let (lr, lw) = tokio::io::split(local);
