@@ -609,3 +609,48 @@ pub fn audit_events(state_dir: &Path) -> Vec<serde_json::Value> {
         .filter(|v| v.get("event").is_some())
         .collect()
 }
+
+/// A small tmpfs mounted on a temp dir (root only), unmounted on drop.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// Mount a `size` tmpfs, or `None` (skipped) when not root outside CI; under CI a failure is
+    /// a test failure.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "ward-test",
+            ])
+            .arg(dir.path())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
+            other => {
+                let why = format!("mount -t tmpfs failed: {other:?}");
+                assert!(std::env::var_os("CI").is_none(), "{why} (CI runs as root)");
+                eprintln!("SKIPPED: {why} (needs root; CI runs it)");
+                None
+            }
+        }
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -14,7 +14,7 @@
 )]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -947,51 +947,6 @@ async fn bad_frames_mid_session_get_a_clear_close_and_the_gateway_keeps_serving(
 
 // ---------------------------------------------------------------------------------------------
 // The recording disk fills up: alert first, then fail closed.
-
-/// A small tmpfs mounted on a temp dir (root only), unmounted on drop.
-struct Tmpfs {
-    dir: tempfile::TempDir,
-}
-
-impl Tmpfs {
-    /// Mount a `size` tmpfs, or `None` (skipped) when not root outside CI; under CI a failure is
-    /// a test failure.
-    fn mount(size: &str) -> Option<Tmpfs> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = std::process::Command::new("mount")
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "ward-test",
-            ])
-            .arg(dir.path())
-            .output();
-        match out {
-            Ok(o) if o.status.success() => Some(Tmpfs { dir }),
-            other => {
-                let why = format!("mount -t tmpfs failed: {other:?}");
-                assert!(std::env::var_os("CI").is_none(), "{why} (CI runs as root)");
-                eprintln!("SKIPPED: {why} (needs root; CI runs it)");
-                None
-            }
-        }
-    }
-
-    fn path(&self) -> PathBuf {
-        self.dir.path().to_path_buf()
-    }
-}
-
-impl Drop for Tmpfs {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(self.dir.path())
-            .status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filling_recording_disk_alerts_first_then_refuses_new_sessions() {
