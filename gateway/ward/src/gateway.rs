@@ -25,7 +25,7 @@ use ward_core::Principal;
 
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
-use crate::recorder::{FileSink, SessionRecorder, Sink};
+use crate::recorder::{self, FileSink, SessionRecorder, Sink};
 use crate::store::{SqliteStore, Store};
 use crate::tls;
 use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
@@ -1219,6 +1219,7 @@ async fn open_session<R, W>(
                                 // sending bad frames learns what was wrong).
                                 Ok(FramedEnd::Control(_)) => return Err(Cut("client sent an unexpected control frame during the session".to_string())),
                                 Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
+                                Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
                                 Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }
@@ -1226,6 +1227,7 @@ async fn open_session<R, W>(
                             match r {
                                 Ok(()) => down_done = Some(()),
                                 Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
+                                Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
                                 Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }
@@ -1387,6 +1389,9 @@ async fn review_request<W: AsyncWrite + Unpin>(
                 .session(session_id.clone())
                 .detail("verified", report.ok)
                 .detail("forced", force)
+                // What a forced export holds: the records up to the last valid checkpoint.
+                .detail("verified_records", report.verified_records)
+                .detail("verified_bytes", report.valid_prefix_len)
                 .severity(if force && !report.ok { "high" } else { "info" });
             Ok((format!("recording {session_id}"), bytes, ev))
         }

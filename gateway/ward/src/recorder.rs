@@ -7,6 +7,11 @@
 //! (within one second) and no further byte is forwarded unrecorded. Memory is bounded: the channel
 //! holds at most [`CHANNEL_CHUNKS`] chunks, after which the data path waits (backpressure).
 //! Durability lags by at most [`SYNC_EVERY`]: fsync is batched off the data path.
+//!
+//! A chunk is forwarded only once its record is sure to be written: the tap claims the room its
+//! record takes from space reserved ahead in the file ([`space`]), so a full disk stops the chunk
+//! before it is forwarded, not a batch later. Where the sink cannot reserve, each chunk waits for
+//! its write instead (correct, slower).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -14,9 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
+
+pub mod space;
+
+use space::Space;
 
 /// Chunks buffered between the data path and the recorder task (≤ 64 KiB each).
 pub const CHANNEL_CHUNKS: usize = 16;
@@ -36,10 +45,25 @@ pub trait SinkFile: Send + 'static {
     fn syncer(&self) -> io::Result<Syncer> {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
+    /// An independent handle that reserves room in the file ahead of the writes, so the data path
+    /// can claim room for a chunk's record before forwarding it while writes go on. Sinks that
+    /// cannot reserve say `Unsupported`: each chunk then waits for its write before it is forwarded.
+    fn reserver(&self) -> io::Result<Reserver> {
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+    /// Give back room reserved beyond what was written (once, after the last write).
+    fn release(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Makes a recording durable from another thread.
 pub type Syncer = Box<dyn FnMut() -> io::Result<()> + Send>;
+
+/// Reserves `len` bytes of a recording from file offset `offset`, from another thread, so later
+/// writes there cannot fail for lack of space; `StorageFull` when the disk has no room, and
+/// `Unsupported` when the filesystem cannot reserve.
+pub type Reserver = Arc<dyn Fn(u64, u64) -> io::Result<()> + Send + Sync>;
 
 /// Where recordings go.
 pub trait Sink: Send + Sync + 'static {
@@ -78,6 +102,30 @@ impl SinkFile for File {
         let f = self.0.clone();
         Ok(Box::new(move || f.sync_data()))
     }
+    fn reserver(&self) -> io::Result<Reserver> {
+        let f = self.0.clone();
+        Ok(Arc::new(move |offset, len| {
+            fallocate_keep_size(&f, offset, len)
+        }))
+    }
+    fn release(&mut self) -> io::Result<()> {
+        // Truncating to the current length frees the blocks reserved past it.
+        let len = self.0.metadata()?.len();
+        self.0.set_len(len)
+    }
+}
+
+/// Allocate `len` bytes from `offset` without changing the file's size.
+fn fallocate_keep_size(f: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::io::Errno;
+    match fallocate(f, FallocateFlags::KEEP_SIZE, offset, len) {
+        Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOSYS => Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            format!("fallocate: {e}"),
+        )),
+        r => r.map_err(io::Error::from),
+    }
 }
 
 impl Sink for FileSink {
@@ -97,6 +145,8 @@ struct Chunk {
     dir: Direction,
     t_ns: u64,
     bytes: Bytes,
+    /// Where the sink cannot reserve: told once the chunk's record is written.
+    written: Option<oneshot::Sender<()>>,
 }
 
 /// The data path's handle: record a chunk before forwarding it.
@@ -104,26 +154,87 @@ struct Chunk {
 pub struct Tap {
     tx: mpsc::Sender<Chunk>,
     start: Instant,
+    /// Room reserved in the file, `None` where the sink cannot reserve.
+    space: Option<Arc<Space>>,
+    failed: Arc<watch::Sender<Option<String>>>,
 }
 
 impl Tap {
-    /// Hand `bytes` to the recorder; waits when the recorder is behind; fails once the recording
-    /// has failed (the caller must then stop forwarding).
+    /// Hand `bytes` to the recorder once its record is sure to be written: room claimed from the
+    /// reservation (one atomic subtract, usually) or, where the sink cannot reserve, the record
+    /// written. Waits when the recorder is behind. Fails when the recording has failed or the disk
+    /// has no room for the record: the caller must then not forward `bytes`.
     pub async fn record(&self, dir: Direction, bytes: &[u8]) -> io::Result<()> {
         let t_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        self.tx
-            .send(Chunk {
-                dir,
-                t_ns,
-                bytes: Bytes::copy_from_slice(bytes),
-            })
-            .await
-            .map_err(|_| {
-                io::Error::other(
-                    "recording failed: session ended to keep it recorded (fail closed)",
-                )
-            })
+        let Some(space) = &self.space else {
+            let (written, done) = oneshot::channel();
+            self.send(dir, t_ns, bytes, Some(written)).await?;
+            return done.await.map_err(|_| self.stopped());
+        };
+        if let Err(e) = space.claim(bytes.len()).await {
+            return Err(self.no_room(bytes.len(), &e));
+        }
+        self.send(dir, t_ns, bytes, None).await
     }
+
+    async fn send(
+        &self,
+        dir: Direction,
+        t_ns: u64,
+        bytes: &[u8],
+        written: Option<oneshot::Sender<()>>,
+    ) -> io::Result<()> {
+        let bytes = Bytes::copy_from_slice(bytes);
+        let chunk = Chunk {
+            dir,
+            t_ns,
+            bytes,
+            written,
+        };
+        self.tx.send(chunk).await.map_err(|_| self.stopped())
+    }
+
+    /// The recorder stopped taking chunks (it reported why on `failed`).
+    fn stopped(&self) -> io::Error {
+        let why = self.failed.borrow().clone();
+        recording_failure(why.unwrap_or_else(|| "the recorder stopped".into()))
+    }
+
+    /// No room for the next record: the recording has failed (it can still be sealed).
+    fn no_room(&self, len: usize, e: &io::Error) -> io::Error {
+        let why = format!("no room on the recording disk to record the next {len} bytes ({e})");
+        self.failed.send_if_modified(|f| {
+            let first = f.is_none();
+            if first {
+                *f = Some(why.clone());
+            }
+            first
+        });
+        recording_failure(why)
+    }
+}
+
+/// A chunk the recording cannot take (failed, or no room): it must not be forwarded.
+#[derive(Debug)]
+struct RecordingFailure(String);
+
+impl std::fmt::Display for RecordingFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RecordingFailure {}
+
+fn recording_failure(why: String) -> io::Error {
+    io::Error::other(RecordingFailure(why))
+}
+
+/// True when `e` is a [`Tap`]'s refusal: the recording failed or has no room, so the session
+/// ends (fail closed).
+pub fn is_recording_failure(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<RecordingFailure>())
 }
 
 /// A session's recorder.
@@ -131,7 +242,7 @@ pub struct SessionRecorder {
     tap: Tap,
     failed: watch::Receiver<Option<String>>,
     done: tokio::task::JoinHandle<Result<(), String>>,
-    end_tx: tokio::sync::oneshot::Sender<EndInfo>,
+    end_tx: oneshot::Sender<EndInfo>,
 }
 
 impl SessionRecorder {
@@ -146,22 +257,25 @@ impl SessionRecorder {
             .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
         let sink = sink.clone();
         let id = meta.session_id.clone();
-        // Created and its header written before the session may start (fail closed); made
-        // durable by the first batched fsync, at most SYNC_EVERY later.
-        let file = tokio::task::spawn_blocking(move || -> io::Result<Box<dyn SinkFile>> {
-            let mut f = sink.create(&id)?;
-            f.write_all(&out)?;
-            Ok(f)
-        })
-        .await
-        .map_err(io::Error::other)??;
+        // Created, its room reserved and its header written before the session may start (fail
+        // closed); made durable by the first batched fsync, at most SYNC_EVERY later.
+        let (file, space) = tokio::task::spawn_blocking(move || open_file(&*sink, &id, &out))
+            .await
+            .map_err(io::Error::other)??;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (failed_tx, failed) = watch::channel(None);
-        let (end_tx, end_rx) = tokio::sync::oneshot::channel();
+        let failed_tx = Arc::new(failed_tx);
+        let (end_tx, end_rx) = oneshot::channel();
         let start = Instant::now();
-        let done = tokio::spawn(run(encoder, file, rx, end_rx, failed_tx, start));
+        let done = tokio::spawn(run(encoder, file, rx, end_rx, failed_tx.clone(), start));
+        let tap = Tap {
+            tx,
+            start,
+            space: space.map(Arc::new),
+            failed: failed_tx,
+        };
         Ok(SessionRecorder {
-            tap: Tap { tx, start },
+            tap,
             failed,
             done,
             end_tx,
@@ -178,15 +292,70 @@ impl SessionRecorder {
         self.failed.clone()
     }
 
-    /// Write the end record and final checkpoint, fsync, and close.
+    /// Write the end record and final checkpoint, fsync, give back unused reserved room, and
+    /// close. An error if the recording failed, also when it ended for want of room (it is then
+    /// sealed and holds every byte forwarded).
     pub async fn finish(self, end: EndInfo) -> Result<(), String> {
         let SessionRecorder {
-            tap, done, end_tx, ..
+            tap,
+            done,
+            end_tx,
+            failed,
         } = self;
         drop(tap);
         let _ = end_tx.send(end);
-        done.await.map_err(|e| format!("recorder task: {e}"))?
+        done.await.map_err(|e| format!("recorder task: {e}"))??;
+        let why = failed.borrow().clone();
+        match why {
+            Some(e) => Err(format!(
+                "{e}: session ended; its recording holds every byte forwarded and is sealed"
+            )),
+            None => Ok(()),
+        }
     }
+}
+
+/// Create the recording, reserve its room where the sink can, and write its header (blocking).
+fn open_file(
+    sink: &dyn Sink,
+    id: &str,
+    header: &[u8],
+) -> io::Result<(Box<dyn SinkFile>, Option<Space>)> {
+    let mut file = sink.create(id)?;
+    let space = match file
+        .reserver()
+        .and_then(|r| Space::open(r, header.len() as u64))
+    {
+        Ok(space) => Some(space),
+        Err(e) if e.kind() == io::ErrorKind::Unsupported => {
+            warn_unreserved(&e);
+            None
+        }
+        Err(e) => return Err(e),
+    };
+    file.write_all(header)?;
+    Ok((file, space))
+}
+
+fn warn_unreserved(e: &io::Error) {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        tracing::warn!(event = "recording_unreserved", reason = %e,
+            "the recording sink cannot reserve space: each chunk now waits for its record to be written before it is forwarded (correct, slower)");
+    });
+}
+
+/// Cut an end reason to [`space::END_REASON_MAX`] bytes, so the end record fits its margin.
+fn fit_reason(mut reason: String) -> String {
+    if reason.len() > space::END_REASON_MAX {
+        let mut at = space::END_REASON_MAX - '…'.len_utf8();
+        while !reason.is_char_boundary(at) {
+            at -= 1;
+        }
+        reason.truncate(at);
+        reason.push('…');
+    }
+    reason
 }
 
 async fn blocking_write(
@@ -221,11 +390,11 @@ async fn run(
     mut enc: Encoder,
     mut file: Box<dyn SinkFile>,
     mut rx: mpsc::Receiver<Chunk>,
-    end_rx: tokio::sync::oneshot::Receiver<EndInfo>,
-    failed: watch::Sender<Option<String>>,
+    end_rx: oneshot::Receiver<EndInfo>,
+    failed: Arc<watch::Sender<Option<String>>>,
     start: Instant,
 ) -> Result<(), String> {
-    let fail = |what: String, failed: &watch::Sender<Option<String>>| {
+    let fail = |what: String, failed: &Arc<watch::Sender<Option<String>>>| {
         failed.send_replace(Some(what.clone()));
         what
     };
@@ -239,6 +408,8 @@ async fn run(
     // mmap/munmap per write under glibc's fixed mmap threshold, most of the gateway's kernel time
     // under load (docs/benchmarks.md).
     let mut out: Vec<u8> = Vec::new();
+    // Taps waiting for their chunk's record to be written (sinks that cannot reserve).
+    let mut written: Vec<oneshot::Sender<()>> = Vec::new();
     loop {
         let next = tokio::select! {
             m = tokio::time::timeout(SYNC_EVERY, rx.recv()) => Some(m),
@@ -266,11 +437,11 @@ async fn run(
         };
         let closed = match next {
             Some(Ok(Some(c))) => {
-                enc.data(c.dir, c.t_ns, &c.bytes, &mut out);
+                encode(&mut enc, c, &mut out, &mut written);
                 // Batch whatever else is already queued into one write.
                 while out.len() < 1 << 20 {
                     match rx.try_recv() {
-                        Ok(c) => enc.data(c.dir, c.t_ns, &c.bytes, &mut out),
+                        Ok(c) => encode(&mut enc, c, &mut out, &mut written),
                         Err(_) => break,
                     }
                 }
@@ -280,7 +451,9 @@ async fn run(
             Some(Err(_)) | None => false,
         };
         let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if !closed && enc.checkpoint_due(t) && (unsynced || !out.is_empty()) {
+        // Due only when records were written since the last one: also when they are already
+        // synced, so no record stays unsigned for more than about a second of quiet.
+        if !closed && enc.checkpoint_due(t) {
             enc.checkpoint(t, &mut out);
         }
         if closed {
@@ -304,6 +477,9 @@ async fn run(
                 unsynced = false;
             }
         }
+        for w in written.drain(..) {
+            let _ = w.send(());
+        }
         if sync_due && sync_job.is_none() {
             if let Some(mut s) = syncer.take() {
                 last_sync = Instant::now();
@@ -325,7 +501,32 @@ async fn run(
         Err(_) => return Err(fail("recorder dropped without an end".into(), &failed)),
     };
     let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+    let end = EndInfo {
+        reason: fit_reason(end.reason),
+        ..end
+    };
     enc.finish(t, &end, &mut out);
-    let (_f, r) = blocking_write(file, out, true).await;
-    r.map_err(|e| fail(format!("recording close failed: {e}"), &failed))
+    blocking_close(file, out)
+        .await
+        .map_err(|e| fail(format!("recording close failed: {e}"), &failed))
+}
+
+fn encode(enc: &mut Encoder, c: Chunk, out: &mut Vec<u8>, written: &mut Vec<oneshot::Sender<()>>) {
+    enc.data(c.dir, c.t_ns, &c.bytes, out);
+    written.extend(c.written);
+}
+
+/// The last write (end record, final checkpoint) and fsync, then give back unused reserved room.
+async fn blocking_close(mut file: Box<dyn SinkFile>, buf: Vec<u8>) -> io::Result<()> {
+    tokio::task::spawn_blocking(move || {
+        file.write_all(&buf)?;
+        file.sync()?;
+        if let Err(e) = file.release() {
+            tracing::warn!(event = "recording_release_failed", reason = %e,
+                "could not give back the space reserved for a finished recording");
+        }
+        Ok(())
+    })
+    .await
+    .map_err(io::Error::other)?
 }

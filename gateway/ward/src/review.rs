@@ -402,6 +402,13 @@ pub async fn replay(
     Ok(guard.dropped())
 }
 
+/// The part of `bytes` that verifies: up to and including the last valid checkpoint before the
+/// first problem (`report` is `bytes`' own verification). What a forced export holds.
+pub fn verified_prefix<'a>(bytes: &'a [u8], report: &VerifyReport) -> &'a [u8] {
+    let len = usize::try_from(report.valid_prefix_len).unwrap_or(usize::MAX);
+    bytes.get(..len.min(bytes.len())).unwrap_or_default()
+}
+
 /// Export formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ExportFormat {

@@ -11,6 +11,7 @@ use ward::client::{Client, Transport};
 use ward::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
 use ward_ca::{Clock, SystemClock};
 use ward_core::frame::Review;
+use ward_recording::VerifyReport;
 
 /// Where recordings and the audit log are read from.
 #[derive(Debug, Args)]
@@ -190,7 +191,8 @@ pub struct ExportArgs {
     /// Output path (raw writes PATH.up and PATH.down).
     #[arg(long, value_name = "PATH")]
     out: PathBuf,
-    /// Export even if the recording fails verification.
+    /// Export a recording that fails verification (a torn tail, a live session): only its
+    /// verified records, up to the last valid checkpoint (audited by the gateway as forced).
     #[arg(long)]
     force: bool,
     #[command(flatten)]
@@ -262,21 +264,55 @@ pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn why(report: &VerifyReport) -> String {
+    report
+        .first_error
+        .as_ref()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| format!("{:?}", report.status))
+}
+
 fn check(bytes: &[u8], key: &[u8; 32], id: &str, force: bool, what: &str) -> anyhow::Result<()> {
     let report = ward_recording::verify(bytes, key);
     if report.ok {
         return Ok(());
     }
-    let why = report
-        .first_error
-        .map(|e| e.to_string())
-        .unwrap_or_else(|| format!("{:?}", report.status));
+    let why = why(&report);
     if force {
         eprintln!("ward: WARNING: recording {id} fails verification ({why}); {what} anyway because of --force");
         Ok(())
     } else {
         bail!("recording {id} fails verification ({why}); {what} refused — use --force to {what} anyway")
     }
+}
+
+/// What an export may hold: the whole recording when it verifies; otherwise, only with --force,
+/// its verified prefix, with a warning saying where it stops (printed once the export is written).
+fn exportable<'a>(
+    bytes: &'a [u8],
+    key: &[u8; 32],
+    id: &str,
+    force: bool,
+) -> anyhow::Result<(&'a [u8], Option<String>)> {
+    let report = ward_recording::verify(bytes, key);
+    if report.ok {
+        return Ok((bytes, None));
+    }
+    let why = why(&report);
+    if !force {
+        bail!("recording {id} fails verification ({why}); export refused — use --force to export its verified records");
+    }
+    let prefix = review::verified_prefix(bytes, &report);
+    if prefix.is_empty() {
+        bail!("recording {id} fails verification ({why}) and has no verified records to export");
+    }
+    let note = format!(
+        "ward: WARNING: recording {id} fails verification ({why}); because of --force, exported the first {} verified records (up to byte {} of {}); the rest is torn or unverified and was left out",
+        report.verified_records,
+        prefix.len(),
+        bytes.len()
+    );
+    Ok((prefix, Some(note)))
 }
 
 /// Run `ward replay`.
@@ -312,9 +348,12 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let bytes = source
         .recording(&args.session, "export", args.force)
         .await?;
-    check(&bytes, &key, &args.session, args.force, "export")?;
-    for path in review::export(&bytes, args.format, &args.out)? {
+    let (verified, note) = exportable(&bytes, &key, &args.session, args.force)?;
+    for path in review::export(verified, args.format, &args.out)? {
         println!("wrote {}", path.display());
+    }
+    if let Some(note) = note {
+        eprintln!("{note}");
     }
     Ok(ExitCode::SUCCESS)
 }
