@@ -530,3 +530,172 @@ async fn blocking_close(mut file: Box<dyn SinkFile>, buf: Vec<u8>) -> io::Result
     .await
     .map_err(io::Error::other)?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A pretend disk holding one recording: `free` bytes left; the file holds `allocated` bytes
+    /// of space (its length, or more when reserved).
+    struct Disk {
+        file: Vec<u8>,
+        allocated: u64,
+        free: u64,
+        reserves: bool,
+    }
+
+    #[derive(Clone)]
+    struct Mem(Arc<Mutex<Disk>>);
+
+    impl Mem {
+        fn new(free: u64, reserves: bool) -> Self {
+            let disk = Disk {
+                file: Vec::new(),
+                allocated: 0,
+                free,
+                reserves,
+            };
+            Mem(Arc::new(Mutex::new(disk)))
+        }
+
+        /// Hold space up to `end`; `StorageFull` when the disk has not got it.
+        fn hold(&self, end: u64) -> io::Result<()> {
+            let mut d = self.0.lock().unwrap();
+            let extra = end.saturating_sub(d.allocated);
+            if extra > d.free {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            d.free -= extra;
+            d.allocated += extra;
+            Ok(())
+        }
+    }
+
+    impl Sink for Mem {
+        fn create(&self, _: &str) -> io::Result<Box<dyn SinkFile>> {
+            Ok(Box::new(self.clone()))
+        }
+    }
+
+    impl SinkFile for Mem {
+        fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+            let len = self.0.lock().unwrap().file.len() + bytes.len();
+            self.hold(len as u64)?;
+            self.0.lock().unwrap().file.extend_from_slice(bytes);
+            Ok(())
+        }
+        fn sync(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn reserver(&self) -> io::Result<Reserver> {
+            if !self.0.lock().unwrap().reserves {
+                return Err(io::Error::from(io::ErrorKind::Unsupported));
+            }
+            let me = self.clone();
+            Ok(Arc::new(move |at, len| me.hold(at + len)))
+        }
+        fn release(&mut self) -> io::Result<()> {
+            let mut d = self.0.lock().unwrap();
+            let spare = d.allocated - d.file.len() as u64;
+            d.free += spare;
+            d.allocated -= spare;
+            Ok(())
+        }
+    }
+
+    fn meta() -> SessionMeta {
+        SessionMeta {
+            session_id: "0123456789abcdef".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "01".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump-12".into(),
+            device_addr: "127.0.0.1:2323".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 0,
+        }
+    }
+
+    /// Record 10,000-byte chunks until the tap refuses one; returns what it accepted (what the
+    /// data path would have forwarded), the refusal, and the recorder.
+    async fn record_until_refused(
+        disk: &Mem,
+        signer: &Arc<Signer>,
+    ) -> (Vec<u8>, io::Error, SessionRecorder) {
+        let sink: Arc<dyn Sink> = Arc::new(disk.clone());
+        let rec = SessionRecorder::start(&sink, signer.clone(), &meta())
+            .await
+            .unwrap();
+        let tap = rec.tap();
+        let mut forwarded = Vec::new();
+        let mut seed = 0u8;
+        loop {
+            let chunk = vec![seed; 10_000];
+            if let Err(e) = tap.record(Direction::Down, &chunk).await {
+                return (forwarded, e, rec);
+            }
+            forwarded.extend_from_slice(&chunk);
+            seed = seed.wrapping_add(1);
+        }
+    }
+
+    fn end() -> EndInfo {
+        EndInfo {
+            ended_unix_ms: 1,
+            reason: "x".repeat(5000),
+            bytes_up: 0,
+            bytes_down: 0,
+        }
+    }
+
+    fn recorded_down(bytes: &[u8]) -> Vec<u8> {
+        let (records, _) = ward_recording::read_prefix(bytes);
+        let mut down = Vec::new();
+        for r in records {
+            if let ward_recording::Record::Data { payload, .. } = r {
+                down.extend_from_slice(&payload);
+            }
+        }
+        down
+    }
+
+    #[tokio::test]
+    async fn without_room_a_chunk_is_refused_and_the_recording_still_seals() {
+        let disk = Mem::new(64 * 1024, true);
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let (forwarded, refusal, rec) = record_until_refused(&disk, &signer).await;
+        assert!(is_recording_failure(&refusal), "{refusal}");
+        assert!(refusal.to_string().contains("no room"), "{refusal}");
+        assert!(rec.failed().borrow().is_some(), "the session must be told");
+        let err = rec.finish(end()).await.unwrap_err();
+        assert!(err.contains("sealed"), "{err}");
+        let d = disk.0.lock().unwrap();
+        // Every byte forwarded is recorded, the recording is sealed (the long end reason was
+        // cut to fit the margin), and the room reserved past its end was given back.
+        assert_eq!(recorded_down(&d.file), forwarded);
+        let report = ward_recording::verify(&d.file, &signer.public_key());
+        assert!(report.ok, "{:?}", report.first_error);
+        assert!(report.end.unwrap().reason.ends_with('…'));
+        assert_eq!(d.allocated, d.file.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn without_reservation_a_chunk_waits_for_its_write() {
+        let disk = Mem::new(64 * 1024, false);
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let (forwarded, refusal, rec) = record_until_refused(&disk, &signer).await;
+        assert!(is_recording_failure(&refusal), "{refusal}");
+        assert!(refusal.to_string().contains("write failed"), "{refusal}");
+        assert!(rec.finish(end()).await.is_err());
+        // The refused chunk's write failed; everything forwarded before it is on disk.
+        let d = disk.0.lock().unwrap();
+        assert_eq!(recorded_down(&d.file), forwarded);
+        assert!(forwarded.len() >= 40_000, "{}", forwarded.len());
+    }
+}
