@@ -364,6 +364,8 @@ async fn export_force_of_a_torn_recording_exports_its_verified_prefix_and_is_aud
                 && e["session_id"] == id.as_str()
                 && e["detail"]["forced"] == true
                 && e["detail"]["verified"] == false
+                && e["detail"]["verified_records"] == report.verified_records
+                && e["detail"]["verified_bytes"] == prefix.len() as u64
                 && e["severity"] == "high"
         })
     })
