@@ -25,7 +25,7 @@ use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta,
 
 pub mod space;
 
-use space::Space;
+use space::{Ledger, Space};
 
 /// Chunks buffered between the data path and the recorder task (≤ 64 KiB each).
 pub const CHANNEL_CHUNKS: usize = 16;
@@ -267,11 +267,17 @@ impl SessionRecorder {
         let failed_tx = Arc::new(failed_tx);
         let (end_tx, end_rx) = oneshot::channel();
         let start = Instant::now();
-        let done = tokio::spawn(run(encoder, file, rx, end_rx, failed_tx.clone(), start));
+        let space = space.map(Arc::new);
+        let task = Task {
+            space: space.clone(),
+            failed: failed_tx.clone(),
+            start,
+        };
+        let done = tokio::spawn(run(encoder, file, rx, end_rx, task));
         let tap = Tap {
             tx,
             start,
-            space: space.map(Arc::new),
+            space,
             failed: failed_tx,
         };
         Ok(SessionRecorder {
@@ -386,14 +392,26 @@ impl SinkFile for Broken {
     }
 }
 
+/// What the recorder task shares with the taps.
+struct Task {
+    /// The reservation the taps claim from (`None` where the sink cannot reserve).
+    space: Option<Arc<Space>>,
+    failed: Arc<watch::Sender<Option<String>>>,
+    start: Instant,
+}
+
 async fn run(
     mut enc: Encoder,
     mut file: Box<dyn SinkFile>,
     mut rx: mpsc::Receiver<Chunk>,
     end_rx: oneshot::Receiver<EndInfo>,
-    failed: Arc<watch::Sender<Option<String>>>,
-    start: Instant,
+    task: Task,
 ) -> Result<(), String> {
+    let Task {
+        space,
+        failed,
+        start,
+    } = task;
     let fail = |what: String, failed: &Arc<watch::Sender<Option<String>>>| {
         failed.send_replace(Some(what.clone()));
         what
@@ -410,6 +428,9 @@ async fn run(
     let mut out: Vec<u8> = Vec::new();
     // Taps waiting for their chunk's record to be written (sinks that cannot reserve).
     let mut written: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut ledger = Ledger::default();
+    // Room claimed by the chunks in this batch.
+    let mut claimed = 0u64;
     loop {
         let next = tokio::select! {
             m = tokio::time::timeout(SYNC_EVERY, rx.recv()) => Some(m),
@@ -437,11 +458,11 @@ async fn run(
         };
         let closed = match next {
             Some(Ok(Some(c))) => {
-                encode(&mut enc, c, &mut out, &mut written);
+                claimed += encode(&mut enc, c, &mut out, &mut written);
                 // Batch whatever else is already queued into one write.
                 while out.len() < 1 << 20 {
                     match rx.try_recv() {
-                        Ok(c) => encode(&mut enc, c, &mut out, &mut written),
+                        Ok(c) => claimed += encode(&mut enc, c, &mut out, &mut written),
                         Err(_) => break,
                     }
                 }
@@ -458,6 +479,9 @@ async fn run(
         }
         if closed {
             break;
+        }
+        if let Some(space) = &space {
+            ledger.settle(space, std::mem::take(&mut claimed), out.len() as u64);
         }
         let sync_due = (unsynced || !out.is_empty()) && last_sync.elapsed() >= SYNC_EVERY;
         // In-line sync only for sinks without a separate syncer.
@@ -511,9 +535,16 @@ async fn run(
         .map_err(|e| fail(format!("recording close failed: {e}"), &failed))
 }
 
-fn encode(enc: &mut Encoder, c: Chunk, out: &mut Vec<u8>, written: &mut Vec<oneshot::Sender<()>>) {
+/// Encode one chunk into `out`; returns the room its tap claimed for it.
+fn encode(
+    enc: &mut Encoder,
+    c: Chunk,
+    out: &mut Vec<u8>,
+    written: &mut Vec<oneshot::Sender<()>>,
+) -> u64 {
     enc.data(c.dir, c.t_ns, &c.bytes, out);
     written.extend(c.written);
+    space::claim_for(c.bytes.len())
 }
 
 /// The last write (end record, final checkpoint) and fsync, then give back unused reserved room.
@@ -543,6 +574,8 @@ mod tests {
         allocated: u64,
         free: u64,
         reserves: bool,
+        /// Writes that went past the reserved room.
+        beyond: usize,
     }
 
     #[derive(Clone)]
@@ -555,6 +588,7 @@ mod tests {
                 allocated: 0,
                 free,
                 reserves,
+                beyond: 0,
             };
             Mem(Arc::new(Mutex::new(disk)))
         }
@@ -580,8 +614,11 @@ mod tests {
 
     impl SinkFile for Mem {
         fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-            let len = self.0.lock().unwrap().file.len() + bytes.len();
-            self.hold(len as u64)?;
+            let len = (self.0.lock().unwrap().file.len() + bytes.len()) as u64;
+            if len > self.0.lock().unwrap().allocated {
+                self.0.lock().unwrap().beyond += 1;
+            }
+            self.hold(len)?;
             self.0.lock().unwrap().file.extend_from_slice(bytes);
             Ok(())
         }
@@ -622,8 +659,9 @@ mod tests {
         }
     }
 
-    /// Record 10,000-byte chunks until the tap refuses one; returns what it accepted (what the
-    /// data path would have forwarded), the refusal, and the recorder.
+    /// Record chunks (keystrokes and larger ones, so checkpoints come on their own) until the tap
+    /// refuses one; returns what it accepted (what the data path would have forwarded), the
+    /// refusal, and the recorder.
     async fn record_until_refused(
         disk: &Mem,
         signer: &Arc<Signer>,
@@ -636,7 +674,7 @@ mod tests {
         let mut forwarded = Vec::new();
         let mut seed = 0u8;
         loop {
-            let chunk = vec![seed; 10_000];
+            let chunk = vec![seed; [1, 3, 1, 500, 1, 2000][usize::from(seed) % 6]];
             if let Err(e) = tap.record(Direction::Down, &chunk).await {
                 return (forwarded, e, rec);
             }
@@ -667,7 +705,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_room_a_chunk_is_refused_and_the_recording_still_seals() {
-        let disk = Mem::new(64 * 1024, true);
+        let disk = Mem::new(1 << 20, true);
         let signer = Arc::new(Signer::generate().unwrap().0);
         let (forwarded, refusal, rec) = record_until_refused(&disk, &signer).await;
         assert!(is_recording_failure(&refusal), "{refusal}");
@@ -681,7 +719,13 @@ mod tests {
         assert_eq!(recorded_down(&d.file), forwarded);
         let report = ward_recording::verify(&d.file, &signer.public_key());
         assert!(report.ok, "{:?}", report.first_error);
+        assert!(
+            report.records > 2048,
+            "checkpoints came on their own: {}",
+            report.records
+        );
         assert!(report.end.unwrap().reason.ends_with('…'));
+        assert_eq!(d.beyond, 0, "every write landed in reserved room");
         assert_eq!(d.allocated, d.file.len() as u64);
     }
 

@@ -7,7 +7,7 @@
 //! take before forwarding it: in the common case one atomic subtract. When the budget is short
 //! the claiming chunk extends the reservation (growing steps, at most [`MAX_STEP`], so idle
 //! sessions stay small) and waits; when the disk has no room left the claim fails and the chunk
-//! is not forwarded. [`END_MARGIN`], reserved at creation and never claimed, holds the end record
+//! is not forwarded. The recorder gives back what claims over-counted ([`Ledger`]). [`END_MARGIN`], reserved at creation and never claimed, holds the end record
 //! and the final checkpoint, so a session can always be sealed. The recorder gives back what is
 //! left at finish (the file is truncated to its written length); crash recovery truncates too.
 
@@ -99,6 +99,26 @@ impl Space {
     }
 }
 
+/// The recorder's side of the reservation: what the chunks it encoded claimed, against what their
+/// records took. A claim counts a checkpoint after every record; most records get none, so the
+/// surplus goes back to the budget after each batch (an interactive session then holds about
+/// what it wrote, not 139 bytes per keystroke). One checkpoint's worth is kept back: a checkpoint
+/// may still come for records already written.
+#[derive(Debug, Default)]
+pub struct Ledger {
+    surplus: u64,
+}
+
+impl Ledger {
+    /// Chunks that claimed `claimed` bytes were encoded into a batch of `used` bytes.
+    pub fn settle(&mut self, space: &Space, claimed: u64, used: u64) {
+        self.surplus = (self.surplus + claimed).saturating_sub(used);
+        let back = self.surplus.saturating_sub(CHECKPOINT);
+        self.surplus -= back;
+        space.avail.fetch_add(back, Ordering::AcqRel);
+    }
+}
+
 impl Grow {
     /// Reserve at least `need` more bytes; returns how many were reserved.
     async fn extend(&mut self, need: u64) -> io::Result<u64> {
@@ -186,6 +206,28 @@ mod tests {
             1,
             "keystrokes fit the first budget"
         );
+    }
+
+    #[tokio::test]
+    async fn what_records_did_not_use_goes_back_but_one_checkpoint() {
+        let (r, log) = disk(u64::MAX);
+        let space = Space::open(r, 600).unwrap();
+        let mut ledger = Ledger::default();
+        // A keystroke session: 1-byte records of 14 bytes, a checkpoint now and then.
+        for i in 0..10_000u64 {
+            space.claim(1).await.unwrap();
+            let used = 14 + if i % 100 == 99 { CHECKPOINT } else { 0 };
+            ledger.settle(&space, claim_for(1), used);
+        }
+        let reserved: u64 = log.lock().unwrap().iter().map(|(_, l)| l).sum();
+        let written = 10_000 * 14 + 100 * CHECKPOINT;
+        assert!(reserved < 600 + END_MARGIN + written + 2 * MAX_STEP);
+        assert!(
+            reserved < 600 + END_MARGIN + 10_000 * claim_for(1) / 4,
+            "{reserved}"
+        );
+        // A checkpoint for records already written always finds its room.
+        assert_eq!(ledger.surplus, CHECKPOINT);
     }
 
     #[tokio::test]
