@@ -19,6 +19,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
 use ward_core::config::{Config, Device};
 use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
+use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
 use ward_core::policy::{self, Lock};
 use ward_core::session::Handshaken;
 use ward_core::Principal;
@@ -59,6 +60,8 @@ pub struct Shared {
     connections: AtomicUsize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
+    /// Unauthenticated events, aggregated per source (security case 31).
+    noise: Mutex<NoiseLimiter>,
 }
 
 impl Shared {
@@ -68,6 +71,73 @@ impl Shared {
 
     fn live_sessions(&self) -> usize {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Audit an event from a peer that has not authenticated: written, or only counted for the
+    /// interval's summary (`noise`). The text log follows the same verdict. Returns the verdict.
+    fn audit_noise(&self, source: SocketAddr, ev: Event) -> Verdict {
+        let now = self.clock.now();
+        let verdict = match self.noise.lock() {
+            Ok(mut n) => n.observe(source.ip(), &ev.0.event, now),
+            // A poisoned lock: write, as before aggregation existed.
+            Err(_) => Verdict::Write,
+        };
+        if verdict == Verdict::Write {
+            warn!(event = %ev.0.event, source = %source, reason = ev.0.reason.as_deref(), "unauthenticated peer refused");
+            self.audit.emit(ev);
+        }
+        verdict
+    }
+
+    /// Whether a source is dropped before any work: it sent too much unauthenticated noise.
+    fn noise_dropped(&self, source: IpAddr) -> bool {
+        let now = self.clock.now();
+        let Ok(mut n) = self.noise.lock() else {
+            return false;
+        };
+        if !n.is_dropped(source, now) {
+            return false;
+        }
+        n.observe(source, "connection_dropped", now);
+        true
+    }
+
+    /// Write the summaries of ended noise intervals (all of them with `force`, at shutdown).
+    fn flush_noise(&self, force: bool) {
+        let now = self.clock.now();
+        let summaries = match self.noise.lock() {
+            Ok(mut n) => n.flush(now, force),
+            Err(_) => return,
+        };
+        for s in summaries {
+            let from = match s.source {
+                Some(ip) => ip.to_string(),
+                None => "sources beyond the tracking bound".to_string(),
+            };
+            let mut reason = format!(
+                "{} {} event(s) from {from} between {} and {}; {} written one by one, the rest only counted",
+                s.count,
+                s.kind,
+                ward_recording::audit::rfc3339_ms(s.from),
+                ward_recording::audit::rfc3339_ms(s.until),
+                s.written
+            );
+            if s.dropped {
+                reason.push_str("; the source was dropped early for sending too much");
+            }
+            self.audit.emit(
+                Event::new("unauthenticated_summary", "denied", now)
+                    .severity("warning")
+                    .source(from)
+                    .reason(reason)
+                    .detail("kind", s.kind)
+                    .detail("count", s.count)
+                    .detail("written", s.written)
+                    .detail("from", ward_recording::audit::rfc3339_ms(s.from))
+                    .detail("until", ward_recording::audit::rfc3339_ms(s.until))
+                    .detail("dropped", s.dropped),
+            );
+        }
     }
 
     pub(crate) fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
@@ -345,7 +415,7 @@ impl Gateway {
         };
         let jit = crate::jit::Jit::new(db, ca, clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
-        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone())?;
+        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = g.state_dir.join(crate::RECORDINGS_DIR);
         let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
             match options.sink.clone() {
@@ -442,11 +512,13 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(disk.run());
         tasks.spawn(crate::jit::refresh_loop(shared.clone()));
+        tasks.spawn(noise_loop(shared.clone()));
         tasks.spawn(quic_accept_loop(
             shared.clone(),
             endpoint.clone(),
@@ -513,6 +585,7 @@ impl Gateway {
             .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
+        self.shared.flush_noise(true);
         self.shared
             .audit
             .emit_wait(
@@ -523,6 +596,16 @@ impl Gateway {
         self.shared.audit.flush().await;
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
+    }
+}
+
+/// Writes the unauthenticated-noise summaries as intervals end.
+async fn noise_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.flush_noise(false);
     }
 }
 
@@ -537,6 +620,10 @@ async fn quic_accept_loop(
             _ = stop.changed() => return,
         };
         let ip = incoming.remote_address().ip();
+        if shared.noise_dropped(ip) {
+            incoming.refuse();
+            continue;
+        }
         let slot = match ConnSlot::acquire(&shared, ip) {
             Ok(s) => s,
             Err(why) => {
@@ -549,13 +636,9 @@ async fn quic_accept_loop(
         tokio::spawn(async move {
             let peer = incoming.remote_address();
             if let Err(e) = serve_quic(shared.clone(), incoming, slot).await {
-                warn!(event = "connection_failed", source = %peer, reason = %e);
-                shared.audit.emit(
-                    Event::new("handshake_failed", "failure", shared.clock.now())
-                        .severity("warning")
-                        .source(peer)
-                        .reason(format!("{e:#}"))
-                        .detail("transport", "quic"),
+                shared.audit_noise(
+                    peer,
+                    handshake_failed(&shared, peer, format!("{e:#}"), "quic"),
                 );
             }
         });
@@ -638,6 +721,9 @@ async fn tcp_accept_loop(
             },
             _ = stop.changed() => return,
         };
+        if shared.noise_dropped(peer.ip()) {
+            continue;
+        }
         let slot = match ConnSlot::acquire(&shared, peer.ip()) {
             Ok(s) => s,
             Err(why) => {
@@ -650,30 +736,24 @@ async fn tcp_accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(
-                shared.limits().handshake_timeout,
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
-                    shared
-                        .audit
-                        .emit(handshake_failed(&shared, peer, e.to_string()));
-                    return;
-                }
-                Err(_) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = "handshake timed out");
-                    shared.audit.emit(handshake_failed(
-                        &shared,
-                        peer,
-                        "handshake timed out".into(),
-                    ));
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        shared.audit_noise(
+                            peer,
+                            handshake_failed(&shared, peer, e.to_string(), "tcp"),
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        let why = "handshake timed out".to_string();
+                        shared.audit_noise(peer, handshake_failed(&shared, peer, why, "tcp"));
+                        return;
+                    }
+                };
             let certs = tls
                 .get_ref()
                 .1
@@ -684,10 +764,10 @@ async fn tcp_accept_loop(
                 None => None,
                 Some(Ok(i)) => Some(Arc::new(i)),
                 Some(Err(e)) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
-                    shared
-                        .audit
-                        .emit(handshake_failed(&shared, peer, format!("{e:#}")));
+                    shared.audit_noise(
+                        peer,
+                        handshake_failed(&shared, peer, format!("{e:#}"), "tcp"),
+                    );
                     return;
                 }
             };
@@ -697,12 +777,12 @@ async fn tcp_accept_loop(
     }
 }
 
-fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String) -> Event {
+fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String, transport: &str) -> Event {
     Event::new("handshake_failed", "failure", shared.clock.now())
         .severity("warning")
         .source(peer)
         .reason(reason)
-        .detail("transport", "tcp")
+        .detail("transport", transport)
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -752,6 +832,13 @@ async fn serve_stream<R, W>(
             return;
         }
     };
+    // The audit gate, first half: no audited operation starts while the audit log cannot be
+    // written (sessions check the same in `open_session`).
+    if audited(&request) && !shared.audit.healthy() {
+        let e = crate::audit::AuditUnavailable("the last write failed".into());
+        refuse(&mut writer, ErrorCode::RecordingUnavailable, e.to_string()).await;
+        return;
+    }
     // The unauthenticated path: a connection without a client certificate can log in and do
     // nothing else.
     let identity = match (identity, request) {
@@ -763,6 +850,8 @@ async fn serve_stream<R, W>(
                 .unwrap_or_else(|_| {
                     error_frame(ErrorCode::Internal, "login failed inside the gateway")
                 });
+            // A certificate leaves the gateway only once its issuance is in the audit log.
+            let response = gated(&shared, response).await;
             let _ = writer.write_response(&response).await;
             let _ = writer.finish().await;
             return;
@@ -770,13 +859,18 @@ async fn serve_stream<R, W>(
         (Some(identity), request) => (identity, request),
         (None, request) => {
             let what = frame::Frame::Request(request.clone()).type_byte();
-            shared.audit.emit(
+            let verdict = shared.audit_noise(
+                peer,
                 Event::new("unauthenticated_request", "denied", shared.clock.now())
                     .severity("warning")
                     .source(peer)
                     .reason("request without a client certificate")
                     .detail("frame_type", what),
             );
+            if verdict == Verdict::Drop {
+                refuse(&mut writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
+                return;
+            }
             let _ = writer
                 .write_response(&error_frame(
                     ErrorCode::Forbidden,
@@ -849,8 +943,16 @@ async fn serve_stream<R, W>(
             target,
             for_secs,
             reason,
-        } => lock(&shared, &identity, &principal, target, for_secs, reason),
-        Request::Unlock { target } => unlock(&shared, &identity, &principal, target),
+        } => {
+            gated(
+                &shared,
+                lock(&shared, &identity, &principal, target, for_secs, reason),
+            )
+            .await
+        }
+        Request::Unlock { target } => {
+            gated(&shared, unlock(&shared, &identity, &principal, target)).await
+        }
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
@@ -868,6 +970,28 @@ async fn serve_stream<R, W>(
     };
     let _ = writer.write_response(&response).await;
     let _ = writer.finish().await;
+}
+
+/// Whether answering `request` writes audit events (and so passes the audit gate).
+fn audited(request: &Request) -> bool {
+    match request {
+        Request::Login(_)
+        | Request::Access(_)
+        | Request::Lock { .. }
+        | Request::Unlock { .. }
+        | Request::Review(_) => true,
+        // Sessions pass the gate in `open_session`; listings write no event.
+        Request::Open { .. } | Request::ListDevices | Request::ListLocks => false,
+    }
+}
+
+/// The audit gate, second half: an audited operation's answer leaves the gateway only once the
+/// events it emitted are durable in the audit log; otherwise the answer is a refusal.
+pub(crate) async fn gated(shared: &Shared, response: Response) -> Response {
+    match shared.audit.commit().await {
+        Ok(()) => response,
+        Err(e) => error_frame(ErrorCode::RecordingUnavailable, e.to_string()),
+    }
 }
 
 async fn read_request<R: AsyncRead + Unpin>(
@@ -1063,7 +1187,8 @@ async fn open_session<R, W>(
         }
         if !shared.audit.healthy() {
             shared.audit.emit(audit("session_deny", "failure").reason("audit log unavailable"));
-            refuse(&mut writer, ErrorCode::RecordingUnavailable, "session refused: the gateway cannot write its audit log (fail closed); tell the security team".into()).await;
+            let e = crate::audit::AuditUnavailable("the last write failed".into());
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
             return;
         }
         if now > identity.not_after {
@@ -1190,6 +1315,17 @@ async fn open_session<R, W>(
             warn!(event = "break_glass", principal = %principal, device = %device_id, "BREAK-GLASS session opened");
         }
         shared.audit.emit(open_event);
+        // The audit gate: no byte moves before the session's opening is in the audit log.
+        if let Err(e) = shared.audit.written().await {
+            if let Ok(mut s) = shared.sessions.lock() {
+                s.remove(&id);
+            }
+            if let Some(rec) = recorder {
+                let _ = rec.finish(EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: e.to_string(), bytes_up: 0, bytes_down: 0 }).await;
+            }
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
+            return;
+        }
         let activity = Activity::new();
         let tap = recorder.as_ref().map(|r| r.tap());
         let mut rec_failed = recorder.as_ref().map(|r| r.failed());
@@ -1394,6 +1530,13 @@ async fn review_request<W: AsyncWrite + Unpin>(
     match result {
         Ok((what, bytes, ev)) => {
             shared.audit.emit(ev);
+            // Nothing is handed out before the review is in the audit log.
+            if let Err(e) = shared.audit.commit().await {
+                let _ = writer
+                    .write_response(&error_frame(ErrorCode::RecordingUnavailable, e.to_string()))
+                    .await;
+                return;
+            }
             if what.is_empty() {
                 let msg = String::from_utf8_lossy(&bytes).into_owned();
                 let _ = writer.write_response(&Response::Ok { message: msg }).await;

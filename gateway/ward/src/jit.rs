@@ -488,7 +488,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                         out.extend_from_slice(&s);
                     }
                 }
-                stream(writer, "requests", &out).await;
+                stream(shared, writer, "requests", &out).await;
                 return;
             }
         },
@@ -574,7 +574,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                         out.extend_from_slice(&s);
                     }
                 }
-                stream(writer, "grants", &out).await;
+                stream(shared, writer, "grants", &out).await;
                 return;
             }
         },
@@ -714,12 +714,13 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                             out.extend_from_slice(&s);
                         }
                     }
-                    stream(writer, "users", &out).await;
+                    stream(shared, writer, "users", &out).await;
                     return;
                 }
             },
         },
     };
+    let response = crate::gateway::gated(shared, response).await;
     let _ = writer.write_response(&response).await;
 }
 
@@ -750,10 +751,18 @@ fn require_admin(p: &Principal, what: &str) -> Result<(), Response> {
     }
 }
 
-async fn stream<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, what: &str, bytes: &[u8]) {
-    let _ = writer
-        .write_response(&Response::Stream { what: what.into() })
-        .await;
+async fn stream<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    what: &str,
+    bytes: &[u8],
+) {
+    let head = crate::gateway::gated(shared, Response::Stream { what: what.into() }).await;
+    let streaming = matches!(head, Response::Stream { .. });
+    let _ = writer.write_response(&head).await;
+    if !streaming {
+        return;
+    }
     let _ = datapath::write_stream(writer, bytes).await;
 }
 

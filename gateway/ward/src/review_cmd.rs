@@ -319,6 +319,20 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Show the audit log's own incidents (lost events, a torn line at start): the log verifies, but
+/// a reviewer must see what it says it could not record.
+fn print_incidents(log: &[u8]) {
+    for (line, ev) in ward_recording::audit::incidents(log) {
+        println!(
+            "audit log: WARNING line {line} {} {}: {}",
+            ev.time,
+            ev.event,
+            // Reasons can carry peer text: no terminal escapes reach the reviewer's screen.
+            ev.reason.as_deref().unwrap_or_default().escape_debug()
+        );
+    }
+}
+
 /// Run `ward audit …`.
 pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
@@ -369,6 +383,7 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     "audit log",
                     &ward_recording::audit::verify_audit(&log, &key),
                 );
+                print_incidents(&log);
             }
             Ok(if failed == 0 {
                 ExitCode::SUCCESS
