@@ -230,6 +230,30 @@ async fn truncated_sealed_recording_is_not_resealed_at_restart() {
     );
     // The log itself is intact: it is the disagreement that gives the cut away.
     assert!(out.stdout.contains("audit log: ok"), "{out:?}");
+
+    // The same through the gateway (a security identity; the log and listing it hands out).
+    let gw = b.start();
+    let security = b.pki.person(Kind::Security, "sam", None, &[]);
+    let out = run(&mut process::ward(&[
+        "audit",
+        "verify",
+        "--all",
+        "--gateway",
+        &gw.addr,
+        "--identity",
+        security.to_str().unwrap(),
+        "--ca",
+        b.pki.root().to_str().unwrap(),
+    ]));
+    stop(gw);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "session {id}: FAILED: the recording is Unsealed although the audit log closed the session"
+        )),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("audit log: ok"), "{out:?}");
 }
 
 /// A recording the audit log never opened (here: the log rolled back to a copy taken before the
