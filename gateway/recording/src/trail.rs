@@ -135,6 +135,11 @@ pub fn may_seal(
     }
     let trail = trails.get(file_id);
     match trail {
+        Some(t) if t.closed && t.recording_failed.is_some() => Err(format!(
+            "the audit log closed session {file_id}{} after its recording failed ({}): not a recording a crash left open",
+            at_line(t.close_line),
+            t.recording_failed.as_deref().unwrap_or_default()
+        )),
         Some(t) if t.closed => Err(format!(
             "the audit log closed session {file_id}{} ({}), so its recording was sealed then; it is unsealed now: truncated or altered after sealing",
             at_line(t.close_line),
@@ -225,12 +230,19 @@ pub fn check_recording(
     match (t.closed, report.status) {
         (true, SealStatus::Interrupted | SealStatus::Unsealed) => add(
             Level::Problem,
-            format!(
-                "the recording is {:?} although the audit log closed the session{} ({}): truncated, cut or re-signed after it was sealed",
-                report.status,
-                at_line(t.close_line),
-                t.close_reason.as_deref().unwrap_or("no reason logged")
-            ),
+            match &t.recording_failed {
+                Some(why) => format!(
+                    "the recording is {:?}: the audit log closed the session{} after its recording failed ({why})",
+                    report.status,
+                    at_line(t.close_line),
+                ),
+                None => format!(
+                    "the recording is {:?} although the audit log closed the session{} ({}): truncated, cut or re-signed after it was sealed",
+                    report.status,
+                    at_line(t.close_line),
+                    t.close_reason.as_deref().unwrap_or("no reason logged")
+                ),
+            },
         ),
         (true, SealStatus::Sealed) => {
             if let Some(end) = &report.end {
@@ -428,7 +440,18 @@ mod tests {
         let failed_open = log(&[open(1, "aa", "failure", None)]);
         let unrecorded = log(&[open(1, "aa", "success", Some(false))]);
         let other = log(&[open(1, "bb", "success", Some(true))]);
+        let write_failed = log(&[
+            open(1, "aa", "success", Some(true)),
+            r#"{"seq":2,"event":"recording_failed","outcome":"failure","session_id":"aa","reason":"No space left on device"}"#.into(),
+            close(3, "aa", 1, 1),
+        ]);
         let rows: &[(&[u8], SealStatus, bool, &str)] = &[
+            (
+                &write_failed,
+                SealStatus::Unsealed,
+                false,
+                "closed session aa (line 3) after its recording failed (No space left",
+            ),
             (&opened, SealStatus::Unsealed, true, ""),
             (
                 &closed,
@@ -483,6 +506,11 @@ mod tests {
         let rec_failed = log(&[
             r#"{"seq":1,"event":"recording_failed","outcome":"failure","session_id":"aa","reason":"disk full"}"#.into(),
         ]);
+        let write_failed = log(&[
+            open(1, "aa", "success", Some(true)),
+            r#"{"seq":2,"event":"recording_failed","outcome":"failure","session_id":"aa","reason":"No space left on device"}"#.into(),
+            close(3, "aa", 1, 1),
+        ]);
         type Row<'a> = (
             &'a [u8],
             SealStatus,
@@ -501,6 +529,8 @@ mod tests {
             // The laundering case: closed in the log, interrupted on disk.
             (&closed, SealStatus::Interrupted, None, &[(Level::Problem, "Interrupted although the audit log closed the session (line 2) (completed)")]),
             (&closed, SealStatus::Unsealed, None, &[(Level::Problem, "Unsealed although")]),
+            // A write failure mid-session (disk full): still a problem, named for what it is.
+            (&write_failed, SealStatus::Unsealed, None, &[(Level::Problem, "closed the session (line 3) after its recording failed (No space left on device)")]),
             (&closed, SealStatus::Sealed, Some((10, 21)), &[(Level::Problem, "says 10 up, 21 down; the audit log's session_close (line 2) says 10 up, 20 down")]),
             (&closed, SealStatus::Sealed, Some((11, 20)), &[(Level::Problem, "byte counts disagree")]),
             (&opened, SealStatus::Sealed, Some((1, 1)), &[(Level::Warning, "no session_close")]),
