@@ -20,6 +20,8 @@ use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer, KEY
 use crate::verify::{SealStatus, VerifyError, VerifyReport};
 use crate::RecError;
 
+pub use crate::trail::{session_trails, SessionTrail};
+
 const GENESIS_DOMAIN: &[u8] = b"ward-audit-v1";
 const CHECKPOINT_DOMAIN: &[u8] = b"ward-audit-checkpoint-v1";
 /// `,"chain":"` + 64 hex + `"}`.

@@ -27,6 +27,7 @@ use ward_core::Principal;
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use crate::recorder::{FileSink, SessionRecorder, Sink};
+use crate::recovery::recover_recordings;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
 use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
@@ -305,64 +306,6 @@ pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<
         format!("{}\n", hex::encode(signer.public_key())),
     )?;
     Ok(Arc::new(signer))
-}
-
-/// Seal recordings left open by a crash (kill -9, power loss): verify their prefix, append an
-/// `Interrupted` record and a signed checkpoint, and audit it.
-fn recover_recordings(
-    dir: &std::path::Path,
-    signer: &Signer,
-    audit: &AuditLog,
-    now: OffsetDateTime,
-) -> anyhow::Result<usize> {
-    use std::io::{Seek, Write};
-    let mut sealed = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(0);
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
-            continue;
-        }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report = ward_recording::verify(&bytes, &signer.public_key());
-        if report.status != ward_recording::SealStatus::Unsealed {
-            continue;
-        }
-        let session = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut tail = Vec::new();
-        let why = "gateway stopped without closing this session (crash or kill -9)";
-        match ward_recording::seal_interrupted(&bytes, signer, why, 0, &mut tail) {
-            Ok(keep) => {
-                let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
-                f.set_len(keep)?;
-                f.seek(std::io::SeekFrom::Start(keep))?;
-                f.write_all(&tail)?;
-                f.sync_all()?;
-                sealed += 1;
-                audit.emit(
-                    Event::new("recording_interrupted", "failure", now)
-                        .severity("warning")
-                        .session(session)
-                        .reason(format!("sealed as interrupted: {why}"))
-                        .detail("verified_records", report.verified_records)
-                        .detail("kept_bytes", keep),
-                );
-            }
-            Err(e) => audit.emit(
-                Event::new("recording_interrupted", "failure", now)
-                    .severity("high")
-                    .session(session)
-                    .reason(format!("could not seal an interrupted recording: {e}")),
-            ),
-        }
-    }
-    Ok(sealed)
 }
 
 impl Gateway {

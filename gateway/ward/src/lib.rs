@@ -14,6 +14,7 @@ pub mod gateway;
 pub mod jit;
 pub mod quickstart;
 pub mod recorder;
+pub mod recovery;
 pub mod review;
 pub mod sim;
 pub mod store;
