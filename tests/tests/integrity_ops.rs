@@ -448,7 +448,7 @@ async fn sighup_reloads_the_config_and_the_gateway_keeps_serving() {
     init_logs();
     let pki = Arc::new(Pki::new());
     let devices = devices().await;
-    let child = ChildGateway::start(
+    let mut child = ChildGateway::start(
         pki.clone(),
         &devices,
         ACME_RULE,
@@ -472,6 +472,22 @@ async fn sighup_reloads_the_config_and_the_gateway_keeps_serving() {
 
     edit_config(&child.config, |text| format!("{text}{ICU_RULE}"));
     hup(&child);
+    // Either it reloads, or (before the fix) SIGHUP's default action kills it.
+    eventually(Duration::from_secs(10), || {
+        !events_named(&child.state_dir, "config_reloaded").is_empty()
+            || child.proc.child.try_wait().unwrap().is_some()
+    })
+    .await;
+    if let Some(status) = child.proc.child.try_wait().unwrap() {
+        panic!(
+            "ward gateway died on SIGHUP ({status}); audit log: {:?}; session_close events: {}",
+            audit_events(&child.state_dir)
+                .iter()
+                .map(|e| e["event"].as_str().unwrap_or_default().to_owned())
+                .collect::<Vec<_>>(),
+            events_named(&child.state_dir, "session_close").len()
+        );
+    }
     let ev = audited(&child.state_dir, "config_reloaded").await;
     assert_eq!(
         ev["detail"]["sha256"],
