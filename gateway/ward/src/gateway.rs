@@ -518,8 +518,9 @@ impl Gateway {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
             tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
         }
+        let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
-              devices = shared.config().devices.len(), rules = shared.config().rules.len(), "gateway listening");
+              devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
         Ok(Gateway {
             shared,
             audit_writer,

@@ -103,3 +103,48 @@ impl Drop for StateLock {
         let _ = self.file.set_len(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn second_holder_in_one_process_is_refused_until_the_first_drops() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = StateLock::acquire(dir.path()).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            std::fs::read_to_string(first.path()).unwrap(),
+            format!("{pid}\n")
+        );
+        match StateLock::acquire(dir.path()) {
+            Err(e @ StateLockError::InUse { .. }) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&format!(
+                        "is in use by ward gateway pid {pid}; stop it first"
+                    )),
+                    "{msg}"
+                );
+            }
+            other => panic!("a second lock on one state dir: {other:?}"),
+        }
+        drop(first);
+        // Released, and the pid cleared: nobody holds it.
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(),
+            ""
+        );
+        let again = StateLock::acquire(dir.path()).unwrap();
+        drop(again);
+    }
+
+    #[test]
+    fn a_missing_state_dir_is_an_io_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let err = StateLock::acquire(&missing).unwrap_err();
+        assert!(matches!(err, StateLockError::Io { .. }), "{err:?}");
+        assert!(err.to_string().contains("nope"), "{err}");
+    }
+}
