@@ -17,11 +17,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
-use ward_core::config::{Config, Device};
+use ward_core::config::{Config, Device, DeviceAddress, Limits};
 use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
 use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
 use ward_core::policy::{self, Lock};
-use ward_core::session::Handshaken;
+use ward_core::session::{self, Handshaken, Recheck};
 use ward_core::Principal;
 
 use crate::audit::{AuditLog, AuditWriter, Event};
@@ -41,12 +41,20 @@ pub(crate) struct LiveSession {
     pub(crate) device: String,
     /// The access grant the session runs on, if a grant permitted it.
     pub(crate) grant: Option<String>,
+    /// A break-glass session (kept as it is across config reloads).
+    break_glass: bool,
+    /// The device address it is connected to.
+    address: DeviceAddress,
     cut: watch::Sender<Option<Cut>>,
 }
 
 /// Live state shared by the listeners and every session.
 pub struct Shared {
-    pub(crate) config: Config,
+    /// The current config, swapped whole by a reload ([`crate::reload`]); read it through
+    /// [`Shared::config`], once per decision.
+    config: RwLock<Arc<Config>>,
+    /// `[gateway]`'s limits: fixed for the gateway's life (a reload that changes them is refused).
+    limits: Limits,
     verified: Arc<tls::VerifiedCache>,
     pub(crate) audit: AuditLog,
     signer: Arc<Signer>,
@@ -66,8 +74,56 @@ pub struct Shared {
 }
 
 impl Shared {
-    fn limits(&self) -> &ward_core::config::Limits {
-        &self.config.gateway.limits
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A snapshot of the current config. Take one per decision, so that no decision mixes the
+    /// config before a reload with the one after.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        // A poisoned lock still holds a whole config (a swap is one assignment).
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replace the config with `new` if `check(current)` passes; the check and the swap happen
+    /// under one write lock, so concurrent reloads cannot interleave.
+    pub(crate) fn swap_config<E>(
+        &self,
+        new: Config,
+        check: impl FnOnce(&Config) -> Result<(), E>,
+    ) -> Result<Arc<Config>, E> {
+        let mut cur = self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        check(&cur)?;
+        let new = Arc::new(new);
+        *cur = Arc::clone(&new);
+        Ok(new)
+    }
+
+    /// Re-check every live session against `config` (a reload): cut those it would no longer
+    /// permit, keep break-glass sessions. Returns (cut, break-glass kept).
+    pub(crate) fn recheck_live(&self, config: &Config, now: OffsetDateTime) -> (usize, usize) {
+        let grants = self.jit.grants();
+        let Ok(sessions) = self.sessions.lock() else {
+            return (0, 0);
+        };
+        let (mut cut, mut kept) = (0, 0);
+        for s in sessions.values() {
+            match recheck(config, &grants, s, now) {
+                Recheck::Keep => {}
+                Recheck::KeepBreakGlass => kept += 1,
+                Recheck::Cut(reason) => {
+                    s.cut.send_replace(Some(Cut(reason)));
+                    cut += 1;
+                }
+            }
+        }
+        (cut, kept)
     }
 
     fn live_sessions(&self) -> usize {
@@ -207,6 +263,8 @@ pub struct Gateway {
     endpoint: quinn::Endpoint,
     stop_accepting: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The state dir's lock; dropped last (field order), after the audit writer.
+    _state_lock: crate::state_lock::StateLock,
 }
 
 /// Map a ward-ca identity onto the policy's view of a principal.
@@ -339,6 +397,9 @@ impl Gateway {
             .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
         std::fs::create_dir_all(&g.state_dir)
             .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
+        // One gateway per state dir: locked before anything in it is read or written (store,
+        // audit log, crash recovery), held until this gateway is dropped.
+        let state_lock = crate::state_lock::StateLock::acquire(&g.state_dir)?;
         // The state dir holds recordings, the audit log, its signing key and the user store.
         {
             use std::os::unix::fs::PermissionsExt;
@@ -440,7 +501,8 @@ impl Gateway {
                 .detail("recording", !options.no_recording),
         );
         let shared = Arc::new(Shared {
-            config,
+            limits: config.gateway.limits,
+            config: RwLock::new(Arc::new(config)),
             verified,
             audit,
             signer,
@@ -471,8 +533,9 @@ impl Gateway {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
             tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
         }
+        let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
-              devices = shared.config.devices.len(), rules = shared.config.rules.len(), "gateway listening");
+              devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
         Ok(Gateway {
             shared,
             audit_writer,
@@ -481,6 +544,7 @@ impl Gateway {
             endpoint,
             stop_accepting: stop_tx,
             tasks,
+            _state_lock: state_lock,
         })
     }
 
@@ -497,6 +561,18 @@ impl Gateway {
     /// Number of sessions currently proxying.
     pub fn live_sessions(&self) -> usize {
         self.shared.live_sessions()
+    }
+
+    /// Reload the config file at `path` (what SIGHUP does): devices, rules, approval policies,
+    /// `[login]` and `timezone_offset` take effect for every new decision at once, and live
+    /// sessions the new policy would refuse are cut. A config that does not parse or validate, or
+    /// that changes a field only a restart can change, is refused and nothing is applied. Audited
+    /// as `config_reloaded` / `config_reload_failed`.
+    pub fn reload(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
+        crate::reload::reload(&self.shared, path)
     }
 
     /// Number of open client connections (QUIC and TCP).
@@ -858,14 +934,14 @@ async fn serve_stream<R, W>(
             // maintenance windows, rules; locks ignored as before, so a lock is not a listing).
             let now = shared.clock.now();
             let grants = shared.jit.grants();
+            let config = shared.config();
             let inputs = policy::AccessInputs {
-                rules: &shared.config.rules,
+                rules: &config.rules,
                 locks: &[],
-                approvals: &shared.config.approvals,
+                approvals: &config.approvals,
                 grants: &grants,
             };
-            let devices = shared
-                .config
+            let devices = config
                 .devices
                 .iter()
                 .filter_map(
@@ -1145,16 +1221,17 @@ async fn open_session<R, W>(
         let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
         // The session's states are types (ward_core::session): the device dialed below can only
         // come out of an `Authorized`, which only a policy permit builds.
+        let config = shared.config();
         let grants = shared.jit.grants();
         let inputs = policy::AccessInputs {
-            rules: &shared.config.rules,
+            rules: &config.rules,
             locks: &locks,
-            approvals: &shared.config.approvals,
+            approvals: &config.approvals,
             grants: &grants,
         };
         let authorized = match Handshaken::new(principal.clone()).authorize_access(
             &inputs,
-            &shared.config.devices,
+            &config.devices,
             device_id,
             break_glass.as_deref(),
             now,
@@ -1226,7 +1303,17 @@ async fn open_session<R, W>(
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let (cut_tx, mut cut_rx) = watch::channel(None);
         if let Ok(mut s) = shared.sessions.lock() {
-            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), cut: cut_tx });
+            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), break_glass: permit.break_glass(), address: device.address.clone(), cut: cut_tx });
+        }
+        // So may a config reload (which re-checks registered sessions only).
+        let config_now = shared.config();
+        if !Arc::ptr_eq(&config_now, &config) {
+            let grants = shared.jit.grants();
+            if let Some(live) = shared.sessions.lock().ok().as_ref().and_then(|s| s.get(&id)) {
+                if let Recheck::Cut(reason) = recheck(&config_now, &grants, live, shared.clock.now()) {
+                    live.cut.send_replace(Some(Cut(reason)));
+                }
+            }
         }
         // A lock may have landed between the policy check and registration.
         let locks_now = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
@@ -1388,7 +1475,8 @@ async fn review_request<W: AsyncWrite + Unpin>(
 ) {
     use frame::Review;
     let now = shared.clock.now();
-    let state_dir = &shared.config.gateway.state_dir;
+    let config = shared.config();
+    let state_dir = &config.gateway.state_dir;
     let op = match &review {
         Review::ListSessions { .. } => "recording_listed",
         Review::Recording { purpose, .. } if purpose == "replay" => "recording_replayed",
@@ -1507,6 +1595,30 @@ async fn refuse<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, code: ErrorC
     let _ = writer.finish().await;
 }
 
+/// [`session::recheck`] of one live session against `config`.
+fn recheck(
+    config: &Config,
+    grants: &[ward_core::access::Grant],
+    live: &LiveSession,
+    now: OffsetDateTime,
+) -> Recheck {
+    let inputs = policy::AccessInputs {
+        rules: &config.rules,
+        locks: &[],
+        approvals: &config.approvals,
+        grants,
+    };
+    session::recheck(
+        &inputs,
+        &config.devices,
+        &live.principal,
+        &live.device,
+        &live.address,
+        live.break_glass,
+        now,
+    )
+}
+
 fn unix_ms(t: OffsetDateTime) -> i64 {
     i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
 }
@@ -1540,7 +1652,12 @@ async fn wait_cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let mut config = Config::parse(&text, &path.display().to_string())?;
+    parse_config(path, &text)
+}
+
+/// [`load_config`] on text already read from `path`.
+pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result<Config> {
+    let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
     Ok(config)
