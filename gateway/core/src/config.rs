@@ -286,6 +286,85 @@ pub struct GatewayConfig {
     pub limits: Limits,
 }
 
+impl GatewayConfig {
+    /// The `[gateway]` fields that differ between the running config (`self`) and `new` and that
+    /// cannot change without a restart, named as in the file (`gateway.listen`). That is every
+    /// field but `timezone_offset`, which only shapes rule hours and maintenance windows (reloaded
+    /// with them): listeners, TLS material and the state dir are bound at start, and the limits
+    /// are read as one fixed set for the gateway's life (some size the QUIC transport and the
+    /// disk watch). Destructured, so a new field does not compile until it is classified here.
+    pub fn restart_only_changes(&self, new: &GatewayConfig) -> Vec<&'static str> {
+        let GatewayConfig {
+            listen,
+            listen_tcp,
+            ca,
+            cert,
+            key,
+            state_dir,
+            timezone_offset: _,
+            limits,
+        } = self;
+        let Limits {
+            handshake_timeout,
+            idle_timeout,
+            device_connect_timeout,
+            shutdown_grace,
+            max_connections,
+            max_connections_per_source,
+            max_sessions,
+            max_sessions_per_connection,
+            disk_alert_percent,
+            disk_refuse_percent,
+        } = limits;
+        let n = &new.limits;
+        [
+            ("gateway.listen", *listen != new.listen),
+            ("gateway.listen_tcp", *listen_tcp != new.listen_tcp),
+            ("gateway.ca", *ca != new.ca),
+            ("gateway.cert", *cert != new.cert),
+            ("gateway.key", *key != new.key),
+            ("gateway.state_dir", *state_dir != new.state_dir),
+            (
+                "gateway.handshake_timeout",
+                *handshake_timeout != n.handshake_timeout,
+            ),
+            ("gateway.idle_timeout", *idle_timeout != n.idle_timeout),
+            (
+                "gateway.device_connect_timeout",
+                *device_connect_timeout != n.device_connect_timeout,
+            ),
+            (
+                "gateway.shutdown_grace",
+                *shutdown_grace != n.shutdown_grace,
+            ),
+            (
+                "gateway.max_connections",
+                *max_connections != n.max_connections,
+            ),
+            (
+                "gateway.max_connections_per_source",
+                *max_connections_per_source != n.max_connections_per_source,
+            ),
+            ("gateway.max_sessions", *max_sessions != n.max_sessions),
+            (
+                "gateway.max_sessions_per_connection",
+                *max_sessions_per_connection != n.max_sessions_per_connection,
+            ),
+            (
+                "gateway.disk_alert_percent",
+                *disk_alert_percent != n.disk_alert_percent,
+            ),
+            (
+                "gateway.disk_refuse_percent",
+                *disk_refuse_percent != n.disk_refuse_percent,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(field, changed)| changed.then_some(field))
+        .collect()
+    }
+}
+
 /// A whole, validated configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
@@ -1239,6 +1318,49 @@ labels = { vendor = "acme" }
             PathBuf::from("/etc/ward/certs-dev/gateway.key")
         );
         assert_eq!(config.gateway.state_dir, PathBuf::from("/srv/ward"));
+    }
+
+    /// What a reload may change in `[gateway]` (timezone_offset) and what it names and refuses.
+    #[test]
+    fn restart_only_changes_name_each_field() {
+        let base = Config::parse(GATEWAY, "w.toml").unwrap().gateway;
+        let cases: &[(&str, &str, &[&str])] = &[
+            ("same", "", &[]),
+            ("timezone only", "timezone_offset = \"+02:00\"\n", &[]),
+            (
+                "tcp listener added",
+                "listen_tcp = \"127.0.0.1:4433\"\n",
+                &["gateway.listen_tcp"],
+            ),
+            (
+                "a limit",
+                "max_sessions = 700\nidle_timeout = \"1m\"\n",
+                &["gateway.idle_timeout", "gateway.max_sessions"],
+            ),
+            (
+                "disk thresholds",
+                "disk_alert_percent = 50\ndisk_refuse_percent = 60\n",
+                &["gateway.disk_alert_percent", "gateway.disk_refuse_percent"],
+            ),
+        ];
+        for (name, extra, want) in cases {
+            let new = Config::parse(&format!("{GATEWAY}{extra}"), "w.toml")
+                .unwrap()
+                .gateway;
+            assert_eq!(base.restart_only_changes(&new), *want, "{name}");
+        }
+        for (from, to, field) in [
+            ("127.0.0.1:4433", "127.0.0.1:4434", "gateway.listen"),
+            ("\"certs-dev\"", "\"other-ca\"", "gateway.ca"),
+            ("certs-dev/gateway.crt", "other.crt", "gateway.cert"),
+            ("certs-dev/gateway.key", "other.key", "gateway.key"),
+            ("var/ward", "var/other", "gateway.state_dir"),
+        ] {
+            let new = Config::parse(&GATEWAY.replace(from, to), "w.toml")
+                .unwrap()
+                .gateway;
+            assert_eq!(base.restart_only_changes(&new), [field], "{from} -> {to}");
+        }
     }
 
     /// One fixture per error type: (name, config text, expected line, expected field, expected

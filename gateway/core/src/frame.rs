@@ -301,7 +301,8 @@ pub enum ErrorCode {
     Internal,
     /// The request is not allowed for this principal (e.g. `Lock` by a non-security principal).
     Forbidden,
-    /// The session cannot be recorded, so it is not opened (fail closed).
+    /// The session or operation cannot be recorded (its recording or the audit log cannot be
+    /// written), so it is refused (fail closed).
     RecordingUnavailable,
 }
 

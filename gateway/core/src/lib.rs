@@ -8,6 +8,7 @@
 //! * [`config`]: the TOML configuration parsed into valid-by-construction types.
 //! * [`policy`]: rules, locks and [`policy::evaluate`], which returns a permit or a reason.
 //! * [`session`]: session states as types (`Handshaken` → `Authorized` → `Closed`).
+//! * [`noise`]: unauthenticated events aggregated per source and interval, with a cap.
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod device;
 pub mod duration;
 pub mod frame;
+pub mod noise;
 pub mod password;
 pub mod policy;
 pub mod principal;

@@ -10,7 +10,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use crate::device::Device;
+use crate::device::{Device, DeviceAddress};
 use crate::policy::{self, AccessInputs, Decision, DenyReason, Lock, Permit, Rule};
 use crate::principal::Principal;
 
@@ -228,6 +228,58 @@ impl Closed {
     }
 }
 
+/// What a config reload means for a session that is already proxying.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recheck {
+    /// The new policy still permits the session.
+    Keep,
+    /// A break-glass session: an emergency override, kept as it is whatever the new policy says
+    /// (it is capped, recorded and flagged already; a reload is not a security decision about it).
+    KeepBreakGlass,
+    /// The new policy would refuse it now: the reason to cut it with (sent in `Closed`).
+    Cut(String),
+}
+
+/// Re-checks a live session of `principal` on `device_id` (connected to `dialed`, break-glass or
+/// not) against a reloaded policy (`inputs` and `devices` from the new config) at `now`, as if it
+/// were opened now. Locks are left out: the lock path cuts sessions on its own, and a reload must
+/// not dress a lock up as a policy change. A device whose address changed is cut too: the session
+/// is connected to what is no longer that device.
+pub fn recheck(
+    inputs: &AccessInputs<'_>,
+    devices: &[Device],
+    principal: &Principal,
+    device_id: &str,
+    dialed: &DeviceAddress,
+    break_glass: bool,
+    now: OffsetDateTime,
+) -> Recheck {
+    if break_glass {
+        return Recheck::KeepBreakGlass;
+    }
+    let cut = |why: String| Recheck::Cut(format!("policy changed on reload: {why}"));
+    let Some(device) = devices.iter().find(|d| d.id.as_str() == device_id) else {
+        return cut(DenyReason::UnknownDevice {
+            principal: principal.to_string(),
+            device: device_id.to_owned(),
+        }
+        .to_string());
+    };
+    if device.address != *dialed {
+        return cut(format!(
+            "device {device_id} now has another address; open a new session"
+        ));
+    }
+    let inputs = AccessInputs {
+        locks: &[],
+        ..*inputs
+    };
+    match policy::evaluate_access(&inputs, principal, device, None, now) {
+        Decision::Permit(_) => Recheck::Keep,
+        Decision::Deny(reason) => cut(reason.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +380,84 @@ mod tests {
         assert_eq!(
             EndReason::DeviceError("refused".into()).to_string(),
             "device error: refused"
+        );
+    }
+
+    #[test]
+    fn reload_recheck_keeps_cuts_and_spares_break_glass() {
+        let (rules, devices, principal) = setup();
+        let addr = devices[0].address.clone();
+        let with_rule = AccessInputs {
+            rules: &rules,
+            ..AccessInputs::default()
+        };
+        let no_rules = AccessInputs::default();
+        let moved = vec![Device {
+            address: "10.20.0.99:23".parse().unwrap(),
+            ..devices[0].clone()
+        }];
+        // (name, new policy, new devices, session's device, break-glass, verdict)
+        type Case<'a> = (
+            &'a str,
+            AccessInputs<'a>,
+            &'a [Device],
+            &'a str,
+            bool,
+            Recheck,
+        );
+        let cases: Vec<Case<'_>> = vec![
+            ("still permitted", with_rule, &devices, "pump-12", false, Recheck::Keep),
+            (
+                "rule removed",
+                no_rules,
+                &devices,
+                "pump-12",
+                false,
+                Recheck::Cut(
+                    "policy changed on reload: no rule lets vendor acme/jdoe reach pump-12".into(),
+                ),
+            ),
+            (
+                "device removed",
+                with_rule,
+                &[],
+                "pump-12",
+                false,
+                Recheck::Cut(
+                    "policy changed on reload: no rule lets vendor acme/jdoe reach pump-12".into(),
+                ),
+            ),
+            (
+                "device re-addressed",
+                with_rule,
+                &moved,
+                "pump-12",
+                false,
+                Recheck::Cut(
+                    "policy changed on reload: device pump-12 now has another address; open a new session".into(),
+                ),
+            ),
+            ("break-glass kept", no_rules, &[], "pump-12", true, Recheck::KeepBreakGlass),
+        ];
+        for (name, inputs, devices, id, bg, want) in cases {
+            let got = recheck(&inputs, devices, &principal, id, &addr, bg, NOW);
+            assert_eq!(got, want, "{name}");
+        }
+        // A lock is not reported as a policy change (the lock path cuts on its own).
+        let lock = Lock {
+            target: LockTarget::Device("pump-12".into()),
+            until: None,
+            reason: "recall".into(),
+            by: "security/bob".into(),
+        };
+        let locked = AccessInputs {
+            rules: &rules,
+            locks: std::slice::from_ref(&lock),
+            ..AccessInputs::default()
+        };
+        assert_eq!(
+            recheck(&locked, &devices, &principal, "pump-12", &addr, false, NOW),
+            Recheck::Keep
         );
     }
 }

@@ -20,6 +20,8 @@ use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer, KEY
 use crate::verify::{SealStatus, VerifyError, VerifyReport};
 use crate::RecError;
 
+pub use crate::trail::{session_trails, SessionTrail};
+
 const GENESIS_DOMAIN: &[u8] = b"ward-audit-v1";
 const CHECKPOINT_DOMAIN: &[u8] = b"ward-audit-checkpoint-v1";
 /// `,"chain":"` + 64 hex + `"}`.
@@ -110,8 +112,9 @@ fn checkpoint_line(seq: u64, chain: &[u8; 32], key_id: &[u8], sig: &[u8]) -> Vec
 }
 
 /// Turns events into chained lines and writes checkpoint lines. Pure: the caller writes the
-/// returned bytes to the log file.
-#[derive(Debug)]
+/// returned bytes to the log file. Cloning it lets a writer prepare lines and keep the new state
+/// only once they are on disk.
+#[derive(Debug, Clone)]
 pub struct AuditChain {
     signer: Arc<Signer>,
     policy: CheckpointPolicy,
@@ -219,6 +222,11 @@ impl AuditChain {
         self.since_cp = 0;
         self.last_cp_t = Some(t_ns);
         line
+    }
+
+    /// Event lines written since the last checkpoint (not yet covered by a signature).
+    pub fn unsigned_lines(&self) -> u64 {
+        self.since_cp
     }
 
     /// The line number the next line will get.
@@ -420,5 +428,63 @@ pub fn verify_audit(bytes: &[u8], public_key: &[u8; 32]) -> VerifyReport {
         end: None,
         first_error,
         valid_prefix_len: w.cp.as_ref().map_or(0, |c| c.offset as u64),
+    }
+}
+
+/// Event types that record a problem with the audit log itself: lost events (`audit_gap`,
+/// `audit_overflow`), a torn last line found at start (`audit_log_torn`), unsigned lines signed
+/// after a restart (`audit_log_resumed`).
+pub const INCIDENTS: &[&str] = &[
+    "audit_gap",
+    "audit_overflow",
+    "audit_log_torn",
+    "audit_log_resumed",
+];
+
+/// The log's own incidents ([`INCIDENTS`]) with their line numbers, for `ward audit verify` to
+/// show. Reads every complete line that parses as an event; verification is [`verify_audit`]'s.
+pub fn incidents(bytes: &[u8]) -> Vec<(u64, AuditEvent)> {
+    bytes
+        .split(|b| *b == b'\n')
+        .zip(1u64..)
+        .filter_map(|(line, n)| {
+            let ev = serde_json::from_slice::<AuditEvent>(line).ok()?;
+            INCIDENTS.contains(&ev.event.as_str()).then_some((n, ev))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod incident_tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn event(kind: &str) -> AuditEvent {
+        AuditEvent {
+            time: "2026-11-27T16:00:00.000Z".into(),
+            event: kind.into(),
+            outcome: "failure".into(),
+            severity: "high".into(),
+            principal: None,
+            source: None,
+            device: None,
+            session_id: None,
+            reason: Some("why".into()),
+            detail: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn incidents_are_found_with_their_line_numbers() {
+        let (signer, _) = Signer::generate().unwrap();
+        let mut chain = AuditChain::new(Arc::new(signer), CheckpointPolicy::default());
+        let mut log = Vec::new();
+        log.extend(chain.line(&event("session_open"), 0));
+        log.extend(chain.line(&event("audit_gap"), 0));
+        log.extend(chain.checkpoint(0));
+        log.extend(chain.line(&event("audit_log_torn"), 0));
+        let found = incidents(&log);
+        let kinds: Vec<_> = found.iter().map(|(n, e)| (*n, e.event.as_str())).collect();
+        assert_eq!(kinds, vec![(2, "audit_gap"), (4, "audit_log_torn")]);
     }
 }

@@ -10,6 +10,8 @@
 //! * [`mod@verify`]: [`verify()`] (names the first bad record) and [`seal_interrupted`] (crash recovery).
 //! * [`signer`]: the gateway's Ed25519 recording key ([`Signer`]).
 //! * [`audit`]: the audit log: JSON lines, chained and signed the same way.
+//! * [`trail`]: what the audit log says about each session ([`audit::session_trails`]), crash
+//!   recovery's rule ([`trail::may_seal`]) and the recording/log cross-checks of `verify --all`.
 //! * [`export`]: asciicast v2, pcap, raw, JSON lines, hexdump, and the telnet IAC filter.
 //!
 //! The byte layout is specified in `docs/recording-format.md`.
@@ -22,6 +24,7 @@ pub mod export;
 pub mod format;
 pub mod signer;
 pub mod terminal;
+pub mod trail;
 pub mod verify;
 
 pub use encoder::{CheckpointPolicy, Encoder};

@@ -1,26 +1,45 @@
 //! The audit log writer: one JSON object per line in `<state_dir>/audit.log`, hash-chained and signed
 //! by `ward_recording::audit::AuditChain`, written by one task fed through a bounded channel, with
-//! fsync batched (at most one second behind). Every event is also a tracing event (target `audit`),
-//! so it reaches stderr logs and, with `--otlp-endpoint`, the OpenTelemetry pipeline.
+//! fsync batched (at most [`SYNC_EVERY`] behind). Every event is also a tracing event (target
+//! `audit`), so it reaches stderr logs and, with `--otlp-endpoint`, the OpenTelemetry pipeline.
+//!
+//! **The gate (SR 2.10).** An audited operation's answer leaves the gateway only after
+//! [`AuditLog::commit`] (or, on the session-open path, [`AuditLog::written`]) said every event
+//! emitted before it is in the file. When a write or fsync fails the writer does not give up: it
+//! cuts the file back to its last good line, answers every barrier with [`AuditUnavailable`] (so
+//! every audited operation is refused), counts what it could not write, and retries every
+//! [`RETRY_EVERY`]; once a write succeeds again it first writes an `audit_gap` event saying what
+//! was lost and from when to when. A torn last line found at start is saved aside and reported
+//! (`audit_log_torn`), never silently dropped.
+//!
+//! **The tail is signed on a quiet gateway:** whenever the writer has been idle for [`SYNC_EVERY`]
+//! with unsigned lines, it writes a checkpoint and fsyncs, so `ward audit verify` on a live gateway
+//! fails only for lines younger than that.
 
-use std::io::Write;
+use std::collections::BTreeMap;
+use std::io::{Seek, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
 use time::OffsetDateTime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
+use ward_ca::Clock;
 use ward_recording::audit::{rfc3339_ms, AuditChain, AuditEvent, AuditPrincipal};
 use ward_recording::{CheckpointPolicy, Signer};
 
 /// The audit log file name inside the state dir.
 pub const AUDIT_LOG: &str = "audit.log";
 
-/// How far durability may lag: the writer fsyncs at least this often while it has unsynced lines.
+/// How far durability may lag: the writer fsyncs (and signs the tail) at least this often while it
+/// has unsynced lines, and at once when it has been idle this long.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
+
+/// While the log cannot be written, how often the writer tries again.
+pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Builder for one audit event.
 #[derive(Debug, Clone)]
@@ -94,12 +113,17 @@ impl Event {
     }
 }
 
+/// The audit log cannot be written: the operation waiting on it must be refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("the gateway cannot write its audit log ({0}); every audited operation is refused until it can (fail closed): tell the security team")]
+pub struct AuditUnavailable(pub String);
+
 /// Handle for emitting audit events; cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
     tx: mpsc::Sender<Msg>,
     dropped: Arc<AtomicU64>,
-    healthy: Arc<std::sync::atomic::AtomicBool>,
+    healthy: Arc<AtomicBool>,
     path: PathBuf,
 }
 
@@ -111,9 +135,15 @@ impl std::fmt::Debug for AuditLog {
     }
 }
 
+type Ack = oneshot::Sender<Result<(), AuditUnavailable>>;
+
 enum Msg {
     Event(Box<AuditEvent>),
-    Flush(tokio::sync::oneshot::Sender<()>),
+    /// A barrier: answered once every event before it is written (and fsynced when `sync`).
+    Barrier {
+        sync: bool,
+        ack: Ack,
+    },
 }
 
 /// The writer task; await [`AuditWriter::finish`] after dropping every [`AuditLog`] to flush.
@@ -150,10 +180,72 @@ fn trace(ev: &AuditEvent) {
     }
 }
 
+/// What [`AuditLog::open`] found in an existing log, reported as events once the writer runs.
+fn resume_events(
+    path: &Path,
+    existing: &[u8],
+    keep: u64,
+    unsigned: u64,
+    now: OffsetDateTime,
+) -> anyhow::Result<Vec<Event>> {
+    let mut out = Vec::new();
+    let torn = existing.get(usize::try_from(keep).unwrap_or(usize::MAX)..);
+    if let Some(torn) = torn.filter(|t| !t.is_empty()) {
+        // Keep the evidence: the torn bytes go to a file of their own before the log is cut.
+        let aside = path.with_extension(format!("log.torn-{}", now.unix_timestamp()));
+        write_private(&aside, torn)?;
+        out.push(
+            Event::new("audit_log_torn", "failure", now)
+                .severity("high")
+                .reason(format!(
+                    "the audit log ended in an incomplete line ({} bytes after line {}): the gateway \
+                     stopped while writing it, or the disk was full; the bytes were saved to {} and \
+                     the event they held is lost",
+                    torn.len(),
+                    existing.iter().filter(|b| **b == b'\n').count(),
+                    aside.display()
+                ))
+                .detail("torn_bytes", torn.len())
+                .detail("saved_to", aside.display().to_string()),
+        );
+    }
+    if unsigned > 0 {
+        out.push(
+            Event::new("audit_log_resumed", "success", now)
+                .severity("warning")
+                .reason(format!(
+                    "{unsigned} line(s) at the end of the audit log were not yet covered by a \
+                     signed checkpoint when the gateway stopped; their hash chain verifies and \
+                     the next checkpoint signs them"
+                ))
+                .detail("unsigned_lines", unsigned),
+        );
+    }
+    Ok(out)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 impl AuditLog {
-    /// Open (or continue) `<state_dir>/audit.log`: verify the existing prefix, drop a torn last
-    /// line, and start the writer.
-    pub fn open(state_dir: &Path, signer: Arc<Signer>) -> anyhow::Result<(AuditLog, AuditWriter)> {
+    /// Open (or continue) `<state_dir>/audit.log`: verify the existing prefix, save and report a
+    /// torn last line, and start the writer.
+    pub fn open(
+        state_dir: &Path,
+        signer: Arc<Signer>,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<(AuditLog, AuditWriter)> {
         let path = state_dir.join(AUDIT_LOG);
         let existing = match std::fs::read(&path) {
             Ok(b) => b,
@@ -171,6 +263,7 @@ impl AuditLog {
                 )
             })?
         };
+        let found = resume_events(&path, &existing, keep, chain.unsigned_lines(), clock.now())?;
         use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -184,23 +277,37 @@ impl AuditLog {
         file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .with_context(|| format!("setting mode 0600 on {}", path.display()))?;
         file.set_len(keep)
-            .with_context(|| format!("truncating a torn line in {}", path.display()))?;
+            .with_context(|| format!("cutting a torn line off {}", path.display()))?;
         let (tx, rx) = mpsc::channel(16 * 1024);
-        let healthy = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let task = tokio::spawn(writer(file, keep, chain, rx, healthy.clone()));
-        Ok((
-            AuditLog {
-                tx,
-                dropped: Arc::new(AtomicU64::new(0)),
-                healthy,
-                path,
-            },
-            AuditWriter { task },
-        ))
+        let healthy = Arc::new(AtomicBool::new(true));
+        let writer = Writer {
+            file: Some(file),
+            len: keep,
+            chain,
+            healthy: healthy.clone(),
+            clock,
+            start: Instant::now(),
+            last_sync: Instant::now(),
+            dirty: false,
+            outage: None,
+            lost_since_barrier: false,
+        };
+        let log = AuditLog {
+            tx,
+            dropped: Arc::new(AtomicU64::new(0)),
+            healthy,
+            path,
+        };
+        for ev in found {
+            log.emit(ev);
+        }
+        let task = tokio::spawn(writer.run(rx));
+        Ok((log, AuditWriter { task }))
     }
 
     /// Emit an event without waiting. If the writer is overwhelmed the event is counted as dropped
-    /// and a later `audit_overflow` event says how many.
+    /// and a later `audit_overflow` event says how many. An operation that must not answer before
+    /// its events are in the log follows its events with [`AuditLog::commit`].
     pub fn emit(&self, ev: Event) {
         trace(&ev.0);
         let dropped = self.dropped.swap(0, Ordering::AcqRel);
@@ -227,16 +334,42 @@ impl AuditLog {
         let _ = self.tx.send(Msg::Event(Box::new(ev.0))).await;
     }
 
-    /// Checkpoint and fsync everything emitted so far; returns once it is durable (or the writer
-    /// has failed).
-    pub async fn flush(&self) {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).await.is_ok() {
-            let _ = rx.await;
-        }
+    /// The gate: returns once every event emitted before it is written, checkpointed and fsynced,
+    /// or with [`AuditUnavailable`] when that cannot be done (the caller then refuses its
+    /// operation). Events dropped by an overwhelmed writer fail it too.
+    pub async fn commit(&self) -> Result<(), AuditUnavailable> {
+        self.barrier(true).await
     }
 
-    /// False once a write or fsync of the audit log failed: the gateway then refuses new sessions.
+    /// The light gate for the session-open path: every event emitted before it is in the file
+    /// (fsynced at most [`SYNC_EVERY`] later), or [`AuditUnavailable`].
+    pub async fn written(&self) -> Result<(), AuditUnavailable> {
+        self.barrier(false).await
+    }
+
+    async fn barrier(&self, sync: bool) -> Result<(), AuditUnavailable> {
+        if self.dropped.load(Ordering::Acquire) > 0 {
+            return Err(AuditUnavailable(
+                "audit events were dropped: the writer is overwhelmed".into(),
+            ));
+        }
+        let (ack, rx) = oneshot::channel();
+        let gone = || AuditUnavailable("the audit writer has stopped".into());
+        self.tx
+            .send(Msg::Barrier { sync, ack })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// Checkpoint and fsync everything emitted so far (at shutdown; errors are the writer's to
+    /// report).
+    pub async fn flush(&self) {
+        let _ = self.commit().await;
+    }
+
+    /// False while the audit log cannot be written: the gateway then refuses new sessions and
+    /// every audited operation.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }
@@ -247,88 +380,274 @@ impl AuditLog {
     }
 }
 
-async fn writer(
-    file: std::fs::File,
-    mut len: u64,
-    mut chain: AuditChain,
-    mut rx: mpsc::Receiver<Msg>,
-    healthy: Arc<std::sync::atomic::AtomicBool>,
-) -> anyhow::Result<()> {
-    use std::io::Seek;
-    let mut file = file;
-    file.seek(std::io::SeekFrom::Start(len))
-        .context("seeking the audit log")?;
-    let start = Instant::now();
-    let mut file = Some(file);
-    let mut dirty = false;
-    let mut last_sync = Instant::now();
-    loop {
-        let next = tokio::time::timeout(SYNC_EVERY, rx.recv()).await;
-        let mut buf = Vec::new();
-        let mut acks = Vec::new();
-        let mut take =
-            |m: Msg, buf: &mut Vec<u8>, acks: &mut Vec<tokio::sync::oneshot::Sender<()>>| match m {
-                Msg::Event(ev) => buf.extend(chain.line(&ev, ns_since(start))),
-                Msg::Flush(ack) => acks.push(ack),
-            };
-        let closed = match next {
-            Ok(Some(m)) => {
-                take(m, &mut buf, &mut acks);
-                while let Ok(m) = rx.try_recv() {
-                    take(m, &mut buf, &mut acks);
-                }
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        };
-        let sync_due = (dirty && last_sync.elapsed() >= SYNC_EVERY) || !acks.is_empty();
-        if closed || sync_due {
-            buf.extend(chain.checkpoint(ns_since(start)));
+/// What could not be written while the log was down, for the `audit_gap` event.
+struct Outage {
+    since: OffsetDateTime,
+    error: String,
+    lost: BTreeMap<String, u64>,
+    last_try: Instant,
+}
+
+impl Outage {
+    fn lose(&mut self, events: &[AuditEvent]) {
+        for ev in events {
+            *self.lost.entry(ev.event.clone()).or_insert(0) += 1;
         }
-        if buf.is_empty() && !sync_due && !closed {
-            continue;
-        }
-        let f = file.take().context("audit file lost")?;
-        let want_sync = closed || sync_due || !buf.is_empty() && last_sync.elapsed() >= SYNC_EVERY;
-        let (f, res) = tokio::task::spawn_blocking(move || {
-            let mut f = f;
-            let r = (|| {
-                f.write_all(&buf)?;
-                if want_sync {
-                    f.sync_data()?;
-                }
-                Ok::<usize, std::io::Error>(buf.len())
-            })();
-            (f, r)
-        })
-        .await
-        .context("audit writer thread")?;
-        file = Some(f);
-        match res {
-            Ok(n) => {
-                len += n as u64;
-                dirty = !want_sync;
-                if want_sync {
-                    last_sync = Instant::now();
-                }
-            }
-            Err(e) => {
-                // An fsync or write error is fatal for the file (no retry-and-carry-on).
-                healthy.store(false, Ordering::Release);
-                tracing::error!(target: "audit", error = %e, bytes = len, "audit log write failed; audit log is now closed");
-                return Err(e).context("writing the audit log");
+    }
+
+    fn gap_event(&self, now: OffsetDateTime) -> AuditEvent {
+        let lost: u64 = self.lost.values().sum();
+        let by_type: serde_json::Map<String, serde_json::Value> = self
+            .lost
+            .iter()
+            .map(|(k, v)| (k.clone(), (*v).into()))
+            .collect();
+        Event::new("audit_gap", "failure", now)
+            .severity("high")
+            .reason(format!(
+                "the audit log could not be written from {} to {} ({}); {lost} event(s) in that \
+                 time were lost, and every audited operation was refused meanwhile",
+                rfc3339_ms(self.since),
+                rfc3339_ms(now),
+                self.error
+            ))
+            .detail("from", rfc3339_ms(self.since))
+            .detail("until", rfc3339_ms(now))
+            .detail("lost", lost)
+            .detail("lost_events", serde_json::Value::Object(by_type))
+            .detail("error", self.error.clone())
+            .0
+    }
+}
+
+/// One batch taken off the channel.
+#[derive(Default)]
+struct Batch {
+    events: Vec<AuditEvent>,
+    acks: Vec<Ack>,
+    sync: bool,
+    /// The channel closed: drain, sign, fsync and stop.
+    closed: bool,
+    /// Nothing arrived for [`SYNC_EVERY`].
+    idle: bool,
+}
+
+impl Batch {
+    fn take(&mut self, m: Msg) {
+        match m {
+            Msg::Event(ev) => self.events.push(*ev),
+            Msg::Barrier { sync, ack } => {
+                self.sync |= sync;
+                self.acks.push(ack);
             }
         }
-        for ack in acks {
-            let _ = ack.send(());
-        }
-        if closed {
-            return Ok(());
+    }
+
+    fn answer(self, r: &Result<(), AuditUnavailable>) {
+        for ack in self.acks {
+            let _ = ack.send(r.clone());
         }
     }
 }
 
-fn ns_since(start: Instant) -> u64 {
-    u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+struct Writer {
+    file: Option<std::fs::File>,
+    len: u64,
+    chain: AuditChain,
+    healthy: Arc<AtomicBool>,
+    clock: Arc<dyn Clock>,
+    start: Instant,
+    last_sync: Instant,
+    dirty: bool,
+    outage: Option<Outage>,
+    /// Events were lost since the last barrier was answered.
+    lost_since_barrier: bool,
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Msg>) -> anyhow::Result<()> {
+        if let Some(f) = self.file.as_mut() {
+            f.seek(std::io::SeekFrom::Start(self.len))
+                .context("seeking the audit log")?;
+        }
+        loop {
+            let batch = next_batch(&mut rx).await;
+            let closed = batch.closed;
+            if self.outage.is_some() {
+                self.retry(closed).await;
+            }
+            let mut result = match self.outage.as_mut() {
+                Some(o) => {
+                    o.lose(&batch.events);
+                    Err(AuditUnavailable(o.error.clone()))
+                }
+                None => self.write(&batch).await,
+            };
+            if result.is_err() {
+                self.lost_since_barrier = true;
+            }
+            // A barrier passes only if nothing was lost since the last one was answered: an
+            // event of the waiting operation may have been in a batch that failed before a retry
+            // succeeded.
+            if !batch.acks.is_empty() {
+                if self.lost_since_barrier && result.is_ok() {
+                    result = Err(AuditUnavailable(
+                        "audit events were lost before the log became writable again".into(),
+                    ));
+                }
+                self.lost_since_barrier = false;
+            }
+            let stop = closed.then(|| result.clone());
+            batch.answer(&result);
+            match stop {
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e)) => return Err(anyhow::anyhow!("{e}")),
+                None => {}
+            }
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Write one batch; on failure cut the file back to its last good line and go down.
+    async fn write(&mut self, batch: &Batch) -> Result<(), AuditUnavailable> {
+        let t = self.now_ns();
+        let mut next = self.chain.clone();
+        let mut buf = Vec::new();
+        for ev in &batch.events {
+            buf.extend(next.line(ev, t));
+        }
+        let pending = self.dirty || !buf.is_empty() || next.unsigned_lines() > 0;
+        let sync = pending
+            && (batch.sync || batch.closed || batch.idle || self.last_sync.elapsed() >= SYNC_EVERY);
+        // Every fsync signs what it makes durable, so a quiet gateway's tail is signed at once.
+        if sync {
+            buf.extend(next.checkpoint(t));
+        }
+        if buf.is_empty() && !sync {
+            return Ok(());
+        }
+        match self.append(buf, sync).await {
+            Ok(n) => {
+                self.chain = next;
+                self.len += n;
+                self.dirty = !sync;
+                if sync {
+                    self.last_sync = Instant::now();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let now = self.clock.now();
+                let mut outage = Outage {
+                    since: batch
+                        .events
+                        .first()
+                        .and_then(|ev| parse_time(&ev.time))
+                        .unwrap_or(now),
+                    error: e.to_string(),
+                    lost: BTreeMap::new(),
+                    last_try: Instant::now(),
+                };
+                outage.lose(&batch.events);
+                self.healthy.store(false, Ordering::Release);
+                tracing::error!(target: "audit", error = %e, bytes = self.len,
+                    "audit log write failed; every audited operation is refused until it can be written again");
+                let err = AuditUnavailable(outage.error.clone());
+                self.outage = Some(outage);
+                Err(err)
+            }
+        }
+    }
+
+    /// While down: at most every [`RETRY_EVERY`] (and at close), cut back to the last good line
+    /// and try to write the `audit_gap` event; on success the log is healthy again.
+    async fn retry(&mut self, force: bool) {
+        let Some(outage) = self.outage.as_mut() else {
+            return;
+        };
+        if !force && outage.last_try.elapsed() < RETRY_EVERY {
+            return;
+        }
+        outage.last_try = Instant::now();
+        let now = self.clock.now();
+        let gap = outage.gap_event(now);
+        let t = self.now_ns();
+        let mut next = self.chain.clone();
+        let mut buf = next.line(&gap, t);
+        buf.extend(next.checkpoint(t));
+        match self.append(buf, true).await {
+            Ok(n) => {
+                self.chain = next;
+                self.len += n;
+                self.dirty = false;
+                self.last_sync = Instant::now();
+                self.outage = None;
+                self.healthy.store(true, Ordering::Release);
+                trace(&gap);
+                tracing::warn!(target: "audit", "audit log writable again; the gap is recorded as an audit_gap event");
+            }
+            Err(e) => {
+                if let Some(o) = self.outage.as_mut() {
+                    o.error = e.to_string();
+                }
+            }
+        }
+    }
+
+    /// Cut the file to the last good length, write `buf` there (fsync when `sync`), on a blocking
+    /// thread. A failed write leaves at most a torn tail, which the next append cuts off.
+    async fn append(&mut self, buf: Vec<u8>, sync: bool) -> std::io::Result<u64> {
+        let Some(mut f) = self.file.take() else {
+            return Err(std::io::Error::other("audit log file lost"));
+        };
+        let len = self.len;
+        let cut = self.outage.is_some();
+        let (f, r) = tokio::task::spawn_blocking(move || {
+            let r = (|| {
+                if cut {
+                    f.set_len(len)?;
+                    f.seek(std::io::SeekFrom::Start(len))?;
+                }
+                f.write_all(&buf)?;
+                if sync {
+                    f.sync_data()?;
+                }
+                Ok(buf.len() as u64)
+            })();
+            if r.is_err() {
+                // Best effort: leave no torn line behind for the next start to trip over.
+                let _ = f
+                    .set_len(len)
+                    .and_then(|()| f.seek(std::io::SeekFrom::Start(len)).map(drop));
+            }
+            (f, r)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        self.file = Some(f);
+        r
+    }
+}
+
+fn parse_time(s: &str) -> Option<OffsetDateTime> {
+    OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+}
+
+/// Wait up to [`SYNC_EVERY`] for a message, then take whatever else is queued with it.
+async fn next_batch(rx: &mut mpsc::Receiver<Msg>) -> Batch {
+    let mut batch = Batch::default();
+    match tokio::time::timeout(SYNC_EVERY, rx.recv()).await {
+        Ok(Some(m)) => {
+            batch.take(m);
+            while let Ok(m) = rx.try_recv() {
+                batch.take(m);
+            }
+        }
+        Ok(None) => batch.closed = true,
+        Err(_) => batch.idle = true,
+    }
+    batch
 }

@@ -526,7 +526,8 @@ mod tests {
     async fn watch_audits_each_crossing_once_and_the_sink_fails_closed() {
         let dir = tempfile::tempdir().unwrap();
         let (signer, _) = ward_recording::Signer::generate().unwrap();
-        let (audit, writer) = AuditLog::open(dir.path(), Arc::new(signer)).unwrap();
+        let (audit, writer) =
+            AuditLog::open(dir.path(), Arc::new(signer), Arc::new(ward_ca::SystemClock)).unwrap();
         let usage = Arc::new(Mutex::new(used(50)));
         let clock: Arc<dyn Clock> = Arc::new(ward_ca::SystemClock);
         let watch = DiskWatch::new(

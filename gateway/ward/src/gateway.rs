@@ -17,15 +17,17 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
-use ward_core::config::{Config, Device};
+use ward_core::config::{Config, Device, DeviceAddress, Limits};
 use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
+use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
 use ward_core::policy::{self, Lock};
-use ward_core::session::Handshaken;
+use ward_core::session::{self, Handshaken, Recheck};
 use ward_core::Principal;
 
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use crate::recorder::{self, FileSink, SessionRecorder, Sink};
+use crate::recovery::recover_recordings;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
 use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
@@ -39,12 +41,20 @@ pub(crate) struct LiveSession {
     pub(crate) device: String,
     /// The access grant the session runs on, if a grant permitted it.
     pub(crate) grant: Option<String>,
+    /// A break-glass session (kept as it is across config reloads).
+    break_glass: bool,
+    /// The device address it is connected to.
+    address: DeviceAddress,
     cut: watch::Sender<Option<Cut>>,
 }
 
 /// Live state shared by the listeners and every session.
 pub struct Shared {
-    pub(crate) config: Config,
+    /// The current config, swapped whole by a reload ([`crate::reload`]); read it through
+    /// [`Shared::config`], once per decision.
+    config: RwLock<Arc<Config>>,
+    /// `[gateway]`'s limits: fixed for the gateway's life (a reload that changes them is refused).
+    limits: Limits,
     verified: Arc<tls::VerifiedCache>,
     pub(crate) audit: AuditLog,
     signer: Arc<Signer>,
@@ -59,15 +69,132 @@ pub struct Shared {
     connections: AtomicUsize,
     per_source: Mutex<HashMap<IpAddr, usize>>,
     draining: AtomicBool,
+    /// Unauthenticated events, aggregated per source (security case 31).
+    noise: Mutex<NoiseLimiter>,
 }
 
 impl Shared {
-    fn limits(&self) -> &ward_core::config::Limits {
-        &self.config.gateway.limits
+    fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// A snapshot of the current config. Take one per decision, so that no decision mixes the
+    /// config before a reload with the one after.
+    pub(crate) fn config(&self) -> Arc<Config> {
+        // A poisoned lock still holds a whole config (a swap is one assignment).
+        match self.config.read() {
+            Ok(c) => Arc::clone(&c),
+            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+        }
+    }
+
+    /// Replace the config with `new` if `check(current)` passes; the check and the swap happen
+    /// under one write lock, so concurrent reloads cannot interleave.
+    pub(crate) fn swap_config<E>(
+        &self,
+        new: Config,
+        check: impl FnOnce(&Config) -> Result<(), E>,
+    ) -> Result<Arc<Config>, E> {
+        let mut cur = self
+            .config
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        check(&cur)?;
+        let new = Arc::new(new);
+        *cur = Arc::clone(&new);
+        Ok(new)
+    }
+
+    /// Re-check every live session against `config` (a reload): cut those it would no longer
+    /// permit, keep break-glass sessions. Returns (cut, break-glass kept).
+    pub(crate) fn recheck_live(&self, config: &Config, now: OffsetDateTime) -> (usize, usize) {
+        let grants = self.jit.grants();
+        let Ok(sessions) = self.sessions.lock() else {
+            return (0, 0);
+        };
+        let (mut cut, mut kept) = (0, 0);
+        for s in sessions.values() {
+            match recheck(config, &grants, s, now) {
+                Recheck::Keep => {}
+                Recheck::KeepBreakGlass => kept += 1,
+                Recheck::Cut(reason) => {
+                    s.cut.send_replace(Some(Cut(reason)));
+                    cut += 1;
+                }
+            }
+        }
+        (cut, kept)
     }
 
     fn live_sessions(&self) -> usize {
         self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Audit an event from a peer that has not authenticated: written, or only counted for the
+    /// interval's summary (`noise`). The text log follows the same verdict. Returns the verdict.
+    fn audit_noise(&self, source: SocketAddr, ev: Event) -> Verdict {
+        let now = self.clock.now();
+        let verdict = match self.noise.lock() {
+            Ok(mut n) => n.observe(source.ip(), &ev.0.event, now),
+            // A poisoned lock: write, as before aggregation existed.
+            Err(_) => Verdict::Write,
+        };
+        if verdict == Verdict::Write {
+            warn!(event = %ev.0.event, source = %source, reason = ev.0.reason.as_deref(), "unauthenticated peer refused");
+            self.audit.emit(ev);
+        }
+        verdict
+    }
+
+    /// Whether a source is dropped before any work: it sent too much unauthenticated noise.
+    fn noise_dropped(&self, source: IpAddr) -> bool {
+        let now = self.clock.now();
+        let Ok(mut n) = self.noise.lock() else {
+            return false;
+        };
+        if !n.is_dropped(source, now) {
+            return false;
+        }
+        n.observe(source, "connection_dropped", now);
+        true
+    }
+
+    /// Write the summaries of ended noise intervals (all of them with `force`, at shutdown).
+    fn flush_noise(&self, force: bool) {
+        let now = self.clock.now();
+        let summaries = match self.noise.lock() {
+            Ok(mut n) => n.flush(now, force),
+            Err(_) => return,
+        };
+        for s in summaries {
+            let from = match s.source {
+                Some(ip) => ip.to_string(),
+                None => "sources beyond the tracking bound".to_string(),
+            };
+            let mut reason = format!(
+                "{} {} event(s) from {from} between {} and {}; {} written one by one, the rest only counted",
+                s.count,
+                s.kind,
+                ward_recording::audit::rfc3339_ms(s.from),
+                ward_recording::audit::rfc3339_ms(s.until),
+                s.written
+            );
+            if s.dropped {
+                reason.push_str("; the source was dropped early for sending too much");
+            }
+            self.audit.emit(
+                Event::new("unauthenticated_summary", "denied", now)
+                    .severity("warning")
+                    .source(from)
+                    .reason(reason)
+                    .detail("kind", s.kind)
+                    .detail("count", s.count)
+                    .detail("written", s.written)
+                    .detail("from", ward_recording::audit::rfc3339_ms(s.from))
+                    .detail("until", ward_recording::audit::rfc3339_ms(s.until))
+                    .detail("dropped", s.dropped),
+            );
+        }
     }
 
     pub(crate) fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
@@ -136,6 +263,8 @@ pub struct Gateway {
     endpoint: quinn::Endpoint,
     stop_accepting: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    /// The state dir's lock; dropped last (field order), after the audit writer.
+    _state_lock: crate::state_lock::StateLock,
 }
 
 /// Map a ward-ca identity onto the policy's view of a principal.
@@ -237,64 +366,6 @@ pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<
     Ok(Arc::new(signer))
 }
 
-/// Seal recordings left open by a crash (kill -9, power loss): verify their prefix, append an
-/// `Interrupted` record and a signed checkpoint, and audit it.
-fn recover_recordings(
-    dir: &std::path::Path,
-    signer: &Signer,
-    audit: &AuditLog,
-    now: OffsetDateTime,
-) -> anyhow::Result<usize> {
-    use std::io::{Seek, Write};
-    let mut sealed = 0;
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Ok(0);
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
-            continue;
-        }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report = ward_recording::verify(&bytes, &signer.public_key());
-        if report.status != ward_recording::SealStatus::Unsealed {
-            continue;
-        }
-        let session = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let mut tail = Vec::new();
-        let why = "gateway stopped without closing this session (crash or kill -9)";
-        match ward_recording::seal_interrupted(&bytes, signer, why, 0, &mut tail) {
-            Ok(keep) => {
-                let mut f = std::fs::OpenOptions::new().write(true).open(&path)?;
-                f.set_len(keep)?;
-                f.seek(std::io::SeekFrom::Start(keep))?;
-                f.write_all(&tail)?;
-                f.sync_all()?;
-                sealed += 1;
-                audit.emit(
-                    Event::new("recording_interrupted", "failure", now)
-                        .severity("warning")
-                        .session(session)
-                        .reason(format!("sealed as interrupted: {why}"))
-                        .detail("verified_records", report.verified_records)
-                        .detail("kept_bytes", keep),
-                );
-            }
-            Err(e) => audit.emit(
-                Event::new("recording_interrupted", "failure", now)
-                    .severity("high")
-                    .session(session)
-                    .reason(format!("could not seal an interrupted recording: {e}")),
-            ),
-        }
-    }
-    Ok(sealed)
-}
-
 impl Gateway {
     /// Load the CA, certificates and store named by `config`, bind the listeners and start serving.
     pub async fn start(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Gateway> {
@@ -326,6 +397,9 @@ impl Gateway {
             .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
         std::fs::create_dir_all(&g.state_dir)
             .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
+        // One gateway per state dir: locked before anything in it is read or written (store,
+        // audit log, crash recovery), held until this gateway is dropped.
+        let state_lock = crate::state_lock::StateLock::acquire(&g.state_dir)?;
         // The state dir holds recordings, the audit log, its signing key and the user store.
         {
             use std::os::unix::fs::PermissionsExt;
@@ -345,7 +419,7 @@ impl Gateway {
         };
         let jit = crate::jit::Jit::new(db, ca, clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
-        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone())?;
+        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = g.state_dir.join(crate::RECORDINGS_DIR);
         let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
             match options.sink.clone() {
@@ -427,7 +501,8 @@ impl Gateway {
                 .detail("recording", !options.no_recording),
         );
         let shared = Arc::new(Shared {
-            config,
+            limits: config.gateway.limits,
+            config: RwLock::new(Arc::new(config)),
             verified,
             audit,
             signer,
@@ -442,11 +517,13 @@ impl Gateway {
             connections: AtomicUsize::new(0),
             per_source: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
+            noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(disk.run());
         tasks.spawn(crate::jit::refresh_loop(shared.clone()));
+        tasks.spawn(noise_loop(shared.clone()));
         tasks.spawn(quic_accept_loop(
             shared.clone(),
             endpoint.clone(),
@@ -456,8 +533,9 @@ impl Gateway {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
             tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
         }
+        let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
-              devices = shared.config.devices.len(), rules = shared.config.rules.len(), "gateway listening");
+              devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
         Ok(Gateway {
             shared,
             audit_writer,
@@ -466,6 +544,7 @@ impl Gateway {
             endpoint,
             stop_accepting: stop_tx,
             tasks,
+            _state_lock: state_lock,
         })
     }
 
@@ -482,6 +561,18 @@ impl Gateway {
     /// Number of sessions currently proxying.
     pub fn live_sessions(&self) -> usize {
         self.shared.live_sessions()
+    }
+
+    /// Reload the config file at `path` (what SIGHUP does): devices, rules, approval policies,
+    /// `[login]` and `timezone_offset` take effect for every new decision at once, and live
+    /// sessions the new policy would refuse are cut. A config that does not parse or validate, or
+    /// that changes a field only a restart can change, is refused and nothing is applied. Audited
+    /// as `config_reloaded` / `config_reload_failed`.
+    pub fn reload(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<crate::reload::ReloadReport, crate::reload::ReloadError> {
+        crate::reload::reload(&self.shared, path)
     }
 
     /// Number of open client connections (QUIC and TCP).
@@ -513,6 +604,7 @@ impl Gateway {
             .close(quinn::VarInt::from_u32(0), b"gateway shutting down");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         self.tasks.abort_all();
+        self.shared.flush_noise(true);
         self.shared
             .audit
             .emit_wait(
@@ -523,6 +615,16 @@ impl Gateway {
         self.shared.audit.flush().await;
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
+    }
+}
+
+/// Writes the unauthenticated-noise summaries as intervals end.
+async fn noise_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        shared.flush_noise(false);
     }
 }
 
@@ -537,6 +639,10 @@ async fn quic_accept_loop(
             _ = stop.changed() => return,
         };
         let ip = incoming.remote_address().ip();
+        if shared.noise_dropped(ip) {
+            incoming.refuse();
+            continue;
+        }
         let slot = match ConnSlot::acquire(&shared, ip) {
             Ok(s) => s,
             Err(why) => {
@@ -549,13 +655,9 @@ async fn quic_accept_loop(
         tokio::spawn(async move {
             let peer = incoming.remote_address();
             if let Err(e) = serve_quic(shared.clone(), incoming, slot).await {
-                warn!(event = "connection_failed", source = %peer, reason = %e);
-                shared.audit.emit(
-                    Event::new("handshake_failed", "failure", shared.clock.now())
-                        .severity("warning")
-                        .source(peer)
-                        .reason(format!("{e:#}"))
-                        .detail("transport", "quic"),
+                shared.audit_noise(
+                    peer,
+                    handshake_failed(&shared, peer, format!("{e:#}"), "quic"),
                 );
             }
         });
@@ -638,6 +740,9 @@ async fn tcp_accept_loop(
             },
             _ = stop.changed() => return,
         };
+        if shared.noise_dropped(peer.ip()) {
+            continue;
+        }
         let slot = match ConnSlot::acquire(&shared, peer.ip()) {
             Ok(s) => s,
             Err(why) => {
@@ -650,30 +755,24 @@ async fn tcp_accept_loop(
         tokio::spawn(async move {
             let _slot = slot;
             let _ = tcp.set_nodelay(true);
-            let tls = match tokio::time::timeout(
-                shared.limits().handshake_timeout,
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
-                    shared
-                        .audit
-                        .emit(handshake_failed(&shared, peer, e.to_string()));
-                    return;
-                }
-                Err(_) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = "handshake timed out");
-                    shared.audit.emit(handshake_failed(
-                        &shared,
-                        peer,
-                        "handshake timed out".into(),
-                    ));
-                    return;
-                }
-            };
+            let tls =
+                match tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp))
+                    .await
+                {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        shared.audit_noise(
+                            peer,
+                            handshake_failed(&shared, peer, e.to_string(), "tcp"),
+                        );
+                        return;
+                    }
+                    Err(_) => {
+                        let why = "handshake timed out".to_string();
+                        shared.audit_noise(peer, handshake_failed(&shared, peer, why, "tcp"));
+                        return;
+                    }
+                };
             let certs = tls
                 .get_ref()
                 .1
@@ -684,10 +783,10 @@ async fn tcp_accept_loop(
                 None => None,
                 Some(Ok(i)) => Some(Arc::new(i)),
                 Some(Err(e)) => {
-                    warn!(event = "handshake_failed", transport = "tcp", source = %peer, reason = %e);
-                    shared
-                        .audit
-                        .emit(handshake_failed(&shared, peer, format!("{e:#}")));
+                    shared.audit_noise(
+                        peer,
+                        handshake_failed(&shared, peer, format!("{e:#}"), "tcp"),
+                    );
                     return;
                 }
             };
@@ -697,12 +796,12 @@ async fn tcp_accept_loop(
     }
 }
 
-fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String) -> Event {
+fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String, transport: &str) -> Event {
     Event::new("handshake_failed", "failure", shared.clock.now())
         .severity("warning")
         .source(peer)
         .reason(reason)
-        .detail("transport", "tcp")
+        .detail("transport", transport)
 }
 
 fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
@@ -752,6 +851,13 @@ async fn serve_stream<R, W>(
             return;
         }
     };
+    // The audit gate, first half: no audited operation starts while the audit log cannot be
+    // written (sessions check the same in `open_session`).
+    if audited(&request) && !shared.audit.healthy() {
+        let e = crate::audit::AuditUnavailable("the last write failed".into());
+        refuse(&mut writer, ErrorCode::RecordingUnavailable, e.to_string()).await;
+        return;
+    }
     // The unauthenticated path: a connection without a client certificate can log in and do
     // nothing else.
     let identity = match (identity, request) {
@@ -763,6 +869,8 @@ async fn serve_stream<R, W>(
                 .unwrap_or_else(|_| {
                     error_frame(ErrorCode::Internal, "login failed inside the gateway")
                 });
+            // A certificate leaves the gateway only once its issuance is in the audit log.
+            let response = gated(&shared, response).await;
             let _ = writer.write_response(&response).await;
             let _ = writer.finish().await;
             return;
@@ -770,13 +878,18 @@ async fn serve_stream<R, W>(
         (Some(identity), request) => (identity, request),
         (None, request) => {
             let what = frame::Frame::Request(request.clone()).type_byte();
-            shared.audit.emit(
+            let verdict = shared.audit_noise(
+                peer,
                 Event::new("unauthenticated_request", "denied", shared.clock.now())
                     .severity("warning")
                     .source(peer)
                     .reason("request without a client certificate")
                     .detail("frame_type", what),
             );
+            if verdict == Verdict::Drop {
+                refuse(&mut writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
+                return;
+            }
             let _ = writer
                 .write_response(&error_frame(
                     ErrorCode::Forbidden,
@@ -821,14 +934,14 @@ async fn serve_stream<R, W>(
             // maintenance windows, rules; locks ignored as before, so a lock is not a listing).
             let now = shared.clock.now();
             let grants = shared.jit.grants();
+            let config = shared.config();
             let inputs = policy::AccessInputs {
-                rules: &shared.config.rules,
+                rules: &config.rules,
                 locks: &[],
-                approvals: &shared.config.approvals,
+                approvals: &config.approvals,
                 grants: &grants,
             };
-            let devices = shared
-                .config
+            let devices = config
                 .devices
                 .iter()
                 .filter_map(
@@ -849,8 +962,16 @@ async fn serve_stream<R, W>(
             target,
             for_secs,
             reason,
-        } => lock(&shared, &identity, &principal, target, for_secs, reason),
-        Request::Unlock { target } => unlock(&shared, &identity, &principal, target),
+        } => {
+            gated(
+                &shared,
+                lock(&shared, &identity, &principal, target, for_secs, reason),
+            )
+            .await
+        }
+        Request::Unlock { target } => {
+            gated(&shared, unlock(&shared, &identity, &principal, target)).await
+        }
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
@@ -868,6 +989,28 @@ async fn serve_stream<R, W>(
     };
     let _ = writer.write_response(&response).await;
     let _ = writer.finish().await;
+}
+
+/// Whether answering `request` writes audit events (and so passes the audit gate).
+fn audited(request: &Request) -> bool {
+    match request {
+        Request::Login(_)
+        | Request::Access(_)
+        | Request::Lock { .. }
+        | Request::Unlock { .. }
+        | Request::Review(_) => true,
+        // Sessions pass the gate in `open_session`; listings write no event.
+        Request::Open { .. } | Request::ListDevices | Request::ListLocks => false,
+    }
+}
+
+/// The audit gate, second half: an audited operation's answer leaves the gateway only once the
+/// events it emitted are durable in the audit log; otherwise the answer is a refusal.
+pub(crate) async fn gated(shared: &Shared, response: Response) -> Response {
+    match shared.audit.commit().await {
+        Ok(()) => response,
+        Err(e) => error_frame(ErrorCode::RecordingUnavailable, e.to_string()),
+    }
 }
 
 async fn read_request<R: AsyncRead + Unpin>(
@@ -1063,7 +1206,8 @@ async fn open_session<R, W>(
         }
         if !shared.audit.healthy() {
             shared.audit.emit(audit("session_deny", "failure").reason("audit log unavailable"));
-            refuse(&mut writer, ErrorCode::RecordingUnavailable, "session refused: the gateway cannot write its audit log (fail closed); tell the security team".into()).await;
+            let e = crate::audit::AuditUnavailable("the last write failed".into());
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
             return;
         }
         if now > identity.not_after {
@@ -1077,16 +1221,17 @@ async fn open_session<R, W>(
         let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
         // The session's states are types (ward_core::session): the device dialed below can only
         // come out of an `Authorized`, which only a policy permit builds.
+        let config = shared.config();
         let grants = shared.jit.grants();
         let inputs = policy::AccessInputs {
-            rules: &shared.config.rules,
+            rules: &config.rules,
             locks: &locks,
-            approvals: &shared.config.approvals,
+            approvals: &config.approvals,
             grants: &grants,
         };
         let authorized = match Handshaken::new(principal.clone()).authorize_access(
             &inputs,
-            &shared.config.devices,
+            &config.devices,
             device_id,
             break_glass.as_deref(),
             now,
@@ -1158,7 +1303,17 @@ async fn open_session<R, W>(
         let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
         let (cut_tx, mut cut_rx) = watch::channel(None);
         if let Ok(mut s) = shared.sessions.lock() {
-            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), cut: cut_tx });
+            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), break_glass: permit.break_glass(), address: device.address.clone(), cut: cut_tx });
+        }
+        // So may a config reload (which re-checks registered sessions only).
+        let config_now = shared.config();
+        if !Arc::ptr_eq(&config_now, &config) {
+            let grants = shared.jit.grants();
+            if let Some(live) = shared.sessions.lock().ok().as_ref().and_then(|s| s.get(&id)) {
+                if let Recheck::Cut(reason) = recheck(&config_now, &grants, live, shared.clock.now()) {
+                    live.cut.send_replace(Some(Cut(reason)));
+                }
+            }
         }
         // A lock may have landed between the policy check and registration.
         let locks_now = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
@@ -1190,6 +1345,17 @@ async fn open_session<R, W>(
             warn!(event = "break_glass", principal = %principal, device = %device_id, "BREAK-GLASS session opened");
         }
         shared.audit.emit(open_event);
+        // The audit gate: no byte moves before the session's opening is in the audit log.
+        if let Err(e) = shared.audit.written().await {
+            if let Ok(mut s) = shared.sessions.lock() {
+                s.remove(&id);
+            }
+            if let Some(rec) = recorder {
+                let _ = rec.finish(EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: e.to_string(), bytes_up: 0, bytes_down: 0 }).await;
+            }
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
+            return;
+        }
         let activity = Activity::new();
         let tap = recorder.as_ref().map(|r| r.tap());
         let mut rec_failed = recorder.as_ref().map(|r| r.failed());
@@ -1311,7 +1477,8 @@ async fn review_request<W: AsyncWrite + Unpin>(
 ) {
     use frame::Review;
     let now = shared.clock.now();
-    let state_dir = &shared.config.gateway.state_dir;
+    let config = shared.config();
+    let state_dir = &config.gateway.state_dir;
     let op = match &review {
         Review::ListSessions { .. } => "recording_listed",
         Review::Recording { purpose, .. } if purpose == "replay" => "recording_replayed",
@@ -1399,6 +1566,13 @@ async fn review_request<W: AsyncWrite + Unpin>(
     match result {
         Ok((what, bytes, ev)) => {
             shared.audit.emit(ev);
+            // Nothing is handed out before the review is in the audit log.
+            if let Err(e) = shared.audit.commit().await {
+                let _ = writer
+                    .write_response(&error_frame(ErrorCode::RecordingUnavailable, e.to_string()))
+                    .await;
+                return;
+            }
             if what.is_empty() {
                 let msg = String::from_utf8_lossy(&bytes).into_owned();
                 let _ = writer.write_response(&Response::Ok { message: msg }).await;
@@ -1424,6 +1598,30 @@ async fn review_request<W: AsyncWrite + Unpin>(
 async fn refuse<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, code: ErrorCode, msg: String) {
     let _ = writer.write_response(&error_frame(code, msg)).await;
     let _ = writer.finish().await;
+}
+
+/// [`session::recheck`] of one live session against `config`.
+fn recheck(
+    config: &Config,
+    grants: &[ward_core::access::Grant],
+    live: &LiveSession,
+    now: OffsetDateTime,
+) -> Recheck {
+    let inputs = policy::AccessInputs {
+        rules: &config.rules,
+        locks: &[],
+        approvals: &config.approvals,
+        grants,
+    };
+    session::recheck(
+        &inputs,
+        &config.devices,
+        &live.principal,
+        &live.device,
+        &live.address,
+        live.break_glass,
+        now,
+    )
 }
 
 fn unix_ms(t: OffsetDateTime) -> i64 {
@@ -1459,7 +1657,12 @@ async fn wait_cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
 pub fn load_config(path: &std::path::Path) -> anyhow::Result<Config> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading config {}", path.display()))?;
-    let mut config = Config::parse(&text, &path.display().to_string())?;
+    parse_config(path, &text)
+}
+
+/// [`load_config`] on text already read from `path`.
+pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result<Config> {
+    let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
     Ok(config)

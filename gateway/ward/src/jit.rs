@@ -150,6 +150,8 @@ const LOGIN_FAILED: &str =
 /// Answers a `Login`. Never says which part was wrong; the audit log does.
 pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response {
     let now = shared.clock.now();
+    // One config snapshot for the whole login (a reload may swap it meanwhile).
+    let config = shared.config();
     let jit = &shared.jit;
     let source = peer.ip().to_string();
     let ev = |outcome: &str| {
@@ -211,7 +213,7 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
         return fail("user is disabled", Some(&user));
     }
     let pkind = principal_kind(user.kind);
-    let needs_mfa = shared.config.login.needs_mfa(pkind) || user.totp_secret.is_some();
+    let needs_mfa = config.login.needs_mfa(pkind) || user.totp_secret.is_some();
     if needs_mfa {
         let Some(secret) = user
             .totp_secret
@@ -289,7 +291,7 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
     };
     let kind = user.kind;
     // The certificate never outlives the grant it is for, nor the CA's cap for the kind.
-    let mut ttl = time::Duration::try_from(shared.config.login.cert_ttl)
+    let mut ttl = time::Duration::try_from(config.login.cert_ttl)
         .unwrap_or(time::Duration::HOUR)
         .min(ca.caps().max_ttl(kind));
     let mine = |g: &&Grant| g.principal.name == user.name && g.principal.kind == pkind;
@@ -405,7 +407,8 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
             .source(peer)
     };
     let jit = &shared.jit;
-    let cfg = &shared.config;
+    // One config snapshot for the whole operation (a reload may swap it meanwhile).
+    let cfg = shared.config();
     let response = match op {
         AccessOp::Request {
             device,
@@ -488,7 +491,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                         out.extend_from_slice(&s);
                     }
                 }
-                stream(writer, "requests", &out).await;
+                stream(shared, writer, "requests", &out).await;
                 return;
             }
         },
@@ -574,7 +577,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                         out.extend_from_slice(&s);
                     }
                 }
-                stream(writer, "grants", &out).await;
+                stream(shared, writer, "grants", &out).await;
                 return;
             }
         },
@@ -714,12 +717,13 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                             out.extend_from_slice(&s);
                         }
                     }
-                    stream(writer, "users", &out).await;
+                    stream(shared, writer, "users", &out).await;
                     return;
                 }
             },
         },
     };
+    let response = crate::gateway::gated(shared, response).await;
     let _ = writer.write_response(&response).await;
 }
 
@@ -750,10 +754,18 @@ fn require_admin(p: &Principal, what: &str) -> Result<(), Response> {
     }
 }
 
-async fn stream<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, what: &str, bytes: &[u8]) {
-    let _ = writer
-        .write_response(&Response::Stream { what: what.into() })
-        .await;
+async fn stream<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    what: &str,
+    bytes: &[u8],
+) {
+    let head = crate::gateway::gated(shared, Response::Stream { what: what.into() }).await;
+    let streaming = matches!(head, Response::Stream { .. });
+    let _ = writer.write_response(&head).await;
+    if !streaming {
+        return;
+    }
     let _ = datapath::write_stream(writer, bytes).await;
 }
 

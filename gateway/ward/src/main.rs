@@ -388,8 +388,25 @@ async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Exi
     let path = args.config.context("--config FILE is required")?;
     let config = ward::gateway::load_config(&path)?;
     let grace = config.gateway.limits.shutdown_grace;
+    // Handlers go in before the listeners open: SIGHUP's default action is to kill, and a SIGHUP
+    // (logrotate's) that lands as soon as the gateway answers must reload, not crash it.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let gw = ward::gateway::Gateway::start(config, clock).await?;
-    let sig = wait_for_signal().await?;
+    let sig = loop {
+        tokio::select! {
+            _ = int.recv() => break "SIGINT",
+            _ = term.recv() => break "SIGTERM",
+            _ = hup.recv() => {
+                tracing::info!(signal = "SIGHUP", config = %path.display(), "reloading the config");
+                // Logged and audited inside (config_reloaded / config_reload_failed); a refused
+                // reload leaves the gateway running on the config it has.
+                let _ = gw.reload(&path);
+            }
+        }
+    };
     tracing::info!(signal = sig, "stopping");
     gw.shutdown(grace).await;
     Ok(ExitCode::SUCCESS)

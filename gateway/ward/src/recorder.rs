@@ -456,6 +456,9 @@ async fn run(
                 None
             }
         };
+        // Nothing arrived for SYNC_EVERY: sign and sync the tail now, so an idle session's
+        // recording verifies up to its last byte within that interval.
+        let idle = matches!(next, Some(Err(_)));
         let closed = match next {
             Some(Ok(Some(c))) => {
                 claimed += encode(&mut enc, c, &mut out, &mut written);
@@ -472,9 +475,8 @@ async fn run(
             Some(Err(_)) | None => false,
         };
         let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        // Due only when records were written since the last one: also when they are already
-        // synced, so no record stays unsigned for more than about a second of quiet.
-        if !closed && enc.checkpoint_due(t) {
+        if !closed && (idle || enc.checkpoint_due(t)) {
+            // Nothing is written when no record came since the last checkpoint.
             enc.checkpoint(t, &mut out);
         }
         if closed {
@@ -483,7 +485,7 @@ async fn run(
         if let Some(space) = &space {
             ledger.settle(space, std::mem::take(&mut claimed), out.len() as u64);
         }
-        let sync_due = (unsynced || !out.is_empty()) && last_sync.elapsed() >= SYNC_EVERY;
+        let sync_due = (unsynced || !out.is_empty()) && (idle || last_sync.elapsed() >= SYNC_EVERY);
         // In-line sync only for sinks without a separate syncer.
         let inline_sync = sync_due && syncer.is_none() && sync_job.is_none();
         if !out.is_empty() || inline_sync {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use ward_recording::trail::Finding;
 use ward_recording::{Direction, Record, SealStatus, VerifyReport};
 
 /// A session as listed by `ward sessions`.
@@ -283,6 +284,31 @@ pub fn list(
     }
     out.sort_by(|a, b| b.start_unix.cmp(&a.start_unix).then(a.id.cmp(&b.id)));
     Ok(out)
+}
+
+/// The cross-checks of `ward audit verify --all`: each recording (its listed id and its
+/// verification) against the audit log's trail for its session, and the sessions the log opened
+/// with a recording against the recordings listed (`ward_recording::trail`).
+///
+/// `log_before` is the audit log as read before the listing, `log_after` as read after the
+/// recordings: a session opening in between then has its recording listed but its open not in
+/// `log_before` (not reported missing), and every recording listed was opened before `log_after`
+/// was read (a recording `log_after` does not open was never opened).
+pub fn cross_check(
+    log_before: &[u8],
+    log_after: &[u8],
+    recordings: &[(String, VerifyReport)],
+) -> Vec<Finding> {
+    let after = ward_recording::audit::session_trails(log_after);
+    let mut out: Vec<Finding> = recordings
+        .iter()
+        .flat_map(|(id, report)| ward_recording::trail::check_recording(id, report, after.get(id)))
+        .collect();
+    let before = ward_recording::audit::session_trails(log_before);
+    out.extend(ward_recording::trail::missing_recordings(&before, |id| {
+        recordings.iter().any(|(r, _)| r == id)
+    }));
+    out
 }
 
 /// Print a listing as a table.

@@ -1,0 +1,124 @@
+//! Crash recovery at gateway start: seal the recordings a crash (kill -9, power loss) left open,
+//! and only those.
+//!
+//! A recording without its final checkpoint is either one a crash left open or a sealed one that
+//! someone cut (`truncate -s`). The file alone cannot tell them apart, and sealing signs it with
+//! the gateway's key, so a cut recording sealed here would verify as "interrupted": laundered. The
+//! audit log can tell them apart: recovery reads `<state_dir>/audit.log` (already verified by
+//! `AuditLog::open`, which runs first) and applies `ward_recording::trail::may_seal`: only a
+//! recording whose session the log opened (`session_open`, success) and never closed
+//! (`session_close`) is sealed, and `seal_interrupted` still refuses one whose prefix does not
+//! verify. Anything else is left byte for byte as it is, and a `recording_tampered` event of
+//! severity high is logged (plus a `tracing::error!`), at every start until someone deals with it.
+
+use std::collections::BTreeMap;
+use std::io::{Seek, Write};
+use std::path::Path;
+
+use anyhow::Context;
+use time::OffsetDateTime;
+use ward_recording::audit::{session_trails, SessionTrail};
+use ward_recording::{SealStatus, Signer};
+
+use crate::audit::{AuditLog, Event};
+
+/// What the interrupted record says about why.
+const WHY: &str = "gateway stopped without closing this session (crash or kill -9)";
+
+static NO_TRAILS: BTreeMap<String, SessionTrail> = BTreeMap::new();
+
+/// Seal recordings in `dir` left open by a crash, as the audit log at `audit.path()` allows.
+/// Returns how many were sealed. Reading the audit log fails the start (no recovery without it,
+/// and no gateway without its log); a log that does not exist yet opens no session.
+pub fn recover_recordings(
+    dir: &Path,
+    signer: &Signer,
+    audit: &AuditLog,
+    now: OffsetDateTime,
+) -> anyhow::Result<usize> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Ok(0);
+    };
+    let mut trails: Option<BTreeMap<String, SessionTrail>> = None;
+    let mut sealed = 0;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
+            continue;
+        }
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report = ward_recording::verify(&bytes, &signer.public_key());
+        if report.status != SealStatus::Unsealed {
+            continue;
+        }
+        let session = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        // The log is read once, and only when some recording needs it.
+        if trails.is_none() {
+            trails = Some(read_trails(audit.path())?);
+        }
+        let trails = trails.as_ref().unwrap_or(&NO_TRAILS);
+        if let Err(why) = ward_recording::trail::may_seal(&session, &report, trails) {
+            tracing::error!(
+                event = "recording_tampered",
+                session_id = %session,
+                file = %path.display(),
+                reason = %why,
+                "a recording is not sealed, and the audit log says it is not one a crash left open: NOT sealing it; left as it is for investigation"
+            );
+            audit.emit(
+                Event::new("recording_tampered", "failure", now)
+                    .severity("high")
+                    .session(session)
+                    .reason(format!("not sealed at recovery: {why}"))
+                    .detail("status", format!("{:?}", report.status))
+                    .detail("file_bytes", bytes.len())
+                    .detail("verified_records", report.verified_records),
+            );
+            continue;
+        }
+        let mut tail = Vec::new();
+        match ward_recording::seal_interrupted(&bytes, signer, WHY, 0, &mut tail) {
+            Ok(keep) => {
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .with_context(|| format!("opening {}", path.display()))?;
+                f.set_len(keep)?;
+                f.seek(std::io::SeekFrom::Start(keep))?;
+                f.write_all(&tail)?;
+                f.sync_all()?;
+                sealed += 1;
+                audit.emit(
+                    Event::new("recording_interrupted", "failure", now)
+                        .severity("warning")
+                        .session(session)
+                        .reason(format!("sealed as interrupted: {WHY}"))
+                        .detail("verified_records", report.verified_records)
+                        .detail("kept_bytes", keep),
+                );
+            }
+            Err(e) => {
+                tracing::error!(event = "recording_interrupted", session_id = %session, error = %e, "could not seal an interrupted recording");
+                audit.emit(
+                    Event::new("recording_interrupted", "failure", now)
+                        .severity("high")
+                        .session(session)
+                        .reason(format!("could not seal an interrupted recording: {e}")),
+                );
+            }
+        }
+    }
+    Ok(sealed)
+}
+
+fn read_trails(path: &Path) -> anyhow::Result<BTreeMap<String, SessionTrail>> {
+    match std::fs::read(path) {
+        Ok(log) => Ok(session_trails(&log)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {} for crash recovery", path.display())),
+    }
+}
