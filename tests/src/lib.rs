@@ -241,6 +241,22 @@ pub async fn forwarder(client: Client, device: &str) -> SocketAddr {
     rx.await.unwrap()
 }
 
+/// The rule most end-to-end tests run under: acme's vendors reach devices labelled `vendor = "acme"`.
+pub const ACME_RULES: &str = r#"
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+"#;
+
+/// A simulated device that echoes what it gets, on a loopback port.
+pub async fn echo_device() -> SocketAddr {
+    ward::sim::echo("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap()
+        .addr
+}
+
 /// A device that counts connection attempts and answers nothing; for "the device never saw it".
 pub async fn counting_device() -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

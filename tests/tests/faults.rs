@@ -42,13 +42,6 @@ fn acme(id: &str, addr: SocketAddr) -> DeviceSpec {
     DeviceSpec::new(id, addr, "raw", &[("vendor", "acme")])
 }
 
-async fn echo_device() -> SocketAddr {
-    ward::sim::echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-        .addr
-}
-
 /// A device that accepts, reads `then_close_after` bytes and closes its socket with data still
 /// arriving (the kernel answers further data with a reset). Counts the connections it closed.
 async fn closing_device(then_close_after: usize) -> (SocketAddr, Arc<AtomicUsize>) {

@@ -22,20 +22,6 @@ use ward_core::frame::{LockTarget, Request, Response};
 use ward_core::totp::{self, TotpSecret};
 use ward_tests::*;
 
-const RULES: &str = r#"
-[[rule]]
-name = "acme-maintains-its-pumps"
-who = { kind = "vendor", org = "acme" }
-devices = { labels = { vendor = "acme" } }
-"#;
-
-async fn echo_device() -> std::net::SocketAddr {
-    ward::sim::echo("127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
-        .addr
-}
-
 fn gateway_key(state_dir: &Path) -> [u8; 32] {
     let hex_key = std::fs::read_to_string(state_dir.join("audit.pub")).unwrap();
     let mut key = [0u8; 32];
@@ -90,7 +76,7 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         DeviceSpec::new("pump-14", device, "telnet", &[("vendor", "acme")]),
     ];
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let mut tg = start_gateway(pki.clone(), &devices, RULES, "", clock.clone()).await;
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, "", clock.clone()).await;
     let state = tg.state_dir();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let sam = pki.person(Kind::Security, "sam", None, &[]);
@@ -318,7 +304,7 @@ async fn a_quiet_gateway_signs_its_audit_tail_and_idle_recordings_within_the_int
         "telnet",
         &[("vendor", "acme")],
     )];
-    let mut tg = start_gateway(pki.clone(), &devices, RULES, "", Arc::new(SystemClock)).await;
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
     let state = tg.state_dir();
     let key = gateway_key(&state);
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
@@ -389,7 +375,7 @@ async fn unauthenticated_noise_is_aggregated_per_source_and_a_noisy_source_is_dr
         "telnet",
         &[("vendor", "acme")],
     )];
-    let mut tg = start_gateway(pki.clone(), &devices, RULES, "", Arc::new(SystemClock)).await;
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
     let state = tg.state_dir();
     let log_before = std::fs::metadata(state.join("audit.log")).map_or(0, |m| m.len());
     let anon = ward::client::Client::anonymous(&tg.quic(), &pki.root(), Transport::Quic).unwrap();

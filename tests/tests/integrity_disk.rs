@@ -25,13 +25,6 @@ use ward_recording::{Direction, Record};
 use ward_tests::process::{run, ward};
 use ward_tests::*;
 
-const RULES: &str = r#"
-[[rule]]
-name = "acme-maintains-its-pumps"
-who = { kind = "vendor", org = "acme" }
-devices = { labels = { vendor = "acme" } }
-"#;
-
 /// The streaming device's write size.
 const DEVICE_CHUNK: usize = 64 * 1024;
 
@@ -130,7 +123,14 @@ async fn every_byte_the_client_got_is_recorded_when_the_disk_fills() {
     // An in-process gateway whose state dir is on the small tmpfs. The disk watch only refuses new
     // sessions; this one is open before the disk fills.
     let port = ward_tests::process::free_port();
-    let config = write_gateway_config(&pki, &[acme("pump-12", dev)], RULES, "", port, &state_dir);
+    let config = write_gateway_config(
+        &pki,
+        &[acme("pump-12", dev)],
+        ACME_RULES,
+        "",
+        port,
+        &state_dir,
+    );
     let cfg = ward::gateway::load_config(&config).unwrap();
     let gw = ward::gateway::Gateway::start(cfg, clock()).await.unwrap();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
@@ -269,7 +269,7 @@ async fn export_force_of_a_torn_recording_exports_its_verified_prefix_and_is_aud
     let gw = start_gateway(
         pki.clone(),
         &[acme("pump-12", echo.addr)],
-        RULES,
+        ACME_RULES,
         "",
         clock(),
     )

@@ -31,13 +31,6 @@ use ward_recording::SealStatus;
 use ward_tests::process::{run, Finished, COMMAND_TIMEOUT};
 use ward_tests::*;
 
-const RULES: &str = r#"
-[[rule]]
-name = "acme-maintains-its-pumps"
-who = { kind = "vendor", org = "acme" }
-devices = { labels = { vendor = "acme" } }
-"#;
-
 /// An echo pump and the PKI, for gateways started and restarted on one state dir.
 struct Bench {
     pki: Arc<Pki>,
@@ -77,7 +70,7 @@ impl Bench {
         ChildGateway::start(
             self.pki.clone(),
             &self.devices,
-            RULES,
+            ACME_RULES,
             "",
             Some(&self.state),
         )
