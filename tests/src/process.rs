@@ -310,11 +310,19 @@ pub fn start_quickstart(dir: &Path) -> (Proc, u16) {
 
 /// [`start_quickstart`] with global options (`ward OPTIONS quickstart ...`), e.g. `--otlp-endpoint`.
 pub fn start_quickstart_with(dir: &Path, global: &[&str]) -> (Proc, u16) {
+    start_quickstart_args(dir, global, &[])
+}
+
+/// [`start_quickstart_with`] with quickstart's own options too (`ward GLOBAL quickstart OWN ...`),
+/// e.g. `--isolated`.
+pub fn start_quickstart_args(dir: &Path, global: &[&str], own: &[&str]) -> (Proc, u16) {
     for _attempt in 0..5 {
         let port = free_port();
         let port_arg = port.to_string();
         let mut args = global.to_vec();
-        args.extend(["quickstart", "--port", &port_arg, "--dir"]);
+        args.push("quickstart");
+        args.extend(own);
+        args.extend(["--port", &port_arg, "--dir"]);
         let mut qs = Proc::spawn(ward(&args).arg(dir), Input::Null);
         let ready = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             qs.wait_for_stdout("Press Ctrl-C to stop.", COMMAND_TIMEOUT)

@@ -418,6 +418,19 @@ fn jit_flow_from_quickstart() {
     approvers.sort();
     assert_eq!(approvers, ["alice", "bob"]);
 
+    // The certificate from before the approval opens pump-14 at once: every session is checked
+    // against the live grant, as quickstart's printed flow says (issue 12 item 8).
+    let mut early = q.connect("tech", "pump-14", &[]);
+    early.wait_for(
+        "the pre-grant certificate's session opened on the grant",
+        COMMAND_TIMEOUT,
+        |_, err| err.contains(&format!("rule grant {}", grant.id)),
+    );
+    on_the_console(&mut early);
+    early.send(b"exit\r\n");
+    let out = early.finish(COMMAND_TIMEOUT);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+
     // tech logs in again (a new code): the certificate is bound to the grant and ends with it.
     let out = q.login_tech();
     assert!(q.totp.last_step() > first_step);
@@ -514,8 +527,10 @@ fn jit_flow_from_quickstart() {
         .iter()
         .filter(|e| is(e, "session_open", "success") && e["detail"]["grant"] == gid.as_str())
         .collect();
-    assert_eq!(opened.len(), 1, "{opened:?}");
-    let sid = opened[0]["session_id"].as_str().unwrap();
+    // Two sessions on the grant: the pre-grant certificate's (ended by the vendor), then the
+    // grant-bound certificate's (cut at the window's end).
+    assert_eq!(opened.len(), 2, "{opened:?}");
+    let sid = opened[1]["session_id"].as_str().unwrap();
     let closed: Vec<&serde_json::Value> = events
         .iter()
         .filter(|e| e["event"] == "session_close" && e["session_id"] == sid)

@@ -544,6 +544,7 @@ mod tests {
             labels: [("class".to_string(), "infusion-pump".to_string())].into(),
             maintenance: None,
             break_glass: None,
+            netns: None,
         }
     }
 

@@ -506,6 +506,7 @@ struct RawDevice {
     labels: BTreeMap<String, Spanned<String>>,
     maintenance: Option<Spanned<RawHours>>,
     break_glass: Option<Spanned<RawBreakGlass>>,
+    netns: Option<Spanned<String>>,
 }
 
 /// `break_glass = true` or `break_glass = { who = {..}, max = "30m" }`.
@@ -994,6 +995,14 @@ impl Cx<'_> {
                 Some(b) => self.break_glass(b, f("break_glass"))?,
                 None => None,
             };
+            let netns = d
+                .netns
+                .map(|n| {
+                    crate::device::check_netns(n.get_ref())
+                        .map_err(|e| self.err(n.span(), f("netns"), e))?;
+                    Ok(n.into_inner())
+                })
+                .transpose()?;
             out.push(Device {
                 id,
                 address,
@@ -1001,6 +1010,7 @@ impl Cx<'_> {
                 labels,
                 maintenance,
                 break_glass,
+                netns,
             });
         }
         Ok(out)

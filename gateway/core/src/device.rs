@@ -257,6 +257,15 @@ pub struct Device {
     pub maintenance: Option<crate::window::Hours>,
     /// Emergency access: who may break the glass here, and for how long. `None` = never.
     pub break_glass: Option<crate::access::BreakGlass>,
+    /// The Linux network namespace (`ip netns` name) the gateway dials the device from; `None` =
+    /// the gateway's own. Checked by [`check_netns`].
+    pub netns: Option<String>,
+}
+
+/// A network-namespace name: the device-id syntax (so it starts with a letter or digit and holds
+/// no `/`), which `ip netns add` accepts and which cannot escape `/run/netns`.
+pub fn check_netns(name: &str) -> Result<(), DeviceError> {
+    check_name("network namespace", name)
 }
 
 #[cfg(test)]

@@ -623,6 +623,7 @@ mod tests {
                 .collect(),
             maintenance: None,
             break_glass: None,
+            netns: None,
         }
     }
 
@@ -977,6 +978,7 @@ mod tests {
                 labels,
                 maintenance: None,
                 break_glass: None,
+                netns: None,
             })
     }
 
@@ -1049,6 +1051,7 @@ mod access_tests {
             labels: [("class".to_string(), "infusion-pump".to_string())].into(),
             maintenance: Some(Hours::parse(&["Tue 02:00-04:00"], UtcOffset::UTC).unwrap()),
             break_glass: Some(BreakGlass::default()),
+            netns: None,
         }
     }
 

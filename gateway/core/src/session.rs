@@ -300,6 +300,7 @@ mod tests {
             labels: BTreeMap::new(),
             maintenance: None,
             break_glass: None,
+            netns: None,
         };
         let rule = Rule {
             name: "r".into(),

@@ -1152,7 +1152,21 @@ fn to_instant(shared: &Shared, at: OffsetDateTime) -> tokio::time::Instant {
 
 async fn dial(device: &Device, timeout: Duration) -> Result<TcpStream, (ErrorCode, String)> {
     let addr = device.address.to_string();
-    match tokio::time::timeout(timeout, TcpStream::connect(&addr)).await {
+    let connect = async {
+        match &device.netns {
+            None => TcpStream::connect(&addr).await,
+            Some(ns) => {
+                let to = tokio::net::lookup_host(&addr)
+                    .await?
+                    .next()
+                    .ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
+                    })?;
+                crate::netns::connect_in(ns, to, timeout).await
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, connect).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)

@@ -93,6 +93,10 @@ struct QuickstartArgs {
     /// Write the setup and exit without starting anything.
     #[arg(long)]
     no_run: bool,
+    /// Put the simulated devices in a network namespace of their own that only the gateway dials
+    /// into, so nothing else on this machine reaches them (needs root and iproute2's `ip netns`).
+    #[arg(long, conflicts_with = "no_run")]
+    isolated: bool,
 }
 
 #[derive(Debug, Args)]
@@ -361,14 +365,6 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => Ok("SIGINT"),
-        _ = term.recv() => Ok("SIGTERM"),
-    }
-}
-
 async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
     if let Some(path) = args.check_config {
         let config = ward::gateway::load_config(&path)?;
@@ -422,7 +418,7 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
             telnet: 2300,
             http: 8000,
         };
-        let setup = ward::quickstart::prepare(&args.dir, ports, clock.as_ref())?;
+        let setup = ward::quickstart::prepare(&args.dir, ports, None, clock.as_ref())?;
         println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());
         println!(
             "Run the gateway: {exe} gateway --config {}",
@@ -430,13 +426,32 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (gw, setup) = ward::quickstart::run(&args.dir, args.port, clock).await?;
+    // As for `ward gateway`: handlers in before anything answers; SIGHUP reloads ward.toml.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let running = ward::quickstart::run(&args.dir, args.port, args.isolated, clock).await?;
     println!(
         "{}",
-        ward::quickstart::instructions(&exe, &setup, gw.quic_addr())
+        ward::quickstart::instructions(&exe, &running.setup, running.gateway.quic_addr())
     );
-    let _ = wait_for_signal().await?;
-    gw.shutdown(Duration::from_secs(2)).await;
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = hup.recv() => {
+                // Audited inside; a refused reload keeps the running config.
+                let _ = running.gateway.reload(&running.setup.config);
+            }
+        }
+    }
+    let ward::quickstart::Running {
+        gateway, namespace, ..
+    } = running;
+    gateway.shutdown(Duration::from_secs(2)).await;
+    // The devices' namespace goes last, after the gateway stopped dialling into it.
+    drop(namespace);
     Ok(ExitCode::SUCCESS)
 }
 

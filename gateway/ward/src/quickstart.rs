@@ -15,6 +15,10 @@ pub struct Setup {
     pub dir: PathBuf,
     /// The config file written.
     pub config: PathBuf,
+    /// The ports used.
+    pub ports: Ports,
+    /// The network namespace the devices are in (`--isolated`), if any.
+    pub netns: Option<String>,
 }
 
 /// Ports quickstart uses.
@@ -55,8 +59,14 @@ fn person(kind: Kind, name: &str, org: Option<&str>, roles: &[&str]) -> IssueReq
     }
 }
 
-/// Create (or reuse) the CA in `dir`, issue fresh identities and write `dir/ward.toml`.
-pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Setup> {
+/// Create (or reuse) the CA in `dir`, issue fresh identities and write `dir/ward.toml` (devices
+/// dialled inside network namespace `netns` when given).
+pub fn prepare(
+    dir: &Path,
+    ports: Ports,
+    netns: Option<&str>,
+    clock: &dyn Clock,
+) -> anyhow::Result<Setup> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca = if dir.join("ca.json").exists() {
         Ca::load(dir)?
@@ -96,12 +106,14 @@ pub fn prepare(dir: &Path, ports: Ports, clock: &dyn Clock) -> anyhow::Result<Se
         clock,
     )?;
     let config = dir.join("ward.toml");
-    std::fs::write(&config, sample_config(ports))
+    std::fs::write(&config, sample_config(ports, netns))
         .with_context(|| format!("writing {}", config.display()))?;
     add_login_user(dir, &config, clock)?;
     Ok(Setup {
         dir: dir.to_path_buf(),
         config,
+        ports,
+        netns: netns.map(Into::into),
     })
 }
 
@@ -152,8 +164,15 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
     Ok(())
 }
 
-/// The quickstart config. Paths are relative to the config file's directory.
-pub fn sample_config(p: Ports) -> String {
+/// The quickstart config. Paths are relative to the config file's directory. With `netns`, the
+/// gateway dials the devices inside that network namespace.
+pub fn sample_config(p: Ports, netns: Option<&str>) -> String {
+    let netns = match netns {
+        Some(n) => format!(
+            "netns = \"{n}\"                # dialled inside this network namespace (--isolated)\n"
+        ),
+        None => String::new(),
+    };
     format!(
         r#"# Written by `ward quickstart` (development only). Paths are relative to this file.
 [gateway]
@@ -169,13 +188,13 @@ id = "pump-12"
 address = "127.0.0.1:{telnet}"
 protocol = "telnet"
 labels = {{ class = "infusion-pump", vendor = "acme", unit = "icu" }}
-
+{netns}
 [[device]]
 id = "monitor-3"
 address = "127.0.0.1:{http}"
 protocol = "http"
 labels = {{ class = "patient-monitor", vendor = "vitalview", unit = "icu" }}
-
+{netns}
 [[rule]]
 name = "acme-maintains-its-pumps"
 who = {{ kind = "vendor", org = "acme" }}
@@ -189,7 +208,7 @@ protocol = "telnet"
 labels = {{ class = "infusion-pump", vendor = "acme", unit = "icu", access = "jit" }}
 maintenance = ["Tue 02:00-04:00"]  # vendor sessions only then, unless a grant covers the time
 break_glass = true                 # clinicians may open a recorded, flagged 30-minute emergency session
-
+{netns}
 [[rule]]
 name = "icu-nurses-see-icu-monitors"
 who = {{ kind = "clinician", roles = ["icu"] }}
@@ -218,11 +237,25 @@ cert_ttl = "8h"
 /// The commands a person runs to try the quickstart gateway.
 pub fn instructions(exe: &str, setup: &Setup, gateway: SocketAddr) -> String {
     let d = setup.dir.display();
+    let (telnet, http) = (setup.ports.telnet, setup.ports.http);
+    let reach = match &setup.netns {
+        Some(ns) => format!(
+            "They listen on 127.0.0.1:{telnet} and 127.0.0.1:{http} inside network namespace {ns}, which only\n\
+             Ward dials into: nothing else on this machine reaches them (telnet 127.0.0.1 {telnet} is refused here).\n\
+             The namespace is deleted when quickstart stops."
+        ),
+        None => format!(
+            "They listen on 127.0.0.1:{telnet} and 127.0.0.1:{http}, so any local user of this machine can also reach\n\
+             them directly: this is a demo. In a hospital the devices sit on a network only Ward can reach;\n\
+             `{exe} quickstart --isolated` (as root, with iproute2) shows that here by putting them in a\n\
+             network namespace of their own."
+        ),
+    };
     format!(
         r#"
 Ward is running (development CA in {d}, config {cfg}).
 Devices: pump-12 (telnet console, login admin/admin) and monitor-3 (HTTP console, Basic auth admin/admin).
-They listen on loopback ports only Ward is configured to use.
+{reach}
 
 As the vendor (acme/jdoe) — reach the pump's telnet console:
   {exe} connect pump-12 --gateway {gateway} --identity {d}/vendor --listen 127.0.0.1:2323
@@ -238,14 +271,17 @@ The clinician is refused the vendor's pump:
 What each identity may reach, as the gateway decides:
   {exe} devices --gateway {gateway} --identity {d}/vendor
 
-Just-in-time access to pump-14 (no standing access; see {d}/login-users.txt for tech's password
-and TOTP secret, or scan its otpauth URI into an authenticator app):
+Just-in-time access to pump-14 (no standing access). The vendor login `tech` is a development
+fixture: its password and TOTP secret are in {d}/login-users.txt (or scan its otpauth URI into an
+authenticator app), and unlike users made with `{exe} user add` it needs no --change-password at
+its first login:
   {exe} login --gateway {gateway} --user tech --ca {d}/root.crt --out {d}/tech     # password + code
   {exe} request pump-14 --reason "firmware 2.1" --duration 1h --gateway {gateway} --identity {d}/tech
   {exe} requests --gateway {gateway} --identity {d}/clinician                       # alice (ICU)
   {exe} approve REQUEST --gateway {gateway} --identity {d}/clinician
   {exe} approve REQUEST --gateway {gateway} --identity {d}/biomed                    # bob (biomed)
-  {exe} login --gateway {gateway} --user tech --ca {d}/root.crt --out {d}/tech     # now bound to the grant
+Every session is checked against the live grant, so tech's certificate opens pump-14 as soon as the
+second approval lands (logging in again is optional: it gives a certificate that ends with the grant):
   {exe} connect pump-14 --gateway {gateway} --identity {d}/tech --listen 127.0.0.1:2324
   {exe} grants --gateway {gateway} --identity {d}/security
   {exe} revoke GRANT --reason "done early" --gateway {gateway} --identity {d}/security
@@ -270,24 +306,69 @@ Press Ctrl-C to stop.
     )
 }
 
-/// Start the simulated devices, prepare the setup for their ports, and start the gateway.
+/// A running quickstart: the gateway, what was set up, and the devices' namespace (deleted when
+/// this is dropped).
+#[derive(Debug)]
+pub struct Running {
+    /// The gateway.
+    pub gateway: crate::gateway::Gateway,
+    /// The CA, identities and config.
+    pub setup: Setup,
+    /// The devices' network namespace under `--isolated`.
+    pub namespace: Option<crate::netns::Namespace>,
+}
+
+/// The namespace `--isolated` makes for this process.
+pub fn namespace_name() -> String {
+    format!("ward-quickstart-{}", std::process::id())
+}
+
+/// Start the simulated devices (inside a network namespace of their own when `isolated`), prepare
+/// the setup for their ports, and start the gateway.
 pub async fn run(
     dir: &Path,
     gateway_port: u16,
+    isolated: bool,
     clock: Arc<dyn Clock>,
-) -> anyhow::Result<(crate::gateway::Gateway, Setup)> {
+) -> anyhow::Result<Running> {
     let any: SocketAddr = "127.0.0.1:0".parse()?;
-    let telnet = crate::sim::telnet_console(any).await?;
-    let http = crate::sim::http_console(any).await?;
+    let namespace = if isolated {
+        let name = namespace_name();
+        Some(
+            crate::netns::Namespace::create(&name)
+                .with_context(|| format!("--isolated: making network namespace {name}"))?,
+        )
+    } else {
+        None
+    };
+    let listener =
+        |ns: Option<&crate::netns::Namespace>| -> anyhow::Result<tokio::net::TcpListener> {
+            let std = match ns {
+                Some(ns) => crate::netns::bind_in(ns.name(), any)?,
+                None => {
+                    let l = std::net::TcpListener::bind(any)?;
+                    l.set_nonblocking(true)?;
+                    l
+                }
+            };
+            Ok(tokio::net::TcpListener::from_std(std)?)
+        };
+    let telnet = crate::sim::telnet_console_on(listener(namespace.as_ref())?)?;
+    let http = crate::sim::http_console_on(listener(namespace.as_ref())?)?;
     let ports = Ports {
         gateway: gateway_port,
         telnet: telnet.addr.port(),
         http: http.addr.port(),
     };
-    let setup = prepare(dir, ports, clock.as_ref())?;
+    let netns = namespace.as_ref().map(|n| n.name().to_owned());
+    let setup = prepare(dir, ports, netns.as_deref(), clock.as_ref())?;
     let config = crate::gateway::load_config(&setup.config)?;
-    let gw = crate::gateway::Gateway::start(config, clock)
+    let gateway = crate::gateway::Gateway::start(config, clock)
         .await
         .with_context(|| format!("starting the gateway on port {gateway_port} (is another quickstart running? try --port)"))?;
-    Ok((gw, setup))
+    Ok(Running {
+        gateway,
+        setup,
+        namespace,
+    })
 }

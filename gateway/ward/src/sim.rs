@@ -39,7 +39,11 @@ pub async fn accept_next(listener: &TcpListener) -> tokio::net::TcpStream {
 
 /// Start the telnet-style pump console on `addr` (port 0 picks one).
 pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
-    let listener = TcpListener::bind(addr).await?;
+    telnet_console_on(TcpListener::bind(addr).await?)
+}
+
+/// The telnet-style pump console on a listener already bound (e.g. inside a network namespace).
+pub fn telnet_console_on(listener: TcpListener) -> std::io::Result<SimDevice> {
     let dev = SimDevice {
         addr: listener.local_addr()?,
         connections: Arc::new(AtomicUsize::new(0)),
@@ -135,7 +139,11 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
 
 /// Start the HTTP status console (Basic auth `admin`/`admin`) on `addr`.
 pub async fn http_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
-    let listener = TcpListener::bind(addr).await?;
+    http_console_on(TcpListener::bind(addr).await?)
+}
+
+/// The HTTP status console on a listener already bound (e.g. inside a network namespace).
+pub fn http_console_on(listener: TcpListener) -> std::io::Result<SimDevice> {
     let dev = SimDevice {
         addr: listener.local_addr()?,
         connections: Arc::new(AtomicUsize::new(0)),
