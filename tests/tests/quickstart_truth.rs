@@ -1,4 +1,4 @@
-//! Quickstart tells the truth (issue 12 item 8, security case 43): what it prints about who can
+//! Quickstart tells the truth (issue 12 item 8, security case 24): what it prints about who can
 //! reach the simulated devices, and about the just-in-time flow, is what happens; and
 //! `quickstart --isolated` puts the devices in a network namespace of their own that only the
 //! gateway dials into, so nothing else on the machine reaches them.
