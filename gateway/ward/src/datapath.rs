@@ -17,15 +17,16 @@ use ward_recording::Direction;
 
 use crate::recorder::Tap;
 
-/// Frame type of a data chunk.
-pub const DATA: u8 = 0x10;
+/// Frame type of a data chunk (the wire's, defined once in the core).
+pub const DATA: u8 = ward_core::frame::frame_type::DATA;
 /// Frame type of an end-of-direction marker.
-pub const EOF: u8 = 0x11;
+pub const EOF: u8 = ward_core::frame::frame_type::EOF;
 /// Header length shared by every frame.
-pub const HEADER: usize = 5;
+pub const HEADER: usize = ward_core::frame::HEADER_LEN;
 /// Largest data frame accepted.
 pub const MAX_DATA: usize = 256 * 1024;
-/// Copy buffer size (performance.md: 64–256 KiB; tokio's 8 KiB default is slow).
+/// Copy buffer size: 64–256 KiB moves bulk transfers at line rate; tokio's 8 KiB default is slow
+/// (docs/benchmarks.md).
 pub const CHUNK: usize = 64 * 1024;
 /// Buffers start this small and grow to [`CHUNK`] the first time a read fills them, so an idle or
 /// interactive session costs kilobytes, a bulk one gets full-size copies.

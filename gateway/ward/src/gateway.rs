@@ -292,7 +292,7 @@ pub(crate) fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket
     if addr.is_ipv6() {
         let _ = sock.set_only_v6(false);
     }
-    // Large socket buffers keep bursts of QUIC packets from being dropped (performance.md).
+    // Large socket buffers keep bursts of QUIC packets from being dropped (docs/benchmarks.md).
     let _ = sock.set_recv_buffer_size(8 << 20);
     let _ = sock.set_send_buffer_size(8 << 20);
     sock.bind(&addr.into())
@@ -300,7 +300,7 @@ pub(crate) fn udp_socket(addr: SocketAddr) -> anyhow::Result<std::net::UdpSocket
     Ok(sock.into())
 }
 
-/// quinn transport settings tuned for bulk device transfers on LANs (performance.md).
+/// quinn transport settings tuned for bulk device transfers on LANs (docs/benchmarks.md).
 pub fn transport_config(
     max_streams: u32,
     idle: Duration,

@@ -47,7 +47,7 @@ const USAGE: &str =
   --only TEXT  profiling aid: bulk-test only the paths whose name contains TEXT, print, stop
   --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)";
 
-/// Generator write size (performance.md: 64–256 KiB).
+/// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
 /// Request/response size for the round-trip figure.
 const RR_SIZE: usize = 64;
