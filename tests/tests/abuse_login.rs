@@ -302,11 +302,9 @@ async fn parallel_guesses_cannot_race_the_backoff() {
         "{verified} of 40 parallel guesses were checked: {texts:#?}"
     );
     assert!(
-        texts
-            .iter()
-            .all(|t| t.contains("login failed")
-                || t.contains("too many failed logins")
-                || t.contains("gateway busy")),
+        texts.iter().all(|t| t.contains("login failed")
+            || t.contains("too many failed logins")
+            || t.contains("gateway busy")),
         "{texts:#?}"
     );
 }
@@ -322,7 +320,12 @@ async fn failures_from_one_address_do_not_lock_the_user_out_elsewhere() {
     // The guessing address itself is held off.
     let r = login_from(&tg, src(4), login("tech", WRONG, None)).await;
     assert!(text(&r).contains("too many failed logins"), "{}", text(&r));
-    let r = login_from(&tg, src(5), login("tech", &password, Some(code_now(&secret)))).await;
+    let r = login_from(
+        &tg,
+        src(5),
+        login("tech", &password, Some(code_now(&secret))),
+    )
+    .await;
     assert!(
         matches!(r, Response::Issued { .. }),
         "tech from another address: {}",
@@ -338,7 +341,12 @@ async fn failures_behind_one_address_do_not_lock_out_its_other_users() {
         let r = login_from(&tg, src(6), login(&format!("nurse{i}"), WRONG, None)).await;
         assert!(text(&r).contains("login failed"), "{}", text(&r));
     }
-    let r = login_from(&tg, src(6), login("tech", &password, Some(code_now(&secret)))).await;
+    let r = login_from(
+        &tg,
+        src(6),
+        login("tech", &password, Some(code_now(&secret))),
+    )
+    .await;
     assert!(
         matches!(r, Response::Issued { .. }),
         "tech behind the same address: {}",
@@ -355,14 +363,24 @@ async fn password_and_fresh_code_pass_backoff_others_caused() {
     // Wrong passwords with made-up codes from 14 addresses (a code lets an attempt be checked
     // under back-off others caused, so each of these is counted).
     for i in 0..14 {
-        let r = login_from(&tg, src(20 + i), login("tech", WRONG, Some("000000".into()))).await;
+        let r = login_from(
+            &tg,
+            src(20 + i),
+            login("tech", WRONG, Some("000000".into())),
+        )
+        .await;
         assert!(!matches!(r, Response::Issued { .. }));
     }
     let r = login_from(&tg, src(40), login("tech", WRONG, Some(code_now(&secret)))).await;
     assert!(!matches!(r, Response::Issued { .. }), "{}", text(&r));
     let r = login_from(&tg, src(41), login("tech", &password, None)).await;
     assert!(text(&r).contains("too many failed logins"), "{}", text(&r));
-    let r = login_from(&tg, src(42), login("tech", &password, Some(code_now(&secret)))).await;
+    let r = login_from(
+        &tg,
+        src(42),
+        login("tech", &password, Some(code_now(&secret))),
+    )
+    .await;
     assert!(
         matches!(r, Response::Issued { .. }),
         "password and fresh code under others' back-off: {}",
