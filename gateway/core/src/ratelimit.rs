@@ -351,7 +351,7 @@ mod tests {
 
     /// A wrong attempt without a second factor: reserve and (implicitly) fail.
     fn fail(l: &mut LoginLimiter, user: &str, source: &str, now: OffsetDateTime) {
-        l.reserve(user, source, false, now).unwrap();
+        let _ = l.reserve(user, source, false, now).unwrap();
     }
 
     #[test]
