@@ -371,7 +371,7 @@ mod tests {
     }
 
     #[test]
-    fn two_free_failures_then_growing_waits_for_a_pair() {
+    fn two_free_failures_then_growing_waits() {
         let mut l = LoginLimiter::new();
         let now = t0();
         for _ in 0..3 {
@@ -423,19 +423,30 @@ mod tests {
     }
 
     #[test]
-    fn the_user_ceiling_bounds_guessing_from_many_addresses() {
+    fn user_and_source_limit_independently() {
         let mut l = LoginLimiter::new();
         let now = t0();
+        // Guessing one user's password from many addresses: past the user's ceiling (eleven
+        // failures from eleven addresses) the next from anywhere waits.
         for i in 0..USER_FREE_FAILURES + 1 {
             fail(&mut l, "alice", &format!("10.0.1.{i}"), now);
         }
-        // Eleven failures from eleven addresses: the next from anywhere waits.
         assert_eq!(
             l.reserve("alice", "10.9.9.9", false, now),
             Err(Duration::seconds(2))
         );
         // Other users from those addresses are unaffected.
         assert_eq!(l.check("bob", "10.0.1.1", now), Ok(()));
+        // Spraying many user names from one address: past its ceiling the address waits, for
+        // every user, and other addresses do not.
+        for i in 0..SOURCE_FREE_FAILURES + 1 {
+            fail(&mut l, &format!("user{i}"), "192.0.2.7", now);
+        }
+        assert_eq!(
+            l.check("carol", "192.0.2.7", now),
+            Err(Duration::seconds(2))
+        );
+        assert_eq!(l.check("carol", "192.0.2.8", now), Ok(()));
     }
 
     #[test]
