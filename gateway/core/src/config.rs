@@ -404,6 +404,29 @@ impl LoginConfig {
     pub fn needs_mfa(&self, kind: PrincipalKind) -> bool {
         matches!(kind, PrincipalKind::Vendor | PrincipalKind::Admin) || self.mfa.contains(&kind)
     }
+
+    /// Adds to `mfa` every kind that may break glass on some device: an emergency session on a
+    /// patient device is never opened on a password alone. A break-glass `who` without a kind
+    /// matches any kind, so then every person kind needs TOTP.
+    pub fn cover_break_glass(&mut self, devices: &[Device]) {
+        const PERSONS: [PrincipalKind; 4] = [
+            PrincipalKind::Vendor,
+            PrincipalKind::Clinician,
+            PrincipalKind::Security,
+            PrincipalKind::Admin,
+        ];
+        for bg in devices.iter().filter_map(|d| d.break_glass.as_ref()) {
+            let kinds = match bg.who.kind {
+                Some(k) => vec![k],
+                None => PERSONS.to_vec(),
+            };
+            for k in kinds {
+                if k != PrincipalKind::Gateway && !self.mfa.contains(&k) {
+                    self.mfa.push(k);
+                }
+            }
+        }
+    }
 }
 
 impl Config {
@@ -430,7 +453,8 @@ impl Config {
         let devices = cx.devices(raw.device, gateway.timezone_offset)?;
         let rules = cx.rules(raw.rule, &devices, gateway.timezone_offset)?;
         let approvals = cx.approvals(raw.approval, &devices)?;
-        let login = cx.login(raw.login)?;
+        let mut login = cx.login(raw.login)?;
+        login.cover_break_glass(&devices);
         Ok(Config {
             gateway,
             devices,

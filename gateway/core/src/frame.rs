@@ -304,6 +304,11 @@ pub enum ErrorCode {
     /// The session or operation cannot be recorded (its recording or the audit log cannot be
     /// written), so it is refused (fail closed).
     RecordingUnavailable,
+    /// Too many logins are being checked at once (password hashing is bounded); retry in a
+    /// moment.
+    LoginBusy,
+    /// The TOTP code was right but already used; wait for the next one.
+    TotpReused,
 }
 
 /// One device in a [`Response::Devices`] listing.
@@ -1058,6 +1063,8 @@ mod tests {
             ErrorCode::Internal,
             ErrorCode::Forbidden,
             ErrorCode::RecordingUnavailable,
+            ErrorCode::LoginBusy,
+            ErrorCode::TotpReused,
         ]);
         prop_oneof![
             (arb_text(), any::<bool>(), proptest::option::of(arb_text())).prop_map(

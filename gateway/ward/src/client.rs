@@ -648,6 +648,15 @@ impl Client {
                 grant,
             }),
             Response::Denied { reason } => bail!("{reason}"),
+            // Typed refusals get their sentence whatever the gateway's wording.
+            Response::Error {
+                code: ward_core::frame::ErrorCode::LoginBusy,
+                ..
+            } => bail!("{}", crate::login_gate::BUSY),
+            Response::Error {
+                code: ward_core::frame::ErrorCode::TotpReused,
+                ..
+            } => bail!("{}", crate::jit::TOTP_REUSED),
             Response::Error { code, message } => bail!("{code:?}: {message}"),
             other => bail!("unexpected answer from the gateway: {other:?}"),
         }

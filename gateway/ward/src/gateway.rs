@@ -132,7 +132,7 @@ impl Shared {
 
     /// Audit an event from a peer that has not authenticated: written, or only counted for the
     /// interval's summary (`noise`). The text log follows the same verdict. Returns the verdict.
-    fn audit_noise(&self, source: SocketAddr, ev: Event) -> Verdict {
+    pub(crate) fn audit_noise(&self, source: SocketAddr, ev: Event) -> Verdict {
         let now = self.clock.now();
         let verdict = match self.noise.lock() {
             Ok(mut n) => n.observe(source.ip(), &ev.0.event, now),
@@ -707,6 +707,8 @@ async fn serve_quic(
             info!(event = "connection_opened", transport = "quic", source = %peer, principal = "anonymous (login only)")
         }
     }
+    // One login per connection without a certificate (issue 12), whatever its streams.
+    let once = identity.is_none().then(crate::login_gate::OneLogin::new);
     loop {
         let (send, recv) = match conn.accept_bi().await {
             Ok(s) => s,
@@ -721,7 +723,10 @@ async fn serve_quic(
         };
         let shared = shared.clone();
         let identity = identity.clone();
-        tokio::spawn(serve_stream(shared, identity, peer, "quic", recv, send));
+        let once = once.clone();
+        tokio::spawn(serve_stream(
+            shared, identity, once, peer, "quic", recv, send,
+        ));
     }
     Ok(())
 }
@@ -791,7 +796,9 @@ async fn tcp_accept_loop(
                 }
             };
             let (r, w) = tokio::io::split(tls);
-            serve_stream(shared, identity, peer, "tcp", r, w).await;
+            // One request per TCP connection, so at most one login without a certificate.
+            let once = identity.is_none().then(crate::login_gate::OneLogin::new);
+            serve_stream(shared, identity, once, peer, "tcp", r, w).await;
         });
     }
 }
@@ -815,6 +822,7 @@ fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
 async fn serve_stream<R, W>(
     shared: Arc<Shared>,
     identity: Option<Arc<Identity>>,
+    once: Option<Arc<crate::login_gate::OneLogin>>,
     peer: SocketAddr,
     transport: &'static str,
     r: R,
@@ -862,17 +870,9 @@ async fn serve_stream<R, W>(
     // nothing else.
     let identity = match (identity, request) {
         (_, Request::Login(login)) => {
-            // argon2id and signing take tens of milliseconds: off the async workers.
-            let sh = shared.clone();
-            let response = tokio::task::spawn_blocking(move || crate::jit::login(&sh, peer, login))
-                .await
-                .unwrap_or_else(|_| {
-                    error_frame(ErrorCode::Internal, "login failed inside the gateway")
-                });
-            // A certificate leaves the gateway only once its issuance is in the audit log.
-            let response = gated(&shared, response).await;
-            let _ = writer.write_response(&response).await;
-            let _ = writer.finish().await;
+            // argon2id and signing take tens of milliseconds: off the async workers, behind the
+            // login gate, one per anonymous connection.
+            crate::login_gate::answer(&shared, peer, once.as_deref(), login, &mut writer).await;
             return;
         }
         (Some(identity), request) => (identity, request),

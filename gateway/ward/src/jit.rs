@@ -13,7 +13,7 @@ use tokio::io::AsyncWrite;
 use ward_ca::{Ca, Identity, IssueRequest, Kind};
 use ward_core::access::{self, AccessRequest, Grant, RequestState};
 use ward_core::frame::{AccessOp, AccessReply, ErrorCode, Login, Response};
-use ward_core::ratelimit::LoginLimiter;
+use ward_core::ratelimit::{LoginLimiter, Reserved};
 use ward_core::{password, totp, Principal, PrincipalKind};
 
 use crate::access_store::DecisionError;
@@ -35,6 +35,8 @@ pub struct Jit {
     pub(crate) disabled: RwLock<HashSet<String>>,
     ca: Option<Ca>,
     limiter: Mutex<LoginLimiter>,
+    /// Bounds the logins (argon2id) running and waiting at once.
+    pub(crate) gate: crate::login_gate::LoginGate,
 }
 
 impl Jit {
@@ -49,6 +51,7 @@ impl Jit {
             disabled: RwLock::new(disabled),
             ca,
             limiter: Mutex::new(LoginLimiter::new()),
+            gate: crate::login_gate::LoginGate::for_this_machine(),
         })
     }
 
@@ -147,7 +150,49 @@ pub(crate) async fn refresh_loop(shared: Arc<Shared>) {
 const LOGIN_FAILED: &str =
     "login failed: wrong user name, password or code (failed logins are rate-limited and audited)";
 
-/// Answers a `Login`. Never says which part was wrong; the audit log does.
+/// Reserves a login attempt with the back-off (`ward_core::ratelimit`), or the refusal to send.
+fn reserve(
+    shared: &Shared,
+    user: &str,
+    peer: SocketAddr,
+    second_factor: bool,
+    now: OffsetDateTime,
+) -> Result<Reserved, Response> {
+    let reserved = match shared.jit.limiter.lock() {
+        Ok(mut limiter) => limiter.reserve(user, &peer.ip().to_string(), second_factor, now),
+        Err(_) => {
+            return Err(Response::Error {
+                code: ErrorCode::Internal,
+                message: "login is unavailable after an internal error".into(),
+            })
+        }
+    };
+    reserved.map_err(|wait| {
+        shared.audit.emit(
+            Event::new("login", "denied", now)
+                .source(peer)
+                .detail("user", user.to_owned())
+                .severity("warning")
+                .reason(format!(
+                    "rate-limited for {}s after repeated failures",
+                    wait.whole_seconds()
+                )),
+        );
+        Response::Denied {
+            reason: format!(
+                "too many failed logins for this user or from this address; try again in {} s",
+                wait.whole_seconds().max(1)
+            ),
+        }
+    })
+}
+
+/// What a login with a right password and an already used TOTP code is told (the client prints
+/// it for [`ErrorCode::TotpReused`]).
+pub const TOTP_REUSED: &str = "this code was used already: wait for the next one";
+
+/// Answers a `Login`. Never says which part was wrong (except a reused code, once the password
+/// was right); the audit log does.
 pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response {
     let now = shared.clock.now();
     // One config snapshot for the whole login (a reload may swap it meanwhile).
@@ -158,35 +203,6 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
         Event::new("login", outcome, now)
             .source(peer)
             .detail("user", login.user.clone())
-    };
-    if let Ok(limiter) = jit.limiter.lock() {
-        if let Err(wait) = limiter.check(&login.user, &source, now) {
-            shared
-                .audit
-                .emit(ev("denied").severity("warning").reason(format!(
-                    "rate-limited for {}s after repeated failures",
-                    wait.whole_seconds()
-                )));
-            return Response::Denied {
-                reason: format!(
-                    "too many failed logins for this user or from this address; try again in {} s",
-                    wait.whole_seconds().max(1)
-                ),
-            };
-        }
-    }
-    let fail = |why: &str, user: Option<&User>| {
-        if let Ok(mut limiter) = jit.limiter.lock() {
-            limiter.failure(&login.user, &source, now);
-        }
-        let mut e = ev("denied").severity("warning").reason(why.to_owned());
-        if let Some(u) = user {
-            e = e.user(u.kind.as_str(), &u.name, u.org.as_deref());
-        }
-        shared.audit.emit(e);
-        Response::Denied {
-            reason: LOGIN_FAILED.to_owned(),
-        }
     };
     // Fail closed when the user store cannot be read or written.
     let store_down = |e: crate::store::StoreError, what: &str| {
@@ -201,6 +217,39 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
     let user = match jit.db.user(&login.user) {
         Ok(u) => u,
         Err(e) => return store_down(e, "read"),
+    };
+    // The attempt is counted before anything is verified, so parallel guesses cannot all pass
+    // the back-off check before any of them is counted (ward_core::ratelimit).
+    let second_factor =
+        login.totp.is_some() && user.as_ref().is_some_and(|u| u.totp_secret.is_some());
+    let reserved = match reserve(shared, &login.user, peer, second_factor, now) {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
+    // Refusals below were counted by the reservation; a success takes the count back.
+    let denied = |why: &str, user: Option<&User>| {
+        let mut e = ev("denied").severity("warning").reason(why.to_owned());
+        if reserved == Reserved::PastOthers {
+            e = e.detail("past_others_backoff", true);
+        }
+        if let Some(u) = user {
+            e = e.user(u.kind.as_str(), &u.name, u.org.as_deref());
+        }
+        shared.audit.emit(e);
+    };
+    let fail = |why: &str, user: Option<&User>| {
+        denied(why, user);
+        Response::Denied {
+            reason: LOGIN_FAILED.to_owned(),
+        }
+    };
+    // A right password with a code already used: say so (only reachable with the password).
+    let reused = |why: &str, user: &User| {
+        denied(why, Some(user));
+        Response::Error {
+            code: ErrorCode::TotpReused,
+            message: TOTP_REUSED.to_owned(),
+        }
     };
     let Some(user) = user else {
         password::verify_dummy(&login.password);
@@ -226,18 +275,18 @@ pub(crate) fn login(shared: &Shared, peer: SocketAddr, login: Login) -> Response
             return fail("TOTP code missing", Some(&user));
         };
         match totp::verify(&secret, code, now.unix_timestamp(), user.totp_last_step) {
-            Err(totp::TotpError::Reused) => return fail("TOTP code reused", Some(&user)),
+            Err(totp::TotpError::Reused) => return reused("TOTP code reused", &user),
             Err(_) => return fail("wrong TOTP code", Some(&user)),
             Ok(step) => match jit.db.record_totp_step(&user.name, step) {
                 Ok(true) => {}
-                Ok(false) => return fail("TOTP code reused (concurrent login)", Some(&user)),
+                Ok(false) => return reused("TOTP code reused (concurrent login)", &user),
                 Err(e) => return store_down(e, "write"),
             },
         }
     }
     // Authenticated. From here on refusals are not counted as failed logins.
     if let Ok(mut limiter) = jit.limiter.lock() {
-        limiter.success(&login.user, &source);
+        limiter.success(&login.user, &source, reserved);
     }
     let who = |e: Event| e.user(user.kind.as_str(), &user.name, user.org.as_deref());
     if user.must_change_password && login.new_password.is_none() {

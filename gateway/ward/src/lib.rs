@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod diskwatch;
 pub mod gateway;
 pub mod jit;
+pub mod login_gate;
 pub mod netns;
 pub mod quickstart;
 pub mod recorder;
