@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use ward_core::frame::{self, Request, Response};
+use ward_core::Escaped;
 
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use crate::tls;
@@ -579,12 +580,15 @@ pub async fn listen(
                     match session.run(r, w).await {
                         SessionEnd::Completed => eprintln!("ward: session {id} closed"),
                         SessionEnd::ClosedByGateway(reason) => {
-                            eprintln!("ward: session {id} ended by the gateway: {reason}")
+                            eprintln!(
+                                "ward: session {id} ended by the gateway: {}",
+                                Escaped(&reason)
+                            )
                         }
                         SessionEnd::Broken(why) => eprintln!("ward: session {id} broke: {why}"),
                     }
                 }
-                Err(e) => eprintln!("ward: {from} → {device}: {e:#}"),
+                Err(e) => eprintln!("ward: {from} → {device}: {}", Escaped(&format!("{e:#}"))),
             }
         });
     }

@@ -11,6 +11,7 @@ pub mod client;
 pub mod datapath;
 pub mod diskwatch;
 pub mod gateway;
+pub mod hygiene;
 pub mod jit;
 pub mod quickstart;
 pub mod recorder;

@@ -164,7 +164,7 @@ impl ClientCertVerifier for WardClientVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                tracing::warn!(event = "handshake_refused", reason = %e, "client certificate refused");
+                tracing::warn!(event = "handshake_refused", reason = %ward_core::Escaped(&e.to_string()), "client certificate refused");
                 Err(to_rustls(e))
             }
         }
