@@ -209,3 +209,144 @@ async fn a_lock_that_matches_nothing_is_refused_with_the_closest_names() {
         "{out:?}"
     );
 }
+
+/// A client identity signed by `pki`'s issuing CA for the trust domain `evil.test`.
+fn foreign_trust_domain(pki: &Pki) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = pki.dir.path();
+    let ca_key = std::fs::read_to_string(dir.join("issuing.key")).unwrap();
+    let ca_crt = std::fs::read_to_string(dir.join("issuing.crt")).unwrap();
+    let issuer =
+        rcgen::Issuer::from_ca_cert_pem(&ca_crt, rcgen::KeyPair::from_pem(&ca_key).unwrap())
+            .unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, "jdoe");
+    p.distinguished_name
+        .push(rcgen::DnType::OrganizationName, "acme");
+    p.subject_alt_names = vec![rcgen::SanType::URI(
+        "spiffe://evil.test/vendor/jdoe".try_into().unwrap(),
+    )];
+    p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    p.not_before = now() - time::Duration::minutes(10);
+    p.not_after = now() + time::Duration::hours(1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = p.signed_by(&key, &issuer).unwrap();
+    let prefix = dir.join("foreign");
+    std::fs::write(prefix.with_extension("crt"), cert.pem() + &ca_crt).unwrap();
+    std::fs::write(prefix.with_extension("key"), key.serialize_pem()).unwrap();
+    let private = std::fs::Permissions::from_mode(0o600);
+    std::fs::set_permissions(prefix.with_extension("key"), private).unwrap();
+    prefix
+}
+
+async fn connect_error(gw: &TestGateway, identity: &std::path::Path, t: Transport) -> String {
+    let files = ward::client::IdentityFiles::resolve(identity, Some(&gw.pki.root())).unwrap();
+    let addr = match t {
+        Transport::Tcp => gw.tcp(),
+        _ => gw.quic(),
+    };
+    let client = ward::client::Client::new(&addr, &files, t).unwrap();
+    let err = client.request(&Request::ListDevices).await.err();
+    format!(
+        "{:#}",
+        err.unwrap_or_else(|| panic!("{} over {t:?} was not refused", identity.display()))
+    )
+}
+
+/// Issue 12 item 7. Reproduction: a certificate the CA validator refuses for other than its
+/// dates or chain (here the gateway's own certificate as a client identity) was refused with the
+/// Rust `Debug` of the gateway's internal error in the QUIC close reason (`… Other(OtherError(
+/// MissingEku { … }))`); the same path carried `WrongTrustDomain { found, expected }`.
+/// `ward connect` now prints a sentence for each refusal, decided from the TLS alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_handshakes_tell_the_peer_nothing_internal_and_the_user_what_to_do() {
+    let pki = Arc::new(Pki::new());
+    let gw = start_gateway(pki.clone(), &[], PUMPS, "", clock()).await;
+    // The CA's own certificate and key as the identity.
+    let ca_as_identity = pki.dir.path().join("issuing");
+    let expired = pki.person_at(
+        Kind::Vendor,
+        "old",
+        Some("acme"),
+        &[],
+        Some(time::Duration::hours(1)),
+        now() - time::Duration::hours(5),
+    );
+    let early = pki.person_at(
+        Kind::Vendor,
+        "early",
+        Some("acme"),
+        &[],
+        Some(time::Duration::hours(8)),
+        now() + time::Duration::hours(3),
+    );
+    let foreign = foreign_trust_domain(&pki);
+    let other = Pki::new();
+    let stranger = other.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    for t in [Transport::Quic, Transport::Tcp] {
+        let e = connect_error(&gw, &ca_as_identity, t).await;
+        assert!(e.contains("CA certificate, not an identity"), "{t:?}: {e}");
+        // Signed by this CA but for another trust domain: the validator's WrongTrustDomain went
+        // to the peer as Rust Debug.
+        let e = connect_error(&gw, &foreign, t).await;
+        assert!(e.contains("another Ward"), "{t:?}: {e}");
+        for internal in ["WrongTrustDomain", "Other", "{", "evil.test", "ward.test"] {
+            assert!(
+                !e.contains(internal),
+                "{t:?}: {internal} reached the peer: {e}"
+            );
+        }
+        let e = connect_error(&gw, &expired, t).await;
+        assert!(
+            e.contains("expired at") && e.contains("ward login"),
+            "{t:?}: {e}"
+        );
+        let e = connect_error(&gw, &early, t).await;
+        assert!(e.contains("not valid yet"), "{t:?}: {e}");
+        let e = connect_error(&gw, &stranger, t).await;
+        assert!(e.contains("another Ward"), "{t:?}: {e}");
+    }
+}
+
+/// Issue 12 item 7. Reproduction: `chmod 644` on an identity key, the gateway's key or the audit
+/// signing key, and Ward used them as they were.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
+    use std::os::unix::fs::PermissionsExt;
+    let lax = || std::fs::Permissions::from_mode(0o644);
+    let pki = Arc::new(Pki::new());
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let key = vendor.with_extension("key");
+    std::fs::set_permissions(&key, lax()).unwrap();
+    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let e = ward::client::Client::new("127.0.0.1:1", &files, Transport::Quic).unwrap_err();
+    let want = format!("chmod 600 {}", key.display());
+    assert!(format!("{e:#}").contains(&want), "{e:#}");
+
+    // The gateway's key.
+    let gw_key = pki.dir.path().join("gateway.key");
+    std::fs::set_permissions(&gw_key, lax()).unwrap();
+    let config = write_gateway_config(&pki, &[], PUMPS, "", 0, &pki.dir.path().join("st"));
+    let cfg = ward::gateway::load_config(&config).unwrap();
+    let e = ward::gateway::Gateway::start(cfg, clock())
+        .await
+        .err()
+        .unwrap();
+    let want = format!("chmod 600 {}", gw_key.display());
+    assert!(format!("{e:#}").contains(&want), "{e:#}");
+    std::fs::set_permissions(&gw_key, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // The audit signing key (made by a first start).
+    let mut gw = start_gateway(pki.clone(), &[], PUMPS, "", clock()).await;
+    let state = gw.state_dir();
+    gw.shutdown(Duration::from_millis(50)).await;
+    let audit_key = state.join(ward::AUDIT_KEY);
+    std::fs::set_permissions(&audit_key, lax()).unwrap();
+    let cfg = ward::gateway::load_config(&gw.config).unwrap();
+    let e = ward::gateway::Gateway::start(cfg, clock())
+        .await
+        .err()
+        .unwrap();
+    let want = format!("chmod 600 {}", audit_key.display());
+    assert!(format!("{e:#}").contains(&want), "{e:#}");
+}

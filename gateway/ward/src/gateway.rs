@@ -342,6 +342,9 @@ pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let key_path = state_dir.join(crate::AUDIT_KEY);
+    if key_path.exists() {
+        ward_ca::check_private_key(&key_path)?;
+    }
     let signer = match std::fs::read(&key_path) {
         Ok(pkcs8) => Signer::from_pkcs8(&pkcs8)
             .with_context(|| format!("{} is not a Ward signing key", key_path.display()))?,

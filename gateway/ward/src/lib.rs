@@ -16,6 +16,7 @@ pub mod jit;
 pub mod quickstart;
 pub mod recorder;
 pub mod recovery;
+pub mod refusal;
 pub mod reload;
 pub mod review;
 pub mod sim;
