@@ -350,3 +350,45 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
     let want = format!("chmod 600 {}", audit_key.display());
     assert!(format!("{e:#}").contains(&want), "{e:#}");
 }
+
+const APPROVED_PUMPS: &str = r#"
+[[rule]]
+name = "acme-maintains-its-pumps"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+
+[[approval]]
+name = "pumps"
+who = { kind = "vendor" }
+devices = { labels = { vendor = "acme" } }
+approvers = [ { kind = "clinician", roles = ["icu"] } ]
+max_duration = "2h"
+"#;
+
+/// Issue 12 item 7. Reproduction: an access request starting years ahead was accepted and sat
+/// pending (a grant nobody would remember approving). `[access] max_start_ahead` (30 days).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_request_may_not_start_beyond_max_start_ahead() {
+    use ward_core::frame::AccessOp;
+    let pki = Arc::new(Pki::new());
+    let dev = echo_device().await;
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        dev,
+        "raw",
+        &[("vendor", "acme")],
+    )];
+    let gw = start_gateway(pki.clone(), &devices, APPROVED_PUMPS, "", clock()).await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let client = gw.client(&vendor, Transport::Quic);
+    let ask = |days: i64| AccessOp::Request {
+        device: "pump-12".into(),
+        reason: "firmware".into(),
+        duration_secs: 3600,
+        start_unix: Some((now() + time::Duration::days(days)).unix_timestamp()),
+    };
+    let e = client.access(ask(400)).await.err().unwrap();
+    let e = format!("{e:#}");
+    assert!(e.contains("max_start_ahead") && e.contains("30d"), "{e}");
+    assert!(client.access(ask(29)).await.is_ok());
+}
