@@ -97,7 +97,7 @@ pub struct Client {
     quic: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
     fell_back: std::sync::atomic::AtomicBool,
     /// Our certificate (PEM) and the root file: to explain a refused handshake.
-    identity: Option<(String, PathBuf)>,
+    identity: Option<Box<(String, PathBuf)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -143,7 +143,7 @@ impl Client {
         let mut client = Self::with_config(gateway, cfg, transport)?;
         client.identity = std::fs::read_to_string(&files.cert)
             .ok()
-            .map(|pem| (pem, files.root.clone()));
+            .map(|pem| Box::new((pem, files.root.clone())));
         Ok(client)
     }
 
@@ -154,7 +154,7 @@ impl Client {
         e: &dyn std::fmt::Display,
     ) -> String {
         use ward_ca::Clock as _;
-        let (pem, root) = match &self.identity {
+        let (pem, root) = match self.identity.as_deref() {
             Some((pem, root)) => (Some(pem.as_str()), Some(root.as_path())),
             None => (None, None),
         };

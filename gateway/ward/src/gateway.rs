@@ -919,7 +919,7 @@ async fn serve_stream<R, W>(
                     Event::new("session_deny", "denied", shared.clock.now())
                         .principal(&identity)
                         .source(peer)
-                        .device(&ward_core::escape::escape_prefix(&device, 64))
+                        .device(ward_core::escape::escape_prefix(&device, 64))
                         .reason(refusal.clone()),
                 );
                 refuse(&mut writer, ErrorCode::BadRequest, refusal).await;
