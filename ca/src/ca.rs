@@ -507,9 +507,8 @@ fn csr_public_key(csr_pem: &str) -> Result<SubjectPublicKeyInfo, CaError> {
     if !rest.is_empty() {
         return Err(CaError::Csr("trailing data after the request".into()));
     }
-    csr.verify_signature().map_err(|_| {
-        CaError::Csr("its signature does not verify with its own public key".into())
-    })?;
+    // The key type first: a key Ward does not support would otherwise fail as "its signature does
+    // not verify", which sends its owner looking for the wrong problem.
     let spki = &csr.certification_request_info.subject_pki;
     match spki.parsed() {
         Ok(PublicKey::EC(point)) if matches!(point.key_size(), 256 | 384) => {}
@@ -523,6 +522,9 @@ fn csr_public_key(csr_pem: &str) -> Result<SubjectPublicKeyInfo, CaError> {
             ))
         }
     }
+    csr.verify_signature().map_err(|_| {
+        CaError::Csr("its signature does not verify with its own public key".into())
+    })?;
     SubjectPublicKeyInfo::from_der(spki.raw)
         .map_err(|e| CaError::Csr(format!("unsupported public key: {e}")))
 }

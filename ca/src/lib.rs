@@ -28,6 +28,12 @@ pub use ca::{
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use duration::{format_duration, parse_duration, parse_ttl, DurationError, HumanDuration};
 pub use error::CaError;
+
+/// Refuse a private key file that group or others can read or write, naming the `chmod 600` to
+/// run (for every key Ward reads: identities, the gateway's key, the audit signing key).
+pub fn check_private_key(path: &std::path::Path) -> Result<(), CaError> {
+    fsutil::check_private(path)
+}
 pub use identity::Identity;
 pub use inspect::{inspect, Inspection, Verdict};
 pub use kind::{Caps, CapsError, Kind, KindCaps, UnknownKind};

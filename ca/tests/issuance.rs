@@ -237,6 +237,21 @@ fn csr_with_bad_signature_is_refused() {
     assert!(err.contains("expected \"CERTIFICATE REQUEST\""), "{err}");
 }
 
+/// Issue 12 item 7. Reproduction: a CSR for a key type Ward does not support (ECDSA P-521) was
+/// refused with "its signature does not verify", not with the reason.
+#[test]
+fn csr_with_an_unsupported_key_type_says_so() {
+    let env = Env::new();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P521_SHA512).unwrap();
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, "jdoe");
+    let csr = p.serialize_request(&key).unwrap().pem().unwrap();
+    let mut r = req(Kind::Vendor, "jdoe");
+    r.csr_pem = Some(csr);
+    let err = env.ca.issue(&r, t0()).unwrap_err().to_string();
+    assert!(err.contains("unsupported public key"), "{err}");
+}
+
 #[test]
 fn init_files_modes_and_refusal() {
     let tmp = tempfile::tempdir().unwrap();

@@ -1184,6 +1184,11 @@ devices = { labels = { vendor = "acme" } }
             .to_string();
         std::fs::write(format!("{prefix}.crt"), &logged.chain_pem).unwrap();
         std::fs::write(format!("{prefix}.key"), logged.key_pem.expose()).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let private = std::fs::Permissions::from_mode(0o600);
+            std::fs::set_permissions(format!("{prefix}.key"), private).unwrap();
+        }
         let client = tg.client(Path::new(&prefix), transport);
         match client.request(&Request::ListDevices).await.unwrap() {
             Response::Devices { devices } => {

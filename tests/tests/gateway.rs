@@ -308,6 +308,7 @@ async fn lock_ends_live_session_within_a_second_and_refuses_new_ones() {
             target: LockTarget::Org("acme".into()),
             for_secs: None,
             reason: "x".into(),
+            force: false,
         })
         .await
         .unwrap();
@@ -320,6 +321,7 @@ async fn lock_ends_live_session_within_a_second_and_refuses_new_ones() {
             target: LockTarget::Org("acme".into()),
             for_secs: Some(3600),
             reason: "incident 42".into(),
+            force: false,
         })
         .await
         .unwrap();
@@ -376,6 +378,7 @@ async fn locks_survive_a_gateway_restart() {
             target: LockTarget::Device("pump-12".into()),
             for_secs: None,
             reason: "recall".into(),
+            force: false,
         })
         .await
         .unwrap();

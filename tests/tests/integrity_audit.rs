@@ -50,6 +50,7 @@ async fn lock(client: &ward::client::Client, device: &str) -> Response {
             target: LockTarget::Device(device.into()),
             for_secs: Some(60),
             reason: "incident 42".into(),
+            force: false,
         })
         .await
         .unwrap()

@@ -344,6 +344,7 @@ async fn text_from_peers_cannot_forge_audit_lines() {
             target: LockTarget::Device("pump-12".into()),
             for_secs: Some(60),
             reason: evil.into(),
+            force: false,
         })
         .await
         .unwrap();

@@ -285,6 +285,29 @@ pub enum RequestError {
     /// The window would start in the past (more than a minute ago).
     #[error("the window cannot start in the past")]
     StartInPast,
+    /// The window would start further ahead than `[access] max_start_ahead`.
+    #[error("the window cannot start more than {max} ahead ([access] max_start_ahead)")]
+    StartTooFarAhead {
+        /// The limit, formatted.
+        max: String,
+    },
+}
+
+/// Refuses a request window starting more than `max_ahead` after `now`.
+pub fn check_start_ahead(
+    start: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+    max_ahead: Duration,
+) -> Result<(), RequestError> {
+    let limit = time::Duration::try_from(max_ahead)
+        .ok()
+        .and_then(|d| now.checked_add(d));
+    match (start, limit) {
+        (Some(s), Some(limit)) if s > limit => Err(RequestError::StartTooFarAhead {
+            max: crate::duration::format_duration(max_ahead),
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// Builds a pending request. `id` is chosen by the caller (random).
@@ -766,5 +789,21 @@ mod tests {
         assert!(can_revoke(&g, &p, &devices, &nurse));
         assert!(can_revoke(&g, &p, &devices, &sec));
         assert!(!can_revoke(&g, &p, &devices, &other_vendor));
+    }
+
+    #[test]
+    fn a_window_may_not_start_beyond_max_start_ahead() {
+        let day = std::time::Duration::from_secs(86400);
+        let max = 30 * day;
+        assert!(check_start_ahead(None, NOW, max).is_ok());
+        assert!(check_start_ahead(Some(NOW + time::Duration::days(30)), NOW, max).is_ok());
+        let e = check_start_ahead(Some(NOW + time::Duration::days(31)), NOW, max).unwrap_err();
+        assert!(e.to_string().contains("max_start_ahead"), "{e}");
+        assert!(check_start_ahead(
+            Some(NOW + time::Duration::days(9999)),
+            NOW,
+            std::time::Duration::MAX
+        )
+        .is_ok());
     }
 }

@@ -378,6 +378,23 @@ pub struct Config {
     pub approvals: Vec<ApprovalPolicy>,
     /// `[login]`.
     pub login: LoginConfig,
+    /// `[access]`.
+    pub access: AccessConfig,
+}
+
+/// The `[access]` table: limits on access requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessConfig {
+    /// How far ahead a request's window may start (`max_start_ahead`, default 30 days).
+    pub max_start_ahead: Duration,
+}
+
+impl Default for AccessConfig {
+    fn default() -> Self {
+        AccessConfig {
+            max_start_ahead: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
 }
 
 /// The `[login]` table: password + TOTP login that issues short-lived certificates.
@@ -450,17 +467,28 @@ impl Config {
             file: file_name,
         };
         let gateway = cx.gateway(raw.gateway)?;
-        let devices = cx.devices(raw.device, gateway.timezone_offset)?;
+        let listeners: Vec<SocketAddr> = std::iter::once(gateway.listen)
+            .chain(gateway.listen_tcp)
+            .collect();
+        let devices = cx.devices(raw.device, gateway.timezone_offset, &listeners)?;
         let rules = cx.rules(raw.rule, &devices, gateway.timezone_offset)?;
         let approvals = cx.approvals(raw.approval, &devices)?;
         let mut login = cx.login(raw.login)?;
         login.cover_break_glass(&devices);
+        let access = AccessConfig {
+            max_start_ahead: cx.duration(
+                raw.access.max_start_ahead,
+                "access.max_start_ahead",
+                AccessConfig::default().max_start_ahead,
+            )?,
+        };
         Ok(Config {
             gateway,
             devices,
             rules,
             approvals,
             login,
+            access,
         })
     }
 
@@ -481,6 +509,28 @@ impl Config {
     }
 }
 
+/// Longest `max_session` a rule may set (366 days): beyond it a typo, and date arithmetic on it
+/// could overflow.
+pub const MAX_SESSION_CAP: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// Whether a device at `address` would be the gateway's own listener `l` (same port, and the same
+/// address, `localhost` for a loopback listener, or any address for a wildcard listener).
+fn is_listener(address: &DeviceAddress, l: &SocketAddr) -> bool {
+    match address {
+        DeviceAddress::Ip(a) => {
+            a.port() == l.port()
+                && (a.ip() == l.ip()
+                    || l.ip().is_unspecified()
+                    || (a.ip().is_loopback() && l.ip().is_loopback()))
+        }
+        DeviceAddress::Host { host, port } => {
+            *port == l.port()
+                && host.eq_ignore_ascii_case("localhost")
+                && (l.ip().is_loopback() || l.ip().is_unspecified())
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Raw (as written) structures.
 
@@ -496,6 +546,14 @@ struct RawConfig {
     approval: Vec<Spanned<RawApproval>>,
     #[serde(default)]
     login: RawLogin,
+    #[serde(default)]
+    access: RawAccess,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    max_start_ahead: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -981,6 +1039,7 @@ impl Cx<'_> {
         &self,
         raw: Vec<Spanned<RawDevice>>,
         offset: UtcOffset,
+        listeners: &[SocketAddr],
     ) -> Result<Vec<Device>, ConfigError> {
         let mut seen: HashMap<String, usize> = HashMap::new();
         let mut out = Vec::with_capacity(raw.len());
@@ -1005,6 +1064,10 @@ impl Cx<'_> {
                 .get_ref()
                 .parse()
                 .map_err(|e| self.err(d.address.span(), f("address"), e))?;
+            if let Some(l) = listeners.iter().find(|l| is_listener(&address, l)) {
+                let why = format!("{address} is the gateway's own listener ({l}): a device there would loop sessions back into the gateway");
+                return Err(self.err(d.address.span(), f("address"), ConfigErrorKind::Limit(why)));
+            }
             let protocol: Protocol = d
                 .protocol
                 .get_ref()
@@ -1154,12 +1217,28 @@ impl Cx<'_> {
                 ));
             }
             seen.insert(r.name.get_ref().clone(), self.line(&name_span));
+            let who_span = r.who.span();
             let who = self.who(r.who, &f("who"))?;
+            if who.kind == Some(PrincipalKind::Gateway) {
+                let why = "a rule may not be for the `gateway` kind: gateway certificates identify Ward itself, not people who reach devices";
+                return Err(self.err(who_span, f("who.kind"), ConfigErrorKind::Limit(why.into())));
+            }
             let selector = self.selector(r.devices, &f("devices"), devices)?;
             let max_session = r
                 .max_session
                 .map(|m| {
-                    parse_duration(m.get_ref()).map_err(|e| self.err(m.span(), f("max_session"), e))
+                    let d = parse_duration(m.get_ref())
+                        .map_err(|e| self.err(m.span(), f("max_session"), e))?;
+                    if d > MAX_SESSION_CAP {
+                        let why =
+                            format!("max_session {:?} is over the limit of 366d", m.get_ref());
+                        return Err(self.err(
+                            m.span(),
+                            f("max_session"),
+                            ConfigErrorKind::Limit(why),
+                        ));
+                    }
+                    Ok(d)
                 })
                 .transpose()?;
             let hours = r
@@ -1288,6 +1367,47 @@ address = "10.20.0.12:23"
 protocol = "telnet"
 labels = { vendor = "acme" }
 "#;
+
+    fn refused(text: &str) -> ConfigError {
+        Config::parse(text, "w.toml").unwrap_err()
+    }
+
+    #[test]
+    fn unreasonable_values_are_refused_with_the_field_named() {
+        let rule = |who: &str, max: &str| {
+            format!("{GATEWAY}{DEVICE}\n[[rule]]\nname = \"r\"\nwho = {who}\ndevices = {{ all = true }}\nmax_session = \"{max}\"\n")
+        };
+        let e = refused(&rule("{ kind = \"vendor\" }", "99999999999999d"));
+        assert_eq!(e.field, "rule[0].max_session", "{e}");
+        assert!(e.to_string().contains("366d"), "{e}");
+        assert!(Config::parse(&rule("{ kind = \"vendor\" }", "366d"), "w.toml").is_ok());
+        let e = refused(&rule("{ kind = \"gateway\" }", "1h"));
+        assert_eq!(e.field, "rule[0].who.kind", "{e}");
+        for address in ["127.0.0.1:4433", "localhost:4433", "127.0.0.2:4433"] {
+            let text = format!("{GATEWAY}\n[[device]]\nid = \"loop\"\naddress = \"{address}\"\nprotocol = \"raw\"\n");
+            let e = refused(&text);
+            assert_eq!(e.field, "device[0].address", "{e}");
+            assert!(e.to_string().contains("own listener"), "{e}");
+        }
+        let text = format!("{GATEWAY}\n[[device]]\nid = \"ok\"\naddress = \"127.0.0.1:4434\"\nprotocol = \"raw\"\n");
+        assert!(Config::parse(&text, "w.toml").is_ok());
+    }
+
+    #[test]
+    fn access_max_start_ahead_defaults_to_30_days() {
+        let c = Config::parse(GATEWAY, "w.toml").unwrap();
+        assert_eq!(c.access.max_start_ahead, Duration::from_secs(30 * 86400));
+        let c = Config::parse(
+            &format!("{GATEWAY}\n[access]\nmax_start_ahead = \"7d\"\n"),
+            "w.toml",
+        )
+        .unwrap();
+        assert_eq!(c.access.max_start_ahead, Duration::from_secs(7 * 86400));
+        let e = refused(&format!(
+            "{GATEWAY}\n[access]\nmax_start_ahead = \"soon\"\n"
+        ));
+        assert_eq!(e.field, "access.max_start_ahead", "{e}");
+    }
 
     #[test]
     fn sample_config_parses() {

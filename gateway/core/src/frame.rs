@@ -86,6 +86,9 @@ pub enum Request {
         for_secs: Option<u64>,
         /// Why (shown to whoever is locked out).
         reason: String,
+        /// Lock even though the target matches nothing the gateway knows (e.g. a principal that
+        /// has not connected yet); audited as forced. On the wire only when true.
+        force: bool,
     },
     /// Remove a lock.
     Unlock {
@@ -496,6 +499,8 @@ struct LockWire {
     #[serde(default)]
     for_secs: Option<u64>,
     reason: String,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    force: bool,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -636,10 +641,12 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
                 target,
                 for_secs,
                 reason,
+                force,
             } => to_json(&LockWire {
                 target,
                 for_secs,
                 reason,
+                force,
             }),
             Request::Unlock { target } => to_json(&UnlockWire { target }),
             Request::Review(review) => to_json(&review),
@@ -801,6 +808,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
                 target: w.target,
                 for_secs: w.for_secs,
                 reason: w.reason,
+                force: w.force,
             }
             .into()
         }
@@ -997,6 +1005,31 @@ mod tests {
     }
 
     #[test]
+    fn lock_force_is_on_the_wire_only_when_set() {
+        let plain = Request::Lock {
+            target: LockTarget::Device("pump-12".into()),
+            for_secs: None,
+            reason: "r".into(),
+            force: false,
+        };
+        let bytes = encode_request(&plain).unwrap();
+        assert!(!String::from_utf8_lossy(&bytes).contains("force"));
+        let old = raw(
+            frame_type::LOCK,
+            br#"{"target":{"device":"pump-12"},"reason":"r"}"#,
+        );
+        assert_eq!(decode_request(&old).unwrap().unwrap().0, plain);
+        let forced = Request::Lock {
+            target: LockTarget::Device("pump-12".into()),
+            for_secs: None,
+            reason: "r".into(),
+            force: true,
+        };
+        let bytes = encode_request(&forced).unwrap();
+        assert_eq!(decode_request(&bytes).unwrap().unwrap().0, forced);
+    }
+
+    #[test]
     fn lock_info_from_lock() {
         let lock = Lock {
             target: LockTarget::Org("acme".into()),
@@ -1076,14 +1109,19 @@ mod tests {
                 .into()
             ),
             Just(Request::ListDevices.into()),
-            (arb_target(), any::<Option<u64>>(), arb_text()).prop_map(
-                |(target, for_secs, reason)| Request::Lock {
+            (
+                arb_target(),
+                any::<Option<u64>>(),
+                arb_text(),
+                any::<bool>()
+            )
+                .prop_map(|(target, for_secs, reason, force)| Request::Lock {
                     target,
                     for_secs,
-                    reason
+                    reason,
+                    force
                 }
-                .into()
-            ),
+                .into()),
             arb_target().prop_map(|target| Request::Unlock { target }.into()),
             Just(Request::ListLocks.into()),
             (arb_text(), arb_text(), arb_text(), any::<i64>(), arb_text()).prop_map(

@@ -16,6 +16,7 @@ pub mod access;
 pub mod config;
 pub mod device;
 pub mod duration;
+pub mod escape;
 pub mod frame;
 pub mod noise;
 pub mod password;
@@ -23,6 +24,7 @@ pub mod policy;
 pub mod principal;
 pub mod ratelimit;
 pub mod session;
+pub mod suggest;
 pub mod totp;
 pub mod window;
 
@@ -31,6 +33,7 @@ pub use config::{
 };
 pub use device::{Device, DeviceAddress, DeviceError, DeviceId, Protocol};
 pub use duration::{format_duration, parse_duration, DurationError};
+pub use escape::{escape, Escaped};
 pub use frame::{
     decode, decode_request, decode_response, encode, encode_request, encode_response, AccessOp,
     AccessReply, DeviceInfo, ErrorCode, Frame, FrameError, LockInfo, Login, Request, Response,

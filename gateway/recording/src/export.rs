@@ -16,6 +16,8 @@ use crate::format::{Direction, Record, SessionMeta};
 use crate::RecError;
 pub use telnet::TelnetFilter;
 
+use crate::terminal::TerminalGuard;
+
 /// asciicast options.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AsciicastOpts {
@@ -25,6 +27,10 @@ pub struct AsciicastOpts {
     pub height: u16,
     /// Also emit `"i"` events for client → device bytes (input that was never echoed included).
     pub include_input: bool,
+    /// Keep every escape sequence the device sent. By default the ones `ward replay` drops
+    /// ([`crate::terminal::TerminalGuard`]: titles, clipboard, queries, mouse modes, DCS…) are
+    /// dropped here too, since a player writes the export to a reviewer's terminal.
+    pub raw: bool,
 }
 
 impl Default for AsciicastOpts {
@@ -34,6 +40,7 @@ impl Default for AsciicastOpts {
             width: 80,
             height: 24,
             include_input: false,
+            raw: false,
         }
     }
 }
@@ -109,6 +116,7 @@ pub fn asciicast(records: &[Record], opts: &AsciicastOpts) -> Result<Vec<u8>, Re
     let mut out = header.to_string().into_bytes();
     out.push(b'\n');
     let mut filters = [TelnetFilter::new(), TelnetFilter::new()];
+    let mut guards = [TerminalGuard::new(), TerminalGuard::new()];
     let mut text = [Utf8Stream::default(), Utf8Stream::default()];
     let mut last_t = 0u64;
     let emit = |out: &mut Vec<u8>, t_ns: u64, kind: &str, s: String| -> Result<(), RecError> {
@@ -130,14 +138,23 @@ pub fn asciicast(records: &[Record], opts: &AsciicastOpts) -> Result<Vec<u8>, Re
             Direction::Up if opts.include_input => (1, "i"),
             Direction::Up => continue,
         };
-        let (Some(filter), Some(stream)) = (filters.get_mut(i), text.get_mut(i)) else {
+        let (Some(filter), Some(guard), Some(stream)) =
+            (filters.get_mut(i), guards.get_mut(i), text.get_mut(i))
+        else {
             continue;
         };
-        let s = if telnet {
-            stream.push(&filter.filter(payload))
+        let bytes = if telnet {
+            filter.filter(payload)
         } else {
-            stream.push(payload)
+            payload.clone()
         };
+        // Device output is what a player writes to the reviewer's terminal.
+        let bytes = if opts.raw || kind != "o" {
+            bytes
+        } else {
+            guard.filter(&bytes)
+        };
+        let s = stream.push(&bytes);
         emit(&mut out, *t_ns, kind, s)?;
     }
     for (i, kind) in [(0usize, "o"), (1, "i")] {

@@ -31,6 +31,40 @@ fn session(protocol: &str, chunks: &[(Direction, u64, &[u8])]) -> Vec<Record> {
     read_all(&out).unwrap()
 }
 
+/// Issue 12 item 7. Reproduction: `ward export --format asciicast` kept the OSC title, OSC 52
+/// clipboard write and the device-attributes query that `ward replay` drops; playing the export
+/// sent them to the reviewer's terminal.
+#[test]
+fn asciicast_filters_what_replay_filters_unless_raw() {
+    use Direction::*;
+    let evil: &[u8] =
+        b"\x1b]0;owned\x07\x1b]52;c;cm0gLXJmIH4=\x07\x1b[31mred\x1b[0m\x1b[c\x1bP1$qm\x1b\\ok\r\n";
+    let records = session("raw", &[(Down, 1_000_000, evil)]);
+    let text = |raw: bool| {
+        let cast = asciicast(
+            &records,
+            &AsciicastOpts {
+                raw,
+                ..AsciicastOpts::default()
+            },
+        )
+        .unwrap();
+        let mut out = String::new();
+        for line in cast
+            .split(|b| *b == b'\n')
+            .skip(1)
+            .filter(|l| !l.is_empty())
+        {
+            let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+            out.push_str(v[2].as_str().unwrap());
+        }
+        out
+    };
+    let safe = text(false);
+    assert_eq!(safe, "\x1b[31mred\x1b[0mok\r\n", "{safe:?}");
+    assert_eq!(text(true).as_bytes(), evil);
+}
+
 #[test]
 fn asciicast_v2_strips_telnet_and_keeps_utf8_across_chunks() {
     use Direction::*;
@@ -53,6 +87,7 @@ fn asciicast_v2_strips_telnet_and_keeps_utf8_across_chunks() {
             width: 132,
             height: 43,
             include_input: true,
+            raw: false,
         },
     )
     .unwrap();

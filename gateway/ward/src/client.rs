@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 use ward_core::frame::{self, Request, Response};
+use ward_core::Escaped;
 
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use crate::tls;
@@ -95,6 +96,8 @@ pub struct Client {
     transport: Transport,
     quic: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
     fell_back: std::sync::atomic::AtomicBool,
+    /// Our certificate (PEM) and the root file: to explain a refused handshake.
+    identity: Option<Box<(String, PathBuf)>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -137,7 +140,27 @@ impl Client {
             .next()
             .ok_or_else(|| anyhow!("empty root file"))?;
         let cfg = tls::client_config(root, chain, key)?;
-        Self::with_config(gateway, cfg, transport)
+        let mut client = Self::with_config(gateway, cfg, transport)?;
+        client.identity = std::fs::read_to_string(&files.cert)
+            .ok()
+            .map(|pem| Box::new((pem, files.root.clone())));
+        Ok(client)
+    }
+
+    /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
+    fn explain_refusal(
+        &self,
+        refused: Option<crate::refusal::Refused>,
+        e: &dyn std::fmt::Display,
+    ) -> String {
+        use ward_ca::Clock as _;
+        let (pem, root) = match self.identity.as_deref() {
+            Some((pem, root)) => (Some(pem.as_str()), Some(root.as_path())),
+            None => (None, None),
+        };
+        refused
+            .and_then(|r| crate::refusal::sentence(&r, pem, root, ward_ca::SystemClock.now()))
+            .unwrap_or_else(|| explain(e, None))
     }
 
     /// A client without a certificate, trusting `root`: it can only log in.
@@ -173,6 +196,7 @@ impl Client {
             transport,
             quic: Mutex::new(None),
             fell_back: std::sync::atomic::AtomicBool::new(false),
+            identity: None,
         })
     }
 
@@ -211,7 +235,12 @@ impl Client {
         let conn = endpoint
             .connect(self.addr, &self.host)?
             .await
-            .map_err(|e| anyhow!("{}", explain(&e, None)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{}",
+                    self.explain_refusal(crate::refusal::from_quic(&e), &e)
+                )
+            })?;
         *guard = Some((endpoint, conn.clone()));
         Ok(conn)
     }
@@ -226,7 +255,7 @@ impl Client {
         let tls = connector
             .connect(self.server_name()?, tcp)
             .await
-            .map_err(|e| anyhow!("{}", explain(&e, None)))?;
+            .map_err(|e| anyhow!("{}", self.explain_refusal(crate::refusal::from_tcp(&e), &e)))?;
         let (r, w) = tokio::io::split(tls);
         Ok((Box::new(r), Box::new(w)))
     }
@@ -260,10 +289,13 @@ impl Client {
                 }
             }
         };
-        let (send, recv) = quic
-            .open_bi()
-            .await
-            .map_err(|e| anyhow!("gateway closed the connection: {e}"))?;
+        let (send, recv) =
+            quic.open_bi()
+                .await
+                .map_err(|e| match crate::refusal::from_quic(&e) {
+                    Some(r) => anyhow!("{}", self.explain_refusal(Some(r), &e)),
+                    None => anyhow!("gateway closed the connection: {e}"),
+                })?;
         Ok((
             Box::new(recv),
             Box::new(QuicSend {
@@ -277,7 +309,8 @@ impl Client {
     async fn quic_close_reason(&self) -> Option<String> {
         let guard = self.quic.lock().await;
         let (_, conn) = guard.as_ref()?;
-        conn.close_reason().map(|e| explain(&e, None))
+        conn.close_reason()
+            .map(|e| self.explain_refusal(crate::refusal::from_quic(&e), &e))
     }
 
     /// Read the answer; if the stream broke because the gateway closed the connection (for example
@@ -290,7 +323,17 @@ impl Client {
             Ok(r) => Ok(r),
             Err(e) => match self.quic_close_reason().await {
                 Some(why) => Err(anyhow!("{why}")),
-                None => Err(anyhow!("{}", explain(&format!("{e:#}"), None))),
+                None => {
+                    // On TLS over TCP the gateway's refusal arrives as an alert on the first read.
+                    let refused = e
+                        .chain()
+                        .find_map(|c| c.downcast_ref::<std::io::Error>())
+                        .and_then(crate::refusal::from_tcp);
+                    Err(anyhow!(
+                        "{}",
+                        self.explain_refusal(refused, &format!("{e:#}"))
+                    ))
+                }
             },
         }
     }
@@ -579,12 +622,15 @@ pub async fn listen(
                     match session.run(r, w).await {
                         SessionEnd::Completed => eprintln!("ward: session {id} closed"),
                         SessionEnd::ClosedByGateway(reason) => {
-                            eprintln!("ward: session {id} ended by the gateway: {reason}")
+                            eprintln!(
+                                "ward: session {id} ended by the gateway: {}",
+                                Escaped(&reason)
+                            )
                         }
                         SessionEnd::Broken(why) => eprintln!("ward: session {id} broke: {why}"),
                     }
                 }
-                Err(e) => eprintln!("ward: {from} → {device}: {e:#}"),
+                Err(e) => eprintln!("ward: {from} → {device}: {}", Escaped(&format!("{e:#}"))),
             }
         });
     }

@@ -22,7 +22,7 @@ use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
 use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
 use ward_core::policy::{self, Lock};
 use ward_core::session::{self, Handshaken, Recheck};
-use ward_core::Principal;
+use ward_core::{Escaped, Principal};
 
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
@@ -342,6 +342,9 @@ pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let key_path = state_dir.join(crate::AUDIT_KEY);
+    if key_path.exists() {
+        ward_ca::check_private_key(&key_path)?;
+    }
     let signer = match std::fs::read(&key_path) {
         Ok(pkcs8) => Signer::from_pkcs8(&pkcs8)
             .with_context(|| format!("{} is not a Ward signing key", key_path.display()))?,
@@ -700,7 +703,7 @@ async fn serve_quic(
     };
     match &identity {
         Some(identity) => {
-            info!(event = "connection_opened", transport = "quic", source = %peer, principal = %identity.principal(),
+            info!(event = "connection_opened", transport = "quic", source = %peer, principal = %Escaped(&identity.principal()),
           serial = %identity.serial)
         }
         None => {
@@ -717,7 +720,7 @@ async fn serve_quic(
                 | quinn::ConnectionError::LocallyClosed,
             ) => break,
             Err(e) => {
-                info!(event = "connection_closed", source = %peer, reason = %e);
+                info!(event = "connection_closed", source = %peer, reason = %Escaped(&e.to_string()));
                 break;
             }
         };
@@ -841,7 +844,9 @@ async fn serve_stream<R, W>(
     {
         Ok(Ok(req)) => req,
         Ok(Err(msg)) => {
-            warn!(event = "bad_request", source = %peer, principal = %identity.as_ref().map(|i| i.principal()).unwrap_or_else(|| "anonymous".into()), reason = %msg);
+            // Decode errors can quote the peer's text: escaped in the log and in the answer.
+            let msg = ward_core::escape(&msg);
+            warn!(event = "bad_request", source = %peer, principal = %Escaped(&identity.as_ref().map(|i| i.principal()).unwrap_or_else(|| "anonymous".into())), reason = %msg);
             let _ = writer
                 .write_response(&error_frame(ErrorCode::BadRequest, msg))
                 .await;
@@ -909,6 +914,17 @@ async fn serve_stream<R, W>(
             break_glass,
             reason,
         } => {
+            if let Err(refusal) = crate::hygiene::check_requested_device(&device) {
+                shared.audit.emit(
+                    Event::new("session_deny", "denied", shared.clock.now())
+                        .principal(&identity)
+                        .source(peer)
+                        .device(ward_core::escape::escape_prefix(&device, 64))
+                        .reason(refusal.clone()),
+                );
+                refuse(&mut writer, ErrorCode::BadRequest, refusal).await;
+                return;
+            }
             let break_glass = break_glass.then(|| reason.unwrap_or_default());
             open_session(
                 shared,
@@ -962,12 +978,15 @@ async fn serve_stream<R, W>(
             target,
             for_secs,
             reason,
+            force,
         } => {
-            gated(
-                &shared,
-                lock(&shared, &identity, &principal, target, for_secs, reason),
-            )
-            .await
+            let what = LockRequest {
+                target,
+                for_secs,
+                reason,
+                force,
+            };
+            gated(&shared, lock(&shared, &identity, &principal, what)).await
         }
         Request::Unlock { target } => {
             gated(&shared, unlock(&shared, &identity, &principal, target)).await
@@ -1041,14 +1060,68 @@ fn require_security(p: &Principal, what: &str) -> Result<(), Response> {
     }
 }
 
-fn lock(
-    shared: &Shared,
-    identity: &Identity,
-    p: &Principal,
+/// A `Request::Lock`'s fields.
+struct LockRequest {
     target: LockTarget,
     for_secs: Option<u64>,
     reason: String,
-) -> Response {
+    force: bool,
+}
+
+/// Everything a lock can match now: configured devices, orgs and principals named in the config,
+/// users, grants and live sessions (security case: typo locks).
+fn known_names(shared: &Shared) -> ward_core::suggest::KnownNames {
+    use crate::users::UserStore;
+    let config = shared.config();
+    let mut k = ward_core::suggest::KnownNames {
+        devices: config.devices.iter().map(|d| d.id.to_string()).collect(),
+        ..Default::default()
+    };
+    fn principal(k: &mut ward_core::suggest::KnownNames, org: Option<&String>, name: &str) {
+        k.principals.push(name.to_owned());
+        if let Some(org) = org {
+            k.principals.push(format!("{org}/{name}"));
+            k.orgs.push(org.clone());
+        }
+    }
+    for u in shared.jit.db.list_users().unwrap_or_default() {
+        principal(&mut k, u.org.as_ref(), &u.name);
+    }
+    for g in shared.jit.grants().iter() {
+        principal(&mut k, g.principal.org.as_ref(), &g.principal.name);
+    }
+    if let Ok(sessions) = shared.sessions.lock() {
+        for s in sessions.values() {
+            principal(&mut k, s.principal.org.as_ref(), &s.principal.name);
+            k.principals.push(s.principal.serial.clone());
+        }
+    }
+    let whos = config.rules.iter().map(|r| &r.who).chain(
+        config
+            .approvals
+            .iter()
+            .flat_map(|a| std::iter::once(&a.who).chain(a.approvers.iter())),
+    );
+    for who in whos {
+        k.orgs.extend(who.org.clone());
+        if let Some(name) = &who.name {
+            principal(&mut k, who.org.as_ref(), name);
+        }
+    }
+    k.orgs.sort();
+    k.orgs.dedup();
+    k.principals.sort();
+    k.principals.dedup();
+    k
+}
+
+fn lock(shared: &Shared, identity: &Identity, p: &Principal, req: LockRequest) -> Response {
+    let LockRequest {
+        target,
+        for_secs,
+        reason,
+        force,
+    } = req;
     if let Err(r) = require_security(p, "lock") {
         shared.audit.emit(
             Event::new("lock", "denied", shared.clock.now())
@@ -1058,6 +1131,15 @@ fn lock(
                 )),
         );
         return r;
+    }
+    if let Err(e) = ward_core::suggest::check_lock_target(&target, &known_names(shared), force) {
+        shared.audit.emit(
+            Event::new("lock", "denied", shared.clock.now())
+                .principal(identity)
+                .reason(e.to_string())
+                .detail("target", ward_core::escape(&target.to_string())),
+        );
+        return error_frame(ErrorCode::BadRequest, e.to_string());
     }
     let now = shared.clock.now();
     let until =
@@ -1094,10 +1176,15 @@ fn lock(
                     .map(|u| u.to_string())
                     .unwrap_or_else(|| "until unlocked".into()),
             )
-            .detail("sessions_ended", cut),
+            .detail("sessions_ended", cut)
+            .detail("forced", force),
     );
     Response::Ok {
-        message: format!("locked {target}; {cut} live session(s) ended"),
+        message: format!(
+            "locked {}{}; {cut} live session(s) ended",
+            ward_core::escape(&target.to_string()),
+            if force { " (forced)" } else { "" }
+        ),
     }
 }
 
@@ -1202,7 +1289,7 @@ async fn open_session<R, W>(
         "{:016x}",
         shared.next_session.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>()
     );
-    let span = info_span!("session", session_id = %session_id, principal = %identity.principal(), serial = %identity.serial,
+    let span = info_span!("session", session_id = %session_id, principal = %Escaped(&identity.principal()), serial = %identity.serial,
         source = %peer, transport, device = %device_id, decision = field::Empty, rule = field::Empty,
         bytes_up = field::Empty, bytes_down = field::Empty, end_reason = field::Empty);
     async move {
@@ -1356,7 +1443,7 @@ async fn open_session<R, W>(
                 .severity("high")
                 .detail("break_glass", true)
                 .detail("justification", break_glass.clone().unwrap_or_default());
-            warn!(event = "break_glass", principal = %principal, device = %device_id, "BREAK-GLASS session opened");
+            warn!(event = "break_glass", principal = %Escaped(&principal.to_string()), device = %device_id, "BREAK-GLASS session opened");
         }
         shared.audit.emit(open_event);
         // The audit gate: no byte moves before the session's opening is in the audit log.

@@ -480,17 +480,19 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
                     return;
                 }
             };
-            match access::new_request(
-                &cfg.approvals,
-                &cfg.devices,
-                principal,
-                &device,
-                &reason,
-                start,
-                Duration::from_secs(duration_secs),
-                now,
-                random_id("req"),
-            ) {
+            match access::check_start_ahead(start, now, cfg.access.max_start_ahead).and_then(|()| {
+                access::new_request(
+                    &cfg.approvals,
+                    &cfg.devices,
+                    principal,
+                    &device,
+                    &reason,
+                    start,
+                    Duration::from_secs(duration_secs),
+                    now,
+                    random_id("req"),
+                )
+            }) {
                 Err(e) => {
                     shared.audit.emit(
                         ev("access_request", "denied")

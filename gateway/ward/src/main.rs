@@ -17,6 +17,7 @@ use ward::client::{Client, IdentityFiles, SessionEnd, Transport};
 use ward::telemetry::LogFormat;
 use ward_ca::{Clock, SystemClock};
 use ward_core::frame::{LockTarget, Request, Response};
+use ward_core::Escaped;
 
 /// Ward: zero-trust access to legacy medical devices.
 ///
@@ -235,6 +236,10 @@ struct LockArgs {
     /// Why (recorded in the audit log and shown to the locked-out user).
     #[arg(long)]
     reason: String,
+    /// Lock even if the target matches no configured device, known org or known principal (e.g.
+    /// a principal that has not connected yet); audited as forced.
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     gw: GatewayClientArgs,
 }
@@ -308,6 +313,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
                 target: args.target.target()?,
                 for_secs,
                 reason: args.reason.clone(),
+                force: args.force,
             };
             simple(&args.gw, req).await
         }),
@@ -339,7 +345,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode> {
     let client = gw.client()?;
     match client.request(&req).await? {
-        Response::Ok { message } => println!("{message}"),
+        Response::Ok { message } => println!("{}", Escaped(&message)),
         Response::Locks { locks } => {
             if locks.is_empty() {
                 println!("no active locks");
@@ -354,12 +360,14 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
                 };
                 println!(
                     "{}  until {until}  by {}  reason: {}",
-                    l.target, l.by, l.reason
+                    Escaped(&l.target.to_string()),
+                    Escaped(&l.by),
+                    Escaped(&l.reason)
                 );
             }
         }
-        Response::Error { code, message } => bail!("{code:?}: {message}"),
-        Response::Denied { reason } => bail!("denied: {reason}"),
+        Response::Error { code, message } => bail!("{code:?}: {}", Escaped(&message)),
+        Response::Denied { reason } => bail!("denied: {}", Escaped(&reason)),
         other => bail!("unexpected answer: {other:?}"),
     }
     Ok(ExitCode::SUCCESS)
@@ -473,7 +481,8 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("ward: {e:#}");
+            // The gateway's words: escaped, so its text cannot drive this terminal.
+            eprintln!("ward: {}", Escaped(&format!("{e:#}")));
             return Ok(ExitCode::from(2));
         }
     };
@@ -484,7 +493,7 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     match session.run(tokio::io::stdin(), tokio::io::stdout()).await {
         SessionEnd::Completed => Ok(ExitCode::SUCCESS),
         SessionEnd::ClosedByGateway(reason) => {
-            eprintln!("ward: session ended by the gateway: {reason}");
+            eprintln!("ward: session ended by the gateway: {}", Escaped(&reason));
             Ok(ExitCode::from(3))
         }
         SessionEnd::Broken(why) => {

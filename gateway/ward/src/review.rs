@@ -450,6 +450,16 @@ pub enum ExportFormat {
 
 /// Export a recording to `out`.
 pub fn export(bytes: &[u8], format: ExportFormat, out: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    export_opts(bytes, format, out, false)
+}
+
+/// [`export`]; with `raw`, an asciicast keeps every escape sequence the device sent.
+pub fn export_opts(
+    bytes: &[u8],
+    format: ExportFormat,
+    out: &Path,
+    raw: bool,
+) -> anyhow::Result<Vec<PathBuf>> {
     let records: Vec<Record> = ward_recording::Reader::new(bytes)
         .map(|r| r.map(|(_, rec)| rec))
         .collect::<Result<_, _>>()
@@ -479,7 +489,10 @@ pub fn export(bytes: &[u8], format: ExportFormat, out: &Path) -> anyhow::Result<
         ExportFormat::Asciicast => {
             let data = ward_recording::export::asciicast(
                 &records,
-                &ward_recording::export::AsciicastOpts::default(),
+                &ward_recording::export::AsciicastOpts {
+                    raw,
+                    ..Default::default()
+                },
             )?;
             write(out, &data)?;
             Ok(vec![out.to_path_buf()])

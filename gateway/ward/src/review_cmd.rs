@@ -196,6 +196,10 @@ pub struct ExportArgs {
     /// verified records, up to the last valid checkpoint (audited by the gateway as forced).
     #[arg(long)]
     force: bool,
+    /// asciicast: keep every escape sequence the device sent (by default the ones `ward replay`
+    /// drops are dropped from the export too).
+    #[arg(long)]
+    raw: bool,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -353,7 +357,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .recording(&args.session, "export", args.force)
         .await?;
     let (verified, note) = exportable(&bytes, &key, &args.session, args.force)?;
-    for path in review::export(verified, args.format, &args.out)? {
+    for path in review::export_opts(verified, args.format, &args.out, args.raw)? {
         println!("wrote {}", path.display());
     }
     if let Some(note) = note {

@@ -35,8 +35,11 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
         EnvFilter::try_from_default_env()
             .unwrap_or_else(|_| EnvFilter::new("info,quinn=warn,rustls=warn"))
     };
+    // Colour only on a terminal: a log file or journal gets no escape sequences at all.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let fmt = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed(),

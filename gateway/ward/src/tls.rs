@@ -43,6 +43,10 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
 
 /// Read a PKCS#8 / SEC1 private key from a PEM file.
 pub fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+    // A key others can read is refused, with the `chmod 600` that fixes it.
+    if path.exists() {
+        ward_ca::check_private_key(path)?;
+    }
     let text = std::fs::read(path).with_context(|| format!("reading key {}", path.display()))?;
     let blocks =
         pem::parse_many(&text).with_context(|| format!("{} is not PEM", path.display()))?;
@@ -118,18 +122,22 @@ impl WardClientVerifier {
     }
 }
 
-/// Map a CA validation failure to the closest TLS alert, keeping the full reason for logs.
+/// Map a CA validation failure to the closest TLS alert, from its type. The peer learns only the
+/// alert (and, on QUIC, the alert's name): never the trust domain, caps or internal types, which
+/// stay in the gateway's log and audit trail.
 fn to_rustls(e: ValidationError) -> rustls::Error {
-    let text = e.to_string();
-    let lower = text.to_ascii_lowercase();
-    let ce = if lower.contains("expired") {
-        CertificateError::Expired
-    } else if lower.contains("not yet valid") || lower.contains("not valid before") {
-        CertificateError::NotValidYet
-    } else if lower.contains("signature") || lower.contains("issuer") || lower.contains("chain") {
-        CertificateError::UnknownIssuer
-    } else {
-        CertificateError::Other(rustls::OtherError(Arc::new(e)))
+    use ValidationError as V;
+    let ce = match e {
+        V::Expired { .. } => CertificateError::Expired,
+        V::NotYetValid { .. } => CertificateError::NotValidYet,
+        V::ChainTooLong { .. }
+        | V::UnknownIntermediate
+        | V::WrongIssuer { .. }
+        | V::BadSignature
+        | V::WrongTrustDomain { .. } => CertificateError::UnknownIssuer,
+        V::IsCa | V::MissingEku { .. } => CertificateError::InvalidPurpose,
+        V::Parse { .. } => CertificateError::BadEncoding,
+        _ => CertificateError::ApplicationVerificationFailure,
     };
     rustls::Error::InvalidCertificate(ce)
 }
@@ -164,7 +172,7 @@ impl ClientCertVerifier for WardClientVerifier {
                 Ok(ClientCertVerified::assertion())
             }
             Err(e) => {
-                tracing::warn!(event = "handshake_refused", reason = %e, "client certificate refused");
+                tracing::warn!(event = "handshake_refused", reason = %ward_core::Escaped(&e.to_string()), "client certificate refused");
                 Err(to_rustls(e))
             }
         }
