@@ -17,6 +17,8 @@ pub mod recorder;
 pub mod recovery;
 pub mod reload;
 pub mod review;
+pub mod review_jobs;
+pub mod session_index;
 pub mod sim;
 pub mod state_lock;
 pub mod store;

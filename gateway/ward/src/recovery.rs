@@ -11,7 +11,7 @@
 //! verify. Anything else is left byte for byte as it is, and a `recording_tampered` event of
 //! severity high is logged (plus a `tracing::error!`), at every start until someone deals with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, Write};
 use std::path::Path;
 
@@ -21,6 +21,8 @@ use ward_recording::audit::{session_trails, SessionTrail};
 use ward_recording::{SealStatus, Signer};
 
 use crate::audit::{AuditLog, Event};
+use crate::review::Filter;
+use crate::session_index::{FileStamp, IndexedSession, SessionIndex};
 
 /// What the interrupted record says about why.
 const WHY: &str = "gateway stopped without closing this session (crash or kill -9)";
@@ -35,7 +37,16 @@ pub fn recover_recordings(
     signer: &Signer,
     audit: &AuditLog,
     now: OffsetDateTime,
+    index: Option<&dyn SessionIndex>,
 ) -> anyhow::Result<usize> {
+    // Sessions the index holds final rows for: the others are indexed from this scan (backfill).
+    let indexed: HashSet<String> = index
+        .and_then(|i| i.all().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.stamp.is_some())
+        .map(|r| r.summary.id)
+        .collect();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
@@ -48,14 +59,17 @@ pub fn recover_recordings(
         }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         let report = ward_recording::verify(&bytes, &signer.public_key());
-        if report.status != SealStatus::Unsealed {
-            continue;
-        }
         let session = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
+        if report.status != SealStatus::Unsealed {
+            if !indexed.contains(&session) {
+                backfill(index, &path, &bytes, &signer.public_key(), &session);
+            }
+            continue;
+        }
         // The log is read once, and only when some recording needs it.
         if trails.is_none() {
             trails = Some(read_trails(audit.path())?);
@@ -92,6 +106,9 @@ pub fn recover_recordings(
                 f.write_all(&tail)?;
                 f.sync_all()?;
                 sealed += 1;
+                let mut now_bytes = bytes.get(..keep as usize).unwrap_or_default().to_vec();
+                now_bytes.extend_from_slice(&tail);
+                backfill(index, &path, &now_bytes, &signer.public_key(), &session);
                 audit.emit(
                     Event::new("recording_interrupted", "failure", now)
                         .severity("warning")
@@ -113,6 +130,28 @@ pub fn recover_recordings(
         }
     }
     Ok(sealed)
+}
+
+/// Index a recording from the bytes the scan read (its summary, verified, and the file's stamp if
+/// it verifies as sealed). Best effort: a listing reads a recording the index lacks.
+fn backfill(
+    index: Option<&dyn SessionIndex>,
+    path: &Path,
+    bytes: &[u8],
+    key: &[u8; 32],
+    session: &str,
+) {
+    let Some(index) = index else { return };
+    let Some(summary) = crate::review::summarise(bytes, key, &Filter::default(), session) else {
+        return;
+    };
+    let stamp = match summary.verification.as_str() {
+        "ok" | "interrupted" => FileStamp::of(path).ok(),
+        _ => None,
+    };
+    if let Err(e) = index.put(&IndexedSession { summary, stamp }) {
+        tracing::warn!(session_id = %session, error = %e, "session index not updated: listings read this recording instead");
+    }
 }
 
 fn read_trails(path: &Path) -> anyhow::Result<BTreeMap<String, SessionTrail>> {
