@@ -1284,7 +1284,7 @@ async fn open_session<R, W>(
                 match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
                     Ok(r) => {
                         let path = crate::review::recordings_dir(&config.gateway.state_dir).join(format!("{session_id}.{}", recorder::EXT));
-                        Some(r.indexed(crate::session_index::IndexHook::open(shared.jit.db.clone(), path, &meta).await))
+                        Some(r.indexed(crate::session_index::IndexHook::open(shared.jit.db.clone(), path, &meta)))
                     }
                     Err(e) => {
                         shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));

@@ -47,6 +47,7 @@ pub fn recover_recordings(
         .filter(|r| r.stamp.is_some())
         .map(|r| r.summary.id)
         .collect();
+    let mut rows = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
@@ -66,7 +67,7 @@ pub fn recover_recordings(
             .to_string();
         if report.status != SealStatus::Unsealed {
             if !indexed.contains(&session) {
-                backfill(index, &path, &bytes, &signer.public_key(), &session);
+                backfill(&mut rows, &path, &bytes, &signer.public_key(), &session);
             }
             continue;
         }
@@ -108,7 +109,7 @@ pub fn recover_recordings(
                 sealed += 1;
                 let mut now_bytes = bytes.get(..keep as usize).unwrap_or_default().to_vec();
                 now_bytes.extend_from_slice(&tail);
-                backfill(index, &path, &now_bytes, &signer.public_key(), &session);
+                backfill(&mut rows, &path, &now_bytes, &signer.public_key(), &session);
                 audit.emit(
                     Event::new("recording_interrupted", "failure", now)
                         .severity("warning")
@@ -129,19 +130,23 @@ pub fn recover_recordings(
             }
         }
     }
+    if let (Some(index), false) = (index, rows.is_empty()) {
+        if let Err(e) = index.put_all(&rows) {
+            tracing::warn!(error = %e, "session index not updated at start: listings read the recordings it lacks");
+        }
+    }
     Ok(sealed)
 }
 
-/// Index a recording from the bytes the scan read (its summary, verified, and the file's stamp if
-/// it verifies as sealed). Best effort: a listing reads a recording the index lacks.
+/// The index row of a recording from the bytes the scan read (its summary, verified, and the
+/// file's stamp if it verifies as sealed). Best effort: a listing reads a recording the index lacks.
 fn backfill(
-    index: Option<&dyn SessionIndex>,
+    rows: &mut Vec<IndexedSession>,
     path: &Path,
     bytes: &[u8],
     key: &[u8; 32],
     session: &str,
 ) {
-    let Some(index) = index else { return };
     let Some(summary) = crate::review::summarise(bytes, key, &Filter::default(), session) else {
         return;
     };
@@ -149,9 +154,7 @@ fn backfill(
         "ok" | "interrupted" => FileStamp::of(path).ok(),
         _ => None,
     };
-    if let Err(e) = index.put(&IndexedSession { summary, stamp }) {
-        tracing::warn!(session_id = %session, error = %e, "session index not updated: listings read this recording instead");
-    }
+    rows.push(IndexedSession { summary, stamp });
 }
 
 fn read_trails(path: &Path) -> anyhow::Result<BTreeMap<String, SessionTrail>> {

@@ -52,6 +52,8 @@ pub struct IndexedSession {
 pub trait SessionIndex: Send + Sync {
     /// Insert or replace a row.
     fn put(&self, row: &IndexedSession) -> Result<(), StoreError>;
+    /// Insert or replace rows, in one transaction (the start-up backfill).
+    fn put_all(&self, rows: &[IndexedSession]) -> Result<(), StoreError>;
     /// Record a session's end: its recording is sealed (`verification` `ok`) or failed.
     fn close(
         &self,
@@ -234,6 +236,15 @@ impl SessionIndex for SqliteStore {
     fn put(&self, row: &IndexedSession) -> Result<(), StoreError> {
         put(&*self.conn()?, row)
     }
+    fn put_all(&self, rows: &[IndexedSession]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        for row in rows {
+            put(&tx, row)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
     fn close(
         &self,
         id: &str,
@@ -275,28 +286,39 @@ pub struct IndexHook {
     index: std::sync::Arc<dyn SessionIndex>,
     path: std::path::PathBuf,
     id: String,
+    /// The open row's write, awaited before the close is written (not before the session starts).
+    opening: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl IndexHook {
-    /// Index the session `meta` (recorded at `path`) as open.
-    pub async fn open(
+    /// Index the session `meta` (recorded at `path`) as open, on a blocking thread.
+    pub fn open(
         index: std::sync::Arc<dyn SessionIndex>,
         path: std::path::PathBuf,
         meta: &SessionMeta,
     ) -> IndexHook {
         let row = opened(meta);
-        let id = meta.session_id.clone();
         let i = index.clone();
-        let done = tokio::task::spawn_blocking(move || i.put(&row)).await;
-        if let Ok(Err(e)) | Err(e) = done.map_err(|e| StoreError::Io(e.to_string())) {
-            tracing::warn!(session_id = %id, error = %e, "session index not updated at open: listings read this recording instead");
+        let opening = tokio::task::spawn_blocking(move || i.put(&row));
+        IndexHook {
+            index,
+            path,
+            id: meta.session_id.clone(),
+            opening,
         }
-        IndexHook { index, path, id }
     }
 
-    /// Index the session as ended; `sealed` if its recorder closed it cleanly.
+    /// Index the session as ended: `ok` with the file's stamp if its recorder sealed it cleanly.
     pub async fn close(self, end: EndInfo, outcome: Result<(), String>) {
-        let IndexHook { index, path, id } = self;
+        let IndexHook {
+            index,
+            path,
+            id,
+            opening,
+        } = self;
+        if let Ok(Err(e)) = opening.await {
+            tracing::warn!(session_id = %id, error = %e, "session index not updated at open: listings read this recording instead");
+        }
         let done = tokio::task::spawn_blocking(move || {
             let (verification, stamp) = match outcome {
                 Ok(()) => ("ok".to_string(), FileStamp::of(&path).ok()),
