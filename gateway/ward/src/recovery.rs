@@ -21,7 +21,7 @@ use ward_recording::audit::{session_trails, SessionTrail};
 use ward_recording::{SealStatus, Signer};
 
 use crate::audit::{AuditLog, Event};
-use crate::review::Filter;
+use crate::review::{Filter, SessionSummary};
 use crate::session_index::{FileStamp, IndexedSession, SessionIndex};
 
 /// What the interrupted record says about why.
@@ -58,18 +58,38 @@ pub fn recover_recordings(
         if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
             continue;
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report = ward_recording::verify(&bytes, &signer.public_key());
         let session = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
+        // Verified through a bounded window: a sealed recording is never held in memory here.
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report =
+            ward_recording::verify_read(std::io::BufReader::new(file), &signer.public_key())
+                .with_context(|| format!("reading {}", path.display()))?;
         if report.status != SealStatus::Unsealed {
             if !indexed.contains(&session) {
-                backfill(&mut rows, &path, &bytes, &signer.public_key(), &session);
+                match crate::review::summary_of_ended(&report) {
+                    Some(summary) => rows.push(IndexedSession {
+                        stamp: stamp_if_sealed(&summary, &path),
+                        summary,
+                    }),
+                    None => {
+                        let bytes = std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        backfill(&mut rows, &path, &bytes, &signer.public_key(), &session);
+                    }
+                }
             }
             continue;
+        }
+        // Unsealed (rare): read whole, to decide and to seal.
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report = ward_recording::verify(&bytes, &signer.public_key());
+        if report.status != SealStatus::Unsealed {
+            continue; // sealed meanwhile: indexed at the next start
         }
         // The log is read once, and only when some recording needs it.
         if trails.is_none() {
@@ -150,11 +170,19 @@ fn backfill(
     let Some(summary) = crate::review::summarise(bytes, key, &Filter::default(), session) else {
         return;
     };
-    let stamp = match summary.verification.as_str() {
+    rows.push(IndexedSession {
+        stamp: stamp_if_sealed(&summary, path),
+        summary,
+    });
+}
+
+/// The file's stamp if its summary verified as sealed (the index then vouches for it until it
+/// changes), else `None` (a listing verifies it again).
+fn stamp_if_sealed(summary: &SessionSummary, path: &Path) -> Option<FileStamp> {
+    match summary.verification.as_str() {
         "ok" | "interrupted" => FileStamp::of(path).ok(),
         _ => None,
-    };
-    rows.push(IndexedSession { summary, stamp });
+    }
 }
 
 fn read_trails(path: &Path) -> anyhow::Result<BTreeMap<String, SessionTrail>> {

@@ -245,6 +245,30 @@ pub fn summarise(
     })
 }
 
+/// The summary of a recording whose verification read its metadata and end record (what crash
+/// recovery's scan indexes without holding the file): `None` without both.
+pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
+    let (m, end) = (report.meta.as_ref()?, report.end.as_ref()?);
+    let start_unix = m.started_unix_ms.div_euclid(1000);
+    Some(SessionSummary {
+        id: m.session_id.clone(),
+        principal: crate::session_index::who(m),
+        serial: m.cert_serial.clone(),
+        device: m.device.clone(),
+        protocol: m.protocol.clone(),
+        source: m.source.clone(),
+        rule: m.rule.clone(),
+        start: rfc3339(start_unix),
+        start_unix,
+        duration_s: (end.ended_unix_ms - m.started_unix_ms) as f64 / 1000.0,
+        bytes_up: end.bytes_up,
+        bytes_down: end.bytes_down,
+        end_reason: end.reason.clone(),
+        verification: verification(report),
+        break_glass: m.break_glass,
+    })
+}
+
 /// RFC 3339 UTC of Unix seconds (empty if out of range).
 pub fn rfc3339(unix: i64) -> String {
     OffsetDateTime::from_unix_timestamp(unix)
