@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod signer;
+mod stream;
 pub mod terminal;
 pub mod trail;
 pub mod verify;
@@ -34,4 +35,6 @@ pub use format::{
     MAX_DATA_PAYLOAD, MAX_RECORD_BODY, RECORD_HEADER_LEN,
 };
 pub use signer::{key_id_of, Signer};
-pub use verify::{seal_interrupted, verify, ErrorUnit, SealStatus, VerifyError, VerifyReport};
+pub use verify::{
+    seal_interrupted, verify, verify_read, ErrorUnit, SealStatus, VerifyError, VerifyReport,
+};

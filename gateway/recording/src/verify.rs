@@ -5,10 +5,11 @@
 //! first problem and names it: the record ordinal, its byte offset and what is wrong.
 
 use crate::format::{
-    check_magic, checkpoint_message, code, decode, encode_interrupted, parse_raw, read_u64,
-    CheckpointBody, Direction, EndInfo, Raw, Record, SessionMeta, MAGIC,
+    checkpoint_message, code, decode, encode_interrupted, read_u64, CheckpointBody, Direction,
+    EndInfo, Raw, Record, SessionMeta, MAGIC,
 };
 use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer};
+use crate::stream::{Source, Window};
 use crate::{ReadError, RecError};
 
 /// Whether a recording was closed and signed.
@@ -190,19 +191,19 @@ fn decode_light(raw: &Raw<'_>) -> Result<Record, ReadError> {
     })
 }
 
-fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
+fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
     let mut w = Walk::default();
     let header_fail = |w: &mut Walk, record: u64, offset: u64, what: String| {
         w.error = Some((VerifyError::record(record, offset, what), Fail::Header));
     };
-    let start = match check_magic(bytes) {
+    let start = match src.magic() {
         Ok(p) => p,
         Err(e) => {
             header_fail(&mut w, 0, 0, e.what());
             return w;
         }
     };
-    let raw = match parse_raw(bytes, start, 0) {
+    let raw = match src.raw(start, 0) {
         Ok(r) => r,
         Err(e) => {
             header_fail(&mut w, e.record(), e.offset(), e.what());
@@ -236,9 +237,10 @@ fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
     let expected = key_id_of(public_key);
     let mut pos = w.cur.offset;
     let mut index = 1u64;
-    while pos < bytes.len() {
-        let decoded =
-            parse_raw(bytes, pos, index).and_then(|raw| decode_light(&raw).map(|r| (raw, r)));
+    while src.more(pos) {
+        let decoded = src
+            .raw(pos, index)
+            .and_then(|raw| decode_light(&raw).map(|r| (raw, r)));
         let (raw, rec) = match decoded {
             Ok(x) => x,
             Err(e) => {
@@ -354,7 +356,7 @@ fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
             }
         };
         w.error = Some((
-            VerifyError::record(index, bytes.len() as u64, what),
+            VerifyError::record(index, src.len() as u64, what),
             Fail::Tail,
         ));
     }
@@ -368,7 +370,24 @@ fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
 /// `public_key`, bound to this session id; chain value; position), and the recording is sealed:
 /// it ends with an end or interrupted record covered by a final checkpoint and nothing after it.
 pub fn verify(bytes: &[u8], public_key: &[u8; 32]) -> VerifyReport {
-    let w = walk(bytes, public_key);
+    report(walk(&mut { bytes }, public_key))
+}
+
+/// [`verify()`] of a recording read from `input` (a file), holding at most one record and a read
+/// chunk in memory whatever the recording's size. An error if reading fails.
+pub fn verify_read<R: std::io::Read>(
+    input: R,
+    public_key: &[u8; 32],
+) -> std::io::Result<VerifyReport> {
+    let mut window = Window::new(input);
+    let w = walk(&mut window, public_key);
+    match window.error.take() {
+        Some(e) => Err(e),
+        None => Ok(report(w)),
+    }
+}
+
+fn report(w: Walk) -> VerifyReport {
     let status = match (&w.cp, w.final_ok) {
         (Some(cp), true) => match cp.terminal {
             Some((Terminal::End, _)) => SealStatus::Sealed,
@@ -413,7 +432,7 @@ pub fn seal_interrupted(
     t_ns: u64,
     out: &mut Vec<u8>,
 ) -> Result<u64, RecError> {
-    let w = walk(bytes, &signer.public_key());
+    let w = walk(&mut { bytes }, &signer.public_key());
     let Some((err, fail)) = w.error else {
         return Err(RecError::AlreadySealed(format!(
             "the recording is sealed ({} records verified)",

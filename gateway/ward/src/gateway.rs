@@ -71,6 +71,8 @@ pub struct Shared {
     draining: AtomicBool,
     /// Unauthenticated events, aggregated per source (security case 31).
     noise: Mutex<NoiseLimiter>,
+    /// Review jobs, off the async workers and limited.
+    reviews: crate::review_jobs::ReviewGate,
 }
 
 impl Shared {
@@ -448,7 +450,8 @@ impl Gateway {
         let sink = sink.map(|s| -> Arc<dyn Sink> {
             Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
         });
-        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
+        let index: &dyn crate::session_index::SessionIndex = &*jit.db;
+        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now(), Some(index))?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
@@ -521,6 +524,7 @@ impl Gateway {
             per_source: Mutex::new(HashMap::new()),
             draining: AtomicBool::new(false),
             noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
+            reviews: crate::review_jobs::ReviewGate::default(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1379,7 +1383,10 @@ async fn open_session<R, W>(
                     started_unix_ms: unix_ms(now),
                 };
                 match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
-                    Ok(r) => Some(r),
+                    Ok(r) => {
+                        let path = crate::review::recordings_dir(&config.gateway.state_dir).join(format!("{session_id}.{}", recorder::EXT));
+                        Some(r.indexed(crate::session_index::IndexHook::open(shared.jit.db.clone(), path, &meta)))
+                    }
                     Err(e) => {
                         shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
                         shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));
@@ -1607,65 +1614,27 @@ async fn review_request<W: AsyncWrite + Unpin>(
         // Hand out a log whose every line is covered by a signed checkpoint.
         shared.audit.flush().await;
     }
-    let result: anyhow::Result<(String, Vec<u8>, Event)> = (|| match review {
-        Review::PublicKey => Ok((String::new(), hex::encode(key).into_bytes(), base)),
-        Review::AuditLog => {
-            let bytes = std::fs::read(state_dir.join(crate::audit::AUDIT_LOG))
-                .context("reading the audit log")?;
-            Ok(("audit log".into(), bytes, base))
+    // Off the async workers, behind a limit (security case TBD): see `review_jobs`.
+    let dir = state_dir.clone();
+    let job = move || crate::review_jobs::review_job(&dir, &key, base, review);
+    let result = match shared.reviews.run(job).await {
+        Ok(r) => r,
+        Err(busy) => {
+            shared.audit.emit(
+                Event::new(op, "failure", now)
+                    .principal(identity)
+                    .source(peer)
+                    .reason(busy.to_string()),
+            );
+            let _ = writer
+                .write_response(&error_frame(ErrorCode::Overloaded, busy.to_string()))
+                .await;
+            return;
         }
-        Review::ListSessions {
-            principal,
-            device,
-            since_unix,
-            until_unix,
-            grep,
-        } => {
-            let filter = crate::review::Filter {
-                principal,
-                device,
-                since: since_unix,
-                until: until_unix,
-                grep,
-            };
-            let list = crate::review::list(state_dir, &key, &filter)?;
-            let mut out = Vec::new();
-            for s in &list {
-                serde_json::to_writer(&mut out, s)?;
-                out.push(b'\n');
-            }
-            let ev = base
-                .detail("sessions", list.len())
-                .detail("grep", filter.grep.is_some());
-            Ok(("sessions".into(), out, ev))
-        }
-        Review::Recording {
-            session_id,
-            purpose,
-            force,
-        } => {
-            let bytes = crate::review::read_recording(state_dir, &session_id)?;
-            let report = ward_recording::verify(&bytes, &key);
-            if purpose == "replay" && !report.ok && !force {
-                let what = report
-                    .first_error
-                    .map(|e| e.to_string())
-                    .unwrap_or_else(|| "not sealed".into());
-                anyhow::bail!("recording {session_id} fails verification ({what}); replay refused — use --force to replay anyway (audited)");
-            }
-            let ev = base
-                .session(session_id.clone())
-                .detail("verified", report.ok)
-                .detail("forced", force)
-                // What a forced export holds: the records up to the last valid checkpoint.
-                .detail("verified_records", report.verified_records)
-                .detail("verified_bytes", report.valid_prefix_len)
-                .severity(if force && !report.ok { "high" } else { "info" });
-            Ok((format!("recording {session_id}"), bytes, ev))
-        }
-    })();
+    };
     match result {
-        Ok((what, bytes, ev)) => {
+        Ok((answer, ev)) => {
+            use crate::review_jobs::Answer;
             shared.audit.emit(ev);
             // Nothing is handed out before the review is in the audit log.
             if let Err(e) = shared.audit.commit().await {
@@ -1674,12 +1643,18 @@ async fn review_request<W: AsyncWrite + Unpin>(
                     .await;
                 return;
             }
-            if what.is_empty() {
-                let msg = String::from_utf8_lossy(&bytes).into_owned();
-                let _ = writer.write_response(&Response::Ok { message: msg }).await;
-            } else {
-                let _ = writer.write_response(&Response::Stream { what }).await;
-                let _ = datapath::write_stream(writer, &bytes).await;
+            match answer {
+                Answer::Message(message) => {
+                    let _ = writer.write_response(&Response::Ok { message }).await;
+                }
+                Answer::Bytes(what, bytes) => {
+                    let _ = writer.write_response(&Response::Stream { what }).await;
+                    let _ = datapath::write_stream(writer, &bytes).await;
+                }
+                Answer::File(what, file, len) => {
+                    let _ = writer.write_response(&Response::Stream { what }).await;
+                    let _ = crate::review_jobs::send_file(writer, file, len).await;
+                }
             }
         }
         Err(e) => {

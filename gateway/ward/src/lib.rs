@@ -21,6 +21,8 @@ pub mod recovery;
 pub mod refusal;
 pub mod reload;
 pub mod review;
+pub mod review_jobs;
+pub mod session_index;
 pub mod sim;
 pub mod state_lock;
 pub mod store;

@@ -243,6 +243,8 @@ pub struct SessionRecorder {
     failed: watch::Receiver<Option<String>>,
     done: tokio::task::JoinHandle<Result<(), String>>,
     end_tx: oneshot::Sender<EndInfo>,
+    /// Keeps the session index's row current.
+    index: Option<crate::session_index::IndexHook>,
 }
 
 impl SessionRecorder {
@@ -285,7 +287,14 @@ impl SessionRecorder {
             failed,
             done,
             end_tx,
+            index: None,
         })
+    }
+
+    /// Keep `hook`'s session index row current: the row is closed when the recording is.
+    pub fn indexed(mut self, hook: crate::session_index::IndexHook) -> Self {
+        self.index = Some(hook);
+        self
     }
 
     /// The data path's tap.
@@ -307,17 +316,24 @@ impl SessionRecorder {
             done,
             end_tx,
             failed,
+            index,
         } = self;
         drop(tap);
-        let _ = end_tx.send(end);
-        done.await.map_err(|e| format!("recorder task: {e}"))??;
-        let why = failed.borrow().clone();
-        match why {
-            Some(e) => Err(format!(
-                "{e}: session ended; its recording holds every byte forwarded and is sealed"
-            )),
-            None => Ok(()),
+        let _ = end_tx.send(end.clone());
+        let outcome = match done.await {
+            Err(e) => Err(format!("recorder task: {e}")),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => match failed.borrow().clone() {
+                Some(e) => Err(format!(
+                    "{e}: session ended; its recording holds every byte forwarded and is sealed"
+                )),
+                None => Ok(()),
+            },
+        };
+        if let Some(index) = index {
+            index.close(end, outcome.clone()).await;
         }
+        outcome
     }
 }
 

@@ -11,7 +11,7 @@
 //! verify. Anything else is left byte for byte as it is, and a `recording_tampered` event of
 //! severity high is logged (plus a `tracing::error!`), at every start until someone deals with it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::{Seek, Write};
 use std::path::Path;
 
@@ -21,6 +21,8 @@ use ward_recording::audit::{session_trails, SessionTrail};
 use ward_recording::{SealStatus, Signer};
 
 use crate::audit::{AuditLog, Event};
+use crate::review::{Filter, SessionSummary};
+use crate::session_index::{FileStamp, IndexedSession, SessionIndex};
 
 /// What the interrupted record says about why.
 const WHY: &str = "gateway stopped without closing this session (crash or kill -9)";
@@ -35,7 +37,17 @@ pub fn recover_recordings(
     signer: &Signer,
     audit: &AuditLog,
     now: OffsetDateTime,
+    index: Option<&dyn SessionIndex>,
 ) -> anyhow::Result<usize> {
+    // Sessions the index holds final rows for: the others are indexed from this scan (backfill).
+    let indexed: HashSet<String> = index
+        .and_then(|i| i.all().ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|r| r.stamp.is_some())
+        .map(|r| r.summary.id)
+        .collect();
+    let mut rows = Vec::new();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Ok(0);
     };
@@ -46,16 +58,39 @@ pub fn recover_recordings(
         if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
             continue;
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report = ward_recording::verify(&bytes, &signer.public_key());
-        if report.status != SealStatus::Unsealed {
-            continue;
-        }
         let session = path
             .file_stem()
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
+        // Verified through a bounded window: a sealed recording is never held in memory here.
+        let file =
+            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report =
+            ward_recording::verify_read(std::io::BufReader::new(file), &signer.public_key())
+                .with_context(|| format!("reading {}", path.display()))?;
+        if report.status != SealStatus::Unsealed {
+            if !indexed.contains(&session) {
+                match crate::review::summary_of_ended(&report) {
+                    Some(summary) => rows.push(IndexedSession {
+                        stamp: stamp_if_sealed(&summary, &path),
+                        summary,
+                    }),
+                    None => {
+                        let bytes = std::fs::read(&path)
+                            .with_context(|| format!("reading {}", path.display()))?;
+                        backfill(&mut rows, &path, &bytes, &signer.public_key(), &session);
+                    }
+                }
+            }
+            continue;
+        }
+        // Unsealed (rare): read whole, to decide and to seal.
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let report = ward_recording::verify(&bytes, &signer.public_key());
+        if report.status != SealStatus::Unsealed {
+            continue; // sealed meanwhile: indexed at the next start
+        }
         // The log is read once, and only when some recording needs it.
         if trails.is_none() {
             trails = Some(read_trails(audit.path())?);
@@ -92,6 +127,9 @@ pub fn recover_recordings(
                 f.write_all(&tail)?;
                 f.sync_all()?;
                 sealed += 1;
+                let mut now_bytes = bytes.get(..keep as usize).unwrap_or_default().to_vec();
+                now_bytes.extend_from_slice(&tail);
+                backfill(&mut rows, &path, &now_bytes, &signer.public_key(), &session);
                 audit.emit(
                     Event::new("recording_interrupted", "failure", now)
                         .severity("warning")
@@ -112,7 +150,39 @@ pub fn recover_recordings(
             }
         }
     }
+    if let (Some(index), false) = (index, rows.is_empty()) {
+        if let Err(e) = index.put_all(&rows) {
+            tracing::warn!(error = %e, "session index not updated at start: listings read the recordings it lacks");
+        }
+    }
     Ok(sealed)
+}
+
+/// The index row of a recording from the bytes the scan read (its summary, verified, and the
+/// file's stamp if it verifies as sealed). Best effort: a listing reads a recording the index lacks.
+fn backfill(
+    rows: &mut Vec<IndexedSession>,
+    path: &Path,
+    bytes: &[u8],
+    key: &[u8; 32],
+    session: &str,
+) {
+    let Some(summary) = crate::review::summarise(bytes, key, &Filter::default(), session) else {
+        return;
+    };
+    rows.push(IndexedSession {
+        stamp: stamp_if_sealed(&summary, path),
+        summary,
+    });
+}
+
+/// The file's stamp if its summary verified as sealed (the index then vouches for it until it
+/// changes), else `None` (a listing verifies it again).
+fn stamp_if_sealed(summary: &SessionSummary, path: &Path) -> Option<FileStamp> {
+    match summary.verification.as_str() {
+        "ok" | "interrupted" => FileStamp::of(path).ok(),
+        _ => None,
+    }
 }
 
 fn read_trails(path: &Path) -> anyhow::Result<BTreeMap<String, SessionTrail>> {

@@ -156,10 +156,7 @@ pub fn summarise(
     let (id, principal, serial, device, protocol, source, rule, start_ms, break_glass) = match &meta
     {
         Some(m) => {
-            let who = match &m.principal_org {
-                Some(org) => format!("{} {org}/{}", m.principal_kind, m.principal_name),
-                None => format!("{} {}", m.principal_kind, m.principal_name),
-            };
+            let who = crate::session_index::who(m);
             (
                 m.session_id.clone(),
                 who,
@@ -228,13 +225,7 @@ pub fn summarise(
             down,
         ),
     };
-    let start = OffsetDateTime::from_unix_timestamp(start_unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default();
+    let start = rfc3339(start_unix);
     Some(SessionSummary {
         id,
         principal,
@@ -254,7 +245,63 @@ pub fn summarise(
     })
 }
 
+/// The summary of a recording whose verification read its metadata and end record (what crash
+/// recovery's scan indexes without holding the file): `None` without both.
+pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
+    let (m, end) = (report.meta.as_ref()?, report.end.as_ref()?);
+    let start_unix = m.started_unix_ms.div_euclid(1000);
+    Some(SessionSummary {
+        id: m.session_id.clone(),
+        principal: crate::session_index::who(m),
+        serial: m.cert_serial.clone(),
+        device: m.device.clone(),
+        protocol: m.protocol.clone(),
+        source: m.source.clone(),
+        rule: m.rule.clone(),
+        start: rfc3339(start_unix),
+        start_unix,
+        duration_s: (end.ended_unix_ms - m.started_unix_ms) as f64 / 1000.0,
+        bytes_up: end.bytes_up,
+        bytes_down: end.bytes_down,
+        end_reason: end.reason.clone(),
+        verification: verification(report),
+        break_glass: m.break_glass,
+    })
+}
+
+/// RFC 3339 UTC of Unix seconds (empty if out of range).
+pub fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes).
+fn matches(filter: &Filter, s: &SessionSummary) -> bool {
+    if let Some(p) = &filter.principal {
+        // `kind org/name` or `kind name`: match the name, `org/name` or the whole.
+        let rest = s.principal.split_once(' ').map_or("", |(_, r)| r);
+        let name = rest.rsplit_once('/').map_or(rest, |(_, n)| n);
+        if s.principal == "?" || (name != p && rest != p && s.principal != *p) {
+            return false;
+        }
+    }
+    !(filter.device.as_ref().is_some_and(|d| *d != s.device)
+        || filter.since.is_some_and(|t| s.start_unix < t)
+        || filter.until.is_some_and(|t| s.start_unix >= t))
+}
+
 /// List the sessions in a state dir, newest first.
+///
+/// Sessions come from the session index (`session_index`) where it has a row for the recording
+/// whose file is unchanged since it was sealed (its length and mtime, a `stat`; the file is not
+/// read) or that is still open; any other recording — not indexed, changed since, or with `grep`
+/// (which searches the recorded bytes) — is read and verified. Only recordings present in the
+/// directory are listed.
 pub fn list(
     state_dir: &Path,
     key: &[u8; 32],
@@ -267,6 +314,15 @@ pub fn list(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
         Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
     };
+    let mut index: std::collections::HashMap<String, crate::session_index::IndexedSession> =
+        match filter.grep {
+            Some(_) => Default::default(),
+            None => crate::session_index::read_only(state_dir)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|row| (row.summary.id.clone(), row))
+                .collect(),
+        };
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
@@ -277,6 +333,18 @@ pub fn list(
             .and_then(|s| s.to_str())
             .unwrap_or_default()
             .to_string();
+        if let Some(row) = index.remove(&id) {
+            let current = match row.stamp {
+                None => row.summary.verification == crate::session_index::OPEN,
+                Some(stamp) => crate::session_index::FileStamp::of(&path).ok() == Some(stamp),
+            };
+            if current {
+                if matches(filter, &row.summary) {
+                    out.push(row.summary);
+                }
+                continue;
+            }
+        }
         let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
         if let Some(s) = summarise(&bytes, key, filter, &id) {
             out.push(s);

@@ -88,6 +88,7 @@ impl SqliteStore {
         )?;
         crate::access_store::migrate(&conn)?;
         crate::users::migrate_users(&conn)?;
+        crate::session_index::migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })

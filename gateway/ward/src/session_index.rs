@@ -1,0 +1,339 @@
+//! The session index: one row per recorded session, so that `ward sessions` lists from a table
+//! instead of reading and verifying every recording (security case TBD, issue 12 item 4).
+//!
+//! Rows are written by the recorder when a session opens (`open`) and when its recording is sealed
+//! (`ok`, with its end, byte counts and the file's length and mtime), and by crash recovery at
+//! start for any recording the index lacks or still shows open (a backfill from the scan recovery
+//! already does). A listing uses a row only while the file's length and mtime are the ones indexed
+//! at sealing; a recording changed since (or not indexed) is read and verified as before. What a
+//! row cannot show is a file altered with its mtime put back: `ward audit verify --all` verifies
+//! every file, which is its job.
+//!
+//! Kept behind [`SessionIndex`] so that it can move with the recordings to another store.
+
+use std::path::Path;
+
+use ward_recording::{EndInfo, SessionMeta};
+
+use crate::review::SessionSummary;
+use crate::store::{SqliteStore, StoreError};
+
+/// A recording file's identity as indexed: its length and modification time (ns).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileStamp {
+    /// Length in bytes.
+    pub len: u64,
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+}
+
+impl FileStamp {
+    /// The stamp of the file at `path` (a `stat`: the file is not read).
+    pub fn of(path: &Path) -> std::io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            len: m.len(),
+            mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
+        })
+    }
+}
+
+/// A row: the listing's summary and, once sealed, the file's stamp.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedSession {
+    /// What `ward sessions` shows.
+    pub summary: SessionSummary,
+    /// The file's stamp when it was indexed sealed (`None` while open).
+    pub stamp: Option<FileStamp>,
+}
+
+/// What the gateway keeps about recorded sessions.
+pub trait SessionIndex: Send + Sync {
+    /// Insert or replace a row.
+    fn put(&self, row: &IndexedSession) -> Result<(), StoreError>;
+    /// Insert or replace rows, in one transaction (the start-up backfill).
+    fn put_all(&self, rows: &[IndexedSession]) -> Result<(), StoreError>;
+    /// Record a session's end: its recording is sealed (`verification` `ok`) or failed.
+    fn close(
+        &self,
+        id: &str,
+        end: &EndInfo,
+        verification: &str,
+        stamp: Option<FileStamp>,
+    ) -> Result<(), StoreError>;
+    /// Every row.
+    fn all(&self) -> Result<Vec<IndexedSession>, StoreError>;
+}
+
+/// Create the `sessions` table if it is missing. Called by `SqliteStore::open`.
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sessions (
+             id TEXT PRIMARY KEY NOT NULL,
+             principal TEXT NOT NULL,
+             serial TEXT NOT NULL,
+             device TEXT NOT NULL,
+             protocol TEXT NOT NULL,
+             source TEXT NOT NULL,
+             rule TEXT NOT NULL,
+             start_unix_ms INTEGER NOT NULL,
+             end_unix_ms INTEGER,
+             end_reason TEXT NOT NULL,
+             bytes_up INTEGER NOT NULL,
+             bytes_down INTEGER NOT NULL,
+             sealed INTEGER NOT NULL,
+             verification TEXT NOT NULL,
+             break_glass INTEGER NOT NULL,
+             duration_s REAL NOT NULL,
+             file_len INTEGER,
+             file_mtime_ns INTEGER
+         );
+         CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
+    )?;
+    Ok(())
+}
+
+/// `kind org/name` (or `kind name`) of a recording's metadata.
+pub fn who(m: &SessionMeta) -> String {
+    match &m.principal_org {
+        Some(org) => format!("{} {org}/{}", m.principal_kind, m.principal_name),
+        None => format!("{} {}", m.principal_kind, m.principal_name),
+    }
+}
+
+/// What a session's row holds while it is live.
+pub fn opened(meta: &SessionMeta) -> IndexedSession {
+    let start_unix = meta.started_unix_ms.div_euclid(1000);
+    IndexedSession {
+        summary: SessionSummary {
+            id: meta.session_id.clone(),
+            principal: who(meta),
+            serial: meta.cert_serial.clone(),
+            device: meta.device.clone(),
+            protocol: meta.protocol.clone(),
+            source: meta.source.clone(),
+            rule: meta.rule.clone(),
+            start: crate::review::rfc3339(start_unix),
+            start_unix,
+            duration_s: 0.0,
+            bytes_up: 0,
+            bytes_down: 0,
+            end_reason: "open".into(),
+            verification: OPEN.into(),
+            break_glass: meta.break_glass,
+        },
+        stamp: None,
+    }
+}
+
+/// The verification shown for a session whose recording has no end record yet.
+pub const OPEN: &str = "open (no end record yet: live, or cut short)";
+
+const COLUMNS: &str = "id, principal, serial, device, protocol, source, rule, start_unix_ms, \
+     end_unix_ms, end_reason, bytes_up, bytes_down, sealed, verification, break_glass, duration_s, \
+     file_len, file_mtime_ns";
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreError> {
+    let s = &row.summary;
+    let sealed = s.verification == "ok" || s.verification == "interrupted";
+    conn.execute(
+        &format!(
+            "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES \
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        ),
+        rusqlite::params![
+            s.id,
+            s.principal,
+            s.serial,
+            s.device,
+            s.protocol,
+            s.source,
+            s.rule,
+            s.start_unix.saturating_mul(1000),
+            None::<i64>,
+            s.end_reason,
+            i64_of(s.bytes_up),
+            i64_of(s.bytes_down),
+            sealed,
+            s.verification,
+            s.break_glass,
+            s.duration_s,
+            row.stamp.map(|t| i64_of(t.len)),
+            row.stamp.map(|t| t.mtime_ns),
+        ],
+    )?;
+    Ok(())
+}
+
+fn close(
+    conn: &rusqlite::Connection,
+    id: &str,
+    end: &EndInfo,
+    verification: &str,
+    stamp: Option<FileStamp>,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "UPDATE sessions SET end_unix_ms = ?2, end_reason = ?3, bytes_up = ?4, bytes_down = ?5, \
+         sealed = ?6, verification = ?7, duration_s = (?2 - start_unix_ms) / 1000.0, \
+         file_len = ?8, file_mtime_ns = ?9 WHERE id = ?1",
+        rusqlite::params![
+            id,
+            end.ended_unix_ms,
+            end.reason,
+            i64_of(end.bytes_up),
+            i64_of(end.bytes_down),
+            verification == "ok",
+            verification,
+            stamp.map(|t| i64_of(t.len)),
+            stamp.map(|t| t.mtime_ns),
+        ],
+    )?;
+    Ok(())
+}
+
+fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
+    let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sessions"))?;
+    let rows = stmt.query_map([], |r| {
+        let start_ms: i64 = r.get(7)?;
+        let start_unix = start_ms.div_euclid(1000);
+        let (len, mtime): (Option<i64>, Option<i64>) = (r.get(16)?, r.get(17)?);
+        Ok(IndexedSession {
+            summary: SessionSummary {
+                id: r.get(0)?,
+                principal: r.get(1)?,
+                serial: r.get(2)?,
+                device: r.get(3)?,
+                protocol: r.get(4)?,
+                source: r.get(5)?,
+                rule: r.get(6)?,
+                start: crate::review::rfc3339(start_unix),
+                start_unix,
+                duration_s: r.get(15)?,
+                bytes_up: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+                bytes_down: u64::try_from(r.get::<_, i64>(11)?).unwrap_or(0),
+                end_reason: r.get(9)?,
+                verification: r.get(13)?,
+                break_glass: r.get(14)?,
+            },
+            stamp: match (len, mtime) {
+                (Some(len), Some(mtime_ns)) => Some(FileStamp {
+                    len: u64::try_from(len).unwrap_or(0),
+                    mtime_ns,
+                }),
+                _ => None,
+            },
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+impl SessionIndex for SqliteStore {
+    fn put(&self, row: &IndexedSession) -> Result<(), StoreError> {
+        put(&*self.conn()?, row)
+    }
+    fn put_all(&self, rows: &[IndexedSession]) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let tx = conn.transaction()?;
+        for row in rows {
+            put(&tx, row)?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+    fn close(
+        &self,
+        id: &str,
+        end: &EndInfo,
+        verification: &str,
+        stamp: Option<FileStamp>,
+    ) -> Result<(), StoreError> {
+        close(&*self.conn()?, id, end, verification, stamp)
+    }
+    fn all(&self) -> Result<Vec<IndexedSession>, StoreError> {
+        all(&*self.conn()?)
+    }
+}
+
+/// The index of a state dir, read only (host-side `ward sessions --state-dir`, and the gateway's
+/// listings): `None` if there is none yet (a state dir from before the index), and the listing
+/// then reads every recording.
+pub fn read_only(state_dir: &Path) -> Option<Vec<IndexedSession>> {
+    let path = state_dir.join("ward.db");
+    if !path.exists() {
+        return None;
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        &path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .ok()?;
+    match all(&conn) {
+        Ok(rows) => Some(rows),
+        Err(e) => {
+            tracing::debug!(error = %e, "no session index: listing reads every recording");
+            None
+        }
+    }
+}
+
+/// Keeps one session's row current from the recorder.
+pub struct IndexHook {
+    index: std::sync::Arc<dyn SessionIndex>,
+    path: std::path::PathBuf,
+    id: String,
+    /// The open row's write, awaited before the close is written (not before the session starts).
+    opening: tokio::task::JoinHandle<Result<(), StoreError>>,
+}
+
+impl IndexHook {
+    /// Index the session `meta` (recorded at `path`) as open, on a blocking thread.
+    pub fn open(
+        index: std::sync::Arc<dyn SessionIndex>,
+        path: std::path::PathBuf,
+        meta: &SessionMeta,
+    ) -> IndexHook {
+        let row = opened(meta);
+        let i = index.clone();
+        let opening = tokio::task::spawn_blocking(move || i.put(&row));
+        IndexHook {
+            index,
+            path,
+            id: meta.session_id.clone(),
+            opening,
+        }
+    }
+
+    /// Index the session as ended: `ok` with the file's stamp if its recorder sealed it cleanly.
+    pub async fn close(self, end: EndInfo, outcome: Result<(), String>) {
+        let IndexHook {
+            index,
+            path,
+            id,
+            opening,
+        } = self;
+        if let Ok(Err(e)) = opening.await {
+            tracing::warn!(session_id = %id, error = %e, "session index not updated at open: listings read this recording instead");
+        }
+        let done = tokio::task::spawn_blocking(move || {
+            let (verification, stamp) = match outcome {
+                Ok(()) => ("ok".to_string(), FileStamp::of(&path).ok()),
+                Err(e) => (
+                    format!("unknown (recording reported: {e}); run ward audit verify"),
+                    None,
+                ),
+            };
+            index
+                .close(&id, &end, &verification, stamp)
+                .map_err(|e| (id, e))
+        })
+        .await;
+        if let Ok(Err((id, e))) = done {
+            tracing::warn!(session_id = %id, error = %e, "session index not updated at close: listings read this recording instead");
+        }
+    }
+}
