@@ -656,8 +656,18 @@ fn refused(shared: &Shared, peer: SocketAddr, why: Refusal, transport: &str) {
     );
 }
 
-/// An anonymous connection closed by the gateway (evicted, or past its deadline): audited in
-/// aggregate like the rest of the unauthenticated noise.
+/// An anonymous connection evicted to make room: expected under load and the gateway's own doing,
+/// so only counted, for the interval's `unauthenticated_summary` (no line of its own in the audit
+/// or text log).
+fn evicted(shared: &Shared, peer: SocketAddr) {
+    let now = shared.clock.now();
+    if let Ok(mut n) = shared.noise.lock() {
+        n.observe(peer.ip(), "connection_evicted", now);
+    }
+}
+
+/// An anonymous connection closed past its deadline: audited in aggregate like the rest of the
+/// unauthenticated noise.
 fn anonymous_closed(shared: &Shared, peer: SocketAddr, kind: &str, why: &str, transport: &str) {
     shared.audit_noise(
         peer,
@@ -693,7 +703,7 @@ async fn serve_quic(
             .map_err(|_| anyhow!("handshake timed out"))?
             .context("handshake failed")?,
         () = slot.evicted() => {
-            anonymous_closed(&shared, peer, "connection_evicted", EVICTED, "quic");
+            evicted(&shared, peer);
             return Ok(());
         }
     };
@@ -735,7 +745,7 @@ async fn serve_quic(
             conn.close(CLOSE_DEADLINE.into(), why.as_bytes());
         }
         () = slot.evicted() => {
-            anonymous_closed(&shared, peer, "connection_evicted", EVICTED, "quic");
+            evicted(&shared, peer);
             conn.close(CLOSE_EVICTED.into(), EVICTED.as_bytes());
         }
     }
@@ -848,7 +858,7 @@ async fn serve_tcp(
             }
         },
         () = slot.evicted() => {
-            anonymous_closed(&shared, peer, "connection_evicted", EVICTED, "tcp");
+            evicted(&shared, peer);
             return;
         }
     };
@@ -886,7 +896,7 @@ async fn serve_tcp(
             anonymous_closed(&shared, peer, "anonymous_deadline", &why, "tcp");
         }
         () = slot.evicted() => {
-            anonymous_closed(&shared, peer, "connection_evicted", EVICTED, "tcp");
+            evicted(&shared, peer);
         }
     }
 }
