@@ -195,3 +195,68 @@ async fn a_source_over_its_share_is_told_the_gateway_is_busy_and_refusals_are_au
         .expect("no summary of the refusals");
     assert_eq!(summary["detail"]["count"], 12, "{summary}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anonymous_connections_that_only_keep_alive_or_never_log_in_are_closed_at_their_deadline() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let echo = echo_device().await;
+    let devices = [DeviceSpec::new("pump-12", echo, "raw", &[("vendor", "acme")])];
+    let gw = start_gateway(
+        pki.clone(),
+        &devices,
+        ACME_RULES,
+        "first_request_timeout = \"1s\"\nanonymous_timeout = \"3s\"",
+        clock(),
+    )
+    .await;
+    let quic: SocketAddr = gw.quic().parse().unwrap();
+    let sources = [src(5, 0, 1)];
+    let (_endpoints, conns) = idle_anonymous_quic(&pki.root(), &sources, 2, quic).await;
+    assert_eq!(conns.len(), 2);
+    // One never opens a stream (keep-alives only); the other opens streams that never finish a
+    // login (each sends nothing), one per second.
+    let idle = conns[0].clone();
+    let busy = conns[1].clone();
+    let keep_opening = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        for _ in 0..10 {
+            match busy.open_bi().await {
+                Ok((mut send, recv)) => {
+                    // The first byte of a frame header, and nothing more.
+                    let _ = send.write_all(&[0]).await;
+                    streams.push((send, recv));
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        busy.close_reason()
+    });
+    let started = Instant::now();
+    let why = tokio::time::timeout(Duration::from_secs(10), idle.closed())
+        .await
+        .expect("an anonymous connection with no stream was never closed");
+    let after = started.elapsed();
+    assert!(
+        matches!(&why, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(ward_core::admission::CLOSE_DEADLINE)),
+        "{why:?}"
+    );
+    assert!(after < Duration::from_secs(3), "closed after {after:?}");
+    let why = tokio::time::timeout(Duration::from_secs(10), conns[1].closed())
+        .await
+        .expect("an anonymous connection that never logged in was never closed");
+    assert!(
+        matches!(&why, quinn::ConnectionError::ApplicationClosed(c)
+            if c.error_code == quinn::VarInt::from_u32(ward_core::admission::CLOSE_DEADLINE)
+                && String::from_utf8_lossy(&c.reason).contains("anonymous_timeout")),
+        "{why:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "closed after {:?}",
+        started.elapsed()
+    );
+    let _ = keep_opening.await;
+}
