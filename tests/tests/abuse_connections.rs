@@ -201,7 +201,12 @@ async fn anonymous_connections_that_only_keep_alive_or_never_log_in_are_closed_a
     init_logs();
     let pki = Arc::new(Pki::new());
     let echo = echo_device().await;
-    let devices = [DeviceSpec::new("pump-12", echo, "raw", &[("vendor", "acme")])];
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        echo,
+        "raw",
+        &[("vendor", "acme")],
+    )];
     let gw = start_gateway(
         pki.clone(),
         &devices,

@@ -119,6 +119,11 @@ impl Admission {
         self.anonymous.len() + self.authenticated.len()
     }
 
+    /// Connections admitted since the books were opened (evicted and ended ones included).
+    pub fn admitted(&self) -> u64 {
+        self.next
+    }
+
     /// Anonymous connections holding a slot.
     pub fn anonymous(&self) -> usize {
         self.anonymous.len()

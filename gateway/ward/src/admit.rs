@@ -58,6 +58,11 @@ impl Conns {
         self.books().admission.total()
     }
 
+    /// Connections admitted so far (evicted and ended ones included).
+    pub(crate) fn admitted(&self) -> u64 {
+        self.books().admission.admitted()
+    }
+
     /// A slot for a new connection from `ip` (anonymous until [`ConnSlot::authenticate`]). When
     /// it evicts an anonymous connection, that one is woken to close. Returns the slot and whether
     /// it evicted one.

@@ -537,6 +537,11 @@ impl Gateway {
         self.shared.conns.total()
     }
 
+    /// Connections admitted since start (QUIC and TCP; evicted and ended ones included).
+    pub fn connections_admitted(&self) -> u64 {
+        self.shared.conns.admitted()
+    }
+
     /// Stop accepting, let sessions drain for up to `grace`, then close the rest with a reason.
     pub async fn shutdown(mut self, grace: Duration) {
         info!(
