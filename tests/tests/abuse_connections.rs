@@ -149,6 +149,17 @@ async fn a_source_over_its_share_is_told_the_gateway_is_busy_and_refusals_are_au
     // The default per-source share (64), held by stalled TCP connections, then ten more.
     let held = stalled_flood(9, 1, 64, tcp).await;
     assert_eq!(held.len(), 64);
+    // Connected in the kernel is not yet admitted by the gateway: wait for that.
+    assert!(
+        eventually(Duration::from_secs(10), || gw
+            .gw
+            .as_ref()
+            .unwrap()
+            .connections()
+            >= 64)
+        .await,
+        "the gateway did not admit the 64 connections"
+    );
     let mut extra = Vec::new();
     for _ in 0..10 {
         extra.extend(stalled_tcp(flooder, tcp).await);

@@ -229,7 +229,7 @@ pub enum ConfigErrorKind {
 /// Connection, session and timing limits, with safe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest a TLS/QUIC handshake plus first request frame may take. Default 10s.
+    /// Longest a TLS/QUIC handshake may take (then `first_request_timeout` runs). Default 10s.
     pub handshake_timeout: Duration,
     /// A session with no bytes either way for this long is closed. Default 15m.
     pub idle_timeout: Duration,

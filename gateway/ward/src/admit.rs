@@ -64,9 +64,8 @@ impl Conns {
     }
 
     /// A slot for a new connection from `ip` (anonymous until [`ConnSlot::authenticate`]). When
-    /// it evicts an anonymous connection, that one is woken to close. Returns the slot and whether
-    /// it evicted one.
-    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<(ConnSlot, bool), Refusal> {
+    /// it evicts an anonymous connection, that one is woken to close.
+    pub(crate) fn acquire(self: &Arc<Self>, ip: IpAddr) -> Result<ConnSlot, Refusal> {
         let mut b = self.books();
         let admitted = b.admission.admit(ip)?;
         let evicted = admitted.evicted.and_then(|v| b.wake.remove(&v));
@@ -75,14 +74,11 @@ impl Conns {
         }
         let wake = Arc::new(Notify::new());
         b.wake.insert(admitted.id, wake.clone());
-        Ok((
-            ConnSlot {
-                conns: self.clone(),
-                id: admitted.id,
-                wake,
-            },
-            evicted.is_some(),
-        ))
+        Ok(ConnSlot {
+            conns: self.clone(),
+            id: admitted.id,
+            wake,
+        })
     }
 
     /// A permit to tell one refused client why, if fewer than the bound are being told.

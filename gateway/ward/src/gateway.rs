@@ -606,7 +606,7 @@ async fn quic_accept_loop(
             continue;
         }
         let slot = match shared.conns.acquire(ip) {
-            Ok((slot, _)) => slot,
+            Ok(slot) => slot,
             Err(why) => {
                 refused(&shared, incoming.remote_address(), why, "quic");
                 match shared.conns.reply_permit() {
@@ -820,7 +820,7 @@ async fn tcp_accept_loop(
             continue;
         }
         let slot = match shared.conns.acquire(peer.ip()) {
-            Ok((slot, _)) => slot,
+            Ok(slot) => slot,
             Err(why) => {
                 refused(&shared, peer, why, "tcp");
                 if let Some(permit) = shared.conns.reply_permit() {
