@@ -670,3 +670,53 @@ impl Drop for Tmpfs {
             .status();
     }
 }
+
+/// `n` QUIC connections that finish the handshake without a client certificate (trusting
+/// `root`), open no stream and only send keep-alives, spread over one endpoint per local address
+/// in `sources` (for abuse tests and the bench; at most 64 handshakes at once, each bounded).
+/// Returns the endpoints (keep them) and the connections whose handshake finished.
+pub async fn idle_anonymous_quic(
+    root: &Path,
+    sources: &[std::net::IpAddr],
+    n: usize,
+    to: SocketAddr,
+) -> (Vec<quinn::Endpoint>, Vec<quinn::Connection>) {
+    let root = ward::tls::load_certs(root).unwrap().remove(0);
+    let tls = ward::tls::anonymous_client_config(root).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_secs(2)));
+    cc.transport_config(Arc::new(transport));
+    let endpoints: Vec<quinn::Endpoint> = sources
+        .iter()
+        .map(|ip| {
+            let mut e = quinn::Endpoint::client(SocketAddr::new(*ip, 0)).unwrap();
+            e.set_default_client_config(cc.clone());
+            e
+        })
+        .collect();
+    let mut conns = Vec::new();
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let e = endpoints[i % endpoints.len()].clone();
+        set.spawn(async move {
+            let connecting = e.connect(to, "127.0.0.1").ok()?;
+            tokio::time::timeout(Duration::from_secs(10), connecting)
+                .await
+                .ok()?
+                .ok()
+        });
+        if set.len() >= 64 {
+            if let Some(Ok(Some(c))) = set.join_next().await {
+                conns.push(c);
+            }
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        if let Ok(Some(c)) = r {
+            conns.push(c);
+        }
+    }
+    (endpoints, conns)
+}

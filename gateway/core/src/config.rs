@@ -48,7 +48,10 @@ state_dir = "var/ward"             # locks, audit log, recordings
 # device_connect_timeout = "5s"
 # shutdown_grace = "10s"
 # max_connections = 1024
-# max_connections_per_source = 64
+# max_connections_per_source = 64  # both transports together
+# max_anonymous_connections = 256  # handshaking or certificate-less; the rest is reserved
+# first_request_timeout = "10s"     # from handshake to a connection's first request
+# anonymous_timeout = "60s"         # a certificate-less connection's whole life (its one login)
 # max_sessions = 4096
 # max_sessions_per_connection = 256
 # disk_alert_percent = 90          # recording disk this full: high-severity audit alert
@@ -226,7 +229,7 @@ pub enum ConfigErrorKind {
 /// Connection, session and timing limits, with safe defaults.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
-    /// Longest a TLS/QUIC handshake plus first request frame may take. Default 10s.
+    /// Longest a TLS/QUIC handshake may take (then `first_request_timeout` runs). Default 10s.
     pub handshake_timeout: Duration,
     /// A session with no bytes either way for this long is closed. Default 15m.
     pub idle_timeout: Duration,
@@ -236,8 +239,18 @@ pub struct Limits {
     pub shutdown_grace: Duration,
     /// Concurrent client connections. Default 1024.
     pub max_connections: u32,
-    /// Concurrent connections from one source IP. Default 64.
+    /// Concurrent connections from one source IP, QUIC and TCP together. Default 64.
     pub max_connections_per_source: u32,
+    /// Concurrent connections that have not presented a certificate (handshaking, or anonymous
+    /// login-only), all sources; the rest of `max_connections` is reserved for certificate
+    /// holders. When full, the oldest such connection of the source holding the most is evicted
+    /// to make room. Default 256.
+    pub max_anonymous_connections: u32,
+    /// Longest from the end of the handshake to a connection's first request. Default 10s.
+    pub first_request_timeout: Duration,
+    /// Longest a connection without a client certificate stays open (its handshake and its one
+    /// login included). Default 60s.
+    pub anonymous_timeout: Duration,
     /// Concurrent device sessions, all clients. Default 4096.
     pub max_sessions: u32,
     /// Concurrent sessions (streams) in one connection. Default 256.
@@ -257,6 +270,9 @@ impl Default for Limits {
             shutdown_grace: Duration::from_secs(10),
             max_connections: 1024,
             max_connections_per_source: 64,
+            max_anonymous_connections: 256,
+            first_request_timeout: Duration::from_secs(10),
+            anonymous_timeout: Duration::from_secs(60),
             max_sessions: 4096,
             max_sessions_per_connection: 256,
             disk_alert_percent: 90,
@@ -311,6 +327,9 @@ impl GatewayConfig {
             shutdown_grace,
             max_connections,
             max_connections_per_source,
+            max_anonymous_connections,
+            first_request_timeout,
+            anonymous_timeout,
             max_sessions,
             max_sessions_per_connection,
             disk_alert_percent,
@@ -344,6 +363,18 @@ impl GatewayConfig {
             (
                 "gateway.max_connections_per_source",
                 *max_connections_per_source != n.max_connections_per_source,
+            ),
+            (
+                "gateway.max_anonymous_connections",
+                *max_anonymous_connections != n.max_anonymous_connections,
+            ),
+            (
+                "gateway.first_request_timeout",
+                *first_request_timeout != n.first_request_timeout,
+            ),
+            (
+                "gateway.anonymous_timeout",
+                *anonymous_timeout != n.anonymous_timeout,
             ),
             ("gateway.max_sessions", *max_sessions != n.max_sessions),
             (
@@ -572,6 +603,9 @@ struct RawGateway {
     shutdown_grace: Option<Spanned<String>>,
     max_connections: Option<Spanned<u32>>,
     max_connections_per_source: Option<Spanned<u32>>,
+    max_anonymous_connections: Option<Spanned<u32>>,
+    first_request_timeout: Option<Spanned<String>>,
+    anonymous_timeout: Option<Spanned<String>>,
     max_sessions: Option<Spanned<u32>>,
     max_sessions_per_connection: Option<Spanned<u32>>,
     disk_alert_percent: Option<Spanned<u32>>,
@@ -804,6 +838,8 @@ impl Cx<'_> {
         };
         let d = Limits::default();
         let per_source_span = g.max_connections_per_source.as_ref().map(Spanned::span);
+        let anonymous_span = g.max_anonymous_connections.as_ref().map(Spanned::span);
+        let anonymous_given = g.max_anonymous_connections.is_some();
         let per_conn_span = g.max_sessions_per_connection.as_ref().map(Spanned::span);
         let limits = Limits {
             handshake_timeout: self.duration(
@@ -832,6 +868,21 @@ impl Cx<'_> {
                 "gateway.max_connections_per_source",
                 d.max_connections_per_source,
             )?,
+            max_anonymous_connections: self.count(
+                g.max_anonymous_connections,
+                "gateway.max_anonymous_connections",
+                d.max_anonymous_connections,
+            )?,
+            first_request_timeout: self.duration(
+                g.first_request_timeout,
+                "gateway.first_request_timeout",
+                d.first_request_timeout,
+            )?,
+            anonymous_timeout: self.duration(
+                g.anonymous_timeout,
+                "gateway.anonymous_timeout",
+                d.anonymous_timeout,
+            )?,
             max_sessions: self.count(g.max_sessions, "gateway.max_sessions", d.max_sessions)?,
             max_sessions_per_connection: self.count(
                 g.max_sessions_per_connection,
@@ -850,6 +901,23 @@ impl Cx<'_> {
             )?,
         };
         let header_span = g.listen.span();
+        let mut limits = limits;
+        if !anonymous_given {
+            // A smaller gateway keeps three quarters of its slots for certificate holders too.
+            limits.max_anonymous_connections = d
+                .max_anonymous_connections
+                .min((limits.max_connections / 4).max(1));
+        }
+        if limits.max_anonymous_connections > limits.max_connections {
+            return Err(self.err(
+                anonymous_span.unwrap_or(header_span),
+                "gateway.max_anonymous_connections",
+                ConfigErrorKind::Limit(format!(
+                    "{} is more than max_connections ({})",
+                    limits.max_anonymous_connections, limits.max_connections
+                )),
+            ));
+        }
         if limits.max_connections_per_source > limits.max_connections {
             return Err(self.err(
                 per_source_span.unwrap_or(header_span),

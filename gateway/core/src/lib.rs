@@ -9,10 +9,12 @@
 //! * [`policy`]: rules, locks and [`policy::evaluate`], which returns a permit or a reason.
 //! * [`session`]: session states as types (`Handshaken` → `Authorized` → `Closed`).
 //! * [`noise`]: unauthenticated events aggregated per source and interval, with a cap.
+//! * [`admission`]: connection budgets (anonymous vs certificate holders, per source), eviction.
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod admission;
 pub mod config;
 pub mod device;
 pub mod duration;

@@ -1,7 +1,7 @@
 //! `ward connect` and the other client commands: reach the gateway over QUIC (or the TLS-over-TCP
 //! fallback), open sessions, and carry them to a local port or to stdio.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,6 +98,38 @@ pub struct Client {
     fell_back: std::sync::atomic::AtomicBool,
     /// Our certificate (PEM) and the root file: to explain a refused handshake.
     identity: Option<Box<(String, PathBuf)>>,
+    /// The local address to connect from (default: the system's choice).
+    local: Option<IpAddr>,
+}
+
+/// A QUIC connection error as a sentence: the gateway's own closes (busy, evicted, deadline) are
+/// recognised by their application code, not their text.
+fn explain_quic(e: &quinn::ConnectionError) -> String {
+    use ward_core::admission as adm;
+    match e {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            let code = close.error_code.into_inner();
+            let said = String::from_utf8_lossy(&close.reason);
+            let said = said.chars().filter(|c| !c.is_control()).collect::<String>();
+            if code == u64::from(adm::CLOSE_BUSY_SOURCE) {
+                "gateway busy: too many connections from your address; retry later".into()
+            } else if code == u64::from(adm::CLOSE_BUSY) {
+                "gateway busy: too many connections; retry later".into()
+            } else if code == u64::from(adm::CLOSE_EVICTED) {
+                "gateway busy: the connection was closed to make room for others; retry".into()
+            } else if code == u64::from(adm::CLOSE_DEADLINE) {
+                format!("the gateway closed the connection: {said}")
+            } else {
+                explain(e, None)
+            }
+        }
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            "gateway busy: it refused the connection (too many connections from your address or in all); retry later".into()
+        }
+        other => explain(other, None),
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -148,6 +180,15 @@ impl Client {
     }
 
     /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
+    /// A QUIC connection error as a sentence: a refused handshake from its TLS alert, the
+    /// gateway's own closes (busy, evicted, deadline) from their application code.
+    fn explain_quic_error(&self, e: &quinn::ConnectionError) -> String {
+        match crate::refusal::from_quic(e) {
+            Some(r) => self.explain_refusal(Some(r), e),
+            None => explain_quic(e),
+        }
+    }
+
     fn explain_refusal(
         &self,
         refused: Option<crate::refusal::Refused>,
@@ -197,7 +238,14 @@ impl Client {
             quic: Mutex::new(None),
             fell_back: std::sync::atomic::AtomicBool::new(false),
             identity: None,
+            local: None,
         })
+    }
+
+    /// Connect from `ip` (a local address) instead of the system's choice.
+    pub fn bind_local(mut self, ip: IpAddr) -> Self {
+        self.local = Some(ip);
+        self
     }
 
     fn server_name(&self) -> anyhow::Result<ServerName<'static>> {
@@ -212,12 +260,11 @@ impl Client {
                 return Ok(conn.clone());
             }
         }
-        let bind: SocketAddr = if self.addr.is_ipv6() {
-            "[::]:0"
-        } else {
-            "0.0.0.0:0"
-        }
-        .parse()?;
+        let bind: SocketAddr = match self.local {
+            Some(ip) => SocketAddr::new(ip, 0),
+            None if self.addr.is_ipv6() => "[::]:0".parse()?,
+            None => "0.0.0.0:0".parse()?,
+        };
         // Large UDP buffers, as on the gateway: bursts of full-size packets are not dropped.
         let socket = crate::gateway::udp_socket(bind)?;
         let mut endpoint = quinn::Endpoint::new(
@@ -235,18 +282,26 @@ impl Client {
         let conn = endpoint
             .connect(self.addr, &self.host)?
             .await
-            .map_err(|e| {
-                anyhow!(
-                    "{}",
-                    self.explain_refusal(crate::refusal::from_quic(&e), &e)
-                )
-            })?;
+            .map_err(|e| anyhow!("{}", self.explain_quic_error(&e)))?;
         *guard = Some((endpoint, conn.clone()));
         Ok(conn)
     }
 
     async fn tcp_stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
-        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(self.addr))
+        let connect = async {
+            match self.local {
+                None => TcpStream::connect(self.addr).await,
+                Some(ip) => {
+                    let socket = match ip {
+                        IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(ip, 0))?;
+                    socket.connect(self.addr).await
+                }
+            }
+        };
+        let tcp = tokio::time::timeout(Duration::from_secs(10), connect)
             .await
             .map_err(|_| anyhow!("gateway {} did not answer on TCP within 10s", self.addr))?
             .with_context(|| format!("connecting to gateway {} over TCP", self.addr))?;
@@ -289,13 +344,12 @@ impl Client {
                 }
             }
         };
-        let (send, recv) =
-            quic.open_bi()
-                .await
-                .map_err(|e| match crate::refusal::from_quic(&e) {
-                    Some(r) => anyhow!("{}", self.explain_refusal(Some(r), &e)),
-                    None => anyhow!("gateway closed the connection: {e}"),
-                })?;
+        let (send, recv) = quic.open_bi().await.map_err(|e| {
+            anyhow!(
+                "gateway closed the connection: {}",
+                self.explain_quic_error(&e)
+            )
+        })?;
         Ok((
             Box::new(recv),
             Box::new(QuicSend {
@@ -309,8 +363,7 @@ impl Client {
     async fn quic_close_reason(&self) -> Option<String> {
         let guard = self.quic.lock().await;
         let (_, conn) = guard.as_ref()?;
-        conn.close_reason()
-            .map(|e| self.explain_refusal(crate::refusal::from_quic(&e), &e))
+        conn.close_reason().map(|e| self.explain_quic_error(&e))
     }
 
     /// Read the answer; if the stream broke because the gateway closed the connection (for example

@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
+use ward_core::admission::{Refusal, CLOSE_DEADLINE, CLOSE_EVICTED};
 use ward_core::config::{Config, Device, DeviceAddress, Limits};
 use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
 use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
@@ -24,6 +25,7 @@ use ward_core::policy::{self, Lock};
 use ward_core::session::{self, Handshaken, Recheck};
 use ward_core::{Escaped, Principal};
 
+use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use crate::recorder::{self, FileSink, SessionRecorder, Sink};
@@ -66,8 +68,8 @@ pub struct Shared {
     locks: RwLock<Vec<Lock>>,
     sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: AtomicU64,
-    connections: AtomicUsize,
-    per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// Connection slots: anonymous and certificate-holder budgets, per-source caps.
+    conns: Arc<Conns>,
     draining: AtomicBool,
     /// Unauthenticated events, aggregated per source (security case 31).
     noise: Mutex<NoiseLimiter>,
@@ -209,50 +211,6 @@ impl Shared {
             n += 1;
         }
         n
-    }
-}
-
-/// Releases a connection slot (total and per source) when the connection ends.
-struct ConnSlot {
-    shared: Arc<Shared>,
-    ip: IpAddr,
-}
-
-impl ConnSlot {
-    fn acquire(shared: &Arc<Shared>, ip: IpAddr) -> Result<Self, &'static str> {
-        let limits = shared.limits();
-        if shared.connections.fetch_add(1, Ordering::AcqRel) >= limits.max_connections as usize {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err("total connection limit reached");
-        }
-        let Ok(mut per) = shared.per_source.lock() else {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err("internal error");
-        };
-        let count = per.entry(ip).or_insert(0);
-        if *count >= limits.max_connections_per_source as usize {
-            shared.connections.fetch_sub(1, Ordering::AcqRel);
-            return Err("per-source connection limit reached");
-        }
-        *count += 1;
-        Ok(Self {
-            shared: shared.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for ConnSlot {
-    fn drop(&mut self) {
-        self.shared.connections.fetch_sub(1, Ordering::AcqRel);
-        if let Ok(mut per) = self.shared.per_source.lock() {
-            if let Some(c) = per.get_mut(&self.ip) {
-                *c = c.saturating_sub(1);
-                if *c == 0 {
-                    per.remove(&self.ip);
-                }
-            }
-        }
     }
 }
 
@@ -520,8 +478,7 @@ impl Gateway {
             locks: RwLock::new(locks),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(rand::random::<u32>() as u64),
-            connections: AtomicUsize::new(0),
-            per_source: Mutex::new(HashMap::new()),
+            conns: Arc::new(Conns::new(&limits)),
             draining: AtomicBool::new(false),
             noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
             reviews: crate::review_jobs::ReviewGate::default(),
@@ -584,7 +541,12 @@ impl Gateway {
 
     /// Number of open client connections (QUIC and TCP).
     pub fn connections(&self) -> usize {
-        self.shared.connections.load(Ordering::Acquire)
+        self.shared.conns.total()
+    }
+
+    /// Connections admitted since start (QUIC and TCP; evicted and ended ones included).
+    pub fn connections_admitted(&self) -> u64 {
+        self.shared.conns.admitted()
     }
 
     /// Stop accepting, let sessions drain for up to `grace`, then close the rest with a reason.
@@ -650,11 +612,19 @@ async fn quic_accept_loop(
             incoming.refuse();
             continue;
         }
-        let slot = match ConnSlot::acquire(&shared, ip) {
-            Ok(s) => s,
+        let slot = match shared.conns.acquire(ip) {
+            Ok(slot) => slot,
             Err(why) => {
-                warn!(event = "connection_refused", source = %incoming.remote_address(), reason = why);
-                incoming.refuse();
+                refused(&shared, incoming.remote_address(), why, "quic");
+                match shared.conns.reply_permit() {
+                    Some(permit) => {
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            crate::admit::reply_quic(incoming, why).await;
+                        });
+                    }
+                    None => incoming.refuse(),
+                }
                 continue;
             }
         };
@@ -685,17 +655,70 @@ fn identity_from_certs(shared: &Shared, certs: &[CertificateDer<'_>]) -> anyhow:
         .validate(leaf.as_ref(), &ints, Usage::Client, shared.clock.now())?)
 }
 
+/// A connection refused for load: counted and audited in aggregate with the other noise from its
+/// source (the text log follows the same verdict).
+fn refused(shared: &Shared, peer: SocketAddr, why: Refusal, transport: &str) {
+    shared.audit_noise(
+        peer,
+        Event::new("connection_refused", "denied", shared.clock.now())
+            .severity("warning")
+            .source(peer)
+            .reason(why.to_string())
+            .detail("transport", transport),
+    );
+}
+
+/// An anonymous connection evicted to make room: expected under load and the gateway's own doing,
+/// so only counted, for the interval's `unauthenticated_summary` (no line of its own in the audit
+/// or text log).
+fn evicted(shared: &Shared, peer: SocketAddr) {
+    let now = shared.clock.now();
+    if let Ok(mut n) = shared.noise.lock() {
+        n.observe(peer.ip(), "connection_evicted", now);
+    }
+}
+
+/// An anonymous connection closed past its deadline: audited in aggregate like the rest of the
+/// unauthenticated noise.
+fn anonymous_closed(shared: &Shared, peer: SocketAddr, kind: &str, why: &str, transport: &str) {
+    shared.audit_noise(
+        peer,
+        Event::new(kind, "denied", shared.clock.now())
+            .severity("warning")
+            .source(peer)
+            .reason(why)
+            .detail("transport", transport),
+    );
+}
+
+const EVICTED: &str =
+    "gateway busy: this connection had no certificate yet and made room for a newer one";
+
+/// Resolves at `deadline`, or never without one.
+async fn until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn serve_quic(
     shared: Arc<Shared>,
     incoming: quinn::Incoming,
-    _slot: ConnSlot,
+    slot: ConnSlot,
 ) -> anyhow::Result<()> {
+    let started = tokio::time::Instant::now();
     let peer = incoming.remote_address();
     let connecting = incoming.accept()?;
-    let conn = tokio::time::timeout(shared.limits().handshake_timeout, connecting)
-        .await
-        .map_err(|_| anyhow!("handshake timed out"))?
-        .context("handshake failed")?;
+    let conn = tokio::select! {
+        c = tokio::time::timeout(shared.limits().handshake_timeout, connecting) => c
+            .map_err(|_| anyhow!("handshake timed out"))?
+            .context("handshake failed")?,
+        () = slot.evicted() => {
+            evicted(&shared, peer);
+            return Ok(());
+        }
+    };
     // No certificate: an anonymous connection that can only log in (see `serve_stream`).
     let identity = match conn
         .peer_identity()
@@ -707,6 +730,10 @@ async fn serve_quic(
     };
     match &identity {
         Some(identity) => {
+            if !slot.authenticate() {
+                conn.close(CLOSE_EVICTED.into(), EVICTED.as_bytes());
+                return Ok(());
+            }
             info!(event = "connection_opened", transport = "quic", source = %peer, principal = %Escaped(&identity.principal()),
           serial = %identity.serial)
         }
@@ -714,18 +741,69 @@ async fn serve_quic(
             info!(event = "connection_opened", transport = "quic", source = %peer, principal = "anonymous (login only)")
         }
     }
+    // An anonymous connection lives for its one login, at most `anonymous_timeout`.
+    let deadline = identity
+        .is_none()
+        .then(|| started + shared.limits().anonymous_timeout);
     // One login per connection without a certificate (issue 12), whatever its streams.
     let once = identity.is_none().then(crate::login_gate::OneLogin::new);
+    let streams = quic_streams(&shared, &conn, identity, once, peer);
+    tokio::select! {
+        () = streams => {}
+        () = until(deadline) => {
+            let why = format!(
+                "no login finished within anonymous_timeout ({}s)",
+                shared.limits().anonymous_timeout.as_secs()
+            );
+            anonymous_closed(&shared, peer, "anonymous_deadline", &why, "quic");
+            conn.close(CLOSE_DEADLINE.into(), why.as_bytes());
+        }
+        () = slot.evicted() => {
+            evicted(&shared, peer);
+            conn.close(CLOSE_EVICTED.into(), EVICTED.as_bytes());
+        }
+    }
+    Ok(())
+}
+
+/// Accept the connection's streams, each a session of its own, until it closes. The first stream
+/// must come within `first_request_timeout` of the handshake.
+async fn quic_streams(
+    shared: &Arc<Shared>,
+    conn: &quinn::Connection,
+    identity: Option<Arc<Identity>>,
+    once: Option<Arc<crate::login_gate::OneLogin>>,
+    peer: SocketAddr,
+) {
+    let first_request = shared.limits().first_request_timeout;
+    let mut first = true;
     loop {
-        let (send, recv) = match conn.accept_bi().await {
+        let accepted = if first {
+            first = false;
+            match tokio::time::timeout(first_request, conn.accept_bi()).await {
+                Ok(a) => a,
+                Err(_) => {
+                    let why = format!(
+                        "no request within first_request_timeout ({}s)",
+                        first_request.as_secs()
+                    );
+                    info!(event = "connection_closed", source = %peer, reason = %why);
+                    conn.close(CLOSE_DEADLINE.into(), why.as_bytes());
+                    return;
+                }
+            }
+        } else {
+            conn.accept_bi().await
+        };
+        let (send, recv) = match accepted {
             Ok(s) => s,
             Err(
                 quinn::ConnectionError::ApplicationClosed(_)
                 | quinn::ConnectionError::LocallyClosed,
-            ) => break,
+            ) => return,
             Err(e) => {
                 info!(event = "connection_closed", source = %peer, reason = %Escaped(&e.to_string()));
-                break;
+                return;
             }
         };
         let shared = shared.clone();
@@ -735,7 +813,6 @@ async fn serve_quic(
             shared, identity, once, peer, "quic", recv, send,
         ));
     }
-    Ok(())
 }
 
 async fn tcp_accept_loop(
@@ -755,58 +832,92 @@ async fn tcp_accept_loop(
         if shared.noise_dropped(peer.ip()) {
             continue;
         }
-        let slot = match ConnSlot::acquire(&shared, peer.ip()) {
-            Ok(s) => s,
+        let slot = match shared.conns.acquire(peer.ip()) {
+            Ok(slot) => slot,
             Err(why) => {
-                warn!(event = "connection_refused", source = %peer, reason = why);
+                refused(&shared, peer, why, "tcp");
+                if let Some(permit) = shared.conns.reply_permit() {
+                    let acceptor = acceptor.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        crate::admit::reply_tcp(acceptor, tcp, why).await;
+                    });
+                }
                 continue;
             }
         };
-        let shared = shared.clone();
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let _slot = slot;
-            let _ = tcp.set_nodelay(true);
-            let tls =
-                match tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp))
-                    .await
-                {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        shared.audit_noise(
-                            peer,
-                            handshake_failed(&shared, peer, e.to_string(), "tcp"),
-                        );
-                        return;
-                    }
-                    Err(_) => {
-                        let why = "handshake timed out".to_string();
-                        shared.audit_noise(peer, handshake_failed(&shared, peer, why, "tcp"));
-                        return;
-                    }
-                };
-            let certs = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .map(|c| c.to_vec())
-                .unwrap_or_default();
-            let identity = match (!certs.is_empty()).then(|| identity_from_certs(&shared, &certs)) {
-                None => None,
-                Some(Ok(i)) => Some(Arc::new(i)),
-                Some(Err(e)) => {
-                    shared.audit_noise(
-                        peer,
-                        handshake_failed(&shared, peer, format!("{e:#}"), "tcp"),
-                    );
-                    return;
-                }
-            };
-            let (r, w) = tokio::io::split(tls);
-            // One request per TCP connection, so at most one login without a certificate.
-            let once = identity.is_none().then(crate::login_gate::OneLogin::new);
-            serve_stream(shared, identity, once, peer, "tcp", r, w).await;
-        });
+        tokio::spawn(serve_tcp(shared.clone(), acceptor.clone(), tcp, peer, slot));
+    }
+}
+
+/// One TLS-over-TCP connection: handshake (bounded; an anonymous one may be evicted meanwhile),
+/// then its one request.
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    slot: ConnSlot,
+) {
+    let started = tokio::time::Instant::now();
+    let _ = tcp.set_nodelay(true);
+    let handshake = tokio::time::timeout(shared.limits().handshake_timeout, acceptor.accept(tcp));
+    let tls = tokio::select! {
+        h = handshake => match h {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => {
+                shared.audit_noise(peer, handshake_failed(&shared, peer, e.to_string(), "tcp"));
+                return;
+            }
+            Err(_) => {
+                let why = "handshake timed out".to_string();
+                shared.audit_noise(peer, handshake_failed(&shared, peer, why, "tcp"));
+                return;
+            }
+        },
+        () = slot.evicted() => {
+            evicted(&shared, peer);
+            return;
+        }
+    };
+    let certs = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let identity = match (!certs.is_empty()).then(|| identity_from_certs(&shared, &certs)) {
+        None => None,
+        Some(Ok(i)) => Some(Arc::new(i)),
+        Some(Err(e)) => {
+            shared.audit_noise(
+                peer,
+                handshake_failed(&shared, peer, format!("{e:#}"), "tcp"),
+            );
+            return;
+        }
+    };
+    if identity.is_some() && !slot.authenticate() {
+        return;
+    }
+    let deadline = identity
+        .is_none()
+        .then(|| started + shared.limits().anonymous_timeout);
+    let (r, w) = tokio::io::split(tls);
+    // One request per TCP connection, so at most one login without a certificate.
+    let once = identity.is_none().then(crate::login_gate::OneLogin::new);
+    tokio::select! {
+        () = serve_stream(shared.clone(), identity, once, peer, "tcp", r, w) => {}
+        () = until(deadline) => {
+            let why = format!(
+                "no login finished within anonymous_timeout ({}s)",
+                shared.limits().anonymous_timeout.as_secs()
+            );
+            anonymous_closed(&shared, peer, "anonymous_deadline", &why, "tcp");
+        }
+        () = slot.evicted() => {
+            evicted(&shared, peer);
+        }
     }
 }
 
@@ -841,7 +952,7 @@ async fn serve_stream<R, W>(
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
     let request = match tokio::time::timeout(
-        shared.limits().handshake_timeout,
+        shared.limits().first_request_timeout,
         read_request(&mut reader),
     )
     .await
@@ -861,7 +972,7 @@ async fn serve_stream<R, W>(
             let _ = writer
                 .write_response(&error_frame(
                     ErrorCode::BadRequest,
-                    "no request within the handshake timeout",
+                    "no request within first_request_timeout",
                 ))
                 .await;
             let _ = writer.finish().await;

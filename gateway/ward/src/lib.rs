@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_store;
+mod admit;
 pub mod audit;
 pub mod client;
 pub mod datapath;

@@ -1589,6 +1589,7 @@ struct Results {
     open_quic_new: Option<Pcts>,
     open_tcp_new: Option<Pcts>,
     conn_rate: Vec<ConnRate>,
+    held: Option<HeldRate>,
     idle: Vec<Idle>,
     profiles: Vec<Profile>,
     skipped: Vec<String>,
@@ -1614,6 +1615,54 @@ impl ConnRate {
     fn cl_ms(&self) -> f64 {
         self.cl_cores / self.rate.max(1e-9) * 1e3
     }
+}
+
+/// Certificate holders' new-connection rate without, then with, anonymous connections held.
+#[derive(Debug, Clone, Copy)]
+struct HeldRate {
+    parallel: usize,
+    without: f64,
+    with: f64,
+    /// Anonymous connections attempted, handshakes finished, and still open after the run.
+    attempted: usize,
+    finished: usize,
+    open_after: usize,
+}
+
+/// Anonymous connections the "held" figure tries to hold, and the sources they come from.
+const HELD_ANONYMOUS: usize = 1_000;
+const HELD_SOURCES: u8 = 16;
+
+/// The certificate holders' connection rate (`parallel` clients, one session per connection)
+/// without anonymous connections, then while up to [`HELD_ANONYMOUS`] anonymous QUIC connections
+/// (no certificate, no stream, keep-alives only, from 127.77.0.x) are held, in one run.
+async fn rate_with_anonymous_held(
+    gateway: SocketAddr,
+    files: &IdentityFiles,
+    parallel: usize,
+    dur: Duration,
+) -> Result<HeldRate> {
+    let without = connection_rate(gateway, files, parallel, dur).await?;
+    let sources: Vec<std::net::IpAddr> = (1..=HELD_SOURCES)
+        .map(|i| std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 77, 0, i)))
+        .collect();
+    let (endpoints, held) =
+        ward_tests::idle_anonymous_quic(&files.root, &sources, HELD_ANONYMOUS, gateway).await;
+    let finished = held.len();
+    let with = connection_rate(gateway, files, parallel, dur).await?;
+    let open_after = held.iter().filter(|c| c.close_reason().is_none()).count();
+    drop(held);
+    for e in &endpoints {
+        e.close(0u32.into(), b"bench done");
+    }
+    Ok(HeldRate {
+        parallel,
+        without,
+        with,
+        attempted: HELD_ANONYMOUS,
+        finished,
+        open_after,
+    })
 }
 
 /// Everything from this line on in docs/benchmarks.md is hand-written and kept by `--out`.
@@ -1725,6 +1774,20 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
                 2000.0 / c.gw_ms().max(1e-9)
             );
         }
+    }
+    if let Some(h) = &r.held {
+        let _ = writeln!(s, "\n### Certificate holders' connection rate while {} anonymous connections are held ({} sources; no certificate, no stream, keep-alives only; {} parallel certificate holders, {:.0} s each, same run)\n", h.attempted, HELD_SOURCES, h.parallel, opts.conn_rate_for.as_secs_f64());
+        let _ = writeln!(s, "| certificate-holder connections/s, alone | while anonymous held | ratio | anonymous handshakes finished | anonymous still open after |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            s,
+            "| {:.0} | {:.0} | {:.2} | {} | {} |",
+            h.without,
+            h.with,
+            h.with / h.without.max(1e-9),
+            h.finished,
+            h.open_after
+        );
     }
     if !r.concurrent.is_empty() {
         let _ = writeln!(
@@ -2401,6 +2464,24 @@ fn main() -> Result<()> {
             cl_cores: cpu.client / wall,
             machine_busy,
         });
+    }
+    let parallel = opts.conn_rate_parallel.first().copied().unwrap_or(16);
+    match cl_rt.block_on(rate_with_anonymous_held(
+        gw_on.quic,
+        &w.files,
+        parallel,
+        opts.conn_rate_for,
+    )) {
+        Ok(h) => {
+            eprintln!(
+                "  certificate holders, {parallel} parallel: {:.0}/s alone, {:.0}/s while {} anonymous connections were tried ({} finished the handshake, {} still open after); ratio {:.2}",
+                h.without, h.with, h.attempted, h.finished, h.open_after, h.with / h.without.max(1e-9)
+            );
+            results.held = Some(h);
+        }
+        Err(e) => results.skipped.push(format!(
+            "connection rate with anonymous connections held ({e:#})"
+        )),
     }
     if opts.profile && !results.profiles.is_empty() {
         // One more run at the highest level, under perf: the gateway, and this process (whose only
