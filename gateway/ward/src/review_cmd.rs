@@ -43,7 +43,7 @@ pub struct SourceArgs {
 
 enum Source {
     Local { state_dir: PathBuf },
-    Remote { client: Client },
+    Remote { client: Box<Client> },
 }
 
 impl SourceArgs {
@@ -54,7 +54,7 @@ impl SourceArgs {
                 Ok(Source::Local { state_dir: config.gateway.state_dir })
             }
             (None, Some(dir), None) => Ok(Source::Local { state_dir: dir.clone() }),
-            (None, None, Some(gw)) => Ok(Source::Remote { client: crate::make_client(gw, self.identity.as_ref(), self.ca.as_ref(), self.transport)? }),
+            (None, None, Some(gw)) => Ok(Source::Remote { client: Box::new(crate::make_client(gw, self.identity.as_ref(), self.ca.as_ref(), self.transport)?) }),
             (None, None, None) => bail!("say where the recordings are: --config FILE or --state-dir DIR on the gateway host, or --gateway HOST:PORT"),
             _ => bail!("give only one of --config, --state-dir, --gateway"),
         }
