@@ -485,10 +485,14 @@ fn jit_flow_from_quickstart() {
 
     // Every step is in the audit log, and the log verifies.
     let gid = grant.id.clone();
-    let events = q.audit_when("the session's close", |ev| {
-        ev.iter().any(|e| {
-            is(e, "session_close", "success") && e["device"] == "pump-14" && who(e) == "tech"
-        })
+    // Both sessions' closes: the pre-grant certificate's and the one cut at the window's end.
+    let events = q.audit_when("both sessions' closes", |ev| {
+        ev.iter()
+            .filter(|e| {
+                is(e, "session_close", "success") && e["device"] == "pump-14" && who(e) == "tech"
+            })
+            .count()
+            == 2
     });
     q.audit_verifies();
     let logins: Vec<&serde_json::Value> = events
