@@ -49,7 +49,7 @@ fn reachable(addr: SocketAddr) -> bool {
 fn quickstart_says_who_can_reach_the_devices_and_how_jit_works() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("certs-dev");
-    let (qs, _port) = start_quickstart(&dir);
+    let (qs, port) = start_quickstart(&dir);
     let printed = qs.stdout();
 
     // The devices are on this machine's loopback: any local user reaches them, and the text says so
@@ -74,6 +74,20 @@ fn quickstart_says_who_can_reach_the_devices_and_how_jit_works() {
         "{printed}"
     );
     assert!(printed.contains("needs no --change-password"), "{printed}");
+
+    // SIGHUP reloads ward.toml, as for `ward gateway`; it used to kill quickstart.
+    let pid = qs.child.id().to_string();
+    let hup = run(Command::new("kill").args(["-HUP", &pid]));
+    assert!(hup.status.success(), "{hup:?}");
+    let out = run(&mut ward(&[
+        "devices",
+        "--gateway",
+        &format!("127.0.0.1:{port}"),
+        "--identity",
+        &format!("{}/vendor", dir.display()),
+    ]));
+    assert!(out.status.success(), "after SIGHUP: {out:?}");
+    assert!(out.stdout.contains("pump-12"), "{out:?}");
     stop(qs);
 }
 

@@ -179,7 +179,6 @@ impl Client {
         Ok(client)
     }
 
-    /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
     /// A QUIC connection error as a sentence: a refused handshake from its TLS alert, the
     /// gateway's own closes (busy, evicted, deadline) from their application code.
     fn explain_quic_error(&self, e: &quinn::ConnectionError) -> String {
@@ -189,6 +188,7 @@ impl Client {
         }
     }
 
+    /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
     fn explain_refusal(
         &self,
         refused: Option<crate::refusal::Refused>,
@@ -374,20 +374,32 @@ impl Client {
     ) -> anyhow::Result<Response> {
         match read_response(reader).await {
             Ok(r) => Ok(r),
-            Err(e) => match self.quic_close_reason().await {
-                Some(why) => Err(anyhow!("{why}")),
-                None => {
-                    // On TLS over TCP the gateway's refusal arrives as an alert on the first read.
-                    let refused = e
-                        .chain()
-                        .find_map(|c| c.downcast_ref::<std::io::Error>())
-                        .and_then(crate::refusal::from_tcp);
-                    Err(anyhow!(
-                        "{}",
-                        self.explain_refusal(refused, &format!("{e:#}"))
-                    ))
-                }
-            },
+            Err(e) => Err(self.why_failed(e).await),
+        }
+    }
+
+    /// A request's write result; a failed write is explained like a failed read (the gateway may
+    /// have refused the certificate and closed the connection before the request left).
+    async fn sent(&self, written: std::io::Result<()>) -> anyhow::Result<()> {
+        match written {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.why_failed(e.into()).await),
+        }
+    }
+
+    /// Why a request's stream failed: the QUIC connection's close, explained, or on TLS over TCP
+    /// the gateway's alert; else the error itself.
+    async fn why_failed(&self, e: anyhow::Error) -> anyhow::Error {
+        match self.quic_close_reason().await {
+            Some(why) => anyhow!("{why}"),
+            None => {
+                // On TLS over TCP the gateway's refusal arrives as an alert on the first read.
+                let refused = e
+                    .chain()
+                    .find_map(|c| c.downcast_ref::<std::io::Error>())
+                    .and_then(crate::refusal::from_tcp);
+                anyhow!("{}", self.explain_refusal(refused, &format!("{e:#}")))
+            }
         }
     }
 
@@ -395,7 +407,7 @@ impl Client {
     pub async fn request(&self, req: &Request) -> anyhow::Result<Response> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        writer.write_request(req).await?;
+        self.sent(writer.write_request(req).await).await?;
         let mut reader = FrameReader::new(r);
         let resp = self.answer(&mut reader).await?;
         let _ = writer.finish().await;
@@ -412,13 +424,14 @@ impl Client {
     ) -> anyhow::Result<Session> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        writer
+        let written = writer
             .write_request(&Request::Open {
                 device: device.to_string(),
                 break_glass,
                 reason,
             })
-            .await?;
+            .await;
+        self.sent(written).await?;
         let mut reader = FrameReader::new(r);
         match self.answer(&mut reader).await? {
             Response::Opened {
@@ -766,7 +779,8 @@ impl Client {
     pub async fn access(&self, op: ward_core::frame::AccessOp) -> anyhow::Result<AccessAnswer> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        writer.write_request(&Request::Access(op)).await?;
+        self.sent(writer.write_request(&Request::Access(op)).await)
+            .await?;
         let mut reader = FrameReader::new(r);
         let answer = self.answer(&mut reader).await?;
         let out = match answer {
@@ -801,7 +815,8 @@ impl Client {
     pub async fn review(&self, review: ward_core::frame::Review) -> anyhow::Result<Vec<u8>> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        writer.write_request(&Request::Review(review)).await?;
+        self.sent(writer.write_request(&Request::Review(review)).await)
+            .await?;
         let mut reader = FrameReader::new(r);
         let answer = self.answer(&mut reader).await?;
         let body = match answer {
