@@ -17,9 +17,9 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use ward::client::{Client, IdentityFiles, Transport};
-use ward::gateway::Gateway;
 use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
+use ward_client::{Client, IdentityFiles, Transport};
+use ward_server::gateway::Gateway;
 
 pub mod process;
 
@@ -178,7 +178,8 @@ pub async fn start_gateway(
     text.push_str(rules_toml);
     let config = dir.join(format!("ward-{}.toml", rand::random::<u32>()));
     std::fs::write(&config, &text).unwrap();
-    let cfg = ward::gateway::load_config(&config).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
+    let cfg =
+        ward_server::gateway::load_config(&config).unwrap_or_else(|e| panic!("{e:#}\n{text}"));
     let gw = Gateway::start(cfg, clock).await.unwrap();
     TestGateway {
         gw: Some(gw),
@@ -230,7 +231,7 @@ pub async fn forwarder(client: Client, device: &str) -> SocketAddr {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let device = device.to_string();
     tokio::spawn(async move {
-        let _ = ward::client::listen(
+        let _ = ward_client::listen(
             Arc::new(client),
             device,
             "127.0.0.1:0".parse().unwrap(),
@@ -366,14 +367,14 @@ pub fn require_peer(tool: &str) -> bool {
 
 pub use process::ward_binary;
 
-/// Start a gateway with [`ward::gateway::Options`] (e.g. an injected failing recording sink).
+/// Start a gateway with [`ward_server::gateway::Options`] (e.g. an injected failing recording sink).
 pub async fn start_gateway_with(
     pki: Arc<Pki>,
     devices: &[DeviceSpec],
     rules_toml: &str,
     extra_gateway_toml: &str,
     clock: Arc<dyn Clock>,
-    options: ward::gateway::Options,
+    options: ward_server::gateway::Options,
 ) -> TestGateway {
     let tg = start_gateway(
         pki.clone(),
@@ -387,7 +388,7 @@ pub async fn start_gateway_with(
     let config_path = tg.config.clone();
     let mut tg = tg;
     tg.shutdown(Duration::from_millis(10)).await;
-    let cfg = ward::gateway::load_config(&config_path).unwrap();
+    let cfg = ward_server::gateway::load_config(&config_path).unwrap();
     let gw = Gateway::start_with(cfg, clock, options).await.unwrap();
     TestGateway {
         gw: Some(gw),
@@ -399,7 +400,7 @@ pub async fn start_gateway_with(
 impl TestGateway {
     /// The gateway's state dir.
     pub fn state_dir(&self) -> PathBuf {
-        ward::gateway::load_config(&self.config)
+        ward_server::gateway::load_config(&self.config)
             .unwrap()
             .gateway
             .state_dir
@@ -411,9 +412,9 @@ impl TestGateway {
 /// Push `data` through an open session (echo device behind it), half-close, and collect what comes
 /// back, with how the session ended.
 pub async fn echo_session(
-    session: ward::client::Session,
+    session: ward_client::Session,
     data: &[u8],
-) -> (Vec<u8>, ward::client::SessionEnd) {
+) -> (Vec<u8>, ward_client::SessionEnd) {
     let (local, remote) = tokio::io::duplex(256 * 1024);
     let (lr, lw) = tokio::io::split(local);
     let run = tokio::spawn(session.run(lr, lw));
@@ -681,8 +682,8 @@ pub async fn idle_anonymous_quic(
     n: usize,
     to: SocketAddr,
 ) -> (Vec<quinn::Endpoint>, Vec<quinn::Connection>) {
-    let root = ward::tls::load_certs(root).unwrap().remove(0);
-    let tls = ward::tls::anonymous_client_config(root).unwrap();
+    let root = ward_transport::tls::load_certs(root).unwrap().remove(0);
+    let tls = ward_transport::tls::anonymous_client_config(root).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
     let mut transport = quinn::TransportConfig::default();

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::task::JoinSet;
-use ward::client::{Client, Transport};
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{Client, Transport};
 use ward_core::frame::{Request, Response};
 use ward_tests::*;
 

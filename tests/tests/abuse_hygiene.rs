@@ -11,8 +11,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ward::client::Transport;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::Transport;
 use ward_core::frame::{ErrorCode, LockTarget, Request, Response};
 use ward_tests::process::{run, ward};
 use ward_tests::*;
@@ -111,7 +111,7 @@ who = { kind = "vendor", org = "acme" }
 devices = { labels = { vendor = "acme" } }
 "#;
 
-async fn lock(client: &ward::client::Client, target: LockTarget, force: bool) -> Response {
+async fn lock(client: &ward_client::Client, target: LockTarget, force: bool) -> Response {
     client
         .request(&Request::Lock {
             target,
@@ -240,12 +240,12 @@ fn foreign_trust_domain(pki: &Pki) -> std::path::PathBuf {
 }
 
 async fn connect_error(gw: &TestGateway, identity: &std::path::Path, t: Transport) -> String {
-    let files = ward::client::IdentityFiles::resolve(identity, Some(&gw.pki.root())).unwrap();
+    let files = ward_client::IdentityFiles::resolve(identity, Some(&gw.pki.root())).unwrap();
     let addr = match t {
         Transport::Tcp => gw.tcp(),
         _ => gw.quic(),
     };
-    let client = ward::client::Client::new(&addr, &files, t).unwrap();
+    let client = ward_client::Client::new(&addr, &files, t).unwrap();
     let err = client.request(&Request::ListDevices).await.err();
     format!(
         "{:#}",
@@ -318,8 +318,8 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let key = vendor.with_extension("key");
     std::fs::set_permissions(&key, lax()).unwrap();
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
-    let e = ward::client::Client::new("127.0.0.1:1", &files, Transport::Quic).unwrap_err();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let e = ward_client::Client::new("127.0.0.1:1", &files, Transport::Quic).unwrap_err();
     let want = format!("chmod 600 {}", key.display());
     assert!(format!("{e:#}").contains(&want), "{e:#}");
 
@@ -327,8 +327,8 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
     let gw_key = pki.dir.path().join("gateway.key");
     std::fs::set_permissions(&gw_key, lax()).unwrap();
     let config = write_gateway_config(&pki, &[], PUMPS, "", 0, &pki.dir.path().join("st"));
-    let cfg = ward::gateway::load_config(&config).unwrap();
-    let e = ward::gateway::Gateway::start(cfg, clock())
+    let cfg = ward_server::gateway::load_config(&config).unwrap();
+    let e = ward_server::gateway::Gateway::start(cfg, clock())
         .await
         .err()
         .unwrap();
@@ -340,10 +340,10 @@ async fn key_files_others_can_read_are_refused_with_the_chmod_to_run() {
     let mut gw = start_gateway(pki.clone(), &[], PUMPS, "", clock()).await;
     let state = gw.state_dir();
     gw.shutdown(Duration::from_millis(50)).await;
-    let audit_key = state.join(ward::AUDIT_KEY);
+    let audit_key = state.join(ward_server::AUDIT_KEY);
     std::fs::set_permissions(&audit_key, lax()).unwrap();
-    let cfg = ward::gateway::load_config(&gw.config).unwrap();
-    let e = ward::gateway::Gateway::start(cfg, clock())
+    let cfg = ward_server::gateway::load_config(&gw.config).unwrap();
+    let e = ward_server::gateway::Gateway::start(cfg, clock())
         .await
         .err()
         .unwrap();

@@ -17,13 +17,13 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ward::client::Transport;
-use ward::datapath::{FrameReader, FrameWriter, Inbound};
 use ward_ca::{Clock, SystemClock};
+use ward_client::Transport;
 use ward_core::frame::{Login, Request, Response};
 use ward_core::totp::{self, TotpSecret};
 use ward_core::PrincipalKind;
 use ward_tests::{echo_device, start_gateway, DeviceSpec, Pki, TestGateway, ACME_RULES};
+use ward_transport::datapath::{FrameReader, FrameWriter, Inbound};
 
 /// A wrong password that passes no check but the password's.
 const WRONG: &str = "Not-the-password-7";
@@ -42,16 +42,16 @@ async fn anon_quic(
     source: IpAddr,
     root: &Path,
 ) -> (quinn::Endpoint, quinn::Connection) {
-    let root = ward::tls::load_certs(root)
+    let root = ward_transport::tls::load_certs(root)
         .unwrap()
         .into_iter()
         .next()
         .unwrap();
-    let tls = ward::tls::anonymous_client_config(root).unwrap();
+    let tls = ward_transport::tls::anonymous_client_config(root).unwrap();
     let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
     let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
     cc.transport_config(Arc::new(
-        ward::gateway::transport_config(64, Duration::from_secs(30)).unwrap(),
+        ward_server::gateway::transport_config(64, Duration::from_secs(30)).unwrap(),
     ));
     let mut ep = quinn::Endpoint::client(SocketAddr::new(source, 0)).unwrap();
     ep.set_default_client_config(cc);
@@ -66,7 +66,7 @@ async fn anon_quic(
 }
 
 fn login(user: &str, password: &str, code: Option<String>) -> Login {
-    let (_key, csr_pem) = ward::client::key_and_csr(user).unwrap();
+    let (_key, csr_pem) = ward_client::key_and_csr(user).unwrap();
     Login {
         user: user.into(),
         password: password.into(),
@@ -117,7 +117,7 @@ fn text(r: &Response) -> String {
 /// A gateway with one device and a vendor `tech` (password + TOTP); returns the password and the
 /// TOTP secret.
 async fn gateway_with_tech() -> (TestGateway, String, TotpSecret) {
-    use ward::users::UserStore;
+    use ward_store::users::UserStore;
     let pki = Arc::new(Pki::new());
     let device = echo_device().await;
     let devices = [DeviceSpec::new(
@@ -127,8 +127,8 @@ async fn gateway_with_tech() -> (TestGateway, String, TotpSecret) {
         &[("vendor", "acme")],
     )];
     let tg = start_gateway(pki, &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
-    let db = ward::store::SqliteStore::open(&tg.state_dir()).unwrap();
-    let created = ward::jit::create_user(
+    let db = ward_store::store::SqliteStore::open(&tg.state_dir()).unwrap();
+    let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
         "tech",
@@ -401,12 +401,12 @@ async fn password_and_fresh_code_pass_backoff_others_caused() {
 async fn reused_code_is_named() {
     let (tg, password, secret) = gateway_with_tech().await;
     let code = code_now(&secret);
-    let first = ward::client::Client::anonymous(&tg.quic(), &tg.pki.root(), Transport::Quic)
+    let first = ward_client::Client::anonymous(&tg.quic(), &tg.pki.root(), Transport::Quic)
         .unwrap()
         .login("tech", password.clone(), Some(code.clone()), None, None)
         .await;
     assert!(first.is_ok(), "{:#}", first.err().unwrap());
-    let again = ward::client::Client::anonymous(&tg.quic(), &tg.pki.root(), Transport::Quic)
+    let again = ward_client::Client::anonymous(&tg.quic(), &tg.pki.root(), Transport::Quic)
         .unwrap()
         .login("tech", password, Some(code), None, None)
         .await

@@ -19,12 +19,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::Transport;
-use ward::datapath::FrameWriter;
 use ward_ca::Kind;
+use ward_client::Transport;
 use ward_core::frame::{Request, Review};
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
 use ward_tests::*;
+use ward_transport::datapath::FrameWriter;
 
 fn acme(id: &str, addr: SocketAddr) -> DeviceSpec {
     DeviceSpec::new(id, addr, "raw", &[("vendor", "acme")])
@@ -37,13 +37,13 @@ fn state_dir_with_key(pki: &Pki) -> (std::path::PathBuf, Arc<Signer>) {
         .dir
         .path()
         .join(format!("state-{}", rand::random::<u32>()));
-    std::fs::create_dir_all(dir.join(ward::RECORDINGS_DIR)).unwrap();
+    std::fs::create_dir_all(dir.join(ward_server::RECORDINGS_DIR)).unwrap();
     let (signer, pkcs8) = Signer::generate().unwrap();
     std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(dir.join(ward::AUDIT_KEY))
+        .open(dir.join(ward_server::AUDIT_KEY))
         .unwrap()
         .write_all(&pkcs8)
         .unwrap();
@@ -70,7 +70,7 @@ fn write_recording(state_dir: &Path, signer: &Arc<Signer>, id: &str, down: usize
         started_unix_ms: started,
     };
     let path = state_dir
-        .join(ward::RECORDINGS_DIR)
+        .join(ward_server::RECORDINGS_DIR)
         .join(format!("{id}.wrec"));
     let mut file = std::fs::File::create(&path).unwrap();
     let mut out = Vec::new();
@@ -291,7 +291,9 @@ async fn listing_reads_the_session_index_not_the_recordings() {
     // One altered after sealing: the index never vouches for it.
     let bad = "badbadbadbadbad0";
     write_recording(&state, &signer, bad, 256 * 1024);
-    let bad_path = state.join(ward::RECORDINGS_DIR).join(format!("{bad}.wrec"));
+    let bad_path = state
+        .join(ward_server::RECORDINGS_DIR)
+        .join(format!("{bad}.wrec"));
     let mut bytes = std::fs::read(&bad_path).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 1;
@@ -321,7 +323,7 @@ async fn listing_reads_the_session_index_not_the_recordings() {
             .unwrap();
         body.split(|b| *b == b'\n')
             .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice::<ward::review::SessionSummary>(l).unwrap())
+            .map(|l| serde_json::from_slice::<ward_server::review::SessionSummary>(l).unwrap())
             .collect::<Vec<_>>()
     };
 
@@ -356,9 +358,10 @@ async fn listing_reads_the_session_index_not_the_recordings() {
     let listed = list().await;
     let read = rchar(&pid) - before;
     // And on the host, from the state dir.
-    let key = ward::review::public_key(&state).unwrap();
+    let key = ward_server::review::public_key(&state).unwrap();
     let before_local = rchar("self");
-    let local = ward::review::list(&state, &key, &ward::review::Filter::default()).unwrap();
+    let local =
+        ward_server::review::list(&state, &key, &ward_server::review::Filter::default()).unwrap();
     let read_local = rchar("self") - before_local;
     eprintln!(
         "listing {} sessions ({} MiB of recordings): the gateway read {read} bytes, the host-side listing {read_local} bytes",
@@ -402,7 +405,7 @@ async fn listing_reads_the_session_index_not_the_recordings() {
     }
     // A recording altered after it was indexed is read and verified again, not vouched for.
     let victim = state
-        .join(ward::RECORDINGS_DIR)
+        .join(ward_server::RECORDINGS_DIR)
         .join(format!("{}.wrec", ids[0]));
     let mut bytes = std::fs::read(&victim).unwrap();
     let mid = bytes.len() / 2;
@@ -426,14 +429,14 @@ async fn listing_10k_recordings_with_and_without_the_index() {
         write_recording(&state, &signer, &format!("c000000000{i:06x}"), 4096);
     }
     std::fs::write(
-        state.join(ward::AUDIT_PUB),
+        state.join(ward_server::AUDIT_PUB),
         format!("{}\n", hex::encode(signer.public_key())),
     )
     .unwrap();
     let key = signer.public_key();
-    let filter = ward::review::Filter::default();
+    let filter = ward_server::review::Filter::default();
     let t = Instant::now();
-    let without = ward::review::list(&state, &key, &filter).unwrap();
+    let without = ward_server::review::list(&state, &key, &filter).unwrap();
     let without_took = t.elapsed();
     // The gateway's first start indexes them (from recovery's scan).
     let echo = echo_device().await;
@@ -449,7 +452,7 @@ async fn listing_10k_recordings_with_and_without_the_index() {
     let sam = pki.person(Kind::Security, "sam", None, &[]);
     let reviewer = gw.client(&sam, Transport::Tcp);
     let t = Instant::now();
-    let with = ward::review::list(&state, &key, &filter).unwrap();
+    let with = ward_server::review::list(&state, &key, &filter).unwrap();
     let with_took = t.elapsed();
     let t = Instant::now();
     let body = reviewer

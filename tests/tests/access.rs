@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
-use ward::client::Transport;
 use ward_ca::{Clock, SystemClock};
+use ward_client::Transport;
 use ward_core::access::Grant;
 use ward_core::frame::{AccessOp, ErrorCode, Request, Response, Review};
 use ward_core::totp::{self, TotpSecret};
@@ -1073,7 +1073,7 @@ fn break_glass_allowed_flagged_and_refused_where_not() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unauthenticated_path_only_logs_in() {
-    use ward::users::UserStore;
+    use ward_store::users::UserStore;
     use ward_tests::{counting_device, start_gateway, DeviceSpec, Pki};
 
     let pki = Arc::new(Pki::new());
@@ -1098,8 +1098,8 @@ devices = { labels = { vendor = "acme" } }
     )
     .await;
     let state = tg.state_dir();
-    let db = ward::store::SqliteStore::open(&state).unwrap();
-    let created = ward::jit::create_user(
+    let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
         "tech",
@@ -1118,7 +1118,7 @@ devices = { labels = { vendor = "acme" } }
     };
 
     for (transport, addr) in [(Transport::Quic, tg.quic()), (Transport::Tcp, tg.tcp())] {
-        let anon = ward::client::Client::anonymous(&addr, &pki.root(), transport).unwrap();
+        let anon = ward_client::Client::anonymous(&addr, &pki.root(), transport).unwrap();
         let everything_else = [
             Request::ListDevices,
             Request::Open {

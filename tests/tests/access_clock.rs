@@ -10,8 +10,8 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use ward::client::{AccessAnswer, Transport};
 use ward_ca::{Clock, FixedClock, Kind};
+use ward_client::{AccessAnswer, Transport};
 use ward_core::frame::{AccessOp, AccessReply};
 use ward_tests::*;
 

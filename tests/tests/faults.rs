@@ -21,11 +21,11 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use ward::client::{Client, SessionEnd, Transport};
-use ward::datapath::{FrameReader, FrameWriter, Inbound};
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{Client, SessionEnd, Transport};
 use ward_core::frame::{Request, Response};
 use ward_tests::*;
+use ward_transport::datapath::{FrameReader, FrameWriter, Inbound};
 
 const RULES: &str = r#"
 [[rule]]
@@ -118,8 +118,8 @@ async fn raw_session(
     client: &Client,
     device: &str,
 ) -> (
-    FrameReader<ward::client::BoxRead>,
-    FrameWriter<ward::client::BoxWrite>,
+    FrameReader<ward_client::BoxRead>,
+    FrameWriter<ward_client::BoxWrite>,
     String,
 ) {
     let (r, w) = client.stream().await.unwrap();
@@ -173,10 +173,10 @@ async fn read_until_end<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Se
 
 /// Wait (bounded) until the session's recording is sealed and verifies; returns its end reason.
 async fn sealed_reason(state_dir: &Path, id: &str) -> String {
-    let key = ward::review::public_key(state_dir).unwrap();
+    let key = ward_server::review::public_key(state_dir).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        if let Ok(bytes) = ward::review::read_recording(state_dir, id) {
+        if let Ok(bytes) = ward_server::review::read_recording(state_dir, id) {
             let report = ward_recording::verify(&bytes, &key);
             if report.status != ward_recording::SealStatus::Unsealed {
                 assert!(report.ok, "recording {id}: {:?}", report.first_error);
@@ -231,7 +231,7 @@ async fn device_closing_mid_stream_ends_only_that_session_and_says_so() {
             // Keep sending well past what the device reads; the gateway must end the session.
             let send = async {
                 for _ in 0..1024 {
-                    let mut frame = vec![ward::datapath::DATA, 0, 0, 0x40, 0];
+                    let mut frame = vec![ward_transport::datapath::DATA, 0, 0, 0x40, 0];
                     frame.extend_from_slice(&chunk);
                     if writer.write_frame(&frame).await.is_err() {
                         break;
@@ -359,7 +359,7 @@ async fn device_that_stops_reading_bounds_gateway_memory_and_spares_other_sessio
         let counter = counter.clone();
         writers.push(tokio::spawn(async move {
             let _reader = _reader;
-            let mut frame = vec![ward::datapath::DATA, 0, 1, 0, 0];
+            let mut frame = vec![ward_transport::datapath::DATA, 0, 1, 0, 0];
             frame.extend_from_slice(&payload(64 * 1024, 9));
             while counter.load(Ordering::Relaxed) < OFFER {
                 if writer.write_frame(&frame).await.is_err() {
@@ -518,7 +518,7 @@ async fn vanished_client_is_freed_by_the_idle_timeout() {
     )
     .await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
     let (udp, udp_dead) = udp_blackhole(gw.quic().parse().unwrap()).await;
     let (tcp, tcp_dead) = tcp_blackhole(gw.tcp().parse().unwrap()).await;
     let quic_client = Client::new(&udp.to_string(), &files, Transport::Quic).unwrap();
@@ -664,8 +664,8 @@ async fn sigterm_mid_session_tells_clients_why_and_seals_recordings() {
     for id in &ids {
         let reason = sealed_reason(&gw.state_dir, id).await;
         assert!(reason.contains("shutting down"), "{id}: {reason}");
-        let bytes = ward::review::read_recording(&gw.state_dir, id).unwrap();
-        let key = ward::review::public_key(&gw.state_dir).unwrap();
+        let bytes = ward_server::review::read_recording(&gw.state_dir, id).unwrap();
+        let key = ward_server::review::public_key(&gw.state_dir).unwrap();
         assert_eq!(
             ward_recording::verify(&bytes, &key).status,
             ward_recording::SealStatus::Sealed,
@@ -689,7 +689,7 @@ async fn sigterm_mid_session_tells_clients_why_and_seals_recordings() {
 /// The first datagram a real Ward client sends to `trap`: a QUIC Initial carrying a ClientHello,
 /// with connection IDs of its own (the gateway routes Initials by connection ID, so a replayed
 /// one would only reach the first handshake again).
-async fn captured_initial(trap: &UdpSocket, files: &ward::client::IdentityFiles) -> Vec<u8> {
+async fn captured_initial(trap: &UdpSocket, files: &ward_client::IdentityFiles) -> Vec<u8> {
     let client = Client::new(
         &trap.local_addr().unwrap().to_string(),
         files,
@@ -736,7 +736,7 @@ async fn five_hundred_stalled_handshakes_do_not_stop_a_legitimate_client() {
     let src = |i: usize| std::net::IpAddr::from([127, 0, 0, 10 + (i % 20) as u8]);
 
     // Captured first (it takes a few seconds), so all 1000 stalls are live at once.
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
     let mut initials = Vec::new();
     for i in 0..STALLED {
         let s = UdpSocket::bind(SocketAddr::new(src(i), 0)).await.unwrap();
@@ -859,7 +859,7 @@ async fn bad_frames_mid_session_get_a_clear_close_and_the_gateway_keeps_serving(
     let echo = echo_device().await;
     let gw = start_gateway(pki.clone(), &[acme("pump-12", echo)], RULES, "", clock()).await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let too_big = (ward::datapath::MAX_DATA as u32 + 1).to_be_bytes();
+    let too_big = (ward_transport::datapath::MAX_DATA as u32 + 1).to_be_bytes();
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
         (
             "oversized data frame",
@@ -897,7 +897,7 @@ async fn bad_frames_mid_session_get_a_clear_close_and_the_gateway_keeps_serving(
         for (name, bytes, expect) in &cases {
             let (mut reader, mut writer, id) = raw_session(&client, "pump-12").await;
             // Some good data first, then the bad bytes, then the end of the stream.
-            let mut good = vec![ward::datapath::DATA, 0, 0, 0, 5];
+            let mut good = vec![ward_transport::datapath::DATA, 0, 0, 0, 5];
             good.extend_from_slice(b"hello");
             writer.write_frame(&good).await.unwrap();
             writer.write_frame(bytes).await.unwrap();
@@ -970,10 +970,12 @@ async fn filling_recording_disk_alerts_first_then_refuses_new_sessions() {
         port,
         &state_dir,
     );
-    let cfg = ward::gateway::load_config(&config).unwrap();
-    let gw = ward::gateway::Gateway::start(cfg, clock()).await.unwrap();
+    let cfg = ward_server::gateway::load_config(&config).unwrap();
+    let gw = ward_server::gateway::Gateway::start(cfg, clock())
+        .await
+        .unwrap();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
     let client = Client::new(&format!("127.0.0.1:{port}"), &files, Transport::Quic).unwrap();
 
     // Fill the disk with session traffic, 256 KiB (each way) per session, one after another,
@@ -1036,7 +1038,7 @@ async fn filling_recording_disk_alerts_first_then_refuses_new_sessions() {
     assert!(alert < full && full <= first_trouble);
     // No session ran unrecorded: every session the gateway opened has a recording; every one that
     // completed holds exactly the bytes sent.
-    let key = ward::review::public_key(&state_dir).unwrap();
+    let key = ward_server::review::public_key(&state_dir).unwrap();
     let opens: Vec<&str> = events
         .iter()
         .filter(|e| e["event"] == "session_open" && e["outcome"] == "success")
@@ -1045,7 +1047,7 @@ async fn filling_recording_disk_alerts_first_then_refuses_new_sessions() {
     assert_eq!(opens.len(), opened.len());
     for (id, end, sent_hash, _) in &opened {
         assert!(opens.contains(&id.as_str()));
-        let bytes = ward::review::read_recording(&state_dir, id).unwrap();
+        let bytes = ward_server::review::read_recording(&state_dir, id).unwrap();
         let report = ward_recording::verify(&bytes, &key);
         if *end == SessionEnd::Completed {
             assert!(report.ok, "{id}: {:?}", report.first_error);

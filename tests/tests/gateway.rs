@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::{SessionEnd, Transport};
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{SessionEnd, Transport};
 use ward_core::frame::{LockTarget, Request, Response};
 use ward_tests::*;
 
@@ -74,7 +74,7 @@ async fn setup_with(
 }
 
 /// Push `data` through a session and collect what comes back (echo device).
-async fn echo_through(session: ward::client::Session, data: Vec<u8>) -> (Vec<u8>, SessionEnd) {
+async fn echo_through(session: ward_client::Session, data: Vec<u8>) -> (Vec<u8>, SessionEnd) {
     let (local, mut remote) = tokio::io::duplex(256 * 1024);
     let (lr, lw) = tokio::io::split(local);
     let run = tokio::spawn(session.run(lr, lw));
@@ -213,13 +213,13 @@ async fn certificate_from_another_ca_fails_at_handshake() {
     let vendor = rogue.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     for transport in [Transport::Quic, Transport::Tcp] {
         // Trust the real gateway's root, present the rogue identity.
-        let files = ward::client::IdentityFiles::resolve(&vendor, Some(&gw.pki.root())).unwrap();
+        let files = ward_client::IdentityFiles::resolve(&vendor, Some(&gw.pki.root())).unwrap();
         let addr = if transport == Transport::Tcp {
             gw.tcp()
         } else {
             gw.quic()
         };
-        let client = ward::client::Client::new(&addr, &files, transport).unwrap();
+        let client = ward_client::Client::new(&addr, &files, transport).unwrap();
         let r = client.request(&Request::ListDevices).await;
         assert!(
             r.is_err(),
@@ -384,10 +384,10 @@ async fn locks_survive_a_gateway_restart() {
         .unwrap();
     assert!(matches!(r, Response::Ok { .. }));
     gw.shutdown(Duration::from_millis(100)).await;
-    let config = ward::gateway::load_config(&gw.config).unwrap();
+    let config = ward_server::gateway::load_config(&gw.config).unwrap();
     let gw2 = TestGateway {
         gw: Some(
-            ward::gateway::Gateway::start(config, clock())
+            ward_server::gateway::Gateway::start(config, clock())
                 .await
                 .unwrap(),
         ),
@@ -444,8 +444,8 @@ async fn auto_transport_falls_back_to_tcp_when_udp_is_blocked() {
     let (gw, pki, _) = setup().await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     // Point `auto` at the TCP port: nothing answers QUIC there, as on a network that drops UDP.
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
-    let client = ward::client::Client::new(&gw.tcp(), &files, Transport::Auto).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let client = ward_client::Client::new(&gw.tcp(), &files, Transport::Auto).unwrap();
     let started = Instant::now();
     let session = client.open("pump-12", false, None).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -672,12 +672,14 @@ async fn state_dir_audit_log_and_user_store_are_owner_only() {
 async fn zero_rtt_is_refused_so_early_data_can_never_open_a_session() {
     let (gw, pki, count) = setup().await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
-    let root = ward::tls::load_certs(&files.root).unwrap().remove(0);
-    let mut tls = ward::tls::client_config(
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let root = ward_transport::tls::load_certs(&files.root)
+        .unwrap()
+        .remove(0);
+    let mut tls = ward_transport::tls::client_config(
         root,
-        ward::tls::load_certs(&files.cert).unwrap(),
-        ward::tls::load_key(&files.key).unwrap(),
+        ward_transport::tls::load_certs(&files.cert).unwrap(),
+        ward_transport::tls::load_key(&files.key).unwrap(),
     )
     .unwrap();
     // The client asks for early data; rustls keeps tickets in its default resumption store.

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::Transport;
-use ward::users::UserStore as _;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::Transport;
 use ward_core::frame::{LockTarget, Request, Response};
 use ward_core::totp::{self, TotpSecret};
+use ward_store::users::UserStore as _;
 use ward_tests::*;
 
 fn gateway_key(state_dir: &Path) -> [u8; 32] {
@@ -44,7 +44,7 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
-async fn lock(client: &ward::client::Client, device: &str) -> Response {
+async fn lock(client: &ward_client::Client, device: &str) -> Response {
     client
         .request(&Request::Lock {
             target: LockTarget::Device(device.into()),
@@ -86,13 +86,10 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         let client = tg.client(&vendor, Transport::Quic);
         let session = client.open("pump-12", false, None).await.unwrap();
         let (_, end) = echo_session(session, b"status\r\n").await;
-        assert!(
-            matches!(end, ward::client::SessionEnd::Completed),
-            "{end:?}"
-        );
+        assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
     }
-    let db = ward::store::SqliteStore::open(&state).unwrap();
-    let created = ward::jit::create_user(
+    let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
         "tech",
@@ -114,9 +111,9 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
     std::fs::copy(&log, &moved).unwrap();
     std::fs::remove_file(&log).unwrap();
     std::os::unix::fs::symlink(&moved, &log).unwrap();
-    let cfg = ward::gateway::load_config(&tg.config).unwrap();
+    let cfg = ward_server::gateway::load_config(&tg.config).unwrap();
     tg.gw = Some(
-        ward::gateway::Gateway::start(cfg, clock.clone())
+        ward_server::gateway::Gateway::start(cfg, clock.clone())
             .await
             .unwrap(),
     );
@@ -172,7 +169,7 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         format!("{export:#}").contains("cannot write its audit log"),
         "{export:#}"
     );
-    let anon = ward::client::Client::anonymous(&tg.quic(), &pki.root(), Transport::Quic).unwrap();
+    let anon = ward_client::Client::anonymous(&tg.quic(), &pki.root(), Transport::Quic).unwrap();
     let login = anon
         .login(
             "tech",
@@ -255,8 +252,8 @@ async fn a_torn_last_line_at_start_is_saved_and_reported() {
     let signer = Arc::new(signer);
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let (log, writer) =
-        ward::audit::AuditLog::open(dir.path(), signer.clone(), clock.clone()).unwrap();
-    log.emit(ward::audit::Event::new(
+        ward_server::audit::AuditLog::open(dir.path(), signer.clone(), clock.clone()).unwrap();
+    log.emit(ward_server::audit::Event::new(
         "gateway_start",
         "success",
         clock.now(),
@@ -273,7 +270,8 @@ async fn a_torn_last_line_at_start_is_saved_and_reported() {
         .write_all(torn)
         .unwrap();
 
-    let (log, writer) = ward::audit::AuditLog::open(dir.path(), signer.clone(), clock).unwrap();
+    let (log, writer) =
+        ward_server::audit::AuditLog::open(dir.path(), signer.clone(), clock).unwrap();
     log.flush().await;
     drop(log);
     writer.finish().await.unwrap();
@@ -379,7 +377,7 @@ async fn unauthenticated_noise_is_aggregated_per_source_and_a_noisy_source_is_dr
     let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
     let state = tg.state_dir();
     let log_before = std::fs::metadata(state.join("audit.log")).map_or(0, |m| m.len());
-    let anon = ward::client::Client::anonymous(&tg.quic(), &pki.root(), Transport::Quic).unwrap();
+    let anon = ward_client::Client::anonymous(&tg.quic(), &pki.root(), Transport::Quic).unwrap();
     let (mut forbidden, mut dropped) = (0, 0);
     for _ in 0..2000 {
         match anon.request(&Request::ListDevices).await.unwrap() {
@@ -398,7 +396,7 @@ async fn unauthenticated_noise_is_aggregated_per_source_and_a_noisy_source_is_dr
             Transport::Tcp => tg.tcp(),
             _ => tg.quic(),
         };
-        let again = ward::client::Client::anonymous(&addr, &pki.root(), transport).unwrap();
+        let again = ward_client::Client::anonymous(&addr, &pki.root(), transport).unwrap();
         let r = tokio::time::timeout(
             Duration::from_secs(10),
             again.request(&Request::ListDevices),

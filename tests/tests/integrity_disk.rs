@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::{Client, SessionEnd, Transport};
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{Client, SessionEnd, Transport};
 use ward_recording::{Direction, Record};
 use ward_tests::process::{run, ward};
 use ward_tests::*;
@@ -92,7 +92,7 @@ fn verified_prefix<'a>(bytes: &'a [u8], key: &[u8; 32]) -> &'a [u8] {
 async fn sealed(state_dir: &Path, id: &str, key: &[u8; 32]) -> Vec<u8> {
     let mut last = None;
     let ok = eventually(Duration::from_secs(10), || {
-        let bytes = ward::review::read_recording(state_dir, id).unwrap();
+        let bytes = ward_server::review::read_recording(state_dir, id).unwrap();
         let report = ward_recording::verify(&bytes, key);
         let ok = report.ok;
         last = Some((bytes, report));
@@ -131,10 +131,12 @@ async fn every_byte_the_client_got_is_recorded_when_the_disk_fills() {
         port,
         &state_dir,
     );
-    let cfg = ward::gateway::load_config(&config).unwrap();
-    let gw = ward::gateway::Gateway::start(cfg, clock()).await.unwrap();
+    let cfg = ward_server::gateway::load_config(&config).unwrap();
+    let gw = ward_server::gateway::Gateway::start(cfg, clock())
+        .await
+        .unwrap();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
     let client = Client::new(&format!("127.0.0.1:{port}"), &files, Transport::Quic).unwrap();
 
     // The client sends nothing and reads what the device streams until the gateway ends it.
@@ -163,8 +165,8 @@ async fn every_byte_the_client_got_is_recorded_when_the_disk_fills() {
         "the client got bytes the device never sent"
     );
 
-    let key = ward::review::public_key(&state_dir).unwrap();
-    let path = ward::review::recordings_dir(&state_dir).join(format!("{id}.wrec"));
+    let key = ward_server::review::public_key(&state_dir).unwrap();
+    let path = ward_server::review::recordings_dir(&state_dir).join(format!("{id}.wrec"));
     // Every byte the client received is in the recording, in order.
     let on_disk = std::fs::read(&path).unwrap();
     let down = recorded(&on_disk, Direction::Down);
@@ -275,7 +277,7 @@ async fn export_force_of_a_torn_recording_exports_its_verified_prefix_and_is_aud
     )
     .await;
     let state_dir = gw.state_dir();
-    let key = ward::review::public_key(&state_dir).unwrap();
+    let key = ward_server::review::public_key(&state_dir).unwrap();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let (typed, bulk) = (payload(600, 1), payload(100_000, 2));
     let id = typed_then_bulk(&gw, &vendor, &typed, &bulk).await;
@@ -284,7 +286,7 @@ async fn export_force_of_a_torn_recording_exports_its_verified_prefix_and_is_aud
     // The gateway sealed it; now its tail is torn, as a full disk or a crash leaves it.
     let whole = sealed(&state_dir, &id, &key).await;
     let torn = tear(&whole);
-    let path = ward::review::recordings_dir(&state_dir).join(format!("{id}.wrec"));
+    let path = ward_server::review::recordings_dir(&state_dir).join(format!("{id}.wrec"));
     std::fs::write(&path, &torn).unwrap();
     let report = ward_recording::verify(&torn, &key);
     assert!(!report.ok);

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::task::JoinHandle;
-use ward::client::{Client, SessionEnd, Transport};
-use ward::gateway::Gateway;
-use ward::reload::ReloadError;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{Client, SessionEnd, Transport};
 use ward_core::frame::{Request, Response};
+use ward_server::gateway::Gateway;
+use ward_server::reload::ReloadError;
 use ward_tests::process::{free_port, run, run_ok, ward};
 use ward_tests::*;
 
@@ -140,7 +140,7 @@ async fn clinician_may_open_monitor(client: &Client) -> bool {
 }
 
 fn audit_log_verifies(state_dir: &Path) {
-    let key = ward::review::public_key(state_dir).unwrap();
+    let key = ward_server::review::public_key(state_dir).unwrap();
     let log = std::fs::read(state_dir.join("audit.log")).unwrap();
     let report = ward_recording::audit::verify_audit(&log, &key);
     assert!(report.first_error.is_none(), "{:?}", report.first_error);
@@ -160,7 +160,7 @@ async fn second_gateway_on_a_state_dir_in_use_is_refused_in_process() {
     let devices = devices().await;
     let mut tg = start_gateway(pki.clone(), &devices, ACME_RULE, "", clock()).await;
     let state_dir = tg.state_dir();
-    let config = ward::gateway::load_config(&tg.config).unwrap();
+    let config = ward_server::gateway::load_config(&tg.config).unwrap();
 
     let err = match Gateway::start(config.clone(), clock()).await {
         Ok(second) => {

@@ -25,8 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::Transport;
 use ward_ca::Kind;
+use ward_client::Transport;
 use ward_recording::SealStatus;
 use ward_tests::process::{run, Finished, COMMAND_TIMEOUT};
 use ward_tests::*;
@@ -81,7 +81,7 @@ impl Bench {
     }
 
     fn key(&self) -> [u8; 32] {
-        ward::review::public_key(&self.state).unwrap()
+        ward_server::review::public_key(&self.state).unwrap()
     }
 
     fn verify(&self, id: &str) -> ward_recording::VerifyReport {

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::process::{Child, Command};
-use ward::client::Transport;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::Transport;
 use ward_tests::*;
 
 /// Upper bound for any one peer command (curl, echoscu, telnet...).

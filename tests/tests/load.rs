@@ -20,8 +20,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ward::client::{SessionEnd, Transport};
 use ward_ca::Kind;
+use ward_client::{SessionEnd, Transport};
 use ward_tests::*;
 
 const CONNECTIONS: usize = 100;
@@ -82,7 +82,7 @@ impl Counts {
 /// once; every echo is checked byte for byte. Returns the gateway's peak descriptors and memory.
 async fn round(gw: &ChildGateway, vendor: &std::path::Path, round: u64) -> (usize, u64) {
     let pid = gw.pid();
-    let clients: Vec<Arc<ward::client::Client>> = (0..CONNECTIONS)
+    let clients: Vec<Arc<ward_client::Client>> = (0..CONNECTIONS)
         .map(|_| Arc::new(gw.client(vendor, Transport::Quic)))
         .collect();
     // Connections first (a `devices` request each), so handshakes do not queue behind bulk data.
@@ -317,7 +317,7 @@ async fn thousand_concurrent_sessions_are_byte_exact_and_leave_nothing_behind() 
         );
     }
     // Every session was recorded.
-    let files = std::fs::read_dir(ward::review::recordings_dir(&gw.state_dir))
+    let files = std::fs::read_dir(ward_server::review::recordings_dir(&gw.state_dir))
         .unwrap()
         .count();
     assert_eq!(files, 1 + 2 * sessions, "one recording per session");

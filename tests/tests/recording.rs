@@ -13,11 +13,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use ward::client::{SessionEnd, Transport};
-use ward::recorder::{Sink, SinkFile};
-use ward::review::{self, ExportFormat, Filter};
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::{SessionEnd, Transport};
 use ward_core::frame::{LockTarget, Request, Response, Review};
+use ward_server::recorder::{Sink, SinkFile};
+use ward_server::review::{self, ExportFormat, Filter};
 use ward_tests::*;
 
 const RULES: &str = r#"
@@ -420,7 +420,7 @@ impl SinkFile for FailingFile {
         }
         self.inner.sync_data()
     }
-    fn syncer(&self) -> io::Result<ward::recorder::Syncer> {
+    fn syncer(&self) -> io::Result<ward_server::recorder::Syncer> {
         // The fsync-failure case exercises the gateway's concurrent fsync path; the write-failure
         // case keeps the in-line one.
         if !self.fail_sync {
@@ -455,7 +455,7 @@ async fn gateway_with_sink(sink: FailingSink) -> (TestGateway, Arc<Pki>, std::pa
         "raw",
         &[("vendor", "acme")],
     )];
-    let options = ward::gateway::Options {
+    let options = ward_server::gateway::Options {
         no_recording: false,
         sink: Some(Arc::new(sink)),
     };
@@ -578,8 +578,8 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
     let mut child = ChildGateway::start(pki.clone(), &devices, RULES, "", None);
     let config = child.config.clone();
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
-    let client = ward::client::Client::new(&child.addr, &files, Transport::Quic).unwrap();
+    let files = ward_client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+    let client = ward_client::Client::new(&child.addr, &files, Transport::Quic).unwrap();
     // ChildGateway::start returned once the child listened: no retry needed.
     let session = client
         .open("pump-12", false, None)
@@ -600,7 +600,7 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
     child.proc.child.wait().unwrap();
     run.abort();
 
-    let state = ward::gateway::load_config(&config)
+    let state = ward_server::gateway::load_config(&config)
         .unwrap()
         .gateway
         .state_dir;
@@ -611,8 +611,10 @@ async fn kill_9_mid_session_then_restart_seals_the_recording_as_interrupted() {
         ward_recording::SealStatus::Unsealed
     );
     // Restart (in-process) on the same state dir: the recording is sealed as interrupted and audited.
-    let cfg = ward::gateway::load_config(&config).unwrap();
-    let gw = ward::gateway::Gateway::start(cfg, clock()).await.unwrap();
+    let cfg = ward_server::gateway::load_config(&config).unwrap();
+    let gw = ward_server::gateway::Gateway::start(cfg, clock())
+        .await
+        .unwrap();
     let after = review::read_recording(&state, &id).unwrap();
     let report = ward_recording::verify(&after, &key);
     assert!(report.ok, "{:?}", report.first_error);

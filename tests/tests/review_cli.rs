@@ -19,8 +19,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ward::client::Transport;
 use ward_ca::{Clock, Kind, SystemClock};
+use ward_client::Transport;
 use ward_tests::process::*;
 use ward_tests::*;
 
@@ -472,7 +472,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
 
     // ---- one changed byte ----------------------------------------------------------------------
     let original = std::fs::read(&wrec).unwrap();
-    let key = ward::review::parse_public_key(audit_pub).unwrap();
+    let key = ward_server::review::parse_public_key(audit_pub).unwrap();
     assert!(ward_recording::verify(&original, &key).ok);
     // Every single-byte change anywhere in the file is caught (library check over the real file).
     for at in 0..original.len() {
@@ -646,10 +646,11 @@ async fn dicom_through_ward_exports_to_a_pcap_tshark_decodes_as_dicom() {
 
     // The session's recording, once sealed.
     let state = gw.state_dir();
-    let key = ward::review::public_key(&state).unwrap();
+    let key = ward_server::review::public_key(&state).unwrap();
     let deadline = Instant::now() + COMMAND_TIMEOUT;
     let session = loop {
-        let list = ward::review::list(&state, &key, &ward::review::Filter::default()).unwrap();
+        let list = ward_server::review::list(&state, &key, &ward_server::review::Filter::default())
+            .unwrap();
         if list.len() == 1 && list[0].verification == "ok" {
             break list[0].clone();
         }

@@ -431,6 +431,15 @@ impl From<Response> for Frame {
     }
 }
 
+/// Sentences both ends agree on for error codes whose text the client prints as it is.
+pub mod messages {
+    /// What a client refused by the login gate is told (`ErrorCode::LoginBusy`).
+    pub const LOGIN_BUSY: &str = "gateway busy: too many logins in progress, retry in a moment";
+    /// What a login with a right password and an already used TOTP code is told
+    /// (`ErrorCode::TotpReused`).
+    pub const TOTP_REUSED: &str = "this code was used already: wait for the next one";
+}
+
 /// Frame type bytes. Requests are `0x0_`, data-phase frames `0x1_`, responses `0x8_`.
 pub mod frame_type {
     /// [`Request::Open`](super::Request::Open).

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
 use time::OffsetDateTime;
-use ward::client::{AccessAnswer, Client, Transport};
 use ward_ca::{Clock, SystemClock};
+use ward_client::{AccessAnswer, Client, Transport};
 use ward_core::frame::{AccessOp, AccessReply};
 
 use crate::GatewayClientArgs;
@@ -47,7 +47,7 @@ pub struct LoginArgs {
 }
 
 fn ward_home() -> anyhow::Result<PathBuf> {
-    Ok(ward::client::home_dir()
+    Ok(ward_client::home_dir()
         .context("$HOME is not set; pass --out and --ca")?
         .join(".ward"))
 }
@@ -305,7 +305,7 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let duration = ward_core::parse_duration(&args.duration)
         .with_context(|| format!("--duration {}", args.duration))?;
     let start_unix = match &args.start {
-        Some(s) => Some(ward::review::parse_time(s, SystemClock.now())?),
+        Some(s) => Some(ward_server::review::parse_time(s, SystemClock.now())?),
         None => None,
     };
     let op = AccessOp::Request {
@@ -339,12 +339,12 @@ fn table(lines: &[u8], cols: &[(&str, &str)]) {
         let cells: Vec<String> = cols
             .iter()
             .map(|(_, key)| match r.get(*key) {
-                Some(serde_json::Value::String(s)) => ward::review::printable(s),
+                Some(serde_json::Value::String(s)) => ward_server::review::printable(s),
                 Some(serde_json::Value::Array(a)) => a
                     .iter()
                     .map(|v| {
                         v.as_str()
-                            .map(ward::review::printable)
+                            .map(ward_server::review::printable)
                             .unwrap_or_else(|| v.to_string())
                     })
                     .collect::<Vec<_>>()
@@ -352,7 +352,7 @@ fn table(lines: &[u8], cols: &[(&str, &str)]) {
                 Some(serde_json::Value::Object(o)) => o
                     .get("name")
                     .and_then(|v| v.as_str())
-                    .map(ward::review::printable)
+                    .map(ward_server::review::printable)
                     .unwrap_or_default(),
                 Some(serde_json::Value::Null) | None => "-".into(),
                 Some(v) => v.to_string(),
@@ -475,14 +475,19 @@ impl UserTarget {
         }
     }
 
-    fn local(&self) -> anyhow::Result<(ward::store::SqliteStore, ward_core::config::LoginConfig)> {
+    fn local(
+        &self,
+    ) -> anyhow::Result<(
+        ward_store::store::SqliteStore,
+        ward_core::config::LoginConfig,
+    )> {
         let path = self
             .config
             .as_ref()
             .context("--config FILE is required here")?;
-        let config = ward::gateway::load_config(path)?;
+        let config = ward_server::gateway::load_config(path)?;
         std::fs::create_dir_all(&config.gateway.state_dir)?;
-        let db = ward::store::SqliteStore::open(&config.gateway.state_dir)?;
+        let db = ward_store::store::SqliteStore::open(&config.gateway.state_dir)?;
         Ok((db, config.login))
     }
 }
@@ -524,7 +529,7 @@ pub enum UserCommand {
 }
 
 pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
-    use ward::users::UserStore;
+    use ward_store::users::UserStore;
     let now = SystemClock.now();
     match cmd {
         UserCommand::Add {
@@ -559,8 +564,9 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 None
             };
             let (db, login) = target.local()?;
-            let created =
-                ward::jit::create_user(&db, &login, &name, &kind, org, roles, password, true, now)?;
+            let created = ward_server::jit::create_user(
+                &db, &login, &name, &kind, org, roles, password, true, now,
+            )?;
             print_created(&name, &created.password, created.totp_uri.as_deref());
             Ok(ExitCode::SUCCESS)
         }
@@ -588,7 +594,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     let mut out = Vec::new();
                     for u in db.list_users()? {
                         out.extend_from_slice(
-                            serde_json::to_string(&ward::jit::user_line(&u))?.as_bytes(),
+                            serde_json::to_string(&ward_server::jit::user_line(&u))?.as_bytes(),
                         );
                         out.push(b'\n');
                     }

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use ward::client::{Client, IdentityFiles, SessionEnd, Transport};
 use ward::telemetry::LogFormat;
 use ward_ca::{Clock, SystemClock};
+use ward_client::{Client, IdentityFiles, SessionEnd, Transport};
 use ward_core::frame::{LockTarget, Request, Response};
 use ward_core::Escaped;
 
@@ -147,7 +147,7 @@ pub(crate) fn make_client(
 ) -> anyhow::Result<Client> {
     let prefix = match identity {
         Some(p) => p.clone(),
-        None => ward::client::home_dir()
+        None => ward_client::home_dir()
             .map(|h| h.join(".ward").join("identity"))
             .context("no --identity given and $HOME is not set")?,
     };
@@ -375,12 +375,12 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
 
 async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<ExitCode> {
     if let Some(path) = args.check_config {
-        let config = ward::gateway::load_config(&path)?;
+        let config = ward_server::gateway::load_config(&path)?;
         // Beyond syntax: the CA and the gateway certificate must load.
         ward_ca::Validator::from_dir(&config.gateway.ca)
             .with_context(|| format!("{}: ca = {}", path.display(), config.gateway.ca.display()))?;
-        ward::tls::load_certs(&config.gateway.cert)?;
-        ward::tls::load_key(&config.gateway.key)?;
+        ward_transport::tls::load_certs(&config.gateway.cert)?;
+        ward_transport::tls::load_key(&config.gateway.key)?;
         println!(
             "{}: ok ({} devices, {} rules)",
             path.display(),
@@ -390,7 +390,7 @@ async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Exi
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.config.context("--config FILE is required")?;
-    let config = ward::gateway::load_config(&path)?;
+    let config = ward_server::gateway::load_config(&path)?;
     let grace = config.gateway.limits.shutdown_grace;
     // Handlers go in before the listeners open: SIGHUP's default action is to kill, and a SIGHUP
     // (logrotate's) that lands as soon as the gateway answers must reload, not crash it.
@@ -398,7 +398,7 @@ async fn gateway(args: GatewayArgs, clock: Arc<dyn Clock>) -> anyhow::Result<Exi
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let gw = ward::gateway::Gateway::start(config, clock).await?;
+    let gw = ward_server::gateway::Gateway::start(config, clock).await?;
     let sig = loop {
         tokio::select! {
             _ = int.recv() => break "SIGINT",
@@ -469,7 +469,7 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
         if args.break_glass {
             bail!("--break-glass opens one session on stdin/stdout; it cannot be combined with --listen");
         }
-        ward::client::listen(client, args.device, addr, None).await?;
+        ward_client::listen(client, args.device, addr, None).await?;
         return Ok(ExitCode::SUCCESS);
     }
     if args.break_glass {

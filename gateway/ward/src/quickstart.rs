@@ -123,14 +123,14 @@ pub const USERS_FILE: &str = "login-users.txt";
 /// Creates the `tech` vendor login (password + TOTP) once, writing its secrets to
 /// [`USERS_FILE`] so a developer (or a test) can log in.
 fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Result<()> {
-    use crate::users::UserStore;
-    let cfg = crate::gateway::load_config(config)?;
+    use ward_store::users::UserStore;
+    let cfg = ward_server::gateway::load_config(config)?;
     std::fs::create_dir_all(&cfg.gateway.state_dir)?;
-    let db = crate::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
     if db.user("tech")?.is_some() {
         return Ok(());
     }
-    let created = crate::jit::create_user(
+    let created = ward_server::jit::create_user(
         &db,
         &cfg.login,
         "tech",
@@ -311,11 +311,11 @@ Press Ctrl-C to stop.
 #[derive(Debug)]
 pub struct Running {
     /// The gateway.
-    pub gateway: crate::gateway::Gateway,
+    pub gateway: ward_server::gateway::Gateway,
     /// The CA, identities and config.
     pub setup: Setup,
     /// The devices' network namespace under `--isolated`.
-    pub namespace: Option<crate::netns::Namespace>,
+    pub namespace: Option<ward_server::netns::Namespace>,
 }
 
 /// The namespace `--isolated` makes for this process.
@@ -335,16 +335,16 @@ pub async fn run(
     let namespace = if isolated {
         let name = namespace_name();
         Some(
-            crate::netns::Namespace::create(&name)
+            ward_server::netns::Namespace::create(&name)
                 .with_context(|| format!("--isolated: making network namespace {name}"))?,
         )
     } else {
         None
     };
     let listener =
-        |ns: Option<&crate::netns::Namespace>| -> anyhow::Result<tokio::net::TcpListener> {
+        |ns: Option<&ward_server::netns::Namespace>| -> anyhow::Result<tokio::net::TcpListener> {
             let std = match ns {
-                Some(ns) => crate::netns::bind_in(ns.name(), any)?,
+                Some(ns) => ward_server::netns::bind_in(ns.name(), any)?,
                 None => {
                     let l = std::net::TcpListener::bind(any)?;
                     l.set_nonblocking(true)?;
@@ -362,8 +362,8 @@ pub async fn run(
     };
     let netns = namespace.as_ref().map(|n| n.name().to_owned());
     let setup = prepare(dir, ports, netns.as_deref(), clock.as_ref())?;
-    let config = crate::gateway::load_config(&setup.config)?;
-    let gateway = crate::gateway::Gateway::start(config, clock)
+    let config = ward_server::gateway::load_config(&setup.config)?;
+    let gateway = ward_server::gateway::Gateway::start(config, clock)
         .await
         .with_context(|| format!("starting the gateway on port {gateway_port} (is another quickstart running? try --port)"))?;
     Ok(Running {

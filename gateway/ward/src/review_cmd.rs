@@ -7,12 +7,12 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use clap::{Args, Subcommand};
-use ward::client::{Client, Transport};
-use ward::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
 use ward_ca::{Clock, SystemClock};
+use ward_client::{Client, Transport};
 use ward_core::frame::Review;
 use ward_recording::trail::Level;
 use ward_recording::VerifyReport;
+use ward_server::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
 
 /// Where recordings and the audit log are read from.
 #[derive(Debug, Args)]
@@ -50,7 +50,7 @@ impl SourceArgs {
     fn open(&self) -> anyhow::Result<Source> {
         match (&self.config, &self.state_dir, &self.gateway) {
             (Some(cfg), None, None) => {
-                let config = ward::gateway::load_config(cfg)?;
+                let config = ward_server::gateway::load_config(cfg)?;
                 Ok(Source::Local { state_dir: config.gateway.state_dir })
             }
             (None, Some(dir), None) => Ok(Source::Local { state_dir: dir.clone() }),
@@ -93,7 +93,7 @@ impl Source {
     async fn audit_log(&self) -> anyhow::Result<Vec<u8>> {
         match self {
             Source::Local { state_dir } => {
-                let p = state_dir.join(ward::audit::AUDIT_LOG);
+                let p = state_dir.join(ward_server::audit::AUDIT_LOG);
                 std::fs::read(&p).with_context(|| format!("reading {}", p.display()))
             }
             Source::Remote { client } => client.review(Review::AuditLog).await,

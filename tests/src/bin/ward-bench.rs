@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use ward::client::{Client, IdentityFiles, Transport};
 use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
+use ward_client::{Client, IdentityFiles, Transport};
 
 const USAGE: &str =
     "usage: ward-bench [--quick] [--out FILE] [--no-peers] [--no-profile] [--ward PATH]
@@ -837,13 +837,14 @@ fn serve_norec(config: &Path) -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let config = ward::gateway::load_config(config)?;
-        let options = ward::gateway::Options {
+        let config = ward_server::gateway::load_config(config)?;
+        let options = ward_server::gateway::Options {
             no_recording: true,
             ..Default::default()
         };
         let gateway =
-            ward::gateway::Gateway::start_with(config, Arc::new(SystemClock), options).await?;
+            ward_server::gateway::Gateway::start_with(config, Arc::new(SystemClock), options)
+                .await?;
         let _ = tokio::io::copy(&mut tokio::io::stdin(), &mut tokio::io::sink()).await;
         gateway.shutdown(Duration::from_millis(200)).await;
         anyhow::Ok(())
@@ -1056,7 +1057,7 @@ fn idle_sessions(
     let fds_before = proc_fds(pid);
     let nofile = proc_nofile(pid);
     let target = gw.quic.to_string();
-    type Held = (Arc<Client>, Vec<ward::client::Session>);
+    type Held = (Arc<Client>, Vec<ward_client::Session>);
     let open_batch = |n: usize, clients: usize| -> (Vec<Held>, Option<String>) {
         rt.block_on(async {
             let mut tasks = tokio::task::JoinSet::new();
@@ -2249,7 +2250,7 @@ fn main() -> Result<()> {
         wait_ready(addr, &mut [], &w.dir.path().join("client-quic-echo.log"))
             .with_context(|| format!("ward connect on {addr}"))?;
     }
-    let rec_dir = Some(gw_on.state.join(ward::RECORDINGS_DIR));
+    let rec_dir = Some(gw_on.state.join(ward_server::RECORDINGS_DIR));
     let (gw_pid, nr_gw_pid) = (gw_on.proc.pid(), gw_off.proc.pid());
 
     let mut results = Results::default();

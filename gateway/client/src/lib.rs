@@ -14,8 +14,8 @@ use tokio::sync::Mutex;
 use ward_core::frame::{self, Request, Response};
 use ward_core::Escaped;
 
-use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
-use crate::tls;
+use ward_transport::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use ward_transport::tls;
 
 /// Which transport to reach the gateway over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -182,7 +182,7 @@ impl Client {
     /// A QUIC connection error as a sentence: a refused handshake from its TLS alert, the
     /// gateway's own closes (busy, evicted, deadline) from their application code.
     fn explain_quic_error(&self, e: &quinn::ConnectionError) -> String {
-        match crate::refusal::from_quic(e) {
+        match ward_transport::refusal::from_quic(e) {
             Some(r) => self.explain_refusal(Some(r), e),
             None => explain_quic(e),
         }
@@ -191,7 +191,7 @@ impl Client {
     /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
     fn explain_refusal(
         &self,
-        refused: Option<crate::refusal::Refused>,
+        refused: Option<ward_transport::refusal::Refused>,
         e: &dyn std::fmt::Display,
     ) -> String {
         use ward_ca::Clock as _;
@@ -200,7 +200,9 @@ impl Client {
             None => (None, None),
         };
         refused
-            .and_then(|r| crate::refusal::sentence(&r, pem, root, ward_ca::SystemClock.now()))
+            .and_then(|r| {
+                ward_transport::refusal::sentence(&r, pem, root, ward_ca::SystemClock.now())
+            })
             .unwrap_or_else(|| explain(e, None))
     }
 
@@ -266,7 +268,7 @@ impl Client {
             None => "0.0.0.0:0".parse()?,
         };
         // Large UDP buffers, as on the gateway: bursts of full-size packets are not dropped.
-        let socket = crate::gateway::udp_socket(bind)?;
+        let socket = ward_transport::quic::udp_socket(bind)?;
         let mut endpoint = quinn::Endpoint::new(
             quinn::EndpointConfig::default(),
             None,
@@ -275,7 +277,7 @@ impl Client {
         )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = crate::gateway::transport_config(1024, Duration::from_secs(60))?;
+        let mut transport = ward_transport::quic::transport_config(1024, Duration::from_secs(60))?;
         transport.keep_alive_interval(Some(Duration::from_secs(10)));
         cc.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(cc);
@@ -310,7 +312,12 @@ impl Client {
         let tls = connector
             .connect(self.server_name()?, tcp)
             .await
-            .map_err(|e| anyhow!("{}", self.explain_refusal(crate::refusal::from_tcp(&e), &e)))?;
+            .map_err(|e| {
+                anyhow!(
+                    "{}",
+                    self.explain_refusal(ward_transport::refusal::from_tcp(&e), &e)
+                )
+            })?;
         let (r, w) = tokio::io::split(tls);
         Ok((Box::new(r), Box::new(w)))
     }
@@ -397,7 +404,7 @@ impl Client {
                 let refused = e
                     .chain()
                     .find_map(|c| c.downcast_ref::<std::io::Error>())
-                    .and_then(crate::refusal::from_tcp);
+                    .and_then(ward_transport::refusal::from_tcp);
                 anyhow!("{}", self.explain_refusal(refused, &format!("{e:#}")))
             }
         }
@@ -577,15 +584,20 @@ impl Session {
                 &mut self.writer,
                 &activity,
                 &activity.up,
-                None,
+                datapath::NO_TAP,
             );
             let reader = &mut self.reader;
             let down_eof = &down_eof;
             let activity = &activity;
             let down = async move {
-                let end =
-                    datapath::framed_to_raw(reader, &mut local_w, activity, &activity.down, None)
-                        .await;
+                let end = datapath::framed_to_raw(
+                    reader,
+                    &mut local_w,
+                    activity,
+                    &activity.down,
+                    datapath::NO_TAP,
+                )
+                .await;
                 match end {
                     Ok(FramedEnd::Eof) => {
                         down_eof.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -764,11 +776,11 @@ impl Client {
             Response::Error {
                 code: ward_core::frame::ErrorCode::LoginBusy,
                 ..
-            } => bail!("{}", crate::login_gate::BUSY),
+            } => bail!("{}", ward_core::frame::messages::LOGIN_BUSY),
             Response::Error {
                 code: ward_core::frame::ErrorCode::TotpReused,
                 ..
-            } => bail!("{}", crate::jit::TOTP_REUSED),
+            } => bail!("{}", ward_core::frame::messages::TOTP_REUSED),
             Response::Error { code, message } => bail!("{code:?}: {message}"),
             other => bail!("unexpected answer from the gateway: {other:?}"),
         }

@@ -13,10 +13,58 @@
 
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
 use ward_recording::{EndInfo, SessionMeta};
 
-use crate::review::SessionSummary;
 use crate::store::{SqliteStore, StoreError};
+
+/// A session as listed by `ward sessions`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct SessionSummary {
+    /// Session id.
+    pub id: String,
+    /// `vendor acme/jdoe`.
+    pub principal: String,
+    /// Certificate serial.
+    pub serial: String,
+    /// Device id.
+    pub device: String,
+    /// Device protocol.
+    pub protocol: String,
+    /// Client address.
+    pub source: String,
+    /// Rule that permitted it.
+    pub rule: String,
+    /// Start, RFC 3339 UTC.
+    pub start: String,
+    /// Start, Unix seconds.
+    pub start_unix: i64,
+    /// Duration in seconds (until the last record for unfinished recordings).
+    pub duration_s: f64,
+    /// Bytes client → device.
+    pub bytes_up: u64,
+    /// Bytes device → client.
+    pub bytes_down: u64,
+    /// Why it ended (`open` while live, `interrupted` after a crash).
+    pub end_reason: String,
+    /// `ok`, `interrupted`, `open` or `FAILED: <first error>`.
+    pub verification: String,
+    /// Emergency access.
+    pub break_glass: bool,
+}
+
+/// RFC 3339 UTC of Unix seconds (empty if out of range).
+pub fn rfc3339(unix: i64) -> String {
+    OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
 
 /// A recording file's identity as indexed: its length and modification time (ns).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +162,7 @@ pub fn opened(meta: &SessionMeta) -> IndexedSession {
             protocol: meta.protocol.clone(),
             source: meta.source.clone(),
             rule: meta.rule.clone(),
-            start: crate::review::rfc3339(start_unix),
+            start: rfc3339(start_unix),
             start_unix,
             duration_s: 0.0,
             bytes_up: 0,
@@ -211,7 +259,7 @@ fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
                 protocol: r.get(4)?,
                 source: r.get(5)?,
                 rule: r.get(6)?,
-                start: crate::review::rfc3339(start_unix),
+                start: rfc3339(start_unix),
                 start_unix,
                 duration_s: r.get(15)?,
                 bytes_up: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),

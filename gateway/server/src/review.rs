@@ -7,45 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use ward_recording::trail::Finding;
 use ward_recording::{Direction, Record, SealStatus, VerifyReport};
 
-/// A session as listed by `ward sessions`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct SessionSummary {
-    /// Session id.
-    pub id: String,
-    /// `vendor acme/jdoe`.
-    pub principal: String,
-    /// Certificate serial.
-    pub serial: String,
-    /// Device id.
-    pub device: String,
-    /// Device protocol.
-    pub protocol: String,
-    /// Client address.
-    pub source: String,
-    /// Rule that permitted it.
-    pub rule: String,
-    /// Start, RFC 3339 UTC.
-    pub start: String,
-    /// Start, Unix seconds.
-    pub start_unix: i64,
-    /// Duration in seconds (until the last record for unfinished recordings).
-    pub duration_s: f64,
-    /// Bytes client → device.
-    pub bytes_up: u64,
-    /// Bytes device → client.
-    pub bytes_down: u64,
-    /// Why it ended (`open` while live, `interrupted` after a crash).
-    pub end_reason: String,
-    /// `ok`, `interrupted`, `open` or `FAILED: <first error>`.
-    pub verification: String,
-    /// Emergency access.
-    pub break_glass: bool,
-}
+pub use ward_store::session_index::{rfc3339, SessionSummary};
 
 /// Which sessions to list.
 #[derive(Debug, Clone, Default)]
@@ -267,17 +233,6 @@ pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
         verification: verification(report),
         break_glass: m.break_glass,
     })
-}
-
-/// RFC 3339 UTC of Unix seconds (empty if out of range).
-pub fn rfc3339(unix: i64) -> String {
-    OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_default()
 }
 
 /// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes).

@@ -15,8 +15,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use ward_recording::Direction;
 
-use crate::recorder::Tap;
-
 /// Frame type of a data chunk (the wire's, defined once in the core).
 pub const DATA: u8 = ward_core::frame::frame_type::DATA;
 /// Frame type of an end-of-direction marker.
@@ -237,16 +235,41 @@ impl Activity {
     }
 }
 
+/// What the pump hands each chunk to before forwarding it: the server's recorder (recorded before
+/// it is forwarded: fail closed). The client passes [`NO_TAP`].
+pub trait ChunkTap: Sync {
+    /// Take `bytes` travelling in `dir`; an error stops the pump before `bytes` are forwarded.
+    fn record(
+        &self,
+        dir: Direction,
+        bytes: &[u8],
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+}
+
+/// A tap that takes nothing (the client's side of the pump).
+#[derive(Debug, Clone, Copy)]
+pub struct NoTap;
+
+impl ChunkTap for NoTap {
+    async fn record(&self, _dir: Direction, _bytes: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// No tap, typed for [`raw_to_framed`] and [`framed_to_raw`].
+pub const NO_TAP: Option<(&NoTap, Direction)> = None;
+
 /// Copy raw bytes from `r` into data frames on `w` until `r` ends, then send `EOF`.
 /// Memory is one buffer; a slow reader on the far side of `w` pushes back on `r`.
-pub async fn raw_to_framed<R, W>(
+pub async fn raw_to_framed<R, W, T>(
     r: &mut R,
     w: &mut FrameWriter<W>,
     activity: &Activity,
     counter: &AtomicU64,
-    tap: Option<(&Tap, Direction)>,
+    tap: Option<(&T, Direction)>,
 ) -> io::Result<()>
 where
+    T: ChunkTap,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -339,14 +362,15 @@ pub enum FramedEnd {
 }
 
 /// Copy data frames from `r` to the raw writer `w` until `EOF`, a control frame, or the end.
-pub async fn framed_to_raw<R, W>(
+pub async fn framed_to_raw<R, W, T>(
     r: &mut FrameReader<R>,
     w: &mut W,
     activity: &Activity,
     counter: &AtomicU64,
-    tap: Option<(&Tap, Direction)>,
+    tap: Option<(&T, Direction)>,
 ) -> io::Result<FramedEnd>
 where
+    T: ChunkTap,
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
@@ -459,13 +483,13 @@ mod tests {
         let writer = tokio::spawn(async move {
             let mut w = FrameWriter::new(a);
             let mut src = &sent[..];
-            raw_to_framed(&mut src, &mut w, &act2, &act2.up, None)
+            raw_to_framed(&mut src, &mut w, &act2, &act2.up, NO_TAP)
                 .await
                 .unwrap();
         });
         let mut r = FrameReader::new(b);
         let mut out = Vec::new();
-        let end = framed_to_raw(&mut r, &mut out, &act, &act.down, None)
+        let end = framed_to_raw(&mut r, &mut out, &act, &act.down, NO_TAP)
             .await
             .unwrap();
         writer.await.unwrap();

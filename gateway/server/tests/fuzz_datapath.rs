@@ -16,8 +16,8 @@ use std::task::{Context, Poll};
 
 use proptest::prelude::*;
 use tokio::io::{AsyncRead, ReadBuf};
-use ward::datapath::{FrameReader, Inbound, DATA, EOF, HEADER, MAX_DATA};
-use ward::review::printable;
+use ward_server::review::printable;
+use ward_transport::datapath::{FrameReader, Inbound, DATA, EOF, HEADER, MAX_DATA};
 
 /// Hands out at most `step` bytes per read.
 struct Chunky {
