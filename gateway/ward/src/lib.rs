@@ -18,11 +18,14 @@ pub mod login_gate;
 pub mod netns;
 pub mod quickstart;
 pub mod recorder;
+pub mod recording_store;
 pub mod recovery;
 pub mod refusal;
 pub mod reload;
 pub mod review;
 pub mod review_jobs;
+#[path = "services/review.rs"]
+pub mod review_service;
 pub mod session_index;
 pub mod sim;
 pub mod state_lock;
@@ -35,5 +38,5 @@ pub mod users;
 pub const AUDIT_KEY: &str = "audit.key";
 /// Its public key (hex), inside the state dir.
 pub const AUDIT_PUB: &str = "audit.pub";
-/// Session recordings, inside the state dir.
-pub const RECORDINGS_DIR: &str = "recordings";
+/// Session recordings, inside the state dir (the recording store's layout).
+pub use recording_store::RECORDINGS_DIR;
