@@ -377,3 +377,244 @@ pub fn json_lines(sessions: &[SessionSummary]) -> Vec<u8> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use time::macros::datetime;
+    use ward_ca::Kind;
+    use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
+
+    const GOOD: &str = "00000000000000aa";
+    const BAD: &str = "00000000000000bb";
+
+    fn identity(kind: Kind, name: &str) -> Identity {
+        let t = datetime!(2026-11-27 12:00 UTC);
+        Identity {
+            trust_domain: "ward.test".into(),
+            kind,
+            name: name.into(),
+            org: None,
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_before: t,
+            not_after: t + time::Duration::days(1),
+            uri: format!("spiffe://ward.test/{}/{name}", kind.as_str()),
+        }
+    }
+
+    /// A sealed recording of `id` holding `typed`.
+    fn record(store: &RecordingStore, signer: &Arc<Signer>, id: &str, typed: &[u8]) {
+        let meta = SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump-12".into(),
+            device_addr: "127.0.0.1:2323".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        enc.data(Direction::Up, 1, typed, &mut out);
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "client closed".into(),
+            bytes_up: typed.len() as u64,
+            bytes_down: 0,
+        };
+        enc.finish(2, &end, &mut out);
+        store.create(id).unwrap().write_all(&out).unwrap();
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        service: ReviewService,
+        audit: AuditLog,
+        sam: Identity,
+        vendor: Identity,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let clock: Arc<dyn Clock> =
+            Arc::new(ward_ca::FixedClock::new(datetime!(2026-11-27 15:32:42 UTC)));
+        let (audit, _writer) = AuditLog::open(dir.path(), signer.clone(), clock.clone()).unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        record(&store, &signer, GOOD, b"show config");
+        record(&store, &signer, BAD, b"reboot");
+        // One byte changed in the middle of the second: it no longer verifies.
+        let path = crate::review::recordings_dir(dir.path()).join(format!("{BAD}.wrec"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let service = ReviewService::new(
+            store,
+            dir.path().to_path_buf(),
+            signer.public_key(),
+            audit.clone(),
+            Arc::new(ReviewGate::default()),
+            clock,
+        );
+        Fixture {
+            _dir: dir,
+            service,
+            audit,
+            sam: identity(Kind::Security, "sam"),
+            vendor: identity(Kind::Vendor, "jdoe"),
+        }
+    }
+
+    fn principal(id: &Identity) -> Principal {
+        crate::gateway::principal_of(id)
+    }
+
+    async fn ask(
+        f: &Fixture,
+        who: &Identity,
+        req: ReviewRequest,
+    ) -> Result<ReviewAnswer, ReviewRefusal> {
+        let p = principal(who);
+        let reviewer = Reviewer {
+            identity: who,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        f.service.handle(&reviewer, req).await
+    }
+
+    fn fetch(id: &str, purpose: Purpose, force: bool) -> ReviewRequest {
+        ReviewRequest::Recording {
+            session_id: id.into(),
+            purpose,
+            force,
+        }
+    }
+
+    /// The audit log's lines naming `event`.
+    async fn audited(f: &Fixture, event: &str) -> Vec<String> {
+        f.audit.commit().await.unwrap();
+        let log = std::fs::read_to_string(f.audit.path()).unwrap();
+        let needle = format!("\"{event}\"");
+        log.lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_are_typed_and_each_review_is_audited_once() {
+        let f = fixture().await;
+        let Ok(ReviewAnswer::Sessions(list)) =
+            ask(&f, &f.sam, ReviewRequest::List(Filter::default())).await
+        else {
+            panic!("a listing")
+        };
+        let ids: Vec<_> = list
+            .iter()
+            .map(|s| (s.id.as_str(), s.verification.starts_with("FAILED")))
+            .collect();
+        assert_eq!(ids, [(GOOD, false), (BAD, true)]);
+        let listed = audited(&f, "recording_listed").await;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0].contains("\"success\"") && listed[0].contains("\"sessions\":2"),
+            "{}",
+            listed[0]
+        );
+
+        let Ok(ReviewAnswer::Recording {
+            snapshot, verified, ..
+        }) = ask(&f, &f.sam, fetch(GOOD, Purpose::Export, false)).await
+        else {
+            panic!("a recording")
+        };
+        assert!(verified);
+        let bytes = snapshot.read_all().unwrap();
+        assert!(bytes.windows(11).any(|w| w == b"show config"));
+        assert_eq!(audited(&f, "recording_exported").await.len(), 1);
+
+        let Ok(ReviewAnswer::PublicKey(key)) = ask(&f, &f.sam, ReviewRequest::PublicKey).await
+        else {
+            panic!("the key")
+        };
+        assert!(ward_recording::verify(&bytes, &key).ok);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_say_what_to_do_and_are_audited() {
+        let f = fixture().await;
+        let denied = ask(&f, &f.vendor, ReviewRequest::PublicKey)
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)), "{denied}");
+        assert_eq!(denied.code(), ErrorCode::Forbidden);
+        let lines = audited(&f, "public_key_read").await;
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("\"denied\""), "{}", lines[0]);
+
+        let bad_id = ask(&f, &f.sam, fetch("../x", Purpose::Verify, false))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_id, ReviewRefusal::BadSessionId("../x".into()));
+        let missing = ask(&f, &f.sam, fetch("0123", Purpose::Verify, false))
+            .await
+            .unwrap_err();
+        assert_eq!(missing, ReviewRefusal::NoRecording("0123".into()));
+        assert!(missing.to_string().contains("ward sessions"), "{missing}");
+        assert_eq!(audited(&f, "recording_verified").await.len(), 2);
+
+        let replay = ask(&f, &f.sam, fetch(BAD, Purpose::Replay, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(replay, ReviewRefusal::FailsVerification { .. }),
+            "{replay}"
+        );
+        assert!(replay.to_string().contains("--force"), "{replay}");
+        // Forced: handed out, and audited with severity high.
+        let Ok(ReviewAnswer::Recording { verified, .. }) =
+            ask(&f, &f.sam, fetch(BAD, Purpose::Replay, true)).await
+        else {
+            panic!("a forced replay")
+        };
+        assert!(!verified);
+        let replays = audited(&f, "recording_replayed").await;
+        assert_eq!(replays.len(), 2, "{replays:?}");
+        assert!(replays[0].contains("\"failure\""), "{}", replays[0]);
+        assert!(
+            replays[1].contains("\"high\"") && replays[1].contains("\"forced\":true"),
+            "{}",
+            replays[1]
+        );
+    }
+
+    #[test]
+    fn frames_map_to_requests() {
+        let r: ReviewRequest = frame::Review::Recording {
+            session_id: GOOD.into(),
+            purpose: "replay".into(),
+            force: false,
+        }
+        .into();
+        assert_eq!(r, fetch(GOOD, Purpose::Replay, false));
+        assert_eq!(r.event(), "recording_replayed");
+        let other: ReviewRequest = frame::Review::Recording {
+            session_id: GOOD.into(),
+            purpose: "anything".into(),
+            force: false,
+        }
+        .into();
+        assert_eq!(other.event(), "recording_verified");
+    }
+}
