@@ -374,6 +374,7 @@ impl Gateway {
         }
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
         let store: Arc<dyn Store> = db.clone();
+        let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still
         // runs and login answers with a clear error.
         let ca = match ward_ca::Ca::load(&g.ca) {
@@ -387,7 +388,8 @@ impl Gateway {
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
-            .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?;
+            .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?
+            .with_index(session_index);
         let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
             match options.sink.clone() {
                 Some(s) => Some(s),
@@ -409,8 +411,7 @@ impl Gateway {
         let sink = sink.map(|s| -> Arc<dyn Sink> {
             Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
         });
-        let index: &dyn crate::session_index::SessionIndex = &*jit.db;
-        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now(), Some(index))?;
+        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
@@ -1504,9 +1505,10 @@ async fn open_session<R, W>(
                     started_unix_ms: unix_ms(now),
                 };
                 match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
-                    Ok(r) => {
-                        Some(r.indexed(crate::session_index::IndexHook::open(shared.jit.db.clone(), shared.recordings.clone(), &meta)))
-                    }
+                    Ok(r) => Some(match shared.recordings.index_open(&meta) {
+                        Some(hook) => r.indexed(hook),
+                        None => r,
+                    }),
                     Err(e) => {
                         shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
                         shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));

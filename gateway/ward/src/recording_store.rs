@@ -13,7 +13,9 @@ use std::io::{self, Read, Seek, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::session_index::FileStamp;
+use ward_recording::SessionMeta;
+
+use crate::session_index::{FileStamp, IndexHook, SessionIndex};
 
 /// The recordings directory inside a state dir (local files).
 pub const RECORDINGS_DIR: &str = "recordings";
@@ -236,10 +238,12 @@ impl BlobBackend for LocalFiles {
     }
 }
 
-/// The recordings: one blob per session, `<session_id>.wrec`, over a [`BlobBackend`].
+/// The recordings: one blob per session, `<session_id>.wrec`, over a [`BlobBackend`], and the
+/// session index that lists them without reading them (kept current at open and close).
 #[derive(Clone)]
 pub struct RecordingStore {
     blobs: Arc<dyn BlobBackend>,
+    index: Option<Arc<dyn SessionIndex>>,
 }
 
 impl std::fmt::Debug for RecordingStore {
@@ -269,7 +273,26 @@ fn key_of(id: &str) -> io::Result<String> {
 impl RecordingStore {
     /// The recordings over `blobs`.
     pub fn new(blobs: Arc<dyn BlobBackend>) -> Self {
-        RecordingStore { blobs }
+        RecordingStore { blobs, index: None }
+    }
+
+    /// The same recordings, indexed in `index` (the gateway's): sessions opened through
+    /// [`RecordingStore::index_open`] get a row at open and at close, and crash recovery backfills.
+    pub fn with_index(mut self, index: Arc<dyn SessionIndex>) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    /// The session index, if this store keeps one.
+    pub fn index(&self) -> Option<&dyn SessionIndex> {
+        self.index.as_deref()
+    }
+
+    /// Index the session `meta` as open (on a blocking thread); the hook closes its row with the
+    /// recording's stamp when the recorder seals it. `None` without an index.
+    pub fn index_open(&self, meta: &SessionMeta) -> Option<IndexHook> {
+        let index = self.index.clone()?;
+        Some(IndexHook::open(index, self.clone(), meta))
     }
 
     /// A state dir's recordings on local disk, for reading (the directory is not created).
@@ -363,7 +386,7 @@ impl RecordingStore {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
     use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SealStatus, SessionMeta};
 
@@ -523,5 +546,37 @@ mod tests {
             store.open("ab").err().unwrap().kind(),
             io::ErrorKind::NotFound
         );
+    }
+
+    #[tokio::test]
+    async fn the_index_row_opens_with_the_session_and_closes_with_the_blobs_stamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(crate::store::SqliteStore::open(dir.path()).unwrap());
+        let store = RecordingStore::local_for_writing(dir.path())
+            .unwrap()
+            .with_index(db.clone());
+        let id = "00000000000000cc";
+        store.create(id).unwrap().write_all(b"header").unwrap();
+        let hook = store.index_open(&meta(id)).unwrap();
+        let end = EndInfo {
+            ended_unix_ms: 3_000,
+            reason: "client closed".into(),
+            bytes_up: 1,
+            bytes_down: 2,
+        };
+        store.append(id).unwrap().write_all(b"+end").unwrap();
+        hook.close(end, Ok(())).await;
+        let rows = store.index().unwrap().all().unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].summary.id, id);
+        assert_eq!(rows[0].summary.verification, "ok");
+        assert_eq!(rows[0].summary.bytes_down, 2);
+        // The stamp is the blob's as sealed: a listing trusts the row until the blob changes.
+        assert_eq!(rows[0].stamp, Some(store.stamp(id).unwrap()));
+        assert_eq!(rows[0].stamp.unwrap().len, 10);
+        // Without an index there is no hook.
+        assert!(RecordingStore::local(dir.path())
+            .index_open(&meta(id))
+            .is_none());
     }
 }

@@ -22,7 +22,7 @@ use ward_recording::{SealStatus, Signer, VerifyReport};
 use crate::audit::{AuditLog, Event};
 use crate::recording_store::RecordingStore;
 use crate::review::{Filter, SessionSummary};
-use crate::session_index::{FileStamp, IndexedSession, SessionIndex};
+use crate::session_index::{FileStamp, IndexedSession};
 
 /// What the interrupted record says about why.
 const WHY: &str = "gateway stopped without closing this session (crash or kill -9)";
@@ -30,7 +30,7 @@ const WHY: &str = "gateway stopped without closing this session (crash or kill -
 static NO_TRAILS: BTreeMap<String, SessionTrail> = BTreeMap::new();
 
 /// Seal the recordings in `store` left open by a crash, as the audit log at `audit.path()`
-/// allows, and index (backfill) the recordings `index` lacks. Returns how many were sealed.
+/// allows, and index (backfill) the recordings the store's session index lacks. Returns how many were sealed.
 /// Reading the audit log fails the start (no recovery without it, and no gateway without its log);
 /// a log that does not exist yet opens no session.
 pub fn recover_recordings(
@@ -38,8 +38,8 @@ pub fn recover_recordings(
     signer: &Signer,
     audit: &AuditLog,
     now: OffsetDateTime,
-    index: Option<&dyn SessionIndex>,
 ) -> anyhow::Result<usize> {
+    let index = store.index();
     // Sessions the index holds final rows for: the others are indexed from this scan (backfill).
     let indexed: HashSet<String> = index
         .and_then(|i| i.all().ok())
