@@ -17,6 +17,9 @@ use ward_ca::{Clock, Identity};
 use ward_core::frame::{self, ErrorCode};
 use ward_core::{Principal, PrincipalKind};
 
+use ward_recording::trail::Finding;
+use ward_recording::VerifyReport;
+
 use crate::audit::{AuditLog, Event};
 use crate::recording_store::{RecordingStore, Snapshot};
 use crate::review::{Filter, SessionSummary};
@@ -347,6 +350,119 @@ impl ReviewService {
     }
 }
 
+/// What `ward audit verify --all` finds: every recording verified, the audit log verified, and
+/// the two cross-checked (`review::cross_check`).
+#[derive(Debug)]
+pub struct AuditVerification {
+    /// Each recording (sorted by id): its verification, or why it could not be read.
+    pub recordings: Vec<(String, Result<VerifyReport, String>)>,
+    /// The audit log's verification.
+    pub audit_log: VerifyReport,
+    /// Where recordings and the audit log disagree.
+    pub findings: Vec<Finding>,
+}
+
+impl AuditVerification {
+    /// Everything verifies and nothing disagrees (warnings allowed).
+    pub fn ok(&self) -> bool {
+        self.audit_log.ok
+            && self
+                .recordings
+                .iter()
+                .all(|(_, r)| r.as_ref().is_ok_and(|r| r.ok))
+            && self
+                .findings
+                .iter()
+                .all(|f| f.level != ward_recording::trail::Level::Problem)
+    }
+}
+
+/// Told `(done, total)` as long work goes on (a progress bar on a terminal; nothing otherwise).
+pub type Progress = Box<dyn FnMut(usize, usize) + Send>;
+
+impl ReviewService {
+    /// Verify every recording and the audit log and cross-check them, telling `progress` after
+    /// each recording; audited once (`audit_verified`, with what it found). On the review pool.
+    pub async fn verify_all(
+        &self,
+        who: &Reviewer<'_>,
+        mut progress: Progress,
+    ) -> Result<AuditVerification, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("audit_verified", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+        };
+        if !may_review(who.principal) {
+            self.audit.emit(
+                event("denied")
+                    .severity("warning")
+                    .reason("only security and admin identities may review recordings"),
+            );
+            return Err(ReviewRefusal::NotPermitted(who.principal.to_string()));
+        }
+        self.audit.flush().await;
+        let me = self.clone();
+        let job = move || me.verify_job(&mut *progress);
+        let done = self.gate.run(job).await.unwrap_or(Err(ReviewRefusal::Busy));
+        match done {
+            Ok(v) => {
+                let failed = v
+                    .recordings
+                    .iter()
+                    .filter(|(_, r)| !r.as_ref().is_ok_and(|r| r.ok));
+                let ev = event(if v.ok() { "success" } else { "failure" })
+                    .severity(if v.ok() { "info" } else { "high" })
+                    .detail("recordings", v.recordings.len())
+                    .detail("recordings_failed", failed.count())
+                    .detail("audit_log_ok", v.audit_log.ok)
+                    .detail("findings", v.findings.len());
+                self.audit.emit(ev);
+                self.audit
+                    .commit()
+                    .await
+                    .map_err(|e| ReviewRefusal::AuditUnavailable(e.to_string()))?;
+                Ok(v)
+            }
+            Err(refusal) => {
+                self.audit
+                    .emit(event("failure").reason(refusal.to_string()));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The blocking part of [`ReviewService::verify_all`]: the log is read before the recordings
+    /// and again after them, so sessions opening meanwhile are not reported missing.
+    fn verify_job(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<AuditVerification, ReviewRefusal> {
+        let read_log = || {
+            std::fs::read(self.audit.path())
+                .map_err(|e| ReviewRefusal::Unreadable(format!("reading the audit log: {e}")))
+        };
+        let log_before = read_log()?;
+        let mut ids = self.recordings.list().map_err(|e| {
+            ReviewRefusal::Unreadable(format!("listing {}: {e}", self.recordings.describe()))
+        })?;
+        ids.sort();
+        let recordings =
+            crate::review::verify_recordings(&self.recordings, &self.key, &ids, progress);
+        let log_after = read_log()?;
+        let verified: Vec<(String, VerifyReport)> = recordings
+            .iter()
+            .filter_map(|(id, r)| r.as_ref().ok().map(|r| (id.clone(), r.clone())))
+            .collect();
+        Ok(AuditVerification {
+            findings: crate::review::cross_check(&log_before, &log_after, &verified),
+            audit_log: ward_recording::audit::verify_audit(&log_after, &self.key),
+            recordings,
+        })
+    }
+}
+
 /// Security and admin identities may review.
 fn may_review(p: &Principal) -> bool {
     matches!(p.kind, PrincipalKind::Security | PrincipalKind::Admin)
@@ -616,5 +732,45 @@ mod tests {
         }
         .into();
         assert_eq!(other.event(), "recording_verified");
+    }
+
+    #[tokio::test]
+    async fn verify_all_reports_progress_and_the_tampered_recording() {
+        let f = fixture().await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let progress: Progress = Box::new(move |done, total| s.lock().unwrap().push((done, total)));
+        let p = principal(&f.sam);
+        let who = Reviewer {
+            identity: &f.sam,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        let v = f.service.verify_all(&who, progress).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [(0, 2), (1, 2), (2, 2)]);
+        let ids: Vec<_> = v
+            .recordings
+            .iter()
+            .map(|(id, r)| (id.as_str(), r.as_ref().unwrap().ok))
+            .collect();
+        assert_eq!(ids, [(GOOD, true), (BAD, false)]);
+        assert!(v.audit_log.ok, "{:?}", v.audit_log.first_error);
+        assert!(!v.ok());
+        let lines = audited(&f, "audit_verified").await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("\"recordings_failed\":1"), "{}", lines[0]);
+        // Not for everyone.
+        let p = principal(&f.vendor);
+        let who = Reviewer {
+            identity: &f.vendor,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        let denied = f
+            .service
+            .verify_all(&who, Box::new(|_, _| {}))
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)));
     }
 }
