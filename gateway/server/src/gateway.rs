@@ -28,7 +28,8 @@ use ward_core::{Escaped, Principal};
 use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
-use crate::recorder::{self, FileSink, SessionRecorder, Sink};
+use crate::recorder::{self, SessionRecorder, Sink};
+use crate::recording_store::RecordingStore;
 use crate::recovery::recover_recordings;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
@@ -73,8 +74,10 @@ pub struct Shared {
     draining: AtomicBool,
     /// Unauthenticated events, aggregated per source (security case 31).
     noise: Mutex<NoiseLimiter>,
-    /// Review jobs, off the async workers and limited.
-    reviews: crate::review_jobs::ReviewGate,
+    /// The recordings (the recorder writes through `sink`, which wraps them unless injected).
+    recordings: RecordingStore,
+    /// Reviews of recordings and the audit log.
+    review: crate::services::review::ReviewService,
 }
 
 impl Shared {
@@ -341,6 +344,7 @@ impl Gateway {
         }
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
         let store: Arc<dyn Store> = db.clone();
+        let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still
         // runs and login answers with a clear error.
         let ca = match ward_ca::Ca::load(&g.ca) {
@@ -353,24 +357,23 @@ impl Gateway {
         let jit = crate::jit::Jit::new(db, ca, clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
-        let recordings = g.state_dir.join(crate::RECORDINGS_DIR);
+        let recordings = RecordingStore::local_for_writing(&g.state_dir)
+            .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?
+            .with_index(session_index);
         let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
             match options.sink.clone() {
                 Some(s) => Some(s),
-                None => {
-                    Some(Arc::new(FileSink::new(&recordings).with_context(|| {
-                        format!("creating {}", recordings.display())
-                    })?))
-                }
+                None => Some(Arc::new(recordings.clone())),
             }
         } else {
             tracing::warn!("session recording is OFF (benchmark mode)");
             None
         };
         // SR 2.9: alert before the recording disk fills, refuse new sessions once it is full.
+        let recordings_dir = recordings.local_dir().unwrap_or(&g.state_dir);
         let disk = crate::diskwatch::DiskWatch::new(
-            Box::new(crate::diskwatch::Statvfs::new(&recordings)),
-            recordings.display().to_string(),
+            Box::new(crate::diskwatch::Statvfs::new(recordings_dir)),
+            recordings.describe(),
             crate::diskwatch::Thresholds::from_limits(&g.limits),
             audit.clone(),
             clock.clone(),
@@ -378,8 +381,7 @@ impl Gateway {
         let sink = sink.map(|s| -> Arc<dyn Sink> {
             Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
         });
-        let index: &dyn crate::session_index::SessionIndex = &*jit.db;
-        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now(), Some(index))?;
+        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
@@ -434,6 +436,14 @@ impl Gateway {
                 .detail("tcp", tcp_addr.map(|a| a.to_string()).unwrap_or_default())
                 .detail("recording", !options.no_recording),
         );
+        let review = crate::services::review::ReviewService::new(
+            recordings.clone(),
+            g.state_dir.clone(),
+            signer.public_key(),
+            audit.clone(),
+            Arc::new(crate::review_jobs::ReviewGate::default()),
+            clock.clone(),
+        );
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             config: RwLock::new(Arc::new(config)),
@@ -451,7 +461,8 @@ impl Gateway {
             conns: Arc::new(Conns::new(&limits)),
             draining: AtomicBool::new(false),
             noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
-            reviews: crate::review_jobs::ReviewGate::default(),
+            review,
+            recordings,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1464,10 +1475,10 @@ async fn open_session<R, W>(
                     started_unix_ms: unix_ms(now),
                 };
                 match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
-                    Ok(r) => {
-                        let path = crate::review::recordings_dir(&config.gateway.state_dir).join(format!("{session_id}.{}", recorder::EXT));
-                        Some(r.indexed(crate::session_index::IndexHook::open(shared.jit.db.clone(), path, &meta)))
-                    }
+                    Ok(r) => Some(match shared.recordings.index_open(&meta) {
+                        Some(hook) => r.indexed(hook),
+                        None => r,
+                    }),
                     Err(e) => {
                         shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
                         shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));
@@ -1664,90 +1675,46 @@ async fn review_request<W: AsyncWrite + Unpin>(
     review: frame::Review,
     writer: &mut FrameWriter<W>,
 ) {
-    use frame::Review;
-    let now = shared.clock.now();
-    let config = shared.config();
-    let state_dir = &config.gateway.state_dir;
-    let op = match &review {
-        Review::ListSessions { .. } => "recording_listed",
-        Review::Recording { purpose, .. } if purpose == "replay" => "recording_replayed",
-        Review::Recording { purpose, .. } if purpose == "export" => "recording_exported",
-        Review::Recording { .. } => "recording_verified",
-        Review::AuditLog => "audit_log_read",
-        Review::PublicKey => "public_key_read",
+    // Frame -> service -> frame: the review service checks, audits and reads.
+    use crate::services::review::{ReviewAnswer, Reviewer};
+    let who = Reviewer {
+        identity,
+        principal,
+        source: peer,
     };
-    if let Err(r) = require_security(principal, "review recordings or the audit log") {
-        shared.audit.emit(
-            Event::new(op, "denied", now)
-                .severity("warning")
-                .principal(identity)
-                .source(peer)
-                .reason("only security and admin identities may review recordings"),
-        );
-        let _ = writer.write_response(&r).await;
-        return;
-    }
-    let key = shared.signer.public_key();
-    let base = Event::new(op, "success", now)
-        .principal(identity)
-        .source(peer);
-    if matches!(review, Review::AuditLog) {
-        // Hand out a log whose every line is covered by a signed checkpoint.
-        shared.audit.flush().await;
-    }
-    // Off the async workers, behind a limit (security case TBD): see `review_jobs`.
-    let dir = state_dir.clone();
-    let job = move || crate::review_jobs::review_job(&dir, &key, base, review);
-    let result = match shared.reviews.run(job).await {
-        Ok(r) => r,
-        Err(busy) => {
-            shared.audit.emit(
-                Event::new(op, "failure", now)
-                    .principal(identity)
-                    .source(peer)
-                    .reason(busy.to_string()),
-            );
+    let answer = match shared.review.handle(&who, review.into()).await {
+        Ok(answer) => answer,
+        Err(refusal) => {
             let _ = writer
-                .write_response(&error_frame(ErrorCode::Overloaded, busy.to_string()))
+                .write_response(&error_frame(refusal.code(), refusal.to_string()))
                 .await;
             return;
         }
     };
-    match result {
-        Ok((answer, ev)) => {
-            use crate::review_jobs::Answer;
-            shared.audit.emit(ev);
-            // Nothing is handed out before the review is in the audit log.
-            if let Err(e) = shared.audit.commit().await {
-                let _ = writer
-                    .write_response(&error_frame(ErrorCode::RecordingUnavailable, e.to_string()))
-                    .await;
-                return;
-            }
-            match answer {
-                Answer::Message(message) => {
-                    let _ = writer.write_response(&Response::Ok { message }).await;
-                }
-                Answer::Bytes(what, bytes) => {
-                    let _ = writer.write_response(&Response::Stream { what }).await;
-                    let _ = datapath::write_stream(writer, &bytes).await;
-                }
-                Answer::File(what, file, len) => {
-                    let _ = writer.write_response(&Response::Stream { what }).await;
-                    let _ = crate::review_jobs::send_file(writer, file, len).await;
-                }
-            }
+    let stream = |what: String| Response::Stream { what };
+    match answer {
+        ReviewAnswer::PublicKey(key) => {
+            let message = hex::encode(key);
+            let _ = writer.write_response(&Response::Ok { message }).await;
         }
-        Err(e) => {
-            shared.audit.emit(
-                Event::new(op, "failure", now)
-                    .principal(identity)
-                    .source(peer)
-                    .reason(format!("{e:#}")),
-            );
+        ReviewAnswer::Sessions(list) => {
+            let _ = writer.write_response(&stream("sessions".into())).await;
+            let bytes = crate::services::review::json_lines(&list);
+            let _ = datapath::write_stream(writer, &bytes).await;
+        }
+        ReviewAnswer::AuditLog(snapshot) => {
+            let _ = writer.write_response(&stream("audit log".into())).await;
+            let _ = crate::review_jobs::send_snapshot(writer, snapshot).await;
+        }
+        ReviewAnswer::Recording {
+            session_id,
+            snapshot,
+            ..
+        } => {
             let _ = writer
-                .write_response(&error_frame(ErrorCode::BadRequest, format!("{e:#}")))
+                .write_response(&stream(format!("recording {session_id}")))
                 .await;
+            let _ = crate::review_jobs::send_snapshot(writer, snapshot).await;
         }
     }
 }

@@ -6,7 +6,7 @@
 #![forbid(unsafe_code)]
 
 // The store's and the wire's modules, under the names the gateway's code uses for them.
-pub use ward_store::{access_store, session_index, store, users};
+pub use ward_store::{access_store, recording_store, session_index, store, users};
 pub use ward_transport::{datapath, refusal, tls};
 
 mod admit;
@@ -22,11 +22,12 @@ pub mod recovery;
 pub mod reload;
 pub mod review;
 pub mod review_jobs;
+pub mod services;
 pub mod state_lock;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.
 pub const AUDIT_KEY: &str = "audit.key";
 /// Its public key (hex), inside the state dir.
 pub const AUDIT_PUB: &str = "audit.pub";
-/// Session recordings, inside the state dir.
-pub const RECORDINGS_DIR: &str = "recordings";
+/// Session recordings, inside the state dir (the recording store's layout).
+pub use ward_store::recording_store::RECORDINGS_DIR;

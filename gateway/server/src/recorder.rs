@@ -13,8 +13,7 @@
 //! before it is forwarded, not a batch later. Where the sink cannot reserve, each chunk waits for
 //! its write instead (correct, slower).
 
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,39 +30,10 @@ use space::{Ledger, Space};
 pub const CHANNEL_CHUNKS: usize = 16;
 /// fsync at least this often while there are unsynced bytes.
 pub const SYNC_EVERY: Duration = Duration::from_millis(500);
-/// Recording file extension.
-pub const EXT: &str = "wrec";
-
-/// One open recording file (or object).
-pub trait SinkFile: Send + 'static {
-    /// Append bytes.
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()>;
-    /// Make everything written so far durable.
-    fn sync(&mut self) -> io::Result<()>;
-    /// An independent handle that makes the file durable, so the batched fsync can run while
-    /// writes go on (fsync then never stalls the data path). Sinks without one are synced in line.
-    fn syncer(&self) -> io::Result<Syncer> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-    /// An independent handle that reserves room in the file ahead of the writes, so the data path
-    /// can claim room for a chunk's record before forwarding it while writes go on. Sinks that
-    /// cannot reserve say `Unsupported`: each chunk then waits for its write before it is forwarded.
-    fn reserver(&self) -> io::Result<Reserver> {
-        Err(io::Error::from(io::ErrorKind::Unsupported))
-    }
-    /// Give back room reserved beyond what was written (once, after the last write).
-    fn release(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-/// Makes a recording durable from another thread.
-pub type Syncer = Box<dyn FnMut() -> io::Result<()> + Send>;
-
-/// Reserves `len` bytes of a recording from file offset `offset`, from another thread, so later
-/// writes there cannot fail for lack of space; `StorageFull` when the disk has no room, and
-/// `Unsupported` when the filesystem cannot reserve.
-pub type Reserver = Arc<dyn Fn(u64, u64) -> io::Result<()> + Send + Sync>;
+/// Recording file extension (the layout is the recording store's: [`crate::recording_store`]).
+pub use crate::recording_store::EXT;
+/// What the recorder writes to, and its handles (defined by the recording store).
+pub use crate::recording_store::{BlobWriter as SinkFile, Reserver, Syncer};
 
 /// Where recordings go.
 pub trait Sink: Send + Sync + 'static {
@@ -71,73 +41,10 @@ pub trait Sink: Send + Sync + 'static {
     fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>>;
 }
 
-/// Recordings as files in `<state_dir>/recordings/<session_id>.wrec`.
-#[derive(Debug, Clone)]
-pub struct FileSink {
-    dir: PathBuf,
-}
-
-impl FileSink {
-    /// A sink writing into `dir` (created if missing).
-    pub fn new(dir: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-        })
-    }
-}
-
-/// One descriptor per recording, shared by the writer and the background fsync (no dup: at
-/// 10,000 sessions descriptors, not memory, are the limit).
-struct File(Arc<std::fs::File>);
-
-impl SinkFile for File {
-    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
-        (&*self.0).write_all(bytes)
-    }
-    fn sync(&mut self) -> io::Result<()> {
-        self.0.sync_data()
-    }
-    fn syncer(&self) -> io::Result<Syncer> {
-        let f = self.0.clone();
-        Ok(Box::new(move || f.sync_data()))
-    }
-    fn reserver(&self) -> io::Result<Reserver> {
-        let f = self.0.clone();
-        Ok(Arc::new(move |offset, len| {
-            fallocate_keep_size(&f, offset, len)
-        }))
-    }
-    fn release(&mut self) -> io::Result<()> {
-        // Truncating to the current length frees the blocks reserved past it.
-        let len = self.0.metadata()?.len();
-        self.0.set_len(len)
-    }
-}
-
-/// Allocate `len` bytes from `offset` without changing the file's size.
-fn fallocate_keep_size(f: &std::fs::File, offset: u64, len: u64) -> io::Result<()> {
-    use rustix::fs::{fallocate, FallocateFlags};
-    use rustix::io::Errno;
-    match fallocate(f, FallocateFlags::KEEP_SIZE, offset, len) {
-        Err(e) if e == Errno::OPNOTSUPP || e == Errno::NOSYS => Err(io::Error::new(
-            io::ErrorKind::Unsupported,
-            format!("fallocate: {e}"),
-        )),
-        r => r.map_err(io::Error::from),
-    }
-}
-
-impl Sink for FileSink {
+/// The gateway's recordings: the recording store (local files today).
+impl Sink for crate::recording_store::RecordingStore {
     fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let path = self.dir.join(format!("{session_id}.{EXT}"));
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)?;
-        Ok(Box::new(File(Arc::new(f))))
+        crate::recording_store::RecordingStore::create(self, session_id)
     }
 }
 
@@ -568,13 +475,7 @@ fn encode(
 /// The last write (end record, final checkpoint) and fsync, then give back unused reserved room.
 async fn blocking_close(mut file: Box<dyn SinkFile>, buf: Vec<u8>) -> io::Result<()> {
     tokio::task::spawn_blocking(move || {
-        file.write_all(&buf)?;
-        file.sync()?;
-        if let Err(e) = file.release() {
-            tracing::warn!(event = "recording_release_failed", reason = %e,
-                "could not give back the space reserved for a finished recording");
-        }
-        Ok(())
+        crate::recording_store::RecordingStore::seal(file.as_mut(), &buf)
     })
     .await
     .map_err(io::Error::other)?

@@ -12,33 +12,34 @@
 //! severity high is logged (plus a `tracing::error!`), at every start until someone deals with it.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{Seek, Write};
 use std::path::Path;
 
 use anyhow::Context;
 use time::OffsetDateTime;
 use ward_recording::audit::{session_trails, SessionTrail};
-use ward_recording::{SealStatus, Signer};
+use ward_recording::{SealStatus, Signer, VerifyReport};
 
 use crate::audit::{AuditLog, Event};
+use crate::recording_store::RecordingStore;
 use crate::review::{Filter, SessionSummary};
-use crate::session_index::{FileStamp, IndexedSession, SessionIndex};
+use crate::session_index::{FileStamp, IndexedSession};
 
 /// What the interrupted record says about why.
 const WHY: &str = "gateway stopped without closing this session (crash or kill -9)";
 
 static NO_TRAILS: BTreeMap<String, SessionTrail> = BTreeMap::new();
 
-/// Seal recordings in `dir` left open by a crash, as the audit log at `audit.path()` allows.
-/// Returns how many were sealed. Reading the audit log fails the start (no recovery without it,
-/// and no gateway without its log); a log that does not exist yet opens no session.
+/// Seal the recordings in `store` left open by a crash, as the audit log at `audit.path()`
+/// allows, and index (backfill) the recordings the store's session index lacks. Returns how many were sealed.
+/// Reading the audit log fails the start (no recovery without it, and no gateway without its log);
+/// a log that does not exist yet opens no session.
 pub fn recover_recordings(
-    dir: &Path,
+    store: &RecordingStore,
     signer: &Signer,
     audit: &AuditLog,
     now: OffsetDateTime,
-    index: Option<&dyn SessionIndex>,
 ) -> anyhow::Result<usize> {
+    let index = store.index();
     // Sessions the index holds final rows for: the others are indexed from this scan (backfill).
     let indexed: HashSet<String> = index
         .and_then(|i| i.all().ok())
@@ -47,93 +48,122 @@ pub fn recover_recordings(
         .filter(|r| r.stamp.is_some())
         .map(|r| r.summary.id)
         .collect();
-    let mut rows = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
+    let mut scan = Scan {
+        store,
+        signer,
+        audit,
+        now,
+        trails: None,
+        rows: Vec::new(),
+        sealed: 0,
+    };
+    let Ok(ids) = store.list() else {
         return Ok(0);
     };
-    let mut trails: Option<BTreeMap<String, SessionTrail>> = None;
-    let mut sealed = 0;
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
-            continue;
+    for session in ids {
+        scan.one(&session, !indexed.contains(&session))?;
+    }
+    if let (Some(index), false) = (index, scan.rows.is_empty()) {
+        if let Err(e) = index.put_all(&scan.rows) {
+            tracing::warn!(error = %e, "session index not updated at start: listings read the recordings it lacks");
         }
-        let session = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+    }
+    Ok(scan.sealed)
+}
+
+/// Recovery's walk over the recordings.
+struct Scan<'a> {
+    store: &'a RecordingStore,
+    signer: &'a Signer,
+    audit: &'a AuditLog,
+    now: OffsetDateTime,
+    /// The audit log's session trails, read once, and only when some recording needs them.
+    trails: Option<BTreeMap<String, SessionTrail>>,
+    /// Index rows to write (backfill).
+    rows: Vec<IndexedSession>,
+    sealed: usize,
+}
+
+impl Scan<'_> {
+    /// Look at one recording: index it if `backfill`, seal it if a crash left it open.
+    fn one(&mut self, session: &str, backfill: bool) -> anyhow::Result<()> {
+        let key = self.signer.public_key();
+        let where_ = || format!("reading recording {session} in {}", self.store.describe());
         // Verified through a bounded window: a sealed recording is never held in memory here.
-        let file =
-            std::fs::File::open(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report =
-            ward_recording::verify_read(std::io::BufReader::new(file), &signer.public_key())
-                .with_context(|| format!("reading {}", path.display()))?;
+        let snap = self.store.open(session).with_context(where_)?;
+        let reader = std::io::BufReader::new(std::io::Read::take(snap.reader, snap.len));
+        let report = ward_recording::verify_read(reader, &key).with_context(where_)?;
         if report.status != SealStatus::Unsealed {
-            if !indexed.contains(&session) {
+            if backfill {
                 match crate::review::summary_of_ended(&report) {
-                    Some(summary) => rows.push(IndexedSession {
-                        stamp: stamp_if_sealed(&summary, &path),
+                    Some(summary) => self.rows.push(IndexedSession {
+                        stamp: self.stamp_if_sealed(&summary, session),
                         summary,
                     }),
                     None => {
-                        let bytes = std::fs::read(&path)
-                            .with_context(|| format!("reading {}", path.display()))?;
-                        backfill(&mut rows, &path, &bytes, &signer.public_key(), &session);
+                        let bytes = self.store.read_all(session).with_context(where_)?;
+                        self.backfill(&bytes, session);
                     }
                 }
             }
-            continue;
+            return Ok(());
         }
         // Unsealed (rare): read whole, to decide and to seal.
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let report = ward_recording::verify(&bytes, &signer.public_key());
+        let bytes = self.store.read_all(session).with_context(where_)?;
+        let report = ward_recording::verify(&bytes, &key);
         if report.status != SealStatus::Unsealed {
-            continue; // sealed meanwhile: indexed at the next start
+            return Ok(()); // sealed meanwhile: indexed at the next start
         }
-        // The log is read once, and only when some recording needs it.
-        if trails.is_none() {
-            trails = Some(read_trails(audit.path())?);
+        if self.trails.is_none() {
+            self.trails = Some(read_trails(self.audit.path())?);
         }
-        let trails = trails.as_ref().unwrap_or(&NO_TRAILS);
-        if let Err(why) = ward_recording::trail::may_seal(&session, &report, trails) {
-            tracing::error!(
-                event = "recording_tampered",
-                session_id = %session,
-                file = %path.display(),
-                reason = %why,
-                "a recording is not sealed, and the audit log says it is not one a crash left open: NOT sealing it; left as it is for investigation"
-            );
-            audit.emit(
-                Event::new("recording_tampered", "failure", now)
-                    .severity("high")
-                    .session(session)
-                    .reason(format!("not sealed at recovery: {why}"))
-                    .detail("status", format!("{:?}", report.status))
-                    .detail("file_bytes", bytes.len())
-                    .detail("verified_records", report.verified_records),
-            );
-            continue;
+        let trails = self.trails.as_ref().unwrap_or(&NO_TRAILS);
+        if let Err(why) = ward_recording::trail::may_seal(session, &report, trails) {
+            self.tampered(session, &why, &report, bytes.len());
+            return Ok(());
         }
+        self.seal(session, &bytes, &report)
+    }
+
+    /// Leave a recording the log says no crash left open as it is, and say so loudly.
+    fn tampered(&self, session: &str, why: &str, report: &VerifyReport, len: usize) {
+        tracing::error!(
+            event = "recording_tampered",
+            session_id = %session,
+            store = %self.store.describe(),
+            reason = %why,
+            "a recording is not sealed, and the audit log says it is not one a crash left open: NOT sealing it; left as it is for investigation"
+        );
+        self.audit.emit(
+            Event::new("recording_tampered", "failure", self.now)
+                .severity("high")
+                .session(session.to_string())
+                .reason(format!("not sealed at recovery: {why}"))
+                .detail("status", format!("{:?}", report.status))
+                .detail("file_bytes", len)
+                .detail("verified_records", report.verified_records),
+        );
+    }
+
+    /// Seal a recording a crash left open: its verified prefix, then an interrupted end.
+    fn seal(&mut self, session: &str, bytes: &[u8], report: &VerifyReport) -> anyhow::Result<()> {
         let mut tail = Vec::new();
-        match ward_recording::seal_interrupted(&bytes, signer, WHY, 0, &mut tail) {
+        match ward_recording::seal_interrupted(bytes, self.signer, WHY, 0, &mut tail) {
             Ok(keep) => {
-                let mut f = std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))?;
-                f.set_len(keep)?;
-                f.seek(std::io::SeekFrom::Start(keep))?;
-                f.write_all(&tail)?;
-                f.sync_all()?;
-                sealed += 1;
-                let mut now_bytes = bytes.get(..keep as usize).unwrap_or_default().to_vec();
+                self.store.recover(session, keep, &tail).with_context(|| {
+                    format!("sealing recording {session} in {}", self.store.describe())
+                })?;
+                self.sealed += 1;
+                let mut now_bytes = bytes
+                    .get(..usize::try_from(keep).unwrap_or(usize::MAX))
+                    .unwrap_or_default()
+                    .to_vec();
                 now_bytes.extend_from_slice(&tail);
-                backfill(&mut rows, &path, &now_bytes, &signer.public_key(), &session);
-                audit.emit(
-                    Event::new("recording_interrupted", "failure", now)
+                self.backfill(&now_bytes, session);
+                self.audit.emit(
+                    Event::new("recording_interrupted", "failure", self.now)
                         .severity("warning")
-                        .session(session)
+                        .session(session.to_string())
                         .reason(format!("sealed as interrupted: {WHY}"))
                         .detail("verified_records", report.verified_records)
                         .detail("kept_bytes", keep),
@@ -141,47 +171,39 @@ pub fn recover_recordings(
             }
             Err(e) => {
                 tracing::error!(event = "recording_interrupted", session_id = %session, error = %e, "could not seal an interrupted recording");
-                audit.emit(
-                    Event::new("recording_interrupted", "failure", now)
+                self.audit.emit(
+                    Event::new("recording_interrupted", "failure", self.now)
                         .severity("high")
-                        .session(session)
+                        .session(session.to_string())
                         .reason(format!("could not seal an interrupted recording: {e}")),
                 );
             }
         }
+        Ok(())
     }
-    if let (Some(index), false) = (index, rows.is_empty()) {
-        if let Err(e) = index.put_all(&rows) {
-            tracing::warn!(error = %e, "session index not updated at start: listings read the recordings it lacks");
+
+    /// The index row of a recording from the bytes the scan read (its summary, verified, and the
+    /// blob's stamp if it verifies as sealed). Best effort: a listing reads a recording the index
+    /// lacks.
+    fn backfill(&mut self, bytes: &[u8], session: &str) {
+        let key = self.signer.public_key();
+        let Some(summary) = crate::review::summarise(bytes, &key, &Filter::default(), session)
+        else {
+            return;
+        };
+        self.rows.push(IndexedSession {
+            stamp: self.stamp_if_sealed(&summary, session),
+            summary,
+        });
+    }
+
+    /// The blob's stamp if its summary verified as sealed (the index then vouches for it until it
+    /// changes), else `None` (a listing verifies it again).
+    fn stamp_if_sealed(&self, summary: &SessionSummary, session: &str) -> Option<FileStamp> {
+        match summary.verification.as_str() {
+            "ok" | "interrupted" => self.store.stamp(session).ok(),
+            _ => None,
         }
-    }
-    Ok(sealed)
-}
-
-/// The index row of a recording from the bytes the scan read (its summary, verified, and the
-/// file's stamp if it verifies as sealed). Best effort: a listing reads a recording the index lacks.
-fn backfill(
-    rows: &mut Vec<IndexedSession>,
-    path: &Path,
-    bytes: &[u8],
-    key: &[u8; 32],
-    session: &str,
-) {
-    let Some(summary) = crate::review::summarise(bytes, key, &Filter::default(), session) else {
-        return;
-    };
-    rows.push(IndexedSession {
-        stamp: stamp_if_sealed(&summary, path),
-        summary,
-    });
-}
-
-/// The file's stamp if its summary verified as sealed (the index then vouches for it until it
-/// changes), else `None` (a listing verifies it again).
-fn stamp_if_sealed(summary: &SessionSummary, path: &Path) -> Option<FileStamp> {
-    match summary.verification.as_str() {
-        "ok" | "interrupted" => FileStamp::of(path).ok(),
-        _ => None,
     }
 }
 

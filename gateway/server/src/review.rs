@@ -13,8 +13,10 @@ use ward_recording::{Direction, Record, SealStatus, VerifyReport};
 
 pub use ward_store::session_index::{rfc3339, SessionSummary};
 
+use ward_store::recording_store::RecordingStore;
+
 /// Which sessions to list.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     /// Matches the principal's name, `org/name`, or the whole `kind org/name`.
     pub principal: Option<String>,
@@ -28,9 +30,10 @@ pub struct Filter {
     pub grep: Option<String>,
 }
 
-/// The recordings directory inside a state dir.
+/// The recordings directory inside a state dir, where [`RecordingStore::local`] keeps them (for
+/// tests and tools that look at the files; the gateway's code goes through the store).
 pub fn recordings_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join(crate::RECORDINGS_DIR)
+    state_dir.join(crate::recording_store::RECORDINGS_DIR)
 }
 
 /// The public key of a state dir's signing key.
@@ -55,18 +58,19 @@ pub fn parse_public_key(hex_text: &str) -> anyhow::Result<[u8; 32]> {
 
 /// Session ids are 16 lowercase hex digits; anything else is refused before touching the disk.
 pub fn check_session_id(id: &str) -> anyhow::Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_hexdigit()) {
+    if !crate::recording_store::valid_id(id) {
         bail!("{id:?} is not a session id (see `ward sessions`)");
     }
     Ok(())
 }
 
-/// Read one recording file.
+/// Read one recording of a state dir, whole.
 pub fn read_recording(state_dir: &Path, id: &str) -> anyhow::Result<Vec<u8>> {
     check_session_id(id)?;
-    let path = recordings_dir(state_dir).join(format!("{id}.{}", crate::recorder::EXT));
-    std::fs::read(&path)
-        .with_context(|| format!("no recording for session {id} ({})", path.display()))
+    let store = RecordingStore::local(state_dir);
+    store
+        .read_all(id)
+        .with_context(|| format!("no recording for session {id} (in {})", store.describe()))
 }
 
 fn verification(report: &VerifyReport) -> String {
@@ -250,48 +254,60 @@ fn matches(filter: &Filter, s: &SessionSummary) -> bool {
         || filter.until.is_some_and(|t| s.start_unix >= t))
 }
 
-/// List the sessions in a state dir, newest first.
-///
-/// Sessions come from the session index (`session_index`) where it has a row for the recording
-/// whose file is unchanged since it was sealed (its length and mtime, a `stat`; the file is not
-/// read) or that is still open; any other recording — not indexed, changed since, or with `grep`
-/// (which searches the recorded bytes) — is read and verified. Only recordings present in the
-/// directory are listed.
+/// List the sessions in a state dir, newest first: [`list_in`] over the state dir's recordings
+/// and its session index (none with `grep`, which searches the recorded bytes).
 pub fn list(
     state_dir: &Path,
     key: &[u8; 32],
     filter: &Filter,
 ) -> anyhow::Result<Vec<SessionSummary>> {
-    let dir = recordings_dir(state_dir);
-    let mut out = Vec::new();
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+    list_with_progress(state_dir, key, filter, &mut |_, _| {})
+}
+
+/// [`list`], telling `progress(done, total)` how far it got (recordings looked at, of all).
+pub fn list_with_progress(
+    state_dir: &Path,
+    key: &[u8; 32],
+    filter: &Filter,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<SessionSummary>> {
+    let index = match filter.grep {
+        Some(_) => Vec::new(),
+        None => crate::session_index::read_only(state_dir).unwrap_or_default(),
     };
-    let mut index: std::collections::HashMap<String, crate::session_index::IndexedSession> =
-        match filter.grep {
-            Some(_) => Default::default(),
-            None => crate::session_index::read_only(state_dir)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|row| (row.summary.id.clone(), row))
-                .collect(),
-        };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        if path.extension().and_then(|e| e.to_str()) != Some(crate::recorder::EXT) {
-            continue;
-        }
-        let id = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
+    let store = RecordingStore::local(state_dir);
+    list_in(&store, index, key, filter, progress)
+}
+
+/// List the sessions of `store`, newest first.
+///
+/// Sessions come from `index` (the session index's rows) where it has a row for the recording
+/// whose blob is unchanged since it was sealed (its length and mtime, a `stat`; the blob is not
+/// read) or that is still open; any other recording — not indexed, or changed since — is read and
+/// verified. Only recordings present in the store are listed. `progress(done, total)` is told
+/// after each recording.
+pub fn list_in(
+    store: &RecordingStore,
+    index: Vec<crate::session_index::IndexedSession>,
+    key: &[u8; 32],
+    filter: &Filter,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<SessionSummary>> {
+    let ids = store
+        .list()
+        .with_context(|| format!("listing {}", store.describe()))?;
+    let total = ids.len();
+    let mut index: std::collections::HashMap<String, crate::session_index::IndexedSession> = index
+        .into_iter()
+        .map(|row| (row.summary.id.clone(), row))
+        .collect();
+    let mut out = Vec::new();
+    for (done, id) in ids.into_iter().enumerate() {
+        progress(done, total);
         if let Some(row) = index.remove(&id) {
             let current = match row.stamp {
                 None => row.summary.verification == crate::session_index::OPEN,
-                Some(stamp) => crate::session_index::FileStamp::of(&path).ok() == Some(stamp),
+                Some(stamp) => store.stamp(&id).ok() == Some(stamp),
             };
             if current {
                 if matches(filter, &row.summary) {
@@ -300,13 +316,42 @@ pub fn list(
                 continue;
             }
         }
-        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        let bytes = store
+            .read_all(&id)
+            .with_context(|| format!("reading recording {id} in {}", store.describe()))?;
         if let Some(s) = summarise(&bytes, key, filter, &id) {
             out.push(s);
         }
     }
+    progress(total, total);
     out.sort_by(|a, b| b.start_unix.cmp(&a.start_unix).then(a.id.cmp(&b.id)));
     Ok(out)
+}
+
+/// Verify each recording of `ids` in `store`, reading through a bounded window (a recording is
+/// never held whole), telling `progress(done, total)` after each: what `ward audit verify --all`
+/// does on the gateway host. A recording that cannot be read is reported as failed, not skipped.
+pub fn verify_recordings(
+    store: &RecordingStore,
+    key: &[u8; 32],
+    ids: &[String],
+    progress: &mut dyn FnMut(usize, usize),
+) -> Vec<(String, Result<VerifyReport, String>)> {
+    let total = ids.len();
+    let mut out = Vec::with_capacity(total);
+    for (done, id) in ids.iter().enumerate() {
+        progress(done, total);
+        let report = store
+            .open(id)
+            .and_then(|snap| {
+                let reader = std::io::BufReader::new(std::io::Read::take(snap.reader, snap.len));
+                ward_recording::verify_read(reader, key)
+            })
+            .map_err(|e| format!("recording {id} unreadable in {}: {e}", store.describe()));
+        out.push((id.clone(), report));
+    }
+    progress(total, total);
+    out
 }
 
 /// The cross-checks of `ward audit verify --all`: each recording (its listed id and its

@@ -1,5 +1,6 @@
 //! Review work (listings, recording fetches, the audit log) off the async workers, behind a
-//! limit, and streamed with bounded memory (security case TBD, issue 12 item 4).
+//! limit, and streamed with bounded memory (security case TBD, issue 12 item 4). The work itself is
+//! the review service's (`services::review`); this is its pool and its streaming.
 //!
 //! Reading and verifying a recording of hundreds of megabytes takes seconds of CPU and disk; on an
 //! async worker it stalls every live session scheduled there. A review job runs on a blocking
@@ -9,18 +10,15 @@
 //! sent chunk by chunk, each chunk only once the reviewer has taken the previous ones: a reviewer
 //! that stops reading holds a chunk of gateway memory, not the recording.
 
-use std::io::{Seek, SeekFrom};
-use std::path::Path;
+use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use anyhow::Context;
-use tokio::io::{AsyncReadExt, AsyncWrite};
+use tokio::io::AsyncWrite;
 use tokio::sync::Semaphore;
-use ward_core::frame::Review;
 
-use crate::audit::Event;
 use crate::datapath::{FrameWriter, CHUNK, DATA, HEADER};
+use crate::recording_store::Snapshot;
 
 /// Review jobs running at once.
 pub const REVIEW_JOBS: usize = 2;
@@ -89,121 +87,28 @@ impl ReviewGate {
     }
 }
 
-/// A review's answer.
-pub enum Answer {
-    /// A short text (the public key), sent as `Ok`.
-    Message(String),
-    /// A listing, sent as a stream.
-    Bytes(String, Vec<u8>),
-    /// The first `len` bytes of an open file (a recording, the audit log), sent as a stream.
-    File(String, std::fs::File, u64),
-}
-
-/// Do the blocking part of a review: read, verify, list. `base` is the success event to complete.
-pub fn review_job(
-    state_dir: &Path,
-    key: &[u8; 32],
-    base: Event,
-    review: Review,
-) -> anyhow::Result<(Answer, Event)> {
-    match review {
-        Review::PublicKey => Ok((Answer::Message(hex::encode(key)), base)),
-        Review::AuditLog => {
-            let path = state_dir.join(crate::audit::AUDIT_LOG);
-            let (file, len) = open_snapshot(&path).context("reading the audit log")?;
-            Ok((Answer::File("audit log".into(), file, len), base))
-        }
-        Review::ListSessions {
-            principal,
-            device,
-            since_unix,
-            until_unix,
-            grep,
-        } => {
-            let filter = crate::review::Filter {
-                principal,
-                device,
-                since: since_unix,
-                until: until_unix,
-                grep,
-            };
-            let list = crate::review::list(state_dir, key, &filter)?;
-            let mut out = Vec::new();
-            for s in &list {
-                serde_json::to_writer(&mut out, s)?;
-                out.push(b'\n');
-            }
-            let ev = base
-                .detail("sessions", list.len())
-                .detail("grep", filter.grep.is_some());
-            Ok((Answer::Bytes("sessions".into(), out), ev))
-        }
-        Review::Recording {
-            session_id,
-            purpose,
-            force,
-        } => recording_job(state_dir, key, base, session_id, &purpose, force),
-    }
-}
-
-/// A file opened, and its length now (what will be sent, even if it grows meanwhile).
-fn open_snapshot(path: &Path) -> std::io::Result<(std::fs::File, u64)> {
-    let file = std::fs::File::open(path)?;
-    let len = file.metadata()?.len();
-    Ok((file, len))
-}
-
-fn recording_job(
-    state_dir: &Path,
-    key: &[u8; 32],
-    base: Event,
-    session_id: String,
-    purpose: &str,
-    force: bool,
-) -> anyhow::Result<(Answer, Event)> {
-    crate::review::check_session_id(&session_id)?;
-    let path = crate::review::recordings_dir(state_dir)
-        .join(format!("{session_id}.{}", crate::recorder::EXT));
-    let (mut file, len) = open_snapshot(&path)
-        .with_context(|| format!("no recording for session {session_id} ({})", path.display()))?;
-    let report = ward_recording::verify_read(std::io::Read::take(&mut file, len), key)
-        .with_context(|| format!("reading {}", path.display()))?;
-    if purpose == "replay" && !report.ok && !force {
-        let what = report
-            .first_error
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "not sealed".into());
-        anyhow::bail!("recording {session_id} fails verification ({what}); replay refused — use --force to replay anyway (audited)");
-    }
-    file.seek(SeekFrom::Start(0))?;
-    let ev = base
-        .session(session_id.clone())
-        .detail("verified", report.ok)
-        .detail("forced", force)
-        // What a forced export holds: the records up to the last valid checkpoint.
-        .detail("verified_records", report.verified_records)
-        .detail("verified_bytes", report.valid_prefix_len)
-        .severity(if force && !report.ok { "high" } else { "info" });
-    Ok((
-        Answer::File(format!("recording {session_id}"), file, len),
-        ev,
-    ))
-}
-
-/// Send the first `len` bytes of `file` as data frames followed by `EOF`, one chunk at a time:
-/// the next chunk is read only once the previous one has been written (backpressure).
-pub async fn send_file<W: AsyncWrite + Unpin>(
+/// Send the first `snapshot.len` bytes of a blob as data frames followed by `EOF`, one chunk at a
+/// time: the next chunk is read (on a blocking thread) only once the previous one has been
+/// written (backpressure).
+pub async fn send_snapshot<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
-    file: std::fs::File,
-    len: u64,
+    snapshot: Snapshot,
 ) -> std::io::Result<()> {
-    let mut file = tokio::fs::File::from_std(file).take(len);
+    let Snapshot { reader, len } = snapshot;
+    let mut reader = reader.take(len);
     let mut buf = vec![0u8; HEADER + CHUNK];
     loop {
-        let n = match buf.get_mut(HEADER..) {
-            Some(space) => file.read(space).await?,
-            None => 0,
-        };
+        let (r, b, n) = tokio::task::spawn_blocking(move || {
+            let n = match buf.get_mut(HEADER..) {
+                Some(space) => read_some(&mut reader, space),
+                None => Ok(0),
+            };
+            (reader, buf, n)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        (reader, buf) = (r, b);
+        let n = n?;
         if n == 0 {
             break;
         }
@@ -215,6 +120,16 @@ pub async fn send_file<W: AsyncWrite + Unpin>(
             .await?;
     }
     w.write_eof().await
+}
+
+/// One read, retried when interrupted.
+fn read_some(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        match r.read(buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_store;
+pub mod recording_store;
 pub mod session_index;
 pub mod store;
 pub mod users;

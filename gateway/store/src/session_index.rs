@@ -18,6 +18,7 @@ use time::OffsetDateTime;
 
 use ward_recording::{EndInfo, SessionMeta};
 
+use crate::recording_store::RecordingStore;
 use crate::store::{SqliteStore, StoreError};
 
 /// A session as listed by `ward sessions`.
@@ -66,7 +67,8 @@ pub fn rfc3339(unix: i64) -> String {
         .unwrap_or_default()
 }
 
-/// A recording file's identity as indexed: its length and modification time (ns).
+/// A recording's identity as indexed: its length and modification time (ns), as the recording
+/// store's backend reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FileStamp {
     /// Length in bytes.
@@ -332,17 +334,17 @@ pub fn read_only(state_dir: &Path) -> Option<Vec<IndexedSession>> {
 /// Keeps one session's row current from the recorder.
 pub struct IndexHook {
     index: std::sync::Arc<dyn SessionIndex>,
-    path: std::path::PathBuf,
+    recordings: RecordingStore,
     id: String,
     /// The open row's write, awaited before the close is written (not before the session starts).
     opening: tokio::task::JoinHandle<Result<(), StoreError>>,
 }
 
 impl IndexHook {
-    /// Index the session `meta` (recorded at `path`) as open, on a blocking thread.
+    /// Index the session `meta` (recorded in `recordings`) as open, on a blocking thread.
     pub fn open(
         index: std::sync::Arc<dyn SessionIndex>,
-        path: std::path::PathBuf,
+        recordings: RecordingStore,
         meta: &SessionMeta,
     ) -> IndexHook {
         let row = opened(meta);
@@ -350,7 +352,7 @@ impl IndexHook {
         let opening = tokio::task::spawn_blocking(move || i.put(&row));
         IndexHook {
             index,
-            path,
+            recordings,
             id: meta.session_id.clone(),
             opening,
         }
@@ -360,7 +362,7 @@ impl IndexHook {
     pub async fn close(self, end: EndInfo, outcome: Result<(), String>) {
         let IndexHook {
             index,
-            path,
+            recordings,
             id,
             opening,
         } = self;
@@ -369,7 +371,7 @@ impl IndexHook {
         }
         let done = tokio::task::spawn_blocking(move || {
             let (verification, stamp) = match outcome {
-                Ok(()) => ("ok".to_string(), FileStamp::of(&path).ok()),
+                Ok(()) => ("ok".to_string(), recordings.stamp(&id).ok()),
                 Err(e) => (
                     format!("unknown (recording reported: {e}); run ward audit verify"),
                     None,

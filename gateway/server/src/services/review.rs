@@ -1,0 +1,776 @@
+//! The review service: what security teams ask of recordings and the audit log (list, fetch one to
+//! replay, export or verify, the audit log, the public key), with typed requests in and typed
+//! answers or refusals out, audited here and only here (issue 13 item 2).
+//!
+//! Front ends are thin adapters: the frame dispatcher (`gateway::review_request`) turns a
+//! `Request::Review` into a [`ReviewRequest`] and a [`ReviewAnswer`] into frames; the web console
+//! will do the same over HTTP. Reading and verifying recordings runs on the review pool
+//! ([`ReviewGate`]: blocking threads, limited, refused with [`ReviewRefusal::Busy`] beyond its
+//! queue), never on an async worker. Recordings are read through the [`RecordingStore`].
+
+use std::io::{Read, Seek, SeekFrom};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ward_ca::{Clock, Identity};
+use ward_core::frame::{self, ErrorCode};
+use ward_core::{Principal, PrincipalKind};
+
+use ward_recording::trail::Finding;
+use ward_recording::VerifyReport;
+
+use crate::audit::{AuditLog, Event};
+use crate::recording_store::{RecordingStore, Snapshot};
+use crate::review::{Filter, SessionSummary};
+use crate::review_jobs::ReviewGate;
+
+/// Who asks: an authenticated principal, from where.
+#[derive(Debug, Clone, Copy)]
+pub struct Reviewer<'a> {
+    /// The identity its certificate proved.
+    pub identity: &'a Identity,
+    /// The principal it is.
+    pub principal: &'a Principal,
+    /// Its address.
+    pub source: SocketAddr,
+}
+
+/// Why a recording is fetched (audited as such).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// Replay: refused when the recording fails verification, unless forced.
+    Replay,
+    /// Export to another format.
+    Export,
+    /// Verify on the reviewer's machine.
+    Verify,
+}
+
+impl Purpose {
+    /// `replay`, `export`; anything else is a verification.
+    pub fn parse(text: &str) -> Purpose {
+        match text {
+            "replay" => Purpose::Replay,
+            "export" => Purpose::Export,
+            _ => Purpose::Verify,
+        }
+    }
+}
+
+/// What a reviewer asks.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReviewRequest {
+    /// The gateway's recording and audit public key.
+    PublicKey,
+    /// The audit log, every line covered by a signed checkpoint.
+    AuditLog,
+    /// The sessions matching a filter, newest first.
+    List(Filter),
+    /// One recording, whole.
+    Recording {
+        /// The session.
+        session_id: String,
+        /// Why.
+        purpose: Purpose,
+        /// Proceed although it fails verification (audited, severity high).
+        force: bool,
+    },
+}
+
+impl From<frame::Review> for ReviewRequest {
+    fn from(review: frame::Review) -> Self {
+        use frame::Review;
+        match review {
+            Review::PublicKey => ReviewRequest::PublicKey,
+            Review::AuditLog => ReviewRequest::AuditLog,
+            Review::ListSessions {
+                principal,
+                device,
+                since_unix,
+                until_unix,
+                grep,
+            } => ReviewRequest::List(Filter {
+                principal,
+                device,
+                since: since_unix,
+                until: until_unix,
+                grep,
+            }),
+            Review::Recording {
+                session_id,
+                purpose,
+                force,
+            } => ReviewRequest::Recording {
+                session_id,
+                purpose: Purpose::parse(&purpose),
+                force,
+            },
+        }
+    }
+}
+
+impl ReviewRequest {
+    /// The audit event it is recorded as.
+    pub fn event(&self) -> &'static str {
+        match self {
+            ReviewRequest::List(_) => "recording_listed",
+            ReviewRequest::Recording { purpose, .. } => match purpose {
+                Purpose::Replay => "recording_replayed",
+                Purpose::Export => "recording_exported",
+                Purpose::Verify => "recording_verified",
+            },
+            ReviewRequest::AuditLog => "audit_log_read",
+            ReviewRequest::PublicKey => "public_key_read",
+        }
+    }
+}
+
+/// What a reviewer gets.
+#[derive(Debug)]
+pub enum ReviewAnswer {
+    /// The public key.
+    PublicKey([u8; 32]),
+    /// The sessions, newest first.
+    Sessions(Vec<SessionSummary>),
+    /// The audit log as it was when opened.
+    AuditLog(Snapshot),
+    /// A recording as it was when opened.
+    Recording {
+        /// The session.
+        session_id: String,
+        /// Its bytes.
+        snapshot: Snapshot,
+        /// Whether it verified (a forced fetch may not).
+        verified: bool,
+    },
+}
+
+/// Why a review was refused; each says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReviewRefusal {
+    /// The principal is not a security or admin identity.
+    #[error(
+        "{0} may not review recordings or the audit log: only security and admin identities can"
+    )]
+    NotPermitted(String),
+    /// Too many reviews in progress.
+    #[error("{}", crate::review_jobs::BUSY)]
+    Busy,
+    /// Not a session id.
+    #[error("{0:?} is not a session id (see `ward sessions`)")]
+    BadSessionId(String),
+    /// No recording for that session.
+    #[error("no recording for session {0} (see `ward sessions`)")]
+    NoRecording(String),
+    /// A replay of a recording that fails verification, not forced.
+    #[error("recording {id} fails verification ({what}); replay refused — use --force to replay anyway (audited)")]
+    FailsVerification {
+        /// The session.
+        id: String,
+        /// The first problem.
+        what: String,
+    },
+    /// The store could not be read.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The review could not be audited, so nothing is handed out.
+    #[error("{0}")]
+    AuditUnavailable(String),
+}
+
+impl ReviewRefusal {
+    /// The frame protocol's error class.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ReviewRefusal::NotPermitted(_) => ErrorCode::Forbidden,
+            ReviewRefusal::Busy => ErrorCode::Overloaded,
+            ReviewRefusal::AuditUnavailable(_) => ErrorCode::RecordingUnavailable,
+            ReviewRefusal::BadSessionId(_)
+            | ReviewRefusal::NoRecording(_)
+            | ReviewRefusal::FailsVerification { .. }
+            | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
+        }
+    }
+}
+
+/// The review service.
+#[derive(Clone)]
+pub struct ReviewService {
+    recordings: RecordingStore,
+    /// Where the session index is (read only, so listings never wait on the gateway's writes).
+    state_dir: PathBuf,
+    key: [u8; 32],
+    audit: AuditLog,
+    gate: Arc<ReviewGate>,
+    clock: Arc<dyn Clock>,
+}
+
+/// What a review job hands back: the answer and its success event, or a refusal.
+type JobResult = Result<(ReviewAnswer, Event), ReviewRefusal>;
+
+impl ReviewService {
+    /// Reviews of `recordings` (signed with `key`; the session index in `state_dir`), audited to
+    /// `audit`, run on `gate`.
+    pub fn new(
+        recordings: RecordingStore,
+        state_dir: PathBuf,
+        key: [u8; 32],
+        audit: AuditLog,
+        gate: Arc<ReviewGate>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        ReviewService {
+            recordings,
+            state_dir,
+            key,
+            audit,
+            gate,
+            clock,
+        }
+    }
+
+    /// Answer `who`'s `request`, or refuse it; either way audited once. Nothing is handed out
+    /// before its event is in the audit log.
+    pub async fn handle(
+        &self,
+        who: &Reviewer<'_>,
+        request: ReviewRequest,
+    ) -> Result<ReviewAnswer, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new(request.event(), outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+        };
+        if !may_review(who.principal) {
+            self.audit.emit(
+                event("denied")
+                    .severity("warning")
+                    .reason("only security and admin identities may review recordings"),
+            );
+            return Err(ReviewRefusal::NotPermitted(who.principal.to_string()));
+        }
+        if matches!(request, ReviewRequest::AuditLog) {
+            // Hand out a log whose every line is covered by a signed checkpoint.
+            self.audit.flush().await;
+        }
+        let failure = event("failure");
+        let job = {
+            let (me, base) = (self.clone(), event("success"));
+            move || me.job(base, request)
+        };
+        let done = self.gate.run(job).await.unwrap_or(Err(ReviewRefusal::Busy));
+        match done {
+            Ok((answer, ev)) => {
+                self.audit.emit(ev);
+                self.audit
+                    .commit()
+                    .await
+                    .map_err(|e| ReviewRefusal::AuditUnavailable(e.to_string()))?;
+                Ok(answer)
+            }
+            Err(refusal) => {
+                self.audit.emit(failure.reason(refusal.to_string()));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The blocking part (on the review pool): read, verify, list.
+    fn job(&self, base: Event, request: ReviewRequest) -> JobResult {
+        match request {
+            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key), base)),
+            ReviewRequest::AuditLog => {
+                let snapshot = open_file(self.audit.path()).map_err(|e| {
+                    ReviewRefusal::Unreadable(format!("reading the audit log: {e}"))
+                })?;
+                Ok((ReviewAnswer::AuditLog(snapshot), base))
+            }
+            ReviewRequest::List(filter) => self.list(base, &filter),
+            ReviewRequest::Recording {
+                session_id,
+                purpose,
+                force,
+            } => self.recording(base, session_id, purpose, force),
+        }
+    }
+
+    fn list(&self, base: Event, filter: &Filter) -> JobResult {
+        let index = match filter.grep {
+            Some(_) => Vec::new(),
+            None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
+        };
+        let list =
+            crate::review::list_in(&self.recordings, index, &self.key, filter, &mut |_, _| {})
+                .map_err(|e| ReviewRefusal::Unreadable(format!("{e:#}")))?;
+        let ev = base
+            .detail("sessions", list.len())
+            .detail("grep", filter.grep.is_some());
+        Ok((ReviewAnswer::Sessions(list), ev))
+    }
+
+    fn recording(&self, base: Event, id: String, purpose: Purpose, force: bool) -> JobResult {
+        if !crate::recording_store::valid_id(&id) {
+            return Err(ReviewRefusal::BadSessionId(id));
+        }
+        let Snapshot { mut reader, len } = match self.recordings.open(&id) {
+            Ok(s) => s,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReviewRefusal::NoRecording(id))
+            }
+            Err(e) => return Err(unreadable(&id, &e)),
+        };
+        let report = ward_recording::verify_read((&mut reader).take(len), &self.key)
+            .map_err(|e| unreadable(&id, &e))?;
+        if purpose == Purpose::Replay && !report.ok && !force {
+            let what = report
+                .first_error
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "not sealed".into());
+            return Err(ReviewRefusal::FailsVerification { id, what });
+        }
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| unreadable(&id, &e))?;
+        let ev = base
+            .session(id.clone())
+            .detail("verified", report.ok)
+            .detail("forced", force)
+            // What a forced export holds: the records up to the last valid checkpoint.
+            .detail("verified_records", report.verified_records)
+            .detail("verified_bytes", report.valid_prefix_len)
+            .severity(if force && !report.ok { "high" } else { "info" });
+        let answer = ReviewAnswer::Recording {
+            session_id: id,
+            snapshot: Snapshot { reader, len },
+            verified: report.ok,
+        };
+        Ok((answer, ev))
+    }
+}
+
+/// What `ward audit verify --all` finds: every recording verified, the audit log verified, and
+/// the two cross-checked (`review::cross_check`).
+#[derive(Debug)]
+pub struct AuditVerification {
+    /// Each recording (sorted by id): its verification, or why it could not be read.
+    pub recordings: Vec<(String, Result<VerifyReport, String>)>,
+    /// The audit log's verification.
+    pub audit_log: VerifyReport,
+    /// Where recordings and the audit log disagree.
+    pub findings: Vec<Finding>,
+}
+
+impl AuditVerification {
+    /// Everything verifies and nothing disagrees (warnings allowed).
+    pub fn ok(&self) -> bool {
+        self.audit_log.ok
+            && self
+                .recordings
+                .iter()
+                .all(|(_, r)| r.as_ref().is_ok_and(|r| r.ok))
+            && self
+                .findings
+                .iter()
+                .all(|f| f.level != ward_recording::trail::Level::Problem)
+    }
+}
+
+/// Told `(done, total)` as long work goes on (a progress bar on a terminal; nothing otherwise).
+pub type Progress = Box<dyn FnMut(usize, usize) + Send>;
+
+impl ReviewService {
+    /// Verify every recording and the audit log and cross-check them, telling `progress` after
+    /// each recording; audited once (`audit_verified`, with what it found). On the review pool.
+    pub async fn verify_all(
+        &self,
+        who: &Reviewer<'_>,
+        mut progress: Progress,
+    ) -> Result<AuditVerification, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("audit_verified", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+        };
+        if !may_review(who.principal) {
+            self.audit.emit(
+                event("denied")
+                    .severity("warning")
+                    .reason("only security and admin identities may review recordings"),
+            );
+            return Err(ReviewRefusal::NotPermitted(who.principal.to_string()));
+        }
+        self.audit.flush().await;
+        let me = self.clone();
+        let job = move || me.verify_job(&mut *progress);
+        let done = self.gate.run(job).await.unwrap_or(Err(ReviewRefusal::Busy));
+        match done {
+            Ok(v) => {
+                let failed = v
+                    .recordings
+                    .iter()
+                    .filter(|(_, r)| !r.as_ref().is_ok_and(|r| r.ok));
+                let ev = event(if v.ok() { "success" } else { "failure" })
+                    .severity(if v.ok() { "info" } else { "high" })
+                    .detail("recordings", v.recordings.len())
+                    .detail("recordings_failed", failed.count())
+                    .detail("audit_log_ok", v.audit_log.ok)
+                    .detail("findings", v.findings.len());
+                self.audit.emit(ev);
+                self.audit
+                    .commit()
+                    .await
+                    .map_err(|e| ReviewRefusal::AuditUnavailable(e.to_string()))?;
+                Ok(v)
+            }
+            Err(refusal) => {
+                self.audit
+                    .emit(event("failure").reason(refusal.to_string()));
+                Err(refusal)
+            }
+        }
+    }
+
+    /// The blocking part of [`ReviewService::verify_all`]: the log is read before the recordings
+    /// and again after them, so sessions opening meanwhile are not reported missing.
+    fn verify_job(
+        &self,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<AuditVerification, ReviewRefusal> {
+        let read_log = || {
+            std::fs::read(self.audit.path())
+                .map_err(|e| ReviewRefusal::Unreadable(format!("reading the audit log: {e}")))
+        };
+        let log_before = read_log()?;
+        let mut ids = self.recordings.list().map_err(|e| {
+            ReviewRefusal::Unreadable(format!("listing {}: {e}", self.recordings.describe()))
+        })?;
+        ids.sort();
+        let recordings =
+            crate::review::verify_recordings(&self.recordings, &self.key, &ids, progress);
+        let log_after = read_log()?;
+        let verified: Vec<(String, VerifyReport)> = recordings
+            .iter()
+            .filter_map(|(id, r)| r.as_ref().ok().map(|r| (id.clone(), r.clone())))
+            .collect();
+        Ok(AuditVerification {
+            findings: crate::review::cross_check(&log_before, &log_after, &verified),
+            audit_log: ward_recording::audit::verify_audit(&log_after, &self.key),
+            recordings,
+        })
+    }
+}
+
+/// Security and admin identities may review.
+fn may_review(p: &Principal) -> bool {
+    matches!(p.kind, PrincipalKind::Security | PrincipalKind::Admin)
+}
+
+fn unreadable(id: &str, e: &std::io::Error) -> ReviewRefusal {
+    ReviewRefusal::Unreadable(format!("reading recording {id}: {e}"))
+}
+
+/// A file opened, and its length now (what will be sent, even if it grows meanwhile).
+fn open_file(path: &std::path::Path) -> std::io::Result<Snapshot> {
+    let file = std::fs::File::open(path)?;
+    let len = file.metadata()?.len();
+    Ok(Snapshot {
+        reader: Box::new(file),
+        len,
+    })
+}
+
+/// A listing as JSON lines, one session per line (the wire form of [`ReviewAnswer::Sessions`]).
+pub fn json_lines(sessions: &[SessionSummary]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for s in sessions {
+        // A summary is strings and numbers: serialising it cannot fail.
+        if serde_json::to_writer(&mut out, s).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+    use time::macros::datetime;
+    use ward_ca::Kind;
+    use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
+
+    const GOOD: &str = "00000000000000aa";
+    const BAD: &str = "00000000000000bb";
+
+    fn identity(kind: Kind, name: &str) -> Identity {
+        let t = datetime!(2026-11-27 12:00 UTC);
+        Identity {
+            trust_domain: "ward.test".into(),
+            kind,
+            name: name.into(),
+            org: None,
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_before: t,
+            not_after: t + time::Duration::days(1),
+            uri: format!("spiffe://ward.test/{}/{name}", kind.as_str()),
+        }
+    }
+
+    /// A sealed recording of `id` holding `typed`.
+    fn record(store: &RecordingStore, signer: &Arc<Signer>, id: &str, typed: &[u8]) {
+        let meta = SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump-12".into(),
+            device_addr: "127.0.0.1:2323".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        enc.data(Direction::Up, 1, typed, &mut out);
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "client closed".into(),
+            bytes_up: typed.len() as u64,
+            bytes_down: 0,
+        };
+        enc.finish(2, &end, &mut out);
+        store.create(id).unwrap().write_all(&out).unwrap();
+    }
+
+    struct Fixture {
+        _dir: tempfile::TempDir,
+        service: ReviewService,
+        audit: AuditLog,
+        sam: Identity,
+        vendor: Identity,
+    }
+
+    async fn fixture() -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let clock: Arc<dyn Clock> =
+            Arc::new(ward_ca::FixedClock::new(datetime!(2026-11-27 15:32:42 UTC)));
+        let (audit, _writer) = AuditLog::open(dir.path(), signer.clone(), clock.clone()).unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        record(&store, &signer, GOOD, b"show config");
+        record(&store, &signer, BAD, b"reboot");
+        // One byte changed in the middle of the second: it no longer verifies.
+        let path = crate::review::recordings_dir(dir.path()).join(format!("{BAD}.wrec"));
+        let mut bytes = std::fs::read(&path).unwrap();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 1;
+        std::fs::write(&path, bytes).unwrap();
+        let service = ReviewService::new(
+            store,
+            dir.path().to_path_buf(),
+            signer.public_key(),
+            audit.clone(),
+            Arc::new(ReviewGate::default()),
+            clock,
+        );
+        Fixture {
+            _dir: dir,
+            service,
+            audit,
+            sam: identity(Kind::Security, "sam"),
+            vendor: identity(Kind::Vendor, "jdoe"),
+        }
+    }
+
+    fn principal(id: &Identity) -> Principal {
+        crate::gateway::principal_of(id)
+    }
+
+    async fn ask(
+        f: &Fixture,
+        who: &Identity,
+        req: ReviewRequest,
+    ) -> Result<ReviewAnswer, ReviewRefusal> {
+        let p = principal(who);
+        let reviewer = Reviewer {
+            identity: who,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        f.service.handle(&reviewer, req).await
+    }
+
+    fn fetch(id: &str, purpose: Purpose, force: bool) -> ReviewRequest {
+        ReviewRequest::Recording {
+            session_id: id.into(),
+            purpose,
+            force,
+        }
+    }
+
+    /// The audit log's lines naming `event`.
+    async fn audited(f: &Fixture, event: &str) -> Vec<String> {
+        f.audit.commit().await.unwrap();
+        let log = std::fs::read_to_string(f.audit.path()).unwrap();
+        let needle = format!("\"{event}\"");
+        log.lines()
+            .filter(|l| l.contains(&needle))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn answers_are_typed_and_each_review_is_audited_once() {
+        let f = fixture().await;
+        let Ok(ReviewAnswer::Sessions(list)) =
+            ask(&f, &f.sam, ReviewRequest::List(Filter::default())).await
+        else {
+            panic!("a listing")
+        };
+        let ids: Vec<_> = list
+            .iter()
+            .map(|s| (s.id.as_str(), s.verification.starts_with("FAILED")))
+            .collect();
+        assert_eq!(ids, [(GOOD, false), (BAD, true)]);
+        let listed = audited(&f, "recording_listed").await;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert!(
+            listed[0].contains("\"success\"") && listed[0].contains("\"sessions\":2"),
+            "{}",
+            listed[0]
+        );
+
+        let Ok(ReviewAnswer::Recording {
+            snapshot, verified, ..
+        }) = ask(&f, &f.sam, fetch(GOOD, Purpose::Export, false)).await
+        else {
+            panic!("a recording")
+        };
+        assert!(verified);
+        let bytes = snapshot.read_all().unwrap();
+        assert!(bytes.windows(11).any(|w| w == b"show config"));
+        assert_eq!(audited(&f, "recording_exported").await.len(), 1);
+
+        let Ok(ReviewAnswer::PublicKey(key)) = ask(&f, &f.sam, ReviewRequest::PublicKey).await
+        else {
+            panic!("the key")
+        };
+        assert!(ward_recording::verify(&bytes, &key).ok);
+    }
+
+    #[tokio::test]
+    async fn refusals_are_typed_say_what_to_do_and_are_audited() {
+        let f = fixture().await;
+        let denied = ask(&f, &f.vendor, ReviewRequest::PublicKey)
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)), "{denied}");
+        assert_eq!(denied.code(), ErrorCode::Forbidden);
+        let lines = audited(&f, "public_key_read").await;
+        assert_eq!(lines.len(), 1);
+        assert!(lines[0].contains("\"denied\""), "{}", lines[0]);
+
+        let bad_id = ask(&f, &f.sam, fetch("../x", Purpose::Verify, false))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_id, ReviewRefusal::BadSessionId("../x".into()));
+        let missing = ask(&f, &f.sam, fetch("0123", Purpose::Verify, false))
+            .await
+            .unwrap_err();
+        assert_eq!(missing, ReviewRefusal::NoRecording("0123".into()));
+        assert!(missing.to_string().contains("ward sessions"), "{missing}");
+        assert_eq!(audited(&f, "recording_verified").await.len(), 2);
+
+        let replay = ask(&f, &f.sam, fetch(BAD, Purpose::Replay, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(replay, ReviewRefusal::FailsVerification { .. }),
+            "{replay}"
+        );
+        assert!(replay.to_string().contains("--force"), "{replay}");
+        // Forced: handed out, and audited with severity high.
+        let Ok(ReviewAnswer::Recording { verified, .. }) =
+            ask(&f, &f.sam, fetch(BAD, Purpose::Replay, true)).await
+        else {
+            panic!("a forced replay")
+        };
+        assert!(!verified);
+        let replays = audited(&f, "recording_replayed").await;
+        assert_eq!(replays.len(), 2, "{replays:?}");
+        assert!(replays[0].contains("\"failure\""), "{}", replays[0]);
+        assert!(
+            replays[1].contains("\"high\"") && replays[1].contains("\"forced\":true"),
+            "{}",
+            replays[1]
+        );
+    }
+
+    #[test]
+    fn frames_map_to_requests() {
+        let r: ReviewRequest = frame::Review::Recording {
+            session_id: GOOD.into(),
+            purpose: "replay".into(),
+            force: false,
+        }
+        .into();
+        assert_eq!(r, fetch(GOOD, Purpose::Replay, false));
+        assert_eq!(r.event(), "recording_replayed");
+        let other: ReviewRequest = frame::Review::Recording {
+            session_id: GOOD.into(),
+            purpose: "anything".into(),
+            force: false,
+        }
+        .into();
+        assert_eq!(other.event(), "recording_verified");
+    }
+
+    #[tokio::test]
+    async fn verify_all_reports_progress_and_the_tampered_recording() {
+        let f = fixture().await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let progress: Progress = Box::new(move |done, total| s.lock().unwrap().push((done, total)));
+        let p = principal(&f.sam);
+        let who = Reviewer {
+            identity: &f.sam,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        let v = f.service.verify_all(&who, progress).await.unwrap();
+        assert_eq!(*seen.lock().unwrap(), [(0, 2), (1, 2), (2, 2)]);
+        let ids: Vec<_> = v
+            .recordings
+            .iter()
+            .map(|(id, r)| (id.as_str(), r.as_ref().unwrap().ok))
+            .collect();
+        assert_eq!(ids, [(GOOD, true), (BAD, false)]);
+        assert!(v.audit_log.ok, "{:?}", v.audit_log.first_error);
+        assert!(!v.ok());
+        let lines = audited(&f, "audit_verified").await;
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("\"recordings_failed\":1"), "{}", lines[0]);
+        // Not for everyone.
+        let p = principal(&f.vendor);
+        let who = Reviewer {
+            identity: &f.vendor,
+            principal: &p,
+            source: ([127, 0, 0, 1], 4000).into(),
+        };
+        let denied = f
+            .service
+            .verify_all(&who, Box::new(|_, _| {}))
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)));
+    }
+}
