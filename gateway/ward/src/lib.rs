@@ -9,6 +9,7 @@ pub mod access_store;
 mod admit;
 pub mod audit;
 pub mod client;
+pub mod client_error;
 pub mod datapath;
 pub mod diskwatch;
 pub mod gateway;
