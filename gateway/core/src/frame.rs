@@ -324,8 +324,43 @@ pub struct DeviceInfo {
     pub protocol: Protocol,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// The rule that lets this client reach it.
+    /// The rule that lets this client reach it (empty unless [`Reach::Open`]).
     pub rule: String,
+    /// How this client may reach it; absent (and so from older gateways) means now, by `rule`.
+    #[serde(default, skip_serializing_if = "Reach::is_open")]
+    pub reach: Reach,
+}
+
+/// How a client may reach a device in a [`Response::Devices`] listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    /// Now, through a rule or a live grant.
+    #[default]
+    Open,
+    /// After an approved access request (`ward request`).
+    Request,
+    /// Only as a break-glass session (`ward connect --break-glass`).
+    BreakGlass,
+    /// After an approved request, or as break-glass in an emergency.
+    RequestOrBreakGlass,
+}
+
+impl Reach {
+    /// Reachable now.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Reach::Open)
+    }
+
+    /// For people: `open`, `request`, `break-glass`, `request|break-glass`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reach::Open => "open",
+            Reach::Request => "request",
+            Reach::BreakGlass => "break-glass",
+            Reach::RequestOrBreakGlass => "request|break-glass",
+        }
+    }
 }
 
 /// One lock in a [`Response::Locks`] listing.
@@ -1078,6 +1113,7 @@ mod tests {
                 protocol,
                 labels,
                 rule,
+                reach: Reach::Open,
             });
         let lock_info = (arb_target(), any::<Option<i64>>(), arb_text(), arb_text()).prop_map(
             |(target, until_unix, reason, by)| LockInfo {

@@ -11,6 +11,7 @@ pub mod audit;
 pub mod client;
 pub mod client_error;
 pub mod datapath;
+pub mod device_list;
 pub mod diskwatch;
 pub mod gateway;
 pub mod hygiene;
