@@ -369,6 +369,7 @@ fn table_or(lines: &[u8], cols: &[(&str, &str)], empty: &str) -> anyhow::Result<
                 Some(serde_json::Value::String(s)) => {
                     crate::show::when_text(&ward::review::printable(s))
                 }
+                Some(serde_json::Value::Array(a)) if a.is_empty() => "-".into(),
                 Some(serde_json::Value::Array(a)) => a
                     .iter()
                     .map(|v| {

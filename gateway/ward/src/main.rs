@@ -18,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use ward::client::{Client, IdentityFiles, SessionEnd, Transport};
 use ward::telemetry::LogFormat;
 use ward_ca::{Clock, SystemClock};
-use ward_core::frame::{LockTarget, Request, Response};
+use ward_core::frame::{LockTarget, Reach, Request, Response};
 use ward_core::Escaped;
 
 /// Ward: zero-trust access to legacy medical devices.
@@ -541,9 +541,12 @@ async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     table.print()?;
-    if devices.iter().any(|d| !d.reach.is_open()) {
-        println!();
-        println!("open: `ward connect DEVICE` now; request: `ward request DEVICE --reason ... --duration 2h`, then `ward login` once approved; break-glass: emergencies only, `ward connect DEVICE --break-glass --reason ...` (recorded and reported)");
+    let has = |r: &[Reach]| devices.iter().any(|d| r.contains(&d.reach));
+    if has(&[Reach::Request, Reach::RequestOrBreakGlass]) {
+        println!("request: ask with `ward request DEVICE --reason ... --duration 2h`; it opens once approvers approve");
+    }
+    if has(&[Reach::BreakGlass, Reach::RequestOrBreakGlass]) {
+        println!("break-glass: emergencies only, `ward connect DEVICE --break-glass --reason ...` (recorded, flagged and reported)");
     }
     Ok(ExitCode::SUCCESS)
 }
