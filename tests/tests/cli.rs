@@ -303,3 +303,79 @@ async fn a_session_waiting_for_a_stream_is_told_so() {
         .unwrap();
     assert!(opened.is_ok(), "{:?}", opened.err());
 }
+
+/// Issue 13 item 6: client failures are typed values, each with its sentence, and the TCP fallback
+/// is decided on the value: nothing on UDP or TCP is "unreachable" after the fallback was tried;
+/// an expired certificate is refused as such over QUIC without falling back; a source over its
+/// connection share is "busy".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_errors_are_typed_and_say_what_to_do() {
+    use ward::client_error::{Busy, ClientError};
+    use ward_core::frame::Request;
+    let pki = Arc::new(Pki::new());
+    let gw = start_gateway(
+        pki.clone(),
+        &[],
+        "",
+        "max_connections_per_source = 1",
+        Arc::new(SystemClock),
+    )
+    .await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let files = ward::client::IdentityFiles::resolve(&vendor, Some(&pki.root())).unwrap();
+
+    // Nothing listens: QUIC gets its second, then TCP is refused.
+    let nowhere = refusing_address().await.to_string();
+    let client = ward::client::Client::new(&nowhere, &files, Transport::Auto).unwrap();
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(&Request::ListDevices),
+    )
+    .await
+    .expect("no answer within 20 s")
+    .unwrap_err();
+    match err.downcast_ref::<ClientError>() {
+        Some(ClientError::Unreachable {
+            transport: "TCP", ..
+        }) => {}
+        other => panic!("{other:?}: {err:#}"),
+    }
+    assert!(err.to_string().contains("check --gateway"), "{err}");
+
+    // An expired certificate over QUIC (auto): refused as expired, with `ward login`.
+    let expired = pki.person_at(
+        Kind::Vendor,
+        "old",
+        Some("acme"),
+        &[],
+        Some(time::Duration::hours(1)),
+        now() - time::Duration::hours(5),
+    );
+    let files_old = ward::client::IdentityFiles::resolve(&expired, Some(&pki.root())).unwrap();
+    let client = ward::client::Client::new(&gw.quic(), &files_old, Transport::Auto).unwrap();
+    let err = client.request(&Request::ListDevices).await.unwrap_err();
+    match err.downcast_ref::<ClientError>() {
+        Some(e @ ClientError::CertificateExpired { not_after: Some(_) }) => {
+            assert!(!e.falls_back());
+            assert!(e.to_string().contains("ward login"), "{e}");
+        }
+        other => panic!("{other:?}: {err:#}"),
+    }
+
+    // One connection per source: the second one is told the gateway is busy, typed.
+    let first = gw.client(&vendor, Transport::Quic);
+    first.request(&Request::ListDevices).await.unwrap();
+    let err = gw
+        .client(&vendor, Transport::Quic)
+        .request(&Request::ListDevices)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err.downcast_ref::<ClientError>(),
+            Some(ClientError::Busy(Busy::Source))
+        ),
+        "{err:#}"
+    );
+    drop(first);
+}
