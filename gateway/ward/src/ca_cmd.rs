@@ -188,7 +188,7 @@ fn issue(a: IssueArgs, clock: &dyn Clock) -> anyhow::Result<()> {
         "issued {} serial {} valid until {}",
         id.principal(),
         id.serial,
-        rfc3339(id.not_after)
+        crate::show::when(id.not_after)
     );
     println!("  {}", Issued::cert_path(&a.out).display());
     if issued.key_pem.is_some() {
@@ -218,11 +218,6 @@ fn inspect_cmd(a: InspectArgs, clock: &dyn Clock) -> anyhow::Result<()> {
         bail!("{}: not valid: {e}", a.file.display());
     }
     Ok(())
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

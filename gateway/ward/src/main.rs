@@ -49,8 +49,7 @@ enum Command {
     Gateway(GatewayArgs),
     /// Open a session to a device: on a local port (--listen) or on stdin/stdout.
     Connect(ConnectArgs),
-    /// List the devices your identity may reach, as the gateway decides, and those you could
-    /// request or open with break-glass.
+    /// List the devices you may reach now, by request or by break-glass, as the gateway decides.
     Devices(DevicesArgs),
     /// Show who your identity says you are: name, kind, org, roles, serial, expiry, gateway.
     Whoami(whoami::WhoamiArgs),
@@ -76,7 +75,7 @@ enum Command {
     Login(access_cmd::LoginArgs),
     /// Ask for access to a device for a time window (approvers decide).
     Request(access_cmd::RequestArgs),
-    /// List access requests you made or may approve.
+    /// List pending access requests you made or may approve (--all: decided ones too).
     Requests(access_cmd::ListArgs),
     /// Approve an access request.
     Approve(access_cmd::ApproveArgs),
@@ -377,9 +376,8 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
             }
             table.print()?;
         }
-        Response::Error { code, message } => bail!("{code:?}: {}", Escaped(&message)),
-        Response::Denied { reason } => bail!("denied: {}", Escaped(&reason)),
-        other => bail!("unexpected answer: {other:?}"),
+        // The gateway's words: escaped, so its text cannot drive this terminal.
+        other => bail!("{}", Escaped(&ward::client::unexpected(other).to_string())),
     }
     Ok(ExitCode::SUCCESS)
 }
