@@ -248,6 +248,22 @@ fn the_cli_reads_as_one_tool() {
     assert!(records.len() >= 3, "{}", out.stdout);
     assert!(!tmp.path().join("-").exists(), "a file named - was written");
     assert!(out.stderr.contains("to standard output"), "{}", out.stderr);
+
+    // Progress bars are for terminals: with stderr a pipe, verifying everything prints results
+    // and nothing else.
+    let out = run(&mut ward(&[
+        "audit",
+        "verify",
+        "--all",
+        "--state-dir",
+        &state,
+    ]));
+    // (The live gateway's audit log has an unsigned tail, so the verdict may be FAILED here.)
+    assert!(
+        out.stdout.contains(&format!("recording {session}: ok")),
+        "{out:?}"
+    );
+    assert_eq!(out.stderr, "", "{out:?}");
 }
 
 /// A session beyond the QUIC connection's stream limit waits for a stream, and the caller is told

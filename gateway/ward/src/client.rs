@@ -800,6 +800,15 @@ impl Client {
     /// Ask the gateway for a review operation; returns the streamed body, or an `Ok` message's
     /// text as bytes.
     pub async fn review(&self, review: ward_core::frame::Review) -> anyhow::Result<Vec<u8>> {
+        self.review_with(review, &|_| ()).await
+    }
+
+    /// [`Client::review`], telling `progress` the bytes received so far (for a progress bar).
+    pub async fn review_with(
+        &self,
+        review: ward_core::frame::Review,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> anyhow::Result<Vec<u8>> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
         self.sent(writer.write_request(&Request::Review(review)).await)
@@ -807,7 +816,9 @@ impl Client {
         let mut reader = FrameReader::new(r);
         let answer = self.answer(&mut reader).await?;
         let body = match answer {
-            Response::Stream { .. } => datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?,
+            Response::Stream { .. } => {
+                datapath::read_stream_with(&mut reader, MAX_REVIEW_BYTES, progress).await?
+            }
             Response::Ok { message } => message.into_bytes(),
             other => return Err(unexpected(other).into()),
         };

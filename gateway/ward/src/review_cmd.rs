@@ -81,13 +81,21 @@ impl Source {
         match self {
             Source::Local { state_dir } => review::read_recording(state_dir, id),
             Source::Remote { client } => {
-                client
-                    .review(Review::Recording {
-                        session_id: id.to_string(),
-                        purpose: purpose.into(),
-                        force,
-                    })
-                    .await
+                // Large recordings take a while through the gateway: bytes so far, on a terminal.
+                let bar =
+                    show::downloading(&format!("fetching recording {id}"), purpose == "verify");
+                let got = client
+                    .review_with(
+                        Review::Recording {
+                            session_id: id.to_string(),
+                            purpose: purpose.into(),
+                            force,
+                        },
+                        &|n| bar.set_position(n),
+                    )
+                    .await;
+                bar.finish_and_clear();
+                got
             }
         }
     }

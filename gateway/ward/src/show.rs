@@ -140,6 +140,23 @@ pub fn progress(total: u64, what: &str, quiet: bool) -> indicatif::ProgressBar {
     bar
 }
 
+/// A spinner counting bytes received on stderr, for a download of unknown size; same rules as
+/// [`progress`].
+pub fn downloading(what: &str, quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new_spinner();
+    if let Ok(style) =
+        indicatif::ProgressStyle::with_template("{spinner} {msg}: {bytes} ({bytes_per_sec})")
+    {
+        bar.set_style(style);
+    }
+    bar.set_message(what.to_owned());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
