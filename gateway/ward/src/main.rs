@@ -174,7 +174,7 @@ fn preflight_identity(files: &IdentityFiles) -> anyhow::Result<()> {
         bail!(
             "your certificate {} expired at {}; get a new one (`ward login`, or `ward ca issue` for development identities)",
             files.cert.display(),
-            inspection.not_after
+            show::when_text(&inspection.not_after)
         );
     }
     Ok(())

@@ -425,7 +425,7 @@ fn print_incidents(log: &[u8]) {
     for (line, ev) in ward_recording::audit::incidents(log) {
         println!(
             "audit log: WARNING line {line} {} {}: {}",
-            ev.time,
+            show::when_text(&ev.time.to_string()),
             ev.event,
             // Reasons can carry peer text: no terminal escapes reach the reviewer's screen.
             ev.reason.as_deref().unwrap_or_default().escape_debug()
