@@ -38,3 +38,33 @@ pub fn listed(
     };
     Some(info(String::new(), reach))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Older clients read `deny_unknown_fields`: an entry reachable now is sent as before, and an
+    /// entry from an older gateway (no `reach`) reads as reachable now.
+    #[test]
+    fn the_listing_stays_readable_both_ways() {
+        let open = DeviceInfo {
+            id: "pump-12".into(),
+            protocol: ward_core::Protocol::Telnet,
+            labels: Default::default(),
+            rule: "r".into(),
+            reach: Reach::Open,
+        };
+        let json = serde_json::to_value(&open).unwrap();
+        assert!(json.get("reach").is_none(), "{json}");
+        let old: DeviceInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(old.reach, Reach::Open);
+        let request = DeviceInfo {
+            reach: Reach::RequestOrBreakGlass,
+            ..open
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(json["reach"], "request_or_break_glass");
+        let back: DeviceInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(back, request);
+    }
+}
