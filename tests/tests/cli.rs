@@ -92,6 +92,12 @@ fn the_cli_reads_as_one_tool() {
     let (n, other) = human_times(&out.stdout);
     assert!(n == 1 && other.is_empty(), "{n} {other:?}\n{}", out.stdout);
 
+    // --local: the same time in this machine's zone, with its offset.
+    let mut cmd = ward(&["whoami", "--local", "--identity", &format!("{d}/vendor")]);
+    let out = run(cmd.env("TZ", "Etc/GMT-3"));
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("+03:00 ("), "{}", out.stdout);
+
     // devices: the pump the vendor may request is listed, marked so; the clinician sees the pump
     // it may only break the glass for.
     let out = as_("vendor", &["devices"]);
