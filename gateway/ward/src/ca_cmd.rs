@@ -212,7 +212,11 @@ fn inspect_cmd(a: InspectArgs, clock: &dyn Clock) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{report}");
+        // For people: the one time format (`--json` keeps RFC 3339).
+        let mut shown = report.clone();
+        shown.not_before = crate::show::when_text(&report.not_before);
+        shown.not_after = crate::show::when_text(&report.not_after);
+        print!("{shown}");
     }
     if let Some(Verdict::Invalid(e)) = &report.validation {
         bail!("{}: not valid: {e}", a.file.display());
