@@ -62,14 +62,21 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
     ]));
     assert!(out.status.success(), "{out:?}");
     let rows: Vec<&str> = out.stdout.lines().collect();
-    assert_eq!(rows.len(), 2, "{}", out.stdout);
+    // pump-12 now; pump-14 by request (issue 13: the listing says what one could request too).
+    assert_eq!(rows.len(), 4, "{}", out.stdout);
     assert!(rows[0].starts_with("DEVICE"), "{}", out.stdout);
+    assert!(
+        rows[2].starts_with("pump-14") && rows[2].contains(" request "),
+        "{}",
+        out.stdout
+    );
     let pump: Vec<&str> = rows[1].split_whitespace().collect();
     assert_eq!(
         pump,
         [
             "pump-12",
             "telnet",
+            "open",
             "acme-maintains-its-pumps",
             "class=infusion-pump,unit=icu,vendor=acme"
         ],

@@ -425,6 +425,17 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert!(verbose.stdout.contains("Will Echo"), "{verbose:?}");
     let follow = run_ok(Command::new("tshark").args(["-r", &p, "-qz", "follow,tcp,ascii,0"]));
     assert!(follow.stdout.contains(STATUS_ANSWER), "{follow:?}");
+    // The same pcap on standard output, piped into tshark (issue 13: `--out -` wrote a file named -).
+    let piped = run_ok(Command::new("sh").current_dir(&out_dir).args([
+        "-c",
+        &format!(
+            "'{}' export {} --format pcap --out - --state-dir '{state}' | tshark -r - -qz follow,tcp,ascii,0",
+            ward_tests::process::ward_binary().display(),
+            id
+        ),
+    ]));
+    assert!(piped.stdout.contains(STATUS_ANSWER), "{piped:?}");
+    assert!(!out_dir.join("-").exists(), "a file named - was written");
 
     // ---- ward audit ----------------------------------------------------------------------------
     let out = run_ok(&mut ward(

@@ -14,8 +14,11 @@ use tokio::sync::Mutex;
 use ward_core::frame::{self, Request, Response};
 use ward_core::Escaped;
 
+use crate::client_error::{ClientError, AUTO_QUIC_WAIT, QUIC_IDLE, TCP_CONNECT};
 use ward_transport::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
-use ward_transport::tls;
+use ward_transport::{refusal, tls};
+
+pub mod client_error;
 
 /// Which transport to reach the gateway over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -32,6 +35,9 @@ pub enum Transport {
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// A boxed write half of a session stream.
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// How long a new QUIC stream may wait for the gateway's stream credit before the caller is told.
+const STREAM_WAIT_NOTICE: Duration = Duration::from_millis(500);
 
 /// Where to find the identity (certificate chain + key) and the root to trust.
 #[derive(Debug, Clone)]
@@ -102,63 +108,12 @@ pub struct Client {
     local: Option<IpAddr>,
 }
 
-/// A QUIC connection error as a sentence: the gateway's own closes (busy, evicted, deadline) are
-/// recognised by their application code, not their text.
-fn explain_quic(e: &quinn::ConnectionError) -> String {
-    use ward_core::admission as adm;
-    match e {
-        quinn::ConnectionError::ApplicationClosed(close) => {
-            let code = close.error_code.into_inner();
-            let said = String::from_utf8_lossy(&close.reason);
-            let said = said.chars().filter(|c| !c.is_control()).collect::<String>();
-            if code == u64::from(adm::CLOSE_BUSY_SOURCE) {
-                "gateway busy: too many connections from your address; retry later".into()
-            } else if code == u64::from(adm::CLOSE_BUSY) {
-                "gateway busy: too many connections; retry later".into()
-            } else if code == u64::from(adm::CLOSE_EVICTED) {
-                "gateway busy: the connection was closed to make room for others; retry".into()
-            } else if code == u64::from(adm::CLOSE_DEADLINE) {
-                format!("the gateway closed the connection: {said}")
-            } else {
-                explain(e, None)
-            }
-        }
-        quinn::ConnectionError::ConnectionClosed(close)
-            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
-        {
-            "gateway busy: it refused the connection (too many connections from your address or in all); retry later".into()
-        }
-        other => explain(other, None),
-    }
-}
-
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
             .field("gateway", &self.addr)
             .field("transport", &self.transport)
             .finish()
-    }
-}
-
-/// Explain a connection failure in terms of what the user should do.
-fn explain(e: &dyn std::fmt::Display, files: Option<&IdentityFiles>) -> String {
-    let s = e.to_string();
-    let lower = s.to_ascii_lowercase();
-    // QUIC reports TLS alerts as "cryptographic handshake failed: error N" (RFC 9001 §4.8).
-    let alert = |n: u8| lower.contains(&format!("handshake failed: error {n}"));
-    if lower.contains("certificateexpired") || lower.contains("expired") || alert(45) {
-        "the gateway refused your certificate: it has expired. Get a new one (`ward login`, or `ward ca issue` for development identities)".into()
-    } else if lower.contains("unknownissuer")
-        || lower.contains("unknown issuer")
-        || lower.contains("badcertificate")
-    {
-        match files {
-            Some(f) => format!("certificate check failed ({s}): either your identity is not from this gateway's CA or the gateway's certificate is not signed by the root in {}", f.root.display()),
-            None => format!("certificate check failed: {s}"),
-        }
-    } else {
-        s
     }
 }
 
@@ -179,31 +134,30 @@ impl Client {
         Ok(client)
     }
 
-    /// A QUIC connection error as a sentence: a refused handshake from its TLS alert, the
-    /// gateway's own closes (busy, evicted, deadline) from their application code.
-    fn explain_quic_error(&self, e: &quinn::ConnectionError) -> String {
-        match ward_transport::refusal::from_quic(e) {
-            Some(r) => self.explain_refusal(Some(r), e),
-            None => explain_quic(e),
+    /// A QUIC connection error, typed: a refused handshake from its TLS alert, the gateway's
+    /// own closes (busy, evicted, deadline) from their application code.
+    fn quic_error(&self, e: &quinn::ConnectionError) -> ClientError {
+        let otherwise = || ClientError::from_quic(e, self.addr);
+        match refusal::from_quic(e) {
+            Some(r) => self.refusal_or(Some(r), otherwise),
+            None => otherwise(),
         }
     }
 
-    /// A refused handshake as a sentence (typed: the alert or our own check), else the error.
-    fn explain_refusal(
+    /// A refused handshake as its typed error (the alert or our own check), else `otherwise`.
+    fn refusal_or(
         &self,
-        refused: Option<ward_transport::refusal::Refused>,
-        e: &dyn std::fmt::Display,
-    ) -> String {
+        refused: Option<refusal::Refused>,
+        otherwise: impl FnOnce() -> ClientError,
+    ) -> ClientError {
         use ward_ca::Clock as _;
         let (pem, root) = match self.identity.as_deref() {
             Some((pem, root)) => (Some(pem.as_str()), Some(root.as_path())),
             None => (None, None),
         };
         refused
-            .and_then(|r| {
-                ward_transport::refusal::sentence(&r, pem, root, ward_ca::SystemClock.now())
-            })
-            .unwrap_or_else(|| explain(e, None))
+            .and_then(|r| ClientError::from_refusal(&r, pem, root, ward_ca::SystemClock.now()))
+            .unwrap_or_else(otherwise)
     }
 
     /// A client without a certificate, trusting `root`: it can only log in.
@@ -255,13 +209,28 @@ impl Client {
             .map_err(|_| anyhow!("{:?} is not a valid gateway host name", self.host))
     }
 
-    async fn quic_connection(&self) -> anyhow::Result<quinn::Connection> {
+    async fn quic_connection(&self) -> Result<quinn::Connection, ClientError> {
         let mut guard = self.quic.lock().await;
         if let Some((_, conn)) = guard.as_ref() {
             if conn.close_reason().is_none() {
                 return Ok(conn.clone());
             }
         }
+        let endpoint = self.quic_endpoint().map_err(|e| ClientError::Unreachable {
+            gateway: self.addr,
+            transport: "QUIC",
+            why: format!("{e:#}"),
+        })?;
+        let connecting = endpoint
+            .connect(self.addr, &self.host)
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let conn = connecting.await.map_err(|e| self.quic_error(&e))?;
+        *guard = Some((endpoint, conn.clone()));
+        Ok(conn)
+    }
+
+    /// A client endpoint with the gateway's UDP tuning and our TLS config.
+    fn quic_endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
         let bind: SocketAddr = match self.local {
             Some(ip) => SocketAddr::new(ip, 0),
             None if self.addr.is_ipv6() => "[::]:0".parse()?,
@@ -277,19 +246,14 @@ impl Client {
         )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = ward_transport::quic::transport_config(1024, Duration::from_secs(60))?;
+        let mut transport = ward_transport::quic::transport_config(1024, QUIC_IDLE)?;
         transport.keep_alive_interval(Some(Duration::from_secs(10)));
         cc.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(cc);
-        let conn = endpoint
-            .connect(self.addr, &self.host)?
-            .await
-            .map_err(|e| anyhow!("{}", self.explain_quic_error(&e)))?;
-        *guard = Some((endpoint, conn.clone()));
-        Ok(conn)
+        Ok(endpoint)
     }
 
-    async fn tcp_stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
+    async fn tcp_stream(&self) -> Result<(BoxRead, BoxWrite), ClientError> {
         let connect = async {
             match self.local {
                 None => TcpStream::connect(self.addr).await,
@@ -303,21 +267,24 @@ impl Client {
                 }
             }
         };
-        let tcp = tokio::time::timeout(Duration::from_secs(10), connect)
+        let tcp = tokio::time::timeout(TCP_CONNECT, connect)
             .await
-            .map_err(|_| anyhow!("gateway {} did not answer on TCP within 10s", self.addr))?
-            .with_context(|| format!("connecting to gateway {} over TCP", self.addr))?;
+            .map_err(|_| ClientError::TimedOut {
+                gateway: self.addr,
+                transport: "TCP",
+                after: TCP_CONNECT,
+            })?
+            .map_err(|e| ClientError::from_tcp_connect(&e, self.addr))?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let tls = connector
-            .connect(self.server_name()?, tcp)
-            .await
-            .map_err(|e| {
-                anyhow!(
-                    "{}",
-                    self.explain_refusal(ward_transport::refusal::from_tcp(&e), &e)
-                )
-            })?;
+        let name = self
+            .server_name()
+            .map_err(|e| ClientError::Connection(e.to_string()))?;
+        let tls = connector.connect(name, tcp).await.map_err(|e| {
+            self.refusal_or(refusal::from_tcp(&e), || {
+                ClientError::Connection(e.to_string())
+            })
+        })?;
         let (r, w) = tokio::io::split(tls);
         Ok((Box::new(r), Box::new(w)))
     }
@@ -325,38 +292,28 @@ impl Client {
     /// A fresh bidirectional stream: a new QUIC stream on the shared connection, or a new TLS
     /// connection on the fallback.
     pub async fn stream(&self) -> anyhow::Result<(BoxRead, BoxWrite)> {
-        use std::sync::atomic::Ordering;
-        let quic = match self.transport {
-            Transport::Tcp => return self.tcp_stream().await,
-            Transport::Quic => self.quic_connection().await?,
-            Transport::Auto => {
-                if self.fell_back.load(Ordering::Relaxed) {
-                    return self.tcp_stream().await;
-                }
-                match tokio::time::timeout(Duration::from_millis(1000), self.quic_connection())
-                    .await
-                {
-                    Ok(Ok(c)) => c,
-                    Ok(Err(e)) if !e.to_string().contains("timed out") && is_tls_failure(&e) => {
-                        return Err(e)
-                    }
-                    _ => {
-                        tracing::info!(
-                            "QUIC to {} failed or timed out; falling back to TLS over TCP",
-                            self.addr
-                        );
-                        self.fell_back.store(true, Ordering::Relaxed);
-                        return self.tcp_stream().await;
-                    }
-                }
+        Ok(self.stream_with(&|| ()).await?)
+    }
+
+    /// [`Client::stream`], calling `waiting` once if the QUIC connection has no stream to spare
+    /// (the gateway's `max_sessions_per_connection` is reached) and the stream waits for one.
+    async fn stream_with(
+        &self,
+        waiting: &(dyn Fn() + Send + Sync),
+    ) -> Result<(BoxRead, BoxWrite), ClientError> {
+        let Some(quic) = self.quic_or_tcp().await? else {
+            return self.tcp_stream().await;
+        };
+        let open = quic.open_bi();
+        tokio::pin!(open);
+        let opened = match tokio::time::timeout(STREAM_WAIT_NOTICE, &mut open).await {
+            Ok(r) => r,
+            Err(_) => {
+                waiting();
+                open.await
             }
         };
-        let (send, recv) = quic.open_bi().await.map_err(|e| {
-            anyhow!(
-                "gateway closed the connection: {}",
-                self.explain_quic_error(&e)
-            )
-        })?;
+        let (send, recv) = opened.map_err(|e| self.quic_error(&e))?;
         Ok((
             Box::new(recv),
             Box::new(QuicSend {
@@ -366,11 +323,37 @@ impl Client {
         ))
     }
 
-    /// Why the QUIC connection closed, explained, if it has.
-    async fn quic_close_reason(&self) -> Option<String> {
+    /// The QUIC connection to use, or `None` for TLS over TCP. With `--transport auto`, QUIC gets
+    /// [`AUTO_QUIC_WAIT`]; the fallback is decided on the typed failure.
+    async fn quic_or_tcp(&self) -> Result<Option<quinn::Connection>, ClientError> {
+        use std::sync::atomic::Ordering;
+        match self.transport {
+            Transport::Tcp => Ok(None),
+            Transport::Quic => Ok(Some(self.quic_connection().await?)),
+            Transport::Auto if self.fell_back.load(Ordering::Relaxed) => Ok(None),
+            Transport::Auto => {
+                let why = match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection()).await {
+                    Ok(Ok(c)) => return Ok(Some(c)),
+                    Ok(Err(e)) if !e.falls_back() => return Err(e),
+                    Ok(Err(e)) => e,
+                    Err(_elapsed) => ClientError::TimedOut {
+                        gateway: self.addr,
+                        transport: "QUIC",
+                        after: AUTO_QUIC_WAIT,
+                    },
+                };
+                tracing::info!("{why}; falling back to TLS over TCP");
+                self.fell_back.store(true, Ordering::Relaxed);
+                Ok(None)
+            }
+        }
+    }
+
+    /// Why the QUIC connection closed, typed, if it has.
+    async fn quic_close_reason(&self) -> Option<ClientError> {
         let guard = self.quic.lock().await;
         let (_, conn) = guard.as_ref()?;
-        conn.close_reason().map(|e| self.explain_quic_error(&e))
+        conn.close_reason().map(|e| self.quic_error(&e))
     }
 
     /// Read the answer; if the stream broke because the gateway closed the connection (for example
@@ -397,16 +380,19 @@ impl Client {
     /// Why a request's stream failed: the QUIC connection's close, explained, or on TLS over TCP
     /// the gateway's alert; else the error itself.
     async fn why_failed(&self, e: anyhow::Error) -> anyhow::Error {
-        match self.quic_close_reason().await {
-            Some(why) => anyhow!("{why}"),
-            None => {
-                // On TLS over TCP the gateway's refusal arrives as an alert on the first read.
-                let refused = e
-                    .chain()
-                    .find_map(|c| c.downcast_ref::<std::io::Error>())
-                    .and_then(ward_transport::refusal::from_tcp);
-                anyhow!("{}", self.explain_refusal(refused, &format!("{e:#}")))
-            }
+        if let Some(why) = self.quic_close_reason().await {
+            return why.into();
+        }
+        // On TLS over TCP the gateway's refusal arrives as an alert on the first read.
+        let refused = e
+            .chain()
+            .find_map(|c| c.downcast_ref::<std::io::Error>())
+            .and_then(refusal::from_tcp);
+        match refused {
+            Some(r) => self
+                .refusal_or(Some(r), || ClientError::Connection(format!("{e:#}")))
+                .into(),
+            None => e,
         }
     }
 
@@ -429,7 +415,19 @@ impl Client {
         break_glass: bool,
         reason: Option<String>,
     ) -> anyhow::Result<Session> {
-        let (r, w) = self.stream().await?;
+        self.open_with(device, break_glass, reason, &|| ()).await
+    }
+
+    /// [`Client::open`], calling `waiting` once if the session waits for a free QUIC stream (the
+    /// gateway's limit of sessions on one connection is reached).
+    pub async fn open_with(
+        &self,
+        device: &str,
+        break_glass: bool,
+        reason: Option<String>,
+        waiting: &(dyn Fn() + Send + Sync),
+    ) -> anyhow::Result<Session> {
+        let (r, w) = self.stream_with(waiting).await?;
         let mut writer = FrameWriter::new(w);
         let written = writer
             .write_request(&Request::Open {
@@ -455,18 +453,18 @@ impl Client {
                 ends_at_unix,
                 end_reason: end_reason_if_uncut,
             }),
-            Response::Denied { reason } => Err(SessionError::Denied(reason).into()),
-            Response::Error { code, message } => {
-                Err(SessionError::Gateway(format!("{code:?}: {message}")).into())
-            }
-            other => bail!("unexpected answer from the gateway: {other:?}"),
+            other => Err(unexpected(other).into()),
         }
     }
 }
 
-fn is_tls_failure(e: &anyhow::Error) -> bool {
-    let s = e.to_string().to_ascii_lowercase();
-    s.contains("certificate") || s.contains("alert")
+/// Any answer but the one wanted: a denial or typed error as such, anything else as unexpected.
+pub fn unexpected(answer: Response) -> ClientError {
+    match answer {
+        Response::Denied { reason } => ClientError::Denied(reason),
+        Response::Error { code, message } => ClientError::from_gateway(code, message),
+        other => ClientError::Unexpected(format!("{other:?}")),
+    }
 }
 
 /// A QUIC send stream whose shutdown waits (bounded) until the gateway has taken everything:
@@ -510,17 +508,6 @@ impl AsyncWrite for QuicSend {
             None => std::task::Poll::Ready(Ok(())),
         }
     }
-}
-
-/// Why a session could not be opened.
-#[derive(Debug, thiserror::Error)]
-pub enum SessionError {
-    /// Policy said no; the text is the gateway's reason.
-    #[error("denied: {0}")]
-    Denied(String),
-    /// The gateway could not carry the session (device unreachable, overloaded…).
-    #[error("{0}")]
-    Gateway(String),
 }
 
 async fn read_response<R: AsyncRead + Unpin>(
@@ -689,7 +676,12 @@ pub async fn listen(
         let client = client.clone();
         let device = device.clone();
         tokio::spawn(async move {
-            match client.open(&device, false, None).await {
+            let waiting = || {
+                eprintln!(
+                    "ward: {from} → {device}: waiting: the gateway's limit of sessions at once on one connection is reached; this one opens when another session ends (close one, or ask the gateway's administrator about max_sessions_per_connection)"
+                )
+            };
+            match client.open_with(&device, false, None, &waiting).await {
                 Ok(session) => {
                     let id = session.session_id.clone();
                     eprintln!(
@@ -773,16 +765,7 @@ impl Client {
             }),
             Response::Denied { reason } => bail!("{reason}"),
             // Typed refusals get their sentence whatever the gateway's wording.
-            Response::Error {
-                code: ward_core::frame::ErrorCode::LoginBusy,
-                ..
-            } => bail!("{}", ward_core::frame::messages::LOGIN_BUSY),
-            Response::Error {
-                code: ward_core::frame::ErrorCode::TotpReused,
-                ..
-            } => bail!("{}", ward_core::frame::messages::TOTP_REUSED),
-            Response::Error { code, message } => bail!("{code:?}: {message}"),
-            other => bail!("unexpected answer from the gateway: {other:?}"),
+            other => Err(unexpected(other).into()),
         }
     }
 
@@ -801,9 +784,8 @@ impl Client {
             }
             Response::Access(reply) => AccessAnswer::Reply(reply),
             Response::Ok { message } => AccessAnswer::Message(message),
-            Response::Error { code, message } => bail!("{code:?}: {message}"),
             Response::Denied { reason } => bail!("refused: {reason}"),
-            other => bail!("unexpected answer from the gateway: {other:?}"),
+            other => return Err(unexpected(other).into()),
         };
         let _ = writer.finish().await;
         Ok(out)
@@ -825,6 +807,15 @@ impl Client {
     /// Ask the gateway for a review operation; returns the streamed body, or an `Ok` message's
     /// text as bytes.
     pub async fn review(&self, review: ward_core::frame::Review) -> anyhow::Result<Vec<u8>> {
+        self.review_with(review, &|_| ()).await
+    }
+
+    /// [`Client::review`], telling `progress` the bytes received so far (for a progress bar).
+    pub async fn review_with(
+        &self,
+        review: ward_core::frame::Review,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> anyhow::Result<Vec<u8>> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
         self.sent(writer.write_request(&Request::Review(review)).await)
@@ -832,11 +823,11 @@ impl Client {
         let mut reader = FrameReader::new(r);
         let answer = self.answer(&mut reader).await?;
         let body = match answer {
-            Response::Stream { .. } => datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?,
+            Response::Stream { .. } => {
+                datapath::read_stream_with(&mut reader, MAX_REVIEW_BYTES, progress).await?
+            }
             Response::Ok { message } => message.into_bytes(),
-            Response::Error { code, message } => bail!("{code:?}: {message}"),
-            Response::Denied { reason } => bail!("denied: {reason}"),
-            other => bail!("unexpected answer from the gateway: {other:?}"),
+            other => return Err(unexpected(other).into()),
         };
         let _ = writer.finish().await;
         Ok(body)

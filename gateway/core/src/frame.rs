@@ -324,8 +324,43 @@ pub struct DeviceInfo {
     pub protocol: Protocol,
     /// Its labels.
     pub labels: BTreeMap<String, String>,
-    /// The rule that lets this client reach it.
+    /// The rule that lets this client reach it (empty unless [`Reach::Open`]).
     pub rule: String,
+    /// How this client may reach it; absent (and so from older gateways) means now, by `rule`.
+    #[serde(default, skip_serializing_if = "Reach::is_open")]
+    pub reach: Reach,
+}
+
+/// How a client may reach a device in a [`Response::Devices`] listing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reach {
+    /// Now, through a rule or a live grant.
+    #[default]
+    Open,
+    /// After an approved access request (`ward request`).
+    Request,
+    /// Only as a break-glass session (`ward connect --break-glass`).
+    BreakGlass,
+    /// After an approved request, or as break-glass in an emergency.
+    RequestOrBreakGlass,
+}
+
+impl Reach {
+    /// Reachable now.
+    pub fn is_open(&self) -> bool {
+        matches!(self, Reach::Open)
+    }
+
+    /// For people: `open`, `request`, `break-glass`, `request|break-glass`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Reach::Open => "open",
+            Reach::Request => "request",
+            Reach::BreakGlass => "break-glass",
+            Reach::RequestOrBreakGlass => "request|break-glass",
+        }
+    }
 }
 
 /// One lock in a [`Response::Locks`] listing.
@@ -429,15 +464,6 @@ impl From<Response> for Frame {
     fn from(r: Response) -> Self {
         Frame::Response(r)
     }
-}
-
-/// Sentences both ends agree on for error codes whose text the client prints as it is.
-pub mod messages {
-    /// What a client refused by the login gate is told (`ErrorCode::LoginBusy`).
-    pub const LOGIN_BUSY: &str = "gateway busy: too many logins in progress, retry in a moment";
-    /// What a login with a right password and an already used TOTP code is told
-    /// (`ErrorCode::TotpReused`).
-    pub const TOTP_REUSED: &str = "this code was used already: wait for the next one";
 }
 
 /// Frame type bytes. Requests are `0x0_`, data-phase frames `0x1_`, responses `0x8_`.
@@ -1087,6 +1113,7 @@ mod tests {
                 protocol,
                 labels,
                 rule,
+                reach: Reach::Open,
             });
         let lock_info = (arb_target(), any::<Option<i64>>(), arb_text(), arb_text()).prop_map(
             |(target, until_unix, reason, by)| LockInfo {

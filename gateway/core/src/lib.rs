@@ -20,6 +20,7 @@ pub mod device;
 pub mod duration;
 pub mod escape;
 pub mod frame;
+pub mod messages;
 pub mod noise;
 pub mod password;
 pub mod policy;
@@ -28,6 +29,7 @@ pub mod ratelimit;
 pub mod session;
 pub mod suggest;
 pub mod totp;
+pub mod when;
 pub mod window;
 
 pub use config::{

@@ -1056,17 +1056,7 @@ async fn serve_stream<R, W>(
             let devices = config
                 .devices
                 .iter()
-                .filter_map(
-                    |d| match policy::evaluate_access(&inputs, &principal, d, None, now) {
-                        policy::Decision::Permit(p) => Some(frame::DeviceInfo {
-                            id: d.id.to_string(),
-                            protocol: d.protocol,
-                            labels: d.labels.clone(),
-                            rule: p.rule().to_owned(),
-                        }),
-                        policy::Decision::Deny(_) => None,
-                    },
-                )
+                .filter_map(|d| crate::device_list::listed(&inputs, &principal, d, now))
                 .collect();
             Response::Devices { devices }
         }

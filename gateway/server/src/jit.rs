@@ -189,7 +189,7 @@ fn reserve(
 
 /// What a login with a right password and an already used TOTP code is told (the client prints
 /// it for [`ErrorCode::TotpReused`]).
-pub const TOTP_REUSED: &str = ward_core::frame::messages::TOTP_REUSED;
+pub use ward_core::messages::TOTP_REUSED;
 
 /// Answers a `Login`. Never says which part was wrong (except a reused code, once the password
 /// was right); the audit log does.

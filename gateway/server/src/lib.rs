@@ -11,6 +11,7 @@ pub use ward_transport::{datapath, refusal, tls};
 
 mod admit;
 pub mod audit;
+pub mod device_list;
 pub mod diskwatch;
 pub mod gateway;
 pub mod hygiene;

@@ -20,7 +20,7 @@ use crate::datapath::FrameWriter;
 use crate::gateway::Shared;
 
 /// What a client refused by the gate is told (and `ward login` prints).
-pub const BUSY: &str = ward_core::frame::messages::LOGIN_BUSY;
+pub use ward_core::messages::LOGIN_BUSY as BUSY;
 
 /// What a second login on one anonymous connection is told.
 pub const ONE_LOGIN: &str = "one login per connection without a client certificate: \

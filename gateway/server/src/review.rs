@@ -537,8 +537,16 @@ pub fn export_opts(
         _ => None,
     });
     // Exports hold everything typed (device passwords included): 0600, and never over an existing file.
+    // `-` is standard output (`ward export … --out - | tshark -r -`).
     let write = |path: &Path, data: &[u8]| -> anyhow::Result<()> {
         use std::os::unix::fs::OpenOptionsExt;
+        if path == Path::new("-") {
+            let mut stdout = std::io::stdout().lock();
+            return stdout
+                .write_all(data)
+                .and_then(|()| stdout.flush())
+                .context("writing the export to standard output");
+        }
         let mut f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -580,6 +588,9 @@ pub fn export_opts(
             let data = ward_recording::export::pcap(&records, client, device)?;
             write(out, &data)?;
             Ok(vec![out.to_path_buf()])
+        }
+        ExportFormat::Raw if out == Path::new("-") => {
+            bail!("--format raw writes two files (PATH.up and PATH.down): give --out PATH, or use --format json or pcap for standard output")
         }
         ExportFormat::Raw => {
             let (up, down) = ward_recording::export::raw(&records);

@@ -327,6 +327,15 @@ pub async fn read_stream<R: AsyncRead + Unpin>(
     r: &mut FrameReader<R>,
     limit: usize,
 ) -> io::Result<Vec<u8>> {
+    read_stream_with(r, limit, &|_| ()).await
+}
+
+/// [`read_stream`], telling `progress` the bytes received so far after each chunk.
+pub async fn read_stream_with<R: AsyncRead + Unpin>(
+    r: &mut FrameReader<R>,
+    limit: usize,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     loop {
         match r.next().await? {
@@ -335,6 +344,7 @@ pub async fn read_stream<R: AsyncRead + Unpin>(
                     return Err(invalid(format!("answer larger than {limit} bytes")));
                 }
                 out.extend_from_slice(b);
+                progress(out.len() as u64);
             }
             Some(Inbound::Eof) => return Ok(out),
             Some(Inbound::Control(_)) => {

@@ -1,9 +1,8 @@
-//! `ward connect`'s sentences for a refused handshake, decided from typed errors (the TLS alert the
-//! gateway sent, or the client's own certificate check) and the client's own certificate, not
-//! from the error text.
+//! A refused handshake, typed: the TLS alert the gateway sent, or the client's own certificate
+//! check, read from quinn's and rustls's error values (never their text). The sentence for each is
+//! [`ClientError::from_refusal`](crate::client_error::ClientError::from_refusal).
 
 use rustls::{AlertDescription, CertificateError};
-use time::OffsetDateTime;
 
 /// Who refused, and with what.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,81 +43,5 @@ pub fn from_tcp(e: &std::io::Error) -> Option<Refused> {
         rustls::Error::AlertReceived(a) => Some(Refused::ByGateway(*a)),
         rustls::Error::InvalidCertificate(c) => Some(Refused::ByUs(c.clone())),
         _ => None,
-    }
-}
-
-/// A human sentence for `refused`, given our identity certificate (PEM) and root file name.
-pub fn sentence(
-    refused: &Refused,
-    identity_pem: Option<&str>,
-    root: Option<&std::path::Path>,
-    now: OffsetDateTime,
-) -> Option<String> {
-    let mine = identity_pem.and_then(|p| ward_ca::inspect(p, None, now).ok());
-    let root = root
-        .map(|r| format!(" in {}", r.display()))
-        .unwrap_or_default();
-    if matches!(refused, Refused::ByGateway(_)) && mine.as_ref().is_some_and(|m| m.is_ca) {
-        return Some("that is a CA certificate, not an identity: pass --identity PREFIX of an identity from `ward login` or `ward ca issue`, never the CA's own files".into());
-    }
-    Some(match refused {
-        Refused::ByGateway(AlertDescription::CertificateExpired) => match &mine {
-            Some(m) if m.remaining_seconds > 0 => format!(
-                "the gateway refused your certificate: it is not valid yet (valid from {}). Check this computer's clock, or wait until then",
-                m.not_before
-            ),
-            Some(m) => format!(
-                "the gateway refused your certificate: it expired at {}. Run `ward login` to get a new one",
-                m.not_after
-            ),
-            None => "the gateway refused your certificate: it has expired or is not valid yet. Run `ward login` to get a new one".into(),
-        },
-        Refused::ByGateway(AlertDescription::UnknownCA | AlertDescription::DecryptError) => {
-            "the gateway refused your certificate: it was issued by another Ward (another CA). Run `ward login` against this gateway, or pass the identity it issued with --identity".into()
-        }
-        Refused::ByGateway(AlertDescription::UnsupportedCertificate) => {
-            "the gateway refused your certificate: it is not a client identity (wrong kind or key usage). Run `ward login` to get one".into()
-        }
-        Refused::ByGateway(AlertDescription::BadCertificate) => {
-            "the gateway refused your certificate: it could not be read. Run `ward login` to get a new one".into()
-        }
-        Refused::ByGateway(AlertDescription::AccessDenied | AlertDescription::CertificateUnknown) => {
-            "the gateway refused your certificate; its audit log says why. Run `ward login` to get a new one".into()
-        }
-        Refused::ByUs(CertificateError::UnknownIssuer | CertificateError::BadSignature) => format!(
-            "the gateway's certificate is not signed by Ward's root{root}: this is another Ward, or the wrong --ca"
-        ),
-        Refused::ByUs(CertificateError::Expired | CertificateError::NotValidYet) => {
-            "the gateway's own certificate has expired or is not valid yet: tell the gateway's administrator".into()
-        }
-        Refused::ByUs(CertificateError::NotValidForName) => {
-            "the gateway's certificate does not name the address you used (--gateway): use the name or address it was issued for".into()
-        }
-        _ => return None,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn unknown_alerts_have_no_sentence() {
-        let now = OffsetDateTime::UNIX_EPOCH;
-        assert!(sentence(
-            &Refused::ByGateway(AlertDescription::NoRenegotiation),
-            None,
-            None,
-            now
-        )
-        .is_none());
-        let s = sentence(
-            &Refused::ByGateway(AlertDescription::UnknownCA),
-            None,
-            None,
-            now,
-        )
-        .unwrap();
-        assert!(s.contains("another Ward"), "{s}");
     }
 }

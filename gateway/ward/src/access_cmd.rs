@@ -11,6 +11,7 @@ use ward_ca::{Clock, SystemClock};
 use ward_client::{AccessAnswer, Client, Transport};
 use ward_core::frame::{AccessOp, AccessReply};
 
+use crate::show::when;
 use crate::GatewayClientArgs;
 
 #[derive(Debug, Args)]
@@ -152,9 +153,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         std::fs::copy(&root, &beside)
             .with_context(|| format!("copying the root to {}", beside.display()))?;
     }
-    let until = OffsetDateTime::from_unix_timestamp(logged.not_after_unix)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    let until = crate::show::when_unix(logged.not_after_unix);
     if new_password.is_some() {
         println!("password changed");
     }
@@ -179,8 +178,9 @@ pub struct RequestArgs {
     /// How long (e.g. 2h, 30m).
     #[arg(long)]
     duration: String,
-    /// When the window starts (RFC 3339, or e.g. "2h" from now); default now.
-    #[arg(long)]
+    /// When the window starts: RFC 3339 (2026-11-28T09:00:00Z), or a duration from now (+2h or
+    /// 2h); default now.
+    #[arg(long, allow_hyphen_values = true, value_name = "TIME")]
     start: Option<String>,
     #[command(flatten)]
     gw: GatewayClientArgs,
@@ -238,9 +238,9 @@ fn print_reply(reply: AccessReply) {
             request.id,
             request.device,
             request.state.as_str(),
-            request.start,
-            request.end,
-            request.expires
+            when(request.start),
+            when(request.end),
+            when(request.expires)
         ),
         AccessReply::Approved {
             request,
@@ -250,7 +250,11 @@ fn print_reply(reply: AccessReply) {
         } => match grant {
             Some(g) => println!(
                 "approved ({count}/{required}): grant {} gives {} access to {} from {} to {}",
-                g.id, g.principal, g.device, g.start, g.end
+                g.id,
+                g.principal,
+                g.device,
+                when(g.start),
+                when(g.end)
             ),
             None => println!(
                 "approval recorded for {} ({count} of {required} needed so far)",
@@ -305,7 +309,7 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     let duration = ward_core::parse_duration(&args.duration)
         .with_context(|| format!("--duration {}", args.duration))?;
     let start_unix = match &args.start {
-        Some(s) => Some(ward_server::review::parse_time(s, SystemClock.now())?),
+        Some(s) => Some(parse_start(s, SystemClock.now())?),
         None => None,
     };
     let op = AccessOp::Request {
@@ -323,23 +327,49 @@ pub async fn request(args: RequestArgs) -> anyhow::Result<ExitCode> {
     r
 }
 
-fn table(lines: &[u8], cols: &[(&str, &str)]) {
+/// `--start`: RFC 3339, or a duration from now (`+2h`, `2h`). A request window cannot start in
+/// the past, so `-1h` gets a sentence instead of clap's "unexpected argument".
+fn parse_start(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
+    use time::format_description::well_known::Rfc3339;
+    let text = text.trim();
+    if let Ok(t) = OffsetDateTime::parse(text, &Rfc3339) {
+        return Ok(t.unix_timestamp());
+    }
+    if text.starts_with('-') {
+        bail!("--start {text}: a request window cannot start in the past; leave --start out to start now, or give a time ahead, e.g. `--start +1h` or `--start 2026-11-28T09:00:00Z`");
+    }
+    let ahead = text.strip_prefix('+').unwrap_or(text);
+    match ward_core::parse_duration(ahead) {
+        Ok(d) => Ok(now.unix_timestamp().saturating_add(i64::try_from(d.as_secs()).unwrap_or(i64::MAX))),
+        Err(_) => bail!("--start {text:?} is not a time: give RFC 3339 (`--start 2026-11-28T09:00:00Z`) or a duration from now (`--start +1h`)"),
+    }
+}
+
+fn table(lines: &[u8], cols: &[(&str, &str)]) -> anyhow::Result<()> {
+    table_or(lines, cols, "none")
+}
+
+/// Print JSON lines as a table of `cols` (heading, key); times for people; `empty` when none.
+fn table_or(lines: &[u8], cols: &[(&str, &str)], empty: &str) -> anyhow::Result<()> {
     let rows: Vec<serde_json::Value> = lines
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())
         .filter_map(|l| serde_json::from_slice(l).ok())
         .collect();
     if rows.is_empty() {
-        println!("none");
-        return;
+        println!("{empty}");
+        return Ok(());
     }
     let header: Vec<&str> = cols.iter().map(|(h, _)| *h).collect();
-    println!("{}", header.join("  "));
+    let mut table = crate::show::Table::new(&header);
     for r in rows {
         let cells: Vec<String> = cols
             .iter()
             .map(|(_, key)| match r.get(*key) {
-                Some(serde_json::Value::String(s)) => ward_server::review::printable(s),
+                Some(serde_json::Value::String(s)) => {
+                    crate::show::when_text(&ward_server::review::printable(s))
+                }
+                Some(serde_json::Value::Array(a)) if a.is_empty() => "-".into(),
                 Some(serde_json::Value::Array(a)) => a
                     .iter()
                     .map(|v| {
@@ -358,13 +388,20 @@ fn table(lines: &[u8], cols: &[(&str, &str)]) {
                 Some(v) => v.to_string(),
             })
             .collect();
-        println!("{}", cells.join("  "));
+        table.row(cells);
     }
+    table.print()?;
+    Ok(())
 }
 
 pub async fn requests(args: ListArgs) -> anyhow::Result<ExitCode> {
+    let empty = if args.all {
+        "none"
+    } else {
+        "no pending requests (`ward requests --all` also shows approved, denied and expired ones)"
+    };
     match access(&args.gw, AccessOp::ListRequests { all: args.all }).await? {
-        AccessAnswer::Lines(l) if !args.json => table(
+        AccessAnswer::Lines(l) if !args.json => table_or(
             &l,
             &[
                 ("ID", "id"),
@@ -376,7 +413,8 @@ pub async fn requests(args: ListArgs) -> anyhow::Result<ExitCode> {
                 ("APPROVALS", "approvals"),
                 ("REASON", "reason"),
             ],
-        ),
+            empty,
+        )?,
         other => return done(other),
     }
     Ok(ExitCode::SUCCESS)
@@ -395,7 +433,7 @@ pub async fn grants(args: ListArgs) -> anyhow::Result<ExitCode> {
                 ("APPROVERS", "approvers"),
                 ("REVOKED", "revoked"),
             ],
-        ),
+        )?,
         other => return done(other),
     }
     Ok(ExitCode::SUCCESS)
@@ -612,7 +650,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                     ("MUST CHANGE PASSWORD", "must_change_password"),
                     ("DISABLED", "disabled"),
                 ],
-            );
+            )?;
             Ok(ExitCode::SUCCESS)
         }
     }

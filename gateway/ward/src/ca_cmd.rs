@@ -188,7 +188,7 @@ fn issue(a: IssueArgs, clock: &dyn Clock) -> anyhow::Result<()> {
         "issued {} serial {} valid until {}",
         id.principal(),
         id.serial,
-        rfc3339(id.not_after)
+        crate::show::when(id.not_after)
     );
     println!("  {}", Issued::cert_path(&a.out).display());
     if issued.key_pem.is_some() {
@@ -212,17 +212,16 @@ fn inspect_cmd(a: InspectArgs, clock: &dyn Clock) -> anyhow::Result<()> {
     if a.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
-        print!("{report}");
+        // For people: the one time format (`--json` keeps RFC 3339).
+        let mut shown = report.clone();
+        shown.not_before = crate::show::when_text(&report.not_before);
+        shown.not_after = crate::show::when_text(&report.not_after);
+        print!("{shown}");
     }
     if let Some(Verdict::Invalid(e)) = &report.validation {
         bail!("{}: not valid: {e}", a.file.display());
     }
     Ok(())
-}
-
-fn rfc3339(t: time::OffsetDateTime) -> String {
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|_| t.to_string())
 }
 
 #[cfg(test)]

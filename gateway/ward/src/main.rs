@@ -4,6 +4,8 @@
 mod access_cmd;
 mod ca_cmd;
 mod review_cmd;
+mod show;
+mod whoami;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,7 +18,7 @@ use clap::{Args, Parser, Subcommand};
 use ward::telemetry::LogFormat;
 use ward_ca::{Clock, SystemClock};
 use ward_client::{Client, IdentityFiles, SessionEnd, Transport};
-use ward_core::frame::{LockTarget, Request, Response};
+use ward_core::frame::{LockTarget, Reach, Request, Response};
 use ward_core::Escaped;
 
 /// Ward: zero-trust access to legacy medical devices.
@@ -32,6 +34,9 @@ struct Cli {
     /// Export tracing spans to this OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318/v1/traces).
     #[arg(long, global = true, value_name = "URL")]
     otlp_endpoint: Option<String>,
+    /// Show times in this machine's time zone instead of UTC (`--json` output stays RFC 3339 UTC).
+    #[arg(long, global = true)]
+    local: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -44,8 +49,10 @@ enum Command {
     Gateway(GatewayArgs),
     /// Open a session to a device: on a local port (--listen) or on stdin/stdout.
     Connect(ConnectArgs),
-    /// List the devices your identity may reach, as the gateway decides.
+    /// List the devices you may reach now, by request or by break-glass, as the gateway decides.
     Devices(DevicesArgs),
+    /// Show who your identity says you are: name, kind, org, roles, serial, expiry, gateway.
+    Whoami(whoami::WhoamiArgs),
     /// Lock a principal, device or organisation out: live sessions end, new ones are refused.
     Lock(LockArgs),
     /// Remove a lock.
@@ -68,7 +75,7 @@ enum Command {
     Login(access_cmd::LoginArgs),
     /// Ask for access to a device for a time window (approvers decide).
     Request(access_cmd::RequestArgs),
-    /// List access requests you made or may approve.
+    /// List pending access requests you made or may approve (--all: decided ones too).
     Requests(access_cmd::ListArgs),
     /// Approve an access request.
     Approve(access_cmd::ApproveArgs),
@@ -167,7 +174,7 @@ fn preflight_identity(files: &IdentityFiles) -> anyhow::Result<()> {
         bail!(
             "your certificate {} expired at {}; get a new one (`ward login`, or `ward ca issue` for development identities)",
             files.cert.display(),
-            inspection.not_after
+            show::when_text(&inspection.not_after)
         );
     }
     Ok(())
@@ -259,6 +266,8 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First, while the process has one thread: the local zone can only be read then.
+    show::set_zone(cli.local);
     let _guard = match ward::telemetry::init(cli.log_format, cli.otlp_endpoint.as_deref()) {
         Ok(g) => g,
         Err(e) => {
@@ -300,6 +309,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Quickstart(args) => runtime()?.block_on(quickstart(args, clock)),
         Command::Connect(args) => client_runtime()?.block_on(connect(args)),
         Command::Devices(args) => runtime()?.block_on(devices(args)),
+        Command::Whoami(args) => whoami::run(args),
         Command::Lock(args) => runtime()?.block_on(async move {
             let for_secs = match &args.for_ {
                 Some(d) => Some(
@@ -349,26 +359,25 @@ async fn simple(gw: &GatewayClientArgs, req: Request) -> anyhow::Result<ExitCode
         Response::Locks { locks } => {
             if locks.is_empty() {
                 println!("no active locks");
+                return Ok(ExitCode::SUCCESS);
             }
+            let mut table = show::Table::new(&["TARGET", "UNTIL", "BY", "REASON"]);
             for l in locks {
-                let until = match l
-                    .until_unix
-                    .and_then(|t| time::OffsetDateTime::from_unix_timestamp(t).ok())
-                {
-                    Some(t) => t.to_string(),
+                let until = match l.until_unix {
+                    Some(t) => show::when_unix(t),
                     None => "until unlocked".into(),
                 };
-                println!(
-                    "{}  until {until}  by {}  reason: {}",
-                    Escaped(&l.target.to_string()),
-                    Escaped(&l.by),
-                    Escaped(&l.reason)
-                );
+                table.row(vec![
+                    Escaped(&l.target.to_string()).to_string(),
+                    until,
+                    Escaped(&l.by).to_string(),
+                    Escaped(&l.reason).to_string(),
+                ]);
             }
+            table.print()?;
         }
-        Response::Error { code, message } => bail!("{code:?}: {}", Escaped(&message)),
-        Response::Denied { reason } => bail!("denied: {}", Escaped(&reason)),
-        other => bail!("unexpected answer: {other:?}"),
+        // The gateway's words: escaped, so its text cannot drive this terminal.
+        other => bail!("{}", Escaped(&ward_client::unexpected(other).to_string())),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -505,29 +514,37 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
 
 async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
     let client = args.gw.client()?;
-    match client.request(&Request::ListDevices).await? {
-        Response::Devices { devices } => {
-            if args.json {
-                println!("{}", serde_json::to_string_pretty(&devices)?);
-            } else if devices.is_empty() {
-                println!("no device is reachable with this identity now");
-            } else {
-                println!("{:<16} {:<8} {:<32} LABELS", "DEVICE", "PROTOCOL", "RULE");
-                for d in devices {
-                    let labels: Vec<String> =
-                        d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    println!(
-                        "{:<16} {:<8} {:<32} {}",
-                        d.id,
-                        d.protocol.to_string(),
-                        d.rule,
-                        labels.join(",")
-                    );
-                }
-            }
-            Ok(ExitCode::SUCCESS)
-        }
-        Response::Error { code, message } => bail!("{code:?}: {message}"),
-        other => bail!("unexpected answer: {other:?}"),
+    let devices = match client.request(&Request::ListDevices).await? {
+        Response::Devices { devices } => devices,
+        other => return Err(ward_client::unexpected(other).into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&devices)?);
+        return Ok(ExitCode::SUCCESS);
     }
+    if devices.is_empty() {
+        println!("no device is reachable with this identity now, by request or by break-glass");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = show::Table::new(&["DEVICE", "PROTOCOL", "ACCESS", "RULE", "LABELS"]);
+    for d in &devices {
+        let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let rule = if d.rule.is_empty() { "-" } else { &d.rule };
+        table.row(vec![
+            Escaped(&d.id).to_string(),
+            d.protocol.to_string(),
+            d.reach.as_str().into(),
+            Escaped(rule).to_string(),
+            Escaped(&labels.join(",")).to_string(),
+        ]);
+    }
+    table.print()?;
+    let has = |r: &[Reach]| devices.iter().any(|d| r.contains(&d.reach));
+    if has(&[Reach::Request, Reach::RequestOrBreakGlass]) {
+        println!("request: ask with `ward request DEVICE --reason ... --duration 2h`; it opens once approvers approve");
+    }
+    if has(&[Reach::BreakGlass, Reach::RequestOrBreakGlass]) {
+        println!("break-glass: emergencies only, `ward connect DEVICE --break-glass --reason ...` (recorded, flagged and reported)");
+    }
+    Ok(ExitCode::SUCCESS)
 }

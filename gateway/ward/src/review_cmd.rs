@@ -14,6 +14,8 @@ use ward_recording::trail::Level;
 use ward_recording::VerifyReport;
 use ward_server::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
 
+use crate::show;
+
 /// Where recordings and the audit log are read from.
 #[derive(Debug, Args)]
 pub struct SourceArgs {
@@ -79,13 +81,21 @@ impl Source {
         match self {
             Source::Local { state_dir } => review::read_recording(state_dir, id),
             Source::Remote { client } => {
-                client
-                    .review(Review::Recording {
-                        session_id: id.to_string(),
-                        purpose: purpose.into(),
-                        force,
-                    })
-                    .await
+                // Large recordings take a while through the gateway: bytes so far, on a terminal.
+                let bar =
+                    show::downloading(&format!("fetching recording {id}"), purpose == "verify");
+                let got = client
+                    .review_with(
+                        Review::Recording {
+                            session_id: id.to_string(),
+                            purpose: purpose.into(),
+                            force,
+                        },
+                        &|n| bar.set_position(n),
+                    )
+                    .await;
+                bar.finish_and_clear();
+                got
             }
         }
     }
@@ -133,11 +143,11 @@ pub struct SessionsArgs {
     /// Only this device.
     #[arg(long)]
     device: Option<String>,
-    /// Started at or after: RFC 3339, a date, or a duration ago (2h, 7d).
-    #[arg(long, value_name = "TIME")]
+    /// Started at or after: RFC 3339, a date, or a duration ago (2h or -2h, 7d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     since: Option<String>,
     /// Started before: RFC 3339, a date, or a duration ago.
-    #[arg(long, value_name = "TIME")]
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
     until: Option<String>,
     /// Only sessions whose recorded bytes (either direction) contain this text.
     #[arg(long, value_name = "TEXT")]
@@ -189,8 +199,8 @@ pub struct ExportArgs {
     /// Output format.
     #[arg(long, value_enum)]
     format: ExportFormat,
-    /// Output path (raw writes PATH.up and PATH.down).
-    #[arg(long, value_name = "PATH")]
+    /// Output path (raw writes PATH.up and PATH.down); `-` for standard output.
+    #[arg(long, value_name = "PATH", allow_hyphen_values = true)]
     out: PathBuf,
     /// Export a recording that fails verification (a torn tail, a live session): only its
     /// verified records, up to the last valid checkpoint (audited by the gateway as forced).
@@ -244,15 +254,51 @@ fn filter(args: &SessionsArgs) -> anyhow::Result<Filter> {
         since: args
             .since
             .as_deref()
-            .map(|t| review::parse_time(t, now))
+            .map(|t| parse_ago(t, now))
             .transpose()?,
         until: args
             .until
             .as_deref()
-            .map(|t| review::parse_time(t, now))
+            .map(|t| parse_ago(t, now))
             .transpose()?,
         grep: args.grep.clone(),
     })
+}
+
+/// `--since`/`--until`: as [`review::parse_time`], and `-2h` reads as `2h` (ago).
+fn parse_ago(text: &str, now: time::OffsetDateTime) -> anyhow::Result<i64> {
+    let ago = text
+        .strip_prefix('-')
+        .filter(|d| ward_core::parse_duration(d).is_ok());
+    review::parse_time(ago.unwrap_or(text), now)
+}
+
+/// `ward sessions` for people: one row per session, aligned to its content.
+fn print_sessions(list: &[SessionSummary]) -> anyhow::Result<()> {
+    if list.is_empty() {
+        println!("no recorded sessions match");
+        return Ok(());
+    }
+    let mut table = show::Table::new(&[
+        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END", "VERIFY",
+    ])
+    .right(&[4, 5, 6]);
+    for s in list {
+        let flag = if s.break_glass { " [BREAK-GLASS]" } else { "" };
+        table.row(vec![
+            review::printable(&s.id),
+            review::printable(&s.principal),
+            review::printable(&s.device),
+            show::when_unix(s.start_unix),
+            format!("{:.1}", s.duration_s),
+            s.bytes_up.to_string(),
+            s.bytes_down.to_string(),
+            review::printable(&s.end_reason),
+            format!("{}{flag}", review::printable(&s.verification)),
+        ]);
+    }
+    table.print()?;
+    Ok(())
 }
 
 /// Run `ward sessions`.
@@ -267,7 +313,8 @@ pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
             std::io::Write::write_all(&mut out, b"\n")?;
         }
     } else {
-        review::print_table(&list, &mut out)?;
+        drop(out);
+        print_sessions(&list)?;
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -357,8 +404,14 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .recording(&args.session, "export", args.force)
         .await?;
     let (verified, note) = exportable(&bytes, &key, &args.session, args.force)?;
+    let to_stdout = args.out.as_os_str() == "-";
     for path in review::export_opts(verified, args.format, &args.out, args.raw)? {
-        println!("wrote {}", path.display());
+        // On standard output the export is the output: the note goes to stderr.
+        if to_stdout {
+            eprintln!("ward: exported {} to standard output", args.session);
+        } else {
+            println!("wrote {}", path.display());
+        }
     }
     if let Some(note) = note {
         eprintln!("{note}");
@@ -372,7 +425,7 @@ fn print_incidents(log: &[u8]) {
     for (line, ev) in ward_recording::audit::incidents(log) {
         println!(
             "audit log: WARNING line {line} {} {}: {}",
-            ev.time,
+            show::when_text(&ev.time.to_string()),
             ev.event,
             // Reasons can carry peer text: no terminal escapes reach the reviewer's screen.
             ev.reason.as_deref().unwrap_or_default().escape_debug()
@@ -420,12 +473,15 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 let log_before = source.audit_log().await?;
                 let all = source.list(&key, Filter::default()).await?;
                 let mut recordings = Vec::with_capacity(all.len());
+                let bar = show::progress(all.len() as u64, "verifying recordings", false);
                 for s in all {
                     let bytes = source.recording(&s.id, "verify", false).await?;
                     let r = ward_recording::verify(&bytes, &key);
-                    report(&format!("recording {}", s.id), &r);
+                    bar.suspend(|| report(&format!("recording {}", s.id), &r));
+                    bar.inc(1);
                     recordings.push((s.id, r));
                 }
+                bar.finish_and_clear();
                 let log = source.audit_log().await?;
                 report(
                     "audit log",

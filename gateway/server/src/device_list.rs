@@ -1,0 +1,70 @@
+//! `ward devices`: what the listing says about each device, decided by the same policy as opening
+//! it: reachable now (and by which rule), after an approved request, or only as break-glass.
+
+use time::OffsetDateTime;
+use ward_core::frame::{DeviceInfo, Reach};
+use ward_core::policy::{self, AccessInputs, Decision};
+use ward_core::{Device, Principal};
+
+/// How `principal` may reach `device` at `now`, or `None` if it may not at all (the device is
+/// then not listed, so the listing reveals nothing a principal could not use).
+pub fn listed(
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    now: OffsetDateTime,
+) -> Option<DeviceInfo> {
+    let info = |rule: String, reach: Reach| DeviceInfo {
+        id: device.id.to_string(),
+        protocol: device.protocol,
+        labels: device.labels.clone(),
+        rule,
+        reach,
+    };
+    if let Decision::Permit(p) = policy::evaluate_access(inputs, principal, device, None, now) {
+        return Some(info(p.rule().to_owned(), Reach::Open));
+    }
+    let request = ward_core::access::policy_for(inputs.approvals, principal, device).is_some();
+    // The reason only has to be non-empty for the decision; nothing is opened or audited here.
+    let glass = matches!(
+        policy::evaluate_access(inputs, principal, device, Some("listing"), now),
+        Decision::Permit(_)
+    );
+    let reach = match (request, glass) {
+        (true, true) => Reach::RequestOrBreakGlass,
+        (true, false) => Reach::Request,
+        (false, true) => Reach::BreakGlass,
+        (false, false) => return None,
+    };
+    Some(info(String::new(), reach))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Older clients read `deny_unknown_fields`: an entry reachable now is sent as before, and an
+    /// entry from an older gateway (no `reach`) reads as reachable now.
+    #[test]
+    fn the_listing_stays_readable_both_ways() {
+        let open = DeviceInfo {
+            id: "pump-12".into(),
+            protocol: ward_core::Protocol::Telnet,
+            labels: Default::default(),
+            rule: "r".into(),
+            reach: Reach::Open,
+        };
+        let json = serde_json::to_value(&open).unwrap();
+        assert!(json.get("reach").is_none(), "{json}");
+        let old: DeviceInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(old.reach, Reach::Open);
+        let request = DeviceInfo {
+            reach: Reach::RequestOrBreakGlass,
+            ..open
+        };
+        let json = serde_json::to_value(&request).unwrap();
+        assert_eq!(json["reach"], "request_or_break_glass");
+        let back: DeviceInfo = serde_json::from_value(json).unwrap();
+        assert_eq!(back, request);
+    }
+}
