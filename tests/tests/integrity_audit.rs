@@ -92,15 +92,15 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         );
     }
     let db = ward::store::SqliteStore::open(&state).unwrap();
+    let tech = ward::jit::NewUser {
+        org: Some("acme".into()),
+        must_change: false,
+        ..ward::jit::NewUser::new("tech", "vendor")
+    };
     let created = ward::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
-        "tech",
-        "vendor",
-        Some("acme".into()),
-        vec![],
-        None,
-        false,
+        tech,
         SystemClock.now(),
     )
     .unwrap();

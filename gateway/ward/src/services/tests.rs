@@ -1,0 +1,351 @@
+//! The services called directly, with no frames: what a second front end (the web console) gets.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ward_ca::{Clock, Kind};
+use ward_core::access::RequestState;
+use ward_core::frame::{LockTarget, Login};
+
+use super::access::NewRequest;
+use super::locks::LockRequest;
+use super::testing::{Fixture, Who};
+use super::users::{create_user, NewUser};
+use super::Refusal;
+use crate::users::UserStore;
+
+fn vendor() -> Who {
+    Who::new(Kind::Vendor, Some("acme"), "tech", &[])
+}
+fn icu() -> Who {
+    Who::new(Kind::Clinician, None, "cara", &["icu"])
+}
+fn biomed() -> Who {
+    Who::new(Kind::Clinician, None, "bob", &["biomed"])
+}
+fn security() -> Who {
+    Who::new(Kind::Security, None, "sam", &[])
+}
+fn admin() -> Who {
+    Who::new(Kind::Admin, None, "ada", &[])
+}
+
+fn pump_request(reason: &str) -> NewRequest {
+    NewRequest {
+        device: "pump-12".into(),
+        reason: reason.into(),
+        duration: Duration::from_secs(3600),
+        start_unix: None,
+    }
+}
+
+#[tokio::test]
+async fn request_approve_revoke_and_deny_without_frames() {
+    let f = Fixture::new();
+    let (tech, cara, bob) = (vendor(), icu(), biomed());
+    let r = f
+        .access
+        .request(tech.caller(), pump_request("firmware 4.2"))
+        .unwrap();
+    assert_eq!(r.state, RequestState::Pending);
+    // The requester does not approve their own request.
+    assert!(matches!(
+        f.access.approve(tech.caller(), &r.id, None),
+        Err(Refusal::Denied(_))
+    ));
+    let first = f.access.approve(cara.caller(), &r.id, None).unwrap();
+    assert_eq!((first.approved.count, first.approved.required), (1, 2));
+    assert!(first.grant.is_none());
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 0);
+    let second = f
+        .access
+        .approve(bob.caller(), &r.id, Some("ok".into()))
+        .unwrap();
+    let grant = second
+        .grant
+        .expect("the second approval completes the request");
+    // The gateway is told at once, so sessions and login see the grant.
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 1);
+    let pending = f.access.list_requests(cara.caller(), false).unwrap();
+    assert!(pending.is_empty());
+    let all = f.access.list_requests(cara.caller(), true).unwrap();
+    assert_eq!(all[0].approvals, vec!["cara", "bob"]);
+    assert_eq!(f.access.list_grants(tech.caller(), false).unwrap().len(), 1);
+    // Someone else's vendor may neither see nor revoke it.
+    let other = Who::new(Kind::Vendor, Some("globex"), "eve", &[]);
+    assert!(f
+        .access
+        .list_grants(other.caller(), false)
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        f.access.revoke(other.caller(), &grant.id, "mine now"),
+        Err(Refusal::Forbidden(_))
+    ));
+    assert!(matches!(
+        f.access.revoke(tech.caller(), &grant.id, " "),
+        Err(Refusal::Invalid(m)) if m.contains("--reason")
+    ));
+    let revoked = f.access.revoke(tech.caller(), &grant.id, "done").unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 2);
+
+    let r2 = f
+        .access
+        .request(tech.caller(), pump_request("again"))
+        .unwrap();
+    assert!(matches!(
+        f.access.deny(cara.caller(), &r2.id, ""),
+        Err(Refusal::Invalid(_))
+    ));
+    assert!(matches!(
+        f.access.deny(tech.caller(), &r2.id, "no"),
+        Err(Refusal::Denied(_))
+    ));
+    let denied = f.access.deny(cara.caller(), &r2.id, "not today").unwrap();
+    assert_eq!(denied.state, RequestState::Denied);
+    assert!(matches!(
+        f.access.deny(cara.caller(), "req-missing", "x"),
+        Err(Refusal::Denied(m)) if m.contains("no access request")
+    ));
+
+    // Every operation wrote its events, refusals included.
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "access_request/success",
+            "access_approve/denied",
+            "access_approve/success",
+            "access_approve/success",
+            "access_grant/success",
+            "access_revoke/denied",
+            "access_revoke/success",
+            "access_request/success",
+            "access_deny/denied",
+            "access_deny/success",
+            "access_deny/denied",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_policy_refuses_is_denied_and_audited() {
+    let f = Fixture::new();
+    let mut too_long = pump_request("all week");
+    too_long.duration = Duration::from_secs(7 * 24 * 3600);
+    assert!(matches!(
+        f.access.request(vendor().caller(), too_long),
+        Err(Refusal::Denied(_))
+    ));
+    let mut bad_start = pump_request("x");
+    bad_start.start_unix = Some(i64::MAX);
+    assert_eq!(
+        f.access.request(vendor().caller(), bad_start),
+        Err(Refusal::Invalid("bad start time".into()))
+    );
+    assert_eq!(f.outcomes().await, ["access_request/denied"]);
+}
+
+#[tokio::test]
+async fn lock_and_unlock_need_security_and_a_known_target() {
+    let f = Fixture::new();
+    let lock = |target: &str, force| LockRequest {
+        target: LockTarget::Device(target.into()),
+        duration: Some(Duration::from_secs(600)),
+        reason: "recall".into(),
+        force,
+    };
+    assert!(matches!(
+        f.locks.lock(icu().caller(), lock("pump-12", false)),
+        Err(Refusal::Forbidden(m)) if m.contains("only security and admin")
+    ));
+    // A typo is refused with a suggestion, unless forced.
+    assert!(matches!(
+        f.locks.lock(security().caller(), lock("pump-21", false)),
+        Err(Refusal::Invalid(m)) if m.contains("pump-12")
+    ));
+    let done = f
+        .locks
+        .lock(security().caller(), lock("pump-12", false))
+        .unwrap();
+    assert_eq!(done.sessions_ended, f.live.live_sessions);
+    assert!(done.lock.until.is_some());
+    assert_eq!(f.locks.list(security().caller()).unwrap().len(), 1);
+    assert!(matches!(
+        f.locks.list(vendor().caller()),
+        Err(Refusal::Forbidden(_))
+    ));
+    let target = LockTarget::Device("pump-12".into());
+    f.locks.unlock(admin().caller(), &target).unwrap();
+    assert!(f.locks.list(security().caller()).unwrap().is_empty());
+    assert_eq!(
+        f.locks.unlock(admin().caller(), &target),
+        Err(Refusal::NotFound("no lock on device pump-12".into()))
+    );
+    // A duration past the calendar is refused, not a panic.
+    let mut forever = lock("pump-12", false);
+    forever.duration = Some(Duration::from_secs(u64::MAX));
+    assert!(matches!(
+        f.locks.lock(security().caller(), forever),
+        Err(Refusal::Invalid(_))
+    ));
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "lock/denied",
+            "lock/denied",
+            "lock/success",
+            "unlock/success",
+            "unlock/failure"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn users_are_created_disabled_and_listed_by_admins_only() {
+    let f = Fixture::new();
+    let nina = || NewUser::new("nina", "clinician");
+    assert!(matches!(
+        f.users.add(security().caller(), nina()),
+        Err(Refusal::Forbidden(m)) if m.contains("only admin identities")
+    ));
+    let created = f.users.add(admin().caller(), nina()).unwrap();
+    assert!(!created.password.is_empty());
+    let stored = f.store.user("nina").unwrap().unwrap();
+    assert!(stored.must_change_password);
+    assert!(matches!(
+        f.users.add(admin().caller(), nina()),
+        Err(Refusal::Invalid(m)) if m.contains("exists")
+    ));
+    assert!(matches!(
+        f.users.add(admin().caller(), NewUser::new("gw", "gateway")),
+        Err(Refusal::Invalid(m)) if m.contains("kind must be")
+    ));
+    assert_eq!(f.users.list(admin().caller()).unwrap().len(), 1);
+    assert!(f.users.list(security().caller()).is_err());
+    assert!(matches!(
+        f.users.disable(security().caller(), "nina"),
+        Err(Refusal::Forbidden(_))
+    ));
+    f.users.disable(admin().caller(), "nina").unwrap();
+    assert!(f.store.user("nina").unwrap().unwrap().disabled);
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.users.disable(admin().caller(), "ghost"),
+        Err(Refusal::NotFound("no user ghost".into()))
+    );
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "user_add/denied",
+            "user_add/success",
+            "user_add/failure",
+            "user_add/failure",
+            "user_disable/denied",
+            "user_disable/success",
+        ]
+    );
+}
+
+fn login(user: &str, password: &str, totp: Option<String>) -> Login {
+    Login {
+        user: user.into(),
+        password: password.into(),
+        totp,
+        csr_pem: String::new(),
+        grant: None,
+        new_password: None,
+    }
+}
+
+#[tokio::test]
+async fn login_refusals_say_nothing_about_which_part_was_wrong() {
+    let f = Fixture::new();
+    let peer = "127.0.0.1:50000".parse().unwrap();
+    let cfg = ward_core::config::LoginConfig::default();
+    let clin = NewUser {
+        must_change: false,
+        ..NewUser::new("cleo", "clinician")
+    };
+    let cleo = create_user(f.store.as_ref(), &cfg, clin, f.clock.now()).unwrap();
+    let failed = |r: Result<_, Refusal>| matches!(r, Err(Refusal::Denied(m)) if m.starts_with("login failed"));
+    assert!(failed(f.login.login(peer, &login("nobody", "x", None))));
+    assert!(failed(f.login.login(peer, &login("cleo", "wrong", None))));
+    // The right password reaches issuance, which this gateway cannot do (no CA key).
+    let r = f.login.login(peer, &login("cleo", &cleo.password, None));
+    assert!(
+        matches!(&r, Err(Refusal::Unavailable(m)) if m.contains("not enabled")),
+        "{r:?}"
+    );
+    // A vendor has TOTP: a code used once is refused as reused, not as a failure.
+    let tech = NewUser {
+        must_change: false,
+        org: Some("acme".into()),
+        ..NewUser::new("tech", "vendor")
+    };
+    let tech_pw = create_user(f.store.as_ref(), &cfg, tech, f.clock.now())
+        .unwrap()
+        .password;
+    assert!(failed(f.login.login(peer, &login("tech", &tech_pw, None))));
+    let secret = f.store.user("tech").unwrap().unwrap().totp_secret.unwrap();
+    let secret = ward_core::totp::TotpSecret::from_base32(&secret).unwrap();
+    let code = ward_core::totp::code_at(&secret, f.clock.now().unix_timestamp());
+    assert!(matches!(
+        f.login
+            .login(peer, &login("tech", &tech_pw, Some(code.clone()))),
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(
+        f.login.login(peer, &login("tech", &tech_pw, Some(code))),
+        Err(Refusal::TotpReused)
+    );
+    // An initial password must be changed first; a disabled user fails like a wrong password.
+    let nina = create_user(
+        f.store.as_ref(),
+        &cfg,
+        NewUser::new("nina", "clinician"),
+        f.clock.now(),
+    )
+    .unwrap();
+    assert!(matches!(
+        f.login.login(peer, &login("nina", &nina.password, None)),
+        Err(Refusal::Denied(m)) if m.contains("--change-password")
+    ));
+    f.store.disable_user("cleo", f.clock.now()).unwrap();
+    assert!(failed(
+        f.login.login(peer, &login("cleo", &cleo.password, None))
+    ));
+    let events = f.events().await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "unknown user",
+            "wrong password",
+            "login disabled: no issuing CA key",
+            "TOTP code missing",
+            "login disabled: no issuing CA key",
+            "TOTP code reused",
+            "the initial password must be changed before a certificate is issued",
+            "user is disabled",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn devices_list_what_the_caller_could_open() {
+    let f = Fixture::new();
+    let ids = |w: &Who| -> Vec<String> {
+        f.devices
+            .list(w.caller())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(ids(&admin()), ["pump-12", "monitor-3", "pacs-1"]);
+    assert!(ids(&Who::new(Kind::Vendor, Some("globex"), "eve", &[])).is_empty());
+}
