@@ -10,7 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::AsyncWrite;
-use ward_core::frame::{self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Response};
+use ward_core::frame::{
+    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response,
+};
 use ward_core::policy::{self, Lock};
 use ward_core::Principal;
 
@@ -135,6 +137,33 @@ pub(crate) fn login(services: &Services, peer: std::net::SocketAddr, login: &Log
         not_after_unix: i.not_after_unix,
         grant: i.grant,
     })
+}
+
+/// Answers `ListDevices`, `Lock`, `Unlock` and `ListLocks` (what changes state passes the
+/// audit gate).
+pub(crate) async fn request(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    request: Request,
+) -> Response {
+    let services = Services::of(shared);
+    match request {
+        Request::ListDevices => list_devices(&services, caller),
+        Request::ListLocks => list_locks(&services, caller),
+        Request::Lock {
+            target,
+            for_secs,
+            reason,
+            force,
+        } => {
+            let answer = lock(&services, caller, target, for_secs, reason, force);
+            gated(shared, answer).await
+        }
+        Request::Unlock { target } => gated(shared, unlock(&services, caller, target)).await,
+        Request::Open { .. } | Request::Access(_) | Request::Review(_) | Request::Login(_) => {
+            error_frame(ErrorCode::Internal, "request not handled here")
+        }
+    }
 }
 
 /// Answers `ListDevices`.

@@ -28,7 +28,7 @@ use ward_core::{Escaped, Principal};
 use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
-use crate::dispatch::{self as dispatch, error_frame, Services};
+use crate::dispatch::{self as dispatch, error_frame};
 use crate::recorder::{self, FileSink, SessionRecorder, Sink};
 use crate::recovery::recover_recordings;
 use crate::services::{Caller, Role};
@@ -929,33 +929,10 @@ async fn serve_stream<R, W>(
 {
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    let request = match tokio::time::timeout(
-        shared.limits().first_request_timeout,
-        read_request(&mut reader),
-    )
-    .await
-    {
-        Ok(Ok(req)) => req,
-        Ok(Err(msg)) => {
-            // Decode errors can quote the peer's text: escaped in the log and in the answer.
-            let msg = ward_core::escape(&msg);
-            warn!(event = "bad_request", source = %peer, principal = %Escaped(&identity.as_ref().map(|i| i.principal()).unwrap_or_else(|| "anonymous".into())), reason = %msg);
-            let _ = writer
-                .write_response(&error_frame(ErrorCode::BadRequest, msg))
-                .await;
-            let _ = writer.finish().await;
-            return;
-        }
-        Err(_) => {
-            let _ = writer
-                .write_response(&error_frame(
-                    ErrorCode::BadRequest,
-                    "no request within first_request_timeout",
-                ))
-                .await;
-            let _ = writer.finish().await;
-            return;
-        }
+    let Some(request) =
+        first_request(&shared, identity.as_deref(), peer, &mut reader, &mut writer).await
+    else {
+        return;
     };
     // The audit gate, first half: no audited operation starts while the audit log cannot be
     // written (sessions check the same in `open_session`).
@@ -975,26 +952,7 @@ async fn serve_stream<R, W>(
         }
         (Some(identity), request) => (identity, request),
         (None, request) => {
-            let what = frame::Frame::Request(request.clone()).type_byte();
-            let verdict = shared.audit_noise(
-                peer,
-                Event::new("unauthenticated_request", "denied", shared.clock.now())
-                    .severity("warning")
-                    .source(peer)
-                    .reason("request without a client certificate")
-                    .detail("frame_type", what),
-            );
-            if verdict == Verdict::Drop {
-                refuse(&mut writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
-                return;
-            }
-            let _ = writer
-                .write_response(&error_frame(
-                    ErrorCode::Forbidden,
-                    "this connection has no client certificate: the only thing it can do is log in (ward login)",
-                ))
-                .await;
-            let _ = writer.finish().await;
+            refuse_anonymous(&shared, peer, &request, &mut writer).await;
             return;
         }
     };
@@ -1043,29 +1001,81 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
-        Request::ListDevices => dispatch::list_devices(&Services::of(&shared), caller),
-        Request::Lock {
-            target,
-            for_secs,
-            reason,
-            force,
-        } => {
-            let services = Services::of(&shared);
-            let answer = dispatch::lock(&services, caller, target, for_secs, reason, force);
-            gated(&shared, answer).await
-        }
-        Request::Unlock { target } => {
-            let answer = dispatch::unlock(&Services::of(&shared), caller, target);
-            gated(&shared, answer).await
-        }
+        request @ (Request::ListDevices
+        | Request::Lock { .. }
+        | Request::Unlock { .. }
+        | Request::ListLocks) => dispatch::request(&shared, caller, request).await,
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
             return;
         }
-        Request::ListLocks => dispatch::list_locks(&Services::of(&shared), caller),
     };
     let _ = writer.write_response(&response).await;
+    let _ = writer.finish().await;
+}
+
+/// The stream's request, read within `first_request_timeout`; `None` once a malformed or missing
+/// request was answered.
+async fn first_request<R, W>(
+    shared: &Shared,
+    identity: Option<&Identity>,
+    peer: SocketAddr,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+) -> Option<Request>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let message = match tokio::time::timeout(
+        shared.limits().first_request_timeout,
+        read_request(reader),
+    )
+    .await
+    {
+        Ok(Ok(req)) => return Some(req),
+        Ok(Err(msg)) => {
+            // Decode errors can quote the peer's text: escaped in the log and in the answer.
+            let msg = ward_core::escape(&msg);
+            warn!(event = "bad_request", source = %peer, principal = %Escaped(&identity.map(|i| i.principal()).unwrap_or_else(|| "anonymous".into())), reason = %msg);
+            msg
+        }
+        Err(_) => "no request within first_request_timeout".to_string(),
+    };
+    let _ = writer
+        .write_response(&error_frame(ErrorCode::BadRequest, message))
+        .await;
+    let _ = writer.finish().await;
+    None
+}
+
+/// A request other than a login on a connection without a client certificate.
+async fn refuse_anonymous<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: &Request,
+    writer: &mut FrameWriter<W>,
+) {
+    let what = frame::Frame::Request(request.clone()).type_byte();
+    let verdict = shared.audit_noise(
+        peer,
+        Event::new("unauthenticated_request", "denied", shared.clock.now())
+            .severity("warning")
+            .source(peer)
+            .reason("request without a client certificate")
+            .detail("frame_type", what),
+    );
+    if verdict == Verdict::Drop {
+        refuse(writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
+        return;
+    }
+    let _ = writer
+        .write_response(&error_frame(
+            ErrorCode::Forbidden,
+            "this connection has no client certificate: the only thing it can do is log in (ward login)",
+        ))
+        .await;
     let _ = writer.finish().await;
 }
 
