@@ -73,11 +73,12 @@ impl Services {
             live: Arc::new(GatewayState(shared.clone())),
         };
         let jit = &shared.jit;
+        let stores = &jit.services;
         Services {
-            access: AccessService::new(ctx.clone(), jit.access.clone()),
-            users: UserService::new(ctx.clone(), jit.users.clone()),
-            login: LoginService::new(ctx.clone(), jit.users.clone(), jit.login.clone()),
-            locks: LockService::new(ctx.clone(), shared.store.clone(), jit.users.clone()),
+            access: AccessService::new(ctx.clone(), stores.access.clone()),
+            users: UserService::new(ctx.clone(), stores.users.clone()),
+            login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
+            locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
             devices: DeviceService::new(ctx),
         }
     }
@@ -130,12 +131,18 @@ impl LiveState for GatewayState {
     }
 }
 
-/// Answers a `Login` (on a blocking thread: see [`crate::login_gate`]).
-pub(crate) fn login(services: &Services, peer: std::net::SocketAddr, login: &Login) -> Response {
-    answer(services.login.login(peer, login), |i| Response::Issued {
-        chain_pem: i.chain_pem,
-        not_after_unix: i.not_after_unix,
-        grant: i.grant,
+/// Answers a `Login`.
+pub(crate) async fn login(
+    services: &Services,
+    peer: std::net::SocketAddr,
+    login: &Login,
+) -> Response {
+    answer(services.login.login(peer, login).await, |i| {
+        Response::Issued {
+            chain_pem: i.chain_pem,
+            not_after_unix: i.not_after_unix,
+            grant: i.grant,
+        }
     })
 }
 
@@ -156,10 +163,13 @@ pub(crate) async fn request(
             reason,
             force,
         } => {
-            let answer = lock(&services, caller, target, for_secs, reason, force);
+            let answer = lock(&services, caller, target, for_secs, reason, force).await;
             gated(shared, answer).await
         }
-        Request::Unlock { target } => gated(shared, unlock(&services, caller, target)).await,
+        Request::Unlock { target } => {
+            let answer = unlock(&services, caller, target).await;
+            gated(shared, answer).await
+        }
         Request::Open { .. } | Request::Access(_) | Request::Review(_) | Request::Login(_) => {
             error_frame(ErrorCode::Internal, "request not handled here")
         }
@@ -174,7 +184,7 @@ pub(crate) fn list_devices(services: &Services, caller: Caller<'_>) -> Response 
 }
 
 /// Answers `Lock`.
-pub(crate) fn lock(
+pub(crate) async fn lock(
     services: &Services,
     caller: Caller<'_>,
     target: LockTarget,
@@ -188,7 +198,7 @@ pub(crate) fn lock(
         reason,
         force,
     };
-    answer(services.locks.lock(caller, req), |l| Response::Ok {
+    answer(services.locks.lock(caller, req).await, |l| Response::Ok {
         message: format!(
             "locked {}{}; {} live session(s) ended",
             ward_core::escape(&l.lock.target.to_string()),
@@ -199,9 +209,15 @@ pub(crate) fn lock(
 }
 
 /// Answers `Unlock`.
-pub(crate) fn unlock(services: &Services, caller: Caller<'_>, target: LockTarget) -> Response {
-    answer(services.locks.unlock(caller, &target), |()| Response::Ok {
-        message: format!("unlocked {target}"),
+pub(crate) async fn unlock(
+    services: &Services,
+    caller: Caller<'_>,
+    target: LockTarget,
+) -> Response {
+    answer(services.locks.unlock(caller, &target).await, |()| {
+        Response::Ok {
+            message: format!("unlocked {target}"),
+        }
     })
 }
 
@@ -249,7 +265,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
     writer: &mut FrameWriter<W>,
 ) {
     let services = Services::of(shared);
-    match access_answer(&services, caller, op) {
+    match access_answer(&services, caller, op).await {
         Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
         Answer::Frame(response) => {
             let response = gated(shared, response).await;
@@ -258,7 +274,7 @@ pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
     }
 }
 
-fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
+async fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
     let reply = |r: AccessReply| Response::Access(Box::new(r));
     let frame = Answer::Frame;
     match op {
@@ -274,34 +290,35 @@ fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
                 duration: Duration::from_secs(duration_secs),
                 start_unix,
             };
-            frame(answer(s.access.request(caller, new), |request| {
+            frame(answer(s.access.request(caller, new).await, |request| {
                 reply(AccessReply::Request { request })
             }))
         }
         AccessOp::ListRequests { all } => {
-            listing(s.access.list_requests(caller, all), "requests", |v| v)
+            listing(s.access.list_requests(caller, all).await, "requests", |v| v)
         }
-        AccessOp::Approve { id, comment } => {
-            frame(answer(s.access.approve(caller, &id, comment), |out| {
+        AccessOp::Approve { id, comment } => frame(answer(
+            s.access.approve(caller, &id, comment).await,
+            |out| {
                 reply(AccessReply::Approved {
                     request: out.request,
                     count: u32::try_from(out.approved.count).unwrap_or(u32::MAX),
                     required: u32::try_from(out.approved.required).unwrap_or(u32::MAX),
                     grant: out.grant,
                 })
-            }))
+            },
+        )),
+        AccessOp::Deny { id, reason } => frame(answer(
+            s.access.deny(caller, &id, &reason).await,
+            |request| reply(AccessReply::Request { request }),
+        )),
+        AccessOp::ListGrants { all } => {
+            listing(s.access.list_grants(caller, all).await, "grants", |v| v)
         }
-        AccessOp::Deny { id, reason } => {
-            frame(answer(s.access.deny(caller, &id, &reason), |request| {
-                reply(AccessReply::Request { request })
-            }))
-        }
-        AccessOp::ListGrants { all } => listing(s.access.list_grants(caller, all), "grants", |v| v),
-        AccessOp::Revoke { grant, reason } => {
-            frame(answer(s.access.revoke(caller, &grant, &reason), |grant| {
-                reply(AccessReply::Grant { grant })
-            }))
-        }
+        AccessOp::Revoke { grant, reason } => frame(answer(
+            s.access.revoke(caller, &grant, &reason).await,
+            |grant| reply(AccessReply::Grant { grant }),
+        )),
         AccessOp::UserAdd {
             name,
             kind,
@@ -313,7 +330,7 @@ fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
                 roles,
                 ..NewUser::new(name.clone(), kind)
             };
-            frame(answer(s.users.add(caller, new), |created| {
+            frame(answer(s.users.add(caller, new).await, |created| {
                 reply(AccessReply::UserCreated {
                     name,
                     password: created.password,
@@ -322,11 +339,13 @@ fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
             }))
         }
         AccessOp::UserDisable { name } => {
-            frame(answer(s.users.disable(caller, &name), |()| Response::Ok {
-                message: format!("user {name} disabled; their live sessions are ending"),
+            frame(answer(s.users.disable(caller, &name).await, |()| {
+                Response::Ok {
+                    message: format!("user {name} disabled; their live sessions are ending"),
+                }
             }))
         }
-        AccessOp::UserList => listing(s.users.list(caller), "users", |users| {
+        AccessOp::UserList => listing(s.users.list(caller).await, "users", |users| {
             users.iter().map(user_line).collect()
         }),
     }

@@ -66,7 +66,6 @@ pub struct Shared {
     validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jit: crate::jit::Jit,
-    pub(crate) store: Arc<dyn Store>,
     pub(crate) locks: RwLock<Vec<Lock>>,
     pub(crate) sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: AtomicU64,
@@ -355,7 +354,6 @@ impl Gateway {
                 .with_context(|| format!("setting mode 0700 on {}", g.state_dir.display()))?;
         }
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
-        let store: Arc<dyn Store> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still
         // runs and login answers with a clear error.
         let ca = match ward_ca::Ca::load(&g.ca) {
@@ -398,7 +396,7 @@ impl Gateway {
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
-        let locks = store.active_locks(clock.now())?;
+        let locks = db.active_locks(clock.now())?;
         let verified = Arc::new(tls::VerifiedCache::default());
         let server_tls = tls::server_config(
             validator.clone(),
@@ -459,7 +457,6 @@ impl Gateway {
             validator,
             clock,
             jit,
-            store,
             locks: RwLock::new(locks),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(rand::random::<u32>() as u64),

@@ -16,6 +16,7 @@ use crate::access_store::AccessStore;
 use crate::gateway::Shared;
 use crate::services::login::LoginState;
 use crate::session_index::SessionIndex;
+use crate::store_async::ServiceStores;
 use crate::users::UserStore;
 
 pub use crate::dispatch::user_line;
@@ -34,6 +35,8 @@ pub struct Stores {
     pub users: Arc<dyn UserStore>,
     /// The session index.
     pub index: Arc<dyn SessionIndex>,
+    /// What the services run on.
+    pub services: ServiceStores,
 }
 
 impl Stores {
@@ -43,6 +46,7 @@ impl Stores {
             access: db.clone(),
             users: db.clone(),
             index: db.clone(),
+            services: ServiceStores::off_thread(db),
         }
     }
 }
@@ -53,6 +57,8 @@ pub struct Jit {
     pub(crate) users: Arc<dyn UserStore>,
     /// The session index the recorder keeps current.
     pub(crate) index: Arc<dyn SessionIndex>,
+    /// The stores the services run on.
+    pub(crate) services: ServiceStores,
     /// Swapped whole by [`refresh`]; a session open takes a reference, not a copy.
     pub(crate) grants: RwLock<Arc<[Grant]>>,
     pub(crate) disabled: RwLock<HashSet<String>>,
@@ -70,6 +76,7 @@ impl Jit {
             access,
             users,
             index,
+            services,
         } = stores;
         let grants = access.grants(now, false)?;
         let disabled = users.disabled_users()?.into_iter().collect();
@@ -77,6 +84,7 @@ impl Jit {
             access,
             users,
             index,
+            services,
             grants: RwLock::new(grants.into()),
             disabled: RwLock::new(disabled),
             login: Arc::new(LoginState::new(ca)),

@@ -30,6 +30,7 @@ pub mod session_index;
 pub mod sim;
 pub mod state_lock;
 pub mod store;
+pub mod store_async;
 pub mod telemetry;
 pub mod tls;
 pub mod users;

@@ -133,10 +133,13 @@ pub(crate) async fn answer<W: AsyncWrite + Unpin>(
         error_frame(ErrorCode::Forbidden, ONE_LOGIN)
     } else {
         let services = crate::dispatch::Services::of(shared);
+        // The login runs on the gate's blocking thread (argon2id); its store calls are driven
+        // from there.
+        let runtime = tokio::runtime::Handle::current();
         match shared
             .jit
             .gate
-            .run(move || crate::dispatch::login(&services, peer, &login))
+            .run(move || runtime.block_on(crate::dispatch::login(&services, peer, &login)))
             .await
         {
             Ok(r) => r,

@@ -9,8 +9,9 @@ use time::OffsetDateTime;
 use ward_core::access::{self, AccessRequest, Grant, RequestState};
 
 use super::{Caller, Context, Refusal, Role, Trail};
-use crate::access_store::{AccessStore, ApproveOutcome, DecisionError};
+use crate::access_store::{ApproveOutcome, DecisionError};
 use crate::audit::Event;
+use crate::store_async::{AsyncAccessStore, CheckFn, DecideFn, MakeGrantFn};
 
 /// A new access request.
 #[derive(Debug, Clone)]
@@ -41,7 +42,7 @@ pub struct RequestView {
 #[derive(Clone)]
 pub struct AccessService {
     ctx: Context,
-    store: Arc<dyn AccessStore>,
+    store: Arc<dyn AsyncAccessStore>,
 }
 
 /// A fresh random id such as `req-3f2a…`.
@@ -55,12 +56,16 @@ fn store_error(e: impl std::fmt::Display) -> Refusal {
 
 impl AccessService {
     /// A service over `store`.
-    pub fn new(ctx: Context, store: Arc<dyn AccessStore>) -> Self {
+    pub fn new(ctx: Context, store: Arc<dyn AsyncAccessStore>) -> Self {
         Self { ctx, store }
     }
 
     /// Files a request for the caller.
-    pub fn request(&self, caller: Caller<'_>, new: NewRequest) -> Result<AccessRequest, Refusal> {
+    pub async fn request(
+        &self,
+        caller: Caller<'_>,
+        new: NewRequest,
+    ) -> Result<AccessRequest, Refusal> {
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
         let start = new
@@ -68,58 +73,57 @@ impl AccessService {
             .map(OffsetDateTime::from_unix_timestamp)
             .transpose()
             .map_err(|_| Refusal::Invalid("bad start time".into()))?;
-        self.ctx.audit.run(|trail| {
-            let made =
-                access::check_start_ahead(start, now, cfg.access.max_start_ahead).and_then(|()| {
-                    access::new_request(
-                        &cfg.approvals,
-                        &cfg.devices,
-                        caller.principal,
-                        &new.device,
-                        &new.reason,
-                        start,
-                        new.duration,
-                        now,
-                        random_id("req"),
-                    )
-                });
-            let r = match made {
-                Ok(r) => r,
-                Err(e) => {
-                    trail.push(
-                        caller
-                            .event("access_request", "denied", now)
-                            .device(new.device.clone())
-                            .reason(e.to_string()),
-                    );
-                    return Err(Refusal::Denied(e.to_string()));
-                }
-            };
-            self.store.put_request(&r).map_err(store_error)?;
-            trail.push(
-                caller
-                    .event("access_request", "success", now)
-                    .device(r.device.clone())
-                    .reason(r.reason.clone())
-                    .detail("request", r.id.clone())
-                    .detail("policy", r.policy.clone())
-                    .detail("start", r.start.to_string())
-                    .detail("end", r.end.to_string())
-                    .detail("expires", r.expires.to_string()),
-            );
-            Ok(r)
-        })
+        let mut trail = self.ctx.audit.trail();
+        let made =
+            access::check_start_ahead(start, now, cfg.access.max_start_ahead).and_then(|()| {
+                access::new_request(
+                    &cfg.approvals,
+                    &cfg.devices,
+                    caller.principal,
+                    &new.device,
+                    &new.reason,
+                    start,
+                    new.duration,
+                    now,
+                    random_id("req"),
+                )
+            });
+        let r = match made {
+            Ok(r) => r,
+            Err(e) => {
+                trail.push(
+                    caller
+                        .event("access_request", "denied", now)
+                        .device(new.device.clone())
+                        .reason(e.to_string()),
+                );
+                return Err(Refusal::Denied(e.to_string()));
+            }
+        };
+        self.store.put_request(&r).await.map_err(store_error)?;
+        trail.push(
+            caller
+                .event("access_request", "success", now)
+                .device(r.device.clone())
+                .reason(r.reason.clone())
+                .detail("request", r.id.clone())
+                .detail("policy", r.policy.clone())
+                .detail("start", r.start.to_string())
+                .detail("end", r.end.to_string())
+                .detail("expires", r.expires.to_string()),
+        );
+        Ok(r)
     }
 
     /// The requests the caller may see: pending ones, or all with `all`.
-    pub fn list_requests(
+    pub async fn list_requests(
         &self,
         caller: Caller<'_>,
         all: bool,
     ) -> Result<Vec<RequestView>, Refusal> {
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
-        let rows = self.store.requests().map_err(store_error)?;
+        let rows = self.store.requests().await.map_err(store_error)?;
         Ok(rows
             .into_iter()
             .filter_map(|(r, a)| {
@@ -136,7 +140,7 @@ impl AccessService {
     }
 
     /// Approves a request as the caller; the approval that completes it makes the grant.
-    pub fn approve(
+    pub async fn approve(
         &self,
         caller: Caller<'_>,
         id: &str,
@@ -145,40 +149,39 @@ impl AccessService {
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
         let comment = comment.filter(|c| !c.trim().is_empty());
-        let out = self.ctx.audit.run(|trail| {
-            let result = self.store.approve(
-                id,
-                &|r, a| {
-                    access::approve(r, a, &cfg.approvals, caller.principal, comment.clone(), now)
-                },
-                &|r, a| access::grant_for(r, a, random_id("grant")),
-            );
-            let out = result.map_err(|e| {
-                decision_refused(trail, caller.event("access_approve", "denied", now), id, e)
-            })?;
-            trail.push(
-                caller
-                    .event("access_approve", "success", now)
-                    .device(out.request.device.clone())
-                    .detail("request", id.to_owned())
-                    .detail("requester", out.request.requester.to_string())
-                    .detail("approvals", out.approved.count)
-                    .detail("required", out.approved.required)
-                    .reason(comment.clone().unwrap_or_default()),
-            );
-            if let Some(g) = &out.grant {
-                trail.push(granted(g, now));
+        let mut trail = self.ctx.audit.trail();
+        let (approver, note) = (caller.principal.clone(), comment.clone());
+        let decide: DecideFn = Box::new(move |r, a| {
+            access::approve(r, a, &cfg.approvals, &approver, note.clone(), now)
+        });
+        let make_grant: MakeGrantFn = Box::new(|r, a| access::grant_for(r, a, random_id("grant")));
+        let out = match self.store.approve(id, decide, make_grant).await {
+            Ok(out) => out,
+            Err(e) => {
+                let ev = caller.event("access_approve", "denied", now);
+                return Err(decision_refused(&mut trail, ev, id, e));
             }
-            Ok(out)
-        })?;
-        if out.grant.is_some() {
+        };
+        trail.push(
+            caller
+                .event("access_approve", "success", now)
+                .device(out.request.device.clone())
+                .detail("request", id.to_owned())
+                .detail("requester", out.request.requester.to_string())
+                .detail("approvals", out.approved.count)
+                .detail("required", out.approved.required)
+                .reason(comment.unwrap_or_default()),
+        );
+        if let Some(g) = &out.grant {
+            trail.push(granted(g, now));
+            drop(trail);
             self.ctx.live.access_changed();
         }
         Ok(out)
     }
 
     /// Denies a request as the caller; a reason is required.
-    pub fn deny(
+    pub async fn deny(
         &self,
         caller: Caller<'_>,
         id: &str,
@@ -191,33 +194,34 @@ impl AccessService {
         }
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
-        self.ctx.audit.run(|trail| {
-            let r = self
-                .store
-                .deny(id, &|r| {
-                    access::check_deny(r, &cfg.approvals, caller.principal, now)
-                })
-                .map_err(|e| {
-                    decision_refused(trail, caller.event("access_deny", "denied", now), id, e)
-                })?;
-            trail.push(
-                caller
-                    .event("access_deny", "success", now)
-                    .device(r.device.clone())
-                    .detail("request", id.to_owned())
-                    .detail("requester", r.requester.to_string())
-                    .reason(reason.to_owned()),
-            );
-            Ok(r)
-        })
+        let mut trail = self.ctx.audit.trail();
+        let decider = caller.principal.clone();
+        let check: CheckFn =
+            Box::new(move |r| access::check_deny(r, &cfg.approvals, &decider, now));
+        let r = match self.store.deny(id, check).await {
+            Ok(r) => r,
+            Err(e) => {
+                let ev = caller.event("access_deny", "denied", now);
+                return Err(decision_refused(&mut trail, ev, id, e));
+            }
+        };
+        trail.push(
+            caller
+                .event("access_deny", "success", now)
+                .device(r.device.clone())
+                .detail("request", id.to_owned())
+                .detail("requester", r.requester.to_string())
+                .reason(reason.to_owned()),
+        );
+        Ok(r)
     }
 
     /// The grants the caller may see (security and admin see all; others those they could
     /// revoke): current ones, or all with `all`.
-    pub fn list_grants(&self, caller: Caller<'_>, all: bool) -> Result<Vec<Grant>, Refusal> {
+    pub async fn list_grants(&self, caller: Caller<'_>, all: bool) -> Result<Vec<Grant>, Refusal> {
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
-        let grants = self.store.grants(now, all).map_err(store_error)?;
+        let grants = self.store.grants(now, all).await.map_err(store_error)?;
         let staff = Role::Security.held_by(caller.principal);
         Ok(grants
             .into_iter()
@@ -229,23 +233,27 @@ impl AccessService {
 
     /// Revokes a grant (holders, approvers, security and admin may); a reason is required. Its
     /// live sessions end.
-    pub fn revoke(&self, caller: Caller<'_>, grant: &str, reason: &str) -> Result<Grant, Refusal> {
+    pub async fn revoke(
+        &self,
+        caller: Caller<'_>,
+        grant: &str,
+        reason: &str,
+    ) -> Result<Grant, Refusal> {
         let now = self.ctx.clock.now();
         let cfg = self.ctx.live.config();
-        let found = self.store.grant(grant).map_err(store_error)?;
+        let found = self.store.grant(grant).await.map_err(store_error)?;
         let may = found
             .as_ref()
             .is_some_and(|g| access::can_revoke(g, &cfg.approvals, &cfg.devices, caller.principal));
+        let mut trail = self.ctx.audit.trail();
         if !may {
-            return self.ctx.audit.run(|trail| {
-                trail.push(
-                    caller
-                        .event("access_revoke", "denied", now)
-                        .detail("grant", grant.to_owned())
-                        .reason("not the holder, an approver, security or admin"),
-                );
-                Err(not_found_grant(grant))
-            });
+            trail.push(
+                caller
+                    .event("access_revoke", "denied", now)
+                    .detail("grant", grant.to_owned())
+                    .reason("not the holder, an approver, security or admin"),
+            );
+            return Err(not_found_grant(grant));
         }
         if reason.trim().is_empty() {
             return Err(Refusal::Invalid(
@@ -253,24 +261,22 @@ impl AccessService {
             ));
         }
         let why = format!("by {}: {reason}", caller.principal);
-        let g = match self.store.revoke_grant(grant, now, &why) {
+        let g = match self.store.revoke_grant(grant, now, &why).await {
             Ok(Some(g)) => g,
             Ok(None) => return Err(not_found_grant(grant)),
             Err(e) => return Err(store_error(e)),
         };
         self.ctx.live.access_changed();
-        self.ctx.audit.run(|trail| {
-            trail.push(
-                caller
-                    .event("access_revoke", "success", now)
-                    .severity("warning")
-                    .device(g.device.clone())
-                    .detail("grant", g.id.clone())
-                    .detail("principal", g.principal.to_string())
-                    .reason(reason.to_owned()),
-            );
-            Ok(g)
-        })
+        trail.push(
+            caller
+                .event("access_revoke", "success", now)
+                .severity("warning")
+                .device(g.device.clone())
+                .detail("grant", g.id.clone())
+                .detail("principal", g.principal.to_string())
+                .reason(reason.to_owned()),
+        );
+        Ok(g)
     }
 }
 

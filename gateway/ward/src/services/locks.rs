@@ -10,8 +10,7 @@ use ward_core::suggest::KnownNames;
 
 use super::{Caller, Context, Refusal, Role};
 use crate::audit::Event;
-use crate::store::LockStore;
-use crate::users::UserStore;
+use crate::store_async::{AsyncLockStore, AsyncUserStore};
 
 /// A lock to put.
 #[derive(Debug, Clone)]
@@ -41,13 +40,17 @@ pub struct Locked {
 #[derive(Clone)]
 pub struct LockService {
     ctx: Context,
-    locks: Arc<dyn LockStore>,
-    users: Arc<dyn UserStore>,
+    locks: Arc<dyn AsyncLockStore>,
+    users: Arc<dyn AsyncUserStore>,
 }
 
 impl LockService {
     /// A service over `locks`; `users` names the targets a lock may match.
-    pub fn new(ctx: Context, locks: Arc<dyn LockStore>, users: Arc<dyn UserStore>) -> Self {
+    pub fn new(
+        ctx: Context,
+        locks: Arc<dyn AsyncLockStore>,
+        users: Arc<dyn AsyncUserStore>,
+    ) -> Self {
         Self { ctx, locks, users }
     }
 
@@ -57,102 +60,102 @@ impl LockService {
     }
 
     /// Puts a lock and ends the live sessions it matches.
-    pub fn lock(&self, caller: Caller<'_>, req: LockRequest) -> Result<Locked, Refusal> {
+    pub async fn lock(&self, caller: Caller<'_>, req: LockRequest) -> Result<Locked, Refusal> {
         let LockRequest {
             target,
             duration,
             reason,
             force,
         } = req;
-        self.ctx.audit.run(|trail| {
-            if let Err(r) = Role::Security.require(caller.principal, "lock") {
-                trail.push(self.denied(caller, "lock").reason(format!(
-                    "only security and admin identities may lock; target {target}"
-                )));
-                return Err(r);
-            }
-            let known = self.known_names();
-            if let Err(e) = ward_core::suggest::check_lock_target(&target, &known, force) {
-                trail.push(
-                    self.denied(caller, "lock")
-                        .reason(e.to_string())
-                        .detail("target", ward_core::escape(&target.to_string())),
-                );
-                return Err(Refusal::Invalid(e.to_string()));
-            }
-            let now = self.ctx.clock.now();
-            // A duration past the calendar is refused, not a panic.
-            let until = match duration {
-                None => None,
-                Some(d) => Some(
-                    time::Duration::try_from(d)
-                        .ok()
-                        .and_then(|d| now.checked_add(d))
-                        .ok_or_else(|| Refusal::Invalid("lock duration out of range".into()))?,
-                ),
-            };
-            let lock = Lock {
-                target: target.clone(),
-                until,
-                reason: reason.clone(),
-                by: caller.identity.principal(),
-            };
-            self.locks
-                .put_lock(&lock)
-                .map_err(|e| Refusal::Unavailable(format!("lock not stored: {e}")))?;
-            let cut = self.ctx.live.locked(&lock);
+        let mut trail = self.ctx.audit.trail();
+        if let Err(r) = Role::Security.require(caller.principal, "lock") {
+            trail.push(self.denied(caller, "lock").reason(format!(
+                "only security and admin identities may lock; target {target}"
+            )));
+            return Err(r);
+        }
+        let known = self.known_names().await;
+        if let Err(e) = ward_core::suggest::check_lock_target(&target, &known, force) {
             trail.push(
-                Event::new("lock", "success", now)
-                    .severity("warning")
-                    .principal(caller.identity)
-                    .reason(reason)
-                    .detail("target", target.to_string())
-                    .detail(
-                        "until",
-                        until
-                            .map(|u| u.to_string())
-                            .unwrap_or_else(|| "until unlocked".into()),
-                    )
-                    .detail("sessions_ended", cut)
-                    .detail("forced", force),
+                self.denied(caller, "lock")
+                    .reason(e.to_string())
+                    .detail("target", ward_core::escape(&target.to_string())),
             );
-            Ok(Locked {
-                lock,
-                sessions_ended: cut,
-                forced: force,
-            })
+            return Err(Refusal::Invalid(e.to_string()));
+        }
+        let now = self.ctx.clock.now();
+        // A duration past the calendar is refused, not a panic.
+        let until = match duration {
+            None => None,
+            Some(d) => Some(
+                time::Duration::try_from(d)
+                    .ok()
+                    .and_then(|d| now.checked_add(d))
+                    .ok_or_else(|| Refusal::Invalid("lock duration out of range".into()))?,
+            ),
+        };
+        let lock = Lock {
+            target: target.clone(),
+            until,
+            reason: reason.clone(),
+            by: caller.identity.principal(),
+        };
+        self.locks
+            .put_lock(&lock)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("lock not stored: {e}")))?;
+        let cut = self.ctx.live.locked(&lock);
+        trail.push(
+            Event::new("lock", "success", now)
+                .severity("warning")
+                .principal(caller.identity)
+                .reason(reason)
+                .detail("target", target.to_string())
+                .detail(
+                    "until",
+                    until
+                        .map(|u| u.to_string())
+                        .unwrap_or_else(|| "until unlocked".into()),
+                )
+                .detail("sessions_ended", cut)
+                .detail("forced", force),
+        );
+        Ok(Locked {
+            lock,
+            sessions_ended: cut,
+            forced: force,
         })
     }
 
     /// Removes the lock on `target`.
-    pub fn unlock(&self, caller: Caller<'_>, target: &LockTarget) -> Result<(), Refusal> {
-        self.ctx.audit.run(|trail| {
-            if let Err(r) = Role::Security.require(caller.principal, "unlock") {
-                trail.push(self.denied(caller, "unlock").reason(format!(
-                    "only security and admin identities may unlock; target {target}"
-                )));
-                return Err(r);
-            }
-            let existed = self
-                .locks
-                .remove_lock(target)
-                .map_err(|e| Refusal::Unavailable(format!("unlock not stored: {e}")))?;
-            self.ctx.live.unlocked(target);
-            trail.push(
-                Event::new(
-                    "unlock",
-                    if existed { "success" } else { "failure" },
-                    self.ctx.clock.now(),
-                )
-                .principal(caller.identity)
-                .detail("target", target.to_string()),
-            );
-            if existed {
-                Ok(())
-            } else {
-                Err(Refusal::NotFound(format!("no lock on {target}")))
-            }
-        })
+    pub async fn unlock(&self, caller: Caller<'_>, target: &LockTarget) -> Result<(), Refusal> {
+        let mut trail = self.ctx.audit.trail();
+        if let Err(r) = Role::Security.require(caller.principal, "unlock") {
+            trail.push(self.denied(caller, "unlock").reason(format!(
+                "only security and admin identities may unlock; target {target}"
+            )));
+            return Err(r);
+        }
+        let existed = self
+            .locks
+            .remove_lock(target)
+            .await
+            .map_err(|e| Refusal::Unavailable(format!("unlock not stored: {e}")))?;
+        self.ctx.live.unlocked(target);
+        trail.push(
+            Event::new(
+                "unlock",
+                if existed { "success" } else { "failure" },
+                self.ctx.clock.now(),
+            )
+            .principal(caller.identity)
+            .detail("target", target.to_string()),
+        );
+        if existed {
+            Ok(())
+        } else {
+            Err(Refusal::NotFound(format!("no lock on {target}")))
+        }
     }
 
     /// The current locks (security and admin).
@@ -163,7 +166,7 @@ impl LockService {
 
     /// Everything a lock can match now: configured devices, orgs and principals named in the
     /// config, users, grants and live sessions (security case: typo locks).
-    fn known_names(&self) -> KnownNames {
+    async fn known_names(&self) -> KnownNames {
         let config = self.ctx.live.config();
         let mut k = KnownNames {
             devices: config.devices.iter().map(|d| d.id.to_string()).collect(),
@@ -176,7 +179,7 @@ impl LockService {
                 k.orgs.push(org.clone());
             }
         }
-        for u in self.users.list_users().unwrap_or_default() {
+        for u in self.users.list_users().await.unwrap_or_default() {
             principal(&mut k, u.org.as_ref(), &u.name);
         }
         for g in self.ctx.live.grants().iter() {

@@ -3,8 +3,9 @@
 //! log does. The decisions are `ward_core::{password, totp, ratelimit}`; this service runs them
 //! against the user store and the CA.
 //!
-//! Synchronous: argon2id takes tens of milliseconds, so the front end runs [`LoginService::login`]
-//! on a blocking thread behind the login gate ([`crate::login_gate`]).
+//! argon2id takes tens of milliseconds and 19 MiB: the frame front end runs
+//! [`LoginService::login`] on a blocking thread behind the login gate ([`crate::login_gate`]),
+//! which bounds how many run at once.
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,8 @@ use super::principal::principal_kind;
 use super::{Context, Refusal, Trail};
 use crate::audit::Event;
 use crate::store::StoreError;
-use crate::users::{User, UserStore};
+use crate::store_async::AsyncUserStore;
+use crate::users::User;
 
 /// What a login with a right password and an already used TOTP code is told (the client prints
 /// it for `ErrorCode::TotpReused`).
@@ -62,20 +64,20 @@ pub struct Issued {
 #[derive(Clone)]
 pub struct LoginService {
     ctx: Context,
-    users: Arc<dyn UserStore>,
+    users: Arc<dyn AsyncUserStore>,
     state: Arc<LoginState>,
 }
 
 /// One attempt's context for its audit events.
-struct Attempt<'t> {
-    trail: &'t mut Trail,
+struct Attempt {
+    trail: Trail,
     peer: SocketAddr,
     user: String,
     now: OffsetDateTime,
     past_others: bool,
 }
 
-impl Attempt<'_> {
+impl Attempt {
     fn ev(&self, outcome: &str) -> Event {
         Event::new("login", outcome, self.now)
             .source(self.peer)
@@ -122,30 +124,29 @@ impl Attempt<'_> {
 
 impl LoginService {
     /// Login over `users`, with the CA and back-off in `state`.
-    pub fn new(ctx: Context, users: Arc<dyn UserStore>, state: Arc<LoginState>) -> Self {
+    pub fn new(ctx: Context, users: Arc<dyn AsyncUserStore>, state: Arc<LoginState>) -> Self {
         Self { ctx, users, state }
     }
 
     /// Answers a login from `peer`.
-    pub fn login(&self, peer: SocketAddr, login: &Login) -> Result<Issued, Refusal> {
-        self.ctx.audit.run(|trail| {
-            let mut a = Attempt {
-                trail,
-                peer,
-                user: login.user.clone(),
-                now: self.ctx.clock.now(),
-                past_others: false,
-            };
-            self.attempt(&mut a, login)
-        })
+    pub async fn login(&self, peer: SocketAddr, login: &Login) -> Result<Issued, Refusal> {
+        let mut a = Attempt {
+            trail: self.ctx.audit.trail(),
+            peer,
+            user: login.user.clone(),
+            now: self.ctx.clock.now(),
+            past_others: false,
+        };
+        self.attempt(&mut a, login).await
     }
 
-    fn attempt(&self, a: &mut Attempt<'_>, login: &Login) -> Result<Issued, Refusal> {
+    async fn attempt(&self, a: &mut Attempt, login: &Login) -> Result<Issued, Refusal> {
         // One config snapshot for the whole login (a reload may swap it meanwhile).
         let config = self.ctx.live.config();
         let user = self
             .users
             .user(&login.user)
+            .await
             .map_err(|e| a.store_down(e, "read"))?;
         // The attempt is counted before anything is verified, so parallel guesses cannot all
         // pass the back-off check before any of them is counted (ward_core::ratelimit).
@@ -155,17 +156,17 @@ impl LoginService {
         a.past_others = reserved == Reserved::PastOthers;
         // Refusals in `authenticate` were counted by the reservation; a success takes the count
         // back.
-        let (user, mfa) = self.authenticate(a, &config, user, login)?;
+        let (user, mfa) = self.authenticate(a, &config, user, login).await?;
         // Authenticated. From here on refusals are not counted as failed logins.
         if let Ok(mut limiter) = self.state.limiter.lock() {
             limiter.success(&login.user, &a.peer.ip().to_string(), reserved);
         }
-        self.change_password(a, &user, login)?;
+        self.change_password(a, &user, login).await?;
         self.issue(a, &config, &user, mfa, login)
     }
 
     /// Reserves a login attempt with the back-off (`ward_core::ratelimit`).
-    fn reserve(&self, a: &mut Attempt<'_>, second_factor: bool) -> Result<Reserved, Refusal> {
+    fn reserve(&self, a: &mut Attempt, second_factor: bool) -> Result<Reserved, Refusal> {
         let source = a.peer.ip().to_string();
         let reserved = match self.state.limiter.lock() {
             Ok(mut limiter) => limiter.reserve(&a.user, &source, second_factor, a.now),
@@ -190,9 +191,9 @@ impl LoginService {
 
     /// Checks the password and, where MFA applies, the TOTP code (consuming its step). Returns
     /// the user and whether MFA was verified.
-    fn authenticate(
+    async fn authenticate(
         &self,
-        a: &mut Attempt<'_>,
+        a: &mut Attempt,
         config: &Config,
         user: Option<User>,
         login: &Login,
@@ -225,7 +226,7 @@ impl LoginService {
         match totp::verify(&secret, code, a.now.unix_timestamp(), user.totp_last_step) {
             Err(totp::TotpError::Reused) => Err(a.reused("TOTP code reused", &user)),
             Err(_) => Err(a.fail("wrong TOTP code", Some(&user))),
-            Ok(step) => match self.users.record_totp_step(&user.name, step) {
+            Ok(step) => match self.users.record_totp_step(&user.name, step).await {
                 Ok(true) => Ok((user, true)),
                 Ok(false) => Err(a.reused("TOTP code reused (concurrent login)", &user)),
                 Err(e) => Err(a.store_down(e, "write")),
@@ -235,9 +236,9 @@ impl LoginService {
 
     /// An initial password must be changed before a certificate is issued; a new password asked
     /// for is stored here.
-    fn change_password(
+    async fn change_password(
         &self,
-        a: &mut Attempt<'_>,
+        a: &mut Attempt,
         user: &User,
         login: &Login,
     ) -> Result<(), Refusal> {
@@ -259,15 +260,12 @@ impl LoginService {
         if let Err(e) = password::check_strength(new, &user.name) {
             return Err(Refusal::Denied(format!("new password refused: {e}")));
         }
-        let stored = password::hash_password(new, rand::random())
-            .map_err(|e| e.to_string())
-            .and_then(|phc| {
-                self.users
-                    .set_password(&user.name, &phc)
-                    .map_err(|e| e.to_string())
-            });
+        let stored = match password::hash_password(new, rand::random()) {
+            Ok(phc) => self.users.set_password(&user.name, &phc).await.ok(),
+            Err(_) => None,
+        };
         match stored {
-            Ok(true) => {
+            Some(true) => {
                 let e = a
                     .who("success", user)
                     .reason("password changed at login")
@@ -285,7 +283,7 @@ impl LoginService {
     /// (the one live now, else the next to start).
     fn bound_grant(
         &self,
-        a: &mut Attempt<'_>,
+        a: &mut Attempt,
         user: &User,
         login: &Login,
     ) -> Result<Option<Grant>, Refusal> {
@@ -323,7 +321,7 @@ impl LoginService {
     /// Issues the certificate.
     fn issue(
         &self,
-        a: &mut Attempt<'_>,
+        a: &mut Attempt,
         config: &Config,
         user: &User,
         mfa: bool,

@@ -3,12 +3,14 @@
 //!
 //! Each service takes who is asking (a [`Caller`]: the authenticated certificate identity, its
 //! policy [`Principal`] and address; login takes the address alone) and a typed request, and
-//! returns a typed answer or a typed [`Refusal`]. No service knows frames, JSON or a stream: the
+//! returns a typed answer or a typed [`Refusal`]. They are async over the async store traits
+//! ([`crate::store_async`]). No service knows frames, JSON or a stream: the
 //! frame dispatcher ([`crate::dispatch`]) is one adapter over them, a web console is another.
 //!
-//! Every audit event a service writes goes through [`Audit::run`]: a service operation gets a
-//! [`Trail`] to add events to and never the audit log itself, so no front end can answer without
-//! its events being written. The audit gate (an answer leaves only once its events are durable,
+//! Every audit event a service writes goes through a [`Trail`] opened from [`Audit`]: a service
+//! holds no audit log, only the means to open a trail, whose events are written when it is
+//! dropped, on every path out of the operation. No front end writes a service's events, so none
+//! can forget them. The audit gate (an answer leaves only once its events are durable,
 //! `AuditLog::commit`) belongs to the front end, which writes the answer.
 //!
 //! Services hold what they need (store traits, clock, audit log, a [`LiveState`] view of the
@@ -114,18 +116,29 @@ impl Role {
     }
 }
 
-/// The audit events one service operation produced, written by [`Audit::run`].
-#[derive(Default)]
-pub struct Trail(Vec<Event>);
+/// The audit events of one service operation. They are written when the trail is dropped, on
+/// every path out of the operation (an answer, a refusal, an early `?`).
+pub struct Trail {
+    log: AuditLog,
+    events: Vec<Event>,
+}
 
 impl Trail {
     /// Adds an event.
     pub fn push(&mut self, e: Event) {
-        self.0.push(e);
+        self.events.push(e);
     }
 }
 
-/// The one place services write audit events.
+impl Drop for Trail {
+    fn drop(&mut self) {
+        for e in self.events.drain(..) {
+            self.log.emit(e);
+        }
+    }
+}
+
+/// The one place services write audit events: each operation opens a [`Trail`].
 #[derive(Clone)]
 pub struct Audit(AuditLog);
 
@@ -135,15 +148,12 @@ impl Audit {
         Self(log)
     }
 
-    /// Runs one service operation and writes the events it left in its trail, whatever the
-    /// outcome.
-    pub fn run<T>(&self, op: impl FnOnce(&mut Trail) -> Result<T, Refusal>) -> Result<T, Refusal> {
-        let mut trail = Trail::default();
-        let out = op(&mut trail);
-        for e in trail.0 {
-            self.0.emit(e);
+    /// A trail for one operation.
+    pub fn trail(&self) -> Trail {
+        Trail {
+            log: self.0.clone(),
+            events: Vec::new(),
         }
-        out
     }
 }
 

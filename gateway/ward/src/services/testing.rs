@@ -23,6 +23,7 @@ use super::{principal_of, Audit, Caller, Context, LiveState};
 use crate::access_store::AccessStore;
 use crate::audit::{AuditLog, AuditWriter};
 use crate::store::SqliteStore;
+use crate::store_async::ServiceStores;
 
 /// The gateway as the services see it, recording what they told it.
 pub(crate) struct FakeLive {
@@ -117,11 +118,16 @@ impl Fixture {
             audit: Audit::new(audit.clone()),
             live: live.clone(),
         };
+        let stores = ServiceStores::off_thread(&store);
         Fixture {
-            access: AccessService::new(ctx.clone(), store.clone()),
-            users: UserService::new(ctx.clone(), store.clone()),
-            login: LoginService::new(ctx.clone(), store.clone(), Arc::new(LoginState::new(None))),
-            locks: LockService::new(ctx.clone(), store.clone(), store.clone()),
+            access: AccessService::new(ctx.clone(), stores.access.clone()),
+            users: UserService::new(ctx.clone(), stores.users.clone()),
+            login: LoginService::new(
+                ctx.clone(),
+                stores.users.clone(),
+                Arc::new(LoginState::new(None)),
+            ),
+            locks: LockService::new(ctx.clone(), stores.locks, stores.users),
             devices: DeviceService::new(ctx),
             dir,
             clock,

@@ -8,6 +8,7 @@ use ward_core::{password, totp, PrincipalKind};
 
 use super::principal::ca_kind;
 use super::{Caller, Context, Refusal, Role};
+use crate::store_async::AsyncUserStore;
 use crate::users::{User, UserStore};
 
 /// A user to create.
@@ -54,91 +55,111 @@ pub struct CreatedUser {
 #[derive(Clone)]
 pub struct UserService {
     ctx: Context,
-    users: Arc<dyn UserStore>,
+    users: Arc<dyn AsyncUserStore>,
 }
 
 impl UserService {
     /// A service over `users`.
-    pub fn new(ctx: Context, users: Arc<dyn UserStore>) -> Self {
+    pub fn new(ctx: Context, users: Arc<dyn AsyncUserStore>) -> Self {
         Self { ctx, users }
     }
 
     /// Creates a user (admins only; the initial password must be changed at first login).
-    pub fn add(&self, caller: Caller<'_>, new: NewUser) -> Result<CreatedUser, Refusal> {
+    pub async fn add(&self, caller: Caller<'_>, new: NewUser) -> Result<CreatedUser, Refusal> {
         let now = self.ctx.clock.now();
         let login = self.ctx.live.config().login.clone();
-        let name = new.name.clone();
-        let kind = new.kind.clone();
-        self.ctx.audit.run(|trail| {
-            let ev = |outcome: &str| {
-                caller
-                    .event("user_add", outcome, now)
-                    .detail("user", name.clone())
-            };
-            if let Err(r) = Role::Admin.require(caller.principal, "add users") {
-                trail.push(ev("denied").reason("not an admin"));
-                return Err(r);
+        let (name, kind) = (new.name.clone(), new.kind.clone());
+        let mut trail = self.ctx.audit.trail();
+        let ev = |outcome: &str| {
+            caller
+                .event("user_add", outcome, now)
+                .detail("user", name.clone())
+        };
+        if let Err(r) = Role::Admin.require(caller.principal, "add users") {
+            trail.push(ev("denied").reason("not an admin"));
+            return Err(r);
+        }
+        // argon2id: off the async workers.
+        let prepared = tokio::task::spawn_blocking(move || prepare_user(&login, new, now))
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("could not prepare the user")));
+        let added = match prepared {
+            Ok((user, created)) => match self.users.add_user(&user).await {
+                Ok(()) => Ok(created),
+                Err(e) => Err(anyhow::Error::from(e)),
+            },
+            Err(e) => Err(e),
+        };
+        match added {
+            Ok(created) => {
+                trail.push(
+                    ev("success")
+                        .detail("kind", kind)
+                        .detail("totp", created.totp_uri.is_some()),
+                );
+                Ok(created)
             }
-            match create_user(self.users.as_ref(), &login, new, now) {
-                Ok(created) => {
-                    trail.push(
-                        ev("success")
-                            .detail("kind", kind.clone())
-                            .detail("totp", created.totp_uri.is_some()),
-                    );
-                    Ok(created)
-                }
-                Err(e) => {
-                    trail.push(ev("failure").reason(format!("{e:#}")));
-                    Err(Refusal::Invalid(format!("{e:#}")))
-                }
+            Err(e) => {
+                trail.push(ev("failure").reason(format!("{e:#}")));
+                Err(Refusal::Invalid(format!("{e:#}")))
             }
-        })
+        }
     }
 
     /// Disables a user (admins only); their live sessions end.
-    pub fn disable(&self, caller: Caller<'_>, name: &str) -> Result<(), Refusal> {
+    pub async fn disable(&self, caller: Caller<'_>, name: &str) -> Result<(), Refusal> {
         let now = self.ctx.clock.now();
+        let mut trail = self.ctx.audit.trail();
         let ev = |outcome: &str| {
             caller
                 .event("user_disable", outcome, now)
                 .detail("user", name.to_owned())
         };
         if let Err(r) = Role::Admin.require(caller.principal, "disable users") {
-            return self.ctx.audit.run(|trail| {
-                trail.push(ev("denied").reason("not an admin"));
-                Err(r)
-            });
+            trail.push(ev("denied").reason("not an admin"));
+            return Err(r);
         }
-        match self.users.disable_user(name, now) {
+        match self.users.disable_user(name, now).await {
             Ok(true) => {}
             Ok(false) => return Err(Refusal::NotFound(format!("no user {name}"))),
             Err(e) => return Err(Refusal::Unavailable(format!("store error: {e}"))),
         }
         self.ctx.live.access_changed();
-        self.ctx.audit.run(|trail| {
-            trail.push(ev("success").severity("warning"));
-            Ok(())
-        })
+        trail.push(ev("success").severity("warning"));
+        Ok(())
     }
 
     /// Every user (admins only).
-    pub fn list(&self, caller: Caller<'_>) -> Result<Vec<User>, Refusal> {
+    pub async fn list(&self, caller: Caller<'_>) -> Result<Vec<User>, Refusal> {
         Role::Admin.require(caller.principal, "list users")?;
         self.users
             .list_users()
+            .await
             .map_err(|e| Refusal::Unavailable(format!("store error: {e}")))
     }
 }
 
-/// Creates a user with a generated (or given) password and, where MFA applies, a TOTP secret.
-/// Shared by the gateway ([`UserService::add`]) and the host-side command.
+/// Creates a user with a generated (or given) password and, where MFA applies, a TOTP secret,
+/// in a blocking store (the host-side command, quickstart). The gateway's [`UserService::add`]
+/// does the same through the async store.
 pub fn create_user(
     db: &dyn UserStore,
     login: &ward_core::config::LoginConfig,
     new: NewUser,
     now: OffsetDateTime,
 ) -> anyhow::Result<CreatedUser> {
+    let (user, created) = prepare_user(login, new, now)?;
+    db.add_user(&user)?;
+    Ok(created)
+}
+
+/// The user record to store (its password hashed, its TOTP secret drawn) and what to hand back
+/// once. Checks the kind, the CA's name rules and the password's strength.
+fn prepare_user(
+    login: &ward_core::config::LoginConfig,
+    new: NewUser,
+    now: OffsetDateTime,
+) -> anyhow::Result<(User, CreatedUser)> {
     let NewUser {
         name,
         kind,
@@ -192,6 +213,5 @@ pub fn create_user(
         disabled_unix: None,
         must_change_password: must_change,
     };
-    db.add_user(&user)?;
-    Ok(CreatedUser { password, totp_uri })
+    Ok((user, CreatedUser { password, totp_uri }))
 }
