@@ -379,3 +379,44 @@ pub fn user_line(u: &User) -> serde_json::Value {
         "created_unix": u.created_unix,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_one_frame() {
+        let code = |r: Refusal| match refusal_frame(r) {
+            Response::Error { code, .. } => Some(code),
+            Response::Denied { .. } => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(Refusal::Denied("no".into())), None);
+        assert_eq!(
+            code(Refusal::Forbidden("x".into())),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(Refusal::NotFound("x".into())),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(Refusal::Invalid("x".into())),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(Refusal::Unavailable("x".into())),
+            Some(ErrorCode::Internal)
+        );
+        assert_eq!(code(Refusal::TotpReused), Some(ErrorCode::TotpReused));
+        // The text travels unchanged.
+        assert_eq!(
+            refusal_frame(Refusal::Invalid("a reason is required".into())),
+            error_frame(ErrorCode::BadRequest, "a reason is required")
+        );
+        assert_eq!(
+            refusal_frame(Refusal::TotpReused),
+            error_frame(ErrorCode::TotpReused, TOTP_REUSED)
+        );
+    }
+}
