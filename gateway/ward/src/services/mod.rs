@@ -96,7 +96,7 @@ impl Role {
     /// Whether `p` holds the role.
     pub fn held_by(self, p: &Principal) -> bool {
         match self {
-            Role::Security => matches!(p.kind, PrincipalKind::Security | PrincipalKind::Admin),
+            Role::Security => p.kind.is_security_staff(),
             Role::Admin => p.kind == PrincipalKind::Admin,
         }
     }
