@@ -104,6 +104,25 @@ async fn request_approve_revoke_and_deny_without_frames() {
     assert!(revoked.revoked_at.is_some());
     assert_eq!(f.live.changed.load(Ordering::SeqCst), 2);
 
+    // Every operation wrote its events, refusals included.
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "access_request/success",
+            "access_approve/denied",
+            "access_approve/success",
+            "access_approve/success",
+            "access_grant/success",
+            "access_revoke/denied",
+            "access_revoke/success",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deny_needs_a_reason_and_an_approver() {
+    let f = Fixture::new();
+    let (tech, cara) = (vendor(), icu());
     let r2 = f
         .access
         .request(tech.caller(), pump_request("again"))
@@ -128,17 +147,9 @@ async fn request_approve_revoke_and_deny_without_frames() {
         Err(Refusal::Denied(m)) if m.contains("no access request")
     ));
 
-    // Every operation wrote its events, refusals included.
     assert_eq!(
         f.outcomes().await,
         [
-            "access_request/success",
-            "access_approve/denied",
-            "access_approve/success",
-            "access_approve/success",
-            "access_grant/success",
-            "access_revoke/denied",
-            "access_revoke/success",
             "access_request/success",
             "access_deny/denied",
             "access_deny/success",
