@@ -50,8 +50,12 @@ pub trait AsyncUserStore: Send + Sync {
     async fn disable_user(&self, name: &str, now: OffsetDateTime) -> Result<bool, StoreError>;
     /// Replace a password hash (clears the must-change flag); returns whether the user exists.
     async fn set_password(&self, name: &str, phc: &str) -> Result<bool, StoreError>;
+    /// Set or clear a TOTP secret; returns whether the user exists.
+    async fn set_totp(&self, name: &str, secret_base32: Option<&str>) -> Result<bool, StoreError>;
     /// Consume a TOTP step if it is newer than the last one (atomic).
     async fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError>;
+    /// The names of disabled users.
+    async fn disabled_users(&self) -> Result<Vec<String>, StoreError>;
 }
 
 /// Access requests, approvals and grants (see [`AccessStore`]).
@@ -142,9 +146,17 @@ impl<S: UserStore + ?Sized + 'static> AsyncUserStore for OffThread<S> {
         let (name, phc) = (name.to_owned(), phc.to_owned());
         self.run(move |s| s.set_password(&name, &phc)).await
     }
+    async fn set_totp(&self, name: &str, secret_base32: Option<&str>) -> Result<bool, StoreError> {
+        let (name, secret) = (name.to_owned(), secret_base32.map(str::to_owned));
+        self.run(move |s| s.set_totp(&name, secret.as_deref()))
+            .await
+    }
     async fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
         let name = name.to_owned();
         self.run(move |s| s.record_totp_step(&name, step)).await
+    }
+    async fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
+        self.run(|s| s.disabled_users()).await
     }
 }
 
@@ -212,5 +224,78 @@ impl ServiceStores {
             users: off.clone(),
             locks: off,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    /// A blocking store whose every call panics (a bug, a poisoned driver).
+    struct Panics;
+
+    impl UserStore for Panics {
+        fn add_user(&self, _: &User) -> Result<(), StoreError> {
+            panic!("add_user")
+        }
+        fn user(&self, _: &str) -> Result<Option<User>, StoreError> {
+            panic!("user")
+        }
+        fn list_users(&self) -> Result<Vec<User>, StoreError> {
+            panic!("list_users")
+        }
+        fn disable_user(&self, _: &str, _: OffsetDateTime) -> Result<bool, StoreError> {
+            panic!("disable_user")
+        }
+        fn set_password(&self, _: &str, _: &str) -> Result<bool, StoreError> {
+            panic!("set_password")
+        }
+        fn set_totp(&self, _: &str, _: Option<&str>) -> Result<bool, StoreError> {
+            panic!("set_totp")
+        }
+        fn record_totp_step(&self, _: &str, _: i64) -> Result<bool, StoreError> {
+            panic!("record_totp_step")
+        }
+        fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
+            panic!("disabled_users")
+        }
+    }
+
+    #[tokio::test]
+    async fn a_store_call_that_panics_is_an_error_not_a_crash() {
+        let users: Arc<dyn AsyncUserStore> = OffThread::new(Arc::new(Panics));
+        assert!(matches!(
+            users.user("alice").await,
+            Err(StoreError::Poisoned)
+        ));
+        assert!(matches!(
+            users.list_users().await,
+            Err(StoreError::Poisoned)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_sqlite_store_serves_every_async_trait() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let stores = ServiceStores::off_thread(&db);
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let lock = Lock {
+            target: LockTarget::Device("pump-12".into()),
+            until: None,
+            reason: "recall".into(),
+            by: "security sam".into(),
+        };
+        stores.locks.put_lock(&lock).await.unwrap();
+        assert_eq!(stores.locks.active_locks(now).await.unwrap().len(), 1);
+        assert!(stores.locks.remove_lock(&lock.target).await.unwrap());
+        assert!(stores.users.user("nobody").await.unwrap().is_none());
+        assert!(stores.users.disabled_users().await.unwrap().is_empty());
+        assert!(stores.access.requests().await.unwrap().is_empty());
+        assert!(stores.access.grant("grant-x").await.unwrap().is_none());
+        // A decision on a request that does not exist.
+        let refused = stores.access.deny("req-x", Box::new(|_| Ok(()))).await;
+        assert!(matches!(refused, Err(DecisionError::NotFound(_))));
     }
 }
