@@ -128,15 +128,15 @@ async fn gateway_with_tech() -> (TestGateway, String, TotpSecret) {
     )];
     let tg = start_gateway(pki, &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
     let db = ward_store::store::SqliteStore::open(&tg.state_dir()).unwrap();
+    let tech = ward_server::jit::NewUser {
+        org: Some("acme".into()),
+        must_change: false,
+        ..ward_server::jit::NewUser::new("tech", "vendor")
+    };
     let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
-        "tech",
-        "vendor",
-        Some("acme".into()),
-        vec![],
-        None,
-        false,
+        tech,
         SystemClock.now(),
     )
     .unwrap();

@@ -1099,15 +1099,15 @@ devices = { labels = { vendor = "acme" } }
     .await;
     let state = tg.state_dir();
     let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let tech = ward_server::jit::NewUser {
+        org: Some("acme".into()),
+        must_change: false,
+        ..ward_server::jit::NewUser::new("tech", "vendor")
+    };
     let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
-        "tech",
-        "vendor",
-        Some("acme".into()),
-        vec![],
-        None,
-        false,
+        tech,
         SystemClock.now(),
     )
     .unwrap();

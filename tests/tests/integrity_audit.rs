@@ -89,15 +89,15 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
     }
     let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let tech = ward_server::jit::NewUser {
+        org: Some("acme".into()),
+        must_change: false,
+        ..ward_server::jit::NewUser::new("tech", "vendor")
+    };
     let created = ward_server::jit::create_user(
         &db,
         &ward_core::config::LoginConfig::default(),
-        "tech",
-        "vendor",
-        Some("acme".into()),
-        vec![],
-        None,
-        false,
+        tech,
         SystemClock.now(),
     )
     .unwrap();

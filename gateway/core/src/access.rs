@@ -512,7 +512,7 @@ pub fn grant_for(request: &AccessRequest, approvals: &[Approval], id: String) ->
 /// it, and security/admin staff.
 pub fn can_see(request: &AccessRequest, policies: &[ApprovalPolicy], who: &Principal) -> bool {
     request.requester.is(who)
-        || matches!(who.kind, PrincipalKind::Security | PrincipalKind::Admin)
+        || who.kind.is_security_staff()
         || policies
             .iter()
             .any(|p| p.name == request.policy && p.is_approver(who))
@@ -526,8 +526,7 @@ pub fn can_revoke(
     devices: &[Device],
     who: &Principal,
 ) -> bool {
-    if grant.principal.is(who) || matches!(who.kind, PrincipalKind::Security | PrincipalKind::Admin)
-    {
+    if grant.principal.is(who) || who.kind.is_security_staff() {
         return true;
     }
     let Some(device) = devices.iter().find(|d| d.id.as_str() == grant.device) else {

@@ -35,6 +35,12 @@ impl PrincipalKind {
         PrincipalKind::Gateway,
     ];
 
+    /// Security staff or an admin: who may lock, review, and see and revoke every grant. The one
+    /// definition of that role.
+    pub fn is_security_staff(self) -> bool {
+        matches!(self, PrincipalKind::Security | PrincipalKind::Admin)
+    }
+
     /// The lowercase name used in config files, certificates and messages.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use ward_ca::{Clock, Identity, Usage, Validator};
 use ward_core::admission::{Refusal, CLOSE_DEADLINE, CLOSE_EVICTED};
 use ward_core::config::{Config, Device, DeviceAddress, Limits};
-use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
+use ward_core::frame::{self, ErrorCode, Request, Response};
 use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
 use ward_core::policy::{self, Lock};
 use ward_core::session::{self, Handshaken, Recheck};
@@ -28,9 +28,11 @@ use ward_core::{Escaped, Principal};
 use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::dispatch::{self as dispatch, error_frame};
 use crate::recorder::{self, SessionRecorder, Sink};
 use crate::recording_store::RecordingStore;
 use crate::recovery::recover_recordings;
+use crate::services::Caller;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
 use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
@@ -65,9 +67,8 @@ pub struct Shared {
     validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jit: crate::jit::Jit,
-    store: Arc<dyn Store>,
-    locks: RwLock<Vec<Lock>>,
-    sessions: Mutex<HashMap<u64, LiveSession>>,
+    pub(crate) locks: RwLock<Vec<Lock>>,
+    pub(crate) sessions: Mutex<HashMap<u64, LiveSession>>,
     next_session: AtomicU64,
     /// Connection slots: anonymous and certificate-holder budgets, per-source caps.
     conns: Arc<Conns>,
@@ -230,24 +231,7 @@ pub struct Gateway {
     _state_lock: crate::state_lock::StateLock,
 }
 
-/// Map a ward-ca identity onto the policy's view of a principal.
-pub fn principal_of(id: &Identity) -> Principal {
-    Principal {
-        // Exhaustive: a new kind in the CA will not compile until policy knows it.
-        kind: match id.kind {
-            ward_ca::Kind::Vendor => ward_core::PrincipalKind::Vendor,
-            ward_ca::Kind::Clinician => ward_core::PrincipalKind::Clinician,
-            ward_ca::Kind::Security => ward_core::PrincipalKind::Security,
-            ward_ca::Kind::Admin => ward_core::PrincipalKind::Admin,
-            ward_ca::Kind::Gateway => ward_core::PrincipalKind::Gateway,
-        },
-        name: id.name.clone(),
-        org: id.org.clone(),
-        roles: id.roles.clone(),
-        serial: id.serial.clone(),
-        not_after: id.not_after,
-    }
-}
+pub use crate::services::principal_of;
 
 pub use ward_transport::quic::{transport_config, udp_socket};
 
@@ -343,7 +327,6 @@ impl Gateway {
                 .with_context(|| format!("setting mode 0700 on {}", g.state_dir.display()))?;
         }
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
-        let store: Arc<dyn Store> = db.clone();
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still
         // runs and login answers with a clear error.
@@ -354,7 +337,7 @@ impl Gateway {
                 None
             }
         };
-        let jit = crate::jit::Jit::new(db, ca, clock.now())?;
+        let jit = crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), ca, clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
@@ -385,7 +368,7 @@ impl Gateway {
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
-        let locks = store.active_locks(clock.now())?;
+        let locks = db.active_locks(clock.now())?;
         let verified = Arc::new(tls::VerifiedCache::default());
         let server_tls = tls::server_config(
             validator.clone(),
@@ -454,7 +437,6 @@ impl Gateway {
             validator,
             clock,
             jit,
-            store,
             locks: RwLock::new(locks),
             sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(rand::random::<u32>() as u64),
@@ -910,13 +892,6 @@ fn handshake_failed(shared: &Shared, peer: SocketAddr, reason: String, transport
         .detail("transport", transport)
 }
 
-fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
-    Response::Error {
-        code,
-        message: message.into(),
-    }
-}
-
 /// One session: read the request, answer it, and for a permitted open, proxy until it ends.
 async fn serve_stream<R, W>(
     shared: Arc<Shared>,
@@ -932,33 +907,10 @@ async fn serve_stream<R, W>(
 {
     let mut reader = FrameReader::new(r);
     let mut writer = FrameWriter::new(w);
-    let request = match tokio::time::timeout(
-        shared.limits().first_request_timeout,
-        read_request(&mut reader),
-    )
-    .await
-    {
-        Ok(Ok(req)) => req,
-        Ok(Err(msg)) => {
-            // Decode errors can quote the peer's text: escaped in the log and in the answer.
-            let msg = ward_core::escape(&msg);
-            warn!(event = "bad_request", source = %peer, principal = %Escaped(&identity.as_ref().map(|i| i.principal()).unwrap_or_else(|| "anonymous".into())), reason = %msg);
-            let _ = writer
-                .write_response(&error_frame(ErrorCode::BadRequest, msg))
-                .await;
-            let _ = writer.finish().await;
-            return;
-        }
-        Err(_) => {
-            let _ = writer
-                .write_response(&error_frame(
-                    ErrorCode::BadRequest,
-                    "no request within first_request_timeout",
-                ))
-                .await;
-            let _ = writer.finish().await;
-            return;
-        }
+    let Some(request) =
+        first_request(&shared, identity.as_deref(), peer, &mut reader, &mut writer).await
+    else {
+        return;
     };
     // The audit gate, first half: no audited operation starts while the audit log cannot be
     // written (sessions check the same in `open_session`).
@@ -978,31 +930,17 @@ async fn serve_stream<R, W>(
         }
         (Some(identity), request) => (identity, request),
         (None, request) => {
-            let what = frame::Frame::Request(request.clone()).type_byte();
-            let verdict = shared.audit_noise(
-                peer,
-                Event::new("unauthenticated_request", "denied", shared.clock.now())
-                    .severity("warning")
-                    .source(peer)
-                    .reason("request without a client certificate")
-                    .detail("frame_type", what),
-            );
-            if verdict == Verdict::Drop {
-                refuse(&mut writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
-                return;
-            }
-            let _ = writer
-                .write_response(&error_frame(
-                    ErrorCode::Forbidden,
-                    "this connection has no client certificate: the only thing it can do is log in (ward login)",
-                ))
-                .await;
-            let _ = writer.finish().await;
+            refuse_anonymous(&shared, peer, &request, &mut writer).await;
             return;
         }
     };
     let (identity, request) = identity;
     let principal = principal_of(&identity);
+    let caller = Caller {
+        identity: &identity,
+        principal: &principal,
+        peer,
+    };
     let response = match request {
         Request::Login(_) => return,
         Request::Open {
@@ -1037,62 +975,85 @@ async fn serve_stream<R, W>(
             return;
         }
         Request::Access(op) => {
-            crate::jit::access_op(&shared, &identity, &principal, peer, op, &mut writer).await;
+            dispatch::access_op(&shared, caller, op, &mut writer).await;
             let _ = writer.finish().await;
             return;
         }
-        Request::ListDevices => {
-            // Exactly what opening each device would decide now (grants, approval policies,
-            // maintenance windows, rules; locks ignored as before, so a lock is not a listing).
-            let now = shared.clock.now();
-            let grants = shared.jit.grants();
-            let config = shared.config();
-            let inputs = policy::AccessInputs {
-                rules: &config.rules,
-                locks: &[],
-                approvals: &config.approvals,
-                grants: &grants,
-            };
-            let devices = config
-                .devices
-                .iter()
-                .filter_map(|d| crate::device_list::listed(&inputs, &principal, d, now))
-                .collect();
-            Response::Devices { devices }
-        }
-        Request::Lock {
-            target,
-            for_secs,
-            reason,
-            force,
-        } => {
-            let what = LockRequest {
-                target,
-                for_secs,
-                reason,
-                force,
-            };
-            gated(&shared, lock(&shared, &identity, &principal, what)).await
-        }
-        Request::Unlock { target } => {
-            gated(&shared, unlock(&shared, &identity, &principal, target)).await
-        }
+        request @ (Request::ListDevices
+        | Request::Lock { .. }
+        | Request::Unlock { .. }
+        | Request::ListLocks) => dispatch::request(&shared, caller, request).await,
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
             return;
         }
-        Request::ListLocks => match require_security(&principal, "list locks") {
-            Err(r) => r,
-            Ok(()) => {
-                let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-                Response::Locks {
-                    locks: locks.iter().map(frame::LockInfo::from).collect(),
-                }
-            }
-        },
     };
     let _ = writer.write_response(&response).await;
+    let _ = writer.finish().await;
+}
+
+/// The stream's request, read within `first_request_timeout`; `None` once a malformed or missing
+/// request was answered.
+async fn first_request<R, W>(
+    shared: &Shared,
+    identity: Option<&Identity>,
+    peer: SocketAddr,
+    reader: &mut FrameReader<R>,
+    writer: &mut FrameWriter<W>,
+) -> Option<Request>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let message = match tokio::time::timeout(
+        shared.limits().first_request_timeout,
+        read_request(reader),
+    )
+    .await
+    {
+        Ok(Ok(req)) => return Some(req),
+        Ok(Err(msg)) => {
+            // Decode errors can quote the peer's text: escaped in the log and in the answer.
+            let msg = ward_core::escape(&msg);
+            warn!(event = "bad_request", source = %peer, principal = %Escaped(&identity.map(|i| i.principal()).unwrap_or_else(|| "anonymous".into())), reason = %msg);
+            msg
+        }
+        Err(_) => "no request within first_request_timeout".to_string(),
+    };
+    let _ = writer
+        .write_response(&error_frame(ErrorCode::BadRequest, message))
+        .await;
+    let _ = writer.finish().await;
+    None
+}
+
+/// A request other than a login on a connection without a client certificate.
+async fn refuse_anonymous<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    peer: SocketAddr,
+    request: &Request,
+    writer: &mut FrameWriter<W>,
+) {
+    let what = frame::Frame::Request(request.clone()).type_byte();
+    let verdict = shared.audit_noise(
+        peer,
+        Event::new("unauthenticated_request", "denied", shared.clock.now())
+            .severity("warning")
+            .source(peer)
+            .reason("request without a client certificate")
+            .detail("frame_type", what),
+    );
+    if verdict == Verdict::Drop {
+        refuse(writer, ErrorCode::Forbidden, "too many requests without a client certificate from your address; it is refused for a while (ward login first)".into()).await;
+        return;
+    }
+    let _ = writer
+        .write_response(&error_frame(
+            ErrorCode::Forbidden,
+            "this connection has no client certificate: the only thing it can do is log in (ward login)",
+        ))
+        .await;
     let _ = writer.finish().await;
 }
 
@@ -1132,188 +1093,6 @@ async fn read_request<R: AsyncRead + Unpin>(
         }
         Ok(None) => Err("stream closed before a request".into()),
         Err(e) => Err(format!("bad request: {e}")),
-    }
-}
-
-fn require_security(p: &Principal, what: &str) -> Result<(), Response> {
-    use ward_core::PrincipalKind as K;
-    match p.kind {
-        K::Security | K::Admin => Ok(()),
-        _ => Err(Response::Error {
-            code: ErrorCode::Forbidden,
-            message: format!("{p} may not {what}: only security and admin identities can"),
-        }),
-    }
-}
-
-/// A `Request::Lock`'s fields.
-struct LockRequest {
-    target: LockTarget,
-    for_secs: Option<u64>,
-    reason: String,
-    force: bool,
-}
-
-/// Everything a lock can match now: configured devices, orgs and principals named in the config,
-/// users, grants and live sessions (security case: typo locks).
-fn known_names(shared: &Shared) -> ward_core::suggest::KnownNames {
-    use crate::users::UserStore;
-    let config = shared.config();
-    let mut k = ward_core::suggest::KnownNames {
-        devices: config.devices.iter().map(|d| d.id.to_string()).collect(),
-        ..Default::default()
-    };
-    fn principal(k: &mut ward_core::suggest::KnownNames, org: Option<&String>, name: &str) {
-        k.principals.push(name.to_owned());
-        if let Some(org) = org {
-            k.principals.push(format!("{org}/{name}"));
-            k.orgs.push(org.clone());
-        }
-    }
-    for u in shared.jit.db.list_users().unwrap_or_default() {
-        principal(&mut k, u.org.as_ref(), &u.name);
-    }
-    for g in shared.jit.grants().iter() {
-        principal(&mut k, g.principal.org.as_ref(), &g.principal.name);
-    }
-    if let Ok(sessions) = shared.sessions.lock() {
-        for s in sessions.values() {
-            principal(&mut k, s.principal.org.as_ref(), &s.principal.name);
-            k.principals.push(s.principal.serial.clone());
-        }
-    }
-    let whos = config.rules.iter().map(|r| &r.who).chain(
-        config
-            .approvals
-            .iter()
-            .flat_map(|a| std::iter::once(&a.who).chain(a.approvers.iter())),
-    );
-    for who in whos {
-        k.orgs.extend(who.org.clone());
-        if let Some(name) = &who.name {
-            principal(&mut k, who.org.as_ref(), name);
-        }
-    }
-    k.orgs.sort();
-    k.orgs.dedup();
-    k.principals.sort();
-    k.principals.dedup();
-    k
-}
-
-fn lock(shared: &Shared, identity: &Identity, p: &Principal, req: LockRequest) -> Response {
-    let LockRequest {
-        target,
-        for_secs,
-        reason,
-        force,
-    } = req;
-    if let Err(r) = require_security(p, "lock") {
-        shared.audit.emit(
-            Event::new("lock", "denied", shared.clock.now())
-                .principal(identity)
-                .reason(format!(
-                    "only security and admin identities may lock; target {target}"
-                )),
-        );
-        return r;
-    }
-    if let Err(e) = ward_core::suggest::check_lock_target(&target, &known_names(shared), force) {
-        shared.audit.emit(
-            Event::new("lock", "denied", shared.clock.now())
-                .principal(identity)
-                .reason(e.to_string())
-                .detail("target", ward_core::escape(&target.to_string())),
-        );
-        return error_frame(ErrorCode::BadRequest, e.to_string());
-    }
-    let now = shared.clock.now();
-    let until =
-        for_secs.map(|s| now + time::Duration::seconds(i64::try_from(s).unwrap_or(i64::MAX / 2)));
-    let lock = Lock {
-        target: target.clone(),
-        until,
-        reason: reason.clone(),
-        by: identity.principal(),
-    };
-    if let Err(e) = shared.store.put_lock(&lock) {
-        return Response::Error {
-            code: ErrorCode::Internal,
-            message: format!("lock not stored: {e}"),
-        };
-    }
-    if let Ok(mut locks) = shared.locks.write() {
-        locks.retain(|l| l.target != target);
-        locks.push(lock.clone());
-    }
-    let cut = shared.cut_where(
-        |s| policy::lock_applies(&lock, &s.principal, &s.device, now),
-        &format!("locked: {reason} (by {})", lock.by),
-    );
-    shared.audit.emit(
-        Event::new("lock", "success", now)
-            .severity("warning")
-            .principal(identity)
-            .reason(reason.clone())
-            .detail("target", target.to_string())
-            .detail(
-                "until",
-                until
-                    .map(|u| u.to_string())
-                    .unwrap_or_else(|| "until unlocked".into()),
-            )
-            .detail("sessions_ended", cut)
-            .detail("forced", force),
-    );
-    Response::Ok {
-        message: format!(
-            "locked {}{}; {cut} live session(s) ended",
-            ward_core::escape(&target.to_string()),
-            if force { " (forced)" } else { "" }
-        ),
-    }
-}
-
-fn unlock(shared: &Shared, identity: &Identity, p: &Principal, target: LockTarget) -> Response {
-    if let Err(r) = require_security(p, "unlock") {
-        shared.audit.emit(
-            Event::new("unlock", "denied", shared.clock.now())
-                .principal(identity)
-                .reason(format!(
-                    "only security and admin identities may unlock; target {target}"
-                )),
-        );
-        return r;
-    }
-    match shared.store.remove_lock(&target) {
-        Err(e) => Response::Error {
-            code: ErrorCode::Internal,
-            message: format!("unlock not stored: {e}"),
-        },
-        Ok(existed) => {
-            if let Ok(mut locks) = shared.locks.write() {
-                locks.retain(|l| l.target != target);
-            }
-            shared.audit.emit(
-                Event::new(
-                    "unlock",
-                    if existed { "success" } else { "failure" },
-                    shared.clock.now(),
-                )
-                .principal(identity)
-                .detail("target", target.to_string()),
-            );
-            if existed {
-                Response::Ok {
-                    message: format!("unlocked {target}"),
-                }
-            } else {
-                Response::Error {
-                    code: ErrorCode::BadRequest,
-                    message: format!("no lock on {target}"),
-                }
-            }
-        }
     }
 }
 

@@ -6,13 +6,13 @@
 #![forbid(unsafe_code)]
 
 // The store's and the wire's modules, under the names the gateway's code uses for them.
-pub use ward_store::{access_store, recording_store, session_index, store, users};
+pub use ward_store::{access_store, recording_store, session_index, store, store_async, users};
 pub use ward_transport::{datapath, refusal, tls};
 
 mod admit;
 pub mod audit;
-pub mod device_list;
 pub mod diskwatch;
+pub mod dispatch;
 pub mod gateway;
 pub mod hygiene;
 pub mod jit;

@@ -14,9 +14,10 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWrite;
 use tokio::sync::Semaphore;
-use ward_core::frame::{ErrorCode, Login, Response};
+use ward_core::frame::{ErrorCode, Login};
 
 use crate::datapath::FrameWriter;
+use crate::dispatch::error_frame;
 use crate::gateway::Shared;
 
 /// What a client refused by the gate is told (and `ward login` prints).
@@ -129,16 +130,16 @@ pub(crate) async fn answer<W: AsyncWrite + Unpin>(
 ) {
     let response = if anonymous.is_some_and(|once| !once.take()) {
         tracing::info!(event = "login_refused", source = %peer, reason = "second login on an anonymous connection");
-        Response::Error {
-            code: ErrorCode::Forbidden,
-            message: ONE_LOGIN.into(),
-        }
+        error_frame(ErrorCode::Forbidden, ONE_LOGIN)
     } else {
-        let sh = shared.clone();
+        let services = crate::dispatch::Services::of(shared);
+        // The login runs on the gate's blocking thread (argon2id); its store calls are driven
+        // from there.
+        let runtime = tokio::runtime::Handle::current();
         match shared
             .jit
             .gate
-            .run(move || crate::jit::login(&sh, peer, login))
+            .run(move || runtime.block_on(crate::dispatch::login(&services, peer, &login)))
             .await
         {
             Ok(r) => r,
@@ -151,15 +152,11 @@ pub(crate) async fn answer<W: AsyncWrite + Unpin>(
                         .source(peer)
                         .reason("too many logins in progress"),
                 );
-                Response::Error {
-                    code: ErrorCode::LoginBusy,
-                    message: BUSY.into(),
-                }
+                error_frame(ErrorCode::LoginBusy, BUSY)
             }
-            Err(GateError::Failed) => Response::Error {
-                code: ErrorCode::Internal,
-                message: "login failed inside the gateway".into(),
-            },
+            Err(GateError::Failed) => {
+                error_frame(ErrorCode::Internal, "login failed inside the gateway")
+            }
         }
     };
     // A certificate leaves the gateway only once its issuance is in the audit log.

@@ -14,33 +14,6 @@ use ward_core::access::{AccessRequest, Approval, Approved, DecideError, Grant, R
 
 use crate::store::{SqliteStore, StoreError};
 
-/// Creates the tables (idempotent).
-pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS access_requests (
-             id TEXT PRIMARY KEY,
-             state TEXT NOT NULL,
-             created INTEGER NOT NULL,
-             body TEXT NOT NULL
-         );
-         CREATE TABLE IF NOT EXISTS approvals (
-             request TEXT NOT NULL,
-             approver TEXT NOT NULL,
-             body TEXT NOT NULL,
-             PRIMARY KEY (request, approver)
-         );
-         CREATE TABLE IF NOT EXISTS grants (
-             id TEXT PRIMARY KEY,
-             request TEXT NOT NULL UNIQUE,
-             principal TEXT NOT NULL,
-             device TEXT NOT NULL,
-             end_unix INTEGER NOT NULL,
-             body TEXT NOT NULL
-         );",
-    )?;
-    Ok(())
-}
-
 /// Errors from a decision: the store failed, or the decision refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DecisionError {
@@ -110,7 +83,7 @@ fn write_request(conn: &rusqlite::Connection, r: &AccessRequest) -> Result<(), S
     Ok(())
 }
 
-/// What [`SqliteStore::approve`] did.
+/// What [`AccessStore::approve`] did.
 #[derive(Debug, Clone)]
 pub struct ApproveOutcome {
     /// The request after the approval.
@@ -121,21 +94,59 @@ pub struct ApproveOutcome {
     pub grant: Option<Grant>,
 }
 
-impl SqliteStore {
+/// The pure approval decision an [`AccessStore::approve`] runs inside its transaction.
+pub type Decide<'a> = dyn Fn(&AccessRequest, &[Approval]) -> Result<Approved, DecideError> + 'a;
+
+/// Access requests, approvals and grants in persistent state. Decisions are atomic: the pure
+/// decision runs inside the store's transaction, so racing approvals cannot both complete.
+pub trait AccessStore: Send + Sync {
     /// Stores a new request.
-    pub fn put_request(&self, r: &AccessRequest) -> Result<(), StoreError> {
+    fn put_request(&self, r: &AccessRequest) -> Result<(), StoreError>;
+    /// One request.
+    fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError>;
+    /// All requests, newest first, with their approvals.
+    fn requests(&self) -> Result<Vec<(AccessRequest, Vec<Approval>)>, StoreError>;
+    /// Approves `id` atomically: `decide` (normally `ward_core::access::approve`) sees the
+    /// request and its approvals as of this transaction; a completing approval writes the grant
+    /// (`make_grant`) in the same transaction. Two racing approvals for the last slot cannot both
+    /// complete: the second sees the first's approval and the request already approved.
+    fn approve(
+        &self,
+        id: &str,
+        decide: &Decide<'_>,
+        make_grant: &dyn Fn(&AccessRequest, &[Approval]) -> Grant,
+    ) -> Result<ApproveOutcome, DecisionError>;
+    /// Denies `id` atomically after `check` (normally `ward_core::access::check_deny`).
+    fn deny(
+        &self,
+        id: &str,
+        check: &dyn Fn(&AccessRequest) -> Result<(), DecideError>,
+    ) -> Result<AccessRequest, DecisionError>;
+    /// Grants that have not ended by `now` (live or upcoming), including revoked ones when `all`.
+    fn grants(&self, now: OffsetDateTime, all: bool) -> Result<Vec<Grant>, StoreError>;
+    /// One grant.
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError>;
+    /// Marks a grant revoked (idempotent: a revoked grant keeps its first revocation).
+    fn revoke_grant(
+        &self,
+        id: &str,
+        at: OffsetDateTime,
+        why: &str,
+    ) -> Result<Option<Grant>, StoreError>;
+}
+
+impl AccessStore for SqliteStore {
+    fn put_request(&self, r: &AccessRequest) -> Result<(), StoreError> {
         let conn = self.conn()?;
         write_request(&conn, r)
     }
 
-    /// One request.
-    pub fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
+    fn request(&self, id: &str) -> Result<Option<AccessRequest>, StoreError> {
         let conn = self.conn()?;
         load_request(&conn, id)
     }
 
-    /// All requests, newest first, with their approvals.
-    pub fn requests(&self) -> Result<Vec<(AccessRequest, Vec<Approval>)>, StoreError> {
+    fn requests(&self) -> Result<Vec<(AccessRequest, Vec<Approval>)>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT body FROM access_requests ORDER BY created DESC")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -148,15 +159,11 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// Approves `id` atomically: `decide` (normally `ward_core::access::approve`) sees the
-    /// request and its approvals as of this transaction; a completing approval writes the grant
-    /// (`make_grant`) in the same transaction. Two racing approvals for the last slot cannot both
-    /// complete: the second sees the first's approval and the request already approved.
-    pub fn approve(
+    fn approve(
         &self,
         id: &str,
-        decide: impl FnOnce(&AccessRequest, &[Approval]) -> Result<Approved, DecideError>,
-        make_grant: impl FnOnce(&AccessRequest, &[Approval]) -> Grant,
+        decide: &Decide<'_>,
+        make_grant: &dyn Fn(&AccessRequest, &[Approval]) -> Grant,
     ) -> Result<ApproveOutcome, DecisionError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -192,11 +199,10 @@ impl SqliteStore {
         })
     }
 
-    /// Denies `id` atomically after `check` (normally `ward_core::access::check_deny`).
-    pub fn deny(
+    fn deny(
         &self,
         id: &str,
-        check: impl FnOnce(&AccessRequest) -> Result<(), DecideError>,
+        check: &dyn Fn(&AccessRequest) -> Result<(), DecideError>,
     ) -> Result<AccessRequest, DecisionError> {
         let mut conn = self.conn()?;
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -209,8 +215,7 @@ impl SqliteStore {
         Ok(request)
     }
 
-    /// Grants that have not ended by `now` (live or upcoming), including revoked ones when `all`.
-    pub fn grants(&self, now: OffsetDateTime, all: bool) -> Result<Vec<Grant>, StoreError> {
+    fn grants(&self, now: OffsetDateTime, all: bool) -> Result<Vec<Grant>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare("SELECT body FROM grants ORDER BY end_unix DESC")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
@@ -224,8 +229,7 @@ impl SqliteStore {
         Ok(out)
     }
 
-    /// One grant.
-    pub fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
+    fn grant(&self, id: &str) -> Result<Option<Grant>, StoreError> {
         let conn = self.conn()?;
         let body: Option<String> = conn
             .query_row("SELECT body FROM grants WHERE id = ?1", [id], |r| r.get(0))
@@ -233,8 +237,7 @@ impl SqliteStore {
         body.map(|b| from_json(&b)).transpose()
     }
 
-    /// Marks a grant revoked (idempotent: a revoked grant keeps its first revocation).
-    pub fn revoke_grant(
+    fn revoke_grant(
         &self,
         id: &str,
         at: OffsetDateTime,
@@ -330,8 +333,8 @@ mod tests {
         store
             .approve(
                 "req-1",
-                |r, a| approve(r, a, &policies, &first, None, now()),
-                |r, a| grant_for(r, a, "grant-x".into()),
+                &|r, a| approve(r, a, &policies, &first, None, now()),
+                &|r, a| grant_for(r, a, "grant-x".into()),
             )
             .unwrap();
         let barrier = Arc::new(std::sync::Barrier::new(2));
@@ -346,8 +349,8 @@ mod tests {
                     barrier.wait();
                     store.approve(
                         "req-1",
-                        |r, a| approve(r, a, &policies, &who, None, now()),
-                        |r, a| grant_for(r, a, format!("grant-{name}")),
+                        &|r, a| approve(r, a, &policies, &who, None, now()),
+                        &|r, a| grant_for(r, a, format!("grant-{name}")),
                     )
                 })
             })
@@ -380,8 +383,8 @@ mod tests {
             let out = store
                 .approve(
                     "req-1",
-                    |r, a| approve(r, a, &policies, &who, Some("ok".into()), now()),
-                    |r, a| grant_for(r, a, "grant-1".into()),
+                    &|r, a| approve(r, a, &policies, &who, Some("ok".into()), now()),
+                    &|r, a| grant_for(r, a, "grant-1".into()),
                 )
                 .unwrap();
             assert!(out.grant.is_some());
@@ -405,10 +408,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(dir.path()).unwrap();
         store.put_request(&request()).unwrap();
-        let r = store.deny("req-1", |_| Ok(())).unwrap();
+        let r = store.deny("req-1", &|_| Ok(())).unwrap();
         assert_eq!(r.state, RequestState::Denied);
         assert!(matches!(
-            store.deny("missing", |_| Ok(())),
+            store.deny("missing", &|_| Ok(())),
             Err(DecisionError::NotFound(_))
         ));
     }

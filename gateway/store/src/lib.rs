@@ -7,6 +7,8 @@
 
 pub mod access_store;
 pub mod recording_store;
+pub mod schema;
 pub mod session_index;
 pub mod store;
+pub mod store_async;
 pub mod users;

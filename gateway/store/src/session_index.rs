@@ -116,34 +116,6 @@ pub trait SessionIndex: Send + Sync {
     fn all(&self) -> Result<Vec<IndexedSession>, StoreError>;
 }
 
-/// Create the `sessions` table if it is missing. Called by `SqliteStore::open`.
-pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS sessions (
-             id TEXT PRIMARY KEY NOT NULL,
-             principal TEXT NOT NULL,
-             serial TEXT NOT NULL,
-             device TEXT NOT NULL,
-             protocol TEXT NOT NULL,
-             source TEXT NOT NULL,
-             rule TEXT NOT NULL,
-             start_unix_ms INTEGER NOT NULL,
-             end_unix_ms INTEGER,
-             end_reason TEXT NOT NULL,
-             bytes_up INTEGER NOT NULL,
-             bytes_down INTEGER NOT NULL,
-             sealed INTEGER NOT NULL,
-             verification TEXT NOT NULL,
-             break_glass INTEGER NOT NULL,
-             duration_s REAL NOT NULL,
-             file_len INTEGER,
-             file_mtime_ns INTEGER
-         );
-         CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
-    )?;
-    Ok(())
-}
-
 /// `kind org/name` (or `kind name`) of a recording's metadata.
 pub fn who(m: &SessionMeta) -> String {
     match &m.principal_org {

@@ -1,7 +1,8 @@
-//! The embedded store: locks today; users, requests and grants later.
+//! The embedded store: locks, users, access requests and grants, the session index.
 //!
-//! Kept behind the narrow [`Store`] trait so that a hospital group running several gateways can put a
-//! shared PostgreSQL in its place. The SQLite implementation (rusqlite, bundled) lives in the state dir.
+//! Kept behind one narrow trait per aggregate so that a hospital group running several gateways can
+//! put a shared PostgreSQL in its place. The SQLite implementation (rusqlite, bundled) lives in the
+//! state dir; its tables and migrations are in [`crate::schema`].
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -33,8 +34,14 @@ pub enum StoreError {
     Invalid(String),
 }
 
-/// What the gateway needs from persistent state.
-pub trait Store: Send + Sync {
+/// Locks on principals, devices and orgs in persistent state.
+///
+/// The store is one trait per aggregate: [`LockStore`], [`crate::users::UserStore`],
+/// [`crate::access_store::AccessStore`] and [`crate::session_index::SessionIndex`]. Services take
+/// them as `Arc<dyn …>`; `SqliteStore` implements them all. They are synchronous (SQLite answers
+/// in microseconds; login already runs on a blocking thread) and object-safe, so another backend
+/// implements the same traits.
+pub trait LockStore: Send + Sync {
     /// Add (or replace) the lock on a target.
     fn put_lock(&self, lock: &Lock) -> Result<(), StoreError>;
     /// Remove the lock on a target; returns whether one existed.
@@ -42,6 +49,9 @@ pub trait Store: Send + Sync {
     /// Locks that have not ended at `now`.
     fn active_locks(&self, now: OffsetDateTime) -> Result<Vec<Lock>, StoreError>;
 }
+
+/// The former name of [`LockStore`].
+pub use self::LockStore as Store;
 
 /// SQLite-backed store in `<state_dir>/ward.db`.
 pub struct SqliteStore {
@@ -74,21 +84,7 @@ impl SqliteStore {
                 .map_err(|e| StoreError::Io(format!("{}: {e}", path.display())))?;
         }
         let conn = rusqlite::Connection::open(&path)?;
-        conn.execute_batch(
-            "PRAGMA journal_mode=WAL;
-             PRAGMA synchronous=FULL;
-             CREATE TABLE IF NOT EXISTS locks (
-                 kind TEXT NOT NULL,
-                 value TEXT NOT NULL,
-                 until INTEGER,
-                 reason TEXT NOT NULL,
-                 by TEXT NOT NULL,
-                 PRIMARY KEY (kind, value)
-             );",
-        )?;
-        crate::access_store::migrate(&conn)?;
-        crate::users::migrate_users(&conn)?;
-        crate::session_index::migrate(&conn)?;
+        crate::schema::migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -102,7 +98,7 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
+impl LockStore for SqliteStore {
     fn put_lock(&self, lock: &Lock) -> Result<(), StoreError> {
         let (kind, value) = target_parts(&lock.target);
         let until = lock.until.map(|t| t.unix_timestamp());

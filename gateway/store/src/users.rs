@@ -2,7 +2,7 @@
 //!
 //! A separate trait from [`crate::store::Store`] so the tables can move to another database with
 //! it. The SQLite implementation shares `SqliteStore`'s connection; its table is created by
-//! [`migrate_users`] when the store opens. [`UserStore::record_totp_step`] is a single
+//! [`crate::schema`] when the store opens. [`UserStore::record_totp_step`] is a single
 //! conditional `UPDATE`, so two logins racing with the same code cannot both consume it.
 
 use std::fmt;
@@ -108,35 +108,6 @@ pub trait UserStore: Send + Sync {
     fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError>;
     /// Names of disabled users (the gateway ends their live sessions).
     fn disabled_users(&self) -> Result<Vec<String>, StoreError>;
-}
-
-/// Create the `users` table if it is missing. Called by `SqliteStore::open`.
-pub(crate) fn migrate_users(conn: &rusqlite::Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "CREATE TABLE IF NOT EXISTS users (
-             name TEXT PRIMARY KEY NOT NULL,
-             kind TEXT NOT NULL,
-             org TEXT,
-             roles TEXT NOT NULL,
-             password_phc TEXT NOT NULL,
-             totp_secret TEXT,
-             totp_last_step INTEGER,
-             disabled INTEGER NOT NULL DEFAULT 0,
-             created_unix INTEGER NOT NULL,
-             disabled_unix INTEGER,
-             must_change_password INTEGER NOT NULL DEFAULT 0
-         );",
-    )?;
-    // Stores created before the column existed.
-    let has_column = conn
-        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'must_change_password'")?
-        .exists([])?;
-    if !has_column {
-        conn.execute_batch(
-            "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;",
-        )?;
-    }
-    Ok(())
 }
 
 const COLUMNS: &str = "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \

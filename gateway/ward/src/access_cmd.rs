@@ -602,9 +602,13 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 None
             };
             let (db, login) = target.local()?;
-            let created = ward_server::jit::create_user(
-                &db, &login, &name, &kind, org, roles, password, true, now,
-            )?;
+            let new = ward_server::jit::NewUser {
+                org,
+                roles,
+                password,
+                ..ward_server::jit::NewUser::new(name.clone(), kind)
+            };
+            let created = ward_server::jit::create_user(&db, &login, new, now)?;
             print_created(&name, &created.password, created.totp_uri.as_deref());
             Ok(ExitCode::SUCCESS)
         }

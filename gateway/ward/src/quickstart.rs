@@ -130,19 +130,14 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
     if db.user("tech")?.is_some() {
         return Ok(());
     }
-    let created = ward_server::jit::create_user(
-        &db,
-        &cfg.login,
-        "tech",
-        "vendor",
-        Some("acme".into()),
-        vec![],
-        None,
+    let tech = ward_server::jit::NewUser {
+        org: Some("acme".into()),
         // A development fixture whose secrets sit in a file for the printed flow and the tests;
         // users from `ward user add` must change their initial password at first login.
-        false,
-        clock.now(),
-    )?;
+        must_change: false,
+        ..ward_server::jit::NewUser::new("tech", "vendor")
+    };
+    let created = ward_server::jit::create_user(&db, &cfg.login, tech, clock.now())?;
     let secret = db
         .user("tech")?
         .and_then(|u| u.totp_secret)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use ward_ca::{Clock, Identity};
 use ward_core::frame::{self, ErrorCode};
-use ward_core::{Principal, PrincipalKind};
+use ward_core::Principal;
 
 use ward_recording::trail::Finding;
 use ward_recording::VerifyReport;
@@ -463,9 +463,9 @@ impl ReviewService {
     }
 }
 
-/// Security and admin identities may review.
+/// Security and admin identities may review (the one role definition, [`super::Role`]).
 fn may_review(p: &Principal) -> bool {
-    matches!(p.kind, PrincipalKind::Security | PrincipalKind::Admin)
+    super::Role::Security.held_by(p)
 }
 
 fn unreadable(id: &str, e: &std::io::Error) -> ReviewRefusal {

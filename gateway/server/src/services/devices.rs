@@ -1,10 +1,45 @@
-//! `ward devices`: what the listing says about each device, decided by the same policy as opening
-//! it: reachable now (and by which rule), after an approved request, or only as break-glass.
+//! The devices a principal may use (`ward devices`): what the listing says about each device,
+//! decided by the same policy as opening it: reachable now (and by which rule), after an approved
+//! request, or only as break-glass.
 
 use time::OffsetDateTime;
 use ward_core::frame::{DeviceInfo, Reach};
 use ward_core::policy::{self, AccessInputs, Decision};
 use ward_core::{Device, Principal};
+
+use super::{Caller, Context, Refusal};
+
+/// The device listing.
+#[derive(Clone)]
+pub struct DeviceService {
+    ctx: Context,
+}
+
+impl DeviceService {
+    /// A listing over the gateway's current config and grants.
+    pub fn new(ctx: Context) -> Self {
+        Self { ctx }
+    }
+
+    /// Exactly what opening each device would decide now (grants, approval policies,
+    /// maintenance windows, rules; locks ignored, so a lock is not a listing).
+    pub fn list(&self, caller: Caller<'_>) -> Result<Vec<DeviceInfo>, Refusal> {
+        let now = self.ctx.clock.now();
+        let grants = self.ctx.live.grants();
+        let config = self.ctx.live.config();
+        let inputs = policy::AccessInputs {
+            rules: &config.rules,
+            locks: &[],
+            approvals: &config.approvals,
+            grants: &grants,
+        };
+        Ok(config
+            .devices
+            .iter()
+            .filter_map(|d| listed(&inputs, caller.principal, d, now))
+            .collect())
+    }
+}
 
 /// How `principal` may reach `device` at `now`, or `None` if it may not at all (the device is
 /// then not listed, so the listing reveals nothing a principal could not use).

@@ -1,0 +1,422 @@
+//! The frame front end of the services: frame → service → frame. Each arm decodes the request
+//! into the service's typed request, calls the service, and encodes its answer; a refusal becomes
+//! a frame in one place ([`refusal_frame`]). Listings are streamed as JSON lines. A web console is
+//! another adapter over the same [`Services`].
+//!
+//! Also the gateway's side of the services: [`Services::of`] builds them over the running
+//! gateway's store, audit log and [`LiveState`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use ward_core::frame::{
+    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response,
+};
+use ward_core::policy::{self, Lock};
+use ward_core::Principal;
+
+use crate::datapath::{self, FrameWriter};
+use crate::gateway::{gated, Shared};
+use crate::services::access::{AccessService, NewRequest};
+use crate::services::devices::DeviceService;
+use crate::services::locks::{LockRequest, LockService};
+use crate::services::login::{LoginService, TOTP_REUSED};
+use crate::services::users::{NewUser, UserService};
+use crate::services::{Audit, Caller, Context, LiveState, Refusal};
+use crate::users::User;
+
+/// An error frame. The one constructor.
+pub(crate) fn error_frame(code: ErrorCode, message: impl Into<String>) -> Response {
+    Response::Error {
+        code,
+        message: message.into(),
+    }
+}
+
+/// A service's refusal as a frame. The one mapping.
+pub fn refusal_frame(r: Refusal) -> Response {
+    match r {
+        Refusal::Denied(reason) => Response::Denied { reason },
+        Refusal::Forbidden(m) => error_frame(ErrorCode::Forbidden, m),
+        Refusal::NotFound(m) | Refusal::Invalid(m) => error_frame(ErrorCode::BadRequest, m),
+        Refusal::Unavailable(m) => error_frame(ErrorCode::Internal, m),
+        Refusal::TotpReused => error_frame(ErrorCode::TotpReused, TOTP_REUSED),
+    }
+}
+
+fn answer<T>(r: Result<T, Refusal>, ok: impl FnOnce(T) -> Response) -> Response {
+    r.map_or_else(refusal_frame, ok)
+}
+
+/// The services over a running gateway.
+#[derive(Clone)]
+pub struct Services {
+    /// Access requests and grants.
+    pub access: AccessService,
+    /// User administration.
+    pub users: UserService,
+    /// Login.
+    pub login: LoginService,
+    /// Locks.
+    pub locks: LockService,
+    /// The device listing.
+    pub devices: DeviceService,
+}
+
+impl Services {
+    /// The services over `shared` (a few reference counts: built per request).
+    pub(crate) fn of(shared: &Arc<Shared>) -> Services {
+        let ctx = Context {
+            clock: shared.clock.clone(),
+            audit: Audit::new(shared.audit.clone()),
+            live: Arc::new(GatewayState(shared.clone())),
+        };
+        let jit = &shared.jit;
+        let stores = &jit.services;
+        Services {
+            access: AccessService::new(ctx.clone(), stores.access.clone()),
+            users: UserService::new(ctx.clone(), stores.users.clone()),
+            login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
+            locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
+            devices: DeviceService::new(ctx),
+        }
+    }
+}
+
+/// The running gateway as the services see it.
+struct GatewayState(Arc<Shared>);
+
+impl LiveState for GatewayState {
+    fn config(&self) -> Arc<ward_core::config::Config> {
+        self.0.config()
+    }
+
+    fn grants(&self) -> Arc<[ward_core::access::Grant]> {
+        self.0.jit.grants()
+    }
+
+    fn locks(&self) -> Vec<Lock> {
+        self.0.locks.read().map(|l| l.clone()).unwrap_or_default()
+    }
+
+    fn live_principals(&self) -> Vec<Principal> {
+        self.0
+            .sessions
+            .lock()
+            .map(|s| s.values().map(|s| s.principal.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn access_changed(&self) {
+        crate::jit::refresh(&self.0);
+    }
+
+    fn locked(&self, lock: &Lock) -> usize {
+        if let Ok(mut locks) = self.0.locks.write() {
+            locks.retain(|l| l.target != lock.target);
+            locks.push(lock.clone());
+        }
+        let now = self.0.clock.now();
+        self.0.cut_where(
+            |s| policy::lock_applies(lock, &s.principal, &s.device, now),
+            &format!("locked: {} (by {})", lock.reason, lock.by),
+        )
+    }
+
+    fn unlocked(&self, target: &LockTarget) {
+        if let Ok(mut locks) = self.0.locks.write() {
+            locks.retain(|l| &l.target != target);
+        }
+    }
+}
+
+/// Answers a `Login`.
+pub(crate) async fn login(
+    services: &Services,
+    peer: std::net::SocketAddr,
+    login: &Login,
+) -> Response {
+    answer(services.login.login(peer, login).await, |i| {
+        Response::Issued {
+            chain_pem: i.chain_pem,
+            not_after_unix: i.not_after_unix,
+            grant: i.grant,
+        }
+    })
+}
+
+/// Answers `ListDevices`, `Lock`, `Unlock` and `ListLocks` (what changes state passes the
+/// audit gate).
+pub(crate) async fn request(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    request: Request,
+) -> Response {
+    let services = Services::of(shared);
+    match request {
+        Request::ListDevices => list_devices(&services, caller),
+        Request::ListLocks => list_locks(&services, caller),
+        Request::Lock {
+            target,
+            for_secs,
+            reason,
+            force,
+        } => {
+            let answer = lock(&services, caller, target, for_secs, reason, force).await;
+            gated(shared, answer).await
+        }
+        Request::Unlock { target } => {
+            let answer = unlock(&services, caller, target).await;
+            gated(shared, answer).await
+        }
+        Request::Open { .. } | Request::Access(_) | Request::Review(_) | Request::Login(_) => {
+            error_frame(ErrorCode::Internal, "request not handled here")
+        }
+    }
+}
+
+/// Answers `ListDevices`.
+pub(crate) fn list_devices(services: &Services, caller: Caller<'_>) -> Response {
+    answer(services.devices.list(caller), |devices| Response::Devices {
+        devices,
+    })
+}
+
+/// Answers `Lock`.
+pub(crate) async fn lock(
+    services: &Services,
+    caller: Caller<'_>,
+    target: LockTarget,
+    for_secs: Option<u64>,
+    reason: String,
+    force: bool,
+) -> Response {
+    let req = LockRequest {
+        target,
+        duration: for_secs.map(Duration::from_secs),
+        reason,
+        force,
+    };
+    answer(services.locks.lock(caller, req).await, |l| Response::Ok {
+        message: format!(
+            "locked {}{}; {} live session(s) ended",
+            ward_core::escape(&l.lock.target.to_string()),
+            if l.forced { " (forced)" } else { "" },
+            l.sessions_ended
+        ),
+    })
+}
+
+/// Answers `Unlock`.
+pub(crate) async fn unlock(
+    services: &Services,
+    caller: Caller<'_>,
+    target: LockTarget,
+) -> Response {
+    answer(services.locks.unlock(caller, &target).await, |()| {
+        Response::Ok {
+            message: format!("unlocked {target}"),
+        }
+    })
+}
+
+/// Answers `ListLocks`.
+pub(crate) fn list_locks(services: &Services, caller: Caller<'_>) -> Response {
+    answer(services.locks.list(caller), |locks| Response::Locks {
+        locks: locks.iter().map(frame::LockInfo::from).collect(),
+    })
+}
+
+/// JSON lines of `items`.
+fn json_lines<T: serde::Serialize>(items: impl IntoIterator<Item = T>) -> Vec<u8> {
+    let mut out = Vec::new();
+    for item in items {
+        if let Ok(mut s) = serde_json::to_vec(&item) {
+            s.push(b'\n');
+            out.extend_from_slice(&s);
+        }
+    }
+    out
+}
+
+/// A listing: JSON lines to stream, or a frame (a refusal).
+enum Answer {
+    Frame(Response),
+    Lines(&'static str, Vec<u8>),
+}
+
+fn listing<T, I: serde::Serialize>(
+    r: Result<T, Refusal>,
+    what: &'static str,
+    lines: impl FnOnce(T) -> Vec<I>,
+) -> Answer {
+    match r {
+        Ok(v) => Answer::Lines(what, json_lines(lines(v))),
+        Err(e) => Answer::Frame(refusal_frame(e)),
+    }
+}
+
+/// Answers an [`AccessOp`]; listings are streamed as JSON lines.
+pub(crate) async fn access_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: AccessOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    match access_answer(&services, caller, op).await {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
+    }
+}
+
+async fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer {
+    let reply = |r: AccessReply| Response::Access(Box::new(r));
+    let frame = Answer::Frame;
+    match op {
+        AccessOp::Request {
+            device,
+            reason,
+            duration_secs,
+            start_unix,
+        } => {
+            let new = NewRequest {
+                device,
+                reason,
+                duration: Duration::from_secs(duration_secs),
+                start_unix,
+            };
+            frame(answer(s.access.request(caller, new).await, |request| {
+                reply(AccessReply::Request { request })
+            }))
+        }
+        AccessOp::ListRequests { all } => {
+            listing(s.access.list_requests(caller, all).await, "requests", |v| v)
+        }
+        AccessOp::Approve { id, comment } => frame(answer(
+            s.access.approve(caller, &id, comment).await,
+            |out| {
+                reply(AccessReply::Approved {
+                    request: out.request,
+                    count: u32::try_from(out.approved.count).unwrap_or(u32::MAX),
+                    required: u32::try_from(out.approved.required).unwrap_or(u32::MAX),
+                    grant: out.grant,
+                })
+            },
+        )),
+        AccessOp::Deny { id, reason } => frame(answer(
+            s.access.deny(caller, &id, &reason).await,
+            |request| reply(AccessReply::Request { request }),
+        )),
+        AccessOp::ListGrants { all } => {
+            listing(s.access.list_grants(caller, all).await, "grants", |v| v)
+        }
+        AccessOp::Revoke { grant, reason } => frame(answer(
+            s.access.revoke(caller, &grant, &reason).await,
+            |grant| reply(AccessReply::Grant { grant }),
+        )),
+        AccessOp::UserAdd {
+            name,
+            kind,
+            org,
+            roles,
+        } => {
+            let new = NewUser {
+                org,
+                roles,
+                ..NewUser::new(name.clone(), kind)
+            };
+            frame(answer(s.users.add(caller, new).await, |created| {
+                reply(AccessReply::UserCreated {
+                    name,
+                    password: created.password,
+                    totp_uri: created.totp_uri,
+                })
+            }))
+        }
+        AccessOp::UserDisable { name } => {
+            frame(answer(s.users.disable(caller, &name).await, |()| {
+                Response::Ok {
+                    message: format!("user {name} disabled; their live sessions are ending"),
+                }
+            }))
+        }
+        AccessOp::UserList => listing(s.users.list(caller).await, "users", |users| {
+            users.iter().map(user_line).collect()
+        }),
+    }
+}
+
+async fn stream<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    writer: &mut FrameWriter<W>,
+    what: &str,
+    bytes: &[u8],
+) {
+    let head = gated(shared, Response::Stream { what: what.into() }).await;
+    let streaming = matches!(head, Response::Stream { .. });
+    let _ = writer.write_response(&head).await;
+    if !streaming {
+        return;
+    }
+    let _ = datapath::write_stream(writer, bytes).await;
+}
+
+/// A user as listed (no secrets).
+pub fn user_line(u: &User) -> serde_json::Value {
+    serde_json::json!({
+        "name": u.name,
+        "kind": u.kind.as_str(),
+        "org": u.org,
+        "roles": u.roles,
+        "totp": u.totp_secret.is_some(),
+        "must_change_password": u.must_change_password,
+        "disabled": u.disabled,
+        "created_unix": u.created_unix,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_refusal_has_one_frame() {
+        let code = |r: Refusal| match refusal_frame(r) {
+            Response::Error { code, .. } => Some(code),
+            Response::Denied { .. } => None,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(code(Refusal::Denied("no".into())), None);
+        assert_eq!(
+            code(Refusal::Forbidden("x".into())),
+            Some(ErrorCode::Forbidden)
+        );
+        assert_eq!(
+            code(Refusal::NotFound("x".into())),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(Refusal::Invalid("x".into())),
+            Some(ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code(Refusal::Unavailable("x".into())),
+            Some(ErrorCode::Internal)
+        );
+        assert_eq!(code(Refusal::TotpReused), Some(ErrorCode::TotpReused));
+        // The text travels unchanged.
+        assert_eq!(
+            refusal_frame(Refusal::Invalid("a reason is required".into())),
+            error_frame(ErrorCode::BadRequest, "a reason is required")
+        );
+        assert_eq!(
+            refusal_frame(Refusal::TotpReused),
+            error_frame(ErrorCode::TotpReused, TOTP_REUSED)
+        );
+    }
+}

@@ -1,0 +1,392 @@
+//! Login: user name, password and (where MFA applies) a TOTP code for a short-lived certificate.
+//! Never says which part was wrong (except a reused code, once the password was right); the audit
+//! log does. The decisions are `ward_core::{password, totp, ratelimit}`; this service runs them
+//! against the user store and the CA.
+//!
+//! argon2id takes tens of milliseconds and 19 MiB: the frame front end runs
+//! [`LoginService::login`] on a blocking thread behind the login gate ([`crate::login_gate`]),
+//! which bounds how many run at once.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use time::OffsetDateTime;
+use ward_ca::{Ca, IssueRequest};
+use ward_core::access::Grant;
+use ward_core::config::Config;
+use ward_core::frame::Login;
+use ward_core::ratelimit::{LoginLimiter, Reserved};
+use ward_core::{password, totp, PrincipalKind};
+
+use super::principal::principal_kind;
+use super::{Context, Refusal, Trail};
+use crate::audit::Event;
+use crate::store::StoreError;
+use crate::store_async::AsyncUserStore;
+use crate::users::User;
+
+/// What a login with a right password and an already used TOTP code is told (the client prints
+/// it for `ErrorCode::TotpReused`).
+pub use ward_core::messages::TOTP_REUSED;
+
+const LOGIN_FAILED: &str =
+    "login failed: wrong user name, password or code (failed logins are rate-limited and audited)";
+
+/// What login keeps between attempts: the issuing CA and the failed-login back-off.
+pub struct LoginState {
+    ca: Option<Ca>,
+    limiter: Mutex<LoginLimiter>,
+}
+
+impl LoginState {
+    /// `ca` is the issuing CA when its key is readable; without it login answers with a clear
+    /// error.
+    pub fn new(ca: Option<Ca>) -> Self {
+        Self {
+            ca,
+            limiter: Mutex::new(LoginLimiter::new()),
+        }
+    }
+}
+
+/// A certificate issued by a login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issued {
+    /// The certificate chain (PEM).
+    pub chain_pem: String,
+    /// When the certificate ends.
+    pub not_after_unix: i64,
+    /// The grant it is bound to.
+    pub grant: Option<String>,
+}
+
+/// Login.
+#[derive(Clone)]
+pub struct LoginService {
+    ctx: Context,
+    users: Arc<dyn AsyncUserStore>,
+    state: Arc<LoginState>,
+}
+
+/// One attempt's context for its audit events.
+struct Attempt {
+    trail: Trail,
+    peer: SocketAddr,
+    user: String,
+    now: OffsetDateTime,
+    past_others: bool,
+}
+
+impl Attempt {
+    fn ev(&self, outcome: &str) -> Event {
+        Event::new("login", outcome, self.now)
+            .source(self.peer)
+            .detail("user", self.user.clone())
+    }
+
+    fn who(&self, outcome: &str, user: &User) -> Event {
+        self.ev(outcome)
+            .user(user.kind.as_str(), &user.name, user.org.as_deref())
+    }
+
+    /// Fail closed when the user store cannot be read or written.
+    fn store_down(&mut self, e: StoreError, what: &str) -> Refusal {
+        let e = self.ev("failure").reason(format!("store: {e}"));
+        self.trail.push(e);
+        Refusal::Unavailable(format!(
+            "login is unavailable: the gateway cannot {what} its user store"
+        ))
+    }
+
+    /// A refusal counted by the reservation.
+    fn denied(&mut self, why: &str, user: Option<&User>) {
+        let mut e = self.ev("denied").severity("warning").reason(why.to_owned());
+        if self.past_others {
+            e = e.detail("past_others_backoff", true);
+        }
+        if let Some(u) = user {
+            e = e.user(u.kind.as_str(), &u.name, u.org.as_deref());
+        }
+        self.trail.push(e);
+    }
+
+    fn fail(&mut self, why: &str, user: Option<&User>) -> Refusal {
+        self.denied(why, user);
+        Refusal::Denied(LOGIN_FAILED.to_owned())
+    }
+
+    /// A right password with a code already used: say so (only reachable with the password).
+    fn reused(&mut self, why: &str, user: &User) -> Refusal {
+        self.denied(why, Some(user));
+        Refusal::TotpReused
+    }
+}
+
+impl LoginService {
+    /// Login over `users`, with the CA and back-off in `state`.
+    pub fn new(ctx: Context, users: Arc<dyn AsyncUserStore>, state: Arc<LoginState>) -> Self {
+        Self { ctx, users, state }
+    }
+
+    /// Answers a login from `peer`.
+    pub async fn login(&self, peer: SocketAddr, login: &Login) -> Result<Issued, Refusal> {
+        let mut a = Attempt {
+            trail: self.ctx.audit.trail(),
+            peer,
+            user: login.user.clone(),
+            now: self.ctx.clock.now(),
+            past_others: false,
+        };
+        self.attempt(&mut a, login).await
+    }
+
+    async fn attempt(&self, a: &mut Attempt, login: &Login) -> Result<Issued, Refusal> {
+        // One config snapshot for the whole login (a reload may swap it meanwhile).
+        let config = self.ctx.live.config();
+        let user = self
+            .users
+            .user(&login.user)
+            .await
+            .map_err(|e| a.store_down(e, "read"))?;
+        // The attempt is counted before anything is verified, so parallel guesses cannot all
+        // pass the back-off check before any of them is counted (ward_core::ratelimit).
+        let second_factor =
+            login.totp.is_some() && user.as_ref().is_some_and(|u| u.totp_secret.is_some());
+        let reserved = self.reserve(a, second_factor)?;
+        a.past_others = reserved == Reserved::PastOthers;
+        // Refusals in `authenticate` were counted by the reservation; a success takes the count
+        // back.
+        let (user, mfa) = self.authenticate(a, &config, user, login).await?;
+        // Authenticated. From here on refusals are not counted as failed logins.
+        if let Ok(mut limiter) = self.state.limiter.lock() {
+            limiter.success(&login.user, &a.peer.ip().to_string(), reserved);
+        }
+        self.change_password(a, &user, login).await?;
+        self.issue(a, &config, &user, mfa, login)
+    }
+
+    /// Reserves a login attempt with the back-off (`ward_core::ratelimit`).
+    fn reserve(&self, a: &mut Attempt, second_factor: bool) -> Result<Reserved, Refusal> {
+        let source = a.peer.ip().to_string();
+        let reserved = match self.state.limiter.lock() {
+            Ok(mut limiter) => limiter.reserve(&a.user, &source, second_factor, a.now),
+            Err(_) => {
+                return Err(Refusal::Unavailable(
+                    "login is unavailable after an internal error".into(),
+                ))
+            }
+        };
+        reserved.map_err(|wait| {
+            let e = a.ev("denied").severity("warning").reason(format!(
+                "rate-limited for {}s after repeated failures",
+                wait.whole_seconds()
+            ));
+            a.trail.push(e);
+            Refusal::Denied(format!(
+                "too many failed logins for this user or from this address; try again in {} s",
+                wait.whole_seconds().max(1)
+            ))
+        })
+    }
+
+    /// Checks the password and, where MFA applies, the TOTP code (consuming its step). Returns
+    /// the user and whether MFA was verified.
+    async fn authenticate(
+        &self,
+        a: &mut Attempt,
+        config: &Config,
+        user: Option<User>,
+        login: &Login,
+    ) -> Result<(User, bool), Refusal> {
+        let Some(user) = user else {
+            password::verify_dummy(&login.password);
+            return Err(a.fail("unknown user", None));
+        };
+        if !password::verify_password(&user.password_phc, &login.password) {
+            return Err(a.fail("wrong password", Some(&user)));
+        }
+        if user.disabled {
+            return Err(a.fail("user is disabled", Some(&user)));
+        }
+        let needs_mfa =
+            config.login.needs_mfa(principal_kind(user.kind)) || user.totp_secret.is_some();
+        if !needs_mfa {
+            return Ok((user, false));
+        }
+        let Some(secret) = user
+            .totp_secret
+            .as_deref()
+            .and_then(|s| totp::TotpSecret::from_base32(s).ok())
+        else {
+            return Err(a.fail("MFA required but the user has no TOTP secret", Some(&user)));
+        };
+        let Some(code) = login.totp.as_deref() else {
+            return Err(a.fail("TOTP code missing", Some(&user)));
+        };
+        match totp::verify(&secret, code, a.now.unix_timestamp(), user.totp_last_step) {
+            Err(totp::TotpError::Reused) => Err(a.reused("TOTP code reused", &user)),
+            Err(_) => Err(a.fail("wrong TOTP code", Some(&user))),
+            Ok(step) => match self.users.record_totp_step(&user.name, step).await {
+                Ok(true) => Ok((user, true)),
+                Ok(false) => Err(a.reused("TOTP code reused (concurrent login)", &user)),
+                Err(e) => Err(a.store_down(e, "write")),
+            },
+        }
+    }
+
+    /// An initial password must be changed before a certificate is issued; a new password asked
+    /// for is stored here.
+    async fn change_password(
+        &self,
+        a: &mut Attempt,
+        user: &User,
+        login: &Login,
+    ) -> Result<(), Refusal> {
+        if user.must_change_password && login.new_password.is_none() {
+            let e = a
+                .who("denied", user)
+                .reason("the initial password must be changed before a certificate is issued");
+            a.trail.push(e);
+            return Err(Refusal::Denied(
+                "your password is the initial one you were given and must be changed first: \
+                 run `ward login` again with --change-password (your authenticator code was \
+                 used; wait for the next one)"
+                    .into(),
+            ));
+        }
+        let Some(new) = &login.new_password else {
+            return Ok(());
+        };
+        if let Err(e) = password::check_strength(new, &user.name) {
+            return Err(Refusal::Denied(format!("new password refused: {e}")));
+        }
+        let stored = match password::hash_password(new, rand::random()) {
+            Ok(phc) => self.users.set_password(&user.name, &phc).await.ok(),
+            Err(_) => None,
+        };
+        match stored {
+            Some(true) => {
+                let e = a
+                    .who("success", user)
+                    .reason("password changed at login")
+                    .detail("password_changed", true);
+                a.trail.push(e);
+                Ok(())
+            }
+            _ => Err(Refusal::Unavailable(
+                "the new password could not be stored; the old one still works".into(),
+            )),
+        }
+    }
+
+    /// The grant the certificate is bound to: the one named, or for vendors their current one
+    /// (the one live now, else the next to start).
+    fn bound_grant(
+        &self,
+        a: &mut Attempt,
+        user: &User,
+        login: &Login,
+    ) -> Result<Option<Grant>, Refusal> {
+        let now = a.now;
+        let pkind = principal_kind(user.kind);
+        let mine = |g: &&Grant| g.principal.name == user.name && g.principal.kind == pkind;
+        let grants = self.ctx.live.grants();
+        match &login.grant {
+            Some(id) => match grants
+                .iter()
+                .filter(mine)
+                .find(|g| &g.id == id && g.is_current(now))
+            {
+                Some(g) => Ok(Some(g.clone())),
+                None => {
+                    let e = a
+                        .who("denied", user)
+                        .reason(format!("no current grant {id} for this user"));
+                    a.trail.push(e);
+                    Err(Refusal::Denied(format!(
+                        "you hold no current grant {id}; see `ward grants`"
+                    )))
+                }
+            },
+            None if pkind == PrincipalKind::Vendor => Ok(grants
+                .iter()
+                .filter(mine)
+                .filter(|g| g.is_current(now))
+                .min_by_key(|g| (!g.is_live(now), g.start))
+                .cloned()),
+            None => Ok(None),
+        }
+    }
+
+    /// Issues the certificate.
+    fn issue(
+        &self,
+        a: &mut Attempt,
+        config: &Config,
+        user: &User,
+        mfa: bool,
+        login: &Login,
+    ) -> Result<Issued, Refusal> {
+        let now = a.now;
+        let Some(ca) = &self.state.ca else {
+            let e = a
+                .who("failure", user)
+                .reason("login disabled: no issuing CA key");
+            a.trail.push(e);
+            return Err(Refusal::Unavailable(
+                "login is not enabled on this gateway: its CA's issuing key is not readable".into(),
+            ));
+        };
+        // The certificate never outlives the grant it is for, nor the CA's cap for the kind.
+        let mut ttl = time::Duration::try_from(config.login.cert_ttl)
+            .unwrap_or(time::Duration::HOUR)
+            .min(ca.caps().max_ttl(user.kind));
+        let grant = self.bound_grant(a, user, login)?;
+        if let Some(g) = &grant {
+            // The CA counts from `now` in whole seconds and X.509 keeps whole seconds: measured
+            // that way, the certificate ends on the grant's last whole second (within a second
+            // of the grant's end, which the gateway then names as the session's end), never
+            // after it.
+            let whole = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+            ttl = ttl.min(whole(g.end) - whole(now));
+        }
+        if ttl < time::Duration::SECOND {
+            return Err(Refusal::Denied(
+                "the grant ends too soon to issue a certificate".into(),
+            ));
+        }
+        let mut req = IssueRequest::new(user.kind, user.name.clone());
+        req.org = user.org.clone();
+        req.roles = user.roles.clone();
+        req.ttl = Some(ttl);
+        req.csr_pem = Some(login.csr_pem.clone());
+        match ca.issue(&req, now) {
+            Ok(issued) => {
+                let mut e = a
+                    .who("success", user)
+                    .reason("password and TOTP verified; certificate issued")
+                    .detail("serial", issued.identity.serial.clone())
+                    .detail("not_after", issued.identity.not_after.to_string())
+                    .detail("mfa", mfa);
+                if let Some(g) = &grant {
+                    e = e.detail("grant", g.id.clone());
+                }
+                a.trail.push(e);
+                Ok(Issued {
+                    chain_pem: issued.chain_pem,
+                    not_after_unix: issued.identity.not_after.unix_timestamp(),
+                    grant: grant.map(|g| g.id),
+                })
+            }
+            Err(e) => {
+                let ev = a
+                    .who("failure", user)
+                    .reason(format!("issuance failed: {e}"));
+                a.trail.push(ev);
+                Err(Refusal::Invalid(format!(
+                    "certificate could not be issued: {e}"
+                )))
+            }
+        }
+    }
+}

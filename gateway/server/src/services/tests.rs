@@ -1,0 +1,396 @@
+//! The services called directly, with no frames: what a second front end (the web console) gets.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use ward_ca::{Clock, Kind};
+use ward_core::access::RequestState;
+use ward_core::frame::{LockTarget, Login};
+
+use super::access::NewRequest;
+use super::locks::LockRequest;
+use super::testing::{Fixture, Who};
+use super::users::{create_user, NewUser};
+use super::Refusal;
+use crate::users::UserStore;
+
+fn vendor() -> Who {
+    Who::new(Kind::Vendor, Some("acme"), "tech", &[])
+}
+fn icu() -> Who {
+    Who::new(Kind::Clinician, None, "cara", &["icu"])
+}
+fn biomed() -> Who {
+    Who::new(Kind::Clinician, None, "bob", &["biomed"])
+}
+fn security() -> Who {
+    Who::new(Kind::Security, None, "sam", &[])
+}
+fn admin() -> Who {
+    Who::new(Kind::Admin, None, "ada", &[])
+}
+
+fn pump_request(reason: &str) -> NewRequest {
+    NewRequest {
+        device: "pump-12".into(),
+        reason: reason.into(),
+        duration: Duration::from_secs(3600),
+        start_unix: None,
+    }
+}
+
+#[tokio::test]
+async fn request_approve_revoke_and_deny_without_frames() {
+    let f = Fixture::new();
+    let (tech, cara, bob) = (vendor(), icu(), biomed());
+    let r = f
+        .access
+        .request(tech.caller(), pump_request("firmware 4.2"))
+        .await
+        .unwrap();
+    assert_eq!(r.state, RequestState::Pending);
+    // The requester does not approve their own request.
+    assert!(matches!(
+        f.access.approve(tech.caller(), &r.id, None).await,
+        Err(Refusal::Denied(_))
+    ));
+    let first = f.access.approve(cara.caller(), &r.id, None).await.unwrap();
+    assert_eq!((first.approved.count, first.approved.required), (1, 2));
+    assert!(first.grant.is_none());
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 0);
+    let second = f
+        .access
+        .approve(bob.caller(), &r.id, Some("ok".into()))
+        .await
+        .unwrap();
+    let grant = second
+        .grant
+        .expect("the second approval completes the request");
+    // The gateway is told at once, so sessions and login see the grant.
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 1);
+    let pending = f.access.list_requests(cara.caller(), false).await.unwrap();
+    assert!(pending.is_empty());
+    let all = f.access.list_requests(cara.caller(), true).await.unwrap();
+    assert_eq!(all[0].approvals, vec!["cara", "bob"]);
+    assert_eq!(
+        f.access
+            .list_grants(tech.caller(), false)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    // Someone else's vendor may neither see nor revoke it.
+    let other = Who::new(Kind::Vendor, Some("globex"), "eve", &[]);
+    assert!(f
+        .access
+        .list_grants(other.caller(), false)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        f.access.revoke(other.caller(), &grant.id, "mine now").await,
+        Err(Refusal::Forbidden(_))
+    ));
+    assert!(matches!(
+        f.access.revoke(tech.caller(), &grant.id, " ").await,
+        Err(Refusal::Invalid(m)) if m.contains("--reason")
+    ));
+    let revoked = f
+        .access
+        .revoke(tech.caller(), &grant.id, "done")
+        .await
+        .unwrap();
+    assert!(revoked.revoked_at.is_some());
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 2);
+
+    // Every operation wrote its events, refusals included.
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "access_request/success",
+            "access_approve/denied",
+            "access_approve/success",
+            "access_approve/success",
+            "access_grant/success",
+            "access_revoke/denied",
+            "access_revoke/success",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn deny_needs_a_reason_and_an_approver() {
+    let f = Fixture::new();
+    let (tech, cara) = (vendor(), icu());
+    let r2 = f
+        .access
+        .request(tech.caller(), pump_request("again"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        f.access.deny(cara.caller(), &r2.id, "").await,
+        Err(Refusal::Invalid(_))
+    ));
+    assert!(matches!(
+        f.access.deny(tech.caller(), &r2.id, "no").await,
+        Err(Refusal::Denied(_))
+    ));
+    let denied = f
+        .access
+        .deny(cara.caller(), &r2.id, "not today")
+        .await
+        .unwrap();
+    assert_eq!(denied.state, RequestState::Denied);
+    assert!(matches!(
+        f.access.deny(cara.caller(), "req-missing", "x").await,
+        Err(Refusal::Denied(m)) if m.contains("no access request")
+    ));
+
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "access_request/success",
+            "access_deny/denied",
+            "access_deny/success",
+            "access_deny/denied",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_request_the_policy_refuses_is_denied_and_audited() {
+    let f = Fixture::new();
+    let mut too_long = pump_request("all week");
+    too_long.duration = Duration::from_secs(7 * 24 * 3600);
+    assert!(matches!(
+        f.access.request(vendor().caller(), too_long).await,
+        Err(Refusal::Denied(_))
+    ));
+    let mut bad_start = pump_request("x");
+    bad_start.start_unix = Some(i64::MAX);
+    assert_eq!(
+        f.access.request(vendor().caller(), bad_start).await,
+        Err(Refusal::Invalid("bad start time".into()))
+    );
+    assert_eq!(f.outcomes().await, ["access_request/denied"]);
+}
+
+#[tokio::test]
+async fn lock_and_unlock_need_security_and_a_known_target() {
+    let f = Fixture::new();
+    let lock = |target: &str, force| LockRequest {
+        target: LockTarget::Device(target.into()),
+        duration: Some(Duration::from_secs(600)),
+        reason: "recall".into(),
+        force,
+    };
+    assert!(matches!(
+        f.locks.lock(icu().caller(), lock("pump-12", false)).await,
+        Err(Refusal::Forbidden(m)) if m.contains("only security and admin")
+    ));
+    // A typo is refused with a suggestion, unless forced.
+    assert!(matches!(
+        f.locks.lock(security().caller(), lock("pump-21", false)).await,
+        Err(Refusal::Invalid(m)) if m.contains("pump-12")
+    ));
+    let done = f
+        .locks
+        .lock(security().caller(), lock("pump-12", false))
+        .await
+        .unwrap();
+    assert_eq!(done.sessions_ended, f.live.live_sessions);
+    assert!(done.lock.until.is_some());
+    assert_eq!(f.locks.list(security().caller()).unwrap().len(), 1);
+    assert!(matches!(
+        f.locks.list(vendor().caller()),
+        Err(Refusal::Forbidden(_))
+    ));
+    let target = LockTarget::Device("pump-12".into());
+    f.locks.unlock(admin().caller(), &target).await.unwrap();
+    assert!(f.locks.list(security().caller()).unwrap().is_empty());
+    assert_eq!(
+        f.locks.unlock(admin().caller(), &target).await,
+        Err(Refusal::NotFound("no lock on device pump-12".into()))
+    );
+    // A duration past the calendar is refused, not a panic.
+    let mut forever = lock("pump-12", false);
+    forever.duration = Some(Duration::from_secs(u64::MAX));
+    assert!(matches!(
+        f.locks.lock(security().caller(), forever).await,
+        Err(Refusal::Invalid(_))
+    ));
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "lock/denied",
+            "lock/denied",
+            "lock/success",
+            "unlock/success",
+            "unlock/failure"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn users_are_created_disabled_and_listed_by_admins_only() {
+    let f = Fixture::new();
+    let nina = || NewUser::new("nina", "clinician");
+    assert!(matches!(
+        f.users.add(security().caller(), nina()).await,
+        Err(Refusal::Forbidden(m)) if m.contains("only admin identities")
+    ));
+    let created = f.users.add(admin().caller(), nina()).await.unwrap();
+    assert!(!created.password.is_empty());
+    let stored = f.store.user("nina").unwrap().unwrap();
+    assert!(stored.must_change_password);
+    assert!(matches!(
+        f.users.add(admin().caller(), nina()).await,
+        Err(Refusal::Invalid(m)) if m.contains("exists")
+    ));
+    assert!(matches!(
+        f.users.add(admin().caller(), NewUser::new("gw", "gateway")).await,
+        Err(Refusal::Invalid(m)) if m.contains("kind must be")
+    ));
+    assert_eq!(f.users.list(admin().caller()).await.unwrap().len(), 1);
+    assert!(f.users.list(security().caller()).await.is_err());
+    assert!(matches!(
+        f.users.disable(security().caller(), "nina").await,
+        Err(Refusal::Forbidden(_))
+    ));
+    f.users.disable(admin().caller(), "nina").await.unwrap();
+    assert!(f.store.user("nina").unwrap().unwrap().disabled);
+    assert_eq!(f.live.changed.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        f.users.disable(admin().caller(), "ghost").await,
+        Err(Refusal::NotFound("no user ghost".into()))
+    );
+    assert_eq!(
+        f.outcomes().await,
+        [
+            "user_add/denied",
+            "user_add/success",
+            "user_add/failure",
+            "user_add/failure",
+            "user_disable/denied",
+            "user_disable/success",
+        ]
+    );
+}
+
+fn login(user: &str, password: &str, totp: Option<String>) -> Login {
+    Login {
+        user: user.into(),
+        password: password.into(),
+        totp,
+        csr_pem: String::new(),
+        grant: None,
+        new_password: None,
+    }
+}
+
+#[tokio::test]
+async fn login_refusals_say_nothing_about_which_part_was_wrong() {
+    let f = Fixture::new();
+    let peer = "127.0.0.1:50000".parse().unwrap();
+    let cfg = ward_core::config::LoginConfig::default();
+    let clin = NewUser {
+        must_change: false,
+        ..NewUser::new("cleo", "clinician")
+    };
+    let cleo = create_user(f.store.as_ref(), &cfg, clin, f.clock.now()).unwrap();
+    let failed = |r: Result<_, Refusal>| matches!(r, Err(Refusal::Denied(m)) if m.starts_with("login failed"));
+    assert!(failed(
+        f.login.login(peer, &login("nobody", "x", None)).await
+    ));
+    assert!(failed(
+        f.login.login(peer, &login("cleo", "wrong", None)).await
+    ));
+    // The right password reaches issuance, which this gateway cannot do (no CA key).
+    let r = f
+        .login
+        .login(peer, &login("cleo", &cleo.password, None))
+        .await;
+    assert!(
+        matches!(&r, Err(Refusal::Unavailable(m)) if m.contains("not enabled")),
+        "{r:?}"
+    );
+    // A vendor has TOTP: a code used once is refused as reused, not as a failure.
+    let tech = NewUser {
+        must_change: false,
+        org: Some("acme".into()),
+        ..NewUser::new("tech", "vendor")
+    };
+    let tech_pw = create_user(f.store.as_ref(), &cfg, tech, f.clock.now())
+        .unwrap()
+        .password;
+    assert!(failed(
+        f.login.login(peer, &login("tech", &tech_pw, None)).await
+    ));
+    let secret = f.store.user("tech").unwrap().unwrap().totp_secret.unwrap();
+    let secret = ward_core::totp::TotpSecret::from_base32(&secret).unwrap();
+    let code = ward_core::totp::code_at(&secret, f.clock.now().unix_timestamp());
+    assert!(matches!(
+        f.login
+            .login(peer, &login("tech", &tech_pw, Some(code.clone())))
+            .await,
+        Err(Refusal::Unavailable(_))
+    ));
+    assert_eq!(
+        f.login
+            .login(peer, &login("tech", &tech_pw, Some(code)))
+            .await,
+        Err(Refusal::TotpReused)
+    );
+    // An initial password must be changed first; a disabled user fails like a wrong password.
+    let nina = create_user(
+        f.store.as_ref(),
+        &cfg,
+        NewUser::new("nina", "clinician"),
+        f.clock.now(),
+    )
+    .unwrap();
+    assert!(matches!(
+        f.login.login(peer, &login("nina", &nina.password, None)).await,
+        Err(Refusal::Denied(m)) if m.contains("--change-password")
+    ));
+    f.store.disable_user("cleo", f.clock.now()).unwrap();
+    assert!(failed(
+        f.login
+            .login(peer, &login("cleo", &cleo.password, None))
+            .await
+    ));
+    let events = f.events().await;
+    let reasons: Vec<&str> = events
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "unknown user",
+            "wrong password",
+            "login disabled: no issuing CA key",
+            "TOTP code missing",
+            "login disabled: no issuing CA key",
+            "TOTP code reused",
+            "the initial password must be changed before a certificate is issued",
+            "user is disabled",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn devices_list_what_the_caller_could_open() {
+    let f = Fixture::new();
+    let ids = |w: &Who| -> Vec<String> {
+        f.devices
+            .list(w.caller())
+            .unwrap()
+            .into_iter()
+            .map(|d| d.id)
+            .collect()
+    };
+    assert_eq!(ids(&admin()), ["pump-12", "monitor-3", "pacs-1"]);
+    assert!(ids(&Who::new(Kind::Vendor, Some("globex"), "eve", &[])).is_empty());
+}

@@ -1,0 +1,118 @@
+//! The store's schema: every table and every migration, in one place, applied in order by
+//! [`migrate`] when `SqliteStore::open` opens `ward.db`. Each step is idempotent (a store created
+//! by any earlier version is brought up to date; a current one is left as it is).
+
+use crate::store::StoreError;
+
+/// Brings a database to the current schema.
+pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL;
+         PRAGMA synchronous=FULL;",
+    )?;
+    locks(conn)?;
+    access(conn)?;
+    users(conn)?;
+    sessions(conn)?;
+    Ok(())
+}
+
+/// Locks on principals, devices and orgs (`LockStore`).
+fn locks(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS locks (
+             kind TEXT NOT NULL,
+             value TEXT NOT NULL,
+             until INTEGER,
+             reason TEXT NOT NULL,
+             by TEXT NOT NULL,
+             PRIMARY KEY (kind, value)
+         );",
+    )?;
+    Ok(())
+}
+
+/// Access requests, approvals and grants (`AccessStore`): one approval per person per request,
+/// one grant per request.
+fn access(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS access_requests (
+             id TEXT PRIMARY KEY,
+             state TEXT NOT NULL,
+             created INTEGER NOT NULL,
+             body TEXT NOT NULL
+         );
+         CREATE TABLE IF NOT EXISTS approvals (
+             request TEXT NOT NULL,
+             approver TEXT NOT NULL,
+             body TEXT NOT NULL,
+             PRIMARY KEY (request, approver)
+         );
+         CREATE TABLE IF NOT EXISTS grants (
+             id TEXT PRIMARY KEY,
+             request TEXT NOT NULL UNIQUE,
+             principal TEXT NOT NULL,
+             device TEXT NOT NULL,
+             end_unix INTEGER NOT NULL,
+             body TEXT NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+/// Users (`UserStore`); `must_change_password` was added after the table.
+fn users(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS users (
+             name TEXT PRIMARY KEY NOT NULL,
+             kind TEXT NOT NULL,
+             org TEXT,
+             roles TEXT NOT NULL,
+             password_phc TEXT NOT NULL,
+             totp_secret TEXT,
+             totp_last_step INTEGER,
+             disabled INTEGER NOT NULL DEFAULT 0,
+             created_unix INTEGER NOT NULL,
+             disabled_unix INTEGER,
+             must_change_password INTEGER NOT NULL DEFAULT 0
+         );",
+    )?;
+    // Stores created before the column existed.
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = 'must_change_password'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute_batch(
+            "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;",
+        )?;
+    }
+    Ok(())
+}
+
+/// The session index (`SessionIndex`).
+fn sessions(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sessions (
+             id TEXT PRIMARY KEY NOT NULL,
+             principal TEXT NOT NULL,
+             serial TEXT NOT NULL,
+             device TEXT NOT NULL,
+             protocol TEXT NOT NULL,
+             source TEXT NOT NULL,
+             rule TEXT NOT NULL,
+             start_unix_ms INTEGER NOT NULL,
+             end_unix_ms INTEGER,
+             end_reason TEXT NOT NULL,
+             bytes_up INTEGER NOT NULL,
+             bytes_down INTEGER NOT NULL,
+             sealed INTEGER NOT NULL,
+             verification TEXT NOT NULL,
+             break_glass INTEGER NOT NULL,
+             duration_s REAL NOT NULL,
+             file_len INTEGER,
+             file_mtime_ns INTEGER
+         );
+         CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
+    )?;
+    Ok(())
+}
