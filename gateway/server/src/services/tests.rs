@@ -392,5 +392,14 @@ async fn devices_list_what_the_caller_could_open() {
             .collect()
     };
     assert_eq!(ids(&admin()), ["pump-12", "monitor-3", "pacs-1"]);
-    assert!(ids(&Who::new(Kind::Vendor, Some("globex"), "eve", &[])).is_empty());
+    // A vendor no rule names opens nothing; what it could request is listed as such, by the
+    // same policy that would decide the request.
+    let eve = Who::new(Kind::Vendor, Some("globex"), "eve", &[]);
+    let listed = f.devices.list(eve.caller()).unwrap();
+    assert!(
+        listed
+            .iter()
+            .all(|d| d.reach == ward_core::frame::Reach::Request),
+        "{listed:?}"
+    );
 }
