@@ -92,6 +92,16 @@ impl EndReason {
         }
     }
 
+    /// Whether the gateway cut the session, so the client is told why (a `Closed` frame): not
+    /// when both sides finished, the client went away, or the session never started (the
+    /// client got a refusal instead).
+    pub fn is_cut(&self) -> bool {
+        !matches!(
+            self,
+            EndReason::Completed | EndReason::ClientGone | EndReason::NotStarted(_)
+        )
+    }
+
     /// For the reasons a [`Permit`] ends at its deadline (certificate expiry, maximum duration,
     /// window end): the limit's name, as the client is told when the session opens ("ends at …
     /// (maximum session duration)"). `None` for the others.
@@ -751,6 +761,8 @@ mod tests {
         for (reason, name, text) in cases {
             assert_eq!(reason.as_str(), name);
             assert_eq!(reason.to_string(), text);
+            let told = !matches!(name, "completed" | "client_gone" | "not_started");
+            assert_eq!(reason.is_cut(), told, "{name}");
         }
         assert_eq!(
             EndReason::CertificateExpiry.limit(),
