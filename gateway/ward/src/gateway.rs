@@ -1048,17 +1048,6 @@ async fn serve_stream<R, W>(
             break_glass,
             reason,
         } => {
-            if let Err(refusal) = crate::hygiene::check_requested_device(&device) {
-                shared.audit.emit(
-                    Event::new("session_deny", "denied", shared.clock.now())
-                        .principal(&identity)
-                        .source(peer)
-                        .device(ward_core::escape::escape_prefix(&device, 64))
-                        .reason(refusal.clone()),
-                );
-                refuse(&mut writer, ErrorCode::BadRequest, refusal).await;
-                return;
-            }
             let break_glass = break_glass.then(|| reason.unwrap_or_default());
             let open = crate::session::Opening {
                 identity,

@@ -32,7 +32,7 @@ use crate::gateway::{refuse, Shared};
 use crate::policy_watch::{ended_by_policy, LiveGuard, PolicySnapshot};
 use crate::recorder::{self, SessionRecorder, Tap};
 
-/// An `Open` request from a client with a validated certificate.
+/// An `Open` request from a client with a validated certificate, as the dispatcher hands it over.
 pub(crate) struct Opening {
     /// The client's validated identity.
     pub(crate) identity: Arc<Identity>,
@@ -42,7 +42,7 @@ pub(crate) struct Opening {
     pub(crate) peer: SocketAddr,
     /// `quic` or `tcp`.
     pub(crate) transport: &'static str,
-    /// The device id asked for (checked by `hygiene`).
+    /// The device id asked for, as sent (checked by `hygiene` first).
     pub(crate) device: String,
     /// `Some(justification)` for a break-glass open.
     pub(crate) break_glass: Option<String>,
@@ -79,16 +79,28 @@ struct Pipe<R, W> {
 /// The session was refused (the client has been told, the refusal audited).
 struct Refused;
 
-/// Serve an `Open`: run the session to its end, in a span carrying its id, principal and device.
+/// Serve an `Open`: refuse a device id no device could have (`hygiene`), else run the session to
+/// its end, in a span carrying its id, principal and device.
 pub(crate) async fn open_session<R, W>(
     shared: Arc<Shared>,
     open: Opening,
     reader: FrameReader<R>,
-    writer: FrameWriter<W>,
+    mut writer: FrameWriter<W>,
 ) where
     R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    if let Err(refusal) = crate::hygiene::check_requested_device(&open.device) {
+        shared.audit.emit(
+            Event::new("session_deny", "denied", shared.clock.now())
+                .principal(&open.identity)
+                .source(open.peer)
+                .device(ward_core::escape::escape_prefix(&open.device, 64))
+                .reason(refusal.clone()),
+        );
+        refuse(&mut writer, ErrorCode::BadRequest, refusal).await;
+        return;
+    }
     let n = shared.next_session.fetch_add(1, Ordering::Relaxed);
     let id = format!("{:016x}", n ^ rand::random::<u64>());
     let span = info_span!("session", session_id = %id,
