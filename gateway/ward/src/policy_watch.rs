@@ -125,7 +125,8 @@ impl PolicyWatch {
     /// Publish the snapshot `next` builds from the current one, unless it returns `Ok(None)`
     /// (nothing changed) or an error (nothing applied). Building, checking the live sessions
     /// against the result at `now` and publishing happen under the watch's one lock, so
-    /// concurrent publishers cannot interleave and no session ends before it is counted.
+    /// concurrent publishers cannot interleave and no session ends before it is counted. `next`
+    /// gets the current snapshot and must not read the watch itself (it holds the lock).
     pub(crate) fn publish<E>(
         &self,
         now: OffsetDateTime,

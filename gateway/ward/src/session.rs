@@ -22,7 +22,7 @@ use tracing::{field, info_span, warn, Instrument, Span};
 use ward_ca::Identity;
 use ward_core::config::Device;
 use ward_core::frame::{ErrorCode, Response};
-use ward_core::session::{Authorized, Handshaken};
+use ward_core::session::{Authorized, Closed, Handshaken};
 use ward_core::{EndReason, Escaped, Principal};
 use ward_recording::{Direction, EndInfo, SessionMeta};
 
@@ -138,7 +138,8 @@ where
         Err((code, msg)) => {
             let ev = ctx.event("session_open", "failure").reason(msg.clone());
             ctx.shared.audit.emit(ev);
-            end_recording(ctx, recorder, &EndReason::NotStarted(msg.clone()), (0, 0)).await;
+            let closed = session.close(EndReason::NotStarted(msg.clone()));
+            end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
             refuse(&mut writer, code, msg).await;
             return;
         }
@@ -146,7 +147,8 @@ where
     let live = ctx.shared.policy.register(session.clone());
     if let Err(e) = announce(ctx, &session, recorder.is_some()).await {
         drop(live);
-        end_recording(ctx, recorder, &EndReason::NotStarted(e.to_string()), (0, 0)).await;
+        let closed = session.close(EndReason::NotStarted(e.to_string()));
+        end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
         let msg = format!("session refused: {e}");
         refuse(&mut writer, ErrorCode::RecordingUnavailable, msg).await;
         return;
@@ -174,7 +176,7 @@ where
         )
         .await
     };
-    finish(ctx, end, pipe, recorder, live).await;
+    finish(ctx, session.close(end), pipe, recorder, live).await;
 }
 
 /// Everything that decides whether the session may start: not shutting down, the audit log
@@ -535,10 +537,10 @@ async fn recording_failed(rx: Option<&mut watch::Receiver<Option<String>>>) -> S
 }
 
 /// Tell the client why the gateway cut the session, leave the registry, seal the recording and
-/// audit the close, all with the one `end`.
+/// audit the close, all with the one end reason `closed` carries.
 async fn finish<R, W>(
     ctx: &Ctx,
-    end: EndReason,
+    closed: Closed,
     pipe: Pipe<R, W>,
     recorder: Option<SessionRecorder>,
     live: LiveGuard<'_>,
@@ -550,6 +552,7 @@ async fn finish<R, W>(
         activity,
         ..
     } = pipe;
+    let end = closed.reason();
     let wait = Duration::from_secs(1);
     if end.is_cut() && !writer.torn() {
         let closed = Response::Closed {
@@ -561,11 +564,11 @@ async fn finish<R, W>(
     drop(live);
     let up = activity.up.load(Ordering::Relaxed);
     let down = activity.down.load(Ordering::Relaxed);
-    end_recording(ctx, recorder, &end, (up, down)).await;
+    end_recording(ctx, recorder, end, (up, down)).await;
     let span = Span::current();
     span.record("bytes_up", up);
     span.record("bytes_down", down);
-    span.record("end_reason", field::display(&end));
+    span.record("end_reason", field::display(end));
     let ev = ctx
         .event("session_close", "success")
         .reason(end.to_string())
