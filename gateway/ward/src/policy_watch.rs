@@ -266,6 +266,65 @@ mod tests {
         assert!(watch.current().shutting_down);
     }
 
+    /// A registered session is checked by every publish before it is published: the publisher
+    /// learns how it ends, the session's receiver wakes, and the guard takes it out of the
+    /// registry whichever way it ends.
+    #[test]
+    fn publish_reports_how_registered_sessions_end() {
+        use ward_core::policy::LockTarget;
+        use ward_core::session::Handshaken;
+        let config = Arc::new(toml_config());
+        let now = OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000);
+        let watch = PolicyWatch::new(PolicySnapshot::new(
+            config.clone(),
+            vec![],
+            Arc::from(Vec::new()),
+            BTreeSet::new(),
+        ));
+        let principal = Principal {
+            kind: ward_core::PrincipalKind::Vendor,
+            name: "jdoe".into(),
+            org: Some("acme".into()),
+            roles: vec![],
+            serial: "0a".into(),
+            not_after: now + time::Duration::days(1),
+        };
+        let session = Handshaken::new(principal.clone())
+            .authorize(&config.rules, &[], &config.devices, "pump-12", now)
+            .unwrap();
+        let mut rx = watch.subscribe();
+        rx.borrow_and_update();
+        let guard = watch.register(session);
+        assert_eq!(watch.live_count(), 1);
+        assert_eq!(watch.live_principals(), vec![principal]);
+        assert_eq!(watch.live_break_glass(), 0);
+
+        let lock = Lock {
+            target: LockTarget::Org("acme".into()),
+            until: None,
+            reason: "incident 42".into(),
+            by: "security/sam".into(),
+        };
+        let published = watch.update(now, |cur| {
+            Some(PolicySnapshot {
+                locks: vec![lock].into(),
+                ..cur.clone()
+            })
+        });
+        let locked = EndReason::Locked {
+            reason: "incident 42".into(),
+            by: "security/sam".into(),
+        };
+        assert_eq!(published.ends, vec![locked]);
+        assert_eq!(
+            published.ending(|e| matches!(e, EndReason::Locked { .. })),
+            1
+        );
+        assert!(rx.has_changed().unwrap());
+        drop(guard);
+        assert_eq!(watch.live_count(), 0);
+    }
+
     fn toml_config() -> Config {
         Config::parse(
             r#"
@@ -275,6 +334,17 @@ ca = "ca"
 cert = "gw.crt"
 key = "gw.key"
 state_dir = "state"
+
+[[device]]
+id = "pump-12"
+address = "127.0.0.1:2323"
+protocol = "raw"
+labels = { vendor = "acme" }
+
+[[rule]]
+name = "acme"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
 "#,
             "test.toml",
         )
