@@ -124,14 +124,19 @@ impl Shared {
 
     /// Publish the JIT state's current grants and disabled users if they changed (the store
     /// refresh, [`crate::jit::refresh`]); sessions on a revoked or ended grant and sessions of
-    /// disabled users then end.
+    /// disabled users then end. Read under the watch's lock, so concurrent refreshes publish in
+    /// the order they read.
     pub(crate) fn publish_jit(&self) {
-        let grants = self.jit.grants();
-        let disabled: BTreeSet<String> = match self.jit.disabled.read() {
-            Ok(d) => d.iter().cloned().collect(),
-            Err(_) => return,
-        };
         self.policy.update(self.clock.now(), |cur| {
+            let grants = self.jit.grants();
+            let disabled: BTreeSet<String> = {
+                let d = self
+                    .jit
+                    .disabled
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                d.iter().cloned().collect()
+            };
             if *cur.grants == *grants && *cur.disabled == disabled {
                 return None;
             }

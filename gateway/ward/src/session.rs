@@ -158,23 +158,13 @@ where
         writer,
         activity: Activity::new(),
     };
-    let end = if pipe
-        .writer
-        .write_response(&opened(ctx, &session))
-        .await
-        .is_err()
-    {
-        EndReason::ClientGone
-    } else {
-        proxy(
-            ctx,
-            &session,
-            &mut policy,
-            recorder.as_ref(),
-            tcp,
-            &mut pipe,
-        )
-        .await
+    let opened = opened(ctx, &session);
+    let end = match pipe.writer.write_response(&opened).await {
+        Err(_) => EndReason::ClientGone,
+        Ok(()) => {
+            let recorder = recorder.as_ref();
+            proxy(ctx, &session, &mut policy, recorder, tcp, &mut pipe).await
+        }
     };
     finish(ctx, session.close(end), pipe, recorder, live).await;
 }
