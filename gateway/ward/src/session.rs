@@ -526,8 +526,8 @@ async fn recording_failed(rx: Option<&mut watch::Receiver<Option<String>>>) -> S
     }
 }
 
-/// Tell the client why the gateway cut the session, leave the registry, seal the recording and
-/// audit the close, all with the one end reason `closed` carries.
+/// Tell the client why the gateway cut the session, seal the recording, audit the close (all
+/// with the one end reason `closed` carries), then leave the registry.
 async fn finish<R, W>(
     ctx: &Ctx,
     closed: Closed,
@@ -551,7 +551,6 @@ async fn finish<R, W>(
         let _ = tokio::time::timeout(wait, writer.write_response(&closed)).await;
     }
     let _ = tokio::time::timeout(wait, writer.finish()).await;
-    drop(live);
     let up = activity.up.load(Ordering::Relaxed);
     let down = activity.down.load(Ordering::Relaxed);
     end_recording(ctx, recorder, end, (up, down)).await;
@@ -566,6 +565,9 @@ async fn finish<R, W>(
         .detail("bytes_up", up)
         .detail("bytes_down", down);
     ctx.shared.audit.emit(ev);
+    // Out of the registry last: a shutdown waiting for live sessions to end waits for their
+    // recordings to be sealed and their closes to be audited.
+    drop(live);
     drop(writer.get_mut().shutdown().await);
 }
 
