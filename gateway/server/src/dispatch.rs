@@ -13,7 +13,7 @@ use tokio::io::AsyncWrite;
 use ward_core::frame::{
     self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response,
 };
-use ward_core::policy::{self, Lock};
+use ward_core::policy::Lock;
 use ward_core::Principal;
 
 use crate::datapath::{self, FrameWriter};
@@ -97,15 +97,11 @@ impl LiveState for GatewayState {
     }
 
     fn locks(&self) -> Vec<Lock> {
-        self.0.locks.read().map(|l| l.clone()).unwrap_or_default()
+        self.0.policy.current().locks.to_vec()
     }
 
     fn live_principals(&self) -> Vec<Principal> {
-        self.0
-            .sessions
-            .lock()
-            .map(|s| s.values().map(|s| s.principal.clone()).collect())
-            .unwrap_or_default()
+        self.0.policy.live_principals()
     }
 
     fn access_changed(&self) {
@@ -113,21 +109,11 @@ impl LiveState for GatewayState {
     }
 
     fn locked(&self, lock: &Lock) -> usize {
-        if let Ok(mut locks) = self.0.locks.write() {
-            locks.retain(|l| l.target != lock.target);
-            locks.push(lock.clone());
-        }
-        let now = self.0.clock.now();
-        self.0.cut_where(
-            |s| policy::lock_applies(lock, &s.principal, &s.device, now),
-            &format!("locked: {} (by {})", lock.reason, lock.by),
-        )
+        self.0.publish_lock(lock.clone())
     }
 
     fn unlocked(&self, target: &LockTarget) {
-        if let Ok(mut locks) = self.0.locks.write() {
-            locks.retain(|l| &l.target != target);
-        }
+        self.0.publish_unlock(target);
     }
 }
 

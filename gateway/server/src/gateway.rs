@@ -2,140 +2,158 @@
 //! the proxy. Everything here is I/O around the pure core in `ward-core` (frames, policy) and
 //! `ward-ca` (identity validation).
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
 use rustls::pki_types::CertificateDer;
-use time::OffsetDateTime;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{field, info, info_span, warn, Instrument};
+use tracing::{info, warn};
 use ward_ca::{Clock, Identity, Usage, Validator};
 use ward_core::admission::{Refusal, CLOSE_DEADLINE, CLOSE_EVICTED};
-use ward_core::config::{Config, Device, DeviceAddress, Limits};
-use ward_core::frame::{self, ErrorCode, Request, Response};
+use ward_core::config::{Config, Limits};
+use ward_core::frame::{self, ErrorCode, LockTarget, Request, Response};
 use ward_core::noise::{NoiseLimiter, NoiseLimits, Verdict};
-use ward_core::policy::{self, Lock};
-use ward_core::session::{self, Handshaken, Recheck};
-use ward_core::{Escaped, Principal};
+use ward_core::policy::Lock;
+use ward_core::{EndReason, Escaped, Principal};
 
 use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
-use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::datapath::{self, FrameReader, FrameWriter, Inbound};
 use crate::dispatch::{self as dispatch, error_frame};
-use crate::recorder::{self, SessionRecorder, Sink};
+use crate::policy_watch::{PolicySnapshot, PolicyWatch, Published};
+use crate::recorder::Sink;
 use crate::recording_store::RecordingStore;
 use crate::recovery::recover_recordings;
 use crate::services::Caller;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
-use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
-
-/// Why the gateway cut a live session (sent to the client in a `Closed` frame).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cut(pub String);
-
-pub(crate) struct LiveSession {
-    pub(crate) principal: Principal,
-    pub(crate) device: String,
-    /// The access grant the session runs on, if a grant permitted it.
-    pub(crate) grant: Option<String>,
-    /// A break-glass session (kept as it is across config reloads).
-    break_glass: bool,
-    /// The device address it is connected to.
-    address: DeviceAddress,
-    cut: watch::Sender<Option<Cut>>,
-}
+use ward_recording::Signer;
 
 /// Live state shared by the listeners and every session.
 pub struct Shared {
-    /// The current config, swapped whole by a reload ([`crate::reload`]); read it through
-    /// [`Shared::config`], once per decision.
-    config: RwLock<Arc<Config>>,
+    /// The one watched policy snapshot (config, locks, grants, disabled users, shutdown) and the
+    /// live sessions re-checking themselves against it ([`crate::policy_watch`]). Read the config
+    /// through [`Shared::config`], once per decision.
+    pub(crate) policy: PolicyWatch,
     /// `[gateway]`'s limits: fixed for the gateway's life (a reload that changes them is refused).
     limits: Limits,
     verified: Arc<tls::VerifiedCache>,
     pub(crate) audit: AuditLog,
-    signer: Arc<Signer>,
-    sink: Option<Arc<dyn Sink>>,
+    pub(crate) signer: Arc<Signer>,
+    pub(crate) sink: Option<Arc<dyn Sink>>,
     validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jit: crate::jit::Jit,
-    pub(crate) locks: RwLock<Vec<Lock>>,
-    pub(crate) sessions: Mutex<HashMap<u64, LiveSession>>,
-    next_session: AtomicU64,
+    pub(crate) next_session: AtomicU64,
     /// Connection slots: anonymous and certificate-holder budgets, per-source caps.
     conns: Arc<Conns>,
-    draining: AtomicBool,
+    pub(crate) draining: AtomicBool,
     /// Unauthenticated events, aggregated per source (security case 31).
     noise: Mutex<NoiseLimiter>,
     /// The recordings (the recorder writes through `sink`, which wraps them unless injected).
-    recordings: RecordingStore,
+    pub(crate) recordings: RecordingStore,
     /// Reviews of recordings and the audit log.
     review: crate::services::review::ReviewService,
 }
 
 impl Shared {
-    fn limits(&self) -> &Limits {
+    pub(crate) fn limits(&self) -> &Limits {
         &self.limits
     }
 
     /// A snapshot of the current config. Take one per decision, so that no decision mixes the
     /// config before a reload with the one after.
     pub(crate) fn config(&self) -> Arc<Config> {
-        // A poisoned lock still holds a whole config (a swap is one assignment).
-        match self.config.read() {
-            Ok(c) => Arc::clone(&c),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
-        }
+        Arc::clone(&self.policy.current().config)
     }
 
-    /// Replace the config with `new` if `check(current)` passes; the check and the swap happen
-    /// under one write lock, so concurrent reloads cannot interleave.
+    /// Replace the config with `new` if `check(current)` passes, and publish it: live sessions
+    /// re-check themselves against it. The check and the swap happen under the watch's one
+    /// lock, so concurrent reloads cannot interleave.
     pub(crate) fn swap_config<E>(
         &self,
         new: Config,
         check: impl FnOnce(&Config) -> Result<(), E>,
-    ) -> Result<Arc<Config>, E> {
-        let mut cur = self
-            .config
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        check(&cur)?;
-        let new = Arc::new(new);
-        *cur = Arc::clone(&new);
-        Ok(new)
+    ) -> Result<Published, E> {
+        self.policy.publish(self.clock.now(), |cur| {
+            check(&cur.config)?;
+            Ok(Some(PolicySnapshot {
+                config: Arc::new(new),
+                ..cur.clone()
+            }))
+        })
     }
 
-    /// Re-check every live session against `config` (a reload): cut those it would no longer
-    /// permit, keep break-glass sessions. Returns (cut, break-glass kept).
-    pub(crate) fn recheck_live(&self, config: &Config, now: OffsetDateTime) -> (usize, usize) {
-        let grants = self.jit.grants();
-        let Ok(sessions) = self.sessions.lock() else {
-            return (0, 0);
-        };
-        let (mut cut, mut kept) = (0, 0);
-        for s in sessions.values() {
-            match recheck(config, &grants, s, now) {
-                Recheck::Keep => {}
-                Recheck::KeepBreakGlass => kept += 1,
-                Recheck::Cut(reason) => {
-                    s.cut.send_replace(Some(Cut(reason)));
-                    cut += 1;
-                }
+    /// Publish the current locks plus `lock` (replacing one on the same target); returns how
+    /// many live sessions it ends.
+    pub(crate) fn publish_lock(&self, lock: Lock) -> usize {
+        let published = self.policy.update(self.clock.now(), |cur| {
+            let mut locks: Vec<Lock> = cur
+                .locks
+                .iter()
+                .filter(|l| l.target != lock.target)
+                .cloned()
+                .collect();
+            locks.push(lock);
+            Some(PolicySnapshot {
+                locks: locks.into(),
+                ..cur.clone()
+            })
+        });
+        published.ending(|e| matches!(e, EndReason::Locked { .. }))
+    }
+
+    /// Publish the current locks without the one on `target`.
+    pub(crate) fn publish_unlock(&self, target: &LockTarget) {
+        self.policy.update(self.clock.now(), |cur| {
+            let locks: Vec<Lock> = cur
+                .locks
+                .iter()
+                .filter(|l| l.target != *target)
+                .cloned()
+                .collect();
+            Some(PolicySnapshot {
+                locks: locks.into(),
+                ..cur.clone()
+            })
+        });
+    }
+
+    /// Publish the JIT state's current grants and disabled users if they changed (the store
+    /// refresh, [`crate::jit::refresh`]); sessions on a revoked or ended grant and sessions of
+    /// disabled users then end. Read under the watch's lock, so concurrent refreshes publish in
+    /// the order they read.
+    pub(crate) fn publish_jit(&self) {
+        self.policy.update(self.clock.now(), |cur| {
+            let grants = self.jit.grants();
+            let disabled: BTreeSet<String> = {
+                let d = self
+                    .jit
+                    .disabled
+                    .read()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                d.iter().cloned().collect()
+            };
+            if *cur.grants == *grants && *cur.disabled == disabled {
+                return None;
             }
-        }
-        (cut, kept)
+            Some(PolicySnapshot {
+                grants,
+                disabled: Arc::new(disabled),
+                ..cur.clone()
+            })
+        });
     }
 
-    fn live_sessions(&self) -> usize {
-        self.sessions.lock().map(|s| s.len()).unwrap_or(0)
+    pub(crate) fn live_sessions(&self) -> usize {
+        self.policy.live_count()
     }
 
     /// Audit an event from a peer that has not authenticated: written, or only counted for the
@@ -203,18 +221,6 @@ impl Shared {
                     .detail("dropped", s.dropped),
             );
         }
-    }
-
-    pub(crate) fn cut_where(&self, pred: impl Fn(&LiveSession) -> bool, reason: &str) -> usize {
-        let Ok(sessions) = self.sessions.lock() else {
-            return 0;
-        };
-        let mut n = 0;
-        for s in sessions.values().filter(|s| pred(s)) {
-            s.cut.send_replace(Some(Cut(reason.to_string())));
-            n += 1;
-        }
-        n
     }
 }
 
@@ -369,6 +375,11 @@ impl Gateway {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
         let locks = db.active_locks(clock.now())?;
+        let disabled = jit
+            .disabled
+            .read()
+            .map(|d| d.iter().cloned().collect())
+            .unwrap_or_default();
         let verified = Arc::new(tls::VerifiedCache::default());
         let server_tls = tls::server_config(
             validator.clone(),
@@ -429,7 +440,12 @@ impl Gateway {
         );
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
-            config: RwLock::new(Arc::new(config)),
+            policy: PolicyWatch::new(PolicySnapshot::new(
+                Arc::new(config),
+                locks,
+                jit.grants(),
+                disabled,
+            )),
             verified,
             audit,
             signer,
@@ -437,8 +453,6 @@ impl Gateway {
             validator,
             clock,
             jit,
-            locks: RwLock::new(locks),
-            sessions: Mutex::new(HashMap::new()),
             next_session: AtomicU64::new(rand::random::<u32>() as u64),
             conns: Arc::new(Conns::new(&limits)),
             draining: AtomicBool::new(false),
@@ -525,7 +539,17 @@ impl Gateway {
         while self.shared.live_sessions() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        let cut = self.shared.cut_where(|_| true, "gateway shutting down");
+        let cut = self
+            .shared
+            .policy
+            .update(self.shared.clock.now(), |cur| {
+                Some(PolicySnapshot {
+                    shutting_down: true,
+                    ..cur.clone()
+                })
+            })
+            .ends
+            .len();
         if cut > 0 {
             let until = tokio::time::Instant::now() + Duration::from_secs(2);
             while self.shared.live_sessions() > 0 && tokio::time::Instant::now() < until {
@@ -948,30 +972,16 @@ async fn serve_stream<R, W>(
             break_glass,
             reason,
         } => {
-            if let Err(refusal) = crate::hygiene::check_requested_device(&device) {
-                shared.audit.emit(
-                    Event::new("session_deny", "denied", shared.clock.now())
-                        .principal(&identity)
-                        .source(peer)
-                        .device(ward_core::escape::escape_prefix(&device, 64))
-                        .reason(refusal.clone()),
-                );
-                refuse(&mut writer, ErrorCode::BadRequest, refusal).await;
-                return;
-            }
             let break_glass = break_glass.then(|| reason.unwrap_or_default());
-            open_session(
-                shared,
-                &identity,
+            let open = crate::session::Opening {
+                identity,
                 principal,
                 peer,
                 transport,
-                &device,
+                device,
                 break_glass,
-                reader,
-                writer,
-            )
-            .await;
+            };
+            crate::session::open_session(shared, open, reader, writer).await;
             return;
         }
         Request::Access(op) => {
@@ -1096,345 +1106,6 @@ async fn read_request<R: AsyncRead + Unpin>(
     }
 }
 
-fn to_instant(shared: &Shared, at: OffsetDateTime) -> tokio::time::Instant {
-    let left = at - shared.clock.now();
-    let left = Duration::try_from(left).unwrap_or(Duration::ZERO);
-    tokio::time::Instant::now() + left
-}
-
-async fn dial(device: &Device, timeout: Duration) -> Result<TcpStream, (ErrorCode, String)> {
-    let addr = device.address.to_string();
-    let connect = async {
-        match &device.netns {
-            None => TcpStream::connect(&addr).await,
-            Some(ns) => {
-                let to = tokio::net::lookup_host(&addr)
-                    .await?
-                    .next()
-                    .ok_or_else(|| {
-                        std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")
-                    })?;
-                crate::netns::connect_in(ns, to, timeout).await
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, connect).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err((
-            ErrorCode::DeviceUnreachable,
-            format!("device {} refused the connection; it may be off or its service stopped — ask biomedical engineering to check it", device.id),
-        )),
-        Ok(Err(e)) => Err((ErrorCode::DeviceUnreachable, format!("device {} is unreachable: {e}", device.id))),
-        Err(_) => Err((
-            ErrorCode::DeviceTimeout,
-            format!("device {} did not answer within {:?}; it may be off the network", device.id, timeout),
-        )),
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn open_session<R, W>(
-    shared: Arc<Shared>,
-    identity: &Identity,
-    principal: Principal,
-    peer: SocketAddr,
-    transport: &'static str,
-    device_id: &str,
-    break_glass: Option<String>,
-    mut reader: FrameReader<R>,
-    mut writer: FrameWriter<W>,
-) where
-    R: AsyncRead + Unpin + Send + 'static,
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let session_id = format!(
-        "{:016x}",
-        shared.next_session.fetch_add(1, Ordering::Relaxed) ^ rand::random::<u64>()
-    );
-    let span = info_span!("session", session_id = %session_id, principal = %Escaped(&identity.principal()), serial = %identity.serial,
-        source = %peer, transport, device = %device_id, decision = field::Empty, rule = field::Empty,
-        bytes_up = field::Empty, bytes_down = field::Empty, end_reason = field::Empty);
-    async move {
-        let now = shared.clock.now();
-        let audit = |event: &str, outcome: &str| {
-            Event::new(event, outcome, shared.clock.now())
-                .principal(identity)
-                .source(peer)
-                .device(device_id)
-                .session(session_id.clone())
-        };
-        if shared.draining.load(Ordering::Acquire) {
-            refuse(&mut writer, ErrorCode::ShuttingDown, "gateway is shutting down; try again shortly".into()).await;
-            return;
-        }
-        if !shared.audit.healthy() {
-            shared.audit.emit(audit("session_deny", "failure").reason("audit log unavailable"));
-            let e = crate::audit::AuditUnavailable("the last write failed".into());
-            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
-            return;
-        }
-        if now > identity.not_after {
-            let msg = format!("certificate expired at {}; get a new one (`ward ca issue` or `ward login`)", identity.not_after);
-            tracing::Span::current().record("decision", "deny");
-            shared.audit.emit(audit("session_deny", "denied").reason(msg.clone()));
-            let _ = writer.write_response(&Response::Denied { reason: msg }).await;
-            let _ = writer.finish().await;
-            return;
-        }
-        let locks = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-        // The session's states are types (ward_core::session): the device dialed below can only
-        // come out of an `Authorized`, which only a policy permit builds.
-        let config = shared.config();
-        let grants = shared.jit.grants();
-        let inputs = policy::AccessInputs {
-            rules: &config.rules,
-            locks: &locks,
-            approvals: &config.approvals,
-            grants: &grants,
-        };
-        let authorized = match Handshaken::new(principal.clone()).authorize_access(
-            &inputs,
-            &config.devices,
-            device_id,
-            break_glass.as_deref(),
-            now,
-        ) {
-            Err(denied) => {
-                let reason = denied.reason.to_string();
-                tracing::Span::current().record("decision", "deny");
-                let mut e = audit("session_deny", "denied").reason(reason.clone());
-                if let Some(why) = &break_glass {
-                    e = e.severity("high").detail("break_glass", true).detail("justification", why.clone());
-                }
-                shared.audit.emit(e);
-                let _ = writer.write_response(&Response::Denied { reason }).await;
-                let _ = writer.finish().await;
-                return;
-            }
-            Ok(a) => a,
-        };
-        let (permit, device) = (authorized.permit(), authorized.device());
-        tracing::Span::current().record("decision", "permit").record("rule", permit.rule());
-        if shared.live_sessions() >= shared.limits().max_sessions as usize {
-            shared.audit.emit(audit("session_deny", "failure").reason("session limit reached"));
-            refuse(&mut writer, ErrorCode::Overloaded, "gateway is at its session limit; try again shortly".into()).await;
-            return;
-        }
-        // Fail closed: the recording is open (header and first checkpoint on disk) before the
-        // gateway even connects to the device.
-        let recorder = match &shared.sink {
-            None => None,
-            Some(sink) => {
-                let meta = SessionMeta {
-                    session_id: session_id.clone(),
-                    principal_kind: identity.kind.to_string(),
-                    principal_name: identity.name.clone(),
-                    principal_org: identity.org.clone(),
-                    cert_serial: identity.serial.clone(),
-                    source: peer.to_string(),
-                    device: device_id.to_string(),
-                    device_addr: device.address.to_string(),
-                    protocol: device.protocol.to_string(),
-                    rule: permit.rule().to_string(),
-                    transport: transport.to_string(),
-                    break_glass: permit.break_glass(),
-                    started_unix_ms: unix_ms(now),
-                };
-                match SessionRecorder::start(sink, shared.signer.clone(), &meta).await {
-                    Ok(r) => Some(match shared.recordings.index_open(&meta) {
-                        Some(hook) => r.indexed(hook),
-                        None => r,
-                    }),
-                    Err(e) => {
-                        shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(format!("recording could not be opened: {e}")));
-                        shared.audit.emit(audit("session_deny", "failure").reason("recording unavailable"));
-                        let why = if e.kind() == std::io::ErrorKind::StorageFull { "the recording disk is full" } else { "its recording could not be opened" };
-                        refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {why}, and no session runs unrecorded; tell the security team")).await;
-                        return;
-                    }
-                }
-            }
-        };
-        let tcp = match dial(device, shared.limits().device_connect_timeout).await {
-            Ok(s) => s,
-            Err((code, msg)) => {
-                shared.audit.emit(audit("session_open", "failure").reason(msg.clone()));
-                if let Some(rec) = recorder {
-                    let _ = rec.finish(EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: msg.clone(), bytes_up: 0, bytes_down: 0 }).await;
-                }
-                refuse(&mut writer, code, msg).await;
-                return;
-            }
-        };
-        let id = shared.next_session.fetch_add(1, Ordering::Relaxed);
-        let (cut_tx, mut cut_rx) = watch::channel(None);
-        if let Ok(mut s) = shared.sessions.lock() {
-            s.insert(id, LiveSession { principal: principal.clone(), device: device_id.to_string(), grant: permit.grant().map(str::to_owned), break_glass: permit.break_glass(), address: device.address.clone(), cut: cut_tx });
-        }
-        // So may a config reload (which re-checks registered sessions only).
-        let config_now = shared.config();
-        if !Arc::ptr_eq(&config_now, &config) {
-            let grants = shared.jit.grants();
-            if let Some(live) = shared.sessions.lock().ok().as_ref().and_then(|s| s.get(&id)) {
-                if let Recheck::Cut(reason) = recheck(&config_now, &grants, live, shared.clock.now()) {
-                    live.cut.send_replace(Some(Cut(reason)));
-                }
-            }
-        }
-        // A lock may have landed between the policy check and registration.
-        let locks_now = shared.locks.read().map(|l| l.clone()).unwrap_or_default();
-        if let Some(l) = locks_now.iter().find(|l| policy::lock_applies(l, &principal, device_id, now)) {
-            let _ = cut_rx_send(&shared, id, format!("locked: {}", l.reason));
-        }
-        let opened = Response::Opened {
-            session_id: session_id.clone(),
-            device: device_id.to_string(),
-            rule: permit.rule().to_string(),
-            ends_at_unix: permit.ends_at().unix_timestamp(),
-            end_reason_if_uncut: permit.end_reason().to_string(),
-        };
-        let mut open_event = audit("session_open", "success")
-            .reason(format!("permitted by rule {}", permit.rule()))
-            .detail("rule", permit.rule())
-            .detail("transport", transport)
-            .detail("ends_at", permit.ends_at().to_string())
-            .detail("recorded", recorder.is_some());
-        if let Some(g) = permit.grant() {
-            open_event = open_event.detail("grant", g);
-        }
-        if permit.break_glass() {
-            // Emergency access: loud, recorded, capped (HIPAA 164.312(a)(2)(ii)).
-            open_event = open_event
-                .severity("high")
-                .detail("break_glass", true)
-                .detail("justification", break_glass.clone().unwrap_or_default());
-            warn!(event = "break_glass", principal = %Escaped(&principal.to_string()), device = %device_id, "BREAK-GLASS session opened");
-        }
-        shared.audit.emit(open_event);
-        // The audit gate: no byte moves before the session's opening is in the audit log.
-        if let Err(e) = shared.audit.written().await {
-            if let Ok(mut s) = shared.sessions.lock() {
-                s.remove(&id);
-            }
-            if let Some(rec) = recorder {
-                let _ = rec.finish(EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: e.to_string(), bytes_up: 0, bytes_down: 0 }).await;
-            }
-            refuse(&mut writer, ErrorCode::RecordingUnavailable, format!("session refused: {e}")).await;
-            return;
-        }
-        let activity = Activity::new();
-        let tap = recorder.as_ref().map(|r| r.tap());
-        let mut rec_failed = recorder.as_ref().map(|r| r.failed());
-        let end = if writer.write_response(&opened).await.is_err() {
-            "client went away".to_string()
-        } else {
-            // Device I/O errors are tagged, so the end reason names the device or the client.
-            let (dev_r, dev_w) = tcp.into_split();
-            let (mut dev_r, mut dev_w) = (datapath::DeviceIo(dev_r), datapath::DeviceIo(dev_w));
-            let deadline = to_instant(&shared, permit.ends_at());
-            let idle = shared.limits().idle_timeout;
-            let end_reason_text = permit.end_reason().to_string();
-            let up_tap = tap.as_ref().map(|t| (t, Direction::Up));
-            let down_tap = tap.as_ref().map(|t| (t, Direction::Down));
-            let proxy = async {
-                let up = datapath::framed_to_raw(&mut reader, &mut dev_w, &activity, &activity.up, up_tap);
-                let down = datapath::raw_to_framed(&mut dev_r, &mut writer, &activity, &activity.down, down_tap);
-                tokio::pin!(up, down);
-                let (mut up_done, mut down_done) = (None, None);
-                while up_done.is_none() || down_done.is_none() {
-                    tokio::select! {
-                        r = &mut up, if up_done.is_none() => {
-                            match r {
-                                Ok(FramedEnd::Eof) => up_done = Some(()),
-                                Ok(FramedEnd::Abrupt) => return Ok("client went away".to_string()),
-                                // Errors end the session with a Closed frame naming them (a client
-                                // sending bad frames learns what was wrong).
-                                Ok(FramedEnd::Control(_)) => return Err(Cut("client sent an unexpected control frame during the session".to_string())),
-                                Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
-                                Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
-                                Err(e) => return Err(Cut(format!("client stream error: {e}"))),
-                            }
-                        }
-                        r = &mut down, if down_done.is_none() => {
-                            match r {
-                                Ok(()) => down_done = Some(()),
-                                Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
-                                Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
-                                Err(e) => return Err(Cut(format!("client stream error: {e}"))),
-                            }
-                        }
-                    }
-                }
-                Ok("completed".to_string())
-            };
-            let idle_watch = async {
-                loop {
-                    let at = activity.last() + idle;
-                    tokio::time::sleep_until(at).await;
-                    if activity.last() + idle <= tokio::time::Instant::now() {
-                        return;
-                    }
-                }
-            };
-            let recording_watch = async {
-                match rec_failed.as_mut() {
-                    Some(rx) => loop {
-                        if let Some(e) = rx.borrow_and_update().clone() {
-                            return e;
-                        }
-                        if rx.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    },
-                    None => std::future::pending().await,
-                }
-            };
-            let result = tokio::select! {
-                r = proxy => r,
-                _ = tokio::time::sleep_until(deadline) => Err(Cut(format!("{end_reason_text} reached"))),
-                _ = idle_watch => Err(Cut(format!("idle for {}s", idle.as_secs()))),
-                c = wait_cut(&mut cut_rx) => Err(c),
-                e = recording_watch => Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
-            };
-            match result {
-                Ok(r) => r,
-                Err(Cut(reason)) => {
-                    if !writer.torn() {
-                        let closed = Response::Closed { reason: reason.clone() };
-                        let _ = tokio::time::timeout(Duration::from_secs(1), writer.write_response(&closed)).await;
-                    }
-                    reason
-                }
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer.finish()).await;
-        if let Ok(mut s) = shared.sessions.lock() {
-            s.remove(&id);
-        }
-        let (up, down) = (activity.up.load(Ordering::Relaxed), activity.down.load(Ordering::Relaxed));
-        drop(tap);
-        if let Some(rec) = recorder {
-            let info = EndInfo { ended_unix_ms: unix_ms(shared.clock.now()), reason: end.clone(), bytes_up: up, bytes_down: down };
-            if let Err(e) = rec.finish(info).await {
-                shared.audit.emit(audit("recording_failed", "failure").severity("high").reason(e));
-            }
-        }
-        let span = tracing::Span::current();
-        span.record("bytes_up", up);
-        span.record("bytes_down", down);
-        span.record("end_reason", end.as_str());
-        shared.audit.emit(
-            audit("session_close", "success").reason(end.clone()).detail("bytes_up", up).detail("bytes_down", down),
-        );
-        drop(writer.get_mut().shutdown().await);
-    }
-    .instrument(span)
-    .await;
-}
-
 /// Serve a security-team review request: listings, recordings and the audit log, each access audited.
 async fn review_request<W: AsyncWrite + Unpin>(
     shared: &Shared,
@@ -1488,62 +1159,13 @@ async fn review_request<W: AsyncWrite + Unpin>(
     }
 }
 
-async fn refuse<W: AsyncWrite + Unpin>(writer: &mut FrameWriter<W>, code: ErrorCode, msg: String) {
+pub(crate) async fn refuse<W: AsyncWrite + Unpin>(
+    writer: &mut FrameWriter<W>,
+    code: ErrorCode,
+    msg: String,
+) {
     let _ = writer.write_response(&error_frame(code, msg)).await;
     let _ = writer.finish().await;
-}
-
-/// [`session::recheck`] of one live session against `config`.
-fn recheck(
-    config: &Config,
-    grants: &[ward_core::access::Grant],
-    live: &LiveSession,
-    now: OffsetDateTime,
-) -> Recheck {
-    let inputs = policy::AccessInputs {
-        rules: &config.rules,
-        locks: &[],
-        approvals: &config.approvals,
-        grants,
-    };
-    session::recheck(
-        &inputs,
-        &config.devices,
-        &live.principal,
-        &live.device,
-        &live.address,
-        live.break_glass,
-        now,
-    )
-}
-
-fn unix_ms(t: OffsetDateTime) -> i64 {
-    i64::try_from(t.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
-}
-
-fn cut_rx_send(shared: &Shared, id: u64, reason: String) -> bool {
-    let Ok(s) = shared.sessions.lock() else {
-        return false;
-    };
-    match s.get(&id) {
-        Some(live) => {
-            live.cut.send_replace(Some(Cut(reason)));
-            true
-        }
-        None => false,
-    }
-}
-
-async fn wait_cut(rx: &mut watch::Receiver<Option<Cut>>) -> Cut {
-    loop {
-        if let Some(c) = rx.borrow_and_update().clone() {
-            return c;
-        }
-        if rx.changed().await.is_err() {
-            // Sender gone: the session is being torn down elsewhere; never resolve.
-            std::future::pending::<()>().await;
-        }
-    }
 }
 
 /// Load a config file and resolve its relative paths against the file's directory.

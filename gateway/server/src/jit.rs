@@ -10,7 +10,6 @@ use std::time::Duration;
 use time::OffsetDateTime;
 use ward_ca::Ca;
 use ward_core::access::Grant;
-use ward_core::PrincipalKind;
 
 use crate::access_store::AccessStore;
 use crate::gateway::Shared;
@@ -102,8 +101,8 @@ impl Jit {
     }
 }
 
-/// Re-reads grants and disabled users and cuts what lost its footing: sessions on a revoked or
-/// vanished grant, and sessions of disabled users.
+/// Re-reads grants and disabled users and publishes them in the policy snapshot when they changed:
+/// sessions on a revoked or vanished grant, and sessions of disabled users, then end.
 pub(crate) fn refresh(shared: &Shared) {
     let now = shared.clock.now();
     let jit = &shared.jit;
@@ -123,23 +122,9 @@ pub(crate) fn refresh(shared: &Shared) {
         }
         Err(e) => tracing::warn!(event = "store_failed", reason = %e, "reading users"),
     }
-    let live: HashSet<String> = jit
-        .grants()
-        .iter()
-        .filter(|g| g.is_live(now))
-        .map(|g| g.id.clone())
-        .collect();
-    shared.cut_where(
-        |s| s.grant.as_ref().is_some_and(|g| !live.contains(g)),
-        "access grant revoked or ended",
-    );
-    let disabled = jit.disabled.read().map(|d| d.clone()).unwrap_or_default();
-    if !disabled.is_empty() {
-        shared.cut_where(
-            |s| s.principal.kind != PrincipalKind::Gateway && disabled.contains(&s.principal.name),
-            "user disabled",
-        );
-    }
+    // Live sessions on a revoked or ended grant, and those of disabled users, see the change in
+    // the policy snapshot and end themselves.
+    shared.publish_jit();
 }
 
 /// The periodic refresh task.

@@ -18,12 +18,14 @@ pub mod hygiene;
 pub mod jit;
 pub mod login_gate;
 pub mod netns;
+mod policy_watch;
 pub mod recorder;
 pub mod recovery;
 pub mod reload;
 pub mod review;
 pub mod review_jobs;
 pub mod services;
+mod session;
 pub mod state_lock;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.

@@ -104,7 +104,7 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
     let new = crate::gateway::parse_config(path, &text)
         .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
     let gateway = new.gateway.clone();
-    let config = shared.swap_config(new, |cur| {
+    let published = shared.swap_config(new, |cur| {
         let fields = cur.gateway.restart_only_changes(&gateway);
         if fields.is_empty() {
             Ok(())
@@ -115,7 +115,12 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
             })
         }
     })?;
-    let (sessions_cut, break_glass_kept) = shared.recheck_live(&config, shared.clock.now());
+    // Live sessions re-check themselves against the published snapshot; these are the ones it
+    // ends (counted before they could end).
+    let sessions_cut =
+        published.ending(|end| matches!(end, ward_core::EndReason::PolicyChanged(_)));
+    let break_glass_kept = shared.policy.live_break_glass();
+    let config = &published.snapshot.config;
     Ok(ReloadReport {
         sha256,
         devices: config.devices.len(),
