@@ -310,19 +310,34 @@ pub fn check_start_ahead(
     }
 }
 
+/// What a requester asks for: a device, why, and a window (`start` `None` means now).
+#[derive(Debug, Clone, Copy)]
+pub struct Ask<'a> {
+    /// The device id asked for.
+    pub device: &'a str,
+    /// Why (shown to approvers, kept in the audit log).
+    pub reason: &'a str,
+    /// When the window starts; `None` for as soon as it is approved.
+    pub start: Option<OffsetDateTime>,
+    /// How long the window lasts.
+    pub duration: Duration,
+}
+
 /// Builds a pending request. `id` is chosen by the caller (random).
-#[allow(clippy::too_many_arguments)]
 pub fn new_request(
     policies: &[ApprovalPolicy],
     devices: &[Device],
     principal: &Principal,
-    device_id: &str,
-    reason: &str,
-    start: Option<OffsetDateTime>,
-    duration: Duration,
+    ask: Ask<'_>,
     now: OffsetDateTime,
     id: String,
 ) -> Result<AccessRequest, RequestError> {
+    let Ask {
+        device: device_id,
+        reason,
+        start,
+        duration,
+    } = ask;
     let no_policy = || RequestError::NoPolicy {
         principal: principal.to_string(),
         device: device_id.to_owned(),
@@ -610,10 +625,12 @@ mod tests {
             &[policy()],
             &[pump()],
             &vendor,
-            "pump-12",
-            "firmware update",
-            None,
-            Duration::from_secs(7200),
+            Ask {
+                device: "pump-12",
+                reason: "firmware update",
+                start: None,
+                duration: Duration::from_secs(7200),
+            },
             NOW,
             "req-1".into(),
         )
@@ -629,10 +646,12 @@ mod tests {
                 &[policy()],
                 &[pump()],
                 p,
-                dev,
-                reason,
-                start,
-                Duration::from_secs(secs),
+                Ask {
+                    device: dev,
+                    reason,
+                    start,
+                    duration: Duration::from_secs(secs),
+                },
                 NOW,
                 "r".into(),
             )

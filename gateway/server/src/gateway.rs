@@ -305,33 +305,10 @@ impl Gateway {
         options: Options,
     ) -> anyhow::Result<Gateway> {
         let g = &config.gateway;
-        let validator = Validator::from_dir(&g.ca).with_context(|| {
-            format!(
-                "loading Ward's CA from {} (create one with `ward ca init`)",
-                g.ca.display()
-            )
-        })?;
-        let chain = tls::load_certs(&g.cert)?;
-        let key = tls::load_key(&g.key)?;
-        // Refuse to start with a gateway certificate Ward's own CA would not accept.
-        let leaf = chain
-            .first()
-            .ok_or_else(|| anyhow!("{} holds no certificate", g.cert.display()))?;
-        let ints: Vec<&[u8]> = chain.iter().skip(1).map(|c| c.as_ref()).collect();
-        validator
-            .validate(leaf.as_ref(), &ints, Usage::Server, clock.now())
-            .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
-        std::fs::create_dir_all(&g.state_dir)
-            .with_context(|| format!("creating state dir {}", g.state_dir.display()))?;
+        let (validator, chain, key) = load_identity(g, clock.as_ref())?;
         // One gateway per state dir: locked before anything in it is read or written (store,
         // audit log, crash recovery), held until this gateway is dropped.
-        let state_lock = crate::state_lock::StateLock::acquire(&g.state_dir)?;
-        // The state dir holds recordings, the audit log, its signing key and the user store.
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&g.state_dir, std::fs::Permissions::from_mode(0o700))
-                .with_context(|| format!("setting mode 0700 on {}", g.state_dir.display()))?;
-        }
+        let state_lock = open_state_dir(&g.state_dir)?;
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         // Login issues certificates, so it needs the issuing key; without it the gateway still
@@ -349,27 +326,7 @@ impl Gateway {
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
             .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?
             .with_index(session_index);
-        let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
-            match options.sink.clone() {
-                Some(s) => Some(s),
-                None => Some(Arc::new(recordings.clone())),
-            }
-        } else {
-            tracing::warn!("session recording is OFF (benchmark mode)");
-            None
-        };
-        // SR 2.9: alert before the recording disk fills, refuse new sessions once it is full.
-        let recordings_dir = recordings.local_dir().unwrap_or(&g.state_dir);
-        let disk = crate::diskwatch::DiskWatch::new(
-            Box::new(crate::diskwatch::Statvfs::new(recordings_dir)),
-            recordings.describe(),
-            crate::diskwatch::Thresholds::from_limits(&g.limits),
-            audit.clone(),
-            clock.clone(),
-        );
-        let sink = sink.map(|s| -> Arc<dyn Sink> {
-            Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
-        });
+        let (sink, disk) = recording_sink(g, &options, &recordings, &audit, &clock);
         let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
@@ -390,33 +347,8 @@ impl Gateway {
         )?;
 
         let limits = g.limits;
-        let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.clone())
-            .context("TLS config unusable for QUIC")?;
-        let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
-        server_config.transport_config(Arc::new(transport_config(
-            limits.max_sessions_per_connection,
-            // Connection liveness: clients send keep-alives every 10 s, so a client that vanished
-            // is noticed within 30 s; each session has its own idle timeout on top.
-            Duration::from_secs(30),
-        )?));
-        server_config.migration(false);
-        let socket = udp_socket(g.listen)?;
-        let endpoint = quinn::Endpoint::new(
-            quinn::EndpointConfig::default(),
-            Some(server_config),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let (endpoint, tcp) = bind_listeners(g, &server_tls).await?;
         let quic_addr = endpoint.local_addr()?;
-
-        let tcp = match g.listen_tcp {
-            Some(addr) => Some(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding TCP {addr}"))?,
-            ),
-            None => None,
-        };
         let tcp_addr = tcp.as_ref().map(|l| l.local_addr()).transpose()?;
 
         audit.emit(
@@ -572,6 +504,111 @@ impl Gateway {
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
+}
+
+/// The gateway's validator and its own certificate chain and key, refusing a gateway certificate
+/// Ward's own CA would not accept.
+fn load_identity(
+    g: &ward_core::config::GatewayConfig,
+    clock: &dyn Clock,
+) -> anyhow::Result<(
+    Validator,
+    Vec<CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    let validator = Validator::from_dir(&g.ca).with_context(|| {
+        format!(
+            "loading Ward's CA from {} (create one with `ward ca init`)",
+            g.ca.display()
+        )
+    })?;
+    let chain = tls::load_certs(&g.cert)?;
+    let key = tls::load_key(&g.key)?;
+    let leaf = chain
+        .first()
+        .ok_or_else(|| anyhow!("{} holds no certificate", g.cert.display()))?;
+    let ints: Vec<&[u8]> = chain.iter().skip(1).map(|c| c.as_ref()).collect();
+    validator
+        .validate(leaf.as_ref(), &ints, Usage::Server, clock.now())
+        .with_context(|| format!("gateway certificate {} is not usable", g.cert.display()))?;
+    Ok((validator, chain, key))
+}
+
+/// Creates the state dir (0700: it holds recordings, the audit log, its signing key and the user
+/// store) and takes its lock.
+fn open_state_dir(dir: &std::path::Path) -> anyhow::Result<crate::state_lock::StateLock> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating state dir {}", dir.display()))?;
+    let lock = crate::state_lock::StateLock::acquire(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("setting mode 0700 on {}", dir.display()))?;
+    Ok(lock)
+}
+
+/// Where sessions record (`None`: recording off, benchmarks only), behind the recording-disk
+/// watch (SR 2.9: alert before the disk fills, refuse new sessions once it is full).
+fn recording_sink(
+    g: &ward_core::config::GatewayConfig,
+    options: &Options,
+    recordings: &RecordingStore,
+    audit: &AuditLog,
+    clock: &Arc<dyn Clock>,
+) -> (Option<Arc<dyn Sink>>, Arc<crate::diskwatch::DiskWatch>) {
+    let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
+        match options.sink.clone() {
+            Some(s) => Some(s),
+            None => Some(Arc::new(recordings.clone())),
+        }
+    } else {
+        tracing::warn!("session recording is OFF (benchmark mode)");
+        None
+    };
+    let recordings_dir = recordings.local_dir().unwrap_or(&g.state_dir);
+    let disk = crate::diskwatch::DiskWatch::new(
+        Box::new(crate::diskwatch::Statvfs::new(recordings_dir)),
+        recordings.describe(),
+        crate::diskwatch::Thresholds::from_limits(&g.limits),
+        audit.clone(),
+        clock.clone(),
+    );
+    let sink = sink.map(|s| -> Arc<dyn Sink> {
+        Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
+    });
+    (sink, disk)
+}
+
+/// The QUIC endpoint and, when configured, the TLS-over-TCP listener.
+async fn bind_listeners(
+    g: &ward_core::config::GatewayConfig,
+    server_tls: &rustls::ServerConfig,
+) -> anyhow::Result<(quinn::Endpoint, Option<TcpListener>)> {
+    let quic_tls = quinn::crypto::rustls::QuicServerConfig::try_from(server_tls.clone())
+        .context("TLS config unusable for QUIC")?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic_tls));
+    server_config.transport_config(Arc::new(transport_config(
+        g.limits.max_sessions_per_connection,
+        // Connection liveness: clients send keep-alives every 10 s, so a client that vanished
+        // is noticed within 30 s; each session has its own idle timeout on top.
+        Duration::from_secs(30),
+    )?));
+    server_config.migration(false);
+    let socket = udp_socket(g.listen)?;
+    let endpoint = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        socket,
+        Arc::new(quinn::TokioRuntime),
+    )?;
+    let tcp = match g.listen_tcp {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding TCP {addr}"))?,
+        ),
+        None => None,
+    };
+    Ok((endpoint, tcp))
 }
 
 /// Writes the unauthenticated-noise summaries as intervals end.

@@ -80,10 +80,12 @@ impl AccessService {
                     &cfg.approvals,
                     &cfg.devices,
                     caller.principal,
-                    &new.device,
-                    &new.reason,
-                    start,
-                    new.duration,
+                    access::Ask {
+                        device: &new.device,
+                        reason: &new.reason,
+                        start,
+                        duration: new.duration,
+                    },
                     now,
                     random_id("req"),
                 )
