@@ -311,16 +311,8 @@ impl Gateway {
         let state_lock = open_state_dir(&g.state_dir)?;
         let db = Arc::new(SqliteStore::open(&g.state_dir)?);
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
-        // Login issues certificates, so it needs the issuing key; without it the gateway still
-        // runs and login answers with a clear error.
-        let ca = match ward_ca::Ca::load(&g.ca) {
-            Ok(ca) => Some(ca),
-            Err(e) => {
-                tracing::warn!(event = "login_disabled", reason = %e, "ward login is disabled: the CA's issuing key cannot be loaded");
-                None
-            }
-        };
-        let jit = crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), ca, clock.now())?;
+        let jit =
+            crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), issuing_ca(g), clock.now())?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
@@ -356,12 +348,12 @@ impl Gateway {
                 .detail("devices", config.devices.len())
                 .detail("rules", config.rules.len()),
         );
-        audit.emit(
-            Event::new("gateway_start", "success", clock.now())
-                .detail("quic", quic_addr.to_string())
-                .detail("tcp", tcp_addr.map(|a| a.to_string()).unwrap_or_default())
-                .detail("recording", !options.no_recording),
-        );
+        audit.emit(started_event(
+            clock.now(),
+            quic_addr,
+            tcp_addr,
+            !options.no_recording,
+        ));
         let review = crate::services::review::ReviewService::new(
             recordings.clone(),
             g.state_dir.clone(),
@@ -504,6 +496,30 @@ impl Gateway {
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
+}
+
+/// The issuing CA: login issues certificates, so it needs the issuing key; without it the gateway
+/// still runs and login answers with a clear error.
+fn issuing_ca(g: &ward_core::config::GatewayConfig) -> Option<ward_ca::Ca> {
+    match ward_ca::Ca::load(&g.ca) {
+        Ok(ca) => Some(ca),
+        Err(e) => {
+            tracing::warn!(event = "login_disabled", reason = %e, "ward login is disabled: the CA's issuing key cannot be loaded");
+            None
+        }
+    }
+}
+
+fn started_event(
+    now: time::OffsetDateTime,
+    quic: SocketAddr,
+    tcp: Option<SocketAddr>,
+    recording: bool,
+) -> Event {
+    Event::new("gateway_start", "success", now)
+        .detail("quic", quic.to_string())
+        .detail("tcp", tcp.map(|a| a.to_string()).unwrap_or_default())
+        .detail("recording", recording)
 }
 
 /// The gateway's validator and its own certificate chain and key, refusing a gateway certificate

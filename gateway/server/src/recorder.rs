@@ -324,140 +324,210 @@ struct Task {
 }
 
 async fn run(
-    mut enc: Encoder,
-    mut file: Box<dyn SinkFile>,
-    mut rx: mpsc::Receiver<Chunk>,
+    enc: Encoder,
+    file: Box<dyn SinkFile>,
+    rx: mpsc::Receiver<Chunk>,
     end_rx: oneshot::Receiver<EndInfo>,
     task: Task,
 ) -> Result<(), String> {
-    let Task {
-        space,
-        failed,
-        start,
-    } = task;
-    let fail = |what: String, failed: &Arc<watch::Sender<Option<String>>>| {
-        failed.send_replace(Some(what.clone()));
-        what
-    };
-    // fsync runs beside the writes when the sink allows it; one at a time.
-    let mut syncer = file.syncer().ok();
-    let mut sync_job: Option<tokio::task::JoinHandle<(Syncer, io::Result<()>)>> = None;
-    let mut last_sync = Instant::now();
-    let mut unsynced = true;
-    // Sized by what each batch holds (the encoder reserves per record): a keystroke is a small
-    // allocation, a bulk chunk one of its own size. A fixed 256 KiB buffer per batch was a fresh
-    // mmap/munmap per write under glibc's fixed mmap threshold, most of the gateway's kernel time
-    // under load (docs/benchmarks.md).
-    let mut out: Vec<u8> = Vec::new();
-    // Taps waiting for their chunk's record to be written (sinks that cannot reserve).
-    let mut written: Vec<oneshot::Sender<()>> = Vec::new();
-    let mut ledger = Ledger::default();
-    // Room claimed by the chunks in this batch.
-    let mut claimed = 0u64;
+    let mut w = Writer::new(enc, file, rx, task);
     loop {
-        let next = tokio::select! {
-            m = tokio::time::timeout(SYNC_EVERY, rx.recv()) => Some(m),
+        let next = w.next().await?;
+        // Nothing arrived for SYNC_EVERY: sign and sync the tail now, so an idle session's
+        // recording verifies up to its last byte within that interval.
+        let idle = matches!(next, Next::Idle);
+        match next {
+            Next::Chunk(c) => w.take_queued(c),
+            Next::Closed => break,
+            Next::Idle | Next::Synced => {}
+        }
+        let t = w.elapsed_ns();
+        if idle || w.enc.checkpoint_due(t) {
+            // Nothing is written when no record came since the last checkpoint.
+            w.enc.checkpoint(t, &mut w.out);
+        }
+        w.write_batch(idle).await?;
+    }
+    w.finish(end_rx).await
+}
+
+/// What woke the recorder task.
+enum Next {
+    /// A chunk to record.
+    Chunk(Chunk),
+    /// Nothing for [`SYNC_EVERY`].
+    Idle,
+    /// The background fsync finished.
+    Synced,
+    /// Every tap is gone: the session ended.
+    Closed,
+}
+
+/// The recorder task's state between batches: the encoder, the file, the batch being built and
+/// the fsync running beside the writes.
+struct Writer {
+    enc: Encoder,
+    file: Box<dyn SinkFile>,
+    rx: mpsc::Receiver<Chunk>,
+    task: Task,
+    /// fsync runs beside the writes when the sink allows it; one at a time.
+    syncer: Option<Syncer>,
+    sync_job: Option<tokio::task::JoinHandle<(Syncer, io::Result<()>)>>,
+    last_sync: Instant,
+    unsynced: bool,
+    /// Sized by what each batch holds (the encoder reserves per record): a keystroke is a small
+    /// allocation, a bulk chunk one of its own size. A fixed 256 KiB buffer per batch was a fresh
+    /// mmap/munmap per write under glibc's fixed mmap threshold, most of the gateway's kernel
+    /// time under load (docs/benchmarks.md).
+    out: Vec<u8>,
+    /// Taps waiting for their chunk's record to be written (sinks that cannot reserve).
+    written: Vec<oneshot::Sender<()>>,
+    ledger: Ledger,
+    /// Room claimed by the chunks in this batch.
+    claimed: u64,
+}
+
+impl Writer {
+    fn new(enc: Encoder, file: Box<dyn SinkFile>, rx: mpsc::Receiver<Chunk>, task: Task) -> Self {
+        let syncer = file.syncer().ok();
+        Writer {
+            enc,
+            file,
+            rx,
+            task,
+            syncer,
+            sync_job: None,
+            last_sync: Instant::now(),
+            unsynced: true,
+            out: Vec::new(),
+            written: Vec::new(),
+            ledger: Ledger::default(),
+            claimed: 0,
+        }
+    }
+
+    /// Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages). The taps
+    /// see it at once and stop forwarding.
+    fn fail(&mut self, what: String) -> String {
+        self.rx.close();
+        self.task.failed.send_replace(Some(what.clone()));
+        what
+    }
+
+    fn elapsed_ns(&self) -> u64 {
+        u64::try_from(self.task.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// The next chunk, an idle interval, or the background fsync's end.
+    async fn next(&mut self) -> Result<Next, String> {
+        let sync_done = tokio::select! {
+            m = tokio::time::timeout(SYNC_EVERY, self.rx.recv()) => {
+                return Ok(match m {
+                    Ok(Some(c)) => Next::Chunk(c),
+                    Ok(None) => Next::Closed,
+                    Err(_) => Next::Idle,
+                });
+            }
             r = async {
-                match sync_job.as_mut() {
+                match self.sync_job.as_mut() {
                     Some(job) => job.await,
                     None => std::future::pending().await,
                 }
-            }, if sync_job.is_some() => {
-                sync_job = None;
-                match r {
-                    Ok((s, Ok(()))) => syncer = Some(s),
-                    Ok((_, Err(e))) => {
-                        // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
-                        rx.close();
-                        return Err(fail(format!("recording fsync failed: {e}"), &failed));
-                    }
-                    Err(e) => {
-                        rx.close();
-                        return Err(fail(format!("recording fsync task: {e}"), &failed));
-                    }
-                }
-                None
-            }
+            }, if self.sync_job.is_some() => r,
         };
-        // Nothing arrived for SYNC_EVERY: sign and sync the tail now, so an idle session's
-        // recording verifies up to its last byte within that interval.
-        let idle = matches!(next, Some(Err(_)));
-        let closed = match next {
-            Some(Ok(Some(c))) => {
-                claimed += encode(&mut enc, c, &mut out, &mut written);
-                // Batch whatever else is already queued into one write.
-                while out.len() < 1 << 20 {
-                    match rx.try_recv() {
-                        Ok(c) => claimed += encode(&mut enc, c, &mut out, &mut written),
-                        Err(_) => break,
-                    }
-                }
-                false
+        self.sync_job = None;
+        match sync_done {
+            Ok((s, Ok(()))) => {
+                self.syncer = Some(s);
+                Ok(Next::Synced)
             }
-            Some(Ok(None)) => true,
-            Some(Err(_)) | None => false,
-        };
-        let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        if !closed && (idle || enc.checkpoint_due(t)) {
-            // Nothing is written when no record came since the last checkpoint.
-            enc.checkpoint(t, &mut out);
+            Ok((_, Err(e))) => Err(self.fail(format!("recording fsync failed: {e}"))),
+            Err(e) => Err(self.fail(format!("recording fsync task: {e}"))),
         }
-        if closed {
-            break;
+    }
+
+    /// Encode `first` and whatever else is already queued into one batch.
+    fn take_queued(&mut self, first: Chunk) {
+        self.claimed += encode(&mut self.enc, first, &mut self.out, &mut self.written);
+        while self.out.len() < 1 << 20 {
+            match self.rx.try_recv() {
+                Ok(c) => self.claimed += encode(&mut self.enc, c, &mut self.out, &mut self.written),
+                Err(_) => break,
+            }
         }
-        if let Some(space) = &space {
-            ledger.settle(space, std::mem::take(&mut claimed), out.len() as u64);
+    }
+
+    /// Write the batch (syncing in line for sinks without a separate syncer), release the taps
+    /// waiting for it, and start a background fsync when one is due.
+    async fn write_batch(&mut self, idle: bool) -> Result<(), String> {
+        if let Some(space) = &self.task.space {
+            let claimed = std::mem::take(&mut self.claimed);
+            self.ledger.settle(space, claimed, self.out.len() as u64);
         }
-        let sync_due = (unsynced || !out.is_empty()) && (idle || last_sync.elapsed() >= SYNC_EVERY);
-        // In-line sync only for sinks without a separate syncer.
-        let inline_sync = sync_due && syncer.is_none() && sync_job.is_none();
-        if !out.is_empty() || inline_sync {
-            let buf = std::mem::take(&mut out);
-            let (f, r) = blocking_write(file, buf, inline_sync).await;
-            file = f;
+        let sync_due = (self.unsynced || !self.out.is_empty())
+            && (idle || self.last_sync.elapsed() >= SYNC_EVERY);
+        let inline_sync = sync_due && self.syncer.is_none() && self.sync_job.is_none();
+        if !self.out.is_empty() || inline_sync {
+            let buf = std::mem::take(&mut self.out);
+            let file = std::mem::replace(&mut self.file, Box::new(Broken));
+            let (file, r) = blocking_write(file, buf, inline_sync).await;
+            self.file = file;
             if let Err(e) = r {
-                // Fatal for this file: no retry-and-carry-on (an fsync error may have lost pages).
-                rx.close();
-                return Err(fail(format!("recording write failed: {e}"), &failed));
+                return Err(self.fail(format!("recording write failed: {e}")));
             }
-            unsynced = true;
+            self.unsynced = true;
             if inline_sync {
-                last_sync = Instant::now();
-                unsynced = false;
+                self.last_sync = Instant::now();
+                self.unsynced = false;
             }
         }
-        for w in written.drain(..) {
+        for w in self.written.drain(..) {
             let _ = w.send(());
         }
-        if sync_due && sync_job.is_none() {
-            if let Some(mut s) = syncer.take() {
-                last_sync = Instant::now();
-                unsynced = false;
-                sync_job = Some(tokio::task::spawn_blocking(move || {
+        if sync_due && self.sync_job.is_none() {
+            if let Some(mut s) = self.syncer.take() {
+                self.last_sync = Instant::now();
+                self.unsynced = false;
+                self.sync_job = Some(tokio::task::spawn_blocking(move || {
                     let r = s();
                     (s, r)
                 }));
             }
         }
+        Ok(())
     }
-    if let Some(job) = sync_job.take() {
-        if let Ok((_, Err(e))) = job.await {
-            return Err(fail(format!("recording fsync failed: {e}"), &failed));
+
+    /// After the last chunk: wait for the fsync in flight, then write the End record and the
+    /// final checkpoint, fsync and close.
+    async fn finish(mut self, end_rx: oneshot::Receiver<EndInfo>) -> Result<(), String> {
+        if let Some(job) = self.sync_job.take() {
+            if let Ok((_, Err(e))) = job.await {
+                return Err(self.fail(format!("recording fsync failed: {e}")));
+            }
         }
+        let end = match end_rx.await {
+            Ok(e) => e,
+            Err(_) => return Err(self.fail("recorder dropped without an end".into())),
+        };
+        let t = self.elapsed_ns();
+        let end = EndInfo {
+            reason: fit_reason(end.reason),
+            ..end
+        };
+        let Writer {
+            enc,
+            file,
+            mut out,
+            task,
+            ..
+        } = self;
+        enc.finish(t, &end, &mut out);
+        blocking_close(file, out).await.map_err(|e| {
+            let what = format!("recording close failed: {e}");
+            task.failed.send_replace(Some(what.clone()));
+            what
+        })
     }
-    let end = match end_rx.await {
-        Ok(e) => e,
-        Err(_) => return Err(fail("recorder dropped without an end".into(), &failed)),
-    };
-    let t = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-    let end = EndInfo {
-        reason: fit_reason(end.reason),
-        ..end
-    };
-    enc.finish(t, &end, &mut out);
-    blocking_close(file, out)
-        .await
-        .map_err(|e| fail(format!("recording close failed: {e}"), &failed))
 }
 
 /// Encode one chunk into `out`; returns the room its tap claimed for it.
