@@ -28,10 +28,12 @@ use ward_core::{Escaped, Principal};
 use crate::admit::{ConnSlot, Conns};
 use crate::audit::{AuditLog, AuditWriter, Event};
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
+use crate::pipeline::Pipeline;
 use crate::recorder::{self, FileSink, SessionRecorder, Sink};
 use crate::recovery::recover_recordings;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
+use ward_core::stage::{SessionContext as StageContext, StageFactory};
 use ward_recording::{Direction, EndInfo, SessionMeta, Signer};
 
 /// Why the gateway cut a live session (sent to the client in a `Closed` frame).
@@ -75,6 +77,8 @@ pub struct Shared {
     noise: Mutex<NoiseLimiter>,
     /// Review jobs, off the async workers and limited.
     reviews: crate::review_jobs::ReviewGate,
+    /// Where sessions get their stages ([`crate::pipeline`]); `None`: no device has any.
+    stages: Option<Arc<dyn StageFactory>>,
 }
 
 impl Shared {
@@ -256,12 +260,16 @@ pub struct Options {
     pub no_recording: bool,
     /// Where recordings go; `None` means `<state_dir>/recordings` on local disk.
     pub sink: Option<Arc<dyn Sink>>,
+    /// Each session's stages (protocol decoders, credential injectors), by device: consulted once
+    /// per session at open ([`crate::pipeline`]). `None`: no device has stages.
+    pub stages: Option<Arc<dyn StageFactory>>,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("no_recording", &self.no_recording)
+            .field("stages", &self.stages.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -452,6 +460,7 @@ impl Gateway {
             draining: AtomicBool::new(false),
             noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
             reviews: crate::review_jobs::ReviewGate::default(),
+            stages: options.stages.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1546,7 +1555,9 @@ async fn open_session<R, W>(
             return;
         }
         let activity = Activity::new();
-        let tap = recorder.as_ref().map(|r| r.tap());
+        // Decode → decide → record → forward: the device's stages, then the recorder.
+        let stage_ctx = StageContext { device, principal: &principal, rule: permit.rule(), now };
+        let tap = Pipeline::for_session(shared.stages.as_deref(), &stage_ctx, recorder.as_ref().map(|r| r.tap()), shared.clock.clone());
         let mut rec_failed = recorder.as_ref().map(|r| r.failed());
         let end = if writer.write_response(&opened).await.is_err() {
             "client went away".to_string()
@@ -1575,6 +1586,7 @@ async fn open_session<R, W>(
                                 Ok(FramedEnd::Control(_)) => return Err(Cut("client sent an unexpected control frame during the session".to_string())),
                                 Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
                                 Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
+                                Err(e) if crate::pipeline::is_stage_stop(&e) => return Err(Cut(e.to_string())),
                                 Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }
@@ -1583,6 +1595,7 @@ async fn open_session<R, W>(
                                 Ok(()) => down_done = Some(()),
                                 Err(e) if datapath::is_device_error(&e) => return Err(Cut(format!("device {device_id} closed or failed: {e}"))),
                                 Err(e) if recorder::is_recording_failure(&e) => return Err(Cut(format!("recording failed, session ended (fail closed): {e}"))),
+                                Err(e) if crate::pipeline::is_stage_stop(&e) => return Err(Cut(e.to_string())),
                                 Err(e) => return Err(Cut(format!("client stream error: {e}"))),
                             }
                         }

@@ -17,6 +17,7 @@ pub mod hygiene;
 pub mod jit;
 pub mod login_gate;
 pub mod netns;
+pub mod pipeline;
 pub mod recorder;
 pub mod recovery;
 pub mod reload;
