@@ -137,3 +137,111 @@ pub fn stage_stop(e: &io::Error) -> Option<&StageStop> {
 pub fn is_stage_stop(e: &io::Error) -> bool {
     stage_stop(e).is_some()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::panic)]
+    use super::*;
+    use time::OffsetDateTime;
+    use ward_core::stage::{Stage, Verdict};
+    use ward_core::{Device, Principal, PrincipalKind};
+
+    struct Fixed(OffsetDateTime);
+
+    impl Clock for Fixed {
+        fn now(&self) -> OffsetDateTime {
+            self.0
+        }
+    }
+
+    /// Doubles every byte it sees, and ends the session on `!` (noting the `now` it was given).
+    struct Doubler;
+
+    impl Stage for Doubler {
+        fn name(&self) -> &str {
+            "doubler"
+        }
+        fn process(
+            &mut self,
+            dir: stage::Direction,
+            input: &[u8],
+            now: OffsetDateTime,
+            out: &mut Vec<u8>,
+        ) -> Verdict {
+            if input.contains(&b'!') {
+                let why = format!("bang at {}", now.unix_timestamp());
+                return Verdict::End(StageStop::new("doubler", dir, StopKind::Unparseable(why)));
+            }
+            out.extend(input.iter().flat_map(|&b| [b, b]));
+            Verdict::Replace
+        }
+    }
+
+    struct OnlyFor(&'static str);
+
+    impl StageFactory for OnlyFor {
+        fn stages(&self, s: &SessionContext<'_>) -> Vec<Box<dyn Stage>> {
+            if s.device.id.as_str() == self.0 {
+                vec![Box::new(Doubler)]
+            } else {
+                Vec::new()
+            }
+        }
+    }
+
+    fn device(id: &str) -> Device {
+        Device {
+            id: id.parse().unwrap(),
+            address: "127.0.0.1:9".parse().unwrap(),
+            protocol: "raw".parse().unwrap(),
+            labels: Default::default(),
+            maintenance: None,
+            break_glass: None,
+            netns: None,
+        }
+    }
+
+    fn pipeline(factory: Option<&dyn StageFactory>, device_id: &str) -> Option<Pipeline> {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let principal = Principal {
+            kind: PrincipalKind::Vendor,
+            name: "jdoe".into(),
+            org: Some("acme".into()),
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_after: at,
+        };
+        let d = device(device_id);
+        let ctx = SessionContext {
+            device: &d,
+            principal: &principal,
+            rule: "r",
+            now: at,
+        };
+        Pipeline::for_session(factory, &ctx, None, Arc::new(Fixed(at)))
+    }
+
+    #[tokio::test]
+    async fn a_device_without_stages_and_unrecorded_has_no_pipeline() {
+        assert!(pipeline(None, "pump-12").is_none());
+        assert!(pipeline(Some(&OnlyFor("pump-12")), "pump-13").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_stage_replaces_and_its_stop_is_typed_with_the_injected_time() {
+        let p = pipeline(Some(&OnlyFor("pump-12")), "pump-12").unwrap();
+        let mut out = Vec::new();
+        let f = p.take(Direction::Up, b"ab", &mut out).await.unwrap();
+        assert_eq!((f, out.as_slice()), (Forward::Replaced, &b"aabb"[..]));
+        let e = p.take(Direction::Down, b"x!", &mut out).await.unwrap_err();
+        let stop = stage_stop(&e).unwrap();
+        assert_eq!(stop.direction, stage::Direction::Down);
+        assert_eq!(
+            stop.kind,
+            StopKind::Unparseable("bang at 1700000000".into())
+        );
+        assert_eq!(e.to_string(), stop.to_string());
+        assert!(is_stage_stop(&e));
+        assert!(!is_stage_stop(&io::Error::other("device")));
+    }
+}
