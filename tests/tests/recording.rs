@@ -458,6 +458,7 @@ async fn gateway_with_sink(sink: FailingSink) -> (TestGateway, Arc<Pki>, std::pa
     let options = ward_server::gateway::Options {
         no_recording: false,
         sink: Some(Arc::new(sink)),
+        ..Default::default()
     };
     let gw = start_gateway_with(pki.clone(), &devices, RULES, "", clock(), options).await;
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);

@@ -8,6 +8,8 @@
 //! * [`config`]: the TOML configuration parsed into valid-by-construction types.
 //! * [`policy`]: rules, locks and [`policy::evaluate`], which returns a permit or a reason.
 //! * [`session`]: session states as types (`Handshaken` → `Authorized` → `Closed`).
+//! * [`stage`]: what a session's bytes pass through (decoders, injectors): bytes and `now` in, a
+//!   verdict out.
 //! * [`noise`]: unauthenticated events aggregated per source and interval, with a cap.
 //! * [`admission`]: connection budgets (anonymous vs certificate holders, per source), eviction.
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
@@ -27,6 +29,7 @@ pub mod policy;
 pub mod principal;
 pub mod ratelimit;
 pub mod session;
+pub mod stage;
 pub mod suggest;
 pub mod totp;
 pub mod when;

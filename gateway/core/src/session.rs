@@ -64,6 +64,9 @@ pub enum EndReason {
     ClientError(String),
     /// The session recording could not be written, so the session was cut (fail closed).
     RecordingFailed(String),
+    /// A stage of the session's pipeline (a protocol decoder's policy, a credential injector)
+    /// ended it; its text names the stage, the direction and why.
+    Stage(crate::stage::StageStop),
     /// The session never carried a byte: the device could not be reached, or its opening could
     /// not be audited. Carries the refusal the client was given.
     NotStarted(String),
@@ -88,6 +91,7 @@ impl EndReason {
             EndReason::ClientUnexpectedControl => "client_unexpected_control",
             EndReason::ClientError(_) => "client_error",
             EndReason::RecordingFailed(_) => "recording_failed",
+            EndReason::Stage(_) => "stage_stopped",
             EndReason::NotStarted(_) => "not_started",
         }
     }
@@ -136,6 +140,7 @@ impl fmt::Display for EndReason {
             EndReason::RecordingFailed(e) => {
                 write!(f, "recording failed, session ended (fail closed): {e}")
             }
+            EndReason::Stage(stop) => write!(f, "{stop}"),
             EndReason::NotStarted(why) => f.write_str(why),
             EndReason::CertificateExpiry | EndReason::MaxDuration | EndReason::WindowEnd => {
                 write!(f, "{} reached", self.limit().unwrap_or("deadline"))
@@ -770,5 +775,19 @@ mod tests {
         );
         assert_eq!(EndReason::WindowEnd.limit(), Some("access window end"));
         assert_eq!(EndReason::Shutdown.limit(), None);
+    }
+
+    #[test]
+    fn a_stage_stop_is_one_end_reason_told_as_the_stage_said() {
+        use crate::stage::{Direction as D, StageStop, StopKind};
+        let stop = StageStop {
+            stage: "http".into(),
+            direction: D::Up,
+            kind: StopKind::Unparseable("no request line".into()),
+        };
+        let end = EndReason::Stage(stop.clone());
+        assert_eq!(end.to_string(), stop.to_string());
+        assert_eq!(end.as_str(), "stage_stopped");
+        assert!(end.is_cut(), "the client is told why");
     }
 }

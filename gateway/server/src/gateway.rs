@@ -34,6 +34,7 @@ use crate::recovery::recover_recordings;
 use crate::services::Caller;
 use crate::store::{SqliteStore, Store};
 use crate::tls;
+use ward_core::stage::StageFactory;
 use ward_recording::Signer;
 
 /// Live state shared by the listeners and every session.
@@ -61,6 +62,8 @@ pub struct Shared {
     pub(crate) recordings: RecordingStore,
     /// Reviews of recordings and the audit log.
     review: crate::services::review::ReviewService,
+    /// Where sessions get their stages ([`crate::pipeline`]); `None`: no device has any.
+    pub(crate) stages: Option<Arc<dyn StageFactory>>,
 }
 
 impl Shared {
@@ -249,12 +252,16 @@ pub struct Options {
     pub no_recording: bool,
     /// Where recordings go; `None` means `<state_dir>/recordings` on local disk.
     pub sink: Option<Arc<dyn Sink>>,
+    /// Each session's stages (protocol decoders, credential injectors), by device: consulted once
+    /// per session at open ([`crate::pipeline`]). `None`: no device has stages.
+    pub stages: Option<Arc<dyn StageFactory>>,
 }
 
 impl std::fmt::Debug for Options {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Options")
             .field("no_recording", &self.no_recording)
+            .field("stages", &self.stages.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -383,6 +390,7 @@ impl Gateway {
             noise: Mutex::new(NoiseLimiter::new(NoiseLimits::default())),
             review,
             recordings,
+            stages: options.stages.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

@@ -18,6 +18,7 @@ pub mod hygiene;
 pub mod jit;
 pub mod login_gate;
 pub mod netns;
+pub mod pipeline;
 mod policy_watch;
 pub mod recorder;
 pub mod recovery;

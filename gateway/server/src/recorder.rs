@@ -551,12 +551,6 @@ async fn blocking_close(mut file: Box<dyn SinkFile>, buf: Vec<u8>) -> io::Result
     .map_err(io::Error::other)?
 }
 
-impl ward_transport::datapath::ChunkTap for Tap {
-    async fn record(&self, dir: Direction, bytes: &[u8]) -> io::Result<()> {
-        Tap::record(self, dir, bytes).await
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -23,14 +23,16 @@ use ward_ca::Identity;
 use ward_core::config::Device;
 use ward_core::frame::{ErrorCode, Response};
 use ward_core::session::{Authorized, Closed, Handshaken};
+use ward_core::stage::SessionContext as StageContext;
 use ward_core::{EndReason, Escaped, Principal};
 use ward_recording::{Direction, EndInfo, SessionMeta};
 
 use crate::audit::Event;
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd};
 use crate::gateway::{refuse, Shared};
+use crate::pipeline::Pipeline;
 use crate::policy_watch::{ended_by_policy, LiveGuard, PolicySnapshot};
-use crate::recorder::{self, SessionRecorder, Tap};
+use crate::recorder::{self, SessionRecorder};
 
 /// An `Open` request from a client with a validated certificate, as the dispatcher hands it over.
 pub(crate) struct Opening {
@@ -422,7 +424,19 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let tap = recorder.map(SessionRecorder::tap);
+    // Decode → decide → record → forward: the device's stages, then the recorder.
+    let stage_ctx = StageContext {
+        device: session.device(),
+        principal: session.principal(),
+        rule: session.permit().rule(),
+        now: ctx.shared.clock.now(),
+    };
+    let tap = Pipeline::for_session(
+        ctx.shared.stages.as_deref(),
+        &stage_ctx,
+        recorder.map(SessionRecorder::tap),
+        ctx.shared.clock.clone(),
+    );
     let mut rec_failed = recorder.map(SessionRecorder::failed);
     let deadline = to_instant(ctx, session.ends_at());
     let idle = ctx.shared.limits().idle_timeout;
@@ -438,12 +452,12 @@ where
 }
 
 /// The pump: the client's data frames to the device and the device's bytes to the client, each
-/// chunk recorded before it is forwarded, until both sides finished or one failed.
+/// chunk through the session's pipeline (stages, then the recorder) before it is forwarded, until both sides finished or one failed.
 async fn pump<R, W>(
     device: &str,
     tcp: TcpStream,
     pipe: &mut Pipe<R, W>,
-    tap: Option<&Tap>,
+    tap: Option<&Pipeline>,
 ) -> EndReason
 where
     R: AsyncRead + Unpin,
@@ -485,7 +499,9 @@ where
 
 /// Why an I/O error ended the session: the device's side, the recording, or the client's.
 fn io_end(device: &str, e: &io::Error) -> EndReason {
-    if datapath::is_device_error(e) {
+    if let Some(stop) = crate::pipeline::stage_stop(e) {
+        EndReason::Stage(stop.clone())
+    } else if datapath::is_device_error(e) {
         EndReason::DeviceFailed {
             device: device.to_owned(),
             error: e.to_string(),

@@ -160,6 +160,22 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
+    /// Write `bytes` as data frames of at most [`CHUNK`] bytes each; nothing when `bytes` is empty.
+    pub async fn write_data(&mut self, bytes: &[u8]) -> io::Result<()> {
+        for chunk in bytes.chunks(CHUNK) {
+            let len = u32::try_from(chunk.len())
+                .map_err(|_| invalid("chunk too large".into()))?
+                .to_be_bytes();
+            self.in_frame = true;
+            self.inner
+                .write_all(&[DATA, len[0], len[1], len[2], len[3]])
+                .await?;
+            self.inner.write_all(chunk).await?;
+            self.in_frame = false;
+        }
+        Ok(())
+    }
+
     /// Encode and write a response. An answer too large to encode becomes an `Internal` error frame.
     pub async fn write_response(&mut self, r: &ward_core::frame::Response) -> io::Result<()> {
         use ward_core::frame::{encode_response, ErrorCode, Response};
@@ -235,15 +251,39 @@ impl Activity {
     }
 }
 
-/// What the pump hands each chunk to before forwarding it: the server's recorder (recorded before
-/// it is forwarded: fail closed). The client passes [`NO_TAP`].
+/// What a tap decided about a chunk: forward it as it came, or forward what the tap wrote to its
+/// `out` (the core's [`ward_core::stage::Forward`]).
+pub use ward_core::stage::Forward;
+
+/// What the pump hands each chunk to before forwarding it: the server's session pipeline (the
+/// device's stages, then the recorder: decode → decide → record → forward). The client passes
+/// [`NO_TAP`].
+///
+/// A tap either lets the chunk through as it came ([`Forward::AsIs`]) or hands the pump other bytes
+/// to forward in its place ([`Forward::Replaced`], in `out`: rewritten bytes, held bytes released
+/// with this chunk, or nothing yet). The pump owns `out` and reuses it from chunk to chunk; a tap
+/// that never replaces never touches it, so it never allocates.
 pub trait ChunkTap: Sync {
-    /// Take `bytes` travelling in `dir`; an error stops the pump before `bytes` are forwarded.
-    fn record(
+    /// Take `bytes` travelling in `dir` and say what to forward; an error stops the pump before
+    /// anything of `bytes` is forwarded.
+    fn take(
         &self,
         dir: Direction,
         bytes: &[u8],
-    ) -> impl std::future::Future<Output = io::Result<()>> + Send;
+        out: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = io::Result<Forward>> + Send;
+
+    /// The direction `dir` ended: put in `out` what the tap still holds (forwarded before the
+    /// `EOF`); an error stops the pump instead. The default holds nothing.
+    fn finish(
+        &self,
+        dir: Direction,
+        out: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        let _ = dir;
+        out.clear();
+        std::future::ready(Ok(()))
+    }
 }
 
 /// A tap that takes nothing (the client's side of the pump).
@@ -251,8 +291,13 @@ pub trait ChunkTap: Sync {
 pub struct NoTap;
 
 impl ChunkTap for NoTap {
-    async fn record(&self, _dir: Direction, _bytes: &[u8]) -> io::Result<()> {
-        Ok(())
+    async fn take(
+        &self,
+        _dir: Direction,
+        _bytes: &[u8],
+        _out: &mut Vec<u8>,
+    ) -> io::Result<Forward> {
+        Ok(Forward::AsIs)
     }
 }
 
@@ -274,6 +319,8 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; HEADER + FIRST_CHUNK];
+    // A tap's replacement bytes; stays unallocated unless a tap replaces a chunk.
+    let mut out = Vec::new();
     loop {
         let (n, full) = {
             let slot = buf.get_mut(HEADER..).unwrap_or_default();
@@ -282,23 +329,39 @@ where
             (n, n == cap)
         };
         if n == 0 {
+            if let Some((tap, dir)) = tap {
+                tap.finish(dir, &mut out).await?;
+                counter.fetch_add(out.len() as u64, Ordering::Relaxed);
+                w.write_data(&out).await?;
+            }
             return w.write_eof().await;
         }
         activity.touch();
-        counter.fetch_add(n as u64, Ordering::Relaxed);
-        if let Some((tap, dir)) = tap {
-            // Recorded before it is forwarded (fail closed).
-            tap.record(dir, buf.get(HEADER..HEADER + n).unwrap_or_default())
-                .await?;
+        let forward = match tap {
+            // Recorded (and decided on) before it is forwarded (fail closed).
+            Some((tap, dir)) => {
+                let chunk = buf.get(HEADER..HEADER + n).unwrap_or_default();
+                tap.take(dir, chunk, &mut out).await?
+            }
+            None => Forward::AsIs,
+        };
+        match forward {
+            Forward::AsIs => {
+                counter.fetch_add(n as u64, Ordering::Relaxed);
+                let len = u32::try_from(n)
+                    .map_err(|_| invalid("chunk too large".into()))?
+                    .to_be_bytes();
+                if let Some(h) = buf.get_mut(..HEADER) {
+                    h.copy_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
+                }
+                w.write_frame(buf.get(..HEADER + n).unwrap_or_default())
+                    .await?;
+            }
+            Forward::Replaced => {
+                counter.fetch_add(out.len() as u64, Ordering::Relaxed);
+                w.write_data(&out).await?;
+            }
         }
-        let len = u32::try_from(n)
-            .map_err(|_| invalid("chunk too large".into()))?
-            .to_be_bytes();
-        if let Some(h) = buf.get_mut(..HEADER) {
-            h.copy_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
-        }
-        w.write_frame(buf.get(..HEADER + n).unwrap_or_default())
-            .await?;
         if full && buf.len() < HEADER + CHUNK {
             buf.resize(HEADER + CHUNK, 0);
         }
@@ -310,15 +373,7 @@ pub async fn write_stream<W: AsyncWrite + Unpin>(
     w: &mut FrameWriter<W>,
     bytes: &[u8],
 ) -> io::Result<()> {
-    for chunk in bytes.chunks(CHUNK) {
-        let len = u32::try_from(chunk.len())
-            .map_err(|_| invalid("chunk too large".into()))?
-            .to_be_bytes();
-        let mut frame = Vec::with_capacity(HEADER + chunk.len());
-        frame.extend_from_slice(&[DATA, len[0], len[1], len[2], len[3]]);
-        frame.extend_from_slice(chunk);
-        w.write_frame(&frame).await?;
-    }
+    w.write_data(bytes).await?;
     w.write_eof().await
 }
 
@@ -384,10 +439,17 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    // A tap's replacement bytes; stays unallocated unless a tap replaces a chunk.
+    let mut out = Vec::new();
     loop {
         match r.next().await? {
             None => return Ok(FramedEnd::Abrupt),
             Some(Inbound::Eof) => {
+                if let Some((tap, dir)) = tap {
+                    tap.finish(dir, &mut out).await?;
+                    counter.fetch_add(out.len() as u64, Ordering::Relaxed);
+                    w.write_all(&out).await?;
+                }
                 w.flush().await?;
                 w.shutdown().await?;
                 return Ok(FramedEnd::Eof);
@@ -398,12 +460,20 @@ where
                     continue;
                 }
                 activity.touch();
-                counter.fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                if let Some((tap, dir)) = tap {
-                    // Recorded before it is forwarded (fail closed).
-                    tap.record(dir, bytes).await?;
+                let forward = match tap {
+                    // Recorded (and decided on) before it is forwarded (fail closed).
+                    Some((tap, dir)) => tap.take(dir, bytes, &mut out).await?,
+                    None => Forward::AsIs,
+                };
+                let forwarded = match forward {
+                    Forward::AsIs => bytes,
+                    Forward::Replaced => out.as_slice(),
+                };
+                if forwarded.is_empty() {
+                    continue;
                 }
-                w.write_all(bytes).await?;
+                counter.fetch_add(forwarded.len() as u64, Ordering::Relaxed);
+                w.write_all(forwarded).await?;
                 // Interactive output must not wait for more: a prompt without a newline
                 // ("login: ") would sit in a line-buffered writer (`ward connect` on stdio).
                 // A no-op for sockets.
@@ -506,6 +576,121 @@ mod tests {
         assert!(matches!(end, FramedEnd::Eof));
         assert_eq!(out, payload);
         assert_eq!(act.up.load(Ordering::Relaxed), payload.len() as u64);
+    }
+
+    /// Uppercases what it is given, holds chunks starting with `#` until the direction ends, and
+    /// ends with `<end>`.
+    struct Upper {
+        held: std::sync::Mutex<Vec<u8>>,
+    }
+
+    impl ChunkTap for Upper {
+        async fn take(&self, _: Direction, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<Forward> {
+            out.clear();
+            if bytes.starts_with(b"#") {
+                self.held.lock().unwrap().extend_from_slice(bytes);
+            } else {
+                out.extend(bytes.iter().map(u8::to_ascii_uppercase));
+            }
+            Ok(Forward::Replaced)
+        }
+
+        async fn finish(&self, _: Direction, out: &mut Vec<u8>) -> io::Result<()> {
+            out.clear();
+            out.append(&mut self.held.lock().unwrap());
+            out.extend_from_slice(b"<end>");
+            Ok(())
+        }
+    }
+
+    /// Send `chunks` (one read each) through a pump with `tap` on the raw → framed side or the
+    /// framed → raw side; what came out, and the two byte counters.
+    async fn through(chunks: &[&[u8]], tap_on_raw_side: bool) -> (Vec<u8>, u64, u64) {
+        let tap = Upper {
+            held: std::sync::Mutex::default(),
+        };
+        let (a, b) = tokio::io::duplex(1024);
+        let act = Activity::new();
+        let mut src = chunked_reader(chunks);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let mut out = Vec::new();
+        let (up_tap, down_tap) = if tap_on_raw_side {
+            (Some((&tap, Direction::Up)), None)
+        } else {
+            (None, Some((&tap, Direction::Down)))
+        };
+        let (sent, end) = tokio::join!(
+            async {
+                let done = raw_to_framed(&mut src, &mut w, &act, &act.up, up_tap).await;
+                drop(w);
+                done
+            },
+            framed_to_raw(&mut r, &mut out, &act, &act.down, down_tap)
+        );
+        sent.unwrap();
+        assert!(matches!(end.unwrap(), FramedEnd::Eof));
+        let (up, down) = (
+            act.up.load(Ordering::Relaxed),
+            act.down.load(Ordering::Relaxed),
+        );
+        (out, up, down)
+    }
+
+    /// A reader that returns `chunks` one read at a time.
+    fn chunked_reader(chunks: &[&[u8]]) -> Chunks {
+        Chunks(chunks.iter().map(|c| c.to_vec()).collect())
+    }
+
+    struct Chunks(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Chunks {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<io::Result<()>> {
+            if let Some(c) = self.0.pop_front() {
+                buf.put_slice(&c);
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_tap_replaces_holds_and_releases_chunks_on_either_side() {
+        for raw_side in [true, false] {
+            let (out, up, down) = through(&[b"abc", b"#held ", b"def"], raw_side).await;
+            assert_eq!(out, b"ABCDEF#held <end>", "tap on the raw side: {raw_side}");
+            // The counters count what was forwarded.
+            let forwarded = out.len() as u64;
+            if raw_side {
+                assert_eq!(up, forwarded);
+            } else {
+                assert_eq!(down, forwarded);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn no_tap_forwards_every_chunk_as_it_came() {
+        let (a, b) = tokio::io::duplex(1024);
+        let act = Activity::new();
+        let mut src = chunked_reader(&[b"abc", b"#x"]);
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let mut out = Vec::new();
+        let (sent, end) = tokio::join!(
+            async {
+                let done = raw_to_framed(&mut src, &mut w, &act, &act.up, NO_TAP).await;
+                drop(w);
+                done
+            },
+            framed_to_raw(&mut r, &mut out, &act, &act.down, NO_TAP)
+        );
+        sent.unwrap();
+        assert!(matches!(end.unwrap(), FramedEnd::Eof));
+        assert_eq!(out, b"abc#x");
     }
 
     #[tokio::test]

@@ -1857,10 +1857,7 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
     }
 
     // The team's performance targets, printed with every run so docs/benchmarks.md carries them: every row, measured, target, verdict with the gap.
-    let _ = writeln!(
-        s,
-        "\n### Against the targets, all from this run\n"
-    );
+    let _ = writeln!(s, "\n### Against the targets, all from this run\n");
     let _ = writeln!(s, "| figure | measured | target | verdict |");
     let _ = writeln!(s, "|---|---|---|---|");
     let row = |s: &mut String, fig: &str, measured: String, target: &str, ok: bool, gap: String| {
