@@ -305,8 +305,11 @@ pub fn list_in(
     for (done, id) in ids.into_iter().enumerate() {
         progress(done, total);
         if let Some(row) = index.remove(&id) {
+            // Only a sealed row vouches for its recording. A row still open (a live session, one
+            // cut by a crash, or one whose close is being indexed right now) says nothing of
+            // the bytes since: the recording is read, as it was before the index existed.
             let current = match row.stamp {
-                None => row.summary.verification == crate::session_index::OPEN,
+                None => false,
                 Some(stamp) => store.stamp(&id).ok() == Some(stamp),
             };
             if current {
