@@ -243,14 +243,7 @@ impl ReviewService {
                 .principal(who.identity)
                 .source(who.source)
         };
-        if !may_review(who.principal) {
-            self.audit.emit(
-                event("denied")
-                    .severity("warning")
-                    .reason("only security and admin identities may review recordings"),
-            );
-            return Err(ReviewRefusal::NotPermitted(who.principal.to_string()));
-        }
+        self.require_reviewer(who, event("denied"))?;
         if matches!(request, ReviewRequest::AuditLog) {
             // Hand out a log whose every line is covered by a signed checkpoint.
             self.audit.flush().await;
@@ -394,14 +387,7 @@ impl ReviewService {
                 .principal(who.identity)
                 .source(who.source)
         };
-        if !may_review(who.principal) {
-            self.audit.emit(
-                event("denied")
-                    .severity("warning")
-                    .reason("only security and admin identities may review recordings"),
-            );
-            return Err(ReviewRefusal::NotPermitted(who.principal.to_string()));
-        }
+        self.require_reviewer(who, event("denied"))?;
         self.audit.flush().await;
         let me = self.clone();
         let job = move || me.verify_job(&mut *progress);
@@ -466,6 +452,21 @@ impl ReviewService {
 /// Security and admin identities may review (the one role definition, [`super::Role`]).
 fn may_review(p: &Principal) -> bool {
     super::Role::Security.held_by(p)
+}
+
+impl ReviewService {
+    /// Refuses, and audits `denied`, anyone who may not review.
+    fn require_reviewer(&self, who: &Reviewer<'_>, denied: Event) -> Result<(), ReviewRefusal> {
+        if may_review(who.principal) {
+            return Ok(());
+        }
+        self.audit.emit(
+            denied
+                .severity("warning")
+                .reason("only security and admin identities may review recordings"),
+        );
+        Err(ReviewRefusal::NotPermitted(who.principal.to_string()))
+    }
 }
 
 fn unreadable(id: &str, e: &std::io::Error) -> ReviewRefusal {
