@@ -472,113 +472,158 @@ fn decide_access(
     break_glass: Option<&str>,
     now: OffsetDateTime,
 ) -> Decision {
-    let capped = |limit: OffsetDateTime, reason: EndReason| {
-        if limit < principal.not_after {
-            (limit, reason)
-        } else {
-            (principal.not_after, EndReason::CertificateExpiry)
-        }
-    };
     if let Some(reason) = break_glass {
-        let Some(bg) = device
-            .break_glass
-            .as_ref()
-            .filter(|bg| bg.who.matches(principal))
-        else {
-            return Decision::Deny(DenyReason::BreakGlassNotAllowed {
-                principal: principal.to_string(),
-                device: device.id.to_string(),
-            });
-        };
-        if reason.trim().is_empty() {
-            return Decision::Deny(DenyReason::BreakGlassNoReason);
-        }
-        let limit = time::Duration::try_from(bg.max)
-            .ok()
-            .and_then(|d| now.checked_add(d))
-            .unwrap_or(principal.not_after);
-        let (ends_at, end_reason) = capped(limit, EndReason::MaxDuration);
-        return Decision::Permit(Permit {
-            rule: "break-glass".to_owned(),
-            ends_at,
-            end_reason,
-            grant: None,
-            break_glass: true,
-        });
+        return break_glass_decision(principal, device, reason, now);
     }
-    let device_id = device.id.as_str();
-    if let Some(grant) = inputs
-        .grants
-        .iter()
-        .filter(|g| g.covers(principal, device_id, now))
-        .max_by_key(|g| g.end)
-    {
-        // A certificate issued for this grant (`ward login`) ends with it, to within X.509's
-        // one-second precision: then the window, not the certificate, is what ends the session.
-        let (ends_at, end_reason) = if grant
-            .end
-            .checked_sub(time::Duration::SECOND)
-            .is_some_and(|almost| principal.not_after > almost)
-        {
-            (grant.end.min(principal.not_after), EndReason::WindowEnd)
-        } else {
-            capped(grant.end, EndReason::WindowEnd)
-        };
-        return Decision::Permit(Permit {
-            rule: format!("grant {}", grant.id),
-            ends_at,
-            end_reason,
-            grant: Some(grant.id.clone()),
-            break_glass: false,
-        });
+    if let Some(permit) = grant_permit(inputs, principal, device, now) {
+        return permit;
     }
-    if let Some(policy) = policy_for(inputs.approvals, principal, device) {
-        if let Some(upcoming) = inputs
-            .grants
-            .iter()
-            .filter(|g| g.is_current(now) && g.principal.is(principal) && g.device == device_id)
-            .min_by_key(|g| g.start)
-        {
-            return Decision::Deny(DenyReason::GrantNotYet {
-                grant: upcoming.id.clone(),
-                device: device_id.to_owned(),
-                starts: upcoming.start,
-            });
-        }
-        return Decision::Deny(DenyReason::NeedsApproval {
-            principal: principal.to_string(),
-            device: device_id.to_owned(),
-            policy: policy.name.clone(),
-        });
+    if let Some(refusal) = approval_refusal(inputs, principal, device, now) {
+        return refusal;
     }
     match evaluate(inputs.rules, &[], principal, device, now) {
-        Decision::Permit(mut permit) => {
-            let Some(hours) = device
-                .maintenance
-                .as_ref()
-                .filter(|_| principal.kind == PrincipalKind::Vendor)
-            else {
-                return Decision::Permit(permit);
-            };
-            match hours.state(now) {
-                WindowState::Open { until } => {
-                    if let Some(until) = until.filter(|u| *u < permit.ends_at) {
-                        permit.ends_at = until;
-                        permit.end_reason = EndReason::WindowEnd;
-                    }
-                    Decision::Permit(permit)
-                }
-                WindowState::Closed { opens_at } => {
-                    Decision::Deny(DenyReason::OutsideMaintenance {
-                        principal: principal.to_string(),
-                        device: device_id.to_owned(),
-                        windows: hours.to_string(),
-                        next_open: format_local(opens_at, hours.offset()),
-                    })
-                }
-            }
-        }
+        Decision::Permit(permit) => within_maintenance(permit, principal, device, now),
         deny => deny,
+    }
+}
+
+/// `limit` and why the session ends there, or the certificate's expiry if that comes first.
+fn capped(
+    principal: &Principal,
+    limit: OffsetDateTime,
+    reason: EndReason,
+) -> (OffsetDateTime, EndReason) {
+    if limit < principal.not_after {
+        (limit, reason)
+    } else {
+        (principal.not_after, EndReason::CertificateExpiry)
+    }
+}
+
+/// Break-glass: only where the device allows this principal, with a reason, for at most its cap.
+fn break_glass_decision(
+    principal: &Principal,
+    device: &Device,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Decision {
+    let Some(bg) = device
+        .break_glass
+        .as_ref()
+        .filter(|bg| bg.who.matches(principal))
+    else {
+        return Decision::Deny(DenyReason::BreakGlassNotAllowed {
+            principal: principal.to_string(),
+            device: device.id.to_string(),
+        });
+    };
+    if reason.trim().is_empty() {
+        return Decision::Deny(DenyReason::BreakGlassNoReason);
+    }
+    let limit = time::Duration::try_from(bg.max)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .unwrap_or(principal.not_after);
+    let (ends_at, end_reason) = capped(principal, limit, EndReason::MaxDuration);
+    Decision::Permit(Permit {
+        rule: "break-glass".to_owned(),
+        ends_at,
+        end_reason,
+        grant: None,
+        break_glass: true,
+    })
+}
+
+/// A live grant covering this principal and device permits until its end (the latest one wins).
+fn grant_permit(
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    now: OffsetDateTime,
+) -> Option<Decision> {
+    let grant = inputs
+        .grants
+        .iter()
+        .filter(|g| g.covers(principal, device.id.as_str(), now))
+        .max_by_key(|g| g.end)?;
+    // A certificate issued for this grant (`ward login`) ends with it, to within X.509's
+    // one-second precision: then the window, not the certificate, is what ends the session.
+    let (ends_at, end_reason) = if grant
+        .end
+        .checked_sub(time::Duration::SECOND)
+        .is_some_and(|almost| principal.not_after > almost)
+    {
+        (grant.end.min(principal.not_after), EndReason::WindowEnd)
+    } else {
+        capped(principal, grant.end, EndReason::WindowEnd)
+    };
+    Some(Decision::Permit(Permit {
+        rule: format!("grant {}", grant.id),
+        ends_at,
+        end_reason,
+        grant: Some(grant.id.clone()),
+        break_glass: false,
+    }))
+}
+
+/// Without a live grant, a principal an approval policy governs is refused even where a rule
+/// would permit (no standing access): told of its upcoming grant, or that it needs approval.
+fn approval_refusal(
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    now: OffsetDateTime,
+) -> Option<Decision> {
+    let policy = policy_for(inputs.approvals, principal, device)?;
+    let device_id = device.id.as_str();
+    if let Some(upcoming) = inputs
+        .grants
+        .iter()
+        .filter(|g| g.is_current(now) && g.principal.is(principal) && g.device == device_id)
+        .min_by_key(|g| g.start)
+    {
+        return Some(Decision::Deny(DenyReason::GrantNotYet {
+            grant: upcoming.id.clone(),
+            device: device_id.to_owned(),
+            starts: upcoming.start,
+        }));
+    }
+    Some(Decision::Deny(DenyReason::NeedsApproval {
+        principal: principal.to_string(),
+        device: device_id.to_owned(),
+        policy: policy.name.clone(),
+    }))
+}
+
+/// A vendor's rule permit holds only inside the device's maintenance windows, and ends with the
+/// window if that comes first.
+fn within_maintenance(
+    mut permit: Permit,
+    principal: &Principal,
+    device: &Device,
+    now: OffsetDateTime,
+) -> Decision {
+    let Some(hours) = device
+        .maintenance
+        .as_ref()
+        .filter(|_| principal.kind == PrincipalKind::Vendor)
+    else {
+        return Decision::Permit(permit);
+    };
+    match hours.state(now) {
+        WindowState::Open { until } => {
+            if let Some(until) = until.filter(|u| *u < permit.ends_at) {
+                permit.ends_at = until;
+                permit.end_reason = EndReason::WindowEnd;
+            }
+            Decision::Permit(permit)
+        }
+        WindowState::Closed { opens_at } => Decision::Deny(DenyReason::OutsideMaintenance {
+            principal: principal.to_string(),
+            device: device.id.to_string(),
+            windows: hours.to_string(),
+            next_open: format_local(opens_at, hours.offset()),
+        }),
     }
 }
 
