@@ -98,6 +98,12 @@ impl Scan<'_> {
                 match crate::review::summary_of_ended(&report) {
                     Some(summary) => self.rows.push(IndexedSession {
                         stamp: self.stamp_if_sealed(&summary, session),
+                        start_ms: report
+                            .meta
+                            .as_ref()
+                            .map_or(summary.start_unix.saturating_mul(1000), |m| {
+                                m.started_unix_ms
+                            }),
                         summary,
                     }),
                     None => {
@@ -193,6 +199,8 @@ impl Scan<'_> {
         };
         self.rows.push(IndexedSession {
             stamp: self.stamp_if_sealed(&summary, session),
+            // Sealed rows carry their duration; an unsealed one is closed by nobody.
+            start_ms: summary.start_unix.saturating_mul(1000),
             summary,
         });
     }

@@ -557,7 +557,12 @@ mod tests {
             .with_index(db.clone());
         let id = "00000000000000cc";
         store.create(id).unwrap().write_all(b"header").unwrap();
-        let hook = store.index_open(&meta(id)).unwrap();
+        // A start with milliseconds: the duration is measured from it, as the recording's is.
+        let started = SessionMeta {
+            started_unix_ms: 1_250,
+            ..meta(id)
+        };
+        let hook = store.index_open(&started).unwrap();
         let end = EndInfo {
             ended_unix_ms: 3_000,
             reason: "client closed".into(),
@@ -571,6 +576,7 @@ mod tests {
         assert_eq!(rows[0].summary.id, id);
         assert_eq!(rows[0].summary.verification, "ok");
         assert_eq!(rows[0].summary.bytes_down, 2);
+        assert_eq!(rows[0].summary.duration_s, 1.75);
         // The stamp is the blob's as sealed: a listing trusts the row until the blob changes.
         assert_eq!(rows[0].stamp, Some(store.stamp(id).unwrap()));
         assert_eq!(rows[0].stamp.unwrap().len, 10);

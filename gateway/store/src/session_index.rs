@@ -94,6 +94,9 @@ impl FileStamp {
 pub struct IndexedSession {
     /// What `ward sessions` shows.
     pub summary: SessionSummary,
+    /// The session's start, Unix milliseconds: the duration written at close is measured from it
+    /// (the summary's `start_unix` has whole seconds only).
+    pub start_ms: i64,
     /// The file's stamp when it was indexed sealed (`None` while open).
     pub stamp: Option<FileStamp>,
 }
@@ -145,6 +148,7 @@ pub fn opened(meta: &SessionMeta) -> IndexedSession {
             verification: OPEN.into(),
             break_glass: meta.break_glass,
         },
+        start_ms: meta.started_unix_ms,
         stamp: None,
     }
 }
@@ -176,7 +180,7 @@ fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreErr
             s.protocol,
             s.source,
             s.rule,
-            s.start_unix.saturating_mul(1000),
+            row.start_ms,
             None::<i64>,
             s.end_reason,
             i64_of(s.bytes_up),
@@ -242,6 +246,7 @@ fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
                 verification: r.get(13)?,
                 break_glass: r.get(14)?,
             },
+            start_ms,
             stamp: match (len, mtime) {
                 (Some(len), Some(mtime_ns)) => Some(FileStamp {
                     len: u64::try_from(len).unwrap_or(0),
