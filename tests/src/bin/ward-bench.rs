@@ -2131,6 +2131,10 @@ cargo run --release -p ward-tests --bin ward-bench -- --out docs/benchmarks.md
 
 Always release mode: a debug build of quinn is about ten times slower.
 
+To compare two builds' code paths, run the pair a second time with `TMPDIR=/dev/shm`: the bench's
+state dirs then live in memory, and a recorded session open no longer waits on the disk's journal
+(its figure on disk follows the machine's sync latency, which moves 2× between runs here).
+
 ## How it is measured
 
 - **Processes.** The gateway is the release binary, `target/release/ward gateway --config FILE`, in its
