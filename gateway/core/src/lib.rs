@@ -10,6 +10,8 @@
 //! * [`session`]: session states as types (`Handshaken` → `Authorized` → `Closed`).
 //! * [`stage`]: what a session's bytes pass through (decoders, injectors): bytes and `now` in, a
 //!   verdict out.
+//! * [`inject`]: device credentials from the vault: which one a session gets, how the gateway logs
+//!   in with it (telnet prompts, HTTP `Authorization`), and how a factory password is rotated.
 //! * [`noise`]: unauthenticated events aggregated per source and interval, with a cap.
 //! * [`admission`]: connection budgets (anonymous vs certificate holders, per source), eviction.
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
@@ -22,12 +24,14 @@ pub mod device;
 pub mod duration;
 pub mod escape;
 pub mod frame;
+pub mod inject;
 pub mod messages;
 pub mod noise;
 pub mod password;
 pub mod policy;
 pub mod principal;
 pub mod ratelimit;
+pub mod secret;
 pub mod session;
 pub mod stage;
 pub mod suggest;

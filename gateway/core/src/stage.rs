@@ -128,6 +128,44 @@ impl fmt::Display for StageStop {
 
 impl std::error::Error for StageStop {}
 
+/// An event a stage asks the recording to hold (hash-chained like the bytes): an injected
+/// credential, a rejected one, a decoded operation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordedEvent {
+    /// What happened (`credential_injected`, `credential_rejected`).
+    pub kind: String,
+    /// Its details, in order. Never a secret.
+    pub fields: Vec<(String, String)>,
+}
+
+impl RecordedEvent {
+    /// An event of `kind` with `fields`.
+    pub fn new(kind: impl Into<String>, fields: &[(&str, &str)]) -> Self {
+        Self {
+            kind: kind.into(),
+            fields: fields
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+        }
+    }
+}
+
+/// What a stage says about the bytes it just wrote to `out`, for the recording.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// `out[range]` is a secret the stage put there (an injected credential): forwarded to the
+    /// device, never recorded; the recording holds `event` in its place.
+    Secret {
+        /// Where the secret is in the stage's output.
+        range: std::ops::Range<usize>,
+        /// What the recording holds instead.
+        event: RecordedEvent,
+    },
+    /// An event to record after the chunk.
+    Event(RecordedEvent),
+}
+
 /// One step of a device's pipeline: sees every chunk of the session, both ways, in order.
 pub trait Stage: Send {
     /// The stage's name, for end reasons and logs.
@@ -142,6 +180,14 @@ pub trait Stage: Send {
         now: OffsetDateTime,
         out: &mut Vec<u8>,
     ) -> Verdict;
+
+    /// Notes about the chunk just processed (secret spans in `out`, events to record), moved
+    /// into `notes`. Called after every [`Stage::process`]; the default has none. A secret span is
+    /// only honoured on [`Verdict::Replace`], and a stage after an injector may not rewrite its
+    /// output (the chain ends the session if it does: the span would no longer be known).
+    fn take_notes(&mut self, notes: &mut Vec<Note>) {
+        let _ = notes;
+    }
 
     /// The direction `dir` ended (the peer half-closed): append to `out` what the stage still holds
     /// and should be forwarded, or end the session (a message cut off half-way that policy must
@@ -209,6 +255,8 @@ pub struct Chain {
     stages: Vec<Box<dyn Stage>>,
     /// Scratch for the stage outputs between stages; reused from chunk to chunk.
     spare: Vec<u8>,
+    /// The notes of the last [`Chain::process`] (see [`Chain::take_notes`]).
+    notes: Vec<Note>,
 }
 
 /// What the chain decided about a chunk.
@@ -233,6 +281,7 @@ impl Chain {
         Self {
             stages,
             spare: Vec::new(),
+            notes: Vec::new(),
         }
     }
 
@@ -256,6 +305,7 @@ impl Chain {
         out: &mut Vec<u8>,
     ) -> Result<Forward, StageStop> {
         out.clear();
+        self.notes.clear();
         // `replaced`: the current bytes are in `out` (not `input`).
         let mut replaced = false;
         for stage in &mut self.stages {
@@ -265,17 +315,34 @@ impl Chain {
             }
             self.spare.clear();
             let current: &[u8] = if replaced { out } else { input };
-            match stage.process(dir, current, now, &mut self.spare) {
+            let verdict = stage.process(dir, current, now, &mut self.spare);
+            let secrets_before = has_secret(&self.notes);
+            let first_new = self.notes.len();
+            stage.take_notes(&mut self.notes);
+            match verdict {
                 Verdict::Pass => {}
                 Verdict::Hold => {
                     out.clear();
                     replaced = true;
                 }
                 Verdict::Replace => {
+                    if secrets_before {
+                        return Err(secret_rewritten(stage.name(), dir));
+                    }
                     std::mem::swap(out, &mut self.spare);
                     replaced = true;
                 }
                 Verdict::End(stop) => return Err(stop),
+            }
+            // A secret span only means something in bytes the stage wrote (Replace) and within them.
+            let wrote = matches!(verdict, Verdict::Replace);
+            let len = out.len();
+            let bad = self.notes.iter().skip(first_new).any(|n| match n {
+                Note::Secret { range, .. } => !wrote || range.start > range.end || range.end > len,
+                Note::Event(_) => false,
+            });
+            if bad {
+                return Err(secret_rewritten(stage.name(), dir));
             }
         }
         Ok(if replaced {
@@ -283,6 +350,12 @@ impl Chain {
         } else {
             Forward::AsIs
         })
+    }
+
+    /// The notes of the last [`Chain::process`] (secret spans in its `out`, in order of position,
+    /// and events), moved out.
+    pub fn take_notes(&mut self) -> Vec<Note> {
+        std::mem::take(&mut self.notes)
     }
 
     /// The direction `dir` ended: what the stages still hold, in order, goes to `out` (each
@@ -308,6 +381,23 @@ impl Chain {
         }
         Ok(())
     }
+}
+
+fn has_secret(notes: &[Note]) -> bool {
+    notes.iter().any(|n| matches!(n, Note::Secret { .. }))
+}
+
+/// A stage rewrote bytes holding a secret another stage injected, or marked a span it did not
+/// write: the recording could no longer leave the secret out, so the session ends.
+fn secret_rewritten(stage: &str, dir: Direction) -> StageStop {
+    StageStop::new(
+        stage,
+        dir,
+        StopKind::Unavailable(
+            "a secret span of the stage output cannot be kept out of the recording (misordered stages)"
+                .to_string(),
+        ),
+    )
 }
 
 #[cfg(test)]
