@@ -7,6 +7,8 @@
 //! [`RotateProcedure`] that changes its password), and how an HTTP device takes a credential
 //! ([`HttpAuth`]). The prompt matcher and the HTTP injector are pure, like the rest of this crate.
 
+pub mod http;
+
 use std::time::Duration;
 
 use crate::secret::Secret;
@@ -56,13 +58,7 @@ impl LoginProfile {
             user_prompt: s(&["login:", "username:", "user:"]),
             password_prompt: s(&["password:"]),
             success: s(&[">", "#", "$"]),
-            failure: s(&[
-                "incorrect",
-                "invalid",
-                "denied",
-                "failed",
-                "bad password",
-            ]),
+            failure: s(&["incorrect", "invalid", "denied", "failed", "bad password"]),
             timeout: Duration::from_secs(10),
             rotate: Some(RotateProcedure::passwd()),
         }
