@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
+pub mod telnet;
+
 /// A vaulted device credential, decrypted for one session (or one rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -56,13 +58,7 @@ impl LoginProfile {
             user_prompt: s(&["login:", "username:", "user:"]),
             password_prompt: s(&["password:"]),
             success: s(&[">", "#", "$"]),
-            failure: s(&[
-                "incorrect",
-                "invalid",
-                "denied",
-                "failed",
-                "bad password",
-            ]),
+            failure: s(&["incorrect", "invalid", "denied", "failed", "bad password"]),
             timeout: Duration::from_secs(10),
             rotate: Some(RotateProcedure::passwd()),
         }
