@@ -138,7 +138,7 @@ pub enum DialogueError {
         pattern: String,
     },
     /// The device asked for the user name (or password) again after the password.
-    #[error("the device asked for the login again after the password: it refused the vaulted credential")]
+    #[error("the device refused the vaulted credential (it asked for the login again after the password); check the vaulted value with `ward vault set`")]
     AskedAgain,
     /// The device closed the connection mid-dialogue.
     #[error("the device closed the connection while the gateway waited for the {waiting}")]
