@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
+pub mod telnet;
+
 /// A vaulted device credential, decrypted for one session (or one rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
