@@ -94,8 +94,10 @@ impl RotateProcedure {
                     expect: s(&["new password:"]),
                     send: SendWhat::New,
                 },
+                // Patterns match at the end of the output: "Retype new password:", BusyBox's
+                // "Retype password:" and "New password (again):" all end in one of these.
                 RotateStep {
-                    expect: s(&["new password:", "retype", "again:"]),
+                    expect: s(&["password:", "again:", "again):"]),
                     send: SendWhat::New,
                 },
             ],
