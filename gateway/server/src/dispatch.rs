@@ -23,6 +23,7 @@ use crate::services::devices::DeviceService;
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
 use crate::services::users::{NewUser, UserService};
+use crate::services::vault::VaultService;
 use crate::services::{Audit, Caller, Context, LiveState, Refusal};
 use crate::users::User;
 
@@ -62,6 +63,8 @@ pub struct Services {
     pub locks: LockService,
     /// The device listing.
     pub devices: DeviceService,
+    /// The credential vault.
+    pub vault: VaultService,
 }
 
 impl Services {
@@ -79,6 +82,7 @@ impl Services {
             users: UserService::new(ctx.clone(), stores.users.clone()),
             login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
+            vault: VaultService::new(ctx.clone(), shared.vault.clone()),
             devices: DeviceService::new(ctx),
         }
     }

@@ -64,6 +64,8 @@ pub struct Shared {
     review: crate::services::review::ReviewService,
     /// Where sessions get their stages ([`crate::pipeline`]); `None`: no device has any.
     pub(crate) stages: Option<Arc<dyn StageFactory>>,
+    /// The credential vault: its key, its table, the rotation driver ([`crate::services::vault`]).
+    pub(crate) vault: Arc<crate::services::vault::Vault>,
 }
 
 impl Shared {
@@ -255,6 +257,8 @@ pub struct Options {
     /// Each session's stages (protocol decoders, credential injectors), by device: consulted once
     /// per session at open ([`crate::pipeline`]). `None`: no device has stages.
     pub stages: Option<Arc<dyn StageFactory>>,
+    /// The device driver that rotates vaulted passwords (`ward vault rotate`); `None`: refused.
+    pub rotator: Option<Arc<dyn crate::services::vault::DeviceRotator>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -262,6 +266,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("no_recording", &self.no_recording)
             .field("stages", &self.stages.is_some())
+            .field("rotator", &self.rotator.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +325,13 @@ impl Gateway {
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         let jit =
             crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), issuing_ca(g), clock.now())?;
+        // TODO(lead): `&config.vault` once `Config::vault` lands.
+        let vault = crate::services::vault::open_vault(
+            &ward_core::inject::VaultConfig::default(),
+            &g.state_dir,
+            crate::store_async::OffThread::new(db.clone()),
+            options.rotator.clone(),
+        )?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
@@ -391,6 +403,7 @@ impl Gateway {
             review,
             recordings,
             stages: options.stages.clone(),
+            vault,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
