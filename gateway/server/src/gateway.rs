@@ -1063,6 +1063,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Vault(op) => {
+            dispatch::vault_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::Lock { .. }
         | Request::Unlock { .. }
@@ -1146,6 +1151,7 @@ fn audited(request: &Request) -> bool {
     match request {
         Request::Login(_)
         | Request::Access(_)
+        | Request::Vault(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::Review(_) => true,

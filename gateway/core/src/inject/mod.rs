@@ -56,13 +56,7 @@ impl LoginProfile {
             user_prompt: s(&["login:", "username:", "user:"]),
             password_prompt: s(&["password:"]),
             success: s(&[">", "#", "$"]),
-            failure: s(&[
-                "incorrect",
-                "invalid",
-                "denied",
-                "failed",
-                "bad password",
-            ]),
+            failure: s(&["incorrect", "invalid", "denied", "failed", "bad password"]),
             timeout: Duration::from_secs(10),
             rotate: Some(RotateProcedure::passwd()),
         }
