@@ -78,14 +78,16 @@ impl VaultKeys {
         }
     }
 
-    /// The key; with `create`, made (and written) if there is none yet.
+    /// The key; with `create`, made (and written) if there is none yet. A key file that did not
+    /// exist at start is looked for again.
     pub fn get(&self, create: bool) -> Result<Option<Kek>, VaultError> {
         let mut held = self
             .kek
             .lock()
             .map_err(|_| VaultError::Key("the key's lock was poisoned".into()))?;
-        if held.is_none() && create {
-            *held = self.source.load(true)?;
+        // Not there at start: made since by a host-side `ward vault set`, or made now.
+        if held.is_none() {
+            *held = self.source.load(create)?;
         }
         Ok(held.clone())
     }
