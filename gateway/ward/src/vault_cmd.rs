@@ -197,7 +197,7 @@ pub async fn run(cmd: VaultCommand) -> anyhow::Result<ExitCode> {
             }
             let host = host.context("no host")?;
             if let Some(devices) = &host.devices {
-                if !devices.iter().any(|d| *d == device) {
+                if !devices.contains(&device) {
                     bail!(
                         "no device {} in the gateway's config; vault credentials for configured devices",
                         Escaped(&device)
