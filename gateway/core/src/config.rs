@@ -10,6 +10,9 @@
 // size costs nothing measurable; boxing it would only put the public fields behind a pointer.
 #![allow(clippy::result_large_err)]
 
+mod inject;
+pub use inject::InjectConfig;
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::net::SocketAddr;
@@ -64,6 +67,7 @@ protocol = "telnet"                # telnet | http | dicom | hl7 | raw
 labels = { class = "infusion-pump", vendor = "acme", unit = "icu" }
 maintenance = ["Tue 02:00-04:00", "Thu 02:00-04:00"]  # vendor sessions only then, unless a grant covers the time
 break_glass = true                 # clinicians may open a recorded emergency session (30m cap)
+login = { profile = "generic-telnet" }  # how the gateway logs in for a rule with `inject` (docs/vault.md)
 
 [[device]]
 id = "monitor-3"
@@ -71,6 +75,7 @@ address = "monitor-3.icu.hospital.example:80"
 protocol = "http"
 labels = { class = "patient-monitor", vendor = "globex", unit = "icu" }
 break_glass = { who = { kind = "clinician", roles = ["icu"] }, max = "15m" }
+http_auth = { scheme = "basic" }   # or { header = "X-Api-Key" }: where an injected credential goes
 
 [[device]]
 id = "pacs-1"
@@ -78,11 +83,31 @@ address = "10.30.0.5:104"
 protocol = "dicom"
 labels = { class = "pacs", unit = "radiology" }
 
+# Device credentials (`ward vault set DEVICE ACCOUNT`) are encrypted under this key: a 0600 file
+# (relative to state_dir, created on first use) or an environment variable (base64 of 32 bytes).
+[vault]
+key_file = "vault.key"
+# key_env = "WARD_VAULT_KEY"
+# rotate_every = "30d"             # `ward vault rotate` on a schedule
+
+# A console whose prompts differ from the defaults (login:/Username:, Password:, a > # $ prompt).
+[[login_profile]]
+name = "acme-pump"
+password_prompt = ["password:", "pin:"]
+success = ["pump>"]
+timeout = "10s"
+rotate = { command = "passwd", steps = [
+  { expect = ["old password:"], send = "old" },
+  { expect = ["new password:"], send = "new" },
+  { expect = ["retype new password:"], send = "new" },
+], success = ["password changed"] }
+
 [[rule]]
 name = "acme-maintains-its-pumps"
 who = { kind = "vendor", org = "acme" }
 devices = { labels = { vendor = "acme" } }
 max_session = "2h"
+inject = "service"                 # the gateway logs in with the vaulted `service` account: nobody types its password
 
 [[rule]]
 name = "icu-nurses-see-icu-consoles"
@@ -411,6 +436,9 @@ pub struct Config {
     pub login: LoginConfig,
     /// `[access]`.
     pub access: AccessConfig,
+    /// `[vault]`, `[[login_profile]]`, devices' `login`/`http_auth` and rules' `inject`: what the
+    /// gateway logs in to devices with (docs/vault.md).
+    pub inject: InjectConfig,
 }
 
 /// The `[access]` table: limits on access requests.
@@ -501,8 +529,34 @@ impl Config {
         let listeners: Vec<SocketAddr> = std::iter::once(gateway.listen)
             .chain(gateway.listen_tcp)
             .collect();
-        let devices = cx.devices(raw.device, gateway.timezone_offset, &listeners)?;
-        let rules = cx.rules(raw.rule, &devices, gateway.timezone_offset)?;
+        let mut raw_devices = raw.device;
+        let device_inject: Vec<inject::DeviceInject> = raw_devices
+            .iter_mut()
+            .map(|d| {
+                let d = d.get_mut();
+                inject::DeviceInject {
+                    login: d.login.take(),
+                    http_auth: d.http_auth.take(),
+                }
+            })
+            .collect();
+        let mut raw_rules = raw.rule;
+        let rule_inject: Vec<(String, Option<Spanned<String>>)> = raw_rules
+            .iter_mut()
+            .map(|r| {
+                let r = r.get_mut();
+                (r.name.get_ref().clone(), r.inject.take())
+            })
+            .collect();
+        let devices = cx.devices(raw_devices, gateway.timezone_offset, &listeners)?;
+        let rules = cx.rules(raw_rules, &devices, gateway.timezone_offset)?;
+        let inject = cx.inject(
+            raw.vault,
+            raw.login_profile,
+            &devices,
+            device_inject,
+            rule_inject,
+        )?;
         let approvals = cx.approvals(raw.approval, &devices)?;
         let mut login = cx.login(raw.login)?;
         login.cover_break_glass(&devices);
@@ -520,6 +574,7 @@ impl Config {
             approvals,
             login,
             access,
+            inject,
         })
     }
 
@@ -579,6 +634,10 @@ struct RawConfig {
     login: RawLogin,
     #[serde(default)]
     access: RawAccess,
+    #[serde(default)]
+    vault: inject::RawVault,
+    #[serde(default)]
+    login_profile: Vec<Spanned<inject::RawLoginProfile>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -623,6 +682,10 @@ struct RawDevice {
     maintenance: Option<Spanned<RawHours>>,
     break_glass: Option<Spanned<RawBreakGlass>>,
     netns: Option<Spanned<String>>,
+    /// A telnet device's login profile (`login = { profile = "…" }`), for injection.
+    login: Option<Spanned<inject::RawLoginProfile>>,
+    /// How an HTTP device takes an injected credential.
+    http_auth: Option<Spanned<inject::RawHttpAuth>>,
 }
 
 /// `break_glass = true` or `break_glass = { who = {..}, max = "30m" }`.
@@ -685,6 +748,8 @@ struct RawRule {
     devices: Spanned<RawDevices>,
     max_session: Option<Spanned<String>>,
     hours: Option<Spanned<RawHours>>,
+    /// The vault account sessions under this rule get (`inject = "service"`).
+    inject: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]

@@ -126,6 +126,26 @@ impl Encoder {
         }
     }
 
+    /// Record an event (hash-chained like the bytes): what the gateway did at this point, e.g. a
+    /// credential it injected, in place of the secret's bytes. Fields must never hold a secret.
+    pub fn event(
+        &mut self,
+        dir: Direction,
+        t_ns: u64,
+        kind: &str,
+        fields: &[(String, String)],
+        out: &mut Vec<u8>,
+    ) {
+        let start = crate::format::encode_event(t_ns, dir, kind, fields, out);
+        let rec = out.get(start..).unwrap_or_default();
+        self.chain = sha256_parts(&[&self.chain, rec]);
+        self.records += 1;
+        self.since_cp += 1;
+        if self.since_cp >= self.policy.every_records.max(1) {
+            self.checkpoint(t_ns, out);
+        }
+    }
+
     /// Whether a checkpoint is due at `t_ns`: records were written since the last one and either
     /// `every_records` of them or `every_ns` have passed.
     pub fn checkpoint_due(&self, t_ns: u64) -> bool {

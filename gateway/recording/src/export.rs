@@ -180,6 +180,19 @@ pub fn raw(records: &[Record]) -> (Vec<u8>, Vec<u8>) {
     (up, down)
 }
 
+/// The bytes an event stands in for on the wire: an injected credential's `length` (bounded, so a
+/// forged field cannot blow up an export); nothing for other events.
+fn filler_len(kind: &str, fields: &[(String, String)]) -> usize {
+    if kind != "credential_injected" {
+        return 0;
+    }
+    fields
+        .iter()
+        .find(|(k, _)| k == "length")
+        .and_then(|(_, v)| v.parse::<usize>().ok())
+        .map_or(0, |n| n.min(64 * 1024))
+}
+
 /// One JSON object per record (data payloads in standard base64, field `payload_b64`).
 pub fn json_lines(records: &[Record]) -> Vec<u8> {
     let b64 = base64::engine::general_purpose::STANDARD;
@@ -202,6 +215,19 @@ pub fn json_lines(records: &[Record]) -> Vec<u8> {
             }
             Record::Interrupted { t_ns, reason } => serde_json::json!({"record": i,
                 "type": "interrupted", "t_ns": t_ns, "reason": reason}),
+            Record::Event {
+                t_ns,
+                dir,
+                kind,
+                fields,
+            } => {
+                let fields: serde_json::Map<String, serde_json::Value> = fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                serde_json::json!({"record": i, "type": "event", "dir": dir, "t_ns": t_ns,
+                    "kind": kind, "fields": fields})
+            }
         };
         out.extend_from_slice(v.to_string().as_bytes());
         out.push(b'\n');
@@ -402,6 +428,22 @@ pub fn pcap(
             Record::Data { dir, t_ns, payload } => {
                 last_t = last_t.max(*t_ns);
                 for seg in payload.chunks(PCAP_MSS) {
+                    p.packet(*t_ns, *dir == Direction::Up, FLAG_ACK | FLAG_PSH, seg);
+                }
+            }
+            Record::Event {
+                t_ns,
+                dir,
+                kind,
+                fields,
+            } => {
+                // An injected secret went to the device but is not in the recording: same-length
+                // filler keeps the TCP sequence numbers what the device saw (the JSON export
+                // names the event).
+                last_t = last_t.max(*t_ns);
+                let filler = filler_len(kind, fields);
+                let stars = vec![b'*'; filler];
+                for seg in stars.chunks(PCAP_MSS) {
                     p.packet(*t_ns, *dir == Direction::Up, FLAG_ACK | FLAG_PSH, seg);
                 }
             }

@@ -10,8 +10,11 @@ use serde::{Deserialize, Serialize};
 use crate::signer::{KEY_ID_LEN, SIG_LEN};
 use crate::ReadError;
 
-/// File magic; the last byte is the format version (see "Versioning" in the format doc).
-pub const MAGIC: &[u8; 8] = b"WARDREC\x01";
+/// File magic; the last byte is the format version (see "Versioning" in the format doc). What the
+/// encoder writes: version 2, which added the event record.
+pub const MAGIC: &[u8; 8] = b"WARDREC\x02";
+/// Version 1's magic: the same layout without the event record; still read and verified.
+pub const MAGIC_V1: &[u8; 8] = b"WARDREC\x01";
 /// Bytes before each record body: type (1) + body length (4, little-endian).
 pub const RECORD_HEADER_LEN: usize = 5;
 /// Largest data payload in one record; [`crate::Encoder::data`] splits larger payloads.
@@ -33,6 +36,9 @@ pub(crate) mod code {
     pub const INTERRUPTED: u8 = 0x05;
     /// Signed checkpoint.
     pub const CHECKPOINT: u8 = 0x06;
+    /// Something the gateway did or saw, recorded in line (version 2): an injected credential in
+    /// place of its bytes, a rejected credential, a decoded operation.
+    pub const EVENT: u8 = 0x07;
 }
 
 /// Body of a checkpoint: index u64, t_ns u64, key id (8), chain (32), signature (64).
@@ -146,6 +152,18 @@ pub enum Record {
         /// How it ended.
         info: EndInfo,
     },
+    /// Something the gateway did or saw at this point of the session (version 2): e.g.
+    /// `credential_injected`, recorded in place of the injected secret's bytes.
+    Event {
+        /// Nanoseconds since session start.
+        t_ns: u64,
+        /// Which way the bytes it is about travelled.
+        dir: Direction,
+        /// What happened.
+        kind: String,
+        /// Its details, in order (never a secret).
+        fields: Vec<(String, String)>,
+    },
     /// Sealed after a crash by [`crate::seal_interrupted`].
     Interrupted {
         /// Nanoseconds since session start (at least the last record's).
@@ -193,12 +211,22 @@ pub(crate) fn check_magic(buf: &[u8]) -> Result<usize, ReadError> {
             Err(ReadError::BadMagic)
         };
     };
-    if head == MAGIC {
+    if head == MAGIC || head == MAGIC_V1 {
         return Ok(MAGIC.len());
     }
     match (head.get(..7), head.get(7)) {
         (Some(p), Some(v)) if MAGIC.starts_with(p) => Err(ReadError::UnsupportedVersion(*v)),
         _ => Err(ReadError::BadMagic),
+    }
+}
+
+/// The magic a file starts with (version 1 or 2; [`check_magic`] has accepted it): the chain
+/// starts from it.
+pub(crate) fn magic_of(buf: &[u8]) -> &'static [u8; 8] {
+    if buf.get(..8) == Some(MAGIC_V1.as_slice()) {
+        MAGIC_V1
+    } else {
+        MAGIC
     }
 }
 
@@ -223,6 +251,7 @@ pub(crate) fn parse_raw(buf: &[u8], offset: usize, index: u64) -> Result<Raw<'_>
             | code::END
             | code::INTERRUPTED
             | code::CHECKPOINT
+            | code::EVENT
     ) {
         return Err(ReadError::UnknownType {
             record: index,
@@ -258,6 +287,11 @@ pub(crate) fn parse_raw(buf: &[u8], offset: usize, index: u64) -> Result<Raw<'_>
         code::CHECKPOINT if len != CHECKPOINT_BODY_LEN => {
             return Err(malformed(format!(
                 "checkpoint body is {len} bytes, expected {CHECKPOINT_BODY_LEN}"
+            )))
+        }
+        code::EVENT if len < 9 => {
+            return Err(malformed(format!(
+                "event body of {len} bytes has no 8-byte time and direction"
             )))
         }
         code::DATA_UP | code::DATA_DOWN | code::INTERRUPTED if len < 8 => {
@@ -384,6 +418,39 @@ pub(crate) fn encode_interrupted(t_ns: u64, reason: &str, out: &mut Vec<u8>) -> 
     start
 }
 
+/// An event record's JSON (after its time and direction).
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventBody {
+    pub kind: String,
+    pub fields: Vec<(String, String)>,
+}
+
+/// Append an event record; returns where it starts in `out`.
+pub(crate) fn encode_event(
+    t_ns: u64,
+    dir: Direction,
+    kind: &str,
+    fields: &[(String, String)],
+    out: &mut Vec<u8>,
+) -> usize {
+    let start = out.len();
+    let json = serde_json::to_vec(&EventBody {
+        kind: kind.to_string(),
+        fields: fields.to_vec(),
+    })
+    .unwrap_or_else(|_| b"{\"kind\":\"unencodable\",\"fields\":[]}".to_vec());
+    out.push(code::EVENT);
+    out.extend_from_slice(&((9 + json.len()) as u32).to_le_bytes());
+    out.extend_from_slice(&t_ns.to_le_bytes());
+    out.push(match dir {
+        Direction::Up => 0,
+        Direction::Down => 1,
+    });
+    out.extend_from_slice(&json);
+    start
+}
+
 /// Decode a raw record's body into a [`Record`].
 pub(crate) fn decode(raw: &Raw<'_>) -> Result<Record, ReadError> {
     let malformed = |what: String| ReadError::Malformed {
@@ -424,6 +491,25 @@ pub(crate) fn decode(raw: &Raw<'_>) -> Result<Record, ReadError> {
             Ok(Record::Interrupted {
                 t_ns: read_u64(raw.body, 0),
                 reason: reason.to_string(),
+            })
+        }
+        code::EVENT => {
+            let dir = match raw.body.get(8) {
+                Some(0) => Direction::Up,
+                Some(1) => Direction::Down,
+                d => {
+                    return Err(malformed(format!(
+                        "event direction {d:?} is neither 0 nor 1"
+                    )))
+                }
+            };
+            let body: EventBody = serde_json::from_slice(tail(9))
+                .map_err(|e| malformed(format!("event JSON: {e}")))?;
+            Ok(Record::Event {
+                t_ns: read_u64(raw.body, 0),
+                dir,
+                kind: body.kind,
+                fields: body.fields,
             })
         }
         code::CHECKPOINT => {

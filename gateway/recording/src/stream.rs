@@ -4,7 +4,7 @@
 
 use std::io::{self, Read};
 
-use crate::format::{check_magic, parse_raw, Raw, MAX_RECORD_BODY, RECORD_HEADER_LEN};
+use crate::format::{check_magic, magic_of, parse_raw, Raw, MAX_RECORD_BODY, RECORD_HEADER_LEN};
 use crate::ReadError;
 
 /// Bytes read from the input at a time.
@@ -13,7 +13,7 @@ const READ_CHUNK: usize = 64 * 1024;
 /// A recording's bytes, record by record, at absolute offsets.
 pub(crate) trait Source {
     /// Check the magic; `Ok(offset of record 0)`.
-    fn magic(&mut self) -> Result<usize, ReadError>;
+    fn magic(&mut self) -> Result<(usize, &'static [u8; 8]), ReadError>;
     /// The record at byte `pos` (ordinal `index`), offsets absolute.
     fn raw(&mut self, pos: usize, index: u64) -> Result<Raw<'_>, ReadError>;
     /// Whether the input goes on at `pos`.
@@ -23,8 +23,8 @@ pub(crate) trait Source {
 }
 
 impl Source for &[u8] {
-    fn magic(&mut self) -> Result<usize, ReadError> {
-        check_magic(self)
+    fn magic(&mut self) -> Result<(usize, &'static [u8; 8]), ReadError> {
+        Ok((check_magic(self)?, magic_of(self)))
     }
     fn raw(&mut self, pos: usize, index: u64) -> Result<Raw<'_>, ReadError> {
         parse_raw(self, pos, index)
@@ -150,9 +150,9 @@ fn shifted(e: ReadError, by: usize) -> ReadError {
 }
 
 impl<R: Read> Source for Window<R> {
-    fn magic(&mut self) -> Result<usize, ReadError> {
+    fn magic(&mut self) -> Result<(usize, &'static [u8; 8]), ReadError> {
         self.fill(0, crate::MAGIC.len());
-        check_magic(self.held())
+        Ok((check_magic(self.held())?, magic_of(self.held())))
     }
 
     fn raw(&mut self, pos: usize, index: u64) -> Result<Raw<'_>, ReadError> {

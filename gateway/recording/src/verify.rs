@@ -6,7 +6,7 @@
 
 use crate::format::{
     checkpoint_message, code, decode, encode_interrupted, read_u64, CheckpointBody, Direction,
-    EndInfo, Raw, Record, SessionMeta, MAGIC,
+    EndInfo, Raw, Record, SessionMeta,
 };
 use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer};
 use crate::stream::{Source, Window};
@@ -196,7 +196,7 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
     let header_fail = |w: &mut Walk, record: u64, offset: u64, what: String| {
         w.error = Some((VerifyError::record(record, offset, what), Fail::Header));
     };
-    let start = match src.magic() {
+    let (start, magic) = match src.magic() {
         Ok(p) => p,
         Err(e) => {
             header_fail(&mut w, 0, 0, e.what());
@@ -227,7 +227,7 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
     };
     w.records = 1;
     w.cur = State {
-        chain: sha256_parts(&[MAGIC, raw.bytes]),
+        chain: sha256_parts(&[magic, raw.bytes]),
         next_index: 1,
         offset: start + raw.bytes.len(),
         since_cp: 1,
@@ -275,7 +275,10 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
         let cur = &mut w.cur;
         match rec {
             Record::Meta(_) => w.error = fail("a second meta record".into()),
-            Record::Data { .. } | Record::End { .. } | Record::Interrupted { .. } => {
+            Record::Data { .. }
+            | Record::Event { .. }
+            | Record::End { .. }
+            | Record::Interrupted { .. } => {
                 if let Some((t, at)) = cur.terminal {
                     w.error = fail(format!(
                         "record after the {} record {at} (appended)",
@@ -284,7 +287,7 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
                     continue;
                 }
                 let t = match &rec {
-                    Record::Data { t_ns, .. } => *t_ns,
+                    Record::Data { t_ns, .. } | Record::Event { t_ns, .. } => *t_ns,
                     Record::End { t_ns, .. } => {
                         cur.terminal = Some((Terminal::End, raw.index));
                         *t_ns

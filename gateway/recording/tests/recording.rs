@@ -91,6 +91,7 @@ fn layout_meta_first_then_checkpoints_every_n() {
             Record::Checkpoint { .. } => 'C',
             Record::End { .. } => 'E',
             Record::Interrupted { .. } => 'I',
+            Record::Event { .. } => 'V',
         })
         .collect();
     assert_eq!(kinds.iter().collect::<String>(), "MCDDDDCDDDDCDDEC");
@@ -545,7 +546,7 @@ fn first_err(b: &[u8]) -> ReadError {
 fn reader_reports_typed_errors() {
     assert_eq!(first_err(b""), ReadError::BadMagic);
     assert_eq!(first_err(b"GIF89a.."), ReadError::BadMagic);
-    assert_eq!(first_err(b"WARDREC\x02"), ReadError::UnsupportedVersion(2));
+    assert_eq!(first_err(b"WARDREC\x03"), ReadError::UnsupportedVersion(3));
     assert!(matches!(first_err(b"WARD"), ReadError::Truncated { .. }));
     assert!(
         Reader::new(MAGIC).next().is_none(),

@@ -15,11 +15,18 @@ use std::io;
 use std::sync::{Arc, Mutex};
 
 use ward_ca::Clock;
-use ward_core::stage::{self, Chain, Forward, SessionContext, StageFactory, StageStop, StopKind};
+use ward_core::stage::{
+    self, Chain, Forward, Note, RecordedEvent, SessionContext, Stage, StageFactory, StageStop,
+    StopKind,
+};
 use ward_recording::Direction;
 use ward_transport::datapath::ChunkTap;
 
 use crate::recorder;
+
+/// What the session does with the events its stages report besides recording them (the gateway
+/// audits a rejected credential).
+pub type Observer = Box<dyn Fn(&RecordedEvent) + Send + Sync>;
 
 /// The stages and the recorder of one session, as the pump's [`ChunkTap`].
 pub struct Pipeline {
@@ -28,6 +35,7 @@ pub struct Pipeline {
     /// `None` only where recording is off (the benchmark harness).
     recorder: Option<recorder::Tap>,
     clock: Arc<dyn Clock>,
+    observer: Option<Observer>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -40,17 +48,19 @@ impl std::fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    /// The pipeline of a session opening now: the factory's stages for it, then `recorder`.
-    /// `None` when there is neither (nothing for the pump to call).
+    /// The pipeline of a session opening now: the factory's stages for it, then `last` (the
+    /// session's own stages: a credential injector, which no stage after it may rewrite), then
+    /// `recorder`. `None` when there is neither stage nor recorder (nothing for the pump to call).
     pub fn for_session(
         factory: Option<&dyn StageFactory>,
+        last: Vec<Box<dyn Stage>>,
         session: &SessionContext<'_>,
         recorder: Option<recorder::Tap>,
         clock: Arc<dyn Clock>,
     ) -> Option<Self> {
-        let chain = factory
-            .map(|f| Chain::new(f.stages(session)))
-            .filter(|c| !c.is_empty());
+        let mut stages = factory.map(|f| f.stages(session)).unwrap_or_default();
+        stages.extend(last);
+        let chain = Some(Chain::new(stages)).filter(|c| !c.is_empty());
         if let Some(c) = &chain {
             tracing::info!(stages = ?c.names(), "session stages");
         }
@@ -61,37 +71,100 @@ impl Pipeline {
             stages: chain.map(Mutex::new),
             recorder,
             clock,
+            observer: None,
         })
+    }
+
+    /// Call `observer` with every event a stage reports (after it is recorded).
+    pub fn observed(mut self, observer: Observer) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Run the stages on a chunk (decode, decide). The lock is held for the stages' work only,
     /// never across an await; the two directions take turns.
-    fn decide(&self, dir: Direction, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<Forward> {
+    fn decide(
+        &self,
+        dir: Direction,
+        bytes: &[u8],
+        out: &mut Vec<u8>,
+    ) -> io::Result<(Forward, Vec<Note>)> {
         let Some(stages) = &self.stages else {
-            return Ok(Forward::AsIs);
+            return Ok((Forward::AsIs, Vec::new()));
         };
         let now = self.clock.now();
         let mut chain = stages.lock().map_err(|_| poisoned(dir))?;
-        chain.process(core_dir(dir), bytes, now, out).map_err(stop)
+        let forward = chain
+            .process(core_dir(dir), bytes, now, out)
+            .map_err(stop)?;
+        Ok((forward, chain.take_notes()))
     }
 
-    async fn record(&self, dir: Direction, forwarded: &[u8]) -> io::Result<()> {
-        match &self.recorder {
-            Some(rec) if !forwarded.is_empty() => rec.record(dir, forwarded).await,
-            _ => Ok(()),
+    /// Record what is forwarded: the bytes, with each secret span left out and its event
+    /// recorded in its place, then the stages' other events.
+    async fn record(&self, dir: Direction, forwarded: &[u8], notes: Vec<Note>) -> io::Result<()> {
+        let Some(rec) = &self.recorder else {
+            self.observe(&notes);
+            return Ok(());
+        };
+        if notes.is_empty() {
+            if !forwarded.is_empty() {
+                rec.record(dir, forwarded).await?;
+            }
+            return Ok(());
+        }
+        let mut secrets: Vec<(&std::ops::Range<usize>, &RecordedEvent)> = notes
+            .iter()
+            .filter_map(|n| match n {
+                Note::Secret { range, event } => Some((range, event)),
+                Note::Event(_) => None,
+            })
+            .collect();
+        secrets.sort_by_key(|(r, _)| r.start);
+        let mut pos = 0;
+        for (range, event) in secrets {
+            // The chain checked every span lies within `forwarded`; overlapping spans are merged.
+            let start = range.start.max(pos);
+            if let Some(clear) = forwarded.get(pos..start).filter(|b| !b.is_empty()) {
+                rec.record(dir, clear).await?;
+            }
+            rec.record_event(dir, event.clone()).await?;
+            pos = pos.max(range.end);
+        }
+        if let Some(clear) = forwarded.get(pos..).filter(|b| !b.is_empty()) {
+            rec.record(dir, clear).await?;
+        }
+        for n in &notes {
+            if let Note::Event(ev) = n {
+                rec.record_event(dir, ev.clone()).await?;
+            }
+        }
+        self.observe(&notes);
+        Ok(())
+    }
+
+    fn observe(&self, notes: &[Note]) {
+        let Some(observer) = &self.observer else {
+            return;
+        };
+        for n in notes {
+            match n {
+                Note::Secret { event, .. } | Note::Event(event) => observer(event),
+            }
         }
     }
 }
 
 impl ChunkTap for Pipeline {
     async fn take(&self, dir: Direction, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<Forward> {
-        let forward = self.decide(dir, bytes, out)?;
-        // Recorded before it is forwarded (fail closed), and exactly what is forwarded.
+        let (forward, notes) = self.decide(dir, bytes, out)?;
+        // Recorded before it is forwarded (fail closed), and exactly what is forwarded (but for
+        // the secrets a stage injected, recorded as events).
         let forwarded = match forward {
             Forward::AsIs => bytes,
             Forward::Replaced => out.as_slice(),
         };
-        self.record(dir, forwarded).await?;
+        self.record(dir, forwarded, notes).await?;
         Ok(forward)
     }
 
@@ -102,7 +175,7 @@ impl ChunkTap for Pipeline {
             let mut chain = stages.lock().map_err(|_| poisoned(dir))?;
             chain.finish(core_dir(dir), now, out).map_err(stop)?;
         }
-        self.record(dir, out).await
+        self.record(dir, out, Vec::new()).await
     }
 }
 
@@ -143,7 +216,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::panic)]
     use super::*;
     use time::OffsetDateTime;
-    use ward_core::stage::{Stage, Verdict};
+    use ward_core::stage::Verdict;
     use ward_core::{Device, Principal, PrincipalKind};
 
     struct Fixed(OffsetDateTime);
@@ -218,7 +291,178 @@ mod tests {
             rule: "r",
             now: at,
         };
-        Pipeline::for_session(factory, &ctx, None, Arc::new(Fixed(at)))
+        Pipeline::for_session(factory, Vec::new(), &ctx, None, Arc::new(Fixed(at)))
+    }
+
+    /// Puts a secret between two clear bytes: `[`, the secret, `]`, and says where it is.
+    struct Injects {
+        noted: Vec<Note>,
+    }
+
+    impl Stage for Injects {
+        fn name(&self) -> &str {
+            "injects"
+        }
+        fn process(
+            &mut self,
+            _: stage::Direction,
+            input: &[u8],
+            _: OffsetDateTime,
+            out: &mut Vec<u8>,
+        ) -> Verdict {
+            out.extend_from_slice(input);
+            out.push(b'[');
+            let start = out.len();
+            out.extend_from_slice(b"hunter2-secret");
+            let event = RecordedEvent::new("credential_injected", &[("length", "14")]);
+            self.noted.push(Note::Secret {
+                range: start..out.len(),
+                event,
+            });
+            out.push(b']');
+            self.noted.push(Note::Event(RecordedEvent::new(
+                "seen",
+                &[("by", "injects")],
+            )));
+            Verdict::Replace
+        }
+        fn take_notes(&mut self, notes: &mut Vec<Note>) {
+            notes.append(&mut self.noted);
+        }
+    }
+
+    /// A stage after an injector that rewrites its output: the span would be lost.
+    struct Rewrites;
+
+    impl Stage for Rewrites {
+        fn name(&self) -> &str {
+            "rewrites"
+        }
+        fn process(
+            &mut self,
+            _: stage::Direction,
+            input: &[u8],
+            _: OffsetDateTime,
+            out: &mut Vec<u8>,
+        ) -> Verdict {
+            out.extend_from_slice(input);
+            Verdict::Replace
+        }
+    }
+
+    #[tokio::test]
+    async fn an_injected_secret_is_forwarded_but_recorded_as_an_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::recording_store::RecordingStore::local_for_writing(dir.path()).unwrap();
+        let sink: Arc<dyn recorder::Sink> = Arc::new(store.clone());
+        let (signer, _) = ward_recording::Signer::generate().unwrap();
+        let signer = Arc::new(signer);
+        let meta = ward_recording::SessionMeta {
+            session_id: "0123456789abcdef".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: None,
+            cert_serial: "01".into(),
+            source: "127.0.0.1:1".into(),
+            device: "pump-12".into(),
+            device_addr: "127.0.0.1:9".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 0,
+        };
+        let rec = recorder::SessionRecorder::start(&sink, signer.clone(), &meta)
+            .await
+            .unwrap();
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let principal = Principal {
+            kind: PrincipalKind::Vendor,
+            name: "jdoe".into(),
+            org: None,
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_after: at,
+        };
+        let d = device("pump-12");
+        let ctx = SessionContext {
+            device: &d,
+            principal: &principal,
+            rule: "r",
+            now: at,
+        };
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let seen2 = seen.clone();
+        let stages: Vec<Box<dyn Stage>> = vec![Box::new(Injects { noted: Vec::new() })];
+        let p = Pipeline::for_session(None, stages, &ctx, Some(rec.tap()), Arc::new(Fixed(at)))
+            .unwrap()
+            .observed(Box::new(move |ev| {
+                seen2.lock().unwrap().push(ev.kind.clone())
+            }));
+        let mut out = Vec::new();
+        let f = p.take(Direction::Up, b"GET", &mut out).await.unwrap();
+        assert_eq!(f, Forward::Replaced);
+        assert_eq!(out, b"GET[hunter2-secret]", "the device gets the secret");
+        drop(p);
+        rec.finish(ward_recording::EndInfo {
+            ended_unix_ms: 1,
+            reason: "completed".into(),
+            bytes_up: 19,
+            bytes_down: 0,
+        })
+        .await
+        .unwrap();
+        let bytes = std::fs::read(
+            dir.path()
+                .join(crate::recording_store::RECORDINGS_DIR)
+                .join("0123456789abcdef.wrec"),
+        )
+        .unwrap();
+        assert!(ward_recording::verify(&bytes, &signer.public_key()).ok);
+        assert!(
+            !bytes.windows(7).any(|w| w == b"hunter2"),
+            "the secret is not in the recording"
+        );
+        let recs = ward_recording::export::read_all(&bytes).unwrap();
+        let (up, _) = ward_recording::export::raw(&recs);
+        assert_eq!(up, b"GET[]");
+        let kinds: Vec<String> = recs
+            .iter()
+            .filter_map(|r| match r {
+                ward_recording::Record::Event { kind, .. } => Some(kind.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, ["credential_injected", "seen"]);
+        assert_eq!(*seen.lock().unwrap(), ["credential_injected", "seen"]);
+    }
+
+    #[tokio::test]
+    async fn a_stage_rewriting_an_injected_secret_ends_the_session() {
+        let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let principal = Principal {
+            kind: PrincipalKind::Vendor,
+            name: "jdoe".into(),
+            org: None,
+            roles: Vec::new(),
+            serial: "01".into(),
+            not_after: at,
+        };
+        let d = device("pump-12");
+        let ctx = SessionContext {
+            device: &d,
+            principal: &principal,
+            rule: "r",
+            now: at,
+        };
+        let stages: Vec<Box<dyn Stage>> =
+            vec![Box::new(Injects { noted: Vec::new() }), Box::new(Rewrites)];
+        let p = Pipeline::for_session(None, stages, &ctx, None, Arc::new(Fixed(at))).unwrap();
+        let mut out = Vec::new();
+        let e = p.take(Direction::Up, b"GET", &mut out).await.unwrap_err();
+        let stop = stage_stop(&e).unwrap();
+        assert_eq!(stop.stage, "rewrites");
+        assert!(matches!(stop.kind, StopKind::Unavailable(_)), "{stop}");
     }
 
     #[tokio::test]

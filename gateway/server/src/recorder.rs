@@ -20,6 +20,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use ward_core::stage::RecordedEvent;
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
 
 pub mod space;
@@ -51,7 +52,10 @@ impl Sink for crate::recording_store::RecordingStore {
 struct Chunk {
     dir: Direction,
     t_ns: u64,
+    /// The bytes, or (when `event` is set) nothing.
     bytes: Bytes,
+    /// An event recorded at this point instead of bytes ([`Tap::record_event`]).
+    event: Option<RecordedEvent>,
     /// Where the sink cannot reserve: told once the chunk's record is written.
     written: Option<oneshot::Sender<()>>,
 }
@@ -96,9 +100,43 @@ impl Tap {
             dir,
             t_ns,
             bytes,
+            event: None,
             written,
         };
         self.tx.send(chunk).await.map_err(|_| self.stopped())
+    }
+
+    /// Record `event` at this point of the session (hash-chained like the bytes): an injected
+    /// credential in place of its bytes, a rejected credential. Like [`Tap::record`], it fails
+    /// when the recording has failed or has no room, and the caller must then stop the session.
+    pub async fn record_event(&self, dir: Direction, event: RecordedEvent) -> io::Result<()> {
+        let t_ns = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let size = event_size(&event);
+        let written = match &self.space {
+            Some(space) => {
+                if let Err(e) = space.claim(size).await {
+                    return Err(self.no_room(size, &e));
+                }
+                None
+            }
+            None => Some(oneshot::channel()),
+        };
+        let (tx, rx) = match written {
+            Some((tx, rx)) => (Some(tx), Some(rx)),
+            None => (None, None),
+        };
+        let chunk = Chunk {
+            dir,
+            t_ns,
+            bytes: Bytes::new(),
+            event: Some(event),
+            written: tx,
+        };
+        self.tx.send(chunk).await.map_err(|_| self.stopped())?;
+        match rx {
+            Some(rx) => rx.await.map_err(|_| self.stopped()),
+            None => Ok(()),
+        }
     }
 
     /// The recorder stopped taking chunks (it reported why on `failed`).
@@ -537,9 +575,30 @@ fn encode(
     out: &mut Vec<u8>,
     written: &mut Vec<oneshot::Sender<()>>,
 ) -> u64 {
-    enc.data(c.dir, c.t_ns, &c.bytes, out);
     written.extend(c.written);
-    space::claim_for(c.bytes.len())
+    match c.event {
+        Some(ev) => {
+            let size = event_size(&ev);
+            enc.event(c.dir, c.t_ns, &ev.kind, &ev.fields, out);
+            space::claim_for(size)
+        }
+        None => {
+            enc.data(c.dir, c.t_ns, &c.bytes, out);
+            space::claim_for(c.bytes.len())
+        }
+    }
+}
+
+/// Room an event's record takes, at most (its JSON, escaped, with room to spare).
+fn event_size(ev: &RecordedEvent) -> usize {
+    let text: usize = ev
+        .fields
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum::<usize>()
+        + ev.kind.len();
+    // JSON escaping at most sextuples a byte (`\u00XX`); punctuation per field; the direction.
+    text * 6 + ev.fields.len() * 8 + 64
 }
 
 /// The last write (end record, final checkpoint) and fsync, then give back unused reserved room.

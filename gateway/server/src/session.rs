@@ -433,6 +433,7 @@ where
     };
     let tap = Pipeline::for_session(
         ctx.shared.stages.as_deref(),
+        Vec::new(),
         &stage_ctx,
         recorder.map(SessionRecorder::tap),
         ctx.shared.clock.clone(),

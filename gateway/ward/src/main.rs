@@ -33,7 +33,7 @@ struct Cli {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
     /// Export tracing spans to this OTLP/HTTP endpoint (e.g. http://127.0.0.1:4318/v1/traces).
-    #[arg(long, global = true, value_name = "URL")]
+    #[arg(long, global = true, value_name = "URL", env = "WARD_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
     /// Show times in this machine's time zone instead of UTC (`--json` output stays RFC 3339 UTC).
     #[arg(long, global = true)]

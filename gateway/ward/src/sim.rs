@@ -1,10 +1,12 @@
 //! Simulated legacy devices for `ward quickstart` and the tests: a telnet-style infusion-pump console
-//! with the factory login `admin`/`admin`, and an HTTP patient-monitor status page behind Basic auth.
-//! They are deliberately as naive as the devices Ward protects.
+//! with the factory logins `admin`/`admin` and `service`/[`SERVICE_PASSWORD`] (accounts shared by
+//! every connection, changeable with its `passwd` command), and an HTTP patient-monitor status page
+//! behind Basic auth. They are deliberately as naive as the devices Ward protects.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use base64::Engine;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -37,13 +39,49 @@ pub async fn accept_next(listener: &TcpListener) -> tokio::net::TcpStream {
     }
 }
 
-/// Start the telnet-style pump console on `addr` (port 0 picks one).
+/// The pump's accounts (user name → password), shared by every connection to one console: a
+/// password changed with `passwd` holds for the next login.
+pub type PumpAccounts = Arc<Mutex<HashMap<String, String>>>;
+
+/// The factory password of the pump's `service` account.
+pub const SERVICE_PASSWORD: &str = "acme-service";
+
+/// The shortest password the pump's `passwd` accepts.
+pub const PUMP_MIN_PASSWORD: usize = 8;
+
+/// The factory accounts: `admin`/`admin` and `service`/[`SERVICE_PASSWORD`].
+pub fn factory_accounts() -> PumpAccounts {
+    let mut m = HashMap::new();
+    m.insert("admin".to_string(), "admin".to_string());
+    m.insert("service".to_string(), SERVICE_PASSWORD.to_string());
+    Arc::new(Mutex::new(m))
+}
+
+fn password_of(accounts: &PumpAccounts, user: &str) -> Option<String> {
+    accounts
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .get(user)
+        .cloned()
+}
+
+/// Start the telnet-style pump console on `addr` (port 0 picks one), with the factory accounts.
 pub async fn telnet_console(addr: SocketAddr) -> std::io::Result<SimDevice> {
     telnet_console_on(TcpListener::bind(addr).await?)
 }
 
-/// The telnet-style pump console on a listener already bound (e.g. inside a network namespace).
+/// The telnet-style pump console on a listener already bound (e.g. inside a network namespace),
+/// with the factory accounts.
 pub fn telnet_console_on(listener: TcpListener) -> std::io::Result<SimDevice> {
+    telnet_console_with(listener, factory_accounts())
+}
+
+/// The telnet-style pump console on a listener already bound, with `accounts` (keep a clone to
+/// see or change them; `passwd` on the console changes them).
+pub fn telnet_console_with(
+    listener: TcpListener,
+    accounts: PumpAccounts,
+) -> std::io::Result<SimDevice> {
     let dev = SimDevice {
         addr: listener.local_addr()?,
         connections: Arc::new(AtomicUsize::new(0)),
@@ -53,8 +91,9 @@ pub fn telnet_console_on(listener: TcpListener) -> std::io::Result<SimDevice> {
         loop {
             let sock = accept_next(&listener).await;
             count.fetch_add(1, Ordering::Relaxed);
+            let accounts = accounts.clone();
             tokio::spawn(async move {
-                let _ = telnet_session(sock).await;
+                let _ = telnet_session(sock, accounts).await;
             });
         }
     });
@@ -84,7 +123,10 @@ fn strip_iac(line: &[u8]) -> String {
         .to_string()
 }
 
-async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
+async fn telnet_session(
+    sock: tokio::net::TcpStream,
+    accounts: PumpAccounts,
+) -> std::io::Result<()> {
     let _ = sock.set_nodelay(true);
     let (r, mut w) = sock.into_split();
     let mut r = BufReader::new(r);
@@ -99,42 +141,98 @@ async fn telnet_session(sock: tokio::net::TcpStream) -> std::io::Result<()> {
             return Ok(());
         }
         let user = strip_iac(&line);
+        // The password is not echoed (the console said WILL ECHO and echoes nothing).
         w.write_all(b"Password: ").await?;
         line.clear();
         if r.read_until(b'\n', &mut line).await? == 0 {
             return Ok(());
         }
         let pass = strip_iac(&line);
-        if user == "admin" && pass == "admin" {
-            w.write_all(b"\r\nWelcome, admin. Type 'help' for commands.\r\n")
+        if password_of(&accounts, &user).is_some_and(|p| p == pass) {
+            w.write_all(format!("\r\nWelcome, {user}. Type 'help' for commands.\r\n").as_bytes())
                 .await?;
-            loop {
-                w.write_all(b"pump> ").await?;
-                line.clear();
-                if r.read_until(b'\n', &mut line).await? == 0 {
-                    return Ok(());
-                }
-                let reply: &[u8] = match strip_iac(&line).as_str() {
-                    "help" => b"commands: status, rate, log, exit\r\n",
-                    "status" => {
-                        b"status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n"
-                    }
-                    "rate" => b"rate: 12.5 mL/h (limit 50.0)\r\n",
-                    "log" => b"2026-11-02 03:14 alarm cleared: air-in-line\r\n",
-                    "exit" | "quit" | "logout" => {
-                        w.write_all(b"bye\r\n").await?;
-                        w.shutdown().await?;
-                        return Ok(());
-                    }
-                    "" => b"",
-                    _ => b"unknown command; try 'help'\r\n",
-                };
-                w.write_all(reply).await?;
-            }
+            return pump_shell(&mut r, &mut w, &user, &accounts).await;
         }
         w.write_all(b"\r\nLogin incorrect\r\n").await?;
     }
     w.shutdown().await
+}
+
+async fn pump_shell(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    user: &str,
+    accounts: &PumpAccounts,
+) -> std::io::Result<()> {
+    let mut line = Vec::new();
+    loop {
+        w.write_all(b"pump> ").await?;
+        line.clear();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(());
+        }
+        let reply: &[u8] = match strip_iac(&line).as_str() {
+            "help" => b"commands: status, rate, log, passwd, exit\r\n",
+            "status" => b"status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n",
+            "rate" => b"rate: 12.5 mL/h (limit 50.0)\r\n",
+            "log" => b"2026-11-02 03:14 alarm cleared: air-in-line\r\n",
+            "passwd" => {
+                let Some(answer) = passwd(r, w, user, accounts).await? else {
+                    return Ok(());
+                };
+                answer
+            }
+            "exit" | "quit" | "logout" => {
+                w.write_all(b"bye\r\n").await?;
+                w.shutdown().await?;
+                return Ok(());
+            }
+            "" => b"",
+            _ => b"unknown command; try 'help'\r\n",
+        };
+        w.write_all(reply).await?;
+    }
+}
+
+/// The pump's `passwd`: old password, new password twice. Refuses a wrong old password, a
+/// mismatch, and a new password shorter than [`PUMP_MIN_PASSWORD`] or equal to the old one.
+/// `None`: the connection closed.
+async fn passwd(
+    r: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
+    w: &mut tokio::net::tcp::OwnedWriteHalf,
+    user: &str,
+    accounts: &PumpAccounts,
+) -> std::io::Result<Option<&'static [u8]>> {
+    let mut answers = Vec::new();
+    for prompt in [
+        &b"Old password: "[..],
+        b"\r\nNew password: ",
+        b"\r\nRetype new password: ",
+    ] {
+        w.write_all(prompt).await?;
+        let mut line = Vec::new();
+        if r.read_until(b'\n', &mut line).await? == 0 {
+            return Ok(None);
+        }
+        answers.push(strip_iac(&line));
+    }
+    w.write_all(b"\r\n").await?;
+    let [old, new, again] = answers.as_slice() else {
+        return Ok(Some(b"passwd: internal error\r\n"));
+    };
+    let mut map = accounts.lock().unwrap_or_else(PoisonError::into_inner);
+    let current = map.get(user).cloned().unwrap_or_default();
+    let answer: &'static [u8] = if *old != current {
+        b"passwd: Authentication failure (old password incorrect); password unchanged\r\n"
+    } else if new != again {
+        b"passwd: password mismatch; password unchanged\r\n"
+    } else if new.len() < PUMP_MIN_PASSWORD || *new == current {
+        b"passwd: password change denied: the new password must be 8 characters or more and differ from the old one\r\n"
+    } else {
+        map.insert(user.to_string(), new.clone());
+        b"passwd: password changed\r\n"
+    };
+    Ok(Some(answer))
 }
 
 /// Start the HTTP status console (Basic auth `admin`/`admin`) on `addr`.
@@ -282,5 +380,49 @@ mod tests {
         let text = String::from_utf8_lossy(&out);
         assert!(text.contains("status: RUNNING"), "{text}");
         assert!(text.ends_with("bye\r\n"));
+    }
+
+    async fn dialogue(addr: SocketAddr, input: &[u8]) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(input).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn passwd_changes_the_shared_account() {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let accounts = factory_accounts();
+        let dev = telnet_console_with(l, accounts.clone()).unwrap();
+        // Refused: too short; wrong old; mismatch.
+        let t = dialogue(
+            dev.addr,
+            b"service\r\nacme-service\r\npasswd\r\nacme-service\r\nshort\r\nshort\r\npasswd\r\nnope\r\nLongEnough1\r\nLongEnough1\r\npasswd\r\nacme-service\r\nLongEnough1\r\nLongEnough2\r\nexit\r\n",
+        )
+        .await;
+        assert!(t.contains("password change denied"), "{t}");
+        assert!(t.contains("Authentication failure"), "{t}");
+        assert!(t.contains("password mismatch"), "{t}");
+        assert!(!t.contains("password changed"), "{t}");
+        assert_eq!(password_of(&accounts, "service").unwrap(), SERVICE_PASSWORD);
+        // Changed, then the new one works on a new connection and the old one does not.
+        let t = dialogue(
+            dev.addr,
+            b"service\r\nacme-service\r\npasswd\r\nacme-service\r\nLongEnough1\r\nLongEnough1\r\nexit\r\n",
+        )
+        .await;
+        assert!(t.contains("Old password: "), "{t}");
+        assert!(t.contains("Retype new password: "), "{t}");
+        assert!(t.contains("passwd: password changed\r\npump> "), "{t}");
+        assert!(
+            !t.contains("LongEnough1"),
+            "the pump echoed a password: {t}"
+        );
+        let t = dialogue(dev.addr, b"service\r\nLongEnough1\r\nexit\r\n").await;
+        assert!(t.contains("pump> "), "{t}");
+        let t = dialogue(dev.addr, b"service\r\nacme-service\r\nx\r\nx\r\nx\r\nx\r\n").await;
+        assert!(t.contains("Login incorrect"), "{t}");
+        assert!(!t.contains("pump> "), "{t}");
     }
 }

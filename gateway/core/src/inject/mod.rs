@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use crate::secret::Secret;
 
+pub mod telnet;
+
 /// A vaulted device credential, decrypted for one session (or one rotation).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -92,8 +94,10 @@ impl RotateProcedure {
                     expect: s(&["new password:"]),
                     send: SendWhat::New,
                 },
+                // Patterns match at the end of the output: "Retype new password:", BusyBox's
+                // "Retype password:" and "New password (again):" all end in one of these.
                 RotateStep {
-                    expect: s(&["new password:", "retype", "again:"]),
+                    expect: s(&["password:", "again:", "again):"]),
                     send: SendWhat::New,
                 },
             ],
