@@ -257,7 +257,8 @@ pub struct Options {
     /// Each session's stages (protocol decoders, credential injectors), by device: consulted once
     /// per session at open ([`crate::pipeline`]). `None`: no device has stages.
     pub stages: Option<Arc<dyn StageFactory>>,
-    /// The device driver that rotates vaulted passwords (`ward vault rotate`); `None`: refused.
+    /// The device driver that rotates vaulted passwords (`ward vault rotate`); `None`: the
+    /// telnet driver ([`crate::services::vault::TelnetRotator`]).
     pub rotator: Option<Arc<dyn crate::services::vault::DeviceRotator>>,
 }
 
@@ -325,12 +326,13 @@ impl Gateway {
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         let jit =
             crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), issuing_ca(g), clock.now())?;
-        // TODO(lead): `&config.vault` once `Config::vault` lands.
         let vault = crate::services::vault::open_vault(
-            &ward_core::inject::VaultConfig::default(),
+            &config.inject.vault,
             &g.state_dir,
             crate::store_async::OffThread::new(db.clone()),
-            options.rotator.clone(),
+            options.rotator.clone().unwrap_or_else(|| {
+                Arc::new(crate::services::vault::TelnetRotator::new(clock.clone()))
+            }),
         )?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;

@@ -70,8 +70,7 @@ impl VaultTarget {
             let config = ward_server::gateway::load_config(path)?;
             return Ok(Host {
                 state_dir: config.gateway.state_dir.clone(),
-                // TODO(lead): `config.vault.clone()` once `Config::vault` lands.
-                vault: VaultConfig::default(),
+                vault: config.inject.vault.clone(),
                 devices: Some(config.devices.iter().map(|d| d.id.to_string()).collect()),
             });
         }

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use ward_ca::Clock;
 use ward_core::inject::{Credential, LoginProfile, VaultConfig};
 use ward_core::secret::Secret;
 use ward_core::Device;
@@ -44,11 +45,68 @@ pub trait DeviceRotator: Send + Sync {
     ) -> Result<(), String>;
 }
 
-/// The login profile a device is rotated with.
-// TODO(lead): `device.login.clone().unwrap_or_else(LoginProfile::generic_telnet)` once
-// `Device::login` lands on main.
-fn login_profile(_device: &Device) -> LoginProfile {
-    LoginProfile::generic_telnet()
+/// The gateway's [`DeviceRotator`] for telnet consoles: [`crate::device_login`]'s `rotate` and
+/// `login_check` on the device's address.
+pub struct TelnetRotator {
+    clock: Arc<dyn Clock>,
+}
+
+impl TelnetRotator {
+    /// A driver reading times from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { clock }
+    }
+}
+
+/// The device's socket address (resolved once), for the drivers that dial by address.
+async fn socket_addr(device: &Device) -> Result<std::net::SocketAddr, String> {
+    if device.netns.is_some() {
+        return Err(format!(
+            "device {} is reached through network namespace {}; rotation dials from the gateway's own namespace and does not support that yet",
+            device.id,
+            device.netns.as_deref().unwrap_or_default()
+        ));
+    }
+    let addr = device.address.to_string();
+    let first = tokio::net::lookup_host(addr.as_str())
+        .await
+        .map_err(|e| format!("device {} address {addr}: {e}", device.id))?
+        .next();
+    first.ok_or_else(|| format!("device {} address {addr} resolves to nothing", device.id))
+}
+
+#[async_trait]
+impl DeviceRotator for TelnetRotator {
+    async fn rotate(
+        &self,
+        device: &Device,
+        old: &Credential,
+        new: &Secret<String>,
+        profile: &LoginProfile,
+    ) -> Result<(), String> {
+        let addr = socket_addr(device).await?;
+        crate::device_login::rotate(addr, device.id.as_str(), old, new, profile, &*self.clock)
+            .await
+            .map_err(|f| f.reason)
+    }
+
+    async fn login_check(
+        &self,
+        device: &Device,
+        credential: &Credential,
+        profile: &LoginProfile,
+    ) -> Result<(), String> {
+        let addr = socket_addr(device).await?;
+        crate::device_login::login_check(
+            addr,
+            device.id.as_str(),
+            credential,
+            profile,
+            &*self.clock,
+        )
+        .await
+        .map_err(|f| f.reason)
+    }
 }
 
 /// The vault key as the gateway holds it: loaded at start when it exists, created by the first
@@ -107,7 +165,7 @@ pub struct Vault {
     pub keys: VaultKeys,
     /// The table.
     pub store: Arc<dyn AsyncVaultStore>,
-    /// The driver for `rotate`; `None`: rotation is refused.
+    /// The driver for `rotate`.
     pub rotator: Option<Arc<dyn DeviceRotator>>,
 }
 
@@ -406,7 +464,13 @@ impl VaultService {
                 ward_core::escape(device_id)
             )));
         };
-        let profile = login_profile(&device);
+        if device.protocol != ward_core::Protocol::Telnet {
+            return Err(Refusal::Invalid(format!(
+                "device {} speaks {}: rotation changes a password through a telnet console",
+                device.id, device.protocol
+            )));
+        }
+        let profile = config.inject.login_for(device_id);
         if profile.rotate.is_none() {
             return Err(Refusal::Invalid(format!(
                 "device {}'s login profile {} has no rotate procedure: add `rotate = {{ command = \"passwd\", steps = [...] }}` to its [[login_profile]]",
@@ -579,7 +643,7 @@ pub fn open_vault(
     config: &VaultConfig,
     state_dir: &Path,
     store: Arc<dyn AsyncVaultStore>,
-    rotator: Option<Arc<dyn DeviceRotator>>,
+    rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let keys = VaultKeys::open(config, state_dir)?;
     if let Some(fp) = keys.fingerprint() {
@@ -588,7 +652,7 @@ pub fn open_vault(
     Ok(Arc::new(Vault {
         keys,
         store,
-        rotator,
+        rotator: Some(rotator),
     }))
 }
 
