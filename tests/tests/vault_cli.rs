@@ -218,3 +218,90 @@ fn base64_is_standard() {
     assert_eq!(base64(b"ab"), "YWI=");
     assert_eq!(base64(b"abc"), "YWJj");
 }
+
+/// Issue 14 item 6 through the CLI: `ward vault rotate` against the simulated pump behind a real
+/// gateway. The pump ends with a new password that appears nowhere (outputs, audit log, gateway
+/// log, ward.db) and that the vault holds; the factory one no longer works.
+#[test]
+fn rotate_replaces_the_pumps_password_with_one_nobody_sees() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let accounts = ward::sim::factory_accounts();
+    let pump = rt.block_on(async {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        ward::sim::telnet_console_with(l, accounts.clone()).unwrap()
+    });
+    let pki = Arc::new(Pki::new());
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        pump.addr,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
+    let gw = ChildGateway::start_env(
+        pki.clone(),
+        &devices,
+        "",
+        "",
+        None,
+        &[("RUST_LOG", "trace")],
+    );
+    let admin = pki.person(Kind::Admin, "alice", None, &[]);
+    let root = pki.root();
+    let as_admin = |args: &[&str], input: Input| -> Finished {
+        let mut all = args.to_vec();
+        let id = admin.display().to_string();
+        let ca = root.display().to_string();
+        all.extend(["--gateway", &gw.addr, "--identity", &id, "--ca", &ca]);
+        run_with(&mut ward(&all), input, COMMAND_TIMEOUT)
+    };
+    let factory = ward::sim::SERVICE_PASSWORD;
+    let mut outputs = Vec::new();
+    let out = as_admin(
+        &["vault", "set", "pump-12", "service", "--stdin"],
+        Input::Bytes(format!("{factory}\n").into_bytes()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    outputs.push(out);
+    let out = as_admin(&["vault", "rotate", "pump-12", "service"], Input::Null);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains("rotated pump-12/service"), "{out:?}");
+    outputs.push(out);
+    let new = accounts.lock().unwrap().get("service").cloned().unwrap();
+    assert_ne!(new, factory, "the pump's password did not change");
+    assert_eq!(new.len(), 24);
+    let out = as_admin(&["vault", "list", "--json"], Input::Null);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_str(out.stdout.trim()).unwrap();
+    assert!(v["last_rotated_unix"].is_i64(), "{v}");
+    assert_eq!(v["pending"], false);
+    outputs.push(out);
+    // A second rotation starts from the vaulted (random) one: the vault holds what the pump has.
+    let out = as_admin(&["vault", "rotate", "pump-12", "service"], Input::Null);
+    assert!(out.status.success(), "{out:?}");
+    outputs.push(out);
+    let newer = accounts.lock().unwrap().get("service").cloned().unwrap();
+    assert_ne!(newer, new);
+
+    let events = gw.audit_events();
+    let rotations: Vec<&str> = events
+        .iter()
+        .filter(|e| e["event"] == "vault_rotate")
+        .map(|e| e["outcome"].as_str().unwrap())
+        .collect();
+    assert_eq!(rotations, ["success", "success"]);
+    let audit = std::fs::read(gw.state_dir.join("audit.log")).unwrap();
+    let log = gw.proc.stderr();
+    for secret in [factory, new.as_str(), newer.as_str()] {
+        let hit = |hay: &[u8]| hay.windows(secret.len()).any(|w| w == secret.as_bytes());
+        for out in &outputs {
+            assert!(!hit(out.stdout.as_bytes()) && !hit(out.stderr.as_bytes()));
+        }
+        assert!(!hit(&audit), "a password is in the audit log");
+        assert!(!hit(log.as_bytes()), "a password is in the gateway's log");
+        for f in ["ward.db", "ward.db-wal"] {
+            if let Ok(bytes) = std::fs::read(gw.state_dir.join(f)) {
+                assert!(!hit(&bytes), "a password is in {f}");
+            }
+        }
+    }
+}
