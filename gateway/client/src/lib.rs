@@ -792,6 +792,50 @@ impl Client {
     }
 }
 
+impl Client {
+    /// A credential-vault operation (admins): `Entry` after a set or rotation, `Message` after a
+    /// removal, `Lines` (JSON lines of `VaultEntryInfo`) for the listing.
+    pub async fn vault(&self, op: ward_core::frame::VaultOp) -> anyhow::Result<VaultAnswer> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Vault(op)).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let out = match answer {
+            Response::Stream { .. } => {
+                VaultAnswer::Lines(datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?)
+            }
+            Response::Vault(reply) => match *reply {
+                ward_core::frame::VaultReply::Entry { entry, message } => {
+                    VaultAnswer::Entry { entry, message }
+                }
+            },
+            Response::Ok { message } => VaultAnswer::Message(message),
+            Response::Denied { reason } => bail!("refused: {reason}"),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(out)
+    }
+}
+
+/// The answer to [`Client::vault`].
+#[derive(Debug)]
+pub enum VaultAnswer {
+    /// An entry after a change, and what was done.
+    Entry {
+        /// The entry.
+        entry: ward_core::frame::VaultEntryInfo,
+        /// What was done.
+        message: String,
+    },
+    /// A message.
+    Message(String),
+    /// JSON lines.
+    Lines(Vec<u8>),
+}
+
 /// The answer to [`Client::access`].
 #[derive(Debug)]
 pub enum AccessAnswer {

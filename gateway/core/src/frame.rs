@@ -104,6 +104,8 @@ pub enum Request {
     Login(Login),
     /// Access requests, approvals, grants and users (answered with `Access`, `Stream` or `Ok`).
     Access(AccessOp),
+    /// Credential-vault operations (admins; answered with `Vault`, `Stream` or `Ok`).
+    Vault(VaultOp),
 }
 
 /// A login: the user's password and TOTP code, and a CSR for the key made on the client.
@@ -250,6 +252,97 @@ pub enum AccessReply {
         /// `otpauth://` URI, when the user has TOTP.
         totp_uri: Option<String>,
     },
+}
+
+/// Credential-vault operations (admin identities only; audited, never with the value), carried by
+/// [`Request::Vault`]. The one value that travels is `Set`'s, gateway-bound inside TLS; its
+/// `Debug` is redacted.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultOp {
+    /// Create or replace the credential for a device's account. Answered with `Vault(Entry)`.
+    Set {
+        /// Device id.
+        device: String,
+        /// The account (role on the device: `service`, `nurse`).
+        account: String,
+        /// The user name the device knows; absent: the entry's current one, else the account.
+        #[serde(default)]
+        username: Option<String>,
+        /// The password.
+        #[serde(with = "secret_text")]
+        secret: crate::secret::Secret<String>,
+    },
+    /// Every entry (names, ages, key fingerprints; never values); streams JSON lines of
+    /// [`VaultEntryInfo`].
+    List,
+    /// Remove an entry. Answered with `Ok`.
+    Remove {
+        /// Device id.
+        device: String,
+        /// The account.
+        account: String,
+    },
+    /// Replace the device's password with a random one, through its console. Answered with
+    /// `Vault(Entry)`.
+    Rotate {
+        /// Device id.
+        device: String,
+        /// The account.
+        account: String,
+    },
+}
+
+/// Single-object answers to [`VaultOp`]s, carried by [`Response::Vault`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultReply {
+    /// An entry after a change, and what was done.
+    Entry {
+        /// The entry.
+        entry: VaultEntryInfo,
+        /// What was done, for people.
+        message: String,
+    },
+}
+
+/// A vault entry as listed (never a value). Times are Unix seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultEntryInfo {
+    /// Device id.
+    pub device: String,
+    /// The account.
+    pub account: String,
+    /// The user name the device knows.
+    pub username: String,
+    /// Fingerprint of the vault key the value is sealed under.
+    pub key_fingerprint: String,
+    /// When first set.
+    pub created_unix: i64,
+    /// When the value last changed.
+    pub updated_unix: i64,
+    /// When a session last used it.
+    pub last_used_unix: Option<i64>,
+    /// When a rotation last committed.
+    pub last_rotated_unix: Option<i64>,
+    /// A rotation stored a new value no login has confirmed yet (the previous one is kept).
+    pub pending: bool,
+}
+
+/// A [`Secret`](crate::secret::Secret) string on the wire: a plain JSON string.
+mod secret_text {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::secret::Secret;
+
+    pub fn serialize<S: Serializer>(v: &Secret<String>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.expose())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Secret<String>, D::Error> {
+        String::deserialize(d).map(Secret::new)
+    }
 }
 
 /// Security-team review operations, carried by [`Request::Review`]. Answers that can be large
@@ -443,6 +536,8 @@ pub enum Response {
     },
     /// Answer to an [`AccessOp`] that returns one object.
     Access(Box<AccessReply>),
+    /// Answer to a [`VaultOp`] that returns one object.
+    Vault(Box<VaultReply>),
 }
 
 /// Any frame.
@@ -484,10 +579,14 @@ pub mod frame_type {
     pub const LOGIN: u8 = 0x07;
     /// `Access`.
     pub const ACCESS: u8 = 0x08;
+    /// `Vault`.
+    pub const VAULT: u8 = 0x09;
     /// `Issued`.
     pub const ISSUED: u8 = 0x89;
     /// `Access` (response).
     pub const ACCESS_REPLY: u8 = 0x8a;
+    /// `Vault` (response).
+    pub const VAULT_REPLY: u8 = 0x8b;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -613,6 +712,8 @@ fn type_name(t: u8) -> Option<&'static str> {
         ACCESS => "Access",
         ISSUED => "Issued",
         ACCESS_REPLY => "AccessReply",
+        VAULT => "Vault",
+        VAULT_REPLY => "VaultReply",
         STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
@@ -639,6 +740,7 @@ impl Frame {
                 Request::Review(_) => REVIEW,
                 Request::Login(_) => LOGIN,
                 Request::Access(_) => ACCESS,
+                Request::Vault(_) => VAULT,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -651,6 +753,7 @@ impl Frame {
                 Response::Stream { .. } => STREAM,
                 Response::Issued { .. } => ISSUED,
                 Response::Access(_) => ACCESS_REPLY,
+                Response::Vault(_) => VAULT_REPLY,
             },
         }
     }
@@ -687,6 +790,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::Review(review) => to_json(&review),
             Request::Login(login) => to_json(&login),
             Request::Access(op) => to_json(&op),
+            Request::Vault(op) => to_json(&op),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -720,6 +824,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
                 grant,
             }),
             Response::Access(reply) => to_json(&reply),
+            Response::Vault(reply) => to_json(&reply),
         },
     }?;
     let len = u32::try_from(payload.len())
@@ -859,6 +964,8 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         LOGIN => Request::Login(from_json(name, text)?).into(),
         ACCESS => Request::Access(from_json(name, text)?).into(),
         ACCESS_REPLY => Response::Access(Box::new(from_json(name, text)?)).into(),
+        VAULT => Request::Vault(from_json(name, text)?).into(),
+        VAULT_REPLY => Response::Vault(Box::new(from_json(name, text)?)).into(),
         ISSUED => {
             let w: IssuedWire = from_json(name, text)?;
             Response::Issued {
@@ -1265,6 +1372,56 @@ mod access_frame_tests {
                 id: "req-1".into(),
                 comment: None
             })
+        );
+    }
+
+    #[test]
+    fn vault_frames_round_trip_and_hide_the_value() {
+        let set = Request::Vault(VaultOp::Set {
+            device: "pump-12".into(),
+            account: "service".into(),
+            username: None,
+            secret: crate::secret::Secret::new("Factory-Needle-1".into()),
+        });
+        let entry = VaultEntryInfo {
+            device: "pump-12".into(),
+            account: "service".into(),
+            username: "admin".into(),
+            key_fingerprint: "00112233aabbccdd".into(),
+            created_unix: 1,
+            updated_unix: 2,
+            last_used_unix: None,
+            last_rotated_unix: Some(3),
+            pending: false,
+        };
+        let frames: Vec<Frame> = vec![
+            set.clone().into(),
+            Request::Vault(VaultOp::List).into(),
+            Request::Vault(VaultOp::Rotate {
+                device: "pump-12".into(),
+                account: "service".into(),
+            })
+            .into(),
+            Response::Vault(Box::new(VaultReply::Entry {
+                entry,
+                message: "set".into(),
+            }))
+            .into(),
+        ];
+        for f in frames {
+            let bytes = encode(&f).unwrap();
+            let (back, used) = decode(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(back, f);
+        }
+        let d = format!("{set:?}");
+        assert!(!d.contains("Factory-Needle-1"), "{d}");
+        // The wire form, as documented: the value as a JSON string.
+        let bytes = encode_request(&set).unwrap();
+        assert_eq!(bytes[0], frame_type::VAULT);
+        assert_eq!(
+            std::str::from_utf8(&bytes[HEADER_LEN..]).unwrap(),
+            r#"{"op":"set","device":"pump-12","account":"service","username":null,"secret":"Factory-Needle-1"}"#
         );
     }
 

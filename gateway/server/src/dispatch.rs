@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use ward_core::frame::{
-    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response,
+    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response, VaultEntryInfo,
+    VaultOp, VaultReply,
 };
 use ward_core::policy::Lock;
 use ward_core::Principal;
@@ -23,6 +24,7 @@ use crate::services::devices::DeviceService;
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
 use crate::services::users::{NewUser, UserService};
+use crate::services::vault::VaultService;
 use crate::services::{Audit, Caller, Context, LiveState, Refusal};
 use crate::users::User;
 
@@ -62,6 +64,8 @@ pub struct Services {
     pub locks: LockService,
     /// The device listing.
     pub devices: DeviceService,
+    /// The credential vault.
+    pub vault: VaultService,
 }
 
 impl Services {
@@ -79,6 +83,7 @@ impl Services {
             users: UserService::new(ctx.clone(), stores.users.clone()),
             login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
+            vault: VaultService::new(ctx.clone(), shared.vault.clone()),
             devices: DeviceService::new(ctx),
         }
     }
@@ -156,9 +161,11 @@ pub(crate) async fn request(
             let answer = unlock(&services, caller, target).await;
             gated(shared, answer).await
         }
-        Request::Open { .. } | Request::Access(_) | Request::Review(_) | Request::Login(_) => {
-            error_frame(ErrorCode::Internal, "request not handled here")
-        }
+        Request::Open { .. }
+        | Request::Access(_)
+        | Request::Vault(_)
+        | Request::Review(_)
+        | Request::Login(_) => error_frame(ErrorCode::Internal, "request not handled here"),
     }
 }
 
@@ -334,6 +341,89 @@ async fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer
         AccessOp::UserList => listing(s.users.list(caller).await, "users", |users| {
             users.iter().map(user_line).collect()
         }),
+    }
+}
+
+/// Answers a [`VaultOp`]; the listing is streamed as JSON lines of [`VaultEntryInfo`].
+pub(crate) async fn vault_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: VaultOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    match vault_answer(&services, caller, op).await {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
+    }
+}
+
+async fn vault_answer(s: &Services, caller: Caller<'_>, op: VaultOp) -> Answer {
+    let entry = |entry: VaultEntryInfo, message: String| {
+        Response::Vault(Box::new(VaultReply::Entry { entry, message }))
+    };
+    match op {
+        VaultOp::Set {
+            device,
+            account,
+            username,
+            secret,
+        } => {
+            let req = crate::services::vault::SetRequest {
+                device,
+                account,
+                username,
+                secret,
+            };
+            Answer::Frame(answer(s.vault.set(caller, req).await, |e| {
+                let message = format!(
+                    "vaulted {}/{} (user {}, key {}); sessions that inject it use it from now on",
+                    ward_core::escape(&e.device),
+                    ward_core::escape(&e.account),
+                    ward_core::escape(&e.username),
+                    e.key_fingerprint
+                );
+                entry(vault_entry_info(&e), message)
+            }))
+        }
+        VaultOp::List => listing(s.vault.list(caller).await, "vault", |v| {
+            v.iter().map(vault_entry_info).collect()
+        }),
+        VaultOp::Remove { device, account } => Answer::Frame(answer(
+            s.vault.remove(caller, &device, &account).await,
+            |()| Response::Ok {
+                message: format!(
+                    "removed the vaulted credential for {}/{}",
+                    ward_core::escape(&device),
+                    ward_core::escape(&account)
+                ),
+            },
+        )),
+        VaultOp::Rotate { device, account } => Answer::Frame(answer(
+            s.vault.rotate(caller, &device, &account).await,
+            |r| match r.entry {
+                Some(e) => entry(vault_entry_info(&e), r.message),
+                None => Response::Ok { message: r.message },
+            },
+        )),
+    }
+}
+
+/// A vault entry as listed and answered (never a value).
+pub fn vault_entry_info(e: &ward_store::vault::VaultEntry) -> VaultEntryInfo {
+    VaultEntryInfo {
+        device: e.device.clone(),
+        account: e.account.clone(),
+        username: e.username.clone(),
+        key_fingerprint: e.key_fingerprint.clone(),
+        created_unix: e.created_unix,
+        updated_unix: e.updated_unix,
+        last_used_unix: e.last_used_unix,
+        last_rotated_unix: e.last_rotated_unix,
+        pending: e.pending,
     }
 }
 

@@ -64,6 +64,8 @@ pub struct Shared {
     review: crate::services::review::ReviewService,
     /// Where sessions get their stages ([`crate::pipeline`]); `None`: no device has any.
     pub(crate) stages: Option<Arc<dyn StageFactory>>,
+    /// The credential vault: its key, its table, the rotation driver ([`crate::services::vault`]).
+    pub(crate) vault: Arc<crate::services::vault::Vault>,
 }
 
 impl Shared {
@@ -255,6 +257,9 @@ pub struct Options {
     /// Each session's stages (protocol decoders, credential injectors), by device: consulted once
     /// per session at open ([`crate::pipeline`]). `None`: no device has stages.
     pub stages: Option<Arc<dyn StageFactory>>,
+    /// The device driver that rotates vaulted passwords (`ward vault rotate`); `None`: the
+    /// telnet driver ([`crate::services::vault::TelnetRotator`]).
+    pub rotator: Option<Arc<dyn crate::services::vault::DeviceRotator>>,
 }
 
 impl std::fmt::Debug for Options {
@@ -262,6 +267,7 @@ impl std::fmt::Debug for Options {
         f.debug_struct("Options")
             .field("no_recording", &self.no_recording)
             .field("stages", &self.stages.is_some())
+            .field("rotator", &self.rotator.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -320,6 +326,14 @@ impl Gateway {
         let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
         let jit =
             crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), issuing_ca(g), clock.now())?;
+        let vault = crate::services::vault::open_vault(
+            &config.inject.vault,
+            &g.state_dir,
+            crate::store_async::OffThread::new(db.clone()),
+            options.rotator.clone().unwrap_or_else(|| {
+                Arc::new(crate::services::vault::TelnetRotator::new(clock.clone()))
+            }),
+        )?;
         let signer = load_or_create_signer(&g.state_dir)?;
         let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
@@ -391,6 +405,7 @@ impl Gateway {
             review,
             recordings,
             stages: options.stages.clone(),
+            vault,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1050,6 +1065,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Vault(op) => {
+            dispatch::vault_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::Lock { .. }
         | Request::Unlock { .. }
@@ -1133,6 +1153,7 @@ fn audited(request: &Request) -> bool {
     match request {
         Request::Login(_)
         | Request::Access(_)
+        | Request::Vault(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::Review(_) => true,

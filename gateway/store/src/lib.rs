@@ -1,6 +1,7 @@
 //! Ward's persistent state behind one trait per aggregate: locks ([`store::Store`]), users
-//! ([`users::UserStore`]), access requests, approvals and grants ([`access_store`]) and the session
-//! index ([`session_index::SessionIndex`]), with the embedded SQLite implementation
+//! ([`users::UserStore`]), access requests, approvals and grants ([`access_store`]), the session
+//! index ([`session_index::SessionIndex`]) and the credential vault ([`vault::VaultStore`]), with
+//! the embedded SQLite implementation
 //! ([`store::SqliteStore`], `<state_dir>/ward.db`). A shared PostgreSQL for a hospital group goes
 //! in behind the same traits. See docs/architecture.md.
 #![forbid(unsafe_code)]
@@ -12,3 +13,4 @@ pub mod session_index;
 pub mod store;
 pub mod store_async;
 pub mod users;
+pub mod vault;

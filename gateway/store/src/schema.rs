@@ -14,6 +14,7 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     access(conn)?;
     users(conn)?;
     sessions(conn)?;
+    vault(conn)?;
     Ok(())
 }
 
@@ -113,6 +114,31 @@ fn sessions(conn: &rusqlite::Connection) -> Result<(), StoreError> {
              file_mtime_ns INTEGER
          );
          CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
+    )?;
+    Ok(())
+}
+
+/// The credential vault (`VaultStore`): one encrypted value per device and account, the key
+/// fingerprint it is sealed under, and during a rotation the previous value and `pending`.
+fn vault(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS vault (
+             device TEXT NOT NULL,
+             account TEXT NOT NULL,
+             username TEXT NOT NULL,
+             ciphertext BLOB NOT NULL,
+             nonce BLOB NOT NULL,
+             key_fp TEXT NOT NULL,
+             created_unix INTEGER NOT NULL,
+             updated_unix INTEGER NOT NULL,
+             last_used_unix INTEGER,
+             last_rotated_unix INTEGER,
+             prev_ciphertext BLOB,
+             prev_nonce BLOB,
+             prev_key_fp TEXT,
+             pending INTEGER NOT NULL DEFAULT 0,
+             PRIMARY KEY (device, account)
+         );",
     )?;
     Ok(())
 }

@@ -5,6 +5,7 @@ mod access_cmd;
 mod ca_cmd;
 mod review_cmd;
 mod show;
+mod vault_cmd;
 mod whoami;
 
 use std::net::SocketAddr;
@@ -88,6 +89,10 @@ enum Command {
     /// Manage users who log in with `ward login` (admins).
     #[command(subcommand)]
     User(access_cmd::UserCommand),
+    /// Device credentials the gateway logs in with, so nobody types them (admins): set, list,
+    /// remove, rotate, rekey. Passwords are never arguments and never printed.
+    #[command(subcommand)]
+    Vault(vault_cmd::VaultCommand),
 }
 
 #[derive(Debug, Args)]
@@ -349,6 +354,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Grants(args) => client_runtime()?.block_on(access_cmd::grants(args)),
         Command::Revoke(args) => client_runtime()?.block_on(access_cmd::revoke(args)),
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
+        Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
     }
 }
 

@@ -1,5 +1,5 @@
-//! The gateway's services: access requests and grants, login, users, locks, the device listing
-//! and review of recordings, with domain values in and out.
+//! The gateway's services: access requests and grants, login, users, locks, the device listing,
+//! review of recordings and the credential vault, with domain values in and out.
 //!
 //! Each service takes who is asking (a [`Caller`]: the authenticated certificate identity, its
 //! policy [`Principal`] and address; login takes the address alone) and a typed request, and
@@ -35,6 +35,7 @@ pub mod login;
 pub mod principal;
 pub mod review;
 pub mod users;
+pub mod vault;
 
 pub use principal::principal_of;
 

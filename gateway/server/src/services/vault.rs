@@ -1,0 +1,1058 @@
+//! The credential vault (admins only): set, list, remove and rotate device credentials, and the
+//! session path's [`credential`]. Values never appear in an answer, a refusal, an audit event or
+//! a log line: events name the device, the account, the user name and the key's fingerprint.
+//!
+//! Rotation ([`VaultService::rotate`]) stores the new random password before the device is
+//! changed (pending, with the previous one kept), has the device driver (a [`DeviceRotator`])
+//! change it through the device's console, confirms a login with the new one, and only then drops
+//! the previous one. When anything fails it finds out which password the device accepts and
+//! keeps that one current, and says so.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use ward_ca::Clock;
+use ward_core::inject::{Credential, LoginProfile, VaultConfig};
+use ward_core::secret::Secret;
+use ward_core::Device;
+
+use super::{Caller, Context, Refusal, Role};
+use crate::audit::Event;
+use crate::gateway::Shared;
+use crate::store_async::AsyncVaultStore;
+use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError};
+
+/// Changes a device's password through its console, and checks a login. The gateway's telnet
+/// driver implements it (`device_login`); tests use a fake. Error texts are shown to admins and
+/// audited: they must never contain a password.
+#[async_trait]
+pub trait DeviceRotator: Send + Sync {
+    /// Log in as `old` and change the password to `new` with `profile`'s rotate procedure.
+    async fn rotate(
+        &self,
+        device: &Device,
+        old: &Credential,
+        new: &Secret<String>,
+        profile: &LoginProfile,
+    ) -> Result<(), String>;
+    /// Log in with `credential` and log out again: whether the device accepts it.
+    async fn login_check(
+        &self,
+        device: &Device,
+        credential: &Credential,
+        profile: &LoginProfile,
+    ) -> Result<(), String>;
+}
+
+/// The gateway's [`DeviceRotator`] for telnet consoles: [`crate::device_login`]'s `rotate` and
+/// `login_check` on the device's address.
+pub struct TelnetRotator {
+    clock: Arc<dyn Clock>,
+}
+
+impl TelnetRotator {
+    /// A driver reading times from `clock`.
+    pub fn new(clock: Arc<dyn Clock>) -> Self {
+        Self { clock }
+    }
+}
+
+/// The device's socket address (resolved once), for the drivers that dial by address.
+async fn socket_addr(device: &Device) -> Result<std::net::SocketAddr, String> {
+    if device.netns.is_some() {
+        return Err(format!(
+            "device {} is reached through network namespace {}; rotation dials from the gateway's own namespace and does not support that yet",
+            device.id,
+            device.netns.as_deref().unwrap_or_default()
+        ));
+    }
+    let addr = device.address.to_string();
+    let first = tokio::net::lookup_host(addr.as_str())
+        .await
+        .map_err(|e| format!("device {} address {addr}: {e}", device.id))?
+        .next();
+    first.ok_or_else(|| format!("device {} address {addr} resolves to nothing", device.id))
+}
+
+#[async_trait]
+impl DeviceRotator for TelnetRotator {
+    async fn rotate(
+        &self,
+        device: &Device,
+        old: &Credential,
+        new: &Secret<String>,
+        profile: &LoginProfile,
+    ) -> Result<(), String> {
+        let addr = socket_addr(device).await?;
+        crate::device_login::rotate(addr, device.id.as_str(), old, new, profile, &*self.clock)
+            .await
+            .map_err(|f| f.reason)
+    }
+
+    async fn login_check(
+        &self,
+        device: &Device,
+        credential: &Credential,
+        profile: &LoginProfile,
+    ) -> Result<(), String> {
+        let addr = socket_addr(device).await?;
+        crate::device_login::login_check(
+            addr,
+            device.id.as_str(),
+            credential,
+            profile,
+            &*self.clock,
+        )
+        .await
+        .map_err(|f| f.reason)
+    }
+}
+
+/// The vault key as the gateway holds it: loaded at start when it exists, created by the first
+/// `set` otherwise (the default key file).
+pub struct VaultKeys {
+    source: KeySource,
+    kek: Mutex<Option<Kek>>,
+}
+
+impl VaultKeys {
+    /// The key `[vault]` names, relative to `state_dir`: read now if it exists (a key that exists
+    /// but cannot be read, or an unset `key_env`, is an error).
+    pub fn open(config: &VaultConfig, state_dir: &Path) -> Result<VaultKeys, VaultError> {
+        let source = Kek::source(config, state_dir);
+        let kek = source.load(false)?;
+        Ok(VaultKeys {
+            source,
+            kek: Mutex::new(kek),
+        })
+    }
+
+    /// Over a given key (tests, host-side commands).
+    pub fn with_key(kek: Kek) -> VaultKeys {
+        VaultKeys {
+            source: KeySource::Env("(given)".into()),
+            kek: Mutex::new(Some(kek)),
+        }
+    }
+
+    /// The key; with `create`, made (and written) if there is none yet. A key file that did not
+    /// exist at start is looked for again.
+    pub fn get(&self, create: bool) -> Result<Option<Kek>, VaultError> {
+        let mut held = self
+            .kek
+            .lock()
+            .map_err(|_| VaultError::Key("the key's lock was poisoned".into()))?;
+        // Not there at start: made since by a host-side `ward vault set`, or made now.
+        if held.is_none() {
+            *held = self.source.load(create)?;
+        }
+        Ok(held.clone())
+    }
+
+    /// The key's fingerprint, when there is a key.
+    pub fn fingerprint(&self) -> Option<String> {
+        self.kek
+            .lock()
+            .ok()
+            .and_then(|k| k.as_ref().map(|k| k.fingerprint().to_owned()))
+    }
+}
+
+/// The gateway's vault: its key, its table and the device driver that rotates passwords.
+pub struct Vault {
+    /// The key.
+    pub keys: VaultKeys,
+    /// The table.
+    pub store: Arc<dyn AsyncVaultStore>,
+    /// The driver for `rotate`.
+    pub rotator: Option<Arc<dyn DeviceRotator>>,
+}
+
+/// Why the session path got no credential. `Display` says what to do.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultRefusal {
+    /// Nothing is vaulted for the device and account.
+    #[error("no vaulted credential for {device}/{account}; an admin runs `ward vault set {device} {account}`")]
+    NotVaulted {
+        /// Device id.
+        device: String,
+        /// Account.
+        account: String,
+    },
+    /// The value is there but cannot be read (wrong key, altered row); the text names the fix.
+    #[error("{0}")]
+    Unreadable(String),
+    /// The store or the key failed.
+    #[error("the vault is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// The current credential for `device`/`account`, for a session that injects it; marks it used.
+/// Runs the store and the decryption off the async workers.
+// The session path (issue 14's injection, the lead's part) is its caller.
+#[allow(dead_code)]
+pub(crate) async fn credential(
+    shared: &Shared,
+    device: &str,
+    account: &str,
+) -> Result<Credential, VaultRefusal> {
+    let vault = &shared.vault;
+    let not_vaulted = || VaultRefusal::NotVaulted {
+        device: device.to_owned(),
+        account: account.to_owned(),
+    };
+    let kek = match vault.keys.get(false) {
+        Ok(Some(k)) => k,
+        Ok(None) => return Err(not_vaulted()),
+        Err(e) => return Err(VaultRefusal::Unavailable(e.to_string())),
+    };
+    let now = shared.clock.now().unix_timestamp();
+    match vault
+        .store
+        .credential(&kek, device, account, Some(now))
+        .await
+    {
+        Ok(c) => Ok(c),
+        Err(VaultError::NotFound { .. }) => Err(not_vaulted()),
+        Err(e @ (VaultError::WrongKey { .. } | VaultError::Tampered { .. })) => {
+            Err(VaultRefusal::Unreadable(e.to_string()))
+        }
+        Err(e) => Err(VaultRefusal::Unavailable(e.to_string())),
+    }
+}
+
+/// A value to vault.
+#[derive(Debug, Clone)]
+pub struct SetRequest {
+    /// Device id (a configured device).
+    pub device: String,
+    /// The account (the role on the device).
+    pub account: String,
+    /// The user name the device knows; `None`: the entry's current one, else the account name.
+    pub username: Option<String>,
+    /// The value.
+    pub secret: Secret<String>,
+}
+
+/// What a rotation did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// The entry afterwards.
+    pub entry: Option<VaultEntry>,
+    /// What happened, for the admin.
+    pub message: String,
+}
+
+/// The vault's operations.
+#[derive(Clone)]
+pub struct VaultService {
+    ctx: Context,
+    vault: Arc<Vault>,
+}
+
+fn refusal(e: VaultError) -> Refusal {
+    match e {
+        VaultError::NotFound { .. } => Refusal::NotFound(e.to_string()),
+        VaultError::Invalid(_) | VaultError::State(_) => Refusal::Invalid(e.to_string()),
+        _ => Refusal::Unavailable(e.to_string()),
+    }
+}
+
+/// A strong random password a console can take: 24 characters of A-Z a-z 0-9 and `-_.+=@%`,
+/// with at least one of each class.
+pub fn generate_password() -> Secret<String> {
+    use rand::Rng;
+    const LOWER: &[u8] = b"abcdefghijkmnopqrstuvwxyz";
+    const UPPER: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZ";
+    const DIGIT: &[u8] = b"23456789";
+    const SYMBOL: &[u8] = b"-_.+=@%";
+    let all: Vec<u8> = [LOWER, UPPER, DIGIT, SYMBOL].concat();
+    let mut rng = rand::rng();
+    loop {
+        let mut s = String::with_capacity(24);
+        for _ in 0..24 {
+            let i = rng.random_range(0..all.len());
+            s.push(char::from(all.get(i).copied().unwrap_or(b'x')));
+        }
+        let secret = Secret::new(s);
+        let has = |set: &[u8]| secret.expose().bytes().any(|b| set.contains(&b));
+        if has(LOWER) && has(UPPER) && has(DIGIT) && has(SYMBOL) {
+            return secret;
+        }
+    }
+}
+
+impl VaultService {
+    /// A service over `vault`.
+    pub fn new(ctx: Context, vault: Arc<Vault>) -> Self {
+        Self { ctx, vault }
+    }
+
+    fn event(
+        &self,
+        caller: Caller<'_>,
+        event: &str,
+        outcome: &str,
+        device: &str,
+        account: &str,
+    ) -> Event {
+        caller
+            .event(event, outcome, self.ctx.clock.now())
+            .detail("device", ward_core::escape(device))
+            .detail("account", ward_core::escape(account))
+    }
+
+    /// Creates or replaces a value (admins only). Audited as `vault_set` (never the value).
+    pub async fn set(&self, caller: Caller<'_>, req: SetRequest) -> Result<VaultEntry, Refusal> {
+        let SetRequest {
+            device,
+            account,
+            username,
+            secret,
+        } = req;
+        let now = self.ctx.clock.now().unix_timestamp();
+        let mut trail = self.ctx.audit.trail();
+        let ev = |outcome: &str| self.event(caller, "vault_set", outcome, &device, &account);
+        if let Err(r) = Role::Admin.require(caller.principal, "set vaulted credentials") {
+            trail.push(ev("denied").reason("not an admin"));
+            return Err(r);
+        }
+        let config = self.ctx.live.config();
+        if !config.devices.iter().any(|d| d.id.as_str() == device) {
+            let r = Refusal::Invalid(format!(
+                "no device {} in the gateway's config: vault credentials for configured devices (`ward devices` lists them)",
+                ward_core::escape(&device)
+            ));
+            trail.push(ev("failure").reason(r.to_string()));
+            return Err(r);
+        }
+        let result = async {
+            let existing = self.vault.store.credential_entry(&device, &account).await?;
+            let username = username
+                .or_else(|| existing.map(|e| e.username))
+                .unwrap_or_else(|| account.clone());
+            let kek = self
+                .vault
+                .keys
+                .get(true)?
+                .ok_or_else(|| VaultError::Key("no vault key".into()))?;
+            let outcome = self
+                .vault
+                .store
+                .put_credential(&kek, &device, &account, &username, &secret, now)
+                .await?;
+            let entry = self
+                .vault
+                .store
+                .credential_entry(&device, &account)
+                .await?
+                .ok_or_else(|| VaultError::NotFound {
+                    device: device.clone(),
+                    account: account.clone(),
+                })?;
+            Ok::<_, VaultError>((outcome, entry))
+        }
+        .await;
+        drop(secret);
+        match result {
+            Ok((outcome, entry)) => {
+                trail.push(
+                    ev("success")
+                        .detail(
+                            "change",
+                            match outcome {
+                                PutOutcome::Created => "created",
+                                PutOutcome::Replaced => "replaced",
+                            },
+                        )
+                        .detail("username", ward_core::escape(&entry.username))
+                        .detail("key_fingerprint", entry.key_fingerprint.clone()),
+                );
+                Ok(entry)
+            }
+            Err(e) => {
+                trail.push(ev("failure").reason(e.to_string()));
+                Err(refusal(e))
+            }
+        }
+    }
+
+    /// Every entry: names, user names, times, key fingerprints; never a value (admins only).
+    pub async fn list(&self, caller: Caller<'_>) -> Result<Vec<VaultEntry>, Refusal> {
+        Role::Admin.require(caller.principal, "list vaulted credentials")?;
+        self.vault.store.list_credentials().await.map_err(refusal)
+    }
+
+    /// Removes an entry (admins only). Audited as `vault_remove`.
+    pub async fn remove(
+        &self,
+        caller: Caller<'_>,
+        device: &str,
+        account: &str,
+    ) -> Result<(), Refusal> {
+        let mut trail = self.ctx.audit.trail();
+        let ev = |outcome: &str| self.event(caller, "vault_remove", outcome, device, account);
+        if let Err(r) = Role::Admin.require(caller.principal, "remove vaulted credentials") {
+            trail.push(ev("denied").reason("not an admin"));
+            return Err(r);
+        }
+        match self.vault.store.remove_credential(device, account).await {
+            Ok(true) => {
+                trail.push(ev("success").severity("warning"));
+                Ok(())
+            }
+            Ok(false) => {
+                let e = VaultError::NotFound {
+                    device: device.to_owned(),
+                    account: account.to_owned(),
+                };
+                trail.push(ev("failure").reason(e.to_string()));
+                Err(refusal(e))
+            }
+            Err(e) => {
+                trail.push(ev("failure").reason(e.to_string()));
+                Err(refusal(e))
+            }
+        }
+    }
+
+    /// Replaces the device's password with a random one nobody knows (admins only): the new one
+    /// is stored (pending) before the device is changed, confirmed by a login, then committed.
+    /// A failure keeps whichever password the device accepts current and says which. Audited as
+    /// `vault_rotate`.
+    pub async fn rotate(
+        &self,
+        caller: Caller<'_>,
+        device_id: &str,
+        account: &str,
+    ) -> Result<Rotated, Refusal> {
+        let mut trail = self.ctx.audit.trail();
+        let ev = |outcome: &str| self.event(caller, "vault_rotate", outcome, device_id, account);
+        if let Err(r) = Role::Admin.require(caller.principal, "rotate vaulted credentials") {
+            trail.push(ev("denied").reason("not an admin"));
+            return Err(r);
+        }
+        let result = self.rotate_inner(device_id, account).await;
+        match &result {
+            Ok(r) => trail.push(ev("success").severity("warning").reason(r.message.clone())),
+            Err(r) => trail.push(ev("failure").severity("high").reason(r.to_string())),
+        }
+        result
+    }
+
+    async fn rotate_inner(&self, device_id: &str, account: &str) -> Result<Rotated, Refusal> {
+        let name = format!(
+            "{}/{}",
+            ward_core::escape(device_id),
+            ward_core::escape(account)
+        );
+        let Some(rotator) = self.vault.rotator.clone() else {
+            return Err(Refusal::Unavailable(
+                "this gateway has no device driver for rotation; nothing was changed".into(),
+            ));
+        };
+        let config = self.ctx.live.config();
+        let Some(device) = config
+            .devices
+            .iter()
+            .find(|d| d.id.as_str() == device_id)
+            .cloned()
+        else {
+            return Err(Refusal::NotFound(format!(
+                "no device {} in the gateway's config",
+                ward_core::escape(device_id)
+            )));
+        };
+        if device.protocol != ward_core::Protocol::Telnet {
+            return Err(Refusal::Invalid(format!(
+                "device {} speaks {}: rotation changes a password through a telnet console",
+                device.id, device.protocol
+            )));
+        }
+        let profile = config.inject.login_for(device_id);
+        if profile.rotate.is_none() {
+            return Err(Refusal::Invalid(format!(
+                "device {}'s login profile {} has no rotate procedure: add `rotate = {{ command = \"passwd\", steps = [...] }}` to its [[login_profile]]",
+                device.id, profile.name
+            )));
+        }
+        let store = &self.vault.store;
+        let not_found = || {
+            refusal(VaultError::NotFound {
+                device: device_id.to_owned(),
+                account: account.to_owned(),
+            })
+        };
+        let kek = self.vault.keys.get(false).map_err(refusal)?;
+        let kek = kek.ok_or_else(not_found)?;
+        let entry = store
+            .credential_entry(device_id, account)
+            .await
+            .map_err(refusal)?
+            .ok_or_else(not_found)?;
+        let now = || self.ctx.clock.now().unix_timestamp();
+        if entry.pending {
+            // An earlier rotation did not finish: settle it on what the device accepts first.
+            let settled = self
+                .settle(&*rotator, &device, &profile, &kek, device_id, account)
+                .await?;
+            if settled == Settled::Neither {
+                return Err(Refusal::Unavailable(format!(
+                    "an earlier rotation of {name} did not finish and the device accepts neither password kept: both are kept; check the device, then `ward vault set {} {}` with its password",
+                    ward_core::escape(device_id),
+                    ward_core::escape(account)
+                )));
+            }
+        }
+        let old = store
+            .credential(&kek, device_id, account, Some(now()))
+            .await
+            .map_err(refusal)?;
+        let new = generate_password();
+        // Stored before the device is changed: whatever happens next, the vault knows it.
+        store
+            .begin_rotation(&kek, device_id, account, &new, now())
+            .await
+            .map_err(|e| {
+                Refusal::Unavailable(format!(
+                    "the new password could not be stored, so the device was not changed: {e}"
+                ))
+            })?;
+        let new_cred = Credential {
+            account: old.account.clone(),
+            username: old.username.clone(),
+            secret: new,
+        };
+        let failure = match rotator
+            .rotate(&device, &old, &new_cred.secret, &profile)
+            .await
+        {
+            Ok(()) => match rotator.login_check(&device, &new_cred, &profile).await {
+                Ok(()) => {
+                    store
+                        .commit_rotation(device_id, account, now())
+                        .await
+                        .map_err(|e| {
+                            Refusal::Unavailable(format!(
+                                "the device took the new password and a login with it works, but the vault could not mark it current ({e}); it is stored as pending and `ward vault rotate {} {}` settles it",
+                                ward_core::escape(device_id),
+                                ward_core::escape(account)
+                            ))
+                        })?;
+                    let entry = store
+                        .credential_entry(device_id, account)
+                        .await
+                        .ok()
+                        .flatten();
+                    return Ok(Rotated {
+                        entry,
+                        message: format!(
+                            "rotated {name}: the device has a new random password that nobody knows; a login with it works"
+                        ),
+                    });
+                }
+                Err(e) => format!(
+                    "the device accepted the change but a login with the new password failed: {}",
+                    ward_core::escape(&e)
+                ),
+            },
+            Err(e) => format!(
+                "the device did not change its password: {}",
+                ward_core::escape(&e)
+            ),
+        };
+        drop(old);
+        drop(new_cred);
+        match self
+            .settle(&*rotator, &device, &profile, &kek, device_id, account)
+            .await?
+        {
+            Settled::Previous => Err(Refusal::Unavailable(format!(
+                "rotation of {name} failed ({failure}); the previous password still works and is current again"
+            ))),
+            Settled::New => {
+                let entry = store
+                    .credential_entry(device_id, account)
+                    .await
+                    .ok()
+                    .flatten();
+                Ok(Rotated {
+                    entry,
+                    message: format!(
+                        "rotated {name}: {failure}, but a login with the new password works, so it is current"
+                    ),
+                })
+            }
+            Settled::Neither => Err(Refusal::Unavailable(format!(
+                "rotation of {name} failed ({failure}) and the device accepts neither the previous nor the new password: both are kept (the new one current, pending); check the device, then run `ward vault rotate` again to settle it or `ward vault set` with its password"
+            ))),
+        }
+    }
+
+    /// After a failed or interrupted rotation: keeps current whichever value the device accepts
+    /// (the previous one first, since a refused change leaves it in place).
+    async fn settle(
+        &self,
+        rotator: &dyn DeviceRotator,
+        device: &Device,
+        profile: &LoginProfile,
+        kek: &Kek,
+        device_id: &str,
+        account: &str,
+    ) -> Result<Settled, Refusal> {
+        let store = &self.vault.store;
+        let now = self.ctx.clock.now().unix_timestamp();
+        if let Some(prev) = store
+            .previous_credential(kek, device_id, account)
+            .await
+            .map_err(refusal)?
+        {
+            if rotator.login_check(device, &prev, profile).await.is_ok() {
+                store
+                    .abort_rotation(device_id, account, now)
+                    .await
+                    .map_err(refusal)?;
+                return Ok(Settled::Previous);
+            }
+        }
+        let current = store
+            .credential(kek, device_id, account, None)
+            .await
+            .map_err(refusal)?;
+        if rotator.login_check(device, &current, profile).await.is_ok() {
+            store
+                .commit_rotation(device_id, account, now)
+                .await
+                .map_err(refusal)?;
+            return Ok(Settled::New);
+        }
+        Ok(Settled::Neither)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Previous,
+    New,
+    Neither,
+}
+
+/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table.
+pub fn open_vault(
+    config: &VaultConfig,
+    state_dir: &Path,
+    store: Arc<dyn AsyncVaultStore>,
+    rotator: Arc<dyn DeviceRotator>,
+) -> anyhow::Result<Arc<Vault>> {
+    let keys = VaultKeys::open(config, state_dir)?;
+    if let Some(fp) = keys.fingerprint() {
+        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, "vault key loaded");
+    }
+    Ok(Arc::new(Vault {
+        keys,
+        store,
+        rotator: Some(rotator),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use ward_ca::{FixedClock, Kind};
+    use ward_core::access::Grant;
+    use ward_core::config::Config;
+    use ward_core::frame::LockTarget;
+    use ward_core::policy::Lock;
+    use ward_core::Principal;
+
+    use super::*;
+    use crate::audit::{AuditLog, AuditWriter};
+    use crate::services::testing::{now, Who};
+    use crate::services::{Audit, LiveState};
+    use crate::store::SqliteStore;
+    use crate::store_async::OffThread;
+
+    struct Live(Arc<Config>);
+
+    impl LiveState for Live {
+        fn config(&self) -> Arc<Config> {
+            self.0.clone()
+        }
+        fn grants(&self) -> Arc<[Grant]> {
+            Arc::from(Vec::new())
+        }
+        fn locks(&self) -> Vec<Lock> {
+            Vec::new()
+        }
+        fn live_principals(&self) -> Vec<Principal> {
+            Vec::new()
+        }
+        fn access_changed(&self) {}
+        fn locked(&self, _: &Lock) -> usize {
+            0
+        }
+        fn unlocked(&self, _: &LockTarget) {}
+    }
+
+    /// A device whose password is `password`; `refuse_change` makes it refuse `passwd`,
+    /// `forget_new` makes it accept the change but then refuse the new password at login.
+    #[derive(Default)]
+    struct FakeDevice {
+        password: Mutex<String>,
+        refuse_change: bool,
+        forget_new: bool,
+        rotations: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl DeviceRotator for FakeDevice {
+        async fn rotate(
+            &self,
+            _: &Device,
+            old: &Credential,
+            new: &Secret<String>,
+            _: &LoginProfile,
+        ) -> Result<(), String> {
+            self.rotations.fetch_add(1, Ordering::SeqCst);
+            let mut pw = self.password.lock().unwrap();
+            if *pw != *old.secret.expose() {
+                return Err("login incorrect".into());
+            }
+            if self.refuse_change {
+                return Err("passwd: authentication token manipulation error".into());
+            }
+            if !self.forget_new {
+                *pw = new.expose().clone();
+            } else {
+                *pw = "something-else".into();
+            }
+            Ok(())
+        }
+        async fn login_check(
+            &self,
+            _: &Device,
+            c: &Credential,
+            _: &LoginProfile,
+        ) -> Result<(), String> {
+            if *self.password.lock().unwrap() == *c.secret.expose() {
+                Ok(())
+            } else {
+                Err("login incorrect".into())
+            }
+        }
+    }
+
+    struct Fx {
+        dir: tempfile::TempDir,
+        audit: AuditLog,
+        _writer: AuditWriter,
+        db: Arc<SqliteStore>,
+        kek: Kek,
+        service: VaultService,
+    }
+
+    fn fixture(rotator: Option<Arc<dyn DeviceRotator>>) -> Fx {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let config = Config::parse(ward_core::config::SAMPLE_CONFIG, "ward.toml").unwrap();
+        let (signer, _) = ward_recording::Signer::generate().unwrap();
+        let clock: Arc<dyn ward_ca::Clock> = Arc::new(FixedClock::new(now()));
+        let (audit, writer) = AuditLog::open(dir.path(), Arc::new(signer), clock.clone()).unwrap();
+        let ctx = Context {
+            clock,
+            audit: Audit::new(audit.clone()),
+            live: Arc::new(Live(Arc::new(config))),
+        };
+        let kek = Kek::generate().unwrap();
+        let vault = Arc::new(Vault {
+            keys: VaultKeys::with_key(kek.clone()),
+            store: OffThread::new(db.clone()),
+            rotator,
+        });
+        Fx {
+            service: VaultService::new(ctx, vault),
+            dir,
+            audit,
+            _writer: writer,
+            db,
+            kek,
+        }
+    }
+
+    impl Fx {
+        async fn audit_text(&self) -> String {
+            self.audit.flush().await;
+            std::fs::read_to_string(self.dir.path().join("audit.log")).unwrap()
+        }
+        fn current(&self) -> String {
+            use ward_store::vault::VaultStore;
+            self.db
+                .credential(&self.kek, "pump-12", "service", None)
+                .unwrap()
+                .secret
+                .expose()
+                .clone()
+        }
+    }
+
+    fn admin() -> Who {
+        Who::new(Kind::Admin, None, "alice", &[])
+    }
+
+    fn set_req(pw: &str) -> SetRequest {
+        SetRequest {
+            device: "pump-12".into(),
+            account: "service".into(),
+            username: Some("admin".into()),
+            secret: Secret::new(pw.into()),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_admins_touch_the_vault_and_every_change_is_audited_without_the_value() {
+        let fx = fixture(None);
+        let pw = "Needle-Factory-Pw-9917";
+        for who in [
+            Who::new(Kind::Security, None, "sam", &[]),
+            Who::new(Kind::Vendor, Some("acme"), "vic", &[]),
+            Who::new(Kind::Clinician, None, "carla", &["icu"]),
+        ] {
+            let r = fx.service.set(who.caller(), set_req(pw)).await;
+            assert!(matches!(r, Err(Refusal::Forbidden(_))), "{r:?}");
+            assert!(matches!(
+                fx.service.list(who.caller()).await,
+                Err(Refusal::Forbidden(_))
+            ));
+            assert!(matches!(
+                fx.service.remove(who.caller(), "pump-12", "service").await,
+                Err(Refusal::Forbidden(_))
+            ));
+            assert!(matches!(
+                fx.service.rotate(who.caller(), "pump-12", "service").await,
+                Err(Refusal::Forbidden(_))
+            ));
+        }
+        assert!(fx.service.list(admin().caller()).await.unwrap().is_empty());
+        let a = admin();
+        let entry = fx.service.set(a.caller(), set_req(pw)).await.unwrap();
+        assert_eq!(entry.username, "admin");
+        assert_eq!(entry.key_fingerprint, fx.kek.fingerprint());
+        // Replaced without --user: keeps the user name.
+        let again = SetRequest {
+            username: None,
+            ..set_req(pw)
+        };
+        assert_eq!(
+            fx.service.set(a.caller(), again).await.unwrap().username,
+            "admin"
+        );
+        // An unknown device is refused.
+        let unknown = SetRequest {
+            device: "pump-99".into(),
+            ..set_req(pw)
+        };
+        assert!(matches!(
+            fx.service.set(a.caller(), unknown).await,
+            Err(Refusal::Invalid(_))
+        ));
+        let listed = fx.service.list(a.caller()).await.unwrap();
+        assert_eq!(listed.len(), 1);
+        fx.service
+            .remove(a.caller(), "pump-12", "service")
+            .await
+            .unwrap();
+        assert!(matches!(
+            fx.service.remove(a.caller(), "pump-12", "service").await,
+            Err(Refusal::NotFound(_))
+        ));
+        let audit = fx.audit_text().await;
+        assert!(!audit.contains(pw), "the audit log holds the value");
+        let events: Vec<String> = audit
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"].as_str().is_some_and(|e| e.starts_with("vault_")))
+            .map(|v| {
+                format!(
+                    "{}/{}",
+                    v["event"].as_str().unwrap(),
+                    v["outcome"].as_str().unwrap()
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                "vault_set/denied",
+                "vault_remove/denied",
+                "vault_rotate/denied",
+                "vault_set/denied",
+                "vault_remove/denied",
+                "vault_rotate/denied",
+                "vault_set/denied",
+                "vault_remove/denied",
+                "vault_rotate/denied",
+                "vault_set/success",
+                "vault_set/success",
+                "vault_set/failure",
+                "vault_remove/success",
+                "vault_remove/failure",
+            ]
+        );
+        assert!(audit.contains(fx.kek.fingerprint()));
+    }
+
+    #[tokio::test]
+    async fn rotation_commits_only_after_a_login_with_the_new_password() {
+        let device = Arc::new(FakeDevice {
+            password: Mutex::new("factory".into()),
+            ..Default::default()
+        });
+        let fx = fixture(Some(device.clone()));
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let r = fx
+            .service
+            .rotate(a.caller(), "pump-12", "service")
+            .await
+            .unwrap();
+        let new = fx.current();
+        assert_ne!(new, "factory");
+        assert_eq!(new.len(), 24);
+        assert_eq!(*device.password.lock().unwrap(), new);
+        let e = r.entry.unwrap();
+        assert!(!e.pending && !e.has_previous);
+        assert_eq!(e.last_rotated_unix, Some(now().unix_timestamp()));
+        assert!(!r.message.contains(&new));
+        let audit = fx.audit_text().await;
+        assert!(!audit.contains(&new) && !audit.contains("factory"));
+        assert!(audit.contains("\"vault_rotate\""));
+    }
+
+    #[tokio::test]
+    async fn a_device_that_refuses_the_change_keeps_the_old_password_current() {
+        let device = Arc::new(FakeDevice {
+            password: Mutex::new("factory".into()),
+            refuse_change: true,
+            ..Default::default()
+        });
+        let fx = fixture(Some(device.clone()));
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let err = fx
+            .service
+            .rotate(a.caller(), "pump-12", "service")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the previous password still works and is current again"),
+            "{err}"
+        );
+        assert!(err.contains("token manipulation"), "{err}");
+        assert_eq!(fx.current(), "factory");
+        use ward_store::vault::VaultStore;
+        let e = fx
+            .db
+            .credential_entry("pump-12", "service")
+            .unwrap()
+            .unwrap();
+        assert!(!e.pending && !e.has_previous && e.last_rotated_unix.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_device_that_refuses_the_new_password_at_login_falls_back_or_keeps_both() {
+        // The change "succeeds" but the device then takes neither password: both are kept.
+        let device = Arc::new(FakeDevice {
+            password: Mutex::new("factory".into()),
+            forget_new: true,
+            ..Default::default()
+        });
+        let fx = fixture(Some(device.clone()));
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let err = fx
+            .service
+            .rotate(a.caller(), "pump-12", "service")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("neither the previous nor the new password"),
+            "{err}"
+        );
+        use ward_store::vault::VaultStore;
+        let e = fx
+            .db
+            .credential_entry("pump-12", "service")
+            .unwrap()
+            .unwrap();
+        assert!(e.pending && e.has_previous);
+        // The device is repaired to the old password: the next rotate settles on it, then rotates.
+        *device.password.lock().unwrap() = "factory".into();
+        let device2 = Arc::new(FakeDevice {
+            password: Mutex::new("factory".into()),
+            ..Default::default()
+        });
+        let fx2 = Fx {
+            service: VaultService::new(
+                fx.service.ctx.clone(),
+                Arc::new(Vault {
+                    keys: VaultKeys::with_key(fx.kek.clone()),
+                    store: OffThread::new(fx.db.clone()),
+                    rotator: Some(device2.clone()),
+                }),
+            ),
+            ..fx
+        };
+        fx2.service
+            .rotate(a.caller(), "pump-12", "service")
+            .await
+            .unwrap();
+        assert_eq!(*device2.password.lock().unwrap(), fx2.current());
+        let e = fx2
+            .db
+            .credential_entry("pump-12", "service")
+            .unwrap()
+            .unwrap();
+        assert!(!e.pending && !e.has_previous);
+    }
+
+    #[tokio::test]
+    async fn without_a_driver_rotation_changes_nothing() {
+        let fx = fixture(None);
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let r = fx.service.rotate(a.caller(), "pump-12", "service").await;
+        assert!(matches!(r, Err(Refusal::Unavailable(_))), "{r:?}");
+        assert_eq!(fx.current(), "factory");
+    }
+
+    #[test]
+    fn generated_passwords_are_strong_and_console_safe() {
+        for _ in 0..200 {
+            let p = generate_password();
+            let s = p.expose();
+            assert_eq!(s.len(), 24);
+            assert!(s
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.+=@%".contains(&b)));
+            assert!(ward_store::vault::check_value("admin", &p).is_ok());
+        }
+        assert_ne!(generate_password(), generate_password());
+    }
+}
