@@ -52,10 +52,10 @@ pub(crate) async fn for_session(
         Protocol::Http => How::Http(config.inject.http_auth_for(id)),
         other => {
             return Err(format!(
-                "rule {rule} injects the vaulted account {account}, but device {id} speaks {other}: \
+            "rule {rule} injects the vaulted account {account}, but device {id} speaks {other}: \
                  the gateway injects credentials into telnet and http sessions only; an admin \
                  removes `inject` from the rule or narrows its devices"
-            ))
+        ))
         }
     };
     let credential = crate::services::vault::credential(shared, id, account)

@@ -155,7 +155,10 @@ where
         None => Vec::new(),
         Some(inj) => {
             let tap = recorder.as_ref().map(SessionRecorder::tap);
-            match inj.log_in(&ctx.open.device, &mut tcp, tap, &*ctx.shared.clock).await {
+            match inj
+                .log_in(&ctx.open.device, &mut tcp, tap, &*ctx.shared.clock)
+                .await
+            {
                 Ok(leftover) => leftover,
                 Err(msg) => {
                     let ev = ctx.event("device_login_failed", "failure");
