@@ -10,9 +10,10 @@
 
 use tokio::net::TcpStream;
 use ward_ca::Clock;
-use ward_core::config::{Config, Device, Protocol};
+use ward_core::config::{Config, Protocol};
 use ward_core::inject::http::HttpInjector;
 use ward_core::inject::{Credential, HttpAuth, LoginProfile};
+use ward_core::session::Authorized;
 use ward_core::stage::Stage;
 use ward_recording::Direction;
 
@@ -40,10 +41,10 @@ enum How {
 pub(crate) async fn for_session(
     shared: &Shared,
     config: &Config,
-    device: &Device,
-    rule: &str,
+    session: &Authorized,
 ) -> Result<Option<Injection>, String> {
-    let Some(account) = config.inject.account_for_rule(rule) else {
+    let device = session.device();
+    let Some((rule, account)) = account(config, session) else {
         return Ok(None);
     };
     let id = device.id.as_str();
@@ -66,6 +67,29 @@ pub(crate) async fn for_session(
         credential,
         how,
     }))
+}
+
+/// The rule whose `inject` applies to `session`, and its account. A session on a rule: that
+/// rule's. A session on an access grant: the first rule with `inject` that covers the principal
+/// and the device (its hours aside: the grant is the time window). Break-glass: none.
+fn account<'c>(config: &'c Config, session: &Authorized) -> Option<(&'c str, &'c str)> {
+    let permit = session.permit();
+    if permit.break_glass() {
+        return None;
+    }
+    if permit.grant().is_none() {
+        let rule = config.rules.iter().find(|r| r.name == permit.rule())?;
+        let account = config.inject.account_for_rule(&rule.name)?;
+        return Some((rule.name.as_str(), account));
+    }
+    config
+        .rules
+        .iter()
+        .filter(|r| r.covers(session.principal(), session.device()))
+        .find_map(|r| {
+            let account = config.inject.account_for_rule(&r.name)?;
+            Some((r.name.as_str(), account))
+        })
 }
 
 impl Injection {

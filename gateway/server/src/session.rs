@@ -214,8 +214,7 @@ async fn injection<W: AsyncWrite + Unpin>(
     writer: &mut FrameWriter<W>,
 ) -> Result<Option<Injection>, Refused> {
     let config = ctx.shared.config();
-    let rule = session.permit().rule();
-    match crate::inject::for_session(&ctx.shared, &config, session.device(), rule).await {
+    match crate::inject::for_session(&ctx.shared, &config, session).await {
         Ok(injection) => Ok(injection),
         Err(reason) => {
             let ev = ctx.event("session_deny", "failure").severity("high");
