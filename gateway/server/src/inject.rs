@@ -31,7 +31,7 @@ pub(crate) struct Injection {
 
 enum How {
     /// The gateway logs in to the telnet console with this profile before the session starts.
-    Telnet(LoginProfile),
+    Telnet(Box<LoginProfile>),
     /// Every request's `Authorization` (or configured header) is replaced.
     Http(HttpAuth),
 }
@@ -49,7 +49,7 @@ pub(crate) async fn for_session(
     };
     let id = device.id.as_str();
     let how = match device.protocol {
-        Protocol::Telnet => How::Telnet(config.inject.login_for(id)),
+        Protocol::Telnet => How::Telnet(Box::new(config.inject.login_for(id))),
         Protocol::Http => How::Http(config.inject.http_auth_for(id)),
         other => {
             return Err(format!(
