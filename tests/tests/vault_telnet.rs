@@ -527,3 +527,106 @@ async fn busybox_telnetd_rotation() {
     .await
     .unwrap();
 }
+
+/// The whole flow through a real gateway and the CLI, against the real telnet daemon: an admin
+/// vaults the factory password, a vendor lands at the daemon's shell without typing it, the
+/// admin rotates it (the daemon's password file changes to a value nobody is shown) and the vendor
+/// still gets in.
+#[tokio::test]
+async fn busybox_telnetd_through_the_gateway_lands_at_its_shell_and_rotates() {
+    use std::sync::Arc;
+    use ward_ca::Kind;
+    use ward_tests::process::{run_with, ward, Input, COMMAND_TIMEOUT};
+    use ward_tests::{ChildGateway, DeviceSpec, Pki};
+
+    if !require_busybox_telnetd() {
+        return;
+    }
+    const FACTORY: &str = "Factory-pw-31";
+    let telnetd = Telnetd::start(&[("maint", FACTORY)]).await;
+    let pki = Arc::new(Pki::new());
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let admin = pki.person(Kind::Admin, "root", None, &[]);
+    let devices = [DeviceSpec::new(
+        "ct-1",
+        telnetd.addr,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
+    let rules = r#"
+[[rule]]
+name = "acme-consoles"
+who = { kind = "vendor", org = "acme" }
+devices = { labels = { vendor = "acme" } }
+inject = "service"
+
+[[rule]]
+name = "admins"
+who = { kind = "admin" }
+devices = { all = true }
+"#;
+    let gw = ChildGateway::start(pki.clone(), &devices, rules, "", None);
+    let as_admin = |args: &[&str], input: Input| {
+        let mut cmd = ward(args);
+        cmd.args(["--gateway", &gw.addr, "--identity"])
+            .arg(&admin)
+            .arg("--ca")
+            .arg(pki.root());
+        run_with(&mut cmd, input, COMMAND_TIMEOUT)
+    };
+    let set = as_admin(
+        &[
+            "vault", "set", "ct-1", "service", "--user", "maint", "--stdin",
+        ],
+        Input::Bytes(format!("{FACTORY}\n").into_bytes()),
+    );
+    assert!(set.status.success(), "{set:?}");
+    // Types a line, waits for the shell's answer, then `exit` (telnetd hangs up at the client's
+    // end of input, so the input stays open until the answer is in).
+    let connect = || {
+        let mut cmd = ward(&["connect", "ct-1", "--gateway", &gw.addr, "--identity"]);
+        cmd.arg(&vendor).arg("--ca").arg(pki.root());
+        let mut p = ward_tests::process::Proc::spawn(&mut cmd, Input::Pipe);
+        p.send(b"whoami-7\n");
+        p.wait_for("the shell's answer", COMMAND_TIMEOUT, |out, _| {
+            out.contains("command not found")
+        });
+        p.send(b"exit\n");
+        p.finish(COMMAND_TIMEOUT)
+    };
+    let out = connect();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("whoami-7: command not found"),
+        "the vendor's line did not reach the daemon's shell: {out:?}"
+    );
+    assert!(!out.stdout.contains("login:"), "{out:?}");
+    assert_absent(out.stdout.as_bytes(), FACTORY, "the vendor's output");
+
+    let rotated = as_admin(&["vault", "rotate", "ct-1", "service"], Input::Null);
+    assert!(rotated.status.success(), "{rotated:?}");
+    let passwd = telnetd.passwd_file();
+    assert!(
+        passwd.starts_with("maint:") && !passwd.contains(FACTORY),
+        "the daemon's password did not change: {passwd}"
+    );
+    let new_pw = passwd.trim().trim_start_matches("maint:").to_string();
+    assert!(new_pw.len() >= 20, "{passwd}");
+    let out = connect();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("whoami-7: command not found"),
+        "{out:?}"
+    );
+    for text in [
+        out.stdout.as_bytes(),
+        out.stderr.as_bytes(),
+        rotated.stdout.as_bytes(),
+        rotated.stderr.as_bytes(),
+    ] {
+        assert_absent(text, &new_pw, "client output");
+    }
+    let audit = std::fs::read(gw.state_dir.join("audit.log")).unwrap();
+    assert_absent(&audit, &new_pw, "the audit log");
+    assert_absent(&audit, FACTORY, "the audit log");
+}
