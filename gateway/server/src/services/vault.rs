@@ -167,6 +167,51 @@ pub struct Vault {
     pub store: Arc<dyn AsyncVaultStore>,
     /// The driver for `rotate`.
     pub rotator: Option<Arc<dyn DeviceRotator>>,
+    /// The entries a rotation is running on (one at a time per entry; `set` and `remove` wait
+    /// their turn by being refused).
+    pub rotating: Rotating,
+}
+
+/// The (device, account) entries being rotated.
+#[derive(Default)]
+pub struct Rotating(Mutex<std::collections::HashSet<(String, String)>>);
+
+/// Marks an entry as being rotated until dropped.
+struct RotatingGuard<'a> {
+    set: &'a Rotating,
+    key: (String, String),
+}
+
+impl Rotating {
+    fn is_rotating(&self, device: &str, account: &str) -> bool {
+        self.0
+            .lock()
+            .map(|s| s.contains(&(device.to_owned(), account.to_owned())))
+            .unwrap_or(true)
+    }
+
+    fn start(&self, device: &str, account: &str) -> Option<RotatingGuard<'_>> {
+        let key = (device.to_owned(), account.to_owned());
+        let inserted = self.0.lock().ok()?.insert(key.clone());
+        // The guard is made only when this call inserted (dropping one removes the entry).
+        inserted.then(|| RotatingGuard { set: self, key })
+    }
+}
+
+impl Drop for RotatingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+fn rotation_running(device: &str, account: &str) -> Refusal {
+    Refusal::Invalid(format!(
+        "a rotation of {}/{} is running; try again when it has finished",
+        ward_core::escape(device),
+        ward_core::escape(account)
+    ))
 }
 
 /// Why the session path got no credential. `Display` says what to do.
@@ -327,6 +372,11 @@ impl VaultService {
             trail.push(ev("failure").reason(r.to_string()));
             return Err(r);
         }
+        if self.vault.rotating.is_rotating(&device, &account) {
+            let r = rotation_running(&device, &account);
+            trail.push(ev("failure").reason(r.to_string()));
+            return Err(r);
+        }
         let result = async {
             let existing = self.vault.store.credential_entry(&device, &account).await?;
             let username = username
@@ -397,6 +447,11 @@ impl VaultService {
             trail.push(ev("denied").reason("not an admin"));
             return Err(r);
         }
+        if self.vault.rotating.is_rotating(device, account) {
+            let r = rotation_running(device, account);
+            trail.push(ev("failure").reason(r.to_string()));
+            return Err(r);
+        }
         match self.vault.store.remove_credential(device, account).await {
             Ok(true) => {
                 trail.push(ev("success").severity("warning"));
@@ -433,7 +488,10 @@ impl VaultService {
             trail.push(ev("denied").reason("not an admin"));
             return Err(r);
         }
-        let result = self.rotate_inner(device_id, account).await;
+        let result = match self.vault.rotating.start(device_id, account) {
+            Some(_running) => self.rotate_inner(device_id, account).await,
+            None => Err(rotation_running(device_id, account)),
+        };
         match &result {
             Ok(r) => trail.push(ev("success").severity("warning").reason(r.message.clone())),
             Err(r) => trail.push(ev("failure").severity("high").reason(r.to_string())),
@@ -653,6 +711,7 @@ pub fn open_vault(
         keys,
         store,
         rotator: Some(rotator),
+        rotating: Rotating::default(),
     }))
 }
 
@@ -771,6 +830,7 @@ mod tests {
             keys: VaultKeys::with_key(kek.clone()),
             store: OffThread::new(db.clone()),
             rotator,
+            rotating: Rotating::default(),
         });
         Fx {
             service: VaultService::new(ctx, vault),
@@ -1012,6 +1072,7 @@ mod tests {
                     keys: VaultKeys::with_key(fx.kek.clone()),
                     store: OffThread::new(fx.db.clone()),
                     rotator: Some(device2.clone()),
+                    rotating: Rotating::default(),
                 }),
             ),
             ..fx
@@ -1040,6 +1101,43 @@ mod tests {
         let r = fx.service.rotate(a.caller(), "pump-12", "service").await;
         assert!(matches!(r, Err(Refusal::Unavailable(_))), "{r:?}");
         assert_eq!(fx.current(), "factory");
+    }
+
+    #[tokio::test]
+    async fn one_rotation_at_a_time_and_no_set_meanwhile() {
+        let fx = fixture(None);
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let running = fx
+            .service
+            .vault
+            .rotating
+            .start("pump-12", "service")
+            .unwrap();
+        for r in [
+            fx.service
+                .rotate(a.caller(), "pump-12", "service")
+                .await
+                .err(),
+            fx.service.set(a.caller(), set_req("other")).await.err(),
+            fx.service
+                .remove(a.caller(), "pump-12", "service")
+                .await
+                .err(),
+        ] {
+            let text = r.unwrap().to_string();
+            assert!(
+                text.contains("rotation of pump-12/service is running"),
+                "{text}"
+            );
+        }
+        assert_eq!(fx.current(), "factory");
+        drop(running);
+        fx.service.set(a.caller(), set_req("other")).await.unwrap();
+        assert_eq!(fx.current(), "other");
     }
 
     #[test]
