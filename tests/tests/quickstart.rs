@@ -36,6 +36,7 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
         format!("{exe} connect monitor-3 --gateway {gateway} --identity {d}/clinician --listen 127.0.0.1:8080"),
         format!("{exe} connect pump-12 --gateway {gateway} --identity {d}/clinician < /dev/null"),
         format!("{exe} devices --gateway {gateway} --identity {d}/vendor"),
+        format!("{exe} vault rotate pump-12 service --gateway {gateway} --identity {d}/admin"),
     ] {
         assert!(printed.contains(&line), "missing {line:?} in:\n{printed}");
     }
@@ -106,16 +107,51 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
             "--identity",
             &vendor,
         ]),
-        Input::Bytes(b"admin\r\nadmin\r\nstatus\r\nexit\r\n".to_vec()),
+        Input::Bytes(b"status\r\nexit\r\n".to_vec()),
         COMMAND_TIMEOUT,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The gateway logged in with the vaulted password: the vendor starts at the greeting and the
+    // prompt, and never sees a login or password prompt.
+    assert!(out.stdout.contains("Welcome, service."), "{out:?}");
+    assert!(!out.stdout.contains("login:"), "{out:?}");
+    assert!(!out.stdout.contains("assword"), "{out:?}");
     assert!(
         out.stdout
             .contains("status: RUNNING  channel A 12.5 mL/h  battery 87%  occlusion none\r\n"),
         "{out:?}"
     );
     assert!(out.stdout.ends_with("pump> bye\r\n"), "{out:?}");
+
+    // The pump's password is rotated on the device to a value nobody is shown; the vendor still
+    // lands at the prompt.
+    let admin = format!("{d}/admin");
+    let out = run(&mut ward(&[
+        "vault",
+        "rotate",
+        "pump-12",
+        "service",
+        "--gateway",
+        &gateway,
+        "--identity",
+        &admin,
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    let out = run_with(
+        &mut ward(&[
+            "connect",
+            "pump-12",
+            "--gateway",
+            &gateway,
+            "--identity",
+            &vendor,
+        ]),
+        Input::Bytes(b"status\r\nexit\r\n".to_vec()),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("Welcome, service."), "{out:?}");
+    assert!(out.stdout.contains("pump> status: RUNNING"), "{out:?}");
     assert!(
         out.stderr
             .contains("to pump-12 opened (rule acme-maintains-its-pumps)"),
@@ -172,15 +208,15 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
                 .args(extra)
                 .arg(&url))
         };
-        let out = curl(&["-u", "admin:admin"]);
-        assert!(out.status.success(), "{out:?}");
-        assert_eq!(
-            out.stdout,
-            "<html><head><title>VitalView 900 monitor</title></head><body>\n<h1>VitalView 900 bedside monitor</h1>\n<p>Bed ICU-3 &middot; HR 72 bpm &middot; SpO2 98% &middot; NIBP 118/76</p>\n</body></html>\n\n200"
-        );
+        // The gateway injects the monitor's vaulted Basic credential: with none of its own, or
+        // with a wrong one, curl gets the page.
+        let page = "<html><head><title>VitalView 900 monitor</title></head><body>\n<h1>VitalView 900 bedside monitor</h1>\n<p>Bed ICU-3 &middot; HR 72 bpm &middot; SpO2 98% &middot; NIBP 118/76</p>\n</body></html>\n\n200";
         let out = curl(&[]);
         assert!(out.status.success(), "{out:?}");
-        assert_eq!(out.stdout, "401 login required\n\n401");
+        assert_eq!(out.stdout, page);
+        let out = curl(&["-u", "nurse:guess"]);
+        assert!(out.status.success(), "{out:?}");
+        assert_eq!(out.stdout, page);
         fwd.wait_for("two sessions", COMMAND_TIMEOUT, |_, err| {
             err.matches("opened (rule icu-nurses-see-icu-monitors)")
                 .count()

@@ -142,7 +142,7 @@ fn isolated_quickstart_devices_are_reachable_only_through_ward() {
             "--identity",
             &format!("{d}/vendor"),
         ]),
-        Input::Bytes(b"admin\r\nadmin\r\nstatus\r\nexit\r\n".to_vec()),
+        Input::Bytes(b"status\r\nexit\r\n".to_vec()),
         COMMAND_TIMEOUT,
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");

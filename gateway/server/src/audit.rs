@@ -46,6 +46,12 @@ pub const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub struct Event(pub AuditEvent);
 
 impl Event {
+    /// The same event, stamped `now` (a template built ahead, emitted later).
+    pub fn at(mut self, now: OffsetDateTime) -> Self {
+        self.0.time = rfc3339_ms(now);
+        self
+    }
+
     /// A new event of type `event` with `outcome` (success | failure | denied) at `now`.
     pub fn new(event: &str, outcome: &str, now: OffsetDateTime) -> Self {
         Event(AuditEvent {

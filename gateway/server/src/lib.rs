@@ -16,6 +16,7 @@ pub mod diskwatch;
 pub mod dispatch;
 pub mod gateway;
 pub mod hygiene;
+mod inject;
 pub mod jit;
 pub mod login_gate;
 pub mod netns;

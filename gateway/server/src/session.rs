@@ -30,6 +30,7 @@ use ward_recording::{Direction, EndInfo, SessionMeta};
 use crate::audit::Event;
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd};
 use crate::gateway::{refuse, Shared};
+use crate::inject::Injection;
 use crate::pipeline::Pipeline;
 use crate::policy_watch::{ended_by_policy, LiveGuard, PolicySnapshot};
 use crate::recorder::{self, SessionRecorder};
@@ -131,11 +132,14 @@ where
     let Some(session) = admit(ctx, &mut policy, &mut writer).await else {
         return;
     };
+    let Ok(injection) = injection(ctx, &session, &mut writer).await else {
+        return;
+    };
     let Ok(recorder) = start_recording(ctx, &session, &mut writer).await else {
         return;
     };
     let timeout = ctx.shared.limits().device_connect_timeout;
-    let tcp = match dial(session.device(), timeout).await {
+    let mut tcp = match dial(session.device(), timeout).await {
         Ok(tcp) => tcp,
         Err((code, msg)) => {
             let ev = ctx.event("session_open", "failure").reason(msg.clone());
@@ -146,8 +150,31 @@ where
             return;
         }
     };
+    // The gateway logs in for the user (telnet): nothing of the user's reaches the device first.
+    let leftover = match &injection {
+        None => Vec::new(),
+        Some(inj) => {
+            let tap = recorder.as_ref().map(SessionRecorder::tap);
+            match inj
+                .log_in(&ctx.open.device, &mut tcp, tap, &*ctx.shared.clock)
+                .await
+            {
+                Ok(leftover) => leftover,
+                Err(msg) => {
+                    let ev = ctx.event("device_login_failed", "failure");
+                    let ev = ev.severity("high").detail("account", inj.account.as_str());
+                    ctx.shared.audit.emit(ev.reason(msg.clone()));
+                    let closed = session.close(EndReason::NotStarted(msg.clone()));
+                    end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
+                    refuse(&mut writer, ErrorCode::DeviceUnreachable, msg).await;
+                    return;
+                }
+            }
+        }
+    };
     let live = ctx.shared.policy.register(session.clone());
-    if let Err(e) = announce(ctx, &session, recorder.is_some()).await {
+    let injected = injection.as_ref().map(|i| i.account.as_str());
+    if let Err(e) = announce(ctx, &session, recorder.is_some(), injected).await {
         drop(live);
         let closed = session.close(EndReason::NotStarted(e.to_string()));
         end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
@@ -163,12 +190,39 @@ where
     let opened = opened(ctx, &session);
     let end = match pipe.writer.write_response(&opened).await {
         Err(_) => EndReason::ClientGone,
+        // The device's prompt after the gateway's login (recorded with the login).
+        Ok(()) if !leftover.is_empty() && pipe.writer.write_data(&leftover).await.is_err() => {
+            EndReason::ClientGone
+        }
         Ok(()) => {
+            let n = leftover.len() as u64;
+            pipe.activity.down.fetch_add(n, Ordering::Relaxed);
             let recorder = recorder.as_ref();
-            proxy(ctx, &session, &mut policy, recorder, tcp, &mut pipe).await
+            let inj = injection.as_ref();
+            proxy(ctx, &session, &mut policy, recorder, inj, tcp, &mut pipe).await
         }
     };
     finish(ctx, session.close(end), pipe, recorder, live).await;
+}
+
+/// The vaulted credential policy gives this session (`inject` on its rule), fetched before
+/// anything is recorded or dialled. A credential that cannot be given refuses the session (fail
+/// closed), audited.
+async fn injection<W: AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    session: &Authorized,
+    writer: &mut FrameWriter<W>,
+) -> Result<Option<Injection>, Refused> {
+    let config = ctx.shared.config();
+    match crate::inject::for_session(&ctx.shared, &config, session).await {
+        Ok(injection) => Ok(injection),
+        Err(reason) => {
+            let ev = ctx.event("session_deny", "failure").severity("high");
+            ctx.shared.audit.emit(ev.reason(reason.clone()));
+            refuse(writer, ErrorCode::Forbidden, reason).await;
+            Err(Refused)
+        }
+    }
 }
 
 /// Everything that decides whether the session may start: not shutting down, the audit log
@@ -369,6 +423,7 @@ async fn announce(
     ctx: &Ctx,
     session: &Authorized,
     recorded: bool,
+    injected: Option<&str>,
 ) -> Result<(), crate::audit::AuditUnavailable> {
     let permit = session.permit();
     let mut ev = ctx
@@ -378,6 +433,10 @@ async fn announce(
         .detail("transport", ctx.open.transport)
         .detail("ends_at", permit.ends_at().to_string())
         .detail("recorded", recorded);
+    if let Some(account) = injected {
+        // The vaulted account the gateway logs in with (never its value).
+        ev = ev.detail("injected_account", account);
+    }
     if let Some(g) = permit.grant() {
         ev = ev.detail("grant", g);
     }
@@ -417,6 +476,7 @@ async fn proxy<R, W>(
     session: &Authorized,
     policy: &mut watch::Receiver<Arc<PolicySnapshot>>,
     recorder: Option<&SessionRecorder>,
+    injection: Option<&Injection>,
     tcp: TcpStream,
     pipe: &mut Pipe<R, W>,
 ) -> EndReason
@@ -424,20 +484,22 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Decode → decide → record → forward: the device's stages, then the recorder.
+    // Decode → decide → record → forward: the device's stages, the injector, then the recorder.
     let stage_ctx = StageContext {
         device: session.device(),
         principal: session.principal(),
         rule: session.permit().rule(),
         now: ctx.shared.clock.now(),
     };
+    let last = injection.map_or_else(Vec::new, |i| i.stages(&ctx.open.device));
     let tap = Pipeline::for_session(
         ctx.shared.stages.as_deref(),
-        Vec::new(),
+        last,
         &stage_ctx,
         recorder.map(SessionRecorder::tap),
         ctx.shared.clock.clone(),
-    );
+    )
+    .map(|p| p.observed(rejected_credentials(ctx)));
     let mut rec_failed = recorder.map(SessionRecorder::failed);
     let deadline = to_instant(ctx, session.ends_at());
     let idle = ctx.shared.limits().idle_timeout;
@@ -450,6 +512,25 @@ where
         end = ended_by_policy(session, policy, &*ctx.shared.clock) => end,
         e = recording_failed(rec_failed.as_mut()) => EndReason::RecordingFailed(e),
     }
+}
+
+/// Audits a device's refusal of an injected credential (an HTTP 401 with injection on): the
+/// vaulted value is wrong or was changed on the device.
+fn rejected_credentials(ctx: &Ctx) -> crate::pipeline::Observer {
+    let shared = Arc::clone(&ctx.shared);
+    let base = ctx.event("credential_rejected", "failure");
+    Box::new(move |ev| {
+        if ev.kind != "credential_rejected" {
+            return;
+        }
+        let mut e = base.clone().severity("high").at(shared.clock.now());
+        for (k, v) in &ev.fields {
+            e = e.detail(k, v.as_str());
+        }
+        shared
+            .audit
+            .emit(e.reason("device rejected the vaulted credential; an admin checks it with `ward vault list` and sets it again"));
+    })
 }
 
 /// The pump: the client's data frames to the device and the device's bytes to the client, each

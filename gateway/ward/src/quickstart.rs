@@ -105,6 +105,13 @@ pub fn prepare(
         person(Kind::Security, "sam", None, &["soc"]),
         clock,
     )?;
+    issue(
+        &ca,
+        dir,
+        "admin",
+        person(Kind::Admin, "root", None, &[]),
+        clock,
+    )?;
     let config = dir.join("ward.toml");
     std::fs::write(&config, sample_config(ports, netns))
         .with_context(|| format!("writing {}", config.display()))?;
@@ -195,6 +202,7 @@ name = "acme-maintains-its-pumps"
 who = {{ kind = "vendor", org = "acme" }}
 devices = {{ labels = {{ vendor = "acme" }} }}
 max_session = "2h"
+inject = "service"                 # the gateway logs in with the vaulted `service` account (docs/vault.md)
 
 [[device]]
 id = "pump-14"                     # same simulated console, but vendors need an approved request
@@ -209,6 +217,7 @@ name = "icu-nurses-see-icu-monitors"
 who = {{ kind = "clinician", roles = ["icu"] }}
 devices = {{ labels = {{ unit = "icu", class = "patient-monitor" }} }}
 hours = "Mon-Sun 00:00-24:00"
+inject = "console"                 # the monitor's Basic auth, from the vault
 
 # Vendors hold no standing access to pump-14: they ask, one ICU clinician and one biomedical
 # engineer approve, and the grant (that vendor, that device, that window) is the access.
@@ -227,6 +236,36 @@ cert_ttl = "8h"
         telnet = p.telnet,
         http = p.http
     )
+}
+
+/// Vault the simulated devices' credentials before the gateway starts: the pumps' `service`
+/// account (the random password the simulated pump was given) and the monitor's `console`
+/// account (its factory admin/admin). Replaces what an earlier quickstart in this dir stored.
+fn vault_devices(
+    config: &ward_core::Config,
+    service: &ward_core::secret::Secret<String>,
+    clock: &dyn Clock,
+) -> anyhow::Result<()> {
+    use ward_store::vault::{Kek, VaultStore};
+    let state_dir = &config.gateway.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let source = Kek::source(&config.inject.vault, state_dir);
+    let kek = source
+        .load(true)?
+        .ok_or_else(|| anyhow::anyhow!("the vault key ({source}) could not be created"))?;
+    let db = ward_store::store::SqliteStore::open(state_dir)?;
+    let now = clock.now().unix_timestamp();
+    let admin = ward_core::secret::Secret::new("admin".to_string());
+    for (device, account, user, secret) in [
+        ("pump-12", "service", "service", service),
+        ("pump-14", "service", "service", service),
+        ("monitor-3", "console", "admin", &admin),
+    ] {
+        db.put_credential(&kek, device, account, user, secret, now)
+            .with_context(|| format!("vaulting {device}/{account}"))?;
+    }
+    Ok(())
 }
 
 /// The commands a person runs to try the quickstart gateway.
@@ -249,16 +288,23 @@ pub fn instructions(exe: &str, setup: &Setup, gateway: SocketAddr) -> String {
     format!(
         r#"
 Ward is running (development CA in {d}, config {cfg}).
-Devices: pump-12 (telnet console, login admin/admin) and monitor-3 (HTTP console, Basic auth admin/admin).
+Devices: pump-12 (telnet console) and monitor-3 (HTTP console, Basic auth). Their passwords are in
+Ward's vault: the pump's `service` account has a random password nobody was shown, the monitor keeps
+its factory admin/admin. The gateway logs in for vendors and clinicians; nobody types a password.
 {reach}
 
-As the vendor (acme/jdoe) — reach the pump's telnet console:
+As the vendor (acme/jdoe) — reach the pump's telnet console (you land at `pump>`, already logged in):
   {exe} connect pump-12 --gateway {gateway} --identity {d}/vendor --listen 127.0.0.1:2323
-  telnet 127.0.0.1 2323            # login: admin  password: admin
+  telnet 127.0.0.1 2323
 
-As the clinician (alice, role icu) — reach the monitor's HTTP console:
+As the clinician (alice, role icu) — reach the monitor's HTTP console (no credentials needed):
   {exe} connect monitor-3 --gateway {gateway} --identity {d}/clinician --listen 127.0.0.1:8080
-  curl -u admin:admin http://127.0.0.1:8080/
+  curl http://127.0.0.1:8080/
+
+The vault (admin identity): what is stored (never a value), and a rotation of the pump's password
+on the device itself; vendors still reach its console afterwards:
+  {exe} vault list --gateway {gateway} --identity {d}/admin
+  {exe} vault rotate pump-12 service --gateway {gateway} --identity {d}/admin
 
 The clinician is refused the vendor's pump:
   {exe} connect pump-12 --gateway {gateway} --identity {d}/clinician < /dev/null
@@ -348,7 +394,14 @@ pub async fn run(
             };
             Ok(tokio::net::TcpListener::from_std(std)?)
         };
-    let telnet = crate::sim::telnet_console_on(listener(namespace.as_ref())?)?;
+    // The pump's `service` password: random, known only to the simulated pump and the vault.
+    let pump_accounts = crate::sim::factory_accounts();
+    let service = ward_server::services::vault::generate_password();
+    pump_accounts
+        .lock()
+        .map_err(|_| anyhow::anyhow!("simulated pump accounts poisoned"))?
+        .insert("service".into(), service.expose().clone());
+    let telnet = crate::sim::telnet_console_with(listener(namespace.as_ref())?, pump_accounts)?;
     let http = crate::sim::http_console_on(listener(namespace.as_ref())?)?;
     let ports = Ports {
         gateway: gateway_port,
@@ -358,6 +411,7 @@ pub async fn run(
     let netns = namespace.as_ref().map(|n| n.name().to_owned());
     let setup = prepare(dir, ports, netns.as_deref(), clock.as_ref())?;
     let config = ward_server::gateway::load_config(&setup.config)?;
+    vault_devices(&config, &service, clock.as_ref())?;
     let gateway = ward_server::gateway::Gateway::start(config, clock)
         .await
         .with_context(|| format!("starting the gateway on port {gateway_port} (is another quickstart running? try --port)"))?;

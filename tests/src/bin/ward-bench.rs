@@ -45,7 +45,8 @@ const USAGE: &str =
   --out FILE   also write the report (markdown) to FILE, e.g. docs/benchmarks.md
   --no-peers   skip the socat / stunnel4 / ssh baselines even when installed
   --only TEXT  profiling aid: bulk-test only the paths whose name contains TEXT, print, stop
-  --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)";
+  --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)
+  --inject-only  only the HTTP credential injection figures (the pure stage, a few seconds), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -73,6 +74,8 @@ struct Opts {
     idle: (usize, usize),
     profile: bool,
     ward: Option<PathBuf>,
+    /// Only the HTTP credential injection figures, then stop.
+    inject_only: bool,
 }
 
 impl Opts {
@@ -84,12 +87,14 @@ impl Opts {
         let mut bulk_secs: Option<f64> = None;
         let mut profile = true;
         let mut ward = None;
+        let mut inject_only = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
                 "--quick" => quick = true,
                 "--no-peers" => peers = false,
                 "--no-profile" => profile = false,
+                "--inject-only" => inject_only = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -139,6 +144,7 @@ impl Opts {
                 idle: (8, 250),
                 profile,
                 ward,
+                inject_only,
             }
         } else {
             Opts {
@@ -156,6 +162,7 @@ impl Opts {
                 idle: (40, 250),
                 profile,
                 ward,
+                inject_only,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -1593,6 +1600,7 @@ struct Results {
     held: Option<HeldRate>,
     idle: Vec<Idle>,
     profiles: Vec<Profile>,
+    inject: Vec<InjectRun>,
     skipped: Vec<String>,
 }
 
@@ -1664,6 +1672,187 @@ async fn rate_with_anonymous_held(
         finished,
         open_after,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP credential injection (issue 14): the pure stage, in this process.
+
+/// One HTTP workload through a session's stage chain without, then with, the credential injector.
+#[derive(Debug, Clone)]
+struct InjectRun {
+    workload: &'static str,
+    /// Client → device bytes offered per run, and requests in them.
+    bytes: u64,
+    requests: u64,
+    /// Best of the repetitions, seconds per run.
+    without: f64,
+    with: f64,
+}
+
+impl InjectRun {
+    fn gbps(&self, secs: f64) -> f64 {
+        self.bytes as f64 * 8.0 / secs / 1e9
+    }
+    fn ratio(&self) -> f64 {
+        self.without / self.with
+    }
+    fn ns_per_request(&self, secs: f64) -> f64 {
+        secs * 1e9 / self.requests as f64
+    }
+}
+
+/// Run `chunks` through a chain (the pump's decide step) and "forward" each result the way the
+/// pump does, by copying it into a send buffer: client → device, and after a chunk marked `true`
+/// the device's response (which the injector watches for a 401); returns the seconds taken and
+/// the client → device bytes forwarded.
+fn inject_pass(
+    chain: &mut ward_core::stage::Chain,
+    chunks: &[(&[u8], bool)],
+    response: &[u8],
+    send: &mut Vec<u8>,
+) -> Result<(f64, u64)> {
+    use ward_core::stage::{Direction, Forward};
+    let now = time::OffsetDateTime::UNIX_EPOCH;
+    let mut out = Vec::new();
+    let mut forwarded = 0u64;
+    let t0 = Instant::now();
+    for &(c, answered) in chunks {
+        let mut step = |dir: Direction, c: &[u8]| -> Result<u64> {
+            let fwd = match chain.process(dir, c, now, &mut out) {
+                Ok(Forward::AsIs) => c,
+                Ok(Forward::Replaced) => out.as_slice(),
+                Err(e) => bail!("the injector refused the benchmark's traffic: {e}"),
+            };
+            send.clear();
+            send.extend_from_slice(fwd);
+            let _ = chain.take_notes();
+            Ok(send.len() as u64)
+        };
+        forwarded += step(Direction::Up, c)?;
+        if answered {
+            step(Direction::Down, response)?;
+        }
+    }
+    Ok((t0.elapsed().as_secs_f64(), forwarded))
+}
+
+/// The HTTP injection figures: a large POST body with `Content-Length` and many small keep-alive
+/// requests (one per read, each with the client's own `Authorization`), through a chain without
+/// and with `HttpInjector`, interleaved, best of several runs. Bounded to a few seconds.
+fn inject_bench(quick: bool) -> Result<Vec<InjectRun>> {
+    use ward_core::inject::http::HttpInjector;
+    use ward_core::inject::{Credential, HttpAuth};
+    use ward_core::stage::{Chain, Stage};
+    let injector = || -> Box<dyn Stage> {
+        Box::new(HttpInjector::new(
+            "bench-device",
+            Credential {
+                account: "service".into(),
+                username: "admin".into(),
+                secret: ward_core::secret::Secret::new("a-long-vaulted-password-0123456789".into()),
+            },
+            HttpAuth::Basic,
+        ))
+    };
+    // 1. Bulk: POSTs of 64 MiB each, read in 256 KiB chunks, the next head in the last chunk.
+    let body_len = 64 * 1024 * 1024;
+    let posts = if quick { 4 } else { 16 };
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: device\r\nAuthorization: Basic Y2xpZW50OnB3\r\nContent-Length: {body_len}\r\n\r\n"
+    );
+    let mut stream = Vec::with_capacity(posts * (body_len + head.len()));
+    for _ in 0..posts {
+        stream.extend_from_slice(head.as_bytes());
+        stream.resize(stream.len() + body_len, b'x');
+    }
+    // The device answers each POST once its body is in (the chunk holding its last byte).
+    let per_post = head.len() + body_len;
+    let bulk_chunks: Vec<(&[u8], bool)> = stream
+        .chunks(WRITE_CHUNK)
+        .enumerate()
+        .map(|(i, c)| {
+            let (start, end) = (i * WRITE_CHUNK, i * WRITE_CHUNK + c.len());
+            (c, start / per_post != end / per_post || end == stream.len())
+        })
+        .collect();
+    // 2. Small requests: keep-alive GETs, one per read.
+    let n_small = if quick { 50_000 } else { 200_000 };
+    let small: Vec<String> = (0..n_small)
+        .map(|i| format!("GET /api/v1/status/{i} HTTP/1.1\r\nHost: device\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\nAuthorization: Basic d3Jvbmc6Y3JlZHM=\r\n\r\n"))
+        .collect();
+    let small_chunks: Vec<(&[u8], bool)> = small.iter().map(|s| (s.as_bytes(), true)).collect();
+    let response = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 11\r\n\r\n{\"ok\":true}";
+    let reps = if quick { 3 } else { 5 };
+    let mut send = Vec::with_capacity(WRITE_CHUNK * 2);
+    let mut runs = Vec::new();
+    for (workload, chunks, requests) in [
+        (
+            "large POST bodies (Content-Length, 256 KiB reads)",
+            &bulk_chunks,
+            posts as u64,
+        ),
+        (
+            "small keep-alive GETs (one per read, each answered)",
+            &small_chunks,
+            n_small as u64,
+        ),
+    ] {
+        let bytes: u64 = chunks.iter().map(|c| c.0.len() as u64).sum();
+        let (mut without, mut with) = (f64::INFINITY, f64::INFINITY);
+        for _ in 0..reps {
+            let (t, plain) = inject_pass(&mut Chain::new(Vec::new()), chunks, response, &mut send)?;
+            without = without.min(t);
+            let (t, fwd) = inject_pass(
+                &mut Chain::new(vec![injector()]),
+                chunks,
+                response,
+                &mut send,
+            )?;
+            with = with.min(t);
+            // The vaulted header is longer than the client's: every request was rewritten.
+            if fwd <= plain {
+                bail!("the injector did not rewrite the benchmark's requests");
+            }
+        }
+        eprintln!(
+            "  {workload:<52} without {:.2} Gbit/s, with injection {:.2} Gbit/s ({:.0} ns/request), ratio {:.3}",
+            bytes as f64 * 8.0 / without / 1e9,
+            bytes as f64 * 8.0 / with / 1e9,
+            with * 1e9 / requests as f64,
+            without / with
+        );
+        runs.push(InjectRun {
+            workload,
+            bytes,
+            requests,
+            without,
+            with,
+        });
+    }
+    Ok(runs)
+}
+
+fn render_inject(s: &mut String, runs: &[InjectRun]) {
+    let _ = writeln!(
+        s,
+        "\n### HTTP credential injection, the pure stage (issue 14; `Chain` in this process, each forwarded chunk copied once as the pump's send; no network)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| workload | without Gbit/s | with injection Gbit/s | with ÷ without | ns per request, with |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|");
+    for r in runs {
+        let _ = writeln!(
+            s,
+            "| {} | {:.2} | {:.2} | {:.3} | {:.0} |",
+            r.workload,
+            r.gbps(r.without),
+            r.gbps(r.with),
+            r.ratio(),
+            r.ns_per_request(r.with)
+        );
+    }
 }
 
 /// Everything from this line on in docs/benchmarks.md is hand-written and kept by `--out`.
@@ -1855,6 +2044,8 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             let _ = writeln!(s);
         }
     }
+
+    render_inject(&mut s, &r.inject);
 
     // The team's performance targets, printed with every run so docs/benchmarks.md carries them: every row, measured, target, verdict with the gap.
     let _ = writeln!(s, "\n### Against the targets, all from this run\n");
@@ -2062,6 +2253,24 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             );
         }
     }
+    if let Some(b) = r.inject.first() {
+        let ratio = b.ratio();
+        row(
+            &mut s,
+            "HTTP bulk through credential injection ÷ without (pure stage, same run)",
+            format!(
+                "{:.2} ÷ {:.2} Gbit/s = {ratio:.3}",
+                b.gbps(b.with),
+                b.gbps(b.without)
+            ),
+            "≥ 0.9",
+            ratio >= 0.9,
+            format!(
+                "injection costs {:.0} % of the throughput",
+                (1.0 - ratio) * 100.0
+            ),
+        );
+    }
     if !r.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}", r.skipped.join("; "));
     }
@@ -2210,6 +2419,14 @@ fn main() -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("ward-bench: this is a debug build; figures will be far too low. Use --release.");
     }
+    eprintln!("ward-bench: HTTP credential injection (pure stage)");
+    let inject = inject_bench(opts.quick)?;
+    if opts.inject_only {
+        let mut s = String::new();
+        render_inject(&mut s, &inject);
+        println!("{s}");
+        return Ok(());
+    }
     let hz = clock_ticks_per_sec();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let wall = Instant::now();
@@ -2254,7 +2471,10 @@ fn main() -> Result<()> {
     let rec_dir = Some(gw_on.state.join(ward_server::RECORDINGS_DIR));
     let (gw_pid, nr_gw_pid) = (gw_on.proc.pid(), gw_off.proc.pid());
 
-    let mut results = Results::default();
+    let mut results = Results {
+        inject,
+        ..Results::default()
+    };
     let mut paths = vec![
         Route {
             name: "direct TCP".into(),

@@ -7,6 +7,8 @@
 //! [`RotateProcedure`] that changes its password), and how an HTTP device takes a credential
 //! ([`HttpAuth`]). The prompt matcher and the HTTP injector are pure, like the rest of this crate.
 
+pub mod http;
+
 use std::time::Duration;
 
 use crate::secret::Secret;
