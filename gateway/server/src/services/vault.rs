@@ -235,8 +235,6 @@ pub enum VaultRefusal {
 
 /// The current credential for `device`/`account`, for a session that injects it; marks it used.
 /// Runs the store and the decryption off the async workers.
-// The session path (issue 14's injection, the lead's part) is its caller.
-#[allow(dead_code)]
 pub(crate) async fn credential(
     shared: &Shared,
     device: &str,
