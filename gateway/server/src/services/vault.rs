@@ -21,7 +21,7 @@ use super::{Caller, Context, Refusal, Role};
 use crate::audit::Event;
 use crate::gateway::Shared;
 use crate::store_async::AsyncVaultStore;
-use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError};
+use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError, VaultStore};
 
 /// Changes a device's password through its console, and checks a login. The gateway's telnet
 /// driver implements it (`device_login`); tests use a fake. Error texts are shown to admins and
@@ -694,23 +694,54 @@ enum Settled {
     Neither,
 }
 
-/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table.
-pub fn open_vault(
+/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table
+/// (served off the async workers). Warns, naming fingerprints, when stored values are sealed under
+/// another key or the key is missing: sessions that inject them would be refused.
+pub fn open_vault<S: VaultStore + 'static>(
     config: &VaultConfig,
     state_dir: &Path,
-    store: Arc<dyn AsyncVaultStore>,
+    db: &Arc<S>,
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let keys = VaultKeys::open(config, state_dir)?;
-    if let Some(fp) = keys.fingerprint() {
-        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, "vault key loaded");
+    let entries = db.list_credentials()?;
+    if let Some(warning) = key_warning(keys.fingerprint().as_deref(), &entries) {
+        tracing::warn!(event = "vault_key_mismatch", "{warning}");
+    } else if let Some(fp) = keys.fingerprint() {
+        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, values = entries.len(), "vault key loaded");
     }
     Ok(Arc::new(Vault {
         keys,
-        store,
+        store: crate::store_async::OffThread::new(db.clone()),
         rotator: Some(rotator),
         rotating: Rotating::default(),
     }))
+}
+
+/// What is wrong between the key at hand and the stored values' fingerprints, if anything.
+fn key_warning(key: Option<&str>, entries: &[VaultEntry]) -> Option<String> {
+    let mut other: Vec<&str> = entries
+        .iter()
+        .map(|e| e.key_fingerprint.as_str())
+        .filter(|fp| Some(*fp) != key)
+        .collect();
+    other.sort_unstable();
+    other.dedup();
+    let n = entries
+        .iter()
+        .filter(|e| Some(e.key_fingerprint.as_str()) != key)
+        .count();
+    match key {
+        _ if n == 0 => None,
+        None => Some(format!(
+            "{n} vaulted value(s) are stored but the vault key is missing (they need key {}): sessions that inject them are refused; restore the key file",
+            other.join(", ")
+        )),
+        Some(fp) => Some(format!(
+            "{n} vaulted value(s) are sealed under key {}, not this gateway's key {fp}: sessions that inject them are refused; start with that key, or `ward vault rekey`",
+            other.join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -1136,6 +1167,34 @@ mod tests {
         drop(running);
         fx.service.set(a.caller(), set_req("other")).await.unwrap();
         assert_eq!(fx.current(), "other");
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_the_stored_values_is_named() {
+        let entry = |fp: &str| VaultEntry {
+            device: "pump-12".into(),
+            account: "service".into(),
+            username: "admin".into(),
+            key_fingerprint: fp.into(),
+            created_unix: 0,
+            updated_unix: 0,
+            last_used_unix: None,
+            last_rotated_unix: None,
+            pending: false,
+            has_previous: false,
+        };
+        assert_eq!(key_warning(Some("aa"), &[entry("aa")]), None);
+        assert_eq!(key_warning(None, &[]), None);
+        let w = key_warning(Some("aa"), &[entry("aa"), entry("bb"), entry("bb")]).unwrap();
+        assert!(
+            w.starts_with("2 vaulted value(s) are sealed under key bb, not this gateway's key aa"),
+            "{w}"
+        );
+        let w = key_warning(None, &[entry("bb")]).unwrap();
+        assert!(
+            w.contains("the vault key is missing (they need key bb)"),
+            "{w}"
+        );
     }
 
     #[test]
