@@ -329,7 +329,7 @@ impl Gateway {
         let vault = crate::services::vault::open_vault(
             &config.inject.vault,
             &g.state_dir,
-            crate::store_async::OffThread::new(db.clone()),
+            &db,
             options.rotator.clone().unwrap_or_else(|| {
                 Arc::new(crate::services::vault::TelnetRotator::new(clock.clone()))
             }),

@@ -21,7 +21,7 @@ use super::{Caller, Context, Refusal, Role};
 use crate::audit::Event;
 use crate::gateway::Shared;
 use crate::store_async::AsyncVaultStore;
-use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError};
+use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError, VaultStore};
 
 /// Changes a device's password through its console, and checks a login. The gateway's telnet
 /// driver implements it (`device_login`); tests use a fake. Error texts are shown to admins and
@@ -167,6 +167,51 @@ pub struct Vault {
     pub store: Arc<dyn AsyncVaultStore>,
     /// The driver for `rotate`.
     pub rotator: Option<Arc<dyn DeviceRotator>>,
+    /// The entries a rotation is running on (one at a time per entry; `set` and `remove` wait
+    /// their turn by being refused).
+    pub rotating: Rotating,
+}
+
+/// The (device, account) entries being rotated.
+#[derive(Default)]
+pub struct Rotating(Mutex<std::collections::HashSet<(String, String)>>);
+
+/// Marks an entry as being rotated until dropped.
+struct RotatingGuard<'a> {
+    set: &'a Rotating,
+    key: (String, String),
+}
+
+impl Rotating {
+    fn is_rotating(&self, device: &str, account: &str) -> bool {
+        self.0
+            .lock()
+            .map(|s| s.contains(&(device.to_owned(), account.to_owned())))
+            .unwrap_or(true)
+    }
+
+    fn start(&self, device: &str, account: &str) -> Option<RotatingGuard<'_>> {
+        let key = (device.to_owned(), account.to_owned());
+        let inserted = self.0.lock().ok()?.insert(key.clone());
+        // The guard is made only when this call inserted (dropping one removes the entry).
+        inserted.then(|| RotatingGuard { set: self, key })
+    }
+}
+
+impl Drop for RotatingGuard<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut set) = self.set.0.lock() {
+            set.remove(&self.key);
+        }
+    }
+}
+
+fn rotation_running(device: &str, account: &str) -> Refusal {
+    Refusal::Invalid(format!(
+        "a rotation of {}/{} is running; try again when it has finished",
+        ward_core::escape(device),
+        ward_core::escape(account)
+    ))
 }
 
 /// Why the session path got no credential. `Display` says what to do.
@@ -190,8 +235,6 @@ pub enum VaultRefusal {
 
 /// The current credential for `device`/`account`, for a session that injects it; marks it used.
 /// Runs the store and the decryption off the async workers.
-// The session path (issue 14's injection, the lead's part) is its caller.
-#[allow(dead_code)]
 pub(crate) async fn credential(
     shared: &Shared,
     device: &str,
@@ -327,6 +370,11 @@ impl VaultService {
             trail.push(ev("failure").reason(r.to_string()));
             return Err(r);
         }
+        if self.vault.rotating.is_rotating(&device, &account) {
+            let r = rotation_running(&device, &account);
+            trail.push(ev("failure").reason(r.to_string()));
+            return Err(r);
+        }
         let result = async {
             let existing = self.vault.store.credential_entry(&device, &account).await?;
             let username = username
@@ -397,6 +445,11 @@ impl VaultService {
             trail.push(ev("denied").reason("not an admin"));
             return Err(r);
         }
+        if self.vault.rotating.is_rotating(device, account) {
+            let r = rotation_running(device, account);
+            trail.push(ev("failure").reason(r.to_string()));
+            return Err(r);
+        }
         match self.vault.store.remove_credential(device, account).await {
             Ok(true) => {
                 trail.push(ev("success").severity("warning"));
@@ -433,7 +486,10 @@ impl VaultService {
             trail.push(ev("denied").reason("not an admin"));
             return Err(r);
         }
-        let result = self.rotate_inner(device_id, account).await;
+        let result = match self.vault.rotating.start(device_id, account) {
+            Some(_running) => self.rotate_inner(device_id, account).await,
+            None => Err(rotation_running(device_id, account)),
+        };
         match &result {
             Ok(r) => trail.push(ev("success").severity("warning").reason(r.message.clone())),
             Err(r) => trail.push(ev("failure").severity("high").reason(r.to_string())),
@@ -638,22 +694,54 @@ enum Settled {
     Neither,
 }
 
-/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table.
-pub fn open_vault(
+/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table
+/// (served off the async workers). Warns, naming fingerprints, when stored values are sealed under
+/// another key or the key is missing: sessions that inject them would be refused.
+pub fn open_vault<S: VaultStore + 'static>(
     config: &VaultConfig,
     state_dir: &Path,
-    store: Arc<dyn AsyncVaultStore>,
+    db: &Arc<S>,
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let keys = VaultKeys::open(config, state_dir)?;
-    if let Some(fp) = keys.fingerprint() {
-        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, "vault key loaded");
+    let entries = db.list_credentials()?;
+    if let Some(warning) = key_warning(keys.fingerprint().as_deref(), &entries) {
+        tracing::warn!(event = "vault_key_mismatch", "{warning}");
+    } else if let Some(fp) = keys.fingerprint() {
+        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, values = entries.len(), "vault key loaded");
     }
     Ok(Arc::new(Vault {
         keys,
-        store,
+        store: crate::store_async::OffThread::new(db.clone()),
         rotator: Some(rotator),
+        rotating: Rotating::default(),
     }))
+}
+
+/// What is wrong between the key at hand and the stored values' fingerprints, if anything.
+fn key_warning(key: Option<&str>, entries: &[VaultEntry]) -> Option<String> {
+    let mut other: Vec<&str> = entries
+        .iter()
+        .map(|e| e.key_fingerprint.as_str())
+        .filter(|fp| Some(*fp) != key)
+        .collect();
+    other.sort_unstable();
+    other.dedup();
+    let n = entries
+        .iter()
+        .filter(|e| Some(e.key_fingerprint.as_str()) != key)
+        .count();
+    match key {
+        _ if n == 0 => None,
+        None => Some(format!(
+            "{n} vaulted value(s) are stored but the vault key is missing (they need key {}): sessions that inject them are refused; restore the key file",
+            other.join(", ")
+        )),
+        Some(fp) => Some(format!(
+            "{n} vaulted value(s) are sealed under key {}, not this gateway's key {fp}: sessions that inject them are refused; start with that key, or `ward vault rekey`",
+            other.join(", ")
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -771,6 +859,7 @@ mod tests {
             keys: VaultKeys::with_key(kek.clone()),
             store: OffThread::new(db.clone()),
             rotator,
+            rotating: Rotating::default(),
         });
         Fx {
             service: VaultService::new(ctx, vault),
@@ -1012,6 +1101,7 @@ mod tests {
                     keys: VaultKeys::with_key(fx.kek.clone()),
                     store: OffThread::new(fx.db.clone()),
                     rotator: Some(device2.clone()),
+                    rotating: Rotating::default(),
                 }),
             ),
             ..fx
@@ -1040,6 +1130,71 @@ mod tests {
         let r = fx.service.rotate(a.caller(), "pump-12", "service").await;
         assert!(matches!(r, Err(Refusal::Unavailable(_))), "{r:?}");
         assert_eq!(fx.current(), "factory");
+    }
+
+    #[tokio::test]
+    async fn one_rotation_at_a_time_and_no_set_meanwhile() {
+        let fx = fixture(None);
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let running = fx
+            .service
+            .vault
+            .rotating
+            .start("pump-12", "service")
+            .unwrap();
+        for r in [
+            fx.service
+                .rotate(a.caller(), "pump-12", "service")
+                .await
+                .err(),
+            fx.service.set(a.caller(), set_req("other")).await.err(),
+            fx.service
+                .remove(a.caller(), "pump-12", "service")
+                .await
+                .err(),
+        ] {
+            let text = r.unwrap().to_string();
+            assert!(
+                text.contains("rotation of pump-12/service is running"),
+                "{text}"
+            );
+        }
+        assert_eq!(fx.current(), "factory");
+        drop(running);
+        fx.service.set(a.caller(), set_req("other")).await.unwrap();
+        assert_eq!(fx.current(), "other");
+    }
+
+    #[test]
+    fn a_key_that_does_not_fit_the_stored_values_is_named() {
+        let entry = |fp: &str| VaultEntry {
+            device: "pump-12".into(),
+            account: "service".into(),
+            username: "admin".into(),
+            key_fingerprint: fp.into(),
+            created_unix: 0,
+            updated_unix: 0,
+            last_used_unix: None,
+            last_rotated_unix: None,
+            pending: false,
+            has_previous: false,
+        };
+        assert_eq!(key_warning(Some("aa"), &[entry("aa")]), None);
+        assert_eq!(key_warning(None, &[]), None);
+        let w = key_warning(Some("aa"), &[entry("aa"), entry("bb"), entry("bb")]).unwrap();
+        assert!(
+            w.starts_with("2 vaulted value(s) are sealed under key bb, not this gateway's key aa"),
+            "{w}"
+        );
+        let w = key_warning(None, &[entry("bb")]).unwrap();
+        assert!(
+            w.contains("the vault key is missing (they need key bb)"),
+            "{w}"
+        );
     }
 
     #[test]
