@@ -412,6 +412,7 @@ impl Gateway {
         tasks.spawn(disk.run());
         tasks.spawn(crate::jit::refresh_loop(shared.clone()));
         tasks.spawn(noise_loop(shared.clone()));
+        tasks.spawn(rotation_loop(shared.clone()));
         tasks.spawn(quic_accept_loop(
             shared.clone(),
             endpoint.clone(),
@@ -648,6 +649,32 @@ async fn bind_listeners(
         None => None,
     };
     Ok((endpoint, tcp))
+}
+
+/// How often the gateway looks for vaulted passwords `[vault] rotate_every` says are due.
+pub const ROTATION_CHECK_EVERY: Duration = Duration::from_secs(3600);
+
+/// Scheduled rotation (`[vault] rotate_every`, re-read from the live config at each check): the
+/// vault service rotates what is due, audited; a failure is tried again at the next check.
+async fn rotation_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(ROTATION_CHECK_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(every) = shared.config().inject.vault.rotate_every else {
+            continue;
+        };
+        let services = crate::dispatch::Services::of(&shared);
+        for (device, account, result) in services.vault.rotate_due(every).await {
+            match result {
+                Ok(_) => tracing::info!(event = "vault_rotated", device = %Escaped(&device),
+                    account = %Escaped(&account), "scheduled rotation done"),
+                Err(e) => tracing::warn!(event = "vault_rotate_failed", device = %Escaped(&device),
+                    account = %Escaped(&account), reason = %e,
+                    "scheduled rotation failed; tried again at the next check"),
+            }
+        }
+    }
 }
 
 /// Writes the unauthenticated-noise summaries as intervals end.

@@ -497,6 +497,55 @@ impl VaultService {
         result
     }
 
+    /// The rotations `[vault] rotate_every` makes due now: every vaulted value on a telnet device
+    /// whose login profile has a rotate procedure, unchanged (set, rotated or re-keyed) for
+    /// `every` or longer. Each runs as [`VaultService::rotate`] does, audited as `vault_rotate` by
+    /// the gateway with `scheduled` set. Returns what was tried, with each outcome.
+    pub async fn rotate_due(
+        &self,
+        every: std::time::Duration,
+    ) -> Vec<(String, String, Result<Rotated, Refusal>)> {
+        let entries = match self.vault.store.list_credentials().await {
+            Ok(entries) => entries,
+            Err(e) => {
+                tracing::warn!(event = "vault_schedule_failed", reason = %e,
+                    "scheduled rotation: the vault could not be listed; trying again later");
+                return Vec::new();
+            }
+        };
+        let config = self.ctx.live.config();
+        let now = self.ctx.clock.now().unix_timestamp();
+        let every = i64::try_from(every.as_secs()).unwrap_or(i64::MAX);
+        let mut tried = Vec::new();
+        for e in entries {
+            let telnet = config
+                .device(&e.device)
+                .is_some_and(|d| d.protocol == ward_core::Protocol::Telnet);
+            let procedure = config.inject.login_for(&e.device).rotate.is_some();
+            if !telnet || !procedure || now.saturating_sub(e.updated_unix) < every {
+                continue;
+            }
+            let (device, account) = (e.device.as_str(), e.account.as_str());
+            let mut trail = self.ctx.audit.trail();
+            let ev = |outcome: &str| {
+                Event::new("vault_rotate", outcome, self.ctx.clock.now())
+                    .detail("device", ward_core::escape(device))
+                    .detail("account", ward_core::escape(account))
+                    .detail("scheduled", true)
+            };
+            let result = match self.vault.rotating.start(device, account) {
+                Some(_running) => self.rotate_inner(device, account).await,
+                None => Err(rotation_running(device, account)),
+            };
+            match &result {
+                Ok(r) => trail.push(ev("success").severity("warning").reason(r.message.clone())),
+                Err(r) => trail.push(ev("failure").severity("high").reason(r.to_string())),
+            }
+            tried.push((e.device.clone(), e.account.clone(), result));
+        }
+        tried
+    }
+
     async fn rotate_inner(&self, device_id: &str, account: &str) -> Result<Rotated, Refusal> {
         let name = format!(
             "{}/{}",
@@ -1021,6 +1070,46 @@ mod tests {
         let audit = fx.audit_text().await;
         assert!(!audit.contains(&new) && !audit.contains("factory"));
         assert!(audit.contains("\"vault_rotate\""));
+    }
+
+    #[tokio::test]
+    async fn scheduled_rotation_takes_due_telnet_values_only_and_is_audited_as_scheduled() {
+        let device = Arc::new(FakeDevice {
+            password: Mutex::new("factory".into()),
+            ..Default::default()
+        });
+        let fx = fixture(Some(device.clone()));
+        let a = admin();
+        fx.service
+            .set(a.caller(), set_req("factory"))
+            .await
+            .unwrap();
+        let mut http = set_req("monitor-pw");
+        http.device = "monitor-3".into();
+        http.account = "console".into();
+        fx.service.set(a.caller(), http).await.unwrap();
+        // Set just now: not due under a 30-day schedule.
+        let month = std::time::Duration::from_secs(30 * 86_400);
+        assert!(fx.service.rotate_due(month).await.is_empty());
+        assert_eq!(fx.current(), "factory");
+        // Due (a zero interval): the telnet pump is rotated, the HTTP monitor is not touched.
+        let tried = fx.service.rotate_due(std::time::Duration::ZERO).await;
+        let names: Vec<(&str, &str)> = tried
+            .iter()
+            .map(|(d, a, _)| (d.as_str(), a.as_str()))
+            .collect();
+        assert_eq!(names, [("pump-12", "service")]);
+        assert!(tried[0].2.is_ok(), "{:?}", tried[0].2.as_ref().err());
+        let new = fx.current();
+        assert_ne!(new, "factory");
+        assert_eq!(*device.password.lock().unwrap(), new);
+        let audit = fx.audit_text().await;
+        let line = audit
+            .lines()
+            .find(|l| l.contains("\"vault_rotate\"") && l.contains("\"scheduled\":true"))
+            .expect("a scheduled vault_rotate event");
+        assert!(line.contains("\"success\""), "{line}");
+        assert!(!audit.contains(&new));
     }
 
     #[tokio::test]
