@@ -10,7 +10,11 @@
 //!    many new mutual-TLS QUIC connections (each carrying one session) complete per second;
 //! 4. 100 concurrent bulk sessions, aggregate;
 //! 5. many idle sessions held open: the gateway process's RSS and file descriptors;
-//! 6. with `perf` installed, a profile of the gateway and client processes during QUIC bulk.
+//! 6. with `perf` installed, a profile of the gateway and client processes during QUIC bulk;
+//! 7. HTTP credential injection (issue 14): the pure stage, and HTTP through the gateway (large
+//!    POSTs and small keep-alive GETs to an HTTP device in this process) with and without a rule
+//!    that injects a vaulted credential, interleaved in one run (`--http-inject-only` runs just
+//!    those).
 //!
 //! Layout: the gateway is the release `ward gateway --config FILE` binary in its own process; the
 //! recording-off gateway is this binary re-executed as `ward-bench --serve-norec FILE` (the library
@@ -46,7 +50,9 @@ const USAGE: &str =
   --no-peers   skip the socat / stunnel4 / ssh baselines even when installed
   --only TEXT  profiling aid: bulk-test only the paths whose name contains TEXT, print, stop
   --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)
-  --inject-only  only the HTTP credential injection figures (the pure stage, a few seconds), then stop";
+  --inject-only  only the HTTP credential injection figures (the pure stage, a few seconds), then stop
+  --http-inject-only  only HTTP through the gateway with and without credential injection (issue 14:
+               release `ward gateway`, QUIC, recording on; interleaved runs), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -76,6 +82,8 @@ struct Opts {
     ward: Option<PathBuf>,
     /// Only the HTTP credential injection figures, then stop.
     inject_only: bool,
+    /// Only HTTP through the gateway with and without injection, then stop.
+    http_inject_only: bool,
 }
 
 impl Opts {
@@ -88,6 +96,7 @@ impl Opts {
         let mut profile = true;
         let mut ward = None;
         let mut inject_only = false;
+        let mut http_inject_only = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -95,6 +104,7 @@ impl Opts {
                 "--no-peers" => peers = false,
                 "--no-profile" => profile = false,
                 "--inject-only" => inject_only = true,
+                "--http-inject-only" => http_inject_only = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -145,6 +155,7 @@ impl Opts {
                 profile,
                 ward,
                 inject_only,
+                http_inject_only,
             }
         } else {
             Opts {
@@ -163,6 +174,7 @@ impl Opts {
                 profile,
                 ward,
                 inject_only,
+                http_inject_only,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -625,20 +637,7 @@ fn ward_config(
 ) -> String {
     let (sink, echo, idle) = devices;
     format!(
-        r#"# Written by ward-bench.
-[gateway]
-listen = "{quic}"
-listen_tcp = "{tcp}"
-ca = "."
-cert = "gateway.crt"
-key = "gateway.key"
-state_dir = "{state_dir}"
-max_connections = 2048
-max_connections_per_source = 1024
-max_sessions = 20000
-max_sessions_per_connection = 256
-idle_timeout = "15m"
-
+        r#"{}
 [[device]]
 id = "sink"
 address = "{sink}"
@@ -661,6 +660,27 @@ labels = {{ bench = "yes" }}
 name = "bench-vendor"
 who = {{ kind = "vendor", org = "acme" }}
 devices = {{ labels = {{ bench = "yes" }} }}
+"#,
+        gateway_section(quic, tcp, state_dir)
+    )
+}
+
+/// The `[gateway]` section every bench config starts with.
+fn gateway_section(quic: SocketAddr, tcp: SocketAddr, state_dir: &str) -> String {
+    format!(
+        r#"# Written by ward-bench.
+[gateway]
+listen = "{quic}"
+listen_tcp = "{tcp}"
+ca = "."
+cert = "gateway.crt"
+key = "gateway.key"
+state_dir = "{state_dir}"
+max_connections = 2048
+max_connections_per_source = 1024
+max_sessions = 20000
+max_sessions_per_connection = 256
+idle_timeout = "15m"
 "#
     )
 }
@@ -804,6 +824,19 @@ fn start_gateway(
     let (quic, tcp) = (free_udp_port()?, free_port()?);
     let config = w.dir.path().join(format!("{state}.toml"));
     std::fs::write(&config, ward_config(quic, tcp, devices, state))?;
+    launch_gateway(ward, w, &config, (quic, tcp), state, recording)
+}
+
+/// Start the gateway process for a config already written (listening on `quic` / `tcp`, state in
+/// `state`): the `ward` binary when `recording`, else this binary as `--serve-norec`.
+fn launch_gateway(
+    ward: &Path,
+    w: &WardSetup,
+    config: &Path,
+    (quic, tcp): (SocketAddr, SocketAddr),
+    state: &str,
+    recording: bool,
+) -> Result<GatewayProc> {
     let log = w.dir.path().join(format!("{state}.log"));
     let mut proc = if recording {
         spawn_raised(
@@ -1601,6 +1634,7 @@ struct Results {
     idle: Vec<Idle>,
     profiles: Vec<Profile>,
     inject: Vec<InjectRun>,
+    http: Vec<HttpE2e>,
     skipped: Vec<String>,
 }
 
@@ -1855,6 +1889,676 @@ fn render_inject(s: &mut String, runs: &[InjectRun]) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// HTTP through the gateway with and without credential injection (issue 14): the release `ward
+// gateway` (QUIC, recording on) with two http devices in one config, one whose rule injects a
+// vaulted Basic credential and one whose rule does not, each an HTTP/1.1 sink in this process.
+
+/// Request body of one bulk POST (`Content-Length`, keep-alive, one request after another).
+const HTTP_BODY: usize = 1024 * 1024;
+/// The vault account, the device's user name and the password the bench vaults.
+const HTTP_ACCOUNT: &str = "console";
+const HTTP_USER: &str = "svc";
+const HTTP_SECRET: &str = "bench-vaulted-password-0123456789";
+/// What the small-request device answers (a status document, as a device's API would).
+const HTTP_SMALL_BODY: &[u8] = b"{\"ok\":true}";
+
+/// An HTTP/1.1 device: reads requests (head, then a `Content-Length` body), checks their
+/// `Authorization` header against what it expects, and answers each with a small response (204
+/// to a request with a body, 200 with a short JSON document otherwise). Keep-alive: many requests
+/// per connection; closes when the client does.
+struct HttpSink {
+    addr: SocketAddr,
+    requests: Arc<AtomicU64>,
+    body_bytes: Arc<AtomicU64>,
+    /// The first request whose `Authorization` was not the expected one (or a framing error).
+    wrong: Arc<std::sync::Mutex<Option<String>>>,
+}
+
+impl HttpSink {
+    /// `expect`: the one `Authorization` value every request must carry, or `None`: no
+    /// `Authorization` header at all.
+    fn start(expect: Option<String>) -> Result<HttpSink> {
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let addr = listener.local_addr()?;
+        let sink = HttpSink {
+            addr,
+            requests: Arc::new(AtomicU64::new(0)),
+            body_bytes: Arc::new(AtomicU64::new(0)),
+            wrong: Arc::new(std::sync::Mutex::new(None)),
+        };
+        let (requests, body_bytes, wrong) = (
+            sink.requests.clone(),
+            sink.body_bytes.clone(),
+            sink.wrong.clone(),
+        );
+        std::thread::Builder::new()
+            .name("bench-dev-http".into())
+            .spawn(move || {
+                for sock in listener.incoming() {
+                    let Ok(sock) = sock else { continue };
+                    let (requests, body_bytes, wrong) =
+                        (requests.clone(), body_bytes.clone(), wrong.clone());
+                    let expect = expect.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("bench-dev".into())
+                        .spawn(move || {
+                            if let Err(e) =
+                                serve_http(sock, expect.as_deref(), &requests, &body_bytes)
+                            {
+                                if let Ok(mut w) = wrong.lock() {
+                                    w.get_or_insert_with(|| format!("{e:#}"));
+                                }
+                            }
+                        });
+                }
+            })?;
+        Ok(sink)
+    }
+
+    fn wrong(&self) -> Option<String> {
+        self.wrong.lock().ok().and_then(|w| w.clone())
+    }
+}
+
+fn find_head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
+}
+
+/// The values of header `name` (case-insensitive) in a request or response head.
+fn header_values<'a>(head: &'a [u8], name: &str) -> Vec<&'a [u8]> {
+    head.split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
+            let colon = line.iter().position(|&b| b == b':')?;
+            let (n, v) = line.split_at(colon);
+            n.eq_ignore_ascii_case(name.as_bytes())
+                .then(|| v.get(1..).unwrap_or_default().trim_ascii())
+        })
+        .collect()
+}
+
+fn content_length_of(head: &[u8]) -> Result<u64> {
+    match header_values(head, "content-length").as_slice() {
+        [] => Ok(0),
+        [v] => std::str::from_utf8(v)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| anyhow!("bad Content-Length {:?}", String::from_utf8_lossy(v))),
+        _ => bail!("more than one Content-Length"),
+    }
+}
+
+/// Read one message head (request or response) into `buf` (which holds `*have` unconsumed bytes
+/// at its start); returns its length, or `None` when the peer closed cleanly before one began.
+fn read_head(sock: &mut TcpStream, buf: &mut [u8], have: &mut usize) -> Result<Option<usize>> {
+    loop {
+        if let Some(end) = find_head_end(buf.get(..*have).unwrap_or_default()) {
+            return Ok(Some(end));
+        }
+        let size = buf.len();
+        let room = buf
+            .get_mut(*have..)
+            .filter(|r| !r.is_empty())
+            .ok_or_else(|| anyhow!("message head over {size} bytes"))?;
+        let n = sock.read(room)?;
+        if n == 0 {
+            if *have == 0 {
+                return Ok(None);
+            }
+            bail!("the peer closed in the middle of a message head");
+        }
+        *have += n;
+    }
+}
+
+/// Consume `len` body bytes: first what `buf` holds after the head (`from..*have`), then from the
+/// socket. Leaves any following bytes at the start of `buf`.
+fn skip_body(
+    sock: &mut TcpStream,
+    buf: &mut [u8],
+    have: &mut usize,
+    from: usize,
+    len: u64,
+) -> Result<()> {
+    let buffered = (*have - from) as u64;
+    let take = buffered.min(len) as usize;
+    buf.copy_within(from + take..*have, 0);
+    *have -= from + take;
+    let mut left = len - take as u64;
+    while left > 0 {
+        let cap = left.min(buf.len() as u64) as usize;
+        let dst = buf.get_mut(..cap).unwrap_or_default();
+        let n = sock.read(dst)?;
+        if n == 0 {
+            bail!("the peer closed with {left} body bytes still to come");
+        }
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// One keep-alive connection of [`HttpSink`].
+fn serve_http(
+    mut sock: TcpStream,
+    expect: Option<&str>,
+    requests: &AtomicU64,
+    body_bytes: &AtomicU64,
+) -> Result<()> {
+    let _ = sock.set_nodelay(true);
+    let mut buf = vec![0u8; WRITE_CHUNK];
+    let mut have = 0usize;
+    let mut small = Vec::new();
+    small.extend_from_slice(
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            HTTP_SMALL_BODY.len()
+        )
+        .as_bytes(),
+    );
+    small.extend_from_slice(HTTP_SMALL_BODY);
+    while let Some(end) = read_head(&mut sock, &mut buf, &mut have)? {
+        let head = buf.get(..end).unwrap_or_default();
+        let auth = header_values(head, "authorization");
+        let ok = match expect {
+            Some(v) => auth.as_slice() == [v.as_bytes()],
+            None => auth.is_empty(),
+        };
+        if !ok {
+            bail!(
+                "request with Authorization {:?}, expected {}",
+                auth.iter()
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect::<Vec<_>>(),
+                if expect.is_some() {
+                    "the vaulted credential"
+                } else {
+                    "none"
+                }
+            );
+        }
+        let len = content_length_of(head)?;
+        skip_body(&mut sock, &mut buf, &mut have, end, len)?;
+        requests.fetch_add(1, Ordering::Relaxed);
+        body_bytes.fetch_add(len, Ordering::Relaxed);
+        if len > 0 {
+            sock.write_all(b"HTTP/1.1 204 No Content\r\n\r\n")?;
+        } else {
+            sock.write_all(&small)?;
+        }
+    }
+    let _ = sock.shutdown(Shutdown::Both);
+    Ok(())
+}
+
+/// One HTTP run: requests sent one after another on one keep-alive connection.
+#[derive(Debug, Clone, Copy)]
+struct HttpRun {
+    requests: u64,
+    /// Client → device bytes (heads and bodies).
+    bytes: u64,
+    secs: f64,
+    cpu: CpuUse,
+}
+
+impl HttpRun {
+    fn gbps(&self) -> f64 {
+        self.bytes as f64 * 8.0 / self.secs.max(1e-9) / 1e9
+    }
+    fn rps(&self) -> f64 {
+        self.requests as f64 / self.secs.max(1e-9)
+    }
+    /// Gateway + client CPU seconds per GB moved.
+    fn cpu_per_gb(&self) -> f64 {
+        (self.cpu.gateway + self.cpu.client) / (self.bytes as f64 / 1e9).max(1e-12)
+    }
+    /// CPU cores the gateway process kept busy over the run.
+    fn gw_cores(&self) -> f64 {
+        self.cpu.gateway / self.secs.max(1e-9)
+    }
+    fn gw_cpu_per_gb(&self) -> f64 {
+        self.cpu.gateway / (self.bytes as f64 / 1e9).max(1e-12)
+    }
+    /// Gateway CPU microseconds per request.
+    fn gw_us_per_request(&self) -> f64 {
+        self.cpu.gateway * 1e6 / (self.requests.max(1)) as f64
+    }
+}
+
+/// One connection to `addr` (a `ward connect --listen` port), requests for `dur` (a POST with a
+/// `body`-byte body, or a small GET when `body` is 0), each answered before the next is sent;
+/// then a half-close and the device's close. Checks the device got every request with the
+/// `Authorization` it expects.
+fn http_load(
+    addr: SocketAddr,
+    dur: Duration,
+    body: usize,
+    sink: &HttpSink,
+    pids: (u32, u32),
+    hz: f64,
+) -> Result<HttpRun> {
+    let request = if body > 0 {
+        let mut r = format!(
+            "POST /upload HTTP/1.1\r\nHost: device\r\nContent-Type: application/octet-stream\r\nContent-Length: {body}\r\n\r\n"
+        )
+        .into_bytes();
+        r.resize(r.len() + body, b'x');
+        r
+    } else {
+        b"GET /api/v1/status HTTP/1.1\r\nHost: device\r\nUser-Agent: ward-bench\r\nAccept: */*\r\n\r\n"
+            .to_vec()
+    };
+    let before = sink.requests.load(Ordering::Relaxed);
+    let before_body = sink.body_bytes.load(Ordering::Relaxed);
+    let cpu0 = cpu_snap(&[], Some(pids.0), Some(pids.1));
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut buf = vec![0u8; 4096];
+    let mut have = 0usize;
+    let mut sent = 0u64;
+    let mut requests = 0u64;
+    while start.elapsed() < dur {
+        s.write_all(&request).context("writing a request")?;
+        sent += request.len() as u64;
+        requests += 1;
+        let end = read_head(&mut s, &mut buf, &mut have)?
+            .ok_or_else(|| anyhow!("the device closed instead of answering"))?;
+        let head = buf.get(..end).unwrap_or_default();
+        let want: &[u8] = if body > 0 {
+            b"HTTP/1.1 204 "
+        } else {
+            b"HTTP/1.1 200 "
+        };
+        if !head.starts_with(want) {
+            bail!(
+                "answer {:?}; {}",
+                String::from_utf8_lossy(head.split(|&b| b == b'\r').next().unwrap_or_default()),
+                sink.wrong().unwrap_or_default()
+            );
+        }
+        let len = content_length_of(head)?;
+        skip_body(&mut s, &mut buf, &mut have, end, len)?;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest)
+        .context("waiting for the device to close")?;
+    let secs = start.elapsed().as_secs_f64();
+    let cpu1 = cpu_snap(&[], Some(pids.0), Some(pids.1));
+    if let Some(e) = sink.wrong() {
+        bail!("the HTTP device refused a request: {e}");
+    }
+    let got = sink.requests.load(Ordering::Relaxed) - before;
+    let got_body = sink.body_bytes.load(Ordering::Relaxed) - before_body;
+    if got != requests || got_body != requests * body as u64 || !rest.is_empty() || have != 0 {
+        bail!("the device got {got} requests ({got_body} body bytes) of the {requests} sent");
+    }
+    Ok(HttpRun {
+        requests,
+        bytes: sent,
+        secs,
+        cpu: cpu_use(&cpu0, &cpu1, hz),
+    })
+}
+
+/// One HTTP workload, with and without injection, every repetition of each.
+#[derive(Debug, Clone)]
+struct HttpE2e {
+    workload: &'static str,
+    bulk: bool,
+    with: Vec<HttpRun>,
+    without: Vec<HttpRun>,
+}
+
+fn median_http(runs: &[HttpRun], key: impl Fn(&HttpRun) -> f64) -> f64 {
+    let mut v: Vec<f64> = runs.iter().map(key).collect();
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+impl HttpE2e {
+    /// Median throughput: Gbit/s for bulk, requests/s for small requests.
+    fn with(&self) -> f64 {
+        median_http(&self.with, |r| if self.bulk { r.gbps() } else { r.rps() })
+    }
+    fn without(&self) -> f64 {
+        median_http(
+            &self.without,
+            |r| {
+                if self.bulk {
+                    r.gbps()
+                } else {
+                    r.rps()
+                }
+            },
+        )
+    }
+    fn ratio(&self) -> f64 {
+        self.with() / self.without()
+    }
+    /// A throughput in this workload's unit.
+    fn show(&self, v: f64) -> String {
+        if self.bulk {
+            format!("{v:.2} Gbit/s")
+        } else {
+            format!("{v:.0} requests/s")
+        }
+    }
+    /// With ÷ without, run by run (each with-run and the without-run after it).
+    fn paired(&self) -> Vec<f64> {
+        self.with
+            .iter()
+            .zip(&self.without)
+            .map(|(a, b)| {
+                if self.bulk {
+                    a.gbps() / b.gbps()
+                } else {
+                    a.rps() / b.rps()
+                }
+            })
+            .collect()
+    }
+    fn unit(&self) -> &'static str {
+        if self.bulk {
+            "Gbit/s"
+        } else {
+            "requests/s"
+        }
+    }
+}
+
+/// The config of the HTTP injection gateway: two http devices, one rule injecting the vaulted
+/// `HTTP_ACCOUNT` into `http-inject`, one rule without injection for `http-plain`.
+fn http_config(
+    quic: SocketAddr,
+    tcp: SocketAddr,
+    (inject, plain): (SocketAddr, SocketAddr),
+    state: &str,
+) -> String {
+    format!(
+        r#"{}
+[[device]]
+id = "http-inject"
+address = "{inject}"
+protocol = "http"
+http_auth = {{ scheme = "basic" }}
+
+[[device]]
+id = "http-plain"
+address = "{plain}"
+protocol = "http"
+
+[[rule]]
+name = "bench-http-inject"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ ids = ["http-inject"] }}
+inject = "{HTTP_ACCOUNT}"
+
+[[rule]]
+name = "bench-http-plain"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ ids = ["http-plain"] }}
+"#,
+        gateway_section(quic, tcp, state)
+    )
+}
+
+/// HTTP through the gateway with and without injection: the config written, the credential
+/// vaulted host-side (`ward vault set … --stdin --config FILE`, before the gateway starts), the
+/// release gateway (QUIC, recording on) and one `ward connect --listen` per device; then large
+/// POSTs and small GETs, with and without injection interleaved. With `opts.profile`, one more
+/// bulk run of each under perf (gateway process).
+fn http_inject_e2e(
+    ward: &Path,
+    w: &WardSetup,
+    opts: &Opts,
+    hz: f64,
+    profiles: &mut Vec<Profile>,
+) -> Result<Vec<HttpE2e>> {
+    use base64::Engine as _;
+    let vaulted = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{HTTP_USER}:{HTTP_SECRET}"))
+    );
+    let sink_inject = HttpSink::start(Some(vaulted))?;
+    let sink_plain = HttpSink::start(None)?;
+    let state = "state-http";
+    let (quic, tcp) = (free_udp_port()?, free_port()?);
+    let config = w.dir.path().join(format!("{state}.toml"));
+    std::fs::write(
+        &config,
+        http_config(quic, tcp, (sink_inject.addr, sink_plain.addr), state),
+    )?;
+    let mut vault = Command::new(ward)
+        .args([
+            "vault",
+            "set",
+            "http-inject",
+            HTTP_ACCOUNT,
+            "--user",
+            HTTP_USER,
+        ])
+        .arg("--stdin")
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ward vault set")?;
+    if let Some(mut stdin) = vault.stdin.take() {
+        stdin.write_all(format!("{HTTP_SECRET}\n").as_bytes())?;
+    }
+    let out = vault.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "ward vault set failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let gw = launch_gateway(ward, w, &config, (quic, tcp), state, true)?;
+    let (cl_inject, addr_inject) =
+        start_client(ward, w, gw.quic, "quic", "http-inject", "http-inject")?;
+    let (cl_plain, addr_plain) =
+        start_client(ward, w, gw.quic, "quic", "http-plain", "http-plain")?;
+    let recordings = gw.state.join(ward_server::RECORDINGS_DIR);
+    let gw_pid = gw.proc.pid();
+    let with = (addr_inject, &sink_inject, (gw_pid, cl_inject.pid()));
+    let without = (addr_plain, &sink_plain, (gw_pid, cl_plain.pid()));
+    // Warm up both paths (the client's QUIC connection, the gateway's first sessions, a short
+    // bulk run), checking that the vaulted credential arrives.
+    for (addr, sink, pids) in [with, without] {
+        for body in [0, HTTP_BODY] {
+            http_load(addr, Duration::from_millis(250), body, sink, pids, hz)
+                .with_context(|| format!("warm-up through ward connect on {addr}"))?;
+        }
+    }
+    // Five of each in every mode: on a shared 2-core machine three pairs left the median ratio
+    // anywhere between 0.80 and 1.03.
+    let reps = 5;
+    let mut out = Vec::new();
+    for (workload, body) in [
+        (
+            "large POST bodies (1 MiB, Content-Length, keep-alive)",
+            HTTP_BODY,
+        ),
+        ("small keep-alive GETs (200 with 11-byte JSON)", 0),
+    ] {
+        let mut e = HttpE2e {
+            workload,
+            bulk: body > 0,
+            with: Vec::new(),
+            without: Vec::new(),
+        };
+        for _ in 0..reps {
+            for (injecting, (addr, sink, pids)) in [(true, with), (false, without)] {
+                clear_dir(&recordings);
+                let r = http_load(addr, opts.bulk, body, sink, pids, hz).with_context(|| {
+                    format!(
+                        "HTTP {workload} {} injection",
+                        if injecting { "with" } else { "without" }
+                    )
+                })?;
+                eprintln!(
+                    "  {workload:<54} {:<17} {:>7.2} Gbit/s {:>6.0} requests/s; gateway CPU {:.2} cores, {:.1} µs/request",
+                    if injecting { "with injection" } else { "without injection" },
+                    r.gbps(),
+                    r.rps(),
+                    r.gw_cores(),
+                    r.gw_us_per_request()
+                );
+                if injecting {
+                    e.with.push(r);
+                } else {
+                    e.without.push(r);
+                }
+            }
+        }
+        eprintln!(
+            "  {workload:<54} medians: with {}, without {}; ratio {:.3}",
+            e.show(e.with()),
+            e.show(e.without()),
+            e.ratio()
+        );
+        out.push(e);
+    }
+    clear_dir(&recordings);
+    if opts.profile {
+        for (injecting, (addr, sink, pids)) in [(true, with), (false, without)] {
+            let what = format!(
+                "HTTP bulk (1 MiB POSTs), {} injection — gateway process (`ward gateway`, pid {gw_pid})",
+                if injecting { "with" } else { "without" }
+            );
+            let tag = if injecting {
+                "http-inject"
+            } else {
+                "http-plain"
+            };
+            match profile_during(
+                &[(what, gw_pid)],
+                opts.bulk.as_secs_f64(),
+                w.dir.path(),
+                tag,
+                || http_load(addr, opts.bulk, HTTP_BODY, sink, pids, hz),
+            ) {
+                Ok((mut v, r)) => {
+                    eprintln!("  profiled: {:.2} Gbit/s under perf", r.gbps());
+                    profiles.append(&mut v);
+                }
+                Err(e) => {
+                    eprintln!("ward-bench: no HTTP profile: {e:#}");
+                    break;
+                }
+            }
+            clear_dir(&recordings);
+        }
+    }
+    drop((cl_inject, cl_plain));
+    drop(gw);
+    Ok(out)
+}
+
+fn render_http_e2e(s: &mut String, runs: &[HttpE2e], opts: &Opts) {
+    if runs.is_empty() {
+        return;
+    }
+    let n = runs.first().map_or(0, |r| r.with.len());
+    let _ = writeln!(
+        s,
+        "\n### HTTP through the gateway, with and without credential injection (issue 14; `ward gateway`, QUIC, recording on; two http devices in one gateway process, one rule injecting a vaulted Basic credential and one not; one keep-alive connection per run, each request answered before the next; {:.1} s per run, with and without interleaved, median of {n})\n",
+        opts.bulk.as_secs_f64()
+    );
+    let _ = writeln!(
+        s,
+        "| workload | without | with injection | with ÷ without | requests/s without → with | gateway CPU s/GB without → with | gateway CPU µs/request without → with | gateway + client CPU s/GB without → with | gateway CPU cores busy without → with |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in runs {
+        // Without → with, medians of `f` over the runs (CPU per GB only means something for bulk).
+        let pair = |f: fn(&HttpRun) -> f64, digits: usize, bulk_only: bool| {
+            if bulk_only && !r.bulk {
+                return "–".to_string();
+            }
+            format!(
+                "{:.digits$} → {:.digits$}",
+                median_http(&r.without, f),
+                median_http(&r.with, f)
+            )
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.3} | {} | {} | {} | {} | {} |",
+            r.workload,
+            r.show(r.without()),
+            r.show(r.with()),
+            r.ratio(),
+            pair(HttpRun::rps, 0, false),
+            pair(HttpRun::gw_cpu_per_gb, 2, true),
+            pair(HttpRun::gw_us_per_request, 1, false),
+            pair(HttpRun::cpu_per_gb, 2, true),
+            pair(HttpRun::gw_cores, 2, false),
+        );
+    }
+    let _ = writeln!(s, "\nEvery run, in order (with, without, …):\n");
+    for r in runs {
+        let fmt = |v: &[HttpRun]| {
+            v.iter()
+                .map(|x| {
+                    if r.bulk {
+                        format!("{:.2}", x.gbps())
+                    } else {
+                        format!("{:.0}", x.rps())
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let paired = r
+            .paired()
+            .iter()
+            .map(|x| format!("{x:.3}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            s,
+            "- {}: with {} {u}; without {} {u}; with ÷ the without-run after it: {paired}",
+            r.workload,
+            fmt(&r.with),
+            fmt(&r.without),
+            u = r.unit()
+        );
+    }
+}
+
+/// A target-table row: (report, figure, measured, target, met, the gap when not met).
+type TargetRow<'a> = &'a dyn Fn(&mut String, &str, String, &str, bool, String);
+
+/// The issue-14 target, end to end: HTTP bulk through injection ≥ 0.9× without, same run.
+fn http_target_rows(s: &mut String, runs: &[HttpE2e], row: TargetRow<'_>) {
+    if let Some(b) = runs.iter().find(|r| r.bulk) {
+        let ratio = b.ratio();
+        row(
+            s,
+            "HTTP bulk through injection ÷ without (issue 14; end to end: `ward gateway`, QUIC, recording on, one gateway process, interleaved, same run)",
+            format!(
+                "{:.2} ÷ {:.2} Gbit/s = {ratio:.3} (medians of {} runs each)",
+                b.with(),
+                b.without(),
+                b.with.len()
+            ),
+            "≥ 0.9× without",
+            ratio >= 0.9,
+            format!(
+                "injection costs {:.0} % of the throughput",
+                (1.0 - ratio) * 100.0
+            ),
+        );
+    }
+}
+
 /// Everything from this line on in docs/benchmarks.md is hand-written and kept by `--out`.
 const KEEP_MARKER: &str =
     "<!-- ward-bench keeps everything below this line when it rewrites the file -->";
@@ -2046,6 +2750,7 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
     }
 
     render_inject(&mut s, &r.inject);
+    render_http_e2e(&mut s, &r.http, opts);
 
     // The team's performance targets, printed with every run so docs/benchmarks.md carries them: every row, measured, target, verdict with the gap.
     let _ = writeln!(s, "\n### Against the targets, all from this run\n");
@@ -2271,6 +2976,7 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             ),
         );
     }
+    http_target_rows(&mut s, &r.http, &row);
     if !r.skipped.is_empty() {
         let _ = writeln!(s, "\nSkipped: {}", r.skipped.join("; "));
     }
@@ -2391,6 +3097,20 @@ state dirs then live in memory, and a recorded session open no longer waits on t
   new-connection rate at 64 parallel clients (the client side is the bench process), and 100
   concurrent QUIC bulk sessions; `perf report --no-children --sort symbol` gives self time per symbol.
   Those runs' own figures are not used.
+- **HTTP credential injection, end to end (issue 14).** A separate `ward gateway` process (the
+  release binary, QUIC, recording on) whose config has two `protocol = "http"` devices, each an
+  HTTP/1.1 device in the bench process (it reads each request's head and `Content-Length` body,
+  checks `Authorization` and answers `204` to a POST, `200` with an 11-byte JSON body to a GET):
+  `http-inject`, whose rule has `inject = "console"` (a Basic credential vaulted before the gateway
+  starts with `ward vault set http-inject console --user svc --stdin --config FILE`; the device
+  refuses any request without exactly that header), and `http-plain`, whose rule injects nothing
+  (the device refuses any request with an `Authorization`). One `ward connect --listen` process per
+  device. The generator sends no `Authorization`; one keep-alive connection (one session) per run,
+  each request answered before the next: 1 MiB POST bodies (Gbit/s = request bytes ÷ connect →
+  device's close), and small GETs (requests/s). With and without injection alternate (with,
+  without, with, …; 5 runs each) and the medians are compared; CPU is
+  that of the gateway and the `ward connect` process over each run. With `perf`, one more bulk run
+  of each is profiled (gateway process).
 
 ## Latest results
 
@@ -2418,6 +3138,46 @@ fn main() -> Result<()> {
     );
     if cfg!(debug_assertions) {
         eprintln!("ward-bench: this is a debug build; figures will be far too low. Use --release.");
+    }
+    if opts.http_inject_only {
+        // Only HTTP through the gateway with and without injection: print, stop.
+        let hz = clock_ticks_per_sec();
+        let load_at_start = loadavg();
+        let ward_bin = ward_binary(&opts)?;
+        let w = ward_setup(&SystemClock)?;
+        eprintln!("ward-bench: HTTP through the gateway, with and without credential injection");
+        let mut results = Results::default();
+        results.http = http_inject_e2e(&ward_bin, &w, &opts, hz, &mut results.profiles)?;
+        let mut s = String::new();
+        render_http_e2e(&mut s, &results.http, &opts);
+        let _ = writeln!(
+            s,
+            "\n| figure | measured | target | verdict |\n|---|---|---|---|"
+        );
+        http_target_rows(
+            &mut s,
+            &results.http,
+            &|s, fig, measured, target, ok, gap| {
+                let v = if ok {
+                    "met".to_string()
+                } else {
+                    format!("**not met** — {gap}")
+                };
+                let _ = writeln!(s, "| {fig} | {measured} | {target} | {v} |");
+            },
+        );
+        for p in &results.profiles {
+            let _ = writeln!(s, "\n**{}**\n\n| self % | symbol |\n|---:|---|", p.what);
+            for (pct, sym) in &p.top {
+                let _ = writeln!(
+                    s,
+                    "| {pct:.2} | `{}` |",
+                    sym.replace('|', "\\|").replace('`', "'")
+                );
+            }
+        }
+        println!("\n{}\n{s}", machine(&load_at_start));
+        return Ok(());
     }
     eprintln!("ward-bench: HTTP credential injection (pure stage)");
     let inject = inject_bench(opts.quick)?;
@@ -2786,6 +3546,11 @@ fn main() -> Result<()> {
     drop(clients);
     drop(gw_on);
     drop(gw_off);
+
+    // 4b. HTTP through the gateway with and without credential injection (its own gateway
+    // process: two http devices, one rule injecting and one not).
+    eprintln!("ward-bench: HTTP through the gateway, with and without credential injection");
+    results.http = http_inject_e2e(&ward_bin, &w, &opts, hz, &mut results.profiles)?;
 
     // 5. Idle sessions, each on a fresh gateway process (so its RSS is not the bulk runs' high-water
     // mark): recording on (the `ward` binary), then recording off.
