@@ -24,9 +24,12 @@ use ward_client::Transport;
 use ward_tests::process::*;
 use ward_tests::*;
 
-/// What the vendor types on the pump's console: the login, then (after a pause) a command.
-const LOGIN: &[u8] = b"admin\r\nadmin\r\n";
+/// What the vendor types on the pump's console, a pause after the gateway logged in for them (the
+/// quickstart injects the pump's vaulted `service` account).
 const COMMANDS: &[u8] = b"status\r\nexit\r\n";
+/// The telnet options the pump turns on (WILL ECHO, WILL SUPPRESS-GO-AHEAD), as the client hears
+/// them after the gateway's login.
+const OPTIONS: &[u8] = &[0xFF, 0xFB, 0x01, 0xFF, 0xFB, 0x03];
 /// The pause between the two, so the recording has timing worth replaying.
 const PAUSE: Duration = Duration::from_millis(1200);
 /// The pump's answer to `status`.
@@ -115,8 +118,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
         ]),
         Input::Pipe,
     );
-    connect.send(LOGIN);
-    connect.wait_for_stdout("Welcome, admin.", COMMAND_TIMEOUT);
+    connect.wait_for_stdout("Welcome, service.", COMMAND_TIMEOUT);
     std::thread::sleep(PAUSE);
     connect.send(COMMANDS);
     let connect = connect.finish(COMMAND_TIMEOUT);
@@ -127,8 +129,10 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     );
     assert!(connect.stdout.ends_with("pump> bye\r\n"), "{connect:?}");
     let console = connect.raw_stdout.clone();
-    // The console negotiates telnet options, so the client did see IAC bytes (replay removes them).
-    assert!(console.contains(&0xFF), "{connect:?}");
+    // The client hears the options the pump turned on during the gateway's login, then the
+    // pump's greeting: no login prompt (replay removes the IAC bytes).
+    assert!(console.starts_with(OPTIONS), "{connect:?}");
+    assert!(!connect.stdout.contains("login:"), "{connect:?}");
 
     // ---- ward sessions, on the gateway host ---------------------------------------------------
     // The recording is sealed once the gateway has closed the session: wait for "ok".
@@ -154,7 +158,8 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert_eq!(s["rule"], "acme-maintains-its-pumps", "{s}");
     assert_eq!(s["end_reason"], "completed", "{s}");
     assert_eq!(s["break_glass"], false, "{s}");
-    assert_eq!(s["bytes_up"], (LOGIN.len() + COMMANDS.len()) as u64, "{s}");
+    // The counts are the session's: what the vendor sent and received (the login is recorded).
+    assert_eq!(s["bytes_up"], COMMANDS.len() as u64, "{s}");
     assert_eq!(s["bytes_down"], console.len() as u64, "{s}");
     let duration = s["duration_s"].as_f64().unwrap();
     // (A little slack: the recorder timestamps records as it takes them from the data path.)
@@ -249,11 +254,15 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
         let at = find(&negotiation_free, &option).expect("the pump negotiates ECHO and SGA");
         negotiation_free.drain(at..at + 3);
     }
-    assert_eq!(
-        String::from_utf8_lossy(&negotiation_free),
-        text.stdout,
-        "replay differs from what the vendor saw (negotiation aside)"
+    // The replay is the device's side: the gateway's login to it (the pump's prompts; the
+    // password is not in the recording), then exactly what the vendor saw, negotiation aside.
+    assert!(
+        text.stdout
+            .ends_with(&*String::from_utf8_lossy(&negotiation_free)),
+        "replay differs from what the vendor saw (negotiation aside): {text:?}"
     );
+    assert!(text.stdout.contains("login: "), "{text:?}");
+    assert!(text.stdout.contains("Password: "), "{text:?}");
     // Without --input nothing the vendor typed is shown.
     assert!(!text.stdout.contains("\x1b[7m"), "{text:?}");
 
@@ -310,8 +319,24 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     let raw = export("raw", "session");
     let up = std::fs::read(out_dir.join("session.up")).unwrap();
     let down = std::fs::read(out_dir.join("session.down")).unwrap();
-    assert_eq!(up, [LOGIN, COMMANDS].concat());
-    assert_eq!(sha256(&down), sha256(&console), "device → client bytes");
+    // Up: the gateway's login (the user name; the password left out) and then the vendor's bytes.
+    assert!(up.ends_with(COMMANDS), "{:?}", String::from_utf8_lossy(&up));
+    assert!(
+        find(&up, b"service\r\n").is_some(),
+        "{:?}",
+        String::from_utf8_lossy(&up)
+    );
+    // Down: the pump's own bytes from the first (its negotiation, its login dialogue), ending with
+    // exactly what the vendor received after the options.
+    assert!(
+        down.starts_with(OPTIONS),
+        "{:?}",
+        String::from_utf8_lossy(&down)
+    );
+    assert!(
+        down.ends_with(&console[OPTIONS.len()..]),
+        "device → client bytes"
+    );
     assert!(!raw.exists(), "raw writes PATH.up and PATH.down only");
 
     // json: lines that parse; meta first, data lengths add up.
@@ -330,7 +355,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     let bytes_in = |dir: &str| -> u64 {
         records
             .iter()
-            .filter(|r| r["dir"] == dir)
+            .filter(|r| r["type"] == "data" && r["dir"] == dir)
             .map(|r| r["len"].as_u64().unwrap())
             .sum()
     };
@@ -339,9 +364,15 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
 
     // replay --from: start half a pause before the commands were typed, i.e. after the welcome
     // (which the vendor saw a whole pause before typing) and before the status answer.
+    assert!(
+        records
+            .iter()
+            .any(|r| r["type"] == "event" && r["kind"] == "credential_injected"),
+        "{json}"
+    );
     let up_times: Vec<u64> = records
         .iter()
-        .filter(|r| r["dir"] == "up")
+        .filter(|r| r["type"] == "data" && r["dir"] == "up")
         .map(|r| r["t_ns"].as_u64().unwrap())
         .collect();
     let pause_ns = PAUSE.as_nanos() as u64;

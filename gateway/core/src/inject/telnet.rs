@@ -269,6 +269,18 @@ impl TelnetDecoder {
         }
     }
 
+    /// `IAC WILL opt` for each option the device turned on (in option order): what a client
+    /// joining after the negotiation needs to hear.
+    fn device_options(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (opt, on) in (0u8..=255).zip(self.remote_on.iter()) {
+            if *on {
+                out.extend_from_slice(&[IAC, WILL, opt]);
+            }
+        }
+        out
+    }
+
     fn answer(&mut self, cmd: u8, opt: u8, replies: &mut Vec<u8>) {
         let mut reply = |verb: u8| replies.extend_from_slice(&[IAC, verb, opt]);
         match cmd {
@@ -672,7 +684,11 @@ impl TelnetLogin {
                 } else if first_match(&p.success, |x| ends_with_ci(text, x)).is_some() {
                     self.dialogue.masker.finish(&mut progress.record);
                     let masked = self.dialogue.masker.mask_whole(&self.after_password);
-                    let mut leftover = Vec::with_capacity(masked.len());
+                    // The client's telnet program learns the options the device turned on (it
+                    // echoes, it suppresses go-ahead), as it would have without the gateway's
+                    // login: otherwise it would echo locally what the device echoes too.
+                    let mut leftover = self.dialogue.decoder.device_options();
+                    leftover.reserve(masked.len());
                     for b in masked {
                         leftover.push(b);
                         if b == IAC {
@@ -1004,7 +1020,8 @@ mod tests {
         assert_eq!(
             m.state(),
             &LoginState::LoggedIn {
-                leftover: b"\r\nWelcome\r\npump> ".to_vec()
+                // The options the pump turned on, for the client's telnet program, then its text.
+                leftover: [&[255u8, 251, 1, 255, 251, 3][..], b"\r\nWelcome\r\npump> "].concat()
             }
         );
     }
@@ -1245,7 +1262,11 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             // (A prompt's trailing space may come after the answer: leading spaces differ.)
-            let trim = |v: Vec<u8>| v.trim_ascii_start().to_vec();
+            // The leftover starts with the options the pump turned on (WILL ECHO, WILL SGA).
+            let trim = |v: Vec<u8>| {
+                let text = v.strip_prefix(&[255u8, 251, 1, 255, 251, 3][..]).unwrap_or(&v);
+                text.trim_ascii_start().to_vec()
+            };
             let whole = trim(join(&state_whole, &rest_whole));
             let cut = trim(join(&state, &rest));
             prop_assert_eq!(&cut, &whole);
