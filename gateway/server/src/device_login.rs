@@ -465,6 +465,8 @@ mod tests {
             .collect();
         assert!(down.windows(9).all(|w| w != b"Sekr1t-pw"));
         assert!(down.ends_with(b"*********\r\nWelcome\r\n# "));
-        assert_eq!(ok.leftover, b"*********\r\nWelcome\r\n# ");
+        // The options the device turned on (WILL ECHO), for the client's telnet program, then
+        // its output with the echoed password masked.
+        assert_eq!(ok.leftover, b"\xff\xfb\x01*********\r\nWelcome\r\n# ");
     }
 }
