@@ -475,9 +475,13 @@ impl HttpInjector {
     fn down_head<'a>(&mut self, input: &'a [u8]) -> &'a [u8] {
         let d = &mut self.down;
         let mut end = None;
+        // Stray line breaks between responses: a prefix of `input`, never held (held, they would
+        // make the next head unparseable when they arrive in a read of their own).
+        let mut stray = 0;
         for (i, &b) in input.iter().enumerate() {
             if d.held.is_empty() && d.line == Line::Start && (b == b'\r' || b == b'\n') {
-                continue; // stray line breaks between responses
+                stray = i + 1;
+                continue;
             }
             d.line = match (d.line, b) {
                 (Line::Fresh, b'\n') => {
@@ -490,14 +494,16 @@ impl HttpInjector {
             };
         }
         let Some(end) = end else {
-            if d.held.len() + input.len() > MAX_HEAD {
+            let part = input.get(stray..).unwrap_or_default();
+            if d.held.len() + part.len() > MAX_HEAD {
                 d.lose();
             } else {
-                d.held.extend_from_slice(input);
+                d.held.extend_from_slice(part);
             }
             return &[];
         };
         let (head_end, later) = input.split_at(end);
+        let head_end = head_end.get(stray..).unwrap_or_default();
         if d.held.len() + head_end.len() > MAX_HEAD {
             d.lose();
             return &[];
@@ -1789,6 +1795,51 @@ mod tests {
             feed(&mut b, Direction::Down, &cut(&data, &cuts), &mut db).unwrap();
             prop_assert_eq!(&da, &db);
             prop_assert_eq!(&da.out, &data);
+        }
+    }
+}
+
+#[cfg(test)]
+mod fuzz_regressions {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn events(input: &[u8], cut: usize) -> usize {
+        let cred = Credential {
+            account: "service".into(),
+            username: "admin".into(),
+            secret: Secret::new("fuzz-secret".into()),
+        };
+        let mut s = HttpInjector::new("fuzz", cred, HttpAuth::Basic);
+        let mut out = Vec::new();
+        let mut notes = Vec::new();
+        let pieces: Vec<&[u8]> = if cut == 0 {
+            vec![input]
+        } else {
+            input.chunks(cut).collect()
+        };
+        for p in pieces {
+            out.clear();
+            let _ = s.process(
+                Direction::Down,
+                p,
+                time::OffsetDateTime::UNIX_EPOCH,
+                &mut out,
+            );
+            s.take_notes(&mut notes);
+        }
+        notes.len()
+    }
+
+    /// Found by the `http_inject` fuzz target: stray line breaks read on their own were held and
+    /// made the next response head unparseable, so its 401 went unreported when the device's
+    /// bytes came in small reads (and was reported when they came at once).
+    #[test]
+    fn stray_line_breaks_in_their_own_read_do_not_hide_the_next_response() {
+        let input = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\n\r\x17HTTP/1.1 200 /1.1\r\nContentaL-ngtp:1.1.1\r\n\r\n\r\n\r\n\r\nHTTP/1.1 401 Unauthorized\r\n\r\n";
+        let whole = events(input, 0);
+        for cut in 1..input.len() {
+            assert_eq!(events(input, cut), whole, "cut {cut}");
         }
     }
 }
