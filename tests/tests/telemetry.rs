@@ -6,71 +6,17 @@
     clippy::indexing_slicing
 )]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+
 use std::time::{Duration, Instant};
 
 use ward_tests::process::start_quickstart_with;
 use ward_tests::ward_binary;
 
-/// Requests a collector received: (request line, body).
-type Received = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
-
-/// A minimal OTLP/HTTP collector: records the body of every POST and answers 200.
-fn collector() -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let got = got2.clone();
-            std::thread::spawn(move || {
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(10)))
-                    .unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut request_line = String::new();
-                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap();
-                            }
-                        }
-                    }
-                    let mut body = vec![0u8; len];
-                    reader.read_exact(&mut body).unwrap();
-                    got.lock()
-                        .unwrap()
-                        .push((request_line.trim().to_string(), body));
-                    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n").unwrap();
-                }
-            });
-        }
-    });
-    (url, got)
-}
-
 #[test]
 fn otlp_endpoint_receives_session_spans_and_audit_events() {
-    let (url, got) = collector();
+    let (url, got) = ward_tests::otlp_collector();
     let dir = tempfile::tempdir().unwrap();
     let (mut qs, port) = start_quickstart_with(dir.path(), &["--otlp-endpoint", &url]);
     let bin = ward_binary();

@@ -40,59 +40,6 @@ fn random_secret() -> String {
         .collect()
 }
 
-/// Requests an OTLP/HTTP collector received (bodies).
-type Received = Arc<Mutex<Vec<Vec<u8>>>>;
-
-/// A minimal OTLP/HTTP collector: keeps every POST body, answers 200.
-fn collector() -> (String, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}/v1/traces", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let got2 = got.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { return };
-            let got = got2.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut stream = stream;
-                loop {
-                    let mut line = String::new();
-                    if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let mut len = 0usize;
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end();
-                        if h.is_empty() {
-                            break;
-                        }
-                        if let Some((k, v)) = h.split_once(':') {
-                            if k.eq_ignore_ascii_case("content-length") {
-                                len = v.trim().parse().unwrap_or(0);
-                            }
-                        }
-                    }
-                    let mut body = vec![0u8; len];
-                    if reader.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    got.lock().unwrap().push(body);
-                    let _ = stream.write_all(
-                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
-                    );
-                }
-            });
-        }
-    });
-    (url, got)
-}
-
 /// An HTTP console behind Basic auth for `user:password`: 200 and a page, else 401. Keeps the
 /// `Authorization` values it saw.
 fn http_console(user: &str, password: &str) -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
@@ -247,7 +194,7 @@ fn injected_credentials_appear_in_no_artifact() {
     let http_pw = random_secret();
     let (pump_addr, _pump_rt) = pump(&pump_pw);
     let (http_addr, seen) = http_console("svc", &http_pw);
-    let (otlp, posts) = collector();
+    let (otlp, posts) = ward_tests::otlp_collector();
     let pki = Arc::new(Pki::new());
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let clinician = pki.person(Kind::Clinician, "alice", None, &["icu"]);
@@ -389,7 +336,12 @@ fn injected_credentials_appear_in_no_artifact() {
         .flat_map(|(_, b)| b)
         .collect();
     assert!(contains(&json_exports, b"credential_injected"));
-    let otlp_bodies: Vec<u8> = posts.lock().unwrap().concat();
+    let otlp_bodies: Vec<u8> = posts
+        .lock()
+        .unwrap()
+        .iter()
+        .flat_map(|(_, body)| body.clone())
+        .collect();
     assert!(
         contains(&otlp_bodies, b"pump-12"),
         "the collector saw no session"
