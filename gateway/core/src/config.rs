@@ -29,6 +29,7 @@ use crate::access::{ApprovalPolicy, BreakGlass, DEFAULT_MAX_DURATION, DEFAULT_PE
 use crate::device::{check_label, check_name, DeviceError};
 pub use crate::device::{Device, DeviceAddress, DeviceId, Protocol};
 use crate::duration::{parse_duration, DurationError};
+use crate::operations::{OpList, OpProtocol, Operations};
 pub use crate::policy::{DeviceSelector, Rule, Who};
 use crate::principal::{PrincipalKind, UnknownPrincipalKind};
 use crate::window::{parse_offset, Hours, Window, WindowError};
@@ -439,6 +440,9 @@ pub struct Config {
     /// `[vault]`, `[[login_profile]]`, devices' `login`/`http_auth` and rules' `inject`: what the
     /// gateway logs in to devices with (docs/vault.md).
     pub inject: InjectConfig,
+    /// Rules' `operations`: the operation lists each rule gives, by rule name (docs/protocols.md).
+    /// A rule without `operations` is absent.
+    pub operations: BTreeMap<String, Operations>,
 }
 
 /// The `[access]` table: limits on access requests.
@@ -548,6 +552,14 @@ impl Config {
                 (r.name.get_ref().clone(), r.inject.take())
             })
             .collect();
+        let mut operations = BTreeMap::new();
+        for (i, r) in raw_rules.iter_mut().enumerate() {
+            let r = r.get_mut();
+            if let Some(ops) = r.operations.take() {
+                let parsed = cx.operations(ops, &format!("rule[{i}].operations"))?;
+                operations.insert(r.name.get_ref().clone(), parsed);
+            }
+        }
         let devices = cx.devices(raw_devices, gateway.timezone_offset, &listeners)?;
         let rules = cx.rules(raw_rules, &devices, gateway.timezone_offset)?;
         let inject = cx.inject(
@@ -575,6 +587,7 @@ impl Config {
             login,
             access,
             inject,
+            operations,
         })
     }
 
@@ -750,6 +763,26 @@ struct RawRule {
     hours: Option<Spanned<RawHours>>,
     /// The vault account sessions under this rule get (`inject = "service"`).
     inject: Option<Spanned<String>>,
+    /// Operation lists per protocol (`operations.dicom = { allow = [..] }`).
+    operations: Option<Spanned<RawOperations>>,
+}
+
+/// A rule's `operations` table.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawOperations {
+    dicom: Option<RawOpList>,
+    hl7: Option<RawOpList>,
+    http: Option<RawOpList>,
+    telnet: Option<RawOpList>,
+}
+
+/// One protocol's `{ allow = [..], deny = [..] }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOpList {
+    allow: Option<Vec<String>>,
+    deny: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -1323,6 +1356,52 @@ impl Cx<'_> {
             } => Ok(DeviceSelector::All),
             _ => Err(self.err(span, field, ConfigErrorKind::Selector)),
         }
+    }
+
+    /// A rule's `operations`: every list non-empty, every pattern a printable line.
+    fn operations(
+        &self,
+        raw: Spanned<RawOperations>,
+        field: &str,
+    ) -> Result<Operations, ConfigError> {
+        let span = raw.span();
+        let raw = raw.into_inner();
+        let mut out = Operations::default();
+        let lists = [
+            (OpProtocol::Dicom, raw.dicom, &mut out.dicom),
+            (OpProtocol::Hl7, raw.hl7, &mut out.hl7),
+            (OpProtocol::Http, raw.http, &mut out.http),
+            (OpProtocol::Telnet, raw.telnet, &mut out.telnet),
+        ];
+        for (protocol, list, slot) in lists {
+            let Some(list) = list else { continue };
+            let f = format!("{field}.{protocol}");
+            let (allow, deny) = (
+                list.allow.unwrap_or_default(),
+                list.deny.unwrap_or_default(),
+            );
+            if allow.is_empty() && deny.is_empty() {
+                let why = format!(
+                    "operations.{protocol} gives neither `allow` nor `deny`; list the operations to let through (`allow = [..]`) or to refuse (`deny = [..]`), or remove it"
+                );
+                return Err(self.err(span.clone(), f, ConfigErrorKind::Limit(why)));
+            }
+            for p in allow.iter().chain(&deny) {
+                if p.trim().is_empty() || p.len() > 256 || p.chars().any(char::is_control) {
+                    let why = format!(
+                        "operation pattern {p:?} must be 1 to 256 printable characters (`*` matches any run)"
+                    );
+                    return Err(self.err(span.clone(), f, ConfigErrorKind::Limit(why)));
+                }
+            }
+            *slot = Some(OpList { allow, deny });
+        }
+        if out.is_empty() {
+            let why =
+                "`operations` names no protocol (dicom, hl7, http, telnet); remove it".to_string();
+            return Err(self.err(span, field.to_string(), ConfigErrorKind::Limit(why)));
+        }
+        Ok(out)
     }
 
     fn rules(

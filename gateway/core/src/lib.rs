@@ -27,6 +27,7 @@ pub mod frame;
 pub mod inject;
 pub mod messages;
 pub mod noise;
+pub mod operations;
 pub mod password;
 pub mod policy;
 pub mod principal;

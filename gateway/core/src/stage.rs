@@ -33,6 +33,16 @@ pub enum Direction {
     Down,
 }
 
+impl Direction {
+    /// The other way.
+    pub fn reverse(self) -> Direction {
+        match self {
+            Direction::Up => Direction::Down,
+            Direction::Down => Direction::Up,
+        }
+    }
+}
+
 impl fmt::Display for Direction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -164,6 +174,13 @@ pub enum Note {
     },
     /// An event to record after the chunk.
     Event(RecordedEvent),
+    /// Bytes to send back to the side this chunk came from, as if the far side had sent them: a
+    /// decoder's refusal of an operation (an HTTP `403`, an HL7 `AR` ACK, a DIMSE failure status,
+    /// a line of text on a console). They pass no later stage, are recorded in the direction they
+    /// travel, and are sent after whatever that direction already forwarded. A stage that must
+    /// order its answer after bytes still to come from the far side (an HTTP response to an
+    /// earlier pipelined request) holds it and releases it in that direction itself.
+    Reply(Vec<u8>),
 }
 
 /// One step of a device's pipeline: sees every chunk of the session, both ways, in order.
@@ -339,7 +356,7 @@ impl Chain {
             let len = out.len();
             let bad = self.notes.iter().skip(first_new).any(|n| match n {
                 Note::Secret { range, .. } => !wrote || range.start > range.end || range.end > len,
-                Note::Event(_) => false,
+                Note::Event(_) | Note::Reply(_) => false,
             });
             if bad {
                 return Err(secret_rewritten(stage.name(), dir));

@@ -11,6 +11,7 @@ pub use ward_transport::{datapath, refusal, tls};
 
 mod admit;
 pub mod audit;
+mod decode;
 pub mod device_login;
 pub mod diskwatch;
 pub mod dispatch;

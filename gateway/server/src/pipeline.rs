@@ -36,6 +36,16 @@ pub struct Pipeline {
     recorder: Option<recorder::Tap>,
     clock: Arc<dyn Clock>,
     observer: Option<Observer>,
+    /// What the stages answer the client (a refused operation's `403`, `AR` ACK, DIMSE failure),
+    /// waiting for the device → client pump.
+    replies: Replies,
+}
+
+/// Bytes for the client that no device read brought, in the order the stages gave them.
+#[derive(Default)]
+struct Replies {
+    queue: Mutex<std::collections::VecDeque<Vec<u8>>>,
+    ready: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -72,6 +82,7 @@ impl Pipeline {
             recorder,
             clock,
             observer: None,
+            replies: Replies::default(),
         })
     }
 
@@ -117,7 +128,7 @@ impl Pipeline {
             .iter()
             .filter_map(|n| match n {
                 Note::Secret { range, event } => Some((range, event)),
-                Note::Event(_) => None,
+                Note::Event(_) | Note::Reply(_) => None,
             })
             .collect();
         secrets.sort_by_key(|(r, _)| r.start);
@@ -150,6 +161,7 @@ impl Pipeline {
         for n in notes {
             match n {
                 Note::Secret { event, .. } | Note::Event(event) => observer(event),
+                Note::Reply(_) => {}
             }
         }
     }
@@ -158,6 +170,7 @@ impl Pipeline {
 impl ChunkTap for Pipeline {
     async fn take(&self, dir: Direction, bytes: &[u8], out: &mut Vec<u8>) -> io::Result<Forward> {
         let (forward, notes) = self.decide(dir, bytes, out)?;
+        self.queue_replies(dir, &notes)?;
         // Recorded before it is forwarded (fail closed), and exactly what is forwarded (but for
         // the secrets a stage injected, recorded as events).
         let forwarded = match forward {
@@ -168,6 +181,45 @@ impl ChunkTap for Pipeline {
         Ok(forward)
     }
 
+    fn injects(&self, dir: Direction) -> bool {
+        // Stages answer the client only.
+        dir == Direction::Down && self.stages.is_some()
+    }
+
+    async fn injected(&self, dir: Direction) {
+        if dir != Direction::Down {
+            return std::future::pending().await;
+        }
+        loop {
+            let waiting = self.replies.queue.lock().map_or(true, |q| !q.is_empty());
+            if waiting {
+                return;
+            }
+            // A reply queued between the check and here left a permit: no wake-up is lost.
+            self.replies.ready.notified().await;
+        }
+    }
+
+    async fn take_injected(&self, dir: Direction, out: &mut Vec<u8>) -> io::Result<bool> {
+        out.clear();
+        if dir != Direction::Down {
+            return Ok(false);
+        }
+        let next = self
+            .replies
+            .queue
+            .lock()
+            .map_err(|_| poisoned(dir))?
+            .pop_front();
+        let Some(bytes) = next else {
+            return Ok(false);
+        };
+        // Recorded by the pump that sends it, in the order it is sent.
+        self.record(dir, &bytes, Vec::new()).await?;
+        *out = bytes;
+        Ok(true)
+    }
+
     async fn finish(&self, dir: Direction, out: &mut Vec<u8>) -> io::Result<()> {
         out.clear();
         if let Some(stages) = &self.stages {
@@ -176,6 +228,35 @@ impl ChunkTap for Pipeline {
             chain.finish(core_dir(dir), now, out).map_err(stop)?;
         }
         self.record(dir, out, Vec::new()).await
+    }
+}
+
+impl Pipeline {
+    /// Queue the stages' answers to the client (from client → device chunks). A stage answering
+    /// the device is a bug in the stage: the session ends rather than drop the answer.
+    fn queue_replies(&self, dir: Direction, notes: &[Note]) -> io::Result<()> {
+        let mut replies = notes.iter().filter_map(|n| match n {
+            Note::Reply(b) => Some(b),
+            _ => None,
+        });
+        let Some(first) = replies.next() else {
+            return Ok(());
+        };
+        if dir != Direction::Up {
+            return Err(stop(StageStop::new(
+                "pipeline",
+                core_dir(dir),
+                StopKind::Unavailable(
+                    "a stage answered the device, which the gateway does not do".into(),
+                ),
+            )));
+        }
+        let mut q = self.replies.queue.lock().map_err(|_| poisoned(dir))?;
+        q.push_back(first.clone());
+        q.extend(replies.cloned());
+        drop(q);
+        self.replies.ready.notify_one();
+        Ok(())
     }
 }
 

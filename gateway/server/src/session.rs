@@ -491,7 +491,12 @@ where
         rule: session.permit().rule(),
         now: ctx.shared.clock.now(),
     };
-    let last = injection.map_or_else(Vec::new, |i| i.stages(&ctx.open.device));
+    // The protocol decoder (operations recorded, the rule's operation list enforced), then the
+    // injector: the decoder sees what the client sent, the device gets the credential.
+    let mut last = crate::decode::stages(&ctx.shared.config(), session);
+    if let Some(i) = injection {
+        last.extend(i.stages(&ctx.open.device));
+    }
     let tap = Pipeline::for_session(
         ctx.shared.stages.as_deref(),
         last,
@@ -499,7 +504,7 @@ where
         recorder.map(SessionRecorder::tap),
         ctx.shared.clock.clone(),
     )
-    .map(|p| p.observed(rejected_credentials(ctx)));
+    .map(|p| p.observed(audited_events(ctx)));
     let mut rec_failed = recorder.map(SessionRecorder::failed);
     let deadline = to_instant(ctx, session.ends_at());
     let idle = ctx.shared.limits().idle_timeout;
@@ -514,22 +519,49 @@ where
     }
 }
 
-/// Audits a device's refusal of an injected credential (an HTTP 401 with injection on): the
-/// vaulted value is wrong or was changed on the device.
-fn rejected_credentials(ctx: &Ctx) -> crate::pipeline::Observer {
+/// Audits what the stages report that security must see as it happens: a device's refusal of an
+/// injected credential (an HTTP 401 with injection on: the vaulted value is wrong or was changed
+/// on the device), and an operation the rule's operation list refused.
+fn audited_events(ctx: &Ctx) -> crate::pipeline::Observer {
     let shared = Arc::clone(&ctx.shared);
-    let base = ctx.event("credential_rejected", "failure");
+    let rejected = ctx.event("credential_rejected", "failure");
+    let denied = ctx.event("operation_denied", "failure");
     Box::new(move |ev| {
-        if ev.kind != "credential_rejected" {
-            return;
-        }
-        let mut e = base.clone().severity("high").at(shared.clock.now());
+        let (base, severity, reason) = match ev.kind.as_str() {
+            "credential_rejected" => (
+                &rejected,
+                "high",
+                "device rejected the vaulted credential; an admin checks it with `ward vault list` and sets it again".to_string(),
+            ),
+            ward_decode::kind::DENIED => {
+                let field = |k: &str| {
+                    ev.fields
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map_or("", |(_, v)| v.as_str())
+                };
+                (
+                    &denied,
+                    "medium",
+                    format!(
+                        "{} operation {} refused, not forwarded to the device: {}",
+                        field("protocol"),
+                        Escaped(field("op")),
+                        field("reason")
+                    ),
+                )
+            }
+            _ => return,
+        };
+        let mut e = base.clone().severity(severity).at(shared.clock.now());
         for (k, v) in &ev.fields {
+            // Patient data stays in the recording: the audit log is read more widely.
+            if k.starts_with(ward_decode::PHI_PREFIX) {
+                continue;
+            }
             e = e.detail(k, v.as_str());
         }
-        shared
-            .audit
-            .emit(e.reason("device rejected the vaulted credential; an admin checks it with `ward vault list` and sets it again"));
+        shared.audit.emit(e.reason(reason));
     })
 }
 

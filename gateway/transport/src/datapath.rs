@@ -284,6 +284,33 @@ pub trait ChunkTap: Sync {
         out.clear();
         std::future::ready(Ok(()))
     }
+
+    /// Whether the tap may have bytes of its own to send in `dir` (a stage's answer to the side
+    /// that sent a refused operation): only then does the pump wait on [`ChunkTap::injected`]
+    /// besides its reads. The default has none.
+    fn injects(&self, dir: Direction) -> bool {
+        let _ = dir;
+        false
+    }
+
+    /// Resolves once the tap has bytes of its own to send in `dir`; cancel-safe (it takes
+    /// nothing). The default never resolves.
+    fn injected(&self, dir: Direction) -> impl std::future::Future<Output = ()> + Send {
+        let _ = dir;
+        std::future::pending()
+    }
+
+    /// Move the tap's own bytes for `dir` into `out` (recorded before they are returned, like
+    /// any chunk); `Ok(false)` when there are none.
+    fn take_injected(
+        &self,
+        dir: Direction,
+        out: &mut Vec<u8>,
+    ) -> impl std::future::Future<Output = io::Result<bool>> + Send {
+        let _ = dir;
+        out.clear();
+        std::future::ready(Ok(false))
+    }
 }
 
 /// A tap that takes nothing (the client's side of the pump).
@@ -321,14 +348,36 @@ where
     let mut buf = vec![0u8; HEADER + FIRST_CHUNK];
     // A tap's replacement bytes; stays unallocated unless a tap replaces a chunk.
     let mut out = Vec::new();
+    // A tap with answers of its own for this direction (a decoder refusing an operation): the
+    // pump waits on them besides its reads, and sends them between chunks.
+    let injecting = tap.filter(|(t, d)| t.injects(*d));
     loop {
         let (n, full) = {
             let slot = buf.get_mut(HEADER..).unwrap_or_default();
             let cap = slot.len();
-            let n = r.read(slot).await?;
+            let n = match injecting {
+                None => r.read(slot).await?,
+                Some((tap, dir)) => {
+                    let read = tokio::select! {
+                        biased;
+                        () = tap.injected(dir) => None,
+                        n = r.read(slot) => Some(n?),
+                    };
+                    match read {
+                        Some(n) => n,
+                        None => {
+                            send_injected(tap, dir, w, counter, &mut out).await?;
+                            continue;
+                        }
+                    }
+                }
+            };
             (n, n == cap)
         };
         if n == 0 {
+            if let Some((tap, dir)) = injecting {
+                send_injected(tap, dir, w, counter, &mut out).await?;
+            }
             if let Some((tap, dir)) = tap {
                 tap.finish(dir, &mut out).await?;
                 counter.fetch_add(out.len() as u64, Ordering::Relaxed);
@@ -366,6 +415,27 @@ where
             buf.resize(HEADER + CHUNK, 0);
         }
     }
+}
+
+/// Send what the tap has of its own for `dir` (already recorded by the tap).
+async fn send_injected<W, T>(
+    tap: &T,
+    dir: Direction,
+    w: &mut FrameWriter<W>,
+    counter: &AtomicU64,
+    out: &mut Vec<u8>,
+) -> io::Result<()>
+where
+    T: ChunkTap,
+    W: AsyncWrite + Unpin,
+{
+    while tap.take_injected(dir, out).await? {
+        if !out.is_empty() {
+            counter.fetch_add(out.len() as u64, Ordering::Relaxed);
+            w.write_data(out).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Send `bytes` as data frames followed by `EOF` (a review answer's body).

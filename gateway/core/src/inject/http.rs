@@ -1077,6 +1077,7 @@ mod tests {
                             .push((base + range.start..base + range.end, event));
                     }
                     Note::Event(e) => seen.events.push(e),
+                    Note::Reply(r) => panic!("the injector never answers: {r:?}"),
                 }
             }
         }
