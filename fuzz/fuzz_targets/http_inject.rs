@@ -90,6 +90,7 @@ fn feed(s: &mut HttpInjector, dir: Direction, input: &[u8], step: usize) -> Seen
                     seen.secrets.push((base + range.start, base + range.end));
                 }
                 Note::Event(_) => seen.events += 1,
+                Note::Reply(r) => panic!("the injector never answers: {r:?}"),
             }
         }
     }

@@ -20,6 +20,7 @@
 #![forbid(unsafe_code)]
 
 pub mod dicom;
+pub mod harness;
 pub mod hl7;
 pub mod http;
 pub mod summary;
