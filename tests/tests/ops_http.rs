@@ -300,11 +300,9 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
     // 4. Pipelined in one write: GET allowed, POST refused (with a body), GET allowed.
     let mut stream = TcpStream::connect(local).unwrap();
     stream.set_read_timeout(Some(COMMAND_TIMEOUT)).unwrap();
-    let pipelined = format!(
-        "GET /status?n=1 HTTP/1.1\r\nHost: monitor-3\r\n\r\n\
+    let pipelined = "GET /status?n=1 HTTP/1.1\r\nHost: monitor-3\r\n\r\n\
          POST /config HTTP/1.1\r\nHost: monitor-3\r\nContent-Length: 11\r\n\r\nalarm=off&x\
-         GET /status?n=3 HTTP/1.1\r\nHost: monitor-3\r\n\r\n"
-    );
+         GET /status?n=3 HTTP/1.1\r\nHost: monitor-3\r\n\r\n";
     stream.write_all(pipelined.as_bytes()).unwrap();
     let mut buf = Vec::new();
     let (s1, _, b1) = read_response(&mut stream, &mut buf);
@@ -315,7 +313,40 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
     assert_eq!(b3, STATUS_PAGE.as_bytes());
     assert!(h2.contains("Connection: keep-alive"), "{h2}");
     assert!(String::from_utf8_lossy(&b2).contains("Ward refused POST /config"));
+    // Still the same connection: a refused chunked upload (dropped as it streams, sent in
+    // pieces), then an allowed request.
+    for piece in [
+        &b"PUT /config/firmware HTTP/1.1\r\nHost: monitor-3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            [..],
+        b"8\r\nfirmware\r\n",
+        b"3\r\nbin\r\n0\r\n\r\nGET /status?n=5 HTTP/1.1\r\nHost: monitor-3\r\n\r\n",
+    ] {
+        stream.write_all(piece).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (s4, _, b4) = read_response(&mut stream, &mut buf);
+    let (s5, _, b5) = read_response(&mut stream, &mut buf);
+    assert_eq!((s4, s5), (403, 200));
+    assert!(String::from_utf8_lossy(&b4).contains("Ward refused PUT /config/firmware"));
+    assert_eq!(b5, STATUS_PAGE.as_bytes());
     drop(stream);
+
+    // 5. A refused upload that asks `Expect: 100-continue`: the 403 instead of a 100.
+    let upload = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(upload.path(), vec![b'x'; 256 * 1024]).unwrap();
+    let out = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        &format!("@{}", upload.path().display()),
+        "-w",
+        "\n%{http_code}",
+        &url("/config/upload"),
+    ]);
+    let (_, code) = out.stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "403", "{out:?}");
 
     // nginx saw every allowed request and none of the refused ones.
     let log = nginx.access_log();
@@ -324,7 +355,7 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
         "a refused request reached nginx: {log:#?}"
     );
     let allowed = log.iter().filter(|l| l.contains("GET /status")).count();
-    assert_eq!(allowed, 5, "{log:#?}");
+    assert_eq!(allowed, 6, "{log:#?}");
 
     // The audit log has the refusals; the recordings the operations, refusals and results.
     let deadline = Instant::now() + COMMAND_TIMEOUT;
@@ -334,12 +365,12 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
             .into_iter()
             .filter(|e| e["event"] == "operation_denied")
             .collect();
-        if denied.len() >= 3 || Instant::now() > deadline {
+        if denied.len() >= 5 || Instant::now() > deadline {
             break denied;
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    assert_eq!(denied.len(), 3, "{denied:#?}");
+    assert_eq!(denied.len(), 5, "{denied:#?}");
     let text = serde_json::to_string(&denied).unwrap();
     assert!(
         text.contains("POST /config") && text.contains("GET /config"),
@@ -367,17 +398,23 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
             .map(|e| e["fields"]["op"].as_str().unwrap().to_string())
             .collect()
     };
-    assert_eq!(of("operation"), vec!["GET /status"; 5], "{events:#?}");
+    assert_eq!(of("operation"), vec!["GET /status"; 6], "{events:#?}");
     assert_eq!(
         of("operation_result"),
-        vec!["GET /status"; 5],
+        vec!["GET /status"; 6],
         "{events:#?}"
     );
     let mut refused = of("operation_denied");
     refused.sort();
     assert_eq!(
         refused,
-        ["GET /config", "POST /config", "POST /config"],
+        [
+            "GET /config",
+            "POST /config",
+            "POST /config",
+            "POST /config/upload",
+            "PUT /config/firmware"
+        ],
         "{events:#?}"
     );
     let result = events
