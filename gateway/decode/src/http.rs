@@ -532,7 +532,13 @@ impl HttpStage {
     ) -> Result<(), StopKind> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        let status = match resp.parse(head) {
+        // Devices' heads are read leniently (old embedded servers); their framing is not.
+        let status = match httparse::ParserConfig::default()
+            .allow_spaces_after_header_name_in_responses(true)
+            .allow_obsolete_multiline_headers_in_responses(true)
+            .allow_multiple_spaces_in_response_status_delimiters(true)
+            .parse_response(&mut resp, head)
+        {
             Ok(httparse::Status::Complete(_)) => resp.code.unwrap_or(0),
             Ok(httparse::Status::Partial) => {
                 return Err(unreadable(
@@ -967,7 +973,9 @@ impl<'a> Target<'a> {
             }
             _ => (None, target),
         };
-        let end = rest.find(['?', '#']).unwrap_or(rest.len());
+        // Only `?` ends the path: a `#` is never sent (a device may read it as part of the
+        // path), so it stays in and makes the path ambiguous.
+        let end = rest.find('?').unwrap_or(rest.len());
         let raw_path = rest.get(..end).unwrap_or_default();
         let path = if authority.is_none() && !raw_path.starts_with('/') {
             Err("a request target that is not a path".to_string())
@@ -1004,13 +1012,18 @@ fn canonical(path: &str) -> Result<String, String> {
     if bytes.contains(&b'\\') {
         return Err("a backslash".into());
     }
+    if bytes.contains(&b'#') {
+        return Err("a '#' (a fragment is never sent to a server)".into());
+    }
     if bytes
         .windows(3)
         .any(|w| matches!(w, [b'%', h, l] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit()))
     {
         return Err("a double percent-encoding".into());
     }
-    let decoded = String::from_utf8_lossy(&bytes);
+    // Not UTF-8 once decoded (an overlong `%c0%ae` for `.`): a device may still read it.
+    let decoded =
+        std::str::from_utf8(&bytes).map_err(|_| "bytes that are not UTF-8".to_string())?;
     let mut segments: Vec<&str> = Vec::new();
     let mut trailing = false;
     for seg in decoded.split('/') {
@@ -1113,10 +1126,13 @@ mod tests {
             "/a%5c",
             "/%252e%252e/x",
             "/a%00",
+            "/status#/../admin",
+            "/status/%c0%ae%c0%ae/admin",
         ] {
             assert!(canonical(raw).is_err(), "{raw}");
         }
-        let t = Target::of("http://monitor:8080/status?x#y", false);
+        assert!(Target::of("/status#/../admin", false).path.is_err());
+        let t = Target::of("http://monitor:8080/status?x", false);
         assert_eq!(t.authority, Some("monitor:8080"));
         assert_eq!(t.path.unwrap(), "/status");
         assert_eq!(Target::of("*", false).path.unwrap(), "*");
@@ -1332,6 +1348,61 @@ mod tests {
         let t = run(policy(), &[(UP, b"GET /status HTTP/1.1\r\nHo")], 0);
         assert!(t.stop.is_some());
         assert!(t.up.is_empty());
+    }
+
+    #[test]
+    fn a_switch_of_protocols_passes_undecoded_without_a_list() {
+        let up: &[u8] =
+            b"GET /ws HTTP/1.1\r\nHost: m\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        let down: &[u8] =
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x05hello";
+        let t = run(
+            observe(),
+            &[(UP, up), (DOWN, down), (UP, b"\x81\x85anything")],
+            0,
+        );
+        assert!(t.stop.is_none());
+        assert_eq!(t.down, down);
+        assert!(t.up.ends_with(b"\x81\x85anything"));
+        assert_eq!(t.ops(kind::RESULT), ["GET /ws"]);
+        assert_eq!(t.of_kind(kind::UNDECODABLE).count(), 1);
+        // Under a list the upgrade never reaches the device, and a device switching anyway ends it.
+        let t = run(policy(), &[(UP, GET), (DOWN, down)], 0);
+        assert!(matches!(t.stop.unwrap().kind, StopKind::Unparseable(_)));
+    }
+
+    #[test]
+    fn refusals_due_after_a_response_ended_by_the_close_are_not_sent() {
+        let mut up = GET.to_vec();
+        up.extend_from_slice(POST);
+        let down: &[u8] = b"HTTP/1.0 200 OK\r\n\r\nbody until the device closes";
+        let t = run(policy(), &[(UP, &up), (DOWN, down)], 0);
+        assert!(t.stop.is_none());
+        assert_eq!(t.up, GET);
+        assert_eq!(t.down, down, "no 403 inside a body delimited by the close");
+        assert_eq!(t.ops(kind::DENIED), ["POST /config"]);
+    }
+
+    #[test]
+    fn what_the_stage_holds_is_bounded() {
+        let mut s = HttpStage::new(observe(), "m");
+        let mut out = Vec::new();
+        // A response head that never ends: undecodable, then passed through, nothing held.
+        s.process(UP, GET, now(), &mut out);
+        for _ in 0..100 {
+            out.clear();
+            s.process(DOWN, &[b'a'; 1024], now(), &mut out);
+        }
+        assert!(s.down.held.capacity() <= 2 * MAX_HEAD);
+        assert!(s.passthrough);
+        // Requests sent ahead of their responses are bounded.
+        let mut s = HttpStage::new(policy(), "m");
+        let mut verdict = Verdict::Pass;
+        for _ in 0..=MAX_PIPELINED {
+            out.clear();
+            verdict = s.process(UP, GET, now(), &mut out);
+        }
+        assert!(matches!(verdict, Verdict::End(_)), "{verdict:?}");
     }
 
     fn arb_exchange() -> impl Strategy<Value = (Vec<u8>, Vec<u8>)> {
