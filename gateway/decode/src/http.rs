@@ -52,7 +52,10 @@
 //!
 //! # Limits
 //!
-//! Paths match case-sensitively (a device that serves `/CONFIG` as `/config` needs an allow list,
+//! A refused request's body is read (and dropped) as its head declares it: a client refused before
+//! it sent the body of an `Expect: 100-continue` request sends it anyway or closes the connection
+//! (RFC 9110 §10.1.1; the `403` says `keep-alive`: Ward keeps reading). Paths match
+//! case-sensitively (a device that serves `/CONFIG` as `/config` needs an allow list,
 //! not a deny list). A response delimited by the device closing the connection ends the pairing
 //! there: `403`s still due after it are not sent (the connection is closing). Requests sent ahead
 //! of their responses are bounded ([`MAX_PIPELINED`]).
