@@ -76,6 +76,17 @@ pub enum ReviewRequest {
         /// Proceed although it fails verification (audited, severity high).
         force: bool,
     },
+    /// One session's operations, read from its recording, patient data masked unless
+    /// `show_phi` (an explicit request, audited as `phi_viewed`: security case 49).
+    Operations {
+        /// The session.
+        session_id: String,
+        /// Unmask patient data.
+        show_phi: bool,
+        /// Proceed although the recording fails verification: its verified records only
+        /// (audited, severity high).
+        force: bool,
+    },
 }
 
 impl From<frame::Review> for ReviewRequest {
@@ -90,13 +101,24 @@ impl From<frame::Review> for ReviewRequest {
                 since_unix,
                 until_unix,
                 grep,
+                operation,
             } => ReviewRequest::List(Filter {
                 principal,
                 device,
                 since: since_unix,
                 until: until_unix,
                 grep,
+                op: operation,
             }),
+            Review::Operations {
+                session_id,
+                show_phi,
+                force,
+            } => ReviewRequest::Operations {
+                session_id,
+                show_phi,
+                force,
+            },
             Review::Recording {
                 session_id,
                 purpose,
@@ -120,8 +142,18 @@ impl ReviewRequest {
                 Purpose::Export => "recording_exported",
                 Purpose::Verify => "recording_verified",
             },
+            ReviewRequest::Operations { show_phi: true, .. } => "phi_viewed",
+            ReviewRequest::Operations { .. } => "operations_viewed",
             ReviewRequest::AuditLog => "audit_log_read",
             ReviewRequest::PublicKey => "public_key_read",
+        }
+    }
+
+    /// The session it names, where the audit event names it whatever the outcome.
+    fn audited_session(&self) -> Option<&str> {
+        match self {
+            ReviewRequest::Operations { session_id, .. } => Some(session_id),
+            _ => None,
         }
     }
 }
@@ -135,7 +167,8 @@ pub enum ReviewAnswer {
     Sessions(Vec<SessionSummary>),
     /// The audit log as it was when opened.
     AuditLog(Snapshot),
-    /// A recording as it was when opened.
+    /// A recording as it was when opened; for [`ReviewRequest::Operations`], the session's
+    /// operations as JSON lines (`review::ops_json_lines`), streamed the same way.
     Recording {
         /// The session.
         session_id: String,
@@ -174,6 +207,9 @@ pub enum ReviewRefusal {
     /// The store could not be read.
     #[error("{0}")]
     Unreadable(String),
+    /// A listing filter that cannot be read (an operation pattern); says how to write it.
+    #[error("{0}")]
+    BadFilter(String),
     /// The review could not be audited, so nothing is handed out.
     #[error("{0}")]
     AuditUnavailable(String),
@@ -189,6 +225,7 @@ impl ReviewRefusal {
             ReviewRefusal::BadSessionId(_)
             | ReviewRefusal::NoRecording(_)
             | ReviewRefusal::FailsVerification { .. }
+            | ReviewRefusal::BadFilter(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
     }
@@ -239,9 +276,13 @@ impl ReviewService {
     ) -> Result<ReviewAnswer, ReviewRefusal> {
         let now = self.clock.now();
         let event = |outcome: &str| {
-            Event::new(request.event(), outcome, now)
+            let ev = Event::new(request.event(), outcome, now)
                 .principal(who.identity)
-                .source(who.source)
+                .source(who.source);
+            match request.audited_session() {
+                Some(id) => ev.session(id.to_string()),
+                None => ev,
+            }
         };
         self.require_reviewer(who, event("denied"))?;
         if matches!(request, ReviewRequest::AuditLog) {
@@ -286,10 +327,71 @@ impl ReviewService {
                 purpose,
                 force,
             } => self.recording(base, session_id, purpose, force),
+            ReviewRequest::Operations {
+                session_id,
+                show_phi,
+                force,
+            } => self.operations(base, session_id, show_phi, force),
         }
     }
 
+    /// A session's operations from its recording (verified first; forced: its verified records
+    /// only), patient data masked unless `show_phi`.
+    fn operations(&self, base: Event, id: String, show_phi: bool, force: bool) -> JobResult {
+        if !crate::recording_store::valid_id(&id) {
+            return Err(ReviewRefusal::BadSessionId(id));
+        }
+        let bytes = match self.recordings.read_all(&id) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReviewRefusal::NoRecording(id))
+            }
+            Err(e) => return Err(unreadable(&id, &e)),
+        };
+        let report = ward_recording::verify(&bytes, &self.key);
+        if !report.ok && !force {
+            let what = report
+                .first_error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "not sealed".into());
+            return Err(ReviewRefusal::FailsVerification { id, what });
+        }
+        let verified = crate::review::verified_prefix(&bytes, &report);
+        let rows = crate::review::operations(verified, show_phi);
+        let phi_fields = rows
+            .iter()
+            .flat_map(|r| &r.fields)
+            .filter(|(k, _)| k.starts_with(ward_decode::PHI_PREFIX))
+            .count();
+        let body = crate::review::ops_json_lines(&rows);
+        let ev = base
+            .detail("operations", rows.len())
+            .detail("show_phi", show_phi)
+            .detail("phi_fields", phi_fields)
+            .detail("verified", report.ok)
+            .detail("forced", force)
+            .severity(match (force && !report.ok, show_phi) {
+                (true, _) => "high",
+                (false, true) => "warning",
+                (false, false) => "info",
+            });
+        let len = body.len() as u64;
+        let answer = ReviewAnswer::Recording {
+            session_id: id,
+            snapshot: Snapshot {
+                reader: Box::new(std::io::Cursor::new(body)),
+                len,
+            },
+            verified: report.ok,
+        };
+        Ok((answer, ev))
+    }
+
     fn list(&self, base: Event, filter: &Filter) -> JobResult {
+        filter
+            .op_pattern()
+            .map_err(|e| ReviewRefusal::BadFilter(format!("{e:#}")))?;
         let index = match filter.grep {
             Some(_) => Vec::new(),
             None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
@@ -299,7 +401,8 @@ impl ReviewService {
                 .map_err(|e| ReviewRefusal::Unreadable(format!("{e:#}")))?;
         let ev = base
             .detail("sessions", list.len())
-            .detail("grep", filter.grep.is_some());
+            .detail("grep", filter.grep.is_some())
+            .detail("op", filter.op.clone());
         Ok((ReviewAnswer::Sessions(list), ev))
     }
 
