@@ -105,7 +105,7 @@ impl Source {
     /// where asking is audited).
     async fn operations(
         &self,
-        key: &[u8; 32],
+        pinned: Option<&String>,
         id: &str,
         show_phi: bool,
         force: bool,
@@ -115,8 +115,9 @@ impl Source {
                 if show_phi {
                     bail!("--show-phi is for a security or admin identity through the gateway, which audits it (phi_viewed): use --gateway HOST:PORT; on the host, `ward ops` shows operations with patient data masked");
                 }
+                let key = self.key(pinned).await?;
                 let bytes = review::read_recording(state_dir, id)?;
-                let (verified, note) = exportable(&bytes, key, id, force)?;
+                let (verified, note) = exportable(&bytes, &key, id, force)?;
                 Ok((review::operations(verified, false), note))
             }
             Source::Remote { client } => {
@@ -468,9 +469,15 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 pub async fn ops(args: OpsArgs) -> anyhow::Result<ExitCode> {
     review::check_session_id(&args.session)?;
     let source = args.source.open()?;
-    let key = source.key(args.source.pubkey.as_ref()).await?;
+    // Through a gateway, the gateway verifies the recording and asks for nothing before the
+    // request itself (which it audits, refused or not).
     let (rows, note) = source
-        .operations(&key, &args.session, args.show_phi, args.force)
+        .operations(
+            args.source.pubkey.as_ref(),
+            &args.session,
+            args.show_phi,
+            args.force,
+        )
         .await?;
     let mut out = std::io::stdout().lock();
     if args.json {
@@ -492,10 +499,14 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         bail!("--show-phi applies to --format ops (the other formats hold the recording as it is)");
     }
     let source = args.source.open()?;
-    let key = source.key(args.source.pubkey.as_ref()).await?;
     if args.format == ExportFormat::Ops {
         let (rows, note) = source
-            .operations(&key, &args.session, args.show_phi, args.force)
+            .operations(
+                args.source.pubkey.as_ref(),
+                &args.session,
+                args.show_phi,
+                args.force,
+            )
             .await?;
         review::write_export(&args.out, &review::ops_json_lines(&rows))?;
         if args.out.as_os_str() == "-" {
@@ -511,6 +522,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let key = source.key(args.source.pubkey.as_ref()).await?;
     let bytes = source
         .recording(&args.session, "export", args.force)
         .await?;
