@@ -917,3 +917,78 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
     }
     bail!("{text:?} is not a time: use RFC 3339 (2026-11-22T08:00:00Z), a date (2026-11-22) or a duration ago (2h, 7d)")
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn summary(ops: &[&str]) -> SessionSummary {
+        SessionSummary {
+            id: "00000000000000aa".into(),
+            principal: "vendor acme/jdoe".into(),
+            serial: "02".into(),
+            device: "pacs".into(),
+            protocol: "dicom".into(),
+            source: "127.0.0.1:1".into(),
+            rule: "r".into(),
+            start: rfc3339(0),
+            start_unix: 0,
+            duration_s: 1.0,
+            bytes_up: 1,
+            bytes_down: 1,
+            end_reason: "completed".into(),
+            verification: "ok".into(),
+            break_glass: false,
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+            undecodable: None,
+            denied_ops: 0,
+            ops_unknown: false,
+        }
+    }
+
+    #[test]
+    fn the_ops_cell_stays_narrow_and_inert() {
+        assert_eq!(ops_cell(&summary(&[])), "-");
+        assert_eq!(
+            ops_cell(&summary(&["dicom:C-ECHO", "dicom:C-STORE"])),
+            "dicom:C-ECHO,dicom:C-STORE"
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("telnet:cmd {i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cell = ops_cell(&summary(&refs));
+        assert!(cell.len() <= 40, "{cell}");
+        assert!(
+            cell.starts_with("telnet:cmd 0,telnet:cmd 1") && cell.ends_with(" +18"),
+            "{cell}"
+        );
+        // A device's bytes never drive the reviewer's terminal.
+        let hostile = ops_cell(&summary(&["telnet:\u{1b}]0;owned\u{7}"]));
+        assert!(!hostile.contains('\u{1b}'), "{hostile}");
+        let mut s = summary(&[]);
+        s.denied_ops = 2;
+        s.undecodable = Some("http up at byte 0: \u{1b}[2J".into());
+        let f = flags(&s);
+        assert!(
+            f.contains("[2 DENIED]") && f.contains("[UNDECODABLE: http up at byte 0"),
+            "{f}"
+        );
+        assert!(!f.contains('\u{1b}'), "{f}");
+    }
+
+    #[test]
+    fn an_op_filter_matches_indexed_rows_like_recordings() {
+        let filter = Filter {
+            op: Some("dicom:C-STORE".into()),
+            ..Filter::default()
+        };
+        let p = filter.op_pattern().unwrap();
+        assert!(matches(&filter, p.as_ref(), &summary(&["dicom:C-STORE"])));
+        assert!(!matches(&filter, p.as_ref(), &summary(&["dicom:C-ECHO"])));
+        let bad = Filter {
+            op: Some("nope".into()),
+            ..Filter::default()
+        };
+        assert!(bad.op_pattern().is_err());
+    }
+}

@@ -626,6 +626,17 @@ mod tests {
 
     /// A sealed recording of `id` holding `typed`.
     fn record(store: &RecordingStore, signer: &Arc<Signer>, id: &str, typed: &[u8]) {
+        record_with(store, signer, id, typed, &[]);
+    }
+
+    /// A sealed recording of `id` holding `typed`, then `events` (client → device).
+    fn record_with(
+        store: &RecordingStore,
+        signer: &Arc<Signer>,
+        id: &str,
+        typed: &[u8],
+        events: &[(&str, &[(&str, &str)])],
+    ) {
         let meta = SessionMeta {
             session_id: id.into(),
             principal_kind: "vendor".into(),
@@ -645,6 +656,13 @@ mod tests {
         let mut enc =
             Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
         enc.data(Direction::Up, 1, typed, &mut out);
+        for (kind, fields) in events {
+            let fields: Vec<(String, String)> = fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            enc.event(Direction::Up, 2, kind, &fields, &mut out);
+        }
         let end = EndInfo {
             ended_unix_ms: 2_000,
             reason: "client closed".into(),
@@ -661,6 +679,8 @@ mod tests {
         audit: AuditLog,
         sam: Identity,
         vendor: Identity,
+        store: RecordingStore,
+        signer: Arc<Signer>,
     }
 
     async fn fixture() -> Fixture {
@@ -679,7 +699,7 @@ mod tests {
         bytes[mid] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let service = ReviewService::new(
-            store,
+            store.clone(),
             dir.path().to_path_buf(),
             signer.public_key(),
             audit.clone(),
@@ -692,6 +712,8 @@ mod tests {
             audit,
             sam: identity(Kind::Security, "sam"),
             vendor: identity(Kind::Vendor, "jdoe"),
+            store,
+            signer,
         }
     }
 
@@ -876,5 +898,179 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(denied, ReviewRefusal::NotPermitted(_)));
+    }
+
+    const OPS: &str = "00000000000000cc";
+
+    fn ops_request(id: &str, show_phi: bool, force: bool) -> ReviewRequest {
+        ReviewRequest::Operations {
+            session_id: id.into(),
+            show_phi,
+            force,
+        }
+    }
+
+    async fn operations(
+        f: &Fixture,
+        who: &Identity,
+        req: ReviewRequest,
+    ) -> Result<Vec<crate::review::OpRow>, ReviewRefusal> {
+        match ask(f, who, req).await? {
+            ReviewAnswer::Recording { snapshot, .. } => {
+                Ok(crate::review::ops_of_json_lines(&snapshot.read_all().unwrap()).unwrap())
+            }
+            other => panic!("operations, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn operations_mask_patient_data_unless_a_reviewer_asks_and_asking_is_audited() {
+        let f = fixture().await;
+        record_with(
+            &f.store,
+            &f.signer,
+            OPS,
+            b"x",
+            &[
+                (
+                    "operation",
+                    &[
+                        ("protocol", "dicom"),
+                        ("op", "C-STORE"),
+                        ("sop_instance", "1.2"),
+                        ("phi.patient_name", "DOE^JANE"),
+                    ],
+                ),
+                ("credential_injected", &[("account", "service")]),
+            ],
+        );
+        let rows = operations(&f, &f.sam, ops_request(OPS, false, false))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only the decoders' events: {rows:?}");
+        assert_eq!(rows[0].op, "C-STORE");
+        assert_eq!(
+            rows[0].fields,
+            [
+                ("sop_instance".to_string(), "1.2".to_string()),
+                ("phi.patient_name".to_string(), "***".to_string())
+            ]
+        );
+        let viewed = audited(&f, "operations_viewed").await;
+        assert_eq!(viewed.len(), 1, "{viewed:?}");
+        assert!(viewed[0].contains(OPS), "{}", viewed[0]);
+        assert!(audited(&f, "phi_viewed").await.is_empty());
+
+        let rows = operations(&f, &f.sam, ops_request(OPS, true, false))
+            .await
+            .unwrap();
+        assert_eq!(rows[0].fields[1].1, "DOE^JANE");
+        let phi = audited(&f, "phi_viewed").await;
+        assert_eq!(phi.len(), 1, "{phi:?}");
+        assert!(
+            phi[0].contains("\"success\"")
+                && phi[0].contains(OPS)
+                && phi[0].contains("\"sam\"")
+                && phi[0].contains("\"phi_fields\":1"),
+            "{}",
+            phi[0]
+        );
+
+        // A vendor: refused, and the ask audited with the session it named.
+        let denied = operations(&f, &f.vendor, ops_request(OPS, true, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)), "{denied}");
+        let phi = audited(&f, "phi_viewed").await;
+        assert_eq!(phi.len(), 2, "{phi:?}");
+        assert!(
+            phi[1].contains("\"denied\"") && phi[1].contains(OPS) && phi[1].contains("jdoe"),
+            "{}",
+            phi[1]
+        );
+
+        // A recording that fails verification: refused unless forced.
+        let refused = operations(&f, &f.sam, ops_request(BAD, false, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ReviewRefusal::FailsVerification { .. }),
+            "{refused}"
+        );
+        assert!(operations(&f, &f.sam, ops_request(BAD, false, true))
+            .await
+            .unwrap()
+            .is_empty());
+        let bad_id = operations(&f, &f.sam, ops_request("../x", false, false))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_id, ReviewRefusal::BadSessionId("../x".into()));
+    }
+
+    #[tokio::test]
+    async fn listings_find_sessions_by_operation_and_refuse_a_pattern_that_is_not_one() {
+        let f = fixture().await;
+        record_with(
+            &f.store,
+            &f.signer,
+            OPS,
+            b"x",
+            &[("operation", &[("protocol", "http"), ("op", "POST /config")])],
+        );
+        let list = |op: &str| {
+            ReviewRequest::List(Filter {
+                op: Some(op.into()),
+                ..Filter::default()
+            })
+        };
+        let Ok(ReviewAnswer::Sessions(found)) = ask(&f, &f.sam, list("http:POST")).await else {
+            panic!("a listing")
+        };
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, OPS);
+        assert_eq!(found[0].ops, ["http:POST /config"]);
+        let Ok(ReviewAnswer::Sessions(none)) = ask(&f, &f.sam, list("http:GET")).await else {
+            panic!("a listing")
+        };
+        assert!(none.is_empty());
+        let bad = ask(&f, &f.sam, list("POST")).await.unwrap_err();
+        assert!(matches!(bad, ReviewRefusal::BadFilter(_)), "{bad}");
+        assert_eq!(bad.code(), ErrorCode::BadRequest);
+        assert!(bad.to_string().contains("http:POST"), "{bad}");
+    }
+
+    #[test]
+    fn operations_frames_map_to_requests_and_name_their_audit_event() {
+        let r: ReviewRequest = frame::Review::Operations {
+            session_id: GOOD.into(),
+            show_phi: true,
+            force: false,
+        }
+        .into();
+        assert_eq!(r, ops_request(GOOD, true, false));
+        assert_eq!(r.event(), "phi_viewed");
+        assert_eq!(ops_request(GOOD, false, false).event(), "operations_viewed");
+        // A listing without an operation pattern is sent as before the field existed.
+        let text = serde_json::to_string(&frame::Review::ListSessions {
+            principal: None,
+            device: None,
+            since_unix: None,
+            until_unix: None,
+            grep: None,
+            operation: None,
+        })
+        .unwrap();
+        assert!(!text.contains("operation"), "{text}");
+        let back: frame::Review = serde_json::from_str(
+            r#"{"op":"list_sessions","principal":null,"device":null,"since_unix":null,"until_unix":null,"grep":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            back,
+            frame::Review::ListSessions {
+                operation: None,
+                ..
+            }
+        ));
     }
 }
