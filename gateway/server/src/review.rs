@@ -278,6 +278,85 @@ pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
     })
 }
 
+/// [`summary_of_ended`] with the recording's operations, read from `store` through a bounded
+/// window (one record at a time: what crash recovery's scan indexes without holding the file).
+/// If the events cannot be read, the summary says its operations are unknown and listings read
+/// the recording.
+pub fn summary_of_stored(
+    store: &RecordingStore,
+    id: &str,
+    report: &VerifyReport,
+) -> Option<SessionSummary> {
+    let mut summary = summary_of_ended(report)?;
+    let ops = store.open(id).and_then(|snap| {
+        ops_of_read(std::io::BufReader::new(std::io::Read::take(
+            snap.reader,
+            snap.len,
+        )))
+    });
+    match ops {
+        Ok(ops) => {
+            summary.ops = ops.ops.into_iter().collect();
+            summary.undecodable = ops.undecodable;
+            summary.denied_ops = ops.denied;
+            summary.ops_unknown = false;
+        }
+        Err(e) => {
+            tracing::debug!(session_id = %id, error = %e, "operations not indexed: listings read this recording");
+        }
+    }
+    Some(summary)
+}
+
+/// The event record's type code (docs/recording-format.md; checked by a test against the
+/// encoder).
+const EVENT_RECORD: u8 = 0x07;
+
+/// The operations of a recording read from `input` one record at a time (data records are
+/// skipped, never held): the same summary [`summarise`] makes of one in memory.
+pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut ops = OpsSummary::default();
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    let mut record = Vec::new();
+    loop {
+        let mut header = [0u8; ward_recording::RECORD_HEADER_LEN];
+        // A clean end between records is the end; a torn header too (the rest is not verified).
+        let mut got = 0;
+        while got < header.len() {
+            match input.read(header.get_mut(got..).unwrap_or_default())? {
+                0 => return Ok(ops),
+                n => got += n,
+            }
+        }
+        let [code, l0, l1, l2, l3] = header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        if len > ward_recording::MAX_RECORD_BODY {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("record body of {len} bytes"),
+            ));
+        }
+        if code != EVENT_RECORD {
+            std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())?;
+            continue;
+        }
+        // The record alone, behind the magic, read by the recording's own reader.
+        record.clear();
+        record.extend_from_slice(&magic);
+        record.extend_from_slice(&header);
+        let body_at = record.len();
+        record.resize(body_at + len as usize, 0);
+        input.read_exact(record.get_mut(body_at..).unwrap_or_default())?;
+        if let Some(Ok((_, Record::Event { kind, fields, .. }))) =
+            ward_recording::Reader::new(&record).next()
+        {
+            ops.note_event(&kind, &fields);
+        }
+    }
+}
+
 /// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes;
 /// `op` already parsed).
 fn matches(filter: &Filter, op: Option<&OpPattern>, s: &SessionSummary) -> bool {
@@ -990,5 +1069,92 @@ mod tests {
             ..Filter::default()
         };
         assert!(bad.op_pattern().is_err());
+    }
+
+    #[test]
+    fn reading_a_stored_recording_one_record_at_a_time_summarises_it_as_in_memory() {
+        use ward_recording::{CheckpointPolicy, Encoder, EndInfo, SessionMeta, Signer};
+        let signer = std::sync::Arc::new(Signer::generate().unwrap().0);
+        let meta = SessionMeta {
+            session_id: "00000000000000ab".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pacs".into(),
+            device_addr: "127.0.0.1:104".into(),
+            protocol: "dicom".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        let pairs = |f: &[(&str, &str)]| -> Vec<(String, String)> {
+            f.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        enc.data(Direction::Up, 1, &vec![7u8; 3 << 20], &mut out);
+        enc.event(
+            Direction::Up,
+            2,
+            "operation",
+            &pairs(&[("protocol", "dicom"), ("op", "C-STORE")]),
+            &mut out,
+        );
+        enc.data(Direction::Down, 3, b"ok", &mut out);
+        enc.event(
+            Direction::Up,
+            4,
+            "operation_denied",
+            &pairs(&[("protocol", "dicom"), ("op", "C-MOVE"), ("reason", "no")]),
+            &mut out,
+        );
+        enc.event(
+            Direction::Up,
+            5,
+            "undecodable",
+            &pairs(&[
+                ("protocol", "dicom"),
+                ("direction", "up"),
+                ("offset", "9"),
+                ("why", "bad PDU"),
+            ]),
+            &mut out,
+        );
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "completed".into(),
+            bytes_up: 3 << 20,
+            bytes_down: 2,
+        };
+        enc.finish(6, &end, &mut out);
+        let key = signer.public_key();
+        let whole = summarise(&out, &key, &Filter::default(), "x").unwrap();
+        let read = ops_of_read(out.as_slice()).unwrap();
+        assert_eq!(whole.ops, ["dicom:C-MOVE", "dicom:C-STORE"]);
+        assert_eq!(read.ops.iter().cloned().collect::<Vec<_>>(), whole.ops);
+        assert_eq!(read.undecodable, whole.undecodable);
+        assert_eq!(
+            read.undecodable.as_deref(),
+            Some("dicom up at byte 9: bad PDU")
+        );
+        assert_eq!((read.denied, whole.denied_ops), (1, 1));
+        // And in the verification-only summary plus the scan (recovery's), the same row.
+        let report = ward_recording::verify(&out, &key);
+        let mut ended = summary_of_ended(&report).unwrap();
+        assert!(ended.ops_unknown);
+        ended.ops = read.ops.into_iter().collect();
+        ended.undecodable = read.undecodable;
+        ended.denied_ops = read.denied;
+        ended.ops_unknown = false;
+        assert_eq!(ended, whole);
+        // A torn tail ends the scan; garbage is an error, not a panic.
+        assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
+        assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
     }
 }
