@@ -20,7 +20,8 @@
 //! sending and receiving application swapped, the time of `now` in MSH-7), because a sender whose
 //! message goes unanswered resends it forever.
 //!
-//! Fail closed under a policy: bytes outside MLLP framing, a frame that is not one HL7 message
+//! Fail closed under a policy: bytes outside MLLP framing (line breaks between frames are
+//! tolerated and passed on), a frame that is not one HL7 message
 //! (no `MSH` first, a batch, a second `MSH`, no message type), or a message over [`MAX_MESSAGE`]
 //! end the session. Without a policy the stage reports one `undecodable` event and passes the
 //! rest of the session through untouched.
@@ -206,6 +207,13 @@ impl Hl7Stage {
             let here = side.offset + *at as u64;
             match side.framing {
                 Framing::Between => {
+                    // Line breaks between frames (some peers end a frame with CR LF) are harmless.
+                    let breaks = rest.iter().take_while(|&&b| b == CR || b == b'\n').count();
+                    if breaks > 0 {
+                        out.extend_from_slice(rest.get(..breaks).unwrap_or_default());
+                        *at += breaks;
+                        continue;
+                    }
                     if rest.first() != Some(&START_BLOCK) {
                         return Err(Broken {
                             offset: here,
@@ -773,6 +781,9 @@ mod tests {
     fn without_a_policy_garbage_is_reported_once_and_passed() {
         let adt = frame(ADT);
         let mut junk = adt.clone();
+        junk.extend_from_slice(b"\r\n");
+        junk.extend_from_slice(&adt);
+        let first_junk = junk.len();
         junk.extend_from_slice(b"hello");
         junk.extend_from_slice(&adt);
         let ack = frame(ACK_AA);
@@ -786,10 +797,10 @@ mod tests {
         assert_eq!(t.stop, None);
         assert_eq!(t.up, junk);
         assert_eq!(t.down, ack);
-        assert_eq!(t.ops(kind::OPERATION), ["ADT^A01"]);
+        assert_eq!(t.ops(kind::OPERATION), ["ADT^A01", "ADT^A01"]);
         let u: Vec<_> = t.of_kind(kind::UNDECODABLE).collect();
         assert_eq!(u.len(), 1);
-        assert_eq!(field_of(u[0], "offset").unwrap(), adt.len().to_string());
+        assert_eq!(field_of(u[0], "offset").unwrap(), first_junk.to_string());
         assert!(t.ops(kind::RESULT).is_empty(), "nothing decoded after");
     }
 
