@@ -20,11 +20,18 @@
 //! text would stay in the device's buffer and prefix the user's next line. The user is told why
 //! (`\r\nward: refused …\r\n`, a [`Note::Reply`]).
 //!
-//! Fail closed on what the stage cannot follow: under an operation list, a line edited with
-//! cursor keys, history or function keys (escape sequences), tab completion or other control
-//! characters (`^A`, `^E`, `^P`, `^R` …) is refused whatever its text, because the device may run
-//! something other than what the stage rebuilt (`sh<TAB>` may become `shutdown`, an up-arrow
-//! recalls an unseen command). Without a list such a line is reported with an `edited` field.
+//! Fail closed on what the stage cannot follow. Under an operation list:
+//! - a line edited with cursor, history or function keys (escape sequences), tab completion or
+//!   the telnet editing commands (`IAC EC/EL/IP`) is refused whatever its text, because the
+//!   device may run something other than what the stage rebuilt (`sh<TAB>` may become
+//!   `shutdown`, an up-arrow recalls an unseen command);
+//! - other control keys (`^A`, `^D`, `^O`, `^P`, `^R` …) are not forwarded at all: their effect
+//!   is the device's own (bash runs the line on `^O`);
+//! - `^U`, `^W` and `^C` are forwarded as erase keys over the text they remove (plus `^U` for
+//!   `^U`, the `^C` itself for `^C`), so a console that ignores them still drops that text.
+//!
+//! Without a list every byte passes as it came and an edited line is reported with an `edited`
+//! field.
 //!
 //! Limits: the stage rebuilds lines, not the device's screen, so it assumes the device ends a
 //! command on CR/LF and edits with the keys above; a console that acts on single keystrokes
@@ -244,6 +251,11 @@ impl TelnetStage {
                     }
                     WILL | WONT | DO | DONT => self.telnet = Telnet::Option,
                     SB => self.telnet = Telnet::Sub,
+                    // What a telnetd does with these is its own: under a policy the line they
+                    // edit is not read with confidence.
+                    EC | EL | IP if self.policy.enforces() => {
+                        self.mark_edited("telnet editing commands (IAC EC/EL/IP)");
+                    }
                     EC => self.erase_char(),
                     EL | IP => self.line.clear(),
                     _ => {}
@@ -296,6 +308,7 @@ impl TelnetStage {
                 return Ok(());
             }
         }
+        let enforces = self.policy.enforces();
         match b {
             CR | LF => {
                 self.end_line(b, out);
@@ -306,21 +319,36 @@ impl TelnetStage {
                 self.erase = b;
                 self.erase_char();
             }
-            CTRL_U | CTRL_C => self.line.clear(),
-            CTRL_W => {
-                while self.line.last() == Some(&b' ') {
-                    self.line.pop();
+            CTRL_U | CTRL_C | CTRL_W if enforces => {
+                // Whatever the device makes of ^U, ^C or ^W (a raw console may ignore them),
+                // it honours the erase key: the text the stage takes as gone is erased with it.
+                let before = self.line.len();
+                if b == CTRL_W {
+                    self.erase_word();
+                } else {
+                    self.line.clear();
                 }
-                while self.line.last().is_some_and(|&c| c != b' ') {
-                    self.line.pop();
+                if b == CTRL_C {
+                    out.push(b);
                 }
+                out.extend(std::iter::repeat_n(self.erase, before - self.line.len()));
+                if b != CTRL_W {
+                    out.push(CTRL_U);
+                }
+                return Ok(());
             }
+            CTRL_U | CTRL_C => self.line.clear(),
+            CTRL_W => self.erase_word(),
             ESC => {
                 self.escape = Escape::Esc;
                 self.escape_len = 0;
                 self.mark_edited("cursor, history or function keys (escape sequences)");
             }
             TAB => self.mark_edited("tab completion"),
+            // Under a policy, a control key whose effect on the device's line the stage cannot
+            // follow (^O runs the line in bash, ^P recalls history, ^D may submit it) never
+            // reaches the device.
+            c if c < 0x20 && enforces => return Ok(()),
             c if c < 0x20 => {
                 let key = format!("control characters (^{})", char::from(c + 0x40));
                 self.mark_edited(&key);
@@ -332,6 +360,16 @@ impl TelnetStage {
         }
         out.push(b);
         Ok(())
+    }
+
+    /// Erase the last word (and the blanks after it), as `^W` does.
+    fn erase_word(&mut self) {
+        while self.line.last() == Some(&b' ') {
+            self.line.pop();
+        }
+        while self.line.last().is_some_and(|&c| c != b' ') {
+            self.line.pop();
+        }
     }
 
     fn mark_edited(&mut self, why: &str) {
@@ -489,7 +527,7 @@ mod tests {
             (&b"ls\x1b[D\x1b[Drm \r\n"[..], "escape"),
             (b"\x1b[A\r\n", "escape"),
             (b"sh\tnow\r\n", "tab"),
-            (b"ls\x01rm \r\n", "^A"),
+            (b"ls\xff\xf7rm \r\n", "IAC"),
         ] {
             let t = run(policy(), typed, 0);
             assert_eq!(t.ops(kind::DENIED).len(), 1, "{typed:?}");
@@ -507,6 +545,30 @@ mod tests {
             assert_eq!(t.up, typed);
             assert_eq!(t.of_kind(kind::OPERATION).count(), 1);
         }
+    }
+
+    #[test]
+    fn control_keys_under_a_policy_are_dropped_or_made_erase_keys() {
+        // ^O (bash: run the line) and ^P (history) never reach the device; ^U, ^W, ^C become
+        // erase keys over what they remove.
+        let t = run(
+            policy(),
+            b"rm x\x0f\x10\x15ls -l\x17-a\x7f\x7fal\r\nfoo\x03bar\r",
+            0,
+        );
+        assert_eq!(t.ops(kind::OPERATION), ["ls al", "bar"]);
+        assert!(t.ops(kind::DENIED).is_empty());
+        assert_eq!(
+            t.up,
+            b"rm x\x08\x08\x08\x08\x15ls -l\x08\x08-a\x7f\x7fal\r\nfoo\x03\x7f\x7f\x7f\x15bar\r"
+        );
+        let t = run(OpPolicy::observe(OpProtocol::Telnet), b"ls\x01x\r\n", 0);
+        assert_eq!(t.up, b"ls\x01x\r\n");
+        let op = t.of_kind(kind::OPERATION).next().unwrap();
+        assert!(op
+            .fields
+            .iter()
+            .any(|(k, v)| k == "edited" && v.contains("^A")));
     }
 
     #[test]
@@ -577,14 +639,17 @@ mod tests {
             }
         }
 
-        /// A device with a line editor (erase keys, ^U) never runs a refused line, nor a line
-        /// with refused text left in front of it.
+        /// A device with a line editor (erase keys; ^U and ^C or not) never runs a refused line,
+        /// nor a line with refused or erased text left in front of it: it runs exactly the
+        /// lines the stage allowed.
         #[test]
         fn the_device_never_runs_a_refused_line(
             data in proptest::collection::vec(prop_oneof![
-                Just(CR), Just(LF), Just(NUL), Just(BS), Just(DEL), Just(CTRL_U), Just(b'r'), Just(b'm'), Just(b' '), Just(b'x'),
+                Just(CR), Just(LF), Just(NUL), Just(BS), Just(DEL), Just(CTRL_U), Just(CTRL_W), Just(CTRL_C),
+                Just(0x0f), Just(b'r'), Just(b'm'), Just(b' '), Just(b'x'),
             ], 0..300),
             step in 1usize..20,
+            kill_keys_work in any::<bool>(),
         ) {
             let t = run(policy(), &data, step);
             let mut line: Vec<u8> = Vec::new();
@@ -600,8 +665,10 @@ mod tests {
                     BS | DEL => {
                         line.pop();
                     }
-                    CTRL_U => line.clear(),
-                    NUL => {}
+                    // A console that knows ^U/^C, or one that only knows the erase keys.
+                    CTRL_U | CTRL_C if kill_keys_work => line.clear(),
+                    CTRL_U | CTRL_C | NUL => {}
+                    0x0f => prop_assert!(false, "^O reached the device"),
                     _ => line.push(b),
                 }
             }
