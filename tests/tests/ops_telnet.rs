@@ -6,6 +6,8 @@
 //! - a denied one never runs (the file it would touch stays absent, the one it would remove stays)
 //!   and the user sees why; the line typed after it runs as typed (the refused text was erased
 //!   on the device);
+//! - keys typed one by one are echoed before Enter (forwarded as typed), and a refused line's
+//!   Enter never reaches the device; a line edited with cursor keys is refused (fail closed);
 //! - the recording holds the operations and the refusals.
 //!
 //! Loopback only; bounded in time. Under CI a missing busybox telnetd fails the test.
@@ -184,6 +186,23 @@ async fn busybox_console_allowed_commands_run_denied_ones_never_do() {
             "{text}"
         );
 
+        // Typed key by key, a line is echoed as it is typed (the keys reach the device before
+        // the decision); its Enter never does.
+        let typed = format!("touch {}", d.join("forbidden-typed").display());
+        for b in typed.bytes() {
+            tx.write_all(&[b]).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        screen.wait_for(&typed, 1).await;
+        tx.write_all(b"\r\n").await.unwrap();
+        screen.wait_for("ward: refused", 3).await;
+        // A line edited with cursor keys is refused whatever its text (fail closed).
+        tx.write_all(b"echo edited\x1b[D\x1b[C\r\n").await.unwrap();
+        screen.wait_for("ward: refused", 4).await;
+        let text = String::from_utf8_lossy(&screen.seen).into_owned();
+        assert!(text.contains("escape sequences"), "{text}");
+        assert!(!text.contains("\nedited"), "the edited line ran: {text}");
+
         // The next line runs exactly as typed: nothing of the refused text was left in front of it.
         tx.write_all(b"echo after-$((1+1))\r\n").await.unwrap();
         screen.wait_for("\nafter-2", 1).await;
@@ -203,7 +222,7 @@ async fn busybox_console_allowed_commands_run_denied_ones_never_do() {
         assert!(stray.is_empty(), "files the console should not have made: {stray:?}");
 
         tx.write_all(b"exit\r\n").await.unwrap();
-        screen.wait_for("exit", 1).await;
+        // (telnetd -K may hang up before the echo of `exit` is out: not waited for.)
         tx.shutdown().await.unwrap();
         tokio::time::timeout(Duration::from_secs(15), run)
             .await
@@ -256,6 +275,8 @@ async fn busybox_console_allowed_commands_run_denied_ones_never_do() {
             [
                 format!("touch {}", forbidden.display()),
                 format!("rm -f {}", d.join("keep").display()),
+                typed.clone(),
+                "echo edited".to_string(),
             ],
             "{json}"
         );
