@@ -6,7 +6,8 @@
 //! - allowed `ADT^A01`/`ADT^A04` reach the receiver byte for byte, and its `AA` comes back;
 //! - a denied `ORM^O01` is answered by the gateway with an `AR` ACK carrying the reason, the
 //!   receiver never sees it, and the connection goes on;
-//! - the recording holds the operations, the refusal and the results.
+//! - the recording holds the operations, the refusal and the results; `ward sessions --op`
+//!   finds the session.
 //!
 //! Loopback only; bounded in time. Under CI a missing `mllp_send` fails the test.
 #![allow(
@@ -215,6 +216,18 @@ async fn mllp_send_through_ward_allowed_delivered_denied_answered_ar() {
         assert!(down.windows(10).any(|w| w == b"MSA|AR|MSG"), "{}", String::from_utf8_lossy(&down));
         let up = std::fs::read(&raw[0]).unwrap();
         assert_eq!(up, [framed(ADT_A01), framed(ADT_A04)].concat());
+
+        // `ward sessions --op` finds the session by what it did, refused operations included.
+        let found = |op: &str| -> usize {
+            let filter = Filter {
+                op: Some(op.into()),
+                ..Default::default()
+            };
+            review::list(&state, &key, &filter).unwrap().len()
+        };
+        assert_eq!(found("hl7:ORM^O01"), 1);
+        assert_eq!(found("hl7:ADT^A*"), 1);
+        assert_eq!(found("hl7:ORU^*"), 0);
     })
     .await
     .unwrap();

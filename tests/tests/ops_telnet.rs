@@ -8,7 +8,7 @@
 //!   on the device);
 //! - keys typed one by one are echoed before Enter (forwarded as typed), and a refused line's
 //!   Enter never reaches the device; a line edited with cursor keys is refused (fail closed);
-//! - the recording holds the operations and the refusals.
+//! - the recording holds the operations and the refusals; `ward sessions --op` finds the session.
 //!
 //! Loopback only; bounded in time. Under CI a missing busybox telnetd fails the test.
 #![allow(
@@ -283,6 +283,18 @@ async fn busybox_console_allowed_commands_run_denied_ones_never_do() {
         let denied = events.iter().find(|e| e["kind"] == "operation_denied").unwrap();
         assert_eq!(denied["fields"]["protocol"], "telnet");
         assert_eq!(denied["fields"]["rule"], "acme-services-consoles");
+
+        // `ward sessions --op` finds the session by what was typed, refused lines included.
+        let found = |op: &str| -> usize {
+            let filter = review::Filter {
+                op: Some(op.into()),
+                ..Default::default()
+            };
+            review::list(&state, &key, &filter).unwrap().len()
+        };
+        assert_eq!(found("telnet:rm *"), 1);
+        assert_eq!(found("telnet:echo after*"), 1);
+        assert_eq!(found("telnet:reboot*"), 0);
     })
     .await
     .unwrap();
