@@ -230,15 +230,15 @@ impl Stage for DicomStage {
         let res = side.run(&mut ctx, input, &mut o);
         let offset = side.offset;
         side.offset = side.offset.saturating_add(input.len() as u64);
+        for r in replies {
+            if down_at_boundary {
+                self.notes.push(Note::Reply(r));
+            } else {
+                self.pending_reply.extend_from_slice(&r);
+            }
+        }
         if let Err((at, f)) = res {
             return self.fail(dir, offset.saturating_add(at as u64), f);
-        }
-        if !replies.is_empty() {
-            if down_at_boundary {
-                self.notes.push(Note::Reply(replies));
-            } else {
-                self.pending_reply.extend_from_slice(&replies);
-            }
         }
         o.verdict()
     }
@@ -336,7 +336,7 @@ impl<'a> Out<'a> {
 struct Ctx<'a> {
     policy: &'a OpPolicy,
     notes: &'a mut Vec<Note>,
-    replies: &'a mut Vec<u8>,
+    replies: &'a mut Vec<Vec<u8>>,
     pending: &'a mut Vec<u8>,
     rejected: &'a mut bool,
 }
@@ -376,6 +376,8 @@ struct Cmd {
     held: usize,
     /// Fragments came in an earlier PDU.
     spans: bool,
+    /// How many of `pdvs` (the first ones) came in a PDU whose header was already forwarded.
+    committed: usize,
 }
 
 /// One direction's decoder.
@@ -406,6 +408,8 @@ struct Side {
     cmd: Option<Cmd>,
     /// The data fragments that follow belong to a refused message: dropped.
     dropping: bool,
+    /// Bytes the current step consumed (an error's offset is after them).
+    step_n: usize,
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -446,6 +450,7 @@ impl Side {
             pdv_keep: true,
             cmd: None,
             dropping: false,
+            step_n: 0,
         }
     }
 
@@ -470,9 +475,12 @@ impl Side {
             o.insert(&std::mem::take(ctx.pending));
         }
         let mut i = 0;
-        while i < input.len() {
+        while i < input.len() && !*ctx.rejected {
             let rest = input.get(i..).unwrap_or_default();
-            let used = self.step(ctx, input, i, rest, o).map_err(|f| (i, f))?;
+            self.step_n = 0;
+            let used = self
+                .step(ctx, input, i, rest, o)
+                .map_err(|f| (i + self.step_n, f))?;
             i += used.max(1);
         }
         Ok(())
@@ -507,6 +515,7 @@ impl Side {
                     self.pdu_start = Some(at);
                 }
                 let n = (6 - self.hdr_n).min(rest.len());
+                self.step_n = n;
                 for (k, &byte) in rest.iter().take(n).enumerate() {
                     if let Some(h) = self.hdr.get_mut(self.hdr_n + k) {
                         *h = byte;
@@ -548,6 +557,7 @@ impl Side {
                 let n = usize::try_from(self.pdu_left)
                     .unwrap_or(usize::MAX)
                     .min(rest.len());
+                self.step_n = n;
                 self.small
                     .extend_from_slice(rest.get(..n).unwrap_or_default());
                 if !self.holds(self.pdu_type) {
@@ -569,6 +579,7 @@ impl Side {
                     self.pdv_start = Some(at);
                 }
                 let n = (6 - self.pdv_n).min(rest.len());
+                self.step_n = n;
                 for (k, &byte) in rest.iter().take(n).enumerate() {
                     if let Some(h) = self.pdv_hdr.get_mut(self.pdv_n + k) {
                         *h = byte;
@@ -589,6 +600,7 @@ impl Side {
                 let n = usize::try_from(self.pdv_left)
                     .unwrap_or(usize::MAX)
                     .min(rest.len());
+                self.step_n = n;
                 let bytes = rest.get(..n).unwrap_or_default();
                 if self.pdv_command {
                     if let Some(cmd) = self.cmd.as_mut() {
@@ -645,6 +657,7 @@ impl Side {
                         pdvs: Vec::new(),
                         held: 0,
                         spans: false,
+                        committed: 0,
                     });
                 }
                 Some(c) if c.pc != pc => {
@@ -762,13 +775,13 @@ impl Side {
                         self.flush_cur(o);
                     }
                 }
-                Frame::Committed if pending => {
-                    return Err(Fail::Unparseable(
-                        "a command set continues past a P-DATA-TF PDU that also carried data"
-                            .into(),
-                    ));
+                Frame::Committed => {
+                    // The fragments so far were counted in the header already forwarded.
+                    if let Some(c) = self.cmd.as_mut() {
+                        c.committed = c.pdvs.len();
+                    }
                 }
-                Frame::Committed | Frame::Reframed => {}
+                Frame::Reframed => {}
             }
             if let Some(c) = self.cmd.as_mut() {
                 c.spans = true;
@@ -831,6 +844,14 @@ impl Side {
                     .push(Note::Event(denied_event(ctx.policy, &op, &reason)));
                 self.dropping = true;
                 match self.frame {
+                    _ if cmd.committed > 0 => {
+                        return Err(Fail::Denied {
+                            operation: name,
+                            reason: format!(
+                                "{reason}; it came in a P-DATA-TF PDU already partly forwarded"
+                            ),
+                        });
+                    }
                     Frame::Committed => {
                         return Err(Fail::Denied {
                             operation: name,
@@ -842,15 +863,19 @@ impl Side {
                     Frame::Held => self.intact = false,
                     Frame::Reframed => {}
                 }
-                ctx.replies
-                    .extend_from_slice(&refusal(&set, cmd.pc, &reason));
+                ctx.replies.push(refusal(&set, cmd.pc, &reason));
             }
         }
         Ok(())
     }
 
     /// Forward a let-through command's held fragments.
-    fn release(&mut self, o: &mut Out<'_>, cmd: Cmd) {
+    fn release(&mut self, o: &mut Out<'_>, mut cmd: Cmd) {
+        let (before, rest) = cmd.pdvs.split_at(cmd.committed.min(cmd.pdvs.len()));
+        for p in before {
+            o.insert(p);
+        }
+        cmd.pdvs = rest.to_vec();
         match self.frame {
             Frame::Held if !cmd.spans => {
                 for p in &cmd.pdvs {
@@ -1026,7 +1051,7 @@ impl Side {
         if removed.len() == rq.contexts.len() {
             // A-ASSOCIATE-RJ: rejected-permanent, service-user, no reason given.
             ctx.replies
-                .extend_from_slice(&[0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01]);
+                .push(vec![0x03, 0x00, 0, 0, 0, 4, 0x00, 0x01, 0x01, 0x01]);
             *ctx.rejected = true;
             return Ok(());
         }
@@ -1290,3 +1315,6 @@ fn refusal(rq: &CommandSet, pc: u8, reason: &str) -> Vec<u8> {
     let comment = format!("Ward: {reason}");
     command_pdu(pc, &response_command(rq, REFUSED_NOT_AUTHORIZED, &comment))
 }
+
+#[cfg(test)]
+mod tests;
