@@ -336,6 +336,16 @@ async fn three_stores_allowed_arrive_byte_exact_and_match_tshark() {
         .collect();
     let want: Vec<String> = images.iter().map(|(_, u)| u.clone()).collect();
     assert_eq!(uids, want, "{events:#?}");
+    // Patient data from each data set's first fragment, recorded under phi.* (masked in views).
+    let names: Vec<String> = stores
+        .iter()
+        .filter_map(|e| ev_field(e, "phi.patient_name"))
+        .collect();
+    assert_eq!(
+        names,
+        ["Ward^Ops1", "Ward^Ops2", "Ward^Ops3"],
+        "{events:#?}"
+    );
     assert!(!serde_json::to_string(&events)
         .unwrap()
         .contains("operation_denied"));

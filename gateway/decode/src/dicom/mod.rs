@@ -50,6 +50,8 @@ const HELD_COMMAND_CAP: usize = 4 * COMMAND_CAP;
 /// The most bytes of whole, let-through PDVs held in a P-DATA-TF PDU that may still need a
 /// rewrite; beyond, they are forwarded in a P-DATA-TF PDU of their own.
 const HELD_PDU_CAP: usize = 256 * 1024;
+/// How much of a C-STORE data set's first fragment is read for the patient's name and id.
+const PHI_SCAN: usize = 8 * 1024;
 /// The status of the gateway's refusal of a denied DIMSE request: "Refused: Not authorized"
 /// (PS3.7 C.5.x; general status 0x0124).
 pub const REFUSED_NOT_AUTHORIZED: u16 = 0x0124;
@@ -150,6 +152,8 @@ pub struct DicomStage {
     rejected: bool,
     /// Answers to the client waiting for the device's stream to reach a PDU boundary.
     pending_reply: Vec<u8>,
+    /// The transfer syntax accepted for each presentation context.
+    syntaxes: std::collections::BTreeMap<u8, String>,
 }
 
 impl DicomStage {
@@ -165,6 +169,7 @@ impl DicomStage {
             broken: false,
             rejected: false,
             pending_reply: Vec::new(),
+            syntaxes: std::collections::BTreeMap::new(),
         }
     }
 
@@ -226,6 +231,7 @@ impl Stage for DicomStage {
             replies: &mut replies,
             pending: &mut self.pending_reply,
             rejected: &mut self.rejected,
+            syntaxes: &mut self.syntaxes,
         };
         let res = side.run(&mut ctx, input, &mut o);
         let offset = side.offset;
@@ -339,6 +345,8 @@ struct Ctx<'a> {
     replies: &'a mut Vec<Vec<u8>>,
     pending: &'a mut Vec<u8>,
     rejected: &'a mut bool,
+    /// The transfer syntax accepted for each presentation context (from the A-ASSOCIATE-AC).
+    syntaxes: &'a mut std::collections::BTreeMap<u8, String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -410,6 +418,10 @@ struct Side {
     dropping: bool,
     /// Bytes the current step consumed (an error's offset is after them).
     step_n: usize,
+    /// A C-STORE request let through, reported once its data set's first fragment is read.
+    store: Option<(Operation, u8)>,
+    /// The start of that fragment (at most [`PHI_SCAN`] bytes).
+    phi: Vec<u8>,
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -451,6 +463,8 @@ impl Side {
             cmd: None,
             dropping: false,
             step_n: 0,
+            store: None,
+            phi: Vec::new(),
         }
     }
 
@@ -623,6 +637,14 @@ impl Side {
                     }
                 } else if self.pdv_keep {
                     o.keep(at, at + n);
+                    if self.store.is_some() {
+                        let room = PHI_SCAN.saturating_sub(self.phi.len()).min(n);
+                        self.phi
+                            .extend_from_slice(bytes.get(..room).unwrap_or_default());
+                        if self.phi.len() >= PHI_SCAN {
+                            self.report_store(ctx);
+                        }
+                    }
                 }
                 self.pdv_left -= n as u64;
                 self.pdu_left -= n as u64;
@@ -632,6 +654,18 @@ impl Side {
                 Ok(n)
             }
         }
+    }
+
+    /// Report the C-STORE waiting for its data set, with the patient it names (if the first
+    /// fragment has it).
+    fn report_store(&mut self, ctx: &mut Ctx<'_>) {
+        if let Some((mut op, pc)) = self.store.take() {
+            for (k, v) in patient(ctx.syntaxes.get(&pc).map(String::as_str), &self.phi) {
+                op = op.phi(k, v);
+            }
+            ctx.notes.push(Note::Event(op.event(kind::OPERATION)));
+        }
+        self.phi.clear();
     }
 
     /// A PDV header is complete.
@@ -647,6 +681,10 @@ impl Side {
         self.pdv_command = mch & 0x01 != 0;
         self.pdv_last = mch & 0x02 != 0;
         if self.pdv_command {
+            if self.store.is_some() {
+                // A C-STORE without its data set: reported as it is.
+                self.report_store(ctx);
+            }
             match &self.cmd {
                 None => {
                     // A new message: what follows is decided with its command.
@@ -737,6 +775,9 @@ impl Side {
     }
 
     fn pdv_end(&mut self, ctx: &mut Ctx<'_>, o: &mut Out<'_>) -> Result<(), Fail> {
+        if !self.pdv_command && self.store.is_some() {
+            self.report_store(ctx);
+        }
         if self.pdv_command && self.pdv_last {
             if let Some(cmd) = self.cmd.take() {
                 self.command(ctx, o, cmd)?;
@@ -834,7 +875,13 @@ impl Side {
                 } else {
                     kind::OPERATION
                 };
-                ctx.notes.push(Note::Event(op.event(k)));
+                if name == "C-STORE" && !response && set.data_set_type != Some(0x0101) {
+                    // Reported with its data set's first fragment (patient name and id).
+                    self.store = Some((op, cmd.pc));
+                    self.phi.clear();
+                } else {
+                    ctx.notes.push(Note::Event(op.event(k)));
+                }
                 if self.enforce {
                     self.release(o, cmd);
                 }
@@ -929,6 +976,11 @@ impl Side {
                     })
                     .collect();
                 op = op.field("contexts", contexts.join(", "));
+                for c in &ac.contexts {
+                    if let Some(t) = c.transfer_syntaxes.first() {
+                        ctx.syntaxes.insert(c.id, t.clone());
+                    }
+                }
                 ctx.notes.push(Note::Event(op.event(kind::RESULT)));
             }
             0x03 => {
@@ -1318,3 +1370,60 @@ fn refusal(rq: &CommandSet, pc: u8, reason: &str) -> Vec<u8> {
 
 #[cfg(test)]
 mod tests;
+
+/// PatientName (0010,0010) and PatientID (0010,0020) from the start of a data set in transfer
+/// syntax `ts` (implicit or explicit VR little endian; none from deflated or big endian ones), as
+/// far as `b` goes.
+fn patient(ts: Option<&str>, b: &[u8]) -> Vec<(&'static str, String)> {
+    let implicit = match ts {
+        Some("1.2.840.10008.1.2") => true,
+        Some("1.2.840.10008.1.2.1.99" | "1.2.840.10008.1.2.2") => return Vec::new(),
+        Some(_) => false,
+        // Unknown: explicit when the first element's VR looks like one.
+        None => !b
+            .get(4..6)
+            .is_some_and(|vr| vr.iter().all(u8::is_ascii_uppercase)),
+    };
+    let mut found = Vec::new();
+    let mut i = 0usize;
+    let le16 = |k: usize| {
+        u16::from_le_bytes([
+            b.get(k).copied().unwrap_or(0),
+            b.get(k + 1).copied().unwrap_or(0),
+        ])
+    };
+    let le32 =
+        |k: usize| u32::from_le_bytes([0, 1, 2, 3].map(|d| b.get(k + d).copied().unwrap_or(0)));
+    while i + 8 <= b.len() {
+        let (group, elem) = (le16(i), le16(i + 2));
+        if group > 0x0010 {
+            break;
+        }
+        let (hdr, len) = if implicit {
+            (8, le32(i + 4))
+        } else {
+            match b.get(i + 4..i + 6) {
+                Some(
+                    b"OB" | b"OD" | b"OF" | b"OL" | b"OV" | b"OW" | b"SQ" | b"SV" | b"UC" | b"UN"
+                    | b"UR" | b"UT" | b"UV",
+                ) => (12, le32(i + 8)),
+                _ => (8, u32::from(le16(i + 6))),
+            }
+        };
+        if len == u32::MAX {
+            break;
+        }
+        let start = i + hdr;
+        let Some(v) = b.get(start..start.saturating_add(len as usize)) else {
+            break;
+        };
+        let value = || uid(v);
+        match (group, elem) {
+            (0x0010, 0x0010) => found.push(("patient_name", value())),
+            (0x0010, 0x0020) => found.push(("patient_id", value())),
+            _ => {}
+        }
+        i = start + len as usize;
+    }
+    found
+}

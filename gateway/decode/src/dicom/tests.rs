@@ -710,3 +710,71 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn a_store_names_its_patient_when_the_first_fragment_has_them() {
+    // Explicit VR little endian, as negotiated in the A-ASSOCIATE-AC.
+    let mut ds = Vec::new();
+    let ex = |ds: &mut Vec<u8>, g: u16, e: u16, vr: &[u8], v: &[u8]| {
+        ds.extend_from_slice(&g.to_le_bytes());
+        ds.extend_from_slice(&e.to_le_bytes());
+        ds.extend_from_slice(vr);
+        ds.extend_from_slice(&(v.len() as u16).to_le_bytes());
+        ds.extend_from_slice(v);
+    };
+    ex(&mut ds, 0x0008, 0x0018, b"UI", b"1.2.3.4\0");
+    ex(&mut ds, 0x0010, 0x0010, b"PN", b"Doe^Jane");
+    ex(&mut ds, 0x0010, 0x0020, b"LO", b"P-0042");
+    ds.extend_from_slice(&[
+        0xe0, 0x7f, 0x10, 0x00, b'O', b'B', 0, 0, 4, 0, 0, 0, 1, 2, 3, 4,
+    ]);
+    let ac_pdu = {
+        let mut d = vec![3, 0, 0, 0];
+        d.extend(item(0x40, b"1.2.840.10008.1.2.1"));
+        pdu(0x02, &assoc_body("SCU", "DEVICE", &[item(0x21, &d)]))
+    };
+    let up = [
+        assoc_rq(&[(3, CT)]),
+        message(3, &rq(0x0001, 5, CT, Some("1.2.3.4"), true), &ds, 20),
+    ]
+    .concat();
+    for step in [0, 1, 7] {
+        let t = run(
+            policy(&["C-STORE"]),
+            &[(Direction::Down, &ac_pdu[..]), (Direction::Up, &up[..])],
+            step,
+        );
+        assert_eq!(t.up, up);
+        let ev = t.of_kind(kind::OPERATION).nth(1).unwrap();
+        assert_eq!(field(ev, "op"), Some("C-STORE"));
+        assert_eq!(
+            field(ev, "phi.patient_name"),
+            None,
+            "not in the first 20 bytes"
+        );
+        let t = run(
+            policy(&["C-STORE"]),
+            &[
+                (Direction::Down, &ac_pdu[..]),
+                (
+                    Direction::Up,
+                    &[
+                        assoc_rq(&[(3, CT)]),
+                        message(3, &rq(0x0001, 5, CT, Some("1.2.3.4"), true), &ds, 4096),
+                    ]
+                    .concat()[..],
+                ),
+            ],
+            step,
+        );
+        let ev = t.of_kind(kind::OPERATION).nth(1).unwrap();
+        assert_eq!(field(ev, "phi.patient_name"), Some("Doe^Jane"));
+        assert_eq!(field(ev, "phi.patient_id"), Some("P-0042"));
+        assert_eq!(field(ev, "sop_instance"), Some("1.2.3.4"));
+    }
+    assert_eq!(
+        patient(Some(IVRLE), &ds),
+        Vec::<(&str, String)>::new(),
+        "read as implicit VR, the explicit data set names nobody (and does not panic)"
+    );
+}
