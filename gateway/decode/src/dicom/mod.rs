@@ -154,6 +154,8 @@ pub struct DicomStage {
     pending_reply: Vec<u8>,
     /// The transfer syntax accepted for each presentation context.
     syntaxes: std::collections::BTreeMap<u8, String>,
+    /// The presentation contexts the gateway removed from the A-ASSOCIATE-RQ.
+    removed: Vec<u8>,
 }
 
 impl DicomStage {
@@ -170,6 +172,7 @@ impl DicomStage {
             rejected: false,
             pending_reply: Vec::new(),
             syntaxes: std::collections::BTreeMap::new(),
+            removed: Vec::new(),
         }
     }
 
@@ -219,6 +222,9 @@ impl Stage for DicomStage {
             return Verdict::Replace;
         }
         let down_at_boundary = self.down.at_boundary();
+        if dir == Direction::Down && self.down.at_boundary() {
+            self.down.hold_ac = !self.removed.is_empty();
+        }
         let mut o = Out::new(input, out);
         let mut replies = Vec::new();
         let side = match dir {
@@ -232,6 +238,7 @@ impl Stage for DicomStage {
             pending: &mut self.pending_reply,
             rejected: &mut self.rejected,
             syntaxes: &mut self.syntaxes,
+            removed: &mut self.removed,
         };
         let res = side.run(&mut ctx, input, &mut o);
         let offset = side.offset;
@@ -347,6 +354,8 @@ struct Ctx<'a> {
     rejected: &'a mut bool,
     /// The transfer syntax accepted for each presentation context (from the A-ASSOCIATE-AC).
     syntaxes: &'a mut std::collections::BTreeMap<u8, String>,
+    /// The presentation contexts the gateway removed from the A-ASSOCIATE-RQ.
+    removed: &'a mut Vec<u8>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -422,6 +431,9 @@ struct Side {
     store: Option<(Operation, u8)>,
     /// The start of that fragment (at most [`PHI_SCAN`] bytes).
     phi: Vec<u8>,
+    /// Device → client: the gateway removed presentation contexts from the request, so the
+    /// A-ASSOCIATE-AC is held and given back a (rejected) result for each.
+    hold_ac: bool,
 }
 
 fn be32(b: &[u8]) -> u32 {
@@ -465,6 +477,7 @@ impl Side {
             step_n: 0,
             store: None,
             phi: Vec::new(),
+            hold_ac: false,
         }
     }
 
@@ -474,7 +487,7 @@ impl Side {
 
     /// Whether this PDU type's bytes are held (client → device under a policy).
     fn holds(&self, ty: u8) -> bool {
-        self.enforce && (ty == 0x01 || ty == 0x04)
+        (self.enforce && (ty == 0x01 || ty == 0x04)) || (self.hold_ac && ty == 0x02)
     }
 
     fn run(
@@ -982,6 +995,9 @@ impl Side {
                     }
                 }
                 ctx.notes.push(Note::Event(op.event(kind::RESULT)));
+                if self.hold_ac {
+                    self.answer_removed(ctx, o, &ac);
+                }
             }
             0x03 => {
                 let b = |k: usize| self.small.get(k).copied().unwrap_or(0);
@@ -1004,6 +1020,40 @@ impl Side {
         }
         self.pdu_start = None;
         Ok(())
+    }
+
+    /// Forward the device's A-ASSOCIATE-AC with a result for each context the gateway removed
+    /// from the request (1, user-rejection), before the user information item: the client is told
+    /// about every context it proposed, as PS3.8 requires.
+    fn answer_removed(&mut self, ctx: &mut Ctx<'_>, o: &mut Out<'_>, ac: &Assoc) {
+        let mut extra = Vec::new();
+        for id in ctx.removed.iter() {
+            if ac.contexts.iter().any(|c| c.id == *id) {
+                continue;
+            }
+            let mut d = vec![*id, 0, 1, 0, 0x40, 0];
+            d.extend_from_slice(&17u16.to_be_bytes());
+            d.extend_from_slice(b"1.2.840.10008.1.2");
+            extra.push(0x21);
+            extra.push(0);
+            extra.extend_from_slice(&u16::try_from(d.len()).unwrap_or(0).to_be_bytes());
+            extra.extend_from_slice(&d);
+        }
+        let mut body = self.small.get(..68).unwrap_or_default().to_vec();
+        let mut placed = false;
+        for item in &ac.items {
+            if !placed && self.small.get(item.start) == Some(&0x50) {
+                body.extend_from_slice(&extra);
+                placed = true;
+            }
+            body.extend_from_slice(self.small.get(item.clone()).unwrap_or_default());
+        }
+        if !placed {
+            body.extend_from_slice(&extra);
+        }
+        let l = u32::try_from(body.len()).unwrap_or(u32::MAX).to_be_bytes();
+        o.insert(&[0x02, self.hdr[1], l[0], l[1], l[2], l[3]]);
+        o.insert(&body);
     }
 
     fn associate_rq(&mut self, ctx: &mut Ctx<'_>, o: &mut Out<'_>) -> Result<(), Fail> {
@@ -1100,6 +1150,7 @@ impl Side {
             }
             return Ok(());
         }
+        ctx.removed.extend(removed.iter().map(|(_, _, c)| c.id));
         if removed.len() == rq.contexts.len() {
             // A-ASSOCIATE-RJ: rejected-permanent, service-user, no reason given.
             ctx.replies

@@ -361,6 +361,27 @@ fn contexts_of_denied_operations_are_removed_from_the_request() {
         "{d:?}"
     );
     assert!(t.replies.is_empty());
+
+    // The device accepts what it was asked; the client hears of every context it proposed.
+    let ac = assoc_ac(&[(1, 0), (5, 0)]);
+    for step in [0, 1, 5] {
+        let t = run(
+            policy(&["C-ECHO", "C-FIND"]),
+            &[(Direction::Up, &up[..]), (Direction::Down, &ac[..])],
+            step,
+        );
+        let got = pdus(&t.down);
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].0, 2);
+        let back = parse_associate(&got[0].1, 0x21).unwrap();
+        let results: Vec<(u8, u8)> = back.contexts.iter().map(|c| (c.id, c.result)).collect();
+        assert_eq!(results, [(1, 0), (5, 0), (3, 1), (7, 1)]);
+        assert_eq!(
+            got[0].1[back.items.last().unwrap().start],
+            0x50,
+            "user info last"
+        );
+    }
 }
 
 #[test]
