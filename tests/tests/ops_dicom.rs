@@ -395,3 +395,208 @@ async fn three_stores_allowed_arrive_byte_exact_and_match_tshark() {
     tshark_uids.dedup();
     assert_eq!(tshark_uids, want, "{text}");
 }
+
+/// dcmqrscp (verbose; one child process per association) serving a small archive of one study, on a free port.
+struct Dcmqrscp {
+    addr: SocketAddr,
+    proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+const STUDY_UID: &str = "1.2.826.0.1.3680043.9.7433.16.100";
+
+fn start_dcmqrscp() -> Dcmqrscp {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    std::fs::create_dir(&db).unwrap();
+    let dump = dir.path().join("study.dump");
+    let dcm = dir.path().join("study.dcm");
+    std::fs::write(
+        &dump,
+        format!(
+            r#"(0008,0016) UI =SecondaryCaptureImageStorage
+(0008,0018) UI [1.2.826.0.1.3680043.9.7433.16.1]
+(0008,0020) DA [20261128]
+(0008,0030) TM [101010]
+(0008,0050) SH [ACC1]
+(0008,0060) CS [OT]
+(0010,0010) PN [Ward^Query]
+(0010,0020) LO [WARD-Q-1]
+(0020,000d) UI [{STUDY_UID}]
+(0020,000e) UI [1.2.826.0.1.3680043.9.7433.16.101]
+(0020,0010) SH [S1]
+(0020,0011) IS [1]
+(0020,0013) IS [1]
+(0028,0002) US 1
+(0028,0004) CS [MONOCHROME2]
+(0028,0010) US 2
+(0028,0011) US 2
+(0028,0100) US 8
+(0028,0101) US 8
+(0028,0102) US 7
+(0028,0103) US 0
+(7fe0,0010) OB 00\11\22\33
+"#
+        ),
+    )
+    .unwrap();
+    run_ok(Command::new("dump2dcm").arg("+te").arg(&dump).arg(&dcm));
+    run_ok(Command::new("dcmqridx").arg(&db).arg(&dcm));
+    for _attempt in 0..5 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let cfg = dir.path().join("dcmqrscp.cfg");
+        std::fs::write(
+            &cfg,
+            format!(
+                "NetworkTCPPort = {port}\nMaxPDUSize = 16384\nMaxAssociations = 16\n\
+                 HostTable BEGIN\nHostTable END\nVendorTable BEGIN\nVendorTable END\n\
+                 AETable BEGIN\nARCHIVE {} RW (10, 1024mb) ANY\nAETable END\n",
+                db.display()
+            ),
+        )
+        .unwrap();
+        let mut proc = Proc::spawn(
+            Command::new("dcmqrscp").args(["-v", "-c"]).arg(&cfg),
+            Input::Null,
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + COMMAND_TIMEOUT;
+        loop {
+            if let Some(status) = proc.child.try_wait().unwrap() {
+                let err = format!("{}{}", proc.stdout(), proc.stderr());
+                if err.contains("cannot listen") || err.contains("in use") {
+                    break;
+                }
+                panic!("dcmqrscp exited ({status}): {err}");
+            }
+            let echo = run(Command::new("echoscu")
+                .args(["-aec", "ARCHIVE", "-to", "5", "127.0.0.1"])
+                .arg(port.to_string()));
+            if echo.status.success() {
+                return Dcmqrscp {
+                    addr,
+                    proc,
+                    _dir: dir,
+                };
+            }
+            assert!(Instant::now() < deadline, "dcmqrscp did not start in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("dcmqrscp could not bind a free loopback port in 5 attempts");
+}
+
+fn qr_tool(tool: &str, addr: SocketAddr) -> Finished {
+    let mut cmd = Command::new(tool);
+    cmd.args([
+        "-aec", "ARCHIVE", "-to", "10", "-ta", "10", "-td", "10", "-S",
+    ])
+    .args(["-k", "0008,0052=STUDY", "-k", "0010,0010"])
+    .args(["-k", &format!("0020,000d={STUDY_UID}")]);
+    if tool == "movescu" {
+        cmd.args(["-aem", "ELSEWHERE"]);
+    }
+    run(cmd.arg(addr.ip().to_string()).arg(addr.port().to_string()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn find_allowed_and_the_move_context_removed_with_dcmqrscp() {
+    for tool in [
+        "echoscu", "findscu", "movescu", "dcmqrscp", "dcmqridx", "dump2dcm",
+    ] {
+        if !require_peer(tool) {
+            return;
+        }
+    }
+    init_logs();
+    let qr = tokio::task::spawn_blocking(start_dcmqrscp).await.unwrap();
+    let pki = Arc::new(Pki::new());
+    let devices = [DeviceSpec::new(
+        "archive-1",
+        qr.addr,
+        "dicom",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let gw = start_gateway(
+        pki.clone(),
+        &devices,
+        &rules(r#""C-ECHO", "C-FIND""#),
+        "",
+        clock,
+    )
+    .await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+
+    // C-FIND through Ward: the study is found.
+    let fwd = forwarder(gw.client(&vendor, Transport::Quic), "archive-1").await;
+    let out = tokio::task::spawn_blocking(move || qr_tool("findscu", fwd))
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "findscu through Ward: {out:?}\narchive: {}{}",
+        qr.proc.stdout(),
+        qr.proc.stderr()
+    );
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(said.contains("Ward^Query"), "{said}");
+
+    // movescu proposes FIND and MOVE: Ward removes the MOVE context, the archive accepts FIND
+    // only, movescu has no context to move with; the archive never sees a C-MOVE.
+    let fwd = forwarder(gw.client(&vendor, Transport::Quic), "archive-1").await;
+    let out = tokio::task::spawn_blocking(move || qr_tool("movescu", fwd))
+        .await
+        .unwrap();
+    let said = format!("{}{}", out.stdout, out.stderr);
+    assert!(!said.contains("Move Response"), "{said}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let log = format!("{}{}", qr.proc.stdout(), qr.proc.stderr());
+    assert!(log.contains("C-FIND RQ"), "{log}");
+    assert!(
+        !log.contains("C-MOVE RQ"),
+        "the archive received a C-MOVE:\n{log}"
+    );
+
+    // Recorded: the find session's C-FIND and its results; the move session's refusal.
+    let state = gw.state_dir();
+    let sessions = sealed(&state, 2).await;
+    let mut all = Vec::new();
+    for s in &sessions {
+        let (st, id) = (state.clone(), s.id.clone());
+        all.extend(
+            tokio::task::spawn_blocking(move || recorded_events(&st, &id))
+                .await
+                .unwrap(),
+        );
+    }
+    let ops: Vec<(String, String)> = all
+        .iter()
+        .map(|e| {
+            (
+                e["kind"].as_str().unwrap_or_default().to_string(),
+                ev_field(e, "op").unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        ops.contains(&("operation".into(), "C-FIND".into())),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&("operation_result".into(), "C-FIND".into())),
+        "{ops:?}"
+    );
+    assert!(
+        ops.contains(&("operation_denied".into(), "C-MOVE".into())),
+        "{ops:?}"
+    );
+    assert!(
+        !ops.contains(&("operation".into(), "C-MOVE".into())),
+        "{ops:?}"
+    );
+}
