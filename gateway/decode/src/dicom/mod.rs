@@ -250,6 +250,16 @@ impl Stage for DicomStage {
                 self.pending_reply.extend_from_slice(&r);
             }
         }
+        if self.pending_reply.len() > HELD_PDU_CAP {
+            // Refusals pile up while the device never finishes a PDU: memory stays bounded.
+            return Verdict::End(StageStop::new(
+                "dicom",
+                dir,
+                StopKind::TooLarge {
+                    limit: HELD_PDU_CAP,
+                },
+            ));
+        }
         if let Err((at, f)) = res {
             return self.fail(dir, offset.saturating_add(at as u64), f);
         }
