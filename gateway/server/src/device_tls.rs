@@ -337,3 +337,185 @@ pub(crate) async fn stored_pin(
     })
     .transpose()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+    use super::*;
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    use rustls::server::{ClientHello, ResolvesServerCert};
+    use rustls::sign::CertifiedKey;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use ward_core::config::DeviceTls;
+
+    /// A self-signed certificate (DER) and its key (PKCS#8 DER).
+    fn cert(name: &str) -> (Vec<u8>, Vec<u8>) {
+        let c = rcgen::generate_simple_self_signed(vec![name.to_owned()]).unwrap();
+        (c.cert.der().to_vec(), c.signing_key.serialize_der())
+    }
+
+    /// Presents a fixed certificate and signs with a fixed key, matching or not.
+    #[derive(Debug)]
+    struct Fixed(Arc<CertifiedKey>);
+
+    impl ResolvesServerCert for Fixed {
+        fn resolve(&self, _: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+            Some(self.0.clone())
+        }
+    }
+
+    /// A TLS server on loopback presenting `cert_der` and signing with `key_der` (TLS 1.3 or
+    /// 1.2 only), echoing what it reads once; its address.
+    async fn device(
+        cert_der: Vec<u8>,
+        key_der: Vec<u8>,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> std::net::SocketAddr {
+        let provider = ward_transport::tls::provider();
+        let key = provider
+            .key_provider
+            .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der)))
+            .unwrap();
+        let ck = CertifiedKey::new(vec![CertificateDer::from(cert_der)], key);
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[version])
+            .unwrap()
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Fixed(Arc::new(ck))));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    if let Ok(mut tls) = acceptor.accept(tcp).await {
+                        let mut buf = [0u8; 64];
+                        if let Ok(n) = tls.read(&mut buf).await {
+                            let _ = tls.write_all(buf.get(..n).unwrap_or_default()).await;
+                            let _ = tls.shutdown().await;
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn dev(addr: std::net::SocketAddr) -> Device {
+        Device {
+            id: ward_core::DeviceId::new("pacs").unwrap(),
+            address: DeviceAddress::Ip(addr),
+            protocol: ward_core::Protocol::Http,
+            labels: Default::default(),
+            maintenance: None,
+            break_glass: None,
+            netns: None,
+            tls: Some(DeviceTls {
+                pin: None,
+                server_name: None,
+            }),
+        }
+    }
+
+    async fn shake(
+        addr: std::net::SocketAddr,
+        pin: Option<CertPin>,
+    ) -> Result<(TlsStream<TcpStream>, Presented), TlsRefusal> {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        handshake(&dev(addr), tcp, pin, Duration::from_secs(5)).await
+    }
+
+    const VERSIONS: [&rustls::SupportedProtocolVersion; 2] =
+        [&rustls::version::TLS13, &rustls::version::TLS12];
+
+    #[tokio::test]
+    async fn only_the_pinned_certificate_is_accepted_and_plaintext_flows() {
+        for version in VERSIONS {
+            let (a_der, a_key) = cert("pacs.local");
+            let pin_a = CertPin::of_der(&a_der);
+            let addr = device(a_der.clone(), a_key, version).await;
+
+            match shake(addr, None).await {
+                Err(TlsRefusal::Unpinned { presented }) => {
+                    assert_eq!(presented.pin, pin_a);
+                    assert_eq!(presented.der, a_der);
+                    let why = TlsRefusal::Unpinned { presented }.reason("pacs");
+                    assert!(
+                        why.contains(&format!("ward devices pin pacs --confirm {pin_a}")),
+                        "{why}"
+                    );
+                }
+                other => panic!("{version:?}: {other:?}"),
+            }
+            let other = CertPin::of_der(b"another certificate");
+            match shake(addr, Some(other)).await {
+                Err(e @ TlsRefusal::Changed { .. }) => {
+                    let why = e.reason("pacs");
+                    assert!(
+                        why.contains(&format!("presented {pin_a}, pinned is {other}")),
+                        "{why}"
+                    );
+                }
+                other => panic!("{version:?}: {other:?}"),
+            }
+            let (tls, presented) = shake(addr, Some(pin_a)).await.unwrap();
+            assert_eq!(presented.pin, pin_a);
+            let mut conn = DeviceConn::Tls(Box::new(tls));
+            conn.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+            let mut back = Vec::new();
+            conn.read_to_end(&mut back).await.unwrap();
+            assert_eq!(back, b"GET / HTTP/1.1\r\n\r\n");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_device_without_the_pinned_certificates_key_is_refused() {
+        // The device presents the pinned certificate but signs with another key: the handshake
+        // signature is checked, so a copied certificate is not enough.
+        for version in VERSIONS {
+            let (a_der, _) = cert("pacs.local");
+            let (_, b_key) = cert("pacs.local");
+            let addr = device(a_der.clone(), b_key, version).await;
+            match shake(addr, Some(CertPin::of_der(&a_der))).await {
+                Err(TlsRefusal::Failed(why)) => assert!(why.contains("Signature"), "{why}"),
+                other => panic!("{version:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_silent_device_times_out() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _held = tokio::spawn(async move {
+            let conn = listener.accept().await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(conn);
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let r = handshake(&dev(addr), tcp, None, Duration::from_millis(200)).await;
+        match r {
+            Err(e @ TlsRefusal::Failed(_)) => {
+                assert!(e.reason("pacs").contains("no handshake within"), "{e:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn certificates_are_described() {
+        let c = rcgen::generate_simple_self_signed(vec!["pacs.local".to_owned()]).unwrap();
+        let s = describe(c.cert.der());
+        assert!(
+            s.subject.contains("rcgen") || !s.subject.is_empty(),
+            "{s:?}"
+        );
+        assert!(
+            s.not_before.contains('T') && s.not_after.contains('T'),
+            "{s:?}"
+        );
+        assert!(describe(b"junk").subject.contains("unreadable"));
+    }
+}
