@@ -112,12 +112,14 @@ who = { kind = "vendor", org = "acme" }
 devices = { labels = { vendor = "acme" } }
 max_session = "2h"
 inject = "service"                 # the gateway logs in with the vaulted `service` account: nobody types its password
+operations.telnet = { deny = ["factory-reset*", "passwd*"] }  # typed commands refused (docs/protocols.md)
 
 [[rule]]
 name = "icu-nurses-see-icu-consoles"
 who = { kind = "clinician", roles = ["icu", "nurse"] }
 devices = { ids = ["monitor-3"] }
 hours = "Mon-Fri 07:00-19:00"
+operations.http = { allow = ["GET /*"] }  # read the monitor's pages; any other request gets a 403
 
 [[rule]]
 name = "radiology-weekend-maintenance"
@@ -125,6 +127,7 @@ who = { kind = "vendor", org = "globex" }
 devices = { labels = { unit = "radiology" } }
 hours = ["Sat 22:00-06:00", "Sun 22:00-06:00"]
 max_session = "4h"
+operations.dicom = { allow = ["C-ECHO", "C-FIND"] }  # check and query; never store or move studies
 
 [[rule]]
 name = "admins-reach-everything"
@@ -1735,6 +1738,68 @@ labels = { vendor = "acme" }
             "{GATEWAY}\n[access]\nmax_start_ahead = \"soon\"\n"
         ));
         assert_eq!(e.field, "access.max_start_ahead", "{e}");
+    }
+
+    #[test]
+    fn rules_carry_operation_lists() {
+        let config = Config::parse(SAMPLE_CONFIG, "sample.toml").unwrap();
+        let ops = &config.operations;
+        assert_eq!(ops.len(), 3, "{ops:?}");
+        let pumps = &ops["acme-maintains-its-pumps"];
+        assert_eq!(
+            pumps.telnet.as_ref().unwrap().deny,
+            ["factory-reset*", "passwd*"]
+        );
+        assert!(pumps.dicom.is_none() && pumps.http.is_none() && pumps.hl7.is_none());
+        assert_eq!(
+            ops["radiology-weekend-maintenance"]
+                .dicom
+                .as_ref()
+                .unwrap()
+                .allow,
+            ["C-ECHO", "C-FIND"]
+        );
+        assert!(!ops.contains_key("admins-reach-everything"));
+        let base = SAMPLE_CONFIG.replace(
+            "operations.http = { allow = [\"GET /*\"] }",
+            "operations.http = OPS",
+        );
+        for (ops, field, says) in [
+            (
+                "{}",
+                "rule[1].operations.http",
+                "neither `allow` nor `deny`",
+            ),
+            (
+                "{ allow = [\"\"] }",
+                "rule[1].operations.http",
+                "1 to 256 printable",
+            ),
+            (
+                "{ allow = [\"GET\\n/x\"] }",
+                "rule[1].operations.http",
+                "printable",
+            ),
+        ] {
+            let e = Config::parse(&base.replace("OPS", ops), "w.toml").unwrap_err();
+            assert_eq!(e.field, field, "{ops}: {e}");
+            assert!(e.to_string().contains(says), "{ops}: {e}");
+        }
+        let e = Config::parse(
+            &base.replace(
+                "operations.http = OPS",
+                "operations.ftp = { allow = [\"x\"] }",
+            ),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("ftp"), "{e}");
+        let e = Config::parse(
+            &base.replace("operations.http = OPS", "operations = {}"),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("names no protocol"), "{e}");
     }
 
     #[test]

@@ -547,6 +547,60 @@ mod tests {
         assert!(matches!(stop.kind, StopKind::Unavailable(_)), "{stop}");
     }
 
+    /// Refuses every chunk: forwards nothing and answers the sender.
+    struct Refuses;
+
+    impl Stage for Refuses {
+        fn name(&self) -> &str {
+            "refuses"
+        }
+        fn process(
+            &mut self,
+            _: stage::Direction,
+            _: &[u8],
+            _: OffsetDateTime,
+            _: &mut Vec<u8>,
+        ) -> Verdict {
+            Verdict::Replace
+        }
+        fn take_notes(&mut self, notes: &mut Vec<Note>) {
+            notes.push(Note::Reply(b"refused\n".to_vec()));
+        }
+    }
+
+    struct RefusesAll;
+
+    impl StageFactory for RefusesAll {
+        fn stages(&self, _: &SessionContext<'_>) -> Vec<Box<dyn Stage>> {
+            vec![Box::new(Refuses)]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_stages_answer_to_the_client_waits_for_the_down_pump_and_never_goes_up() {
+        let p = pipeline(Some(&RefusesAll), "pump-12").unwrap();
+        assert!(p.injects(Direction::Down) && !p.injects(Direction::Up));
+        let mut out = Vec::new();
+        assert!(!p.take_injected(Direction::Down, &mut out).await.unwrap());
+        let f = p.take(Direction::Up, b"DELETE", &mut out).await.unwrap();
+        assert_eq!((f, out.as_slice()), (Forward::Replaced, &b""[..]));
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            p.injected(Direction::Down),
+        )
+        .await
+        .expect("the answer is announced to the down pump");
+        assert!(p.take_injected(Direction::Down, &mut out).await.unwrap());
+        assert_eq!(out, b"refused\n");
+        assert!(!p.take_injected(Direction::Down, &mut out).await.unwrap());
+        // An answer to the device is not something the gateway sends: the session ends.
+        let e = p.take(Direction::Down, b"x", &mut out).await.unwrap_err();
+        assert!(matches!(
+            stage_stop(&e).unwrap().kind,
+            StopKind::Unavailable(_)
+        ));
+    }
+
     #[tokio::test]
     async fn a_device_without_stages_and_unrecorded_has_no_pipeline() {
         assert!(pipeline(None, "pump-12").is_none());

@@ -742,6 +742,93 @@ mod tests {
         }
     }
 
+    /// Has bytes of its own for the framed side once `ready` is set (a stage's answer to the
+    /// client), and remembers what it sent.
+    struct Answers {
+        queue: std::sync::Mutex<Vec<Vec<u8>>>,
+        ready: tokio::sync::Notify,
+    }
+
+    impl ChunkTap for Answers {
+        async fn take(&self, _: Direction, _: &[u8], _: &mut Vec<u8>) -> io::Result<Forward> {
+            Ok(Forward::AsIs)
+        }
+        fn injects(&self, _: Direction) -> bool {
+            true
+        }
+        async fn injected(&self, _: Direction) {
+            loop {
+                if !self.queue.lock().unwrap().is_empty() {
+                    return;
+                }
+                self.ready.notified().await;
+            }
+        }
+        async fn take_injected(&self, _: Direction, out: &mut Vec<u8>) -> io::Result<bool> {
+            out.clear();
+            let mut q = self.queue.lock().unwrap();
+            if q.is_empty() {
+                return Ok(false);
+            }
+            *out = q.remove(0);
+            Ok(true)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_taps_own_bytes_reach_the_framed_side_while_the_raw_side_is_silent() {
+        let tap = Answers {
+            queue: std::sync::Mutex::default(),
+            ready: tokio::sync::Notify::new(),
+        };
+        // The raw side (a device) sends one chunk and then nothing until the test says so.
+        let (mut device, raw) = tokio::io::duplex(1024);
+        let mut raw = raw;
+        let (a, b) = tokio::io::duplex(1024);
+        let act = Activity::new();
+        let mut w = FrameWriter::new(a);
+        let mut r = FrameReader::new(b);
+        let pump = raw_to_framed(
+            &mut raw,
+            &mut w,
+            &act,
+            &act.down,
+            Some((&tap, Direction::Down)),
+        );
+        let script = async {
+            device.write_all(b"banner ").await.unwrap();
+            let first = r.next().await.unwrap();
+            assert!(matches!(first, Some(Inbound::Data(b)) if b == b"banner "));
+            // The device is silent; the tap's answer goes out anyway, at once.
+            tap.queue.lock().unwrap().push(b"403 refused".to_vec());
+            tap.ready.notify_one();
+            let answer = tokio::time::timeout(std::time::Duration::from_secs(5), r.next())
+                .await
+                .expect("the answer is sent without waiting for the device")
+                .unwrap();
+            assert!(matches!(answer, Some(Inbound::Data(b)) if b == b"403 refused"));
+            // An answer queued just before the device ends is still sent, before the EOF.
+            device.write_all(b"bye").await.unwrap();
+            tap.queue.lock().unwrap().push(b"last".to_vec());
+            tap.ready.notify_one();
+            drop(device);
+            let mut rest = Vec::new();
+            loop {
+                match r.next().await.unwrap() {
+                    Some(Inbound::Data(b)) => rest.extend_from_slice(b),
+                    Some(Inbound::Eof) => break,
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            rest
+        };
+        let (pumped, rest) = tokio::join!(pump, script);
+        pumped.unwrap();
+        // Both orders are right (the answer was queued while `bye` was in flight); both arrive.
+        assert!(rest == b"byelast" || rest == b"lastbye", "{rest:?}");
+        assert_eq!(act.down.load(Ordering::Relaxed), (7 + 11 + 3 + 4) as u64);
+    }
+
     #[tokio::test]
     async fn no_tap_forwards_every_chunk_as_it_came() {
         let (a, b) = tokio::io::duplex(1024);
