@@ -499,6 +499,28 @@ fn a_tls_device_is_reached_only_with_its_pinned_certificate() {
             && pinned[1].contains(&format!("\"new\":\"{fp_b}\"")),
         "{pinned:#?}"
     );
+
+    // Removing the pin (security only, audited): refused again until pinned.
+    let out = ward_as(&gw, &vendor, &["devices", "pin", DEVICE, "--remove"]);
+    assert!(!out.status.success(), "{out:?}");
+    let out = ward_as(&gw, &security, &["devices", "pin", DEVICE, "--remove"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("removed the stored pin {fp_b}")),
+        "{out:?}"
+    );
+    let out = try_connect(&gw, &vendor);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("not pinned yet"), "{out:?}");
+    let removed = events(&gw, "device_pinned");
+    assert!(
+        removed
+            .iter()
+            .any(|e| e.contains("\"change\":\"removed\"")
+                && e.contains(&format!("\"old\":\"{fp_b}\""))),
+        "{removed:#?}"
+    );
     nginx.stop();
 }
 
