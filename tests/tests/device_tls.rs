@@ -278,8 +278,8 @@ fn try_connect(gw: &ChildGateway, identity: &Path) -> Finished {
     ward_as(gw, identity, &["connect", DEVICE])
 }
 
-/// The plaintext of a recorded session (`ward export --format json`): (up, down).
-fn recorded_plaintext(state: &Path, session: &str) -> (Vec<u8>, Vec<u8>) {
+/// The plaintext of a recorded session (`ward export --format json`): (up, down, events).
+fn recorded_plaintext(state: &Path, session: &str) -> (Vec<u8>, Vec<u8>, Vec<serde_json::Value>) {
     use base64::Engine as _;
     let out = run_ok(&mut ward(&[
         "export",
@@ -291,9 +291,13 @@ fn recorded_plaintext(state: &Path, session: &str) -> (Vec<u8>, Vec<u8>) {
         "--state-dir",
         &state.display().to_string(),
     ]));
-    let (mut up, mut down) = (Vec::new(), Vec::new());
+    let (mut up, mut down, mut events) = (Vec::new(), Vec::new(), Vec::new());
     for line in out.stdout.lines() {
         let r: serde_json::Value = serde_json::from_str(line).unwrap();
+        if r["type"] == "event" {
+            events.push(r);
+            continue;
+        }
         if r["type"] != "data" {
             continue;
         }
@@ -305,7 +309,7 @@ fn recorded_plaintext(state: &Path, session: &str) -> (Vec<u8>, Vec<u8>) {
             _ => down.extend(bytes),
         }
     }
-    (up, down)
+    (up, down, events)
 }
 
 #[test]
@@ -419,7 +423,13 @@ fn a_tls_device_is_reached_only_with_its_pinned_certificate() {
         .or_else(|| opened[0]["session_id"].as_str())
         .unwrap_or_else(|| panic!("no session id in {}", opened[0]))
         .to_owned();
-    let (up, down) = recorded_plaintext(&gw.state_dir, &session);
+    let (up, down, recorded) = recorded_plaintext(&gw.state_dir, &session);
+    // In the recording: the certificate the device presented, over which TLS.
+    let tls = recorded.iter().find(|e| e["kind"] == "device_tls");
+    let tls = tls.unwrap_or_else(|| panic!("no device_tls event in {recorded:#?}"));
+    assert_eq!(tls["fields"]["certificate"], fp_a.as_str(), "{tls}");
+    let version = tls["fields"]["version"].as_str().unwrap();
+    assert!(["TLSv1_2", "TLSv1_3"].contains(&version), "{tls}");
     let up = String::from_utf8_lossy(&up);
     let down = String::from_utf8_lossy(&down);
     assert!(up.starts_with("GET / HTTP/1.1\r\n"), "{up}");

@@ -37,6 +37,38 @@ pub(crate) enum DeviceConn {
     Tls(Box<TlsStream<TcpStream>>),
 }
 
+impl DeviceConn {
+    /// For a TLS connection, the recording's `device_tls` event: the pin of the certificate the
+    /// device presented, the TLS version and the cipher suite.
+    pub(crate) fn tls_event(&self) -> Option<ward_core::stage::RecordedEvent> {
+        let DeviceConn::Tls(tls) = self else {
+            return None;
+        };
+        let (_, conn) = tls.get_ref();
+        let pin = conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| CertPin::of_der(c.as_ref()).to_string())
+            .unwrap_or_default();
+        let version = conn
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("unknown");
+        let suite = conn
+            .negotiated_cipher_suite()
+            .and_then(|s| s.suite().as_str())
+            .unwrap_or("unknown");
+        Some(ward_core::stage::RecordedEvent::new(
+            "device_tls",
+            &[
+                ("certificate", pin.as_str()),
+                ("version", version),
+                ("cipher_suite", suite),
+            ],
+        ))
+    }
+}
+
 impl AsyncRead for DeviceConn {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -340,7 +372,12 @@ pub(crate) async fn stored_pin(
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    #![allow(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing
+    )]
 
     use super::*;
     use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -463,6 +500,15 @@ mod tests {
             let (tls, presented) = shake(addr, Some(pin_a)).await.unwrap();
             assert_eq!(presented.pin, pin_a);
             let mut conn = DeviceConn::Tls(Box::new(tls));
+            let ev = conn.tls_event().unwrap();
+            assert_eq!(ev.kind, "device_tls");
+            assert_eq!(ev.fields[0], ("certificate".into(), pin_a.to_string()));
+            let want = if version == &rustls::version::TLS13 {
+                "TLSv1_3"
+            } else {
+                "TLSv1_2"
+            };
+            assert_eq!(ev.fields[1], ("version".into(), want.into()));
             conn.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
             let mut back = Vec::new();
             conn.read_to_end(&mut back).await.unwrap();

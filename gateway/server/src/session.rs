@@ -151,6 +151,21 @@ where
             return;
         }
     };
+    // Which certificate a TLS device presented, and the TLS parameters: first in the recording.
+    if let (Some(ev), Some(rec)) = (conn.tls_event(), recorder.as_ref()) {
+        if let Err(e) = rec.tap().record_event(Direction::Down, ev).await {
+            let msg = format!(
+                "session refused: the device's TLS link could not be recorded ({e}), and no session runs unrecorded"
+            );
+            ctx.shared
+                .audit
+                .emit(ctx.event("session_open", "failure").reason(msg.clone()));
+            let closed = session.close(EndReason::NotStarted(msg.clone()));
+            end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, msg).await;
+            return;
+        }
+    }
     // The gateway logs in for the user (telnet): nothing of the user's reaches the device first.
     let leftover = match &injection {
         None => Vec::new(),
@@ -391,9 +406,9 @@ async fn dial(
 ) -> Result<DeviceConn, (ErrorCode, String)> {
     let start = tokio::time::Instant::now();
     let tcp = connect(device, timeout).await?;
-    let Some(_) = &device.tls else {
+    if device.tls.is_none() {
         return Ok(DeviceConn::Tcp(tcp));
-    };
+    }
     let id = device.id.as_str();
     let pinned = crate::device_tls::pin_for(&ctx.shared, device)
         .await
