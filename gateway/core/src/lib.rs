@@ -24,6 +24,7 @@ pub mod device;
 pub mod duration;
 pub mod escape;
 pub mod frame;
+pub mod http1;
 pub mod inject;
 pub mod messages;
 pub mod noise;
