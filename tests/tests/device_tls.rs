@@ -583,12 +583,7 @@ fn a_pin_in_the_config_wins_over_the_store() {
 /// The HTTP decoder and a rule's operation list see the plaintext of a TLS device: an allowed GET
 /// gets the page, a POST gets Ward's 403 and nginx never sees it; the recording holds the
 /// operations.
-///
-/// Needs the HTTP decoder (branch `http`; main's placeholder ends every session with an http
-/// operation list). Passed with `http` merged in (`cargo test -p ward-tests --test device_tls
-/// http_operation`); un-ignore once it is on main.
 #[test]
-#[ignore = "needs the HTTP decoder on main (branch http)"]
 fn http_operation_policy_applies_to_a_tls_device() {
     if !peers() {
         return;
