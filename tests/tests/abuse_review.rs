@@ -318,6 +318,7 @@ async fn listing_reads_the_session_index_not_the_recordings() {
                 since_unix: None,
                 until_unix: None,
                 grep: None,
+                operation: None,
             })
             .await
             .unwrap();
@@ -462,6 +463,7 @@ async fn listing_10k_recordings_with_and_without_the_index() {
             since_unix: None,
             until_unix: None,
             grep: None,
+            operation: None,
         })
         .await
         .unwrap();

@@ -1138,6 +1138,7 @@ devices = { labels = { vendor = "acme" } }
                 since_unix: None,
                 until_unix: None,
                 grep: None,
+                operation: None,
             }),
             Request::Review(Review::AuditLog),
             Request::Review(Review::PublicKey),

@@ -257,6 +257,7 @@ async fn only_security_and_admin_may_review_and_every_access_is_audited() {
             since_unix: None,
             until_unix: None,
             grep: None,
+            operation: None,
         },
         Review::Recording {
             session_id: id.clone(),
@@ -277,6 +278,7 @@ async fn only_security_and_admin_may_review_and_every_access_is_audited() {
             since_unix: None,
             until_unix: None,
             grep: None,
+            operation: None,
         })
         .await
         .unwrap();

@@ -363,6 +363,11 @@ pub enum Review {
         until_unix: Option<i64>,
         /// Only sessions whose recorded bytes contain this text.
         grep: Option<String>,
+        /// Only sessions that did an operation matching this `protocol:glob` (`dicom:C-STORE`,
+        /// `http:POST`, `telnet:rate *`). Left out when not asked, so a gateway from before
+        /// operations still answers the other filters.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        operation: Option<String>,
     },
     /// Stream one recording's file, for replay, export or verification on the reviewer's machine.
     Recording {
@@ -371,6 +376,18 @@ pub enum Review {
         /// `replay`, `export` or `verify` (audited as such).
         purpose: String,
         /// The reviewer chose to proceed although the recording failed verification (audited).
+        force: bool,
+    },
+    /// Stream one session's operations (decoded protocol operations, their answers, refusals,
+    /// where decoding gave up), read from its recording by the gateway: one JSON object per
+    /// line, patient data masked unless `show_phi` (security case 49).
+    Operations {
+        /// The session.
+        session_id: String,
+        /// Show patient data (fields `phi.*`) unmasked: an explicit request, audited as
+        /// `phi_viewed`.
+        show_phi: bool,
+        /// Read a recording that fails verification (its verified records only; audited).
         force: bool,
     },
     /// Stream the audit log file.

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use ward_core::operations::{OpDecision, OpList, OpProtocol};
 use ward_core::stage::RecordedEvent;
 
 /// Most distinct operation names one session keeps for the index (a console session can type
@@ -26,17 +27,23 @@ pub struct OpsSummary {
 }
 
 impl OpsSummary {
-    /// Take one event a stage reported.
+    /// Take one event a stage reported (the recorder, as it records it).
     pub fn note(&mut self, ev: &RecordedEvent) {
+        self.note_event(&ev.kind, &ev.fields);
+    }
+
+    /// Take one event of kind `kind` with `fields`: what [`OpsSummary::note`] does, for an event
+    /// read back from a recording. The one summary of a session's events, whoever reads them.
+    pub fn note_event(&mut self, kind: &str, fields: &[(String, String)]) {
         let field = |k: &str| {
-            ev.fields
+            fields
                 .iter()
                 .find(|(key, _)| key == k)
                 .map(|(_, v)| v.as_str())
         };
-        match ev.kind.as_str() {
+        match kind {
             crate::kind::OPERATION | crate::kind::DENIED => {
-                if ev.kind == crate::kind::DENIED {
+                if kind == crate::kind::DENIED {
                     self.denied += 1;
                 }
                 let (Some(protocol), Some(op)) = (field("protocol"), field("op")) else {
@@ -60,6 +67,89 @@ impl OpsSummary {
             _ => {}
         }
     }
+
+    /// Whether any of the session's operations matches `pattern`.
+    pub fn matches(&self, pattern: &OpPattern) -> bool {
+        pattern.matches_any(self.ops.iter().map(String::as_str))
+    }
+}
+
+/// Whether `kind` is one of the decoders' event kinds (what `ward ops` lists).
+pub fn is_operation_kind(kind: &str) -> bool {
+    matches!(
+        kind,
+        crate::kind::OPERATION
+            | crate::kind::RESULT
+            | crate::kind::DENIED
+            | crate::kind::UNDECODABLE
+    )
+}
+
+/// What a masked patient-data value shows.
+pub const MASK: &str = "***";
+
+/// `fields` as a view shows them: the values of patient-data fields (keys starting with
+/// [`crate::PHI_PREFIX`]) replaced by [`MASK`] unless `show_phi` (security case 49).
+pub fn mask_fields(fields: &[(String, String)], show_phi: bool) -> Vec<(String, String)> {
+    fields
+        .iter()
+        .map(|(k, v)| {
+            if !show_phi && k.starts_with(crate::PHI_PREFIX) {
+                (k.clone(), MASK.to_string())
+            } else {
+                (k.clone(), v.clone())
+            }
+        })
+        .collect()
+}
+
+/// What `ward sessions --op` looks for: `protocol:glob` (`dicom:C-STORE`, `http:POST`,
+/// `telnet:rate *`). A session matches if one of its operations matches the glob, or the glob
+/// followed by ` *` (so `http:POST` finds `http:POST /config`, `telnet:rate` finds `rate 5`).
+/// Telnet compares without regard to case and runs of blanks, as rules do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpPattern {
+    protocol: OpProtocol,
+    list: OpList,
+}
+
+impl OpPattern {
+    /// Parse `protocol:glob`; the error says what is expected.
+    pub fn parse(text: &str) -> Result<OpPattern, String> {
+        let usage = "give PROTOCOL:OPERATION, e.g. dicom:C-STORE, hl7:ORM^O01, http:POST, 'telnet:rate *' (* matches anything)";
+        let Some((protocol, glob)) = text.split_once(':') else {
+            return Err(format!("{text:?} is not an operation pattern: {usage}"));
+        };
+        let Some(protocol) = OpProtocol::parse(protocol.trim()) else {
+            return Err(format!(
+                "{protocol:?} is not a decoded protocol (dicom, hl7, http, telnet): {usage}"
+            ));
+        };
+        if glob.is_empty() {
+            return Err(format!("{text:?} names no operation: {usage}"));
+        }
+        Ok(OpPattern {
+            protocol,
+            list: OpList {
+                allow: vec![glob.to_string(), format!("{glob} *")],
+                deny: Vec::new(),
+            },
+        })
+    }
+
+    /// Whether the indexed operation `op` (`protocol:name`) matches.
+    pub fn matches(&self, op: &str) -> bool {
+        let Some((protocol, name)) = op.split_once(':') else {
+            return false;
+        };
+        protocol == self.protocol.as_str()
+            && self.list.decide("", self.protocol, name) == OpDecision::Allow
+    }
+
+    /// Whether any of `ops` matches.
+    pub fn matches_any<'a>(&self, mut ops: impl Iterator<Item = &'a str>) -> bool {
+        ops.any(|op| self.matches(op))
+    }
 }
 
 /// `s` cut to at most `max` bytes on a character boundary.
@@ -76,7 +166,7 @@ fn cut(s: &str, max: usize) -> &str {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn ev(kind: &str, fields: &[(&str, &str)]) -> RecordedEvent {
@@ -132,5 +222,58 @@ mod tests {
         assert_eq!(s.ops.len(), MAX_INDEXED_OPS);
         let long = "é".repeat(200);
         assert!(cut(&long, MAX_OP_NAME).len() <= MAX_OP_NAME);
+    }
+
+    #[test]
+    fn op_patterns_match_names_and_their_first_word() {
+        let p = |t: &str| OpPattern::parse(t).unwrap();
+        assert!(p("dicom:C-STORE").matches("dicom:C-STORE"));
+        assert!(!p("dicom:C-STORE").matches("dicom:C-STORE-X"));
+        assert!(!p("dicom:C-STORE").matches("hl7:C-STORE"));
+        assert!(!p("dicom:C-STORE").matches("dicom:C-ECHO"));
+        assert!(p("http:POST").matches("http:POST /config"));
+        assert!(!p("http:POST").matches("http:GET /POST"));
+        assert!(p("http:GET /status*").matches("http:GET /status/x"));
+        assert!(p("hl7:ORM^O01").matches("hl7:ORM^O01"));
+        assert!(p("hl7:ORM^*").matches("hl7:ORM^O01"));
+        assert!(p("telnet:rate *").matches("telnet:rate 5"));
+        assert!(p("telnet:rate *").matches("telnet:RATE   5"));
+        assert!(p("telnet:rate").matches("telnet:rate 5"));
+        assert!(!p("telnet:rate *").matches("telnet:rates"));
+        assert!(!p("telnet:rate *").matches("telnet"));
+        for bad in ["C-STORE", "smtp:HELO", "dicom:", ""] {
+            let e = OpPattern::parse(bad).unwrap_err();
+            assert!(e.contains("dicom:C-STORE"), "{e}");
+        }
+        let mut s = OpsSummary::default();
+        s.note(&ev(
+            "operation",
+            &[("protocol", "http"), ("op", "POST /config")],
+        ));
+        assert!(s.matches(&p("http:POST")));
+        assert!(!s.matches(&p("http:GET")));
+    }
+
+    #[test]
+    fn patient_data_is_masked_unless_asked() {
+        let fields: Vec<(String, String)> = [
+            ("protocol", "dicom"),
+            ("op", "C-STORE"),
+            ("phi.patient_name", "DOE^JANE"),
+            ("sop_instance", "1.2.3"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let masked = mask_fields(&fields, false);
+        assert_eq!(
+            masked[2],
+            ("phi.patient_name".to_string(), MASK.to_string())
+        );
+        assert_eq!(masked[3].1, "1.2.3");
+        assert!(!format!("{masked:?}").contains("DOE"));
+        assert_eq!(mask_fields(&fields, true), fields);
+        assert!(is_operation_kind("operation_result"));
+        assert!(!is_operation_kind("credential_injected"));
     }
 }

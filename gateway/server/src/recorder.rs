@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use ward_core::stage::RecordedEvent;
+use ward_decode::summary::OpsSummary;
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
 
 pub mod space;
@@ -186,7 +187,8 @@ pub fn is_recording_failure(e: &io::Error) -> bool {
 pub struct SessionRecorder {
     tap: Tap,
     failed: watch::Receiver<Option<String>>,
-    done: tokio::task::JoinHandle<Result<(), String>>,
+    /// The recorder task: what the recorded events say the session did, once sealed.
+    done: tokio::task::JoinHandle<Result<OpsSummary, String>>,
     end_tx: oneshot::Sender<EndInfo>,
     /// Keeps the session index's row current.
     index: Option<crate::session_index::IndexHook>,
@@ -265,18 +267,27 @@ impl SessionRecorder {
         } = self;
         drop(tap);
         let _ = end_tx.send(end.clone());
+        let mut ops = OpsSummary::default();
         let outcome = match done.await {
             Err(e) => Err(format!("recorder task: {e}")),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(())) => match failed.borrow().clone() {
-                Some(e) => Err(format!(
-                    "{e}: session ended; its recording holds every byte forwarded and is sealed"
-                )),
-                None => Ok(()),
-            },
+            Ok(Ok(summary)) => {
+                ops = summary;
+                match failed.borrow().clone() {
+                    Some(e) => Err(format!(
+                        "{e}: session ended; its recording holds every byte forwarded and is sealed"
+                    )),
+                    None => Ok(()),
+                }
+            }
         };
         if let Some(index) = index {
-            index.close(end, outcome.clone()).await;
+            let ops = crate::session_index::SessionOps {
+                ops: ops.ops.into_iter().collect(),
+                undecodable: ops.undecodable,
+                denied_ops: ops.denied,
+            };
+            index.close(end, outcome.clone(), ops).await;
         }
         outcome
     }
@@ -367,7 +378,7 @@ async fn run(
     rx: mpsc::Receiver<Chunk>,
     end_rx: oneshot::Receiver<EndInfo>,
     task: Task,
-) -> Result<(), String> {
+) -> Result<OpsSummary, String> {
     let mut w = Writer::new(enc, file, rx, task);
     loop {
         let next = w.next().await?;
@@ -423,6 +434,8 @@ struct Writer {
     ledger: Ledger,
     /// Room claimed by the chunks in this batch.
     claimed: u64,
+    /// The session's operations, from every event recorded (for its index row).
+    ops: OpsSummary,
 }
 
 impl Writer {
@@ -441,6 +454,7 @@ impl Writer {
             written: Vec::new(),
             ledger: Ledger::default(),
             claimed: 0,
+            ops: OpsSummary::default(),
         }
     }
 
@@ -486,13 +500,21 @@ impl Writer {
 
     /// Encode `first` and whatever else is already queued into one batch.
     fn take_queued(&mut self, first: Chunk) {
-        self.claimed += encode(&mut self.enc, first, &mut self.out, &mut self.written);
+        self.take(first);
         while self.out.len() < 1 << 20 {
             match self.rx.try_recv() {
-                Ok(c) => self.claimed += encode(&mut self.enc, c, &mut self.out, &mut self.written),
+                Ok(c) => self.take(c),
                 Err(_) => break,
             }
         }
+    }
+
+    /// Encode one chunk; an event is also summarised for the session's index row.
+    fn take(&mut self, c: Chunk) {
+        if let Some(ev) = &c.event {
+            self.ops.note(ev);
+        }
+        self.claimed += encode(&mut self.enc, c, &mut self.out, &mut self.written);
     }
 
     /// Write the batch (syncing in line for sinks without a separate syncer), release the taps
@@ -537,7 +559,7 @@ impl Writer {
 
     /// After the last chunk: wait for the fsync in flight, then write the End record and the
     /// final checkpoint, fsync and close.
-    async fn finish(mut self, end_rx: oneshot::Receiver<EndInfo>) -> Result<(), String> {
+    async fn finish(mut self, end_rx: oneshot::Receiver<EndInfo>) -> Result<OpsSummary, String> {
         if let Some(job) = self.sync_job.take() {
             if let Ok((_, Err(e))) = job.await {
                 return Err(self.fail(format!("recording fsync failed: {e}")));
@@ -557,14 +579,18 @@ impl Writer {
             file,
             mut out,
             task,
+            ops,
             ..
         } = self;
         enc.finish(t, &end, &mut out);
-        blocking_close(file, out).await.map_err(|e| {
-            let what = format!("recording close failed: {e}");
-            task.failed.send_replace(Some(what.clone()));
-            what
-        })
+        blocking_close(file, out)
+            .await
+            .map_err(|e| {
+                let what = format!("recording close failed: {e}");
+                task.failed.send_replace(Some(what.clone()));
+                what
+            })
+            .map(|()| ops)
     }
 }
 

@@ -95,7 +95,7 @@ impl Scan<'_> {
         let report = ward_recording::verify_read(reader, &key).with_context(where_)?;
         if report.status != SealStatus::Unsealed {
             if backfill {
-                match crate::review::summary_of_ended(&report) {
+                match crate::review::summary_of_stored(self.store, session, &report) {
                     Some(summary) => self.rows.push(IndexedSession {
                         stamp: self.stamp_if_sealed(&summary, session),
                         start_ms: report

@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use time::OffsetDateTime;
+pub use ward_decode::summary::OpPattern;
+use ward_decode::summary::OpsSummary;
 use ward_recording::trail::Finding;
 use ward_recording::{Direction, Record, SealStatus, VerifyReport};
 
@@ -28,6 +30,20 @@ pub struct Filter {
     pub until: Option<i64>,
     /// Text to find in the recorded bytes (either direction).
     pub grep: Option<String>,
+    /// An operation pattern, `protocol:glob` (`dicom:C-STORE`, `http:POST`, `telnet:rate *`):
+    /// sessions that did a matching operation ([`OpPattern`]).
+    pub op: Option<String>,
+}
+
+impl Filter {
+    /// The operation pattern, parsed; the error says how to write one.
+    pub fn op_pattern(&self) -> anyhow::Result<Option<OpPattern>> {
+        self.op
+            .as_deref()
+            .map(OpPattern::parse)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    }
 }
 
 /// The recordings directory inside a state dir, where [`RecordingStore::local`] keeps them (for
@@ -103,8 +119,12 @@ pub fn summarise(
     let (mut up, mut down, mut last_ns, mut hay_up, mut hay_down) =
         (0u64, 0u64, 0u64, Vec::new(), Vec::new());
     let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
+    let mut ops = OpsSummary::default();
     for item in ward_recording::Reader::new(bytes) {
         let Ok((_, record)) = item else { break };
+        if let Record::Event { kind, fields, .. } = &record {
+            ops.note_event(kind, fields);
+        }
         if let Record::Data { dir, t_ns, payload } = record {
             last_ns = last_ns.max(t_ns);
             match dir {
@@ -177,6 +197,16 @@ pub fn summarise(
             return None;
         }
     }
+    // An unparseable pattern matches nothing (`list_in` refuses it before reading anything).
+    if filter.op.is_some()
+        && !filter
+            .op_pattern()
+            .ok()
+            .flatten()
+            .is_some_and(|p| ops.matches(&p))
+    {
+        return None;
+    }
     let (end_reason, duration_s, bytes_up, bytes_down) = match &report.end {
         Some(end) => (
             end.reason.clone(),
@@ -212,11 +242,16 @@ pub fn summarise(
         end_reason,
         verification: verification(&report),
         break_glass,
+        ops: ops.ops.into_iter().collect(),
+        undecodable: ops.undecodable,
+        denied_ops: ops.denied,
+        ops_unknown: false,
     })
 }
 
 /// The summary of a recording whose verification read its metadata and end record (what crash
-/// recovery's scan indexes without holding the file): `None` without both.
+/// recovery's scan indexes without holding the file): `None` without both. Its operations are
+/// not known (the events were not read): listings read such a recording ([`list_in`]).
 pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
     let (m, end) = (report.meta.as_ref()?, report.end.as_ref()?);
     let start_unix = m.started_unix_ms.div_euclid(1000);
@@ -236,11 +271,100 @@ pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
         end_reason: end.reason.clone(),
         verification: verification(report),
         break_glass: m.break_glass,
+        ops: Vec::new(),
+        undecodable: None,
+        denied_ops: 0,
+        ops_unknown: true,
     })
 }
 
-/// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes).
-fn matches(filter: &Filter, s: &SessionSummary) -> bool {
+/// [`summary_of_ended`] with the recording's operations, read from `store` through a bounded
+/// window (one record at a time: what crash recovery's scan indexes without holding the file).
+/// If the events cannot be read, the summary says its operations are unknown and listings read
+/// the recording.
+pub fn summary_of_stored(
+    store: &RecordingStore,
+    id: &str,
+    report: &VerifyReport,
+) -> Option<SessionSummary> {
+    let mut summary = summary_of_ended(report)?;
+    let ops = store.open(id).and_then(|snap| {
+        ops_of_read(std::io::BufReader::new(std::io::Read::take(
+            snap.reader,
+            snap.len,
+        )))
+    });
+    match ops {
+        Ok(ops) => {
+            summary.ops = ops.ops.into_iter().collect();
+            summary.undecodable = ops.undecodable;
+            summary.denied_ops = ops.denied;
+            summary.ops_unknown = false;
+        }
+        Err(e) => {
+            tracing::debug!(session_id = %id, error = %e, "operations not indexed: listings read this recording");
+        }
+    }
+    Some(summary)
+}
+
+/// The event record's type code (docs/recording-format.md; checked by a test against the
+/// encoder).
+const EVENT_RECORD: u8 = 0x07;
+
+/// The operations of a recording read from `input` one record at a time (data records are
+/// skipped, never held): the same summary [`summarise`] makes of one in memory.
+pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary> {
+    use std::io::{Error, ErrorKind, Read};
+    let mut ops = OpsSummary::default();
+    let mut magic = [0u8; 8];
+    input.read_exact(&mut magic)?;
+    let mut record = Vec::new();
+    loop {
+        let mut header = [0u8; ward_recording::RECORD_HEADER_LEN];
+        // A clean end between records is the end; a torn header too (the rest is not verified).
+        let mut got = 0;
+        while got < header.len() {
+            match input.read(header.get_mut(got..).unwrap_or_default())? {
+                0 => return Ok(ops),
+                n => got += n,
+            }
+        }
+        let [code, l0, l1, l2, l3] = header;
+        let len = u32::from_le_bytes([l0, l1, l2, l3]);
+        if len > ward_recording::MAX_RECORD_BODY {
+            return Err(Error::new(
+                ErrorKind::InvalidData,
+                format!("record body of {len} bytes"),
+            ));
+        }
+        if code != EVENT_RECORD {
+            std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())?;
+            continue;
+        }
+        // The record alone, behind the magic, read by the recording's own reader.
+        record.clear();
+        record.extend_from_slice(&magic);
+        record.extend_from_slice(&header);
+        let body_at = record.len();
+        record.resize(body_at + len as usize, 0);
+        input.read_exact(record.get_mut(body_at..).unwrap_or_default())?;
+        if let Some(Ok((_, Record::Event { kind, fields, .. }))) =
+            ward_recording::Reader::new(&record).next()
+        {
+            ops.note_event(&kind, &fields);
+        }
+    }
+}
+
+/// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes;
+/// `op` already parsed).
+fn matches(filter: &Filter, op: Option<&OpPattern>, s: &SessionSummary) -> bool {
+    if let Some(p) = op {
+        if !p.matches_any(s.ops.iter().map(String::as_str)) {
+            return false;
+        }
+    }
     if let Some(p) = &filter.principal {
         // `kind org/name` or `kind name`: match the name, `org/name` or the whole.
         let rest = s.principal.split_once(' ').map_or("", |(_, r)| r);
@@ -293,6 +417,7 @@ pub fn list_in(
     filter: &Filter,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<SessionSummary>> {
+    let op = filter.op_pattern()?;
     let ids = store
         .list()
         .with_context(|| format!("listing {}", store.describe()))?;
@@ -308,12 +433,15 @@ pub fn list_in(
             // Only a sealed row vouches for its recording. A row still open (a live session, one
             // cut by a crash, or one whose close is being indexed right now) says nothing of
             // the bytes since: the recording is read, as it was before the index existed.
+            // A row whose operations were not read from the recording (recovery indexed it from
+            // its verification alone) does not vouch for them either.
             let current = match row.stamp {
                 None => false,
+                Some(_) if row.summary.ops_unknown => false,
                 Some(stamp) => store.stamp(&id).ok() == Some(stamp),
             };
             if current {
-                if matches(filter, &row.summary) {
+                if matches(filter, op.as_ref(), &row.summary) {
                     out.push(row.summary);
                 }
                 continue;
@@ -389,14 +517,14 @@ pub fn print_table(sessions: &[SessionSummary], out: &mut dyn Write) -> std::io:
     }
     writeln!(
         out,
-        "{:<16}  {:<24}  {:<12}  {:<20}  {:>8}  {:>10}  {:>10}  {:<24}  VERIFY",
-        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END"
+        "{:<16}  {:<24}  {:<12}  {:<20}  {:>8}  {:>10}  {:>10}  {:<24}  {:<32}  VERIFY",
+        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END", "OPS"
     )?;
     for s in sessions {
-        let flag = if s.break_glass { " [BREAK-GLASS]" } else { "" };
+        let flag = flags(s);
         writeln!(
             out,
-            "{:<16}  {:<24}  {:<12}  {:<20}  {:>8.1}  {:>10}  {:>10}  {:<24}  {}{flag}",
+            "{:<16}  {:<24}  {:<12}  {:<20}  {:>8.1}  {:>10}  {:>10}  {:<24}  {:<32}  {}{flag}",
             s.id,
             printable(&s.principal),
             printable(&s.device),
@@ -405,10 +533,221 @@ pub fn print_table(sessions: &[SessionSummary], out: &mut dyn Write) -> std::io:
             s.bytes_up,
             s.bytes_down,
             printable(&s.end_reason),
+            ops_cell(s),
             s.verification
         )?;
     }
     Ok(())
+}
+
+/// The listing's OPS cell: the first operations and how many more (`--json` has them all).
+pub fn ops_cell(s: &SessionSummary) -> String {
+    const WIDTH: usize = 32;
+    let mut cell = String::new();
+    for (i, op) in s.ops.iter().enumerate() {
+        let op = printable(op);
+        let more = s.ops.len() - i - 1;
+        let sep = if cell.is_empty() { "" } else { "," };
+        let tail = if more > 0 {
+            format!(" +{more}")
+        } else {
+            String::new()
+        };
+        if !cell.is_empty() && cell.len() + sep.len() + op.len() + tail.len() > WIDTH {
+            cell.push_str(&format!(" +{}", s.ops.len() - i));
+            return cell;
+        }
+        cell.push_str(sep);
+        cell.push_str(&op);
+    }
+    if cell.is_empty() {
+        cell.push('-');
+    }
+    cell
+}
+
+/// The listing's markers after the verification: emergency access, operations refused, a
+/// stream that could not be decoded.
+pub fn flags(s: &SessionSummary) -> String {
+    let mut f = String::new();
+    if s.break_glass {
+        f.push_str(" [BREAK-GLASS]");
+    }
+    if s.denied_ops > 0 {
+        f.push_str(&format!(" [{} DENIED]", s.denied_ops));
+    }
+    if let Some(u) = &s.undecodable {
+        f.push_str(&format!(" [UNDECODABLE: {}]", printable(u)));
+    }
+    f
+}
+
+/// One row of `ward ops`: an operation, an answer, a refusal or where decoding gave up, as the
+/// session's recording holds it (its event), patient data masked unless asked.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct OpRow {
+    /// Seconds into the session.
+    pub t_s: f64,
+    /// When, RFC 3339 UTC with milliseconds (empty without the recording's metadata).
+    pub time: String,
+    /// `up` (client → device: requests) or `down` (device → client: answers).
+    pub dir: String,
+    /// `operation`, `operation_result`, `operation_denied` or `undecodable`.
+    pub kind: String,
+    /// `dicom`, `hl7`, `http`, `telnet`.
+    pub protocol: String,
+    /// The operation (`C-STORE`, `ORM^O01`, `POST /config`, `rate 5`); empty for `undecodable`.
+    pub op: String,
+    /// The other fields, in the order recorded (`status`, `sop_instance`, `phi.patient_name`
+    /// masked as `***`, `reason`, …).
+    #[serde(with = "pairs_as_map")]
+    pub fields: Vec<(String, String)>,
+}
+
+/// The operations of a recording (`bytes`, read as far as it reads), in order: every event of
+/// the decoders' kinds, patient data masked unless `show_phi`.
+pub fn operations(bytes: &[u8], show_phi: bool) -> Vec<OpRow> {
+    let mut start_ms = None;
+    let mut out = Vec::new();
+    for item in ward_recording::Reader::new(bytes) {
+        let Ok((_, record)) = item else { break };
+        match record {
+            Record::Meta(m) => start_ms = Some(m.started_unix_ms),
+            Record::Event {
+                t_ns,
+                dir,
+                kind,
+                fields,
+            } if ward_decode::summary::is_operation_kind(&kind) => {
+                let field = |k: &str| {
+                    fields
+                        .iter()
+                        .find(|(key, _)| key == k)
+                        .map(|(_, v)| v.clone())
+                        .unwrap_or_default()
+                };
+                let (protocol, op) = (field("protocol"), field("op"));
+                let rest: Vec<(String, String)> = fields
+                    .iter()
+                    .filter(|(k, _)| k != "protocol" && k != "op")
+                    .cloned()
+                    .collect();
+                out.push(OpRow {
+                    t_s: t_ns as f64 / 1e9,
+                    time: start_ms.map_or_else(String::new, |s| {
+                        rfc3339_ms(s.saturating_add(i64::try_from(t_ns / 1_000_000).unwrap_or(0)))
+                    }),
+                    dir: dir.as_str().to_string(),
+                    kind,
+                    protocol,
+                    op,
+                    fields: ward_decode::summary::mask_fields(&rest, show_phi),
+                });
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// RFC 3339 UTC with milliseconds of Unix milliseconds (empty if out of range).
+fn rfc3339_ms(ms: i64) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| {
+            t.format(time::macros::format_description!(
+                "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+            ))
+            .ok()
+        })
+        .unwrap_or_default()
+}
+
+/// Operations as JSON lines, one per line (`ward ops --json`, `ward export --format ops`, and
+/// the wire form of a `Review::Operations` answer).
+pub fn ops_json_lines(rows: &[OpRow]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for r in rows {
+        // Strings and a number: serialising cannot fail.
+        if serde_json::to_writer(&mut out, r).is_ok() {
+            out.push(b'\n');
+        }
+    }
+    out
+}
+
+/// Operations from their JSON lines (a gateway's answer).
+pub fn ops_of_json_lines(body: &[u8]) -> anyhow::Result<Vec<OpRow>> {
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).context("gateway sent a malformed operation line"))
+        .collect()
+}
+
+/// Print operations as a table (peer text escaped).
+pub fn print_ops(rows: &[OpRow], out: &mut dyn Write) -> std::io::Result<()> {
+    if rows.is_empty() {
+        return writeln!(out, "no operations recorded (the session's protocol is not decoded, or nothing was decoded)");
+    }
+    writeln!(
+        out,
+        "{:>9}  {:<4}  {:<9}  {:<7}  {:<28}  FIELDS",
+        "T+SECONDS", "DIR", "KIND", "PROTO", "OPERATION"
+    )?;
+    for r in rows {
+        let kind = match r.kind.as_str() {
+            "operation" => "request",
+            "operation_result" => "result",
+            "operation_denied" => "DENIED",
+            "undecodable" => "UNDECODED",
+            other => other,
+        };
+        let fields = r
+            .fields
+            .iter()
+            .map(|(k, v)| format!("{k}={}", printable(v)))
+            .collect::<Vec<_>>()
+            .join(" ");
+        writeln!(
+            out,
+            "{:>9.3}  {:<4}  {:<9}  {:<7}  {:<28}  {}",
+            r.t_s,
+            r.dir,
+            kind,
+            printable(&r.protocol),
+            printable(&r.op),
+            printable(&fields)
+        )?;
+    }
+    Ok(())
+}
+
+/// `fields` as a JSON object whose keys keep their recorded order.
+mod pairs_as_map {
+    use serde::de::{MapAccess, Visitor};
+    use serde::{Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(pairs: &[(String, String)], s: S) -> Result<S::Ok, S::Error> {
+        s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, String)>, D::Error> {
+        struct Pairs;
+        impl<'de> Visitor<'de> for Pairs {
+            type Value = Vec<(String, String)>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of strings")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(pair) = map.next_entry::<String, String>()? {
+                    out.push(pair);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_map(Pairs)
+    }
 }
 
 /// Replay settings.
@@ -517,6 +856,9 @@ pub enum ExportFormat {
     Raw,
     /// JSON lines, one record per line.
     Json,
+    /// The session's operations as JSON lines (as `ward ops --json`), patient data masked
+    /// unless --show-phi.
+    Ops,
 }
 
 /// Export a recording to `out`.
@@ -539,31 +881,7 @@ pub fn export_opts(
         Record::Meta(m) => Some(m.clone()),
         _ => None,
     });
-    // Exports hold everything typed (device passwords included): 0600, and never over an existing file.
-    // `-` is standard output (`ward export … --out - | tshark -r -`).
-    let write = |path: &Path, data: &[u8]| -> anyhow::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        if path == Path::new("-") {
-            let mut stdout = std::io::stdout().lock();
-            return stdout
-                .write_all(data)
-                .and_then(|()| stdout.flush())
-                .context("writing the export to standard output");
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| {
-                format!(
-                    "creating {} (remove it or choose another --out)",
-                    path.display()
-                )
-            })?;
-        f.write_all(data)
-            .with_context(|| format!("writing {}", path.display()))
-    };
+    let write = write_export;
     match format {
         ExportFormat::Asciicast => {
             let data = ward_recording::export::asciicast(
@@ -606,7 +924,38 @@ pub fn export_opts(
             write(out, &ward_recording::export::json_lines(&records))?;
             Ok(vec![out.to_path_buf()])
         }
+        // Patient data masked: unmasked operations come only from a gateway, audited.
+        ExportFormat::Ops => {
+            write(out, &ops_json_lines(&operations(bytes, false)))?;
+            Ok(vec![out.to_path_buf()])
+        }
     }
+}
+
+/// Write an export to `path`. Exports hold everything typed (device passwords included): 0600,
+/// and never over an existing file. `-` is standard output (`ward export … --out - | tshark -r -`).
+pub fn write_export(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if path == Path::new("-") {
+        let mut stdout = std::io::stdout().lock();
+        return stdout
+            .write_all(data)
+            .and_then(|()| stdout.flush())
+            .context("writing the export to standard output");
+    }
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "creating {} (remove it or choose another --out)",
+                path.display()
+            )
+        })?;
+    f.write_all(data)
+        .with_context(|| format!("writing {}", path.display()))
 }
 
 /// Escape control characters (newlines, ANSI escapes) in text that came from peers, so a listing
@@ -646,4 +995,166 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
         return Ok((now - ago).unix_timestamp());
     }
     bail!("{text:?} is not a time: use RFC 3339 (2026-11-22T08:00:00Z), a date (2026-11-22) or a duration ago (2h, 7d)")
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn summary(ops: &[&str]) -> SessionSummary {
+        SessionSummary {
+            id: "00000000000000aa".into(),
+            principal: "vendor acme/jdoe".into(),
+            serial: "02".into(),
+            device: "pacs".into(),
+            protocol: "dicom".into(),
+            source: "127.0.0.1:1".into(),
+            rule: "r".into(),
+            start: rfc3339(0),
+            start_unix: 0,
+            duration_s: 1.0,
+            bytes_up: 1,
+            bytes_down: 1,
+            end_reason: "completed".into(),
+            verification: "ok".into(),
+            break_glass: false,
+            ops: ops.iter().map(|s| s.to_string()).collect(),
+            undecodable: None,
+            denied_ops: 0,
+            ops_unknown: false,
+        }
+    }
+
+    #[test]
+    fn the_ops_cell_stays_narrow_and_inert() {
+        assert_eq!(ops_cell(&summary(&[])), "-");
+        assert_eq!(
+            ops_cell(&summary(&["dicom:C-ECHO", "dicom:C-STORE"])),
+            "dicom:C-ECHO,dicom:C-STORE"
+        );
+        let many: Vec<String> = (0..20).map(|i| format!("telnet:cmd {i}")).collect();
+        let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+        let cell = ops_cell(&summary(&refs));
+        assert!(cell.len() <= 40, "{cell}");
+        assert!(
+            cell.starts_with("telnet:cmd 0,telnet:cmd 1") && cell.ends_with(" +18"),
+            "{cell}"
+        );
+        // A device's bytes never drive the reviewer's terminal.
+        let hostile = ops_cell(&summary(&["telnet:\u{1b}]0;owned\u{7}"]));
+        assert!(!hostile.contains('\u{1b}'), "{hostile}");
+        let mut s = summary(&[]);
+        s.denied_ops = 2;
+        s.undecodable = Some("http up at byte 0: \u{1b}[2J".into());
+        let f = flags(&s);
+        assert!(
+            f.contains("[2 DENIED]") && f.contains("[UNDECODABLE: http up at byte 0"),
+            "{f}"
+        );
+        assert!(!f.contains('\u{1b}'), "{f}");
+    }
+
+    #[test]
+    fn an_op_filter_matches_indexed_rows_like_recordings() {
+        let filter = Filter {
+            op: Some("dicom:C-STORE".into()),
+            ..Filter::default()
+        };
+        let p = filter.op_pattern().unwrap();
+        assert!(matches(&filter, p.as_ref(), &summary(&["dicom:C-STORE"])));
+        assert!(!matches(&filter, p.as_ref(), &summary(&["dicom:C-ECHO"])));
+        let bad = Filter {
+            op: Some("nope".into()),
+            ..Filter::default()
+        };
+        assert!(bad.op_pattern().is_err());
+    }
+
+    #[test]
+    fn reading_a_stored_recording_one_record_at_a_time_summarises_it_as_in_memory() {
+        use ward_recording::{CheckpointPolicy, Encoder, EndInfo, SessionMeta, Signer};
+        let signer = std::sync::Arc::new(Signer::generate().unwrap().0);
+        let meta = SessionMeta {
+            session_id: "00000000000000ab".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pacs".into(),
+            device_addr: "127.0.0.1:104".into(),
+            protocol: "dicom".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        let pairs = |f: &[(&str, &str)]| -> Vec<(String, String)> {
+            f.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        enc.data(Direction::Up, 1, &vec![7u8; 3 << 20], &mut out);
+        enc.event(
+            Direction::Up,
+            2,
+            "operation",
+            &pairs(&[("protocol", "dicom"), ("op", "C-STORE")]),
+            &mut out,
+        );
+        enc.data(Direction::Down, 3, b"ok", &mut out);
+        enc.event(
+            Direction::Up,
+            4,
+            "operation_denied",
+            &pairs(&[("protocol", "dicom"), ("op", "C-MOVE"), ("reason", "no")]),
+            &mut out,
+        );
+        enc.event(
+            Direction::Up,
+            5,
+            "undecodable",
+            &pairs(&[
+                ("protocol", "dicom"),
+                ("direction", "up"),
+                ("offset", "9"),
+                ("why", "bad PDU"),
+            ]),
+            &mut out,
+        );
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "completed".into(),
+            bytes_up: 3 << 20,
+            bytes_down: 2,
+        };
+        enc.finish(6, &end, &mut out);
+        let key = signer.public_key();
+        let whole = summarise(&out, &key, &Filter::default(), "x").unwrap();
+        let read = ops_of_read(out.as_slice()).unwrap();
+        assert_eq!(whole.ops, ["dicom:C-MOVE", "dicom:C-STORE"]);
+        assert_eq!(read.ops.iter().cloned().collect::<Vec<_>>(), whole.ops);
+        assert_eq!(read.undecodable, whole.undecodable);
+        assert_eq!(
+            read.undecodable.as_deref(),
+            Some("dicom up at byte 9: bad PDU")
+        );
+        assert_eq!((read.denied, whole.denied_ops), (1, 1));
+        // And in the verification-only summary plus the scan (recovery's), the same row.
+        let report = ward_recording::verify(&out, &key);
+        let mut ended = summary_of_ended(&report).unwrap();
+        assert!(ended.ops_unknown);
+        ended.ops = read.ops.into_iter().collect();
+        ended.undecodable = read.undecodable;
+        ended.denied_ops = read.denied;
+        ended.ops_unknown = false;
+        assert_eq!(ended, whole);
+        // A torn tail ends the scan; garbage is an error, not a panic.
+        assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
+        assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
+    }
 }

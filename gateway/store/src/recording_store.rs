@@ -570,7 +570,7 @@ mod tests {
             bytes_down: 2,
         };
         store.append(id).unwrap().write_all(b"+end").unwrap();
-        hook.close(end, Ok(())).await;
+        hook.close(end, Ok(()), Default::default()).await;
         let rows = store.index().unwrap().all().unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].summary.id, id);

@@ -115,6 +115,30 @@ fn sessions(conn: &rusqlite::Connection) -> Result<(), StoreError> {
          );
          CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
     )?;
+    session_ops(conn)?;
+    Ok(())
+}
+
+/// What each session did, operation by operation (issue 15): `ops` the distinct `protocol:name`s
+/// one per line (bounded by the recorder), `undecodable` where decoding gave up, `denied_ops` how
+/// many the policy refused, and `ops_known` whether these were summarised from the recording's
+/// events (a row indexed by recovery without reading the events is not: listings read its
+/// recording). Rows from before these columns hold sessions recorded before any decoder: no
+/// operations, which is what the defaults say.
+fn session_ops(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    for (column, ddl) in [
+        ("ops", "ops TEXT NOT NULL DEFAULT ''"),
+        ("undecodable", "undecodable TEXT"),
+        ("denied_ops", "denied_ops INTEGER NOT NULL DEFAULT 0"),
+        ("ops_known", "ops_known INTEGER NOT NULL DEFAULT 1"),
+    ] {
+        let has_column = conn
+            .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = ?1")?
+            .exists([column])?;
+        if !has_column {
+            conn.execute_batch(&format!("ALTER TABLE sessions ADD COLUMN {ddl};"))?;
+        }
+    }
     Ok(())
 }
 

@@ -54,6 +54,33 @@ pub struct SessionSummary {
     pub verification: String,
     /// Emergency access.
     pub break_glass: bool,
+    /// The distinct operations decoded (`dicom:C-STORE`, `http:POST /config`), sorted, at most
+    /// `ward_decode::summary::MAX_INDEXED_OPS` (issue 15).
+    #[serde(default)]
+    pub ops: Vec<String>,
+    /// Where decoding gave up (`dicom up at byte 7: …`), if it did: the rest of the session was
+    /// passed and recorded undecoded.
+    #[serde(default)]
+    pub undecodable: Option<String>,
+    /// How many operations the policy refused.
+    #[serde(default)]
+    pub denied_ops: u64,
+    /// The operations above were not read from the recording's events (a row recovery indexed
+    /// from the recording's verification alone): a listing reads the recording instead.
+    #[serde(skip)]
+    pub ops_unknown: bool,
+}
+
+/// What a session's recording says it did operation by operation, as the index keeps it (the
+/// recorder's summary of the events it recorded).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionOps {
+    /// Distinct `protocol:name`s.
+    pub ops: Vec<String>,
+    /// Where decoding gave up.
+    pub undecodable: Option<String>,
+    /// Operations refused.
+    pub denied_ops: u64,
 }
 
 /// RFC 3339 UTC of Unix seconds (empty if out of range).
@@ -107,13 +134,15 @@ pub trait SessionIndex: Send + Sync {
     fn put(&self, row: &IndexedSession) -> Result<(), StoreError>;
     /// Insert or replace rows, in one transaction (the start-up backfill).
     fn put_all(&self, rows: &[IndexedSession]) -> Result<(), StoreError>;
-    /// Record a session's end: its recording is sealed (`verification` `ok`) or failed.
+    /// Record a session's end: its recording is sealed (`verification` `ok`) or failed, and
+    /// what it did operation by operation.
     fn close(
         &self,
         id: &str,
         end: &EndInfo,
         verification: &str,
         stamp: Option<FileStamp>,
+        ops: &SessionOps,
     ) -> Result<(), StoreError>;
     /// Every row.
     fn all(&self) -> Result<Vec<IndexedSession>, StoreError>;
@@ -147,6 +176,10 @@ pub fn opened(meta: &SessionMeta) -> IndexedSession {
             end_reason: "open".into(),
             verification: OPEN.into(),
             break_glass: meta.break_glass,
+            ops: Vec::new(),
+            undecodable: None,
+            denied_ops: 0,
+            ops_unknown: false,
         },
         start_ms: meta.started_unix_ms,
         stamp: None,
@@ -158,7 +191,7 @@ pub const OPEN: &str = "open (no end record yet: live, or cut short)";
 
 const COLUMNS: &str = "id, principal, serial, device, protocol, source, rule, start_unix_ms, \
      end_unix_ms, end_reason, bytes_up, bytes_down, sealed, verification, break_glass, duration_s, \
-     file_len, file_mtime_ns";
+     file_len, file_mtime_ns, ops, undecodable, denied_ops, ops_known";
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -170,7 +203,8 @@ fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreErr
     conn.execute(
         &format!(
             "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES \
-             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+             (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
+             ?21, ?22)"
         ),
         rusqlite::params![
             s.id,
@@ -191,9 +225,29 @@ fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreErr
             s.duration_s,
             row.stamp.map(|t| i64_of(t.len)),
             row.stamp.map(|t| t.mtime_ns),
+            ops_text(&s.ops),
+            s.undecodable,
+            i64_of(s.denied_ops),
+            !s.ops_unknown,
         ],
     )?;
     Ok(())
+}
+
+/// The `ops` column: one per line (an operation name never holds a line break: the decoders
+/// reconstruct lines, and anything else is escaped).
+fn ops_text(ops: &[String]) -> String {
+    ops.iter()
+        .map(|o| o.replace(['\n', '\r'], " "))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn ops_of_text(text: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
 }
 
 fn close(
@@ -202,11 +256,13 @@ fn close(
     end: &EndInfo,
     verification: &str,
     stamp: Option<FileStamp>,
+    ops: &SessionOps,
 ) -> Result<(), StoreError> {
     conn.execute(
         "UPDATE sessions SET end_unix_ms = ?2, end_reason = ?3, bytes_up = ?4, bytes_down = ?5, \
          sealed = ?6, verification = ?7, duration_s = (?2 - start_unix_ms) / 1000.0, \
-         file_len = ?8, file_mtime_ns = ?9 WHERE id = ?1",
+         file_len = ?8, file_mtime_ns = ?9, ops = ?10, undecodable = ?11, denied_ops = ?12, \
+         ops_known = 1 WHERE id = ?1",
         rusqlite::params![
             id,
             end.ended_unix_ms,
@@ -217,6 +273,9 @@ fn close(
             verification,
             stamp.map(|t| i64_of(t.len)),
             stamp.map(|t| t.mtime_ns),
+            ops_text(&ops.ops),
+            ops.undecodable,
+            i64_of(ops.denied_ops),
         ],
     )?;
     Ok(())
@@ -245,6 +304,10 @@ fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
                 end_reason: r.get(9)?,
                 verification: r.get(13)?,
                 break_glass: r.get(14)?,
+                ops: ops_of_text(&r.get::<_, String>(18)?),
+                undecodable: r.get(19)?,
+                denied_ops: u64::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
+                ops_unknown: !r.get::<_, bool>(21)?,
             },
             start_ms,
             stamp: match (len, mtime) {
@@ -278,8 +341,9 @@ impl SessionIndex for SqliteStore {
         end: &EndInfo,
         verification: &str,
         stamp: Option<FileStamp>,
+        ops: &SessionOps,
     ) -> Result<(), StoreError> {
-        close(&*self.conn()?, id, end, verification, stamp)
+        close(&*self.conn()?, id, end, verification, stamp, ops)
     }
     fn all(&self) -> Result<Vec<IndexedSession>, StoreError> {
         all(&*self.conn()?)
@@ -335,8 +399,9 @@ impl IndexHook {
         }
     }
 
-    /// Index the session as ended: `ok` with the file's stamp if its recorder sealed it cleanly.
-    pub async fn close(self, end: EndInfo, outcome: Result<(), String>) {
+    /// Index the session as ended: `ok` with the file's stamp if its recorder sealed it cleanly,
+    /// with what it did operation by operation (the recorder's summary of the events it recorded).
+    pub async fn close(self, end: EndInfo, outcome: Result<(), String>, ops: SessionOps) {
         let IndexHook {
             index,
             recordings,
@@ -355,12 +420,108 @@ impl IndexHook {
                 ),
             };
             index
-                .close(&id, &end, &verification, stamp)
+                .close(&id, &end, &verification, stamp, &ops)
                 .map_err(|e| (id, e))
         })
         .await;
         if let Ok(Err((id, e))) = done {
             tracing::warn!(session_id = %id, error = %e, "session index not updated at close: listings read this recording instead");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn meta(id: &str) -> SessionMeta {
+        SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pacs".into(),
+            device_addr: "127.0.0.1:104".into(),
+            protocol: "dicom".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        }
+    }
+
+    #[test]
+    fn a_closed_row_keeps_the_sessions_operations() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = SqliteStore::open(dir.path()).unwrap();
+        let id = "00000000000000dd";
+        db.put(&opened(&meta(id))).unwrap();
+        let open = db.all().unwrap();
+        assert!(open[0].summary.ops.is_empty() && !open[0].summary.ops_unknown);
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "client closed".into(),
+            bytes_up: 1,
+            bytes_down: 2,
+        };
+        let ops = SessionOps {
+            ops: vec!["dicom:C-ECHO".into(), "dicom:C-STORE".into()],
+            undecodable: Some("dicom up at byte 7: bad PDU".into()),
+            denied_ops: 3,
+        };
+        let stamp = FileStamp {
+            len: 10,
+            mtime_ns: 5,
+        };
+        db.close(id, &end, "ok", Some(stamp), &ops).unwrap();
+        let rows = db.all().unwrap();
+        let s = &rows[0].summary;
+        assert_eq!(s.ops, ops.ops);
+        assert_eq!(s.undecodable, ops.undecodable);
+        assert_eq!(s.denied_ops, 3);
+        assert!(!s.ops_unknown);
+        // A row put without its operations read (recovery's) says so, and keeps saying so.
+        let mut row = rows[0].clone();
+        row.summary.ops_unknown = true;
+        row.summary.ops.clear();
+        db.put(&row).unwrap();
+        assert!(db.all().unwrap()[0].summary.ops_unknown);
+        // Reopening the store (the migration again) leaves it as it is.
+        drop(db);
+        let db = SqliteStore::open(dir.path()).unwrap();
+        assert!(db.all().unwrap()[0].summary.ops_unknown);
+    }
+
+    #[test]
+    fn a_store_from_before_operations_gains_them_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("ward.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, principal TEXT NOT NULL,
+                 serial TEXT NOT NULL, device TEXT NOT NULL, protocol TEXT NOT NULL,
+                 source TEXT NOT NULL, rule TEXT NOT NULL, start_unix_ms INTEGER NOT NULL,
+                 end_unix_ms INTEGER, end_reason TEXT NOT NULL, bytes_up INTEGER NOT NULL,
+                 bytes_down INTEGER NOT NULL, sealed INTEGER NOT NULL, verification TEXT NOT NULL,
+                 break_glass INTEGER NOT NULL, duration_s REAL NOT NULL, file_len INTEGER,
+                 file_mtime_ns INTEGER);
+                 INSERT INTO sessions VALUES ('00000000000000ee', 'vendor acme/jdoe', '02', 'pump',
+                 'telnet', '127.0.0.1:1', 'r', 1000, 2000, 'client closed', 1, 2, 1, 'ok', 0, 1.0,
+                 10, 5);",
+            )
+            .unwrap();
+        }
+        let db = SqliteStore::open(dir.path()).unwrap();
+        let rows = db.all().unwrap();
+        assert_eq!(rows.len(), 1);
+        let s = &rows[0].summary;
+        assert!(s.ops.is_empty() && s.undecodable.is_none() && s.denied_ops == 0);
+        assert!(
+            !s.ops_unknown,
+            "sessions from before the decoders did no operations"
+        );
     }
 }

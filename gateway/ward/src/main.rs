@@ -64,8 +64,11 @@ enum Command {
     Sessions(review_cmd::SessionsArgs),
     /// Replay a recorded session with its original timing (verifies it first).
     Replay(review_cmd::ReplayArgs),
-    /// Export a recorded session as asciicast, pcap, raw bytes or JSON lines.
+    /// Export a recorded session as asciicast, pcap, raw bytes, JSON lines, or its operations.
     Export(review_cmd::ExportArgs),
+    /// List a recorded session's operations (DICOM, HL7, HTTP, telnet commands), their answers
+    /// and refusals; patient data masked unless --show-phi (security and admin, audited).
+    Ops(review_cmd::OpsArgs),
     /// Verify recordings and the audit log; print the gateway's signing key.
     #[command(subcommand)]
     Audit(review_cmd::AuditCommand),
@@ -345,6 +348,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Sessions(args) => runtime()?.block_on(review_cmd::sessions(args)),
         Command::Replay(args) => runtime()?.block_on(review_cmd::replay(args)),
         Command::Export(args) => runtime()?.block_on(review_cmd::export(args)),
+        Command::Ops(args) => runtime()?.block_on(review_cmd::ops(args)),
         Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
         Command::Login(args) => client_runtime()?.block_on(access_cmd::login(args)),
         Command::Request(args) => client_runtime()?.block_on(access_cmd::request(args)),

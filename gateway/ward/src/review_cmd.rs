@@ -100,6 +100,40 @@ impl Source {
         }
     }
 
+    /// A session's operations: from the gateway (which reads, masks and audits), or on the host
+    /// from the recording (verified first; masked: unmasked patient data only through a gateway,
+    /// where asking is audited).
+    async fn operations(
+        &self,
+        pinned: Option<&String>,
+        id: &str,
+        show_phi: bool,
+        force: bool,
+    ) -> anyhow::Result<(Vec<review::OpRow>, Option<String>)> {
+        match self {
+            Source::Local { state_dir } => {
+                if show_phi {
+                    bail!("--show-phi is for a security or admin identity through the gateway, which audits it (phi_viewed): use --gateway HOST:PORT; on the host, `ward ops` shows operations with patient data masked");
+                }
+                let key = self.key(pinned).await?;
+                let bytes = review::read_recording(state_dir, id)?;
+                let (verified, note) = exportable(&bytes, &key, id, force)?;
+                Ok((review::operations(verified, false), note))
+            }
+            Source::Remote { client } => {
+                let body = client
+                    .review(Review::Operations {
+                        session_id: id.to_string(),
+                        show_phi,
+                        force,
+                    })
+                    .await?;
+                let note = force.then(|| format!("ward: --force: if recording {id} fails verification, only its verified records were read (audited by the gateway)"));
+                Ok((review::ops_of_json_lines(&body)?, note))
+            }
+        }
+    }
+
     async fn audit_log(&self) -> anyhow::Result<Vec<u8>> {
         match self {
             Source::Local { state_dir } => {
@@ -121,6 +155,7 @@ impl Source {
                         since_unix: filter.since,
                         until_unix: filter.until,
                         grep: filter.grep,
+                        operation: filter.op,
                     })
                     .await?;
                 body.split(|b| *b == b'\n')
@@ -152,7 +187,11 @@ pub struct SessionsArgs {
     /// Only sessions whose recorded bytes (either direction) contain this text.
     #[arg(long, value_name = "TEXT")]
     grep: Option<String>,
-    /// Print JSON lines.
+    /// Only sessions that did a matching operation: PROTOCOL:OPERATION, `*` matching anything,
+    /// e.g. dicom:C-STORE, hl7:ORM^O01, http:POST (also finds "POST /config"), 'telnet:rate *'.
+    #[arg(long, value_name = "PATTERN", value_parser = parse_op_pattern)]
+    op: Option<String>,
+    /// Print JSON lines (with every operation of each session).
     #[arg(long)]
     json: bool,
     #[command(flatten)]
@@ -210,6 +249,30 @@ pub struct ExportArgs {
     /// drops are dropped from the export too).
     #[arg(long)]
     raw: bool,
+    /// ops: patient data unmasked (security and admin identities through the gateway only;
+    /// audited as `phi_viewed`).
+    #[arg(long)]
+    show_phi: bool,
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+/// `ward ops`.
+#[derive(Debug, Args)]
+pub struct OpsArgs {
+    /// Session id (from `ward sessions`).
+    session: String,
+    /// Print JSON lines, one operation per line.
+    #[arg(long)]
+    json: bool,
+    /// Show patient data (DICOM PatientName/PatientID, HL7 PID, …) instead of `***`. Security
+    /// and admin identities, through the gateway only; audited as `phi_viewed`.
+    #[arg(long)]
+    show_phi: bool,
+    /// Read a recording that fails verification: its verified records only (audited by the
+    /// gateway as forced).
+    #[arg(long)]
+    force: bool,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -262,7 +325,13 @@ fn filter(args: &SessionsArgs) -> anyhow::Result<Filter> {
             .map(|t| parse_ago(t, now))
             .transpose()?,
         grep: args.grep.clone(),
+        op: args.op.clone(),
     })
+}
+
+/// `--op`: checked before anything is read or asked.
+fn parse_op_pattern(text: &str) -> Result<String, String> {
+    review::OpPattern::parse(text).map(|_| text.to_string())
 }
 
 /// `--since`/`--until`: as [`review::parse_time`], and `-2h` reads as `2h` (ago).
@@ -280,11 +349,11 @@ fn print_sessions(list: &[SessionSummary]) -> anyhow::Result<()> {
         return Ok(());
     }
     let mut table = show::Table::new(&[
-        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END", "VERIFY",
+        "SESSION", "WHO", "DEVICE", "START", "SECONDS", "UP", "DOWN", "END", "OPS", "VERIFY",
     ])
     .right(&[4, 5, 6]);
     for s in list {
-        let flag = if s.break_glass { " [BREAK-GLASS]" } else { "" };
+        let flag = review::flags(s);
         table.row(vec![
             review::printable(&s.id),
             review::printable(&s.principal),
@@ -294,6 +363,7 @@ fn print_sessions(list: &[SessionSummary]) -> anyhow::Result<()> {
             s.bytes_up.to_string(),
             s.bytes_down.to_string(),
             review::printable(&s.end_reason),
+            review::ops_cell(s),
             format!("{}{flag}", review::printable(&s.verification)),
         ]);
     }
@@ -395,10 +465,63 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Run `ward ops`.
+pub async fn ops(args: OpsArgs) -> anyhow::Result<ExitCode> {
+    review::check_session_id(&args.session)?;
+    let source = args.source.open()?;
+    // Through a gateway, the gateway verifies the recording and asks for nothing before the
+    // request itself (which it audits, refused or not).
+    let (rows, note) = source
+        .operations(
+            args.source.pubkey.as_ref(),
+            &args.session,
+            args.show_phi,
+            args.force,
+        )
+        .await?;
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        std::io::Write::write_all(&mut out, &review::ops_json_lines(&rows))?;
+    } else {
+        review::print_ops(&rows, &mut out)?;
+    }
+    std::io::Write::flush(&mut out)?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 /// Run `ward export`.
 pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     review::check_session_id(&args.session)?;
+    if args.show_phi && args.format != ExportFormat::Ops {
+        bail!("--show-phi applies to --format ops (the other formats hold the recording as it is)");
+    }
     let source = args.source.open()?;
+    if args.format == ExportFormat::Ops {
+        let (rows, note) = source
+            .operations(
+                args.source.pubkey.as_ref(),
+                &args.session,
+                args.show_phi,
+                args.force,
+            )
+            .await?;
+        review::write_export(&args.out, &review::ops_json_lines(&rows))?;
+        if args.out.as_os_str() == "-" {
+            eprintln!(
+                "ward: exported the operations of {} to standard output",
+                args.session
+            );
+        } else {
+            println!("wrote {}", args.out.display());
+        }
+        if let Some(note) = note {
+            eprintln!("{note}");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let key = source.key(args.source.pubkey.as_ref()).await?;
     let bytes = source
         .recording(&args.session, "export", args.force)

@@ -76,6 +76,17 @@ pub enum ReviewRequest {
         /// Proceed although it fails verification (audited, severity high).
         force: bool,
     },
+    /// One session's operations, read from its recording, patient data masked unless
+    /// `show_phi` (an explicit request, audited as `phi_viewed`: security case 49).
+    Operations {
+        /// The session.
+        session_id: String,
+        /// Unmask patient data.
+        show_phi: bool,
+        /// Proceed although the recording fails verification: its verified records only
+        /// (audited, severity high).
+        force: bool,
+    },
 }
 
 impl From<frame::Review> for ReviewRequest {
@@ -90,13 +101,24 @@ impl From<frame::Review> for ReviewRequest {
                 since_unix,
                 until_unix,
                 grep,
+                operation,
             } => ReviewRequest::List(Filter {
                 principal,
                 device,
                 since: since_unix,
                 until: until_unix,
                 grep,
+                op: operation,
             }),
+            Review::Operations {
+                session_id,
+                show_phi,
+                force,
+            } => ReviewRequest::Operations {
+                session_id,
+                show_phi,
+                force,
+            },
             Review::Recording {
                 session_id,
                 purpose,
@@ -120,8 +142,18 @@ impl ReviewRequest {
                 Purpose::Export => "recording_exported",
                 Purpose::Verify => "recording_verified",
             },
+            ReviewRequest::Operations { show_phi: true, .. } => "phi_viewed",
+            ReviewRequest::Operations { .. } => "operations_viewed",
             ReviewRequest::AuditLog => "audit_log_read",
             ReviewRequest::PublicKey => "public_key_read",
+        }
+    }
+
+    /// The session it names, where the audit event names it whatever the outcome.
+    fn audited_session(&self) -> Option<&str> {
+        match self {
+            ReviewRequest::Operations { session_id, .. } => Some(session_id),
+            _ => None,
         }
     }
 }
@@ -135,7 +167,8 @@ pub enum ReviewAnswer {
     Sessions(Vec<SessionSummary>),
     /// The audit log as it was when opened.
     AuditLog(Snapshot),
-    /// A recording as it was when opened.
+    /// A recording as it was when opened; for [`ReviewRequest::Operations`], the session's
+    /// operations as JSON lines (`review::ops_json_lines`), streamed the same way.
     Recording {
         /// The session.
         session_id: String,
@@ -174,6 +207,9 @@ pub enum ReviewRefusal {
     /// The store could not be read.
     #[error("{0}")]
     Unreadable(String),
+    /// A listing filter that cannot be read (an operation pattern); says how to write it.
+    #[error("{0}")]
+    BadFilter(String),
     /// The review could not be audited, so nothing is handed out.
     #[error("{0}")]
     AuditUnavailable(String),
@@ -189,6 +225,7 @@ impl ReviewRefusal {
             ReviewRefusal::BadSessionId(_)
             | ReviewRefusal::NoRecording(_)
             | ReviewRefusal::FailsVerification { .. }
+            | ReviewRefusal::BadFilter(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
     }
@@ -239,9 +276,13 @@ impl ReviewService {
     ) -> Result<ReviewAnswer, ReviewRefusal> {
         let now = self.clock.now();
         let event = |outcome: &str| {
-            Event::new(request.event(), outcome, now)
+            let ev = Event::new(request.event(), outcome, now)
                 .principal(who.identity)
-                .source(who.source)
+                .source(who.source);
+            match request.audited_session() {
+                Some(id) => ev.session(id.to_string()),
+                None => ev,
+            }
         };
         self.require_reviewer(who, event("denied"))?;
         if matches!(request, ReviewRequest::AuditLog) {
@@ -286,10 +327,71 @@ impl ReviewService {
                 purpose,
                 force,
             } => self.recording(base, session_id, purpose, force),
+            ReviewRequest::Operations {
+                session_id,
+                show_phi,
+                force,
+            } => self.operations(base, session_id, show_phi, force),
         }
     }
 
+    /// A session's operations from its recording (verified first; forced: its verified records
+    /// only), patient data masked unless `show_phi`.
+    fn operations(&self, base: Event, id: String, show_phi: bool, force: bool) -> JobResult {
+        if !crate::recording_store::valid_id(&id) {
+            return Err(ReviewRefusal::BadSessionId(id));
+        }
+        let bytes = match self.recordings.read_all(&id) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ReviewRefusal::NoRecording(id))
+            }
+            Err(e) => return Err(unreadable(&id, &e)),
+        };
+        let report = ward_recording::verify(&bytes, &self.key);
+        if !report.ok && !force {
+            let what = report
+                .first_error
+                .as_ref()
+                .map(|e| e.to_string())
+                .unwrap_or_else(|| "not sealed".into());
+            return Err(ReviewRefusal::FailsVerification { id, what });
+        }
+        let verified = crate::review::verified_prefix(&bytes, &report);
+        let rows = crate::review::operations(verified, show_phi);
+        let phi_fields = rows
+            .iter()
+            .flat_map(|r| &r.fields)
+            .filter(|(k, _)| k.starts_with(ward_decode::PHI_PREFIX))
+            .count();
+        let body = crate::review::ops_json_lines(&rows);
+        let ev = base
+            .detail("operations", rows.len())
+            .detail("show_phi", show_phi)
+            .detail("phi_fields", phi_fields)
+            .detail("verified", report.ok)
+            .detail("forced", force)
+            .severity(match (force && !report.ok, show_phi) {
+                (true, _) => "high",
+                (false, true) => "warning",
+                (false, false) => "info",
+            });
+        let len = body.len() as u64;
+        let answer = ReviewAnswer::Recording {
+            session_id: id,
+            snapshot: Snapshot {
+                reader: Box::new(std::io::Cursor::new(body)),
+                len,
+            },
+            verified: report.ok,
+        };
+        Ok((answer, ev))
+    }
+
     fn list(&self, base: Event, filter: &Filter) -> JobResult {
+        filter
+            .op_pattern()
+            .map_err(|e| ReviewRefusal::BadFilter(format!("{e:#}")))?;
         let index = match filter.grep {
             Some(_) => Vec::new(),
             None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
@@ -299,7 +401,8 @@ impl ReviewService {
                 .map_err(|e| ReviewRefusal::Unreadable(format!("{e:#}")))?;
         let ev = base
             .detail("sessions", list.len())
-            .detail("grep", filter.grep.is_some());
+            .detail("grep", filter.grep.is_some())
+            .detail("op", filter.op.clone());
         Ok((ReviewAnswer::Sessions(list), ev))
     }
 
@@ -523,6 +626,17 @@ mod tests {
 
     /// A sealed recording of `id` holding `typed`.
     fn record(store: &RecordingStore, signer: &Arc<Signer>, id: &str, typed: &[u8]) {
+        record_with(store, signer, id, typed, &[]);
+    }
+
+    /// A sealed recording of `id` holding `typed`, then `events` (client → device).
+    fn record_with(
+        store: &RecordingStore,
+        signer: &Arc<Signer>,
+        id: &str,
+        typed: &[u8],
+        events: &[(&str, &[(&str, &str)])],
+    ) {
         let meta = SessionMeta {
             session_id: id.into(),
             principal_kind: "vendor".into(),
@@ -542,6 +656,13 @@ mod tests {
         let mut enc =
             Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
         enc.data(Direction::Up, 1, typed, &mut out);
+        for (kind, fields) in events {
+            let fields: Vec<(String, String)> = fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            enc.event(Direction::Up, 2, kind, &fields, &mut out);
+        }
         let end = EndInfo {
             ended_unix_ms: 2_000,
             reason: "client closed".into(),
@@ -558,6 +679,8 @@ mod tests {
         audit: AuditLog,
         sam: Identity,
         vendor: Identity,
+        store: RecordingStore,
+        signer: Arc<Signer>,
     }
 
     async fn fixture() -> Fixture {
@@ -576,7 +699,7 @@ mod tests {
         bytes[mid] ^= 1;
         std::fs::write(&path, bytes).unwrap();
         let service = ReviewService::new(
-            store,
+            store.clone(),
             dir.path().to_path_buf(),
             signer.public_key(),
             audit.clone(),
@@ -589,6 +712,8 @@ mod tests {
             audit,
             sam: identity(Kind::Security, "sam"),
             vendor: identity(Kind::Vendor, "jdoe"),
+            store,
+            signer,
         }
     }
 
@@ -773,5 +898,179 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(denied, ReviewRefusal::NotPermitted(_)));
+    }
+
+    const OPS: &str = "00000000000000cc";
+
+    fn ops_request(id: &str, show_phi: bool, force: bool) -> ReviewRequest {
+        ReviewRequest::Operations {
+            session_id: id.into(),
+            show_phi,
+            force,
+        }
+    }
+
+    async fn operations(
+        f: &Fixture,
+        who: &Identity,
+        req: ReviewRequest,
+    ) -> Result<Vec<crate::review::OpRow>, ReviewRefusal> {
+        match ask(f, who, req).await? {
+            ReviewAnswer::Recording { snapshot, .. } => {
+                Ok(crate::review::ops_of_json_lines(&snapshot.read_all().unwrap()).unwrap())
+            }
+            other => panic!("operations, not {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn operations_mask_patient_data_unless_a_reviewer_asks_and_asking_is_audited() {
+        let f = fixture().await;
+        record_with(
+            &f.store,
+            &f.signer,
+            OPS,
+            b"x",
+            &[
+                (
+                    "operation",
+                    &[
+                        ("protocol", "dicom"),
+                        ("op", "C-STORE"),
+                        ("sop_instance", "1.2"),
+                        ("phi.patient_name", "DOE^JANE"),
+                    ],
+                ),
+                ("credential_injected", &[("account", "service")]),
+            ],
+        );
+        let rows = operations(&f, &f.sam, ops_request(OPS, false, false))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "only the decoders' events: {rows:?}");
+        assert_eq!(rows[0].op, "C-STORE");
+        assert_eq!(
+            rows[0].fields,
+            [
+                ("sop_instance".to_string(), "1.2".to_string()),
+                ("phi.patient_name".to_string(), "***".to_string())
+            ]
+        );
+        let viewed = audited(&f, "operations_viewed").await;
+        assert_eq!(viewed.len(), 1, "{viewed:?}");
+        assert!(viewed[0].contains(OPS), "{}", viewed[0]);
+        assert!(audited(&f, "phi_viewed").await.is_empty());
+
+        let rows = operations(&f, &f.sam, ops_request(OPS, true, false))
+            .await
+            .unwrap();
+        assert_eq!(rows[0].fields[1].1, "DOE^JANE");
+        let phi = audited(&f, "phi_viewed").await;
+        assert_eq!(phi.len(), 1, "{phi:?}");
+        assert!(
+            phi[0].contains("\"success\"")
+                && phi[0].contains(OPS)
+                && phi[0].contains("\"sam\"")
+                && phi[0].contains("\"phi_fields\":1"),
+            "{}",
+            phi[0]
+        );
+
+        // A vendor: refused, and the ask audited with the session it named.
+        let denied = operations(&f, &f.vendor, ops_request(OPS, true, false))
+            .await
+            .unwrap_err();
+        assert!(matches!(denied, ReviewRefusal::NotPermitted(_)), "{denied}");
+        let phi = audited(&f, "phi_viewed").await;
+        assert_eq!(phi.len(), 2, "{phi:?}");
+        assert!(
+            phi[1].contains("\"denied\"") && phi[1].contains(OPS) && phi[1].contains("jdoe"),
+            "{}",
+            phi[1]
+        );
+
+        // A recording that fails verification: refused unless forced.
+        let refused = operations(&f, &f.sam, ops_request(BAD, false, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, ReviewRefusal::FailsVerification { .. }),
+            "{refused}"
+        );
+        assert!(operations(&f, &f.sam, ops_request(BAD, false, true))
+            .await
+            .unwrap()
+            .is_empty());
+        let bad_id = operations(&f, &f.sam, ops_request("../x", false, false))
+            .await
+            .unwrap_err();
+        assert_eq!(bad_id, ReviewRefusal::BadSessionId("../x".into()));
+    }
+
+    #[tokio::test]
+    async fn listings_find_sessions_by_operation_and_refuse_a_pattern_that_is_not_one() {
+        let f = fixture().await;
+        record_with(
+            &f.store,
+            &f.signer,
+            OPS,
+            b"x",
+            &[("operation", &[("protocol", "http"), ("op", "POST /config")])],
+        );
+        let list = |op: &str| {
+            ReviewRequest::List(Filter {
+                op: Some(op.into()),
+                ..Filter::default()
+            })
+        };
+        let Ok(ReviewAnswer::Sessions(found)) = ask(&f, &f.sam, list("http:POST")).await else {
+            panic!("a listing")
+        };
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].id, OPS);
+        assert_eq!(found[0].ops, ["http:POST /config"]);
+        let Ok(ReviewAnswer::Sessions(none)) = ask(&f, &f.sam, list("http:GET")).await else {
+            panic!("a listing")
+        };
+        assert!(none.is_empty());
+        let bad = ask(&f, &f.sam, list("POST")).await.unwrap_err();
+        assert!(matches!(bad, ReviewRefusal::BadFilter(_)), "{bad}");
+        assert_eq!(bad.code(), ErrorCode::BadRequest);
+        assert!(bad.to_string().contains("http:POST"), "{bad}");
+    }
+
+    #[test]
+    fn operations_frames_map_to_requests_and_name_their_audit_event() {
+        let r: ReviewRequest = frame::Review::Operations {
+            session_id: GOOD.into(),
+            show_phi: true,
+            force: false,
+        }
+        .into();
+        assert_eq!(r, ops_request(GOOD, true, false));
+        assert_eq!(r.event(), "phi_viewed");
+        assert_eq!(ops_request(GOOD, false, false).event(), "operations_viewed");
+        // A listing without an operation pattern is sent as before the field existed.
+        let text = serde_json::to_string(&frame::Review::ListSessions {
+            principal: None,
+            device: None,
+            since_unix: None,
+            until_unix: None,
+            grep: None,
+            operation: None,
+        })
+        .unwrap();
+        assert!(!text.contains("operation"), "{text}");
+        let back: frame::Review = serde_json::from_str(
+            r#"{"op":"list_sessions","principal":null,"device":null,"since_unix":null,"until_unix":null,"grep":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            back,
+            frame::Review::ListSessions {
+                operation: None,
+                ..
+            }
+        ));
     }
 }
