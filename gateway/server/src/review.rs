@@ -308,17 +308,23 @@ pub fn summary_of_stored(
     Some(summary)
 }
 
-/// The event record's type code (docs/recording-format.md; checked by a test against the
-/// encoder).
+/// Type codes of the records [`scan_records`] decodes (docs/recording-format.md; checked by a
+/// test against the encoder): the metadata and events.
+const META_RECORD: u8 = 0x01;
 const EVENT_RECORD: u8 = 0x07;
 
-/// The operations of a recording read from `input` one record at a time (data records are
-/// skipped, never held): the same summary [`summarise`] makes of one in memory.
-pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary> {
+/// Read a recording from `input` one record at a time, calling `f` with its metadata and each
+/// event; data records are skipped, never held. Stops at a clean or torn end; an error for a
+/// recording that is not one.
+fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind, Read};
-    let mut ops = OpsSummary::default();
     let mut magic = [0u8; 8];
-    input.read_exact(&mut magic)?;
+    match input.read_exact(&mut magic) {
+        Ok(()) => {}
+        // Nothing verified (a forced read), or not even a header: no records.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e),
+    }
     let mut record = Vec::new();
     loop {
         let mut header = [0u8; ward_recording::RECORD_HEADER_LEN];
@@ -326,7 +332,7 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
         let mut got = 0;
         while got < header.len() {
             match input.read(header.get_mut(got..).unwrap_or_default())? {
-                0 => return Ok(ops),
+                0 => return Ok(()),
                 n => got += n,
             }
         }
@@ -338,7 +344,7 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
                 format!("record body of {len} bytes"),
             ));
         }
-        if code != EVENT_RECORD {
+        if code != EVENT_RECORD && code != META_RECORD {
             std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())?;
             continue;
         }
@@ -348,13 +354,27 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
         record.extend_from_slice(&header);
         let body_at = record.len();
         record.resize(body_at + len as usize, 0);
-        input.read_exact(record.get_mut(body_at..).unwrap_or_default())?;
-        if let Some(Ok((_, Record::Event { kind, fields, .. }))) =
-            ward_recording::Reader::new(&record).next()
-        {
-            ops.note_event(&kind, &fields);
+        match input.read_exact(record.get_mut(body_at..).unwrap_or_default()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(Ok((_, rec))) = ward_recording::Reader::new(&record).next() {
+            f(rec);
         }
     }
+}
+
+/// The operations of a recording read from `input` one record at a time (data records are
+/// skipped, never held): the same summary [`summarise`] makes of one in memory.
+pub fn ops_of_read<R: std::io::Read>(input: R) -> std::io::Result<OpsSummary> {
+    let mut ops = OpsSummary::default();
+    scan_records(input, |rec| {
+        if let Record::Event { kind, fields, .. } = rec {
+            ops.note_event(&kind, &fields);
+        }
+    })?;
+    Ok(ops)
 }
 
 /// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes;
@@ -607,47 +627,61 @@ pub struct OpRow {
 /// The operations of a recording (`bytes`, read as far as it reads), in order: every event of
 /// the decoders' kinds, patient data masked unless `show_phi`.
 pub fn operations(bytes: &[u8], show_phi: bool) -> Vec<OpRow> {
-    let mut start_ms = None;
     let mut out = Vec::new();
-    for item in ward_recording::Reader::new(bytes) {
-        let Ok((_, record)) = item else { break };
-        match record {
-            Record::Meta(m) => start_ms = Some(m.started_unix_ms),
-            Record::Event {
-                t_ns,
-                dir,
-                kind,
-                fields,
-            } if ward_decode::summary::is_operation_kind(&kind) => {
-                let field = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(key, _)| key == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                let (protocol, op) = (field("protocol"), field("op"));
-                let rest: Vec<(String, String)> = fields
-                    .iter()
-                    .filter(|(k, _)| k != "protocol" && k != "op")
-                    .cloned()
-                    .collect();
-                out.push(OpRow {
-                    t_s: t_ns as f64 / 1e9,
-                    time: start_ms.map_or_else(String::new, |s| {
-                        rfc3339_ms(s.saturating_add(i64::try_from(t_ns / 1_000_000).unwrap_or(0)))
-                    }),
-                    dir: dir.as_str().to_string(),
-                    kind,
-                    protocol,
-                    op,
-                    fields: ward_decode::summary::mask_fields(&rest, show_phi),
-                });
-            }
-            _ => {}
-        }
-    }
+    // What reads before a problem is listed (a forced read of a damaged recording).
+    let _ = operations_into(bytes, show_phi, &mut out);
     out
+}
+
+/// [`operations`] of a recording read from `input` one record at a time (a stored recording is
+/// never held whole: the rows are).
+pub fn operations_read<R: std::io::Read>(input: R, show_phi: bool) -> std::io::Result<Vec<OpRow>> {
+    let mut out = Vec::new();
+    operations_into(input, show_phi, &mut out)?;
+    Ok(out)
+}
+
+fn operations_into<R: std::io::Read>(
+    input: R,
+    show_phi: bool,
+    out: &mut Vec<OpRow>,
+) -> std::io::Result<()> {
+    let mut start_ms = None;
+    scan_records(input, |record| match record {
+        Record::Meta(m) => start_ms = Some(m.started_unix_ms),
+        Record::Event {
+            t_ns,
+            dir,
+            kind,
+            fields,
+        } if ward_decode::summary::is_operation_kind(&kind) => {
+            let field = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let (protocol, op) = (field("protocol"), field("op"));
+            let rest: Vec<(String, String)> = fields
+                .iter()
+                .filter(|(k, _)| k != "protocol" && k != "op")
+                .cloned()
+                .collect();
+            out.push(OpRow {
+                t_s: t_ns as f64 / 1e9,
+                time: start_ms.map_or_else(String::new, |s| {
+                    rfc3339_ms(s.saturating_add(i64::try_from(t_ns / 1_000_000).unwrap_or(0)))
+                }),
+                dir: dir.as_str().to_string(),
+                kind,
+                protocol,
+                op,
+                fields: ward_decode::summary::mask_fields(&rest, show_phi),
+            });
+        }
+        _ => {}
+    })
 }
 
 /// RFC 3339 UTC with milliseconds of Unix milliseconds (empty if out of range).
@@ -1153,6 +1187,17 @@ mod tests {
         ended.denied_ops = read.denied;
         ended.ops_unknown = false;
         assert_eq!(ended, whole);
+        // The ops view, streamed or in memory: the decoders' events only, in order, with times.
+        let rows = operations_read(out.as_slice(), false).unwrap();
+        assert_eq!(rows, operations(&out, false));
+        let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["operation", "operation_denied", "undecodable"]);
+        assert_eq!(rows[0].time, "1970-01-01T00:00:01.000Z");
+        assert_eq!(
+            (rows[0].dir.as_str(), rows[0].op.as_str()),
+            ("up", "C-STORE")
+        );
+        assert_eq!(rows[1].fields, [("reason".to_string(), "no".to_string())]);
         // A torn tail ends the scan; garbage is an error, not a panic.
         assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
         assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
