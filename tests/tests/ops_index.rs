@@ -351,6 +351,7 @@ async fn sessions_are_found_by_operation_and_operations_are_shown_without_patien
 
     // The table shows the operations and the markers; --json carries them all.
     let table = ward_ok(&["sessions"], &remote).await.stdout;
+    eprintln!("ward sessions:\n{table}");
     assert!(table.contains("OPS"), "{table}");
     assert!(table.contains("dicom:C-ECHO,dicom:C-STORE"), "{table}");
     assert!(
@@ -367,6 +368,7 @@ async fn sessions_are_found_by_operation_and_operations_are_shown_without_patien
 
     // ward ops: masked by default, as a table and as JSON lines.
     let table = ward_ok(&["ops", &store], &remote).await.stdout;
+    eprintln!("ward ops {store}:\n{table}");
     assert!(
         table.contains("C-STORE") && table.contains("phi.patient_name=***"),
         "{table}"

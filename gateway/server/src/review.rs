@@ -120,10 +120,18 @@ pub fn summarise(
         (0u64, 0u64, 0u64, Vec::new(), Vec::new());
     let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
     let mut ops = OpsSummary::default();
+    // An operation pattern is matched against every operation, whole (the summary keeps a
+    // bounded set of names, cut): what a listing from the index falls back to.
+    let pattern = filter.op_pattern().ok().flatten();
+    let mut op_hit = false;
     for item in ward_recording::Reader::new(bytes) {
         let Ok((_, record)) = item else { break };
         if let Record::Event { kind, fields, .. } = &record {
             ops.note_event(kind, fields);
+            if let (Some(p), false) = (&pattern, op_hit) {
+                op_hit =
+                    ward_decode::summary::op_of_event(kind, fields).is_some_and(|o| p.matches(&o));
+            }
         }
         if let Record::Data { dir, t_ns, payload } = record {
             last_ns = last_ns.max(t_ns);
@@ -198,13 +206,7 @@ pub fn summarise(
         }
     }
     // An unparseable pattern matches nothing (`list_in` refuses it before reading anything).
-    if filter.op.is_some()
-        && !filter
-            .op_pattern()
-            .ok()
-            .flatten()
-            .is_some_and(|p| ops.matches(&p))
-    {
+    if filter.op.is_some() && !op_hit {
         return None;
     }
     let (end_reason, duration_s, bytes_up, bytes_down) = match &report.end {
@@ -245,6 +247,7 @@ pub fn summarise(
         ops: ops.ops.into_iter().collect(),
         undecodable: ops.undecodable,
         denied_ops: ops.denied,
+        ops_truncated: ops.truncated,
         ops_unknown: false,
     })
 }
@@ -274,6 +277,7 @@ pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
         ops: Vec::new(),
         undecodable: None,
         denied_ops: 0,
+        ops_truncated: false,
         ops_unknown: true,
     })
 }
@@ -299,6 +303,7 @@ pub fn summary_of_stored(
             summary.ops = ops.ops.into_iter().collect();
             summary.undecodable = ops.undecodable;
             summary.denied_ops = ops.denied;
+            summary.ops_truncated = ops.truncated;
             summary.ops_unknown = false;
         }
         Err(e) => {
@@ -460,7 +465,12 @@ pub fn list_in(
                 Some(_) if row.summary.ops_unknown => false,
                 Some(stamp) => store.stamp(&id).ok() == Some(stamp),
             };
-            if current {
+            // A search the row's bounded operations do not answer, when the session did more
+            // than they hold: the recording answers it.
+            let unanswered = op.is_some()
+                && row.summary.ops_truncated
+                && !matches(filter, op.as_ref(), &row.summary);
+            if current && !unanswered {
                 if matches(filter, op.as_ref(), &row.summary) {
                     out.push(row.summary);
                 }
@@ -1056,6 +1066,7 @@ mod tests {
             ops: ops.iter().map(|s| s.to_string()).collect(),
             undecodable: None,
             denied_ops: 0,
+            ops_truncated: false,
             ops_unknown: false,
         }
     }
@@ -1185,6 +1196,7 @@ mod tests {
         ended.ops = read.ops.into_iter().collect();
         ended.undecodable = read.undecodable;
         ended.denied_ops = read.denied;
+        ended.ops_truncated = read.truncated;
         ended.ops_unknown = false;
         assert_eq!(ended, whole);
         // The ops view, streamed or in memory: the decoders' events only, in order, with times.
@@ -1201,5 +1213,73 @@ mod tests {
         // A torn tail ends the scan; garbage is an error, not a panic.
         assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
         assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
+    }
+
+    #[test]
+    fn a_search_the_bounded_index_cannot_answer_reads_the_recording() {
+        use ward_recording::{CheckpointPolicy, Encoder, EndInfo, SessionMeta, Signer};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let signer = std::sync::Arc::new(Signer::generate().unwrap().0);
+        let id = "00000000000000ac";
+        let meta = SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump".into(),
+            device_addr: "127.0.0.1:23".into(),
+            protocol: "telnet".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        // More distinct commands than the index keeps; the last one is the one searched for.
+        for i in 0..300 {
+            let fields = vec![
+                ("protocol".to_string(), "telnet".to_string()),
+                ("op".to_string(), format!("cmd {i:03}")),
+            ];
+            enc.event(Direction::Up, i, "operation", &fields, &mut out);
+        }
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "completed".into(),
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        enc.finish(400, &end, &mut out);
+        store.create(id).unwrap().write_all(&out).unwrap();
+        let key = signer.public_key();
+        let summary = summarise(&out, &key, &Filter::default(), id).unwrap();
+        assert_eq!(summary.ops.len(), ward_decode::summary::MAX_INDEXED_OPS);
+        assert!(summary.ops_truncated);
+        let row = crate::session_index::IndexedSession {
+            start_ms: 1_000,
+            stamp: Some(store.stamp(id).unwrap()),
+            summary,
+        };
+        let search = |pattern: &str, row: &crate::session_index::IndexedSession| {
+            let filter = Filter {
+                op: Some(pattern.into()),
+                ..Filter::default()
+            };
+            list_in(&store, vec![row.clone()], &key, &filter, &mut |_, _| {})
+                .unwrap()
+                .len()
+        };
+        assert_eq!(search("telnet:cmd 299", &row), 1, "found in the recording");
+        assert_eq!(search("telnet:cmd 000", &row), 1, "found in the index");
+        assert_eq!(search("telnet:reboot", &row), 0);
+        // The row is what a listing otherwise trusts: without the mark it answers alone.
+        let mut trusted = row.clone();
+        trusted.summary.ops_truncated = false;
+        assert_eq!(search("telnet:cmd 299", &trusted), 0);
     }
 }
