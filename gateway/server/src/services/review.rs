@@ -204,6 +204,15 @@ pub enum ReviewRefusal {
         /// The first problem.
         what: String,
     },
+    /// Operations asked of a recording that fails verification (a live session's, or a damaged
+    /// one), not forced.
+    #[error("recording {id} fails verification ({what}); its operations are listed once it verifies (a live session's when it ends) — use --force to list those of its verified records (audited)")]
+    OpsUnverified {
+        /// The session.
+        id: String,
+        /// The first problem.
+        what: String,
+    },
     /// The store could not be read.
     #[error("{0}")]
     Unreadable(String),
@@ -225,6 +234,7 @@ impl ReviewRefusal {
             ReviewRefusal::BadSessionId(_)
             | ReviewRefusal::NoRecording(_)
             | ReviewRefusal::FailsVerification { .. }
+            | ReviewRefusal::OpsUnverified { .. }
             | ReviewRefusal::BadFilter(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
@@ -361,7 +371,7 @@ impl ReviewService {
                 .as_ref()
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "not sealed".into());
-            return Err(ReviewRefusal::FailsVerification { id, what });
+            return Err(ReviewRefusal::OpsUnverified { id, what });
         }
         reader
             .seek(SeekFrom::Start(0))
@@ -1012,9 +1022,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(refused, ReviewRefusal::FailsVerification { .. }),
+            matches!(refused, ReviewRefusal::OpsUnverified { .. }),
             "{refused}"
         );
+        assert!(refused.to_string().contains("--force"), "{refused}");
         assert!(operations(&f, &f.sam, ops_request(BAD, false, true))
             .await
             .unwrap()
