@@ -123,6 +123,49 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
     );
     assert!(out.stdout.ends_with("pump> bye\r\n"), "{out:?}");
 
+    // As printed: `passwd` is refused by Ward (the vault owns the password) and never reaches the
+    // pump, which answers the next command as typed; `rate` answers.
+    let out = run_with(
+        &mut ward(&[
+            "connect",
+            "pump-12",
+            "--gateway",
+            &gateway,
+            "--identity",
+            &vendor,
+        ]),
+        Input::Bytes(b"passwd\r\nrate\r\nexit\r\n".to_vec()),
+        COMMAND_TIMEOUT,
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(out.stdout.contains("passwd"), "{out:?}");
+    assert!(
+        out.stdout.contains("acme-maintains-its-pumps"),
+        "the refusal names the rule: {out:?}"
+    );
+    assert!(
+        !out.stdout.contains("old password"),
+        "the pump never ran passwd: {out:?}"
+    );
+    assert!(out.stdout.contains("rate: 12.5 mL/h"), "{out:?}");
+    assert!(!out.stdout.contains("unknown command"), "{out:?}");
+    assert!(out.stdout.ends_with("pump> bye\r\n"), "{out:?}");
+    let state = format!("{d}/state");
+    let out = run(&mut ward(&[
+        "sessions",
+        "--op",
+        "telnet:passwd*",
+        "--json",
+        "--state-dir",
+        &state,
+    ]));
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        out.stdout.lines().count(),
+        1,
+        "one session tried passwd: {out:?}"
+    );
+
     // The pump's password is rotated on the device to a value nobody is shown; the vendor still
     // lands at the prompt.
     let admin = format!("{d}/admin");
@@ -217,10 +260,30 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
         let out = curl(&["-u", "nurse:guess"]);
         assert!(out.status.success(), "{out:?}");
         assert_eq!(out.stdout, page);
-        fwd.wait_for("two sessions", COMMAND_TIMEOUT, |_, err| {
+        // As printed: the rule lets nurses read the monitor, not reconfigure it.
+        let out = run(Command::new("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "20",
+                "-w",
+                "\n%{http_code}",
+                "-X",
+                "POST",
+                "-d",
+                "alarm=off",
+            ])
+            .arg(format!("http://{local}/config")));
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.ends_with("\n403"), "{out:?}");
+        assert!(
+            out.stdout.contains("icu-nurses-see-icu-monitors"),
+            "{out:?}"
+        );
+        fwd.wait_for("three sessions", COMMAND_TIMEOUT, |_, err| {
             err.matches("opened (rule icu-nurses-see-icu-monitors)")
                 .count()
-                == 2
+                == 3
         });
         drop(fwd);
     }

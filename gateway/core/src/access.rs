@@ -582,6 +582,7 @@ mod tests {
             maintenance: None,
             break_glass: None,
             netns: None,
+            tls: None,
         }
     }
 

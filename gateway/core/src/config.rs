@@ -27,7 +27,7 @@ use time::UtcOffset;
 
 use crate::access::{ApprovalPolicy, BreakGlass, DEFAULT_MAX_DURATION, DEFAULT_PENDING_EXPIRY};
 use crate::device::{check_label, check_name, DeviceError};
-pub use crate::device::{Device, DeviceAddress, DeviceId, Protocol};
+pub use crate::device::{CertPin, Device, DeviceAddress, DeviceId, DeviceTls, Protocol};
 use crate::duration::{parse_duration, DurationError};
 use crate::operations::{OpList, OpProtocol, Operations};
 pub use crate::policy::{DeviceSelector, Rule, Who};
@@ -77,6 +77,9 @@ protocol = "http"
 labels = { class = "patient-monitor", vendor = "globex", unit = "icu" }
 break_glass = { who = { kind = "clinician", roles = ["icu"] }, max = "15m" }
 http_auth = { scheme = "basic" }   # or { header = "X-Api-Key" }: where an injected credential goes
+# tls = true                       # a device serving TLS itself (HTTPS, DICOM TLS): only its pinned
+                                   # certificate is accepted (`ward devices pin monitor-3`), or
+                                   # tls = { pin = "sha256:…", server_name = "monitor-3.local" }
 
 [[device]]
 id = "pacs-1"
@@ -702,6 +705,41 @@ struct RawDevice {
     login: Option<Spanned<inject::RawLoginProfile>>,
     /// How an HTTP device takes an injected credential.
     http_auth: Option<Spanned<inject::RawHttpAuth>>,
+    /// The device speaks TLS itself (`tls = true` or `tls = { pin = "sha256:…" }`).
+    tls: Option<Spanned<RawTls>>,
+}
+
+/// `tls = true` or `tls = { pin = "sha256:…", server_name = "pacs.local" }`.
+enum RawTls {
+    Flag(bool),
+    Table(RawTlsTable),
+}
+
+impl<'de> Deserialize<'de> for RawTls {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawTls;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("true, false, or a table like { pin = \"sha256:…\", server_name = \"pacs.local\" }")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<RawTls, E> {
+                Ok(RawTls::Flag(v))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, map: A) -> Result<RawTls, A::Error> {
+                RawTlsTable::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(RawTls::Table)
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTlsTable {
+    pin: Option<Spanned<String>>,
+    server_name: Option<Spanned<String>>,
 }
 
 /// `break_glass = true` or `break_glass = { who = {..}, max = "30m" }`.
@@ -1117,6 +1155,40 @@ impl Cx<'_> {
         }
     }
 
+    /// A device's `tls`: `false` is plain TCP.
+    fn device_tls(
+        &self,
+        raw: Spanned<RawTls>,
+        field: &str,
+    ) -> Result<Option<DeviceTls>, ConfigError> {
+        match raw.into_inner() {
+            RawTls::Flag(false) => Ok(None),
+            RawTls::Flag(true) => Ok(Some(DeviceTls {
+                pin: None,
+                server_name: None,
+            })),
+            RawTls::Table(t) => {
+                let pin = t
+                    .pin
+                    .map(|p| {
+                        p.get_ref()
+                            .parse::<CertPin>()
+                            .map_err(|e| self.err(p.span(), format!("{field}.pin"), e))
+                    })
+                    .transpose()?;
+                let server_name = match t.server_name {
+                    Some(n) => {
+                        DeviceTls::new(None, Some(n.get_ref()))
+                            .map_err(|e| self.err(n.span(), format!("{field}.server_name"), e))?
+                            .server_name
+                    }
+                    None => None,
+                };
+                Ok(Some(DeviceTls { pin, server_name }))
+            }
+        }
+    }
+
     fn approvals(
         &self,
         raw: Vec<Spanned<RawApproval>>,
@@ -1259,6 +1331,10 @@ impl Cx<'_> {
                     Ok(n.into_inner())
                 })
                 .transpose()?;
+            let tls = match d.tls {
+                Some(t) => self.device_tls(t, &f("tls"))?,
+                None => None,
+            };
             out.push(Device {
                 id,
                 address,
@@ -1267,6 +1343,7 @@ impl Cx<'_> {
                 maintenance,
                 break_glass,
                 netns,
+                tls,
             });
         }
         Ok(out)
@@ -1606,6 +1683,45 @@ labels = { vendor = "acme" }
         }
         let text = format!("{GATEWAY}\n[[device]]\nid = \"ok\"\naddress = \"127.0.0.1:4434\"\nprotocol = \"raw\"\n");
         assert!(Config::parse(&text, "w.toml").is_ok());
+    }
+
+    #[test]
+    fn device_tls_forms() {
+        let dev = |tls: &str| {
+            format!("{GATEWAY}\n[[device]]\nid = \"pacs\"\naddress = \"pacs.local:443\"\nprotocol = \"http\"\n{tls}\n")
+        };
+        let tls_of = |tls: &str| {
+            Config::parse(&dev(tls), "w.toml")
+                .unwrap()
+                .devices
+                .remove(0)
+                .tls
+        };
+        assert_eq!(tls_of(""), None);
+        assert_eq!(tls_of("tls = false"), None);
+        let plain = DeviceTls {
+            pin: None,
+            server_name: None,
+        };
+        assert_eq!(tls_of("tls = true"), Some(plain.clone()));
+        assert_eq!(tls_of("tls = {}"), Some(plain));
+        let pin = format!("sha256:{}", "0f".repeat(32));
+        let t = tls_of(&format!(
+            "tls = {{ pin = \"{}\", server_name = \"PACS.local\" }}",
+            pin.to_uppercase().replace("SHA256", "sha256")
+        ))
+        .unwrap();
+        assert_eq!(t.pin.unwrap().to_string(), pin);
+        assert_eq!(t.server_name.as_deref(), Some("pacs.local"));
+        let e = refused(&dev("tls = { pin = \"sha256:abc\" }"));
+        assert_eq!(e.field, "device[0].tls.pin", "{e}");
+        assert!(e.to_string().contains("64 hex digits"), "{e}");
+        let e = refused(&dev("tls = { server_name = \"bad name\" }"));
+        assert_eq!(e.field, "device[0].tls.server_name", "{e}");
+        let e = refused(&dev("tls = { pinned = \"x\" }"));
+        assert!(e.to_string().contains("pinned"), "{e}");
+        let e = refused(&dev("tls = \"yes\""));
+        assert!(e.field.contains("tls"), "{e}");
     }
 
     #[test]

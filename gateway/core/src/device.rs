@@ -32,6 +32,14 @@ pub enum DeviceError {
         /// What is wrong with it.
         why: &'static str,
     },
+    /// A certificate pin that is not `sha256:` and 64 hex digits.
+    #[error("bad certificate pin {0:?}: expected \"sha256:\" and 64 hex digits (as `ward devices pin DEVICE` shows it)")]
+    BadPin(String),
+    /// A TLS server name that is neither a DNS name nor an IP address.
+    #[error(
+        "bad TLS server name {0:?}: expected a DNS name such as \"pacs.local\" or an IP address"
+    )]
+    BadServerName(String),
 }
 
 pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), DeviceError> {
@@ -260,6 +268,87 @@ pub struct Device {
     /// The Linux network namespace (`ip netns` name) the gateway dials the device from; `None` =
     /// the gateway's own. Checked by [`check_netns`].
     pub netns: Option<String>,
+    /// The device speaks TLS itself: the gateway connects over TLS and accepts only the pinned
+    /// certificate. `None` = plain TCP.
+    pub tls: Option<DeviceTls>,
+}
+
+/// How the gateway speaks TLS to a device (`tls = true` or `tls = { pin = "sha256:…",
+/// server_name = "…" }` in the config). The device's certificate is trusted by its pin alone
+/// (devices mostly have self-signed certificates): its chain, names and dates are not checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceTls {
+    /// The pin given in the config; it wins over one stored with `ward devices pin`. `None`: the
+    /// stored pin (a device without either is refused until a security/admin identity pins it).
+    pub pin: Option<CertPin>,
+    /// The name sent in the TLS handshake (SNI); `None`: the address's host name, none for an IP.
+    pub server_name: Option<String>,
+}
+
+impl DeviceTls {
+    /// Checks a config's pin and server name.
+    pub fn new(pin: Option<&str>, server_name: Option<&str>) -> Result<DeviceTls, DeviceError> {
+        let pin = pin.map(str::parse).transpose()?;
+        let server_name = server_name
+            .map(|n| {
+                let n = n.to_ascii_lowercase();
+                if is_hostname(&n) || n.parse::<std::net::IpAddr>().is_ok() {
+                    Ok(n)
+                } else {
+                    Err(DeviceError::BadServerName(n))
+                }
+            })
+            .transpose()?;
+        Ok(DeviceTls { pin, server_name })
+    }
+}
+
+/// The SHA-256 of a certificate's DER encoding, written `sha256:` and 64 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CertPin([u8; 32]);
+
+impl CertPin {
+    /// The pin of a DER-encoded certificate.
+    pub fn of_der(der: &[u8]) -> CertPin {
+        use sha2::Digest;
+        CertPin(sha2::Sha256::digest(der).into())
+    }
+
+    /// The digest.
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Display for CertPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sha256:{}", hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for CertPin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for CertPin {
+    type Err = DeviceError;
+
+    /// `sha256:` then 64 hex digits, either case; colons between byte pairs (as `openssl x509
+    /// -fingerprint` prints them) are accepted.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || DeviceError::BadPin(s.to_owned());
+        let t = s.trim();
+        let hexs = t
+            .strip_prefix("sha256:")
+            .or_else(|| t.strip_prefix("SHA256:"))
+            .ok_or_else(bad)?;
+        let hexs: String = hexs.chars().filter(|c| *c != ':').collect();
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(&hexs, &mut out).map_err(|_| bad())?;
+        Ok(CertPin(out))
+    }
 }
 
 /// A network-namespace name: the device-id syntax (so it starts with a letter or digit and holds
@@ -320,6 +409,32 @@ mod tests {
             assert_eq!(p.to_string().parse::<Protocol>(), Ok(p));
         }
         assert!("ssh".parse::<Protocol>().is_err());
+    }
+
+    #[test]
+    fn pins() {
+        let hex64 = "AB".repeat(32);
+        let pin: CertPin = format!("sha256:{hex64}").parse().unwrap();
+        assert_eq!(pin.to_string(), format!("sha256:{}", "ab".repeat(32)));
+        assert_eq!(pin.to_string().parse::<CertPin>().unwrap(), pin);
+        let colons = vec!["AB"; 32].join(":");
+        assert_eq!(format!("SHA256:{colons}").parse::<CertPin>().unwrap(), pin);
+        for bad in [
+            "",
+            "ab".repeat(32).as_str(),
+            "sha256:abcd",
+            "sha1:00",
+            "sha256:zz",
+        ] {
+            assert!(bad.parse::<CertPin>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            CertPin::of_der(b"abc").to_string(),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(DeviceTls::new(None, Some("PACS.local")).is_ok());
+        assert!(DeviceTls::new(None, Some("10.0.0.1")).is_ok());
+        assert!(DeviceTls::new(None, Some("bad name")).is_err());
     }
 
     #[test]

@@ -106,6 +106,57 @@ pub enum Request {
     Access(AccessOp),
     /// Credential-vault operations (admins; answered with `Vault`, `Stream` or `Ok`).
     Vault(VaultOp),
+    /// Show, confirm or remove the certificate pin of a device that speaks TLS itself
+    /// (security/admin; answered with `DevicePin`).
+    PinDevice(PinDevice),
+}
+
+/// `ward devices pin DEVICE [--confirm sha256:…] [--remove]`, carried by [`Request::PinDevice`].
+/// Without `confirm` or `remove` the gateway connects to the device and shows the certificate it
+/// presents; with `confirm` it stores the pin if the device presents that certificate now (a
+/// completed handshake); with `remove` it drops the stored pin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinDevice {
+    /// Device id.
+    pub device: String,
+    /// The fingerprint to pin (`sha256:` and 64 hex digits), as the show step printed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirm: Option<String>,
+    /// Remove the stored pin.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+}
+
+/// Answer to [`Request::PinDevice`], carried by [`Response::DevicePin`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevicePinInfo {
+    /// Device id.
+    pub device: String,
+    /// The fingerprint of the certificate the device presented to the gateway (`None` when it was
+    /// not contacted: `--remove`).
+    #[serde(default)]
+    pub presented: Option<String>,
+    /// The presented certificate's subject, issuer and validity (RFC 3339), for people.
+    #[serde(default)]
+    pub subject: String,
+    /// Issuer.
+    #[serde(default)]
+    pub issuer: String,
+    /// Not before.
+    #[serde(default)]
+    pub not_before: String,
+    /// Not after.
+    #[serde(default)]
+    pub not_after: String,
+    /// The pin sessions check against after this request (`None`: unpinned).
+    #[serde(default)]
+    pub pinned: Option<String>,
+    /// Where that pin comes from: `config`, `store` or `none`.
+    pub source: String,
+    /// What was done, and what to do next.
+    pub message: String,
 }
 
 /// A login: the user's password and TOTP code, and a CSR for the key made on the client.
@@ -555,6 +606,8 @@ pub enum Response {
     Access(Box<AccessReply>),
     /// Answer to a [`VaultOp`] that returns one object.
     Vault(Box<VaultReply>),
+    /// Answer to [`Request::PinDevice`].
+    DevicePin(Box<DevicePinInfo>),
 }
 
 /// Any frame.
@@ -604,6 +657,10 @@ pub mod frame_type {
     pub const ACCESS_REPLY: u8 = 0x8a;
     /// `Vault` (response).
     pub const VAULT_REPLY: u8 = 0x8b;
+    /// `PinDevice`.
+    pub const PIN_DEVICE: u8 = 0x0d;
+    /// `DevicePin` (response).
+    pub const DEVICE_PIN: u8 = 0x8d;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -731,6 +788,8 @@ fn type_name(t: u8) -> Option<&'static str> {
         ACCESS_REPLY => "AccessReply",
         VAULT => "Vault",
         VAULT_REPLY => "VaultReply",
+        PIN_DEVICE => "PinDevice",
+        DEVICE_PIN => "DevicePin",
         STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
@@ -758,6 +817,7 @@ impl Frame {
                 Request::Login(_) => LOGIN,
                 Request::Access(_) => ACCESS,
                 Request::Vault(_) => VAULT,
+                Request::PinDevice(_) => PIN_DEVICE,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -771,6 +831,7 @@ impl Frame {
                 Response::Issued { .. } => ISSUED,
                 Response::Access(_) => ACCESS_REPLY,
                 Response::Vault(_) => VAULT_REPLY,
+                Response::DevicePin(_) => DEVICE_PIN,
             },
         }
     }
@@ -808,6 +869,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::Login(login) => to_json(&login),
             Request::Access(op) => to_json(&op),
             Request::Vault(op) => to_json(&op),
+            Request::PinDevice(p) => to_json(&p),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -842,6 +904,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             }),
             Response::Access(reply) => to_json(&reply),
             Response::Vault(reply) => to_json(&reply),
+            Response::DevicePin(info) => to_json(&info),
         },
     }?;
     let len = u32::try_from(payload.len())
@@ -983,6 +1046,8 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         ACCESS_REPLY => Response::Access(Box::new(from_json(name, text)?)).into(),
         VAULT => Request::Vault(from_json(name, text)?).into(),
         VAULT_REPLY => Response::Vault(Box::new(from_json(name, text)?)).into(),
+        PIN_DEVICE => Request::PinDevice(from_json(name, text)?).into(),
+        DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
         ISSUED => {
             let w: IssuedWire = from_json(name, text)?;
             Response::Issued {
@@ -1439,6 +1504,53 @@ mod access_frame_tests {
         assert_eq!(
             std::str::from_utf8(&bytes[HEADER_LEN..]).unwrap(),
             r#"{"op":"set","device":"pump-12","account":"service","username":null,"secret":"Factory-Needle-1"}"#
+        );
+    }
+
+    #[test]
+    fn device_pin_frames_round_trip() {
+        let frames: Vec<Frame> = vec![
+            Request::PinDevice(PinDevice {
+                device: "pacs".into(),
+                confirm: None,
+                remove: false,
+            })
+            .into(),
+            Request::PinDevice(PinDevice {
+                device: "pacs".into(),
+                confirm: Some(format!("sha256:{}", "ab".repeat(32))),
+                remove: false,
+            })
+            .into(),
+            Response::DevicePin(Box::new(DevicePinInfo {
+                device: "pacs".into(),
+                presented: Some("sha256:00".into()),
+                subject: "CN=pacs".into(),
+                issuer: "CN=pacs".into(),
+                not_before: "2026-01-01T00:00:00Z".into(),
+                not_after: "2027-01-01T00:00:00Z".into(),
+                pinned: None,
+                source: "none".into(),
+                message: "confirm".into(),
+            }))
+            .into(),
+        ];
+        for f in frames {
+            let bytes = encode(&f).unwrap();
+            let (back, used) = decode(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(back, f);
+        }
+        let bytes = encode_request(&Request::PinDevice(PinDevice {
+            device: "pacs".into(),
+            confirm: None,
+            remove: false,
+        }))
+        .unwrap();
+        assert_eq!(bytes[0], frame_type::PIN_DEVICE);
+        assert_eq!(
+            std::str::from_utf8(&bytes[HEADER_LEN..]).unwrap(),
+            r#"{"device":"pacs"}"#
         );
     }
 

@@ -24,6 +24,7 @@ pub mod device;
 pub mod duration;
 pub mod escape;
 pub mod frame;
+pub mod http1;
 pub mod inject;
 pub mod messages;
 pub mod noise;
@@ -43,7 +44,7 @@ pub mod window;
 pub use config::{
     Config, ConfigError, ConfigErrorKind, GatewayConfig, Limits, Location, SAMPLE_CONFIG,
 };
-pub use device::{Device, DeviceAddress, DeviceError, DeviceId, Protocol};
+pub use device::{CertPin, Device, DeviceAddress, DeviceError, DeviceId, DeviceTls, Protocol};
 pub use duration::{format_duration, parse_duration, DurationError};
 pub use escape::{escape, Escaped};
 pub use frame::{

@@ -669,6 +669,7 @@ mod tests {
             maintenance: None,
             break_glass: None,
             netns: None,
+            tls: None,
         }
     }
 
@@ -1024,6 +1025,7 @@ mod tests {
                 maintenance: None,
                 break_glass: None,
                 netns: None,
+                tls: None,
             })
     }
 
@@ -1097,6 +1099,7 @@ mod access_tests {
             maintenance: Some(Hours::parse(&["Tue 02:00-04:00"], UtcOffset::UTC).unwrap()),
             break_glass: Some(BreakGlass::default()),
             netns: None,
+            tls: None,
         }
     }
 

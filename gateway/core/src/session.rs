@@ -413,6 +413,7 @@ mod tests {
             maintenance: None,
             break_glass: None,
             netns: None,
+            tls: None,
         };
         let rule = Rule {
             name: "r".into(),

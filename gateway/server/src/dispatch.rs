@@ -23,6 +23,7 @@ use crate::services::access::{AccessService, NewRequest};
 use crate::services::devices::DeviceService;
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
+use crate::services::pins::{PinAction, PinReport, PinService};
 use crate::services::users::{NewUser, UserService};
 use crate::services::vault::VaultService;
 use crate::services::{Audit, Caller, Context, LiveState, Refusal};
@@ -66,6 +67,8 @@ pub struct Services {
     pub devices: DeviceService,
     /// The credential vault.
     pub vault: VaultService,
+    /// Certificate pins of devices that speak TLS.
+    pub(crate) pins: PinService,
 }
 
 impl Services {
@@ -84,6 +87,11 @@ impl Services {
             login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
             vault: VaultService::new(ctx.clone(), shared.vault.clone()),
+            pins: PinService::new(
+                ctx.clone(),
+                shared.pins.clone(),
+                shared.limits().device_connect_timeout,
+            ),
             devices: DeviceService::new(ctx),
         }
     }
@@ -161,12 +169,61 @@ pub(crate) async fn request(
             let answer = unlock(&services, caller, target).await;
             gated(shared, answer).await
         }
+        Request::PinDevice(p) => {
+            let answer = pin_device(&services, caller, p).await;
+            gated(shared, answer).await
+        }
         Request::Open { .. }
         | Request::Access(_)
         | Request::Vault(_)
         | Request::Review(_)
         | Request::Login(_) => error_frame(ErrorCode::Internal, "request not handled here"),
     }
+}
+
+/// Answers `PinDevice` (`ward devices pin`).
+pub(crate) async fn pin_device(
+    services: &Services,
+    caller: Caller<'_>,
+    p: frame::PinDevice,
+) -> Response {
+    let action = match (p.confirm, p.remove) {
+        (Some(_), true) => {
+            return error_frame(
+                ErrorCode::BadRequest,
+                "--confirm and --remove do not go together",
+            )
+        }
+        (Some(pin), false) => PinAction::Confirm(pin),
+        (None, true) => PinAction::Remove,
+        (None, false) => PinAction::Show,
+    };
+    answer(
+        services.pins.pin(caller, &p.device, action).await,
+        |r: PinReport| {
+            let (presented, summary) = match r.presented {
+                Some((p, s)) => (Some(p.pin.to_string()), Some(s)),
+                None => (None, None),
+            };
+            let summary = summary.unwrap_or_else(|| crate::device_tls::CertSummary {
+                subject: String::new(),
+                issuer: String::new(),
+                not_before: String::new(),
+                not_after: String::new(),
+            });
+            Response::DevicePin(Box::new(frame::DevicePinInfo {
+                device: r.device,
+                presented,
+                subject: summary.subject,
+                issuer: summary.issuer,
+                not_before: summary.not_before,
+                not_after: summary.not_after,
+                pinned: r.pinned.map(|p| p.to_string()),
+                source: r.source.as_str().to_owned(),
+                message: r.message,
+            }))
+        },
+    )
 }
 
 /// Answers `ListDevices`.

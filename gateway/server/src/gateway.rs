@@ -66,6 +66,8 @@ pub struct Shared {
     pub(crate) stages: Option<Arc<dyn StageFactory>>,
     /// The credential vault: its key, its table, the rotation driver ([`crate::services::vault`]).
     pub(crate) vault: Arc<crate::services::vault::Vault>,
+    /// Certificate pins of devices that speak TLS themselves (`ward devices pin`).
+    pub(crate) pins: Arc<dyn ward_store::pins::PinStore>,
 }
 
 impl Shared {
@@ -406,6 +408,7 @@ impl Gateway {
             recordings,
             stages: options.stages.clone(),
             vault,
+            pins: db.clone(),
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1098,6 +1101,7 @@ async fn serve_stream<R, W>(
             return;
         }
         request @ (Request::ListDevices
+        | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::ListLocks) => dispatch::request(&shared, caller, request).await,
@@ -1181,6 +1185,7 @@ fn audited(request: &Request) -> bool {
         Request::Login(_)
         | Request::Access(_)
         | Request::Vault(_)
+        | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::Review(_) => true,

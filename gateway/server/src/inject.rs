@@ -8,7 +8,7 @@
 //! do. The secret itself goes only to the device: the recording holds a `credential_injected`
 //! event in its place ([`crate::device_login`]'s transcript, the pipeline's secret spans).
 
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use ward_ca::Clock;
 use ward_core::config::{Config, Protocol};
 use ward_core::inject::http::HttpInjector;
@@ -93,21 +93,21 @@ fn account<'c>(config: &'c Config, session: &Authorized) -> Option<(&'c str, &'c
 }
 
 impl Injection {
-    /// For a telnet device: log in on `tcp` before the user's bytes flow, recording the
+    /// For a telnet device: log in on `device` (plain TCP or TLS) before the user's bytes flow, recording the
     /// dialogue (without the secret) through `tap`. `Ok(leftover)`: what the device showed after
     /// the login (its prompt), to send to the client, already recorded. `Err(reason)`: refuse.
     /// Nothing to do (an empty leftover) for other devices.
-    pub(crate) async fn log_in(
+    pub(crate) async fn log_in<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         device_id: &str,
-        tcp: &mut TcpStream,
+        device: &mut S,
         tap: Option<recorder::Tap>,
         clock: &dyn Clock,
     ) -> Result<Vec<u8>, String> {
         let How::Telnet(profile) = &self.how else {
             return Ok(Vec::new());
         };
-        let result = device_login::login(tcp, device_id, &self.credential, profile, clock).await;
+        let result = device_login::login(device, device_id, &self.credential, profile, clock).await;
         let (transcript, outcome) = match result {
             Ok(done) => (done.transcript, Ok(done.leftover)),
             Err(failed) => (failed.transcript, Err(failed.reason)),

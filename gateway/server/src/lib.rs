@@ -13,6 +13,7 @@ mod admit;
 pub mod audit;
 mod decode;
 pub mod device_login;
+mod device_tls;
 pub mod diskwatch;
 pub mod dispatch;
 pub mod gateway;

@@ -29,6 +29,7 @@ use ward_recording::{Direction, EndInfo, SessionMeta};
 
 use crate::audit::Event;
 use crate::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd};
+use crate::device_tls::{DeviceConn, TlsRefusal};
 use crate::gateway::{refuse, Shared};
 use crate::inject::Injection;
 use crate::pipeline::Pipeline;
@@ -139,8 +140,8 @@ where
         return;
     };
     let timeout = ctx.shared.limits().device_connect_timeout;
-    let mut tcp = match dial(session.device(), timeout).await {
-        Ok(tcp) => tcp,
+    let mut conn = match dial(ctx, session.device(), timeout).await {
+        Ok(conn) => conn,
         Err((code, msg)) => {
             let ev = ctx.event("session_open", "failure").reason(msg.clone());
             ctx.shared.audit.emit(ev);
@@ -150,13 +151,28 @@ where
             return;
         }
     };
+    // Which certificate a TLS device presented, and the TLS parameters: first in the recording.
+    if let (Some(ev), Some(rec)) = (conn.tls_event(), recorder.as_ref()) {
+        if let Err(e) = rec.tap().record_event(Direction::Down, ev).await {
+            let msg = format!(
+                "session refused: the device's TLS link could not be recorded ({e}), and no session runs unrecorded"
+            );
+            ctx.shared
+                .audit
+                .emit(ctx.event("session_open", "failure").reason(msg.clone()));
+            let closed = session.close(EndReason::NotStarted(msg.clone()));
+            end_recording(ctx, recorder, closed.reason(), (0, 0)).await;
+            refuse(&mut writer, ErrorCode::RecordingUnavailable, msg).await;
+            return;
+        }
+    }
     // The gateway logs in for the user (telnet): nothing of the user's reaches the device first.
     let leftover = match &injection {
         None => Vec::new(),
         Some(inj) => {
             let tap = recorder.as_ref().map(SessionRecorder::tap);
             match inj
-                .log_in(&ctx.open.device, &mut tcp, tap, &*ctx.shared.clock)
+                .log_in(&ctx.open.device, &mut conn, tap, &*ctx.shared.clock)
                 .await
             {
                 Ok(leftover) => leftover,
@@ -199,7 +215,7 @@ where
             pipe.activity.down.fetch_add(n, Ordering::Relaxed);
             let recorder = recorder.as_ref();
             let inj = injection.as_ref();
-            proxy(ctx, &session, &mut policy, recorder, inj, tcp, &mut pipe).await
+            proxy(ctx, &session, &mut policy, recorder, inj, conn, &mut pipe).await
         }
     };
     finish(ctx, session.close(end), pipe, recorder, live).await;
@@ -379,8 +395,60 @@ fn session_meta(ctx: &Ctx, session: &Authorized) -> SessionMeta {
     }
 }
 
-/// Connect to the device (inside its network namespace, if it has one), bounded by `timeout`.
-async fn dial(device: &Device, timeout: Duration) -> Result<TcpStream, (ErrorCode, String)> {
+/// Connect to the device (inside its network namespace, if it has one), then, for a device that
+/// speaks TLS itself, the TLS handshake accepting only its pinned certificate
+/// ([`crate::device_tls`]); all bounded by `timeout`. A certificate refusal is audited
+/// (`device_certificate_refused`, high severity when the certificate changed).
+async fn dial(
+    ctx: &Ctx,
+    device: &Device,
+    timeout: Duration,
+) -> Result<DeviceConn, (ErrorCode, String)> {
+    let start = tokio::time::Instant::now();
+    let tcp = connect(device, timeout).await?;
+    if device.tls.is_none() {
+        return Ok(DeviceConn::Tcp(tcp));
+    }
+    let id = device.id.as_str();
+    let pinned = crate::device_tls::pin_for(&ctx.shared, device)
+        .await
+        .map_err(|e| (ErrorCode::Internal, format!("device {id}: {e}")))?;
+    let left = timeout.saturating_sub(start.elapsed());
+    match crate::device_tls::handshake(device, tcp, pinned, left).await {
+        Ok((tls, _)) => Ok(DeviceConn::Tls(Box::new(tls))),
+        Err(refusal) => {
+            let reason = refusal.reason(id);
+            let ev = |severity: &str| {
+                ctx.event("device_certificate_refused", "denied")
+                    .severity(severity)
+            };
+            match &refusal {
+                TlsRefusal::Unpinned { presented } => ctx.shared.audit.emit(
+                    ev("medium")
+                        .detail("presented", presented.pin.to_string())
+                        .reason(reason.clone()),
+                ),
+                TlsRefusal::Changed { presented, pinned } => ctx.shared.audit.emit(
+                    ev("high")
+                        .detail("presented", presented.pin.to_string())
+                        .detail("pinned", pinned.to_string())
+                        .reason(reason.clone()),
+                ),
+                TlsRefusal::Failed(_) => {
+                    return Err((ErrorCode::DeviceUnreachable, reason));
+                }
+            }
+            Err((ErrorCode::Forbidden, reason))
+        }
+    }
+}
+
+/// The TCP connection to the device (inside its network namespace, if it has one), bounded by
+/// `timeout`.
+pub(crate) async fn connect(
+    device: &Device,
+    timeout: Duration,
+) -> Result<TcpStream, (ErrorCode, String)> {
     let addr = device.address.to_string();
     let connect = async {
         match &device.netns {
@@ -477,7 +545,7 @@ async fn proxy<R, W>(
     policy: &mut watch::Receiver<Arc<PolicySnapshot>>,
     recorder: Option<&SessionRecorder>,
     injection: Option<&Injection>,
-    tcp: TcpStream,
+    conn: DeviceConn,
     pipe: &mut Pipe<R, W>,
 ) -> EndReason
 where
@@ -511,7 +579,7 @@ where
     let activity = Arc::clone(&pipe.activity);
     let device = ctx.open.device.as_str();
     tokio::select! {
-        end = pump(device, tcp, pipe, tap.as_ref()) => end,
+        end = pump(device, conn, pipe, tap.as_ref()) => end,
         () = tokio::time::sleep_until(deadline) => session.permit().end_reason().clone(),
         () = idle_for(&activity, idle) => EndReason::IdleTimeout(idle.as_secs()),
         end = ended_by_policy(session, policy, &*ctx.shared.clock) => end,
@@ -569,7 +637,7 @@ fn audited_events(ctx: &Ctx) -> crate::pipeline::Observer {
 /// chunk through the session's pipeline (stages, then the recorder) before it is forwarded, until both sides finished or one failed.
 async fn pump<R, W>(
     device: &str,
-    tcp: TcpStream,
+    conn: DeviceConn,
     pipe: &mut Pipe<R, W>,
     tap: Option<&Pipeline>,
 ) -> EndReason
@@ -577,8 +645,35 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    match conn {
+        // Plain TCP: owned halves, no lock between the directions.
+        DeviceConn::Tcp(tcp) => {
+            let (dev_r, dev_w) = tcp.into_split();
+            pump_halves(device, dev_r, dev_w, pipe, tap).await
+        }
+        // TLS: one session state for both directions, shared by the split halves.
+        tls @ DeviceConn::Tls(_) => {
+            let (dev_r, dev_w) = tokio::io::split(tls);
+            pump_halves(device, dev_r, dev_w, pipe, tap).await
+        }
+    }
+}
+
+/// [`pump`] over the device connection's read and write halves.
+async fn pump_halves<DR, DW, R, W>(
+    device: &str,
+    dev_r: DR,
+    dev_w: DW,
+    pipe: &mut Pipe<R, W>,
+    tap: Option<&Pipeline>,
+) -> EndReason
+where
+    DR: AsyncRead + Unpin,
+    DW: AsyncWrite + Unpin,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
     // Device I/O errors are tagged, so the end reason names the device or the client.
-    let (dev_r, dev_w) = tcp.into_split();
     let (mut dev_r, mut dev_w) = (datapath::DeviceIo(dev_r), datapath::DeviceIo(dev_w));
     let Pipe {
         reader,

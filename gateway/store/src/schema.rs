@@ -15,6 +15,7 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     users(conn)?;
     sessions(conn)?;
     vault(conn)?;
+    device_pins(conn)?;
     Ok(())
 }
 
@@ -165,6 +166,19 @@ fn vault(conn: &rusqlite::Connection) -> Result<(), StoreError> {
              prev_key_fp TEXT,
              pending INTEGER NOT NULL DEFAULT 0,
              PRIMARY KEY (device, account)
+         );",
+    )?;
+    Ok(())
+}
+
+/// Device certificate pins (`PinStore`): one per device that speaks TLS itself.
+fn device_pins(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS device_pins (
+             device TEXT PRIMARY KEY NOT NULL,
+             pin TEXT NOT NULL,
+             set_by TEXT NOT NULL,
+             set_unix INTEGER NOT NULL
          );",
     )?;
     Ok(())

@@ -208,7 +208,35 @@ struct ConnectArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
 struct DevicesArgs {
+    #[command(subcommand)]
+    cmd: Option<DevicesCmd>,
+    #[command(flatten)]
+    gw: Option<GatewayClientArgs>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum DevicesCmd {
+    /// Pin the certificate of a device that speaks TLS itself (security/admin; audited). Without
+    /// --confirm: the gateway connects to the device and shows the certificate it presents. With
+    /// --confirm FINGERPRINT: pins it if the device presents that certificate now.
+    Pin(PinArgs),
+}
+
+#[derive(Debug, Args)]
+struct PinArgs {
+    /// Device id, as in `ward devices`.
+    device: String,
+    /// The fingerprint to pin (`sha256:…`), as `ward devices pin DEVICE` showed it.
+    #[arg(long, value_name = "SHA256", conflicts_with = "remove")]
+    confirm: Option<String>,
+    /// Remove the stored pin (the device's sessions are refused until it is pinned again).
+    #[arg(long)]
+    remove: bool,
     #[command(flatten)]
     gw: GatewayClientArgs,
     /// Print JSON.
@@ -522,8 +550,51 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
+/// `ward devices pin DEVICE [--confirm SHA256 | --remove]`.
+async fn pin_device(args: PinArgs) -> anyhow::Result<ExitCode> {
     let client = args.gw.client()?;
+    let req = Request::PinDevice(ward_core::frame::PinDevice {
+        device: args.device,
+        confirm: args.confirm,
+        remove: args.remove,
+    });
+    let info = match client.request(&req).await? {
+        Response::DevicePin(info) => info,
+        Response::Denied { reason } => anyhow::bail!("refused: {reason}"),
+        Response::Error { message, .. } => anyhow::bail!("{}", Escaped(&message)),
+        other => return Err(ward_client::unexpected(other).into()),
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&info)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("device:      {}", Escaped(&info.device));
+    if let Some(p) = &info.presented {
+        println!("presented:   {p}");
+        println!("subject:     {}", Escaped(&info.subject));
+        println!("issuer:      {}", Escaped(&info.issuer));
+        println!(
+            "valid:       {} to {}",
+            Escaped(&info.not_before),
+            Escaped(&info.not_after)
+        );
+    }
+    println!(
+        "pinned:      {} ({})",
+        info.pinned.as_deref().unwrap_or("none"),
+        Escaped(&info.source)
+    );
+    println!("{}", Escaped(&info.message));
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
+    let gw = match (args.cmd, args.gw) {
+        (Some(DevicesCmd::Pin(pin)), _) => return pin_device(pin).await,
+        (None, Some(gw)) => gw,
+        (None, None) => anyhow::bail!("--gateway HOST:PORT (or WARD_GATEWAY) is required"),
+    };
+    let client = gw.client()?;
     let devices = match client.request(&Request::ListDevices).await? {
         Response::Devices { devices } => devices,
         other => return Err(ward_client::unexpected(other).into()),

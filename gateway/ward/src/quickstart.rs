@@ -203,6 +203,7 @@ who = {{ kind = "vendor", org = "acme" }}
 devices = {{ labels = {{ vendor = "acme" }} }}
 max_session = "2h"
 inject = "service"                 # the gateway logs in with the vaulted `service` account (docs/vault.md)
+operations.telnet = {{ deny = ["passwd*"] }}  # the vault owns the pump's password: `passwd` is refused (docs/protocols.md)
 
 [[device]]
 id = "pump-14"                     # same simulated console, but vendors need an approved request
@@ -218,6 +219,7 @@ who = {{ kind = "clinician", roles = ["icu"] }}
 devices = {{ labels = {{ unit = "icu", class = "patient-monitor" }} }}
 hours = "Mon-Sun 00:00-24:00"
 inject = "console"                 # the monitor's Basic auth, from the vault
+operations.http = {{ allow = ["GET *", "HEAD *"] }}  # nurses read the monitor's pages; any other request gets a 403
 
 # Vendors hold no standing access to pump-14: they ask, one ICU clinician and one biomedical
 # engineer approve, and the grant (that vendor, that device, that window) is the access.
@@ -296,10 +298,13 @@ its factory admin/admin. The gateway logs in for vendors and clinicians; nobody 
 As the vendor (acme/jdoe) — reach the pump's telnet console (you land at `pump>`, already logged in):
   {exe} connect pump-12 --gateway {gateway} --identity {d}/vendor --listen 127.0.0.1:2323
   telnet 127.0.0.1 2323
+At `pump>`, `rate` answers; `passwd` is refused by Ward and never reaches the pump (the vault owns
+that password): every typed command is an operation, decided, recorded and findable.
 
 As the clinician (alice, role icu) — reach the monitor's HTTP console (no credentials needed):
   {exe} connect monitor-3 --gateway {gateway} --identity {d}/clinician --listen 127.0.0.1:8080
   curl http://127.0.0.1:8080/
+  curl -X POST http://127.0.0.1:8080/config      # Ward answers 403: the rule allows GET and HEAD only
 
 The vault (admin identity): what is stored (never a value), and a rotation of the pump's password
 on the device itself; vendors still reach its console afterwards:
@@ -339,6 +344,8 @@ As security (sam) — every session is recorded; list, replay, export and verify
   {exe} replay SESSION --state-dir {d}/state            # SESSION from the listing
   {exe} export SESSION --format asciicast --out session.cast --state-dir {d}/state
   {exe} audit verify --all --state-dir {d}/state
+  {exe} sessions --op 'telnet:passwd*' --state-dir {d}/state   # sessions by what was done in them
+  {exe} ops SESSION --state-dir {d}/state               # a session's operations (patient data masked)
   {exe} sessions --gateway {gateway} --identity {d}/security   # the same, through the gateway (audited)
 
 Press Ctrl-C to stop.

@@ -100,21 +100,34 @@ pub fn telnet_console_with(
     Ok(dev)
 }
 
-/// Strip telnet IAC sequences (3-byte option negotiation, 2-byte commands) from a line.
+/// Strip telnet IAC sequences (3-byte option negotiation, 2-byte commands) from a line, and
+/// apply the line-editing keys a console honours: backspace and DEL erase a character, ^U the
+/// line, ^W a word (as Ward's telnet decoder erases a refused line).
 fn strip_iac(line: &[u8]) -> String {
     let mut out = Vec::with_capacity(line.len());
     let mut it = line.iter().copied();
     while let Some(b) = it.next() {
-        if b == 255 {
-            match it.next() {
+        match b {
+            255 => match it.next() {
                 Some(251..=254) => {
                     it.next();
                 }
                 Some(255) => out.push(255),
                 _ => {}
+            },
+            0x08 | 0x7f => {
+                out.pop();
             }
-        } else {
-            out.push(b);
+            0x15 => out.clear(),
+            0x17 => {
+                while out.last() == Some(&b' ') {
+                    out.pop();
+                }
+                while out.last().is_some_and(|&c| c != b' ') {
+                    out.pop();
+                }
+            }
+            _ => out.push(b),
         }
     }
     String::from_utf8_lossy(&out)
@@ -364,6 +377,11 @@ mod tests {
             "ad"
         );
         assert_eq!(strip_iac(b"admin\r\n"), "admin");
+        // Line editing: a refused line erased by Ward never reaches the shell as text.
+        assert_eq!(strip_iac(b"passwd\x08\x08\x08\x08\x08\x08rate\r\n"), "rate");
+        assert_eq!(strip_iac(b"rx\x7fate\r\n"), "rate");
+        assert_eq!(strip_iac(b"factory reset\x15status\r\n"), "status");
+        assert_eq!(strip_iac(b"log now \x17\x17rate\r\n"), "rate");
     }
 
     #[tokio::test]

@@ -15,6 +15,10 @@
 //!    POSTs and small keep-alive GETs to an HTTP device in this process) with and without a rule
 //!    that injects a vaulted credential, interleaved in one run (`--http-inject-only` runs just
 //!    those).
+//! 8. DICOM through the gateway (issue 15): 256 MiB of C-STORE data sets to a sink, through a
+//!    `dicom` device whose rule has an operation list (the decoder reads every PDU and command and
+//!    enforces the list) and through a `raw` device (no decoder) on the same sink, interleaved in
+//!    one run (`--dicom-only` runs just those).
 //!
 //! Layout: the gateway is the release `ward gateway --config FILE` binary in its own process; the
 //! recording-off gateway is this binary re-executed as `ward-bench --serve-norec FILE` (the library
@@ -52,7 +56,9 @@ const USAGE: &str =
   --bulk-secs S  length of one bulk run (default 2.5, or 1 with --quick)
   --inject-only  only the HTTP credential injection figures (the pure stage, a few seconds), then stop
   --http-inject-only  only HTTP through the gateway with and without credential injection (issue 14:
-               release `ward gateway`, QUIC, recording on; interleaved runs), then stop";
+               release `ward gateway`, QUIC, recording on; interleaved runs), then stop
+  --dicom-only  only DICOM C-STORE through the gateway with the decoder and an operation list, and
+               the same with decoding off (issue 15; interleaved runs), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -84,6 +90,8 @@ struct Opts {
     inject_only: bool,
     /// Only HTTP through the gateway with and without injection, then stop.
     http_inject_only: bool,
+    /// Only DICOM through the gateway with and without the decoder (issue 15).
+    dicom_only: bool,
 }
 
 impl Opts {
@@ -97,6 +105,7 @@ impl Opts {
         let mut ward = None;
         let mut inject_only = false;
         let mut http_inject_only = false;
+        let mut dicom_only = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -105,6 +114,7 @@ impl Opts {
                 "--no-profile" => profile = false,
                 "--inject-only" => inject_only = true,
                 "--http-inject-only" => http_inject_only = true,
+                "--dicom-only" => dicom_only = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -156,6 +166,7 @@ impl Opts {
                 ward,
                 inject_only,
                 http_inject_only,
+                dicom_only,
             }
         } else {
             Opts {
@@ -175,6 +186,7 @@ impl Opts {
                 ward,
                 inject_only,
                 http_inject_only,
+                dicom_only,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -3139,6 +3151,9 @@ fn main() -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("ward-bench: this is a debug build; figures will be far too low. Use --release.");
     }
+    if opts.dicom_only {
+        return dicom_only(&opts);
+    }
     if opts.http_inject_only {
         // Only HTTP through the gateway with and without injection: print, stop.
         let hz = clock_ticks_per_sec();
@@ -3604,5 +3619,229 @@ fn main() -> Result<()> {
     // The runtimes hold listener tasks that never end; drop them without waiting.
     cl_rt.shutdown_background();
     dev_rt.shutdown_background();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// DICOM through the gateway, with the decoder and an operation list, and with decoding off
+// (issue 15).
+
+/// One C-STORE's data set in the DICOM run.
+const DICOM_IMAGE: usize = 4 << 20;
+/// P-DATA-TF PDUs of the data sets (dcmtk's default maximum PDU).
+const DICOM_PDU: usize = 16 << 10;
+
+fn dicom_item(ty: u8, data: &[u8]) -> Vec<u8> {
+    let mut v = vec![ty, 0];
+    v.extend_from_slice(&u16::try_from(data.len()).unwrap_or(0).to_be_bytes());
+    v.extend_from_slice(data);
+    v
+}
+
+fn dicom_pdu(ty: u8, body: &[u8]) -> Vec<u8> {
+    let mut v = vec![ty, 0];
+    v.extend_from_slice(&u32::try_from(body.len()).unwrap_or(0).to_be_bytes());
+    v.extend_from_slice(body);
+    v
+}
+
+/// An A-ASSOCIATE-RQ proposing CT Image Storage (context 1) and Verification (context 3).
+fn dicom_associate_rq() -> Vec<u8> {
+    let mut b = vec![0, 1, 0, 0];
+    b.extend_from_slice(b"SINK            BENCHSCU        ");
+    b.extend_from_slice(&[0u8; 32]);
+    b.extend(dicom_item(0x10, b"1.2.840.10008.3.1.1.1"));
+    for (id, sop) in [
+        (1u8, &b"1.2.840.10008.5.1.4.1.1.2"[..]),
+        (3, b"1.2.840.10008.1.1"),
+    ] {
+        let mut d = vec![id, 0, 0, 0];
+        d.extend(dicom_item(0x30, sop));
+        d.extend(dicom_item(0x40, b"1.2.840.10008.1.2.1"));
+        b.extend(dicom_item(0x20, &d));
+    }
+    b.extend(dicom_item(0x50, &dicom_item(0x51, &16384u32.to_be_bytes())));
+    dicom_pdu(0x01, &b)
+}
+
+/// One C-STORE request: its command set in a PDU, then `DICOM_IMAGE` bytes of data set in
+/// P-DATA-TF PDUs of `DICOM_PDU` bytes.
+fn dicom_store() -> Vec<u8> {
+    let el = |out: &mut Vec<u8>, e: u16, v: &[u8]| {
+        out.extend_from_slice(&0u16.to_le_bytes());
+        out.extend_from_slice(&e.to_le_bytes());
+        out.extend_from_slice(&u32::try_from(v.len()).unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(v);
+    };
+    let mut els = Vec::new();
+    el(&mut els, 0x0002, b"1.2.840.10008.5.1.4.1.1.2\0");
+    el(&mut els, 0x0100, &1u16.to_le_bytes());
+    el(&mut els, 0x0110, &1u16.to_le_bytes());
+    el(&mut els, 0x0700, &0u16.to_le_bytes());
+    el(&mut els, 0x0800, &0u16.to_le_bytes());
+    el(&mut els, 0x1000, b"1.2.826.0.1.3680043.9.7433.99.1\0");
+    let mut cmd = Vec::new();
+    el(
+        &mut cmd,
+        0x0000,
+        &u32::try_from(els.len()).unwrap_or(0).to_le_bytes(),
+    );
+    cmd.extend(els);
+    let pdv = |pc: u8, mch: u8, frag: &[u8]| {
+        let mut v = u32::try_from(frag.len() + 2)
+            .unwrap_or(0)
+            .to_be_bytes()
+            .to_vec();
+        v.push(pc);
+        v.push(mch);
+        v.extend_from_slice(frag);
+        v
+    };
+    let mut out = dicom_pdu(0x04, &pdv(1, 0x03, &cmd));
+    let data: Vec<u8> = (0..DICOM_IMAGE).map(|i| (i * 31 % 251) as u8).collect();
+    let frag = DICOM_PDU - 6;
+    let n = data.chunks(frag).count();
+    for (k, c) in data.chunks(frag).enumerate() {
+        let last = if k + 1 == n { 0x02 } else { 0x00 };
+        out.extend(dicom_pdu(0x04, &pdv(1, last, c)));
+    }
+    out
+}
+
+/// Send an association request and C-STOREs of `total` bytes of data sets through `addr` to
+/// `sink`, half-close, and wait until the sink has every byte: the seconds it took.
+fn dicom_store_run(addr: SocketAddr, sink: &Sink, store: &[u8], total: usize) -> Result<f64> {
+    let before = sink.received.load(Ordering::SeqCst);
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let start = Instant::now();
+    let rq = dicom_associate_rq();
+    s.write_all(&rq)?;
+    let mut sent = rq.len() as u64;
+    for _ in 0..total.div_ceil(DICOM_IMAGE) {
+        for c in store.chunks(WRITE_CHUNK) {
+            s.write_all(c)?;
+        }
+        sent += store.len() as u64;
+    }
+    s.shutdown(Shutdown::Write)?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while sink.received.load(Ordering::SeqCst) - before < sent {
+        if Instant::now() > deadline {
+            bail!(
+                "the sink got {} of {sent} bytes",
+                sink.received.load(Ordering::SeqCst) - before
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn dicom_config(quic: SocketAddr, tcp: SocketAddr, sink: SocketAddr, state: &str) -> String {
+    format!(
+        r#"{}
+[[device]]
+id = "dicom-on"
+address = "{sink}"
+protocol = "dicom"
+labels = {{ bench = "dicom" }}
+
+[[device]]
+id = "dicom-off"
+address = "{sink}"
+protocol = "raw"
+labels = {{ bench = "raw" }}
+
+[[rule]]
+name = "bench-dicom-stores"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ ids = ["dicom-on"] }}
+operations.dicom = {{ allow = ["C-ECHO", "C-STORE"] }}
+
+[[rule]]
+name = "bench-dicom-raw"
+who = {{ kind = "vendor", org = "acme" }}
+devices = {{ ids = ["dicom-off"] }}
+"#,
+        gateway_section(quic, tcp, state)
+    )
+}
+
+/// `--dicom-only`: the release gateway (QUIC, recording on) with a `dicom` device under an
+/// operation list and a `raw` device on the same sink; C-STORE streams through each, interleaved;
+/// medians and their ratio printed.
+fn dicom_only(opts: &Opts) -> Result<()> {
+    let load_at_start = loadavg();
+    let ward_bin = ward_binary(opts)?;
+    let w = ward_setup(&SystemClock)?;
+    let sink = start_sink()?;
+    let state = "state-dicom";
+    let (quic, tcp) = (free_udp_port()?, free_port()?);
+    let config = w.dir.path().join(format!("{state}.toml"));
+    std::fs::write(&config, dicom_config(quic, tcp, sink.addr, state))?;
+    let gw = launch_gateway(&ward_bin, &w, &config, (quic, tcp), state, true)?;
+    let (_on_proc, on) = start_client(&ward_bin, &w, gw.quic, "quic", "dicom-on", "dicom-on")?;
+    let (_off_proc, off) = start_client(&ward_bin, &w, gw.quic, "quic", "dicom-off", "dicom-off")?;
+    let recordings = gw.state.join(ward_server::RECORDINGS_DIR);
+    let store = dicom_store();
+    let total: usize = if opts.quick { 32 << 20 } else { 256 << 20 };
+    eprintln!(
+        "ward-bench: DICOM C-STORE through the gateway, {} MiB a run, with and without the decoder",
+        total >> 20
+    );
+    for addr in [on, off] {
+        dicom_store_run(addr, &sink, &store, 8 << 20).context("DICOM warm-up")?;
+    }
+    let reps = if opts.quick { 1 } else { 3 };
+    let (mut with, mut without) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        for (decoding, addr) in [(true, on), (false, off)] {
+            clear_dir(&recordings);
+            let secs = dicom_store_run(addr, &sink, &store, total)?;
+            let mbs = total as f64 / secs / 1e6;
+            eprintln!(
+                "  {:<46} {mbs:>8.1} MB/s ({secs:.2} s)",
+                if decoding {
+                    "dicom device, decoder + operation list"
+                } else {
+                    "raw device, decoding off"
+                }
+            );
+            if decoding {
+                with.push(mbs);
+            } else {
+                without.push(mbs);
+            }
+        }
+    }
+    clear_dir(&recordings);
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(0.0)
+    };
+    let (m_with, m_without) = (median(&mut with), median(&mut without));
+    let ratio = if m_without > 0.0 {
+        m_with / m_without
+    } else {
+        0.0
+    };
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### DICOM C-STORE through the gateway, with the decoder and an operation list, and with decoding off (issue 15; `ward gateway`, QUIC, recording on; {} MiB of data sets in 4 MiB C-STOREs and 16 KiB P-DATA-TF PDUs a run; median of {reps}, interleaved)\n",
+        total >> 20
+    );
+    let _ = writeln!(
+        s,
+        "| workload | decoding off (raw device) | decoder + operation list (dicom device) | with ÷ without | target |\n|---|---:|---:|---:|---|"
+    );
+    let _ = writeln!(
+        s,
+        "| C-STORE stream | {m_without:.1} MB/s | {m_with:.1} MB/s | {ratio:.3} | ≥ 0.9 ({}) |",
+        if ratio >= 0.9 { "met" } else { "**not met**" }
+    );
+    println!("\n{}\n{s}", machine(&load_at_start));
+    drop(gw);
     Ok(())
 }

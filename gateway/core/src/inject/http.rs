@@ -53,6 +53,9 @@ use base64::Engine as _;
 use time::OffsetDateTime;
 use zeroize::Zeroizing;
 
+use crate::http1::{
+    bad, chunk_size_byte, is_token, response_framing, split, Chunk, Framing, SizeStep,
+};
 use crate::inject::{Credential, HttpAuth};
 use crate::secret::Secret;
 use crate::stage::{Direction, Note, RecordedEvent, Stage, StageStop, StopKind, Verdict};
@@ -60,14 +63,7 @@ use crate::stage::{Direction, Note, RecordedEvent, Stage, StageStop, StopKind, V
 /// The stage's name (end reasons, logs).
 pub const STAGE: &str = "inject-http";
 
-/// The largest request head (or trailer section, or response head) the stage holds, in bytes.
-pub const MAX_HEAD: usize = 64 * 1024;
-
-/// The most header fields in one request head.
-pub const MAX_HEADERS: usize = 128;
-
-/// The longest chunk-size line (size and extensions), in bytes.
-pub const MAX_CHUNK_LINE: usize = 4096;
+pub use crate::http1::{MAX_CHUNK_LINE, MAX_HEAD, MAX_HEADERS};
 
 /// The most requests the client may send ahead of the device's responses.
 pub const MAX_PIPELINED: usize = 4096;
@@ -297,7 +293,7 @@ impl HttpInjector {
                 "CONNECT refused: a tunnel would carry requests without the injected credential",
             ));
         }
-        let framing = Framing::of(req.headers, http10)?;
+        let framing = request_framing(req.headers, http10)?;
         let is_head = method == "HEAD";
         if self.awaiting.len() >= MAX_PIPELINED {
             return Err(StopKind::Unparseable(format!(
@@ -753,25 +749,6 @@ enum Body {
     Chunked(Chunk),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    /// In a chunk-size line: `len` bytes of it read, `digits` hex digits making `value`.
-    /// `digits == u8::MAX` once past the digits (extensions); `len` counts towards
-    /// [`MAX_CHUNK_LINE`] and is `usize::MAX` after its CR.
-    Size {
-        len: usize,
-        value: u64,
-        digits: u8,
-    },
-    /// In chunk data: this many bytes left.
-    Data(u64),
-    /// After chunk data: its CR, then its LF.
-    DataCr,
-    DataLf,
-    /// After the last chunk: trailer lines until an empty one.
-    Trailers,
-}
-
 /// Where the line scanner is in a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 enum Line {
@@ -844,166 +821,17 @@ impl Down {
     }
 }
 
-/// How a message's body is delimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-}
-
-impl Framing {
-    /// A request's framing, refusing every ambiguity (see the module docs).
-    fn of(headers: &[httparse::Header<'_>], http10: bool) -> Result<Self, StopKind> {
-        let mut length: Option<u64> = None;
-        let mut te = 0;
-        let mut chunked = false;
-        for h in headers {
-            let name = h.name;
-            if name.eq_ignore_ascii_case("content-length") {
-                let n = content_length(h.value)
-                    .ok_or_else(|| bad("a Content-Length that is not plain digits"))?;
-                if length.is_some_and(|l| l != n) {
-                    return Err(bad("several Content-Length headers that differ"));
-                }
-                length = Some(n);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                te += 1;
-                chunked = trim(h.value).eq_ignore_ascii_case(b"chunked");
-            } else if name.eq_ignore_ascii_case("upgrade") {
-                return Err(bad(
-                    "Upgrade refused: the upgraded connection would carry no injected credential",
-                ));
-            }
-        }
-        match (length, te) {
-            (None, 0) => Ok(Framing::None),
-            (Some(n), 0) => Ok(Framing::Length(n)),
-            (Some(_), _) => Err(bad("both Content-Length and Transfer-Encoding")),
-            (None, _) if http10 => Err(bad("Transfer-Encoding in an HTTP/1.0 request")),
-            (None, 1) if chunked => Ok(Framing::Chunked),
-            (None, _) => Err(bad(
-                "a Transfer-Encoding other than exactly one `chunked` (codings are not supported)",
-            )),
-        }
-    }
-}
-
-/// A response's framing as the device means it, leniently; `None`: the body runs until the
-/// device closes.
-fn response_framing(headers: &[httparse::Header<'_>]) -> Option<Framing> {
-    let mut length = None;
-    let mut te = None;
-    for h in headers {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            te = Some(h.value);
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            let n = content_length(h.value)?;
-            if length.is_some_and(|l| l != n) {
-                return None;
-            }
-            length = Some(n);
-        }
-    }
-    match (te, length) {
-        (Some(v), _) => {
-            let last = v.rsplit(|&b| b == b',').next().unwrap_or_default();
-            trim(last)
-                .eq_ignore_ascii_case(b"chunked")
-                .then_some(Framing::Chunked)
-        }
-        (None, Some(n)) => Some(Framing::Length(n)),
-        (None, None) => None,
-    }
-}
-
-/// `1*DIGIT`, at most 18 of them (fits a u64 with room), spaces around allowed.
-fn content_length(value: &[u8]) -> Option<u64> {
-    let v = trim(value);
-    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    v.iter().try_fold(0u64, |n, &d| {
-        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
-}
-
-enum SizeStep {
-    More(Chunk),
-    Done(u64),
-}
-
-/// One byte of a chunk-size line: `1*15HEXDIG *( BWS ";" ... ) CRLF`, strictly.
-fn chunk_size_byte(len: usize, value: u64, digits: u8, b: u8) -> Result<SizeStep, StopKind> {
-    const PAST_DIGITS: u8 = u8::MAX;
-    const AFTER_CR: usize = usize::MAX;
-    if len == AFTER_CR {
-        return if b == b'\n' {
-            Ok(SizeStep::Done(value))
-        } else {
-            Err(bad("a bare CR in a chunk-size line"))
-        };
-    }
-    if len >= MAX_CHUNK_LINE {
-        return Err(StopKind::TooLarge {
-            limit: MAX_CHUNK_LINE,
-        });
-    }
-    let more = |digits, value| {
-        Ok(SizeStep::More(Chunk::Size {
-            len: len + 1,
-            value,
-            digits,
-        }))
-    };
-    match b {
-        b'\r' if digits > 0 => Ok(SizeStep::More(Chunk::Size {
-            len: AFTER_CR,
-            value,
-            digits,
-        })),
-        b'\n' => Err(bad("a bare LF in a chunk-size line (lines end with CRLF)")),
-        _ if digits == PAST_DIGITS => {
-            if b == b'\t' || (0x20..0x7f).contains(&b) || b >= 0x80 {
-                more(digits, value)
-            } else {
-                Err(bad("an invalid byte in a chunk extension"))
-            }
-        }
-        _ => match (b as char).to_digit(16) {
-            Some(d) if digits < 15 => more(digits + 1, value << 4 | u64::from(d)),
-            Some(_) => Err(bad("a chunk size of more than 15 hex digits")),
-            None if digits > 0 && matches!(b, b';' | b' ' | b'\t') => more(PAST_DIGITS, value),
-            None => Err(bad("a chunk-size line that does not start with hex digits")),
-        },
-    }
-}
-
-fn bad(why: &str) -> StopKind {
-    StopKind::Unparseable(format!("HTTP request refused: {why}"))
-}
-
-/// `input` split at `n` bytes (or whole when shorter).
-fn split(input: &[u8], n: u64) -> (&[u8], &[u8]) {
-    let at = usize::try_from(n).unwrap_or(usize::MAX).min(input.len());
-    input.split_at(at)
-}
-
-fn trim(v: &[u8]) -> &[u8] {
-    let start = v
+/// A request's framing (see the module docs): as [`Framing::of_request`], and no `Upgrade`.
+fn request_framing(headers: &[httparse::Header<'_>], http10: bool) -> Result<Framing, StopKind> {
+    if headers
         .iter()
-        .position(|&b| b != b' ' && b != b'\t')
-        .unwrap_or(v.len());
-    let end = v
-        .iter()
-        .rposition(|&b| b != b' ' && b != b'\t')
-        .map_or(start, |e| e + 1);
-    v.get(start..end).unwrap_or_default()
-}
-
-/// RFC 9110 `tchar`.
-fn is_token(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+        .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+    {
+        return Err(bad(
+            "Upgrade refused: the upgraded connection would carry no injected credential",
+        ));
+    }
+    Framing::of_request(headers, http10)
 }
 
 #[cfg(test)]

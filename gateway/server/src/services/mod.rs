@@ -32,6 +32,7 @@ pub mod access;
 pub mod devices;
 pub mod locks;
 pub mod login;
+pub(crate) mod pins;
 pub mod principal;
 pub mod review;
 pub mod users;

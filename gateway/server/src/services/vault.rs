@@ -60,6 +60,12 @@ impl TelnetRotator {
 
 /// The device's socket address (resolved once), for the drivers that dial by address.
 async fn socket_addr(device: &Device) -> Result<std::net::SocketAddr, String> {
+    if device.tls.is_some() {
+        return Err(format!(
+            "device {} speaks TLS; rotation dials its console in plain TCP and does not support TLS devices yet",
+            device.id
+        ));
+    }
     if device.netns.is_some() {
         return Err(format!(
             "device {} is reached through network namespace {}; rotation dials from the gateway's own namespace and does not support that yet",
