@@ -431,6 +431,16 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
         .collect();
     assert!(hosts.contains(&local.to_string().as_str()), "{hosts:?}");
     assert!(hosts.contains(&"monitor-3"), "{hosts:?}");
+    let op = events.iter().find(|e| e["kind"] == "operation").unwrap();
+    assert_eq!(op["fields"]["method"], "GET");
+    assert_eq!(op["fields"]["path"], "/status");
+    // The name leaves the query out (what policy matches); the target keeps it.
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "operation" && e["fields"]["target"] == "/status?n=3"),
+        "{events:#?}"
+    );
     let denied = events
         .iter()
         .find(|e| e["kind"] == "operation_denied")

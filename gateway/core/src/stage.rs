@@ -4,8 +4,10 @@
 //! Every chunk of a live session goes decode → decide → record → forward. A [`Stage`] does the
 //! first two for one device: a protocol decoder with operation-level policy (DICOM, HL7, HTTP) reads
 //! the operations out of the bytes and decides on each; a credential injector rewrites bytes. The
-//! gateway's pipeline (`ward_server::pipeline`) runs a device's stages in order, then records what
-//! comes out and forwards exactly that: the recording holds, byte for byte, what each side was sent.
+//! gateway's pipeline (`ward_server::pipeline`) runs a device's stages in order (client → device
+//! bytes from the first stage to the last, device → client bytes from the last to the first, as
+//! layers nearer the device see its bytes first), then records what comes out and forwards exactly
+//! that: the recording holds, byte for byte, what each side was sent.
 //!
 //! Stages are pure, like the rest of this crate: bytes and `now` in, a [`Verdict`] out. They never
 //! read a clock, a socket or a file. A stage may hold bytes back until a message is complete
@@ -235,8 +237,8 @@ pub struct SessionContext<'a> {
 
 /// Where a gateway gets each session's stages. Consulted once per session, at open.
 pub trait StageFactory: Send + Sync {
-    /// The stages for this session, in the order a chunk passes them (client → device and device
-    /// → client alike). Empty for a device without stages. A factory that cannot build a stage
+    /// The stages for this session, in the order a client → device chunk passes them (device →
+    /// client chunks pass them in reverse). Empty for a device without stages. A factory that cannot build a stage
     /// the device needs returns a [`Refuse`] in its place: the session then ends at its first byte
     /// (fail closed).
     fn stages(&self, session: &SessionContext<'_>) -> Vec<Box<dyn Stage>>;
@@ -312,8 +314,9 @@ impl Chain {
         self.stages.iter().map(|s| s.name().to_string()).collect()
     }
 
-    /// Run `input` through every stage. On [`Forward::Replaced`], `out` holds what to forward
-    /// (`out` is cleared first). A stage's [`Verdict::End`] stops the chain.
+    /// Run `input` through every stage: in order for client → device bytes, in reverse for device
+    /// → client bytes. On [`Forward::Replaced`], `out` holds what to forward (`out` is cleared
+    /// first). A stage's [`Verdict::End`] stops the chain.
     pub fn process(
         &mut self,
         dir: Direction,
@@ -325,7 +328,11 @@ impl Chain {
         self.notes.clear();
         // `replaced`: the current bytes are in `out` (not `input`).
         let mut replaced = false;
-        for stage in &mut self.stages {
+        let n = self.stages.len();
+        for i in 0..n {
+            let Some(stage) = self.stages.get_mut(order(dir, n, i)) else {
+                break;
+            };
             if replaced && out.is_empty() {
                 // An earlier stage holds everything: nothing reaches the later ones yet.
                 break;
@@ -384,7 +391,11 @@ impl Chain {
         out: &mut Vec<u8>,
     ) -> Result<(), StageStop> {
         out.clear();
-        for stage in &mut self.stages {
+        let n = self.stages.len();
+        for i in 0..n {
+            let Some(stage) = self.stages.get_mut(order(dir, n, i)) else {
+                break;
+            };
             if !out.is_empty() {
                 self.spare.clear();
                 match stage.process(dir, out, now, &mut self.spare) {
@@ -397,6 +408,17 @@ impl Chain {
             stage.finish(dir, now, out)?;
         }
         Ok(())
+    }
+}
+
+/// The `i`-th stage a chunk travelling `dir` meets among `n`: client → device bytes pass the
+/// stages in order, device → client bytes in reverse, so each stage sees the other side's bytes as
+/// the stage next to that side left them (the injector, nearest the device, sees the device's
+/// answers before a decoder adds its own refusals to them).
+fn order(dir: Direction, n: usize, i: usize) -> usize {
+    match dir {
+        Direction::Up => i,
+        Direction::Down => n.saturating_sub(1).saturating_sub(i),
     }
 }
 
@@ -666,6 +688,48 @@ mod tests {
         let mut chain = Chain::new(vec![Box::new(Lines::new(64)), Box::new(DenyOn(b"$PW"))]);
         let stop = run(&mut chain, &[b"ok\npass $P", b"W"]).unwrap_err();
         assert!(matches!(stop.kind, StopKind::Denied { .. }), "{stop}");
+    }
+
+    /// Appends its tag to every chunk, both ways.
+    struct Tag(&'static [u8]);
+
+    impl Stage for Tag {
+        fn name(&self) -> &str {
+            "tag"
+        }
+        fn process(
+            &mut self,
+            _: Direction,
+            input: &[u8],
+            _: OffsetDateTime,
+            out: &mut Vec<u8>,
+        ) -> Verdict {
+            out.extend_from_slice(input);
+            out.extend_from_slice(self.0);
+            Verdict::Replace
+        }
+    }
+
+    #[test]
+    fn device_bytes_pass_the_stages_in_reverse() {
+        // A decoder first, an injector last: client bytes meet the decoder first, device bytes the
+        // injector first (it must see the device's answers before a decoder adds refusals).
+        let mut chain = Chain::new(vec![
+            Box::new(Tag(b"<decoder")),
+            Box::new(Tag(b"<injector")),
+        ]);
+        let mut out = Vec::new();
+        chain
+            .process(Direction::Up, b"req", now(), &mut out)
+            .unwrap();
+        assert_eq!(out, b"req<decoder<injector");
+        chain
+            .process(Direction::Down, b"resp", now(), &mut out)
+            .unwrap();
+        assert_eq!(out, b"resp<injector<decoder");
+        out.clear();
+        chain.finish(Direction::Down, now(), &mut out).unwrap();
+        assert!(out.is_empty());
     }
 
     #[test]

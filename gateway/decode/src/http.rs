@@ -1431,6 +1431,38 @@ mod tests {
             .prop_map(|(reqs, resps)| (reqs.concat(), resps.concat()))
     }
 
+    /// One pipelined request: (allowed?, its bytes, the device's response if allowed).
+    fn arb_request() -> impl Strategy<Value = (bool, Vec<u8>, Vec<u8>)> {
+        let allowed = prop_oneof![
+            Just(GET.to_vec()),
+            Just(b"HEAD /status/x HTTP/1.1\r\nHost: m\r\n\r\n".to_vec()),
+            Just(b"GET /status/y HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc".to_vec()),
+        ];
+        let denied = prop_oneof![
+            Just(POST.to_vec()),
+            Just(b"HEAD /admin HTTP/1.1\r\n\r\n".to_vec()),
+            Just(
+                b"PUT /status HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nGET \r\n0\r\n\r\n"
+                    .to_vec()
+            ),
+            Just(b"GET /status/../admin HTTP/1.1\r\nContent-Length: 0\r\n\r\n".to_vec()),
+        ];
+        let response = prop_oneof![
+            Just(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nbody".to_vec()),
+            Just(b"HTTP/1.1 404 Not Found\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n0\r\n\r\n".to_vec()),
+            Just(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\n\r\n".to_vec()),
+        ];
+        prop_oneof![
+            (allowed, response).prop_map(|(r, mut resp)| {
+                if r.starts_with(b"HEAD") {
+                    resp = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec();
+                }
+                (true, r, resp)
+            }),
+            denied.prop_map(|r| (false, r, Vec::new())),
+        ]
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
 
@@ -1449,6 +1481,32 @@ mod tests {
             } else {
                 prop_assert_eq!(whole, chunked);
             }
+        }
+
+        #[test]
+        fn answers_come_back_in_request_order_however_chunked(reqs in proptest::collection::vec(arb_request(), 1..8), step in 1usize..64) {
+            let up: Vec<u8> = reqs.iter().flat_map(|(_, r, _)| r.clone()).collect();
+            let down: Vec<u8> = reqs.iter().flat_map(|(_, _, resp)| resp.clone()).collect();
+            let allowed_up: Vec<u8> = reqs.iter().filter(|(a, _, _)| *a).flat_map(|(_, r, _)| r.clone()).collect();
+            let t = run(policy(), &[(UP, &up), (DOWN, &down)], step);
+            prop_assert!(t.stop.is_none(), "{:?}", t.stop);
+            prop_assert_eq!(&t.up, &allowed_up);
+            // The client reads, in request order: each allowed request's response, each refused
+            // one's 403.
+            let mut refusals = t.of_kind(kind::DENIED).map(|e| {
+                let f = |k: &str| e.fields.iter().find(|(key, _)| key == k).unwrap().1.clone();
+                let op = f("op");
+                refusal(&op, &f("reason"), true, op.starts_with("HEAD "))
+            });
+            let mut want = Vec::new();
+            for (allowed, _, resp) in &reqs {
+                if *allowed {
+                    want.extend_from_slice(resp);
+                } else {
+                    want.extend(refusals.next().unwrap());
+                }
+            }
+            prop_assert_eq!(String::from_utf8_lossy(&t.down), String::from_utf8_lossy(&want));
         }
 
         #[test]

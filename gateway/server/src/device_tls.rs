@@ -404,11 +404,11 @@ mod tests {
 
     /// A TLS server on loopback presenting `cert_der` and signing with `key_der` (TLS 1.3 or
     /// 1.2 only), echoing what it reads once; its address.
-    async fn device(
+    fn acceptor(
         cert_der: Vec<u8>,
         key_der: Vec<u8>,
         version: &'static rustls::SupportedProtocolVersion,
-    ) -> std::net::SocketAddr {
+    ) -> tokio_rustls::TlsAcceptor {
         let provider = ward_transport::tls::provider();
         let key = provider
             .key_provider
@@ -420,7 +420,15 @@ mod tests {
             .unwrap()
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Fixed(Arc::new(ck))));
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        tokio_rustls::TlsAcceptor::from(Arc::new(config))
+    }
+
+    async fn device(
+        cert_der: Vec<u8>,
+        key_der: Vec<u8>,
+        version: &'static rustls::SupportedProtocolVersion,
+    ) -> std::net::SocketAddr {
+        let acceptor = acceptor(cert_der, key_der, version);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
@@ -529,6 +537,52 @@ mod tests {
                 other => panic!("{version:?}: {other:?}"),
             }
         }
+    }
+
+    #[tokio::test]
+    async fn the_gateway_logs_in_to_a_console_over_tls() {
+        // Credential injection works on the plaintext of a TLS device as on a plain one.
+        let (der, key) = cert("console.local");
+        let pin = CertPin::of_der(&der);
+        let acceptor = acceptor(der, key, &rustls::version::TLS13);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let console = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let mut tls = acceptor.accept(tcp).await.unwrap();
+            let mut buf = vec![0u8; 256];
+            tls.write_all(b"login: ").await.unwrap();
+            let mut got = Vec::new();
+            while !got.ends_with(b"\r\n") {
+                let n = tls.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(b"Password: ").await.unwrap();
+            let mut pw = Vec::new();
+            while !pw.ends_with(b"\r\n") {
+                let n = tls.read(&mut buf).await.unwrap();
+                pw.extend_from_slice(&buf[..n]);
+            }
+            tls.write_all(b"Welcome\r\n# ").await.unwrap();
+            tls.flush().await.unwrap();
+            (got, pw, tls)
+        });
+        let (tls, _) = shake(addr, Some(pin)).await.unwrap();
+        let mut conn = DeviceConn::Tls(Box::new(tls));
+        let clock = ward_ca::FixedClock::new(time::macros::datetime!(2026-01-01 00:00 UTC));
+        let cred = ward_core::inject::Credential {
+            account: "service".into(),
+            username: "admin".into(),
+            secret: ward_core::secret::Secret::new("Sekr1t-pw".to_string()),
+        };
+        let profile = ward_core::inject::LoginProfile::generic_telnet();
+        let ok = crate::device_login::login(&mut conn, "console", &cred, &profile, &clock)
+            .await
+            .unwrap();
+        assert!(ok.leftover.ends_with(b"Welcome\r\n# "), "{:?}", ok.leftover);
+        let (user, pw, _tls) = console.await.unwrap();
+        assert_eq!(user, b"admin\r\n");
+        assert_eq!(pw, b"Sekr1t-pw\r\n");
     }
 
     #[tokio::test]
