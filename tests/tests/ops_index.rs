@@ -351,6 +351,7 @@ async fn sessions_are_found_by_operation_and_operations_are_shown_without_patien
 
     // The table shows the operations and the markers; --json carries them all.
     let table = ward_ok(&["sessions"], &remote).await.stdout;
+    eprintln!("ward sessions:\n{table}");
     assert!(table.contains("OPS"), "{table}");
     assert!(table.contains("dicom:C-ECHO,dicom:C-STORE"), "{table}");
     assert!(
@@ -367,6 +368,7 @@ async fn sessions_are_found_by_operation_and_operations_are_shown_without_patien
 
     // ward ops: masked by default, as a table and as JSON lines.
     let table = ward_ok(&["ops", &store], &remote).await.stdout;
+    eprintln!("ward ops {store}:\n{table}");
     assert!(
         table.contains("C-STORE") && table.contains("phi.patient_name=***"),
         "{table}"
@@ -545,5 +547,156 @@ async fn sessions_are_found_by_operation_and_operations_are_shown_without_patien
     assert_eq!(
         listed(&local, &["--op", "http:POST"]).await,
         [console.as_str()]
+    );
+}
+
+/// An HL7 receiver on loopback: answers each MLLP-framed message with an `AA` ACK.
+async fn hl7_receiver() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = conn.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(2).position(|w| w == [0x1c, 0x0d]) {
+                        let msg: Vec<u8> = buf.drain(..end + 2).collect();
+                        let text = String::from_utf8_lossy(&msg);
+                        let control = text.split('|').nth(9).unwrap_or("?").to_string();
+                        let ack = format!(
+                            "\x0bMSH|^~\\&|PUMPGW|ICU|HIS|NORTH|20261128050000||ACK|A-{control}|P|2.5\rMSA|AA|{control}\x1c\r"
+                        );
+                        if conn.write_all(ack.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// With the real HL7 decoder (no test stage): the message's patient fields are recorded, masked
+/// in `ward ops` and shown with `--show-phi`; `ward sessions --op` finds the message type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_hl7_decoders_patient_fields_are_masked_unless_asked() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let receiver = hl7_receiver().await;
+    let devices = [DeviceSpec::new(
+        "lab-1",
+        receiver,
+        "hl7",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let gw = start_gateway(pki.clone(), &devices, ACME_RULES, "", clock).await;
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let security = pki.person(Kind::Security, "sam", None, &[]);
+    let state = gw.state_dir();
+
+    let client = gw.client(&vendor, Transport::Quic);
+    let session = client.open("lab-1", false, None).await.unwrap();
+    let id = session.session_id.clone();
+    let (local, remote) = tokio::io::duplex(64 * 1024);
+    let (lr, lw) = tokio::io::split(local);
+    let run = tokio::spawn(session.run(lr, lw));
+    let (mut rr, mut rw) = tokio::io::split(remote);
+    let msg = "MSH|^~\\&|HIS|NORTH|PUMPGW|ICU|20261128050000||ADT^A01^ADT_A01|MSG00001|P|2.5\rEVN|A01|20261128050000\rPID|1||PAT-4711^^^NORTH^MR||DOE^JANE||19700101|F\rPV1|1|I|ICU^12^1";
+    let mut framed = vec![0x0b];
+    framed.extend_from_slice(msg.as_bytes());
+    framed.extend_from_slice(&[0x1c, 0x0d]);
+    rw.write_all(&framed).await.unwrap();
+    let mut ack = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !ack.ends_with(&[0x1c, 0x0d]) {
+        let n = tokio::time::timeout(Duration::from_secs(5), rr.read(&mut chunk))
+            .await
+            .expect("the receiver's ACK")
+            .unwrap();
+        assert!(n > 0, "closed before the ACK");
+        ack.extend_from_slice(&chunk[..n]);
+    }
+    assert!(String::from_utf8_lossy(&ack).contains("MSA|AA|MSG00001"));
+    rw.shutdown().await.unwrap();
+    drop(rw);
+    let end = tokio::time::timeout(Duration::from_secs(5), run)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(end, SessionEnd::Completed);
+    indexed(&state, &[&id]).await;
+
+    let remote: Vec<String> = [
+        "--gateway",
+        &gw.quic(),
+        "--transport",
+        "quic",
+        "--ca",
+        &pki.root().display().to_string(),
+        "--identity",
+        &security.display().to_string(),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    assert_eq!(
+        listed(&remote, &["--op", "hl7:ADT^A01*"]).await,
+        [id.as_str()]
+    );
+    assert!(listed(&remote, &["--op", "hl7:ORM^*"]).await.is_empty());
+
+    let masked = ops_rows(&ward_ok(&["ops", &id, "--json"], &remote).await.stdout);
+    let text = serde_json::to_string(&masked).unwrap();
+    assert!(
+        !text.contains("DOE") && !text.contains("PAT-4711"),
+        "{text}"
+    );
+    let request = masked.iter().find(|r| r["kind"] == "operation").unwrap();
+    assert_eq!(request["protocol"], "hl7");
+    assert!(
+        request["op"].as_str().unwrap().starts_with("ADT^A01"),
+        "{request}"
+    );
+    let phi: Vec<&String> = request["fields"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| k.starts_with("phi."))
+        .collect();
+    assert!(
+        !phi.is_empty(),
+        "the decoder reports patient fields: {request}"
+    );
+    for k in &phi {
+        assert_eq!(request["fields"][k.as_str()], "***", "{request}");
+    }
+    assert!(masked
+        .iter()
+        .any(|r| r["kind"] == "operation_result" && r["fields"]["ack"] == "AA"));
+
+    let shown = ward_ok(&["ops", &id, "--json", "--show-phi"], &remote)
+        .await
+        .stdout;
+    assert!(
+        shown.contains("DOE^JANE") && shown.contains("PAT-4711"),
+        "{shown}"
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || audit_events(&state).iter().any(
+            |e| e["event"] == "phi_viewed" && e["session_id"] == id.as_str()
+        ))
+        .await
     );
 }

@@ -24,6 +24,9 @@ pub struct OpsSummary {
     pub undecodable: Option<String>,
     /// How many operations the policy refused.
     pub denied: u64,
+    /// Some operation is not in `ops` as it was decoded (beyond [`MAX_INDEXED_OPS`], or its name
+    /// cut at [`MAX_OP_NAME`]): a search that `ops` does not answer must read the recording.
+    pub truncated: bool,
 }
 
 impl OpsSummary {
@@ -49,11 +52,16 @@ impl OpsSummary {
                 let (Some(protocol), Some(op)) = (field("protocol"), field("op")) else {
                     return;
                 };
-                if self.ops.len() >= MAX_INDEXED_OPS {
+                let kept = cut(op, MAX_OP_NAME);
+                let name = format!("{protocol}:{kept}");
+                if kept.len() < op.len() {
+                    self.truncated = true;
+                }
+                if self.ops.len() >= MAX_INDEXED_OPS && !self.ops.contains(&name) {
+                    self.truncated = true;
                     return;
                 }
-                self.ops
-                    .insert(format!("{protocol}:{}", cut(op, MAX_OP_NAME)));
+                self.ops.insert(name);
             }
             crate::kind::UNDECODABLE if self.undecodable.is_none() => {
                 self.undecodable = Some(format!(
@@ -72,6 +80,21 @@ impl OpsSummary {
     pub fn matches(&self, pattern: &OpPattern) -> bool {
         pattern.matches_any(self.ops.iter().map(String::as_str))
     }
+}
+
+/// The whole `protocol:name` of an event that names an operation (kinds `operation` and
+/// `operation_denied`), uncut: what an exact search of a recording matches.
+pub fn op_of_event(kind: &str, fields: &[(String, String)]) -> Option<String> {
+    if kind != crate::kind::OPERATION && kind != crate::kind::DENIED {
+        return None;
+    }
+    let field = |k: &str| {
+        fields
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    };
+    Some(format!("{}:{}", field("protocol")?, field("op")?))
 }
 
 /// Whether `kind` is one of the decoders' event kinds (what `ward ops` lists).
@@ -220,6 +243,22 @@ mod tests {
             ));
         }
         assert_eq!(s.ops.len(), MAX_INDEXED_OPS);
+        assert!(s.truncated);
+        let mut short = OpsSummary::default();
+        short.note(&ev(
+            "operation",
+            &[("protocol", "http"), ("op", &"x".repeat(300))],
+        ));
+        assert!(short.truncated, "a cut name is not the whole name");
+        assert_eq!(
+            op_of_event(
+                "operation",
+                &ev("operation", &[("protocol", "http"), ("op", "GET /")]).fields
+            )
+            .as_deref(),
+            Some("http:GET /")
+        );
+        assert_eq!(op_of_event("operation_result", &[]), None);
         let long = "é".repeat(200);
         assert!(cut(&long, MAX_OP_NAME).len() <= MAX_OP_NAME);
     }

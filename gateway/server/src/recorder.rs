@@ -286,6 +286,7 @@ impl SessionRecorder {
                 ops: ops.ops.into_iter().collect(),
                 undecodable: ops.undecodable,
                 denied_ops: ops.denied,
+                truncated: ops.truncated,
             };
             index.close(end, outcome.clone(), ops).await;
         }

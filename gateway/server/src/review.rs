@@ -120,10 +120,18 @@ pub fn summarise(
         (0u64, 0u64, 0u64, Vec::new(), Vec::new());
     let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
     let mut ops = OpsSummary::default();
+    // An operation pattern is matched against every operation, whole (the summary keeps a
+    // bounded set of names, cut): what a listing from the index falls back to.
+    let pattern = filter.op_pattern().ok().flatten();
+    let mut op_hit = false;
     for item in ward_recording::Reader::new(bytes) {
         let Ok((_, record)) = item else { break };
         if let Record::Event { kind, fields, .. } = &record {
             ops.note_event(kind, fields);
+            if let (Some(p), false) = (&pattern, op_hit) {
+                op_hit =
+                    ward_decode::summary::op_of_event(kind, fields).is_some_and(|o| p.matches(&o));
+            }
         }
         if let Record::Data { dir, t_ns, payload } = record {
             last_ns = last_ns.max(t_ns);
@@ -198,13 +206,7 @@ pub fn summarise(
         }
     }
     // An unparseable pattern matches nothing (`list_in` refuses it before reading anything).
-    if filter.op.is_some()
-        && !filter
-            .op_pattern()
-            .ok()
-            .flatten()
-            .is_some_and(|p| ops.matches(&p))
-    {
+    if filter.op.is_some() && !op_hit {
         return None;
     }
     let (end_reason, duration_s, bytes_up, bytes_down) = match &report.end {
@@ -245,6 +247,7 @@ pub fn summarise(
         ops: ops.ops.into_iter().collect(),
         undecodable: ops.undecodable,
         denied_ops: ops.denied,
+        ops_truncated: ops.truncated,
         ops_unknown: false,
     })
 }
@@ -274,6 +277,7 @@ pub fn summary_of_ended(report: &VerifyReport) -> Option<SessionSummary> {
         ops: Vec::new(),
         undecodable: None,
         denied_ops: 0,
+        ops_truncated: false,
         ops_unknown: true,
     })
 }
@@ -299,6 +303,7 @@ pub fn summary_of_stored(
             summary.ops = ops.ops.into_iter().collect();
             summary.undecodable = ops.undecodable;
             summary.denied_ops = ops.denied;
+            summary.ops_truncated = ops.truncated;
             summary.ops_unknown = false;
         }
         Err(e) => {
@@ -308,17 +313,23 @@ pub fn summary_of_stored(
     Some(summary)
 }
 
-/// The event record's type code (docs/recording-format.md; checked by a test against the
-/// encoder).
+/// Type codes of the records [`scan_records`] decodes (docs/recording-format.md; checked by a
+/// test against the encoder): the metadata and events.
+const META_RECORD: u8 = 0x01;
 const EVENT_RECORD: u8 = 0x07;
 
-/// The operations of a recording read from `input` one record at a time (data records are
-/// skipped, never held): the same summary [`summarise`] makes of one in memory.
-pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary> {
+/// Read a recording from `input` one record at a time, calling `f` with its metadata and each
+/// event; data records are skipped, never held. Stops at a clean or torn end; an error for a
+/// recording that is not one.
+fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> std::io::Result<()> {
     use std::io::{Error, ErrorKind, Read};
-    let mut ops = OpsSummary::default();
     let mut magic = [0u8; 8];
-    input.read_exact(&mut magic)?;
+    match input.read_exact(&mut magic) {
+        Ok(()) => {}
+        // Nothing verified (a forced read), or not even a header: no records.
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+        Err(e) => return Err(e),
+    }
     let mut record = Vec::new();
     loop {
         let mut header = [0u8; ward_recording::RECORD_HEADER_LEN];
@@ -326,7 +337,7 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
         let mut got = 0;
         while got < header.len() {
             match input.read(header.get_mut(got..).unwrap_or_default())? {
-                0 => return Ok(ops),
+                0 => return Ok(()),
                 n => got += n,
             }
         }
@@ -338,7 +349,7 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
                 format!("record body of {len} bytes"),
             ));
         }
-        if code != EVENT_RECORD {
+        if code != EVENT_RECORD && code != META_RECORD {
             std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())?;
             continue;
         }
@@ -348,13 +359,27 @@ pub fn ops_of_read<R: std::io::Read>(mut input: R) -> std::io::Result<OpsSummary
         record.extend_from_slice(&header);
         let body_at = record.len();
         record.resize(body_at + len as usize, 0);
-        input.read_exact(record.get_mut(body_at..).unwrap_or_default())?;
-        if let Some(Ok((_, Record::Event { kind, fields, .. }))) =
-            ward_recording::Reader::new(&record).next()
-        {
-            ops.note_event(&kind, &fields);
+        match input.read_exact(record.get_mut(body_at..).unwrap_or_default()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        if let Some(Ok((_, rec))) = ward_recording::Reader::new(&record).next() {
+            f(rec);
         }
     }
+}
+
+/// The operations of a recording read from `input` one record at a time (data records are
+/// skipped, never held): the same summary [`summarise`] makes of one in memory.
+pub fn ops_of_read<R: std::io::Read>(input: R) -> std::io::Result<OpsSummary> {
+    let mut ops = OpsSummary::default();
+    scan_records(input, |rec| {
+        if let Record::Event { kind, fields, .. } = rec {
+            ops.note_event(&kind, &fields);
+        }
+    })?;
+    Ok(ops)
 }
 
 /// Whether an indexed summary passes `filter` (all but `grep`, which needs the recorded bytes;
@@ -440,7 +465,12 @@ pub fn list_in(
                 Some(_) if row.summary.ops_unknown => false,
                 Some(stamp) => store.stamp(&id).ok() == Some(stamp),
             };
-            if current {
+            // A search the row's bounded operations do not answer, when the session did more
+            // than they hold: the recording answers it.
+            let unanswered = op.is_some()
+                && row.summary.ops_truncated
+                && !matches(filter, op.as_ref(), &row.summary);
+            if current && !unanswered {
                 if matches(filter, op.as_ref(), &row.summary) {
                     out.push(row.summary);
                 }
@@ -607,47 +637,61 @@ pub struct OpRow {
 /// The operations of a recording (`bytes`, read as far as it reads), in order: every event of
 /// the decoders' kinds, patient data masked unless `show_phi`.
 pub fn operations(bytes: &[u8], show_phi: bool) -> Vec<OpRow> {
-    let mut start_ms = None;
     let mut out = Vec::new();
-    for item in ward_recording::Reader::new(bytes) {
-        let Ok((_, record)) = item else { break };
-        match record {
-            Record::Meta(m) => start_ms = Some(m.started_unix_ms),
-            Record::Event {
-                t_ns,
-                dir,
-                kind,
-                fields,
-            } if ward_decode::summary::is_operation_kind(&kind) => {
-                let field = |k: &str| {
-                    fields
-                        .iter()
-                        .find(|(key, _)| key == k)
-                        .map(|(_, v)| v.clone())
-                        .unwrap_or_default()
-                };
-                let (protocol, op) = (field("protocol"), field("op"));
-                let rest: Vec<(String, String)> = fields
-                    .iter()
-                    .filter(|(k, _)| k != "protocol" && k != "op")
-                    .cloned()
-                    .collect();
-                out.push(OpRow {
-                    t_s: t_ns as f64 / 1e9,
-                    time: start_ms.map_or_else(String::new, |s| {
-                        rfc3339_ms(s.saturating_add(i64::try_from(t_ns / 1_000_000).unwrap_or(0)))
-                    }),
-                    dir: dir.as_str().to_string(),
-                    kind,
-                    protocol,
-                    op,
-                    fields: ward_decode::summary::mask_fields(&rest, show_phi),
-                });
-            }
-            _ => {}
-        }
-    }
+    // What reads before a problem is listed (a forced read of a damaged recording).
+    let _ = operations_into(bytes, show_phi, &mut out);
     out
+}
+
+/// [`operations`] of a recording read from `input` one record at a time (a stored recording is
+/// never held whole: the rows are).
+pub fn operations_read<R: std::io::Read>(input: R, show_phi: bool) -> std::io::Result<Vec<OpRow>> {
+    let mut out = Vec::new();
+    operations_into(input, show_phi, &mut out)?;
+    Ok(out)
+}
+
+fn operations_into<R: std::io::Read>(
+    input: R,
+    show_phi: bool,
+    out: &mut Vec<OpRow>,
+) -> std::io::Result<()> {
+    let mut start_ms = None;
+    scan_records(input, |record| match record {
+        Record::Meta(m) => start_ms = Some(m.started_unix_ms),
+        Record::Event {
+            t_ns,
+            dir,
+            kind,
+            fields,
+        } if ward_decode::summary::is_operation_kind(&kind) => {
+            let field = |k: &str| {
+                fields
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            let (protocol, op) = (field("protocol"), field("op"));
+            let rest: Vec<(String, String)> = fields
+                .iter()
+                .filter(|(k, _)| k != "protocol" && k != "op")
+                .cloned()
+                .collect();
+            out.push(OpRow {
+                t_s: t_ns as f64 / 1e9,
+                time: start_ms.map_or_else(String::new, |s| {
+                    rfc3339_ms(s.saturating_add(i64::try_from(t_ns / 1_000_000).unwrap_or(0)))
+                }),
+                dir: dir.as_str().to_string(),
+                kind,
+                protocol,
+                op,
+                fields: ward_decode::summary::mask_fields(&rest, show_phi),
+            });
+        }
+        _ => {}
+    })
 }
 
 /// RFC 3339 UTC with milliseconds of Unix milliseconds (empty if out of range).
@@ -1022,6 +1066,7 @@ mod tests {
             ops: ops.iter().map(|s| s.to_string()).collect(),
             undecodable: None,
             denied_ops: 0,
+            ops_truncated: false,
             ops_unknown: false,
         }
     }
@@ -1151,10 +1196,90 @@ mod tests {
         ended.ops = read.ops.into_iter().collect();
         ended.undecodable = read.undecodable;
         ended.denied_ops = read.denied;
+        ended.ops_truncated = read.truncated;
         ended.ops_unknown = false;
         assert_eq!(ended, whole);
+        // The ops view, streamed or in memory: the decoders' events only, in order, with times.
+        let rows = operations_read(out.as_slice(), false).unwrap();
+        assert_eq!(rows, operations(&out, false));
+        let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_str()).collect();
+        assert_eq!(kinds, ["operation", "operation_denied", "undecodable"]);
+        assert_eq!(rows[0].time, "1970-01-01T00:00:01.000Z");
+        assert_eq!(
+            (rows[0].dir.as_str(), rows[0].op.as_str()),
+            ("up", "C-STORE")
+        );
+        assert_eq!(rows[1].fields, [("reason".to_string(), "no".to_string())]);
         // A torn tail ends the scan; garbage is an error, not a panic.
         assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
         assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
+    }
+
+    #[test]
+    fn a_search_the_bounded_index_cannot_answer_reads_the_recording() {
+        use ward_recording::{CheckpointPolicy, Encoder, EndInfo, SessionMeta, Signer};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let signer = std::sync::Arc::new(Signer::generate().unwrap().0);
+        let id = "00000000000000ac";
+        let meta = SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump".into(),
+            device_addr: "127.0.0.1:23".into(),
+            protocol: "telnet".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+        };
+        let mut out = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, signer.clone(), CheckpointPolicy::default(), &mut out).unwrap();
+        // More distinct commands than the index keeps; the last one is the one searched for.
+        for i in 0..300 {
+            let fields = vec![
+                ("protocol".to_string(), "telnet".to_string()),
+                ("op".to_string(), format!("cmd {i:03}")),
+            ];
+            enc.event(Direction::Up, i, "operation", &fields, &mut out);
+        }
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "completed".into(),
+            bytes_up: 0,
+            bytes_down: 0,
+        };
+        enc.finish(400, &end, &mut out);
+        store.create(id).unwrap().write_all(&out).unwrap();
+        let key = signer.public_key();
+        let summary = summarise(&out, &key, &Filter::default(), id).unwrap();
+        assert_eq!(summary.ops.len(), ward_decode::summary::MAX_INDEXED_OPS);
+        assert!(summary.ops_truncated);
+        let row = crate::session_index::IndexedSession {
+            start_ms: 1_000,
+            stamp: Some(store.stamp(id).unwrap()),
+            summary,
+        };
+        let search = |pattern: &str, row: &crate::session_index::IndexedSession| {
+            let filter = Filter {
+                op: Some(pattern.into()),
+                ..Filter::default()
+            };
+            list_in(&store, vec![row.clone()], &key, &filter, &mut |_, _| {})
+                .unwrap()
+                .len()
+        };
+        assert_eq!(search("telnet:cmd 299", &row), 1, "found in the recording");
+        assert_eq!(search("telnet:cmd 000", &row), 1, "found in the index");
+        assert_eq!(search("telnet:reboot", &row), 0);
+        // The row is what a listing otherwise trusts: without the mark it answers alone.
+        let mut trusted = row.clone();
+        trusted.summary.ops_truncated = false;
+        assert_eq!(search("telnet:cmd 299", &trusted), 0);
     }
 }

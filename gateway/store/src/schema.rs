@@ -122,7 +122,9 @@ fn sessions(conn: &rusqlite::Connection) -> Result<(), StoreError> {
 
 /// What each session did, operation by operation (issue 15): `ops` the distinct `protocol:name`s
 /// one per line (bounded by the recorder), `undecodable` where decoding gave up, `denied_ops` how
-/// many the policy refused, and `ops_known` whether these were summarised from the recording's
+/// many the policy refused, `ops_truncated` whether some operation is not in `ops` as decoded
+/// (beyond the bound, or a name cut; a search `ops` does not answer reads the recording), and
+/// `ops_known` whether these were summarised from the recording's
 /// events (a row indexed by recovery without reading the events is not: listings read its
 /// recording). Rows from before these columns hold sessions recorded before any decoder: no
 /// operations, which is what the defaults say.
@@ -132,6 +134,7 @@ fn session_ops(conn: &rusqlite::Connection) -> Result<(), StoreError> {
         ("undecodable", "undecodable TEXT"),
         ("denied_ops", "denied_ops INTEGER NOT NULL DEFAULT 0"),
         ("ops_known", "ops_known INTEGER NOT NULL DEFAULT 1"),
+        ("ops_truncated", "ops_truncated INTEGER NOT NULL DEFAULT 0"),
     ] {
         let has_column = conn
             .prepare("SELECT 1 FROM pragma_table_info('sessions') WHERE name = ?1")?

@@ -65,6 +65,10 @@ pub struct SessionSummary {
     /// How many operations the policy refused.
     #[serde(default)]
     pub denied_ops: u64,
+    /// Some operation is not in `ops` as decoded (more than the index keeps, or a name cut):
+    /// `ward ops` lists them all, and a search `ops` does not answer reads the recording.
+    #[serde(default)]
+    pub ops_truncated: bool,
     /// The operations above were not read from the recording's events (a row recovery indexed
     /// from the recording's verification alone): a listing reads the recording instead.
     #[serde(skip)]
@@ -81,6 +85,8 @@ pub struct SessionOps {
     pub undecodable: Option<String>,
     /// Operations refused.
     pub denied_ops: u64,
+    /// Some operation is not in `ops` as decoded.
+    pub truncated: bool,
 }
 
 /// RFC 3339 UTC of Unix seconds (empty if out of range).
@@ -179,6 +185,7 @@ pub fn opened(meta: &SessionMeta) -> IndexedSession {
             ops: Vec::new(),
             undecodable: None,
             denied_ops: 0,
+            ops_truncated: false,
             ops_unknown: false,
         },
         start_ms: meta.started_unix_ms,
@@ -191,7 +198,7 @@ pub const OPEN: &str = "open (no end record yet: live, or cut short)";
 
 const COLUMNS: &str = "id, principal, serial, device, protocol, source, rule, start_unix_ms, \
      end_unix_ms, end_reason, bytes_up, bytes_down, sealed, verification, break_glass, duration_s, \
-     file_len, file_mtime_ns, ops, undecodable, denied_ops, ops_known";
+     file_len, file_mtime_ns, ops, undecodable, denied_ops, ops_known, ops_truncated";
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -204,7 +211,7 @@ fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreErr
         &format!(
             "INSERT OR REPLACE INTO sessions ({COLUMNS}) VALUES \
              (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, \
-             ?21, ?22)"
+             ?21, ?22, ?23)"
         ),
         rusqlite::params![
             s.id,
@@ -229,6 +236,7 @@ fn put(conn: &rusqlite::Connection, row: &IndexedSession) -> Result<(), StoreErr
             s.undecodable,
             i64_of(s.denied_ops),
             !s.ops_unknown,
+            s.ops_truncated,
         ],
     )?;
     Ok(())
@@ -262,7 +270,7 @@ fn close(
         "UPDATE sessions SET end_unix_ms = ?2, end_reason = ?3, bytes_up = ?4, bytes_down = ?5, \
          sealed = ?6, verification = ?7, duration_s = (?2 - start_unix_ms) / 1000.0, \
          file_len = ?8, file_mtime_ns = ?9, ops = ?10, undecodable = ?11, denied_ops = ?12, \
-         ops_known = 1 WHERE id = ?1",
+         ops_truncated = ?13, ops_known = 1 WHERE id = ?1",
         rusqlite::params![
             id,
             end.ended_unix_ms,
@@ -276,6 +284,7 @@ fn close(
             ops_text(&ops.ops),
             ops.undecodable,
             i64_of(ops.denied_ops),
+            ops.truncated,
         ],
     )?;
     Ok(())
@@ -308,6 +317,7 @@ fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
                 undecodable: r.get(19)?,
                 denied_ops: u64::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
                 ops_unknown: !r.get::<_, bool>(21)?,
+                ops_truncated: r.get(22)?,
             },
             start_ms,
             stamp: match (len, mtime) {
@@ -471,6 +481,7 @@ mod tests {
             ops: vec!["dicom:C-ECHO".into(), "dicom:C-STORE".into()],
             undecodable: Some("dicom up at byte 7: bad PDU".into()),
             denied_ops: 3,
+            truncated: true,
         };
         let stamp = FileStamp {
             len: 10,
@@ -482,6 +493,7 @@ mod tests {
         assert_eq!(s.ops, ops.ops);
         assert_eq!(s.undecodable, ops.undecodable);
         assert_eq!(s.denied_ops, 3);
+        assert!(s.ops_truncated);
         assert!(!s.ops_unknown);
         // A row put without its operations read (recovery's) says so, and keeps saying so.
         let mut row = rows[0].clone();
@@ -519,6 +531,7 @@ mod tests {
         assert_eq!(rows.len(), 1);
         let s = &rows[0].summary;
         assert!(s.ops.is_empty() && s.undecodable.is_none() && s.denied_ops == 0);
+        assert!(!s.ops_truncated);
         assert!(
             !s.ops_unknown,
             "sessions from before the decoders did no operations"

@@ -117,7 +117,7 @@ impl Source {
                 }
                 let key = self.key(pinned).await?;
                 let bytes = review::read_recording(state_dir, id)?;
-                let (verified, note) = exportable(&bytes, &key, id, force)?;
+                let (verified, note) = readable(&bytes, &key, id, force, "list the operations of")?;
                 Ok((review::operations(verified, false), note))
             }
             Source::Remote { client } => {
@@ -419,20 +419,41 @@ fn exportable<'a>(
     id: &str,
     force: bool,
 ) -> anyhow::Result<(&'a [u8], Option<String>)> {
+    readable(bytes, key, id, force, "export")
+}
+
+/// [`exportable`], for `verb` (`export`, `list the operations of`).
+fn readable<'a>(
+    bytes: &'a [u8],
+    key: &[u8; 32],
+    id: &str,
+    force: bool,
+    verb: &str,
+) -> anyhow::Result<(&'a [u8], Option<String>)> {
     let report = ward_recording::verify(bytes, key);
     if report.ok {
         return Ok((bytes, None));
     }
     let why = why(&report);
     if !force {
-        bail!("recording {id} fails verification ({why}); export refused — use --force to export its verified records");
+        let refused = if verb == "export" {
+            "export refused"
+        } else {
+            "refused"
+        };
+        bail!("recording {id} fails verification ({why}); {refused} — use --force to {verb} its verified records");
     }
     let prefix = review::verified_prefix(bytes, &report);
     if prefix.is_empty() {
-        bail!("recording {id} fails verification ({why}) and has no verified records to export");
+        bail!("recording {id} fails verification ({why}) and has no verified records to {verb}");
     }
+    let done = if verb == "export" {
+        "exported"
+    } else {
+        "read only"
+    };
     let note = format!(
-        "ward: WARNING: recording {id} fails verification ({why}); because of --force, exported the first {} verified records (up to byte {} of {}); the rest is torn or unverified and was left out",
+        "ward: WARNING: recording {id} fails verification ({why}); because of --force, {done} the first {} verified records (up to byte {} of {}); the rest is torn or unverified and was left out",
         report.verified_records,
         prefix.len(),
         bytes.len()

@@ -204,6 +204,15 @@ pub enum ReviewRefusal {
         /// The first problem.
         what: String,
     },
+    /// Operations asked of a recording that fails verification (a live session's, or a damaged
+    /// one), not forced.
+    #[error("recording {id} fails verification ({what}); its operations are listed once it verifies (a live session's when it ends) — use --force to list those of its verified records (audited)")]
+    OpsUnverified {
+        /// The session.
+        id: String,
+        /// The first problem.
+        what: String,
+    },
     /// The store could not be read.
     #[error("{0}")]
     Unreadable(String),
@@ -225,6 +234,7 @@ impl ReviewRefusal {
             ReviewRefusal::BadSessionId(_)
             | ReviewRefusal::NoRecording(_)
             | ReviewRefusal::FailsVerification { .. }
+            | ReviewRefusal::OpsUnverified { .. }
             | ReviewRefusal::BadFilter(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
@@ -341,24 +351,42 @@ impl ReviewService {
         if !crate::recording_store::valid_id(&id) {
             return Err(ReviewRefusal::BadSessionId(id));
         }
-        let bytes = match self.recordings.read_all(&id) {
-            Ok(b) => b,
+        // Verified, then read again for the operations, one record at a time: a recording is
+        // never held whole here (the rows are).
+        let Snapshot { mut reader, len } = match self.recordings.open(&id) {
+            Ok(s) => s,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ReviewRefusal::NoRecording(id))
             }
             Err(e) => return Err(unreadable(&id, &e)),
         };
-        let report = ward_recording::verify(&bytes, &self.key);
+        let report = ward_recording::verify_read(
+            std::io::BufReader::new((&mut reader).take(len)),
+            &self.key,
+        )
+        .map_err(|e| unreadable(&id, &e))?;
         if !report.ok && !force {
             let what = report
                 .first_error
                 .as_ref()
                 .map(|e| e.to_string())
                 .unwrap_or_else(|| "not sealed".into());
-            return Err(ReviewRefusal::FailsVerification { id, what });
+            return Err(ReviewRefusal::OpsUnverified { id, what });
         }
-        let verified = crate::review::verified_prefix(&bytes, &report);
-        let rows = crate::review::operations(verified, show_phi);
+        reader
+            .seek(SeekFrom::Start(0))
+            .map_err(|e| unreadable(&id, &e))?;
+        // Forced: the verified records only, as a forced export holds.
+        let verified = if report.ok {
+            len
+        } else {
+            report.valid_prefix_len.min(len)
+        };
+        let rows = crate::review::operations_read(
+            std::io::BufReader::new(reader.take(verified)),
+            show_phi,
+        )
+        .map_err(|e| unreadable(&id, &e))?;
         let phi_fields = rows
             .iter()
             .flat_map(|r| &r.fields)
@@ -994,9 +1022,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(refused, ReviewRefusal::FailsVerification { .. }),
+            matches!(refused, ReviewRefusal::OpsUnverified { .. }),
             "{refused}"
         );
+        assert!(refused.to_string().contains("--force"), "{refused}");
         assert!(operations(&f, &f.sam, ops_request(BAD, false, true))
             .await
             .unwrap()
