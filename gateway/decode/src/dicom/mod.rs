@@ -1269,6 +1269,9 @@ fn parse_associate(body: &[u8], pc_type: u8) -> Result<Assoc, Fail> {
                     .get(j + 4..j + 4 + slen)
                     .ok_or_else(|| bad("a sub-item is longer than its item"))?;
                 match sty {
+                    0x30 if !c.abstract_syntax.is_empty() => {
+                        return Err(bad("a presentation context with two abstract syntaxes"));
+                    }
                     0x30 => c.abstract_syntax = uid(sv),
                     0x40 => c.transfer_syntaxes.push(uid(sv)),
                     _ => {}
@@ -1321,6 +1324,9 @@ fn parse_command(b: &[u8]) -> Result<CommandSet, String> {
     let mut set = CommandSet::default();
     let mut field = None;
     let mut i = 0;
+    // Elements must come once each, in ascending order: a peer must not be able to show Ward one
+    // CommandField and the device another.
+    let mut last: Option<u16> = None;
     while i < b.len() {
         let h = b
             .get(i..i + 8)
@@ -1343,9 +1349,27 @@ fn parse_command(b: &[u8]) -> Result<CommandSet, String> {
                 "element ({group:04X},{elem:04X}) outside group 0000 in a command set"
             ));
         }
+        if last.is_some_and(|l| elem <= l) {
+            return Err(format!(
+                "command element (0000,{elem:04X}) repeated or out of order"
+            ));
+        }
+        last = Some(elem);
         let v = b
             .get(i + 8..(i + 8).saturating_add(len))
             .ok_or_else(|| format!("command element (0000,{elem:04X}) is longer than the set"))?;
+        if elem == 0x0000 {
+            let group_len = match v {
+                [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]) as usize,
+                _ => return Err("CommandGroupLength (0000,0000) is not a UL".into()),
+            };
+            if group_len != b.len() - (i + 8 + len) {
+                return Err(format!(
+                    "CommandGroupLength (0000,0000) says {group_len} bytes, the set has {}",
+                    b.len() - (i + 8 + len)
+                ));
+            }
+        }
         let us = || -> Result<u16, String> {
             match v {
                 [a, b] => Ok(u16::from_le_bytes([*a, *b])),
