@@ -67,7 +67,7 @@ const HELD_COMMAND_CAP: usize = 4 * COMMAND_CAP;
 /// rewrite; beyond, they are forwarded in a P-DATA-TF PDU of their own.
 const HELD_PDU_CAP: usize = 256 * 1024;
 /// How much of a C-STORE data set's first fragment is read for the patient's name and id.
-const PHI_SCAN: usize = 8 * 1024;
+pub const PHI_SCAN: usize = 8 * 1024;
 /// The status of the gateway's refusal of a denied DIMSE request: "Refused: Not authorized"
 /// (PS3.7 C.5.x; general status 0x0124).
 pub const REFUSED_NOT_AUTHORIZED: u16 = 0x0124;
