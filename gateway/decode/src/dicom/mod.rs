@@ -4,33 +4,49 @@
 //! - PDUs (type, reserved, 4-byte big-endian length). A-ASSOCIATE-RQ/AC/RJ, A-RELEASE and
 //!   A-ABORT are small (at most [`SMALL_PDU_CAP`] bytes) and read whole: the AE titles and the
 //!   presentation contexts (id, abstract syntax = SOP class, transfer syntaxes) become an
-//!   `A-ASSOCIATE` operation (RQ) or result (AC/RJ) event.
+//!   `A-ASSOCIATE` operation (RQ) or result (AC/RJ) event; an A-ABORT a result event.
 //! - P-DATA-TF PDUs, PDV by PDV (4-byte length, presentation context id, message control header:
 //!   bit 0 command/data, bit 1 last fragment). Command fragments are reassembled (at most
 //!   [`COMMAND_CAP`] bytes) and read as an implicit VR little endian group-0000 data set:
 //!   CommandField, Affected/Requested SOP Class and Instance UIDs, MessageID(BeingRespondedTo),
-//!   Status, CommandDataSetType. A request becomes an `operation` event named after its command
-//!   (`C-STORE`, `C-FIND`, `N-ACTION`, …), a response an `operation_result` event with its status.
+//!   Status, CommandDataSetType, MoveDestination. Each element at most once, in ascending order,
+//!   and CommandGroupLength exact, or the set is not read (a peer must not show Ward one command
+//!   and the device another). A request becomes an `operation` event named after its command
+//!   (`C-STORE`, `C-FIND`, `N-ACTION`, …; an unknown CommandField `DIMSE-0xNNNN`), a response an
+//!   `operation_result` event with its status (`0x0000`) under the request's name.
 //! - Data fragments (the data sets: images, identifiers) are never held: they pass as they stream;
-//!   only PDU and PDV headers are parsed, with a carry of at most 6 bytes.
+//!   only PDU and PDV headers are parsed, with a carry of at most 6 bytes. A C-STORE request is
+//!   reported once the first fragment of its data set has passed: PatientName and PatientID are
+//!   read from its first [`PHI_SCAN`] bytes (in the transfer syntax the A-ASSOCIATE-AC accepted;
+//!   implicit or explicit VR little endian) and recorded as `phi.patient_name`/`phi.patient_id`.
 //!
 //! What it enforces, with an operation list ([`OpPolicy::enforces`]), on what the client sends:
 //! - presentation contexts whose SOP class only serves denied operations ([`ops_for_sop_class`])
 //!   are removed from the A-ASSOCIATE-RQ before it reaches the device (the PDU is rewritten, its
-//!   lengths fixed); if none remains the gateway answers the client with an A-ASSOCIATE-RJ
-//!   (rejected-permanent, service-user, no reason given) and forwards nothing;
+//!   lengths fixed), and the device's A-ASSOCIATE-AC is given back a result (user-rejection) for
+//!   each, so the client hears of every context it proposed; if none remains the gateway answers
+//!   the client with an A-ASSOCIATE-RJ (rejected-permanent, service-user, no reason given) and
+//!   forwards nothing, then or after. One `operation_denied` event per refused operation lists
+//!   its contexts and SOP classes.
 //! - a DIMSE request for a denied operation that still arrives is not forwarded: its command
-//!   fragments and all its data fragments are dropped (streaming), the P-DATA-TF PDUs that carried
-//!   them are rewritten without them, and the gateway answers with the matching response carrying
-//!   status [`REFUSED_NOT_AUTHORIZED`] (0x0124, "Refused: Not authorized") and the reason in
-//!   ErrorComment. A P-DATA-TF PDU is held only until it is known whether it needs a rewrite
-//!   (a command's decision needs its whole command set); a PDU already forwarded whole (it began
-//!   with data that was let through) that turns out to carry a denied command ends the session
-//!   (it cannot be rewritten any more).
-//! - C-CANCEL is never refused (it only stops an operation already let through).
+//!   fragments and all its data fragments are dropped (streaming, until the next command), the
+//!   P-DATA-TF PDUs that carried them are rewritten without them (what is let through of such a
+//!   PDU goes in P-DATA-TF PDUs of its own), and the gateway answers with the matching response
+//!   carrying status [`REFUSED_NOT_AUTHORIZED`] (0x0124, "Refused: Not authorized"), the reason
+//!   in ErrorComment (0000,0902), no data set. A P-DATA-TF PDU is held only until it is known
+//!   whether it needs a rewrite (a command's decision needs its whole command set; a PDU whose
+//!   first PDV is data that is let through goes out as it streams). A denied command in a PDU
+//!   that already went out (it began with data let through) ends the session: it can no longer
+//!   be cut out.
+//! - C-CANCEL is never refused (it only stops an operation already let through); responses and
+//!   the device's own requests (C-STORE sub-operations of a C-GET, N-EVENT-REPORT) are decoded,
+//!   not governed.
+//! - Answers to the client go out at a PDU boundary of the device's stream (held until the
+//!   device finishes the PDU it is sending).
 //!
-//! Bytes that are not DICOM: with an operation list the session ends (fail closed); without, one
-//! `undecodable` event and everything after passes untouched.
+//! Bytes that are not DICOM: with an operation list the session ends (fail closed; too large a
+//! PDU or command set: `TooLarge`); without, one `undecodable` event and everything after passes
+//! untouched.
 
 use std::fmt::Write as _;
 
@@ -51,7 +67,7 @@ const HELD_COMMAND_CAP: usize = 4 * COMMAND_CAP;
 /// rewrite; beyond, they are forwarded in a P-DATA-TF PDU of their own.
 const HELD_PDU_CAP: usize = 256 * 1024;
 /// How much of a C-STORE data set's first fragment is read for the patient's name and id.
-const PHI_SCAN: usize = 8 * 1024;
+pub const PHI_SCAN: usize = 8 * 1024;
 /// The status of the gateway's refusal of a denied DIMSE request: "Refused: Not authorized"
 /// (PS3.7 C.5.x; general status 0x0124).
 pub const REFUSED_NOT_AUTHORIZED: u16 = 0x0124;
@@ -1269,6 +1285,9 @@ fn parse_associate(body: &[u8], pc_type: u8) -> Result<Assoc, Fail> {
                     .get(j + 4..j + 4 + slen)
                     .ok_or_else(|| bad("a sub-item is longer than its item"))?;
                 match sty {
+                    0x30 if !c.abstract_syntax.is_empty() => {
+                        return Err(bad("a presentation context with two abstract syntaxes"));
+                    }
                     0x30 => c.abstract_syntax = uid(sv),
                     0x40 => c.transfer_syntaxes.push(uid(sv)),
                     _ => {}
@@ -1321,6 +1340,9 @@ fn parse_command(b: &[u8]) -> Result<CommandSet, String> {
     let mut set = CommandSet::default();
     let mut field = None;
     let mut i = 0;
+    // Elements must come once each, in ascending order: a peer must not be able to show Ward one
+    // CommandField and the device another.
+    let mut last: Option<u16> = None;
     while i < b.len() {
         let h = b
             .get(i..i + 8)
@@ -1343,9 +1365,27 @@ fn parse_command(b: &[u8]) -> Result<CommandSet, String> {
                 "element ({group:04X},{elem:04X}) outside group 0000 in a command set"
             ));
         }
+        if last.is_some_and(|l| elem <= l) {
+            return Err(format!(
+                "command element (0000,{elem:04X}) repeated or out of order"
+            ));
+        }
+        last = Some(elem);
         let v = b
             .get(i + 8..(i + 8).saturating_add(len))
             .ok_or_else(|| format!("command element (0000,{elem:04X}) is longer than the set"))?;
+        if elem == 0x0000 {
+            let group_len = match v {
+                [a, b, c, d] => u32::from_le_bytes([*a, *b, *c, *d]) as usize,
+                _ => return Err("CommandGroupLength (0000,0000) is not a UL".into()),
+            };
+            if group_len != b.len() - (i + 8 + len) {
+                return Err(format!(
+                    "CommandGroupLength (0000,0000) says {group_len} bytes, the set has {}",
+                    b.len() - (i + 8 + len)
+                ));
+            }
+        }
         let us = || -> Result<u16, String> {
             match v {
                 [a, b] => Ok(u16::from_le_bytes([*a, *b])),

@@ -799,3 +799,33 @@ fn a_store_names_its_patient_when_the_first_fragment_has_them() {
         "read as implicit VR, the explicit data set names nobody (and does not panic)"
     );
 }
+
+#[test]
+fn a_command_set_cannot_say_two_things() {
+    // Without its group length (optional), then a second CommandField (C-STORE) after the first
+    // (C-ECHO): refused, whatever came first.
+    let mut twice = rq(0x0030, 1, VERIFICATION, None, false)[12..].to_vec();
+    element(&mut twice, 0x0100, &1u16.to_le_bytes());
+    assert!(parse_command(&twice).unwrap_err().contains("out of order"));
+    // A group length that hides part of the set.
+    let mut longer = rq(0x0030, 1, VERIFICATION, None, false);
+    element(&mut longer, 0x1000, b"1.2\0");
+    assert!(parse_command(&longer)
+        .unwrap_err()
+        .contains("CommandGroupLength"));
+    let up = [
+        assoc_rq(&[(1, VERIFICATION)]),
+        pdata(&[pdv(1, 0x03, &twice)]),
+    ]
+    .concat();
+    let t = run(policy(&["C-ECHO"]), &[(Direction::Up, &up[..])], 0);
+    assert!(matches!(t.stop.unwrap().kind, StopKind::Unparseable(_)));
+    // Two abstract syntaxes in one presentation context.
+    let mut d = vec![1, 0, 0, 0];
+    d.extend(item(0x30, VERIFICATION.as_bytes()));
+    d.extend(item(0x30, CT.as_bytes()));
+    d.extend(item(0x40, IVRLE.as_bytes()));
+    let rq2 = pdu(0x01, &assoc_body("SCU", "DEVICE", &[item(0x20, &d)]));
+    let t = run(policy(&["C-ECHO"]), &[(Direction::Up, &rq2[..])], 0);
+    assert!(matches!(t.stop.unwrap().kind, StopKind::Unparseable(_)));
+}
