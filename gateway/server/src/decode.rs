@@ -97,13 +97,23 @@ mod tests {
     fn the_permitting_rules_list_applies_and_break_glass_is_observed_only() {
         let config = Config::parse(ward_core::config::SAMPLE_CONFIG, "ward.toml").unwrap();
         // The radiology rule's DICOM list governs the globex vendor on pacs-1.
-        let s = session(&config, who(PrincipalKind::Vendor, Some("globex"), &[]), "pacs-1", None);
+        let s = session(
+            &config,
+            who(PrincipalKind::Vendor, Some("globex"), &[]),
+            "pacs-1",
+            None,
+        );
         let p = policy(&config, &s, OpProtocol::Dicom);
         assert_eq!(p.rule, "radiology-weekend-maintenance");
         assert_eq!(p.list.unwrap().allow, ["C-ECHO", "C-FIND"]);
         assert_eq!(stages(&config, &s).len(), 1);
         // The admins' rule gives no list: decoded and recorded, nothing refused.
-        let s = session(&config, who(PrincipalKind::Admin, None, &[]), "pacs-1", None);
+        let s = session(
+            &config,
+            who(PrincipalKind::Admin, None, &[]),
+            "pacs-1",
+            None,
+        );
         assert!(!policy(&config, &s, OpProtocol::Dicom).enforces());
         // Break-glass on the pump: decoded, never refused, whatever the rules say.
         let s = session(
@@ -124,7 +134,12 @@ mod tests {
             "address = \"10.30.0.5:104\"\nprotocol = \"raw\"",
         );
         let config = Config::parse(&text, "ward.toml").unwrap();
-        let s = session(&config, who(PrincipalKind::Admin, None, &[]), "pacs-1", None);
+        let s = session(
+            &config,
+            who(PrincipalKind::Admin, None, &[]),
+            "pacs-1",
+            None,
+        );
         assert!(stages(&config, &s).is_empty());
     }
 }
