@@ -111,6 +111,29 @@ fn the_cli_reads_as_one_tool() {
     assert_eq!(row(&out.stdout, "pump-12")[2], "open", "{}", out.stdout);
     assert_eq!(row(&out.stdout, "pump-14")[2], "request", "{}", out.stdout);
     assert!(out.stdout.contains("ward request DEVICE"), "{}", out.stdout);
+    // What a session may do there, as its decoder will enforce it: the vault owns the password.
+    assert!(
+        row(&out.stdout, "pump-12")
+            .join(" ")
+            .contains("not passwd*"),
+        "{}",
+        out.stdout
+    );
+    assert!(
+        out.stdout.contains("operations: what a session may do"),
+        "{}",
+        out.stdout
+    );
+    let json = as_("vendor", &["devices", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    let pump = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "pump-12")
+        .unwrap();
+    assert_eq!(pump["operations"]["deny"][0], "passwd*", "{pump}");
+    assert!(pump.get("tls").is_none(), "{pump}");
     let out = as_("clinician", &["devices"]);
     assert_eq!(
         row(&out.stdout, "pump-14")[2],
@@ -119,6 +142,14 @@ fn the_cli_reads_as_one_tool() {
         out.stdout
     );
     assert!(!out.stdout.contains("pump-12"), "{}", out.stdout);
+    // The monitor the clinician may read, and only read.
+    assert!(
+        row(&out.stdout, "monitor-3")
+            .join(" ")
+            .contains("only GET *, HEAD *"),
+        "{}",
+        out.stdout
+    );
 
     // --start in the past: a sentence, not clap's "unexpected argument '-1'".
     let out = as_(

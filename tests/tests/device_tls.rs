@@ -348,6 +348,16 @@ fn a_tls_device_is_reached_only_with_its_pinned_certificate() {
     // Nothing of a session reached nginx's HTTP layer.
     assert!(nginx.access_log().is_empty(), "{:?}", nginx.access_log());
 
+    // The vendor's device listing says the device is reached over TLS.
+    let out = ward_as(&gw, &vendor, &["devices"]);
+    assert!(out.status.success(), "{out:?}");
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with(DEVICE))
+        .unwrap_or_default();
+    assert!(line.contains("http (TLS)"), "{out:?}");
+
     // (d) A vendor cannot pin: not even look (refused), nor confirm (refused, audited).
     let out = ward_as(&gw, &vendor, &["devices", "pin", DEVICE]);
     assert!(!out.status.success(), "{out:?}");

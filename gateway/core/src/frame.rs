@@ -490,6 +490,13 @@ pub struct DeviceInfo {
     /// How this client may reach it; absent (and so from older gateways) means now, by `rule`.
     #[serde(default, skip_serializing_if = "Reach::is_open")]
     pub reach: Reach,
+    /// The operation list a session opened now would be held to (docs/protocols.md); absent:
+    /// none (or a gateway from before operation lists).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operations: Option<crate::operations::OpList>,
+    /// The gateway reaches the device over TLS with a pinned certificate.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tls: bool,
 }
 
 /// How a client may reach a device in a [`Response::Devices`] listing.
@@ -1296,13 +1303,20 @@ mod tests {
             proptest::sample::select(Protocol::ALL.to_vec()),
             labels,
             arb_text(),
+            any::<bool>(),
+            proptest::option::of(proptest::collection::vec(arb_text(), 0..3)),
         )
-            .prop_map(|(id, protocol, labels, rule)| DeviceInfo {
+            .prop_map(|(id, protocol, labels, rule, tls, allow)| DeviceInfo {
                 id,
                 protocol,
                 labels,
                 rule,
                 reach: Reach::Open,
+                operations: allow.map(|allow| crate::operations::OpList {
+                    allow,
+                    deny: vec!["x*".into()],
+                }),
+                tls,
             });
         let lock_info = (arb_target(), any::<Option<i64>>(), arb_text(), arb_text()).prop_map(
             |(target, until_unix, reason, by)| LockInfo {

@@ -11,8 +11,10 @@
 
 use ward_core::config::Config;
 use ward_core::operations::{OpPolicy, OpProtocol, Operations};
+use ward_core::policy::Permit;
 use ward_core::session::Authorized;
 use ward_core::stage::Stage;
+use ward_core::{Device, Principal};
 
 /// The decoder stage for `session` under `config`; none for a `raw` device.
 pub(crate) fn stages(config: &Config, session: &Authorized) -> Vec<Box<dyn Stage>> {
@@ -28,7 +30,24 @@ pub(crate) fn stages(config: &Config, session: &Authorized) -> Vec<Box<dyn Stage
 
 /// The operation policy of `session` for `protocol`.
 fn policy(config: &Config, session: &Authorized, protocol: OpProtocol) -> OpPolicy {
-    let permit = session.permit();
+    policy_for(
+        config,
+        session.principal(),
+        session.device(),
+        session.permit(),
+        protocol,
+    )
+}
+
+/// The operation policy a session of `principal` on `device` under `permit` gets for `protocol`:
+/// what a session enforces, and what `ward devices` shows before one is opened.
+pub(crate) fn policy_for(
+    config: &Config,
+    principal: &Principal,
+    device: &Device,
+    permit: &Permit,
+    protocol: OpProtocol,
+) -> OpPolicy {
     if permit.break_glass() {
         return OpPolicy::observe(protocol);
     }
@@ -43,7 +62,7 @@ fn policy(config: &Config, session: &Authorized, protocol: OpProtocol) -> OpPoli
         config
             .rules
             .iter()
-            .filter(|r| r.covers(session.principal(), session.device()))
+            .filter(|r| r.covers(principal, device))
             .find_map(|r| listed(&r.name))
     };
     match found {

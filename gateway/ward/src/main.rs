@@ -607,19 +607,35 @@ async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
         println!("no device is reachable with this identity now, by request or by break-glass");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = show::Table::new(&["DEVICE", "PROTOCOL", "ACCESS", "RULE", "LABELS"]);
+    let mut table = show::Table::new(&[
+        "DEVICE",
+        "PROTOCOL",
+        "ACCESS",
+        "RULE",
+        "OPERATIONS",
+        "LABELS",
+    ]);
     for d in &devices {
         let labels: Vec<String> = d.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let rule = if d.rule.is_empty() { "-" } else { &d.rule };
+        let protocol = if d.tls {
+            format!("{} (TLS)", d.protocol)
+        } else {
+            d.protocol.to_string()
+        };
         table.row(vec![
             Escaped(&d.id).to_string(),
-            d.protocol.to_string(),
+            protocol,
             d.reach.as_str().into(),
             Escaped(rule).to_string(),
+            Escaped(&operations_cell(d.operations.as_ref())).to_string(),
             Escaped(&labels.join(",")).to_string(),
         ]);
     }
     table.print()?;
+    if devices.iter().any(|d| d.operations.is_some()) {
+        println!("operations: what a session may do on the device (docs/protocols.md); anything else is refused and audited");
+    }
     let has = |r: &[Reach]| devices.iter().any(|d| r.contains(&d.reach));
     if has(&[Reach::Request, Reach::RequestOrBreakGlass]) {
         println!("request: ask with `ward request DEVICE --reason ... --duration 2h`; it opens once approvers approve");
@@ -628,4 +644,19 @@ async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
         println!("break-glass: emergencies only, `ward connect DEVICE --break-glass --reason ...` (recorded, flagged and reported)");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `ward devices`' OPERATIONS cell: `any` without a list, else the allowed and refused patterns.
+fn operations_cell(ops: Option<&ward_core::operations::OpList>) -> String {
+    let Some(ops) = ops else {
+        return "any".into();
+    };
+    let mut parts = Vec::new();
+    if !ops.allow.is_empty() {
+        parts.push(format!("only {}", ops.allow.join(", ")));
+    }
+    if !ops.deny.is_empty() {
+        parts.push(format!("not {}", ops.deny.join(", ")));
+    }
+    parts.join("; ")
 }

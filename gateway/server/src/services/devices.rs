@@ -3,7 +3,9 @@
 //! request, or only as break-glass.
 
 use time::OffsetDateTime;
+use ward_core::config::Config;
 use ward_core::frame::{DeviceInfo, Reach};
+use ward_core::operations::OpProtocol;
 use ward_core::policy::{self, AccessInputs, Decision};
 use ward_core::{Device, Principal};
 
@@ -37,7 +39,33 @@ impl DeviceService {
             .devices
             .iter()
             .filter_map(|d| listed(&inputs, caller.principal, d, now))
+            .map(|mut info| {
+                held_to(&config, &inputs, caller.principal, &mut info, now);
+                info
+            })
             .collect())
+    }
+}
+
+/// Fill in what a session opened now would be held to: the operation list of the rule (or, for a
+/// grant, the covering rule) that permits it, as the session's decoder would enforce it
+/// ([`crate::decode::policy_for`]), and whether the device is reached over TLS.
+fn held_to(
+    config: &Config,
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    info: &mut DeviceInfo,
+    now: OffsetDateTime,
+) {
+    let Some(device) = config.device(&info.id) else {
+        return;
+    };
+    info.tls = device.tls.is_some();
+    let Some(protocol) = OpProtocol::of_device(device.protocol) else {
+        return;
+    };
+    if let Decision::Permit(p) = policy::evaluate_access(inputs, principal, device, None, now) {
+        info.operations = crate::decode::policy_for(config, principal, device, &p, protocol).list;
     }
 }
 
@@ -55,6 +83,8 @@ pub fn listed(
         labels: device.labels.clone(),
         rule,
         reach,
+        operations: None,
+        tls: false,
     };
     if let Decision::Permit(p) = policy::evaluate_access(inputs, principal, device, None, now) {
         return Some(info(p.rule().to_owned(), Reach::Open));
@@ -88,6 +118,8 @@ mod tests {
             labels: Default::default(),
             rule: "r".into(),
             reach: Reach::Open,
+            operations: None,
+            tls: false,
         };
         let json = serde_json::to_value(&open).unwrap();
         assert!(json.get("reach").is_none(), "{json}");
