@@ -63,8 +63,11 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
     ]));
     assert!(out.status.success(), "{out:?}");
     let rows: Vec<&str> = out.stdout.lines().collect();
-    // pump-12 now; pump-14 by request (issue 13: the listing says what one could request too).
-    assert_eq!(rows.len(), 4, "{}", out.stdout);
+    // pump-12 now; pump-14 by request (issue 13: the listing says what one could request too);
+    // the operations legend and the request hint.
+    assert_eq!(rows.len(), 5, "{}", out.stdout);
+    assert!(rows[1].contains(" not passwd* "), "{}", out.stdout);
+    assert!(rows[3].starts_with("operations: "), "{}", out.stdout);
     assert!(rows[0].starts_with("DEVICE"), "{}", out.stdout);
     assert!(
         rows[2].starts_with("pump-14") && rows[2].contains(" request "),
@@ -79,6 +82,8 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
             "telnet",
             "open",
             "acme-maintains-its-pumps",
+            "not",
+            "passwd*",
             "class=infusion-pump,unit=icu,vendor=acme"
         ],
         "{}",

@@ -628,7 +628,12 @@ async fn devices(args: DevicesArgs) -> anyhow::Result<ExitCode> {
             protocol,
             d.reach.as_str().into(),
             Escaped(rule).to_string(),
-            Escaped(&operations_cell(d.operations.as_ref())).to_string(),
+            // What a session may do is known for a device open now; by request, once granted.
+            if d.reach == Reach::Open {
+                Escaped(&operations_cell(d.operations.as_ref())).to_string()
+            } else {
+                "-".into()
+            },
             Escaped(&labels.join(",")).to_string(),
         ]);
     }
