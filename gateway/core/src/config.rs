@@ -449,6 +449,30 @@ pub struct Config {
     /// Rules' `operations`: the operation lists each rule gives, by rule name (docs/protocols.md).
     /// A rule without `operations` is absent.
     pub operations: BTreeMap<String, Operations>,
+    /// `[web]`: the web console's listener and its sign-in sessions (docs/web.md). Off unless
+    /// `listen` is set.
+    pub web: WebConfig,
+}
+
+/// The `[web]` table: the web console (docs/web.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebConfig {
+    /// Where the console listens (HTTPS, TLS 1.3, the gateway's certificate); `None`: off.
+    pub listen: Option<SocketAddr>,
+    /// A signed-in browser session ends after this long without a request (default 15 min).
+    pub idle_timeout: Duration,
+    /// A signed-in browser session ends this long after sign-in whatever it does (default 8 h).
+    pub max_session: Duration,
+}
+
+impl Default for WebConfig {
+    fn default() -> Self {
+        WebConfig {
+            listen: None,
+            idle_timeout: Duration::from_secs(15 * 60),
+            max_session: Duration::from_secs(8 * 3600),
+        }
+    }
 }
 
 /// The `[access]` table: limits on access requests.
@@ -585,6 +609,7 @@ impl Config {
                 AccessConfig::default().max_start_ahead,
             )?,
         };
+        let web = cx.web(raw.web, &listeners)?;
         Ok(Config {
             gateway,
             devices,
@@ -594,6 +619,7 @@ impl Config {
             access,
             inject,
             operations,
+            web,
         })
     }
 
@@ -657,6 +683,16 @@ struct RawConfig {
     vault: inject::RawVault,
     #[serde(default)]
     login_profile: Vec<Spanned<inject::RawLoginProfile>>,
+    #[serde(default)]
+    web: RawWeb,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWeb {
+    listen: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    max_session: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1259,6 +1295,38 @@ impl Cx<'_> {
             });
         }
         Ok(out)
+    }
+
+    fn web(&self, raw: RawWeb, listeners: &[SocketAddr]) -> Result<WebConfig, ConfigError> {
+        let d = WebConfig::default();
+        let listen = match &raw.listen {
+            None => None,
+            Some(l) => {
+                let addr = self.listen(l, "web.listen")?;
+                if listeners.iter().any(|g| {
+                    g.port() == addr.port()
+                        && (g.ip() == addr.ip()
+                            || g.ip().is_unspecified()
+                            || addr.ip().is_unspecified())
+                }) {
+                    return Err(self.err(
+                        l.span(),
+                        "web.listen",
+                        ConfigErrorKind::Syntax(format!(
+                            "{addr} is also a gateway listener; give the web console a port of its own"
+                        )),
+                    ));
+                }
+                Some(addr)
+            }
+        };
+        let idle_timeout = self.duration(raw.idle_timeout, "web.idle_timeout", d.idle_timeout)?;
+        let max_session = self.duration(raw.max_session, "web.max_session", d.max_session)?;
+        Ok(WebConfig {
+            listen,
+            idle_timeout,
+            max_session,
+        })
     }
 
     fn login(&self, raw: RawLogin) -> Result<LoginConfig, ConfigError> {

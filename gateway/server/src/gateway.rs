@@ -75,6 +75,11 @@ impl Shared {
         &self.limits
     }
 
+    /// The review service (recordings, the audit log, the session listing).
+    pub(crate) fn review(&self) -> &crate::services::review::ReviewService {
+        &self.review
+    }
+
     /// A snapshot of the current config. Take one per decision, so that no decision mixes the
     /// config before a reload with the one after.
     pub(crate) fn config(&self) -> Arc<Config> {
@@ -237,6 +242,7 @@ pub struct Gateway {
     audit_writer: AuditWriter,
     quic_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
+    web_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     stop_accepting: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -356,11 +362,29 @@ impl Gateway {
         let server_tls = tls::server_config(
             validator.clone(),
             clock.clone(),
-            chain,
-            key,
+            chain.clone(),
+            key.clone_key(),
             verified.clone(),
         )?;
 
+        // The web console (docs/web.md): bound before anything is served, so a taken port
+        // stops the start with a reason.
+        let web = match config.web.listen {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("binding the web console's listener {addr} ([web] listen)")
+                })?;
+                let tls = crate::web::server::tls_config(
+                    validator.clone(),
+                    clock.clone(),
+                    chain.clone(),
+                    key.clone_key(),
+                )?;
+                Some((listener, Arc::new(tls)))
+            }
+        };
+        let web_addr = web.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
         let limits = g.limits;
         let (endpoint, tcp) = bind_listeners(g, &server_tls).await?;
         let quic_addr = endpoint.local_addr()?;
@@ -421,6 +445,14 @@ impl Gateway {
             endpoint.clone(),
             stop_rx.clone(),
         ));
+        if let Some((listener, tls)) = web {
+            tasks.spawn(crate::web::server::serve(
+                shared.clone(),
+                listener,
+                tls,
+                stop_rx.clone(),
+            ));
+        }
         if let Some(listener) = tcp {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
             tasks.spawn(tcp_accept_loop(shared.clone(), listener, acceptor, stop_rx));
@@ -433,6 +465,7 @@ impl Gateway {
             audit_writer,
             quic_addr,
             tcp_addr,
+            web_addr,
             endpoint,
             stop_accepting: stop_tx,
             tasks,
@@ -448,6 +481,17 @@ impl Gateway {
     /// The bound TLS-over-TCP address, when the fallback is enabled.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
         self.tcp_addr
+    }
+
+    /// The bound web console address, when `[web] listen` is set.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web_addr
+    }
+
+    /// The web console's routes over this gateway, for in-process tests: requests need a
+    /// [`crate::web::ConnInfo`] or an [`crate::web::Authed`] in their extensions.
+    pub fn web_router(&self) -> axum::Router {
+        crate::web::router(crate::web::WebState::new(self.shared.clone()))
     }
 
     /// Number of sessions currently proxying.

@@ -32,6 +32,7 @@ pub mod review_jobs;
 pub mod services;
 mod session;
 pub mod state_lock;
+pub mod web;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.
 pub const AUDIT_KEY: &str = "audit.key";
