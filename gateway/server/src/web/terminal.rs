@@ -334,6 +334,12 @@ impl Terminal {
         }
     }
 
+    /// Resize to `cols` × `rows` (clamped to something drawable).
+    pub fn resize(&mut self, cols: u16, rows: u16) {
+        let (cols, rows) = clamp_size(cols, rows);
+        self.parser.screen_mut().set_size(rows, cols);
+    }
+
     /// What it shows now, stamped `t` seconds.
     pub fn screen(&self, t: f64) -> Screen {
         screen_of(self.parser.screen(), t)
@@ -419,7 +425,7 @@ pub fn printable_input(bytes: &[u8]) -> String {
 
 /// The first window size a telnet client announced (NAWS: `IAC SB 31 w w h h IAC SE`), as
 /// `(cols, rows)`.
-fn telnet_naws(up: &[u8]) -> Option<(u16, u16)> {
+pub(crate) fn telnet_naws(up: &[u8]) -> Option<(u16, u16)> {
     let mut i = 0;
     while let Some(pos) = up
         .get(i..)
