@@ -465,11 +465,24 @@ async fn a_recorded_session_plays_seeks_shows_hex_and_downloads_as_ward_export_d
             "{path}"
         );
     }
-    let denied = audit_events(&s.state)
-        .into_iter()
-        .filter(|e| e["outcome"] == "denied" && e["event"] == "recording_replayed")
-        .count();
-    assert!(denied >= 1);
+    let denied = |event: &str| {
+        audit_events(&s.state)
+            .into_iter()
+            .filter(|e| e["outcome"] == "denied" && e["event"] == event)
+            .count()
+    };
+    // Refusals are written with the log's next batch.
+    let all_denied = || {
+        (
+            denied("recording_replayed"),
+            denied("recording_exported"),
+            denied("session_watched"),
+        ) == (3, 1, 1)
+    };
+    assert!(
+        eventually(LIMIT, all_denied).await,
+        "timeline, screen, hex; export; watch: each refusal audited"
+    );
 
     // Unknown sessions: 404; not a session id: 400.
     for path in [
