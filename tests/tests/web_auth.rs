@@ -472,6 +472,7 @@ async fn web_sign_in_sessions_csrf_certificates_and_tls() {
         "wrong TOTP code",
         "MFA required but the user has no TOTP secret",
         "TOTP code reused",
+        "sign-in without Content-Type: application/json",
     ] {
         assert!(denied.iter().any(|r| r == why), "{why} not in {denied:?}");
     }
