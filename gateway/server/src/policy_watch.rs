@@ -519,8 +519,8 @@ mod tests {
         assert_eq!(p.ends, vec![end.clone()]);
         drop(gb);
         assert!(watch.terminate("aaaa", end.clone(), now).is_some());
-        let ids: Vec<&String> = watch.current().terminated.keys().collect::<Vec<_>>();
-        assert_eq!(ids, vec!["aaaa"]);
+        let ids: Vec<String> = watch.current().terminated.keys().cloned().collect();
+        assert_eq!(ids, vec!["aaaa".to_string()]);
     }
 
     /// Polls `f` once: its output if it is ready.
