@@ -685,7 +685,10 @@ impl ReviewService {
                     .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?,
                 None => ward_store::session_query::Aggregates::default(),
             };
-            Ok((aggregates, base.detail("since", since).detail("until", until)))
+            Ok((
+                aggregates,
+                base.detail("since", since).detail("until", until),
+            ))
         })
         .await
     }
@@ -780,7 +783,8 @@ impl ReviewService {
         let pattern = filter
             .op_pattern()
             .map_err(|e| ReviewRefusal::BadFilter(format!("{e:#}")))?;
-        let keep = pattern.map(|p| move |ops: &[String]| p.matches_any(ops.iter().map(String::as_str)));
+        let keep =
+            pattern.map(|p| move |ops: &[String]| p.matches_any(ops.iter().map(String::as_str)));
         let keep = keep.as_ref().map(|k| k as &dyn Fn(&[String]) -> bool);
         let paging = q::paging(Some(search.page), Some(search.per_page));
         let unreadable = |e: ward_store::store::StoreError| {
@@ -797,8 +801,15 @@ impl ReviewService {
         let page = match &filter.grep {
             None => {
                 let mut reread = |id: &str| self.reread(id);
-                q::page(&reader, &self.recordings, &search.query, keep, paging, &mut reread)
-                    .map_err(unreadable)?
+                q::page(
+                    &reader,
+                    &self.recordings,
+                    &search.query,
+                    keep,
+                    paging,
+                    &mut reread,
+                )
+                .map_err(unreadable)?
             }
             Some(_) => {
                 // Each candidate read whole and verified: the summary is as fresh as it gets.
@@ -809,7 +820,10 @@ impl ReviewService {
                         .read_all(id)
                         .map_err(|e| format!("reading recording {id}: {e}"))?;
                     let read = bytes.len() as u64;
-                    Ok((crate::review::summarise(&bytes, &self.key, &filter, id), read))
+                    Ok((
+                        crate::review::summarise(&bytes, &self.key, &filter, id),
+                        read,
+                    ))
                 };
                 q::grep_page(
                     &reader,
