@@ -341,13 +341,13 @@ mod tests {
             with(|x| x.outcome = Some("denied".into())),
             ["session_deny", "login"]
         );
-        // 2026-11-28T00:00:00Z = 1764288000.
+        // 2026-11-28T00:00:00Z = 1795824000.
         assert_eq!(
-            with(|x| x.since = Some(1_764_288_000)),
+            with(|x| x.since = Some(1_795_824_000)),
             ["session_close", "session_deny"]
         );
         assert_eq!(
-            with(|x| x.until = Some(1_764_288_000)),
+            with(|x| x.until = Some(1_795_824_000)),
             ["session_open", "login"]
         );
     }

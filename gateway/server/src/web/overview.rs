@@ -260,15 +260,9 @@ mod tests {
             r#"{"time":"2026-11-27T01:00:00.000Z","event":"session_deny","outcome":"denied","severity":"warning"}"#,
             "\n"
         );
-        let config: Config = toml::from_str(
-            r#"
-            [gateway]
-            listen = "127.0.0.1:0"
-            ca = "."
-            cert = "c"
-            key = "k"
-            state_dir = "s"
-            "#,
+        let config = Config::parse(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\nca = \".\"\ncert = \"c\"\nkey = \"k\"\nstate_dir = \"s\"\n",
+            "test.toml",
         )
         .unwrap();
         let o = build(days, (0, 1), agg, log.as_bytes(), &config);

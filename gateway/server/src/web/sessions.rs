@@ -166,7 +166,7 @@ mod tests {
             principal: Some("acme/jdoe".into()),
             device: Some("".into()),
             since: Some("2026-11-27T00:00:00Z".into()),
-            until: Some("1764316800".into()),
+            until: Some("1795824000".into()),
             verification: Some("failed".into()),
             page: Some("2".into()),
             per_page: Some("1000".into()),
@@ -176,8 +176,8 @@ mod tests {
         let s = p.search(now()).unwrap();
         assert_eq!(s.query.principal.as_deref(), Some("acme/jdoe"));
         assert_eq!(s.query.device, None);
-        assert_eq!(s.query.since, Some(1_764_201_600));
-        assert_eq!(s.query.until, Some(1_764_316_800));
+        assert_eq!(s.query.since, Some(1_795_737_600));
+        assert_eq!(s.query.until, Some(1_795_824_000));
         assert_eq!(s.query.verification, Some(Verification::Failed));
         assert_eq!((s.page, s.per_page), (2, 200));
         assert_eq!(s.grep, None);
