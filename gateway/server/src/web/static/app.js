@@ -49,6 +49,7 @@ async function loadMe() {
 function showHeader() {
   const me = session.me;
   nav.hidden = !me;
+  for (const id of ['nav-overview', 'nav-live', 'nav-sessions', 'nav-audit']) document.getElementById(id).hidden = !isStaff();
   document.getElementById('signout').hidden = !me;
   fill(whoami, me ? [h('strong', null, me.principal || me.name || ''), ' ',
     h('span', { class: 'muted' }, 'via ' + (me.via === 'certificate' ? 'certificate' : 'password + TOTP'))] : '');
@@ -180,12 +181,12 @@ async function overview(r, live) {
     }),
     columns({
       title: 'Failed sign-ins per day', labels: days, series: one('', d.failed_logins), yLabel: 'failures',
-      href: (k, i) => '#/audit' + qs({ outcome: 'failure', event: 'login', ...range(i) }),
+      href: (k, i) => '#/audit' + qs({ event: 'login', ...range(i) }),
       tip: (k, i, n) => `${days[i]}: ${n} failed sign-ins`,
     }),
     columns({
       title: 'Break-glass sessions per day', labels: days, series: one('', d.break_glass), yLabel: 'sessions',
-      href: (k, i) => '#/audit' + qs({ event: 'break_glass', ...range(i) }),
+      href: (k, i) => '#/sessions' + qs(range(i)),
       tip: (k, i, n) => `${days[i]}: ${n} break-glass`,
     }),
     bars({
@@ -461,7 +462,7 @@ async function audit(r, alive) {
     ['until', 'Until', h('input', { placeholder: timeHint })],
   ], 'audit-submit'));
   const filters = {};
-  for (const k of ['event', 'principal', 'device', 'session', 'severity', 'since', 'until', 'outcome']) if (q.get(k)) filters[k] = q.get(k);
+  for (const k of ['event', 'principal', 'device', 'session', 'severity', 'since', 'until']) if (q.get(k)) filters[k] = q.get(k);
   const d = await api('/audit' + qs({ ...filters, page: q.get('page') || 1, per_page: q.get('per_page') }));
   if (!alive()) return;
   const c = d.chain || {};
@@ -512,7 +513,7 @@ async function requests(r, alive) {
 
 async function devices(r, alive) {
   title('Devices and locks');
-  const [dv, lk] = await Promise.all([api('/devices'), api('/locks')]);
+  const [dv, lk] = await Promise.all([api('/devices'), isStaff() ? api('/locks') : null]);
   if (!alive()) return;
   const list = Array.isArray(dv.devices) ? dv.devices : [];
   const reachText = (d) => {
@@ -536,6 +537,7 @@ async function devices(r, alive) {
       h('td', null, h('a', { href: '#/sessions' + qs({ device: d.id }) }, d.id), d.tls ? h('span', { class: 'badge ok' }, 'TLS') : null),
       h('td', null, d.protocol), h('td', null, Object.entries(d.labels || {}).map(([k, v]) => k + '=' + v).join(', ')),
       h('td', null, reachText(d)), h('td', null, ops(d.operations)))), 'No devices configured.')));
+  if (!lk) return;
   const locks = Array.isArray(lk.locks) ? lk.locks : [];
   main.append(h('section', { class: 'card' }, h('h2', null, 'Active locks'), table('locks-table',
     [{ label: 'Target', cls: 'c-dev' }, { label: 'Reason', cls: 'c-wide' }, { label: 'By', cls: 'c-who' }, { label: 'Since', cls: 'c-time' }, { label: 'Until', cls: 'c-time' }, { label: '', cls: 'c-act' }],

@@ -53,7 +53,7 @@ function span(text, cls) {
 // The player for terminal sessions. Returns a cleanup function.
 export function player(box, id, report) {
   const base = '/sessions/' + enc(id);
-  const screen = h('pre', { id: 'screen', class: 'term', 'aria-label': 'Terminal screen', tabindex: '0' });
+  const screen = h('pre', { id: 'screen', class: 'term', 'aria-label': 'Terminal screen (space: play or pause, arrows: 5 s back or forward)', tabindex: '0' });
   const play = h('button', { id: 'play', type: 'button' }, '▶ Play');
   const pause = h('button', { id: 'pause', type: 'button', disabled: true }, '❚❚ Pause');
   const seek = h('input', { id: 'seek', type: 'range', min: 0, max: 0, step: 0.1, value: 0, 'aria-label': 'Position (seconds)' });
@@ -145,6 +145,12 @@ export function player(box, id, report) {
   play.addEventListener('click', start);
   pause.addEventListener('click', () => { stop(); show(); });
   seek.addEventListener('input', () => { if (tl) seekTo(Number(seek.value)); });
+  // On the screen: space plays/pauses, arrows step 5 s.
+  screen.addEventListener('keydown', (ev) => {
+    if (!tl) return;
+    if (ev.key === ' ') { ev.preventDefault(); if (playing) { stop(); show(); } else start(); }
+    else if (ev.key === 'ArrowLeft' || ev.key === 'ArrowRight') { ev.preventDefault(); seekTo(t + (ev.key === 'ArrowLeft' ? -5 : 5)); }
+  });
   speed.addEventListener('change', () => { tBase = t; wallBase = performance.now(); });
   keysBtn.addEventListener('click', () => {
     keys.hidden = !keys.hidden;
