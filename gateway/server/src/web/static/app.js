@@ -28,7 +28,9 @@ function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, query] = raw.split('?', 2);
   const [page, ...rest] = path.split('/');
-  return { page: page || '', arg: rest.map(decodeURIComponent).join('/'), q: new URLSearchParams(query || '') };
+  let arg = rest.join('/');
+  try { arg = decodeURIComponent(arg); } catch (e) { /* keep it as typed */ }
+  return { page: page || '', arg, q: new URLSearchParams(query || '') };
 }
 
 function go(hash) {
@@ -62,7 +64,7 @@ function showHeader() {
 
 const pages = { signin, overview, live, sessions: sessionsPage, session: detail, watch: watchPage, audit, requests, devices };
 
-async function route() {
+async function route(ev) {
   const my = ++gen;
   for (const c of cleanups) c();
   cleanups = [];
@@ -85,7 +87,12 @@ async function route() {
   } catch (e) {
     if (my === gen) report(e);
   } finally {
-    if (my === gen) main.removeAttribute('aria-busy');
+    if (my === gen) {
+      main.removeAttribute('aria-busy');
+      // After a navigation, move focus to the new page's heading (screen readers announce it).
+      const h1 = main.querySelector('h1');
+      if (ev && ev.type === 'hashchange' && h1 && !main.contains(document.activeElement)) h1.focus();
+    }
   }
 }
 
@@ -154,8 +161,11 @@ document.getElementById('signout').addEventListener('click', async () => {
 // ---- overview ----
 
 async function overview(r, live) {
-  title('Overview');
-  const d = await api('/overview?days=14');
+  const n = ['7', '14', '30', '90'].includes(r.q.get('days')) ? r.q.get('days') : '14';
+  const pick = h('select', { id: 'overview-days', 'aria-label': 'Period', onchange: (ev) => go('#/overview?days=' + ev.target.value) },
+    ['7', '14', '30', '90'].map((v) => h('option', { value: v, selected: v === n }, 'last ' + v + ' days')));
+  title('Overview', pick);
+  const d = await api('/overview?days=' + n);
   if (!live()) return;
   const days = Array.isArray(d.days) ? d.days : [];
   const since = (i) => days[i] + 'T00:00:00Z';
@@ -181,7 +191,7 @@ async function overview(r, live) {
     }),
     columns({
       title: 'Failed sign-ins per day', labels: days, series: one('', d.failed_logins), yLabel: 'failures',
-      href: (k, i) => '#/audit' + qs({ event: 'login', ...range(i) }),
+      href: (k, i) => '#/audit' + qs({ event: 'login,web_signin', outcome: 'denied', ...range(i) }),
       tip: (k, i, n) => `${days[i]}: ${n} failed sign-ins`,
     }),
     columns({
@@ -453,16 +463,17 @@ async function audit(r, alive) {
   title('Audit log');
   const q = r.q;
   main.append(filterForm('audit', q, [
-    ['event', 'Event', h('input', { placeholder: 'session_open, lock, …' })],
+    ['event', 'Event', h('input', { placeholder: 'session_open,lock' })],
     ['principal', 'Principal', h('input')],
     ['device', 'Device', h('input')],
     ['session', 'Session', h('input')],
     ['severity', 'Severity', sel([['', 'any'], ['info', 'info'], ['warning', 'warning'], ['medium', 'medium'], ['high', 'high']])],
+    ['outcome', 'Outcome', sel([['', 'any'], ['success', 'success'], ['failure', 'failure'], ['denied', 'denied']])],
     ['since', 'Since', h('input', { placeholder: timeHint })],
     ['until', 'Until', h('input', { placeholder: timeHint })],
   ], 'audit-submit'));
   const filters = {};
-  for (const k of ['event', 'principal', 'device', 'session', 'severity', 'since', 'until']) if (q.get(k)) filters[k] = q.get(k);
+  for (const k of ['event', 'principal', 'device', 'session', 'severity', 'outcome', 'since', 'until']) if (q.get(k)) filters[k] = q.get(k);
   const d = await api('/audit' + qs({ ...filters, page: q.get('page') || 1, per_page: q.get('per_page') }));
   if (!alive()) return;
   const c = d.chain || {};
@@ -516,14 +527,20 @@ async function devices(r, alive) {
   const [dv, lk] = await Promise.all([api('/devices'), isStaff() ? api('/locks') : null]);
   if (!alive()) return;
   const list = Array.isArray(dv.devices) ? dv.devices : [];
-  const reachText = (d) => {
-    const w = d.who ?? d.reachable_by ?? d.may_reach;
-    const parts = [];
-    if (Array.isArray(w) && w.length) parts.push(w.map((x) => (typeof x === 'string' ? x : who(x) || JSON.stringify(x))).join(', '));
-    else if (w && !Array.isArray(w)) parts.push(typeof w === 'string' ? w : JSON.stringify(w));
-    if (d.rule) parts.push('rule ' + d.rule);
-    if (d.reach && d.reach !== 'open') parts.push('by ' + String(d.reach).replace(/_/g, ' '));
-    return parts.join('; ') || '—';
+  // `reach`: the inventory's [{via, name, who, approvers, until}] (security staff), or for others
+  // how they themselves may reach the device (`request`, `break_glass`, …).
+  const whoView = (w) => (!w ? '' : typeof w === 'string' ? w : [w.kind || 'anyone', w.org ? 'of ' + w.org : '',
+    w.name ? 'named ' + w.name : '', Array.isArray(w.roles) && w.roles.length ? 'with role ' + w.roles.join(' + ') : ''].filter(Boolean).join(' '));
+  const reachCell = (d) => {
+    if (Array.isArray(d.reach)) {
+      if (!d.reach.length) return 'nobody';
+      return h('ul', { class: 'reach' }, d.reach.map((r) => h('li', null, h('span', { class: 'muted' }, String(r.via || '').replace(/_/g, '-') + ' '),
+        r.name ? h('code', null, r.name) : null, ': ', whoView(r.who),
+        Array.isArray(r.approvers) && r.approvers.length ? '; approved by ' + r.approvers.map(whoView).join(' and ') : '',
+        r.until ? '; until ' + when(r.until) : '')));
+    }
+    const how = d.reach && d.reach !== 'open' ? 'you, by ' + String(d.reach).replace(/_/g, ' ') : 'you, now';
+    return d.rule ? how + ' (rule ' + d.rule + ')' : how;
   };
   const ops = (o) => {
     if (!o) return '—';
@@ -534,18 +551,19 @@ async function devices(r, alive) {
   main.append(h('section', { class: 'card' }, h('h2', null, 'Devices'), table('devices-table',
     [{ label: 'Device', cls: 'c-dev' }, { label: 'Protocol', cls: 'c-flag' }, { label: 'Labels', cls: 'c-who' }, { label: 'Who may reach it', cls: 'c-wide' }, { label: 'Operations', cls: 'c-wide' }],
     list.map((d) => h('tr', { 'data-device-id': d.id },
-      h('td', null, h('a', { href: '#/sessions' + qs({ device: d.id }) }, d.id), d.tls ? h('span', { class: 'badge ok' }, 'TLS') : null),
+      h('td', null, h('a', { href: '#/sessions' + qs({ device: d.id }) }, d.id), d.tls ? h('span', { class: 'badge ok' }, 'TLS') : null,
+        d.address ? h('div', { class: 'muted small' }, d.address) : null),
       h('td', null, d.protocol), h('td', null, Object.entries(d.labels || {}).map(([k, v]) => k + '=' + v).join(', ')),
-      h('td', null, reachText(d)), h('td', null, ops(d.operations)))), 'No devices configured.')));
+      h('td', null, reachCell(d)), h('td', null, ops(d.operations)))), 'No devices configured.')));
   if (!lk) return;
   const locks = Array.isArray(lk.locks) ? lk.locks : [];
   main.append(h('section', { class: 'card' }, h('h2', null, 'Active locks'), table('locks-table',
-    [{ label: 'Target', cls: 'c-dev' }, { label: 'Reason', cls: 'c-wide' }, { label: 'By', cls: 'c-who' }, { label: 'Since', cls: 'c-time' }, { label: 'Until', cls: 'c-time' }, { label: '', cls: 'c-act' }],
+    [{ label: 'Target', cls: 'c-dev' }, { label: 'Reason', cls: 'c-wide' }, { label: 'By', cls: 'c-who' }, { label: 'Until', cls: 'c-time' }, { label: '', cls: 'c-act' }],
     locks.map((l) => {
       const t = l.target || {};
       return h('tr', { 'data-lock': t.kind + ':' + t.value },
         h('td', null, h('span', { class: 'muted' }, t.kind + ' '), t.value), h('td', null, l.reason), h('td', null, l.by),
-        h('td', null, when(l.at)), h('td', null, l.until ? when(l.until) : 'until unlocked'),
+        h('td', null, l.until ? when(l.until) : 'until unlocked'),
         h('td', null, h('button', { type: 'button', class: 'unlock', onclick: () => attempt(async () => {
           await api('/locks/' + enc(t.kind) + '/' + enc(t.value), 'DELETE');
           if (alive()) route();

@@ -51,8 +51,20 @@ function span(text, cls) {
 }
 
 // The player for terminal sessions. Returns a cleanup function.
-export function player(box, id, report) {
+// A recording that fails verification is replayed only when asked (`force`, audited): offer it.
+function offerForce(box, e, again) {
+  const go = h('button', { type: 'button', class: 'danger', id: 'force-replay' }, 'Replay anyway (audited)');
+  go.addEventListener('click', again);
+  fill(box, h('p', { class: 'error', role: 'alert' }, e.message), h('p', null,
+    'The recording may have been altered; what it shows cannot be trusted. ', go));
+}
+
+const refusedUnverified = (e, force) => !force && e.status === 400 && /verif/i.test(e.message);
+
+export function player(box, id, report, force) {
   const base = '/sessions/' + enc(id);
+  const f = force ? '&force=true' : '';
+  let inner = null;
   const screen = h('pre', { id: 'screen', class: 'term', 'aria-label': 'Terminal screen (space: play or pause, arrows: 5 s back or forward)', tabindex: '0' });
   const play = h('button', { id: 'play', type: 'button' }, '▶ Play');
   const pause = h('button', { id: 'pause', type: 'button', disabled: true }, '❚❚ Pause');
@@ -77,7 +89,7 @@ export function player(box, id, report) {
     want = null;
     inflight = true;
     try {
-      const scr = await api(base + '/screen?t=' + at.toFixed(3));
+      const scr = await api(base + '/screen?t=' + at.toFixed(3) + f);
       if (!dead) drawScreen(screen, scr);
     } catch (e) {
       if (!dead) { stop(); report(e); }
@@ -158,8 +170,9 @@ export function player(box, id, report) {
     keysBtn.textContent = keys.hidden ? 'Show keystrokes' : 'Hide keystrokes';
   });
 
-  api(base + '/timeline').then((data) => {
+  api(base + '/timeline' + (force ? '?force=true' : '')).then((data) => {
     if (dead) return;
+    if (data.verified === false) box.prepend(h('p', { class: 'error', role: 'alert' }, 'This recording fails verification: what it shows may have been altered.'));
     tl = data;
     tl.duration_s = Math.max(0, Number(tl.duration_s) || 0);
     const all = Array.isArray(tl.marks) ? tl.marks : [];
@@ -176,16 +189,20 @@ export function player(box, id, report) {
     next = after(0);
     show();
     ask(0);
-  }).catch((e) => { if (!dead) { fill(info, 'The player is not available.'); report(e); } });
+  }).catch((e) => {
+    if (dead) return;
+    if (refusedUnverified(e, force)) offerForce(box, e, () => { inner = player(box, id, report, true); });
+    else { fill(info, 'The player is not available.'); report(e); }
+  });
   play.disabled = true;
 
-  return () => { dead = true; stop(); };
+  return () => { dead = true; stop(); if (inner) inner(); };
 }
 
 // Hex/ASCII views of both directions, 1 KiB a page.
-export function hexView(box, id, report) {
+export function hexView(box, id, report, force) {
   const PAGE = 1024;
-  let dead = false;
+  let dead = false, inner = null, offered = false;
   const panes = ['up', 'down'].map((dir) => {
     const body = h('div', { class: 'hexbody' });
     const where = h('span', { class: 'muted' });
@@ -194,7 +211,7 @@ export function hexView(box, id, report) {
     const pane = { dir, offset: 0, total: 0 };
     async function load(off) {
       try {
-        const d = await api(`/sessions/${enc(id)}/hex?dir=${dir}&offset=${off}&limit=${PAGE}`);
+        const d = await api(`/sessions/${enc(id)}/hex?dir=${dir}&offset=${off}&limit=${PAGE}` + (force ? '&force=true' : ''));
         if (dead) return;
         pane.offset = Number(d.offset) || 0;
         pane.total = Number(d.total) || 0;
@@ -207,7 +224,10 @@ export function hexView(box, id, report) {
         fill(where, pane.total ? `bytes ${pane.offset}–${end} of ${pane.total}` : '');
         prev.disabled = pane.offset <= 0;
         nextB.disabled = end >= pane.total;
-      } catch (e) { if (!dead) report(e); }
+      } catch (e) {
+        if (dead || offered) return;
+        if (refusedUnverified(e, force)) { offered = true; offerForce(box, e, () => { inner = hexView(box, id, report, true); }); } else report(e);
+      }
     }
     prev.addEventListener('click', () => load(Math.max(0, pane.offset - PAGE)));
     nextB.addEventListener('click', () => load(pane.offset + PAGE));
@@ -217,7 +237,7 @@ export function hexView(box, id, report) {
       h('div', { class: 'controls' }, prev, nextB, where), body);
   });
   fill(box, h('div', { class: 'hexgrid' }, panes));
-  return () => { dead = true; };
+  return () => { dead = true; if (inner) inner(); };
 }
 
 // Live watch: the gateway streams screens as server-sent events.
