@@ -407,8 +407,11 @@ async function detail(r, alive) {
   if (!alive()) return;
   const s = d.session || {};
   const kv = (k, v) => [h('dt', null, k), h('dd', null, v == null || v === '' ? '—' : v)];
-  const fmts = [['asciicast', 'asciicast (.cast)'], ['pcap', 'pcap'], ['raw', 'raw bytes'], ['json', 'JSON']];
+  const failed = String(s.verification || '').startsWith('FAILED');
+  const fmts = [['asciicast', 'asciicast (.cast)', 'cast'], ['pcap', 'pcap', 'pcap'], ['raw&dir=down', 'raw, device → client', 'down.bin'],
+    ['raw&dir=up', 'raw, client → device', 'up.bin'], ['json', 'JSON', 'json']];
   const base = '/api/v1/sessions/' + enc(id) + '/export?format=';
+  const force = failed ? '&force=true' : '';
   main.append(h('div', { class: 'split' },
     h('section', { class: 'card' }, h('h2', null, 'Metadata'), h('dl', { class: 'kv' },
       kv('Principal', s.principal), kv('Serial', s.serial), kv('Device', s.device + ' (' + (s.protocol || '?') + ')'),
@@ -421,8 +424,8 @@ async function detail(r, alive) {
       s.denied_ops ? kv('Refused operations', s.denied_ops) : null,
       s.undecodable ? kv('Undecodable', s.undecodable) : null)),
     h('section', { class: 'card' }, h('h2', null, 'Exports'),
-      h('p', { class: 'muted' }, 'Each download is audited.'),
-      h('ul', { class: 'exports' }, fmts.map(([f, l]) => h('li', null, h('a', { href: base + f, download: `${id}.${f === 'asciicast' ? 'cast' : f}`, class: 'button' }, l)))),
+      h('p', { class: failed ? 'error' : 'muted' }, failed ? 'This recording fails verification: the exports hold only its verified records. Each download is audited.' : 'Each download is audited.'),
+      h('ul', { class: 'exports' }, fmts.map(([f, l, ext]) => h('li', null, h('a', { href: base + f + force, download: `${id}.${ext}`, class: 'button' }, l)))),
       s.end_reason === 'open' ? h('p', null, h('a', { href: '#/watch/' + enc(id) }, 'Watch live →')) : null)));
   const view = h('section', { class: 'card' }, h('h2', null, d.terminal ? 'Player' : 'Bytes'));
   const box = h('div');

@@ -67,7 +67,7 @@ export function player(box, id, report, force) {
   let inner = null;
   const screen = h('pre', { id: 'screen', class: 'term', 'aria-label': 'Terminal screen (space: play or pause, arrows: 5 s back or forward)', tabindex: '0' });
   const play = h('button', { id: 'play', type: 'button' }, '▶ Play');
-  const pause = h('button', { id: 'pause', type: 'button', disabled: true }, '❚❚ Pause');
+  const pause = h('button', { id: 'pause', type: 'button' }, '❚❚ Pause');
   const seek = h('input', { id: 'seek', type: 'range', min: 0, max: 0, step: 0.1, value: 0, 'aria-label': 'Position (seconds)' });
   const speed = h('select', { id: 'speed', 'aria-label': 'Speed' },
     ['0.5', '1', '2', '4', '8'].map((v) => h('option', { value: v, selected: v === '1' }, v + '×')));
@@ -75,8 +75,8 @@ export function player(box, id, report, force) {
   const keysBtn = h('button', { id: 'keys-toggle', type: 'button', 'aria-expanded': 'false', 'aria-controls': 'keys' }, 'Show keystrokes');
   const keys = h('ol', { id: 'keys', class: 'keys', hidden: true, 'aria-label': 'Keystrokes up to now' });
   const info = h('p', { class: 'muted' }, 'Loading the timeline…');
-  fill(box, h('div', { class: 'controls' }, play, pause, seek, time, h('label', null, 'Speed ', speed), keysBtn),
-    info, screen, keys);
+  // The controls appear once the timeline is known (a seek before that would have no range).
+  fill(box, info);
 
   let dead = false, tl = null, marks = [], keyEls = [], shownKeys = 0;
   let t = 0, playing = false, wallBase = 0, tBase = 0, raf = 0, next = 0;
@@ -110,10 +110,11 @@ export function player(box, id, report, force) {
   function show() {
     seek.value = String(t);
     time.textContent = clock(t) + ' / ' + clock(tl ? tl.duration_s : 0);
-    // Keystrokes up to t.
+    // The list holds the keystrokes up to t, and only those.
     let n = shownKeys;
-    while (n < keyEls.length && keyEls[n].t <= t) keyEls[n++].el.hidden = false;
-    while (n > 0 && keyEls[n - 1].t > t) keyEls[--n].el.hidden = true;
+    while (n < keyEls.length && keyEls[n].t <= t) keys.append(keyEls[n++].el);
+    while (n > 0 && keyEls[n - 1].t > t) keyEls[--n].el.remove();
+    if (n > shownKeys && !keys.hidden) keys.scrollTop = keys.scrollHeight;
     shownKeys = n;
   }
 
@@ -135,15 +136,18 @@ export function player(box, id, report, force) {
     playing = true;
     wallBase = performance.now();
     tBase = t;
-    play.disabled = true;
-    pause.disabled = false;
+    mark();
     raf = requestAnimationFrame(tick);
   }
   function stop() {
     playing = false;
     cancelAnimationFrame(raf);
-    play.disabled = !tl;
-    pause.disabled = true;
+    mark();
+  }
+  // Both buttons stay enabled (pausing while paused is harmless); the state shows as pressed.
+  function mark() {
+    play.setAttribute('aria-pressed', String(playing));
+    pause.setAttribute('aria-pressed', String(!playing));
   }
   function seekTo(x) {
     t = Math.max(0, Math.min(tl.duration_s, x));
@@ -172,21 +176,20 @@ export function player(box, id, report, force) {
 
   api(base + '/timeline' + (force ? '?force=true' : '')).then((data) => {
     if (dead) return;
-    if (data.verified === false) box.prepend(h('p', { class: 'error', role: 'alert' }, 'This recording fails verification: what it shows may have been altered.'));
     tl = data;
     tl.duration_s = Math.max(0, Number(tl.duration_s) || 0);
     const all = Array.isArray(tl.marks) ? tl.marks : [];
     marks = all.filter((m) => m.dir !== 'up').map((m) => Number(m.t)).sort((a, b) => a - b);
     seek.max = String(tl.duration_s);
+    fill(box, data.verified === false ? h('p', { class: 'error', role: 'alert' }, 'This recording fails verification: what it shows may have been altered.') : null,
+      h('div', { class: 'controls' }, play, pause, seek, time, h('label', null, 'Speed ', speed), keysBtn), info, screen, keys);
     keyEls = (Array.isArray(tl.keys) ? tl.keys : []).map((k) => {
-      const el = h('li', { hidden: true, title: clock(k.t) }, String(k.text));
-      keys.append(el);
-      return { t: Number(k.t), el };
+      return { t: Number(k.t), el: h('li', { title: clock(k.t) }, String(k.text)) };
     });
     fill(info, `${tl.cols}×${tl.rows} terminal, ${clock(tl.duration_s)} long, ${bytes(tl.up_bytes)} typed, ${bytes(tl.down_bytes)} shown`
       + (keyEls.length ? '' : '; no keystrokes recorded'));
-    play.disabled = false;
     next = after(0);
+    mark();
     show();
     ask(0);
   }).catch((e) => {
@@ -194,7 +197,6 @@ export function player(box, id, report, force) {
     if (refusedUnverified(e, force)) offerForce(box, e, () => { inner = player(box, id, report, true); });
     else { fill(info, 'The player is not available.'); report(e); }
   });
-  play.disabled = true;
 
   return () => { dead = true; stop(); if (inner) inner(); };
 }
