@@ -666,3 +666,59 @@ async fn requests_and_devices_from_the_console() {
     assert_eq!(ids, vec!["monitor-7"], "{body}");
     tg.shutdown(Duration::from_millis(100)).await;
 }
+
+/// CLI parity: `ward live` and `ward end` (the `Live` frame) go through the same live service:
+/// the same listing, the same refusals, and the same end the client is told.
+#[tokio::test]
+async fn ward_live_and_ward_end_over_the_wire() {
+    use ward_client::AccessAnswer;
+    use ward_core::frame::LiveOp;
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let mut tg = gateway(pki.clone()).await;
+    let jdoe = tg.client(
+        &pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]),
+        Transport::Tcp,
+    );
+    let sam = tg.client(
+        &pki.person(Kind::Security, "sam", None, &[]),
+        Transport::Tcp,
+    );
+    let live = Live::open(&jdoe, "pump-12").await;
+
+    let lines = match sam.live(LiveOp::List).await.unwrap() {
+        AccessAnswer::Lines(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let rows: Vec<Value> = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], live.id.as_str());
+    assert_eq!(rows[0]["principal"], "vendor acme/jdoe");
+    assert_eq!(rows[0]["bytes_up"], 5);
+
+    let err = jdoe.live(LiveOp::List).await.unwrap_err().to_string();
+    assert!(err.contains("security"), "{err}");
+    let end = |reason: &str| LiveOp::End {
+        session: live.id.clone(),
+        reason: reason.into(),
+    };
+    assert!(jdoe.live(end("mine")).await.is_err());
+    assert!(sam.live(end(" ")).await.is_err(), "a reason is required");
+    let msg = match sam.live(end("incident 3")).await.unwrap() {
+        AccessAnswer::Message(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        msg.contains(&live.id) && msg.contains("incident 3"),
+        "{msg}"
+    );
+    assert_eq!(
+        live.closed_by_gateway().await,
+        "terminated by security sam: incident 3"
+    );
+    tg.shutdown(Duration::from_millis(100)).await;
+}
