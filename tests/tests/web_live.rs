@@ -25,7 +25,7 @@ use tower::ServiceExt;
 use ward_ca::{Clock, Identity, Kind, SystemClock};
 use ward_client::{Client, SessionEnd, Transport};
 use ward_core::frame::{AccessOp, AccessReply};
-use ward_server::web::{Authed, ConnInfo, Via};
+use ward_server::web::ConnInfo;
 use ward_tests::*;
 
 const RULES: &str = r#"
@@ -99,9 +99,9 @@ impl Web {
         }
     }
 
-    /// One request: the connection's certificate identity (and, for the handlers until the
-    /// authentication middleware resolves it, the `Authed` it resolves to), the CSRF token
-    /// `whoami` gives a certificate caller on state-changing requests.
+    /// One request with the connection's certificate identity (the authentication middleware
+    /// resolves the caller from it) and, on state-changing requests, the CSRF token `whoami`
+    /// gives a certificate caller.
     async fn call(
         &self,
         who: &Identity,
@@ -145,12 +145,6 @@ impl Web {
         req.extensions_mut().insert(ConnInfo {
             peer: self.peer,
             certificate: Some(who.clone()),
-        });
-        req.extensions_mut().insert(Authed {
-            identity: who.clone(),
-            principal: ward_server::gateway::principal_of(who),
-            peer: self.peer,
-            via: Via::Certificate,
         });
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -313,6 +307,19 @@ async fn end_one_live_session_with_a_reason() {
         StatusCode::FORBIDDEN,
         "a vendor learns nothing from the body"
     );
+
+    // Without the CSRF token the kill switch is refused before it is reached.
+    let (status, body) = web
+        .send(
+            &sam,
+            Method::POST,
+            &end_uri,
+            Some(json!({"reason": "x"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
 
     // A reason is required; an unknown id is 404; nothing ends.
     for bad in [json!({}), json!({"reason": "   "})] {
@@ -599,6 +606,20 @@ async fn requests_and_devices_from_the_console() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["request"]["state_now"], "denied", "{body}");
     audited(&state, "access_deny", |e| e["reason"] == "not today").await;
+    // The approve body is optional.
+    let (status, body) = web
+        .call(
+            &bob,
+            Method::POST,
+            "/api/v1/requests/req-nope/approve",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("req-nope"),
+        "{body}"
+    );
     // Unknown ids are refused by the service.
     let (status, _) = web
         .post(&bob, "/api/v1/requests/req-nope/approve", json!({}))
