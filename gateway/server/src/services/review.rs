@@ -866,6 +866,48 @@ impl ReviewService {
     }
 }
 
+impl ReviewService {
+    /// Start watching live session `session_id` (the web console's live watch): refused to
+    /// anyone but security and admin identities and for a session without a recording; audited
+    /// `session_watched` either way, once per watch. The recordings, to tail it from.
+    pub async fn watch(
+        &self,
+        who: &Reviewer<'_>,
+        session_id: &str,
+    ) -> Result<RecordingStore, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("session_watched", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+                .session(session_id.to_string())
+        };
+        self.require_reviewer(who, event("denied"))?;
+        let refusal = if !crate::recording_store::valid_id(session_id) {
+            Some(ReviewRefusal::BadSessionId(session_id.to_string()))
+        } else {
+            match self.recordings.stamp(session_id) {
+                Ok(_) => None,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    Some(ReviewRefusal::NoRecording(session_id.to_string()))
+                }
+                Err(e) => Some(unreadable(session_id, &e)),
+            }
+        };
+        if let Some(refusal) = refusal {
+            self.audit
+                .emit(event("failure").reason(refusal.to_string()));
+            return Err(refusal);
+        }
+        self.audit.emit(event("success"));
+        self.audit
+            .commit()
+            .await
+            .map_err(|e| ReviewRefusal::AuditUnavailable(e.to_string()))?;
+        Ok(self.recordings.clone())
+    }
+}
+
 fn unreadable(id: &str, e: &std::io::Error) -> ReviewRefusal {
     ReviewRefusal::Unreadable(format!("reading recording {id}: {e}"))
 }
