@@ -54,7 +54,8 @@ function showHeader() {
   const me = session.me;
   nav.hidden = !me;
   for (const id of ['nav-overview', 'nav-live', 'nav-sessions', 'nav-audit']) document.getElementById(id).hidden = !isStaff();
-  document.getElementById('signout').hidden = !me;
+  // A client certificate signs every request: there is no browser session to end.
+  document.getElementById('signout').hidden = !me || me.via === 'certificate';
   fill(whoami, me ? [h('strong', null, me.principal || me.name || ''), ' ',
     h('span', { class: 'muted' }, 'via ' + (me.via === 'certificate' ? 'certificate' : 'password + TOTP'))] : '');
   const { page } = parseHash();
