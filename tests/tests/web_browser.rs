@@ -152,7 +152,7 @@ impl World {
                         && e["outcome"] == "success"
                         && e["device"] == device
                 })
-                .filter_map(|e| e["session"].as_str().map(str::to_owned))
+                .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
                 .filter(|id| !self.seen_sessions.contains(id))
                 .collect();
             if let [id] = opened.as_slice() {
@@ -165,7 +165,12 @@ impl World {
             );
             assert!(
                 Instant::now() < deadline,
-                "no session_open for {device} in the audit log"
+                "no new session_open for {device} in the audit log: {:#?}",
+                self.gw
+                    .audit_events()
+                    .iter()
+                    .filter(|e| e["event"] == "session_open")
+                    .collect::<Vec<_>>()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -325,7 +330,10 @@ impl World {
             "--- node {script}: {}\n{}\n--- stderr:\n{}",
             done.status, done.stdout, done.stderr
         );
-        println!("{output}");
+        if done.status.success() {
+            // Shown with --nocapture (a failure prints it in the assertion).
+            println!("{output}");
+        }
         (done.status.success(), output)
     }
 }

@@ -191,7 +191,7 @@ try {
     const audit = await apiFetch(page, 'GET', '/api/v1/audit?event=session_watched');
     check(audit.status === 200, `GET /api/v1/audit: ${audit.status}`);
     check(audit.body.chain && audit.body.chain.ok === true, `the audit chain is not shown as ok: ${JSON.stringify(audit.body.chain)}`);
-    check(audit.body.events.some((e) => e.session === live1.id), `no session_watched event for ${live1 && live1.id}`);
+    check(audit.body.events.some((e) => e.session_id === live1.id), `no session_watched event for ${live1 && live1.id}`);
     await shot(page, '08-audit');
   });
 
