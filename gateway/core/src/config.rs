@@ -1935,6 +1935,40 @@ labels = { vendor = "acme" }
         assert_eq!(config.gateway.state_dir, PathBuf::from("/srv/ward"));
     }
 
+    /// `[web]`: off by default; a listener of its own; timeouts parsed; typos refused.
+    #[test]
+    fn web_table() {
+        let off = Config::parse(GATEWAY, "w.toml").unwrap().web;
+        assert_eq!(off, WebConfig::default());
+        assert_eq!(off.listen, None);
+        let on = Config::parse(
+            &format!("{GATEWAY}\n[web]\nlisten = \"127.0.0.1:8443\"\nidle_timeout = \"5m\"\n"),
+            "w.toml",
+        )
+        .unwrap()
+        .web;
+        assert_eq!(on.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(on.idle_timeout, Duration::from_secs(300));
+        assert_eq!(on.max_session, Duration::from_secs(8 * 3600));
+        let gw = Config::parse(GATEWAY, "w.toml").unwrap().gateway.listen;
+        let clash =
+            Config::parse(&format!("{GATEWAY}\n[web]\nlisten = \"{gw}\"\n"), "w.toml").unwrap_err();
+        assert_eq!(clash.field, "web.listen");
+        assert!(clash.to_string().contains("port of its own"), "{clash}");
+        let typo = Config::parse(
+            &format!("{GATEWAY}\n[web]\nlisten_on = \"127.0.0.1:1\"\n"),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert!(typo.to_string().contains("listen_on"), "{typo}");
+        let bad = Config::parse(
+            &format!("{GATEWAY}\n[web]\nidle_timeout = \"soon\"\n"),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert_eq!(bad.field, "web.idle_timeout");
+    }
+
     /// What a reload may change in `[gateway]` (timezone_offset) and what it names and refuses.
     #[test]
     fn restart_only_changes_name_each_field() {

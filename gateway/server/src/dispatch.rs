@@ -21,6 +21,7 @@ use crate::datapath::{self, FrameWriter};
 use crate::gateway::{gated, Shared};
 use crate::services::access::{AccessService, NewRequest};
 use crate::services::devices::DeviceService;
+use crate::services::live::{LiveService, LiveSession, LiveSessions};
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
 use crate::services::pins::{PinAction, PinReport, PinService};
@@ -65,6 +66,8 @@ pub struct Services {
     pub locks: LockService,
     /// The device listing.
     pub devices: DeviceService,
+    /// Live sessions: the list, and ending one.
+    pub live: LiveService,
     /// The credential vault.
     pub vault: VaultService,
     /// Certificate pins of devices that speak TLS.
@@ -92,6 +95,7 @@ impl Services {
                 shared.pins.clone(),
                 shared.limits().device_connect_timeout,
             ),
+            live: LiveService::new(ctx.clone(), Arc::new(GatewayState(shared.clone()))),
             devices: DeviceService::new(ctx),
         }
     }
@@ -127,6 +131,16 @@ impl LiveState for GatewayState {
 
     fn unlocked(&self, target: &LockTarget) {
         self.0.publish_unlock(target);
+    }
+}
+
+impl LiveSessions for GatewayState {
+    fn list(&self) -> Vec<LiveSession> {
+        self.0.policy.live_sessions()
+    }
+
+    fn terminate(&self, id: &str, end: ward_core::EndReason) -> Option<LiveSession> {
+        self.0.policy.terminate(id, end, self.0.clock.now())
     }
 }
 

@@ -49,7 +49,7 @@ pub struct Shared {
     pub(crate) audit: AuditLog,
     pub(crate) signer: Arc<Signer>,
     pub(crate) sink: Option<Arc<dyn Sink>>,
-    validator: Validator,
+    pub(crate) validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jit: crate::jit::Jit,
     pub(crate) next_session: AtomicU64,

@@ -104,8 +104,19 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
     let new = crate::gateway::parse_config(path, &text)
         .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
     let gateway = new.gateway.clone();
+    let web = new.web.clone();
     let published = shared.swap_config(new, |cur| {
-        let fields = cur.gateway.restart_only_changes(&gateway);
+        let mut fields = cur.gateway.restart_only_changes(&gateway);
+        // The web console's listener and its sign-in timeouts are bound at start.
+        if cur.web.listen != web.listen {
+            fields.push("web.listen");
+        }
+        if cur.web.idle_timeout != web.idle_timeout {
+            fields.push("web.idle_timeout");
+        }
+        if cur.web.max_session != web.max_session {
+            fields.push("web.max_session");
+        }
         if fields.is_empty() {
             Ok(())
         } else {

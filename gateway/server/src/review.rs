@@ -917,6 +917,40 @@ pub fn export_opts(
     out: &Path,
     raw: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    if format == ExportFormat::Raw && out == Path::new("-") {
+        bail!("--format raw writes two files (PATH.up and PATH.down): give --out PATH, or use --format json or pcap for standard output")
+    }
+    match export_data(bytes, format, raw)? {
+        ExportData::One(data) => {
+            write_export(out, &data)?;
+            Ok(vec![out.to_path_buf()])
+        }
+        ExportData::Raw { up, down } => {
+            let (pu, pd) = (with_suffix(out, "up"), with_suffix(out, "down"));
+            write_export(&pu, &up)?;
+            write_export(&pd, &down)?;
+            Ok(vec![pu, pd])
+        }
+    }
+}
+
+/// An export's bytes ([`export_data`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportData {
+    /// One file.
+    One(Vec<u8>),
+    /// `--format raw`: the bytes of each direction.
+    Raw {
+        /// Client → device.
+        up: Vec<u8>,
+        /// Device → client.
+        down: Vec<u8>,
+    },
+}
+
+/// A recording exported to `format`, in memory (what [`export_opts`] writes; the web console's
+/// downloads); with `raw`, an asciicast keeps every escape sequence the device sent.
+pub fn export_data(bytes: &[u8], format: ExportFormat, raw: bool) -> anyhow::Result<ExportData> {
     let records: Vec<Record> = ward_recording::Reader::new(bytes)
         .map(|r| r.map(|(_, rec)| rec))
         .collect::<Result<_, _>>()
@@ -925,19 +959,14 @@ pub fn export_opts(
         Record::Meta(m) => Some(m.clone()),
         _ => None,
     });
-    let write = write_export;
     match format {
-        ExportFormat::Asciicast => {
-            let data = ward_recording::export::asciicast(
-                &records,
-                &ward_recording::export::AsciicastOpts {
-                    raw,
-                    ..Default::default()
-                },
-            )?;
-            write(out, &data)?;
-            Ok(vec![out.to_path_buf()])
-        }
+        ExportFormat::Asciicast => Ok(ExportData::One(ward_recording::export::asciicast(
+            &records,
+            &ward_recording::export::AsciicastOpts {
+                raw,
+                ..Default::default()
+            },
+        )?)),
         ExportFormat::Pcap => {
             let m = meta.context("recording has no metadata")?;
             let client: std::net::SocketAddr = m.source.parse().unwrap_or_else(|_| {
@@ -950,29 +979,19 @@ pub fn export_opts(
                 let port = m.device_addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
                 ([127, 0, 0, 2], port).into()
             });
-            let data = ward_recording::export::pcap(&records, client, device)?;
-            write(out, &data)?;
-            Ok(vec![out.to_path_buf()])
-        }
-        ExportFormat::Raw if out == Path::new("-") => {
-            bail!("--format raw writes two files (PATH.up and PATH.down): give --out PATH, or use --format json or pcap for standard output")
+            Ok(ExportData::One(ward_recording::export::pcap(
+                &records, client, device,
+            )?))
         }
         ExportFormat::Raw => {
             let (up, down) = ward_recording::export::raw(&records);
-            let (pu, pd) = (with_suffix(out, "up"), with_suffix(out, "down"));
-            write(&pu, &up)?;
-            write(&pd, &down)?;
-            Ok(vec![pu, pd])
+            Ok(ExportData::Raw { up, down })
         }
-        ExportFormat::Json => {
-            write(out, &ward_recording::export::json_lines(&records))?;
-            Ok(vec![out.to_path_buf()])
-        }
+        ExportFormat::Json => Ok(ExportData::One(ward_recording::export::json_lines(
+            &records,
+        ))),
         // Patient data masked: unmasked operations come only from a gateway, audited.
-        ExportFormat::Ops => {
-            write(out, &ops_json_lines(&operations(bytes, false)))?;
-            Ok(vec![out.to_path_buf()])
-        }
+        ExportFormat::Ops => Ok(ExportData::One(ops_json_lines(&operations(bytes, false)))),
     }
 }
 

@@ -52,6 +52,8 @@ pub struct WebState {
     pub(crate) shared: Arc<Shared>,
     /// Signed-in browser sessions ([`auth`]).
     pub(crate) signins: Arc<auth::SignIns>,
+    /// Recordings parsed for the player, per caller ([`player`]).
+    pub(crate) players: Arc<player::Players>,
 }
 
 impl WebState {
@@ -60,6 +62,7 @@ impl WebState {
         let web = shared.config().web.clone();
         WebState {
             signins: Arc::new(auth::SignIns::new(&web)),
+            players: Arc::new(player::Players::default()),
             shared,
         }
     }

@@ -1,10 +1,375 @@
-//! Part of the web console (see [`super`]).
+//! Live watch (see [`super`]): `GET /api/v1/live/{id}/watch` streams a live terminal session's
+//! screen as server-sent events, by tailing its recording as the recorder writes it.
+//!
+//! The review service decides and audits (`session_watched`, once per watch; security and
+//! admin only). Then the recording is read from where the last read stopped every
+//! [`POLL`]: complete records only (a record the recorder is still writing waits for the next
+//! read), device output fed to a [`Terminal`]. Events:
+//! - `screen`: a [`super::terminal::Screen`], sent at once and then whenever it changed (at most
+//!   once per [`POLL`]);
+//! - `end`: `{"reason": …}` when the recording ends (the session's end reason), when the watch
+//!   reached `[web] max_session`, or when the recording can no longer be read. The stream closes
+//!   after it, and as soon as the browser goes away.
 
+use std::convert::Infallible;
+use std::io::{Read, Seek, SeekFrom};
+use std::time::Duration;
+
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::routing::get;
 use axum::Router;
+use futures::Stream;
+use tokio::time::Instant;
+use ward_recording::{Direction, ReadError, Reader, Record};
+use ward_store::recording_store::RecordingStore;
 
-use super::WebState;
+use super::terminal::{Screen, Terminal, DEFAULT_COLS, DEFAULT_ROWS};
+use super::{ApiError, Authed, WebState};
+
+/// How often the recording is read again (the watch's lag is at most about this).
+pub const POLL: Duration = Duration::from_millis(200);
+/// At most this many bytes are read per poll (a long session is caught up over a few).
+pub const READ_CAP: u64 = 4 << 20;
 
 /// This area's routes.
 pub fn routes() -> Router<WebState> {
-    Router::new()
+    Router::new().route("/api/v1/live/{id}/watch", get(watch))
+}
+
+async fn watch(
+    State(state): State<WebState>,
+    authed: Authed,
+    Path(id): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+    let store = state.review().watch(&authed.reviewer(), &id).await?;
+    let limit = state.shared.config().web.max_session;
+    let tail = Tail::new(store, id, Instant::now() + limit);
+    let stream = futures::stream::unfold(tail, |mut tail| async move {
+        let ev = tail.next_event().await?;
+        Some((Ok(ev), tail))
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The state of one watch: where the recording was read up to, the terminal, what was sent.
+pub struct Tail {
+    store: RecordingStore,
+    id: String,
+    deadline: Instant,
+    /// Bytes of the recording consumed (whole records, and the magic).
+    offset: u64,
+    /// The recording's magic, once read.
+    magic: Vec<u8>,
+    /// Bytes read after the last whole record.
+    pending: Vec<u8>,
+    telnet: bool,
+    sized: bool,
+    terminal: Terminal,
+    /// Time of the last data record, nanoseconds since the session started.
+    t_ns: u64,
+    dirty: bool,
+    last_sent: Option<Screen>,
+    end: Option<String>,
+    finished: bool,
+}
+
+/// What one read of the recording gave.
+enum Polled {
+    /// New bytes (maybe none); `more` when the read stopped at [`READ_CAP`].
+    Bytes { bytes: Vec<u8>, more: bool },
+    /// The recording is gone or unreadable.
+    Gone(String),
+}
+
+impl Tail {
+    /// Watch recording `id` of `store` until `deadline`.
+    pub fn new(store: RecordingStore, id: String, deadline: Instant) -> Self {
+        Tail {
+            store,
+            id,
+            deadline,
+            offset: 0,
+            magic: Vec::new(),
+            pending: Vec::new(),
+            telnet: false,
+            sized: false,
+            terminal: Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, false),
+            t_ns: 0,
+            dirty: true,
+            last_sent: None,
+            end: None,
+            finished: false,
+        }
+    }
+
+    /// The next event to send, waiting for one; `None` once `end` was sent.
+    pub async fn next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if self.finished {
+                return None;
+            }
+            let more = self.poll().await;
+            if let Some(screen) = self.changed() {
+                return Some(screen_event(&screen));
+            }
+            if let Some(reason) = self.end.take() {
+                self.finished = true;
+                let data = serde_json::json!({ "reason": reason }).to_string();
+                return Some(SseEvent::default().event("end").data(data));
+            }
+            if Instant::now() >= self.deadline {
+                self.end = Some("the watch reached [web] max_session; open it again".into());
+                continue;
+            }
+            if !more {
+                tokio::time::sleep(POLL).await;
+            }
+        }
+    }
+
+    /// The screen, if it changed since the last one sent.
+    fn changed(&mut self) -> Option<Screen> {
+        if !self.dirty {
+            return None;
+        }
+        self.dirty = false;
+        let screen = self.terminal.screen(self.t_ns as f64 / 1e9);
+        let same = self
+            .last_sent
+            .as_ref()
+            .is_some_and(|s| s.lines == screen.lines && s.cursor == screen.cursor);
+        if same {
+            return None;
+        }
+        self.last_sent = Some(screen.clone());
+        Some(screen)
+    }
+
+    /// Read what the recorder wrote since the last poll and feed its whole records; `true`
+    /// when there is more to read at once.
+    async fn poll(&mut self) -> bool {
+        let (store, id, offset) = (self.store.clone(), self.id.clone(), self.offset);
+        let read = tokio::task::spawn_blocking(move || read_from(&store, &id, offset))
+            .await
+            .unwrap_or_else(|e| Polled::Gone(format!("reading the recording: {e}")));
+        match read {
+            Polled::Gone(why) => {
+                self.end.get_or_insert(why);
+                false
+            }
+            Polled::Bytes { bytes, more } => {
+                self.offset += bytes.len() as u64;
+                self.pending.extend_from_slice(&bytes);
+                self.parse();
+                more
+            }
+        }
+    }
+
+    /// Feed the whole records in `pending`; keep a record not yet whole.
+    fn parse(&mut self) {
+        if self.magic.is_empty() {
+            if self.pending.len() < ward_recording::MAGIC.len() {
+                return;
+            }
+            let rest = self.pending.split_off(ward_recording::MAGIC.len());
+            self.magic = std::mem::replace(&mut self.pending, rest);
+        }
+        let mut buf = self.magic.clone();
+        buf.extend_from_slice(&self.pending);
+        let mut reader = Reader::new(&buf);
+        let mut consumed = self.magic.len();
+        while let Some(item) = reader.next_record() {
+            match item {
+                Ok(at) => {
+                    consumed = usize::try_from(reader.offset()).unwrap_or(buf.len());
+                    self.record(at.record);
+                }
+                // The recorder is still writing it.
+                Err(ReadError::Truncated { .. }) => break,
+                Err(e) => {
+                    self.end
+                        .get_or_insert(format!("the recording cannot be read further: {e}"));
+                    break;
+                }
+            }
+        }
+        self.pending = buf.get(consumed..).unwrap_or_default().to_vec();
+    }
+
+    fn record(&mut self, record: Record) {
+        match record {
+            Record::Meta(m) => {
+                self.telnet = m.protocol == "telnet";
+                self.terminal = Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, self.telnet);
+                self.dirty = true;
+            }
+            Record::Data { dir, t_ns, payload } => {
+                self.t_ns = self.t_ns.max(t_ns);
+                match dir {
+                    Direction::Down => {
+                        self.terminal.feed(&payload);
+                        self.dirty = true;
+                    }
+                    Direction::Up if self.telnet && !self.sized => {
+                        if let Some((cols, rows)) = super::terminal::telnet_naws(&payload) {
+                            self.sized = true;
+                            self.terminal.resize(cols, rows);
+                            self.dirty = true;
+                        }
+                    }
+                    Direction::Up => {}
+                }
+            }
+            Record::End { info, .. } => {
+                self.end.get_or_insert(info.reason);
+            }
+            Record::Interrupted { reason, .. } => {
+                self.end.get_or_insert(format!("interrupted: {reason}"));
+            }
+            Record::Checkpoint { .. } | Record::Event { .. } => {}
+        }
+    }
+}
+
+fn screen_event(screen: &Screen) -> SseEvent {
+    let data = serde_json::to_string(screen).unwrap_or_else(|_| "{}".into());
+    SseEvent::default().event("screen").data(data)
+}
+
+/// The recording's bytes from `offset`, at most [`READ_CAP`] of them.
+fn read_from(store: &RecordingStore, id: &str, offset: u64) -> Polled {
+    let mut snap = match store.open(id) {
+        Ok(s) => s,
+        Err(e) => return Polled::Gone(format!("the recording cannot be read: {e}")),
+    };
+    if snap.len <= offset {
+        return Polled::Bytes {
+            bytes: Vec::new(),
+            more: false,
+        };
+    }
+    let want = (snap.len - offset).min(READ_CAP);
+    let mut bytes = Vec::new();
+    let read = snap
+        .reader
+        .seek(SeekFrom::Start(offset))
+        .and_then(|_| (&mut snap.reader).take(want).read_to_end(&mut bytes));
+    match read {
+        Ok(_) => Polled::Bytes {
+            more: snap.len - offset > want,
+            bytes,
+        },
+        Err(e) => Polled::Gone(format!("the recording cannot be read: {e}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+    use super::*;
+    use std::sync::Arc;
+    use ward_recording::{CheckpointPolicy, Encoder, EndInfo, SessionMeta, Signer};
+
+    fn text(s: &Screen) -> String {
+        s.lines
+            .iter()
+            .map(|l| l.iter().map(|r| r.text.as_str()).collect::<String>())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The tail reads records as they are appended, one byte at a time included, and ends
+    /// with the recording.
+    #[tokio::test]
+    async fn tails_whole_records_and_ends_with_the_recording() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let meta = SessionMeta {
+            session_id: "00000000000000ab".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: None,
+            cert_serial: "01".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump".into(),
+            device_addr: "127.0.0.1:23".into(),
+            protocol: "telnet".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 0,
+        };
+        let mut out = Vec::new();
+        let mut enc = Encoder::start(&meta, signer, CheckpointPolicy::default(), &mut out).unwrap();
+        enc.data(Direction::Down, 1, b"\xff\xfb\x01pump> ", &mut out);
+        let mut w = store.create("00000000000000ab").unwrap();
+        // All but the last 3 bytes: the data record is not whole yet.
+        w.write_all(&out[..out.len() - 3]).unwrap();
+        let mut tail = Tail::new(
+            store.clone(),
+            "00000000000000ab".into(),
+            Instant::now() + Duration::from_secs(30),
+        );
+        tail.poll().await;
+        let first = tail.changed().unwrap();
+        assert_eq!(text(&first).trim(), "");
+        w.write_all(&out[out.len() - 3..]).unwrap();
+        tail.poll().await;
+        let second = tail.changed().unwrap();
+        assert!(text(&second).starts_with("pump>"), "{}", text(&second));
+        assert!(tail.changed().is_none(), "nothing new, nothing sent");
+        let mut more = Vec::new();
+        enc.data(Direction::Down, 2, b"rate 5\r\n", &mut more);
+        enc.finish(
+            3,
+            &EndInfo {
+                ended_unix_ms: 5,
+                reason: "client closed".into(),
+                bytes_up: 0,
+                bytes_down: 0,
+            },
+            &mut more,
+        );
+        w.write_all(&more).unwrap();
+        let ev = tail.next_event().await.unwrap();
+        assert!(format!("{ev:?}").contains("rate 5"), "{ev:?}");
+        let end = tail.next_event().await.unwrap();
+        assert!(format!("{end:?}").contains("client closed"), "{end:?}");
+        assert!(tail.next_event().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_recording_that_is_not_one_ends_the_watch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let mut w = store.create("00000000000000ac").unwrap();
+        w.write_all(b"WARDREC\x02\x99\x00\x00\x00\x00garbage")
+            .unwrap();
+        let mut tail = Tail::new(
+            store,
+            "00000000000000ac".into(),
+            Instant::now() + Duration::from_secs(30),
+        );
+        let first = tail.next_event().await.unwrap();
+        assert!(format!("{first:?}").contains("screen"), "{first:?}");
+        let end = tail.next_event().await.unwrap();
+        assert!(format!("{end:?}").contains("cannot be read"), "{end:?}");
+        assert!(tail.next_event().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn the_watch_stops_at_its_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let mut w = store.create("00000000000000ad").unwrap();
+        w.write_all(ward_recording::MAGIC).unwrap();
+        let mut tail = Tail::new(store, "00000000000000ad".into(), Instant::now());
+        let _screen = tail.next_event().await.unwrap();
+        let end = tail.next_event().await.unwrap();
+        assert!(format!("{end:?}").contains("max_session"), "{end:?}");
+        assert!(tail.next_event().await.is_none());
+    }
 }
