@@ -176,21 +176,24 @@ impl World {
         }
     }
 
-    /// Wait for `p` to exit and return its stderr.
-    fn ended(p: Proc, limit: Duration) -> Result<String, String> {
+    /// Wait (within `limit`) until the client `p` says the gateway ended its session, or exits;
+    /// then close its stdin (a client on stdio is blocked reading it, as `ward connect` is under
+    /// ssh) and return its stderr once it has exited.
+    fn ended(mut p: Proc, limit: Duration) -> Result<String, String> {
         let started = Instant::now();
-        let mut p = p;
-        while started.elapsed() < limit {
-            if p.child.try_wait().unwrap().is_some() {
-                let out = p.finish(Duration::from_secs(5));
-                return Ok(out.stderr);
+        while !p.stderr().contains("session ended by the gateway")
+            && p.child.try_wait().unwrap().is_none()
+        {
+            if started.elapsed() > limit {
+                return Err(format!(
+                    "the CLI client did not see its session end within {limit:?}; stderr so far: {}",
+                    p.stderr()
+                ));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        Err(format!(
-            "the CLI client is still running {limit:?} later; stderr so far: {}",
-            p.stderr()
-        ))
+        let out = p.finish(Duration::from_secs(10));
+        Ok(out.stderr)
     }
 
     /// Answer one `@ask` of a node script.
@@ -251,12 +254,14 @@ impl World {
                 if locks.stdout.lines().any(|l| l.contains(&s("principal"))) {
                     return json!({"ok": false, "why": format!("`ward locks` still shows the principal: {locks:?}")});
                 }
-                let (p, id) = self.connect("pump-7", CONSOLE_PROMPT);
-                let mut p = p;
+                let (mut p, id) = self.connect("pump-7", CONSOLE_PROMPT);
                 p.send(b"exit\n");
-                match Self::ended(p, Duration::from_secs(10)) {
-                    Ok(_) => json!({"ok": true, "session": id}),
-                    Err(why) => json!({"ok": false, "why": why}),
+                p.wait_for_stdout("bye", COMMAND_TIMEOUT);
+                let out = p.finish(COMMAND_TIMEOUT);
+                if out.status.success() {
+                    json!({"ok": true, "session": id})
+                } else {
+                    json!({"ok": false, "why": format!("jdoe's session after unlock: {out:?}")})
                 }
             }
             "approved" => {

@@ -296,7 +296,7 @@ try {
   log(String(e));
 } finally {
   if (main && main.page.events.consoleErrors.length) {
-    log(`  (browser console errors, for information: ${main.page.events.consoleErrors.slice(0, 10).join(' | ')})`);
+    log(`  (browser console errors, for information: ${[...new Set(main.page.events.consoleErrors)].slice(0, 10).join(' | ')})`);
   }
   await browser.close().catch(() => {});
   closeAsk();
