@@ -43,6 +43,14 @@ pub enum EndReason {
         /// Who placed it.
         by: String,
     },
+    /// Security staff ended this one session (the web console's "end session", `POST
+    /// /api/v1/live/{id}/end`).
+    Terminated {
+        /// Who ended it (`security jsmith`).
+        by: String,
+        /// Why, as they gave it.
+        reason: String,
+    },
     /// The access grant the session ran on was revoked or ended.
     GrantEnded,
     /// The user was disabled.
@@ -83,6 +91,7 @@ impl EndReason {
             EndReason::WindowEnd => "window_end",
             EndReason::IdleTimeout(_) => "idle_timeout",
             EndReason::Locked { .. } => "locked",
+            EndReason::Terminated { .. } => "terminated",
             EndReason::GrantEnded => "grant_ended",
             EndReason::UserDisabled => "user_disabled",
             EndReason::PolicyChanged(_) => "policy_changed",
@@ -126,6 +135,7 @@ impl fmt::Display for EndReason {
             EndReason::ClientGone => f.write_str("client went away"),
             EndReason::IdleTimeout(secs) => write!(f, "idle for {secs}s"),
             EndReason::Locked { reason, by } => write!(f, "locked: {reason} (by {by})"),
+            EndReason::Terminated { by, reason } => write!(f, "terminated by {by}: {reason}"),
             EndReason::GrantEnded => f.write_str("access grant revoked or ended"),
             EndReason::UserDisabled => f.write_str("user disabled"),
             EndReason::PolicyChanged(why) => write!(f, "policy changed on reload: {why}"),
@@ -722,6 +732,14 @@ mod tests {
                 },
                 "locked",
                 "locked: x (by security/bob)",
+            ),
+            (
+                EndReason::Terminated {
+                    by: "security sam".into(),
+                    reason: "incident 7".into(),
+                },
+                "terminated",
+                "terminated by security sam: incident 7",
             ),
             (
                 EndReason::GrantEnded,

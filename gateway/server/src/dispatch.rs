@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use ward_core::frame::{
-    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response, VaultEntryInfo,
-    VaultOp, VaultReply,
+    self, AccessOp, AccessReply, ErrorCode, LiveOp, LockTarget, Login, Request, Response,
+    VaultEntryInfo, VaultOp, VaultReply,
 };
 use ward_core::policy::Lock;
 use ward_core::Principal;
@@ -21,6 +21,7 @@ use crate::datapath::{self, FrameWriter};
 use crate::gateway::{gated, Shared};
 use crate::services::access::{AccessService, NewRequest};
 use crate::services::devices::DeviceService;
+use crate::services::live::{LiveService, LiveSession, LiveSessions};
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
 use crate::services::pins::{PinAction, PinReport, PinService};
@@ -65,6 +66,8 @@ pub struct Services {
     pub locks: LockService,
     /// The device listing.
     pub devices: DeviceService,
+    /// Live sessions: the list, and ending one.
+    pub live: LiveService,
     /// The credential vault.
     pub vault: VaultService,
     /// Certificate pins of devices that speak TLS.
@@ -92,6 +95,7 @@ impl Services {
                 shared.pins.clone(),
                 shared.limits().device_connect_timeout,
             ),
+            live: LiveService::new(ctx.clone(), Arc::new(GatewayState(shared.clone()))),
             devices: DeviceService::new(ctx),
         }
     }
@@ -127,6 +131,16 @@ impl LiveState for GatewayState {
 
     fn unlocked(&self, target: &LockTarget) {
         self.0.publish_unlock(target);
+    }
+}
+
+impl LiveSessions for GatewayState {
+    fn list(&self) -> Vec<LiveSession> {
+        self.0.policy.live_sessions()
+    }
+
+    fn terminate(&self, id: &str, end: ward_core::EndReason) -> Option<LiveSession> {
+        self.0.policy.terminate(id, end, self.0.clock.now())
     }
 }
 
@@ -176,6 +190,7 @@ pub(crate) async fn request(
         Request::Open { .. }
         | Request::Access(_)
         | Request::Vault(_)
+        | Request::Live(_)
         | Request::Review(_)
         | Request::Login(_) => error_frame(ErrorCode::Internal, "request not handled here"),
     }
@@ -398,6 +413,43 @@ async fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer
         AccessOp::UserList => listing(s.users.list(caller).await, "users", |users| {
             users.iter().map(user_line).collect()
         }),
+    }
+}
+
+/// Answers a [`LiveOp`] (`ward live`, `ward end`): the listing is streamed as JSON lines of
+/// [`LiveSession::json`], the end answered `Ok` once audited.
+pub(crate) async fn live_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: LiveOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    let answer = match op {
+        LiveOp::List => listing(services.live.list(caller), "live", |v| {
+            v.iter().map(LiveSession::json).collect()
+        }),
+        LiveOp::End { session, reason } => {
+            Answer::Frame(answer(services.live.end(caller, &session, &reason), |s| {
+                Response::Ok {
+                    message: format!(
+                        "ended session {} of {} on {}; they were told: terminated by {}: {}",
+                        s.id,
+                        ward_core::escape(&s.principal.to_string()),
+                        ward_core::escape(&s.device),
+                        ward_core::escape(&caller.identity.principal()),
+                        ward_core::escape(reason.trim()),
+                    ),
+                }
+            }))
+        }
+    };
+    match answer {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
     }
 }
 

@@ -49,7 +49,7 @@ pub struct Shared {
     pub(crate) audit: AuditLog,
     pub(crate) signer: Arc<Signer>,
     pub(crate) sink: Option<Arc<dyn Sink>>,
-    validator: Validator,
+    pub(crate) validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) jit: crate::jit::Jit,
     pub(crate) next_session: AtomicU64,
@@ -1144,6 +1144,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Live(op) => {
+            dispatch::live_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::PinDevice(_)
         | Request::Lock { .. }
@@ -1232,9 +1237,13 @@ fn audited(request: &Request) -> bool {
         | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
+        | Request::Live(ward_core::frame::LiveOp::End { .. })
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event.
-        Request::Open { .. } | Request::ListDevices | Request::ListLocks => false,
+        Request::Open { .. }
+        | Request::ListDevices
+        | Request::ListLocks
+        | Request::Live(ward_core::frame::LiveOp::List) => false,
     }
 }
 

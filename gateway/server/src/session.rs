@@ -33,7 +33,7 @@ use crate::device_tls::{DeviceConn, TlsRefusal};
 use crate::gateway::{refuse, Shared};
 use crate::inject::Injection;
 use crate::pipeline::Pipeline;
-use crate::policy_watch::{ended_by_policy, LiveGuard, PolicySnapshot};
+use crate::policy_watch::{ended_by_policy, LiveGuard, LiveMeta, PolicySnapshot};
 use crate::recorder::{self, SessionRecorder};
 
 /// An `Open` request from a client with a validated certificate, as the dispatcher hands it over.
@@ -188,7 +188,14 @@ where
             }
         }
     };
-    let live = ctx.shared.policy.register(session.clone());
+    let activity = Activity::new();
+    let meta = LiveMeta {
+        id: ctx.id.clone(),
+        since: ctx.now,
+        source: ctx.open.peer,
+        activity: Arc::clone(&activity),
+    };
+    let live = ctx.shared.policy.register(session.clone(), meta);
     let injected = injection.as_ref().map(|i| i.account.as_str());
     if let Err(e) = announce(ctx, &session, recorder.is_some(), injected).await {
         drop(live);
@@ -201,7 +208,7 @@ where
     let mut pipe = Pipe {
         reader,
         writer,
-        activity: Activity::new(),
+        activity,
     };
     let opened = opened(ctx, &session);
     let end = match pipe.writer.write_response(&opened).await {
@@ -582,7 +589,7 @@ where
         end = pump(device, conn, pipe, tap.as_ref()) => end,
         () = tokio::time::sleep_until(deadline) => session.permit().end_reason().clone(),
         () = idle_for(&activity, idle) => EndReason::IdleTimeout(idle.as_secs()),
-        end = ended_by_policy(session, policy, &*ctx.shared.clock) => end,
+        end = ended_by_policy(session, &ctx.id, policy, &*ctx.shared.clock) => end,
         e = recording_failed(rec_failed.as_mut()) => EndReason::RecordingFailed(e),
     }
 }

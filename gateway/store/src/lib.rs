@@ -11,6 +11,7 @@ pub mod pins;
 pub mod recording_store;
 pub mod schema;
 pub mod session_index;
+pub mod session_query;
 pub mod store;
 pub mod store_async;
 pub mod users;

@@ -117,6 +117,18 @@ fn sessions(conn: &rusqlite::Connection) -> Result<(), StoreError> {
          CREATE INDEX IF NOT EXISTS sessions_start ON sessions (start_unix_ms);",
     )?;
     session_ops(conn)?;
+    session_search(conn)?;
+    Ok(())
+}
+
+/// What the web console's session search filters and orders by (`crate::session_query`): newest
+/// first with the id as the tie-break, and by device or principal within that order.
+fn session_search(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE INDEX IF NOT EXISTS sessions_start_id ON sessions (start_unix_ms, id);
+         CREATE INDEX IF NOT EXISTS sessions_device ON sessions (device, start_unix_ms);
+         CREATE INDEX IF NOT EXISTS sessions_principal ON sessions (principal, start_unix_ms);",
+    )?;
     Ok(())
 }
 

@@ -196,7 +196,8 @@ pub fn opened(meta: &SessionMeta) -> IndexedSession {
 /// The verification shown for a session whose recording has no end record yet.
 pub const OPEN: &str = "open (no end record yet: live, or cut short)";
 
-const COLUMNS: &str = "id, principal, serial, device, protocol, source, rule, start_unix_ms, \
+pub(crate) const COLUMNS: &str =
+    "id, principal, serial, device, protocol, source, rule, start_unix_ms, \
      end_unix_ms, end_reason, bytes_up, bytes_down, sealed, verification, break_glass, duration_s, \
      file_len, file_mtime_ns, ops, undecodable, denied_ops, ops_known, ops_truncated";
 
@@ -292,44 +293,47 @@ fn close(
 
 fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sessions"))?;
-    let rows = stmt.query_map([], |r| {
-        let start_ms: i64 = r.get(7)?;
-        let start_unix = start_ms.div_euclid(1000);
-        let (len, mtime): (Option<i64>, Option<i64>) = (r.get(16)?, r.get(17)?);
-        Ok(IndexedSession {
-            summary: SessionSummary {
-                id: r.get(0)?,
-                principal: r.get(1)?,
-                serial: r.get(2)?,
-                device: r.get(3)?,
-                protocol: r.get(4)?,
-                source: r.get(5)?,
-                rule: r.get(6)?,
-                start: rfc3339(start_unix),
-                start_unix,
-                duration_s: r.get(15)?,
-                bytes_up: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
-                bytes_down: u64::try_from(r.get::<_, i64>(11)?).unwrap_or(0),
-                end_reason: r.get(9)?,
-                verification: r.get(13)?,
-                break_glass: r.get(14)?,
-                ops: ops_of_text(&r.get::<_, String>(18)?),
-                undecodable: r.get(19)?,
-                denied_ops: u64::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
-                ops_unknown: !r.get::<_, bool>(21)?,
-                ops_truncated: r.get(22)?,
-            },
-            start_ms,
-            stamp: match (len, mtime) {
-                (Some(len), Some(mtime_ns)) => Some(FileStamp {
-                    len: u64::try_from(len).unwrap_or(0),
-                    mtime_ns,
-                }),
-                _ => None,
-            },
-        })
-    })?;
+    let rows = stmt.query_map([], row_of)?;
     Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// A row selected as [`COLUMNS`] (the session queries' too, `crate::session_query`).
+pub(crate) fn row_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<IndexedSession> {
+    let start_ms: i64 = r.get(7)?;
+    let start_unix = start_ms.div_euclid(1000);
+    let (len, mtime): (Option<i64>, Option<i64>) = (r.get(16)?, r.get(17)?);
+    Ok(IndexedSession {
+        summary: SessionSummary {
+            id: r.get(0)?,
+            principal: r.get(1)?,
+            serial: r.get(2)?,
+            device: r.get(3)?,
+            protocol: r.get(4)?,
+            source: r.get(5)?,
+            rule: r.get(6)?,
+            start: rfc3339(start_unix),
+            start_unix,
+            duration_s: r.get(15)?,
+            bytes_up: u64::try_from(r.get::<_, i64>(10)?).unwrap_or(0),
+            bytes_down: u64::try_from(r.get::<_, i64>(11)?).unwrap_or(0),
+            end_reason: r.get(9)?,
+            verification: r.get(13)?,
+            break_glass: r.get(14)?,
+            ops: ops_of_text(&r.get::<_, String>(18)?),
+            undecodable: r.get(19)?,
+            denied_ops: u64::try_from(r.get::<_, i64>(20)?).unwrap_or(0),
+            ops_unknown: !r.get::<_, bool>(21)?,
+            ops_truncated: r.get(22)?,
+        },
+        start_ms,
+        stamp: match (len, mtime) {
+            (Some(len), Some(mtime_ns)) => Some(FileStamp {
+                len: u64::try_from(len).unwrap_or(0),
+                mtime_ns,
+            }),
+            _ => None,
+        },
+    })
 }
 
 impl SessionIndex for SqliteStore {

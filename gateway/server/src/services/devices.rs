@@ -9,7 +9,7 @@ use ward_core::operations::OpProtocol;
 use ward_core::policy::{self, AccessInputs, Decision};
 use ward_core::{Device, Principal};
 
-use super::{Caller, Context, Refusal};
+use super::{Caller, Context, Refusal, Role};
 
 /// The device listing.
 #[derive(Clone)]
@@ -42,6 +42,127 @@ impl DeviceService {
             .map(|mut info| {
                 held_to(&config, &inputs, caller.principal, &mut info, now);
                 info
+            })
+            .collect())
+    }
+}
+
+/// Who a [`Who`](ward_core::policy::Who) selector names, for people and scripts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct WhoView {
+    /// The certificate kind, if the selector names one.
+    pub kind: Option<String>,
+    /// The exact name, if any.
+    pub name: Option<String>,
+    /// The organisation, if any.
+    pub org: Option<String>,
+    /// Roles the principal must all hold.
+    pub roles: Vec<String>,
+}
+
+impl From<&ward_core::policy::Who> for WhoView {
+    fn from(w: &ward_core::policy::Who) -> Self {
+        WhoView {
+            kind: w.kind.map(|k| k.as_str().to_owned()),
+            name: w.name.clone(),
+            org: w.org.clone(),
+            roles: w.roles.clone(),
+        }
+    }
+}
+
+/// One way principals reach a device.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Reacher {
+    /// `rule` (now, within its hours), `request` (after an approved request under an approval
+    /// policy), `grant` (a live or upcoming grant) or `break_glass` (emergency sessions).
+    pub via: &'static str,
+    /// The rule's, approval policy's or grant's name (`break-glass` for break-glass).
+    pub name: String,
+    /// Who.
+    pub who: WhoView,
+    /// For `request`: the approver groups (one approval from each).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub approvers: Vec<WhoView>,
+    /// For `grant`: when its window ends (RFC 3339).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// A configured device with who may reach it (security staff's inventory).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DeviceEntry {
+    /// The device id.
+    pub id: String,
+    /// Its protocol.
+    pub protocol: ward_core::Protocol,
+    /// Its labels.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Where the gateway dials it.
+    pub address: String,
+    /// Reached over TLS with a pinned certificate.
+    pub tls: bool,
+    /// Who may reach it, and how.
+    pub reach: Vec<Reacher>,
+}
+
+impl DeviceService {
+    /// Every configured device with who may reach it: the rules, approval policies, grants and
+    /// break-glass settings that select it (security and admin; the same config and grants
+    /// [`DeviceService::list`] decides on).
+    pub fn inventory(&self, caller: Caller<'_>) -> Result<Vec<DeviceEntry>, Refusal> {
+        Role::Security.require(caller.principal, "list every device and who may reach it")?;
+        let now = self.ctx.clock.now();
+        let config = self.ctx.live.config();
+        let grants = self.ctx.live.grants();
+        Ok(config
+            .devices
+            .iter()
+            .map(|d| {
+                let mut reach: Vec<Reacher> = Vec::new();
+                let plain = |via, name: &str, who| Reacher {
+                    via,
+                    name: name.to_owned(),
+                    who,
+                    approvers: Vec::new(),
+                    until: None,
+                };
+                for r in config.rules.iter().filter(|r| r.devices.matches(d)) {
+                    reach.push(plain("rule", &r.name, WhoView::from(&r.who)));
+                }
+                for a in config.approvals.iter().filter(|a| a.devices.matches(d)) {
+                    reach.push(Reacher {
+                        approvers: a.approvers.iter().map(WhoView::from).collect(),
+                        ..plain("request", &a.name, WhoView::from(&a.who))
+                    });
+                }
+                let live = grants.iter().filter(|g| g.device == d.id.as_str());
+                for g in live.filter(|g| g.revoked_at.is_none() && g.end > now) {
+                    let who = WhoView {
+                        kind: Some(g.principal.kind.as_str().to_owned()),
+                        name: Some(g.principal.name.clone()),
+                        org: g.principal.org.clone(),
+                        roles: Vec::new(),
+                    };
+                    reach.push(Reacher {
+                        until: g
+                            .end
+                            .format(&time::format_description::well_known::Rfc3339)
+                            .ok(),
+                        ..plain("grant", &g.id, who)
+                    });
+                }
+                if let Some(bg) = &d.break_glass {
+                    reach.push(plain("break_glass", "break-glass", WhoView::from(&bg.who)));
+                }
+                DeviceEntry {
+                    id: d.id.to_string(),
+                    protocol: d.protocol,
+                    labels: d.labels.clone(),
+                    address: d.address.to_string(),
+                    tls: d.tls.is_some(),
+                    reach,
+                }
             })
             .collect())
     }

@@ -68,8 +68,60 @@ pub struct LoginService {
     state: Arc<LoginState>,
 }
 
+/// The audit event of a web console sign-in (password and TOTP, no certificate).
+pub const WEB_SIGNIN: &str = "web_signin";
+/// The audit event of a web console session's end (sign-out, timeout, a disabled user).
+pub const WEB_SIGNOUT: &str = "web_signout";
+
+/// A user name, password and TOTP code for a sign-in that issues no certificate (the web
+/// console). `Debug` hides the password and the code.
+#[derive(Clone, serde::Deserialize)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+    /// TOTP code: always required on this path.
+    #[serde(default)]
+    pub totp: Option<String>,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("user", &self.user)
+            .field("password", &"<hidden>")
+            .field("totp", &self.totp.as_ref().map(|_| "<hidden>"))
+            .finish()
+    }
+}
+
+/// Who a [`LoginService::sign_in`] verified: the user record without its secrets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedIn {
+    /// The user name.
+    pub name: String,
+    /// The user's certificate kind.
+    pub kind: ward_ca::Kind,
+    /// Organisation.
+    pub org: Option<String>,
+    /// Roles.
+    pub roles: Vec<String>,
+}
+
+/// When a TOTP code is needed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mfa {
+    /// As `[login]` says for the user's kind, or whenever the user has a TOTP secret.
+    AsConfigured,
+    /// Always (the web console: MFA on every path).
+    Always,
+}
+
 /// One attempt's context for its audit events.
 struct Attempt {
+    /// The audit event's name (`login`, [`WEB_SIGNIN`]).
+    event: &'static str,
     trail: Trail,
     peer: SocketAddr,
     user: String,
@@ -79,7 +131,7 @@ struct Attempt {
 
 impl Attempt {
     fn ev(&self, outcome: &str) -> Event {
-        Event::new("login", outcome, self.now)
+        Event::new(self.event, outcome, self.now)
             .source(self.peer)
             .detail("user", self.user.clone())
     }
@@ -131,6 +183,7 @@ impl LoginService {
     /// Answers a login from `peer`.
     pub async fn login(&self, peer: SocketAddr, login: &Login) -> Result<Issued, Refusal> {
         let mut a = Attempt {
+            event: "login",
             trail: self.ctx.audit.trail(),
             peer,
             user: login.user.clone(),
@@ -140,29 +193,129 @@ impl LoginService {
         self.attempt(&mut a, login).await
     }
 
+    /// Verifies a web console sign-in from `peer`: the same checks, back-off and audit as
+    /// [`LoginService::login`], but a TOTP code is always required and no certificate is issued.
+    /// Audited as [`WEB_SIGNIN`], naming the browser session `session` on success. A user whose
+    /// initial password must still be changed is refused (`ward login --change-password`).
+    pub async fn sign_in(
+        &self,
+        peer: SocketAddr,
+        creds: &Credentials,
+        session: &str,
+    ) -> Result<SignedIn, Refusal> {
+        let mut a = Attempt {
+            event: WEB_SIGNIN,
+            trail: self.ctx.audit.trail(),
+            peer,
+            user: creds.user.clone(),
+            now: self.ctx.clock.now(),
+            past_others: false,
+        };
+        let config = self.ctx.live.config();
+        let (user, _mfa) = self
+            .verify(
+                &mut a,
+                &config,
+                &creds.user,
+                &creds.password,
+                creds.totp.as_deref(),
+                Mfa::Always,
+            )
+            .await?;
+        if user.must_change_password {
+            let e = a
+                .who("denied", &user)
+                .reason("the initial password must be changed before signing in");
+            a.trail.push(e);
+            return Err(Refusal::Denied(
+                "your password is the initial one you were given and must be changed first: \
+                 run `ward login --change-password` (your authenticator code was used; wait \
+                 for the next one before signing in here)"
+                    .into(),
+            ));
+        }
+        let e = a
+            .who("success", &user)
+            .reason("password and TOTP verified; web session started")
+            .detail("web_session", session.to_owned())
+            .detail("mfa", true);
+        a.trail.push(e);
+        Ok(SignedIn {
+            name: user.name,
+            kind: user.kind,
+            org: user.org,
+            roles: user.roles,
+        })
+    }
+
+    /// Audits the end of web console session `session` of `identity` from `peer` (`why`: signed
+    /// out, idle timeout, …) as [`WEB_SIGNOUT`].
+    pub fn signed_out(
+        &self,
+        identity: &ward_ca::Identity,
+        peer: SocketAddr,
+        session: &str,
+        why: &str,
+    ) {
+        let mut trail = self.ctx.audit.trail();
+        trail.push(
+            Event::new(WEB_SIGNOUT, "success", self.ctx.clock.now())
+                .principal(identity)
+                .source(peer)
+                .reason(why.to_owned())
+                .detail("web_session", session.to_owned()),
+        );
+    }
+
     async fn attempt(&self, a: &mut Attempt, login: &Login) -> Result<Issued, Refusal> {
         // One config snapshot for the whole login (a reload may swap it meanwhile).
         let config = self.ctx.live.config();
+        let (user, mfa) = self
+            .verify(
+                a,
+                &config,
+                &login.user,
+                &login.password,
+                login.totp.as_deref(),
+                Mfa::AsConfigured,
+            )
+            .await?;
+        self.change_password(a, &user, login).await?;
+        self.issue(a, &config, &user, mfa, login)
+    }
+
+    /// Reads the user, reserves the attempt with the back-off, checks the password and (as `mfa`
+    /// says) the TOTP code; a success takes the back-off's count back. Every refusal is audited.
+    async fn verify(
+        &self,
+        a: &mut Attempt,
+        config: &Config,
+        name: &str,
+        password: &str,
+        totp: Option<&str>,
+        mfa: Mfa,
+    ) -> Result<(User, bool), Refusal> {
         let user = self
             .users
-            .user(&login.user)
+            .user(name)
             .await
             .map_err(|e| a.store_down(e, "read"))?;
         // The attempt is counted before anything is verified, so parallel guesses cannot all
         // pass the back-off check before any of them is counted (ward_core::ratelimit).
         let second_factor =
-            login.totp.is_some() && user.as_ref().is_some_and(|u| u.totp_secret.is_some());
+            totp.is_some() && user.as_ref().is_some_and(|u| u.totp_secret.is_some());
         let reserved = self.reserve(a, second_factor)?;
         a.past_others = reserved == Reserved::PastOthers;
         // Refusals in `authenticate` were counted by the reservation; a success takes the count
         // back.
-        let (user, mfa) = self.authenticate(a, &config, user, login).await?;
+        let verified = self
+            .authenticate(a, config, user, password, totp, mfa)
+            .await?;
         // Authenticated. From here on refusals are not counted as failed logins.
         if let Ok(mut limiter) = self.state.limiter.lock() {
-            limiter.success(&login.user, &a.peer.ip().to_string(), reserved);
+            limiter.success(name, &a.peer.ip().to_string(), reserved);
         }
-        self.change_password(a, &user, login).await?;
-        self.issue(a, &config, &user, mfa, login)
+        Ok(verified)
     }
 
     /// Reserves a login attempt with the back-off (`ward_core::ratelimit`).
@@ -196,20 +349,23 @@ impl LoginService {
         a: &mut Attempt,
         config: &Config,
         user: Option<User>,
-        login: &Login,
+        password: &str,
+        totp: Option<&str>,
+        mfa: Mfa,
     ) -> Result<(User, bool), Refusal> {
         let Some(user) = user else {
-            password::verify_dummy(&login.password);
+            password::verify_dummy(password);
             return Err(a.fail("unknown user", None));
         };
-        if !password::verify_password(&user.password_phc, &login.password) {
+        if !password::verify_password(&user.password_phc, password) {
             return Err(a.fail("wrong password", Some(&user)));
         }
         if user.disabled {
             return Err(a.fail("user is disabled", Some(&user)));
         }
-        let needs_mfa =
-            config.login.needs_mfa(principal_kind(user.kind)) || user.totp_secret.is_some();
+        let needs_mfa = mfa == Mfa::Always
+            || config.login.needs_mfa(principal_kind(user.kind))
+            || user.totp_secret.is_some();
         if !needs_mfa {
             return Ok((user, false));
         }
@@ -220,7 +376,7 @@ impl LoginService {
         else {
             return Err(a.fail("MFA required but the user has no TOTP secret", Some(&user)));
         };
-        let Some(code) = login.totp.as_deref() else {
+        let Some(code) = totp else {
             return Err(a.fail("TOTP code missing", Some(&user)));
         };
         match totp::verify(&secret, code, a.now.unix_timestamp(), user.totp_last_step) {

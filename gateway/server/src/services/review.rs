@@ -580,6 +580,272 @@ impl ReviewService {
     }
 }
 
+/// A search of the session index (the web console's listing): one page of the sessions matching
+/// its filters, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SessionSearch {
+    /// What the index filters on (SQL).
+    pub query: ward_store::session_query::SessionQuery,
+    /// An operation pattern, `protocol:glob` (as `ward sessions --op`).
+    pub op: Option<String>,
+    /// Text inside the recording (either direction): read from the candidates, newest first,
+    /// within [`ward_store::session_query::ScanLimits`].
+    pub grep: Option<String>,
+    /// 1-based.
+    pub page: u32,
+    /// Page size (at most [`ward_store::session_query::MAX_PER_PAGE`]).
+    pub per_page: u32,
+}
+
+impl ReviewService {
+    /// One page of the session search, from the session index ([`ward_store::session_query`]):
+    /// its rows `stat`ed and any recording changed since it was indexed read and verified again,
+    /// so no page shows `ok` for a recording that no longer verifies. Security and admin only;
+    /// audited as a listing (`recording_listed`, like `ward sessions`). On the review pool.
+    pub async fn search(
+        &self,
+        who: &Reviewer<'_>,
+        search: SessionSearch,
+    ) -> Result<ward_store::session_query::SessionPage, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("recording_listed", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+        };
+        self.audited_job(who, event, move |me, base| me.search_job(base, &search))
+            .await
+    }
+
+    /// One session's summary (fresh, as [`ReviewService::search`] shows it; a recording the index
+    /// lacks is read), audited as a listing naming the session.
+    pub async fn session(
+        &self,
+        who: &Reviewer<'_>,
+        id: String,
+    ) -> Result<SessionSummary, ReviewRefusal> {
+        let now = self.clock.now();
+        let named = id.clone();
+        let event = move |outcome: &str| {
+            Event::new("recording_listed", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+                .session(named.clone())
+        };
+        self.audited_job(who, event, move |me, base| {
+            if !crate::recording_store::valid_id(&id) {
+                return Err(ReviewRefusal::BadSessionId(id));
+            }
+            let reader = me.index_reader()?;
+            let row = reader
+                .as_ref()
+                .map(|r| r.one(&id))
+                .transpose()
+                .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?
+                .flatten();
+            let summary = match row {
+                Some(row) => {
+                    let mut reread = |id: &str| me.reread(id);
+                    ward_store::session_query::freshen(&me.recordings, vec![row], &mut reread)
+                        .pop()
+                        .ok_or_else(|| ReviewRefusal::NoRecording(id.clone()))?
+                }
+                None => match me.recordings.stamp(&id) {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                        return Err(ReviewRefusal::NoRecording(id))
+                    }
+                    _ => me.reread(&id).map_err(ReviewRefusal::Unreadable)?,
+                },
+            };
+            Ok((summary, base.detail("sessions", 1)))
+        })
+        .await
+    }
+
+    /// The overview's aggregates of the sessions started in `[since, until)` (Unix seconds), from
+    /// the session index. Security and admin only; audited as a listing (`recording_listed`,
+    /// `view: overview`).
+    pub async fn aggregates(
+        &self,
+        who: &Reviewer<'_>,
+        since: i64,
+        until: i64,
+    ) -> Result<ward_store::session_query::Aggregates, ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("recording_listed", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+                .detail("view", "overview")
+        };
+        self.audited_job(who, event, move |me, base| {
+            let aggregates = match me.index_reader()? {
+                Some(reader) => reader
+                    .aggregates(since, until)
+                    .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?,
+                None => ward_store::session_query::Aggregates::default(),
+            };
+            Ok((
+                aggregates,
+                base.detail("since", since).detail("until", until),
+            ))
+        })
+        .await
+    }
+
+    /// The audit log as it is now, every line covered by a signed checkpoint, and its chain's
+    /// verification against the gateway's key (what `ward audit verify` checks of it). Security
+    /// and admin only; audited as `audit_log_read`. On the review pool.
+    pub async fn audit_log_verified(
+        &self,
+        who: &Reviewer<'_>,
+    ) -> Result<(Vec<u8>, VerifyReport), ReviewRefusal> {
+        let now = self.clock.now();
+        let event = |outcome: &str| {
+            Event::new("audit_log_read", outcome, now)
+                .principal(who.identity)
+                .source(who.source)
+        };
+        if may_review(who.principal) {
+            self.audit.flush().await;
+        }
+        self.audited_job(who, event, move |me, base| {
+            let bytes = std::fs::read(me.audit.path())
+                .map_err(|e| ReviewRefusal::Unreadable(format!("reading the audit log: {e}")))?;
+            let report = ward_recording::audit::verify_audit(&bytes, &me.key);
+            let ev = base.detail("verified", report.ok);
+            Ok(((bytes, report), ev))
+        })
+        .await
+    }
+
+    /// Refuse who may not review (audited `denied`), run `job` on the review pool, and audit its
+    /// outcome: nothing is handed out before its event is committed to the log.
+    async fn audited_job<T: Send + 'static>(
+        &self,
+        who: &Reviewer<'_>,
+        event: impl Fn(&str) -> Event,
+        job: impl FnOnce(ReviewService, Event) -> Result<(T, Event), ReviewRefusal> + Send + 'static,
+    ) -> Result<T, ReviewRefusal> {
+        self.require_reviewer(who, event("denied"))?;
+        let failure = event("failure");
+        let (me, base) = (self.clone(), event("success"));
+        let done = self
+            .gate
+            .run(move || job(me, base))
+            .await
+            .unwrap_or(Err(ReviewRefusal::Busy));
+        match done {
+            Ok((answer, ev)) => {
+                self.audit.emit(ev);
+                self.audit
+                    .commit()
+                    .await
+                    .map_err(|e| ReviewRefusal::AuditUnavailable(e.to_string()))?;
+                Ok(answer)
+            }
+            Err(refusal) => {
+                self.audit.emit(failure.reason(refusal.to_string()));
+                Err(refusal)
+            }
+        }
+    }
+
+    fn index_reader(
+        &self,
+    ) -> Result<Option<ward_store::session_query::IndexReader>, ReviewRefusal> {
+        ward_store::session_query::IndexReader::open(&self.state_dir)
+            .map_err(|e| ReviewRefusal::Unreadable(format!("opening the session index: {e}")))
+    }
+
+    /// A recording read and verified again: what `ward sessions` shows of it.
+    fn reread(&self, id: &str) -> Result<SessionSummary, String> {
+        let bytes = self
+            .recordings
+            .read_all(id)
+            .map_err(|e| format!("reading recording {id}: {e}"))?;
+        crate::review::summarise(&bytes, &self.key, &Filter::default(), id)
+            .ok_or_else(|| format!("recording {id} has no summary"))
+    }
+
+    /// The blocking part of [`ReviewService::search`].
+    fn search_job(
+        &self,
+        base: Event,
+        search: &SessionSearch,
+    ) -> Result<(ward_store::session_query::SessionPage, Event), ReviewRefusal> {
+        use ward_store::session_query as q;
+        let filter = Filter {
+            grep: search.grep.clone().filter(|g| !g.is_empty()),
+            op: search.op.clone(),
+            ..Filter::default()
+        };
+        let pattern = filter
+            .op_pattern()
+            .map_err(|e| ReviewRefusal::BadFilter(format!("{e:#}")))?;
+        let keep =
+            pattern.map(|p| move |ops: &[String]| p.matches_any(ops.iter().map(String::as_str)));
+        let keep = keep.as_ref().map(|k| k as &dyn Fn(&[String]) -> bool);
+        let paging = q::paging(Some(search.page), Some(search.per_page));
+        let unreadable = |e: ward_store::store::StoreError| {
+            ReviewRefusal::Unreadable(format!("the session index: {e}"))
+        };
+        let Some(reader) = self.index_reader()? else {
+            let page = q::SessionPage {
+                page: paging.0,
+                per_page: paging.1,
+                ..q::SessionPage::default()
+            };
+            return Ok((page, base.detail("sessions", 0)));
+        };
+        let page = match &filter.grep {
+            None => {
+                let mut reread = |id: &str| self.reread(id);
+                q::page(
+                    &reader,
+                    &self.recordings,
+                    &search.query,
+                    keep,
+                    paging,
+                    &mut reread,
+                )
+                .map_err(unreadable)?
+            }
+            Some(_) => {
+                // Each candidate read whole and verified: the summary is as fresh as it gets.
+                let mut scan = |row: &crate::session_index::IndexedSession| {
+                    let id = &row.summary.id;
+                    let bytes = self
+                        .recordings
+                        .read_all(id)
+                        .map_err(|e| format!("reading recording {id}: {e}"))?;
+                    let read = bytes.len() as u64;
+                    Ok((
+                        crate::review::summarise(&bytes, &self.key, &filter, id),
+                        read,
+                    ))
+                };
+                q::grep_page(
+                    &reader,
+                    &search.query,
+                    keep,
+                    paging,
+                    q::ScanLimits::default(),
+                    &mut scan,
+                )
+                .map_err(unreadable)?
+            }
+        };
+        let ev = base
+            .detail("sessions", page.sessions.len())
+            .detail("total", page.total)
+            .detail("page", page.page)
+            .detail("grep", filter.grep.is_some())
+            .detail("op", filter.op.clone());
+        Ok((page, ev))
+    }
+}
+
 /// Security and admin identities may review (the one role definition, [`super::Role`]).
 fn may_review(p: &Principal) -> bool {
     super::Role::Security.held_by(p)
