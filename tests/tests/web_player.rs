@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use tower::ServiceExt;
 use ward_ca::{Identity, Kind, SystemClock};
 use ward_client::Transport;
-use ward_server::web::{Authed, ConnInfo, Via};
+use ward_server::web::ConnInfo;
 use ward_tests::process::{run_ok, ward};
 use ward_tests::*;
 
@@ -116,20 +116,13 @@ fn identity(kind: Kind, name: &str, org: Option<&str>) -> Identity {
     }
 }
 
-/// A request from `who`: the connection's certificate (what the authentication middleware
-/// reads) and, for builds where that middleware is not there yet, the caller it would resolve.
+/// A request from `who`, as the listener hands it on: the connection's validated client
+/// certificate (the authentication middleware resolves the caller from it).
 fn request(path: &str, who: &Identity) -> Request<Body> {
-    let peer: SocketAddr = "127.0.0.1:50000".parse().unwrap();
     let mut req = Request::builder().uri(path).body(Body::empty()).unwrap();
     req.extensions_mut().insert(ConnInfo {
-        peer,
+        peer: "127.0.0.1:50000".parse().unwrap(),
         certificate: Some(who.clone()),
-    });
-    req.extensions_mut().insert(Authed {
-        identity: who.clone(),
-        principal: ward_server::services::principal_of(who),
-        peer,
-        via: Via::Certificate,
     });
     req
 }
@@ -483,6 +476,35 @@ async fn a_recorded_session_plays_seeks_shows_hex_and_downloads_as_ward_export_d
         eventually(LIMIT, all_denied).await,
         "timeline, screen, hex; export; watch: each refusal audited"
     );
+
+    // A recording that no longer verifies: refused unless forced, and forcing is audited.
+    let path = s
+        .state
+        .join(ward_server::RECORDINGS_DIR)
+        .join(format!("{id}.wrec"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&path, bytes).unwrap();
+    // Another reviewer (the first one's player is kept for a few minutes).
+    let kim = identity(Kind::Security, "kim", None);
+    let refused = get(&s.router, &format!("{base}/timeline"), &kim).await;
+    assert_eq!(refused.status, StatusCode::BAD_REQUEST);
+    let why = refused.json()["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains("fails verification") && why.contains("force=true"),
+        "{why}"
+    );
+    let forced = get(&s.router, &format!("{base}/timeline?force=true"), &kim).await;
+    assert_eq!(forced.status, StatusCode::OK);
+    assert_eq!(forced.json()["verified"], false);
+    let high = audit_events(&s.state)
+        .into_iter()
+        .filter(|e| e["event"] == "recording_replayed" && e["severity"] == "high")
+        .count();
+    assert_eq!(high, 1);
+    let unforced = get(&s.router, &format!("{base}/export?format=json"), &kim).await;
+    assert_eq!(unforced.status, StatusCode::BAD_REQUEST);
 
     // Unknown sessions: 404; not a session id: 400.
     for path in [

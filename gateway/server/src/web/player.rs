@@ -112,7 +112,7 @@ impl Players {
 fn refused(r: ReviewRefusal) -> ApiError {
     match r {
         ReviewRefusal::FailsVerification { id, what } => ApiError::new(
-            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
             format!("recording {id} fails verification ({what}); replay refused — add force=true to replay it anyway (audited)"),
         ),
         other => ApiError::from(other),
@@ -343,7 +343,7 @@ async fn export(
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "not sealed".into());
                 return Err(ApiError::new(
-                    StatusCode::CONFLICT,
+                    StatusCode::BAD_REQUEST,
                     format!("recording {id2} fails verification ({why}); export refused — add force=true to export its verified records"),
                 ));
             }
@@ -351,7 +351,7 @@ async fn export(
         };
         if part.is_empty() {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
+                StatusCode::BAD_REQUEST,
                 format!("recording {id2} has no verified records to export"),
             ));
         }
