@@ -1516,7 +1516,7 @@ mod access_frame_tests {
         let json = br#"{"op":"end","session":"00aa","reason":"incident 7"}"#;
         assert_eq!(decode_request(&raw(json)).unwrap().unwrap().0, end);
         assert!(decode_request(&raw(br#"{"op":"end","session":"x"}"#)).is_err());
-        assert!(decode_request(&raw(br#"{"op":"list","x":1}"#)).is_err());
+        assert!(decode_request(&raw(br#"{"op":"kill"}"#)).is_err());
     }
 
     #[test]
