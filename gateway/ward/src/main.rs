@@ -479,6 +479,7 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
             gateway: args.port,
             telnet: 2300,
             http: 8000,
+            web: 8443,
         };
         let setup = ward::quickstart::prepare(&args.dir, ports, None, clock.as_ref())?;
         println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());
