@@ -4008,12 +4008,7 @@ fn web_list() -> Result<()> {
                         peer,
                         certificate: Some(identity.clone()),
                     })
-                    .extension(ward_server::web::Authed {
-                        identity: identity.clone(),
-                        principal: ward_server::services::principal_of(&identity),
-                        peer,
-                        via: ward_server::web::Via::Certificate,
-                    })
+
                     .body(axum::body::Body::empty())?;
                 let t = Instant::now();
                 let resp = gw.web_router().oneshot(req).await?;
