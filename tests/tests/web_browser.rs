@@ -556,6 +556,7 @@ listen = "127.0.0.1:{web_port}"
         "expect": "rate=12.5",
         "console_device": "pump-7",
         "request_id": request,
+        "other_request": hostile_request,
         "lock_principal": "jdoe",
         "vendor_cert": jdoe_crt,
         "vendor_key": jdoe_key,
