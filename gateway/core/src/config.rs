@@ -1303,12 +1303,15 @@ impl Cx<'_> {
             None => None,
             Some(l) => {
                 let addr = self.listen(l, "web.listen")?;
-                if listeners.iter().any(|g| {
-                    g.port() == addr.port()
-                        && (g.ip() == addr.ip()
-                            || g.ip().is_unspecified()
-                            || addr.ip().is_unspecified())
-                }) {
+                // Port 0 (tests: the system picks) never clashes.
+                if addr.port() != 0
+                    && listeners.iter().any(|g| {
+                        g.port() == addr.port()
+                            && (g.ip() == addr.ip()
+                                || g.ip().is_unspecified()
+                                || addr.ip().is_unspecified())
+                    })
+                {
                     return Err(self.err(
                         l.span(),
                         "web.listen",

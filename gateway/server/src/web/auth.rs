@@ -302,24 +302,33 @@ async fn whoami(authed: Authed, current: Option<Extension<Current>>) -> Response
 async fn signin(
     State(state): State<WebState>,
     conn: Option<Extension<ConnInfo>>,
+    current: Option<Extension<Current>>,
     body: Bytes,
 ) -> Response {
     let Some(Extension(conn)) = conn else {
         return ApiError::unauthenticated().into_response();
     };
     if body.len() > MAX_SIGNIN_BODY {
+        refused_early(&state, conn.peer, "sign-in request too large");
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "sign-in request too large")
             .into_response();
     }
     let creds: Credentials = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(_) => {
+            refused_early(&state, conn.peer, "malformed sign-in request");
             return ApiError::bad_request(
                 "send JSON {\"user\": ..., \"password\": ..., \"totp\": ...} (the TOTP code from your authenticator is required)",
             )
-            .into_response()
+            .into_response();
         }
     };
+    // A browser signing in again leaves its previous session behind: end it.
+    if let Some((old, _)) = current.and_then(|Extension(c)| c.session) {
+        if let Some(s) = state.signins.remove(&old) {
+            audit_ended(&state, &[(s, "signed in again")], conn.peer);
+        }
+    }
     let (token, id) = SignIns::draw();
     let shared = state.shared.clone();
     let services = state.services();
@@ -425,6 +434,23 @@ async fn signout(
     response
 }
 
+/// A sign-in refused before any credential was looked at (malformed, cross-site, not JSON):
+/// audited with the gateway's other unauthenticated noise, aggregated per source.
+fn refused_early(state: &WebState, peer: SocketAddr, why: &str) {
+    let shared = &state.shared;
+    shared.audit_noise(
+        peer,
+        crate::audit::Event::new(
+            crate::services::login::WEB_SIGNIN,
+            "denied",
+            shared.clock.now(),
+        )
+        .severity("warning")
+        .source(peer)
+        .reason(why.to_owned()),
+    );
+}
+
 fn audit_ended(state: &WebState, ended: &[(SignIn, &'static str)], peer: SocketAddr) {
     if ended.is_empty() {
         return;
@@ -460,12 +486,27 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
     req.extensions_mut().remove::<Current>();
     let api = req.uri().path().starts_with("/api/");
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    let signing_in = !safe && req.uri().path() == SIGNIN_PATH;
+    let conn = req.extensions().get::<ConnInfo>().cloned();
     if api {
         if let Err(e) = same_origin(req.headers()) {
+            if let (true, Some(c)) = (signing_in, &conn) {
+                refused_early(&state, c.peer, "cross-site sign-in");
+            }
             return e.into_response();
         }
     }
-    let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
+    if signing_in && !is_json(req.headers()) {
+        if let Some(c) = &conn {
+            refused_early(
+                &state,
+                c.peer,
+                "sign-in without Content-Type: application/json",
+            );
+        }
+        return ApiError::forbidden("sign in with Content-Type: application/json").into_response();
+    }
+    let Some(conn) = conn else {
         return next.run(req).await;
     };
     let now = state.shared.clock.now();
@@ -502,7 +543,7 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
         },
     };
     if let Some((authed, current)) = resolved {
-        if api && !safe && req.uri().path() != SIGNIN_PATH {
+        if api && !safe && !signing_in {
             let sent = req
                 .headers()
                 .get(CSRF_HEADER)
@@ -518,19 +559,17 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
         req.extensions_mut().insert(authed);
         req.extensions_mut().insert(current);
     }
-    if api && !safe && req.uri().path() == SIGNIN_PATH {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return ApiError::forbidden("sign in with Content-Type: application/json")
-                .into_response();
-        }
-    }
     next.run(req).await
+}
+
+/// Whether the body is declared JSON (a cross-site form cannot send that without a CORS
+/// preflight, which the console never grants).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The browser session of `token`: live, or ended now (audited) or unknown (none).
