@@ -270,7 +270,7 @@ impl IndexReader {
     pub fn rows_where_ops(
         &self,
         q: &SessionQuery,
-        keep: &dyn Fn(&[String]) -> bool,
+        keep: OpsFilter<'_>,
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<IndexedSession>, u64), StoreError> {
@@ -449,7 +449,7 @@ pub fn page(
     reader: &IndexReader,
     store: &RecordingStore,
     q: &SessionQuery,
-    ops: Option<&dyn Fn(&[String]) -> bool>,
+    ops: Option<OpsFilter<'_>>,
     (page, per_page): (u32, u32),
     reread: &mut dyn FnMut(&str) -> Result<SessionSummary, String>,
 ) -> Result<SessionPage, StoreError> {
@@ -470,6 +470,9 @@ pub fn page(
         scanned: None,
     })
 }
+
+/// A filter on a row's operations (an operation pattern, matched outside SQL).
+pub type OpsFilter<'a> = &'a dyn Fn(&[String]) -> bool;
 
 /// Bounds on a text search (it reads recordings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -501,7 +504,7 @@ pub type Scanned = (Option<SessionSummary>, u64);
 pub fn grep_page(
     reader: &IndexReader,
     q: &SessionQuery,
-    ops: Option<&dyn Fn(&[String]) -> bool>,
+    ops: Option<OpsFilter<'_>>,
     (page, per_page): (u32, u32),
     limits: ScanLimits,
     scan: &mut dyn FnMut(&IndexedSession) -> Result<Scanned, String>,

@@ -58,7 +58,9 @@ const USAGE: &str =
   --http-inject-only  only HTTP through the gateway with and without credential injection (issue 14:
                release `ward gateway`, QUIC, recording on; interleaved runs), then stop
   --dicom-only  only DICOM C-STORE through the gateway with the decoder and an operation list, and
-               the same with decoding off (issue 15; interleaved runs), then stop";
+               the same with decoding off (issue 15; interleaved runs), then stop
+  --web-list   only the web console's session listing over an index of 100,000 sessions: one page,
+               from the index and through the API (issue 16), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -92,6 +94,8 @@ struct Opts {
     http_inject_only: bool,
     /// Only DICOM through the gateway with and without the decoder (issue 15).
     dicom_only: bool,
+    /// Only the web console's session listing over 100,000 indexed sessions (issue 16).
+    web_list: bool,
 }
 
 impl Opts {
@@ -106,6 +110,7 @@ impl Opts {
         let mut inject_only = false;
         let mut http_inject_only = false;
         let mut dicom_only = false;
+        let mut web_list = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -115,6 +120,7 @@ impl Opts {
                 "--inject-only" => inject_only = true,
                 "--http-inject-only" => http_inject_only = true,
                 "--dicom-only" => dicom_only = true,
+                "--web-list" => web_list = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -167,6 +173,7 @@ impl Opts {
                 inject_only,
                 http_inject_only,
                 dicom_only,
+                web_list,
             }
         } else {
             Opts {
@@ -187,6 +194,7 @@ impl Opts {
                 inject_only,
                 http_inject_only,
                 dicom_only,
+                web_list,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -3151,6 +3159,9 @@ fn main() -> Result<()> {
     if cfg!(debug_assertions) {
         eprintln!("ward-bench: this is a debug build; figures will be far too low. Use --release.");
     }
+    if opts.web_list {
+        return web_list();
+    }
     if opts.dicom_only {
         return dicom_only(&opts);
     }
@@ -3843,5 +3854,213 @@ fn dicom_only(opts: &Opts) -> Result<()> {
     );
     println!("\n{}\n{s}", machine(&load_at_start));
     drop(gw);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The web console's session listing over 100,000 indexed sessions (issue 16): one page answered
+// from the session index (SQL), and the same through the API (the router in process, as a
+// security caller: role check, the index query, the `stat` of each row on the page, JSON, and the
+// audit event committed — fsynced — before the answer).
+
+/// Indexed sessions.
+const WEB_ROWS: u32 = 100_000;
+/// Samples per figure (the median is reported).
+const WEB_SAMPLES: usize = 41;
+
+fn web_list() -> Result<()> {
+    use ward_store::session_index::{opened, FileStamp, SessionIndex};
+    use ward_store::session_query::{self, IndexReader, SessionQuery};
+    let pki = ward_tests::Pki::new();
+    let state = pki.dir.path().join("state-web");
+    let recordings = state.join(ward_server::RECORDINGS_DIR);
+    std::fs::create_dir_all(&recordings)?;
+    let db = ward_store::store::SqliteStore::open(&state)?;
+    let now_ms = SystemClock.now().unix_timestamp() * 1000;
+    let devices = ["pump-1", "pump-2", "pacs", "ct-3", "lab-1"];
+    let built = Instant::now();
+    let mut rows = Vec::with_capacity(WEB_ROWS as usize);
+    for n in 0..WEB_ROWS {
+        let meta = ward_recording::SessionMeta {
+            session_id: format!("{n:016x}"),
+            principal_kind: "vendor".into(),
+            principal_name: format!("tech{}", n % 40),
+            principal_org: Some(
+                match n % 3 {
+                    0 => "acme",
+                    1 => "globex",
+                    _ => "initech",
+                }
+                .into(),
+            ),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:40000".into(),
+            device: devices
+                .get((n % 5) as usize)
+                .copied()
+                .unwrap_or("pump-1")
+                .into(),
+            device_addr: "127.0.0.1:4000".into(),
+            protocol: "telnet".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: n % 97 == 0,
+            // One a minute, the newest a minute ago (about 70 days).
+            started_unix_ms: now_ms - i64::from(WEB_ROWS - n) * 60_000,
+        };
+        let mut row = opened(&meta);
+        row.summary.end_reason = "client closed".into();
+        row.summary.verification = "ok".into();
+        row.summary.duration_s = 42.0;
+        row.stamp = Some(FileStamp {
+            len: 1,
+            mtime_ns: 1,
+        });
+        rows.push(row);
+    }
+    // The newest page's recordings exist and match their rows (each is `stat`ed per listing);
+    // the others' files are absent (a deep page marks them missing: the same one `stat` each).
+    for row in rows.iter_mut().rev().take(50) {
+        let path = recordings.join(format!("{}.wrec", row.summary.id));
+        std::fs::write(&path, b"x")?;
+        row.stamp = Some(FileStamp::of(&path)?);
+    }
+    db.put_all(&rows)?;
+    drop(db);
+    eprintln!(
+        "ward-bench: indexed {WEB_ROWS} sessions in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+    let store = ward_store::recording_store::RecordingStore::local(&state);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v.get(v.len() / 2).copied().unwrap_or_default()
+    };
+    let store_figure = |q: &SessionQuery, page: u32| -> Result<(Duration, u64)> {
+        let mut times = Vec::with_capacity(WEB_SAMPLES);
+        let mut total = 0;
+        for _ in 0..WEB_SAMPLES {
+            let t = Instant::now();
+            let reader =
+                IndexReader::open(&state)?.ok_or_else(|| anyhow!("no index in {state:?}"))?;
+            let mut reread =
+                |id: &str| -> std::result::Result<_, String> { Err(format!("{id} changed")) };
+            let p = session_query::page(&reader, &store, q, None, (page, 50), &mut reread)?;
+            let json = serde_json::to_vec(&p)?;
+            times.push(t.elapsed());
+            total = p.total;
+            std::hint::black_box(json);
+        }
+        Ok((median(times), total))
+    };
+    let all = SessionQuery::default();
+    let pump = SessionQuery {
+        device: Some("pump-2".into()),
+        ..SessionQuery::default()
+    };
+    let who = SessionQuery {
+        principal: Some("acme/tech3".into()),
+        ..SessionQuery::default()
+    };
+    let (first, total) = store_figure(&all, 1)?;
+    let (deep, _) = store_figure(&all, 1000)?;
+    let (by_device, n_device) = store_figure(&pump, 1)?;
+    let (by_principal, n_principal) = store_figure(&who, 1)?;
+
+    // Through the API: a gateway over this state dir, the router in process.
+    let rt = runtime("web-bench", 2)?;
+    let api = rt.block_on(async {
+        let config = pki.dir.path().join("ward-web.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:0\"\nca = \".\"\ncert = \"gateway.crt\"\nkey = \"gateway.key\"\nstate_dir = \"{}\"\n",
+                state.display()
+            ),
+        )?;
+        let cfg = ward_server::gateway::load_config(&config)?;
+        let gw = ward_server::gateway::Gateway::start(cfg, Arc::new(SystemClock)).await?;
+        let t = SystemClock.now();
+        let identity = ward_ca::Identity {
+            trust_domain: "ward.test".into(),
+            kind: Kind::Security,
+            name: "sam".into(),
+            org: None,
+            roles: Vec::new(),
+            serial: "05".into(),
+            not_before: t - time::Duration::hours(1),
+            not_after: t + time::Duration::hours(1),
+            uri: "spiffe://ward.test/security/sam".into(),
+        };
+        let peer: SocketAddr = "127.0.0.1:50000".parse()?;
+        let web = gw.web_router();
+        let mut figures = Vec::new();
+        for uri in [
+            "/api/v1/sessions",
+            "/api/v1/sessions?page=1000",
+            "/api/v1/sessions?device=pump-2",
+            "/api/v1/sessions?principal=acme%2Ftech3",
+        ] {
+            let mut times = Vec::with_capacity(WEB_SAMPLES);
+            for _ in 0..WEB_SAMPLES {
+                use tower::ServiceExt;
+                let req = http::Request::get(uri)
+                    .extension(ward_server::web::ConnInfo {
+                        peer,
+                        certificate: Some(identity.clone()),
+                    })
+                    .body(axum::body::Body::empty())?;
+                let t = Instant::now();
+                let resp = web.clone().oneshot(req).await?;
+                let status = resp.status();
+                let body = axum::body::to_bytes(resp.into_body(), 16 << 20).await?;
+                times.push(t.elapsed());
+                if status != http::StatusCode::OK {
+                    bail!("GET {uri}: {status} {}", String::from_utf8_lossy(&body));
+                }
+            }
+            figures.push((uri, median(times)));
+        }
+        gw.shutdown(Duration::from_millis(50)).await;
+        Ok::<_, anyhow::Error>(figures)
+    })?;
+
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "web: list {WEB_ROWS} indexed sessions, one page of 50 (median of {WEB_SAMPLES})\n"
+    );
+    let _ = writeln!(
+        s,
+        "| listing | matches | from the index + JSON | through the API |\n|---|---|---|---|"
+    );
+    for ((what, matches, store_t), (_, api_t)) in [
+        ("newest page", total, first),
+        ("page 1000", total, deep),
+        ("device = pump-2", n_device, by_device),
+        ("principal = acme/tech3", n_principal, by_principal),
+    ]
+    .into_iter()
+    .zip(api)
+    {
+        let _ = writeln!(
+            s,
+            "| {what} | {matches} | {:.1} ms | {:.1} ms |",
+            ms(store_t),
+            ms(api_t)
+        );
+    }
+    let worst = [first, deep, by_device, by_principal]
+        .into_iter()
+        .max()
+        .unwrap_or_default();
+    let _ = writeln!(
+        s,
+        "\n| web: list 100,000 sessions, one page | {:.1} ms (slowest of the above, index + JSON) | < 100 ms | {} |",
+        ms(worst),
+        if ms(worst) < 100.0 { "✓" } else { "✗" }
+    );
+    println!("{s}");
     Ok(())
 }
