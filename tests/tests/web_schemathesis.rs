@@ -74,12 +74,26 @@ listen = "127.0.0.1:{web_port}"
     }
     let out = run(&mut as_(
         &jdoe,
-        &["request", "pump-jit", "--reason", "firmware", "--duration", "1h"],
+        &[
+            "request",
+            "pump-jit",
+            "--reason",
+            "firmware",
+            "--duration",
+            "1h",
+        ],
     ));
     assert!(out.status.success(), "{out:?}");
     let out = run(&mut as_(
         &admin,
-        &["lock", "--org", "other", "--force", "--reason", "schemathesis"],
+        &[
+            "lock",
+            "--org",
+            "other",
+            "--force",
+            "--reason",
+            "schemathesis",
+        ],
     ));
     assert!(out.status.success(), "{out:?}");
 
@@ -100,7 +114,10 @@ listen = "127.0.0.1:{web_port}"
         if out.status.success() {
             break out.stdout;
         }
-        assert!(Instant::now() < deadline, "whoami with the admin's certificate: {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "whoami with the admin's certificate: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();
