@@ -212,10 +212,9 @@ impl World {
                     return json!({"ok": false, "why": format!("no live client for {id}")});
                 };
                 p.send(format!("say {}\n", s("text")).as_bytes());
-                let written_ms = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap()
-                    .as_millis() as u64;
+                // Node compares its own clock with this (same machine).
+                let now = ward_tests::now();
+                let written_ms = now.unix_timestamp() * 1000 + i64::from(now.millisecond());
                 json!({"ok": true, "written_ms": written_ms})
             }
             "live-ended" => {
@@ -556,6 +555,7 @@ listen = "127.0.0.1:{web_port}"
         "expect": "rate=12.5",
         "console_device": "pump-7",
         "request_id": request,
+        "other_request": hostile_request,
         "lock_principal": "jdoe",
         "vendor_cert": jdoe_crt,
         "vendor_key": jdoe_key,

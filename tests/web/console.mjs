@@ -5,8 +5,8 @@
 // page. Run by tests/tests/web_browser.rs, which holds the gateway, the devices and the CLI
 // clients and answers this script's `ask`s (see lib.mjs).
 //
-// WARD_WEB_CASE: {status_session, needle, expect, console_device, request_id, lock_principal,
-//                 vendor_cert, vendor_key}
+// WARD_WEB_CASE: {status_session, needle, expect, console_device, request_id, other_request,
+//                 lock_principal, vendor_cert, vendor_key}
 
 import crypto from 'node:crypto';
 import {
@@ -195,7 +195,7 @@ try {
     await shot(page, '08-audit');
   });
 
-  await step('approve a pending request as an approver (no self-approval)', 45_000, async () => {
+  await step('approve a pending request as an approver', 45_000, async () => {
     const ap = await newPage(browser);
     try {
       const { page } = ap;
@@ -229,6 +229,10 @@ try {
     try {
       const { page } = certCtx;
       const who = await page.goto(`${URL_BASE}/api/v1/whoami`);
+      // The requester cannot approve its own request (nor is a vendor an approver).
+      const whoCsrf = (await who.json()).csrf;
+      const self = await apiFetch(page, 'POST', `/api/v1/requests/${CASE.other_request}/approve`, { body: { reason: 'my own' }, csrf: whoCsrf });
+      check(self.status === 403, `the requester approving its own request ${CASE.other_request} with its certificate: ${self.status} (expected 403) ${JSON.stringify(self.body).slice(0, 200)}`);
       check(who.status() === 200, `whoami with the vendor's certificate: ${who.status()} ${await who.text()}`);
       const wj = await who.json();
       check(wj.via === 'certificate' && wj.kind === 'vendor', `whoami with the vendor's certificate: ${JSON.stringify(wj)}`);
@@ -249,6 +253,8 @@ try {
         check(r.status === 403, `GET ${p} as vendor ${vendor.user}: ${r.status} (expected 403) ${JSON.stringify(r.body).slice(0, 200)}`);
       }
       const who = await apiFetch(page, 'GET', '/api/v1/whoami');
+      const appr = await apiFetch(page, 'POST', `/api/v1/requests/${CASE.other_request}/approve`, { body: { reason: 'not mine to approve' }, csrf: who.body.csrf });
+      check(appr.status === 403, `vendor ${vendor.user} approving ${CASE.other_request}: ${appr.status} (expected 403)`);
       const end = await apiFetch(page, 'POST', `/api/v1/locks`, { body: { target: { kind: 'org', value: 'acme' }, reason: 'vendor tries' }, csrf: who.body.csrf });
       check(end.status === 403, `POST /api/v1/locks as vendor: ${end.status} (expected 403)`);
       await go(page, '#/sessions');

@@ -22,11 +22,20 @@ async function assertInert(page, where) {
   const found = await page.evaluate(() => {
     const bad = [];
     const snip = (el) => el.outerHTML.slice(0, 160);
+    // A URL of this page's origin (null when it does not parse: never the app's own).
+    const own = (u) => {
+      try {
+        const url = new URL(u, location.href);
+        return url.origin === location.origin && location.origin !== 'null' ? url : null;
+      } catch {
+        return null;
+      }
+    };
     if (window.__pwned !== undefined) bad.push(`window.__pwned = ${String(window.__pwned)}`);
     for (const s of document.querySelectorAll('script')) {
       const src = s.getAttribute('src');
       if (!src) bad.push(`inline <script>: ${snip(s)}`);
-      else if (new URL(src, location.href).origin !== location.origin || !/^\/app\.js(\?|$)/.test(new URL(src, location.href).pathname)) bad.push(`<script> not the app's own: ${snip(s)}`);
+      else if (!own(src) || !/^\/app\.js$/.test(own(src).pathname)) bad.push(`<script> not the app's own: ${snip(s)}`);
     }
     for (const el of document.querySelectorAll('*')) {
       for (const a of el.attributes) {
@@ -41,8 +50,8 @@ async function assertInert(page, where) {
       // The app draws with text and SVG; an <img> may only be its own (same origin, not "x").
       if (el.tagName === 'IMG') {
         const src = el.getAttribute('src') || '';
-        const u = new URL(src, location.href);
-        if (u.origin === location.origin && !/\/x$/.test(u.pathname) && src !== 'x') continue;
+        const u = own(src);
+        if (u && !/\/x$/.test(u.pathname) && src !== 'x') continue;
       }
       if (el.tagName === 'META' && el.closest('head') && el.getAttribute('http-equiv').toLowerCase() !== 'refresh') continue;
       bad.push(`<${el.tagName.toLowerCase()}>: ${snip(el)}`);
@@ -72,6 +81,25 @@ async function assertVisibleText(page, selector, where) {
 
 let ctx;
 try {
+  await step('self-test: these checks catch an injection when there is one', 20_000, async () => {
+    const probe = await newPage(browser);
+    try {
+      await probe.page.setContent('<div><img src=x onerror="window.__pwned=1"><a href="javascript:void 0">x</a><script>window.__pwned=2</script></div>');
+      await probe.page.waitForFunction(() => window.__pwned !== undefined, null, { timeout: 5_000 });
+      let caught = '';
+      try {
+        await assertInert(probe.page, 'self-test');
+      } catch (e) {
+        caught = String(e);
+      }
+      for (const want of ['window.__pwned', 'onerror', 'javascript', 'inline <script>', '<img>']) {
+        check(caught.includes(want), `the injection checks missed ${JSON.stringify(want)} in a page built to trip them: ${JSON.stringify(caught)}`);
+      }
+    } finally {
+      await probe.context.close();
+    }
+  });
+
   await step('sign in (admin: sees sessions, live, audit, requests)', 40_000, async () => {
     ctx = await newPage(browser);
     await signIn(ctx.page, USERS.approver);
