@@ -74,12 +74,26 @@ listen = "127.0.0.1:{web_port}"
     }
     let out = run(&mut as_(
         &jdoe,
-        &["request", "pump-jit", "--reason", "firmware", "--duration", "1h"],
+        &[
+            "request",
+            "pump-jit",
+            "--reason",
+            "firmware",
+            "--duration",
+            "1h",
+        ],
     ));
     assert!(out.status.success(), "{out:?}");
     let out = run(&mut as_(
         &admin,
-        &["lock", "--org", "other", "--force", "--reason", "schemathesis"],
+        &[
+            "lock",
+            "--org",
+            "other",
+            "--force",
+            "--reason",
+            "schemathesis",
+        ],
     ));
     assert!(out.status.success(), "{out:?}");
 
@@ -100,7 +114,10 @@ listen = "127.0.0.1:{web_port}"
         if out.status.success() {
             break out.stdout;
         }
-        assert!(Instant::now() < deadline, "whoami with the admin's certificate: {out:?}");
+        assert!(
+            Instant::now() < deadline,
+            "whoami with the admin's certificate: {out:?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     };
     let whoami: serde_json::Value = serde_json::from_str(&whoami).unwrap();
@@ -109,7 +126,7 @@ listen = "127.0.0.1:{web_port}"
     let report = pki.dir.path().join("schemathesis-report");
     let mut cmd = std::process::Command::new("schemathesis");
     cmd.current_dir(pki.dir.path())
-        .args(["run", &format!("{base}/api/v1/openapi.json")])
+        .args(["--no-color", "run", &format!("{base}/api/v1/openapi.json")])
         .args(["--url", &format!("{base}/api/v1")])
         .arg("--tls-verify")
         .arg(pki.root())
@@ -133,7 +150,6 @@ listen = "127.0.0.1:{web_port}"
             "10",
             "--suppress-health-check",
             "all",
-            "--no-color",
             "--report",
             "junit",
             "--report-dir",
