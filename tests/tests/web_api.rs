@@ -24,7 +24,7 @@ use serde_json::Value;
 use tower::ServiceExt;
 use ward_ca::{Clock, Identity, Kind, SystemClock};
 use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
-use ward_server::web::{Authed, ConnInfo, Via};
+use ward_server::web::ConnInfo;
 use ward_tests::*;
 
 /// How many recordings the fixture holds.
@@ -174,8 +174,8 @@ fn identity(kind: Kind, name: &str, org: Option<&str>) -> Identity {
 
 const PEER: &str = "127.0.0.1:50000";
 
-/// A request as `who` would send it: a client certificate on the connection (what the auth
-/// middleware resolves), and the caller it resolves to (what handlers take).
+/// A request as `who` would send it: a client certificate on the connection, which the auth
+/// middleware resolves to the caller handlers take.
 fn request(
     method: Method,
     uri: &str,
@@ -188,14 +188,6 @@ fn request(
         peer,
         certificate: who.cloned(),
     });
-    if let Some(id) = who {
-        b = b.extension(Authed {
-            identity: id.clone(),
-            principal: ward_server::services::principal_of(id),
-            peer,
-            via: Via::Certificate,
-        });
-    }
     match body {
         Some(v) => b
             .header("content-type", "application/json")
@@ -205,9 +197,14 @@ fn request(
     }
 }
 
-async fn send(tg: &TestGateway, req: Request<Body>) -> (StatusCode, Value) {
-    let router = tg.gw.as_ref().unwrap().web_router();
-    let resp = router.oneshot(req).await.unwrap();
+/// The console's router over a gateway: one per test, as the gateway serves one (its browser
+/// sessions and CSRF key live in it).
+fn router(tg: &TestGateway) -> axum::Router {
+    tg.gw.as_ref().unwrap().web_router()
+}
+
+async fn send(web: &axum::Router, req: Request<Body>) -> (StatusCode, Value) {
+    let resp = web.clone().oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), 64 << 20)
         .await
@@ -216,8 +213,8 @@ async fn send(tg: &TestGateway, req: Request<Body>) -> (StatusCode, Value) {
     (status, json)
 }
 
-async fn get(tg: &TestGateway, uri: &str, who: &Identity) -> Value {
-    let (status, body) = send(tg, request(Method::GET, uri, Some(who), None)).await;
+async fn get(web: &axum::Router, uri: &str, who: &Identity) -> Value {
+    let (status, body) = send(web, request(Method::GET, uri, Some(who), None)).await;
     assert_eq!(status, StatusCode::OK, "GET {uri}: {body}");
     body
 }
@@ -240,16 +237,21 @@ fn endpoints() -> Vec<(Method, String)> {
                 .replace("{id}", &sid(1))
                 .replace("{kind}", "principal")
                 .replace("{value}", "vendor%20acme%2Fjdoe");
+            // What the export needs before it gets to the role check.
+            let query = if path.ends_with("/export") {
+                "?format=json"
+            } else {
+                ""
+            };
             (
                 Method::from_bytes(m.as_bytes()).unwrap(),
-                format!("/api/v1{path}"),
+                format!("/api/v1{path}{query}"),
             )
         })
         .collect()
 }
 
-/// The endpoints this file's areas serve (the others are checked for "not 200" only, so that
-/// this test holds while their areas are being built).
+/// The endpoints this file's area serves: their refusals' wording is checked too.
 const INDEX_AREA: &[&str] = &[
     "/api/v1/sessions",
     "/api/v1/sessions/0000000000000001",
@@ -257,25 +259,50 @@ const INDEX_AREA: &[&str] = &[
     "/api/v1/overview",
 ];
 
+/// What a vendor may do in the console: see who it is and sign out. Everything else is for
+/// security staff and approvers (vendors use the CLI).
+const VENDOR_MAY: &[(&str, &str)] = &[("GET", "/whoami"), ("POST", "/signout")];
+
 #[tokio::test]
 async fn every_endpoint_refuses_anonymous_callers_and_vendors() {
     let (tg, _state, _, _) = gateway().await;
+    let web = router(&tg);
     let vendor = identity(Kind::Vendor, "jdoe", Some("acme"));
+    // A certificate caller's CSRF token, as a script gets it (state-changing requests carry it,
+    // so that what refuses the vendor below is the role check).
+    let whoami = get(&web, "/api/v1/whoami", &vendor).await;
+    let vendor_csrf = whoami["csrf"].as_str().unwrap().to_string();
     let public = ward_server::web::openapi::PUBLIC;
     for (method, uri) in endpoints() {
-        let route = uri.trim_start_matches("/api/v1");
+        let route = uri.trim_start_matches("/api/v1").split('?').next().unwrap();
         let is_public = public
             .iter()
             .any(|(m, p)| *m == method.as_str() && route == *p);
         let body = (method != Method::GET).then(|| serde_json::json!({}));
-        let (anon, why) = send(&tg, request(method.clone(), &uri, None, body.clone())).await;
-        let (as_vendor, why_v) =
-            send(&tg, request(method.clone(), &uri, Some(&vendor), body)).await;
+        let (anon, why) = send(&web, request(method.clone(), &uri, None, body.clone())).await;
+        let mut req = request(method.clone(), &uri, Some(&vendor), body);
+        req.headers_mut()
+            .insert("x-ward-csrf", vendor_csrf.parse().unwrap());
+        let (as_vendor, why_v) = send(&web, req).await;
         if is_public {
             continue;
         }
-        assert_ne!(anon, StatusCode::OK, "{method} {uri} anonymous: {why}");
-        assert_ne!(as_vendor, StatusCode::OK, "{method} {uri} vendor: {why_v}");
+        assert_eq!(
+            anon,
+            StatusCode::UNAUTHORIZED,
+            "{method} {uri} anonymous: {why}"
+        );
+        if !VENDOR_MAY.contains(&(method.as_str(), route)) {
+            assert_eq!(
+                as_vendor,
+                StatusCode::FORBIDDEN,
+                "{method} {uri} vendor: {why_v}"
+            );
+            assert!(
+                !why_v["error"].as_str().unwrap().contains("CSRF"),
+                "refused by the role check, not the token: {why_v}"
+            );
+        }
         if INDEX_AREA.contains(&uri.as_str()) {
             assert_eq!(anon, StatusCode::UNAUTHORIZED, "{method} {uri}: {why}");
             assert!(why["error"].as_str().unwrap().contains("sign in"), "{why}");
@@ -291,7 +318,7 @@ async fn every_endpoint_refuses_anonymous_callers_and_vendors() {
     }
     // The OpenAPI document needs no sign-in, and documents every route.
     let (status, doc) = send(
-        &tg,
+        &web,
         request(Method::GET, "/api/v1/openapi.json", None, None),
     )
     .await;
@@ -319,10 +346,11 @@ async fn every_endpoint_refuses_anonymous_callers_and_vendors() {
 #[tokio::test]
 async fn sessions_are_paged_filtered_and_found_by_text_inside() {
     let (tg, _state, _, _) = gateway().await;
+    let web = router(&tg);
     let sam = identity(Kind::Security, "sam", None);
-    let one = get(&tg, "/api/v1/sessions?per_page=25", &sam).await;
-    let two = get(&tg, "/api/v1/sessions?per_page=25&page=2", &sam).await;
-    let three = get(&tg, "/api/v1/sessions?per_page=25&page=3", &sam).await;
+    let one = get(&web, "/api/v1/sessions?per_page=25", &sam).await;
+    let two = get(&web, "/api/v1/sessions?per_page=25&page=2", &sam).await;
+    let three = get(&web, "/api/v1/sessions?per_page=25&page=3", &sam).await;
     assert_eq!(one["total"], N);
     assert_eq!(
         (one["page"].as_u64(), one["per_page"].as_u64()),
@@ -343,20 +371,20 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
     assert!(first["start"].as_str().unwrap().ends_with('Z'));
 
     // Filters.
-    let by_device = get(&tg, "/api/v1/sessions?device=pacs&per_page=200", &sam).await;
+    let by_device = get(&web, "/api/v1/sessions?device=pacs&per_page=200", &sam).await;
     assert_eq!(by_device["total"], N / 2);
     assert!(by_device["sessions"]
         .as_array()
         .unwrap()
         .iter()
         .all(|s| s["device"] == "pacs"));
-    let by_principal = get(&tg, "/api/v1/sessions?principal=acme%2Fjdoe", &sam).await;
+    let by_principal = get(&web, "/api/v1/sessions?principal=acme%2Fjdoe", &sam).await;
     assert_eq!(by_principal["total"], N / 2);
     assert_eq!(
-        get(&tg, "/api/v1/sessions?principal=kim&device=pump-1", &sam).await["total"],
+        get(&web, "/api/v1/sessions?principal=kim&device=pump-1", &sam).await["total"],
         0
     );
-    let ended = get(&tg, "/api/v1/sessions?end_reason=terminated", &sam).await;
+    let ended = get(&web, "/api/v1/sessions?end_reason=terminated", &sam).await;
     assert_eq!(ended["total"], N / 5);
     assert!(ended["sessions"]
         .as_array()
@@ -365,7 +393,7 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
         .all(|s| s["end_reason"] == "terminated by sam: test"));
     assert_eq!(
         get(
-            &tg,
+            &web,
             "/api/v1/sessions?org=globex&end_reason=terminated",
             &sam
         )
@@ -374,27 +402,32 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
     );
     let since = (now() - time::Duration::hours(10)).unix_timestamp();
     assert_eq!(
-        get(&tg, &format!("/api/v1/sessions?since={since}"), &sam).await["total"],
+        get(&web, &format!("/api/v1/sessions?since={since}"), &sam).await["total"],
         9
     );
     assert_eq!(
-        get(&tg, "/api/v1/sessions?verification=failed", &sam).await["total"],
+        get(&web, "/api/v1/sessions?verification=failed", &sam).await["total"],
         0
     );
 
     // Text inside a recording.
-    let found = get(&tg, "/api/v1/sessions?grep=needle-7f3a", &sam).await;
+    let found = get(&web, "/api/v1/sessions?grep=needle-7f3a", &sam).await;
     assert_eq!(ids(&found), [sid(NEEDLE_AT)], "{found}");
     assert_eq!(found["scanned"], N);
     assert_eq!(found["has_more"], false);
-    let narrowed = get(&tg, "/api/v1/sessions?grep=needle-7f3a&device=pacs", &sam).await;
+    let narrowed = get(&web, "/api/v1/sessions?grep=needle-7f3a&device=pacs", &sam).await;
     assert_eq!(ids(&narrowed), [sid(NEEDLE_AT)]);
     assert_eq!(
         narrowed["scanned"],
         N / 2,
         "only the index's candidates are read"
     );
-    let none = get(&tg, "/api/v1/sessions?grep=needle-7f3a&device=pump-1", &sam).await;
+    let none = get(
+        &web,
+        "/api/v1/sessions?grep=needle-7f3a&device=pump-1",
+        &sam,
+    )
+    .await;
     assert!(ids(&none).is_empty());
 
     // Bad parameters: 400 saying what to write.
@@ -405,7 +438,7 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
         "/api/v1/sessions?op=POST",
         "/api/v1/sessions?colour=red",
     ] {
-        let (status, body) = send(&tg, request(Method::GET, bad, Some(&sam), None)).await;
+        let (status, body) = send(&web, request(Method::GET, bad, Some(&sam), None)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
         assert!(body["error"].as_str().unwrap().len() > 10, "{body}");
     }
@@ -423,8 +456,9 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
 #[tokio::test]
 async fn a_recording_changed_after_it_was_indexed_is_never_listed_ok() {
     let (tg, state, _, _) = gateway().await;
+    let web = router(&tg);
     let sam = identity(Kind::Security, "sam", None);
-    let page = get(&tg, "/api/v1/sessions?per_page=3", &sam).await;
+    let page = get(&web, "/api/v1/sessions?per_page=3", &sam).await;
     assert_eq!(page["sessions"][0]["verification"], "ok");
     // One byte of the newest recording flipped, and another one deleted.
     let path = state
@@ -440,7 +474,7 @@ async fn a_recording_changed_after_it_was_indexed_is_never_listed_ok() {
             .join(format!("{}.wrec", sid(N - 1))),
     )
     .unwrap();
-    let page = get(&tg, "/api/v1/sessions?per_page=3", &sam).await;
+    let page = get(&web, "/api/v1/sessions?per_page=3", &sam).await;
     let v: Vec<&str> = page["sessions"]
         .as_array()
         .unwrap()
@@ -453,7 +487,7 @@ async fn a_recording_changed_after_it_was_indexed_is_never_listed_ok() {
         "{v:?}"
     );
     assert_eq!(v[2], "ok");
-    let detail = get(&tg, &format!("/api/v1/sessions/{}", sid(N)), &sam).await;
+    let detail = get(&web, &format!("/api/v1/sessions/{}", sid(N)), &sam).await;
     assert!(
         detail["session"]["verification"]
             .as_str()
@@ -466,9 +500,10 @@ async fn a_recording_changed_after_it_was_indexed_is_never_listed_ok() {
 #[tokio::test]
 async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifies() {
     let (tg, _state, _, _) = gateway().await;
+    let web = router(&tg);
     let sam = identity(Kind::Security, "sam", None);
     let id = sid(NEEDLE_AT);
-    let detail = get(&tg, &format!("/api/v1/sessions/{id}"), &sam).await;
+    let detail = get(&web, &format!("/api/v1/sessions/{id}"), &sam).await;
     assert_eq!(detail["session"]["id"], id.as_str());
     assert_eq!(detail["session"]["device"], "pacs");
     assert_eq!(detail["terminal"], true, "raw is played as a terminal");
@@ -481,18 +516,18 @@ async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifie
     assert!(events
         .iter()
         .any(|e| e["event"] == "recording_listed" && e["principal"]["name"] == "sam"));
-    let pump = get(&tg, &format!("/api/v1/sessions/{}", sid(2)), &sam).await;
+    let pump = get(&web, &format!("/api/v1/sessions/{}", sid(2)), &sam).await;
     assert_eq!(pump["terminal"], true);
     for (uri, want) in [
         ("/api/v1/sessions/00000000000000ff", StatusCode::NOT_FOUND),
         ("/api/v1/sessions/..%2Fetc", StatusCode::BAD_REQUEST),
     ] {
-        let (status, body) = send(&tg, request(Method::GET, uri, Some(&sam), None)).await;
+        let (status, body) = send(&web, request(Method::GET, uri, Some(&sam), None)).await;
         assert_eq!(status, want, "{uri}: {body}");
     }
 
     // The audit log: newest first, filtered, paginated, its chain verified.
-    let log = get(&tg, "/api/v1/audit?per_page=5", &sam).await;
+    let log = get(&web, "/api/v1/audit?per_page=5", &sam).await;
     assert_eq!(log["chain"]["ok"], true, "{}", log["chain"]);
     assert!(log["chain"]["checkpoints"].as_u64().unwrap() > 0);
     assert!(log["total"].as_u64().unwrap() > 5);
@@ -504,10 +539,10 @@ async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifie
         .map(|e| e["time"].as_str().unwrap())
         .collect();
     assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
-    let second = get(&tg, "/api/v1/audit?per_page=5&page=2", &sam).await;
+    let second = get(&web, "/api/v1/audit?per_page=5&page=2", &sam).await;
     assert_ne!(second["events"][0], log["events"][0]);
     let listed = get(
-        &tg,
+        &web,
         &format!("/api/v1/audit?event=recording_listed&session={id}"),
         &sam,
     )
@@ -518,9 +553,9 @@ async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifie
         .unwrap()
         .iter()
         .all(|e| e["event"] == "recording_listed" && e["session_id"] == id.as_str()));
-    let started = get(&tg, "/api/v1/audit?event=gateway_start", &sam).await;
+    let started = get(&web, "/api/v1/audit?event=gateway_start", &sam).await;
     assert_eq!(started["total"], 1);
-    let by_sam = get(&tg, "/api/v1/audit?principal=sam&severity=info", &sam).await;
+    let by_sam = get(&web, "/api/v1/audit?principal=sam&severity=info", &sam).await;
     assert!(by_sam["events"]
         .as_array()
         .unwrap()
@@ -528,7 +563,7 @@ async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifie
         .all(|e| e["principal"]["name"] == "sam" && e["severity"] == "info"));
     let future = (now() + time::Duration::days(1)).unix_timestamp();
     assert_eq!(
-        get(&tg, &format!("/api/v1/audit?since={future}"), &sam).await["total"],
+        get(&web, &format!("/api/v1/audit?since={future}"), &sam).await["total"],
         0
     );
 }
@@ -536,8 +571,9 @@ async fn the_detail_names_its_audit_events_and_the_audit_log_filters_and_verifie
 #[tokio::test]
 async fn the_overview_counts_sessions_by_org_class_and_day() {
     let (tg, _state, _, _) = gateway().await;
+    let web = router(&tg);
     let admin = identity(Kind::Admin, "ada", None);
-    let o = get(&tg, "/api/v1/overview?days=5", &admin).await;
+    let o = get(&web, "/api/v1/overview?days=5", &admin).await;
     let days = o["days"].as_array().unwrap();
     assert_eq!(days.len(), 5);
     let sum = |series: &Value, key: &str| -> u64 {
@@ -574,7 +610,7 @@ async fn the_overview_counts_sessions_by_org_class_and_day() {
     assert!(o["failing_verification"].as_array().unwrap().is_empty());
     assert_eq!(o["denials"].as_array().unwrap().len(), 5);
     let (status, _) = send(
-        &tg,
+        &web,
         request(
             Method::GET,
             "/api/v1/overview?days=1000",
@@ -589,7 +625,6 @@ async fn the_overview_counts_sessions_by_org_class_and_day() {
 /// A state-changing request with the session cookie but without `X-Ward-CSRF` is refused, as is
 /// a cross-site one; with the token it gets past the check.
 #[tokio::test]
-#[ignore = "needs the auth area's sign-in and CSRF check (web/auth.rs): enabled once merged"]
 async fn state_changing_requests_need_the_csrf_token() {
     let (tg, _state, password, secret) = gateway().await;
     let code = ward_core::totp::code_at(&secret, SystemClock.now().unix_timestamp());

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use ward_ca::{Clock, FixedClock, Kind};
 use ward_core::totp::{self, TotpSecret};
 use ward_store::users::UserStore;
@@ -446,6 +447,24 @@ async fn web_sign_in_sessions_csrf_certificates_and_tls() {
         .await;
     assert_eq!(r.status, 0, "{r:?}");
     assert_ne!(r.exit, Some(0), "{r:?}");
+
+    // Plain HTTP instead of a handshake is dropped, a connection that never speaks holds only
+    // its own slot, and the console answers meanwhile.
+    let _silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut plain = tokio::net::TcpStream::connect(addr).await.unwrap();
+    plain
+        .write_all(b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), plain.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "a plain-HTTP peer was not dropped");
+    assert!(
+        !String::from_utf8_lossy(&got).contains("HTTP/1.1"),
+        "{got:?}"
+    );
+    let r = web.get("/api/v1/whoami", &vendor_args).await;
+    assert_eq!(r.status, 200, "{r:?}");
 
     // TLS 1.3 only.
     let r = web.get("/api/v1/whoami", &["--tls-max", "1.2"]).await;

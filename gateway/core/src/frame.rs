@@ -1507,10 +1507,16 @@ mod access_frame_tests {
             assert_eq!(bytes[0], 0x0e);
             assert_eq!(decode_request(&bytes).unwrap().unwrap().0, r);
         }
+        let raw = |json: &[u8]| {
+            let mut v = vec![0x0e];
+            v.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            v.extend_from_slice(json);
+            v
+        };
         let json = br#"{"op":"end","session":"00aa","reason":"incident 7"}"#;
-        assert_eq!(decode_request(&raw(0x0e, json)).unwrap().unwrap().0, end);
-        assert!(decode_request(&raw(0x0e, br#"{"op":"end","session":"x"}"#)).is_err());
-        assert!(decode_request(&raw(0x0e, br#"{"op":"list","x":1}"#)).is_err());
+        assert_eq!(decode_request(&raw(json)).unwrap().unwrap().0, end);
+        assert!(decode_request(&raw(br#"{"op":"end","session":"x"}"#)).is_err());
+        assert!(decode_request(&raw(br#"{"op":"kill"}"#)).is_err());
     }
 
     #[test]

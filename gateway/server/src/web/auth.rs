@@ -57,8 +57,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        connect-src 'self'; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
                        form-action 'self'";
 
-/// One signed-in browser session.
-#[derive(Debug, Clone)]
+/// One signed-in browser session. `Debug` hides its CSRF token.
+#[derive(Clone)]
 pub struct SignIn {
     /// A short id naming the session in the audit log and in its identity's serial
     /// (`web-<id>`); not the token.
@@ -75,6 +75,19 @@ pub struct SignIn {
     pub last_seen: OffsetDateTime,
     /// The session's CSRF token.
     csrf: String,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("serial", &self.identity.serial)
+            .field("created", &self.created)
+            .field("last_seen", &self.last_seen)
+            .field("csrf", &"<hidden>")
+            .finish()
+    }
 }
 
 /// What looking a cookie up found.
@@ -247,8 +260,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// What the middleware knows about the request's sign-in, for `whoami` and `signout`.
-#[derive(Debug, Clone)]
+/// What the middleware knows about the request's sign-in, for `whoami` and `signout`. `Debug`
+/// hides the tokens.
+#[derive(Clone)]
 pub struct Current {
     /// The CSRF token state-changing requests must carry.
     pub csrf: String,
@@ -258,6 +272,17 @@ pub struct Current {
     pub idle_timeout_s: Option<i64>,
     /// The browser session's cookie token and id.
     session: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current")
+            .field("csrf", &"<hidden>")
+            .field("expires_at", &self.expires_at)
+            .field("idle_timeout_s", &self.idle_timeout_s)
+            .field("session", &self.session.as_ref().map(|(_, id)| id))
+            .finish()
+    }
 }
 
 /// Sign-in, sign-out and `whoami`.
