@@ -150,6 +150,11 @@ pending_expiry = "1h"
 [login]
 mfa = ["security"]                 # TOTP is always required for vendor and admin; add kinds here
 cert_ttl = "8h"                    # login certificates; capped by the CA's per-kind cap and grants
+
+[web]
+listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn it off
+idle_timeout = "15m"               # a browser session ends after this long without a request
+max_session = "8h"                 # ...and this long after sign-in
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
