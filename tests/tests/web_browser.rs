@@ -534,6 +534,7 @@ listen = "127.0.0.1:{web_port}"
 
     // XSS: with a live session on the hostile device too.
     let (live_hostile_proc, hostile_live) = world.connect("evil-1", HOSTILE_PROMPT);
+    world.live.insert(hostile_live.clone(), live_hostile_proc);
     let xss_case = json!({
         "hostile_session": hostile_session,
         "hostile_live": hostile_live,
@@ -543,9 +544,12 @@ listen = "127.0.0.1:{web_port}"
         "hostile_request": hostile_request,
     });
     let (xss_ok, xss_out) = world.node("xss.mjs", &common(xss_case));
-    let mut live_hostile_proc = live_hostile_proc;
-    live_hostile_proc.send(b"exit\n");
-    drop(live_hostile_proc);
+    // The browser ended it (with markup in the reason); if it did not, the client leaves.
+    if let Some(mut p) = world.live.remove(&hostile_live) {
+        if p.child.try_wait().unwrap().is_none() {
+            p.send(b"exit\n");
+        }
+    }
 
     let jdoe_crt = ward_ca::Issued::cert_path(&world.jdoe);
     let jdoe_key = ward_ca::Issued::key_path(&world.jdoe);

@@ -126,7 +126,7 @@ listen = "127.0.0.1:{web_port}"
     let report = pki.dir.path().join("schemathesis-report");
     let mut cmd = std::process::Command::new("schemathesis");
     cmd.current_dir(pki.dir.path())
-        .args(["run", &format!("{base}/api/v1/openapi.json")])
+        .args(["--no-color", "run", &format!("{base}/api/v1/openapi.json")])
         .args(["--url", &format!("{base}/api/v1")])
         .arg("--tls-verify")
         .arg(pki.root())
@@ -150,7 +150,6 @@ listen = "127.0.0.1:{web_port}"
             "10",
             "--suppress-health-check",
             "all",
-            "--no-color",
             "--report",
             "junit",
             "--report-dir",

@@ -82,6 +82,27 @@ try {
     await page.waitForFunction((id) => location.hash.startsWith(`#/session/${id}`), CASE.status_session, { timeout: 10_000 });
   });
 
+  await step('sessions list pages through the index (per_page=2, next, previous)', 30_000, async () => {
+    const { page } = main;
+    const ids = () => page.evaluate(() => [...document.querySelectorAll('#sessions-table tr[data-session-id]')].map((r) => r.dataset.sessionId));
+    await go(page, '#/sessions?per_page=2');
+    await page.locator('#sessions-table tr[data-session-id]').first().waitFor({ state: 'visible' });
+    const first = await ids();
+    check(first.length === 2, `page 1 with per_page=2 lists ${first.length} sessions`);
+    check(await page.locator('#pager-next').isEnabled(), '#pager-next is disabled with more sessions than one page');
+    check(await page.locator('#pager-prev').isDisabled(), '#pager-prev is enabled on page 1');
+    await page.locator('#pager-next').click();
+    await page.waitForFunction((f) => {
+      const now = [...document.querySelectorAll('#sessions-table tr[data-session-id]')].map((r) => r.dataset.sessionId);
+      return now.length > 0 && !now.some((id) => f.includes(id));
+    }, first, { timeout: 10_000 }).catch(async () => { throw new Error(`page 2 shows ${JSON.stringify(await ids())} after page 1 showed ${JSON.stringify(first)}`); });
+    await page.locator('#pager-prev').click();
+    await page.waitForFunction((f) => {
+      const now = [...document.querySelectorAll('#sessions-table tr[data-session-id]')].map((r) => r.dataset.sessionId);
+      return JSON.stringify(now) === JSON.stringify(f);
+    }, first, { timeout: 10_000 }).catch(async () => { throw new Error(`back on page 1 it shows ${JSON.stringify(await ids())}, before ${JSON.stringify(first)}`); });
+  });
+
   await step('session detail: metadata, verification, exports', 20_000, async () => {
     const { page } = main;
     if (!(await page.evaluate(() => location.hash)).startsWith(`#/session/${CASE.status_session}`)) {

@@ -11,7 +11,7 @@
 
 import {
   URL_BASE, USERS, CASE, launch, newPage, signIn, go, shot, apiFetch, text, waitText,
-  step, check, closeAsk, exitCode, log,
+  step, check, ask, closeAsk, exitCode, log,
 } from './lib.mjs';
 
 const browser = await launch();
@@ -189,6 +189,27 @@ try {
     await waitText(page, '#devices-table', CASE.hostile_device, 10_000);
     await assertInert(page, 'devices and locks');
     await shot(page, 'xss-05-devices');
+  });
+  await step('end the hostile live session with markup in the reason; every list shows it as text', 40_000, async () => {
+    await go(page, '#/live');
+    const row = page.locator(`#live-table tr[data-session-id="${CASE.hostile_live}"]`);
+    await row.waitFor({ state: 'visible' });
+    await row.locator('button.end-session').click();
+    await page.locator('#end-reason').fill(CASE.hostile_reason);
+    await page.locator('#end-confirm').click();
+    await row.waitFor({ state: 'detached', timeout: 10_000 });
+    await assertInert(page, 'live list after ending');
+    // The client was told the reason, markup and all, as text.
+    await ask('live-ended', { id: CASE.hostile_live, reason: CASE.hostile_reason }, 20_000);
+    await go(page, `#/session/${CASE.hostile_live}`);
+    await waitText(page, 'body', CASE.hostile_reason, 15_000);
+    await assertInert(page, 'session detail with a hostile end reason');
+    await go(page, '#/sessions');
+    await page.locator(`#sessions-table tr[data-session-id="${CASE.hostile_live}"]`).waitFor({ state: 'visible', timeout: 15_000 });
+    await assertInert(page, 'sessions list with a hostile end reason');
+    await go(page, '#/audit');
+    await waitText(page, 'body', CASE.hostile_reason, 15_000);
+    await assertInert(page, 'audit list with a hostile end reason');
   });
 } catch (e) {
   log(String(e));
