@@ -772,10 +772,15 @@ impl Client {
     /// An access operation: `Ok(Left(response))` for single answers, `Ok(Right(bytes))` for
     /// streamed listings (JSON lines).
     pub async fn access(&self, op: ward_core::frame::AccessOp) -> anyhow::Result<AccessAnswer> {
+        self.listing_or_reply(Request::Access(op)).await
+    }
+
+    /// Sends `request` and reads an answer that is a streamed listing (JSON lines), an access
+    /// reply or a message.
+    async fn listing_or_reply(&self, request: Request) -> anyhow::Result<AccessAnswer> {
         let (r, w) = self.stream().await?;
         let mut writer = FrameWriter::new(w);
-        self.sent(writer.write_request(&Request::Access(op)).await)
-            .await?;
+        self.sent(writer.write_request(&request).await).await?;
         let mut reader = FrameReader::new(r);
         let answer = self.answer(&mut reader).await?;
         let out = match answer {
@@ -796,22 +801,7 @@ impl Client {
     /// A live-session operation (security and admin): `Lines` (JSON lines, one per session) for
     /// the listing, `Message` after ending one.
     pub async fn live(&self, op: ward_core::frame::LiveOp) -> anyhow::Result<AccessAnswer> {
-        let (r, w) = self.stream().await?;
-        let mut writer = FrameWriter::new(w);
-        self.sent(writer.write_request(&Request::Live(op)).await)
-            .await?;
-        let mut reader = FrameReader::new(r);
-        let answer = self.answer(&mut reader).await?;
-        let out = match answer {
-            Response::Stream { .. } => {
-                AccessAnswer::Lines(datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?)
-            }
-            Response::Ok { message } => AccessAnswer::Message(message),
-            Response::Denied { reason } => bail!("refused: {reason}"),
-            other => return Err(unexpected(other).into()),
-        };
-        let _ = writer.finish().await;
-        Ok(out)
+        self.listing_or_reply(Request::Live(op)).await
     }
 }
 
