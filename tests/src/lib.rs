@@ -21,6 +21,7 @@ use ward_ca::{Ca, Clock, IssueRequest, Kind, SystemClock};
 use ward_client::{Client, IdentityFiles, Transport};
 use ward_server::gateway::Gateway;
 
+pub mod hostile;
 pub mod process;
 
 /// Install a test log subscriber once (RUST_LOG=debug to see the gateway's logs).

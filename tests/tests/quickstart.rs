@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
+use ward_core::totp::{self, TotpSecret};
 use ward_tests::process::{
     run, run_with, start_quickstart, ward, ward_binary, Input, Proc, COMMAND_TIMEOUT,
 };
@@ -291,6 +292,84 @@ fn quickstart_then_the_printed_commands_work_and_sigterm_stops_it() {
                 == 3
         });
         drop(fwd);
+    }
+
+    // The web console is on, at the printed address: the security identity's certificate signs
+    // in, and so do sam's password and TOTP code from web-login.txt.
+    let url = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("The web console, for the security team and approvers: "))
+        .unwrap_or_else(|| panic!("no web console line in:\n{printed}"))
+        .trim()
+        .to_owned();
+    assert!(
+        url.starts_with("https://127.0.0.1:") && url.ends_with('/'),
+        "{url}"
+    );
+    assert!(
+        printed.contains(&format!("{d}/web-login.txt")),
+        "the sign-in is not explained:\n{printed}"
+    );
+    if require_peer("curl") {
+        let root = format!("{d}/root.crt");
+        let curl = |args: &[&str], path: &str| {
+            run(Command::new("curl")
+                .args([
+                    "-sS",
+                    "--max-time",
+                    "20",
+                    "--cacert",
+                    &root,
+                    "-w",
+                    "\n%{http_code}",
+                ])
+                .args(args)
+                .arg(format!("{url}{path}")))
+        };
+        let cert = [
+            "--cert",
+            &format!("{d}/security.crt"),
+            "--key",
+            &format!("{d}/security.key"),
+        ]
+        .map(str::to_owned);
+        let cert: Vec<&str> = cert.iter().map(String::as_str).collect();
+        let out = curl(&cert, "api/v1/whoami");
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.ends_with("\n200"), "{out:?}");
+        assert!(out.stdout.contains("\"via\":\"certificate\""), "{out:?}");
+        assert!(
+            out.stdout.contains("\"principal\":\"security sam\""),
+            "{out:?}"
+        );
+
+        let login = std::fs::read_to_string(dir.join("web-login.txt")).unwrap();
+        let field = |name: &str| {
+            login
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix('='))
+                .map(|v| v.trim().to_owned())
+                .unwrap_or_else(|| panic!("no {name} in web-login.txt:\n{login}"))
+        };
+        let secret = TotpSecret::from_base32(&field("totp_secret")).unwrap();
+        let code = totp::code_at(&secret, ward_tests::now().unix_timestamp());
+        let body =
+            serde_json::json!({"user": field("user"), "password": field("password"), "totp": code});
+        let out = curl(
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body.to_string(),
+            ],
+            "api/v1/signin",
+        );
+        assert!(out.status.success(), "{out:?}");
+        assert!(out.stdout.ends_with("\n200"), "{out:?}");
+        assert!(out.stdout.contains("\"via\":\"password\""), "{out:?}");
+        assert!(out.stdout.contains("\"kind\":\"security\""), "{out:?}");
     }
 
     // SIGTERM stops the quickstart cleanly.

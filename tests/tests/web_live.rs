@@ -25,7 +25,7 @@ use tower::ServiceExt;
 use ward_ca::{Clock, Identity, Kind, SystemClock};
 use ward_client::{Client, SessionEnd, Transport};
 use ward_core::frame::{AccessOp, AccessReply};
-use ward_server::web::{Authed, ConnInfo, Via};
+use ward_server::web::ConnInfo;
 use ward_tests::*;
 
 const RULES: &str = r#"
@@ -99,9 +99,9 @@ impl Web {
         }
     }
 
-    /// One request: the connection's certificate identity (and, for the handlers until the
-    /// authentication middleware resolves it, the `Authed` it resolves to), the CSRF token
-    /// `whoami` gives a certificate caller on state-changing requests.
+    /// One request with the connection's certificate identity (the authentication middleware
+    /// resolves the caller from it) and, on state-changing requests, the CSRF token `whoami`
+    /// gives a certificate caller.
     async fn call(
         &self,
         who: &Identity,
@@ -145,12 +145,6 @@ impl Web {
         req.extensions_mut().insert(ConnInfo {
             peer: self.peer,
             certificate: Some(who.clone()),
-        });
-        req.extensions_mut().insert(Authed {
-            identity: who.clone(),
-            principal: ward_server::gateway::principal_of(who),
-            peer: self.peer,
-            via: Via::Certificate,
         });
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
@@ -313,6 +307,19 @@ async fn end_one_live_session_with_a_reason() {
         StatusCode::FORBIDDEN,
         "a vendor learns nothing from the body"
     );
+
+    // Without the CSRF token the kill switch is refused before it is reached.
+    let (status, body) = web
+        .send(
+            &sam,
+            Method::POST,
+            &end_uri,
+            Some(json!({"reason": "x"})),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("CSRF"), "{body}");
 
     // A reason is required; an unknown id is 404; nothing ends.
     for bad in [json!({}), json!({"reason": "   "})] {
@@ -599,6 +606,20 @@ async fn requests_and_devices_from_the_console() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["request"]["state_now"], "denied", "{body}");
     audited(&state, "access_deny", |e| e["reason"] == "not today").await;
+    // The approve body is optional.
+    let (status, body) = web
+        .call(
+            &bob,
+            Method::POST,
+            "/api/v1/requests/req-nope/approve",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("req-nope"),
+        "{body}"
+    );
     // Unknown ids are refused by the service.
     let (status, _) = web
         .post(&bob, "/api/v1/requests/req-nope/approve", json!({}))
@@ -664,5 +685,61 @@ async fn requests_and_devices_from_the_console() {
         .map(|d| d["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, vec!["monitor-7"], "{body}");
+    tg.shutdown(Duration::from_millis(100)).await;
+}
+
+/// CLI parity: `ward live` and `ward end` (the `Live` frame) go through the same live service:
+/// the same listing, the same refusals, and the same end the client is told.
+#[tokio::test]
+async fn ward_live_and_ward_end_over_the_wire() {
+    use ward_client::AccessAnswer;
+    use ward_core::frame::LiveOp;
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let mut tg = gateway(pki.clone()).await;
+    let jdoe = tg.client(
+        &pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]),
+        Transport::Tcp,
+    );
+    let sam = tg.client(
+        &pki.person(Kind::Security, "sam", None, &[]),
+        Transport::Tcp,
+    );
+    let live = Live::open(&jdoe, "pump-12").await;
+
+    let lines = match sam.live(LiveOp::List).await.unwrap() {
+        AccessAnswer::Lines(l) => l,
+        other => panic!("{other:?}"),
+    };
+    let rows: Vec<Value> = lines
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert_eq!(rows[0]["id"], live.id.as_str());
+    assert_eq!(rows[0]["principal"], "vendor acme/jdoe");
+    assert_eq!(rows[0]["bytes_up"], 5);
+
+    let err = jdoe.live(LiveOp::List).await.unwrap_err().to_string();
+    assert!(err.contains("security"), "{err}");
+    let end = |reason: &str| LiveOp::End {
+        session: live.id.clone(),
+        reason: reason.into(),
+    };
+    assert!(jdoe.live(end("mine")).await.is_err());
+    assert!(sam.live(end(" ")).await.is_err(), "a reason is required");
+    let msg = match sam.live(end("incident 3")).await.unwrap() {
+        AccessAnswer::Message(m) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        msg.contains(&live.id) && msg.contains("incident 3"),
+        "{msg}"
+    );
+    assert_eq!(
+        live.closed_by_gateway().await,
+        "terminated by security sam: incident 3"
+    );
     tg.shutdown(Duration::from_millis(100)).await;
 }

@@ -793,6 +793,29 @@ impl Client {
 }
 
 impl Client {
+    /// A live-session operation (security and admin): `Lines` (JSON lines, one per session) for
+    /// the listing, `Message` after ending one.
+    pub async fn live(&self, op: ward_core::frame::LiveOp) -> anyhow::Result<AccessAnswer> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Live(op)).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let out = match answer {
+            Response::Stream { .. } => {
+                AccessAnswer::Lines(datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?)
+            }
+            Response::Ok { message } => AccessAnswer::Message(message),
+            Response::Denied { reason } => bail!("refused: {reason}"),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(out)
+    }
+}
+
+impl Client {
     /// A credential-vault operation (admins): `Entry` after a set or rotation, `Message` after a
     /// removal, `Lines` (JSON lines of `VaultEntryInfo`) for the listing.
     pub async fn vault(&self, op: ward_core::frame::VaultOp) -> anyhow::Result<VaultAnswer> {

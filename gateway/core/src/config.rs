@@ -150,6 +150,11 @@ pending_expiry = "1h"
 [login]
 mfa = ["security"]                 # TOTP is always required for vendor and admin; add kinds here
 cert_ttl = "8h"                    # login certificates; capped by the CA's per-kind cap and grants
+
+[web]
+listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn it off
+idle_timeout = "15m"               # a browser session ends after this long without a request
+max_session = "8h"                 # ...and this long after sign-in
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -1303,12 +1308,15 @@ impl Cx<'_> {
             None => None,
             Some(l) => {
                 let addr = self.listen(l, "web.listen")?;
-                if listeners.iter().any(|g| {
-                    g.port() == addr.port()
-                        && (g.ip() == addr.ip()
-                            || g.ip().is_unspecified()
-                            || addr.ip().is_unspecified())
-                }) {
+                // Port 0 (tests: the system picks) never clashes.
+                if addr.port() != 0
+                    && listeners.iter().any(|g| {
+                        g.port() == addr.port()
+                            && (g.ip() == addr.ip()
+                                || g.ip().is_unspecified()
+                                || addr.ip().is_unspecified())
+                    })
+                {
                     return Err(self.err(
                         l.span(),
                         "web.listen",

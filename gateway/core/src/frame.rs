@@ -109,6 +109,24 @@ pub enum Request {
     /// Show, confirm or remove the certificate pin of a device that speaks TLS itself
     /// (security/admin; answered with `DevicePin`).
     PinDevice(PinDevice),
+    /// Live sessions: list them, or end one (security/admin; answered with `Stream` + JSON lines,
+    /// or `Ok`).
+    Live(LiveOp),
+}
+
+/// `ward live` and `ward end`, carried by [`Request::Live`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum LiveOp {
+    /// The sessions in progress (answered with `Stream` + one JSON line per session).
+    List,
+    /// End one session; its client is told "terminated by <who>: <reason>".
+    End {
+        /// The session id.
+        session: String,
+        /// Why (required).
+        reason: String,
+    },
 }
 
 /// `ward devices pin DEVICE [--confirm sha256:…] [--remove]`, carried by [`Request::PinDevice`].
@@ -668,6 +686,8 @@ pub mod frame_type {
     pub const PIN_DEVICE: u8 = 0x0d;
     /// `DevicePin` (response).
     pub const DEVICE_PIN: u8 = 0x8d;
+    /// `Live`.
+    pub const LIVE: u8 = 0x0e;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -797,6 +817,7 @@ fn type_name(t: u8) -> Option<&'static str> {
         VAULT_REPLY => "VaultReply",
         PIN_DEVICE => "PinDevice",
         DEVICE_PIN => "DevicePin",
+        LIVE => "Live",
         STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
@@ -825,6 +846,7 @@ impl Frame {
                 Request::Access(_) => ACCESS,
                 Request::Vault(_) => VAULT,
                 Request::PinDevice(_) => PIN_DEVICE,
+                Request::Live(_) => LIVE,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -877,6 +899,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::Access(op) => to_json(&op),
             Request::Vault(op) => to_json(&op),
             Request::PinDevice(p) => to_json(&p),
+            Request::Live(op) => to_json(&op),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -1055,6 +1078,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         VAULT_REPLY => Response::Vault(Box::new(from_json(name, text)?)).into(),
         PIN_DEVICE => Request::PinDevice(from_json(name, text)?).into(),
         DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
+        LIVE => Request::Live(from_json(name, text)?).into(),
         ISSUED => {
             let w: IssuedWire = from_json(name, text)?;
             Response::Issued {
@@ -1469,6 +1493,30 @@ mod access_frame_tests {
                 comment: None
             })
         );
+    }
+
+    /// `Live` frames as docs/protocol.md writes them.
+    #[test]
+    fn live_frames_round_trip() {
+        let end = Request::Live(LiveOp::End {
+            session: "00aa".into(),
+            reason: "incident 7".into(),
+        });
+        for r in [Request::Live(LiveOp::List), end.clone()] {
+            let bytes = encode_request(&r).unwrap();
+            assert_eq!(bytes[0], 0x0e);
+            assert_eq!(decode_request(&bytes).unwrap().unwrap().0, r);
+        }
+        let raw = |json: &[u8]| {
+            let mut v = vec![0x0e];
+            v.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            v.extend_from_slice(json);
+            v
+        };
+        let json = br#"{"op":"end","session":"00aa","reason":"incident 7"}"#;
+        assert_eq!(decode_request(&raw(json)).unwrap().unwrap().0, end);
+        assert!(decode_request(&raw(br#"{"op":"end","session":"x"}"#)).is_err());
+        assert!(decode_request(&raw(br#"{"op":"kill"}"#)).is_err());
     }
 
     #[test]

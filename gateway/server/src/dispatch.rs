@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use tokio::io::AsyncWrite;
 use ward_core::frame::{
-    self, AccessOp, AccessReply, ErrorCode, LockTarget, Login, Request, Response, VaultEntryInfo,
-    VaultOp, VaultReply,
+    self, AccessOp, AccessReply, ErrorCode, LiveOp, LockTarget, Login, Request, Response,
+    VaultEntryInfo, VaultOp, VaultReply,
 };
 use ward_core::policy::Lock;
 use ward_core::Principal;
@@ -190,6 +190,7 @@ pub(crate) async fn request(
         Request::Open { .. }
         | Request::Access(_)
         | Request::Vault(_)
+        | Request::Live(_)
         | Request::Review(_)
         | Request::Login(_) => error_frame(ErrorCode::Internal, "request not handled here"),
     }
@@ -412,6 +413,43 @@ async fn access_answer(s: &Services, caller: Caller<'_>, op: AccessOp) -> Answer
         AccessOp::UserList => listing(s.users.list(caller).await, "users", |users| {
             users.iter().map(user_line).collect()
         }),
+    }
+}
+
+/// Answers a [`LiveOp`] (`ward live`, `ward end`): the listing is streamed as JSON lines of
+/// [`LiveSession::json`], the end answered `Ok` once audited.
+pub(crate) async fn live_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: LiveOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    let answer = match op {
+        LiveOp::List => listing(services.live.list(caller), "live", |v| {
+            v.iter().map(LiveSession::json).collect()
+        }),
+        LiveOp::End { session, reason } => {
+            Answer::Frame(answer(services.live.end(caller, &session, &reason), |s| {
+                Response::Ok {
+                    message: format!(
+                        "ended session {} of {} on {}; they were told: terminated by {}: {}",
+                        s.id,
+                        ward_core::escape(&s.principal.to_string()),
+                        ward_core::escape(&s.device),
+                        ward_core::escape(&caller.identity.principal()),
+                        ward_core::escape(reason.trim()),
+                    ),
+                }
+            }))
+        }
+    };
+    match answer {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
     }
 }
 

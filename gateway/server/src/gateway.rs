@@ -1144,6 +1144,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Live(op) => {
+            dispatch::live_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::PinDevice(_)
         | Request::Lock { .. }
@@ -1232,9 +1237,13 @@ fn audited(request: &Request) -> bool {
         | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
+        | Request::Live(ward_core::frame::LiveOp::End { .. })
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event.
-        Request::Open { .. } | Request::ListDevices | Request::ListLocks => false,
+        Request::Open { .. }
+        | Request::ListDevices
+        | Request::ListLocks
+        | Request::Live(ward_core::frame::LiveOp::List) => false,
     }
 }
 

@@ -350,7 +350,7 @@ fn table(lines: &[u8], cols: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 /// Print JSON lines as a table of `cols` (heading, key); times for people; `empty` when none.
-fn table_or(lines: &[u8], cols: &[(&str, &str)], empty: &str) -> anyhow::Result<()> {
+pub(crate) fn table_or(lines: &[u8], cols: &[(&str, &str)], empty: &str) -> anyhow::Result<()> {
     let rows: Vec<serde_json::Value> = lines
         .split(|b| *b == b'\n')
         .filter(|l| !l.is_empty())

@@ -3,6 +3,7 @@
 
 mod access_cmd;
 mod ca_cmd;
+mod live_cmd;
 mod review_cmd;
 mod show;
 mod vault_cmd;
@@ -60,6 +61,10 @@ enum Command {
     Unlock(UnlockArgs),
     /// List active locks.
     Locks(GatewayClientArgs),
+    /// List the sessions in progress: who, device, since, bytes, break-glass (security and admin).
+    Live(live_cmd::LiveArgs),
+    /// End one live session with a reason its user is told (security and admin; audited).
+    End(live_cmd::EndArgs),
     /// List and search recorded sessions (security and admin).
     Sessions(review_cmd::SessionsArgs),
     /// Replay a recorded session with its original timing (verifies it first).
@@ -380,6 +385,8 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
         Command::Login(args) => client_runtime()?.block_on(access_cmd::login(args)),
         Command::Request(args) => client_runtime()?.block_on(access_cmd::request(args)),
+        Command::Live(args) => client_runtime()?.block_on(live_cmd::live(args)),
+        Command::End(args) => client_runtime()?.block_on(live_cmd::end(args)),
         Command::Requests(args) => client_runtime()?.block_on(access_cmd::requests(args)),
         Command::Approve(args) => client_runtime()?.block_on(access_cmd::approve(args)),
         Command::Deny(args) => client_runtime()?.block_on(access_cmd::deny(args)),
@@ -472,6 +479,7 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
             gateway: args.port,
             telnet: 2300,
             http: 8000,
+            web: 8443,
         };
         let setup = ward::quickstart::prepare(&args.dir, ports, None, clock.as_ref())?;
         println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());

@@ -30,6 +30,8 @@ pub struct Ports {
     pub telnet: u16,
     /// The HTTP monitor console.
     pub http: u16,
+    /// The web console (HTTPS on 127.0.0.1).
+    pub web: u16,
 }
 
 fn issue(
@@ -116,6 +118,7 @@ pub fn prepare(
     std::fs::write(&config, sample_config(ports, netns))
         .with_context(|| format!("writing {}", config.display()))?;
     add_login_user(dir, &config, clock)?;
+    add_console_user(dir, &config, clock)?;
     Ok(Setup {
         dir: dir.to_path_buf(),
         config,
@@ -154,6 +157,49 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
         created.password,
         created.totp_uri.unwrap_or_default()
     );
+    write_private(&dir.join(USERS_FILE), &text)
+}
+
+/// The file holding the web console login of the quickstart's security user (development only,
+/// mode 0600).
+pub const CONSOLE_USER_FILE: &str = "web-login.txt";
+
+/// The security user `sam` (the name of the `security` identity) who signs in to the web console
+/// with password and TOTP, created once with its secrets in [`CONSOLE_USER_FILE`]; reused when it
+/// exists. The web console always asks for a TOTP code, so `sam` gets a TOTP secret even though
+/// `[login]` does not require one for security staff.
+fn add_console_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Result<()> {
+    use ward_store::users::UserStore;
+    let cfg = ward_server::gateway::load_config(config)?;
+    std::fs::create_dir_all(&cfg.gateway.state_dir)?;
+    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    if db.user("sam")?.is_some() {
+        return Ok(());
+    }
+    let mut login = cfg.login.clone();
+    login.mfa.push(ward_core::PrincipalKind::Security);
+    let sam = ward_server::jit::NewUser {
+        roles: vec!["soc".into()],
+        // A development fixture, like `tech`: its secrets sit in a file for the printed flow and
+        // the tests.
+        must_change: false,
+        ..ward_server::jit::NewUser::new("sam", "security")
+    };
+    let created = ward_server::jit::create_user(&db, &login, sam, clock.now())?;
+    let secret = db
+        .user("sam")?
+        .and_then(|u| u.totp_secret)
+        .unwrap_or_default();
+    let text = format!(
+        "# ward quickstart (development only): the web console login `sam` (security, role soc)\nuser = sam\npassword = {}\ntotp_secret = {secret}\ntotp_uri = {}\n",
+        created.password,
+        created.totp_uri.unwrap_or_default()
+    );
+    write_private(&dir.join(CONSOLE_USER_FILE), &text)
+}
+
+/// Writes `text` to `path`, readable by its owner only.
+fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
@@ -161,7 +207,8 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
         .create(true)
         .truncate(true)
         .mode(0o600)
-        .open(dir.join(USERS_FILE))?;
+        .open(path)
+        .with_context(|| format!("writing {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     Ok(())
 }
@@ -233,10 +280,16 @@ pending_expiry = "1h"
 
 [login]
 cert_ttl = "8h"
+
+# The web console (docs/web.md): HTTPS with the gateway's certificate; sign in with a client
+# certificate from this CA, or with password + TOTP.
+[web]
+listen = "127.0.0.1:{web}"
 "#,
         gw = p.gateway,
         telnet = p.telnet,
-        http = p.http
+        http = p.http,
+        web = p.web
     )
 }
 
@@ -339,6 +392,14 @@ As security (sam) — lock the vendor out, then let them back:
   {exe} lock --org acme --for 1h --reason "incident 42" --gateway {gateway} --identity {d}/security
   {exe} unlock --org acme --gateway {gateway} --identity {d}/security
 
+The web console, for the security team and approvers: {web_url}
+  Sign in as sam (security) with the password and a TOTP code from {d}/web-login.txt (scan its
+  otpauth URI into an authenticator app), or with the `security` client certificate:
+  openssl pkcs12 -export -in {d}/security.crt -inkey {d}/security.key -out {d}/security.p12
+  and import {d}/security.p12 into the browser. The browser must trust {d}/root.crt (import it as
+  an authority) or it warns about the gateway's certificate. From a script:
+  curl --cacert {d}/root.crt --cert {d}/security.crt --key {d}/security.key {web_url}api/v1/whoami
+
 As security (sam) — every session is recorded; list, replay, export and verify them:
   {exe} sessions --state-dir {d}/state
   {exe} replay SESSION --state-dir {d}/state            # SESSION from the listing
@@ -351,7 +412,13 @@ As security (sam) — every session is recorded; list, replay, export and verify
 Press Ctrl-C to stop.
 "#,
         cfg = setup.config.display(),
+        web_url = console_url(setup),
     )
+}
+
+/// The web console's address, as printed.
+pub fn console_url(setup: &Setup) -> String {
+    format!("https://127.0.0.1:{}/", setup.ports.web)
 }
 
 /// A running quickstart: the gateway, what was set up, and the devices' namespace (deleted when
@@ -369,6 +436,14 @@ pub struct Running {
 /// The namespace `--isolated` makes for this process.
 pub fn namespace_name() -> String {
     format!("ward-quickstart-{}", std::process::id())
+}
+
+/// A TCP port free on 127.0.0.1 now, for the web console (the gateway binds it moments later; if
+/// something takes it meanwhile, the start fails naming `[web] listen`).
+fn free_loopback_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .context("finding a free port for the web console")?;
+    Ok(l.local_addr()?.port())
 }
 
 /// Start the simulated devices (inside a network namespace of their own when `isolated`), prepare
@@ -414,6 +489,7 @@ pub async fn run(
         gateway: gateway_port,
         telnet: telnet.addr.port(),
         http: http.addr.port(),
+        web: free_loopback_port()?,
     };
     let netns = namespace.as_ref().map(|n| n.name().to_owned());
     let setup = prepare(dir, ports, netns.as_deref(), clock.as_ref())?;

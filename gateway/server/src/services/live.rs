@@ -40,6 +40,37 @@ pub struct LiveSession {
     pub rule: String,
 }
 
+impl LiveSession {
+    /// The session as the web console's `GET /api/v1/live` and `ward live` show it: `id`,
+    /// `principal` (`vendor acme/jdoe`), `name` (`acme/jdoe`, what a lock takes), `kind`, `org`,
+    /// `serial`, `device`, `protocol`, `source`, `since` (RFC 3339 UTC) and `since_unix`,
+    /// `bytes_up`, `bytes_down`, `break_glass`, `rule`.
+    pub fn json(&self) -> serde_json::Value {
+        let since = self
+            .since
+            .to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| self.since.unix_timestamp().to_string());
+        serde_json::json!({
+            "id": self.id,
+            "principal": self.principal.to_string(),
+            "name": self.principal.qualified_name(),
+            "kind": self.principal.kind.as_str(),
+            "org": self.principal.org,
+            "serial": self.principal.serial,
+            "device": self.device,
+            "protocol": self.protocol,
+            "source": self.source.to_string(),
+            "since": since,
+            "since_unix": self.since.unix_timestamp(),
+            "bytes_up": self.bytes_up,
+            "bytes_down": self.bytes_down,
+            "break_glass": self.break_glass,
+            "rule": self.rule,
+        })
+    }
+}
+
 /// The running gateway's live sessions, as the service reads and ends them.
 pub trait LiveSessions: Send + Sync {
     /// The live sessions, oldest first.

@@ -403,3 +403,117 @@ async fn devices_list_what_the_caller_could_open() {
         "{listed:?}"
     );
 }
+
+/// The web console's sign-in: the login's checks with a TOTP code always required (even for a
+/// kind `[login]` lets in on a password), no certificate, the same back-off as `ward login`, and
+/// its own audit event.
+#[tokio::test]
+async fn web_sign_in_always_needs_totp_and_shares_the_login_back_off() {
+    use super::login::{Credentials, SignedIn};
+    let f = Fixture::new();
+    let peer = "127.0.0.1:50001".parse().unwrap();
+    let cfg = ward_core::config::LoginConfig::default();
+    let creds = |user: &str, password: &str, totp: Option<String>| Credentials {
+        user: user.into(),
+        password: password.into(),
+        totp,
+    };
+    // A clinician without TOTP logs in on a password, but cannot sign in to the console.
+    let cleo = NewUser {
+        must_change: false,
+        ..NewUser::new("cleo", "clinician")
+    };
+    let cleo = create_user(f.store.as_ref(), &cfg, cleo, f.clock.now()).unwrap();
+    let r = f
+        .login
+        .sign_in(peer, &creds("cleo", &cleo.password, None), "s1")
+        .await;
+    assert!(
+        matches!(&r, Err(Refusal::Denied(m)) if m.starts_with("login failed")),
+        "{r:?}"
+    );
+    // A vendor with TOTP: a wrong code fails, the right one signs in (no CA needed: nothing is
+    // issued), and the same code again is a replay.
+    let tech = NewUser {
+        must_change: false,
+        org: Some("acme".into()),
+        ..NewUser::new("tech", "vendor")
+    };
+    let pw = create_user(f.store.as_ref(), &cfg, tech, f.clock.now())
+        .unwrap()
+        .password;
+    let secret = f.store.user("tech").unwrap().unwrap().totp_secret.unwrap();
+    let secret = ward_core::totp::TotpSecret::from_base32(&secret).unwrap();
+    let code = ward_core::totp::code_at(&secret, f.clock.now().unix_timestamp());
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    assert!(f
+        .login
+        .sign_in(peer, &creds("tech", &pw, Some(wrong.into())), "s2")
+        .await
+        .is_err());
+    let signed = f
+        .login
+        .sign_in(peer, &creds("tech", &pw, Some(code.clone())), "s3")
+        .await
+        .unwrap();
+    assert_eq!(
+        signed,
+        SignedIn {
+            name: "tech".into(),
+            kind: Kind::Vendor,
+            org: Some("acme".into()),
+            roles: vec![],
+        }
+    );
+    assert_eq!(
+        f.login
+            .sign_in(peer, &creds("tech", &pw, Some(code)), "s4")
+            .await,
+        Err(Refusal::TotpReused)
+    );
+    // Three failed `ward login`s for tech from this address: the console's sign-in waits too.
+    for _ in 0..3 {
+        assert!(f
+            .login
+            .login(peer, &login("tech", "wrong", None))
+            .await
+            .is_err());
+    }
+    // (The next step's code: fresh, and inside the verifier's skew.)
+    let code = ward_core::totp::code_at(&secret, f.clock.now().unix_timestamp() + 30);
+    let r = f
+        .login
+        .sign_in(peer, &creds("tech", &pw, Some(code)), "s5")
+        .await;
+    assert!(
+        matches!(&r, Err(Refusal::Denied(m)) if m.contains("too many failed logins")),
+        "{r:?}"
+    );
+    let events = f.events().await;
+    let web: Vec<String> = events
+        .iter()
+        .filter(|e| e["event"] == "web_signin")
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e["outcome"].as_str().unwrap(),
+                e["reason"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        web,
+        [
+            "denied: MFA required but the user has no TOTP secret",
+            "denied: wrong TOTP code",
+            "success: password and TOTP verified; web session started",
+            "denied: TOTP code reused",
+            "denied: rate-limited for 2s after repeated failures",
+        ],
+        "{events:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["detail"]["serial"].is_string()),
+        "no certificate was issued: {events:#?}"
+    );
+}

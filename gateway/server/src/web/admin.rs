@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
@@ -158,11 +159,20 @@ async fn approve(
     State(state): State<WebState>,
     authed: Authed,
     id: Result<Path<String>, PathRejection>,
-    decision: Result<Json<Decision>, JsonRejection>,
+    decision: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     no_vendors(&authed)?;
     let id = path(id)?;
-    let decision = body(decision, "{\"reason\": \"…\"} (reason optional)")?;
+    // The body is optional here: none, or `{"reason": "…"}`.
+    let decision: Decision = if decision.iter().all(u8::is_ascii_whitespace) {
+        Decision::default()
+    } else {
+        serde_json::from_slice(&decision).map_err(|e| {
+            ApiError::bad_request(format!(
+                "the request body must be empty or JSON {{\"reason\": \"…\"}} ({e})"
+            ))
+        })?
+    };
     let out = state
         .services()
         .access

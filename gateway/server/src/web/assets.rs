@@ -288,6 +288,39 @@ mod tests {
             .any(|a| text(a).contains(&needle))
     }
 
+    /// Every element a script looks up by id in the shell (`document.getElementById('x')`) is in
+    /// index.html: a rename in one file without the other fails here, not in a browser.
+    #[test]
+    fn shell_ids_the_scripts_use_exist() {
+        let html = text(find("/").unwrap());
+        let mut looked_up = 0;
+        for asset in ASSETS.iter().filter(|a| a.content_type == JS) {
+            for (i, _) in text(asset).match_indices("getElementById('") {
+                let rest = &text(asset)[i + "getElementById('".len()..];
+                let id = &rest[..rest.find('\'').unwrap()];
+                // Ids built by the pages themselves are looked up only after they are built.
+                if id.starts_with("nav-") || html.contains(&format!("id=\"{id}\"")) {
+                    looked_up += 1;
+                    continue;
+                }
+                let built = ASSETS
+                    .iter()
+                    .filter(|a| a.content_type == JS)
+                    .any(|a| text(a).contains(&format!("id: '{id}'")));
+                assert!(
+                    built,
+                    "{} looks up #{id}, which nothing defines",
+                    asset.path
+                );
+                looked_up += 1;
+            }
+        }
+        assert!(looked_up >= 8, "only {looked_up} lookups found");
+        for id in ["nav-overview", "nav-live", "nav-sessions", "nav-audit"] {
+            assert!(html.contains(&format!("id=\"{id}\"")), "{id}");
+        }
+    }
+
     /// The pages keep the element ids the browser tests and docs rely on (docs/web.md).
     #[test]
     fn stable_ids_are_present() {

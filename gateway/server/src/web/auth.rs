@@ -57,8 +57,8 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        connect-src 'self'; font-src 'self'; frame-ancestors 'none'; base-uri 'none'; \
                        form-action 'self'";
 
-/// One signed-in browser session.
-#[derive(Debug, Clone)]
+/// One signed-in browser session. `Debug` hides its CSRF token.
+#[derive(Clone)]
 pub struct SignIn {
     /// A short id naming the session in the audit log and in its identity's serial
     /// (`web-<id>`); not the token.
@@ -75,6 +75,19 @@ pub struct SignIn {
     pub last_seen: OffsetDateTime,
     /// The session's CSRF token.
     csrf: String,
+}
+
+impl std::fmt::Debug for SignIn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignIn")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("serial", &self.identity.serial)
+            .field("created", &self.created)
+            .field("last_seen", &self.last_seen)
+            .field("csrf", &"<hidden>")
+            .finish()
+    }
 }
 
 /// What looking a cookie up found.
@@ -247,8 +260,9 @@ fn same(a: &[u8], b: &[u8]) -> bool {
         && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// What the middleware knows about the request's sign-in, for `whoami` and `signout`.
-#[derive(Debug, Clone)]
+/// What the middleware knows about the request's sign-in, for `whoami` and `signout`. `Debug`
+/// hides the tokens.
+#[derive(Clone)]
 pub struct Current {
     /// The CSRF token state-changing requests must carry.
     pub csrf: String,
@@ -258,6 +272,17 @@ pub struct Current {
     pub idle_timeout_s: Option<i64>,
     /// The browser session's cookie token and id.
     session: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for Current {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Current")
+            .field("csrf", &"<hidden>")
+            .field("expires_at", &self.expires_at)
+            .field("idle_timeout_s", &self.idle_timeout_s)
+            .field("session", &self.session.as_ref().map(|(_, id)| id))
+            .finish()
+    }
 }
 
 /// Sign-in, sign-out and `whoami`.
@@ -302,24 +327,33 @@ async fn whoami(authed: Authed, current: Option<Extension<Current>>) -> Response
 async fn signin(
     State(state): State<WebState>,
     conn: Option<Extension<ConnInfo>>,
+    current: Option<Extension<Current>>,
     body: Bytes,
 ) -> Response {
     let Some(Extension(conn)) = conn else {
         return ApiError::unauthenticated().into_response();
     };
     if body.len() > MAX_SIGNIN_BODY {
+        refused_early(&state, conn.peer, "sign-in request too large");
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "sign-in request too large")
             .into_response();
     }
     let creds: Credentials = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(_) => {
+            refused_early(&state, conn.peer, "malformed sign-in request");
             return ApiError::bad_request(
                 "send JSON {\"user\": ..., \"password\": ..., \"totp\": ...} (the TOTP code from your authenticator is required)",
             )
-            .into_response()
+            .into_response();
         }
     };
+    // A browser signing in again leaves its previous session behind: end it.
+    if let Some((old, _)) = current.and_then(|Extension(c)| c.session) {
+        if let Some(s) = state.signins.remove(&old) {
+            audit_ended(&state, &[(s, "signed in again")], conn.peer);
+        }
+    }
     let (token, id) = SignIns::draw();
     let shared = state.shared.clone();
     let services = state.services();
@@ -425,6 +459,23 @@ async fn signout(
     response
 }
 
+/// A sign-in refused before any credential was looked at (malformed, cross-site, not JSON):
+/// audited with the gateway's other unauthenticated noise, aggregated per source.
+fn refused_early(state: &WebState, peer: SocketAddr, why: &str) {
+    let shared = &state.shared;
+    shared.audit_noise(
+        peer,
+        crate::audit::Event::new(
+            crate::services::login::WEB_SIGNIN,
+            "denied",
+            shared.clock.now(),
+        )
+        .severity("warning")
+        .source(peer)
+        .reason(why.to_owned()),
+    );
+}
+
 fn audit_ended(state: &WebState, ended: &[(SignIn, &'static str)], peer: SocketAddr) {
     if ended.is_empty() {
         return;
@@ -460,12 +511,27 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
     req.extensions_mut().remove::<Current>();
     let api = req.uri().path().starts_with("/api/");
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
+    let signing_in = !safe && req.uri().path() == SIGNIN_PATH;
+    let conn = req.extensions().get::<ConnInfo>().cloned();
     if api {
         if let Err(e) = same_origin(req.headers()) {
+            if let (true, Some(c)) = (signing_in, &conn) {
+                refused_early(&state, c.peer, "cross-site sign-in");
+            }
             return e.into_response();
         }
     }
-    let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
+    if signing_in && !is_json(req.headers()) {
+        if let Some(c) = &conn {
+            refused_early(
+                &state,
+                c.peer,
+                "sign-in without Content-Type: application/json",
+            );
+        }
+        return ApiError::forbidden("sign in with Content-Type: application/json").into_response();
+    }
+    let Some(conn) = conn else {
         return next.run(req).await;
     };
     let now = state.shared.clock.now();
@@ -502,7 +568,7 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
         },
     };
     if let Some((authed, current)) = resolved {
-        if api && !safe && req.uri().path() != SIGNIN_PATH {
+        if api && !safe && !signing_in {
             let sent = req
                 .headers()
                 .get(CSRF_HEADER)
@@ -518,19 +584,17 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
         req.extensions_mut().insert(authed);
         req.extensions_mut().insert(current);
     }
-    if api && !safe && req.uri().path() == SIGNIN_PATH {
-        let json = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(';').next())
-            .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-        if !json {
-            return ApiError::forbidden("sign in with Content-Type: application/json")
-                .into_response();
-        }
-    }
     next.run(req).await
+}
+
+/// Whether the body is declared JSON (a cross-site form cannot send that without a CORS
+/// preflight, which the console never grants).
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The browser session of `token`: live, or ended now (audited) or unknown (none).

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::admin::{body, committed, path, rfc3339};
+use super::admin::{body, committed, path};
 use super::{ApiError, Authed, WebState};
 use crate::services::live::LiveSession;
 
@@ -30,23 +30,7 @@ pub fn routes() -> Router<WebState> {
 
 /// A live session as the API shows it.
 fn session_json(s: &LiveSession) -> Value {
-    json!({
-        "id": s.id,
-        "principal": s.principal.to_string(),
-        "name": s.principal.qualified_name(),
-        "kind": s.principal.kind.as_str(),
-        "org": s.principal.org,
-        "serial": s.principal.serial,
-        "device": s.device,
-        "protocol": s.protocol,
-        "source": s.source.to_string(),
-        "since": rfc3339(s.since),
-        "since_unix": s.since.unix_timestamp(),
-        "bytes_up": s.bytes_up,
-        "bytes_down": s.bytes_down,
-        "break_glass": s.break_glass,
-        "rule": s.rule,
-    })
+    s.json()
 }
 
 async fn list(State(state): State<WebState>, authed: Authed) -> Result<Json<Value>, ApiError> {

@@ -112,7 +112,7 @@ impl Players {
 fn refused(r: ReviewRefusal) -> ApiError {
     match r {
         ReviewRefusal::FailsVerification { id, what } => ApiError::new(
-            StatusCode::CONFLICT,
+            StatusCode::BAD_REQUEST,
             format!("recording {id} fails verification ({what}); replay refused — add force=true to replay it anyway (audited)"),
         ),
         other => ApiError::from(other),
@@ -343,7 +343,7 @@ async fn export(
                     .map(|e| e.to_string())
                     .unwrap_or_else(|| "not sealed".into());
                 return Err(ApiError::new(
-                    StatusCode::CONFLICT,
+                    StatusCode::BAD_REQUEST,
                     format!("recording {id2} fails verification ({why}); export refused — add force=true to export its verified records"),
                 ));
             }
@@ -351,7 +351,7 @@ async fn export(
         };
         if part.is_empty() {
             return Err(ApiError::new(
-                StatusCode::CONFLICT,
+                StatusCode::BAD_REQUEST,
                 format!("recording {id2} has no verified records to export"),
             ));
         }
@@ -384,4 +384,42 @@ async fn export(
         data,
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    use super::*;
+
+    fn key(n: usize) -> (String, String, String) {
+        ("security sam".into(), "01".into(), format!("{n:016x}"))
+    }
+
+    #[test]
+    fn players_are_kept_per_caller_and_bounded() {
+        let players = Players::default();
+        let empty = Arc::new(Player::new(b""));
+        for n in 0..MAX_PLAYERS + 3 {
+            players.put(key(n), empty.clone(), true);
+        }
+        // The oldest went first.
+        assert!(players.get(&key(0)).is_none());
+        assert!(players.get(&key(2)).is_none());
+        assert!(players.get(&key(3)).is_some());
+        assert!(players.get(&key(MAX_PLAYERS + 2)).is_some());
+        assert_eq!(players.entries.lock().unwrap().len(), MAX_PLAYERS);
+        // Another caller, the same recording: not shared.
+        let other = ("security kim".into(), "02".into(), key(3).2);
+        assert!(players.get(&other).is_none());
+        // Expired entries are dropped.
+        {
+            let mut entries = players.entries.lock().unwrap();
+            let Some(old) = entries[0].at.checked_sub(PLAYER_TTL) else {
+                return; // a clock too young to go back five minutes
+            };
+            entries[0].at = old;
+        }
+        assert!(players.get(&key(3)).is_none());
+        assert_eq!(players.entries.lock().unwrap().len(), MAX_PLAYERS - 1);
+    }
 }

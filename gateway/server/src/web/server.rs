@@ -4,11 +4,12 @@
 //! hyper to the console's axum router. Every request carries the connection's [`ConnInfo`].
 //!
 //! Bounded like the gateway's other listeners: at most [`MAX_CONNECTIONS`] connections at once
-//! (beyond that a new one is closed at once), [`HANDSHAKE_TIMEOUT`] for the TLS handshake and
+//! and [`MAX_PER_SOURCE`] from one address (beyond that a new one is closed at once), [`HANDSHAKE_TIMEOUT`] for the TLS handshake and
 //! [`HEADER_TIMEOUT`] for each request's headers, so an idle or slow peer cannot hold a slot.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -27,6 +28,46 @@ pub const MAX_CONNECTIONS: usize = 256;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a request's headers may take to arrive (also closes idle keep-alive connections).
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most console connections open at once from one address, so one peer cannot take every slot.
+pub const MAX_PER_SOURCE: usize = 64;
+
+/// Connections open per source address.
+#[derive(Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+/// One connection counted against its source; uncounted when dropped.
+struct SourceSlot {
+    table: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    fn take(table: &Arc<PerSource>, ip: IpAddr) -> Option<SourceSlot> {
+        let mut m = table.0.lock().ok()?;
+        let n = m.entry(ip).or_insert(0);
+        if *n >= MAX_PER_SOURCE {
+            return None;
+        }
+        *n += 1;
+        Some(SourceSlot {
+            table: table.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        if let Ok(mut m) = self.table.0.lock() {
+            if let Some(n) = m.get_mut(&self.ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    m.remove(&self.ip);
+                }
+            }
+        }
+    }
+}
 
 /// Serve the console on `listener` until `stop` turns true: open connections then finish the
 /// request in hand and close.
@@ -39,6 +80,7 @@ pub async fn serve(
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let app = super::router(WebState::new(shared.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_source = Arc::new(PerSource::default());
     loop {
         let accepted = tokio::select! {
             r = stop.wait_for(|s| *s) => { drop(r); break },
@@ -53,6 +95,11 @@ pub async fn serve(
                 continue;
             }
         };
+        let Some(source) = PerSource::take(&per_source, peer.ip()) else {
+            tracing::debug!(event = "web_connection_refused", source = %peer, "web console: too many connections from this address");
+            drop(tcp);
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(event = "web_connection_refused", source = %peer, "web console: too many connections");
             drop(tcp);
@@ -64,7 +111,7 @@ pub async fn serve(
             app.clone(),
             tcp,
             peer,
-            slot,
+            (slot, source),
             stop.clone(),
         ));
     }
@@ -78,7 +125,7 @@ async fn connection(
     app: axum::Router,
     tcp: TcpStream,
     peer: SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, SourceSlot),
     mut stop: watch::Receiver<bool>,
 ) {
     let _ = tcp.set_nodelay(true);

@@ -436,7 +436,7 @@ pub(crate) fn telnet_naws(up: &[u8]) -> Option<(u16, u16)> {
         let mut vals = Vec::with_capacity(4);
         let mut j = start;
         while vals.len() < 4 {
-            let Some(&b) = up.get(j) else { return None };
+            let &b = up.get(j)?;
             if b == 0xff {
                 if up.get(j + 1) != Some(&0xff) {
                     break;
@@ -1124,7 +1124,7 @@ mod tests {
             }
             let s = feed(&bytes);
             sane(&s);
-            let _ = printable_input(&bytes).chars().all(|c| !c.is_control()) || panic!("control in keys");
+            proptest::prop_assert!(!printable_input(&bytes).chars().any(char::is_control));
         }
     }
 }

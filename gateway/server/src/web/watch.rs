@@ -52,11 +52,19 @@ async fn watch(
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
-/// The state of one watch: where the recording was read up to, the terminal, what was sent.
+/// The state of one watch: the recording, the deadline, what was sent, and the [`Feed`].
 pub struct Tail {
     store: RecordingStore,
     id: String,
     deadline: Instant,
+    feed: Feed,
+    last_sent: Option<Screen>,
+    finished: bool,
+}
+
+/// What was read of the recording and the terminal it was fed to (moved to a blocking thread
+/// for each read: reading and emulating never run on an async worker).
+struct Feed {
     /// Bytes of the recording consumed (whole records, and the magic).
     offset: u64,
     /// The recording's magic, once read.
@@ -68,10 +76,10 @@ pub struct Tail {
     terminal: Terminal,
     /// Time of the last data record, nanoseconds since the session started.
     t_ns: u64,
+    /// Fed since the last screen was taken.
     dirty: bool,
-    last_sent: Option<Screen>,
+    /// Why the watch ends, once known.
     end: Option<String>,
-    finished: bool,
 }
 
 /// What one read of the recording gave.
@@ -89,16 +97,8 @@ impl Tail {
             store,
             id,
             deadline,
-            offset: 0,
-            magic: Vec::new(),
-            pending: Vec::new(),
-            telnet: false,
-            sized: false,
-            terminal: Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, false),
-            t_ns: 0,
-            dirty: true,
+            feed: Feed::new(),
             last_sent: None,
-            end: None,
             finished: false,
         }
     }
@@ -113,13 +113,13 @@ impl Tail {
             if let Some(screen) = self.changed() {
                 return Some(screen_event(&screen));
             }
-            if let Some(reason) = self.end.take() {
+            if let Some(reason) = self.feed.end.take() {
                 self.finished = true;
                 let data = serde_json::json!({ "reason": reason }).to_string();
                 return Some(SseEvent::default().event("end").data(data));
             }
             if Instant::now() >= self.deadline {
-                self.end = Some("the watch reached [web] max_session; open it again".into());
+                self.feed.end = Some("the watch reached [web] max_session; open it again".into());
                 continue;
             }
             if !more {
@@ -130,11 +130,11 @@ impl Tail {
 
     /// The screen, if it changed since the last one sent.
     fn changed(&mut self) -> Option<Screen> {
-        if !self.dirty {
+        if !self.feed.dirty {
             return None;
         }
-        self.dirty = false;
-        let screen = self.terminal.screen(self.t_ns as f64 / 1e9);
+        self.feed.dirty = false;
+        let screen = self.feed.terminal.screen(self.feed.t_ns as f64 / 1e9);
         let same = self
             .last_sent
             .as_ref()
@@ -146,24 +146,51 @@ impl Tail {
         Some(screen)
     }
 
-    /// Read what the recorder wrote since the last poll and feed its whole records; `true`
-    /// when there is more to read at once.
+    /// Read what the recorder wrote since the last poll and feed its whole records (on a
+    /// blocking thread); `true` when there is more to read at once.
     async fn poll(&mut self) -> bool {
-        let (store, id, offset) = (self.store.clone(), self.id.clone(), self.offset);
-        let read = tokio::task::spawn_blocking(move || read_from(&store, &id, offset))
-            .await
-            .unwrap_or_else(|e| Polled::Gone(format!("reading the recording: {e}")));
-        match read {
-            Polled::Gone(why) => {
-                self.end.get_or_insert(why);
-                false
-            }
-            Polled::Bytes { bytes, more } => {
-                self.offset += bytes.len() as u64;
-                self.pending.extend_from_slice(&bytes);
-                self.parse();
+        let (store, id) = (self.store.clone(), self.id.clone());
+        let mut feed = std::mem::replace(&mut self.feed, Feed::new());
+        let job = tokio::task::spawn_blocking(move || {
+            let more = match read_from(&store, &id, feed.offset) {
+                Polled::Gone(why) => {
+                    feed.end.get_or_insert(why);
+                    false
+                }
+                Polled::Bytes { bytes, more } => {
+                    feed.offset += bytes.len() as u64;
+                    feed.pending.extend_from_slice(&bytes);
+                    feed.parse();
+                    more
+                }
+            };
+            (feed, more)
+        });
+        match job.await {
+            Ok((feed, more)) => {
+                self.feed = feed;
                 more
             }
+            Err(e) => {
+                self.feed.end = Some(format!("reading the recording failed: {e}"));
+                false
+            }
+        }
+    }
+}
+
+impl Feed {
+    fn new() -> Self {
+        Feed {
+            offset: 0,
+            magic: Vec::new(),
+            pending: Vec::new(),
+            telnet: false,
+            sized: false,
+            terminal: Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, false),
+            t_ns: 0,
+            dirty: true,
+            end: None,
         }
     }
 

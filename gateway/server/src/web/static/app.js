@@ -9,6 +9,8 @@ const whoami = document.getElementById('whoami');
 const nav = document.getElementById('nav');
 const dialog = document.getElementById('end-dialog');
 
+let lastActivity = Date.now();
+for (const t of ['keydown', 'pointerdown']) addEventListener(t, () => { lastActivity = Date.now(); }, { capture: true, passive: true });
 let gen = 0;            // bumped on every route change: late answers for an old page are dropped
 let cleanups = [];      // timers, streams and players of the current page
 
@@ -52,7 +54,8 @@ function showHeader() {
   const me = session.me;
   nav.hidden = !me;
   for (const id of ['nav-overview', 'nav-live', 'nav-sessions', 'nav-audit']) document.getElementById(id).hidden = !isStaff();
-  document.getElementById('signout').hidden = !me;
+  // A client certificate signs every request: there is no browser session to end.
+  document.getElementById('signout').hidden = !me || me.via === 'certificate';
   fill(whoami, me ? [h('strong', null, me.principal || me.name || ''), ' ',
     h('span', { class: 'muted' }, 'via ' + (me.via === 'certificate' ? 'certificate' : 'password + TOTP'))] : '');
   const { page } = parseHash();
@@ -253,7 +256,8 @@ function lockForm(after) {
 }
 
 async function live(r, alive) {
-  title('Live now', h('span', { class: 'muted' }, 'refreshed every 2 s'));
+  const paused = h('span', { class: 'muted', role: 'status' });
+  title('Live now', h('span', { class: 'muted' }, 'refreshed every 2 s'), paused);
   const box = h('div', { class: 'card' });
   main.append(box, lockForm(() => refresh()));
   const cols = [{ label: 'Who', cls: 'c-who' }, { label: 'Device', cls: 'c-dev' }, { label: 'Since', cls: 'c-time' },
@@ -287,8 +291,17 @@ async function live(r, alive) {
     } catch (e) {
       if (!alive()) return;
       report(e);
+      if (e.status === 401 || e.status === 403) return;
     }
-    if (alive()) timer = setTimeout(refresh, 2000);
+    if (!alive()) return;
+    // Polling is not activity: after the sign-in's idle timeout without a key or click, stop, so
+    // an unattended console still times out.
+    const idle = (Number(session.me && session.me.idle_timeout_s) || 900) * 1000;
+    if (Date.now() - lastActivity > idle) {
+      fill(paused, 'Refresh paused: no activity for a while. ', h('button', { type: 'button', onclick: () => { lastActivity = Date.now(); fill(paused); refresh(); } }, 'Resume'));
+      return;
+    }
+    timer = setTimeout(refresh, 2000);
   }
   cleanups.push(() => clearTimeout(timer));
   await refresh();

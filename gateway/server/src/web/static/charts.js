@@ -54,7 +54,7 @@ export function columns({ title, labels, series, href, tip, yLabel }) {
       a.setAttribute('aria-label', tip(k, i, n));
       svg.append(a);
     });
-    if (i % every === 0) svg.append(s('text', { x: x + bw / 2, y: H - B + 16, class: 'xtick' }, String(lab).slice(5)));
+    if ((labels.length - 1 - i) % every === 0) svg.append(s('text', { x: x + bw / 2, y: H - B + 16, class: 'xtick' }, String(lab).slice(5)));
   });
   svg.append(s('line', { x1: L, x2: W - R, y1: y(0), y2: y(0), class: 'axis' }));
   const fig = h('figure', { class: 'card' }, h('figcaption', null, title), svg);
