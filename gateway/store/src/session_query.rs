@@ -807,6 +807,60 @@ mod tests {
     }
 
     #[test]
+    fn a_text_search_pages_its_matches_and_stops_at_its_bounds() {
+        let (dir, _db) = fixture();
+        let r = reader(dir.path());
+        let q = SessionQuery::default();
+        // Every third session (newest first) "holds the text"; each recording is 10 bytes.
+        let mut scan = |row: &IndexedSession| -> Result<Scanned, String> {
+            let n = u32::from_str_radix(&row.summary.id, 16).map_err(|e| e.to_string())?;
+            if n == 50 {
+                return Err("unreadable".into());
+            }
+            Ok(((n % 3 == 0).then(|| row.summary.clone()), 10))
+        };
+        let ids =
+            |p: &SessionPage| -> Vec<String> { p.sessions.iter().map(|s| s.id.clone()).collect() };
+        let one = grep_page(&r, &q, None, (1, 5), ScanLimits::default(), &mut scan).unwrap();
+        assert_eq!(
+            ids(&one),
+            [99, 96, 93, 90, 87].map(|n: u32| format!("{n:016x}"))
+        );
+        assert!(one.has_more);
+        assert_eq!(
+            one.scanned,
+            Some(16),
+            "stops at the first match past the page"
+        );
+        // The last page: every candidate read, nothing more.
+        let last = grep_page(&r, &q, None, (7, 5), ScanLimits::default(), &mut scan).unwrap();
+        assert_eq!(last.sessions.len(), 4, "34 matches: 0..=99 step 3");
+        assert!(!last.has_more);
+        assert_eq!((last.total, last.scanned), (34, Some(100)));
+        // Bounded: by recordings, then by bytes.
+        let few = ScanLimits {
+            recordings: 10,
+            bytes: u64::MAX,
+        };
+        let b = grep_page(&r, &q, None, (1, 50), few, &mut scan).unwrap();
+        assert_eq!((b.scanned, b.total, b.has_more), (Some(10), 4, true));
+        let small = ScanLimits {
+            recordings: 1_000,
+            bytes: 35,
+        };
+        let b = grep_page(&r, &q, None, (1, 50), small, &mut scan).unwrap();
+        assert_eq!((b.scanned, b.has_more), (Some(4), true));
+        // Filters narrow the candidates before anything is read.
+        let pump = SessionQuery {
+            device: Some("pump-1".into()),
+            ..SessionQuery::default()
+        };
+        let p = grep_page(&r, &pump, None, (1, 50), ScanLimits::default(), &mut scan).unwrap();
+        assert_eq!(p.scanned, Some(50));
+        assert!(p.sessions.iter().all(|s| s.device == "pump-1"));
+    }
+
+    #[test]
     fn paging_is_bounded() {
         assert_eq!(paging(None, None), (1, DEFAULT_PER_PAGE));
         assert_eq!(paging(Some(0), Some(0)), (1, 1));

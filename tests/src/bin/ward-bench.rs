@@ -4035,6 +4035,7 @@ fn web_list() -> Result<()> {
         s,
         "| listing | matches | from the index + JSON | through the API |\n|---|---|---|---|"
     );
+    let api_times: Vec<Duration> = api.iter().map(|(_, t)| *t).collect();
     for ((what, matches, store_t), (_, api_t)) in [
         ("newest page", total, first),
         ("page 1000", total, deep),
@@ -4051,15 +4052,13 @@ fn web_list() -> Result<()> {
             ms(api_t)
         );
     }
-    let worst = [first, deep, by_device, by_principal]
-        .into_iter()
-        .max()
-        .unwrap_or_default();
+    // The verdict is the API's: what a browser or a script waits for.
+    let worst = api_times.iter().copied().max().unwrap_or_default();
     let _ = writeln!(
         s,
-        "\n| web: list 100,000 sessions, one page | {:.1} ms (slowest of the above, index + JSON) | < 100 ms | {} |",
+        "\n| web: list 100,000 sessions, one page | {:.1} ms (slowest of the above, through the API) | < 100 ms | {} |",
         ms(worst),
-        if ms(worst) < 100.0 { "✓" } else { "✗" }
+        if ms(worst) < 100.0 { "met" } else { "**not met**" }
     );
     println!("{s}");
     Ok(())

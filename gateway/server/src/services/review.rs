@@ -597,6 +597,10 @@ pub struct SessionSearch {
     pub per_page: u32,
 }
 
+/// The largest recording a web text search reads (a larger one is skipped and logged: `ward
+/// sessions --grep` on the gateway host searches it).
+pub const MAX_GREP_RECORDING: u64 = 256 << 20;
+
 impl ReviewService {
     /// One page of the session search, from the session index ([`ward_store::session_query`]):
     /// its rows `stat`ed and any recording changed since it was indexed read and verified again,
@@ -815,6 +819,16 @@ impl ReviewService {
                 // Each candidate read whole and verified: the summary is as fresh as it gets.
                 let mut scan = |row: &crate::session_index::IndexedSession| {
                     let id = &row.summary.id;
+                    let len = self
+                        .recordings
+                        .stamp(id)
+                        .map_err(|e| format!("recording {id}: {e}"))?
+                        .len;
+                    if len > MAX_GREP_RECORDING {
+                        return Err(format!(
+                            "recording {id} is {len} bytes, more than a web search reads: search it with ward sessions --grep on the gateway host"
+                        ));
+                    }
                     let bytes = self
                         .recordings
                         .read_all(id)
