@@ -400,7 +400,9 @@ async fn sessions_are_paged_filtered_and_found_by_text_inside() {
         .await["total"],
         N / 10
     );
-    let since = (now() - time::Duration::hours(10)).unix_timestamp();
+    // Half-way between two sessions (one an hour): the 9 newest started after it, whichever
+    // second the recordings were written in.
+    let since = (now() - time::Duration::minutes(9 * 60 + 30)).unix_timestamp();
     assert_eq!(
         get(&web, &format!("/api/v1/sessions?since={since}"), &sam).await["total"],
         9
