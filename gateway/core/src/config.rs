@@ -153,6 +153,7 @@ cert_ttl = "8h"                    # login certificates; capped by the CA's per-
 
 [web]
 listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn it off
+consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, on an origin of their own
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
 "#;
@@ -464,6 +465,10 @@ pub struct Config {
 pub struct WebConfig {
     /// Where the console listens (HTTPS, TLS 1.3, the gateway's certificate); `None`: off.
     pub listen: Option<SocketAddr>,
+    /// Where devices' own HTTP consoles are served to browsers (`/d/<device>/…`), on an origin
+    /// (port) other than the console's, so a device's pages can never script the console;
+    /// `None`: off. Needs `listen`.
+    pub consoles_listen: Option<SocketAddr>,
     /// A signed-in browser session ends after this long without a request (default 15 min).
     pub idle_timeout: Duration,
     /// A signed-in browser session ends this long after sign-in whatever it does (default 8 h).
@@ -474,6 +479,7 @@ impl Default for WebConfig {
     fn default() -> Self {
         WebConfig {
             listen: None,
+            consoles_listen: None,
             idle_timeout: Duration::from_secs(15 * 60),
             max_session: Duration::from_secs(8 * 3600),
         }
@@ -696,6 +702,7 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawWeb {
     listen: Option<Spanned<String>>,
+    consoles_listen: Option<Spanned<String>>,
     idle_timeout: Option<Spanned<String>>,
     max_session: Option<Spanned<String>>,
 }
@@ -1304,37 +1311,70 @@ impl Cx<'_> {
 
     fn web(&self, raw: RawWeb, listeners: &[SocketAddr]) -> Result<WebConfig, ConfigError> {
         let d = WebConfig::default();
-        let listen = match &raw.listen {
-            None => None,
-            Some(l) => {
-                let addr = self.listen(l, "web.listen")?;
-                // Port 0 (tests: the system picks) never clashes.
-                if addr.port() != 0
-                    && listeners.iter().any(|g| {
-                        g.port() == addr.port()
-                            && (g.ip() == addr.ip()
-                                || g.ip().is_unspecified()
-                                || addr.ip().is_unspecified())
-                    })
-                {
-                    return Err(self.err(
-                        l.span(),
-                        "web.listen",
-                        ConfigErrorKind::Syntax(format!(
-                            "{addr} is also a gateway listener; give the web console a port of its own"
-                        )),
-                    ));
-                }
-                Some(addr)
-            }
-        };
+        let listen = self.web_listener(raw.listen.as_ref(), "web.listen", listeners, &[])?;
+        let taken: Vec<SocketAddr> = listen.into_iter().collect();
+        let consoles_listen = self.web_listener(
+            raw.consoles_listen.as_ref(),
+            "web.consoles_listen",
+            listeners,
+            &taken,
+        )?;
+        if let (Some(c), None) = (&raw.consoles_listen, listen) {
+            return Err(self.err(
+                c.span(),
+                "web.consoles_listen",
+                ConfigErrorKind::Syntax(
+                    "device consoles in the browser need the web console: set [web] listen too"
+                        .into(),
+                ),
+            ));
+        }
         let idle_timeout = self.duration(raw.idle_timeout, "web.idle_timeout", d.idle_timeout)?;
         let max_session = self.duration(raw.max_session, "web.max_session", d.max_session)?;
         Ok(WebConfig {
             listen,
+            consoles_listen,
             idle_timeout,
             max_session,
         })
+    }
+
+    /// A web listener's address (`field`), refused when it shares a port with a gateway
+    /// listener or with `others` (port 0, tests: the system picks, never clashes).
+    fn web_listener(
+        &self,
+        raw: Option<&Spanned<String>>,
+        field: &'static str,
+        listeners: &[SocketAddr],
+        others: &[SocketAddr],
+    ) -> Result<Option<SocketAddr>, ConfigError> {
+        let Some(l) = raw else {
+            return Ok(None);
+        };
+        let addr = self.listen(l, field)?;
+        let clash = |g: &SocketAddr| {
+            g.port() == addr.port()
+                && (g.ip() == addr.ip() || g.ip().is_unspecified() || addr.ip().is_unspecified())
+        };
+        if addr.port() != 0 && listeners.iter().any(clash) {
+            return Err(self.err(
+                l.span(),
+                field,
+                ConfigErrorKind::Syntax(format!(
+                    "{addr} is also a gateway listener; give the web console a port of its own"
+                )),
+            ));
+        }
+        if addr.port() != 0 && others.iter().any(clash) {
+            return Err(self.err(
+                l.span(),
+                field,
+                ConfigErrorKind::Syntax(format!(
+                    "{addr} is also the web console's listener; device consoles need an origin (port) of their own"
+                )),
+            ));
+        }
+        Ok(Some(addr))
     }
 
     fn login(&self, raw: RawLogin) -> Result<LoginConfig, ConfigError> {

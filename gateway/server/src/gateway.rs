@@ -243,6 +243,7 @@ pub struct Gateway {
     quic_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
     web_addr: Option<SocketAddr>,
+    consoles_addr: Option<SocketAddr>,
     endpoint: quinn::Endpoint,
     stop_accepting: watch::Sender<bool>,
     tasks: JoinSet<()>,
@@ -385,6 +386,17 @@ impl Gateway {
             }
         };
         let web_addr = web.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
+        // Devices' own HTTP consoles, on an origin of their own (docs/web.md).
+        let consoles = match (config.web.consoles_listen, &web) {
+            (Some(addr), Some((_, tls))) => {
+                let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                    format!("binding the device consoles' listener {addr} ([web] consoles_listen)")
+                })?;
+                Some((listener, tls.clone()))
+            }
+            _ => None,
+        };
+        let consoles_addr = consoles.as_ref().map(|(l, _)| l.local_addr()).transpose()?;
         let limits = g.limits;
         let (endpoint, tcp) = bind_listeners(g, &server_tls).await?;
         let quic_addr = endpoint.local_addr()?;
@@ -446,12 +458,25 @@ impl Gateway {
             stop_rx.clone(),
         ));
         if let Some((listener, tls)) = web {
+            // One state (sign-ins) for both origins: a browser signed in to the console opens a
+            // device's console with the same session.
+            let state = crate::web::WebState::new(shared.clone());
             tasks.spawn(crate::web::server::serve(
                 shared.clone(),
+                crate::web::router(state.clone()),
                 listener,
                 tls,
                 stop_rx.clone(),
             ));
+            if let Some((listener, tls)) = consoles {
+                tasks.spawn(crate::web::server::serve(
+                    shared.clone(),
+                    crate::web::consoles::router(state),
+                    listener,
+                    tls,
+                    stop_rx.clone(),
+                ));
+            }
         }
         if let Some(listener) = tcp {
             let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
@@ -466,6 +491,7 @@ impl Gateway {
             quic_addr,
             tcp_addr,
             web_addr,
+            consoles_addr,
             endpoint,
             stop_accepting: stop_tx,
             tasks,
@@ -486,6 +512,11 @@ impl Gateway {
     /// The bound web console address, when `[web] listen` is set.
     pub fn web_addr(&self) -> Option<SocketAddr> {
         self.web_addr
+    }
+
+    /// The bound address of devices' HTTP consoles, when `[web] consoles_listen` is set.
+    pub fn consoles_addr(&self) -> Option<SocketAddr> {
+        self.consoles_addr
     }
 
     /// The web console's routes over this gateway, for in-process tests: requests need a

@@ -111,6 +111,9 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
         if cur.web.listen != web.listen {
             fields.push("web.listen");
         }
+        if cur.web.consoles_listen != web.consoles_listen {
+            fields.push("web.consoles_listen");
+        }
         if cur.web.idle_timeout != web.idle_timeout {
             fields.push("web.idle_timeout");
         }

@@ -44,7 +44,7 @@ pub(crate) struct Opening {
     pub(crate) principal: Principal,
     /// Where the client connects from.
     pub(crate) peer: SocketAddr,
-    /// `quic` or `tcp`.
+    /// `quic`, `tcp`, or `web` (a browser's session through `web::bridge`).
     pub(crate) transport: &'static str,
     /// The device id asked for, as sent (checked by `hygiene` first).
     pub(crate) device: String,
@@ -65,11 +65,17 @@ struct Ctx {
 impl Ctx {
     /// An audit event about this session.
     fn event(&self, event: &str, outcome: &str) -> Event {
-        Event::new(event, outcome, self.shared.clock.now())
+        let ev = Event::new(event, outcome, self.shared.clock.now())
             .principal(&self.open.identity)
             .source(self.open.peer)
             .device(self.open.device.as_str())
-            .session(self.id.clone())
+            .session(self.id.clone());
+        // A browser's session (web terminal, a device's HTTP console): said on every event.
+        if self.open.transport == "web" {
+            ev.detail("via", "web")
+        } else {
+            ev
+        }
     }
 }
 

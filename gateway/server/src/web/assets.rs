@@ -62,6 +62,16 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("static/player.js"),
     },
     Asset {
+        path: "/term.js",
+        content_type: JS,
+        body: include_bytes!("static/term.js"),
+    },
+    Asset {
+        path: "/sso.js",
+        content_type: JS,
+        body: include_bytes!("static/sso.js"),
+    },
+    Asset {
         path: "/favicon.svg",
         content_type: SVG,
         body: include_bytes!("static/favicon.svg"),

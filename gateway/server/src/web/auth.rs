@@ -708,6 +708,7 @@ mod tests {
     fn config(idle: u64, max: u64) -> WebConfig {
         WebConfig {
             listen: None,
+            consoles_listen: None,
             idle_timeout: std::time::Duration::from_secs(idle),
             max_session: std::time::Duration::from_secs(max),
         }

@@ -15,6 +15,12 @@
 //! - [`player`], [`terminal`], [`watch`]: the session player (screens emulated on the server),
 //!   the hex view and live watch;
 //! - [`live`], [`admin`]: live sessions and the kill switch, access requests, locks, devices;
+//! - [`mine`]: "my devices" (what the caller may open now, request, or open by break-glass);
+//! - [`bridge`]: a device session for the browser through the gateway's one session pipeline;
+//!   [`term`]: the web terminal (a WebSocket) over it; [`consoles`]: devices' own HTTP consoles
+//!   under `/d/<device>/`, served on an origin of their own (`[web] consoles_listen`);
+//! - [`sso`]: sign-in with the hospital's OpenID provider (authorization code + PKCE), for the
+//!   browser and for `ward login --sso`;
 //! - [`openapi`]: the API's OpenAPI document; [`assets`]: the embedded pages.
 #![allow(clippy::module_name_repetitions)]
 
@@ -37,12 +43,17 @@ pub mod admin;
 pub mod assets;
 pub mod audit;
 pub mod auth;
+pub mod bridge;
+pub mod consoles;
 pub mod live;
+pub mod mine;
 pub mod openapi;
 pub mod overview;
 pub mod player;
 pub mod server;
 pub mod sessions;
+pub mod sso;
+pub mod term;
 pub mod terminal;
 pub mod watch;
 
@@ -244,6 +255,9 @@ pub fn router(state: WebState) -> Router {
         .merge(watch::routes())
         .merge(live::routes())
         .merge(admin::routes())
+        .merge(mine::routes())
+        .merge(term::routes())
+        .merge(sso::routes())
         .merge(openapi::routes())
         .merge(assets::routes())
         .layer(axum::middleware::from_fn_with_state(

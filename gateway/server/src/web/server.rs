@@ -19,7 +19,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 use ward_ca::{Identity, Usage};
 
-use super::{ConnInfo, WebState};
+use super::ConnInfo;
 use crate::gateway::Shared;
 
 /// Most console connections open at once.
@@ -69,16 +69,17 @@ impl Drop for SourceSlot {
     }
 }
 
-/// Serve the console on `listener` until `stop` turns true: open connections then finish the
-/// request in hand and close.
+/// Serve `app` (the console's [`super::router`], or the device consoles'
+/// [`super::consoles::router`]) on `listener` until `stop` turns true: open connections then
+/// finish the request in hand and close.
 pub async fn serve(
     shared: Arc<Shared>,
+    app: axum::Router,
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     mut stop: watch::Receiver<bool>,
 ) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let app = super::router(WebState::new(shared.clone()));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_source = Arc::new(PerSource::default());
     loop {
@@ -162,7 +163,10 @@ async fn connection(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024);
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    // With upgrades: the web terminal is a WebSocket.
+    let conn = builder
+        .serve_connection(TokioIo::new(tls), service)
+        .with_upgrades();
     tokio::pin!(conn);
     let stopping = async move {
         let _ = stop.wait_for(|s| *s).await;

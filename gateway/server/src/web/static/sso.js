@@ -1,0 +1,1 @@
+// Sign-in with the hospital's identity provider (sso helper).

@@ -1,0 +1,1 @@
+// The web terminal's page code (term helper).
