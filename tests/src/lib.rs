@@ -23,6 +23,7 @@ use ward_server::gateway::Gateway;
 
 pub mod hostile;
 pub mod process;
+pub mod web;
 
 /// Install a test log subscriber once (RUST_LOG=debug to see the gateway's logs).
 pub fn init_logs() {

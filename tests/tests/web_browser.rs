@@ -33,80 +33,8 @@ use ward_tests::hostile::{
     console_device, hostile_device, CONSOLE_PROMPT, HOSTILE_PROMPT, HOSTILE_VISIBLE, STATUS_REPLY,
 };
 use ward_tests::process::{free_port, run, ward, Input, Proc, COMMAND_TIMEOUT};
-use ward_tests::{require_peer, ChildGateway, DeviceSpec, Pki, ACME_RULES};
-
-/// How long one node script may run, all steps included.
-const NODE_TIMEOUT: Duration = Duration::from_secs(300);
-
-/// The workspace root (where tests/web/ and target/ are).
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The browser, node and playwright-core are all there (under CI their absence is a failure).
-fn browser_ready() -> bool {
-    if !require_peer("node") || !require_peer("chromium") {
-        return false;
-    }
-    let module = workspace().join("tests/web/node_modules/playwright-core/package.json");
-    if !module.is_file() {
-        let why = "tests/web/node_modules has no playwright-core: run `npm ci` in tests/web (.ci/run does)";
-        assert!(std::env::var_os("CI").is_none(), "{why}");
-        eprintln!("SKIPPED: {why}");
-        return false;
-    }
-    true
-}
-
-/// A web user with password + TOTP, as the browser scripts take it.
-struct WebUser {
-    user: String,
-    password: String,
-    totp: String,
-}
-
-impl WebUser {
-    fn json(&self) -> Value {
-        json!({"user": self.user, "password": self.password, "totp": self.totp})
-    }
-}
-
-/// Create `name` (kind, org) in the gateway's user store with a generated password and a TOTP
-/// secret, as `ward user add` would, without the must-change flag.
-fn add_user(
-    state_dir: &Path,
-    login: &LoginConfig,
-    name: &str,
-    kind: &str,
-    org: Option<&str>,
-) -> WebUser {
-    use ward_store::users::UserStore;
-    std::fs::create_dir_all(state_dir).unwrap();
-    let db = ward_store::store::SqliteStore::open(state_dir).unwrap();
-    let new = ward_server::jit::NewUser {
-        org: org.map(Into::into),
-        must_change: false,
-        ..ward_server::jit::NewUser::new(name, kind)
-    };
-    let created =
-        ward_server::jit::create_user(&db, login, new, ward_tests::now()).unwrap_or_else(|e| {
-            panic!("creating web user {name}: {e:#}");
-        });
-    let totp = db
-        .user(name)
-        .unwrap()
-        .unwrap()
-        .totp_secret
-        .unwrap_or_else(|| panic!("web user {name} has no TOTP secret"));
-    WebUser {
-        user: name.into(),
-        password: created.password,
-        totp,
-    }
-}
+use ward_tests::web::{add_user, browser_ready, run_node, workspace};
+use ward_tests::{ChildGateway, DeviceSpec, Pki, ACME_RULES};
 
 /// The gateway, the identities and what the tests made on it.
 struct World {
@@ -286,59 +214,14 @@ impl World {
 
     /// Run `node tests/web/SCRIPT` with `env`, answering its asks; returns its output.
     fn node(&mut self, script: &str, env: &[(&str, String)]) -> (bool, String) {
-        let mut cmd = Command::new("node");
-        cmd.current_dir(workspace().join("tests/web"))
-            .arg(script)
-            .env("WARD_WEB_URL", &self.web_url)
-            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
-        let mut p = Proc::spawn(&mut cmd, Input::Pipe);
-        let started = Instant::now();
-        let mut handled = 0usize;
-        loop {
-            let exited = p.child.try_wait().unwrap().is_some();
-            let out = p.stdout();
-            // Only whole lines: an ask is answered once node has written all of it.
-            let complete = &out[..out.rfind('\n').map_or(0, |i| i + 1)];
-            let asks: Vec<&str> = complete
-                .lines()
-                .filter(|l| l.starts_with("@ask "))
-                .collect();
-            for ask in &asks[handled..] {
-                let rest = &ask["@ask ".len()..];
-                let (name, data) = rest.split_once(' ').unwrap_or((rest, "{}"));
-                let data: Value = serde_json::from_str(data).unwrap_or(Value::Null);
-                eprintln!("[{script}] asks {name} {data}");
-                let answer = self.answer(name, &data);
-                if answer["ok"] == false {
-                    self.failures
-                        .push(format!("{script}: {name}: {}", answer["why"]));
-                }
-                eprintln!("[{script}] answer {name} {answer}");
-                if !exited {
-                    p.send(format!("@answer {name} {answer}\n").as_bytes());
-                }
-            }
-            handled = asks.len();
-            if exited {
-                break;
-            }
-            if started.elapsed() > NODE_TIMEOUT {
-                let (out, err) = (p.stdout(), p.stderr());
-                drop(p);
-                panic!("node {script} ran over {NODE_TIMEOUT:?}\nstdout:\n{out}\nstderr:\n{err}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let done = p.finish(Duration::from_secs(10));
-        let output = format!(
-            "--- node {script}: {}\n{}\n--- stderr:\n{}",
-            done.status, done.stdout, done.stderr
-        );
-        if done.status.success() {
-            // Shown with --nocapture (a failure prints it in the assertion).
-            println!("{output}");
-        }
-        (done.status.success(), output)
+        let mut env = env.to_vec();
+        env.push(("WARD_WEB_URL", self.web_url.clone()));
+        let mut failures = Vec::new();
+        let out = run_node(script, &env, &mut failures, |name, data| {
+            self.answer(name, data)
+        });
+        self.failures.extend(failures);
+        out
     }
 }
 
