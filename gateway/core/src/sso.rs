@@ -249,14 +249,10 @@ pub fn is_safe_name(s: &str) -> bool {
         && !s.starts_with(['.', '-'])
 }
 
-/// A claim name, claim value, `amr` or `acr` in the config: 1 to [`MAX_TOKEN_LEN`] characters,
-/// none a control character.
-pub fn check_token(s: &str) -> Result<(), ()> {
-    if s.is_empty() || s.len() > MAX_TOKEN_LEN || s.chars().any(char::is_control) {
-        Err(())
-    } else {
-        Ok(())
-    }
+/// Whether `s` may be a claim name, claim value, `amr` or `acr` in the config: 1 to
+/// [`MAX_TOKEN_LEN`] bytes, none a control character.
+pub fn is_token(s: &str) -> bool {
+    !s.is_empty() && s.len() <= MAX_TOKEN_LEN && !s.chars().any(char::is_control)
 }
 
 #[cfg(test)]
@@ -369,7 +365,8 @@ mod tests {
     #[test]
     fn refusals_say_why() {
         let r = rules();
-        let table: Vec<(Value, &str, fn(&SsoRefusal) -> bool)> = vec![
+        type Case = (Value, &'static str, fn(&SsoRefusal) -> bool);
+        let table: Vec<Case> = vec![
             (
                 json!({"groups": ["icu-nurses"]}),
                 "preferred_username",

@@ -9,7 +9,7 @@ use serde_spanned::Spanned;
 
 use super::{ConfigError, ConfigErrorKind, Cx};
 use crate::principal::PrincipalKind;
-use crate::sso::{check_token, ClaimRule, MAX_TOKEN_LEN};
+use crate::sso::{is_token, ClaimRule, MAX_TOKEN_LEN};
 
 /// Most `[[oidc]]` providers (each is a button on the sign-in page).
 pub const MAX_PROVIDERS: usize = 16;
@@ -256,7 +256,7 @@ impl Cx<'_> {
                 };
                 let span = v.span();
                 let v = v.into_inner();
-                match v.iter().find(|s| check_token(s).is_err()) {
+                match v.iter().find(|s| !is_token(s)) {
                     Some(bad) => Err(self.err(
                         span,
                         f(field),
@@ -344,7 +344,7 @@ impl Cx<'_> {
             let m = spanned.into_inner();
             let claim = self.non_empty(m.claim, f("claim"))?;
             let value = m.value.into_inner();
-            if check_token(&claim).is_err() || check_token(&value).is_err() {
+            if !is_token(&claim) || !is_token(&value) {
                 return Err(self.err(
                     span,
                     f("value"),
