@@ -280,6 +280,8 @@ struct CallbackQuery {
     state: Option<String>,
     error: Option<String>,
     error_description: Option<String>,
+    /// RFC 9207: the issuer of the answer, when the IdP says (a defence against mix-up).
+    iss: Option<String>,
 }
 
 /// Why a callback was refused: the status, the page's text, and whether it is worth a
@@ -415,6 +417,17 @@ async fn finish_at_idp(
             StatusCode::BAD_REQUEST,
             "this sign-in took longer than 10 minutes: start again from the sign-in page",
         ));
+    }
+    if let Some(iss) = &q.iss {
+        if iss.trim_end_matches('/') != provider.issuer {
+            return Err(Refused::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the answer names issuer {:?}, not this provider's: start again from the sign-in page",
+                    clip(iss)
+                ),
+            ));
+        }
     }
     if let Some(err) = &q.error {
         let desc = q.error_description.as_deref().unwrap_or("");
