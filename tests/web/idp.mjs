@@ -23,7 +23,7 @@ import Provider from 'oidc-provider';
 const port = Number(process.env.IDP_PORT);
 const issuer = `https://127.0.0.1:${port}`;
 const clients = JSON.parse(process.env.IDP_CLIENTS);
-export const PASSWORD = 'correct horse battery staple';
+const PASSWORD = 'correct horse battery staple';
 
 // Accounts: login name → claims and how the login counts (amr, acr).
 const ACCOUNTS = {
@@ -48,8 +48,11 @@ const provider = new Provider(issuer, {
   })),
   jwks: { keys: [jwk] },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  // How the user signed in (amr, acr) rides with the openid scope, so every ID token has it.
   claims: {
-    openid: ['sub'],
+    sid: null,
+    iss: null,
+    openid: ['sub', 'amr', 'acr', 'auth_time'],
     profile: ['preferred_username', 'name'],
     email: ['email'],
     groups: ['groups'],

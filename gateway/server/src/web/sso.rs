@@ -111,6 +111,7 @@ struct TotpPending {
 pub struct Sso {
     pending: Mutex<HashMap<String, Pending>>,
     totp: Mutex<HashMap<[u8; 32], TotpPending>>,
+    /// By provider name (each has its own `ca_file`), with when it was read.
     metadata: Mutex<HashMap<String, (CoreProviderMetadata, OffsetDateTime)>>,
 }
 
@@ -681,7 +682,7 @@ impl WebState {
         now: OffsetDateTime,
     ) -> Result<CoreProviderMetadata, String> {
         if let Ok(map) = self.sso.metadata.lock() {
-            if let Some((m, at)) = map.get(&provider.issuer) {
+            if let Some((m, at)) = map.get(&provider.name) {
                 if now - *at < METADATA_TTL {
                     return Ok(m.clone());
                 }
@@ -701,7 +702,7 @@ impl WebState {
                 )
             })?;
         if let Ok(mut map) = self.sso.metadata.lock() {
-            map.insert(provider.issuer.clone(), (m.clone(), now));
+            map.insert(provider.name.clone(), (m.clone(), now));
         }
         Ok(m)
     }
