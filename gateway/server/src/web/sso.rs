@@ -879,7 +879,7 @@ fn clear_cookie(r: &mut Response, name: &str) {
 fn page(status: StatusCode, title: &str, why: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Ward — {t}</title>\
-         <link rel=\"stylesheet\" href=\"/app.css\"></head><body><main class=\"sso-result\">\
+         <link rel=\"stylesheet\" href=\"/app.css\"></head><body><main class=\"card signin sso-result\">\
          <h1>{t}</h1><p id=\"sso-reason\">{w}</p><p><a href=\"/\">Back to the sign-in page</a></p>\
          </main></body></html>",
         t = html(title),
