@@ -116,7 +116,9 @@ fn mine_one(
     now: OffsetDateTime,
 ) -> Option<MyDevice> {
     let at = |t: OffsetDateTime| {
-        t.format(&time::format_description::well_known::Rfc3339)
+        let t = t.replace_nanosecond(0).unwrap_or(t);
+        t.to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|_| t.unix_timestamp().to_string())
     };
     let glass_cap = device

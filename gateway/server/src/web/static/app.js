@@ -634,7 +634,7 @@ async function myDevices(r, alive) {
       x.access === 'request' ? h('button', { id: 'request-' + x.id, type: 'button', class: 'request', onclick: () => requestForm(forms, x, out) }, 'Request access') : null,
       x.break_glass_requires && x.console === 'terminal' ? h('button', { id: 'breakglass-' + x.id, type: 'button', class: 'danger breakglass', onclick: () => breakGlassForm(forms, x) }, 'Break glass') : null))));
   main.append(h('section', { class: 'card' }, table('my-devices',
-    [{ label: 'Device', cls: 'c-dev' }, { label: 'Protocol', cls: 'c-flag' }, { label: 'Access', cls: 'c-flag' }, { label: 'Why', cls: 'c-wide' }, { label: '', cls: 'c-dec' }],
+    [{ label: 'Device', cls: 'c-dev' }, { label: 'Protocol', cls: 'c-flag' }, { label: 'Access', cls: 'c-time' }, { label: 'Why', cls: 'c-wide' }, { label: '', cls: 'c-dec' }],
     rows, 'No device is open to you, by request or by break-glass. Ask security staff for a rule.'), out), forms);
 }
 
