@@ -77,7 +77,10 @@ pub fn router(state: WebState) -> Router {
         idle,
     });
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
-        rt.spawn(sweep_loop(Arc::downgrade(&tabs)));
+        rt.spawn(sweep_loop(
+            Arc::downgrade(&tabs),
+            state.shared.clock.clone(),
+        ));
     }
     let consoles = Consoles {
         web: state.clone(),
@@ -546,14 +549,13 @@ impl Tabs {
 }
 
 /// Closes idle tabs every [`SWEEP_EVERY`] while the consoles' router lives.
-async fn sweep_loop(tabs: Weak<Tabs>) {
+async fn sweep_loop(tabs: Weak<Tabs>, clock: Arc<dyn ward_ca::Clock>) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
         let Some(tabs) = tabs.upgrade() else {
             return;
         };
-        // Identity ends are compared on the wall clock here; requests use the gateway's clock.
-        tabs.sweep(time::OffsetDateTime::now_utc());
+        tabs.sweep(clock.now());
     }
 }
 
@@ -773,6 +775,7 @@ mod tests {
 
     /// (method, headers, allowed?) for the consoles' origin's fetch checks.
     #[test]
+    #[allow(clippy::type_complexity)]
     fn fetch_checks() {
         let host = "127.0.0.1:8444";
         let cases: &[(Method, &[(&str, &str)], bool)] = &[
