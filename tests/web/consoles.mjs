@@ -114,7 +114,7 @@ try {
     await p.locator('#redir').click();
     await p.waitForURL(`${root}page2.html`, { timeout: 10_000 });
     await p.locator('#marker').filter({ hasText: CASE.marker2 }).waitFor({ timeout: 10_000 });
-    const cookies = await p.context().cookies(CONSOLES);
+    const cookies = await p.context().cookies(root);
     const sid = cookies.find((c) => c.name === 'monitor_sid');
     check(sid, `the monitor's cookie was not set (cookies: ${cookies.map((c) => `${c.name}@${c.path}`).join(', ')})`);
     check(sid.path === `/d/${device}/`, `the monitor's cookie has path ${sid.path}`);
