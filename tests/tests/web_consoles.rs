@@ -13,7 +13,8 @@
 //!   reason, escaped.
 //! - `the_consoles_in_chromium`: tests/web/consoles.mjs in Debian's chromium: sign in on the
 //!   console's origin, open the monitor's console on the consoles' origin, click an absolute link
-//!   and the redirect, stay under `/d/monitor-3/`; screenshots in target/web-screenshots/.
+//!   and the redirect, stay under `/d/monitor-3/`; a clinician without a rule sees the denial
+//!   page; screenshots in target/web-screenshots/.
 //!
 //! Under CI a missing peer (nginx, curl, openssl, node, chromium, playwright-core) fails the
 //! test; locally it is skipped with a message.
@@ -715,7 +716,10 @@ fn the_consoles_in_chromium() {
     if !(peers() && browser_ready()) {
         return;
     }
-    let w = world(&[("nora", "clinician", &["icu"])]);
+    let w = world(&[
+        ("nora", "clinician", &["icu"]),
+        ("cleo", "clinician", &["er"]),
+    ]);
     let screenshots = std::env::var_os("WARD_WEB_SCREENSHOTS")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace().join("target/web-screenshots"));
@@ -726,7 +730,7 @@ fn the_consoles_in_chromium() {
         ("WARD_CONSOLES_URL", w.consoles.clone()),
         (
             "WARD_WEB_USERS",
-            json!({ "clinician": w.users[0].json() }).to_string(),
+            json!({ "clinician": w.users[0].json(), "no_rule": w.users[1].json() }).to_string(),
         ),
         (
             "WARD_WEB_CASE",
@@ -735,6 +739,7 @@ fn the_consoles_in_chromium() {
                 "marker": MARKER,
                 "marker2": MARKER2,
                 "device_origin": format!("http://{}", w.monitor.addr),
+                "denial": "no rule lets clinician cleo reach monitor-3",
             })
             .to_string(),
         ),

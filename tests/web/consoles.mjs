@@ -3,11 +3,12 @@
 // monitor's pages (nginx behind auth_basic, its password in Ward's vault) render and navigate —
 // an absolute link, a redirect, a link back home — without ever leaving /d/<device>/ and
 // without a password prompt; the monitor's form is refused by the operation rule; the device's
-// page cannot read the console's API. Screenshots of each step. Run by
+// page cannot read the console's API; a clinician without a rule sees Ward's denial page. Screenshots of each step. Run by
 // tests/tests/web_consoles.rs (the gateway, nginx and the vault are set up there).
 //
 // WARD_CONSOLES_URL: https://127.0.0.1:PORT of the consoles' origin.
-// WARD_WEB_CASE: {device, marker, marker2, device_origin}
+// WARD_WEB_USERS: {clinician, no_rule}
+// WARD_WEB_CASE: {device, marker, marker2, device_origin, denial}
 
 import {
   URL_BASE, USERS, CASE, launch, newPage, shot, step, check, log, closeAsk, exitCode, freshTotp,
@@ -158,6 +159,32 @@ try {
     check(bad.length === 0, `401 answers: ${JSON.stringify(bad)}`);
     check(statuses.length >= 5, `only ${statuses.length} answers from the consoles' origin were seen`);
     check(ctx.page.events === undefined || ctx.page.events.dialogs.length === 0, `dialogs: ${JSON.stringify(ctx.page.events && ctx.page.events.dialogs)}`);
+  });
+
+  await step('a clinician without a rule sees the denial page', 40_000, async () => {
+    const other = await newPage(browser);
+    const { page, context } = other;
+    const u = USERS.no_rule;
+    await page.goto(`${URL_BASE}/#/signin`, { waitUntil: 'domcontentloaded' });
+    await page.locator('#signin-user').fill(u.user);
+    await page.locator('#signin-password').fill(u.password);
+    await page.locator('#signin-totp').fill(await freshTotp(u));
+    await page.locator('#signin-submit').click();
+    const deadline = Date.now() + 10_000;
+    while (!(await context.cookies(URL_BASE)).some((c) => c.name === 'ward_session')) {
+      check(Date.now() < deadline, `no ward_session cookie after signing in as ${u.user}`);
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    const response = await page.goto(root, { waitUntil: 'domcontentloaded' });
+    check(response.status() === 403, `${u.user} got ${response.status()} for ${root}`);
+    const title = await page.textContent('#ward-title');
+    check(title.includes(`Ward refused access to ${device}`), `the page's title is ${JSON.stringify(title)}`);
+    const reason = await page.textContent('#ward-reason');
+    check(reason.includes(CASE.denial), `the page's reason is ${JSON.stringify(reason)}, expected ${JSON.stringify(CASE.denial)}`);
+    const back = await page.getAttribute('#ward-console', 'href');
+    check(back === `${URL_BASE}/`, `the way back links ${back}`);
+    await shot(page, 'consoles-05-denied');
+    await context.close();
   });
 } catch (e) {
   log(`stopped: ${e && e.message ? e.message : e}`);
