@@ -461,8 +461,8 @@ fn a_monitors_console_through_the_consoles_origin() {
     assert!(r.body.contains(&format!("href=\"{}/\"", w.web)), "{r:?}");
     assert!(w.monitor.access_log().is_empty());
 
-    let nina = sign_in(&w.curl, &w.web, &w.users[0]);
-    let nina = Some(nina.as_str());
+    let nina_cookie = sign_in(&w.curl, &w.web, &w.users[0]);
+    let nina = Some(nina_cookie.as_str());
 
     // The device's root needs its slash.
     let r = get("/d/monitor-3", nina, &[]);
@@ -510,7 +510,7 @@ fn a_monitors_console_through_the_consoles_origin() {
         "{r:?}"
     );
     assert!(r.header("www-authenticate").is_none(), "{r:?}");
-    let both = format!("{}; monitor_sid=abc123", nina.unwrap());
+    let both = format!("{}; monitor_sid=abc123", nina_cookie.as_str());
     let r = get("/d/monitor-3/page2.html", Some(&both), &[]);
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains(MARKER2), "{r:?}");
@@ -531,7 +531,7 @@ fn a_monitors_console_through_the_consoles_origin() {
     let r = w.curl.call(
         "POST",
         &url("/d/monitor-3/save"),
-        &["-H", nina.unwrap(), "--data", "rate=999"],
+        &["-H", nina_cookie.as_str(), "--data", "rate=999"],
     );
     assert_eq!(r.status, 403, "{r:?}");
     assert!(r.body.contains("Sec-Fetch-Site"), "{r:?}");
@@ -540,7 +540,7 @@ fn a_monitors_console_through_the_consoles_origin() {
         &url("/d/monitor-3/save"),
         &[
             "-H",
-            nina.unwrap(),
+            nina_cookie.as_str(),
             "-H",
             "Sec-Fetch-Site: same-origin",
             "-H",
