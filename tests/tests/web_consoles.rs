@@ -768,3 +768,77 @@ fn the_consoles_in_chromium() {
         assert!(!line.contains("ward_session"), "{log:#?}");
     }
 }
+
+/// `ward quickstart` prints the monitor's console on the consoles' origin, and it opens for the
+/// clinician `alice` (password + TOTP from clinician-login.txt) with the vaulted password.
+#[test]
+fn the_quickstart_prints_the_monitors_console_and_it_opens() {
+    if !require_peer("curl") {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("certs-dev");
+    let (qs, _port) = ward_tests::process::start_quickstart(&dir);
+    let printed = qs.stdout();
+    let after = |prefix: &str| {
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in:\n{printed}"))
+            .trim()
+            .to_owned()
+    };
+    let web = after("The web console, for the security team and approvers: ");
+    let monitor = after("The monitor's own web console in the browser, through Ward: ");
+    assert!(
+        monitor.starts_with("https://127.0.0.1:") && monitor.ends_with("/d/monitor-3/"),
+        "{monitor}"
+    );
+    assert_ne!(
+        web.trim_end_matches('/'),
+        monitor.trim_end_matches("/d/monitor-3/"),
+        "the devices' consoles must be on an origin of their own"
+    );
+    assert!(
+        printed.contains(&format!("{}/clinician-login.txt", dir.display())),
+        "{printed}"
+    );
+    let login = std::fs::read_to_string(dir.join("clinician-login.txt")).unwrap();
+    let field = |name: &str| {
+        login
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().strip_prefix('='))
+            .map(|v| v.trim().to_owned())
+            .unwrap_or_else(|| panic!("no {name} in clinician-login.txt:\n{login}"))
+    };
+    let alice = WebUser {
+        user: field("user"),
+        password: field("password"),
+        totp: field("totp_secret"),
+    };
+    let curl = Curl {
+        root: dir.join("root.crt"),
+        tmp: tempfile::tempdir().unwrap(),
+    };
+    let cookie = sign_in(&curl, web.trim_end_matches('/'), &alice);
+    let r = curl.call("GET", &monitor, &["-H", &cookie]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("VitalView 900 bedside monitor"), "{r:?}");
+    assert!(r.header("www-authenticate").is_none(), "{r:?}");
+    // The rule allows GET and HEAD only.
+    let r = curl.call(
+        "POST",
+        &format!("{monitor}config"),
+        &[
+            "-H",
+            &cookie,
+            "-H",
+            "Sec-Fetch-Site: same-origin",
+            "--data",
+            "alarm=off",
+        ],
+    );
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(r.body.contains("icu-nurses-see-icu-monitors"), "{r:?}");
+    drop(qs);
+}
