@@ -1710,7 +1710,11 @@ mod access_frame_tests {
             poll: "abc".into(),
             expires_unix: 1_800_000_300,
         });
-        for f in [start.clone().into(), poll.clone().into(), pending.clone().into()] {
+        for f in [
+            start.clone().into(),
+            poll.clone().into(),
+            pending.clone().into(),
+        ] {
             let bytes = encode(&f).unwrap();
             let (back, used) = decode(&bytes).unwrap().unwrap();
             assert_eq!(used, bytes.len());
@@ -1718,7 +1722,10 @@ mod access_frame_tests {
         }
         let wire = |f: &Frame| {
             let bytes = encode(f).unwrap();
-            (bytes[0], String::from_utf8(bytes[HEADER_LEN..].to_vec()).unwrap())
+            (
+                bytes[0],
+                String::from_utf8(bytes[HEADER_LEN..].to_vec()).unwrap(),
+            )
         };
         assert_eq!(
             wire(&start.into()),
@@ -1748,7 +1755,11 @@ mod access_frame_tests {
             v
         };
         assert!(decode_response(&raw(0x0b, br#"{"poll":"x"}"#)).is_err());
-        assert!(decode_request(&raw(0x8c, br#"{"url":"u","user_code":"c","poll":"p","expires_unix":1}"#)).is_err());
+        assert!(decode_request(&raw(
+            0x8c,
+            br#"{"url":"u","user_code":"c","poll":"p","expires_unix":1}"#
+        ))
+        .is_err());
         assert!(decode_request(&raw(0x0a, br#"{"csr":"pem","user":"x"}"#)).is_err());
         assert!(decode_request(&raw(0x0a, br#"{"provider":"p"}"#)).is_err());
         assert!(decode_request(&raw(0x0b, br#"{}"#)).is_err());

@@ -173,7 +173,7 @@ fn console_base(config: &ward_core::config::Config) -> Option<String> {
 
 fn sso_pending(base: &str, p: crate::services::sso::Pending) -> Response {
     Response::SsoPending(frame::SsoPending {
-        url: format!("{base}/#/sso/cli/{}", p.poll),
+        url: format!("{base}/{}{}", crate::web::sso_cli::PAGE_ROUTE, p.poll),
         user_code: p.user_code,
         poll: p.poll,
         expires_unix: p.expires.unix_timestamp(),

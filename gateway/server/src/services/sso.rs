@@ -244,7 +244,9 @@ impl CliLogins {
         let k = key(poll);
         match map.get(&k).map(|e| e.state.clone()) {
             None => Poll::Unknown,
-            Some(State::Pending) => map.get(&k).map_or(Poll::Unknown, |e| Poll::Waiting(e.view())),
+            Some(State::Pending) => map
+                .get(&k)
+                .map_or(Poll::Unknown, |e| Poll::Waiting(e.view())),
             Some(State::Approved { issued }) => {
                 map.remove(&k);
                 Poll::Issued(issued)
@@ -563,7 +565,10 @@ mod tests {
         let v = reg.refuse(&p.poll, t0(), "refused by x".into()).unwrap();
         assert_eq!(v.state, "refused");
         assert!(reg.decide(&p.poll, t0(), |_, _| Ok(issued())).is_err());
-        assert_eq!(reg.poll(&p.poll, t0()), Poll::Refused("refused by x".into()));
+        assert_eq!(
+            reg.poll(&p.poll, t0()),
+            Poll::Refused("refused by x".into())
+        );
         assert_eq!(reg.poll(&p.poll, t0()), Poll::Unknown);
 
         let p = start(&reg, src(1), t0()).unwrap();
