@@ -164,11 +164,11 @@ pub(crate) async fn login(
     })
 }
 
-/// The console's address as the gateway knows it (`[web] listen`); `None` when the console is
-/// off. An unspecified address (`0.0.0.0`) is left as is: the client puts the host name it
-/// reached the gateway by in its place.
-fn console_base(config: &ward_core::config::Config) -> Option<String> {
-    config.web.listen.map(|a| format!("https://{a}"))
+/// The console's address as the gateway knows it (the bound `[web] listen`); `None` when the
+/// console is off. An unspecified address (`0.0.0.0`) is left as is: the client puts the host
+/// name it reached the gateway by in its place.
+fn console_base(shared: &Shared) -> Option<String> {
+    shared.web_addr.map(|a| format!("https://{a}"))
 }
 
 fn sso_pending(base: &str, p: crate::services::sso::Pending) -> Response {
@@ -204,7 +204,7 @@ pub(crate) async fn sso_cli<W: AsyncWrite + Unpin>(
         error_frame(ErrorCode::Forbidden, crate::login_gate::ONE_LOGIN)
     } else {
         let services = Services::of(shared);
-        let base = console_base(&shared.config());
+        let base = console_base(shared);
         match (request, base) {
             (Request::SsoStart(_), None) => Response::Denied {
                 reason: "this gateway's web console is off ([web] listen), and `ward login --sso` \

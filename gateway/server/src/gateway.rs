@@ -70,6 +70,9 @@ pub struct Shared {
     pub(crate) pins: Arc<dyn ward_store::pins::PinStore>,
     /// `ward login --sso` logins waiting for a browser to approve them.
     pub(crate) sso_cli: Arc<crate::services::sso::CliLogins>,
+    /// The console's bound address (`[web] listen`, restart-only), for the URL `ward login
+    /// --sso` prints.
+    pub(crate) web_addr: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -448,6 +451,7 @@ impl Gateway {
             vault,
             pins: db.clone(),
             sso_cli: Arc::new(crate::services::sso::CliLogins::new()),
+            web_addr,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();

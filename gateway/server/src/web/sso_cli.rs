@@ -41,7 +41,8 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/sso/cli/{poll}/deny", post(deny))
 }
 
-fn pending_json(p: &Pending) -> Value {
+/// A login as the page sees it; `can_approve` and `why` say whether this caller may decide it.
+fn pending_json(p: &Pending, can_approve: bool, why: Option<String>) -> Value {
     json!({
         "user_code": p.user_code,
         "source": p.source.ip().to_string(),
@@ -50,6 +51,8 @@ fn pending_json(p: &Pending) -> Value {
         "expires_unix": p.expires.unix_timestamp(),
         "provider": p.provider,
         "state": p.state,
+        "can_approve": can_approve,
+        "why": why,
     })
 }
 
@@ -68,11 +71,9 @@ async fn show(
 ) -> Result<Json<Value>, ApiError> {
     let poll = path(poll)?;
     let pending = state.services().sso_cli.view(&poll)?;
-    let mut v = pending_json(&pending);
     let refused = browser_only(&authed).err();
-    v["can_approve"] = json!(refused.is_none() && pending.state == "pending");
-    v["why"] = json!(refused.map(|e| e.reason));
-    Ok(Json(v))
+    let can = refused.is_none() && pending.state == "pending";
+    Ok(Json(pending_json(&pending, can, refused.map(|e| e.reason))))
 }
 
 async fn approve(
