@@ -20,7 +20,8 @@
 //!   [`term`]: the web terminal (a WebSocket) over it; [`consoles`]: devices' own HTTP consoles
 //!   under `/d/<device>/`, served on an origin of their own (`[web] consoles_listen`);
 //! - [`sso`]: sign-in with the hospital's OpenID provider (authorization code + PKCE), for the
-//!   browser and for `ward login --sso`;
+//!   browser and for `ward login --sso`; [`sso_cli`]: approving a `ward login --sso` in a
+//!   signed-in browser;
 //! - [`openapi`]: the API's OpenAPI document; [`assets`]: the embedded pages.
 #![allow(clippy::module_name_repetitions)]
 
@@ -53,6 +54,7 @@ pub mod player;
 pub mod server;
 pub mod sessions;
 pub mod sso;
+pub mod sso_cli;
 pub mod term;
 pub mod terminal;
 pub mod watch;
@@ -258,6 +260,7 @@ pub fn router(state: WebState) -> Router {
         .merge(mine::routes())
         .merge(term::routes())
         .merge(sso::routes())
+        .merge(sso_cli::routes())
         .merge(openapi::routes())
         .merge(assets::routes())
         .layer(axum::middleware::from_fn_with_state(

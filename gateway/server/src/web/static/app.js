@@ -77,7 +77,8 @@ function showHeader() {
   }
 }
 
-const pages = { signin, overview, live, sessions: sessionsPage, session: detail, watch: watchPage, audit, requests, devices, my: myDevices, terminal: terminalPage };
+const pages = { signin, overview, live, sessions: sessionsPage, session: detail, watch: watchPage, audit, requests, devices, my: myDevices, terminal: terminalPage,
+  sso: (r, alive) => import('./cli.js').then((m) => m.cliPage(r, alive)) }; // #/sso/cli/<poll>: ward login --sso
 
 async function route(ev) {
   const my = ++gen;
