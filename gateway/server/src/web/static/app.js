@@ -3,6 +3,7 @@ import { h, fill, api, qs, enc, bytes, dur, when, ago, badge, field, table, who,
 import { columns, bars } from './charts.js';
 import { player, hexView, watch } from './player.js';
 import { terminal } from './term.js';
+import { ssoState, ssoButtons, ssoTotpForm } from './sso.js';
 
 const main = document.getElementById('main');
 const errBox = document.getElementById('error');
@@ -123,6 +124,22 @@ async function signin() {
   session.me = null;
   showHeader();
   document.title = 'Sign in — Ward';
+  const landing = home;
+  const onward = () => {
+    const next = sessionStorage.getItem('ward-next');
+    sessionStorage.removeItem('ward-next');
+    go(next && !next.startsWith('#/signin') ? next : landing());
+  };
+  const sso = await ssoState();
+  // Signed in by the IdP, Ward's own TOTP code still owed (a provider with mfa = "ward").
+  if (sso.totp && parseHash().page === 'signin') {
+    main.append(ssoTotpForm(sso.totp, (me, then) => {
+      session.me = me;
+      sessionStorage.removeItem('ward-next');
+      go(then && then !== '/' ? '#' + then : landing());
+    }));
+    return;
+  }
   const user = h('input', { id: 'signin-user', name: 'user', autocomplete: 'username', required: true });
   const pass = h('input', { id: 'signin-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true });
   const totp = h('input', { id: 'signin-totp', name: 'totp', inputmode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]{6,8}', required: true });
@@ -130,6 +147,7 @@ async function signin() {
   const submit = h('button', { id: 'signin-submit', type: 'submit', class: 'primary' }, 'Sign in');
   const form = h('form', { class: 'card signin', novalidate: true },
     h('h1', null, 'Sign in to Ward'),
+    ssoButtons(sso.providers, sessionStorage.getItem('ward-next')),
     h('p', { class: 'muted' }, 'Your Ward user, password and the code from your authenticator app. A client certificate from Ward\'s CA signs you in without this form.'),
     field('User', user), field('Password', pass), field('TOTP code', totp), err, submit);
   form.addEventListener('submit', async (ev) => {
@@ -143,9 +161,7 @@ async function signin() {
     submit.disabled = true;
     try {
       session.me = await api('/signin', 'POST', { user: user.value, password: pass.value, totp: totp.value.trim() });
-      const next = sessionStorage.getItem('ward-next');
-      sessionStorage.removeItem('ward-next');
-      go(next && !next.startsWith('#/signin') ? next : isStaff() ? '#/overview' : '#/requests');
+      onward();
     } catch (e) {
       err.textContent = e.message;
       err.hidden = false;
@@ -161,7 +177,7 @@ async function signin() {
     const me = await fetch('/api/v1/whoami', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
     if (me.ok && parseHash().page === 'signin') {
       session.me = await me.json();
-      go(isStaff() ? '#/overview' : '#/requests');
+      go(landing());
       return;
     }
   } catch (e) { /* stay on the form */ }
