@@ -47,6 +47,9 @@ const VAULT_PASSWORD: &str = "Mx4!q9-Lw2#vP7zr";
 const MARKER: &str = "ward-consoles-9c1e";
 const MARKER2: &str = "ward-consoles-trends-51b7";
 
+/// The size of the monitor's big page: above `MAX_REWRITE_BODY`.
+const BIG_PAGE: usize = ward_server::web::consoles::MAX_REWRITE_BODY + 4096;
+
 /// nginx as a patient monitor's web console: `auth_basic` on everything, a home page with
 /// absolute and root-relative links, a style sheet, a redirect that sets a cookie, a settings
 /// page (refused by the rule) and a form.
@@ -128,6 +131,10 @@ impl Monitor {
             )
             .unwrap();
             std::fs::write(d.join("html/admin/index.html"), "<h1>Settings</h1>\n").unwrap();
+            // Larger than Ward rewrites: streamed through as the monitor sent it.
+            let mut big = b"<!doctype html><a id=\"big\" href=\"/x\">".to_vec();
+            big.resize(BIG_PAGE, b'a');
+            std::fs::write(d.join("html/big.html"), big).unwrap();
             let conf = format!(
                 r#"daemon off;
 master_process off;
@@ -496,6 +503,16 @@ fn a_monitors_console_through_the_consoles_origin() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("url(/d/monitor-3/bg.png)"), "{r:?}");
 
+    // A page too large to rewrite streams through untouched, whole.
+    let started = Instant::now();
+    let r = get("/d/monitor-3/big.html", nina, &[]);
+    eprintln!("the big page took {:?}", started.elapsed());
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.body.len(), BIG_PAGE);
+    assert!(r
+        .body
+        .starts_with(r#"<!doctype html><a id="big" href="/x">"#));
+
     // The redirect stays under the prefix, its cookie is the monitor's path's only.
     let r = get("/d/monitor-3/old", nina, &[]);
     assert_eq!(r.status, 302, "{r:?}");
@@ -589,8 +606,9 @@ fn a_monitors_console_through_the_consoles_origin() {
     // What the monitor saw: the vaulted user on every request (never a 401), its own Host,
     // identity encoding, its own cookie and never Ward's.
     let log = w.monitor.access_log();
-    // Home, style sheet, redirect, trends, home again (the navigation): nothing refused got through.
-    assert_eq!(log.len(), 5, "{log:#?}");
+    // Home, style sheet, big page, redirect, trends, home again (the navigation): nothing
+    // refused got through.
+    assert_eq!(log.len(), 6, "{log:#?}");
     for line in &log {
         assert!(
             line.starts_with(&format!("{VAULT_USER} \"")),

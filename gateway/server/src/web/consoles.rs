@@ -25,7 +25,8 @@
 //! **Checks on the consoles' origin**: a `GET`/`HEAD` a browser marks as cross-site is refused,
 //! a same-site one only as a top-level navigation (the console's link to a device); anything
 //! else (a `POST` of a device's form) only from the same origin (`Sec-Fetch-Site: same-origin`,
-//! and a matching `Origin` when sent). Every answer carries `Cache-Control: no-store` (patient
+//! and a matching `Origin` when sent). A device's page may not install a service worker (it would
+//! outlive the session and see the next user's requests). Every answer carries `Cache-Control: no-store` (patient
 //! data must not stay in a shared workstation's cache), `Referrer-Policy: same-origin`,
 //! `X-Content-Type-Options: nosniff`, `Cross-Origin-Opener-Policy` and
 //! `Cross-Origin-Resource-Policy: same-origin`, and a `frame-ancestors 'self'` policy.
@@ -639,6 +640,12 @@ async fn open(web: &WebState, authed: &Authed, device: &str) -> Result<Live, Api
 fn check_fetch(method: &Method, headers: &HeaderMap, host: &str) -> Result<(), &'static str> {
     const SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
     const MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+    const SERVICE_WORKER: HeaderName = HeaderName::from_static("service-worker");
+    if headers.contains_key(SERVICE_WORKER) {
+        // A device's service worker would outlive the session and see every later request to
+        // the device's pages in this browser, whoever signs in next.
+        return Err("a device's page may not install a service worker through Ward");
+    }
     let site = headers.get(SITE).map(|v| v.as_bytes().to_ascii_lowercase());
     let mode = headers.get(MODE).map(|v| v.as_bytes().to_ascii_lowercase());
     if matches!(*method, Method::GET | Method::HEAD) {
@@ -830,6 +837,14 @@ mod tests {
             ),
             (Method::DELETE, &[("sec-fetch-site", "cross-site")], false),
             (Method::OPTIONS, &[("sec-fetch-site", "cross-site")], false),
+            (
+                Method::GET,
+                &[
+                    ("sec-fetch-site", "same-origin"),
+                    ("service-worker", "script"),
+                ],
+                false,
+            ),
         ];
         for (method, h, allowed) in cases {
             let got = check_fetch(method, &headers(h), host);
