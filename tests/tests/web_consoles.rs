@@ -131,6 +131,7 @@ impl Monitor {
             )
             .unwrap();
             std::fs::write(d.join("html/admin/index.html"), "<h1>Settings</h1>\n").unwrap();
+            std::fs::write(d.join("html/bye.html"), "<p>goodbye</p>\n").unwrap();
             // Larger than Ward rewrites: streamed through as the monitor sent it.
             let mut big = b"<!doctype html><a id=\"big\" href=\"/x\">".to_vec();
             big.resize(BIG_PAGE, b'a');
@@ -158,6 +159,8 @@ http {{
     location / {{ }}
     # After the access phase (try_files runs later), so the redirect needs the password too.
     location = /old {{ try_files /nonexistent @old; }}
+    # The monitor closes the connection after this page.
+    location = /bye.html {{ keepalive_timeout 0; }}
     location @old {{
       add_header Set-Cookie "monitor_sid=abc123; Path=/; HttpOnly" always;
       return 302 {origin}/page2.html;
@@ -669,6 +672,35 @@ fn a_monitors_console_through_the_consoles_origin() {
         "the page does not show the denial reason {reason:?}: {}",
         r.body
     );
+
+    // The monitor closes its connection after a page: the tab's session ends with it, and the
+    // next request opens a new one (decided and recorded like the first), unnoticed by the user.
+    let r = get("/d/monitor-3/bye.html", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("goodbye"), "{r:?}");
+    let events = audit_until(&w.gw, Duration::from_secs(5), |ev| {
+        ev.iter()
+            .any(|e| e["event"] == "session_close" && e["session_id"] == session.as_str())
+    });
+    let first_close = events
+        .iter()
+        .find(|e| e["event"] == "session_close" && e["session_id"] == session.as_str())
+        .unwrap();
+    assert!(via_web(first_close), "{first_close:#?}");
+    let r = get("/d/monitor-3/", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(MARKER), "{r:?}");
+    let events = w.gw.audit_events();
+    let opened: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "session_open"
+                && e["device"] == "monitor-3"
+                && e["principal"]["name"] == "nina"
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:#?}");
+    let session = opened[1]["session_id"].as_str().unwrap().to_owned();
 
     // A lock ends nina's tab; the next request is refused with the lock's reason, escaped.
     let lock_reason = "incident <77> & \"co\"";
