@@ -218,6 +218,13 @@ devices = { labels = { unit = "icu", class = "patient-monitor" } }
 inject = "console"
 operations.http = { allow = ["GET *", "HEAD *"], deny = ["GET /admin*"] }
 
+# A monitor whose password is not injected (a configuration mistake): the user still never gets
+# the device's password prompt.
+[[rule]]
+name = "icu-nurses-see-the-spare-monitor"
+who = { kind = "clinician", roles = ["icu"] }
+devices = { ids = ["monitor-spare"] }
+
 [login]
 mfa = ["clinician", "security"]
 "#;
@@ -376,12 +383,15 @@ struct World {
 fn world(users: &[(&str, &str, &[&str])]) -> World {
     let monitor = Monitor::start();
     let pki = Arc::new(Pki::new());
-    let devices = [DeviceSpec::new(
-        "monitor-3",
-        monitor.addr,
-        "http",
-        &[("class", "patient-monitor"), ("unit", "icu")],
-    )];
+    let devices = [
+        DeviceSpec::new(
+            "monitor-3",
+            monitor.addr,
+            "http",
+            &[("class", "patient-monitor"), ("unit", "icu")],
+        ),
+        DeviceSpec::new("monitor-spare", monitor.addr, "http", &[("unit", "spare")]),
+    ];
     let (web_port, consoles_port) = (free_port(), free_port());
     let rules = format!(
         "{RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nconsoles_listen = \"127.0.0.1:{consoles_port}\"\n"
@@ -671,6 +681,40 @@ fn a_monitors_console_through_the_consoles_origin() {
             .contains(&ward_server::web::consoles::rewrite::escape_html(reason)),
         "the page does not show the denial reason {reason:?}: {}",
         r.body
+    );
+
+    // A monitor whose rule injects nothing answers 401 with a Basic challenge: Ward's page says
+    // why, and the browser gets no challenge to prompt with.
+    let r = get("/d/monitor-spare/", nina, &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").is_none(), "{r:?}");
+    assert!(
+        r.body.contains("monitor-spare asks for a password"),
+        "{r:?}"
+    );
+    assert!(r.body.contains("ask a Ward administrator"), "{r:?}");
+
+    // A second Ward session cookie (a device's script can set one for a path under /d/): refused,
+    // and expired where it can be.
+    let two = format!(
+        "Cookie: ward_session={}; {}",
+        "A".repeat(43),
+        nina_cookie.trim_start_matches("Cookie: ")
+    );
+    let r = get("/d/monitor-3/", Some(&two), &[]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("more than one Ward session cookie"),
+        "{r:?}"
+    );
+    assert!(
+        r.all("set-cookie")
+            .contains(&"ward_session=; Path=/d/monitor-3/; Max-Age=0; Secure"),
+        "{r:?}"
+    );
+    assert!(
+        r.all("set-cookie").iter().all(|c| !c.contains("Path=/;")),
+        "{r:?}"
     );
 
     // The monitor closes its connection after a page: the tab's session ends with it, and the

@@ -139,6 +139,16 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         }
         Route::Device { device, path } => (device.to_owned(), path.to_owned()),
     };
+    if ward_cookies(req.headers()) > 1 {
+        let mut r = page(
+            StatusCode::BAD_REQUEST,
+            "Two Ward sessions",
+            "this request carries more than one Ward session cookie (a device's page may have set one): Ward removed the extra ones it could; reload the page, and if this stays, sign out of Ward's console and clear this site's cookies",
+            Some(&console),
+        );
+        expire_tossed_cookies(r.headers_mut(), &path);
+        return r;
+    }
     let Some(authed) = req.extensions().get::<Authed>().cloned() else {
         return page(
             StatusCode::UNAUTHORIZED,
@@ -190,6 +200,16 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         .send(&c.web, &authed, &device, &method, &target, &headers, body)
         .await;
     let (status, reason, previous) = match answer {
+        Ok(response) if asks_for_password(&response) => {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                &format!("{device} asks for a password"),
+                &format!(
+                    "{device} refused the request for want of a password: the rule that let you in injects none from Ward's vault, or the vaulted one is no longer right (the audit log says credential_rejected). You are never asked for a device's password here: ask a Ward administrator."
+                ),
+                Some(&console),
+            )
+        }
         Ok(response) => return respond(&rw, &method, response).await,
         Err(Failure {
             status,
@@ -211,6 +231,24 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         _ => reason,
     };
     page(status, &title, &reason, Some(&console))
+}
+
+/// Whether the device's answer is a `401` that would make the browser ask for the device's
+/// password (a `Basic` or `Digest` challenge).
+fn asks_for_password(response: &hyper::Response<Incoming>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .any(|v| {
+                let v = v.as_bytes().trim_ascii_start();
+                let scheme = v
+                    .split(|b| b.is_ascii_whitespace())
+                    .next()
+                    .unwrap_or_default();
+                scheme.eq_ignore_ascii_case(b"basic") || scheme.eq_ignore_ascii_case(b"digest")
+            })
 }
 
 /// The device's answer, rewritten for the browser.
@@ -668,6 +706,39 @@ fn check_fetch(method: &Method, headers: &HeaderMap, host: &str) -> Result<(), &
     Ok(())
 }
 
+/// How many `ward_session` cookies the request carries.
+fn ward_cookies(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter(|kv| {
+            let name = kv.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii() == rewrite::WARD_COOKIE.as_bytes()
+        })
+        .count()
+}
+
+/// Expires a `ward_session` cookie a page may have set under `path`'s directories (never the
+/// console's own, whose path is `/`).
+fn expire_tossed_cookies(headers: &mut HeaderMap, path: &str) {
+    let mut prefixes: Vec<&str> = Vec::new();
+    for (i, _) in path.match_indices('/').skip(1).take(16) {
+        if let Some(p) = path.get(..i) {
+            prefixes.push(p);
+        }
+        if let Some(p) = path.get(..=i) {
+            prefixes.push(p);
+        }
+    }
+    for p in prefixes {
+        let v = format!("{}=; Path={p}; Max-Age=0; Secure", rewrite::WARD_COOKIE);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
+}
+
 /// The request's `Host`, when it is a plain host name or address with an optional port.
 fn host_of(headers: &HeaderMap) -> Option<String> {
     let h = headers.get(header::HOST)?.to_str().ok()?;
@@ -850,6 +921,35 @@ mod tests {
             let got = check_fetch(method, &headers(h), host);
             assert_eq!(got.is_ok(), *allowed, "{method} {h:?}: {got:?}");
         }
+    }
+
+    #[test]
+    fn tossed_ward_cookies_are_counted_and_expired_below_the_root_only() {
+        let h = headers(&[("cookie", "ward_session=a; x=1; ward_session=b")]);
+        assert_eq!(ward_cookies(&h), 2);
+        assert_eq!(ward_cookies(&headers(&[("cookie", "ward_session=a")])), 1);
+        assert_eq!(
+            ward_cookies(&headers(&[("cookie", "my_ward_session=a")])),
+            0
+        );
+        let mut out = HeaderMap::new();
+        expire_tossed_cookies(&mut out, "/d/m/x/y.html");
+        let set: Vec<_> = out
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            set,
+            [
+                "ward_session=; Path=/d; Max-Age=0; Secure",
+                "ward_session=; Path=/d/; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/x; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/x/; Max-Age=0; Secure",
+            ]
+        );
     }
 
     #[test]
