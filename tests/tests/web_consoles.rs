@@ -50,6 +50,9 @@ const MARKER2: &str = "ward-consoles-trends-51b7";
 /// The size of the monitor's big page: above `MAX_REWRITE_BODY`.
 const BIG_PAGE: usize = ward_server::web::consoles::MAX_REWRITE_BODY + 4096;
 
+/// The slow answer's size (nginx sends it at 1 KiB/s).
+const SLOW_BYTES: usize = 10 * 1024;
+
 /// nginx as a patient monitor's web console: `auth_basic` on everything, a home page with
 /// absolute and root-relative links, a style sheet, a redirect that sets a cookie, a settings
 /// page (refused by the rule) and a form.
@@ -132,6 +135,7 @@ impl Monitor {
             .unwrap();
             std::fs::write(d.join("html/admin/index.html"), "<h1>Settings</h1>\n").unwrap();
             std::fs::write(d.join("html/bye.html"), "<p>goodbye</p>\n").unwrap();
+            std::fs::write(d.join("html/slow.txt"), "r".repeat(SLOW_BYTES)).unwrap();
             // Larger than Ward rewrites: streamed through as the monitor sent it.
             let mut big = b"<!doctype html><a id=\"big\" href=\"/x\">".to_vec();
             big.resize(BIG_PAGE, b'a');
@@ -159,6 +163,8 @@ http {{
     location / {{ }}
     # After the access phase (try_files runs later), so the redirect needs the password too.
     location = /old {{ try_files /nonexistent @old; }}
+    # A slow answer (a long poll, a stream of readings).
+    location = /slow.txt {{ limit_rate 1k; }}
     # The monitor closes the connection after this page.
     location = /bye.html {{ keepalive_timeout 0; }}
     location @old {{
@@ -745,6 +751,35 @@ fn a_monitors_console_through_the_consoles_origin() {
         .collect();
     assert_eq!(opened.len(), 2, "{opened:#?}");
     let session = opened[1]["session_id"].as_str().unwrap().to_owned();
+
+    // While a slow answer holds the tab's connection, another request of the tab is answered
+    // over an overflow connection (a session of its own, decided and recorded like the first).
+    let slow = {
+        let curl = Curl {
+            root: w.curl.root.clone(),
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        let (url, cookie) = (url("/d/monitor-3/slow.txt"), nina_cookie.clone());
+        std::thread::spawn(move || curl.call("GET", &url, &["-H", &cookie]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get("/d/monitor-3/page2.html", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(MARKER2), "{r:?}");
+    assert!(
+        !slow.is_finished(),
+        "the slow answer was over before the other request was answered: no overflow was needed"
+    );
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.body.len(), SLOW_BYTES);
+    let opened =
+        w.gw.audit_events()
+            .iter()
+            .filter(|e| e["event"] == "session_open" && e["principal"]["name"] == "nina")
+            .filter(|e| e["device"] == "monitor-3")
+            .count();
+    assert_eq!(opened, 3, "the tab's own session, then one overflow");
 
     // A lock ends nina's tab; the next request is refused with the lock's reason, escaped.
     let lock_reason = "incident <77> & \"co\"";

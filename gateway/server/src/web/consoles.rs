@@ -11,7 +11,10 @@
 //! ([`super::bridge::open`]: policy, maintenance windows, grants, locks, recording, the vault's
 //! credential injection, the HTTP operation rules, audit with `via = "web"`), and an HTTP/1.1
 //! client ([`hyper::client::conn::http1`]) speaks over it; later requests of the same caller for
-//! the same device reuse it, one at a time. When the session ends (the device closed its
+//! the same device reuse it, one at a time (a connection is held until its answer's body has
+//! gone to the browser). Only while one answer holds it for longer than [`OVERFLOW_AFTER`] (a long
+//! poll, a stream of readings) does a request take an overflow connection, a session of its own
+//! (at most [`CONNECTIONS_PER_TAB`] in all). When the session ends (the device closed its
 //! connection, the gateway's idle timeout, a lock, a revoked grant, the end of a window), the
 //! next request opens a new one, which the policy decides afresh: a locked user gets the refusal
 //! page with the lock's reason. A tab unused for `[web] idle_timeout`, or past its identity's
@@ -58,6 +61,11 @@ pub const MAX_REWRITE_BODY: usize = 8 * 1024 * 1024;
 /// Most device tabs open at once (all callers); a new one beyond that closes the least
 /// recently used.
 pub const MAX_TABS: usize = 1024;
+/// Most connections (sessions) of one tab: the tab's own, and overflow ones while it is held by a
+/// long answer.
+pub const CONNECTIONS_PER_TAB: usize = 4;
+/// How long a request waits for its tab's own connection before taking an overflow one.
+pub const OVERFLOW_AFTER: Duration = Duration::from_secs(2);
 /// Most device tabs one caller (one sign-in, or one certificate) holds at once.
 pub const MAX_TABS_PER_CALLER: usize = 16;
 /// How long a request waits for its tab while another request of the same tab is answered.
@@ -200,7 +208,7 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         .send(&c.web, &authed, &device, &method, &target, &headers, body)
         .await;
     let (status, reason, previous) = match answer {
-        Ok(response) if asks_for_password(&response) => {
+        Ok((response, _lease)) if asks_for_password(&response) => {
             return page(
                 StatusCode::UNAUTHORIZED,
                 &format!("{device} asks for a password"),
@@ -210,7 +218,7 @@ async fn serve(c: &Consoles, req: Request) -> Response {
                 Some(&console),
             )
         }
-        Ok(response) => return respond(&rw, &method, response).await,
+        Ok((response, lease)) => return respond(&rw, &method, response, lease).await,
         Err(Failure {
             status,
             reason,
@@ -252,7 +260,12 @@ fn asks_for_password(response: &hyper::Response<Incoming>) -> bool {
 }
 
 /// The device's answer, rewritten for the browser.
-async fn respond(rw: &Rewriter, method: &Method, response: hyper::Response<Incoming>) -> Response {
+async fn respond(
+    rw: &Rewriter,
+    method: &Method,
+    response: hyper::Response<Incoming>,
+    lease: Lease,
+) -> Response {
     let (mut parts, incoming) = response.into_parts();
     rw.response_headers(&mut parts.headers);
     let bodiless = *method == Method::HEAD
@@ -268,10 +281,32 @@ async fn respond(rw: &Rewriter, method: &Method, response: hyper::Response<Incom
             }
             Body::empty()
         }
-        None => Body::new(incoming),
-        Some(kind) => rewritten_body(rw, kind, &mut parts.headers, incoming).await,
+        None => leased(Body::new(incoming), lease),
+        Some(kind) => match rewritten_body(rw, kind, &mut parts.headers, incoming).await {
+            Rewritten::Whole(body) => body,
+            Rewritten::Streaming(body) => leased(body, lease),
+        },
     };
     Response::from_parts(parts, body)
+}
+
+/// `body`, holding its tab's connection until it has all gone to the browser (or the browser
+/// left): the next request of the tab waits for it, or takes an overflow connection.
+fn leased(body: Body, lease: Lease) -> Body {
+    let stream = body.into_data_stream();
+    Body::from_stream(futures::stream::unfold(
+        (stream, lease),
+        |(mut stream, lease)| async move {
+            let item = stream.next().await?;
+            Some((item, (stream, lease)))
+        },
+    ))
+}
+
+/// A body rewritten whole, or streaming as the device sends it.
+enum Rewritten {
+    Whole(Body),
+    Streaming(Body),
 }
 
 /// An HTML or CSS body: rewritten when it fits [`MAX_REWRITE_BODY`], else streamed as it comes.
@@ -280,13 +315,13 @@ async fn rewritten_body(
     kind: BodyKind,
     headers: &mut HeaderMap,
     mut incoming: Incoming,
-) -> Body {
+) -> Rewritten {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REWRITE_BODY as u64) {
-        return Body::new(incoming);
+        return Rewritten::Streaming(Body::new(incoming));
     }
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -303,7 +338,9 @@ async fn rewritten_body(
                 if buf.len() > MAX_REWRITE_BODY {
                     // Too large to hold: what came so far, then the rest, both as sent.
                     let head = futures::stream::iter([Ok::<Bytes, axum::Error>(Bytes::from(buf))]);
-                    return Body::from_stream(head.chain(Body::new(incoming).into_data_stream()));
+                    return Rewritten::Streaming(Body::from_stream(
+                        head.chain(Body::new(incoming).into_data_stream()),
+                    ));
                 }
             }
             Some(Err(e)) => {
@@ -314,12 +351,12 @@ async fn rewritten_body(
                     Err(axum::Error::new(e)),
                 ]);
                 headers.remove(header::CONTENT_LENGTH);
-                return Body::from_stream(head);
+                return Rewritten::Whole(Body::from_stream(head));
             }
         }
     }
     headers.remove(header::CONTENT_LENGTH);
-    Body::from(rw.body(kind, &buf))
+    Rewritten::Whole(Body::from(rw.body(kind, &buf)))
 }
 
 /// The rewriter of `dev`'s pages.
@@ -375,13 +412,43 @@ struct TabKey {
 
 /// A device tab: at most one live session, used by one request at a time.
 struct Slot {
-    live: tokio::sync::Mutex<Option<Live>>,
+    /// The tab's connections: the first is its session; the others are opened only while it is
+    /// held for longer than [`OVERFLOW_AFTER`] by one answer (a long poll, a stream of readings).
+    conns: Vec<Arc<tokio::sync::Mutex<Option<Live>>>>,
     last_used: Mutex<Instant>,
     /// The caller's identity ends then (a sign-in's `max_session`, a certificate's expiry).
     not_after: time::OffsetDateTime,
 }
 
+/// One connection of a tab, held from a request until its answer's body has gone to the browser.
+type Lease = tokio::sync::OwnedMutexGuard<Option<Live>>;
+
 impl Slot {
+    /// A connection of this tab for one request: the tab's own once it is free (within
+    /// [`OVERFLOW_AFTER`]), else a free overflow one (one with a live session first), else the
+    /// tab's own again within [`BUSY_TIMEOUT`].
+    async fn lease(&self) -> Option<Lease> {
+        let primary = self.conns.first()?.clone();
+        if let Ok(g) = tokio::time::timeout(OVERFLOW_AFTER, primary.clone().lock_owned()).await {
+            return Some(g);
+        }
+        let mut free = None;
+        for c in self.conns.iter().skip(1) {
+            if let Ok(g) = c.clone().try_lock_owned() {
+                if g.as_ref().is_some_and(|l| !l.sender.is_closed()) {
+                    return Some(g);
+                }
+                free.get_or_insert(g);
+            }
+        }
+        if free.is_some() {
+            return free;
+        }
+        tokio::time::timeout(BUSY_TIMEOUT, primary.lock_owned())
+            .await
+            .ok()
+    }
+
     fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();
@@ -447,7 +514,9 @@ impl Tabs {
             }
         }
         let slot = Arc::new(Slot {
-            live: tokio::sync::Mutex::new(None),
+            conns: (0..CONNECTIONS_PER_TAB)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
+                .collect(),
             last_used: Mutex::new(Instant::now()),
             not_after,
         });
@@ -475,7 +544,7 @@ impl Tabs {
         target: &Uri,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<hyper::Response<Incoming>, Failure> {
+    ) -> Result<(hyper::Response<Incoming>, Lease), Failure> {
         let now = web.shared.clock.now();
         self.sweep(now);
         let key = TabKey {
@@ -489,7 +558,7 @@ impl Tabs {
             ));
         };
         slot.touch();
-        let Ok(mut live) = tokio::time::timeout(BUSY_TIMEOUT, slot.live.lock()).await else {
+        let Some(mut live) = slot.lease().await else {
             return Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{device} is still answering another request of this tab; try again"),
@@ -537,7 +606,7 @@ impl Tabs {
             *request.uri_mut() = target.clone();
             *request.headers_mut() = headers.clone();
             match tokio::time::timeout(RESPONSE_TIMEOUT, l.sender.send_request(request)).await {
-                Ok(Ok(response)) => return Ok(response),
+                Ok(Ok(response)) => return Ok((response, live)),
                 Ok(Err(e)) => {
                     let ended = l.ended();
                     tracing::debug!(event = "web_console_request_failed", device, reason = %e, "device console request failed");
