@@ -31,7 +31,7 @@ use ward_core::frame::{ErrorCode, Request, Response, SsoPending, SsoStart};
 use ward_core::totp::{self, TotpSecret};
 use ward_core::PrincipalKind;
 use ward_tests::process::{run, ward, Input, Proc, COMMAND_TIMEOUT};
-use ward_tests::web::add_user;
+use ward_tests::web::{add_user, browser_ready, run_node, workspace, WebUser};
 use ward_tests::{
     audit_events, init_logs, require_peer, start_gateway, ChildGateway, DeviceSpec, Pki, ACME_RULES,
 };
@@ -165,14 +165,9 @@ fn is_code(code: &str) -> bool {
             .all(|(i, b)| i == 4 || b"BCDFGHJKLMNPQRSTVWXZ".contains(&b))
 }
 
-#[test]
-fn ward_login_sso_is_approved_in_a_signed_in_browser() {
-    init_logs();
-    if !require_peer("curl") {
-        return;
-    }
-    let pki = Arc::new(Pki::new());
-    let soc = pki.person(Kind::Security, "soc", None, &["soc"]);
+/// A `ward gateway` child with `[web] listen` on a free port, the vendor `tech` (acme) with
+/// password + TOTP, and `pump-7` (acme's); returns it, the console's port and tech.
+fn world(pki: &Arc<Pki>) -> (ChildGateway, u16, WebUser) {
     let devices = [DeviceSpec::new(
         "pump-7",
         "127.0.0.1:9".parse().unwrap(),
@@ -197,6 +192,30 @@ fn ward_login_sso_is_approved_in_a_signed_in_browser() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+    (gw, web_port, tech)
+}
+
+/// `ward devices` with the identity at `prefix` lists acme's pump.
+fn devices_work(gw: &ChildGateway, prefix: &Path) -> Result<(), String> {
+    let mut cmd = ward(&["devices", "--gateway", &gw.addr, "--identity"]);
+    cmd.arg(prefix);
+    let listed = run(&mut cmd);
+    if listed.status.success() && listed.stdout.contains("pump-7") {
+        Ok(())
+    } else {
+        Err(format!("`ward devices` with the new identity: {listed:?}"))
+    }
+}
+
+#[test]
+fn ward_login_sso_is_approved_in_a_signed_in_browser() {
+    init_logs();
+    if !require_peer("curl") {
+        return;
+    }
+    let pki = Arc::new(Pki::new());
+    let soc = pki.person(Kind::Security, "soc", None, &["soc"]);
+    let (gw, web_port, tech) = world(&pki);
     let web = Console {
         base: format!("https://127.0.0.1:{web_port}"),
         root: pki.root(),
@@ -337,11 +356,7 @@ fn ward_login_sso_is_approved_in_a_signed_in_browser() {
         .mode();
     assert_eq!(mode & 0o777, 0o600, "the key file is private");
     assert!(out_dir.path().join("root.crt").exists());
-    let mut devices_cmd = ward(&["devices", "--gateway", &gw.addr, "--identity"]);
-    devices_cmd.arg(&identity);
-    let listed = run(&mut devices_cmd);
-    assert!(listed.status.success(), "{listed:?}");
-    assert!(listed.stdout.contains("pump-7"), "{listed:?}");
+    devices_work(&gw, &identity).unwrap();
 
     // Audited as a login through SSO, naming the approving browser session.
     let events = audit_events(&gw.state_dir);
@@ -542,4 +557,82 @@ async fn sso_logins_expire_are_bounded_and_need_the_console() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The page in real Chromium (tests/web/cli.mjs): the login URL sends the user to sign in and
+/// back, the page shows the code and source, approving gives the CLI its certificate, refusing
+/// tells the CLI so, a used link says so.
+#[test]
+fn ward_login_sso_in_a_real_browser() {
+    init_logs();
+    if !browser_ready() {
+        return;
+    }
+    let pki = Arc::new(Pki::new());
+    let (gw, web_port, tech) = world(&pki);
+    let out_dir = tempfile::tempdir().unwrap();
+    let first = out_dir.path().join("first");
+    let mut cli = Some(sso_login(&gw, &first, &[]));
+    let (url, code) = printed(cli.as_mut().unwrap());
+    let screenshots = std::env::var_os("WARD_WEB_SCREENSHOTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/web-screenshots"));
+    std::fs::create_dir_all(&screenshots).unwrap();
+    let node_state = tempfile::tempdir().unwrap();
+    let env = [
+        ("WARD_WEB_URL", format!("https://127.0.0.1:{web_port}")),
+        (
+            "WARD_WEB_USERS",
+            json!({ "vendor": tech.json() }).to_string(),
+        ),
+        (
+            "WARD_WEB_CASE",
+            json!({"url": url, "code": code, "source": "127.0.0.1"}).to_string(),
+        ),
+        ("WARD_WEB_SCREENSHOTS", screenshots.display().to_string()),
+        ("WARD_WEB_STATE", node_state.path().display().to_string()),
+    ];
+    let second = out_dir.path().join("second");
+    let mut failures = Vec::new();
+    let (ok, output) = run_node("cli.mjs", &env, &mut failures, |name, data| match name {
+        "second" => {
+            let mut p = sso_login(&gw, &second, &[]);
+            let (url, code) = printed(&mut p);
+            cli = Some(p);
+            json!({"ok": true, "url": url, "code": code})
+        }
+        "cli-done" => {
+            let Some(p) = cli.take() else {
+                return json!({"ok": false, "why": "no CLI is running"});
+            };
+            let done = p.finish(COMMAND_TIMEOUT);
+            let verdict = match data["expect"].as_str() {
+                Some("approved")
+                    if done.status.success()
+                        && done.stdout.contains("logged in as vendor acme/tech") =>
+                {
+                    devices_work(&gw, &first)
+                }
+                Some("refused")
+                    if !done.status.success()
+                        && done
+                            .stderr
+                            .contains("refused in the browser by vendor acme/tech")
+                        && !second.with_extension("crt").exists() =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!(
+                    "the CLI did not end as {}: {done:?}",
+                    data["expect"]
+                )),
+            };
+            match verdict {
+                Ok(()) => json!({"ok": true}),
+                Err(why) => json!({"ok": false, "why": why}),
+            }
+        }
+        other => json!({"ok": false, "why": format!("the Rust test knows no {other:?}")}),
+    });
+    assert!(ok && failures.is_empty(), "{failures:#?}\n{output}");
 }

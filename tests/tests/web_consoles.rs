@@ -47,6 +47,12 @@ const VAULT_PASSWORD: &str = "Mx4!q9-Lw2#vP7zr";
 const MARKER: &str = "ward-consoles-9c1e";
 const MARKER2: &str = "ward-consoles-trends-51b7";
 
+/// The size of the monitor's big page: above `MAX_REWRITE_BODY`.
+const BIG_PAGE: usize = ward_server::web::consoles::MAX_REWRITE_BODY + 4096;
+
+/// The slow answer's size (nginx sends it at 1 KiB/s).
+const SLOW_BYTES: usize = 10 * 1024;
+
 /// nginx as a patient monitor's web console: `auth_basic` on everything, a home page with
 /// absolute and root-relative links, a style sheet, a redirect that sets a cookie, a settings
 /// page (refused by the rule) and a form.
@@ -128,6 +134,12 @@ impl Monitor {
             )
             .unwrap();
             std::fs::write(d.join("html/admin/index.html"), "<h1>Settings</h1>\n").unwrap();
+            std::fs::write(d.join("html/bye.html"), "<p>goodbye</p>\n").unwrap();
+            std::fs::write(d.join("html/slow.txt"), "r".repeat(SLOW_BYTES)).unwrap();
+            // Larger than Ward rewrites: streamed through as the monitor sent it.
+            let mut big = b"<!doctype html><a id=\"big\" href=\"/x\">".to_vec();
+            big.resize(BIG_PAGE, b'a');
+            std::fs::write(d.join("html/big.html"), big).unwrap();
             let conf = format!(
                 r#"daemon off;
 master_process off;
@@ -151,6 +163,10 @@ http {{
     location / {{ }}
     # After the access phase (try_files runs later), so the redirect needs the password too.
     location = /old {{ try_files /nonexistent @old; }}
+    # A slow answer (a long poll, a stream of readings).
+    location = /slow.txt {{ limit_rate 1k; }}
+    # The monitor closes the connection after this page.
+    location = /bye.html {{ keepalive_timeout 0; }}
     location @old {{
       add_header Set-Cookie "monitor_sid=abc123; Path=/; HttpOnly" always;
       return 302 {origin}/page2.html;
@@ -207,6 +223,13 @@ who = { kind = "clinician", roles = ["icu"] }
 devices = { labels = { unit = "icu", class = "patient-monitor" } }
 inject = "console"
 operations.http = { allow = ["GET *", "HEAD *"], deny = ["GET /admin*"] }
+
+# A monitor whose password is not injected (a configuration mistake): the user still never gets
+# the device's password prompt.
+[[rule]]
+name = "icu-nurses-see-the-spare-monitor"
+who = { kind = "clinician", roles = ["icu"] }
+devices = { ids = ["monitor-spare"] }
 
 [login]
 mfa = ["clinician", "security"]
@@ -366,12 +389,15 @@ struct World {
 fn world(users: &[(&str, &str, &[&str])]) -> World {
     let monitor = Monitor::start();
     let pki = Arc::new(Pki::new());
-    let devices = [DeviceSpec::new(
-        "monitor-3",
-        monitor.addr,
-        "http",
-        &[("class", "patient-monitor"), ("unit", "icu")],
-    )];
+    let devices = [
+        DeviceSpec::new(
+            "monitor-3",
+            monitor.addr,
+            "http",
+            &[("class", "patient-monitor"), ("unit", "icu")],
+        ),
+        DeviceSpec::new("monitor-spare", monitor.addr, "http", &[("unit", "spare")]),
+    ];
     let (web_port, consoles_port) = (free_port(), free_port());
     let rules = format!(
         "{RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nconsoles_listen = \"127.0.0.1:{consoles_port}\"\n"
@@ -496,6 +522,16 @@ fn a_monitors_console_through_the_consoles_origin() {
     assert_eq!(r.status, 200, "{r:?}");
     assert!(r.body.contains("url(/d/monitor-3/bg.png)"), "{r:?}");
 
+    // A page too large to rewrite streams through untouched, whole.
+    let started = Instant::now();
+    let r = get("/d/monitor-3/big.html", nina, &[]);
+    eprintln!("the big page took {:?}", started.elapsed());
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.body.len(), BIG_PAGE);
+    assert!(r
+        .body
+        .starts_with(r#"<!doctype html><a id="big" href="/x">"#));
+
     // The redirect stays under the prefix, its cookie is the monitor's path's only.
     let r = get("/d/monitor-3/old", nina, &[]);
     assert_eq!(r.status, 302, "{r:?}");
@@ -589,8 +625,9 @@ fn a_monitors_console_through_the_consoles_origin() {
     // What the monitor saw: the vaulted user on every request (never a 401), its own Host,
     // identity encoding, its own cookie and never Ward's.
     let log = w.monitor.access_log();
-    // Home, style sheet, redirect, trends, home again (the navigation): nothing refused got through.
-    assert_eq!(log.len(), 5, "{log:#?}");
+    // Home, style sheet, big page, redirect, trends, home again (the navigation): nothing
+    // refused got through.
+    assert_eq!(log.len(), 6, "{log:#?}");
     for line in &log {
         assert!(
             line.starts_with(&format!("{VAULT_USER} \"")),
@@ -651,6 +688,98 @@ fn a_monitors_console_through_the_consoles_origin() {
         "the page does not show the denial reason {reason:?}: {}",
         r.body
     );
+
+    // A monitor whose rule injects nothing answers 401 with a Basic challenge: Ward's page says
+    // why, and the browser gets no challenge to prompt with.
+    let r = get("/d/monitor-spare/", nina, &[]);
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(r.header("www-authenticate").is_none(), "{r:?}");
+    assert!(
+        r.body.contains("monitor-spare asks for a password"),
+        "{r:?}"
+    );
+    assert!(r.body.contains("ask a Ward administrator"), "{r:?}");
+
+    // A second Ward session cookie (a device's script can set one for a path under /d/): refused,
+    // and expired where it can be.
+    let two = format!(
+        "Cookie: ward_session={}; {}",
+        "A".repeat(43),
+        nina_cookie.trim_start_matches("Cookie: ")
+    );
+    let r = get("/d/monitor-3/", Some(&two), &[]);
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.body.contains("more than one Ward session cookie"),
+        "{r:?}"
+    );
+    assert!(
+        r.all("set-cookie")
+            .contains(&"ward_session=; Path=/d/monitor-3/; Max-Age=0; Secure"),
+        "{r:?}"
+    );
+    assert!(
+        r.all("set-cookie").iter().all(|c| !c.contains("Path=/;")),
+        "{r:?}"
+    );
+
+    // The monitor closes its connection after a page: the tab's session ends with it, and the
+    // next request opens a new one (decided and recorded like the first), unnoticed by the user.
+    let r = get("/d/monitor-3/bye.html", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains("goodbye"), "{r:?}");
+    let events = audit_until(&w.gw, Duration::from_secs(5), |ev| {
+        ev.iter()
+            .any(|e| e["event"] == "session_close" && e["session_id"] == session.as_str())
+    });
+    let first_close = events
+        .iter()
+        .find(|e| e["event"] == "session_close" && e["session_id"] == session.as_str())
+        .unwrap();
+    assert!(via_web(first_close), "{first_close:#?}");
+    let r = get("/d/monitor-3/", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(MARKER), "{r:?}");
+    let events = w.gw.audit_events();
+    let opened: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["event"] == "session_open"
+                && e["device"] == "monitor-3"
+                && e["principal"]["name"] == "nina"
+        })
+        .collect();
+    assert_eq!(opened.len(), 2, "{opened:#?}");
+    let session = opened[1]["session_id"].as_str().unwrap().to_owned();
+
+    // While a slow answer holds the tab's connection, another request of the tab is answered
+    // over an overflow connection (a session of its own, decided and recorded like the first).
+    let slow = {
+        let curl = Curl {
+            root: w.curl.root.clone(),
+            tmp: tempfile::tempdir().unwrap(),
+        };
+        let (url, cookie) = (url("/d/monitor-3/slow.txt"), nina_cookie.clone());
+        std::thread::spawn(move || curl.call("GET", &url, &["-H", &cookie]))
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let r = get("/d/monitor-3/page2.html", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    assert!(r.body.contains(MARKER2), "{r:?}");
+    assert!(
+        !slow.is_finished(),
+        "the slow answer was over before the other request was answered: no overflow was needed"
+    );
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.headers);
+    assert_eq!(r.body.len(), SLOW_BYTES);
+    let opened =
+        w.gw.audit_events()
+            .iter()
+            .filter(|e| e["event"] == "session_open" && e["principal"]["name"] == "nina")
+            .filter(|e| e["device"] == "monitor-3")
+            .count();
+    assert_eq!(opened, 3, "the tab's own session, then one overflow");
 
     // A lock ends nina's tab; the next request is refused with the lock's reason, escaped.
     let lock_reason = "incident <77> & \"co\"";

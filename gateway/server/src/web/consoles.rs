@@ -11,7 +11,10 @@
 //! ([`super::bridge::open`]: policy, maintenance windows, grants, locks, recording, the vault's
 //! credential injection, the HTTP operation rules, audit with `via = "web"`), and an HTTP/1.1
 //! client ([`hyper::client::conn::http1`]) speaks over it; later requests of the same caller for
-//! the same device reuse it, one at a time. When the session ends (the device closed its
+//! the same device reuse it, one at a time (a connection is held until its answer's body has
+//! gone to the browser). Only while one answer holds it for longer than [`OVERFLOW_AFTER`] (a long
+//! poll, a stream of readings) does a request take an overflow connection, a session of its own
+//! (at most [`CONNECTIONS_PER_TAB`] in all). When the session ends (the device closed its
 //! connection, the gateway's idle timeout, a lock, a revoked grant, the end of a window), the
 //! next request opens a new one, which the policy decides afresh: a locked user gets the refusal
 //! page with the lock's reason. A tab unused for `[web] idle_timeout`, or past its identity's
@@ -25,7 +28,8 @@
 //! **Checks on the consoles' origin**: a `GET`/`HEAD` a browser marks as cross-site is refused,
 //! a same-site one only as a top-level navigation (the console's link to a device); anything
 //! else (a `POST` of a device's form) only from the same origin (`Sec-Fetch-Site: same-origin`,
-//! and a matching `Origin` when sent). Every answer carries `Cache-Control: no-store` (patient
+//! and a matching `Origin` when sent). A device's page may not install a service worker (it would
+//! outlive the session and see the next user's requests). Every answer carries `Cache-Control: no-store` (patient
 //! data must not stay in a shared workstation's cache), `Referrer-Policy: same-origin`,
 //! `X-Content-Type-Options: nosniff`, `Cross-Origin-Opener-Policy` and
 //! `Cross-Origin-Resource-Policy: same-origin`, and a `frame-ancestors 'self'` policy.
@@ -57,6 +61,11 @@ pub const MAX_REWRITE_BODY: usize = 8 * 1024 * 1024;
 /// Most device tabs open at once (all callers); a new one beyond that closes the least
 /// recently used.
 pub const MAX_TABS: usize = 1024;
+/// Most connections (sessions) of one tab: the tab's own, and overflow ones while it is held by a
+/// long answer.
+pub const CONNECTIONS_PER_TAB: usize = 4;
+/// How long a request waits for its tab's own connection before taking an overflow one.
+pub const OVERFLOW_AFTER: Duration = Duration::from_secs(2);
 /// Most device tabs one caller (one sign-in, or one certificate) holds at once.
 pub const MAX_TABS_PER_CALLER: usize = 16;
 /// How long a request waits for its tab while another request of the same tab is answered.
@@ -138,6 +147,16 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         }
         Route::Device { device, path } => (device.to_owned(), path.to_owned()),
     };
+    if ward_cookies(req.headers()) > 1 {
+        let mut r = page(
+            StatusCode::BAD_REQUEST,
+            "Two Ward sessions",
+            "this request carries more than one Ward session cookie (a device's page may have set one): Ward removed the extra ones it could; reload the page, and if this stays, sign out of Ward's console and clear this site's cookies",
+            Some(&console),
+        );
+        expire_tossed_cookies(r.headers_mut(), &path);
+        return r;
+    }
     let Some(authed) = req.extensions().get::<Authed>().cloned() else {
         return page(
             StatusCode::UNAUTHORIZED,
@@ -189,7 +208,17 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         .send(&c.web, &authed, &device, &method, &target, &headers, body)
         .await;
     let (status, reason, previous) = match answer {
-        Ok(response) => return respond(&rw, &method, response).await,
+        Ok((response, _lease)) if asks_for_password(&response) => {
+            return page(
+                StatusCode::UNAUTHORIZED,
+                &format!("{device} asks for a password"),
+                &format!(
+                    "{device} refused the request for want of a password: the rule that let you in injects none from Ward's vault, or the vaulted one is no longer right (the audit log says credential_rejected). You are never asked for a device's password here: ask a Ward administrator."
+                ),
+                Some(&console),
+            )
+        }
+        Ok((response, lease)) => return respond(&rw, &method, response, lease).await,
         Err(Failure {
             status,
             reason,
@@ -212,8 +241,31 @@ async fn serve(c: &Consoles, req: Request) -> Response {
     page(status, &title, &reason, Some(&console))
 }
 
+/// Whether the device's answer is a `401` that would make the browser ask for the device's
+/// password (a `Basic` or `Digest` challenge).
+fn asks_for_password(response: &hyper::Response<Incoming>) -> bool {
+    response.status() == StatusCode::UNAUTHORIZED
+        && response
+            .headers()
+            .get_all(header::WWW_AUTHENTICATE)
+            .iter()
+            .any(|v| {
+                let v = v.as_bytes().trim_ascii_start();
+                let scheme = v
+                    .split(|b| b.is_ascii_whitespace())
+                    .next()
+                    .unwrap_or_default();
+                scheme.eq_ignore_ascii_case(b"basic") || scheme.eq_ignore_ascii_case(b"digest")
+            })
+}
+
 /// The device's answer, rewritten for the browser.
-async fn respond(rw: &Rewriter, method: &Method, response: hyper::Response<Incoming>) -> Response {
+async fn respond(
+    rw: &Rewriter,
+    method: &Method,
+    response: hyper::Response<Incoming>,
+    lease: Lease,
+) -> Response {
     let (mut parts, incoming) = response.into_parts();
     rw.response_headers(&mut parts.headers);
     let bodiless = *method == Method::HEAD
@@ -229,10 +281,32 @@ async fn respond(rw: &Rewriter, method: &Method, response: hyper::Response<Incom
             }
             Body::empty()
         }
-        None => Body::new(incoming),
-        Some(kind) => rewritten_body(rw, kind, &mut parts.headers, incoming).await,
+        None => leased(Body::new(incoming), lease),
+        Some(kind) => match rewritten_body(rw, kind, &mut parts.headers, incoming).await {
+            Rewritten::Whole(body) => body,
+            Rewritten::Streaming(body) => leased(body, lease),
+        },
     };
     Response::from_parts(parts, body)
+}
+
+/// `body`, holding its tab's connection until it has all gone to the browser (or the browser
+/// left): the next request of the tab waits for it, or takes an overflow connection.
+fn leased(body: Body, lease: Lease) -> Body {
+    let stream = body.into_data_stream();
+    Body::from_stream(futures::stream::unfold(
+        (stream, lease),
+        |(mut stream, lease)| async move {
+            let item = stream.next().await?;
+            Some((item, (stream, lease)))
+        },
+    ))
+}
+
+/// A body rewritten whole, or streaming as the device sends it.
+enum Rewritten {
+    Whole(Body),
+    Streaming(Body),
 }
 
 /// An HTML or CSS body: rewritten when it fits [`MAX_REWRITE_BODY`], else streamed as it comes.
@@ -241,13 +315,13 @@ async fn rewritten_body(
     kind: BodyKind,
     headers: &mut HeaderMap,
     mut incoming: Incoming,
-) -> Body {
+) -> Rewritten {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_REWRITE_BODY as u64) {
-        return Body::new(incoming);
+        return Rewritten::Streaming(Body::new(incoming));
     }
     let mut buf: Vec<u8> = Vec::new();
     loop {
@@ -264,7 +338,9 @@ async fn rewritten_body(
                 if buf.len() > MAX_REWRITE_BODY {
                     // Too large to hold: what came so far, then the rest, both as sent.
                     let head = futures::stream::iter([Ok::<Bytes, axum::Error>(Bytes::from(buf))]);
-                    return Body::from_stream(head.chain(Body::new(incoming).into_data_stream()));
+                    return Rewritten::Streaming(Body::from_stream(
+                        head.chain(Body::new(incoming).into_data_stream()),
+                    ));
                 }
             }
             Some(Err(e)) => {
@@ -275,12 +351,12 @@ async fn rewritten_body(
                     Err(axum::Error::new(e)),
                 ]);
                 headers.remove(header::CONTENT_LENGTH);
-                return Body::from_stream(head);
+                return Rewritten::Whole(Body::from_stream(head));
             }
         }
     }
     headers.remove(header::CONTENT_LENGTH);
-    Body::from(rw.body(kind, &buf))
+    Rewritten::Whole(Body::from(rw.body(kind, &buf)))
 }
 
 /// The rewriter of `dev`'s pages.
@@ -336,13 +412,43 @@ struct TabKey {
 
 /// A device tab: at most one live session, used by one request at a time.
 struct Slot {
-    live: tokio::sync::Mutex<Option<Live>>,
+    /// The tab's connections: the first is its session; the others are opened only while it is
+    /// held for longer than [`OVERFLOW_AFTER`] by one answer (a long poll, a stream of readings).
+    conns: Vec<Arc<tokio::sync::Mutex<Option<Live>>>>,
     last_used: Mutex<Instant>,
     /// The caller's identity ends then (a sign-in's `max_session`, a certificate's expiry).
     not_after: time::OffsetDateTime,
 }
 
+/// One connection of a tab, held from a request until its answer's body has gone to the browser.
+type Lease = tokio::sync::OwnedMutexGuard<Option<Live>>;
+
 impl Slot {
+    /// A connection of this tab for one request: the tab's own once it is free (within
+    /// [`OVERFLOW_AFTER`]), else a free overflow one (one with a live session first), else the
+    /// tab's own again within [`BUSY_TIMEOUT`].
+    async fn lease(&self) -> Option<Lease> {
+        let primary = self.conns.first()?.clone();
+        if let Ok(g) = tokio::time::timeout(OVERFLOW_AFTER, primary.clone().lock_owned()).await {
+            return Some(g);
+        }
+        let mut free = None;
+        for c in self.conns.iter().skip(1) {
+            if let Ok(g) = c.clone().try_lock_owned() {
+                if g.as_ref().is_some_and(|l| !l.sender.is_closed()) {
+                    return Some(g);
+                }
+                free.get_or_insert(g);
+            }
+        }
+        if free.is_some() {
+            return free;
+        }
+        tokio::time::timeout(BUSY_TIMEOUT, primary.lock_owned())
+            .await
+            .ok()
+    }
+
     fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();
@@ -408,7 +514,9 @@ impl Tabs {
             }
         }
         let slot = Arc::new(Slot {
-            live: tokio::sync::Mutex::new(None),
+            conns: (0..CONNECTIONS_PER_TAB)
+                .map(|_| Arc::new(tokio::sync::Mutex::new(None)))
+                .collect(),
             last_used: Mutex::new(Instant::now()),
             not_after,
         });
@@ -436,7 +544,7 @@ impl Tabs {
         target: &Uri,
         headers: &HeaderMap,
         body: Body,
-    ) -> Result<hyper::Response<Incoming>, Failure> {
+    ) -> Result<(hyper::Response<Incoming>, Lease), Failure> {
         let now = web.shared.clock.now();
         self.sweep(now);
         let key = TabKey {
@@ -450,7 +558,7 @@ impl Tabs {
             ));
         };
         slot.touch();
-        let Ok(mut live) = tokio::time::timeout(BUSY_TIMEOUT, slot.live.lock()).await else {
+        let Some(mut live) = slot.lease().await else {
             return Err(Failure::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("{device} is still answering another request of this tab; try again"),
@@ -498,7 +606,7 @@ impl Tabs {
             *request.uri_mut() = target.clone();
             *request.headers_mut() = headers.clone();
             match tokio::time::timeout(RESPONSE_TIMEOUT, l.sender.send_request(request)).await {
-                Ok(Ok(response)) => return Ok(response),
+                Ok(Ok(response)) => return Ok((response, live)),
                 Ok(Err(e)) => {
                     let ended = l.ended();
                     tracing::debug!(event = "web_console_request_failed", device, reason = %e, "device console request failed");
@@ -639,6 +747,12 @@ async fn open(web: &WebState, authed: &Authed, device: &str) -> Result<Live, Api
 fn check_fetch(method: &Method, headers: &HeaderMap, host: &str) -> Result<(), &'static str> {
     const SITE: HeaderName = HeaderName::from_static("sec-fetch-site");
     const MODE: HeaderName = HeaderName::from_static("sec-fetch-mode");
+    const SERVICE_WORKER: HeaderName = HeaderName::from_static("service-worker");
+    if headers.contains_key(SERVICE_WORKER) {
+        // A device's service worker would outlive the session and see every later request to
+        // the device's pages in this browser, whoever signs in next.
+        return Err("a device's page may not install a service worker through Ward");
+    }
     let site = headers.get(SITE).map(|v| v.as_bytes().to_ascii_lowercase());
     let mode = headers.get(MODE).map(|v| v.as_bytes().to_ascii_lowercase());
     if matches!(*method, Method::GET | Method::HEAD) {
@@ -659,6 +773,39 @@ fn check_fetch(method: &Method, headers: &HeaderMap, host: &str) -> Result<(), &
         }
     }
     Ok(())
+}
+
+/// How many `ward_session` cookies the request carries.
+fn ward_cookies(headers: &HeaderMap) -> usize {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter(|kv| {
+            let name = kv.split(|&b| b == b'=').next().unwrap_or_default();
+            name.trim_ascii() == rewrite::WARD_COOKIE.as_bytes()
+        })
+        .count()
+}
+
+/// Expires a `ward_session` cookie a page may have set under `path`'s directories (never the
+/// console's own, whose path is `/`).
+fn expire_tossed_cookies(headers: &mut HeaderMap, path: &str) {
+    let mut prefixes: Vec<&str> = Vec::new();
+    for (i, _) in path.match_indices('/').skip(1).take(16) {
+        if let Some(p) = path.get(..i) {
+            prefixes.push(p);
+        }
+        if let Some(p) = path.get(..=i) {
+            prefixes.push(p);
+        }
+    }
+    for p in prefixes {
+        let v = format!("{}=; Path={p}; Max-Age=0; Secure", rewrite::WARD_COOKIE);
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            headers.append(header::SET_COOKIE, v);
+        }
+    }
 }
 
 /// The request's `Host`, when it is a plain host name or address with an optional port.
@@ -830,11 +977,48 @@ mod tests {
             ),
             (Method::DELETE, &[("sec-fetch-site", "cross-site")], false),
             (Method::OPTIONS, &[("sec-fetch-site", "cross-site")], false),
+            (
+                Method::GET,
+                &[
+                    ("sec-fetch-site", "same-origin"),
+                    ("service-worker", "script"),
+                ],
+                false,
+            ),
         ];
         for (method, h, allowed) in cases {
             let got = check_fetch(method, &headers(h), host);
             assert_eq!(got.is_ok(), *allowed, "{method} {h:?}: {got:?}");
         }
+    }
+
+    #[test]
+    fn tossed_ward_cookies_are_counted_and_expired_below_the_root_only() {
+        let h = headers(&[("cookie", "ward_session=a; x=1; ward_session=b")]);
+        assert_eq!(ward_cookies(&h), 2);
+        assert_eq!(ward_cookies(&headers(&[("cookie", "ward_session=a")])), 1);
+        assert_eq!(
+            ward_cookies(&headers(&[("cookie", "my_ward_session=a")])),
+            0
+        );
+        let mut out = HeaderMap::new();
+        expire_tossed_cookies(&mut out, "/d/m/x/y.html");
+        let set: Vec<_> = out
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            set,
+            [
+                "ward_session=; Path=/d; Max-Age=0; Secure",
+                "ward_session=; Path=/d/; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/x; Max-Age=0; Secure",
+                "ward_session=; Path=/d/m/x/; Max-Age=0; Secure",
+            ]
+        );
     }
 
     #[test]

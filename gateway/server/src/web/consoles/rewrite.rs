@@ -132,6 +132,7 @@ const HOP_BY_HOP: &[&str] = &[
 const DROPPED_REQUEST: &[&str] = &[
     "authorization",
     "proxy-authorization",
+    "expect",
     "forwarded",
     "x-forwarded-for",
     "x-forwarded-host",

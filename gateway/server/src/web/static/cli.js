@@ -13,7 +13,7 @@ export async function cliPage(r, alive) {
   main.append(h('div', { class: 'pagehead' }, h('h1', { tabindex: '-1' }, 'Approve a terminal login')));
   if (!/^[A-Za-z0-9_-]{43}$/.test(poll)) {
     main.append(h('div', { class: 'card' }, h('p', { id: 'cli-error', class: 'error', role: 'alert' },
-      'This link is not a terminal login: copy the whole URL that `ward login --sso` printed.')));
+      'This link is not a terminal login: copy the whole URL that ward login --sso printed.')));
     return;
   }
   let d;
@@ -29,10 +29,11 @@ export async function cliPage(r, alive) {
   const approve = h('button', { id: 'cli-approve', type: 'button', class: 'primary' },
     'Yes, it matches: sign the terminal in as ' + (me.principal || me.name || 'me'));
   const deny = h('button', { id: 'cli-deny', type: 'button', class: 'danger' }, 'No, it does not match');
+  const stateText = h('dd', { id: 'cli-state' }, d.state);
   const decided = (state) => {
     approve.disabled = true;
     deny.disabled = true;
-    fill(document.getElementById('cli-state'), state);
+    fill(stateText, state);
   };
   const act = async (what) => {
     approve.disabled = true;
@@ -61,13 +62,13 @@ export async function cliPage(r, alive) {
   deny.addEventListener('click', () => act('deny'));
   const started = when(d.started);
   main.append(h('section', { class: 'card', 'aria-labelledby': 'cli-question' },
-    h('p', null, 'A terminal asks to sign in to Ward as you, with `ward login --sso`.'),
+    h('p', null, 'A terminal asks to sign in to Ward as you, with ', h('code', null, 'ward login --sso'), '.'),
     h('dl', { class: 'facts' },
       h('dt', null, 'Code'), h('dd', null, h('strong', null, h('code', { id: 'cli-code' }, d.user_code))),
       h('dt', null, 'From'), h('dd', { id: 'cli-source' }, d.source),
       h('dt', null, 'Started'), h('dd', { id: 'cli-started' }, started),
       h('dt', null, 'Expires'), h('dd', { id: 'cli-expires' }, when(new Date(Number(d.expires_unix) * 1000).toISOString())),
-      h('dt', null, 'State'), h('dd', { id: 'cli-state' }, d.state)),
+      h('dt', null, 'State'), stateText),
     h('h2', { id: 'cli-question' }, 'Does your terminal show this code?'),
     h('p', { class: 'muted' }, 'Approve only a login you started yourself just now, from that address. ' +
       'Whoever holds the terminal gets your access until the certificate ends.'),
