@@ -644,6 +644,17 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        if let (Some(first), None) = (oidc.first(), web.listen) {
+            return Err(ConfigError {
+                file: file_name.to_owned(),
+                location: None,
+                field: "oidc[0]".into(),
+                kind: ConfigErrorKind::Syntax(format!(
+                    "[[oidc]] {} signs people in to the web console: set [web] listen too",
+                    first.name
+                )),
+            });
+        }
         Ok(Config {
             gateway,
             devices,

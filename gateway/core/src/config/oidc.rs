@@ -447,6 +447,9 @@ state_dir = "var/ward"
 "#;
 
     const PROVIDER: &str = r#"
+[web]
+listen = "127.0.0.1:8443"
+
 [[oidc]]
 name = "hospital"
 display = "St Mary's account"
@@ -502,6 +505,17 @@ roles = ["oncall"]
         assert_eq!(p.map[0].kind, Some(PrincipalKind::Clinician));
         assert_eq!(p.map[1].roles, vec!["oncall"]);
         assert!(Config::parse(GATEWAY, "w.toml").unwrap().oidc.is_empty());
+        // Without the console there is nothing to sign in to.
+        let e = Config::parse(
+            &format!(
+                "{GATEWAY}{}",
+                PROVIDER.replace("listen = \"127.0.0.1:8443\"", "")
+            ),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "oidc[0]", "{e}");
+        assert!(e.to_string().contains("set [web] listen"), "{e}");
     }
 
     #[test]
@@ -648,7 +662,10 @@ roles = ["oncall"]
                 "nobody could sign in",
             ),
             (
-                format!("{PROVIDER}{PROVIDER}"),
+                format!(
+                    "{PROVIDER}[[oidc]]{}",
+                    PROVIDER.split("[[oidc]]").nth(1).unwrap()
+                ),
                 "oidc[1].name",
                 "two [[oidc]] providers",
             ),
