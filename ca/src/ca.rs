@@ -489,6 +489,13 @@ impl Ca {
     }
 }
 
+/// Checks a PEM CSR as [`Ca::issue`] will (PEM, PKCS#10, a supported key, a valid
+/// self-signature) without issuing: for a request kept until someone approves it
+/// (`ward login --sso`), so a CSR that could never be certified is refused at once.
+pub fn check_csr(csr_pem: &str) -> Result<(), CaError> {
+    csr_public_key(csr_pem).map(|_| ())
+}
+
 /// Parse a PEM CSR, verify its self-signature, and return only its public key. Everything else
 /// in the CSR (subject, SANs, basicConstraints, key usages, any extension) is ignored.
 fn csr_public_key(csr_pem: &str) -> Result<SubjectPublicKeyInfo, CaError> {

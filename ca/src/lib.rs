@@ -23,7 +23,8 @@ mod secret;
 mod validate;
 
 pub use ca::{
-    Ca, IssueRequest, Issued, CA_JSON, ISSUED_LOG, ISSUING_CRT, ISSUING_KEY, ROOT_CRT, ROOT_KEY,
+    check_csr, Ca, IssueRequest, Issued, CA_JSON, ISSUED_LOG, ISSUING_CRT, ISSUING_KEY, ROOT_CRT,
+    ROOT_KEY,
 };
 pub use clock::{Clock, FixedClock, SystemClock};
 pub use duration::{format_duration, parse_duration, parse_ttl, DurationError, HumanDuration};

@@ -19,6 +19,7 @@ use ward_transport::datapath::{self, Activity, FrameReader, FrameWriter, FramedE
 use ward_transport::{refusal, tls};
 
 pub mod client_error;
+pub mod sso;
 
 /// Which transport to reach the gateway over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

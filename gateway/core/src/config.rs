@@ -11,7 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 mod inject;
+mod oidc;
 pub use inject::InjectConfig;
+pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -458,6 +460,9 @@ pub struct Config {
     /// `[web]`: the web console's listener and its sign-in sessions (docs/web.md). Off unless
     /// `listen` is set.
     pub web: WebConfig,
+    /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
+    /// order, names unique.
+    pub oidc: Vec<OidcProvider>,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -621,6 +626,7 @@ impl Config {
             )?,
         };
         let web = cx.web(raw.web, &listeners)?;
+        let oidc = cx.oidc(raw.oidc)?;
         Ok(Config {
             gateway,
             devices,
@@ -631,6 +637,7 @@ impl Config {
             inject,
             operations,
             web,
+            oidc,
         })
     }
 
@@ -696,6 +703,8 @@ struct RawConfig {
     login_profile: Vec<Spanned<inject::RawLoginProfile>>,
     #[serde(default)]
     web: RawWeb,
+    #[serde(default)]
+    oidc: Vec<Spanned<oidc::RawOidc>>,
 }
 
 #[derive(Deserialize, Default)]

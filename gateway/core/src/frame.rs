@@ -112,6 +112,42 @@ pub enum Request {
     /// Live sessions: list them, or end one (security/admin; answered with `Stream` + JSON lines,
     /// or `Ok`).
     Live(LiveOp),
+    /// Start a `ward login --sso`: the gateway keeps the CSR and answers `SsoPending` with a URL
+    /// and a code for a signed-in browser to approve. Like `Login`, a connection without a client
+    /// certificate may send it (one request per such connection).
+    SsoStart(SsoStart),
+    /// Ask how a `ward login --sso` stands: answered `SsoPending` (not approved yet), `Issued`
+    /// (approved: the certificate, once), or `Denied` (refused in the browser, expired, unknown).
+    SsoPoll {
+        /// The `poll` id from `SsoPending`.
+        poll: String,
+    },
+}
+
+/// `ward login --sso`'s first request, carried by [`Request::SsoStart`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoStart {
+    /// The `[[oidc]]` provider the browser should sign in with (its `name`); absent: any
+    /// sign-in the console offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    /// PEM CSR made on the client; only its public key is used.
+    pub csr: String,
+}
+
+/// A `ward login --sso` waiting for a browser, carried by [`Response::SsoPending`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SsoPending {
+    /// Where to approve it: the console's page `<console>/#/sso/cli/<poll>`.
+    pub url: String,
+    /// The code the page shows too (`WDJB-MJHT`), for the user to compare.
+    pub user_code: String,
+    /// The id to poll with (`SsoPoll`); 256 random bits.
+    pub poll: String,
+    /// When it expires unapproved (Unix seconds).
+    pub expires_unix: i64,
 }
 
 /// `ward live` and `ward end`, carried by [`Request::Live`].
@@ -633,6 +669,8 @@ pub enum Response {
     Vault(Box<VaultReply>),
     /// Answer to [`Request::PinDevice`].
     DevicePin(Box<DevicePinInfo>),
+    /// Answer to `SsoStart`, and to `SsoPoll` while no browser approved it yet.
+    SsoPending(SsoPending),
 }
 
 /// Any frame.
@@ -688,6 +726,12 @@ pub mod frame_type {
     pub const DEVICE_PIN: u8 = 0x8d;
     /// `Live`.
     pub const LIVE: u8 = 0x0e;
+    /// `SsoStart`.
+    pub const SSO_START: u8 = 0x0a;
+    /// `SsoPoll`.
+    pub const SSO_POLL: u8 = 0x0b;
+    /// `SsoPending` (response).
+    pub const SSO_PENDING: u8 = 0x8c;
     /// [`Response::Opened`](super::Response::Opened).
     pub const OPENED: u8 = 0x81;
     /// [`Response::Denied`](super::Response::Denied).
@@ -796,6 +840,12 @@ struct IssuedWire {
 
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct PollWire {
+    poll: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct LocksWire {
     locks: Vec<LockInfo>,
 }
@@ -818,6 +868,9 @@ fn type_name(t: u8) -> Option<&'static str> {
         PIN_DEVICE => "PinDevice",
         DEVICE_PIN => "DevicePin",
         LIVE => "Live",
+        SSO_START => "SsoStart",
+        SSO_POLL => "SsoPoll",
+        SSO_PENDING => "SsoPending",
         STREAM => "Stream",
         OPENED => "Opened",
         DENIED => "Denied",
@@ -847,6 +900,8 @@ impl Frame {
                 Request::Vault(_) => VAULT,
                 Request::PinDevice(_) => PIN_DEVICE,
                 Request::Live(_) => LIVE,
+                Request::SsoStart(_) => SSO_START,
+                Request::SsoPoll { .. } => SSO_POLL,
             },
             Frame::Response(r) => match r {
                 Response::Opened { .. } => OPENED,
@@ -861,6 +916,7 @@ impl Frame {
                 Response::Access(_) => ACCESS_REPLY,
                 Response::Vault(_) => VAULT_REPLY,
                 Response::DevicePin(_) => DEVICE_PIN,
+                Response::SsoPending(_) => SSO_PENDING,
             },
         }
     }
@@ -900,6 +956,8 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::Vault(op) => to_json(&op),
             Request::PinDevice(p) => to_json(&p),
             Request::Live(op) => to_json(&op),
+            Request::SsoStart(start) => to_json(&start),
+            Request::SsoPoll { poll } => to_json(&PollWire { poll }),
         },
         Frame::Response(r) => match r.clone() {
             Response::Opened {
@@ -935,6 +993,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Response::Access(reply) => to_json(&reply),
             Response::Vault(reply) => to_json(&reply),
             Response::DevicePin(info) => to_json(&info),
+            Response::SsoPending(pending) => to_json(&pending),
         },
     }?;
     let len = u32::try_from(payload.len())
@@ -1079,6 +1138,12 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         PIN_DEVICE => Request::PinDevice(from_json(name, text)?).into(),
         DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
         LIVE => Request::Live(from_json(name, text)?).into(),
+        SSO_START => Request::SsoStart(from_json(name, text)?).into(),
+        SSO_POLL => {
+            let w: PollWire = from_json(name, text)?;
+            Request::SsoPoll { poll: w.poll }.into()
+        }
+        SSO_PENDING => Response::SsoPending(from_json(name, text)?).into(),
         ISSUED => {
             let w: IssuedWire = from_json(name, text)?;
             Response::Issued {
@@ -1405,6 +1470,19 @@ mod tests {
             proptest::collection::vec(lock_info, 0..4)
                 .prop_map(|locks| Response::Locks { locks }.into()),
             arb_text().prop_map(|reason| Response::Closed { reason }.into()),
+            (proptest::option::of(arb_text()), arb_text()).prop_map(|(provider, csr)| {
+                Request::SsoStart(SsoStart { provider, csr }).into()
+            }),
+            arb_text().prop_map(|poll| Request::SsoPoll { poll }.into()),
+            (arb_text(), arb_text(), arb_text(), any::<i64>()).prop_map(
+                |(url, user_code, poll, expires_unix)| Response::SsoPending(SsoPending {
+                    url,
+                    user_code,
+                    poll,
+                    expires_unix
+                })
+                .into()
+            ),
         ]
     }
 
@@ -1614,6 +1692,77 @@ mod access_frame_tests {
             std::str::from_utf8(&bytes[HEADER_LEN..]).unwrap(),
             r#"{"device":"pacs"}"#
         );
+    }
+
+    /// `SsoStart`, `SsoPoll` and `SsoPending` as docs/protocol.md writes them.
+    #[test]
+    fn sso_frames_round_trip_in_their_documented_form() {
+        let start = Request::SsoStart(SsoStart {
+            provider: Some("hospital".into()),
+            csr: "-----BEGIN CERTIFICATE REQUEST-----".into(),
+        });
+        let poll = Request::SsoPoll {
+            poll: "q".repeat(43),
+        };
+        let pending = Response::SsoPending(SsoPending {
+            url: "https://console.example:8443/#/sso/cli/abc".into(),
+            user_code: "WDJB-MJHT".into(),
+            poll: "abc".into(),
+            expires_unix: 1_800_000_300,
+        });
+        for f in [
+            start.clone().into(),
+            poll.clone().into(),
+            pending.clone().into(),
+        ] {
+            let bytes = encode(&f).unwrap();
+            let (back, used) = decode(&bytes).unwrap().unwrap();
+            assert_eq!(used, bytes.len());
+            assert_eq!(back, f);
+        }
+        let wire = |f: &Frame| {
+            let bytes = encode(f).unwrap();
+            (
+                bytes[0],
+                String::from_utf8(bytes[HEADER_LEN..].to_vec()).unwrap(),
+            )
+        };
+        assert_eq!(
+            wire(&start.into()),
+            (
+                0x0a,
+                r#"{"provider":"hospital","csr":"-----BEGIN CERTIFICATE REQUEST-----"}"#.into()
+            )
+        );
+        let no_provider = Request::SsoStart(SsoStart {
+            provider: None,
+            csr: "pem".into(),
+        });
+        assert_eq!(wire(&no_provider.into()), (0x0a, r#"{"csr":"pem"}"#.into()));
+        assert_eq!(wire(&poll.into()).0, 0x0b);
+        assert_eq!(
+            wire(&pending.into()),
+            (
+                0x8c,
+                r#"{"url":"https://console.example:8443/#/sso/cli/abc","user_code":"WDJB-MJHT","poll":"abc","expires_unix":1800000300}"#.into()
+            )
+        );
+        // Each is one direction only, and unknown or missing fields are refused.
+        let raw = |t: u8, json: &[u8]| {
+            let mut v = vec![t];
+            v.extend_from_slice(&(json.len() as u32).to_be_bytes());
+            v.extend_from_slice(json);
+            v
+        };
+        assert!(decode_response(&raw(0x0b, br#"{"poll":"x"}"#)).is_err());
+        assert!(decode_request(&raw(
+            0x8c,
+            br#"{"url":"u","user_code":"c","poll":"p","expires_unix":1}"#
+        ))
+        .is_err());
+        assert!(decode_request(&raw(0x0a, br#"{"csr":"pem","user":"x"}"#)).is_err());
+        assert!(decode_request(&raw(0x0a, br#"{"provider":"p"}"#)).is_err());
+        assert!(decode_request(&raw(0x0b, br#"{}"#)).is_err());
     }
 
     #[test]

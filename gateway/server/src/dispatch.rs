@@ -25,6 +25,7 @@ use crate::services::live::{LiveService, LiveSession, LiveSessions};
 use crate::services::locks::{LockRequest, LockService};
 use crate::services::login::{LoginService, TOTP_REUSED};
 use crate::services::pins::{PinAction, PinReport, PinService};
+use crate::services::sso::{Poll, SsoCliService};
 use crate::services::users::{NewUser, UserService};
 use crate::services::vault::VaultService;
 use crate::services::{Audit, Caller, Context, LiveState, Refusal};
@@ -72,6 +73,8 @@ pub struct Services {
     pub vault: VaultService,
     /// Certificate pins of devices that speak TLS.
     pub(crate) pins: PinService,
+    /// `ward login --sso`: CLI logins a signed-in browser approves.
+    pub sso_cli: SsoCliService,
 }
 
 impl Services {
@@ -84,10 +87,12 @@ impl Services {
         };
         let jit = &shared.jit;
         let stores = &jit.services;
+        let login = LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone());
         Services {
             access: AccessService::new(ctx.clone(), stores.access.clone()),
             users: UserService::new(ctx.clone(), stores.users.clone()),
-            login: LoginService::new(ctx.clone(), stores.users.clone(), jit.login.clone()),
+            login: login.clone(),
+            sso_cli: SsoCliService::new(ctx.clone(), shared.sso_cli.clone(), login),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
             vault: VaultService::new(ctx.clone(), shared.vault.clone()),
             pins: PinService::new(
@@ -159,6 +164,84 @@ pub(crate) async fn login(
     })
 }
 
+/// The console's address as the gateway knows it (the bound `[web] listen`); `None` when the
+/// console is off. An unspecified address (`0.0.0.0`) is left as is: the client puts the host
+/// name it reached the gateway by in its place.
+fn console_base(shared: &Shared) -> Option<String> {
+    shared.web_addr.map(|a| format!("https://{a}"))
+}
+
+fn sso_pending(base: &str, p: crate::services::sso::Pending) -> Response {
+    Response::SsoPending(frame::SsoPending {
+        url: format!("{base}/{}{}", crate::web::sso_cli::PAGE_ROUTE, p.poll),
+        user_code: p.user_code,
+        poll: p.poll,
+        expires_unix: p.expires.unix_timestamp(),
+    })
+}
+
+/// Answers `SsoStart` and `SsoPoll` (`ward login --sso`) on a stream: one request per
+/// connection without a client certificate, like `Login`; a start's answer leaves once it is in
+/// the audit log. Refusals of unauthenticated peers are audited as noise (aggregated per source).
+pub(crate) async fn sso_cli<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    peer: std::net::SocketAddr,
+    anonymous: Option<&crate::login_gate::OneLogin>,
+    request: Request,
+    writer: &mut FrameWriter<W>,
+) {
+    let noise = |what: &str, why: String| {
+        shared.audit_noise(
+            peer,
+            crate::audit::Event::new(what, "denied", shared.clock.now())
+                .severity("warning")
+                .source(peer)
+                .reason(why)
+                .detail("via", "sso"),
+        );
+    };
+    let response = if anonymous.is_some_and(|once| !once.take()) {
+        error_frame(ErrorCode::Forbidden, crate::login_gate::ONE_LOGIN)
+    } else {
+        let services = Services::of(shared);
+        let base = console_base(shared);
+        match (request, base) {
+            (Request::SsoStart(_), None) => Response::Denied {
+                reason: "this gateway's web console is off ([web] listen), and `ward login --sso` \
+                         is approved there: use `ward login`, or ask an admin to turn the console on"
+                    .into(),
+            },
+            (Request::SsoStart(start), Some(base)) => {
+                match services.sso_cli.start(peer, start.provider, &start.csr) {
+                    Ok(p) => gated(shared, sso_pending(&base, p)).await,
+                    Err(r) => {
+                        noise(crate::services::sso::SSO_CLI_START, r.to_string());
+                        refusal_frame(r)
+                    }
+                }
+            }
+            (Request::SsoPoll { poll }, base) => match services.sso_cli.poll(&poll) {
+                Poll::Waiting(p) => sso_pending(base.as_deref().unwrap_or("https://?"), p),
+                Poll::Issued(i) => Response::Issued {
+                    chain_pem: i.chain_pem,
+                    not_after_unix: i.not_after_unix,
+                    grant: i.grant,
+                },
+                Poll::Refused(reason) => Response::Denied { reason },
+                Poll::Unknown => {
+                    noise("sso_cli_poll", "unknown or expired poll id".into());
+                    Response::Denied {
+                        reason: crate::services::sso::UNKNOWN.into(),
+                    }
+                }
+            },
+            (_, _) => error_frame(ErrorCode::Internal, "request not handled here"),
+        }
+    };
+    let _ = writer.write_response(&response).await;
+    let _ = writer.finish().await;
+}
+
 /// Answers `ListDevices`, `Lock`, `Unlock` and `ListLocks` (what changes state passes the
 /// audit gate).
 pub(crate) async fn request(
@@ -192,6 +275,8 @@ pub(crate) async fn request(
         | Request::Vault(_)
         | Request::Live(_)
         | Request::Review(_)
+        | Request::SsoStart(_)
+        | Request::SsoPoll { .. }
         | Request::Login(_) => error_frame(ErrorCode::Internal, "request not handled here"),
     }
 }

@@ -68,6 +68,11 @@ pub struct Shared {
     pub(crate) vault: Arc<crate::services::vault::Vault>,
     /// Certificate pins of devices that speak TLS themselves (`ward devices pin`).
     pub(crate) pins: Arc<dyn ward_store::pins::PinStore>,
+    /// `ward login --sso` logins waiting for a browser to approve them.
+    pub(crate) sso_cli: Arc<crate::services::sso::CliLogins>,
+    /// The console's bound address (`[web] listen`, restart-only), for the URL `ward login
+    /// --sso` prints.
+    pub(crate) web_addr: Option<SocketAddr>,
 }
 
 impl Shared {
@@ -445,6 +450,8 @@ impl Gateway {
             stages: options.stages.clone(),
             vault,
             pins: db.clone(),
+            sso_cli: Arc::new(crate::services::sso::CliLogins::new()),
+            web_addr,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
@@ -1133,6 +1140,11 @@ async fn serve_stream<R, W>(
             crate::login_gate::answer(&shared, peer, once.as_deref(), login, &mut writer).await;
             return;
         }
+        // `ward login --sso`: like `Login`, one request per connection without a certificate.
+        (_, request @ (Request::SsoStart(_) | Request::SsoPoll { .. })) => {
+            dispatch::sso_cli(&shared, peer, once.as_deref(), request, &mut writer).await;
+            return;
+        }
         (Some(identity), request) => (identity, request),
         (None, request) => {
             refuse_anonymous(&shared, peer, &request, &mut writer).await;
@@ -1147,7 +1159,7 @@ async fn serve_stream<R, W>(
         peer,
     };
     let response = match request {
-        Request::Login(_) => return,
+        Request::Login(_) | Request::SsoStart(_) | Request::SsoPoll { .. } => return,
         Request::Open {
             device,
             break_glass,
@@ -1263,6 +1275,7 @@ async fn refuse_anonymous<W: AsyncWrite + Unpin>(
 fn audited(request: &Request) -> bool {
     match request {
         Request::Login(_)
+        | Request::SsoStart(_)
         | Request::Access(_)
         | Request::Vault(_)
         | Request::PinDevice(_)
@@ -1270,8 +1283,10 @@ fn audited(request: &Request) -> bool {
         | Request::Unlock { .. }
         | Request::Live(ward_core::frame::LiveOp::End { .. })
         | Request::Review(_) => true,
-        // Sessions pass the gate in `open_session`; listings write no event.
+        // Sessions pass the gate in `open_session`; listings write no event; an SSO poll hands
+        // out what its approval already audited.
         Request::Open { .. }
+        | Request::SsoPoll { .. }
         | Request::ListDevices
         | Request::ListLocks
         | Request::Live(ward_core::frame::LiveOp::List) => false,

@@ -19,9 +19,25 @@ pub struct LoginArgs {
     /// The gateway, HOST:PORT.
     #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
     gateway: String,
-    /// Your user name.
-    #[arg(long, env = "WARD_USER")]
-    user: String,
+    /// Your user name (not with --sso: the browser sign-in says who you are).
+    #[arg(long, env = "WARD_USER", required_unless_present = "sso")]
+    user: Option<String>,
+    /// Log in through a browser instead of a password: prints a URL and a code; open the URL,
+    /// sign in to the console (your hospital's SSO, or password and TOTP), check that it shows
+    /// the same code and approve. The certificate is stored as a password login stores it.
+    #[arg(long, conflicts_with_all = ["password_stdin", "change_password", "totp", "grant"])]
+    sso: bool,
+    /// With --sso: the identity provider to sign in with (its name in the gateway's `[[oidc]]`).
+    #[arg(long, value_name = "NAME", requires = "sso")]
+    sso_provider: Option<String>,
+    /// With --sso: only print the URL; do not try to open a browser here (`xdg-open`). For ssh
+    /// sessions and machines without one: open the URL on any device where you can sign in.
+    #[arg(long, requires = "sso")]
+    no_browser: bool,
+    /// With --sso: give up after this long (e.g. 90s, 2m; default and most: until the login
+    /// expires, 5 minutes after it starts).
+    #[arg(long, value_name = "DURATION", requires = "sso")]
+    wait: Option<String>,
     /// Read the password from standard input (one line; with --change-password, the new one on
     /// the second line) instead of asking on the terminal.
     #[arg(long)]
@@ -81,6 +97,10 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     if !root.exists() {
         bail!("no Ward root certificate at {}; get it from your gateway's administrator and pass --ca FILE", root.display());
     }
+    if args.sso {
+        return login_sso(args, home, root).await;
+    }
+    let user = args.user.clone().unwrap_or_default();
     let (password, new_password) = if args.password_stdin {
         let mut s = String::new();
         std::io::stdin()
@@ -100,7 +120,7 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
         };
         (old, new)
     } else {
-        let old = rpassword::prompt_password(format!("Password for {}: ", args.user))
+        let old = rpassword::prompt_password(format!("Password for {user}: "))
             .context("reading the password (no terminal? use --password-stdin)")?;
         let new = match args.change_password {
             true => {
@@ -126,15 +146,39 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     let client = Client::anonymous(&args.gateway, &root, args.transport)?;
     let logged = client
         .login(
-            &args.user,
+            &user,
             password,
             totp,
             args.grant.clone(),
             new_password.clone(),
         )
         .await?;
-    let prefix = match &args.out {
-        Some(p) => p.clone(),
+    let crt = store_identity(args.out.as_deref(), home, &root, &logged)?;
+    let until = crate::show::when_unix(logged.not_after_unix);
+    if new_password.is_some() {
+        println!("password changed");
+    }
+    println!(
+        "logged in as {user}: certificate {} valid until {until}",
+        crt.display()
+    );
+    if let Some(g) = logged.grant {
+        println!("bound to grant {g}: the certificate ends no later than the grant");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Writes a login's certificate and key (0600) at `out` (default ~/.ward/identity, its directory
+/// 0700) and the root beside them if none is there; returns the certificate's path. Every
+/// login (password or `--sso`) stores its identity here.
+fn store_identity(
+    out: Option<&Path>,
+    home: anyhow::Result<PathBuf>,
+    root: &Path,
+    logged: &ward_client::LoggedIn,
+) -> anyhow::Result<PathBuf> {
+    let prefix = match out {
+        Some(p) => p.to_path_buf(),
         None => {
             let dir = home?;
             std::fs::create_dir_all(&dir)?;
@@ -150,22 +194,79 @@ pub async fn login(args: LoginArgs) -> anyhow::Result<ExitCode> {
     // `ward connect` looks for root.crt beside the identity.
     let beside = prefix.parent().unwrap_or(Path::new(".")).join("root.crt");
     if !beside.exists() {
-        std::fs::copy(&root, &beside)
+        std::fs::copy(root, &beside)
             .with_context(|| format!("copying the root to {}", beside.display()))?;
     }
+    Ok(crt)
+}
+
+/// `ward login --sso`: the URL and code, a browser (unless --no-browser), the wait, the
+/// certificate stored as `ward login` stores it.
+async fn login_sso(
+    args: LoginArgs,
+    home: anyhow::Result<PathBuf>,
+    root: PathBuf,
+) -> anyhow::Result<ExitCode> {
+    let wait = match &args.wait {
+        Some(w) => {
+            ward_core::parse_duration(w).with_context(|| format!("--wait {w:?} (e.g. 90s, 2m)"))?
+        }
+        None => std::time::Duration::from_secs(600),
+    };
+    let client = Client::anonymous(&args.gateway, &root, args.transport)?;
+    let no_browser = args.no_browser;
+    let logged = client
+        .login_sso(args.sso_provider.clone(), wait, |p| {
+            let expires = crate::show::when_unix(p.expires_unix);
+            println!("To log in, open this page in a browser and sign in:");
+            println!();
+            println!("    {}", p.url);
+            println!();
+            println!(
+                "Check that the page shows the code {} and approve it.",
+                p.user_code
+            );
+            println!("code: {}", p.user_code);
+            println!("url: {}", p.url);
+            if !no_browser {
+                open_browser(&p.url);
+            }
+            println!("Waiting for the approval (until {expires}; Ctrl-C gives up)...");
+        })
+        .await?;
+    let crt = store_identity(args.out.as_deref(), home, &root, &logged)?;
+    let who = ward_ca::inspect(&logged.chain_pem, None, SystemClock.now())
+        .ok()
+        .and_then(|i| i.principal)
+        .unwrap_or_else(|| "the approving user".into());
     let until = crate::show::when_unix(logged.not_after_unix);
-    if new_password.is_some() {
-        println!("password changed");
-    }
     println!(
-        "logged in as {}: certificate {} valid until {until}",
-        args.user,
+        "logged in as {who}: certificate {} valid until {until}",
         crt.display()
     );
     if let Some(g) = logged.grant {
         println!("bound to grant {g}: the certificate ends no later than the grant");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tries `xdg-open URL` (not waited for; its output discarded). Says so when it cannot run.
+fn open_browser(url: &str) {
+    let spawned = std::process::Command::new("xdg-open")
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match spawned {
+        Ok(mut child) => {
+            // Reaped in the background; the login does not wait for the browser.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+        }
+        Err(_) => println!("(no browser could be opened here: open the URL on any device)"),
+    }
 }
 
 #[derive(Debug, Args)]

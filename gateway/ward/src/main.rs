@@ -80,7 +80,13 @@ enum Command {
     /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
-    /// Log in with password and authenticator code; stores a short-lived certificate in ~/.ward/.
+    /// Log in with password and authenticator code, or with --sso through a browser sign-in;
+    /// stores a short-lived certificate in ~/.ward/.
+    #[command(
+        after_help = "Examples:\n  ward login --user tech\n  ward login --sso                  \
+                            # prints a URL and a code; approve them in the browser\n  ward login --sso --no-browser     \
+                            # over ssh: open the URL on any device where you can sign in"
+    )]
     Login(access_cmd::LoginArgs),
     /// Ask for access to a device for a time window (approvers decide).
     Request(access_cmd::RequestArgs),

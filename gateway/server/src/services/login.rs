@@ -18,6 +18,10 @@ use ward_core::frame::Login;
 use ward_core::ratelimit::{LoginLimiter, Reserved};
 use ward_core::{password, totp, PrincipalKind};
 
+mod sso;
+
+pub use sso::SsoSignIn;
+
 use super::principal::principal_kind;
 use super::{Context, Refusal, Trail};
 use crate::audit::Event;
@@ -127,18 +131,55 @@ struct Attempt {
     user: String,
     now: OffsetDateTime,
     past_others: bool,
+    /// Details every event of the attempt carries (`via`, the approving browser session).
+    details: Vec<(&'static str, serde_json::Value)>,
+}
+
+/// Who a certificate is issued to: the user a login verified, or the identity of the signed-in
+/// browser session that approved a `ward login --sso` ([`LoginService::issue_approved`]).
+struct Holder<'a> {
+    kind: ward_ca::Kind,
+    name: &'a str,
+    org: Option<&'a str>,
+    roles: &'a [String],
+}
+
+impl<'a> Holder<'a> {
+    fn of_user(user: &'a User) -> Self {
+        Holder {
+            kind: user.kind,
+            name: &user.name,
+            org: user.org.as_deref(),
+            roles: &user.roles,
+        }
+    }
+}
+
+/// What a certificate is issued for: the client's CSR, the grant it names, and the audit
+/// reason of a success.
+struct Issuance<'a> {
+    csr_pem: &'a str,
+    grant: Option<&'a str>,
+    how: &'static str,
 }
 
 impl Attempt {
     fn ev(&self, outcome: &str) -> Event {
-        Event::new(self.event, outcome, self.now)
+        let mut e = Event::new(self.event, outcome, self.now)
             .source(self.peer)
-            .detail("user", self.user.clone())
+            .detail("user", self.user.clone());
+        for (k, v) in &self.details {
+            e = e.detail(k, v.clone());
+        }
+        e
     }
 
     fn who(&self, outcome: &str, user: &User) -> Event {
-        self.ev(outcome)
-            .user(user.kind.as_str(), &user.name, user.org.as_deref())
+        self.holder(outcome, &Holder::of_user(user))
+    }
+
+    fn holder(&self, outcome: &str, h: &Holder<'_>) -> Event {
+        self.ev(outcome).user(h.kind.as_str(), h.name, h.org)
     }
 
     /// Fail closed when the user store cannot be read or written.
@@ -189,6 +230,7 @@ impl LoginService {
             user: login.user.clone(),
             now: self.ctx.clock.now(),
             past_others: false,
+            details: Vec::new(),
         };
         self.attempt(&mut a, login).await
     }
@@ -210,6 +252,7 @@ impl LoginService {
             user: creds.user.clone(),
             now: self.ctx.clock.now(),
             past_others: false,
+            details: Vec::new(),
         };
         let config = self.ctx.live.config();
         let (user, _mfa) = self
@@ -281,7 +324,55 @@ impl LoginService {
             )
             .await?;
         self.change_password(a, &user, login).await?;
-        self.issue(a, &config, &user, mfa, login)
+        let issuance = Issuance {
+            csr_pem: &login.csr_pem,
+            grant: login.grant.as_deref(),
+            how: "password and TOTP verified; certificate issued",
+        };
+        self.issue(a, &config, &Holder::of_user(&user), mfa, &issuance)
+    }
+
+    /// Issues a certificate for `csr_pem` (a `ward login --sso` started from `peer`, shown with
+    /// `user_code`) to `identity`, the signed-in browser session that approved it from
+    /// `approver`: the same CA path, caps, `[login] cert_ttl` and vendor grant binding as
+    /// [`LoginService::login`], audited as `login` with `detail.via = "sso"`, the browser
+    /// session (its identity's serial) and the approver's address. The browser session proved
+    /// MFA when it signed in.
+    pub fn issue_approved(
+        &self,
+        peer: SocketAddr,
+        identity: &ward_ca::Identity,
+        approver: SocketAddr,
+        user_code: &str,
+        csr_pem: &str,
+    ) -> Result<Issued, Refusal> {
+        let mut a = Attempt {
+            event: "login",
+            trail: self.ctx.audit.trail(),
+            peer,
+            user: identity.name.clone(),
+            now: self.ctx.clock.now(),
+            past_others: false,
+            details: vec![
+                ("via", "sso".into()),
+                ("web_session", identity.serial.clone().into()),
+                ("approver_source", approver.to_string().into()),
+                ("user_code", user_code.to_owned().into()),
+            ],
+        };
+        let config = self.ctx.live.config();
+        let holder = Holder {
+            kind: identity.kind,
+            name: &identity.name,
+            org: identity.org.as_deref(),
+            roles: &identity.roles,
+        };
+        let issuance = Issuance {
+            csr_pem,
+            grant: None,
+            how: "approved in a signed-in browser session; certificate issued",
+        };
+        self.issue(&mut a, &config, &holder, true, &issuance)
     }
 
     /// Reads the user, reserves the attempt with the back-off, checks the password and (as `mfa`
@@ -440,23 +531,23 @@ impl LoginService {
     fn bound_grant(
         &self,
         a: &mut Attempt,
-        user: &User,
-        login: &Login,
+        user: &Holder<'_>,
+        grant: Option<&str>,
     ) -> Result<Option<Grant>, Refusal> {
         let now = a.now;
         let pkind = principal_kind(user.kind);
         let mine = |g: &&Grant| g.principal.name == user.name && g.principal.kind == pkind;
         let grants = self.ctx.live.grants();
-        match &login.grant {
+        match grant {
             Some(id) => match grants
                 .iter()
                 .filter(mine)
-                .find(|g| &g.id == id && g.is_current(now))
+                .find(|g| g.id == id && g.is_current(now))
             {
                 Some(g) => Ok(Some(g.clone())),
                 None => {
                     let e = a
-                        .who("denied", user)
+                        .holder("denied", user)
                         .reason(format!("no current grant {id} for this user"));
                     a.trail.push(e);
                     Err(Refusal::Denied(format!(
@@ -479,14 +570,14 @@ impl LoginService {
         &self,
         a: &mut Attempt,
         config: &Config,
-        user: &User,
+        user: &Holder<'_>,
         mfa: bool,
-        login: &Login,
+        issuance: &Issuance<'_>,
     ) -> Result<Issued, Refusal> {
         let now = a.now;
         let Some(ca) = &self.state.ca else {
             let e = a
-                .who("failure", user)
+                .holder("failure", user)
                 .reason("login disabled: no issuing CA key");
             a.trail.push(e);
             return Err(Refusal::Unavailable(
@@ -497,7 +588,7 @@ impl LoginService {
         let mut ttl = time::Duration::try_from(config.login.cert_ttl)
             .unwrap_or(time::Duration::HOUR)
             .min(ca.caps().max_ttl(user.kind));
-        let grant = self.bound_grant(a, user, login)?;
+        let grant = self.bound_grant(a, user, issuance.grant)?;
         if let Some(g) = &grant {
             // The CA counts from `now` in whole seconds and X.509 keeps whole seconds: measured
             // that way, the certificate ends on the grant's last whole second (within a second
@@ -511,16 +602,16 @@ impl LoginService {
                 "the grant ends too soon to issue a certificate".into(),
             ));
         }
-        let mut req = IssueRequest::new(user.kind, user.name.clone());
-        req.org = user.org.clone();
-        req.roles = user.roles.clone();
+        let mut req = IssueRequest::new(user.kind, user.name.to_owned());
+        req.org = user.org.map(str::to_owned);
+        req.roles = user.roles.to_vec();
         req.ttl = Some(ttl);
-        req.csr_pem = Some(login.csr_pem.clone());
+        req.csr_pem = Some(issuance.csr_pem.to_owned());
         match ca.issue(&req, now) {
             Ok(issued) => {
                 let mut e = a
-                    .who("success", user)
-                    .reason("password and TOTP verified; certificate issued")
+                    .holder("success", user)
+                    .reason(issuance.how)
                     .detail("serial", issued.identity.serial.clone())
                     .detail("not_after", issued.identity.not_after.to_string())
                     .detail("mfa", mfa);
@@ -536,7 +627,7 @@ impl LoginService {
             }
             Err(e) => {
                 let ev = a
-                    .who("failure", user)
+                    .holder("failure", user)
                     .reason(format!("issuance failed: {e}"));
                 a.trail.push(ev);
                 Err(Refusal::Invalid(format!(

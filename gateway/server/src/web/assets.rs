@@ -72,6 +72,11 @@ pub const ASSETS: &[Asset] = &[
         body: include_bytes!("static/sso.js"),
     },
     Asset {
+        path: "/cli.js",
+        content_type: JS,
+        body: include_bytes!("static/cli.js"),
+    },
+    Asset {
         path: "/favicon.svg",
         content_type: SVG,
         body: include_bytes!("static/favicon.svg"),

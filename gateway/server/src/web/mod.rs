@@ -20,7 +20,8 @@
 //!   [`term`]: the web terminal (a WebSocket) over it; [`consoles`]: devices' own HTTP consoles
 //!   under `/d/<device>/`, served on an origin of their own (`[web] consoles_listen`);
 //! - [`sso`]: sign-in with the hospital's OpenID provider (authorization code + PKCE), for the
-//!   browser and for `ward login --sso`;
+//!   browser and for `ward login --sso`; [`sso_cli`]: approving a `ward login --sso` in a
+//!   signed-in browser;
 //! - [`openapi`]: the API's OpenAPI document; [`assets`]: the embedded pages.
 #![allow(clippy::module_name_repetitions)]
 
@@ -53,6 +54,7 @@ pub mod player;
 pub mod server;
 pub mod sessions;
 pub mod sso;
+pub mod sso_cli;
 pub mod term;
 pub mod terminal;
 pub mod watch;
@@ -65,6 +67,8 @@ pub struct WebState {
     pub(crate) signins: Arc<auth::SignIns>,
     /// Recordings parsed for the player, per caller ([`player`]).
     pub(crate) players: Arc<player::Players>,
+    /// Sign-ins through the hospital's IdP in progress, and its metadata ([`sso`]).
+    pub(crate) sso: Arc<sso::Sso>,
 }
 
 impl WebState {
@@ -74,6 +78,7 @@ impl WebState {
         WebState {
             signins: Arc::new(auth::SignIns::new(&web)),
             players: Arc::new(player::Players::default()),
+            sso: Arc::new(sso::Sso::default()),
             shared,
         }
     }
@@ -97,6 +102,8 @@ pub enum Via {
     Certificate,
     /// Password and TOTP at `/api/v1/signin`, then the session cookie.
     Password,
+    /// The hospital's OpenID provider (`/api/v1/sso/…`, [`sso`]), then the session cookie.
+    Sso,
 }
 
 /// An authenticated caller: put in the request's extensions by [`auth`]'s middleware, taken by
@@ -258,6 +265,7 @@ pub fn router(state: WebState) -> Router {
         .merge(mine::routes())
         .merge(term::routes())
         .merge(sso::routes())
+        .merge(sso_cli::routes())
         .merge(openapi::routes())
         .merge(assets::routes())
         .layer(axum::middleware::from_fn_with_state(
