@@ -224,7 +224,7 @@ fn check_audit(events: &[Value]) -> Result<(), String> {
     {
         return Err(format!("nina's sign-in audit: {nina:#}"));
     }
-    if !d["web_session"].as_str().is_some_and(|s| s.len() == 12) {
+    if d["web_session"].as_str().is_none_or(|s| s.len() != 12) {
         return Err(format!("no web_session in {nina:#}"));
     }
     for (outcome, user, reason) in [

@@ -95,6 +95,7 @@ impl LoginService {
             user: name.to_owned(),
             now: self.ctx.clock.now(),
             past_others: false,
+            details: Vec::new(),
         };
         let user = self
             .users
