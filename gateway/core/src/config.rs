@@ -158,6 +158,23 @@ listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn
 consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, on an origin of their own
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
+
+# Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
+# [[oidc]]
+# name = "hospital"
+# display = "St Mary's account"
+# issuer = "https://login.hospital.example/realms/staff"
+# client_id = "ward"
+# client_secret_file = "/etc/ward/oidc-secret"
+# redirect_url = "https://ward.hospital.example:8443/api/v1/sso/callback"
+# scopes = ["openid", "profile", "groups"]
+# require_amr = ["mfa"]            # the IdP must report MFA (or mfa = "ward": Ward's TOTP after it)
+# [[oidc.map]]
+# claim = "groups"
+# value = "icu-nurses"
+# kind = "clinician"
+# org = "st-mary"
+# roles = ["icu"]
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.

@@ -505,6 +505,25 @@ roles = ["oncall"]
     }
 
     #[test]
+    fn the_sample_configs_commented_provider_parses() {
+        let sample = crate::config::SAMPLE_CONFIG;
+        let at = sample.find("# [[oidc]]").unwrap();
+        let (before, after) = sample.split_at(at);
+        let uncommented: String = after
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&format!("{before}{uncommented}\n"), "sample.toml").unwrap();
+        assert_eq!(c.oidc.len(), 1);
+        assert_eq!(c.oidc[0].map[0].org.as_deref(), Some("st-mary"));
+        assert!(Config::parse(sample, "sample.toml")
+            .unwrap()
+            .oidc
+            .is_empty());
+    }
+
+    #[test]
     fn options_parse() {
         let c = with(
             "scopes = [\"profile\", \"groups\"]\nca_file = \"idp-ca.pem\"\nusername_claim = \"email\"\nrequire_acr = [\"urn:loa:2\"]",
