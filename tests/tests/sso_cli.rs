@@ -175,9 +175,8 @@ fn world(pki: &Arc<Pki>) -> (ChildGateway, u16, WebUser) {
         &[("vendor", "acme")],
     )];
     let web_port = ward_tests::process::free_port();
-    let rules = format!(
-        "{ACME_RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_session = \"1h\"\n"
-    );
+    let rules =
+        format!("{ACME_RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_session = \"1h\"\n");
     let state_dir = pki.dir.path().join("state");
     let login = LoginConfig {
         mfa: vec![PrincipalKind::Vendor],
@@ -316,7 +315,11 @@ fn ward_login_sso_is_approved_in_a_signed_in_browser() {
         ..cert
     };
     let r = cert.get(&web, &format!("/api/v1/sso/cli/{poll}"));
-    assert_eq!(r.json()["can_approve"], false, "{r:?}");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.error().contains("client certificate cannot approve"),
+        "{r:?}"
+    );
     let r = cert.post(&web, &format!("/api/v1/sso/cli/{poll}/approve"), true);
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
