@@ -11,7 +11,9 @@
 #![allow(clippy::result_large_err)]
 
 mod inject;
+mod oidc;
 pub use inject::InjectConfig;
+pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -458,6 +460,9 @@ pub struct Config {
     /// `[web]`: the web console's listener and its sign-in sessions (docs/web.md). Off unless
     /// `listen` is set.
     pub web: WebConfig,
+    /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
+    /// order, names unique.
+    pub oidc: Vec<OidcProvider>,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -621,6 +626,7 @@ impl Config {
             )?,
         };
         let web = cx.web(raw.web, &listeners)?;
+        let oidc = cx.oidc(raw.oidc)?;
         Ok(Config {
             gateway,
             devices,
@@ -631,6 +637,7 @@ impl Config {
             inject,
             operations,
             web,
+            oidc,
         })
     }
 
@@ -696,6 +703,8 @@ struct RawConfig {
     login_profile: Vec<Spanned<inject::RawLoginProfile>>,
     #[serde(default)]
     web: RawWeb,
+    #[serde(default)]
+    oidc: Vec<Spanned<oidc::RawOidc>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -2015,6 +2024,56 @@ labels = { vendor = "acme" }
         )
         .unwrap_err();
         assert_eq!(bad.field, "web.idle_timeout");
+    }
+
+    /// `[web] consoles_listen`: devices' HTTP consoles on an origin (port) of their own, only
+    /// beside the web console, never on its port or a gateway listener's.
+    #[test]
+    fn web_consoles_listen() {
+        let web = |body: &str| Config::parse(&format!("{GATEWAY}\n[web]\n{body}"), "w.toml");
+        let on = web("listen = \"127.0.0.1:8443\"\nconsoles_listen = \"127.0.0.1:8444\"\n")
+            .unwrap()
+            .web;
+        assert_eq!(on.listen, Some("127.0.0.1:8443".parse().unwrap()));
+        assert_eq!(on.consoles_listen, Some("127.0.0.1:8444".parse().unwrap()));
+        assert_eq!(
+            web("listen = \"127.0.0.1:8443\"\n")
+                .unwrap()
+                .web
+                .consoles_listen,
+            None
+        );
+        // Port 0 (tests): the system picks two different ports.
+        let zero = web("listen = \"127.0.0.1:0\"\nconsoles_listen = \"127.0.0.1:0\"\n").unwrap();
+        assert_eq!(zero.web.consoles_listen.map(|a| a.port()), Some(0));
+        // (config, expected fragment of the error); every error names the field.
+        let refused = [
+            (
+                "consoles_listen = \"127.0.0.1:8444\"\n",
+                "set [web] listen too",
+            ),
+            (
+                "listen = \"127.0.0.1:8443\"\nconsoles_listen = \"127.0.0.1:8443\"\n",
+                "origin (port) of their own",
+            ),
+            (
+                "listen = \"0.0.0.0:8443\"\nconsoles_listen = \"127.0.0.1:8443\"\n",
+                "origin (port) of their own",
+            ),
+            (
+                "listen = \"127.0.0.1:8443\"\nconsoles_listen = \"127.0.0.1:4433\"\n",
+                "port of its own",
+            ),
+            (
+                "listen = \"127.0.0.1:8443\"\nconsoles_listen = \"consoles\"\n",
+                "",
+            ),
+        ];
+        for (body, fragment) in refused {
+            let e = web(body).unwrap_err();
+            assert_eq!(e.field, "web.consoles_listen", "{body}: {e}");
+            assert!(e.to_string().contains(fragment), "{body}: {e}");
+        }
     }
 
     /// What a reload may change in `[gateway]` (timezone_offset) and what it names and refuses.

@@ -14,6 +14,7 @@
 //!   in with it (telnet prompts, HTTP `Authorization`), and how a factory password is rotated.
 //! * [`noise`]: unauthenticated events aggregated per source and interval, with a cap.
 //! * [`admission`]: connection budgets (anonymous vs certificate holders, per source), eviction.
+//! * [`sso`]: an OpenID provider's verified claims mapped to Ward's principal, MFA checked.
 //! * [`principal`], [`device`], [`window`], [`duration`]: the value types those are built from.
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod principal;
 pub mod ratelimit;
 pub mod secret;
 pub mod session;
+pub mod sso;
 pub mod stage;
 pub mod suggest;
 pub mod totp;

@@ -486,6 +486,7 @@ async fn quickstart(args: QuickstartArgs, clock: Arc<dyn Clock>) -> anyhow::Resu
             telnet: 2300,
             http: 8000,
             web: 8443,
+            consoles: 8444,
         };
         let setup = ward::quickstart::prepare(&args.dir, ports, None, clock.as_ref())?;
         println!("Wrote the development CA, identities and {} (devices are only started by `ward quickstart` without --no-run).", setup.config.display());

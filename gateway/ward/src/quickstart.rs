@@ -32,6 +32,8 @@ pub struct Ports {
     pub http: u16,
     /// The web console (HTTPS on 127.0.0.1).
     pub web: u16,
+    /// Devices' own HTTP consoles in the browser (HTTPS on 127.0.0.1, `[web] consoles_listen`).
+    pub consoles: u16,
 }
 
 fn issue(
@@ -119,6 +121,7 @@ pub fn prepare(
         .with_context(|| format!("writing {}", config.display()))?;
     add_login_user(dir, &config, clock)?;
     add_console_user(dir, &config, clock)?;
+    add_clinician_user(dir, &config, clock)?;
     Ok(Setup {
         dir: dir.to_path_buf(),
         config,
@@ -196,6 +199,42 @@ fn add_console_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Res
         created.totp_uri.unwrap_or_default()
     );
     write_private(&dir.join(CONSOLE_USER_FILE), &text)
+}
+
+/// The file holding the web login of the quickstart's clinician (development only, mode 0600).
+pub const CLINICIAN_USER_FILE: &str = "clinician-login.txt";
+
+/// The clinician `alice` (role icu, the name of the `clinician` identity) who signs in to the web
+/// console with password and TOTP and opens the monitor's HTTP console in the browser; created
+/// once with its secrets in [`CLINICIAN_USER_FILE`], reused when it exists.
+fn add_clinician_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Result<()> {
+    use ward_store::users::UserStore;
+    let cfg = ward_server::gateway::load_config(config)?;
+    std::fs::create_dir_all(&cfg.gateway.state_dir)?;
+    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    if db.user("alice")?.is_some() {
+        return Ok(());
+    }
+    // The web console always asks for a TOTP code.
+    let mut login = cfg.login.clone();
+    login.mfa.push(ward_core::PrincipalKind::Clinician);
+    let alice = ward_server::jit::NewUser {
+        roles: vec!["icu".into()],
+        // A development fixture, like `tech` and `sam`.
+        must_change: false,
+        ..ward_server::jit::NewUser::new("alice", "clinician")
+    };
+    let created = ward_server::jit::create_user(&db, &login, alice, clock.now())?;
+    let secret = db
+        .user("alice")?
+        .and_then(|u| u.totp_secret)
+        .unwrap_or_default();
+    let text = format!(
+        "# ward quickstart (development only): the web login `alice` (clinician, role icu)\nuser = alice\npassword = {}\ntotp_secret = {secret}\ntotp_uri = {}\n",
+        created.password,
+        created.totp_uri.unwrap_or_default()
+    );
+    write_private(&dir.join(CLINICIAN_USER_FILE), &text)
 }
 
 /// Writes `text` to `path`, readable by its owner only.
@@ -282,14 +321,17 @@ pending_expiry = "1h"
 cert_ttl = "8h"
 
 # The web console (docs/web.md): HTTPS with the gateway's certificate; sign in with a client
-# certificate from this CA, or with password + TOTP.
+# certificate from this CA, or with password + TOTP. Devices' own HTTP consoles open in the
+# browser under https://127.0.0.1:{consoles}/d/<device>/, an origin of their own.
 [web]
 listen = "127.0.0.1:{web}"
+consoles_listen = "127.0.0.1:{consoles}"
 "#,
         gw = p.gateway,
         telnet = p.telnet,
         http = p.http,
-        web = p.web
+        web = p.web,
+        consoles = p.consoles
     )
 }
 
@@ -400,6 +442,12 @@ The web console, for the security team and approvers: {web_url}
   an authority) or it warns about the gateway's certificate. From a script:
   curl --cacert {d}/root.crt --cert {d}/security.crt --key {d}/security.key {web_url}api/v1/whoami
 
+The monitor's own web console in the browser, through Ward: {monitor_url}
+  Sign in at {web_url} as alice (clinician, role icu) with the password and TOTP code from
+  {d}/clinician-login.txt first (or import {d}/clinician.crt and .key as a .p12, as above), then
+  open that address: the monitor's pages come without its password (the vault injects it), stay
+  under /d/monitor-3/, and are one recorded session; Ward refuses anything but GET and HEAD.
+
 As security (sam) — every session is recorded; list, replay, export and verify them:
   {exe} sessions --state-dir {d}/state
   {exe} replay SESSION --state-dir {d}/state            # SESSION from the listing
@@ -413,12 +461,18 @@ Press Ctrl-C to stop.
 "#,
         cfg = setup.config.display(),
         web_url = console_url(setup),
+        monitor_url = device_console_url(setup, "monitor-3"),
     )
 }
 
 /// The web console's address, as printed.
 pub fn console_url(setup: &Setup) -> String {
     format!("https://127.0.0.1:{}/", setup.ports.web)
+}
+
+/// A device's HTTP console in the browser (the consoles' origin), as printed.
+pub fn device_console_url(setup: &Setup, device: &str) -> String {
+    format!("https://127.0.0.1:{}/d/{device}/", setup.ports.consoles)
 }
 
 /// A running quickstart: the gateway, what was set up, and the devices' namespace (deleted when
@@ -438,12 +492,16 @@ pub fn namespace_name() -> String {
     format!("ward-quickstart-{}", std::process::id())
 }
 
-/// A TCP port free on 127.0.0.1 now, for the web console (the gateway binds it moments later; if
-/// something takes it meanwhile, the start fails naming `[web] listen`).
-fn free_loopback_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
-        .context("finding a free port for the web console")?;
-    Ok(l.local_addr()?.port())
+/// Two TCP ports free on 127.0.0.1 now (held together while drawn, so they differ), for the web
+/// console and the devices' consoles (the gateway binds them moments later; if something takes
+/// one meanwhile, the start fails naming `[web] listen` or `[web] consoles_listen`).
+fn free_loopback_ports() -> anyhow::Result<(u16, u16)> {
+    let bind = || {
+        std::net::TcpListener::bind(("127.0.0.1", 0))
+            .context("finding a free port for the web console")
+    };
+    let (a, b) = (bind()?, bind()?);
+    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
 }
 
 /// Start the simulated devices (inside a network namespace of their own when `isolated`), prepare
@@ -485,11 +543,13 @@ pub async fn run(
         .insert("service".into(), service.expose().clone());
     let telnet = crate::sim::telnet_console_with(listener(namespace.as_ref())?, pump_accounts)?;
     let http = crate::sim::http_console_on(listener(namespace.as_ref())?)?;
+    let (web, consoles) = free_loopback_ports()?;
     let ports = Ports {
         gateway: gateway_port,
         telnet: telnet.addr.port(),
         http: http.addr.port(),
-        web: free_loopback_port()?,
+        web,
+        consoles,
     };
     let netns = namespace.as_ref().map(|n| n.name().to_owned());
     let setup = prepare(dir, ports, netns.as_deref(), clock.as_ref())?;

@@ -60,7 +60,9 @@ const USAGE: &str =
   --dicom-only  only DICOM C-STORE through the gateway with the decoder and an operation list, and
                the same with decoding off (issue 15; interleaved runs), then stop
   --web-list   only the web console's session listing over an index of 100,000 sessions: one page,
-               from the index and through the API (issue 16), then stop";
+               from the index and through the API (issue 16), then stop
+  --web-rtt    only the web terminal's keystroke-to-echo round trip in Chromium against `ward
+               connect --listen` and a TCP client on the same echoing device (issue 17), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -96,6 +98,8 @@ struct Opts {
     dicom_only: bool,
     /// Only the web console's session listing over 100,000 indexed sessions (issue 16).
     web_list: bool,
+    /// Only the web terminal's keystroke-to-echo round trip vs `ward connect` (issue 17).
+    web_rtt: bool,
 }
 
 impl Opts {
@@ -111,6 +115,7 @@ impl Opts {
         let mut http_inject_only = false;
         let mut dicom_only = false;
         let mut web_list = false;
+        let mut web_rtt = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -121,6 +126,7 @@ impl Opts {
                 "--http-inject-only" => http_inject_only = true,
                 "--dicom-only" => dicom_only = true,
                 "--web-list" => web_list = true,
+                "--web-rtt" => web_rtt = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -174,6 +180,7 @@ impl Opts {
                 http_inject_only,
                 dicom_only,
                 web_list,
+                web_rtt,
             }
         } else {
             Opts {
@@ -195,6 +202,7 @@ impl Opts {
                 http_inject_only,
                 dicom_only,
                 web_list,
+                web_rtt,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -3162,6 +3170,9 @@ fn main() -> Result<()> {
     if opts.web_list {
         return web_list();
     }
+    if opts.web_rtt {
+        return web_rtt(&opts);
+    }
     if opts.dicom_only {
         return dicom_only(&opts);
     }
@@ -4061,5 +4072,197 @@ fn web_list() -> Result<()> {
         if ms(worst) < 100.0 { "met" } else { "**not met**" }
     );
     println!("{s}");
+    Ok(())
+}
+
+/// Keystrokes timed per path in `--web-rtt` (after the warm-up).
+const RTT_SAMPLES: usize = 300;
+/// Keystrokes before the timed ones.
+const RTT_WARMUP: usize = 30;
+/// The pause after each echo (a person types a key every 100–300 ms; the web terminal coalesces
+/// screens to one per 16 ms, which a faster loop would measure instead).
+const RTT_GAP_MS: u64 = 40;
+
+/// `--web-rtt`: one keystroke to its echo, in the browser's terminal (Chromium, the page's own
+/// keydown to the next screen drawn) and through `ward connect --listen` with a TCP client (one
+/// byte written to its echo read), on the same gateway and the same echoing device, one key at a
+/// time with the same pause between keys. Prints p50/p99 of both and their ratio.
+fn web_rtt(opts: &Opts) -> Result<()> {
+    use ward_tests::web::{add_user, browser_ready, run_node};
+    if !browser_ready() {
+        bail!("--web-rtt needs node, chromium and tests/web/node_modules (npm ci in tests/web)");
+    }
+    let ward_bin = ward_binary(opts)?;
+    let rt = runtime("rtt-devices", 1)?;
+    let echo = rt.block_on(ward::sim::echo("127.0.0.1:0".parse()?))?.addr;
+    let pki = ward_tests::Pki::new();
+    let carol = pki.person(Kind::Clinician, "carol", None, &[]);
+    let state = pki.dir.path().join("state-rtt");
+    let login = ward_core::config::LoginConfig {
+        mfa: vec![ward_core::PrincipalKind::Clinician],
+        ..ward_core::config::LoginConfig::default()
+    };
+    let nina = add_user(&state, &login, "nina", "clinician", None);
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let web_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let rules = format!(
+        r#"
+[[rule]]
+name = "bench-nurses"
+who = {{ kind = "clinician" }}
+devices = {{ labels = {{ bench = "yes" }} }}
+
+[login]
+mfa = ["clinician"]
+
+[web]
+listen = "127.0.0.1:{web_port}"
+"#
+    );
+    let devices = [ward_tests::DeviceSpec::new(
+        "echo-1",
+        echo,
+        "raw",
+        &[("bench", "yes")],
+    )];
+    let config = ward_tests::write_gateway_config(&pki, &devices, &rules, "", port, &state);
+    let log = pki.dir.path().join("gateway.log");
+    let mut gw = spawn_raised(
+        &ward_bin,
+        &["gateway".as_ref(), "--config".as_ref(), config.as_os_str()],
+        &log,
+    )?;
+    let wait_tcp = |p: u16, what: &str, proc: &mut Proc| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", p)).is_err() {
+            proc.check_alive(what)?;
+            if Instant::now() > deadline {
+                bail!("{what} does not listen on 127.0.0.1:{p}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    };
+    wait_tcp(port, "the gateway", &mut gw)?;
+    wait_tcp(web_port, "the gateway's console", &mut gw)?;
+
+    // The CLI: `ward connect echo-1 --listen`, a TCP client typing one byte at a time.
+    let listen = TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let gateway = format!("127.0.0.1:{port}");
+    let root = pki.root();
+    let mut fwd = spawn_raised(
+        &ward_bin,
+        &[
+            "connect".as_ref(),
+            "echo-1".as_ref(),
+            "--listen".as_ref(),
+            listen.to_string().as_ref(),
+            "--gateway".as_ref(),
+            gateway.as_ref(),
+            "--identity".as_ref(),
+            carol.as_os_str(),
+            "--ca".as_ref(),
+            root.as_os_str(),
+        ],
+        &pki.dir.path().join("connect.log"),
+    )?;
+    wait_tcp(listen.port(), "ward connect --listen", &mut fwd)?;
+    let cli = {
+        let mut s = TcpStream::connect(listen)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut ns = Vec::with_capacity(RTT_SAMPLES);
+        let mut b = [0u8; 1];
+        for i in 0..RTT_WARMUP + RTT_SAMPLES {
+            let key = b'a' + (i % 26) as u8;
+            let t = Instant::now();
+            s.write_all(&[key])?;
+            s.read_exact(&mut b)
+                .context("reading the echo through ward connect")?;
+            if i >= RTT_WARMUP {
+                ns.push(u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX));
+            }
+            if b[0] != key {
+                bail!(
+                    "the echo through ward connect returned {:?} for {:?}",
+                    b[0],
+                    key
+                );
+            }
+            std::thread::sleep(Duration::from_millis(RTT_GAP_MS));
+        }
+        pcts(ns)
+    };
+    drop(fwd);
+
+    // The browser: tests/web/rtt.mjs times each key inside the page.
+    let node_state = tempfile::tempdir()?;
+    let case = serde_json::json!({
+        "device": "echo-1",
+        "samples": RTT_SAMPLES,
+        "warmup": RTT_WARMUP,
+        "gap_ms": RTT_GAP_MS,
+    });
+    let env = vec![
+        ("WARD_WEB_URL", format!("https://127.0.0.1:{web_port}")),
+        (
+            "WARD_WEB_USERS",
+            serde_json::json!({ "clinician": nina.json() }).to_string(),
+        ),
+        ("WARD_WEB_CASE", case.to_string()),
+        (
+            "WARD_WEB_SCREENSHOTS",
+            pki.dir.path().join("shots").display().to_string(),
+        ),
+        ("WARD_WEB_STATE", node_state.path().display().to_string()),
+    ];
+    let mut failures = Vec::new();
+    let mut web_ms: Vec<f64> = Vec::new();
+    let (ok, out) = run_node("rtt.mjs", &env, &mut failures, |name, data| {
+        if name == "rtt" {
+            web_ms = data["ms"]
+                .as_array()
+                .map(|a| a.iter().filter_map(serde_json::Value::as_f64).collect())
+                .unwrap_or_default();
+            serde_json::json!({"ok": true})
+        } else {
+            serde_json::json!({"ok": false, "why": format!("ward-bench knows no {name:?}")})
+        }
+    });
+    drop(gw);
+    if !ok || !failures.is_empty() || web_ms.len() != RTT_SAMPLES {
+        bail!("the browser measurement failed: {failures:?}\n{out}");
+    }
+    let web = pcts(web_ms.iter().map(|ms| (ms * 1e6) as u64).collect());
+    let ms = |us: f64| us / 1000.0;
+    let ratio50 = web.p50 / cli.p50;
+    let ratio99 = web.p99 / cli.p99;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "web terminal: keystroke to echo, {RTT_SAMPLES} keys one at a time ({RTT_GAP_MS} ms after each echo), same gateway and echoing raw device\n"
+    );
+    let _ = writeln!(s, "| path | p50 | p99 |\n|---|---|---|");
+    let _ = writeln!(
+        s,
+        "| `ward connect --listen` + TCP client (1 byte → echo) | {:.2} ms | {:.2} ms |",
+        ms(cli.p50),
+        ms(cli.p99)
+    );
+    let _ = writeln!(
+        s,
+        "| browser terminal (keydown → screen drawn, Chromium) | {:.2} ms | {:.2} ms |",
+        ms(web.p50),
+        ms(web.p99)
+    );
+    let _ = writeln!(
+        s,
+        "\n| web terminal round trip vs ward connect (p50) | {ratio50:.2}× (p99 {ratio99:.2}×) | ≤ 1.5× | {} |",
+        if ratio50 <= 1.5 { "met" } else { "**not met**" }
+    );
+    println!("{s}");
+    if let Some(path) = &opts.out {
+        std::fs::write(path, &s).with_context(|| format!("writing {}", path.display()))?;
+    }
     Ok(())
 }

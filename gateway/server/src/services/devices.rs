@@ -47,6 +47,202 @@ impl DeviceService {
     }
 }
 
+/// How the caller may reach a device, for "My devices" (the web console's `GET
+/// /api/v1/my/devices`): the listing's [`Reach`], with the rule, the end and the reason in words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Access {
+    /// Now, through a rule or a live grant.
+    Open,
+    /// After an approved access request.
+    Request,
+    /// Only as a break-glass session.
+    BreakGlass,
+    /// A rule names the caller for it, but not now (outside its hours, a maintenance window, a
+    /// grant not yet started): `why` says when.
+    None,
+}
+
+/// One device in the caller's own listing ([`DeviceService::mine`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MyDevice {
+    /// What `ward devices` lists for it.
+    pub info: DeviceInfo,
+    /// How the caller may reach it.
+    pub access: Access,
+    /// Why, in a sentence (the rule that permits, the approval policy, the denial reason).
+    pub why: String,
+    /// The rule (or grant, or break-glass) that permits it now.
+    pub rule: Option<String>,
+    /// When a session opened now would end at the latest (Unix seconds).
+    pub until: Option<i64>,
+    /// For break-glass: what the justification must say.
+    pub break_glass_requires: Option<String>,
+}
+
+impl DeviceService {
+    /// The caller's own listing: every device [`DeviceService::list`] shows (the same
+    /// decisions), with the rule, the end and the reason in words, plus the devices a rule names
+    /// the caller for but that are closed now (outside hours, maintenance) with the denial reason.
+    pub fn mine(&self, caller: Caller<'_>) -> Result<Vec<MyDevice>, Refusal> {
+        let now = self.ctx.clock.now();
+        let grants = self.ctx.live.grants();
+        let config = self.ctx.live.config();
+        let inputs = policy::AccessInputs {
+            rules: &config.rules,
+            locks: &[],
+            approvals: &config.approvals,
+            grants: &grants,
+        };
+        let principal = caller.principal;
+        Ok(config
+            .devices
+            .iter()
+            .filter_map(|d| mine_one(&config, &inputs, principal, d, now))
+            .collect())
+    }
+}
+
+/// What the justification of a break-glass session must say.
+pub const BREAK_GLASS_REQUIRES: &str =
+    "why this is an emergency (patient safety): the reason goes to the audit log and the security team reviews every break-glass session";
+
+/// One device of [`DeviceService::mine`], or `None` when nothing lets `principal` near it.
+fn mine_one(
+    config: &Config,
+    inputs: &AccessInputs<'_>,
+    principal: &Principal,
+    device: &Device,
+    now: OffsetDateTime,
+) -> Option<MyDevice> {
+    let at = |t: OffsetDateTime| {
+        let t = t.replace_nanosecond(0).unwrap_or(t);
+        t.to_offset(time::UtcOffset::UTC)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|_| t.unix_timestamp().to_string())
+    };
+    let glass_cap = device
+        .break_glass
+        .as_ref()
+        .map(|bg| humantime_secs(bg.max.as_secs()));
+    let glass_requires = || {
+        Some(match &glass_cap {
+            Some(cap) => format!("{BREAK_GLASS_REQUIRES} (at most {cap})"),
+            None => BREAK_GLASS_REQUIRES.to_owned(),
+        })
+    };
+    let Some(mut info) = listed(inputs, principal, device, now) else {
+        // Named by a rule, but not now: say why (the listing itself leaves such devices out).
+        let named = config
+            .rules
+            .iter()
+            .any(|r| r.who.matches(principal) && r.devices.matches(device));
+        if !named {
+            return None;
+        }
+        let why = match policy::evaluate_access(inputs, principal, device, None, now) {
+            Decision::Deny(reason) => reason.to_string(),
+            Decision::Permit(_) => return None,
+        };
+        let info = DeviceInfo {
+            id: device.id.to_string(),
+            protocol: device.protocol,
+            labels: device.labels.clone(),
+            rule: String::new(),
+            reach: Reach::Open,
+            operations: None,
+            tls: device.tls.is_some(),
+        };
+        return Some(MyDevice {
+            info,
+            access: Access::None,
+            why,
+            rule: None,
+            until: None,
+            break_glass_requires: None,
+        });
+    };
+    held_to(config, inputs, principal, &mut info, now);
+    let policy_name = || {
+        ward_core::access::policy_for(inputs.approvals, principal, device)
+            .map(|p| p.name.clone())
+            .unwrap_or_default()
+    };
+    let mine = match info.reach {
+        Reach::Open => {
+            let Decision::Permit(p) = policy::evaluate_access(inputs, principal, device, None, now)
+            else {
+                return None;
+            };
+            let why = match p.grant() {
+                Some(g) => format!(
+                    "open now: grant {g} until {} (then: {})",
+                    at(p.ends_at()),
+                    p.end_reason()
+                ),
+                None => format!(
+                    "open now: rule {} permits you until {} (then: {})",
+                    p.rule(),
+                    at(p.ends_at()),
+                    p.end_reason()
+                ),
+            };
+            MyDevice {
+                access: Access::Open,
+                why,
+                rule: Some(p.rule().to_owned()),
+                until: Some(p.ends_at().unix_timestamp()),
+                break_glass_requires: None,
+                info,
+            }
+        }
+        Reach::Request | Reach::RequestOrBreakGlass => {
+            let glass = info.reach == Reach::RequestOrBreakGlass;
+            let mut why = format!(
+                "request access: approval policy {} (an approver must agree before you can open it)",
+                policy_name()
+            );
+            if glass {
+                why.push_str("; in an emergency, break-glass");
+            }
+            MyDevice {
+                access: Access::Request,
+                why,
+                rule: None,
+                until: None,
+                break_glass_requires: if glass { glass_requires() } else { None },
+                info,
+            }
+        }
+        Reach::BreakGlass => MyDevice {
+            access: Access::BreakGlass,
+            why: format!(
+                "emergency access only (break-glass): recorded, flagged for review{}",
+                glass_cap
+                    .as_ref()
+                    .map(|c| format!(", at most {c}"))
+                    .unwrap_or_default()
+            ),
+            rule: None,
+            until: None,
+            break_glass_requires: glass_requires(),
+            info,
+        },
+    };
+    Some(mine)
+}
+
+/// `90m`, `2h`, `45s`: a cap for people.
+fn humantime_secs(secs: u64) -> String {
+    if secs >= 3600 && secs % 3600 == 0 {
+        format!("{}h", secs / 3600)
+    } else if secs >= 60 && secs % 60 == 0 {
+        format!("{}m", secs / 60)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// Who a [`Who`](ward_core::policy::Who) selector names, for people and scripts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct WhoView {

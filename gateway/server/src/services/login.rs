@@ -18,6 +18,10 @@ use ward_core::frame::Login;
 use ward_core::ratelimit::{LoginLimiter, Reserved};
 use ward_core::{password, totp, PrincipalKind};
 
+mod sso;
+
+pub use sso::SsoSignIn;
+
 use super::principal::principal_kind;
 use super::{Context, Refusal, Trail};
 use crate::audit::Event;

@@ -517,3 +517,72 @@ async fn web_sign_in_always_needs_totp_and_shares_the_login_back_off() {
         "no certificate was issued: {events:#?}"
     );
 }
+
+/// "My devices" shows what `ward devices` lists, with the same decisions, in words: the rule and
+/// the end of an open device, the break-glass cap, and a device a rule names but not now.
+#[tokio::test]
+async fn my_devices_say_why_with_the_listing_s_decisions() {
+    use super::devices::Access;
+    use ward_core::frame::Reach;
+    let f = Fixture::new();
+    let nurse = Who::new(Kind::Clinician, None, "nia", &["icu", "nurse"]);
+    let globex = Who::new(Kind::Vendor, Some("globex"), "gus", &[]);
+    for w in [&nurse, &icu(), &vendor(), &globex, &admin()] {
+        let listed = f.devices.list(w.caller()).unwrap();
+        let mine = f.devices.mine(w.caller()).unwrap();
+        for l in &listed {
+            let m = mine.iter().find(|m| m.info.id == l.id).unwrap_or_else(|| {
+                panic!("{} lists {} but My devices does not", w.identity.name, l.id)
+            });
+            let same = matches!(
+                (l.reach, m.access),
+                (Reach::Open, Access::Open)
+                    | (Reach::Request | Reach::RequestOrBreakGlass, Access::Request)
+                    | (Reach::BreakGlass, Access::BreakGlass)
+            );
+            assert!(
+                same,
+                "{}: {} listed {:?}, mine {:?}",
+                w.identity.name, l.id, l.reach, m.access
+            );
+            assert_eq!(m.info.rule, l.rule);
+        }
+        // Beyond the listing only devices a rule names, closed now.
+        for m in mine
+            .iter()
+            .filter(|m| !listed.iter().any(|l| l.id == m.info.id))
+        {
+            assert_eq!(m.access, Access::None, "{}: {m:?}", w.identity.name);
+        }
+    }
+    let mine = f.devices.mine(nurse.caller()).unwrap();
+    let monitor = mine.iter().find(|m| m.info.id == "monitor-3").unwrap();
+    assert_eq!(monitor.access, Access::Open);
+    assert_eq!(monitor.rule.as_deref(), Some("icu-nurses-see-icu-consoles"));
+    assert!(monitor.until.unwrap() > super::testing::now().unix_timestamp());
+    assert!(
+        monitor.why.contains("icu-nurses-see-icu-consoles"),
+        "{}",
+        monitor.why
+    );
+    let pump = mine.iter().find(|m| m.info.id == "pump-12").unwrap();
+    assert_eq!(pump.access, Access::BreakGlass);
+    assert!(
+        pump.break_glass_requires
+            .as_deref()
+            .unwrap()
+            .contains("at most 30m"),
+        "{pump:?}"
+    );
+    // cara lacks the nurse role: the monitor only by break-glass, capped at its 15 minutes.
+    let mine = f.devices.mine(icu().caller()).unwrap();
+    let monitor = mine.iter().find(|m| m.info.id == "monitor-3").unwrap();
+    assert_eq!(monitor.access, Access::BreakGlass);
+    assert!(monitor.why.contains("at most 15m"), "{}", monitor.why);
+    // globex's weekend rule names pacs-1, but it is Tuesday: not now, and why.
+    let mine = f.devices.mine(globex.caller()).unwrap();
+    let pacs = mine.iter().find(|m| m.info.id == "pacs-1").unwrap();
+    assert_eq!(pacs.access, Access::None);
+    assert!(pacs.why.contains("only during"), "{}", pacs.why);
+    assert!(pacs.rule.is_none() && pacs.until.is_none());
+}

@@ -73,6 +73,8 @@ pub struct SignIn {
     pub created: OffsetDateTime,
     /// The last request.
     pub last_seen: OffsetDateTime,
+    /// How the user signed in (password + TOTP, or the hospital's IdP).
+    pub via: Via,
     /// The session's CSRF token.
     csrf: String,
 }
@@ -85,6 +87,7 @@ impl std::fmt::Debug for SignIn {
             .field("serial", &self.identity.serial)
             .field("created", &self.created)
             .field("last_seen", &self.last_seen)
+            .field("via", &self.via)
             .field("csrf", &"<hidden>")
             .finish()
     }
@@ -138,8 +141,8 @@ impl SignIns {
         (token, id)
     }
 
-    /// Stores a new session under `token`: `signed` at `now`, its identity in trust domain
-    /// `trust_domain`. Returns it and the sessions that ended to make room or had expired.
+    /// Stores a new password sign-in under `token`: `signed` at `now`, its identity in trust
+    /// domain `trust_domain`. Returns it and the sessions that ended to make room or had expired.
     pub fn insert(
         &self,
         token: &str,
@@ -148,6 +151,24 @@ impl SignIns {
         trust_domain: &str,
         now: OffsetDateTime,
     ) -> (SignIn, Vec<(SignIn, &'static str)>) {
+        self.insert_via(token, id, signed, Via::Password, trust_domain, now)
+    }
+
+    /// Stores a new session under `token` signed in `via` a password or the hospital's IdP
+    /// (identity serial `web-<id>` or `sso-<id>`), as [`SignIns::insert`].
+    pub fn insert_via(
+        &self,
+        token: &str,
+        id: &str,
+        signed: SignedIn,
+        via: Via,
+        trust_domain: &str,
+        now: OffsetDateTime,
+    ) -> (SignIn, Vec<(SignIn, &'static str)>) {
+        let prefix = match via {
+            Via::Sso => "sso",
+            Via::Password | Via::Certificate => "web",
+        };
         let identity = Identity {
             trust_domain: trust_domain.to_owned(),
             kind: signed.kind,
@@ -155,7 +176,7 @@ impl SignIns {
             name: signed.name.clone(),
             org: signed.org,
             roles: signed.roles,
-            serial: format!("web-{id}"),
+            serial: format!("{prefix}-{id}"),
             not_before: now,
             not_after: now + self.max,
         };
@@ -166,6 +187,7 @@ impl SignIns {
             identity,
             created: now,
             last_seen: now,
+            via,
             csrf: base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .encode(rand::random::<[u8; 32]>()),
         };
@@ -424,6 +446,28 @@ async fn signin(
     response
 }
 
+/// `whoami`'s JSON for a browser session just started (`signin` under cookie `token`).
+pub(crate) fn signin_json(
+    state: &WebState,
+    signin: &SignIn,
+    token: &str,
+    peer: SocketAddr,
+) -> serde_json::Value {
+    let authed = Authed {
+        identity: signin.identity.clone(),
+        principal: signin.principal.clone(),
+        peer,
+        via: signin.via,
+    };
+    let current = Current {
+        csrf: signin.csrf.clone(),
+        expires_at: signin.created + state.signins.max,
+        idle_timeout_s: Some(state.signins.idle.whole_seconds()),
+        session: Some((token.to_owned(), signin.id.clone())),
+    };
+    whoami_json(&authed, &current)
+}
+
 /// How a refused sign-in is answered: 401 with the service's words (the generic login-failed
 /// text for a wrong name, password or code; the back-off's wait), 503 when the store is down.
 fn signin_refused(r: Refusal) -> ApiError {
@@ -476,7 +520,8 @@ fn refused_early(state: &WebState, peer: SocketAddr, why: &str) {
     );
 }
 
-fn audit_ended(state: &WebState, ended: &[(SignIn, &'static str)], peer: SocketAddr) {
+/// Audits browser sessions that ended (`ended`: each with why) as seen from `peer`.
+pub(crate) fn audit_ended(state: &WebState, ended: &[(SignIn, &'static str)], peer: SocketAddr) {
     if ended.is_empty() {
         return;
     }
@@ -511,9 +556,14 @@ pub async fn authenticate(State(state): State<WebState>, mut req: Request, next:
     req.extensions_mut().remove::<Current>();
     let api = req.uri().path().starts_with("/api/");
     let safe = matches!(*req.method(), Method::GET | Method::HEAD);
-    let signing_in = !safe && req.uri().path() == SIGNIN_PATH;
+    let signing_in =
+        !safe && (req.uri().path() == SIGNIN_PATH || req.uri().path() == super::sso::TOTP_PATH);
     let conn = req.extensions().get::<ConnInfo>().cloned();
-    if api {
+    // The IdP sends the browser back to the callback: a top-level GET from the IdP's site. It
+    // changes nothing unless it carries a pending sign-in's state bound to this browser
+    // (web::sso), so it alone is let through from another site.
+    let from_idp = safe && req.uri().path() == super::sso::CALLBACK_PATH;
+    if api && !from_idp {
         if let Err(e) = same_origin(req.headers()) {
             if let (true, Some(c)) = (signing_in, &conn) {
                 refused_early(&state, c.peer, "cross-site sign-in");
@@ -622,7 +672,7 @@ fn browser_session(
         identity: s.identity.clone(),
         principal: s.principal.clone(),
         peer,
-        via: Via::Password,
+        via: s.via,
     };
     let current = Current {
         csrf: s.csrf.clone(),

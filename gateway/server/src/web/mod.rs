@@ -67,6 +67,8 @@ pub struct WebState {
     pub(crate) signins: Arc<auth::SignIns>,
     /// Recordings parsed for the player, per caller ([`player`]).
     pub(crate) players: Arc<player::Players>,
+    /// Sign-ins through the hospital's IdP in progress, and its metadata ([`sso`]).
+    pub(crate) sso: Arc<sso::Sso>,
 }
 
 impl WebState {
@@ -76,6 +78,7 @@ impl WebState {
         WebState {
             signins: Arc::new(auth::SignIns::new(&web)),
             players: Arc::new(player::Players::default()),
+            sso: Arc::new(sso::Sso::default()),
             shared,
         }
     }
@@ -99,6 +102,8 @@ pub enum Via {
     Certificate,
     /// Password and TOTP at `/api/v1/signin`, then the session cookie.
     Password,
+    /// The hospital's OpenID provider (`/api/v1/sso/…`, [`sso`]), then the session cookie.
+    Sso,
 }
 
 /// An authenticated caller: put in the request's extensions by [`auth`]'s middleware, taken by

@@ -2,6 +2,8 @@
 import { h, fill, api, qs, enc, bytes, dur, when, ago, badge, field, table, who, session } from './util.js';
 import { columns, bars } from './charts.js';
 import { player, hexView, watch } from './player.js';
+import { terminal } from './term.js';
+import { ssoState, ssoButtons, ssoTotpForm } from './sso.js';
 
 const main = document.getElementById('main');
 const errBox = document.getElementById('error');
@@ -44,6 +46,15 @@ function isStaff() {
   return k === 'security' || k === 'admin';
 }
 
+function isVendor() {
+  return !!(session.me && session.me.kind === 'vendor');
+}
+
+// Where a signed-in person starts: staff at the overview, everybody else at their devices.
+function home() {
+  return isStaff() ? '#/overview' : '#/my';
+}
+
 async function loadMe() {
   if (session.me) return session.me;
   session.me = await api('/whoami');
@@ -54,18 +65,20 @@ function showHeader() {
   const me = session.me;
   nav.hidden = !me;
   for (const id of ['nav-overview', 'nav-live', 'nav-sessions', 'nav-audit']) document.getElementById(id).hidden = !isStaff();
+  // Vendors have their own devices and requests only (the staff pages answer them 403).
+  for (const id of ['nav-requests', 'nav-devices']) document.getElementById(id).hidden = isVendor();
   // A client certificate signs every request: there is no browser session to end.
   document.getElementById('signout').hidden = !me || me.via === 'certificate';
   fill(whoami, me ? [h('strong', null, me.principal || me.name || ''), ' ',
     h('span', { class: 'muted' }, 'via ' + (me.via === 'certificate' ? 'certificate' : 'password + TOTP'))] : '');
   const { page } = parseHash();
   for (const a of nav.querySelectorAll('a')) {
-    if (a.id === 'nav-' + page || (page === 'session' && a.id === 'nav-sessions') || (page === 'watch' && a.id === 'nav-live')) a.setAttribute('aria-current', 'page');
+    if (a.id === 'nav-' + page || (page === 'session' && a.id === 'nav-sessions') || (page === 'watch' && a.id === 'nav-live') || (page === 'terminal' && a.id === 'nav-my')) a.setAttribute('aria-current', 'page');
     else a.removeAttribute('aria-current');
   }
 }
 
-const pages = { signin, overview, live, sessions: sessionsPage, session: detail, watch: watchPage, audit, requests, devices,
+const pages = { signin, overview, live, sessions: sessionsPage, session: detail, watch: watchPage, audit, requests, devices, my: myDevices, terminal: terminalPage,
   sso: (r, alive) => import('./cli.js').then((m) => m.cliPage(r, alive)) }; // #/sso/cli/<poll>: ward login --sso
 
 async function route(ev) {
@@ -79,8 +92,8 @@ async function route(ev) {
     try { await loadMe(); } catch (e) { if (my === gen) report(e); return; }
     if (my !== gen) return;
   }
-  if (!pages[r.page]) {
-    go(r.page === 'signin' || !session.me ? '#/signin' : isStaff() ? '#/overview' : '#/requests');
+  if (!pages[r.page] || (r.page === 'requests' && isVendor())) {
+    go(r.page === 'signin' || !session.me ? '#/signin' : home());
     return;
   }
   showHeader();
@@ -111,6 +124,22 @@ async function signin() {
   session.me = null;
   showHeader();
   document.title = 'Sign in — Ward';
+  const landing = home;
+  const onward = () => {
+    const next = sessionStorage.getItem('ward-next');
+    sessionStorage.removeItem('ward-next');
+    go(next && !next.startsWith('#/signin') ? next : landing());
+  };
+  const sso = await ssoState();
+  // Signed in by the IdP, Ward's own TOTP code still owed (a provider with mfa = "ward").
+  if (sso.totp && parseHash().page === 'signin') {
+    main.append(ssoTotpForm(sso.totp, (me, then) => {
+      session.me = me;
+      sessionStorage.removeItem('ward-next');
+      go(then && then !== '/' ? '#' + then : landing());
+    }));
+    return;
+  }
   const user = h('input', { id: 'signin-user', name: 'user', autocomplete: 'username', required: true });
   const pass = h('input', { id: 'signin-password', name: 'password', type: 'password', autocomplete: 'current-password', required: true });
   const totp = h('input', { id: 'signin-totp', name: 'totp', inputmode: 'numeric', autocomplete: 'one-time-code', pattern: '[0-9]{6,8}', required: true });
@@ -118,6 +147,7 @@ async function signin() {
   const submit = h('button', { id: 'signin-submit', type: 'submit', class: 'primary' }, 'Sign in');
   const form = h('form', { class: 'card signin', novalidate: true },
     h('h1', null, 'Sign in to Ward'),
+    ssoButtons(sso.providers, sessionStorage.getItem('ward-next')),
     h('p', { class: 'muted' }, 'Your Ward user, password and the code from your authenticator app. A client certificate from Ward\'s CA signs you in without this form.'),
     field('User', user), field('Password', pass), field('TOTP code', totp), err, submit);
   form.addEventListener('submit', async (ev) => {
@@ -131,9 +161,7 @@ async function signin() {
     submit.disabled = true;
     try {
       session.me = await api('/signin', 'POST', { user: user.value, password: pass.value, totp: totp.value.trim() });
-      const next = sessionStorage.getItem('ward-next');
-      sessionStorage.removeItem('ward-next');
-      go(next && !next.startsWith('#/signin') ? next : isStaff() ? '#/overview' : '#/requests');
+      onward();
     } catch (e) {
       err.textContent = e.message;
       err.hidden = false;
@@ -149,7 +177,7 @@ async function signin() {
     const me = await fetch('/api/v1/whoami', { credentials: 'same-origin', headers: { Accept: 'application/json' } });
     if (me.ok && parseHash().page === 'signin') {
       session.me = await me.json();
-      go(isStaff() ? '#/overview' : '#/requests');
+      go(landing());
       return;
     }
   } catch (e) { /* stay on the form */ }
@@ -586,6 +614,124 @@ async function devices(r, alive) {
           if (alive()) route();
         }) }, 'Unlock')));
     }), 'No locks.')), lockForm(() => { if (alive()) route(); }));
+}
+
+// ---- my devices and the web terminal ----
+
+// A break-glass justification typed on #/my, handed to the terminal page (never put in the URL).
+let pendingBreakGlass = null;
+// What the last request form did, shown once on the reloaded #/my.
+let myFlash = '';
+
+const ACCESS_TEXT = { open: 'open now', request: 'by request', pending: 'request pending', break_glass: 'break-glass only', none: 'not now' };
+const ACCESS_BADGE = { open: 'ok', request: 'warn', pending: 'warn', break_glass: 'bad', none: 'bad' };
+
+async function myDevices(r, alive) {
+  title('My devices', h('span', { class: 'muted' }, 'what you may open now, request, or open in an emergency'));
+  const d = await api('/my/devices');
+  if (!alive()) return;
+  const list = Array.isArray(d.devices) ? d.devices : [];
+  const origin = typeof d.consoles_origin === 'string' ? d.consoles_origin : null;
+  const forms = h('div');
+  const out = h('p', { id: 'my-status', class: 'status', role: 'status' }, myFlash);
+  myFlash = '';
+  const openCell = (x) => {
+    if (x.access !== 'open') return null;
+    if (x.console === 'terminal') return h('a', { id: 'open-' + x.id, class: 'button primary open', href: '#/terminal/' + enc(x.id) }, 'Open terminal');
+    if (x.console === 'http' && origin) return h('a', { id: 'open-' + x.id, class: 'button primary open', href: origin + '/d/' + enc(x.id) + '/', target: '_blank', rel: 'noopener noreferrer' }, 'Open console ↗');
+    return h('span', { class: 'muted small' }, 'no browser console for ' + String(x.protocol || 'this protocol') + ': use ward connect');
+  };
+  const rows = list.map((x) => h('tr', { 'data-device-id': x.id, class: 'access-' + String(x.access || '').replace(/[^a-z_]/g, '') },
+    h('td', null, h('strong', null, x.id), h('div', { class: 'muted small' }, Object.entries(x.labels || {}).map(([k, v]) => k + '=' + v).join(', '))),
+    h('td', null, x.protocol),
+    h('td', null, h('span', { class: 'badge ' + (ACCESS_BADGE[x.access] || 'warn') }, ACCESS_TEXT[x.access] || String(x.access || ''))),
+    h('td', { class: 'why' }, String(x.why || ''), x.request_id ? h('div', { class: 'muted small' }, 'request ' + x.request_id) : null),
+    h('td', null, h('div', { class: 'actions' },
+      openCell(x),
+      x.access === 'request' ? h('button', { id: 'request-' + x.id, type: 'button', class: 'request', onclick: () => requestForm(forms, x, out) }, 'Request access') : null,
+      x.break_glass_requires && x.console === 'terminal' ? h('button', { id: 'breakglass-' + x.id, type: 'button', class: 'danger breakglass', onclick: () => breakGlassForm(forms, x) }, 'Break glass') : null))));
+  main.append(h('section', { class: 'card' }, table('my-devices',
+    [{ label: 'Device', cls: 'c-dev' }, { label: 'Protocol', cls: 'c-flag' }, { label: 'Access', cls: 'c-time' }, { label: 'Why', cls: 'c-wide' }, { label: '', cls: 'c-dec' }],
+    rows, 'No device is open to you, by request or by break-glass. Ask security staff for a rule.'), out), forms);
+}
+
+// The request form for device x (reason, start, duration), answered by the access service.
+function requestForm(box, x, out) {
+  const reason = h('input', { id: 'my-request-reason', required: true, placeholder: 'e.g. firmware update 2.1', maxlength: 2000 });
+  const start = h('input', { id: 'my-request-start', type: 'datetime-local', 'aria-describedby': 'my-request-start-hint' });
+  const duration = h('input', { id: 'my-request-duration', required: true, value: '2h', placeholder: '30m, 2h, 1d' });
+  const submit = h('button', { id: 'my-request-submit', type: 'submit', class: 'primary' }, 'Send request');
+  const err = h('p', { id: 'my-request-error', class: 'error', role: 'alert', hidden: true });
+  const form = h('form', { id: 'my-request-form', class: 'card inline', 'data-device': x.id, novalidate: true },
+    h('h2', null, 'Request access to ' + x.id),
+    h('p', { class: 'muted' }, String(x.why || '')),
+    h('div', { class: 'row' }, field('Reason (approvers read it)', reason), field('Start (your local time; empty: now)', start),
+      field('Duration', duration), submit), h('small', { id: 'my-request-start-hint', class: 'muted' }, 'The request waits for approval; you can open the device once it is approved, within its window.'), err);
+  form.addEventListener('submit', async (ev) => {
+    ev.preventDefault();
+    err.hidden = true;
+    if (!reason.value.trim() || !duration.value.trim()) {
+      err.textContent = 'Give a reason and a duration (e.g. 2h).';
+      err.hidden = false;
+      return;
+    }
+    let startUnix = null;
+    if (start.value) {
+      const t = Date.parse(start.value);
+      if (isNaN(t)) { err.textContent = 'The start is not a date and time.'; err.hidden = false; return; }
+      startUnix = Math.floor(t / 1000);
+    }
+    submit.disabled = true;
+    try {
+      const res = await api('/my/requests', 'POST', { device: x.id, reason: reason.value.trim(), start: startUnix, duration: duration.value.trim() });
+      const q = (res && res.request) || {};
+      myFlash = 'Request ' + String(q.id || '') + ' for ' + x.id + ' sent; it waits for approval (policy ' + String(q.policy || '') + ').';
+      box.replaceChildren();
+      route();
+    } catch (e) {
+      err.textContent = e.message;
+      err.hidden = false;
+    } finally {
+      submit.disabled = false;
+    }
+  });
+  fill(box, form);
+  reason.focus();
+}
+
+// The break-glass form for device x: the justification the device's setting requires.
+function breakGlassForm(box, x) {
+  const reason = h('textarea', { id: 'my-breakglass-reason', required: true, rows: 3, maxlength: 2000 });
+  const submit = h('button', { id: 'my-breakglass-submit', type: 'submit', class: 'danger' }, 'Open in an emergency');
+  const err = h('p', { id: 'my-breakglass-error', class: 'error', role: 'alert', hidden: true });
+  const form = h('form', { id: 'my-breakglass-form', class: 'card', 'data-device': x.id, novalidate: true },
+    h('h2', null, 'Break glass: ' + x.id),
+    h('p', null, 'Your justification must say ', h('strong', { id: 'my-breakglass-requires' }, String(x.break_glass_requires || '')), '.'),
+    field('Justification', reason), err, h('div', { class: 'row end' }, submit));
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    if (!reason.value.trim()) {
+      err.textContent = 'Write the justification: break-glass is refused without one.';
+      err.hidden = false;
+      reason.focus();
+      return;
+    }
+    pendingBreakGlass = { device: x.id, reason: reason.value.trim() };
+    go('#/terminal/' + enc(x.id));
+  });
+  fill(box, form);
+  reason.focus();
+}
+
+async function terminalPage(r) {
+  const device = r.arg;
+  if (!device) { go('#/my'); return; }
+  const bg = pendingBreakGlass && pendingBreakGlass.device === device ? pendingBreakGlass.reason : null;
+  pendingBreakGlass = null;
+  title((bg ? 'Break-glass terminal: ' : 'Terminal: ') + device, h('a', { href: '#/my' }, '← My devices'));
+  const box = h('section', { class: 'card term-card' + (bg ? ' bg' : '') });
+  main.append(box);
+  cleanups.push(terminal(box, device, { breakGlass: bg }));
 }
 
 window.addEventListener('hashchange', route);
