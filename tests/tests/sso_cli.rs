@@ -175,7 +175,8 @@ fn world(pki: &Arc<Pki>) -> (ChildGateway, u16, WebUser) {
         &[("vendor", "acme")],
     )];
     let web_port = ward_tests::process::free_port();
-    let rules = format!("{ACME_RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\n");
+    let rules =
+        format!("{ACME_RULES}\n[web]\nlisten = \"127.0.0.1:{web_port}\"\nmax_session = \"1h\"\n");
     let state_dir = pki.dir.path().join("state");
     let login = LoginConfig {
         mfa: vec![PrincipalKind::Vendor],
@@ -314,7 +315,11 @@ fn ward_login_sso_is_approved_in_a_signed_in_browser() {
         ..cert
     };
     let r = cert.get(&web, &format!("/api/v1/sso/cli/{poll}"));
-    assert_eq!(r.json()["can_approve"], false, "{r:?}");
+    assert_eq!(r.status, 403, "{r:?}");
+    assert!(
+        r.error().contains("client certificate cannot approve"),
+        "{r:?}"
+    );
     let r = cert.post(&web, &format!("/api/v1/sso/cli/{poll}/approve"), true);
     assert_eq!(r.status, 403, "{r:?}");
     assert!(
@@ -349,6 +354,12 @@ fn ward_login_sso_is_approved_in_a_signed_in_browser() {
     assert_eq!(seen.kind, Some(Kind::Vendor), "{seen:?}");
     assert_eq!(seen.name.as_deref(), Some("tech"), "{seen:?}");
     assert_eq!(seen.org.as_deref(), Some("acme"), "{seen:?}");
+    // It never outlives the browser session that approved it.
+    let rfc = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).unwrap()
+    };
+    let session_end = rfc(me["expires_at"].as_str().unwrap());
+    assert!(rfc(&seen.not_after) <= session_end, "{seen:?} {me}");
     use std::os::unix::fs::PermissionsExt;
     let mode = std::fs::metadata(identity.with_extension("key"))
         .unwrap()

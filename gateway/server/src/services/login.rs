@@ -155,11 +155,12 @@ impl<'a> Holder<'a> {
     }
 }
 
-/// What a certificate is issued for: the client's CSR, the grant it names, and the audit
-/// reason of a success.
+/// What a certificate is issued for: the client's CSR, the grant it names, the latest it may
+/// end (besides the caps and grants), and the audit reason of a success.
 struct Issuance<'a> {
     csr_pem: &'a str,
     grant: Option<&'a str>,
+    until: Option<OffsetDateTime>,
     how: &'static str,
 }
 
@@ -327,6 +328,7 @@ impl LoginService {
         let issuance = Issuance {
             csr_pem: &login.csr_pem,
             grant: login.grant.as_deref(),
+            until: None,
             how: "password and TOTP verified; certificate issued",
         };
         self.issue(a, &config, &Holder::of_user(&user), mfa, &issuance)
@@ -337,7 +339,8 @@ impl LoginService {
     /// `approver`: the same CA path, caps, `[login] cert_ttl` and vendor grant binding as
     /// [`LoginService::login`], audited as `login` with `detail.via = "sso"`, the browser
     /// session (its identity's serial) and the approver's address. The browser session proved
-    /// MFA when it signed in.
+    /// MFA when it signed in; the certificate never outlives it (`identity.not_after`, the
+    /// session's absolute end).
     pub fn issue_approved(
         &self,
         peer: SocketAddr,
@@ -370,6 +373,7 @@ impl LoginService {
         let issuance = Issuance {
             csr_pem,
             grant: None,
+            until: Some(identity.not_after),
             how: "approved in a signed-in browser session; certificate issued",
         };
         self.issue(&mut a, &config, &holder, true, &issuance)
@@ -597,9 +601,16 @@ impl LoginService {
             let whole = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
             ttl = ttl.min(whole(g.end) - whole(now));
         }
+        if let Some(until) = issuance.until {
+            // Whole seconds, as for a grant: never past `until`.
+            let whole = |t: OffsetDateTime| t.replace_nanosecond(0).unwrap_or(t);
+            ttl = ttl.min(whole(until) - whole(now));
+        }
         if ttl < time::Duration::SECOND {
             return Err(Refusal::Denied(
-                "the grant ends too soon to issue a certificate".into(),
+                "the grant (or the approving browser session) ends too soon to issue a \
+                 certificate"
+                    .into(),
             ));
         }
         let mut req = IssueRequest::new(user.kind, user.name.to_owned());

@@ -83,7 +83,7 @@ fn key(poll: &str) -> [u8; 32] {
 /// A CLI login that waits, as the CLI and the approving page see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pending {
-    /// The poll id (only known to the registry's caller when it starts; views carry it too).
+    /// The poll id (as the caller gave it).
     pub poll: String,
     /// The code.
     pub user_code: String,
@@ -129,9 +129,9 @@ impl State {
     }
 }
 
+/// A waiting login; the map's key is its poll id's SHA-256 (the id itself is not kept).
 #[derive(Debug, Clone)]
 struct Entry {
-    poll: String,
     user_code: String,
     source: SocketAddr,
     provider: Option<String>,
@@ -145,9 +145,9 @@ impl Entry {
         self.started + EXPIRY
     }
 
-    fn view(&self) -> Pending {
+    fn view(&self, poll: &str) -> Pending {
         Pending {
-            poll: self.poll.clone(),
+            poll: poll.to_owned(),
             user_code: self.user_code.clone(),
             source: self.source,
             provider: self.provider.clone(),
@@ -209,7 +209,6 @@ impl CliLogins {
             ));
         }
         let entry = Entry {
-            poll: start.poll,
             user_code: start.user_code,
             source: start.source,
             provider: start.provider,
@@ -217,8 +216,8 @@ impl CliLogins {
             started: now,
             state: State::Pending,
         };
-        let view = entry.view();
-        map.insert(key(&entry.poll), entry);
+        let view = entry.view(&start.poll);
+        map.insert(key(&start.poll), entry);
         Ok(view)
     }
 
@@ -229,7 +228,7 @@ impl CliLogins {
         }
         let mut map = self.locked().ok()?;
         map.retain(|_, e| e.expires() > now);
-        map.get(&key(poll)).map(Entry::view)
+        map.get(&key(poll)).map(|e| e.view(poll))
     }
 
     /// The CLI's poll: waiting, or the decision (which removes the entry: single use).
@@ -246,7 +245,7 @@ impl CliLogins {
             None => Poll::Unknown,
             Some(State::Pending) => map
                 .get(&k)
-                .map_or(Poll::Unknown, |e| Poll::Waiting(e.view())),
+                .map_or(Poll::Unknown, |e| Poll::Waiting(e.view(poll))),
             Some(State::Approved { issued }) => {
                 map.remove(&k);
                 Poll::Issued(issued)
@@ -315,9 +314,9 @@ impl CliLogins {
                 entry.state.name()
             )));
         }
-        let (state, result) = f(&entry.view(), &entry.csr);
+        let (state, result) = f(&entry.view(poll), &entry.csr);
         entry.state = state;
-        let view = entry.view();
+        let view = entry.view(poll);
         result.map(|t| (view, t))
     }
 }

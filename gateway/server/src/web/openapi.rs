@@ -37,6 +37,9 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/locks"),
     ("DELETE", "/locks/{kind}/{value}"),
     ("GET", "/devices"),
+    ("GET", "/sso/cli/{poll}"),
+    ("POST", "/sso/cli/{poll}/approve"),
+    ("POST", "/sso/cli/{poll}/deny"),
     ("GET", "/openapi.json"),
 ];
 

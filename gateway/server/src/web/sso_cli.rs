@@ -2,17 +2,17 @@
 //! [`SsoCliService`](crate::services::sso::SsoCliService) (docs/web.md):
 //!
 //! - `GET /api/v1/sso/cli/{poll}` → `{user_code, source, started, started_unix, expires_unix,
-//!   provider, state, can_approve, why}`: what the page shows so its user can compare the code
-//!   with their terminal's, and see where and when the login started;
+//!   provider, state, can_approve}`: what the page shows so its user can compare the code with
+//!   their terminal's, and see where and when the login started;
 //! - `POST /api/v1/sso/cli/{poll}/approve` (CSRF) → `{approved: true, user_code, principal,
 //!   not_after_unix}`: the certificate for the CLI's key is issued with this browser session's
 //!   identity, audited `login` with `detail.via = "sso"`;
 //! - `POST /api/v1/sso/cli/{poll}/deny` (CSRF) → `{refused: true, user_code}`: the CLI is told
 //!   the code did not match.
 //!
-//! Only a signed-in browser session (password + TOTP, or SSO) may approve: a client certificate
-//! caller is refused (403), so a certificate can never mint its own successors past its expiry,
-//! and every CLI certificate from this path traces to an MFA browser sign-in.
+//! Only a signed-in browser session (password + TOTP, or SSO) may use these: a client
+//! certificate caller is refused (403), so a certificate can never mint its own successors past
+//! its expiry, and every CLI certificate from this path traces to an MFA browser sign-in.
 
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
@@ -41,8 +41,8 @@ pub fn routes() -> Router<WebState> {
         .route("/api/v1/sso/cli/{poll}/deny", post(deny))
 }
 
-/// A login as the page sees it; `can_approve` and `why` say whether this caller may decide it.
-fn pending_json(p: &Pending, can_approve: bool, why: Option<String>) -> Value {
+/// A login as the page sees it; `can_approve`: it can still be decided.
+fn pending_json(p: &Pending) -> Value {
     json!({
         "user_code": p.user_code,
         "source": p.source.ip().to_string(),
@@ -51,8 +51,7 @@ fn pending_json(p: &Pending, can_approve: bool, why: Option<String>) -> Value {
         "expires_unix": p.expires.unix_timestamp(),
         "provider": p.provider,
         "state": p.state,
-        "can_approve": can_approve,
-        "why": why,
+        "can_approve": p.state == "pending",
     })
 }
 
@@ -69,11 +68,10 @@ async fn show(
     authed: Authed,
     poll: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    browser_only(&authed)?;
     let poll = path(poll)?;
     let pending = state.services().sso_cli.view(&poll)?;
-    let refused = browser_only(&authed).err();
-    let can = refused.is_none() && pending.state == "pending";
-    Ok(Json(pending_json(&pending, can, refused.map(|e| e.reason))))
+    Ok(Json(pending_json(&pending)))
 }
 
 async fn approve(

@@ -73,7 +73,6 @@ export async function cliPage(r, alive) {
     h('p', { class: 'muted' }, 'Approve only a login you started yourself just now, from that address. ' +
       'Whoever holds the terminal gets your access until the certificate ends.'),
     d.can_approve ? h('div', { class: 'row' }, approve, ' ', deny) : null,
-    d.why ? h('p', { id: 'cli-why', class: 'error' }, d.why) : null,
     result));
   if (!d.can_approve) {
     approve.disabled = true;
