@@ -531,21 +531,27 @@ async fn my_devices_say_why_with_the_listing_s_decisions() {
         let listed = f.devices.list(w.caller()).unwrap();
         let mine = f.devices.mine(w.caller()).unwrap();
         for l in &listed {
-            let m = mine
-                .iter()
-                .find(|m| m.info.id == l.id)
-                .unwrap_or_else(|| panic!("{} lists {} but My devices does not", w.identity.name, l.id));
+            let m = mine.iter().find(|m| m.info.id == l.id).unwrap_or_else(|| {
+                panic!("{} lists {} but My devices does not", w.identity.name, l.id)
+            });
             let same = matches!(
                 (l.reach, m.access),
                 (Reach::Open, Access::Open)
                     | (Reach::Request | Reach::RequestOrBreakGlass, Access::Request)
                     | (Reach::BreakGlass, Access::BreakGlass)
             );
-            assert!(same, "{}: {} listed {:?}, mine {:?}", w.identity.name, l.id, l.reach, m.access);
+            assert!(
+                same,
+                "{}: {} listed {:?}, mine {:?}",
+                w.identity.name, l.id, l.reach, m.access
+            );
             assert_eq!(m.info.rule, l.rule);
         }
         // Beyond the listing only devices a rule names, closed now.
-        for m in mine.iter().filter(|m| !listed.iter().any(|l| l.id == m.info.id)) {
+        for m in mine
+            .iter()
+            .filter(|m| !listed.iter().any(|l| l.id == m.info.id))
+        {
             assert_eq!(m.access, Access::None, "{}: {m:?}", w.identity.name);
         }
     }
@@ -554,11 +560,18 @@ async fn my_devices_say_why_with_the_listing_s_decisions() {
     assert_eq!(monitor.access, Access::Open);
     assert_eq!(monitor.rule.as_deref(), Some("icu-nurses-see-icu-consoles"));
     assert!(monitor.until.unwrap() > super::testing::now().unix_timestamp());
-    assert!(monitor.why.contains("icu-nurses-see-icu-consoles"), "{}", monitor.why);
+    assert!(
+        monitor.why.contains("icu-nurses-see-icu-consoles"),
+        "{}",
+        monitor.why
+    );
     let pump = mine.iter().find(|m| m.info.id == "pump-12").unwrap();
     assert_eq!(pump.access, Access::BreakGlass);
     assert!(
-        pump.break_glass_requires.as_deref().unwrap().contains("at most 30m"),
+        pump.break_glass_requires
+            .as_deref()
+            .unwrap()
+            .contains("at most 30m"),
         "{pump:?}"
     );
     // cara lacks the nurse role: the monitor only by break-glass, capped at its 15 minutes.
