@@ -232,6 +232,17 @@ impl SignIns {
         Lookup::Live(s.clone())
     }
 
+    /// Whether a browser session whose identity serial is `serial` (`web-…`, `sso-…`) is still
+    /// signed in at `now`, without touching it (a device tab or a terminal asking does not keep
+    /// a sign-in alive). Certificate serials are never browser sessions: `false`.
+    pub fn is_signed_in(&self, serial: &str, now: OffsetDateTime) -> bool {
+        let Ok(map) = self.sessions.lock() else {
+            return false;
+        };
+        map.values()
+            .any(|s| s.identity.serial == serial && self.expired(s, now).is_none())
+    }
+
     /// Ends the session of `token`, returning it.
     pub fn remove(&self, token: &str) -> Option<SignIn> {
         self.sessions.lock().ok()?.remove(&digest(token))

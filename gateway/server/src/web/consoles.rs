@@ -72,8 +72,8 @@ pub const MAX_TABS_PER_CALLER: usize = 16;
 pub const BUSY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the device may take to start its answer.
 pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(120);
-/// How often closed and idle tabs are swept.
-const SWEEP_EVERY: Duration = Duration::from_secs(15);
+/// How often closed and idle tabs, and tabs of browser sign-ins that ended, are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// The in-memory pipe between the HTTP client and the session, each way.
 const PIPE_BUFFER: usize = 256 * 1024;
 
@@ -88,6 +88,7 @@ pub fn router(state: WebState) -> Router {
     if let Ok(rt) = tokio::runtime::Handle::try_current() {
         rt.spawn(sweep_loop(
             Arc::downgrade(&tabs),
+            Arc::downgrade(&state.signins),
             state.shared.clock.clone(),
         ));
     }
@@ -529,6 +530,18 @@ impl Tabs {
         map.retain(|_, s| s.last_used().elapsed() < self.idle && now < s.not_after);
     }
 
+    /// Closes the tabs of browser sign-ins (`web-…`, `sso-…` serials) that are no longer signed
+    /// in; certificate callers' tabs are left to [`Tabs::sweep`].
+    fn sweep_signed_out(&self, signins: &super::auth::SignIns, now: time::OffsetDateTime) {
+        let Ok(mut map) = self.slots.lock() else {
+            return;
+        };
+        map.retain(|k, _| {
+            let browser = k.serial.starts_with("web-") || k.serial.starts_with("sso-");
+            !browser || signins.is_signed_in(&k.serial, now)
+        });
+    }
+
     /// Sends one request of `authed` to `device` over its tab (opening a session when the tab
     /// has none, or its session ended); the device's answer, or why there is none.
     #[allow(clippy::too_many_arguments)]
@@ -653,14 +666,22 @@ impl Tabs {
     }
 }
 
-/// Closes idle tabs every [`SWEEP_EVERY`] while the consoles' router lives.
-async fn sweep_loop(tabs: Weak<Tabs>, clock: Arc<dyn ward_ca::Clock>) {
+/// Closes idle tabs every [`SWEEP_EVERY`] while the consoles' router lives, and the tabs of
+/// browser sign-ins that ended (signed out, idle, disabled): their device sessions end within a
+/// second of the sign-out.
+async fn sweep_loop(
+    tabs: Weak<Tabs>,
+    signins: Weak<super::auth::SignIns>,
+    clock: Arc<dyn ward_ca::Clock>,
+) {
     loop {
         tokio::time::sleep(SWEEP_EVERY).await;
-        let Some(tabs) = tabs.upgrade() else {
+        let (Some(tabs), Some(signins)) = (tabs.upgrade(), signins.upgrade()) else {
             return;
         };
-        tabs.sweep(clock.now());
+        let now = clock.now();
+        tabs.sweep(now);
+        tabs.sweep_signed_out(&signins, now);
     }
 }
 
