@@ -229,14 +229,17 @@ fn ids(page: &Value) -> Vec<String> {
 }
 
 /// Every route of the API, with its parameters filled in.
-fn endpoints() -> Vec<(Method, String)> {
+/// Every route as (method, a URI to call, the route as `ROUTES` spells it).
+fn endpoints() -> Vec<(Method, String, &'static str)> {
     ward_server::web::openapi::ROUTES
         .iter()
         .map(|(m, p)| {
             let path = p
                 .replace("{id}", &sid(1))
                 .replace("{kind}", "principal")
-                .replace("{value}", "vendor%20acme%2Fjdoe");
+                .replace("{value}", "vendor%20acme%2Fjdoe")
+                .replace("{device}", "pump-1")
+                .replace("{name}", "hospital");
             // What the export needs before it gets to the role check.
             let query = if path.ends_with("/export") {
                 "?format=json"
@@ -246,6 +249,7 @@ fn endpoints() -> Vec<(Method, String)> {
             (
                 Method::from_bytes(m.as_bytes()).unwrap(),
                 format!("/api/v1{path}{query}"),
+                *p,
             )
         })
         .collect()
@@ -259,9 +263,16 @@ const INDEX_AREA: &[&str] = &[
     "/api/v1/overview",
 ];
 
-/// What a vendor may do in the console: see who it is and sign out. Everything else is for
-/// security staff and approvers (vendors use the CLI).
-const VENDOR_MAY: &[(&str, &str)] = &[("GET", "/whoami"), ("POST", "/signout")];
+/// What a vendor may do in the console: see who it is, sign out, and use its own devices (My
+/// devices, access requests, the web terminal). Everything else is for security staff and
+/// approvers.
+const VENDOR_MAY: &[(&str, &str)] = &[
+    ("GET", "/whoami"),
+    ("POST", "/signout"),
+    ("GET", "/my/devices"),
+    ("POST", "/my/requests"),
+    ("GET", "/terminal/{device}"),
+];
 
 #[tokio::test]
 async fn every_endpoint_refuses_anonymous_callers_and_vendors() {
@@ -273,8 +284,7 @@ async fn every_endpoint_refuses_anonymous_callers_and_vendors() {
     let whoami = get(&web, "/api/v1/whoami", &vendor).await;
     let vendor_csrf = whoami["csrf"].as_str().unwrap().to_string();
     let public = ward_server::web::openapi::PUBLIC;
-    for (method, uri) in endpoints() {
-        let route = uri.trim_start_matches("/api/v1").split('?').next().unwrap();
+    for (method, uri, route) in endpoints() {
         let is_public = public
             .iter()
             .any(|(m, p)| *m == method.as_str() && route == *p);

@@ -5,7 +5,9 @@
 //! default `require_amr = ["mfa"]`, and `mfa = "ward"`). Debian's chromium (tests/web/sso.mjs)
 //! signs in through the IdP's own login form: the mapped identity, every refusal (no map rule,
 //! no MFA, unknown/replayed/carried callbacks, tampered ID tokens) and Ward's TOTP step; then
-//! this test checks the audit log.
+//! `ward login --sso --no-browser` (headless: the URL it prints is opened by chromium, signed in
+//! through the IdP and approved) stores a certificate with the mapped identity; last, this test
+//! checks the audit log.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -20,7 +22,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use ward_core::config::LoginConfig;
 use ward_core::PrincipalKind;
-use ward_tests::process::{free_port, Input, Proc};
+use ward_tests::process::{free_port, ward, Input, Proc, COMMAND_TIMEOUT};
 use ward_tests::web::{add_user, browser_ready, node_module_ready, run_node, workspace};
 use ward_tests::{ChildGateway, Pki};
 
@@ -186,14 +188,65 @@ fn sign_in_with_the_hospitals_openid_provider() {
         ("WARD_IDP_PASSWORD", IDP_PASSWORD.to_owned()),
     ];
     let mut failures = Vec::new();
+    let identity = dir.join("cli-id");
+    let mut cli: Option<Proc> = None;
     let (ok, output) = run_node("sso.mjs", &env, &mut failures, |name, _| match name {
         "audit-checked" => match check_audit(&gw.audit_events()) {
             Ok(()) => json!({"ok": true}),
             Err(why) => json!({"ok": false, "why": why}),
         },
+        "cli-login-start" => {
+            let mut cmd = ward(&["login", "--sso", "--no-browser", "--gateway", &gw.addr]);
+            cmd.arg("--ca")
+                .arg(gw.pki.root())
+                .arg("--out")
+                .arg(&identity);
+            let mut p = Proc::spawn(&mut cmd, Input::Null);
+            p.wait_for_stdout("Waiting for the approval", COMMAND_TIMEOUT);
+            let out = p.stdout();
+            let line = |prefix: &str| {
+                out.lines()
+                    .find_map(|l| l.strip_prefix(prefix))
+                    .map(str::trim)
+            };
+            let answer = match (line("url: "), line("code: ")) {
+                (Some(url), Some(code)) => json!({"ok": true, "url": url, "code": code}),
+                _ => json!({"ok": false, "why": format!("no url:/code: lines in {out}")}),
+            };
+            cli = Some(p);
+            answer
+        }
+        "cli-login-done" => cli_login_done(cli.take(), &identity),
         other => json!({"ok": false, "why": format!("unknown ask {other}")}),
     });
     assert!(ok && failures.is_empty(), "{failures:#?}\n{output}");
+}
+
+/// `ward login --sso` exited 0 and stored a certificate with the identity the IdP's claims map
+/// to (tina: vendor acme, role field), as `ward login` would.
+fn cli_login_done(cli: Option<Proc>, identity: &Path) -> Value {
+    let Some(cli) = cli else {
+        return json!({"ok": false, "why": "ward login --sso was not started"});
+    };
+    let done = cli.finish(COMMAND_TIMEOUT);
+    if !done.status.success() || !done.stdout.contains("logged in as vendor acme/tina") {
+        return json!({"ok": false, "why": format!("ward login --sso: {done:?}")});
+    }
+    let crt = std::fs::read_to_string(identity.with_extension("crt")).unwrap_or_default();
+    match ward_ca::inspect(&crt, None, ward_tests::now()) {
+        Ok(seen)
+            if seen.kind == Some(ward_ca::Kind::Vendor)
+                && seen.name.as_deref() == Some("tina")
+                && seen.org.as_deref() == Some("acme")
+                && seen.roles == ["field"] =>
+        {
+            json!({"ok": true, "principal": seen.principal})
+        }
+        Ok(seen) => json!({"ok": false, "why": format!("certificate of {seen:?}")}),
+        Err(e) => {
+            json!({"ok": false, "why": format!("no certificate at {}: {e}", identity.display())})
+        }
+    }
 }
 
 /// The audit log holds every SSO outcome: sign-ins with `via = "sso"`, provider and subject;
@@ -241,6 +294,19 @@ fn check_audit(events: &[Value]) -> Result<(), String> {
                 "no web_signin {outcome} of {user} saying {reason:?}: {signins:#?}"
             ));
         }
+    }
+    // The certificate `ward login --sso` got, approved by tina's SSO browser session.
+    let issued = events.iter().any(|e| {
+        e["event"] == "login"
+            && e["outcome"] == "success"
+            && e["principal"]["name"] == "tina"
+            && e["detail"]["via"] == "sso"
+            && e["detail"]["web_session"]
+                .as_str()
+                .is_some_and(|s| s.starts_with("sso-"))
+    });
+    if !issued {
+        return Err("no login success for tina via sso approved by an sso- browser session".into());
     }
     let walt = signins
         .iter()

@@ -546,16 +546,20 @@ fn web_terminal_over_a_websocket() {
             t.next(tokio::time::Instant::now() + WAIT).await.is_none(),
             "the socket stays open after refused"
         );
-        let deny = world
+        // The denial is audited (the audit log is written asynchronously: wait, bounded).
+        let deadline = Instant::now() + WAIT;
+        while !world
             .gw
             .audit_events()
-            .into_iter()
-            .rev()
-            .find(|e| e["event"] == "session_deny" && e["device"] == "vent-3");
-        assert!(
-            deny.is_some(),
-            "no session_deny for vent-3 in the audit log"
-        );
+            .iter()
+            .any(|e| e["event"] == "session_deny" && e["device"] == "vent-3")
+        {
+            assert!(
+                Instant::now() < deadline,
+                "no session_deny for vent-3 in the audit log"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
 
         // ---- a hello without the right CSRF token: closed with 1008, nothing opened ----------
         let opens_before = world
@@ -774,11 +778,18 @@ fn web_terminal_in_a_real_browser() {
             "session" => {
                 // The browser's session: opened through the web, and its recording holds `rate=`.
                 let id = s("id");
-                let open = world
-                    .gw
-                    .audit_events()
-                    .into_iter()
-                    .find(|e| e["event"] == "session_open" && e["session_id"] == id.as_str());
+                // (The audit log is written asynchronously: wait, bounded.)
+                let deadline = Instant::now() + WAIT;
+                let open = loop {
+                    let found =
+                        world.gw.audit_events().into_iter().find(|e| {
+                            e["event"] == "session_open" && e["session_id"] == id.as_str()
+                        });
+                    if found.is_some() || Instant::now() > deadline {
+                        break found;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                };
                 match open {
                     Some(e) if e["detail"]["via"] == "web" && e["principal"]["name"] == "nina" => {
                         json!({"ok": true})

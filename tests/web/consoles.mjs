@@ -7,6 +7,7 @@
 // tests/tests/web_consoles.rs (the gateway, nginx and the vault are set up there).
 //
 // WARD_CONSOLES_URL: https://127.0.0.1:PORT of the consoles' origin.
+// The device is opened the way a user does: "Open console" on the console's My devices (#/my).
 // WARD_WEB_USERS: {clinician, no_rule}
 // WARD_WEB_CASE: {device, marker, marker2, device_origin, denial}
 
@@ -57,32 +58,31 @@ try {
 
   await step("open the monitor's console on the consoles origin: the page renders", 30_000, async () => {
     const { page, context } = ctx;
-    // The console's "My devices" links there when it shows the device; else open the URL.
+    // The console's "My devices" links the device to its console on the consoles' origin.
     await page.goto(`${URL_BASE}/#/my`, { waitUntil: 'domcontentloaded' });
     const link = page.locator(`#open-${device}`);
-    let opened = false;
-    if (await link.waitFor({ state: 'visible', timeout: 5_000 }).then(() => true, () => false)) {
-      const href = await link.getAttribute('href');
-      if (href && href.startsWith(CONSOLES)) {
-        check(href === root, `the console links ${device} to ${href}, expected ${root}`);
-        const popup = context.waitForEvent('page', { timeout: 5_000 }).catch(() => null);
-        await link.click();
-        const other = await popup;
-        if (other) {
-          ctx.page = other;
-          other.on('response', (r) => {
-            if (r.url().startsWith(CONSOLES)) statuses.push([r.url(), r.status()]);
-          });
-        }
-        await ctx.page.waitForURL(`${root}**`, { timeout: 10_000 });
-        opened = true;
-        log(`  opened through the console's link ${href}`);
-      }
+    await link.waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
+      throw new Error(`My devices (#/my) shows no #open-${device}; the page shows: ${JSON.stringify((await page.textContent('body').catch(() => '')).slice(0, 500))}`);
+    });
+    await shot(page, 'consoles-00-my-devices');
+    const href = await link.getAttribute('href');
+    check(href === root, `My devices links ${device} to ${href}, expected ${root}`);
+    const popup = context.waitForEvent('page', { timeout: 5_000 }).catch(() => null);
+    await link.click();
+    const other = await popup;
+    if (other) {
+      ctx.page = other;
+      other.on('response', (r) => {
+        if (r.url().startsWith(CONSOLES)) statuses.push([r.url(), r.status()]);
+      });
+      other.events = { dialogs: [] };
+      other.on('dialog', async (d) => {
+        other.events.dialogs.push(`${d.type()}: ${d.message()}`);
+        await d.dismiss().catch(() => {});
+      });
     }
-    if (!opened) {
-      log(`  (no link to ${root} on #/my: opening it directly)`);
-      await page.goto(root, { waitUntil: 'domcontentloaded' });
-    }
+    await ctx.page.waitForURL(`${root}**`, { timeout: 10_000 });
+    log(`  opened through My devices' link ${href}`);
     const p = ctx.page;
     await p.locator('#marker').waitFor({ state: 'visible', timeout: 10_000 }).catch(async () => {
       throw new Error(`the monitor's page did not render; the page shows: ${JSON.stringify((await p.textContent('body').catch(() => '')).slice(0, 500))}`);

@@ -233,6 +233,34 @@ try {
     await context.close();
   });
 
+  await step('ward login --sso (headless): approved after signing in through the IdP', T * 3, async () => {
+    // The Rust side runs `ward login --sso --no-browser` and hands over the URL and code it printed.
+    const cli = await ask('cli-login-start', {});
+    const { context, page } = await newPage(browser);
+    await page.goto(cli.url, { waitUntil: 'domcontentloaded' });
+    // Not signed in: the sign-in page, with the IdP's button; back on the CLI's page afterwards.
+    await page.waitForFunction(() => location.hash.startsWith('#/signin'), null, { timeout: 10_000 });
+    const button = page.locator('#sso-hospital');
+    await button.waitFor({ state: 'visible', timeout: 10_000 });
+    await button.click();
+    await page.waitForURL((u) => u.href.startsWith(IDP), { timeout: 10_000 });
+    await page.locator('#idp-login').fill('tina');
+    await page.locator('#idp-password').fill(IDP_PASSWORD);
+    await Promise.all([
+      page.waitForURL((u) => u.href.startsWith(URL_BASE), { timeout: 15_000 }),
+      page.locator('#idp-submit').click(),
+    ]);
+    const hash = new URL(cli.url).hash;
+    await page.waitForFunction((h) => location.hash === h, hash, { timeout: 10_000 });
+    await waitText(page, '#cli-code', cli.code, 10_000);
+    await shot(page, 'sso-cli-approve');
+    await page.locator('#cli-approve').click();
+    await waitText(page, '#cli-state', 'approved', 10_000);
+    const done = await ask('cli-login-done', {}, 60_000);
+    check(done.principal === 'vendor acme/tina', `certificate for ${done.principal}`);
+    await context.close();
+  });
+
   await step('the audit log has every outcome', T, async () => {
     await ask('audit-checked', {});
   });

@@ -158,6 +158,23 @@ listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn
 consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, on an origin of their own
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
+
+# Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
+# [[oidc]]
+# name = "hospital"
+# display = "St Mary's account"
+# issuer = "https://login.hospital.example/realms/staff"
+# client_id = "ward"
+# client_secret_file = "/etc/ward/oidc-secret"
+# redirect_url = "https://ward.hospital.example:8443/api/v1/sso/callback"
+# scopes = ["openid", "profile", "groups"]
+# require_amr = ["mfa"]            # the IdP must report MFA (or mfa = "ward": Ward's TOTP after it)
+# [[oidc.map]]
+# claim = "groups"
+# value = "icu-nurses"
+# kind = "clinician"
+# org = "st-mary"
+# roles = ["icu"]
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -627,6 +644,17 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        if let (Some(first), None) = (oidc.first(), web.listen) {
+            return Err(ConfigError {
+                file: file_name.to_owned(),
+                location: None,
+                field: "oidc[0]".into(),
+                kind: ConfigErrorKind::Syntax(format!(
+                    "[[oidc]] {} signs people in to the web console: set [web] listen too",
+                    first.name
+                )),
+            });
+        }
         Ok(Config {
             gateway,
             devices,

@@ -447,6 +447,9 @@ state_dir = "var/ward"
 "#;
 
     const PROVIDER: &str = r#"
+[web]
+listen = "127.0.0.1:8443"
+
 [[oidc]]
 name = "hospital"
 display = "St Mary's account"
@@ -502,6 +505,36 @@ roles = ["oncall"]
         assert_eq!(p.map[0].kind, Some(PrincipalKind::Clinician));
         assert_eq!(p.map[1].roles, vec!["oncall"]);
         assert!(Config::parse(GATEWAY, "w.toml").unwrap().oidc.is_empty());
+        // Without the console there is nothing to sign in to.
+        let e = Config::parse(
+            &format!(
+                "{GATEWAY}{}",
+                PROVIDER.replace("listen = \"127.0.0.1:8443\"", "")
+            ),
+            "w.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "oidc[0]", "{e}");
+        assert!(e.to_string().contains("set [web] listen"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_configs_commented_provider_parses() {
+        let sample = crate::config::SAMPLE_CONFIG;
+        let at = sample.find("# [[oidc]]").unwrap();
+        let (before, after) = sample.split_at(at);
+        let uncommented: String = after
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Config::parse(&format!("{before}{uncommented}\n"), "sample.toml").unwrap();
+        assert_eq!(c.oidc.len(), 1);
+        assert_eq!(c.oidc[0].map[0].org.as_deref(), Some("st-mary"));
+        assert!(Config::parse(sample, "sample.toml")
+            .unwrap()
+            .oidc
+            .is_empty());
     }
 
     #[test]
@@ -629,7 +662,10 @@ roles = ["oncall"]
                 "nobody could sign in",
             ),
             (
-                format!("{PROVIDER}{PROVIDER}"),
+                format!(
+                    "{PROVIDER}[[oidc]]{}",
+                    PROVIDER.split("[[oidc]]").nth(1).unwrap()
+                ),
                 "oidc[1].name",
                 "two [[oidc]] providers",
             ),

@@ -531,21 +531,28 @@ pub(crate) fn audit_ended(state: &WebState, ended: &[(SignIn, &'static str)], pe
     }
 }
 
-/// The `ward_session` cookie's value, if the request carries a well-formed one.
-fn session_cookie(headers: &HeaderMap) -> Option<&str> {
-    headers
+/// The `ward_session` cookie's value, if the request carries exactly one, well formed. Two or
+/// more are no session at all: a device's page on the consoles' origin can set cookies for this
+/// host (cookies are per host, not per port) under a longer path, which the browser would send
+/// first — a session of the attacker's choosing ("cookie tossing"); ambiguity signs nobody in.
+pub(crate) fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    let mut found = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.trim())
-        .filter(|v| {
-            v.len() == 43
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        })
+        .filter(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim());
+    let value = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    Some(value).filter(|v| {
+        v.len() == 43
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    })
 }
 
 /// Resolves the request's caller (client certificate, or session cookie) into an [`Authed`]
@@ -843,6 +850,13 @@ mod tests {
             HeaderValue::from_static("ward_session=short"),
         );
         assert_eq!(session_cookie(&h), None);
+        // Two session cookies (one tossed by a device's page under a longer path): none.
+        let mut two = HeaderMap::new();
+        two.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{COOKIE}={token}; a=b; {COOKIE}={token}")).unwrap(),
+        );
+        assert_eq!(session_cookie(&two), None);
 
         let s = SignIns::new(&WebConfig::default());
         let a = s.certificate_csrf("01ab");

@@ -178,10 +178,7 @@ async fn serve(c: &Consoles, req: Request) -> Response {
         return page(
             StatusCode::NOT_FOUND,
             "Not an HTTP console",
-            &format!(
-                "{device} is a {} device: open it from the console's \"My devices\"",
-                dev.protocol
-            ),
+            &format!("{device} has no HTTP console: open it from the console's \"My devices\""),
             Some(&console),
         );
     }

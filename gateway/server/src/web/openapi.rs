@@ -37,6 +37,13 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("POST", "/locks"),
     ("DELETE", "/locks/{kind}/{value}"),
     ("GET", "/devices"),
+    ("GET", "/my/devices"),
+    ("POST", "/my/requests"),
+    ("GET", "/terminal/{device}"),
+    ("GET", "/sso"),
+    ("GET", "/sso/{name}/start"),
+    ("GET", "/sso/callback"),
+    ("POST", "/sso/totp"),
     ("GET", "/sso/cli/{poll}"),
     ("POST", "/sso/cli/{poll}/approve"),
     ("POST", "/sso/cli/{poll}/deny"),
@@ -44,7 +51,14 @@ pub const ROUTES: &[(&str, &str)] = &[
 ];
 
 /// The routes reachable without signing in (everything else answers 401 to an anonymous caller).
-pub const PUBLIC: &[(&str, &str)] = &[("POST", "/signin"), ("GET", "/openapi.json")];
+pub const PUBLIC: &[(&str, &str)] = &[
+    ("POST", "/signin"),
+    ("GET", "/openapi.json"),
+    ("GET", "/sso"),
+    ("GET", "/sso/{name}/start"),
+    ("GET", "/sso/callback"),
+    ("POST", "/sso/totp"),
+];
 
 /// This area's routes.
 pub fn routes() -> Router<WebState> {

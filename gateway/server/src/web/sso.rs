@@ -58,7 +58,7 @@ use ward_core::sso::{check_mfa, map_claims, Mapped};
 use ward_core::PrincipalKind;
 
 use super::auth::{self, SignIns};
-use super::{ApiError, Authed, ConnInfo, Via, WebState};
+use super::{ApiError, ConnInfo, Via, WebState};
 use crate::services::login::{SignedIn, SsoSignIn, TOTP_REUSED};
 use crate::services::Refusal;
 
@@ -599,14 +599,12 @@ struct TotpBody {
 async fn totp(
     State(state): State<WebState>,
     conn: Option<Extension<ConnInfo>>,
-    authed: Option<Extension<Authed>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
     let Some(Extension(conn)) = conn else {
         return ApiError::unauthenticated().into_response();
     };
-    let _ = authed;
     if body.len() > MAX_TOTP_BODY {
         return ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request too large").into_response();
     }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Router};
@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use ward_core::Protocol;
 
-use super::auth::{Current, Lookup, COOKIE};
+use super::auth::{Current, Lookup};
 use super::bridge::{self, FromDevice};
 use super::terminal::{Screen, Terminal};
 use super::{ApiError, Authed, WebState};
@@ -139,7 +139,7 @@ async fn terminal(
     let Some(Extension(current)) = current else {
         return ApiError::unauthenticated().into_response();
     };
-    let cookie = session_cookie(&headers);
+    let cookie = super::auth::session_cookie(&headers).map(str::to_owned);
     let term = Term {
         state,
         authed,
@@ -151,18 +151,6 @@ async fn terminal(
     ws.max_message_size(MAX_MESSAGE)
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| term.run(socket))
-}
-
-/// The `ward_session` cookie's token, if any (to notice a sign-in that ended).
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
-        .map(|(_, v)| v.trim().to_owned())
 }
 
 /// Constant-time equality.

@@ -95,7 +95,11 @@ impl LoginService {
             user: name.to_owned(),
             now: self.ctx.clock.now(),
             past_others: false,
-            details: Vec::new(),
+            details: vec![
+                ("via", "sso".into()),
+                ("provider", who.provider.clone().into()),
+                ("subject", who.subject.clone().into()),
+            ],
         };
         let user = self
             .users
@@ -104,13 +108,8 @@ impl LoginService {
             .map_err(|e| a.store_down(e, "read"))?;
         let reserved = self.reserve(&mut a, true)?;
         a.past_others = reserved == ward_core::ratelimit::Reserved::PastOthers;
-        let sso = |e: crate::audit::Event| {
-            e.detail("via", "sso")
-                .detail("provider", who.provider.clone())
-                .detail("subject", who.subject.clone())
-        };
         let refuse = |a: &mut Attempt, why: &str, user: Option<&crate::users::User>| {
-            let mut e = sso(a.ev("denied").severity("warning").reason(why.to_owned()));
+            let mut e = a.ev("denied").severity("warning").reason(why.to_owned());
             if let Some(u) = user {
                 e = e.user(u.kind.as_str(), &u.name, u.org.as_deref());
             }

@@ -1187,6 +1187,88 @@ mod tests {
         );
     }
 
+    /// Markup-like input from a small alphabet (tags, quotes, attribute names, URLs).
+    fn markup() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let pieces = prop_oneof![
+            Just(&b"<a href="[..]),
+            Just(&b"<img src='"[..]),
+            Just(&b"<style>"[..]),
+            Just(&b"</style>"[..]),
+            Just(&b"<script>"[..]),
+            Just(&b"</script>"[..]),
+            Just(&b"<!--"[..]),
+            Just(&b"-->"[..]),
+            Just(&b"<meta http-equiv=refresh content=\"0;url="[..]),
+            Just(&b"srcset=\""[..]),
+            Just(&b" style=\"background:url("[..]),
+            Just(&b"@import '"[..]),
+            Just(&b"url("[..]),
+            Just(&b"/x"[..]),
+            Just(&b"//"[..]),
+            Just(&b"http://"[..]),
+            Just(&b"\""[..]),
+            Just(&b"'"[..]),
+            Just(&b">"[..]),
+            Just(&b"<"[..]),
+            Just(&b" "[..]),
+            Just(&b"="[..]),
+            Just(&b","[..]),
+            Just(&b")"[..]),
+            Just(&b"\xff"[..]),
+        ];
+        proptest::collection::vec(pieces, 0..64).prop_map(|v| v.concat())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(500))]
+
+        /// Whatever the device sends, rewriting only ever inserts the prefix: taking it out again
+        /// gives the input back (for input that names neither the prefix nor the device).
+        #[test]
+        fn rewriting_only_inserts_the_prefix(
+            html in markup(),
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2048),
+        ) {
+            let r = rw();
+            for input in [&html, &bytes] {
+                let text = String::from_utf8_lossy(input);
+                if text.contains("/d/monitor-3") || text.contains("10.1.2.3") {
+                    continue;
+                }
+                for out in [r.html(input), r.css(input), r.refresh(input), r.link(input)] {
+                    let back = String::from_utf8_lossy(&out).replace("/d/monitor-3", "");
+                    proptest::prop_assert_eq!(back, text.to_string());
+                }
+            }
+        }
+
+        /// A rewritten URL always lands under the prefix; a cookie always stays in it.
+        #[test]
+        fn urls_and_cookies_stay_under_the_prefix(
+            url in "[ /\\:a-z0-9.?#]{0,40}",
+            cookie in "[a-zA-Z_=; /.]{0,60}",
+        ) {
+            let r = rw();
+            if let Some(out) = r.url(url.as_bytes()) {
+                let out = String::from_utf8(out).unwrap();
+                proptest::prop_assert!(out.trim_start().starts_with("/d/monitor-3/"), "{}", out);
+            }
+            if let Some(out) = r.set_cookie(&cookie) {
+                let path = out.split("; Path=").nth(1).unwrap_or_default();
+                proptest::prop_assert!(path.starts_with("/d/monitor-3/"), "{}", out);
+                proptest::prop_assert!(
+                    out.split(';').skip(1).all(|a| !a.split('=').next().unwrap_or_default().trim().eq_ignore_ascii_case("domain")),
+                    "{}", out
+                );
+                proptest::prop_assert!(
+                    !out.split('=').next().unwrap_or_default().trim().eq_ignore_ascii_case("ward_session"),
+                    "{}", out
+                );
+            }
+        }
+    }
+
     #[test]
     fn ward_cookie_is_removed_from_requests() {
         let v = without_ward_cookie(b"a=1;ward_session=T; b=2").unwrap();

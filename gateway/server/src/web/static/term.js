@@ -120,12 +120,14 @@ export function terminal(box, device, { breakGlass, onEnd } = {}) {
     ev.preventDefault();
     send({ type: 'input', data: bytes });
   });
-  // Text that arrives without a key event (an input method, dictation).
-  input.addEventListener('input', () => {
+  // Text that arrives without a key event (dictation; an input method once it has composed).
+  const flush = () => {
     const v = input.value;
     input.value = '';
     if (v) send({ type: 'input', data: v.replace(/\r?\n/g, '\r') });
-  });
+  };
+  input.addEventListener('input', (ev) => { if (!ev.isComposing) flush(); });
+  input.addEventListener('compositionend', flush);
   const paste = (ev) => {
     const t = ev.clipboardData ? ev.clipboardData.getData('text/plain') : '';
     ev.preventDefault();
