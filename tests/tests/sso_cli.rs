@@ -516,6 +516,23 @@ async fn sso_logins_expire_are_bounded_and_need_the_console() {
         other => panic!("{other:?}"),
     }
 
+    // A provider the gateway does not have is refused with what to do.
+    let named = Request::SsoStart(SsoStart {
+        provider: Some("nope".into()),
+        csr: csr.clone(),
+    });
+    match anonymous(&tcp, &root, Transport::Tcp)
+        .request(&named)
+        .await
+        .unwrap()
+    {
+        Response::Error {
+            code: ErrorCode::BadRequest,
+            message,
+        } => assert!(message.contains("no identity provider"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+
     // A CSR that could never be certified is refused at once.
     match start_sso(&anonymous(&tcp, &root, Transport::Tcp), "not a csr").await {
         Response::Error {

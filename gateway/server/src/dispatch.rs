@@ -164,11 +164,30 @@ pub(crate) async fn login(
     })
 }
 
-/// The console's address as the gateway knows it (the bound `[web] listen`); `None` when the
-/// console is off. An unspecified address (`0.0.0.0`) is left as is: the client puts the host
-/// name it reached the gateway by in its place.
+/// The console's origin for the URL `ward login --sso` prints; `None` when the console is off.
+/// The bound `[web] listen`; when that is an unspecified address (`0.0.0.0`), the origin of an
+/// `[[oidc]]` provider's `redirect_url` (the console's public name, registered at the IdP), else
+/// the address as is (the client puts the host name it reached the gateway by in its place).
 fn console_base(shared: &Shared) -> Option<String> {
-    shared.web_addr.map(|a| format!("https://{a}"))
+    let bound = shared.web_addr?;
+    if bound.ip().is_unspecified() {
+        let config = shared.config();
+        if let Some(origin) = config
+            .oidc
+            .iter()
+            .find_map(|o| https_origin(&o.redirect_url))
+        {
+            return Some(origin);
+        }
+    }
+    Some(format!("https://{bound}"))
+}
+
+/// `https://host:port` of an `https://` URL.
+fn https_origin(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("https://")?;
+    let host = rest.split(['/', '?', '#']).next()?;
+    (!host.is_empty() && !host.contains('@')).then(|| format!("https://{host}"))
 }
 
 fn sso_pending(base: &str, p: crate::services::sso::Pending) -> Response {
@@ -653,6 +672,21 @@ pub fn user_line(u: &User) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_console_origin_comes_from_an_https_redirect_url() {
+        assert_eq!(
+            https_origin("https://ward.hospital.org:8443/api/v1/sso/callback").as_deref(),
+            Some("https://ward.hospital.org:8443")
+        );
+        assert_eq!(
+            https_origin("https://ward.hospital.org").as_deref(),
+            Some("https://ward.hospital.org")
+        );
+        assert_eq!(https_origin("http://ward/api/v1/sso/callback"), None);
+        assert_eq!(https_origin("https:///x"), None);
+        assert_eq!(https_origin("https://user@evil/x"), None);
+    }
 
     #[test]
     fn each_refusal_has_one_frame() {

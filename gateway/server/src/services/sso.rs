@@ -345,7 +345,7 @@ impl SsoCliService {
     }
 
     /// Starts a CLI login from `source` for `csr` (checked as `ward login` checks it), with
-    /// `provider` asked for (a name of `[a-z0-9-]`, at most 64). Audited as [`SSO_CLI_START`].
+    /// `provider` asked for (one of the `[[oidc]]` names). Audited as [`SSO_CLI_START`].
     pub fn start(
         &self,
         source: SocketAddr,
@@ -362,6 +362,20 @@ impl SsoCliService {
                     "--sso-provider must be a provider's name: lowercase letters, digits and -"
                         .into(),
                 ));
+            }
+            let config = self.ctx.live.config();
+            let known: Vec<&str> = config.oidc.iter().map(|o| o.name.as_str()).collect();
+            if !known.contains(&p.as_str()) {
+                return Err(Refusal::Invalid(if known.is_empty() {
+                    "this gateway has no identity provider ([[oidc]]): leave out --sso-provider \
+                     and sign in to the console with your password and TOTP"
+                        .into()
+                } else {
+                    format!(
+                        "no identity provider {p} on this gateway: --sso-provider takes one of {}",
+                        known.join(", ")
+                    )
+                }));
             }
         }
         ward_ca::check_csr(csr).map_err(|e| {
