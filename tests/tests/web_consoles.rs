@@ -342,6 +342,37 @@ fn sign_in(curl: &Curl, web: &str, user: &WebUser) -> String {
     format!("Cookie: ward_session={token}")
 }
 
+/// Signs `user` in: the `Cookie:` header line and the sign-in's CSRF token.
+fn sign_in_full(curl: &Curl, web: &str, user: &WebUser) -> (String, String) {
+    let secret = ward_core::totp::TotpSecret::from_base32(&user.totp).unwrap();
+    // A code not used yet: the first sign-in used this step's (single use).
+    let step = now().unix_timestamp() + 30;
+    let code = ward_core::totp::code_at(&secret, step);
+    let body = json!({"user": user.user, "password": user.password, "totp": code}).to_string();
+    let r = curl.call(
+        "POST",
+        &format!("{web}/api/v1/signin"),
+        &[
+            "-H",
+            "Content-Type: application/json",
+            "--data-binary",
+            &body,
+        ],
+    );
+    assert_eq!(r.status, 200, "sign-in of {}: {r:?}", user.user);
+    let set = r.header("set-cookie").unwrap();
+    let token = set
+        .split(';')
+        .next()
+        .and_then(|kv| kv.strip_prefix("ward_session="))
+        .unwrap();
+    let csrf = serde_json::from_str::<Value>(&r.body).unwrap()["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    (format!("Cookie: ward_session={token}"), csrf)
+}
+
 /// Every byte of every recording in `state`.
 fn recordings(state: &Path) -> Vec<u8> {
     let mut recorded = Vec::new();
@@ -780,6 +811,44 @@ fn a_monitors_console_through_the_consoles_origin() {
             .filter(|e| e["device"] == "monitor-3")
             .count();
     assert_eq!(opened, 3, "the tab's own session, then one overflow");
+
+    // A sign-out ends that sign-in's device tab within a second (not at its idle timeout): a
+    // second sign-in of nina's opens a tab, signs out, and the tab's session closes.
+    let second = sign_in_full(&w.curl, &w.web, &w.users[0]);
+    let r = get("/d/monitor-3/page2.html", Some(second.0.as_str()), &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    let opens = |ev: &[Value]| -> Vec<String> {
+        ev.iter()
+            .filter(|e| e["event"] == "session_open" && e["principal"]["name"] == "nina")
+            .filter_map(|e| e["session_id"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let second_tab = opens(&w.gw.audit_events()).last().cloned().unwrap();
+    let out = w.curl.call(
+        "POST",
+        &format!("{}/api/v1/signout", w.web),
+        &["-H", &second.0, "-H", &format!("X-Ward-CSRF: {}", second.1)],
+    );
+    assert!(out.status == 200 || out.status == 204, "sign-out: {out:?}");
+    let signed_out = Instant::now();
+    let events = audit_until(&w.gw, Duration::from_secs(5), |ev| {
+        ev.iter()
+            .any(|e| e["event"] == "session_close" && e["session_id"] == second_tab.as_str())
+    });
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "session_close" && e["session_id"] == second_tab.as_str()),
+        "the signed-out browser's device tab is still open"
+    );
+    assert!(
+        signed_out.elapsed() < Duration::from_secs(3),
+        "the tab closed {:?} after the sign-out",
+        signed_out.elapsed()
+    );
+    // nina's first sign-in keeps its own tab.
+    let r = get("/d/monitor-3/page2.html", nina, &[]);
+    assert_eq!(r.status, 200, "{r:?}");
 
     // A lock ends nina's tab; the next request is refused with the lock's reason, escaped.
     let lock_reason = "incident <77> & \"co\"";
