@@ -22,6 +22,7 @@ use ward_client::{Client, IdentityFiles, Transport};
 use ward_server::gateway::Gateway;
 
 pub mod hostile;
+pub mod nginx;
 pub mod process;
 pub mod web;
 

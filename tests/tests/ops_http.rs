@@ -41,40 +41,18 @@ operations.http = { allow = ["GET /status*"] }
 "#;
 
 /// nginx in the foreground out of a temp dir, serving `/status` (a static file).
-struct Nginx {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    _proc: Proc,
-}
+type Nginx = ward_tests::nginx::Nginx;
 
-impl Nginx {
-    /// The access log: `"$request" $status` per line.
-    fn access_log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn start() -> Nginx {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        std::fs::create_dir_all(d.join("html/status")).unwrap();
-        std::fs::write(d.join("html/status/index.json"), STATUS_PAGE).unwrap();
-        std::fs::write(d.join("html/config"), "device configuration\n").unwrap();
-        let version = run(Command::new("nginx").arg("-V"));
-        let build = version.stderr + &version.stdout;
-        let mut temp_paths = String::new();
-        for m in ["fastcgi", "uwsgi", "scgi"] {
-            if !build.contains(&format!("--without-http_{m}_module")) {
-                temp_paths.push_str(&format!("  {m}_temp_path {}/{m};\n", d.display()));
-            }
-        }
-        for _attempt in 0..5 {
-            let port = ward_tests::process::free_port();
-            let conf = format!(
+/// Starts nginx serving `/status` (see [`Nginx`]'s doc above).
+fn start_nginx() -> Nginx {
+    Nginx::start(
+        |d| {
+            std::fs::create_dir_all(d.join("html/status")).unwrap();
+            std::fs::write(d.join("html/status/index.json"), STATUS_PAGE).unwrap();
+            std::fs::write(d.join("html/config"), "device configuration\n").unwrap();
+        },
+        |d, port, temp_paths| {
+            format!(
                 r#"daemon off;
 master_process off;
 worker_processes 1;
@@ -82,57 +60,23 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-  log_format req '"$request" $status';
-  access_log {d}/access.log req;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  default_type application/octet-stream;
-  keepalive_requests 1000;
+      log_format req '"$request" $status';
+      access_log {d}/access.log req;
+      client_body_temp_path {d}/body;
+      proxy_temp_path {d}/proxy;
+      default_type application/octet-stream;
+      keepalive_requests 1000;
 {temp_paths}  server {{
-    listen 127.0.0.1:{port};
-    root {d}/html;
-    location = /status {{ try_files /status/index.json =404; }}
-  }}
+listen 127.0.0.1:{port};
+root {d}/html;
+location = /status {{ try_files /status/index.json =404; }}
+      }}
 }}
 "#,
                 d = d.display()
-            );
-            let _ = std::fs::remove_file(d.join("nginx.pid"));
-            std::fs::write(d.join("nginx.conf"), conf).unwrap();
-            let mut proc = Proc::spawn(
-                Command::new("nginx")
-                    .arg("-p")
-                    .arg(d)
-                    .arg("-c")
-                    .arg(d.join("nginx.conf"))
-                    .arg("-e")
-                    .arg(d.join("error.log")),
-                Input::Null,
-            );
-            let pid = proc.child.id().to_string();
-            let deadline = Instant::now() + COMMAND_TIMEOUT;
-            loop {
-                if let Some(status) = proc.child.try_wait().unwrap() {
-                    let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
-                    if log.contains("Address already in use") {
-                        break;
-                    }
-                    panic!("nginx exited ({status}):\n{log}");
-                }
-                let written = std::fs::read_to_string(d.join("nginx.pid")).unwrap_or_default();
-                if written.trim() == pid {
-                    return Nginx {
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                        dir,
-                        _proc: proc,
-                    };
-                }
-                assert!(Instant::now() < deadline, "nginx did not start in time");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("nginx could not bind a free loopback port in 5 attempts");
-    }
+            )
+        },
+    )
 }
 
 /// `ward connect DEVICE --listen 127.0.0.1:0` as a child; its local address.
@@ -243,7 +187,7 @@ fn http_operations_are_decided_request_by_request_and_the_connection_stays_usabl
     if !peers() {
         return;
     }
-    let nginx = Nginx::start();
+    let nginx = start_nginx();
     let pki = Arc::new(Pki::new());
     let devices = [DeviceSpec::new(
         "monitor-3",

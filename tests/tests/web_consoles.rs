@@ -25,7 +25,6 @@
     clippy::indexing_slicing
 )]
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -36,7 +35,7 @@ use serde_json::{json, Value};
 use ward_ca::Kind;
 use ward_core::config::LoginConfig;
 use ward_core::PrincipalKind;
-use ward_tests::process::{free_port, run, run_with, ward, Input, Proc, COMMAND_TIMEOUT};
+use ward_tests::process::{free_port, run, run_with, ward, Input, COMMAND_TIMEOUT};
 use ward_tests::web::{browser_ready, run_node, workspace, WebUser};
 use ward_tests::*;
 
@@ -56,47 +55,25 @@ const SLOW_BYTES: usize = 10 * 1024;
 /// nginx as a patient monitor's web console: `auth_basic` on everything, a home page with
 /// absolute and root-relative links, a style sheet, a redirect that sets a cookie, a settings
 /// page (refused by the rule) and a form.
-struct Monitor {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    _proc: Proc,
-}
+type Monitor = ward_tests::nginx::Nginx;
 
-impl Monitor {
-    /// The access log: `$remote_user "$request" $status host=[..] cookie=[..] ae=[..]`.
-    fn access_log(&self) -> Vec<String> {
-        std::fs::read_to_string(self.dir.path().join("access.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(str::to_string)
-            .collect()
-    }
-
-    fn start() -> Monitor {
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
-        let hash = run_with(
-            Command::new("openssl").args(["passwd", "-apr1", "-stdin"]),
-            Input::Bytes(format!("{VAULT_PASSWORD}\n").into_bytes()),
-            COMMAND_TIMEOUT,
-        );
-        assert!(hash.status.success(), "{hash:?}");
-        std::fs::write(
-            d.join("htpasswd"),
-            format!("{VAULT_USER}:{}\n", hash.stdout.trim()),
-        )
-        .unwrap();
-        let version = run(Command::new("nginx").arg("-V"));
-        let build = version.stderr + &version.stdout;
-        let mut temp_paths = String::new();
-        for m in ["fastcgi", "uwsgi", "scgi"] {
-            if !build.contains(&format!("--without-http_{m}_module")) {
-                temp_paths.push_str(&format!("  {m}_temp_path {}/{m};\n", d.display()));
-            }
-        }
-        for _attempt in 0..5 {
-            let port = free_port();
+/// Starts the monitor (see [`Monitor`]'s doc above).
+fn start_monitor() -> Monitor {
+    Monitor::start(
+        |d| {
+            let hash = run_with(
+                Command::new("openssl").args(["passwd", "-apr1", "-stdin"]),
+                Input::Bytes(format!("{VAULT_PASSWORD}\n").into_bytes()),
+                COMMAND_TIMEOUT,
+            );
+            assert!(hash.status.success(), "{hash:?}");
+            std::fs::write(
+                d.join("htpasswd"),
+                format!("{VAULT_USER}:{}\n", hash.stdout.trim()),
+            )
+            .unwrap();
+        },
+        |d, port, temp_paths| {
             let origin = format!("http://127.0.0.1:{port}");
             std::fs::create_dir_all(d.join("html/admin")).unwrap();
             std::fs::write(
@@ -140,7 +117,7 @@ impl Monitor {
             let mut big = b"<!doctype html><a id=\"big\" href=\"/x\">".to_vec();
             big.resize(BIG_PAGE, b'a');
             std::fs::write(d.join("html/big.html"), big).unwrap();
-            let conf = format!(
+            format!(
                 r#"daemon off;
 master_process off;
 worker_processes 1;
@@ -148,70 +125,36 @@ pid {d}/nginx.pid;
 error_log {d}/error.log warn;
 events {{ worker_connections 64; }}
 http {{
-  log_format who '$remote_user "$request" $status host=[$http_host] cookie=[$http_cookie] ae=[$http_accept_encoding]';
-  access_log {d}/access.log who;
-  client_body_temp_path {d}/body;
-  proxy_temp_path {d}/proxy;
-  types {{ text/html html; text/css css; }}
-  default_type application/octet-stream;
-  keepalive_requests 1000;
+      log_format who '$remote_user "$request" $status host=[$http_host] cookie=[$http_cookie] ae=[$http_accept_encoding]';
+      access_log {d}/access.log who;
+      client_body_temp_path {d}/body;
+      proxy_temp_path {d}/proxy;
+      types {{ text/html html; text/css css; }}
+      default_type application/octet-stream;
+      keepalive_requests 1000;
 {temp_paths}  server {{
-    listen 127.0.0.1:{port};
-    root {d}/html;
-    auth_basic "VitalView monitor";
-    auth_basic_user_file {d}/htpasswd;
-    location / {{ }}
-    # After the access phase (try_files runs later), so the redirect needs the password too.
-    location = /old {{ try_files /nonexistent @old; }}
-    # A slow answer (a long poll, a stream of readings).
-    location = /slow.txt {{ limit_rate 1k; }}
-    # The monitor closes the connection after this page.
-    location = /bye.html {{ keepalive_timeout 0; }}
-    location @old {{
+listen 127.0.0.1:{port};
+root {d}/html;
+auth_basic "VitalView monitor";
+auth_basic_user_file {d}/htpasswd;
+location / {{ }}
+# After the access phase (try_files runs later), so the redirect needs the password too.
+location = /old {{ try_files /nonexistent @old; }}
+# A slow answer (a long poll, a stream of readings).
+location = /slow.txt {{ limit_rate 1k; }}
+# The monitor closes the connection after this page.
+location = /bye.html {{ keepalive_timeout 0; }}
+location @old {{
       add_header Set-Cookie "monitor_sid=abc123; Path=/; HttpOnly" always;
       return 302 {origin}/page2.html;
-    }}
-  }}
+}}
+      }}
 }}
 "#,
                 d = d.display()
-            );
-            let _ = std::fs::remove_file(d.join("nginx.pid"));
-            std::fs::write(d.join("nginx.conf"), conf).unwrap();
-            let mut proc = Proc::spawn(
-                Command::new("nginx")
-                    .arg("-p")
-                    .arg(d)
-                    .arg("-c")
-                    .arg(d.join("nginx.conf"))
-                    .arg("-e")
-                    .arg(d.join("error.log")),
-                Input::Null,
-            );
-            let pid = proc.child.id().to_string();
-            let deadline = Instant::now() + COMMAND_TIMEOUT;
-            loop {
-                if let Some(status) = proc.child.try_wait().unwrap() {
-                    let log = std::fs::read_to_string(d.join("error.log")).unwrap_or_default();
-                    if log.contains("Address already in use") {
-                        break;
-                    }
-                    panic!("nginx exited ({status}):\n{log}");
-                }
-                let written = std::fs::read_to_string(d.join("nginx.pid")).unwrap_or_default();
-                if written.trim() == pid {
-                    return Monitor {
-                        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-                        dir,
-                        _proc: proc,
-                    };
-                }
-                assert!(Instant::now() < deadline, "nginx did not start in time");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        panic!("nginx could not bind a free loopback port in 5 attempts");
-    }
+            )
+        },
+    )
 }
 
 /// The rules: ICU clinicians read the ICU monitors' pages (GET and HEAD, but not the settings),
@@ -319,34 +262,15 @@ fn add_user(state: &Path, login: &LoginConfig, name: &str, kind: &str, roles: &[
 
 /// Signs `user` in on the console's origin; the `Cookie:` header of its browser session.
 fn sign_in(curl: &Curl, web: &str, user: &WebUser) -> String {
-    let secret = ward_core::totp::TotpSecret::from_base32(&user.totp).unwrap();
-    let code = ward_core::totp::code_at(&secret, now().unix_timestamp());
-    let body = json!({"user": user.user, "password": user.password, "totp": code}).to_string();
-    let r = curl.call(
-        "POST",
-        &format!("{web}/api/v1/signin"),
-        &[
-            "-H",
-            "Content-Type: application/json",
-            "--data-binary",
-            &body,
-        ],
-    );
-    assert_eq!(r.status, 200, "sign-in of {}: {r:?}", user.user);
-    let set = r.header("set-cookie").unwrap();
-    let token = set
-        .split(';')
-        .next()
-        .and_then(|kv| kv.strip_prefix("ward_session="))
-        .unwrap();
-    format!("Cookie: ward_session={token}")
+    sign_in_full(curl, web, user, 0).0
 }
 
 /// Signs `user` in: the `Cookie:` header line and the sign-in's CSRF token.
-fn sign_in_full(curl: &Curl, web: &str, user: &WebUser) -> (String, String) {
+/// `steps_ahead`: the TOTP step after this one to use (codes are single use: a second sign-in
+/// within 30 s takes the next step's code, which the skew window accepts).
+fn sign_in_full(curl: &Curl, web: &str, user: &WebUser, steps_ahead: i64) -> (String, String) {
     let secret = ward_core::totp::TotpSecret::from_base32(&user.totp).unwrap();
-    // A code not used yet: the first sign-in used this step's (single use).
-    let step = now().unix_timestamp() + 30;
+    let step = now().unix_timestamp() + 30 * steps_ahead;
     let code = ward_core::totp::code_at(&secret, step);
     let body = json!({"user": user.user, "password": user.password, "totp": code}).to_string();
     let r = curl.call(
@@ -418,7 +342,7 @@ struct World {
 }
 
 fn world(users: &[(&str, &str, &[&str])]) -> World {
-    let monitor = Monitor::start();
+    let monitor = start_monitor();
     let pki = Arc::new(Pki::new());
     let devices = [
         DeviceSpec::new(
@@ -814,7 +738,7 @@ fn a_monitors_console_through_the_consoles_origin() {
 
     // A sign-out ends that sign-in's device tab within a second (not at its idle timeout): a
     // second sign-in of nina's opens a tab, signs out, and the tab's session closes.
-    let second = sign_in_full(&w.curl, &w.web, &w.users[0]);
+    let second = sign_in_full(&w.curl, &w.web, &w.users[0], 1);
     let r = get("/d/monitor-3/page2.html", Some(second.0.as_str()), &[]);
     assert_eq!(r.status, 200, "{r:?}");
     let opens = |ev: &[Value]| -> Vec<String> {
