@@ -457,8 +457,11 @@ pub fn change_msg(last: Option<&Screen>, s: &Screen) -> Option<Message> {
     let Some(l) = last.filter(|l| l.cols == s.cols && l.rows == s.rows) else {
         return Some(screen_msg(s));
     };
-    let changed: Vec<usize> = (0..s.lines.len())
-        .filter(|&i| l.lines.get(i) != s.lines.get(i))
+    let changed: Vec<(usize, &Vec<super::terminal::Run>)> = s
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, runs)| l.lines.get(i) != Some(runs))
         .collect();
     if changed.is_empty() && l.cursor == s.cursor {
         return None;
@@ -468,7 +471,7 @@ pub fn change_msg(last: Option<&Screen>, s: &Screen) -> Option<Message> {
     }
     let lines: Vec<serde_json::Value> = changed
         .iter()
-        .map(|&i| json!({"row": i, "runs": s.lines[i]}))
+        .map(|(i, runs)| json!({"row": i, "runs": runs}))
         .collect();
     Some(text(json!({
         "type": "rows",
