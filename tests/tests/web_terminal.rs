@@ -268,6 +268,8 @@ struct Term {
     seen: Vec<Value>,
     /// How the server closed the socket, if it did.
     close: Option<(u16, String)>,
+    /// The screen as the page would show it: the last `screen` with the `rows` since applied.
+    current: Value,
 }
 
 impl Term {
@@ -301,6 +303,7 @@ impl Term {
             ws,
             seen: Vec::new(),
             close: None,
+            current: Value::Null,
         }
     }
 
@@ -318,6 +321,7 @@ impl Term {
             match m {
                 Some(Ok(Message::Text(t))) => {
                     let v: Value = serde_json::from_str(&t).unwrap();
+                    self.apply(&v);
                     self.seen.push(v.clone());
                     return Some(v);
                 }
@@ -328,6 +332,25 @@ impl Term {
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return None,
             }
+        }
+    }
+
+    /// Bring [`Term::current`] up to date with a `screen` (all of it) or `rows` (the rows
+    /// named, of the same size) message.
+    fn apply(&mut self, v: &Value) {
+        if v["type"] == "screen" {
+            self.current = v.clone();
+        } else if v["type"] == "rows" {
+            assert_eq!(
+                (&v["cols"], &v["rows"]),
+                (&self.current["cols"], &self.current["rows"]),
+                "rows of another size than the screen: {v}"
+            );
+            for l in v["lines"].as_array().unwrap() {
+                let row = l["row"].as_u64().unwrap() as usize;
+                self.current["lines"][row] = l["runs"].clone();
+            }
+            self.current["cursor"] = v["cursor"].clone();
         }
     }
 
@@ -352,8 +375,8 @@ impl Term {
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             match self.next(deadline).await {
-                Some(v) if v["type"] == "screen" => {
-                    let text = screen_text(&v);
+                Some(v) if v["type"] == "screen" || v["type"] == "rows" => {
+                    let text = screen_text(&self.current);
                     if text.contains(needle) {
                         return text;
                     }
@@ -369,12 +392,7 @@ impl Term {
     }
 
     fn last_screen(&self) -> String {
-        self.seen
-            .iter()
-            .rev()
-            .find(|v| v["type"] == "screen")
-            .map(screen_text)
-            .unwrap_or_default()
+        screen_text(&self.current)
     }
 
     async fn type_text(&mut self, data: &str) {
@@ -394,6 +412,8 @@ impl Term {
 fn short(v: &Value) -> Value {
     if v["type"] == "screen" {
         json!({"type": "screen", "text": screen_text(v)})
+    } else if v["type"] == "rows" {
+        json!({"type": "rows", "rows": v["lines"].as_array().map(|l| l.iter().map(|x| x["row"].clone()).collect::<Vec<_>>())})
     } else {
         v.clone()
     }
@@ -475,6 +495,17 @@ fn web_terminal_over_a_websocket() {
             (last["cols"].as_u64(), last["rows"].as_u64()),
             (Some(100), Some(30)),
             "{last}"
+        );
+        // After the first screen, a change sends only the rows that changed.
+        let partial = t
+            .seen
+            .iter()
+            .filter(|v| v["type"] == "rows")
+            .map(|v| v["lines"].as_array().map_or(0, Vec::len))
+            .collect::<Vec<_>>();
+        assert!(
+            !partial.is_empty() && partial.iter().all(|&n| n < 15),
+            "typing sent no rows messages of a few rows: {partial:?}"
         );
         t.end().await;
 

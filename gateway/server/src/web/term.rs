@@ -12,9 +12,11 @@
 //! - server → page (JSON text frames): `{"type":"opened","session_id","rule","ends_at",
 //!   "end_reason_if_uncut"}`, or `{"type":"refused","status","reason"}` and the close;
 //!   `{"type":"screen","t","cols","rows","lines","cursor"}` (the whole emulated screen as
-//!   runs of text with classes from a fixed set, sent when it changed, at most every
-//!   [`FRAME`]); `{"type":"closed","reason"}` (the gateway's end reason, e.g. `locked: …`) and
-//!   the close.
+//!   runs of text with classes from a fixed set: the first, after a resize, and when most rows
+//!   changed) or `{"type":"rows","t","cols","rows","lines":[{"row","runs"}],"cursor"}` (only
+//!   the rows that changed since the last message); sent when the screen changed, the first
+//!   change after a quiet [`FRAME`] at once, a burst's at most every [`FRAME`];
+//!   `{"type":"closed","reason"}` (the gateway's end reason, e.g. `locked: …`) and the close.
 //! - page → server: `{"type":"input","data":"<text>"}` (keys and pastes; a line end is sent to
 //!   the device as CR LF, as a telnet client sends Enter) and `{"type":"resize","cols","rows"}`
 //!   (20..=300 × 5..=120).
@@ -285,10 +287,18 @@ impl Term {
                     Some(FromDevice::Data(bytes)) => {
                         let reply = neg.feed(&bytes);
                         screen.feed(&bytes);
-                        dirty = true;
                         // A failed write means the session is ending: its reason follows.
                         if !reply.is_empty() {
                             let _ = writer.send(&reply).await;
+                        }
+                        // The first change after a quiet frame goes at once (an echo); a
+                        // burst's are coalesced by the timer below.
+                        let now = Instant::now();
+                        if !dirty && now >= last_at + FRAME {
+                            last_at = now;
+                            send_changed(&mut tx, &screen, &mut last, started).await;
+                        } else {
+                            dirty = true;
                         }
                     }
                     Some(FromDevice::Eof) => {}
@@ -415,21 +425,50 @@ impl Term {
     }
 }
 
-/// Send the screen if it changed since `last`.
+/// Send what changed since `last` (the screen the page has): nothing when nothing did; the
+/// whole `screen` for the first one, after a resize, or when more than half the rows changed;
+/// else a `rows` message with only the changed rows (by index) and the cursor.
 async fn send_changed<S>(tx: &mut S, term: &Terminal, last: &mut Option<Screen>, started: Instant)
 where
     S: SinkExt<Message> + Unpin,
 {
     let mut s = term.screen(started.elapsed().as_secs_f64());
-    let unchanged = last.as_ref().is_some_and(|l| {
-        l.lines == s.lines && l.cursor == s.cursor && l.cols == s.cols && l.rows == s.rows
-    });
-    if unchanged {
-        return;
-    }
     s.t = (s.t * 1000.0).round() / 1000.0;
-    let _ = tx.send(screen_msg(&s)).await;
-    *last = Some(s);
+    if let Some(msg) = change_msg(last.as_ref(), &s) {
+        let _ = tx.send(msg).await;
+        *last = Some(s);
+    }
+}
+
+/// The message that brings a page showing `last` to `s`, or `None` when they are the same.
+pub fn change_msg(last: Option<&Screen>, s: &Screen) -> Option<Message> {
+    let Some(l) = last.filter(|l| l.cols == s.cols && l.rows == s.rows) else {
+        return Some(screen_msg(s));
+    };
+    let changed: Vec<(usize, &Vec<super::terminal::Run>)> = s
+        .lines
+        .iter()
+        .enumerate()
+        .filter(|&(i, runs)| l.lines.get(i) != Some(runs))
+        .collect();
+    if changed.is_empty() && l.cursor == s.cursor {
+        return None;
+    }
+    if changed.len() * 2 > s.lines.len() {
+        return Some(screen_msg(s));
+    }
+    let lines: Vec<serde_json::Value> = changed
+        .iter()
+        .map(|(i, runs)| json!({"row": i, "runs": runs}))
+        .collect();
+    Some(text(json!({
+        "type": "rows",
+        "t": s.t,
+        "cols": s.cols,
+        "rows": s.rows,
+        "lines": lines,
+        "cursor": s.cursor,
+    })))
 }
 
 /// The page's text as the device gets it: every line end (`\r`, `\n`, `\r\n`) as CR LF, as a
@@ -589,6 +628,57 @@ mod tests {
         assert_eq!(line_ends("status\r"), b"status\r\n");
         assert_eq!(line_ends("a\r\nb\nc\r"), b"a\r\nb\r\nc\r\n");
         assert_eq!(line_ends("é"), "é".as_bytes());
+    }
+
+    fn msg_json(m: Option<Message>) -> serde_json::Value {
+        match m {
+            Some(Message::Text(t)) => serde_json::from_str(&t).unwrap(),
+            other => panic!("not a text message: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_changed_rows_are_sent() {
+        let mut term = Terminal::new(40, 10, false);
+        term.feed(b"hello\r\nworld\r\n$ ");
+        let first = term.screen(0.0);
+        // The first message is the whole screen.
+        let m = msg_json(change_msg(None, &first));
+        assert_eq!(m["type"], "screen");
+        assert_eq!(m["lines"].as_array().unwrap().len(), 10);
+        // Nothing changed: nothing is sent.
+        assert!(change_msg(Some(&first), &term.screen(0.1)).is_none());
+        // One typed character: its row only, and the cursor.
+        term.feed(b"x");
+        let second = term.screen(0.2);
+        let m = msg_json(change_msg(Some(&first), &second));
+        assert_eq!(m["type"], "rows", "{m}");
+        assert_eq!(m["lines"].as_array().unwrap().len(), 1, "{m}");
+        assert_eq!(m["lines"][0]["row"], 2);
+        assert_eq!(m["lines"][0]["runs"][0]["text"], "$ x");
+        assert_eq!(m["cursor"]["col"], 3);
+        // The cursor alone moved: no rows, the cursor.
+        term.feed(b"\x08");
+        let third = term.screen(0.3);
+        let m = msg_json(change_msg(Some(&second), &third));
+        assert_eq!(
+            (m["type"].as_str(), m["lines"].as_array().unwrap().len()),
+            (Some("rows"), 0)
+        );
+        assert_eq!(m["cursor"]["col"], 2);
+        // Most rows changed: the whole screen again.
+        for _ in 0..10 {
+            term.feed(b"line\r\n");
+        }
+        let m = msg_json(change_msg(Some(&third), &term.screen(0.4)));
+        assert_eq!(m["type"], "screen");
+        // A resize: the whole screen.
+        term.resize(50, 12);
+        let m = msg_json(change_msg(Some(&third), &term.screen(0.5)));
+        assert_eq!(
+            (m["type"].as_str(), m["cols"].as_u64()),
+            (Some("screen"), Some(50))
+        );
     }
 
     #[test]

@@ -16,31 +16,39 @@ export function drawScreen(el, scr) {
   const lines = Array.isArray(scr.lines) ? scr.lines : [];
   const cur = scr.cursor && scr.cursor.visible ? scr.cursor : null;
   lines.forEach((runs, r) => {
-    let col = 0;
-    let placed = false;
-    for (const run of Array.isArray(runs) ? runs : []) {
-      const text = String(run.text == null ? '' : run.text);
-      const cls = runCls(run.cls);
-      const chars = Array.from(text);
-      if (cur && !placed && cur.row === r && cur.col >= col && cur.col < col + chars.length) {
-        const at = cur.col - col;
-        if (at) frag.append(span(chars.slice(0, at).join(''), cls));
-        frag.append(span(chars[at], (cls + ' cur').trim()));
-        if (at + 1 < chars.length) frag.append(span(chars.slice(at + 1).join(''), cls));
-        placed = true;
-      } else if (text) {
-        frag.append(span(text, cls));
-      }
-      col += chars.length;
-    }
-    if (cur && !placed && cur.row === r) {
-      if (cur.col > col) frag.append(document.createTextNode(' '.repeat(Math.min(500, cur.col - col))));
-      frag.append(span(' ', 'cur'));
-    }
+    frag.append(drawRow(runs, r, cur));
     if (r < lines.length - 1) frag.append('\n');
   });
   el.replaceChildren(frag);
   if (scr.cols) el.style.setProperty('--cols', String(Number(scr.cols) || 80));
+}
+
+// One row's runs (row `r`) as a fragment of <span>s (textContent, classes from the fixed set),
+// with the cursor `cur` ({row, col}, or null when hidden) drawn if it is on this row.
+export function drawRow(runs, r, cur) {
+  const frag = document.createDocumentFragment();
+  let col = 0;
+  let placed = false;
+  for (const run of Array.isArray(runs) ? runs : []) {
+    const text = String(run == null || run.text == null ? '' : run.text);
+    const cls = runCls(run && run.cls);
+    const chars = Array.from(text);
+    if (cur && !placed && cur.row === r && cur.col >= col && cur.col < col + chars.length) {
+      const at = cur.col - col;
+      if (at) frag.append(span(chars.slice(0, at).join(''), cls));
+      frag.append(span(chars[at], (cls + ' cur').trim()));
+      if (at + 1 < chars.length) frag.append(span(chars.slice(at + 1).join(''), cls));
+      placed = true;
+    } else if (text) {
+      frag.append(span(text, cls));
+    }
+    col += chars.length;
+  }
+  if (cur && !placed && cur.row === r) {
+    if (cur.col > col) frag.append(document.createTextNode(' '.repeat(Math.min(500, cur.col - col))));
+    frag.append(span(' ', 'cur'));
+  }
+  return frag;
 }
 
 function span(text, cls) {

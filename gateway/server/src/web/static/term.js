@@ -1,10 +1,11 @@
 // Ward console: the web terminal. One WebSocket per tab carries one device session through the
-// gateway's session pipeline; the gateway emulates the terminal and sends screens, drawn here as
-// text (drawScreen: textContent only, classes from a fixed set). Keys and pastes go up as
-// {"type":"input"}; the window's size as {"type":"resize"}. Copy is the browser's own: select
-// text on the screen and press Ctrl+C (or Ctrl+Shift+C).
+// gateway's session pipeline; the gateway emulates the terminal and sends the whole screen
+// (`screen`: on open, resize, and when most rows changed) or only the rows that changed (`rows`),
+// drawn here in place, row by row (drawRow: textContent only, classes from a fixed set). Keys
+// and pastes go up as {"type":"input"}; the window's size as {"type":"resize"}. Copy is the
+// browser's own: select text on the screen and press Ctrl+C (or Ctrl+Shift+C).
 import { h, fill, session, enc } from './util.js';
-import { drawScreen } from './player.js';
+import { drawRow } from './player.js';
 
 // Keys that are not text, as a VT100/xterm sends them.
 const KEYS = {
@@ -81,6 +82,46 @@ export function terminal(box, device, { breakGlass, onEnd } = {}) {
     return [clamp(Math.floor(width / cw), 20, 300), clamp(Math.floor(height / ch), 5, 120)];
   }
 
+  // The screen the page shows: each row a <span> redrawn in place when it (or the cursor on it)
+  // changes; the rows between them are separated by newlines (the <pre>'s text is the screen's).
+  let rowEls = [], lines = [], cur = null, shownCols = 0;
+  const cursorOf = (c) => (c && c.visible ? { row: Number(c.row), col: Number(c.col) } : null);
+  const drawAll = (m) => {
+    lines = Array.isArray(m.lines) ? m.lines.slice() : [];
+    cur = cursorOf(m.cursor);
+    shownCols = Number(m.cols) || 80;
+    const frag = document.createDocumentFragment();
+    rowEls = lines.map((runs, r) => {
+      const row = document.createElement('span');
+      row.append(drawRow(runs, r, cur));
+      frag.append(row);
+      if (r < lines.length - 1) frag.append('\n');
+      return row;
+    });
+    screen.replaceChildren(frag);
+    screen.style.setProperty('--cols', String(shownCols));
+  };
+  const drawRows = (m) => {
+    // Rows of another size than the screen shown cannot be placed (the gateway sends a whole
+    // screen after every resize): ignore them.
+    if (!Array.isArray(m.lines) || Number(m.rows) !== rowEls.length || Number(m.cols) !== shownCols) return;
+    const redraw = new Set();
+    for (const l of m.lines) {
+      const r = Number(l && l.row);
+      if (Number.isInteger(r) && r >= 0 && r < rowEls.length) {
+        lines[r] = Array.isArray(l.runs) ? l.runs : [];
+        redraw.add(r);
+      }
+    }
+    const was = cur;
+    cur = cursorOf(m.cursor);
+    if (was) redraw.add(was.row);
+    if (cur) redraw.add(cur.row);
+    for (const r of redraw) {
+      if (r >= 0 && r < rowEls.length) rowEls[r].replaceChildren(drawRow(lines[r], r, cur));
+    }
+  };
+
   const send = (msg) => { if (ws && ws.readyState === WebSocket.OPEN && !over) ws.send(JSON.stringify(msg)); };
 
   [cols, rows] = fit();
@@ -95,7 +136,9 @@ export function terminal(box, device, { breakGlass, onEnd } = {}) {
     try { m = JSON.parse(ev.data); } catch (e) { return; }
     if (!m || typeof m !== 'object') return;
     if (m.type === 'screen') {
-      drawScreen(screen, m);
+      drawAll(m);
+    } else if (m.type === 'rows') {
+      drawRows(m);
     } else if (m.type === 'opened') {
       status.className = 'status';
       fill(status, 'Connected to ' + device + ' — session ' + String(m.session_id || ''));
