@@ -48,6 +48,8 @@ use super::bridge::{self, FromDevice};
 use super::terminal::{Screen, Terminal};
 use super::{ApiError, Authed, WebState};
 
+/// How often an open terminal checks that its browser sign-in still holds.
+const SIGN_IN_CHECK: Duration = Duration::from_secs(1);
 /// How long the page has to send its `hello`.
 pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Screens are coalesced to at most one per this long.
@@ -280,9 +282,18 @@ impl Term {
         let mut last: Option<Screen> = None;
         let mut last_at = started - FRAME;
         let mut dirty = true;
+        // A sign-out elsewhere (another tab, the idle timeout, a disabled user) ends the terminal
+        // within a second, not only at its next keystroke.
+        let mut sign_in_check = tokio::time::interval(SIGN_IN_CHECK);
+        sign_in_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let end: Option<String> = loop {
             let due = last_at + FRAME;
             tokio::select! {
+                _ = sign_in_check.tick() => {
+                    if let Some(why) = self.sign_in_gone() {
+                        break Some(why);
+                    }
+                }
                 m = dev_rx.recv() => match m {
                     Some(FromDevice::Data(bytes)) => {
                         let reply = neg.feed(&bytes);
@@ -403,11 +414,30 @@ impl Term {
         })
     }
 
+    /// Why the browser sign-in behind this terminal ended, if it has, asked without touching it
+    /// (the check itself is no activity). A certificate caller has no sign-in to end.
+    fn sign_in_gone(&self) -> Option<String> {
+        if self.authed.via == super::Via::Certificate {
+            return None;
+        }
+        let now = self.state.shared.clock.now();
+        if self
+            .state
+            .signins
+            .is_signed_in(&self.authed.identity.serial, now)
+        {
+            return None;
+        }
+        // Ended: the keystroke path's lookup audits how, once.
+        self.signed_out()
+            .or_else(|| Some("your browser sign-in ended: sign in again".to_owned()))
+    }
+
     /// Why the browser sign-in behind this terminal ended, if it did (a keystroke is activity:
     /// it keeps the sign-in alive).
     fn signed_out(&self) -> Option<String> {
         let token = self.cookie.as_deref()?;
-        if self.authed.via != super::Via::Password {
+        if self.authed.via == super::Via::Certificate {
             return None;
         }
         let now = self.state.shared.clock.now();
