@@ -12,8 +12,10 @@
 
 mod inject;
 mod oidc;
+mod review;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
+pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -175,6 +177,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -480,6 +488,9 @@ pub struct Config {
     /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
     /// order, names unique.
     pub oidc: Vec<OidcProvider>,
+    /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
+    /// default).
+    pub review: ReviewConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -644,6 +655,7 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -666,6 +678,7 @@ impl Config {
             operations,
             web,
             oidc,
+            review,
         })
     }
 
@@ -677,6 +690,9 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self.review.identity_file.as_mut().filter(|p| p.is_relative()) {
+            *path = base.join(&*path);
         }
     }
 
@@ -733,6 +749,8 @@ struct RawConfig {
     web: RawWeb,
     #[serde(default)]
     oidc: Vec<Spanned<oidc::RawOidc>>,
+    #[serde(default)]
+    review: review::RawReview,
 }
 
 #[derive(Deserialize, Default)]

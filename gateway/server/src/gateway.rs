@@ -425,7 +425,8 @@ impl Gateway {
             audit.clone(),
             Arc::new(crate::review_jobs::ReviewGate::default()),
             clock.clone(),
-        );
+        )
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(

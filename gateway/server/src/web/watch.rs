@@ -10,6 +10,11 @@
 //! - `end`: `{"reason": …}` when the recording ends (the session's end reason), when the watch
 //!   reached `[web] max_session`, or when the recording can no longer be read. The stream closes
 //!   after it, and as soon as the browser goes away.
+//!
+//! An encrypted recording (`[recording] recipients`) is opened as it is tailed with the key its
+//! recorder holds while it writes it ([`crate::unseal::live_keys`]: in memory only, gone when the
+//! session ends), or the gateway's reviewer identity (`[review] identity_file`). Without either
+//! the watch ends with an `end` event saying how to replay the recording with the CLI.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
@@ -44,7 +49,8 @@ async fn watch(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let store = state.review().watch(&authed.reviewer(), &id).await?;
     let limit = state.shared.config().web.max_session;
-    let tail = Tail::new(store, id, Instant::now() + limit);
+    let opener = crate::unseal::Opener::live(state.review().identity(), &id);
+    let tail = Tail::new(store, id, Instant::now() + limit).opening(opener);
     let stream = futures::stream::unfold(tail, |mut tail| async move {
         let ev = tail.next_event().await?;
         Some((Ok(ev), tail))
@@ -80,6 +86,8 @@ struct Feed {
     dirty: bool,
     /// Why the watch ends, once known.
     end: Option<String>,
+    /// Opens encrypted records.
+    opener: crate::unseal::Opener,
 }
 
 /// What one read of the recording gave.
@@ -101,6 +109,12 @@ impl Tail {
             last_sent: None,
             finished: false,
         }
+    }
+
+    /// The same watch, opening the recording's encrypted records with `opener`.
+    pub fn opening(mut self, opener: crate::unseal::Opener) -> Self {
+        self.feed.opener = opener;
+        self
     }
 
     /// The next event to send, waiting for one; `None` once `end` was sent.
@@ -151,6 +165,11 @@ impl Tail {
     async fn poll(&mut self) -> bool {
         let (store, id) = (self.store.clone(), self.id.clone());
         let mut feed = std::mem::replace(&mut self.feed, Feed::new());
+        if feed.end.is_some() {
+            // Nothing more is read once the end is known (an unopenable record stays unread).
+            self.feed = feed;
+            return false;
+        }
         let job = tokio::task::spawn_blocking(move || {
             let more = match read_from(&store, &id, feed.offset) {
                 Polled::Gone(why) => {
@@ -191,6 +210,7 @@ impl Feed {
             t_ns: 0,
             dirty: true,
             end: None,
+            opener: crate::unseal::Opener::new(None, ""),
         }
     }
 
@@ -211,7 +231,13 @@ impl Feed {
             match item {
                 Ok(at) => {
                     consumed = usize::try_from(reader.offset()).unwrap_or(buf.len());
-                    self.record(at.record);
+                    match self.opener.open(at.record) {
+                        Ok(records) => records.into_iter().for_each(|r| self.record(r)),
+                        Err(e) => {
+                            self.end.get_or_insert(e.for_gateway());
+                            break;
+                        }
+                    }
                 }
                 // The recorder is still writing it.
                 Err(ReadError::Truncated { .. }) => break,
@@ -255,7 +281,8 @@ impl Feed {
             Record::Interrupted { reason, .. } => {
                 self.end.get_or_insert(format!("interrupted: {reason}"));
             }
-            Record::Checkpoint { .. } | Record::Event { .. } => {}
+            // Opened before it gets here (`parse`).
+            Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
         }
     }
 }
