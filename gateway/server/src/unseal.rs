@@ -294,3 +294,202 @@ impl LiveKeys {
         self.keys.lock().ok()?.get(id).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+    use super::*;
+    use age::secrecy::ExposeSecret;
+    use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, Signer};
+
+    pub(crate) fn meta(id: &str) -> SessionMeta {
+        SessionMeta {
+            session_id: id.into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: Some("acme".into()),
+            cert_serial: "02".into(),
+            source: "127.0.0.1:5000".into(),
+            device: "pump".into(),
+            device_addr: "127.0.0.1:23".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
+        }
+    }
+
+    /// A new age identity, as its file's text.
+    pub(crate) fn identity() -> (String, age::x25519::Recipient) {
+        let id = age::x25519::Identity::generate();
+        let text = format!("# created: now\n{}\n", id.to_string().expose_secret());
+        (text, id.to_public())
+    }
+
+    /// A finished recording of `id` encrypted to `to`, holding `up` and an operation event.
+    pub(crate) fn sealed_recording(id: &str, to: &age::x25519::Recipient, up: &[u8]) -> Vec<u8> {
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let mut out = Vec::new();
+        let mut enc = Encoder::start_sealed(
+            &meta(id),
+            signer,
+            CheckpointPolicy::default(),
+            std::slice::from_ref(to),
+            &mut out,
+        )
+        .unwrap();
+        enc.data(Direction::Up, 1, up, &mut out);
+        enc.flush(1, &mut out).unwrap();
+        let fields = vec![
+            ("protocol".to_string(), "telnet".to_string()),
+            ("op".to_string(), "rate 5".to_string()),
+        ];
+        enc.event(Direction::Up, 2, "operation", &fields, &mut out);
+        enc.data(Direction::Down, 3, b"ok\r\n", &mut out);
+        let end = EndInfo {
+            ended_unix_ms: 2_000,
+            reason: "client closed".into(),
+            bytes_up: up.len() as u64,
+            bytes_down: 4,
+        };
+        enc.finish(4, &end, &mut out);
+        out
+    }
+
+    fn up_bytes(records: &[Record]) -> Vec<u8> {
+        ward_recording::export::raw(records).0
+    }
+
+    #[test]
+    fn an_identity_opens_the_recording_and_nothing_else_does() {
+        let (text, to) = identity();
+        let bytes = sealed_recording("00000000000000a1", &to, b"secret marker");
+        assert!(is_encrypted(&bytes));
+        // The payload is nowhere in the stored bytes.
+        assert!(!bytes.windows(13).any(|w| w == b"secret marker"));
+        let key = IdentityKey::from_text(text, "reviewer.txt").unwrap();
+        let (records, torn) = open_prefix(&bytes, Some(&key), "00000000000000a1").unwrap();
+        assert!(torn.is_none());
+        assert_eq!(up_bytes(&records), b"secret marker");
+        assert!(records
+            .iter()
+            .any(|r| matches!(r, Record::Event { kind, .. } if kind == "operation")));
+        assert!(!records.iter().any(|r| matches!(r, Record::Sealed { .. })));
+
+        // No key: an error that names the recording, never an empty recording.
+        let e = open_prefix(&bytes, None, "00000000000000a1").unwrap_err();
+        assert_eq!(
+            e,
+            OpenError::Encrypted {
+                id: "00000000000000a1".into()
+            }
+        );
+        assert!(e.for_cli().contains("--identity-key"), "{}", e.for_cli());
+        assert!(
+            e.for_gateway().contains("ward replay 00000000000000a1"),
+            "{}",
+            e.for_gateway()
+        );
+        // Another reviewer's key: refused, naming the file (never its content).
+        let (other, _) = identity();
+        let other = IdentityKey::from_text(other, "other.txt").unwrap();
+        let e = open_prefix(&bytes, Some(&other), "00000000000000a1").unwrap_err();
+        assert!(
+            matches!(&e, OpenError::Key { why, .. } if why.contains("other.txt")),
+            "{e:?}"
+        );
+        assert!(!format!("{e} {e:?} {other:?}").contains("AGE-SECRET-KEY"));
+        // An id taken from the metadata when the caller has none.
+        let e = open_prefix(&bytes, None, "").unwrap_err();
+        assert!(e.to_string().contains("00000000000000a1"), "{e}");
+    }
+
+    #[test]
+    fn a_plaintext_recording_needs_no_key() {
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let mut out = Vec::new();
+        let mut enc = Encoder::start(
+            &meta("00000000000000a2"),
+            signer,
+            CheckpointPolicy::default(),
+            &mut out,
+        )
+        .unwrap();
+        enc.data(Direction::Up, 1, b"plain", &mut out);
+        enc.finish(
+            2,
+            &EndInfo {
+                ended_unix_ms: 2_000,
+                reason: "done".into(),
+                bytes_up: 5,
+                bytes_down: 0,
+            },
+            &mut out,
+        );
+        assert!(!is_encrypted(&out));
+        let records = open_all(&out, None, "00000000000000a2").unwrap();
+        assert_eq!(up_bytes(&records), b"plain");
+    }
+
+    #[test]
+    fn a_flipped_ciphertext_byte_is_named_not_shown() {
+        let (text, to) = identity();
+        let mut bytes = sealed_recording("00000000000000a3", &to, &[7u8; 4096]);
+        // Inside the first sealed record's ciphertext.
+        let at = ward_recording::Reader::new(&bytes)
+            .find_map(|r| match r {
+                Ok((off, Record::Sealed { .. })) => Some(off as usize + 5 + 8 + 16 + 100),
+                _ => None,
+            })
+            .unwrap();
+        bytes[at] ^= 1;
+        let key = IdentityKey::from_text(text, "k").unwrap();
+        let e = open_prefix(&bytes, Some(&key), "00000000000000a3").unwrap_err();
+        assert!(matches!(e, OpenError::Damaged { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn identity_files_are_checked() {
+        assert!(IdentityKey::from_text("# nothing\n".into(), "empty.txt").is_err());
+        let e = IdentityKey::from_text("AGE-SECRET-KEY-1NOTAKEY\n".into(), "bad.txt").unwrap_err();
+        assert!(e.to_string().contains("bad.txt"), "{e}");
+        assert!(!e.to_string().contains("NOTAKEY"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("k.txt");
+        std::fs::write(&path, identity().0).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = IdentityKey::read(&path).unwrap_err();
+        assert!(e.to_string().contains("chmod 600"), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert!(IdentityKey::read(&path).is_ok());
+    }
+
+    #[test]
+    fn a_live_key_opens_a_running_recording_until_its_guard_goes() {
+        let (text, to) = identity();
+        let bytes = sealed_recording("00000000000000a4", &to, b"live");
+        let meta = match ward_recording::Reader::new(&bytes).next() {
+            Some(Ok((_, Record::Meta(m)))) => m,
+            other => panic!("{other:?}"),
+        };
+        let key = IdentityKey::from_text(text, "k").unwrap();
+        let unsealer = key.unsealer(&meta, "00000000000000a4").unwrap();
+        let guard = live_keys().register("00000000000000a4", unsealer);
+        let mut opener = Opener::live(None, "00000000000000a4");
+        let mut records = Vec::new();
+        for item in ward_recording::Reader::new(&bytes) {
+            records.extend(opener.open(item.unwrap().1).unwrap());
+        }
+        assert_eq!(up_bytes(&records), b"live");
+        drop(guard);
+        let mut opener = Opener::live(None, "00000000000000a4");
+        let failed = ward_recording::Reader::new(&bytes)
+            .map(|item| opener.open(item.unwrap().1))
+            .any(|r| r.is_err());
+        assert!(failed, "the key is gone with the session");
+    }
+}

@@ -88,6 +88,8 @@ struct Feed {
     end: Option<String>,
     /// Opens encrypted records.
     opener: crate::unseal::Opener,
+    /// The watch ends because an encrypted record could not be opened (the session goes on).
+    encrypted: bool,
 }
 
 /// What one read of the recording gave.
@@ -129,7 +131,11 @@ impl Tail {
             }
             if let Some(reason) = self.feed.end.take() {
                 self.finished = true;
-                let data = serde_json::json!({ "reason": reason }).to_string();
+                let data = match self.feed.encrypted {
+                    true => serde_json::json!({ "reason": reason, "encrypted": true }),
+                    false => serde_json::json!({ "reason": reason }),
+                }
+                .to_string();
                 return Some(SseEvent::default().event("end").data(data));
             }
             if Instant::now() >= self.deadline {
@@ -211,6 +217,7 @@ impl Feed {
             dirty: true,
             end: None,
             opener: crate::unseal::Opener::new(None, ""),
+            encrypted: false,
         }
     }
 
@@ -234,6 +241,7 @@ impl Feed {
                     match self.opener.open(at.record) {
                         Ok(records) => records.into_iter().for_each(|r| self.record(r)),
                         Err(e) => {
+                            self.encrypted = true;
                             self.end.get_or_insert(e.for_gateway());
                             break;
                         }
