@@ -139,11 +139,7 @@ async fn web_get(router: &axum::Router, path: &str, who: &Identity) -> (StatusCo
 /// a reviewer key would: decrypted with the library, sealed again to `to`, the meta fixed up.
 /// Returns (the whole recording written again and signed with the attacker's own key, the same
 /// records spliced between the gateway's own checkpoints).
-fn reencrypt(
-    bytes: &[u8],
-    key: &str,
-    to: &age::x25519::Recipient,
-) -> (Vec<u8>, Vec<u8>) {
+fn reencrypt(bytes: &[u8], key: &str, to: &age::x25519::Recipient) -> (Vec<u8>, Vec<u8>) {
     use ward_recording::sealed::{load_identities, Unsealer};
     let identities = load_identities(key).unwrap();
     let mut reader = Reader::new(bytes);
@@ -237,7 +233,12 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     let security = pki.person(Kind::Security, "sam", None, &[]);
     let mut tg = start_gateway(
         pki.clone(),
-        &[DeviceSpec::new("pump-12", echo, "raw", &[("vendor", "acme")])],
+        &[DeviceSpec::new(
+            "pump-12",
+            echo,
+            "raw",
+            &[("vendor", "acme")],
+        )],
         ACME_RULES,
         &format!("\n[recording]\nrecipients = [\"{recipient}\"]\n"),
         Arc::new(SystemClock),
@@ -257,8 +258,8 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     let mut sent = Vec::new();
     for m in [&m1, &m2] {
         let data = [b"typed: ".as_slice(), m, b"\r\n"].concat();
-        let (echoed, _) = echo_session(client.open("pump-12", false, None).await.unwrap(), &data)
-            .await;
+        let (echoed, _) =
+            echo_session(client.open("pump-12", false, None).await.unwrap(), &data).await;
         assert_eq!(echoed, data, "the device echoed the marker");
         sent.push(data);
     }
@@ -325,7 +326,16 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     let p = exports.path().join("gw").display().to_string();
     run_ok(&mut ward_nokey(
         &[
-            &["export", &id1, "--format", "raw", "--out", &p, "--identity-key", &key][..],
+            &[
+                "export",
+                &id1,
+                "--format",
+                "raw",
+                "--out",
+                &p,
+                "--identity-key",
+                &key,
+            ][..],
             through,
         ]
         .concat(),
@@ -334,7 +344,14 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     assert_eq!(std::fs::read(format!("{p}.down")).unwrap(), sent[0]);
     let out = run_ok(&mut ward_nokey(
         &[
-            &["replay", &id2, "--no-timing", "--raw", "--identity-key", &key][..],
+            &[
+                "replay",
+                &id2,
+                "--no-timing",
+                "--raw",
+                "--identity-key",
+                &key,
+            ][..],
             through,
         ]
         .concat(),
@@ -342,7 +359,12 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     assert!(contains(out.stdout.as_bytes(), &m2), "{out:?}");
     let out = run_ok(&mut ward_nokey(
         &[
-            &["sessions", "--json", "--grep", std::str::from_utf8(&m2).unwrap()][..],
+            &[
+                "sessions",
+                "--json",
+                "--grep",
+                std::str::from_utf8(&m2).unwrap(),
+            ][..],
             &["--identity-key", &key],
             through,
         ]
@@ -359,7 +381,11 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     // The gateway audited who fetched what to decrypt where.
     tg.shutdown(Duration::from_millis(200)).await;
     let events = audit_events(&state);
-    for ev in ["recording_searched", "operations_viewed", "recording_exported"] {
+    for ev in [
+        "recording_searched",
+        "operations_viewed",
+        "recording_exported",
+    ] {
         assert!(
             events
                 .iter()
@@ -386,7 +412,13 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     }
 
     // Case 58: integrity checks out with no identity anywhere.
-    let out = run_ok(&mut ward_nokey(&["audit", "verify", "--all", "--state-dir", &s]));
+    let out = run_ok(&mut ward_nokey(&[
+        "audit",
+        "verify",
+        "--all",
+        "--state-dir",
+        &s,
+    ]));
     assert!(
         out.stdout.contains("recordings vs audit log: ok"),
         "{out:?}"
@@ -419,7 +451,15 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     // On the host, with the key: the same bytes; without it: the flag named.
     let p = exports.path().join("host").display().to_string();
     run_ok(&mut ward_nokey(&[
-        "export", &id2, "--format", "raw", "--out", &p, "--state-dir", &s, "--identity-key",
+        "export",
+        &id2,
+        "--format",
+        "raw",
+        "--out",
+        &p,
+        "--state-dir",
+        &s,
+        "--identity-key",
         &key,
     ]));
     assert_eq!(std::fs::read(format!("{p}.up")).unwrap(), sent[1]);
@@ -437,16 +477,36 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     ]));
     assert!(!out.status.success(), "{out:?}");
     assert!(
-        out.stderr.contains(&format!("recording {id2} is encrypted at rest"))
+        out.stderr
+            .contains(&format!("recording {id2} is encrypted at rest"))
             && out.stderr.contains("--identity-key"),
         "{out:?}"
     );
     let out = run(&mut ward_nokey(&[
-        "export", &id2, "--format", "json", "--out", "-", "--state-dir", &s,
+        "export",
+        &id2,
+        "--format",
+        "json",
+        "--out",
+        "-",
+        "--state-dir",
+        &s,
     ]));
-    assert!(!out.status.success() && out.stderr.contains("--identity-key"), "{out:?}");
-    let out = run(&mut ward_nokey(&["sessions", "--grep", "typed", "--state-dir", &s]));
-    assert!(!out.status.success() && out.stderr.contains("--identity-key"), "{out:?}");
+    assert!(
+        !out.status.success() && out.stderr.contains("--identity-key"),
+        "{out:?}"
+    );
+    let out = run(&mut ward_nokey(&[
+        "sessions",
+        "--grep",
+        "typed",
+        "--state-dir",
+        &s,
+    ]));
+    assert!(
+        !out.status.success() && out.stderr.contains("--identity-key"),
+        "{out:?}"
+    );
     let out = run_ok(&mut ward_nokey(&[
         "sessions",
         "--json",
@@ -483,10 +543,22 @@ async fn encrypted_recordings_hold_no_plaintext_verify_without_a_key_and_open_on
     for (what, bytes) in [("re-signed", forged), ("spliced", spliced)] {
         assert!(!contains(&bytes, &m1));
         std::fs::write(&path, &bytes).unwrap();
-        let out = run(&mut ward_nokey(&["audit", "verify", &id1, "--state-dir", &s]));
+        let out = run(&mut ward_nokey(&[
+            "audit",
+            "verify",
+            &id1,
+            "--state-dir",
+            &s,
+        ]));
         assert!(!out.status.success(), "{what}: {out:?}");
         assert!(out.stdout.contains("FAILED"), "{what}: {out:?}");
     }
     std::fs::write(&path, &stored).unwrap();
-    run_ok(&mut ward_nokey(&["audit", "verify", &id1, "--state-dir", &s]));
+    run_ok(&mut ward_nokey(&[
+        "audit",
+        "verify",
+        &id1,
+        "--state-dir",
+        &s,
+    ]));
 }

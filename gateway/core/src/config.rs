@@ -180,7 +180,7 @@ max_session = "8h"                 # ...and this long after sign-in
 
 # Recordings encrypted to [recording] recipients are opened by reviewers with their own key
 # (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
-# must play them: the gateway host can then read them (docs/recording.md).
+# must play them: the gateway host can then read them (docs/recording-format.md).
 # [review]
 # identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
@@ -691,7 +691,12 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
-        if let Some(path) = self.review.identity_file.as_mut().filter(|p| p.is_relative()) {
+        if let Some(path) = self
+            .review
+            .identity_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
             *path = base.join(&*path);
         }
     }

@@ -17,8 +17,8 @@ pub use ward_store::session_index::{rfc3339, SessionSummary};
 
 use ward_store::recording_store::RecordingStore;
 
-pub use crate::unseal::{IdentityKey, OpenError};
 use crate::unseal::Opener;
+pub use crate::unseal::{IdentityKey, OpenError};
 
 /// Which sessions to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -583,7 +583,7 @@ impl Unsearched {
     /// The message from the gateway: search on the reviewer's machine, with their identity.
     pub fn for_gateway(&self) -> String {
         format!(
-            "{} recording(s) could not be searched ({}): they are encrypted at rest and this gateway holds no key to read them (by design: see docs/recording.md) — search on your machine with `ward sessions --grep TEXT --gateway HOST:PORT --identity-key FILE` (narrow it with --since, --device, --principal), or give the gateway a reviewer identity ([review] identity_file)",
+            "{} recording(s) could not be searched ({}): they are encrypted at rest and this gateway holds no key to read them (by design: see docs/recording-format.md, section “Reviewing encrypted recordings”) — search on your machine with `ward sessions --grep TEXT --gateway HOST:PORT --identity-key FILE` (narrow it with --since, --device, --principal), or give the gateway a reviewer identity ([review] identity_file)",
             self.ids.len(),
             shown_ids(&self.ids),
         )
@@ -1246,9 +1246,7 @@ pub fn export_records(
             let (up, down) = ward_recording::export::raw(records);
             Ok(ExportData::Raw { up, down })
         }
-        ExportFormat::Json => Ok(ExportData::One(ward_recording::export::json_lines(
-            records,
-        ))),
+        ExportFormat::Json => Ok(ExportData::One(ward_recording::export::json_lines(records))),
         // Patient data masked: unmasked operations come only from a gateway, audited.
         ExportFormat::Ops => Ok(ExportData::One(ops_json_lines(&operations_of(
             records, false,
@@ -1554,9 +1552,16 @@ mod tests {
                 op: Some(pattern.into()),
                 ..Filter::default()
             };
-            list_in(&store, vec![row.clone()], &key, &filter, None, &mut |_, _| {})
-                .unwrap()
-                .len()
+            list_in(
+                &store,
+                vec![row.clone()],
+                &key,
+                &filter,
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap()
+            .len()
         };
         assert_eq!(search("telnet:cmd 299", &row), 1, "found in the recording");
         assert_eq!(search("telnet:cmd 000", &row), 1, "found in the index");

@@ -9,7 +9,8 @@
 //! encrypted recording as an empty one.
 //!
 //! Where the identity comes from: the reviewer's `--identity-key FILE` (`WARD_IDENTITY_KEY`) on
-//! their machine, or the gateway's `[review] identity_file` (docs/recording.md: the trade-off).
+//! their machine, or the gateway's `[review] identity_file` (docs/recording-format.md, “Reviewing
+//! encrypted recordings”: the trade-off).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -134,7 +135,7 @@ impl OpenError {
     pub fn for_gateway(&self) -> String {
         match self {
             OpenError::Encrypted { id } => format!(
-                "{self} and this gateway holds no key to read it (by design: see docs/recording.md): replay it on your machine with `ward replay {id} --gateway HOST:PORT --identity-key FILE` (or `ward export … --identity-key FILE`), or give the gateway a reviewer identity ([review] identity_file)"
+                "{self} and this gateway holds no key to read it (by design: see docs/recording-format.md, section “Reviewing encrypted recordings”): replay it on your machine with `ward replay {id} --gateway HOST:PORT --identity-key FILE` (or `ward export … --identity-key FILE`), or give the gateway a reviewer identity ([review] identity_file)"
             ),
             OpenError::Key { .. } => {
                 format!("{self}: [review] identity_file is not one of its recipients")
@@ -198,7 +199,10 @@ impl Opener {
                 })?;
                 unsealer.open(&body).map_err(|e| OpenError::Damaged {
                     id: self.id.clone(),
-                    why: format!("the encrypted record ending at {:.3} s: {e}", t_ns as f64 / 1e9),
+                    why: format!(
+                        "the encrypted record ending at {:.3} s: {e}",
+                        t_ns as f64 / 1e9
+                    ),
                 })
             }
             Record::Meta(m) => {

@@ -1,4 +1,4 @@
-//! `[review]`: what the gateway itself may do with recordings for reviewers (docs/recording.md,
+//! `[review]`: what the gateway itself may do with recordings for reviewers (docs/recording-format.md,
 //! "Reviewing encrypted recordings").
 //!
 //! Recordings encrypted to `[recording] recipients` are opened with a reviewer's age identity.
@@ -73,7 +73,9 @@ mod tests {
             "{e}"
         );
         let unknown = format!("{SAMPLE_CONFIG}\n[review]\nidentity = \"k\"\n");
-        let e = Config::parse(&unknown, "ward.toml").unwrap_err().to_string();
+        let e = Config::parse(&unknown, "ward.toml")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("identity"), "{e}");
     }
 }

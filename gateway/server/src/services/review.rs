@@ -299,8 +299,8 @@ pub fn reviewer_identity(
     let Some(path) = &config.identity_file else {
         return Ok(None);
     };
-    let key = IdentityKey::read(path)
-        .map_err(|e| anyhow::anyhow!("[review] identity_file: {e:#}"))?;
+    let key =
+        IdentityKey::read(path).map_err(|e| anyhow::anyhow!("[review] identity_file: {e:#}"))?;
     tracing::warn!(
         identity_file = %path.display(),
         "the gateway holds a reviewer identity ([review] identity_file): it can read the recordings encrypted to it (the web console plays them); without it, only reviewers' own keys can"

@@ -15,7 +15,7 @@
 //!
 //! An encrypted recording (`[recording] recipients`) is opened with the gateway's reviewer
 //! identity (`[review] identity_file`) if it holds one; otherwise every endpoint answers 409 with
-//! how to replay or export it with the CLI and the reviewer's own key (docs/recording.md). Never
+//! how to replay or export it with the CLI and the reviewer's own key (docs/recording-format.md). Never
 //! an empty player.
 
 use std::collections::VecDeque;
