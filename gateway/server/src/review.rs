@@ -1321,7 +1321,7 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
 
     fn summary(ops: &[&str]) -> SessionSummary {
@@ -1493,6 +1493,145 @@ mod tests {
         // A torn tail ends the scan; garbage is an error, not a panic.
         assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
         assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
+    }
+
+    #[tokio::test]
+    async fn encrypted_recordings_list_without_a_key_and_open_only_with_one() {
+        use crate::unseal::tests::{identity, sealed_recording};
+        let (text, to) = identity();
+        let key = IdentityKey::from_text(text, "reviewer.txt").unwrap();
+        let id = "00000000000000ad";
+        let bytes = sealed_recording(id, &to, b"show config\r\n");
+        // Not the signer's key (the summaries say FAILED): what can be read does not depend on it.
+        let pubkey = [0u8; 32];
+        // Listed without a key: from what is stored in plaintext, operations unknown.
+        let plain = summarise_with(&bytes, &pubkey, &Filter::default(), id, None)
+            .unwrap()
+            .unwrap();
+        assert!(plain.ops_unknown && plain.ops.is_empty());
+        assert_eq!((plain.bytes_up, plain.bytes_down), (13, 4));
+        assert_eq!(plain.end_reason, "client closed");
+        // With it, the operations are read.
+        let opened = summarise_with(&bytes, &pubkey, &Filter::default(), id, Some(&key))
+            .unwrap()
+            .unwrap();
+        assert!(!opened.ops_unknown);
+        assert_eq!(opened.ops, ["telnet:rate 5"]);
+        // A search without it is an error, never "no match"; with it, an answer.
+        let grep = |text: &str| Filter {
+            grep: Some(text.into()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            summarise_with(&bytes, &pubkey, &grep("show"), id, None).unwrap_err(),
+            OpenError::Encrypted { id: id.into() }
+        );
+        assert!(
+            summarise_with(&bytes, &pubkey, &grep("show"), id, Some(&key))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            summarise_with(&bytes, &pubkey, &grep("reboot"), id, Some(&key))
+                .unwrap()
+                .is_none()
+        );
+        let op = Filter {
+            op: Some("telnet:rate *".into()),
+            ..Filter::default()
+        };
+        assert!(summarise_with(&bytes, &pubkey, &op, id, None).is_err());
+        assert!(summarise_with(&bytes, &pubkey, &op, id, Some(&key))
+            .unwrap()
+            .is_some());
+        // A listing that must search it: refused naming the session, or answered with the key.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        store.create(id).unwrap().write_all(&bytes).unwrap();
+        let e = list_in(
+            &store,
+            Vec::new(),
+            &pubkey,
+            &grep("show"),
+            None,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let u = e.downcast_ref::<Unsearched>().unwrap();
+        assert_eq!(u.ids, [id]);
+        assert!(u.for_cli().contains("--identity-key"), "{}", u.for_cli());
+        assert!(
+            u.for_gateway()
+                .contains("ward sessions --grep TEXT --gateway HOST:PORT --identity-key FILE"),
+            "{}",
+            u.for_gateway()
+        );
+        let found = list_in(
+            &store,
+            Vec::new(),
+            &pubkey,
+            &grep("show"),
+            Some(&key),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        // Listing without a search needs no key.
+        assert_eq!(
+            list_in(
+                &store,
+                Vec::new(),
+                &pubkey,
+                &Filter::default(),
+                None,
+                &mut |_, _| {}
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        // Replay, exports and operations: the key opens them; without it an error naming it.
+        let opts = ReplayOptions {
+            speed: 1.0,
+            skip_idle: None,
+            from: 0.0,
+            input: true,
+            no_timing: true,
+            raw: true,
+        };
+        let mut shown = Vec::new();
+        let e = replay_with(&bytes, &opts, None, &mut shown)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--identity-key"), "{e}");
+        assert!(shown.is_empty(), "nothing played without the key");
+        replay_with(&bytes, &opts, Some(&key), &mut shown)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&shown).contains("show config"));
+        assert!(export_data(&bytes, ExportFormat::Json, false).is_err());
+        let records = records_of(&bytes, Some(&key)).unwrap();
+        match export_records(&records, ExportFormat::Raw, false).unwrap() {
+            ExportData::Raw { up, down } => {
+                assert_eq!(
+                    (up.as_slice(), down.as_slice()),
+                    (&b"show config\r\n"[..], &b"ok\r\n"[..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(operations(&bytes, false, None).is_err());
+        assert_eq!(operations(&bytes, false, Some(&key)).unwrap().len(), 1);
+        assert!(matches!(
+            operations_read(bytes.as_slice(), false, None),
+            Err(ReadFailure::Open(OpenError::Encrypted { .. }))
+        ));
+        assert_eq!(
+            operations_read(bytes.as_slice(), false, Some(&key))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]

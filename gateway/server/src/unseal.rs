@@ -300,7 +300,7 @@ impl LiveKeys {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
     use age::secrecy::ExposeSecret;
@@ -335,7 +335,17 @@ mod tests {
 
     /// A finished recording of `id` encrypted to `to`, holding `up` and an operation event.
     pub(crate) fn sealed_recording(id: &str, to: &age::x25519::Recipient, up: &[u8]) -> Vec<u8> {
-        let signer = Arc::new(Signer::generate().unwrap().0);
+        sealed_recording_signed(id, to, up, &Arc::new(Signer::generate().unwrap().0))
+    }
+
+    /// [`sealed_recording`] signed by `signer`.
+    pub(crate) fn sealed_recording_signed(
+        id: &str,
+        to: &age::x25519::Recipient,
+        up: &[u8],
+        signer: &Arc<Signer>,
+    ) -> Vec<u8> {
+        let signer = signer.clone();
         let mut out = Vec::new();
         let mut enc = Encoder::start_sealed(
             &meta(id),

@@ -1346,6 +1346,98 @@ mod tests {
 
     const OPS: &str = "00000000000000cc";
 
+    /// Security case 57 at the service: without a key the gateway hands out an encrypted
+    /// recording only as stored, and refuses (saying how to read it on the reviewer's machine)
+    /// what would need its contents; given `[review] identity_file` it answers.
+    #[tokio::test]
+    async fn encrypted_recordings_are_refused_saying_how_to_read_them_unless_the_gateway_holds_a_key(
+    ) {
+        use crate::unseal::tests::{identity, sealed_recording_signed};
+        let f = fixture().await;
+        let (text, to) = identity();
+        let id = "00000000000000e1";
+        let bytes = sealed_recording_signed(id, &to, b"show secrets", &f.signer);
+        f.store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let e = operations(&f, &f.sam, ops_request(id, false, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(&format!("ward ops {id}")) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let grep = Filter {
+            grep: Some("secrets".into()),
+            ..Filter::default()
+        };
+        let e = ask(&f, &f.sam, ReviewRequest::List(grep.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(id) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        // A listing that does not search needs no key.
+        match ask(&f, &f.sam, ReviewRequest::List(Filter::default()))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert!(s.iter().any(|s| s.id == id)),
+            other => panic!("{other:?}"),
+        }
+        // The recording is handed out as stored: the reviewer decrypts it.
+        match ask(&f, &f.sam, fetch(id, Purpose::Replay, false))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Recording { snapshot, .. } => {
+                assert_eq!(snapshot.read_all().unwrap(), bytes)
+            }
+            other => panic!("{other:?}"),
+        }
+        let replayed = audited(&f, "recording_replayed").await;
+        assert!(
+            replayed.iter().any(|l| l.contains("\"encrypted\":true")),
+            "{replayed:?}"
+        );
+        // Fetched for a search or operations on the reviewer's machine: audited as such.
+        ask(&f, &f.sam, fetch(id, Purpose::parse("search"), false))
+            .await
+            .unwrap();
+        ask(
+            &f,
+            &f.sam,
+            fetch(id, Purpose::parse("operations-phi"), false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(audited(&f, "recording_searched").await.len(), 1);
+        assert!(audited(&f, "phi_viewed")
+            .await
+            .iter()
+            .any(|l| l.contains(id)));
+
+        // Given a reviewer identity, the gateway reads it.
+        let keyed = Fixture {
+            service: f.service.clone().with_identity(Some(
+                IdentityKey::from_text(text, "console-key.txt").unwrap(),
+            )),
+            ..f
+        };
+        let rows = operations(&keyed, &keyed.sam, ops_request(id, false, false))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        match ask(&keyed, &keyed.sam, ReviewRequest::List(grep))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert_eq!(s.len(), 1, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
     fn ops_request(id: &str, show_phi: bool, force: bool) -> ReviewRequest {
         ReviewRequest::Operations {
             session_id: id.into(),

@@ -405,6 +405,56 @@ mod tests {
         assert!(tail.next_event().await.is_none());
     }
 
+    /// An encrypted recording is tailed with its recorder's live key; without a key the watch
+    /// ends at once saying so (never a blank screen that looks like an idle session).
+    #[tokio::test]
+    async fn an_encrypted_recording_is_watched_with_the_live_key_or_ends_saying_why() {
+        use crate::unseal::tests::{identity, sealed_recording};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let (text, to) = identity();
+        let identities = ward_recording::sealed::load_identities(&text).unwrap();
+        // Device output, so the screen shows it ("ok").
+        let id = "00000000000000ae";
+        let bytes = sealed_recording(id, &to, b"x");
+        store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let mut blind = Tail::new(
+            store.clone(),
+            id.into(),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = blind.next_event().await {
+            events.push(format!("{ev:?}"));
+        }
+        let end = events.last().unwrap();
+        assert!(
+            end.contains("encrypted at rest")
+                && end.replace('\\', "").contains("\"encrypted\":true"),
+            "{events:?}"
+        );
+
+        let meta = match ward_recording::Reader::new(&bytes).next() {
+            Some(Ok((_, Record::Meta(m)))) => m,
+            other => panic!("{other:?}"),
+        };
+        let unsealer = ward_recording::sealed::Unsealer::new(&meta, &identities).unwrap();
+        let _live = crate::unseal::live_keys().register(id, unsealer);
+        let mut seeing = Tail::new(store, id.into(), Instant::now() + Duration::from_secs(30))
+            .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = seeing.next_event().await {
+            events.push(format!("{ev:?}"));
+        }
+        assert!(events.iter().any(|e| e.contains("ok")), "{events:?}");
+        assert!(
+            events.last().unwrap().contains("client closed"),
+            "{events:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_recording_that_is_not_one_ends_the_watch() {
         let dir = tempfile::tempdir().unwrap();
