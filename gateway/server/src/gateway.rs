@@ -492,6 +492,7 @@ impl Gateway {
         let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
               devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
+        crate::recorder::warn_if_plain(&config.recording, shared.sink.is_some());
         Ok(Gateway {
             shared,
             audit_writer,
@@ -1393,6 +1394,7 @@ pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result
     let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
+    crate::recorder::read_recipients_file(&mut config.recording)?;
     Ok(config)
 }
 
