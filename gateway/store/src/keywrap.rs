@@ -347,6 +347,13 @@ impl KeyRing {
         }
     }
 
+    /// A ring with `new` as the current key and every key of this one still opening values.
+    pub fn with_current(&self, new: Arc<dyn KeyWrapper>) -> KeyRing {
+        let mut held = vec![self.current.clone()];
+        held.extend(self.others.iter().cloned());
+        KeyRing::new(new, held)
+    }
+
     /// The key new values are sealed under.
     pub fn current(&self) -> &Arc<dyn KeyWrapper> {
         &self.current
@@ -710,9 +717,7 @@ pub fn rotate_file_kek(store: &dyn SecretStore, path: &Path) -> Result<Rotated, 
     sync_dir(path)?;
     tracing::info!(event = "kek_file_replaced", old = %old, new = new.fingerprint(), "new key-encryption key in place; re-encrypting");
     // 4.
-    let mut held: Vec<Arc<dyn KeyWrapper>> = vec![ring.current().clone()];
-    held.extend(ring.others.iter().cloned());
-    let both = KeyRing::new(Arc::new(new.clone()), held);
+    let both = ring.with_current(Arc::new(new.clone()));
     handle.set(both.clone());
     // 5. and 6.
     let (rewrapped, removed) = finish(store, &both, path)?;
