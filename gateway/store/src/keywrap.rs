@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ward_core::inject::VaultConfig;
 use ward_core::secret::Secret;
 use zeroize::{Zeroize, Zeroizing};
@@ -583,7 +583,7 @@ impl KeyHandle {
 }
 
 /// How many stored values are sealed under one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyCount {
     /// The key's fingerprint (`plaintext` for legacy values not yet sealed).
     pub fingerprint: String,
@@ -598,7 +598,7 @@ pub struct KeyCount {
 }
 
 /// What a re-encryption did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rewrapped {
     /// Vault values moved to the current key.
     pub vault_values: usize,
@@ -628,7 +628,7 @@ pub trait SecretStore: Send + Sync {
 }
 
 /// What [`rotate_file_kek`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotated {
     /// The previous key's fingerprint.
     pub old: String,
@@ -755,7 +755,9 @@ fn finish(
     for side in side_files(path)? {
         match std::fs::remove_file(&side) {
             Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(path = %side.display(), error = %e, "could not remove an old key file"),
+            Err(e) => {
+                tracing::warn!(path = %side.display(), error = %e, "could not remove an old key file")
+            }
         }
     }
     if removed > 0 {
@@ -771,9 +773,9 @@ pub fn open_store_keys(
     store: &dyn SecretStore,
     source: &KeySource,
 ) -> Result<(Arc<KeyRing>, Rewrapped), KeyError> {
-    let ring = source.load_ring(true)?.ok_or_else(|| {
-        KeyError::NoKey(format!("{source} could not be created"))
-    })?;
+    let ring = source
+        .load_ring(true)?
+        .ok_or_else(|| KeyError::NoKey(format!("{source} could not be created")))?;
     store.key_handle().set(ring.clone());
     let rewrapped = finish_interrupted(store, &ring, source)?;
     Ok((store.key_handle().get()?, rewrapped))
