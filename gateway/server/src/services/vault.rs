@@ -745,14 +745,16 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let source = KeySource::of(config, state_dir);
-    let (at_start, warning) = match ward_store::keywrap::open_store_keys(&**db, &source) {
-        Ok((_, done)) => (done, None),
-        // The key itself is unusable (unset key_env, lax mode, garbage): fail closed.
-        Err(
-            e @ (ward_store::keywrap::KeyError::Key(_) | ward_store::keywrap::KeyError::NoKey(_)),
-        ) if db.key_handle().get().is_err() => return Err(e.into()),
-        Err(e) => (Rewrapped::default(), Some(e.to_string())),
-    };
+    // The key itself (unset key_env, lax mode, garbage, a key file gone from under sealed
+    // values): fail closed.
+    let ring = ward_store::keywrap::load_store_keys(&**db, &source)?;
+    // What a crash or an upgrade left: values under a key the gateway does not hold are refused
+    // one by one (named), the gateway still starts.
+    let (at_start, warning) =
+        match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
+            Ok(done) => (done, None),
+            Err(e) => (Rewrapped::default(), Some(e.to_string())),
+        };
     if let Some(w) = &warning {
         tracing::warn!(event = "kek_finish_failed", "{w}");
     }
