@@ -90,7 +90,13 @@ fn add_vendor(state: &Path, name: &str) -> (String, TotpSecret) {
 }
 
 /// A password + TOTP login as `name`: Ok, or the refusal's text.
-async fn login(gw_addr: &str, root: &Path, name: &str, pw: &str, seed: &TotpSecret) -> Result<(), String> {
+async fn login(
+    gw_addr: &str,
+    root: &Path,
+    name: &str,
+    pw: &str,
+    seed: &TotpSecret,
+) -> Result<(), String> {
     let client = Client::anonymous(gw_addr, root, Transport::Auto).map_err(|e| e.to_string())?;
     let code = totp::code_at(seed, SystemClock.now().unix_timestamp());
     client
@@ -105,7 +111,11 @@ async fn login(gw_addr: &str, root: &Path, name: &str, pw: &str, seed: &TotpSecr
 fn injected_session(gw: &ChildGateway, vendor: &Path) -> Finished {
     let mut cmd = ward(&["connect", "pump-12", "--gateway", &gw.addr, "--identity"]);
     cmd.arg(vendor).arg("--ca").arg(gw.pki.root());
-    run_with(&mut cmd, Input::Bytes(b"status\r\nexit\r\n".to_vec()), COMMAND_TIMEOUT)
+    run_with(
+        &mut cmd,
+        Input::Bytes(b"status\r\nexit\r\n".to_vec()),
+        COMMAND_TIMEOUT,
+    )
 }
 
 fn assert_injected(out: &Finished) {
@@ -184,13 +194,21 @@ fn rotation_is_online_and_logins_and_injection_work_across_it() {
     let pki = Arc::new(Pki::new());
     let admin = pki.person(Kind::Admin, "root", None, &[]);
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let devices = [DeviceSpec::new("pump-12", pump_addr, "telnet", &[("vendor", "acme")])];
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        pump_addr,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
     let gw = ChildGateway::start(pki.clone(), &devices, RULES, "", None);
     let state = gw.state_dir.clone();
     // Zero set-up: the gateway made its key file at its first start, owner-only.
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(state.join("vault.key")).unwrap().permissions().mode();
+        let mode = std::fs::metadata(state.join("vault.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
     let old_fp = key_fp(&state);
@@ -198,7 +216,9 @@ fn rotation_is_online_and_logins_and_injection_work_across_it() {
     let out = as_(
         &gw,
         &admin,
-        &["vault", "set", "pump-12", "service", "--user", "service", "--stdin"],
+        &[
+            "vault", "set", "pump-12", "service", "--user", "service", "--stdin",
+        ],
         Input::Bytes(format!("{PUMP_PW}\n").into_bytes()),
     );
     assert!(out.status.success(), "{out:?}");
@@ -241,11 +261,20 @@ fn rotation_is_online_and_logins_and_injection_work_across_it() {
             std::thread::spawn(move || {
                 let mut cmd = ward(&["connect", "pump-12", "--gateway", &addr, "--identity"]);
                 cmd.arg(&vendor).arg("--ca").arg(&root);
-                run_with(&mut cmd, Input::Bytes(b"status\r\nexit\r\n".to_vec()), COMMAND_TIMEOUT)
+                run_with(
+                    &mut cmd,
+                    Input::Bytes(b"status\r\nexit\r\n".to_vec()),
+                    COMMAND_TIMEOUT,
+                )
             })
         })
         .collect();
-    let rotated = as_(&gw, &admin, &["keys", "rotate", "--kek", "--json"], Input::Null);
+    let rotated = as_(
+        &gw,
+        &admin,
+        &["keys", "rotate", "--kek", "--json"],
+        Input::Null,
+    );
     assert!(rotated.status.success(), "{rotated:?}");
     for l in logins {
         rt.block_on(l).unwrap().unwrap();
@@ -308,13 +337,20 @@ fn a_crash_mid_rotation_is_finished_at_start_and_a_missing_key_is_named() {
     let pki = Arc::new(Pki::new());
     let admin = pki.person(Kind::Admin, "root", None, &[]);
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
-    let devices = [DeviceSpec::new("pump-12", pump_addr, "telnet", &[("vendor", "acme")])];
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        pump_addr,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
     let mut gw = ChildGateway::start(pki.clone(), &devices, RULES, "", None);
     let state = gw.state_dir.clone();
     let out = as_(
         &gw,
         &admin,
-        &["vault", "set", "pump-12", "service", "--user", "service", "--stdin"],
+        &[
+            "vault", "set", "pump-12", "service", "--user", "service", "--stdin",
+        ],
         Input::Bytes(format!("{PUMP_PW}\n").into_bytes()),
     );
     assert!(out.status.success(), "{out:?}");
@@ -374,7 +410,10 @@ fn a_crash_mid_rotation_is_finished_at_start_and_a_missing_key_is_named() {
     assert!(!state.join("vault.key").exists());
     // Another key put in its place (the operator gives the values up): the gateway starts, and
     // everything under the lost key is refused by name.
-    Kek::generate().unwrap().write_new(&state.join("vault.key")).unwrap();
+    Kek::generate()
+        .unwrap()
+        .write_new(&state.join("vault.key"))
+        .unwrap();
     let gw = ChildGateway::start(pki.clone(), &devices, RULES, "", Some(&state));
     let other_fp = key_fp(&state);
     // The status names the missing key and what it seals.
@@ -393,12 +432,16 @@ fn a_crash_mid_rotation_is_finished_at_start_and_a_missing_key_is_named() {
     assert!(out.stderr.contains(&lost_fp), "{out:?}");
     // A login that needs a seed under it fails; the audit names the key.
     let (name, pw, seed) = &users[1];
-    let err = rt.block_on(login(&gw.addr, &root, name, pw, seed)).unwrap_err();
+    let err = rt
+        .block_on(login(&gw.addr, &root, name, pw, seed))
+        .unwrap_err();
     assert!(err.contains("unavailable"), "{err}");
     let events = gw.audit_events();
     assert!(
         events.iter().any(|e| e["event"] == "login"
-            && e["reason"].as_str().is_some_and(|r| r.contains(&lost_fp) && r.contains(&other_fp))),
+            && e["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains(&lost_fp) && r.contains(&other_fp))),
         "no login event naming the missing key"
     );
     // A rotation refuses to leave those values behind: nothing changes, the key file stays.
@@ -455,7 +498,10 @@ fn plaintext_seeds_of_an_older_store_are_sealed_at_first_start() {
         .expect("no totp_seeds_sealed event");
     assert_eq!(ev["seeds"], 1);
     assert_eq!(ev["kek"], key_fp(&state).as_str());
-    assert!(!in_db(), "the plaintext seed is still in ward.db or its WAL");
+    assert!(
+        !in_db(),
+        "the plaintext seed is still in ward.db or its WAL"
+    );
     assert_no_seed(&state, &[&seed]);
     // The user still logs in with the same authenticator.
     let rt = tokio::runtime::Runtime::new().unwrap();

@@ -801,9 +801,10 @@ pub fn load_store_keys(store: &dyn SecretStore, source: &KeySource) -> Result<Ke
         // The key file is gone but values are sealed under a key: do not make a new key over
         // them (a store restored without its key). Name the key they need.
         if !path.exists() {
-            let sealed = store.key_counts()?.into_iter().find(|c| {
-                c.fingerprint != "plaintext" && c.vault_values + c.totp_seeds > 0
-            });
+            let sealed = store
+                .key_counts()?
+                .into_iter()
+                .find(|c| c.fingerprint != "plaintext" && c.vault_values + c.totp_seeds > 0);
             if let Some(c) = sealed {
                 let p = path.display();
                 return Err(KeyError::NoKey(format!(
@@ -1101,7 +1102,11 @@ mod tests {
             }
             let store = crate::store::SqliteStore::open(dir.path()).unwrap();
             let (ring, done) = open_store_keys(&store, &src).unwrap();
-            let want = if step >= 3 { new.fingerprint() } else { old.as_str() };
+            let want = if step >= 3 {
+                new.fingerprint()
+            } else {
+                old.as_str()
+            };
             assert_eq!(ring.fingerprint(), want, "step {step}");
             assert_eq!(done.totp_seeds, usize::from(step >= 3), "step {step}");
             assert_eq!(ring.fingerprints().len(), 1, "step {step}");

@@ -750,11 +750,10 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     let ring = ward_store::keywrap::load_store_keys(&**db, &source)?;
     // What a crash or an upgrade left: values under a key the gateway does not hold are refused
     // one by one (named), the gateway still starts.
-    let (at_start, warning) =
-        match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
-            Ok(done) => (done, None),
-            Err(e) => (Rewrapped::default(), Some(e.to_string())),
-        };
+    let (at_start, warning) = match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
+        Ok(done) => (done, None),
+        Err(e) => (Rewrapped::default(), Some(e.to_string())),
+    };
     if let Some(w) = &warning {
         tracing::warn!(event = "kek_finish_failed", "{w}");
     }
