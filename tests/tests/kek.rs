@@ -309,10 +309,10 @@ fn rotation_is_online_and_logins_and_injection_work_across_it() {
         .find(|e| e["event"] == "kek_rotated")
         .expect("no kek_rotated event");
     assert_eq!(ev["outcome"], "success");
-    assert_eq!(ev["old_kek"], old_fp.as_str());
-    assert_eq!(ev["new_kek"], new_fp.as_str());
-    assert_eq!(ev["totp_seeds"], 8);
-    assert_eq!(ev["vault_values"], 1);
+    assert_eq!(ev["detail"]["old_kek"], old_fp.as_str());
+    assert_eq!(ev["detail"]["new_kek"], new_fp.as_str());
+    assert_eq!(ev["detail"]["totp_seeds"], 8);
+    assert_eq!(ev["detail"]["vault_values"], 1);
     assert_eq!(ev["principal"]["name"], "root");
 
     // A vendor may not rotate or look.
@@ -391,7 +391,7 @@ fn a_crash_mid_rotation_is_finished_at_start_and_a_missing_key_is_named() {
         .find(|e| e["event"] == "kek_rotation_finished")
         .expect("no kek_rotation_finished event");
     assert_eq!(ev["outcome"], "success");
-    assert_eq!(ev["totp_seeds"], 3);
+    assert_eq!(ev["detail"]["totp_seeds"], 3);
 
     // Now the key is lost. A start without it refuses to make a new key over the sealed values,
     // naming the key they need.
@@ -496,8 +496,8 @@ fn plaintext_seeds_of_an_older_store_are_sealed_at_first_start() {
         .into_iter()
         .find(|e| e["event"] == "totp_seeds_sealed")
         .expect("no totp_seeds_sealed event");
-    assert_eq!(ev["seeds"], 1);
-    assert_eq!(ev["kek"], key_fp(&state).as_str());
+    assert_eq!(ev["detail"]["seeds"], 1);
+    assert_eq!(ev["detail"]["kek"], key_fp(&state).as_str());
     assert!(
         !in_db(),
         "the plaintext seed is still in ward.db or its WAL"
