@@ -1200,6 +1200,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Keys(op) => {
+            dispatch::keys_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::PinDevice(_)
         | Request::Lock { .. }
@@ -1309,6 +1314,7 @@ fn audited(request: &Request) -> bool {
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::Live(ward_core::frame::LiveOp::End { .. })
+        | Request::Keys(ward_core::frame::KeysOp::RotateKek)
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event; an SSO poll hands
         // out what its approval already audited.
@@ -1316,7 +1322,8 @@ fn audited(request: &Request) -> bool {
         | Request::SsoPoll { .. }
         | Request::ListDevices
         | Request::ListLocks
-        | Request::Live(ward_core::frame::LiveOp::List) => false,
+        | Request::Live(ward_core::frame::LiveOp::List)
+        | Request::Keys(ward_core::frame::KeysOp::Status) => false,
     }
 }
 

@@ -173,6 +173,8 @@ pub struct Vault {
     pub secrets: Option<Arc<dyn SecretStore>>,
     /// What the key step of the start did.
     pub at_start: StartKeys,
+    /// Held by a running `ward keys rotate --kek` (one at a time).
+    pub kek_rotation: tokio::sync::Mutex<()>,
 }
 
 /// The (device, account) entries being rotated.
@@ -249,11 +251,7 @@ pub(crate) async fn credential(
         account: account.to_owned(),
     };
     let now = shared.clock.now().unix_timestamp();
-    match vault
-        .store
-        .credential(device, account, Some(now))
-        .await
-    {
+    match vault.store.credential(device, account, Some(now)).await {
         Ok(c) => Ok(c),
         Err(VaultError::NotFound { .. }) => Err(not_vaulted()),
         Err(e @ (VaultError::WrongKey { .. } | VaultError::Tampered { .. })) => {
@@ -747,24 +745,32 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let source = KeySource::of(config, state_dir);
-    let (at_start, warning) = match ward_store::keywrap::open_store_keys(&**db, &source) {
-        Ok((_, done)) => (done, None),
-        // The key itself is unusable (unset key_env, lax mode, garbage): fail closed.
-        Err(e @ (ward_store::keywrap::KeyError::Key(_) | ward_store::keywrap::KeyError::NoKey(_)))
-            if db.key_handle().get().is_err() =>
-        {
-            return Err(e.into())
-        }
+    // The key itself (unset key_env, lax mode, garbage, a key file gone from under sealed
+    // values): fail closed.
+    let ring = ward_store::keywrap::load_store_keys(&**db, &source)?;
+    // What a crash or an upgrade left: values under a key the gateway does not hold are refused
+    // one by one (named), the gateway still starts.
+    let (at_start, warning) = match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
+        Ok(done) => (done, None),
         Err(e) => (Rewrapped::default(), Some(e.to_string())),
     };
     if let Some(w) = &warning {
         tracing::warn!(event = "kek_finish_failed", "{w}");
     }
     if at_start.plaintext_seeds_sealed > 0 {
-        tracing::info!(event = "totp_seeds_sealed", seeds = at_start.plaintext_seeds_sealed, "sealed the plaintext TOTP seeds of an older store under the key-encryption key");
+        tracing::info!(
+            event = "totp_seeds_sealed",
+            seeds = at_start.plaintext_seeds_sealed,
+            "sealed the plaintext TOTP seeds of an older store under the key-encryption key"
+        );
     }
     if at_start.vault_values + at_start.totp_seeds > 0 {
-        tracing::warn!(event = "kek_rotation_finished", vault_values = at_start.vault_values, totp_seeds = at_start.totp_seeds, "finished a key-encryption key rotation a crash interrupted");
+        tracing::warn!(
+            event = "kek_rotation_finished",
+            vault_values = at_start.vault_values,
+            totp_seeds = at_start.totp_seeds,
+            "finished a key-encryption key rotation a crash interrupted"
+        );
     }
     let keys = VaultKeys::new(source, db.key_handle());
     let entries = db.list_credentials()?;
@@ -784,6 +790,7 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
             rewrapped: at_start,
             warning,
         },
+        kek_rotation: Default::default(),
     }))
 }
 
@@ -973,6 +980,7 @@ mod tests {
             rotating: Rotating::default(),
             secrets: Some(db.clone()),
             at_start: StartKeys::default(),
+            kek_rotation: Default::default(),
         });
         Fx {
             service: VaultService::new(ctx, vault),
@@ -1257,6 +1265,7 @@ mod tests {
                     rotating: Rotating::default(),
                     secrets: Some(fx.db.clone()),
                     at_start: StartKeys::default(),
+                    kek_rotation: Default::default(),
                 }),
             ),
             ..fx
