@@ -412,6 +412,9 @@ impl Gateway {
                 .detail("devices", config.devices.len())
                 .detail("rules", config.rules.len()),
         );
+        for ev in vault.start_events(clock.now()) {
+            audit.emit(ev);
+        }
         audit.emit(started_event(
             clock.now(),
             quic_addr,

@@ -348,10 +348,11 @@ fn vault_devices(
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
     let source = Kek::source(&config.inject.vault, state_dir);
-    let kek = source
-        .load(true)?
-        .ok_or_else(|| anyhow::anyhow!("the vault key ({source}) could not be created"))?;
+    let ring = source
+        .load_ring(true)?
+        .ok_or_else(|| anyhow::anyhow!("the key-encryption key ({source}) could not be created"))?;
     let db = ward_store::store::SqliteStore::open(state_dir)?;
+    db.keys().set(ring);
     let now = clock.now().unix_timestamp();
     let admin = ward_core::secret::Secret::new("admin".to_string());
     for (device, account, user, secret) in [
@@ -359,7 +360,7 @@ fn vault_devices(
         ("pump-14", "service", "service", service),
         ("monitor-3", "console", "admin", &admin),
     ] {
-        db.put_credential(&kek, device, account, user, secret, now)
+        db.put_credential(device, account, user, secret, now)
             .with_context(|| format!("vaulting {device}/{account}"))?;
     }
     Ok(())
