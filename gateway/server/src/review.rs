@@ -1153,6 +1153,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut out = Vec::new();
         let mut enc =
@@ -1255,6 +1257,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut out = Vec::new();
         let mut enc =

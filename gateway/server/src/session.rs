@@ -405,6 +405,8 @@ fn session_meta(ctx: &Ctx, session: &Authorized) -> SessionMeta {
         transport: ctx.open.transport.to_string(),
         break_glass: permit.break_glass(),
         started_unix_ms: unix_ms(ctx.now),
+        recipients: Vec::new(),
+        age_header: None,
     }
 }
 

@@ -3918,6 +3918,8 @@ fn web_list() -> Result<()> {
             break_glass: n % 97 == 0,
             // One a minute, the newest a minute ago (about 70 days).
             started_unix_ms: now_ms - i64::from(WEB_ROWS - n) * 60_000,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut row = opened(&meta);
         row.summary.end_reason = "client closed".into();

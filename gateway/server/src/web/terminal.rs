@@ -602,7 +602,7 @@ impl Player {
                     duration_ns = duration_ns.max(t_ns);
                     end_reason = Some(format!("interrupted: {reason}"));
                 }
-                Record::Checkpoint { .. } | Record::Event { .. } => {}
+                Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
             }
         }
         let telnet = protocol == "telnet";
@@ -999,6 +999,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut out = Vec::new();
         let mut enc = Encoder::start(&meta, signer, CheckpointPolicy::default(), &mut out).unwrap();

@@ -255,7 +255,7 @@ impl Feed {
             Record::Interrupted { reason, .. } => {
                 self.end.get_or_insert(format!("interrupted: {reason}"));
             }
-            Record::Checkpoint { .. } | Record::Event { .. } => {}
+            Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
         }
     }
 }
@@ -328,6 +328,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 0,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut out = Vec::new();
         let mut enc = Encoder::start(&meta, signer, CheckpointPolicy::default(), &mut out).unwrap();
