@@ -514,3 +514,257 @@ async fn the_gateway_signs_only_for_reviewers_and_only_its_own_recordings() {
         "{events:?}"
     );
 }
+
+/// A state dir as a gateway with `[recording] recipients` leaves it: one recording sealed to
+/// `recipient` (carrying `marker` up and down), its audit trail, the signing key. Returns the
+/// session id.
+fn sealed_state_dir(state: &Path, recipient: &str, marker: &[u8]) -> String {
+    use ward_recording::audit::{AuditChain, AuditEvent, AuditPrincipal};
+    use ward_recording::{CheckpointPolicy, Direction, Encoder, EndInfo, SessionMeta, Signer};
+    std::fs::create_dir_all(state.join("recordings")).unwrap();
+    let (signer, pkcs8) = Signer::generate().unwrap();
+    let signer = Arc::new(signer);
+    std::fs::write(state.join("audit.key"), pkcs8).unwrap();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(
+        state.join("audit.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(
+        state.join("audit.pub"),
+        format!("{}\n", hex::encode(signer.public_key())),
+    )
+    .unwrap();
+    let id = "00c0ffee000000a1".to_string();
+    let meta = SessionMeta {
+        session_id: id.clone(),
+        principal_kind: "vendor".into(),
+        principal_name: "jdoe".into(),
+        principal_org: Some("acme".into()),
+        cert_serial: "01".into(),
+        source: "127.0.0.1:50000".into(),
+        device: "pump-12".into(),
+        device_addr: "127.0.0.1:2323".into(),
+        protocol: "telnet".into(),
+        rule: "acme-maintains-its-pumps".into(),
+        transport: "quic".into(),
+        break_glass: false,
+        started_unix_ms: 1_795_000_000_000,
+        recipients: Vec::new(),
+        age_header: None,
+    };
+    let r = ward_recording::sealed::parse_recipient(recipient).unwrap();
+    let mut out = Vec::new();
+    let policy = CheckpointPolicy::default();
+    let mut enc = Encoder::start_sealed(&meta, signer.clone(), policy, &[r], &mut out).unwrap();
+    enc.data(Direction::Up, 1_000, marker, &mut out);
+    enc.flush(1_000, &mut out).unwrap();
+    enc.data(Direction::Down, 2_000, marker, &mut out);
+    enc.flush(2_000, &mut out).unwrap();
+    let n = marker.len() as u64;
+    let end = EndInfo {
+        ended_unix_ms: 1_795_000_001_000,
+        reason: "completed".into(),
+        bytes_up: n,
+        bytes_down: n,
+    };
+    enc.finish(3_000, &end, &mut out);
+    std::fs::write(state.join("recordings").join(format!("{id}.wrec")), &out).unwrap();
+    let event = |kind: &str, detail: serde_json::Value| AuditEvent {
+        time: "2026-11-28T16:00:00.000Z".into(),
+        event: kind.into(),
+        outcome: "success".into(),
+        severity: "info".into(),
+        principal: Some(AuditPrincipal {
+            name: "jdoe".into(),
+            kind: "vendor".into(),
+            org: Some("acme".into()),
+            serial: "01".into(),
+        }),
+        source: None,
+        device: Some("pump-12".into()),
+        session_id: Some(id.clone()),
+        reason: Some("permitted".into()),
+        detail: serde_json::from_value(detail).unwrap(),
+    };
+    let mut chain = AuditChain::new(signer, policy);
+    let mut log = Vec::new();
+    log.extend(chain.line(&event("gateway_start", serde_json::json!({})), 0));
+    log.extend(chain.checkpoint(0));
+    log.extend(chain.line(
+        &event(
+            "session_open",
+            serde_json::json!({"recorded": true, "rule": "acme-maintains-its-pumps"}),
+        ),
+        0,
+    ));
+    log.extend(chain.line(
+        &event(
+            "session_close",
+            serde_json::json!({"bytes_up": n, "bytes_down": n}),
+        ),
+        0,
+    ));
+    log.extend(chain.checkpoint(0));
+    std::fs::write(state.join("audit.log"), log).unwrap();
+    id
+}
+
+/// An age key pair made with the real `age-keygen`: (identity file, recipient).
+fn age_keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(format!("{name}.age"));
+    run_ok(Command::new("age-keygen").arg("-o").arg(&path));
+    let public = run_ok(Command::new("age-keygen").arg("-y").arg(&path));
+    (path, public.stdout.trim().to_string())
+}
+
+/// Encrypted recordings: the bundle carries their sealed segments as age files that the real
+/// `age -d` opens with the security team's identity (and that verify compares with the
+/// recording byte for byte, with no key); with `--recipient`, one payload re-encrypted to an
+/// auditor, which `age -d` opens with the auditor's identity and `ward evidence verify
+/// --identity-key` checks against the recording. The marker is nowhere in the bundle's bytes.
+#[test]
+fn encrypted_recordings_go_in_sealed_or_reencrypted_to_an_auditor() {
+    if !(require_peer("age") && require_peer("age-keygen") && require_peer("tar")) {
+        return;
+    }
+    use base64::Engine as _;
+    let dir = tempfile::tempdir().unwrap();
+    let (team, team_recipient) = age_keygen(dir.path(), "team");
+    let (auditor, auditor_recipient) = age_keygen(dir.path(), "auditor");
+    let marker: Vec<u8> = (0..64u32).map(|i| b'A' + ((i * 7) % 26) as u8).collect();
+    let state = dir.path().join("state");
+    let id = sealed_state_dir(&state, &team_recipient, &marker);
+    let s = state.to_str().unwrap();
+
+    // Sealed segments, no key needed to export or verify.
+    let b1 = dir.path().join("sealed.ward-evidence");
+    run_ok(&mut ward(&[
+        "evidence",
+        "export",
+        &id,
+        "--state-dir",
+        s,
+        "--out",
+        b1.to_str().unwrap(),
+    ]));
+    let bytes = std::fs::read(&b1).unwrap();
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_slice()),
+        "the payload is in the bundle in the clear"
+    );
+    let out = verify(&b1, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "payload {id}: ok (2 age file(s), each the recording's sealed segment byte for byte)"
+        )),
+        "{out:?}"
+    );
+    let with_key = verify(&b1, &["--identity-key", team.to_str().unwrap()]);
+    assert!(with_key.status.success(), "{with_key:?}");
+    assert!(
+        with_key.stdout.contains("each decrypted with the identity"),
+        "{with_key:?}"
+    );
+    let x = dir.path().join("x1");
+    std::fs::create_dir(&x).unwrap();
+    run_ok(Command::new("tar").arg("xf").arg(&b1).arg("-C").arg(&x));
+    let seg = x.join("payload").join(&id).join("0001.age");
+    let plain = run_ok(Command::new("age").arg("-d").arg("-i").arg(&team).arg(&seg));
+    assert!(
+        plain
+            .raw_stdout
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice()),
+        "age -d of the first segment lacks the marker"
+    );
+    // Not with the auditor's identity.
+    let refused = run(Command::new("age")
+        .arg("-d")
+        .arg("-i")
+        .arg(&auditor)
+        .arg(&seg));
+    assert!(!refused.status.success(), "{refused:?}");
+
+    // Re-encrypted to the auditor.
+    let b2 = dir.path().join("auditor.ward-evidence");
+    run_ok(&mut ward(&[
+        "evidence",
+        "export",
+        &id,
+        "--state-dir",
+        s,
+        "--out",
+        b2.to_str().unwrap(),
+        "--recipient",
+        &auditor_recipient,
+        "--identity-key",
+        team.to_str().unwrap(),
+    ]));
+    let out = verify(&b2, &["--identity-key", auditor.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains(&format!(
+            "payload {id}: ok (decrypted: the recording's meta"
+        )),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("64 bytes up, 64 down"), "{out:?}");
+    // The team's identity opens both: the payload equals the recording's records.
+    let out = verify(&b2, &["--identity-key", team.to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "the team's identity does not open the auditor's payload: {out:?}"
+    );
+    assert!(
+        out.stdout.contains("does not open with the identity given"),
+        "{out:?}"
+    );
+    // An identity file holding both keys opens the payload and the recording: equal.
+    let both = dir.path().join("both.age");
+    let text =
+        std::fs::read_to_string(&team).unwrap() + &std::fs::read_to_string(&auditor).unwrap();
+    std::fs::write(&both, text).unwrap();
+    std::fs::set_permissions(&both, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let out = verify(&b2, &["--identity-key", both.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("equal to the recording's records"),
+        "{out:?}"
+    );
+    let x = dir.path().join("x2");
+    std::fs::create_dir(&x).unwrap();
+    run_ok(Command::new("tar").arg("xf").arg(&b2).arg("-C").arg(&x));
+    let plain = run_ok(
+        Command::new("age")
+            .arg("-d")
+            .arg("-i")
+            .arg(&auditor)
+            .arg(x.join("payload").join(format!("{id}.age"))),
+    );
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&marker);
+    assert_eq!(plain.stdout.matches(&b64).count(), 2, "{}", plain.stdout);
+    // --recipient without a key that opens the recording: refused, naming what is needed.
+    let b3 = dir.path().join("nokey.ward-evidence");
+    let out = run(&mut ward(&[
+        "evidence",
+        "export",
+        &id,
+        "--state-dir",
+        s,
+        "--out",
+        b3.to_str().unwrap(),
+        "--recipient",
+        &auditor_recipient,
+        "--identity-key",
+        auditor.to_str().unwrap(),
+    ]));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("none of the 1 identities given matches"),
+        "{out:?}"
+    );
+}

@@ -177,18 +177,123 @@ fn local_signer(state_dir: &Path) -> anyhow::Result<ward_recording::Signer> {
         .with_context(|| format!("{} is not a Ward signing key", path.display()))
 }
 
-/// The payload files for `recordings`: none for plain ones; sealed segments, or re-encrypted
-/// records with `recipient` (opened with `identity`).
+/// An age identity file's identities (never printed).
+fn identities(path: &Path) -> anyhow::Result<ev::Identities> {
+    ward_ca::check_private_key(path)?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    ward_recording::sealed::load_identities(&text)
+        .with_context(|| format!("--identity-key {}", path.display()))
+}
+
+fn meta_of(bytes: &[u8]) -> Option<ward_recording::SessionMeta> {
+    match ward_recording::read_all(bytes).ok()?.into_iter().next()? {
+        ward_recording::Record::Meta(m) => Some(m),
+        _ => None,
+    }
+}
+
+/// The payload files for `recordings`: none for plain ones; the sealed segments of encrypted
+/// ones, or with `recipient`, their records opened with `identity` and re-encrypted to it.
 fn payload(
     recordings: &BTreeMap<String, Vec<u8>>,
     recipient: Option<&str>,
     identity: Option<&Path>,
 ) -> anyhow::Result<Payload> {
-    let _ = (recordings, identity);
-    if recipient.is_some() {
+    let sealed: Vec<(&String, &Vec<u8>, ward_recording::SessionMeta)> = recordings
+        .iter()
+        .filter_map(|(id, b)| {
+            meta_of(b)
+                .filter(ward_recording::sealed::is_sealed)
+                .map(|m| (id, b, m))
+        })
+        .collect();
+    let Some(recipient) = recipient else {
+        if sealed.is_empty() {
+            return Ok(Payload::None);
+        }
+        let mut by_id = BTreeMap::new();
+        for (id, bytes, _) in sealed {
+            let files =
+                evidence::segments_of(bytes).map_err(|e| anyhow::anyhow!("recording {id}: {e}"))?;
+            by_id.insert(id.clone(), files);
+        }
+        return Ok(Payload::Segments(by_id));
+    };
+    if sealed.is_empty() {
         bail!("--recipient: none of these recordings is encrypted; their payload is in recordings/ as it is");
     }
-    Ok(Payload::None)
+    ward_recording::sealed::parse_recipient(recipient)
+        .map_err(|e| anyhow::anyhow!("--recipient {recipient}: {e}"))?;
+    let path = identity.context("--recipient needs --identity-key FILE to open the recordings")?;
+    let ids = identities(path)?;
+    let mut files = BTreeMap::new();
+    for (id, bytes, meta) in sealed {
+        let unsealer = ward_recording::sealed::Unsealer::new(&meta, &ids)
+            .with_context(|| format!("recording {id}"))?;
+        let plain = evidence::reencrypted_plaintext(bytes, &unsealer)
+            .map_err(|e| anyhow::anyhow!("recording {id}: {e}"))?;
+        files.insert(id.clone(), ev::age_encrypt(recipient, &plain)?);
+    }
+    Ok(Payload::Reencrypted {
+        recipient: recipient.to_owned(),
+        files,
+    })
+}
+
+/// Opens payload files with the auditor's identity (`ward evidence verify --identity-key`).
+struct Opener {
+    ids: ev::Identities,
+}
+
+impl evidence::PayloadOpener for Opener {
+    fn check(
+        &self,
+        recording: &[u8],
+        kind: evidence::PayloadKind,
+        files: &[&[u8]],
+    ) -> Result<String, String> {
+        let meta = meta_of(recording).ok_or("the recording has no meta record")?;
+        // Opens the recording too, when the identity is one of its recipients.
+        let unsealer = ward_recording::sealed::Unsealer::new(&meta, &self.ids).ok();
+        match kind {
+            evidence::PayloadKind::None => Ok("no payload files".into()),
+            evidence::PayloadKind::SealedSegments => {
+                let same = evidence::check_segments(recording, files)?;
+                if unsealer.is_none() {
+                    return Ok(format!("{same}; not decrypted: the identity given is not one of the recording's recipients"));
+                }
+                let mut bytes = 0;
+                for (i, f) in files.iter().enumerate() {
+                    let plain = ev::age_decrypt(f, &self.ids)
+                        .map_err(|e| format!("payload file {:04}.age: {e}", i + 1))?;
+                    bytes += plain.len();
+                }
+                Ok(format!(
+                    "{same}; each decrypted with the identity ({bytes} plaintext bytes)"
+                ))
+            }
+            evidence::PayloadKind::Reencrypted => {
+                let [file] = files else {
+                    return Err(format!("{} payload files, expected one", files.len()));
+                };
+                let plain = ev::age_decrypt(file, &self.ids).map_err(|e| {
+                    format!("the payload does not open with the identity given: {e}")
+                })?;
+                let found = evidence::check_reencrypted(recording, &plain)?;
+                match unsealer {
+                    Some(u) => {
+                        let want = evidence::reencrypted_plaintext(recording, &u)?;
+                        if want != plain {
+                            return Err("the decrypted payload differs from the recording's records (the identity opens both)".into());
+                        }
+                        Ok(format!("{found}; equal to the recording's records"))
+                    }
+                    None => Ok(format!("{found}; its data is vouched for by the exporter and the bundle's signature (the identity does not open the recording to compare)")),
+                }
+            }
+        }
+    }
 }
 
 async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -422,9 +527,8 @@ fn verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 fn opener(identity: Option<&Path>) -> anyhow::Result<Option<Box<dyn evidence::PayloadOpener>>> {
     match identity {
         None => Ok(None),
-        Some(p) => bail!(
-            "--identity-key {}: this build cannot open payload files yet",
-            p.display()
-        ),
+        Some(p) => Ok(Some(Box::new(Opener {
+            ids: identities(p)?,
+        }))),
     }
 }
