@@ -31,7 +31,7 @@ use axum::http::{Request, StatusCode};
 use tower::ServiceExt;
 use ward_ca::{Identity, Kind, SystemClock};
 use ward_client::Transport;
-use ward_recording::{Direction, Reader, Record};
+use ward_recording::{Reader, Record};
 use ward_tests::process::{run, run_ok, ward};
 use ward_tests::*;
 

@@ -12,9 +12,11 @@
 
 mod inject;
 mod oidc;
+mod recording;
 mod review;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
+pub use recording::RecordingConfig;
 pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
@@ -160,6 +162,12 @@ listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn
 consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, on an origin of their own
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
+
+# Recordings encrypted at rest to the security team's age keys (docs/recording-format.md). Without
+# a recipient they are stored in plain text and the gateway warns at start.
+# [recording]
+# recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
+# recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
 
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
@@ -491,6 +499,8 @@ pub struct Config {
     /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
     /// default).
     pub review: ReviewConfig,
+    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
+    pub recording: RecordingConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -656,6 +666,7 @@ impl Config {
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
         let review = cx.review(raw.review)?;
+        let recording = cx.recording(raw.recording)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -679,6 +690,7 @@ impl Config {
             web,
             oidc,
             review,
+            recording,
         })
     }
 
@@ -698,6 +710,11 @@ impl Config {
             .filter(|p| p.is_relative())
         {
             *path = base.join(&*path);
+        }
+        if let Some(path) = self.recording.recipients_file.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
         }
     }
 
@@ -756,6 +773,7 @@ struct RawConfig {
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
     review: review::RawReview,
+    recording: recording::RawRecording,
 }
 
 #[derive(Deserialize, Default)]

@@ -12,6 +12,8 @@
 //! * [`audit`]: the audit log: JSON lines, chained and signed the same way.
 //! * [`trail`]: what the audit log says about each session ([`audit::session_trails`]), crash
 //!   recovery's rule ([`trail::may_seal`]) and the recording/log cross-checks of `verify --all`.
+//! * [`evidence`]: the signed parts of evidence bundles: `SHA256SUMS`, its signature, SPKI PEM
+//!   keys, the audit-log slice that verifies alone.
 //! * [`sealed`]: recordings encrypted at rest to age recipients: [`sealed::Unsealer`],
 //!   [`sealed::open_records`], [`sealed::age_files`].
 //! * [`export`]: asciicast v2, pcap, raw, JSON lines, hexdump, and the telnet IAC filter.
@@ -22,6 +24,7 @@
 pub mod audit;
 pub mod encoder;
 pub mod error;
+pub mod evidence;
 pub mod export;
 pub mod format;
 pub mod sealed;

@@ -112,6 +112,14 @@ pub enum ReviewRequest {
         /// (audited, severity high).
         force: bool,
     },
+    /// Sign an evidence bundle's `SHA256SUMS` with the gateway's current key (audited as
+    /// `evidence_exported`): [`ReviewService::sign_evidence_job`].
+    SignEvidence {
+        /// The sessions in the bundle.
+        sessions: Vec<String>,
+        /// The `SHA256SUMS` bytes (sent after the request as data).
+        sums: Vec<u8>,
+    },
 }
 
 impl From<frame::Review> for ReviewRequest {
@@ -119,6 +127,11 @@ impl From<frame::Review> for ReviewRequest {
         use frame::Review;
         match review {
             Review::PublicKey => ReviewRequest::PublicKey,
+            // The sums follow the request as data: the adapter reads them and fills `sums`.
+            Review::SignEvidence { sessions } => ReviewRequest::SignEvidence {
+                sessions,
+                sums: Vec::new(),
+            },
             Review::AuditLog => ReviewRequest::AuditLog,
             Review::ListSessions {
                 principal,
@@ -174,6 +187,7 @@ impl ReviewRequest {
             ReviewRequest::Operations { .. } => "operations_viewed",
             ReviewRequest::AuditLog => "audit_log_read",
             ReviewRequest::PublicKey => "public_key_read",
+            ReviewRequest::SignEvidence { .. } => "evidence_exported",
         }
     }
 
@@ -191,6 +205,8 @@ impl ReviewRequest {
 pub enum ReviewAnswer {
     /// The public key.
     PublicKey([u8; 32]),
+    /// An evidence bundle's `SHA256SUMS` signature.
+    EvidenceSignature(EvidenceSignature),
     /// The sessions, newest first.
     Sessions(Vec<SessionSummary>),
     /// The audit log as it was when opened.
@@ -288,6 +304,7 @@ pub struct ReviewService {
     /// `[review] identity_file`: the reviewer identity the gateway opens encrypted recordings
     /// with (the web console's player, operations, text search); none by default.
     identity: Option<IdentityKey>,
+    signer: Option<CurrentSigner>,
 }
 
 /// The reviewer identity `[review] identity_file` names, read (mode 0600 checked) — or none.
@@ -306,6 +323,20 @@ pub fn reviewer_identity(
         "the gateway holds a reviewer identity ([review] identity_file): it can read the recordings encrypted to it (the web console plays them); without it, only reviewers' own keys can"
     );
     Ok(Some(key))
+}
+
+/// The gateway's current signing key, asked at each use (the key can rotate while it runs).
+pub type CurrentSigner = Arc<dyn Fn() -> Arc<ward_recording::Signer> + Send + Sync>;
+
+/// A `SHA256SUMS` signature by the gateway ([`ReviewRequest::SignEvidence`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EvidenceSignature {
+    /// The signing key's id (hex).
+    pub key_id: String,
+    /// The signing key (hex).
+    pub public: String,
+    /// Raw Ed25519 signature over the `SHA256SUMS` bytes (hex).
+    pub sig: String,
 }
 
 /// What a review job hands back: the answer and its success event, or a refusal.
@@ -330,6 +361,7 @@ impl ReviewService {
             gate,
             clock,
             identity: None,
+            signer: None,
         }
     }
 
@@ -343,6 +375,79 @@ impl ReviewService {
     /// recordings with (each fetch audited by [`ReviewService::handle`]).
     pub fn identity(&self) -> Option<&IdentityKey> {
         self.identity.as_ref()
+    }
+
+    /// The key that signs evidence bundles ([`ReviewRequest::SignEvidence`]); without it, such
+    /// requests are refused.
+    pub fn with_signer(mut self, signer: CurrentSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Sign an evidence bundle's `SHA256SUMS` (blocking part): a well-formed `SHA256SUMS`
+    /// (`ward_recording::evidence::parse_sums`) whose `recordings/*.wrec` lines are exactly the
+    /// sessions named, each the SHA-256 of the recording stored here now. So a signed bundle
+    /// holds this gateway's recordings as they are; the rest (manifest, slice, report) is the
+    /// exporter's, who is named in the audit event with the digest of what was signed.
+    fn sign_evidence_job(&self, base: Event, sessions: Vec<String>, sums: Vec<u8>) -> JobResult {
+        use ward_recording::evidence as ev;
+        let Some(current) = &self.signer else {
+            return Err(ReviewRefusal::Unreadable(
+                "this gateway does not sign evidence bundles".into(),
+            ));
+        };
+        let listed = ev::parse_sums(&sums)
+            .map_err(|e| ReviewRefusal::BadFilter(format!("not an evidence SHA256SUMS: {e}")))?;
+        let mut recs: Vec<(&str, &[u8; 32])> = listed
+            .iter()
+            .filter_map(|(p, d)| {
+                p.strip_prefix("recordings/")?
+                    .strip_suffix(".wrec")
+                    .map(|id| (id, d))
+            })
+            .collect();
+        recs.sort();
+        let mut named: Vec<&str> = sessions.iter().map(String::as_str).collect();
+        named.sort();
+        named.dedup();
+        if named.is_empty() || recs.iter().map(|(id, _)| *id).ne(named.iter().copied()) {
+            return Err(ReviewRefusal::BadFilter(
+                "the SHA256SUMS to sign must list recordings/<id>.wrec for exactly the sessions named"
+                    .into(),
+            ));
+        }
+        for (id, digest) in recs {
+            if !crate::recording_store::valid_id(id) {
+                return Err(ReviewRefusal::BadSessionId(id.to_owned()));
+            }
+            let bytes = match self.recordings.read_all(id) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ReviewRefusal::NoRecording(id.to_owned()))
+                }
+                Err(e) => return Err(unreadable(id, &e)),
+            };
+            if ev::sha256(&bytes) != *digest {
+                return Err(ReviewRefusal::BadFilter(format!(
+                    "recordings/{id}.wrec in the SHA256SUMS is not the recording stored here (fetch it again)"
+                )));
+            }
+        }
+        let signer = current();
+        let sig =
+            ev::sign_sums(&signer, &sums).map_err(|e| ReviewRefusal::BadFilter(e.to_string()))?;
+        let key_id = signer.key_id();
+        let ev = base
+            .detail("sessions", named)
+            .detail("files", listed.len())
+            .detail("sha256sums", hex::encode(ev::sha256(&sums)))
+            .detail("key_id", key_id.clone());
+        let answer = ReviewAnswer::EvidenceSignature(EvidenceSignature {
+            key_id,
+            public: hex::encode(signer.public_key()),
+            sig: hex::encode(sig),
+        });
+        Ok((answer, ev))
     }
 
     /// Answer `who`'s `request`, or refuse it; either way audited once. Nothing is handed out
@@ -395,6 +500,9 @@ impl ReviewService {
                 show_phi,
                 force,
             } => self.operations(base, session_id, show_phi, force),
+            ReviewRequest::SignEvidence { sessions, sums } => {
+                self.sign_evidence_job(base, sessions, sums)
+            }
         }
     }
 
