@@ -1061,6 +1061,36 @@ pub fn records_of(bytes: &[u8], identity: Option<&IdentityKey>) -> anyhow::Resul
     }
 }
 
+/// [`records_of`] for a forced read (`--force`) of a recording that fails verification: its
+/// records up to the first that cannot be read or the first encrypted record that does not
+/// decrypt (altered: its authentication fails), with a warning saying where it stopped. A missing
+/// or wrong key is still an error.
+pub fn records_of_forced(
+    bytes: &[u8],
+    identity: Option<&IdentityKey>,
+) -> anyhow::Result<(Vec<Record>, Option<String>)> {
+    let mut opener = Opener::new(identity, "");
+    let mut out = Vec::new();
+    for item in ward_recording::Reader::new(bytes) {
+        let record = match item {
+            Ok((_, record)) => record,
+            Err(e) => {
+                let note = format!("ward: WARNING: recording unreadable from there on ({e}); what precedes it is shown");
+                return Ok((out, Some(note)));
+            }
+        };
+        match opener.open(record) {
+            Ok(records) => out.extend(records),
+            Err(e @ OpenError::Damaged { .. }) => {
+                let note = format!("ward: WARNING: {e}; what precedes it is shown, nothing after");
+                return Ok((out, Some(note)));
+            }
+            Err(e) => bail!("{}", e.for_cli()),
+        }
+    }
+    Ok((out, None))
+}
+
 /// Play `records` (a recording's, opened) as [`replay`] does.
 pub async fn replay_records(
     records: &[Record],
@@ -1622,6 +1652,23 @@ mod tests {
         }
         assert!(operations(&bytes, false, None).is_err());
         assert_eq!(operations(&bytes, false, Some(&key)).unwrap().len(), 1);
+        // A ciphertext byte altered: opening fails naming it; a forced read stops there, saying
+        // so; without a key even a forced read is refused.
+        let mut altered = bytes.clone();
+        let last_sealed = ward_recording::Reader::new(&bytes)
+            .filter_map(|r| match r {
+                Ok((at, Record::Sealed { .. })) => Some(at as usize),
+                _ => None,
+            })
+            .last()
+            .unwrap();
+        altered[last_sealed + 5 + 8 + 16 + 2] ^= 1;
+        let e = records_of(&altered, Some(&key)).unwrap_err();
+        assert!(e.to_string().contains("cannot be opened"), "{e}");
+        let (shown, note) = records_of_forced(&altered, Some(&key)).unwrap();
+        assert_eq!(ward_recording::export::raw(&shown).0, b"show config\r\n");
+        assert!(note.unwrap().contains("nothing after"));
+        assert!(records_of_forced(&altered, None).is_err());
         assert!(matches!(
             operations_read(bytes.as_slice(), false, None),
             Err(ReadFailure::Open(OpenError::Encrypted { .. }))

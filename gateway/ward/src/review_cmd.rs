@@ -568,7 +568,11 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .await?;
     check(&bytes, &key, &args.session, args.force, "replay")?;
     // Opened (decrypted) before anything is played: a key that does not fit is said at once.
-    let records = review::records_of(&bytes, identity.as_ref())?;
+    let (records, note) = if args.force {
+        review::records_of_forced(&bytes, identity.as_ref())?
+    } else {
+        (review::records_of(&bytes, identity.as_ref())?, None)
+    };
     let opts = ReplayOptions {
         speed: args.speed,
         skip_idle: args.skip_idle,
@@ -579,6 +583,9 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     };
     let mut out = std::io::stdout();
     let dropped = review::replay_records(&records, &opts, &mut out).await?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     if dropped > 0 {
         eprintln!("ward: {dropped} terminal control sequence(s) from the device were not passed to your terminal (--raw shows them)");
     }
