@@ -263,7 +263,9 @@ fn the_cli_reads_as_one_tool() {
         .unwrap()
         .to_owned();
 
-    // export --out -: the export on stdout, nothing named "-" written.
+    // export --out -: the export on stdout, nothing named "-" written. (Quickstart recordings
+    // are encrypted to the reviewer key it writes beside them.)
+    let key = format!("{d}/reviewer-age-key.txt");
     let mut cmd = ward(&[
         "export",
         &session,
@@ -273,6 +275,8 @@ fn the_cli_reads_as_one_tool() {
         "-",
         "--state-dir",
         &state,
+        "--identity-key",
+        &key,
     ]);
     cmd.current_dir(tmp.path());
     let out = run(&mut cmd);
