@@ -10,8 +10,10 @@
 // size costs nothing measurable; boxing it would only put the public fields behind a pointer.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod inject;
 mod oidc;
+pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 
@@ -175,6 +177,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
+# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
+# [audit]
+# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
+# anchor_ca_file = "/etc/ward/collector-ca.pem"
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -480,6 +488,8 @@ pub struct Config {
     /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
     /// order, names unique.
     pub oidc: Vec<OidcProvider>,
+    /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
+    pub audit: AuditConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -655,6 +665,7 @@ impl Config {
                 )),
             });
         }
+        let audit = cx.audit(raw.audit)?;
         Ok(Config {
             gateway,
             devices,
@@ -666,6 +677,7 @@ impl Config {
             operations,
             web,
             oidc,
+            audit,
         })
     }
 
@@ -733,6 +745,8 @@ struct RawConfig {
     web: RawWeb,
     #[serde(default)]
     oidc: Vec<Spanned<oidc::RawOidc>>,
+    #[serde(default)]
+    audit: audit::RawAudit,
 }
 
 #[derive(Deserialize, Default)]
