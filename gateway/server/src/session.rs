@@ -357,7 +357,7 @@ async fn start_recording<W: AsyncWrite + Unpin>(
         return Ok(None);
     };
     let meta = session_meta(ctx, session);
-    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta).await {
+    match SessionRecorder::start(sink, ctx.shared.keys.signer(), &meta).await {
         Ok(r) => Ok(Some(match ctx.shared.recordings.index_open(&meta) {
             Some(hook) => r.indexed(hook),
             None => r,
@@ -821,7 +821,13 @@ async fn end_recording(
         bytes_up,
         bytes_down,
     };
-    if let Err(e) = rec.finish(info).await {
+    let sealed = rec.finish(info).await;
+    // Anchor the final checkpoint off the host (docs/recording-format.md, "Anchors"); a failed
+    // recording is sealed too when it ran out of room, so publish whatever ends the file.
+    if let Some(anchors) = &ctx.shared.anchors {
+        anchors.recording_sealed(&ctx.shared.recordings, &ctx.id, "sealed");
+    }
+    if let Err(e) = sealed {
         let ev = ctx.event("recording_failed", "failure").severity("high");
         ctx.shared.audit.emit(ev.reason(e));
     }

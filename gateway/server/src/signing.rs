@@ -71,6 +71,33 @@ impl PublicKeys for SigningKeys {
     }
 }
 
+/// Keys a reviewer verifies with: every key of the gateway ([`PublicKeys`]), and the current one
+/// (what `ward audit pubkey` prints). [`SigningKeys`] (follows rotations), or one `[u8; 32]`.
+pub trait VerifyKeys: PublicKeys + Send + Sync {
+    /// The current public key.
+    fn current(&self) -> [u8; 32];
+    /// Every key.
+    fn all(&self) -> Keyring;
+}
+
+impl VerifyKeys for [u8; 32] {
+    fn current(&self) -> [u8; 32] {
+        *self
+    }
+    fn all(&self) -> Keyring {
+        Keyring::single(*self, "")
+    }
+}
+
+impl VerifyKeys for SigningKeys {
+    fn current(&self) -> [u8; 32] {
+        self.signer().public_key()
+    }
+    fn all(&self) -> Keyring {
+        (*self.keyring()).clone()
+    }
+}
+
 /// What a rotation did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rotated {
@@ -288,7 +315,10 @@ fn load_or_migrate_keyring(
     match std::fs::read(&path) {
         Ok(text) => {
             let keyring = Keyring::parse(&text).with_context(|| {
-                format!("{} is not a Ward keyring; restore it from a backup", path.display())
+                format!(
+                    "{} is not a Ward keyring; restore it from a backup",
+                    path.display()
+                )
             })?;
             if keyring.current().map(|c| c.public) != Some(public) {
                 bail!(
@@ -357,8 +387,7 @@ fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let tmp = path.with_extension("tmp");
     let _ = std::fs::remove_file(&tmp);
     write_file(&tmp, bytes, mode, true)?;
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("replacing {}", path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     if let Some(dir) = path.parent() {
         sync_dir(dir);
     }

@@ -247,7 +247,7 @@ pub struct ReviewService {
     recordings: RecordingStore,
     /// Where the session index is (read only, so listings never wait on the gateway's writes).
     state_dir: PathBuf,
-    key: [u8; 32],
+    key: Arc<dyn crate::signing::VerifyKeys>,
     audit: AuditLog,
     gate: Arc<ReviewGate>,
     clock: Arc<dyn Clock>,
@@ -262,7 +262,7 @@ impl ReviewService {
     pub fn new(
         recordings: RecordingStore,
         state_dir: PathBuf,
-        key: [u8; 32],
+        key: impl crate::signing::VerifyKeys + 'static,
         audit: AuditLog,
         gate: Arc<ReviewGate>,
         clock: Arc<dyn Clock>,
@@ -270,7 +270,7 @@ impl ReviewService {
         ReviewService {
             recordings,
             state_dir,
-            key,
+            key: Arc::new(key),
             audit,
             gate,
             clock,
@@ -309,7 +309,7 @@ impl ReviewService {
     /// The blocking part (on the review pool): read, verify, list.
     fn job(&self, base: Event, request: ReviewRequest) -> JobResult {
         match request {
-            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key), base)),
+            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key.current()), base)),
             ReviewRequest::AuditLog => {
                 let snapshot = open_file(self.audit.path()).map_err(|e| {
                     ReviewRefusal::Unreadable(format!("reading the audit log: {e}"))
