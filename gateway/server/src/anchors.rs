@@ -49,6 +49,15 @@ pub struct Anchors {
     gateway: Arc<str>,
     clock: Arc<dyn Clock>,
     overflow: Arc<AtomicU64>,
+    progress: Arc<Progress>,
+}
+
+/// How far the task got, for [`Anchors::settle`].
+#[derive(Default)]
+struct Progress {
+    queued: AtomicU64,
+    taken: AtomicU64,
+    backlog: AtomicU64,
 }
 
 impl std::fmt::Debug for Anchors {
@@ -65,6 +74,7 @@ pub struct AnchorTask {
     sinks: Vec<SinkState>,
     overflow: Arc<AtomicU64>,
     clock: Arc<dyn Clock>,
+    progress: Arc<Progress>,
 }
 
 impl Anchors {
@@ -94,18 +104,21 @@ impl Anchors {
             .collect();
         let (tx, rx) = mpsc::channel(QUEUE);
         let overflow = Arc::new(AtomicU64::new(0));
+        let progress = Arc::new(Progress::default());
         Ok(Some((
             Anchors {
                 tx,
                 gateway: gateway.into(),
                 clock: clock.clone(),
                 overflow: overflow.clone(),
+                progress: progress.clone(),
             },
             AnchorTask {
                 rx,
                 sinks,
                 overflow,
                 clock,
+                progress,
             },
         )))
     }
@@ -117,8 +130,28 @@ impl Anchors {
 
     /// Publish without waiting; a full queue counts the anchor as dropped (reported by the task).
     pub fn publish(&self, a: Anchor) {
-        if self.tx.try_send(a).is_err() {
-            self.overflow.fetch_add(1, Ordering::AcqRel);
+        match self.tx.try_send(a) {
+            Ok(()) => {
+                self.progress.queued.fetch_add(1, Ordering::AcqRel);
+            }
+            Err(_) => {
+                self.overflow.fetch_add(1, Ordering::AcqRel);
+            }
+        }
+    }
+
+    /// Wait (at most `limit`) until every anchor published so far is delivered to every sink
+    /// (at shutdown, after the audit log's last checkpoint).
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            let p = &self.progress;
+            if p.taken.load(Ordering::Acquire) >= p.queued.load(Ordering::Acquire)
+                && p.backlog.load(Ordering::Acquire) == 0
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -408,6 +441,10 @@ impl AnchorTask {
                     }
                 }
             }
+            let backlog: usize = self.sinks.iter().map(|s| s.pending.len()).sum();
+            self.progress
+                .backlog
+                .store(backlog as u64, Ordering::Release);
             if closed {
                 return;
             }
@@ -419,6 +456,9 @@ impl AnchorTask {
         for s in &mut self.sinks {
             s.push(&line);
         }
+        // Pending before it counts as taken, so `settle` waits for the delivery.
+        self.progress.backlog.fetch_add(1, Ordering::AcqRel);
+        self.progress.taken.fetch_add(1, Ordering::AcqRel);
     }
 }
 

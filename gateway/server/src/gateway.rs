@@ -596,6 +596,10 @@ impl Gateway {
             )
             .await;
         self.shared.audit.flush().await;
+        if let Some(anchors) = &self.shared.anchors {
+            // The last checkpoint's anchor, off the host before the process ends (bounded).
+            anchors.settle(Duration::from_secs(2)).await;
+        }
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
