@@ -214,6 +214,17 @@ impl Bench {
         assert!(done, "session {id} was not sealed, closed and anchored");
     }
 
+    /// Wait until the live log ends with a checkpoint (the writer signs within 500 ms of quiet).
+    async fn quiet(&self) {
+        let signed = eventually(COMMAND_TIMEOUT, || {
+            let log = std::fs::read(self.state.join("audit.log")).unwrap_or_default();
+            ward_recording::audit::verify_audit(&log, &self.keyring()).ok
+        })
+        .await;
+        assert!(signed, "the audit log's tail was never signed");
+        tokio::time::sleep(Duration::from_millis(600)).await;
+    }
+
     fn ward(&self, args: &[&str]) -> Finished {
         run(&mut process::ward(args))
     }
@@ -412,6 +423,7 @@ async fn rotation_mid_run_verifies_across_both_keys_and_anchors_reach_http() {
     assert!(!b.state.join("audit.key.new").exists());
 
     // Everything verifies across both keys, on the host and through the gateway.
+    b.quiet().await;
     let out = b.local(&["audit", "verify", "--all"]);
     assert_ok(&out, "verify --all after rotation");
     assert!(
@@ -453,6 +465,7 @@ async fn rotation_mid_run_verifies_across_both_keys_and_anchors_reach_http() {
     })
     .await;
     assert!(got, "collector got: {}", collector.text());
+    b.quiet().await;
     let out = b.local(&["audit", "verify", "--all", "--anchors", &url]);
     assert_ok(&out, "verify --all --anchors URL");
     assert!(out.stdout.contains("anchors: ok ("), "{out:?}");
@@ -540,6 +553,7 @@ fn cut_after_checkpoint(log: &[u8], from_end: usize) -> (Vec<u8>, usize) {
         .filter(|(_, l)| l.starts_with(b"{\"type\":\"checkpoint\""))
         .map(|(i, _)| i)
         .collect();
+    assert!(cps.len() > from_end, "only {} checkpoints", cps.len());
     let at = cps[cps.len() - 1 - from_end];
     (lines[..=at].concat(), at + 1)
 }
@@ -549,7 +563,10 @@ async fn cut_rewritten_and_deleted_evidence_is_caught_with_anchors() {
     let b = Bench::new(None).await;
     let gw = b.start();
     let first = b.session(&gw, 10).await;
+    // Quiet for a moment: the writer signs what it has (a checkpoint per session, at least).
+    b.quiet().await;
     let second = b.session(&gw, 11).await;
+    b.quiet().await;
     stop(gw);
     let anchors = b.anchors.to_str().unwrap().to_owned();
     let out = b.local(&["audit", "verify", "--all", "--anchors", &anchors]);

@@ -65,10 +65,7 @@ pub async fn rotate(args: RotateArgs) -> anyhow::Result<ExitCode> {
                     println!("new sessions and the audit log are signed with the new key; `ward audit pubkey --all` lists every key");
                     Ok(ExitCode::SUCCESS)
                 }
-                Response::Error { message, .. } | Response::Denied { reason: message } => {
-                    bail!("{}", review::printable(&message))
-                }
-                other => bail!("unexpected answer from the gateway: {other:?}"),
+                other => Err(ward_client::unexpected(other).into()),
             }
         }
         (None, None, None) => bail!("say which gateway: --gateway HOST:PORT (a running gateway, admin identity), or on the host with the gateway stopped --config FILE or --state-dir DIR"),
@@ -146,10 +143,7 @@ pub async fn remote_keyring(client: &Client) -> anyhow::Result<Keyring> {
                 "",
             ))
         }
-        Ok(Response::Error { message, .. }) | Ok(Response::Denied { reason: message }) => {
-            bail!("{}", review::printable(&message))
-        }
-        Ok(other) => bail!("unexpected answer from the gateway: {other:?}"),
+        Ok(other) => Err(ward_client::unexpected(other).into()),
         Err(e) => Err(e),
     }
 }
