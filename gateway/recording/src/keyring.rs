@@ -284,6 +284,86 @@ mod tests {
         assert_eq!(a.public_for(&key_id_raw(&b)), None);
     }
 
+    /// A log signed by one key, then (after `set_signer`) by the next: verifies with the keyring,
+    /// not with either key alone; resumes with the keyring. A recording started with the old key
+    /// and cut by a crash is sealed with the new one and verifies with the keyring.
+    #[test]
+    fn logs_and_recordings_verify_across_a_rotation() {
+        use std::sync::Arc;
+
+        use crate::audit::{verify_audit, AuditChain, AuditEvent};
+        use crate::format::SessionMeta;
+        use crate::{seal_interrupted_keys, verify, CheckpointPolicy, Direction, Encoder};
+
+        let (a, b) = (
+            Arc::new(Signer::generate().unwrap().0),
+            Arc::new(Signer::generate().unwrap().0),
+        );
+        let mut keys = Keyring::single(a.public_key(), "t0");
+        keys.rotate(b.public_key(), "t1");
+        let ev = AuditEvent {
+            time: "2026-11-28T10:00:00.000Z".into(),
+            event: "gateway_start".into(),
+            outcome: "success".into(),
+            severity: "info".into(),
+            principal: None,
+            source: None,
+            device: None,
+            session_id: None,
+            reason: None,
+            detail: Default::default(),
+        };
+        let mut chain = AuditChain::new(a.clone(), CheckpointPolicy::default());
+        let mut log = chain.line(&ev, 0);
+        log.extend(chain.checkpoint(0));
+        chain.set_signer(b.clone());
+        log.extend(chain.line(&ev, 0));
+        log.extend(chain.checkpoint(0));
+        assert!(verify_audit(&log, &keys).ok);
+        let only_b = verify_audit(&log, &b.public_key());
+        assert!(only_b
+            .first_error
+            .unwrap()
+            .what
+            .contains("re-signed with another key"));
+        let only_a = Keyring::single(a.public_key(), "t0");
+        let e = verify_audit(&log, &only_a).first_error.unwrap();
+        assert_eq!(e.record, 4, "{e}");
+        assert!(e.what.contains("which was never this gateway's"), "{e}");
+        assert!(AuditChain::resume(&log, b.clone(), CheckpointPolicy::default()).is_err());
+        let (_, keep) =
+            AuditChain::resume_keys(&log, &keys, b.clone(), CheckpointPolicy::default()).unwrap();
+        assert_eq!(keep, log.len() as u64);
+
+        let meta = SessionMeta {
+            session_id: "s1".into(),
+            principal_kind: "vendor".into(),
+            principal_name: "jdoe".into(),
+            principal_org: None,
+            cert_serial: "01".into(),
+            source: "127.0.0.1:1".into(),
+            device: "pump".into(),
+            device_addr: "127.0.0.1:2".into(),
+            protocol: "raw".into(),
+            rule: "r".into(),
+            transport: "quic".into(),
+            break_glass: false,
+            started_unix_ms: 0,
+        };
+        let mut rec = Vec::new();
+        let mut enc =
+            Encoder::start(&meta, a.clone(), CheckpointPolicy::default(), &mut rec).unwrap();
+        enc.data(Direction::Up, 1, b"before the crash", &mut rec);
+        enc.checkpoint(2, &mut rec);
+        let mut tail = Vec::new();
+        let keep = seal_interrupted_keys(&rec, &keys, &b, "crash", 3, &mut tail).unwrap();
+        rec.truncate(keep as usize);
+        rec.extend(tail);
+        let r = verify(&rec, &keys);
+        assert!(r.ok, "{:?}", r.first_error);
+        assert!(!verify(&rec, &a.public_key()).ok);
+    }
+
     #[test]
     fn bad_files_name_the_line() {
         let a = key();

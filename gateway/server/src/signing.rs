@@ -399,3 +399,81 @@ fn sync_dir(dir: &Path) {
         let _ = d.sync_all();
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn now() -> OffsetDateTime {
+        OffsetDateTime::UNIX_EPOCH + time::Duration::days(20_000)
+    }
+
+    #[test]
+    fn first_start_migration_rotation_and_a_cut_rotation() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        // First start: key, keyring of one, gateway id = that key's id.
+        let keys = SigningKeys::load_or_create(d, now()).unwrap();
+        let first = keys.signer().key_id();
+        assert_eq!(keys.gateway_id(), first);
+        assert_eq!(gateway_id(d).as_deref(), Some(first.as_str()));
+        assert_eq!(keyring(d).unwrap().entries().len(), 1);
+
+        // A state dir from before the keyring (audit.key only) migrates at the next start.
+        std::fs::remove_file(d.join(AUDIT_KEYS)).unwrap();
+        std::fs::remove_file(d.join(GATEWAY_ID)).unwrap();
+        let keys = SigningKeys::load_or_create(d, now()).unwrap();
+        assert_eq!(keys.signer().key_id(), first);
+        assert_eq!(keys.keyring().current().unwrap().key_id, first);
+        assert_eq!(keys.gateway_id(), first);
+
+        // Rotation: the old key's bytes leave audit.key, its public key stays in the keyring.
+        let old_private = std::fs::read(d.join(crate::AUDIT_KEY)).unwrap();
+        let (new, ring, r) = rotate_on_disk(d, now()).unwrap();
+        assert_eq!(r.old_key_id, first);
+        assert_eq!(r.new_key_id, new.key_id());
+        assert_eq!(ring.entries().len(), 2);
+        assert!(ring.entries()[0].retired);
+        let private = std::fs::read(d.join(crate::AUDIT_KEY)).unwrap();
+        assert_ne!(private, old_private);
+        assert!(!d.join(AUDIT_KEY_NEW).exists());
+        let keys = SigningKeys::load_or_create(d, now()).unwrap();
+        assert_eq!(keys.signer().key_id(), new.key_id());
+        assert_eq!(
+            keys.gateway_id(),
+            first,
+            "the gateway id survives rotations"
+        );
+        assert_eq!(
+            std::fs::read_to_string(d.join(crate::AUDIT_PUB))
+                .unwrap()
+                .trim(),
+            hex::encode(new.public_key())
+        );
+
+        // A crash after staging, before the keyring named the new key: the stage is dropped.
+        let (stray, pkcs8) = Signer::generate().unwrap();
+        std::fs::write(d.join(AUDIT_KEY_NEW), &pkcs8).unwrap();
+        let keys = SigningKeys::load_or_create(d, now()).unwrap();
+        assert_eq!(keys.signer().key_id(), new.key_id());
+        assert!(!d.join(AUDIT_KEY_NEW).exists());
+        // A crash after the keyring named it, before audit.key was replaced: finished at start.
+        let mut ring = keyring(d).unwrap();
+        ring.rotate(stray.public_key(), "t");
+        std::fs::write(d.join(AUDIT_KEYS), ring.to_jsonl()).unwrap();
+        std::fs::write(d.join(AUDIT_KEY_NEW), &pkcs8).unwrap();
+        let keys = SigningKeys::load_or_create(d, now()).unwrap();
+        assert_eq!(keys.signer().key_id(), stray.key_id());
+
+        // A keyring that does not name audit.key as current: refused, saying what to do.
+        let (other, _) = Signer::generate().unwrap();
+        let mut ring = keyring(d).unwrap();
+        ring.rotate(other.public_key(), "t");
+        std::fs::write(d.join(AUDIT_KEYS), ring.to_jsonl()).unwrap();
+        let e = SigningKeys::load_or_create(d, now())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("restore both from the same backup"), "{e}");
+    }
+}
