@@ -161,6 +161,12 @@ consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, 
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
 
+# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
+# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
+# [audit]
+# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
+# anchor_ca_file = "/etc/ward/collector-ca.pem"
+
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
 # name = "hospital"
@@ -177,12 +183,6 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
-
-# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
-# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
-# [audit]
-# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
-# anchor_ca_file = "/etc/ward/collector-ca.pem"
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.

@@ -116,9 +116,36 @@ impl Cx<'_> {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sample_configs_commented_audit_table_parses() {
+        let sample = crate::config::SAMPLE_CONFIG;
+        let at = sample.find("# [audit]").unwrap();
+        let table: String = sample[at..]
+            .lines()
+            .take_while(|l| !l.is_empty())
+            .map(|l| l.strip_prefix("# ").unwrap_or(l))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = crate::config::Config::parse(&format!("{sample}\n{table}\n"), "s.toml").unwrap();
+        assert_eq!(c.audit.anchors.len(), 3);
+        assert_eq!(c.audit.anchors[2], AnchorSink::Otel);
+        assert!(crate::config::Config::parse(sample, "s.toml")
+            .unwrap()
+            .audit
+            .anchors
+            .is_empty());
+        let e = crate::config::Config::parse(
+            &format!("{sample}\n[audit]\nanchors = [\"otel\", \"file:x\"]\n"),
+            "s.toml",
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "audit.anchors[1]", "{e}");
+        assert!(e.to_string().contains("absolute path"), "{e}");
+    }
 
     #[test]
     fn sinks_parse_and_bad_ones_say_how() {
