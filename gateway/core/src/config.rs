@@ -10,10 +10,12 @@
 // size costs nothing measurable; boxing it would only put the public fields behind a pointer.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod inject;
 mod oidc;
 mod recording;
 mod review;
+pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 pub use recording::RecordingConfig;
@@ -168,6 +170,11 @@ max_session = "8h"                 # ...and this long after sign-in
 # [recording]
 # recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
 # recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
+# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
+# [audit]
+# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
+# anchor_ca_file = "/etc/ward/collector-ca.pem"
 
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
@@ -496,11 +503,13 @@ pub struct Config {
     /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
     /// order, names unique.
     pub oidc: Vec<OidcProvider>,
+    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
+    pub recording: RecordingConfig,
     /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
     /// default).
     pub review: ReviewConfig,
-    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
-    pub recording: RecordingConfig,
+    /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
+    pub audit: AuditConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -665,8 +674,8 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
-        let review = cx.review(raw.review)?;
         let recording = cx.recording(raw.recording)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -678,6 +687,7 @@ impl Config {
                 )),
             });
         }
+        let audit = cx.audit(raw.audit)?;
         Ok(Config {
             gateway,
             devices,
@@ -689,8 +699,9 @@ impl Config {
             operations,
             web,
             oidc,
-            review,
             recording,
+            review,
+            audit,
         })
     }
 
@@ -703,6 +714,11 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
+        if let Some(path) = self.recording.recipients_file.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
         if let Some(path) = self
             .review
             .identity_file
@@ -710,11 +726,6 @@ impl Config {
             .filter(|p| p.is_relative())
         {
             *path = base.join(&*path);
-        }
-        if let Some(path) = self.recording.recipients_file.as_mut() {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
         }
     }
 
@@ -772,8 +783,11 @@ struct RawConfig {
     #[serde(default)]
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
-    review: review::RawReview,
     recording: recording::RawRecording,
+    #[serde(default)]
+    review: review::RawReview,
+    #[serde(default)]
+    audit: audit::RawAudit,
 }
 
 #[derive(Deserialize, Default)]

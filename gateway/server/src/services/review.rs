@@ -297,14 +297,28 @@ pub struct ReviewService {
     recordings: RecordingStore,
     /// Where the session index is (read only, so listings never wait on the gateway's writes).
     state_dir: PathBuf,
-    key: [u8; 32],
+    key: Arc<dyn crate::signing::VerifyKeys>,
     audit: AuditLog,
     gate: Arc<ReviewGate>,
     clock: Arc<dyn Clock>,
+    signer: Option<CurrentSigner>,
     /// `[review] identity_file`: the reviewer identity the gateway opens encrypted recordings
     /// with (the web console's player, operations, text search); none by default.
     identity: Option<IdentityKey>,
-    signer: Option<CurrentSigner>,
+}
+
+/// The gateway's current signing key, asked at each use (the key can rotate while it runs).
+pub type CurrentSigner = Arc<dyn Fn() -> Arc<ward_recording::Signer> + Send + Sync>;
+
+/// A `SHA256SUMS` signature by the gateway ([`ReviewRequest::SignEvidence`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EvidenceSignature {
+    /// The signing key's id (hex).
+    pub key_id: String,
+    /// The signing key (hex).
+    pub public: String,
+    /// Raw Ed25519 signature over the `SHA256SUMS` bytes (hex).
+    pub sig: String,
 }
 
 /// The reviewer identity `[review] identity_file` names, read (mode 0600 checked) — or none.
@@ -325,20 +339,6 @@ pub fn reviewer_identity(
     Ok(Some(key))
 }
 
-/// The gateway's current signing key, asked at each use (the key can rotate while it runs).
-pub type CurrentSigner = Arc<dyn Fn() -> Arc<ward_recording::Signer> + Send + Sync>;
-
-/// A `SHA256SUMS` signature by the gateway ([`ReviewRequest::SignEvidence`]).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct EvidenceSignature {
-    /// The signing key's id (hex).
-    pub key_id: String,
-    /// The signing key (hex).
-    pub public: String,
-    /// Raw Ed25519 signature over the `SHA256SUMS` bytes (hex).
-    pub sig: String,
-}
-
 /// What a review job hands back: the answer and its success event, or a refusal.
 type JobResult = Result<(ReviewAnswer, Event), ReviewRefusal>;
 
@@ -348,7 +348,7 @@ impl ReviewService {
     pub fn new(
         recordings: RecordingStore,
         state_dir: PathBuf,
-        key: [u8; 32],
+        key: impl crate::signing::VerifyKeys + 'static,
         audit: AuditLog,
         gate: Arc<ReviewGate>,
         clock: Arc<dyn Clock>,
@@ -356,25 +356,13 @@ impl ReviewService {
         ReviewService {
             recordings,
             state_dir,
-            key,
+            key: Arc::new(key),
             audit,
             gate,
             clock,
-            identity: None,
             signer: None,
+            identity: None,
         }
-    }
-
-    /// The same service opening encrypted recordings with `identity` (`[review] identity_file`).
-    pub fn with_identity(mut self, identity: Option<IdentityKey>) -> Self {
-        self.identity = identity;
-        self
-    }
-
-    /// The reviewer identity the gateway holds, if any: what the web console opens encrypted
-    /// recordings with (each fetch audited by [`ReviewService::handle`]).
-    pub fn identity(&self) -> Option<&IdentityKey> {
-        self.identity.as_ref()
     }
 
     /// The key that signs evidence bundles ([`ReviewRequest::SignEvidence`]); without it, such
@@ -450,6 +438,18 @@ impl ReviewService {
         Ok((answer, ev))
     }
 
+    /// The same service opening encrypted recordings with `identity` (`[review] identity_file`).
+    pub fn with_identity(mut self, identity: Option<IdentityKey>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The reviewer identity the gateway holds, if any: what the web console opens encrypted
+    /// recordings with (each fetch audited by [`ReviewService::handle`]).
+    pub fn identity(&self) -> Option<&IdentityKey> {
+        self.identity.as_ref()
+    }
+
     /// Answer `who`'s `request`, or refuse it; either way audited once. Nothing is handed out
     /// before its event is in the audit log.
     pub async fn handle(
@@ -482,7 +482,7 @@ impl ReviewService {
     /// The blocking part (on the review pool): read, verify, list.
     fn job(&self, base: Event, request: ReviewRequest) -> JobResult {
         match request {
-            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key), base)),
+            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key.current()), base)),
             ReviewRequest::AuditLog => {
                 let snapshot = open_file(self.audit.path()).map_err(|e| {
                     ReviewRefusal::Unreadable(format!("reading the audit log: {e}"))
@@ -1021,7 +1021,7 @@ impl ReviewService {
                     let read = bytes.len() as u64;
                     let found = crate::review::summarise_with(
                         &bytes,
-                        &self.key,
+                        &*self.key,
                         &filter,
                         id,
                         self.identity.as_ref(),
