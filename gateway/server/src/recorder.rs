@@ -214,6 +214,11 @@ impl SessionRecorder {
         }
         .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
         let sealed = encoder.is_sealed();
+        // Live watch of an encrypted recording reads its sealed records with this key while the
+        // task runs; the entry goes when the task ends (the recording is sealed, or failed).
+        let live = encoder
+            .live_unsealer()
+            .map(|u| LiveKey::insert(&meta.session_id, u));
         let sink = sink.clone();
         let id = meta.session_id.clone();
         // Created, its room reserved and its header written before the session may start (fail
@@ -233,7 +238,11 @@ impl SessionRecorder {
             failed: failed_tx.clone(),
             start,
         };
-        let done = tokio::spawn(run(encoder, file, rx, end_rx, task));
+        let done = tokio::spawn(async move {
+            let out = run(encoder, file, rx, end_rx, task).await;
+            drop(live);
+            out
+        });
         let tap = Tap {
             tx,
             start,
@@ -302,6 +311,44 @@ impl SessionRecorder {
             index.close(end, outcome.clone(), ops).await;
         }
         outcome
+    }
+}
+
+/// The file keys of the encrypted recordings being written, by session id: live watch opens a
+/// running session's sealed records with them. An entry lives as long as its recorder task, so
+/// the gateway holds no key of a finished recording.
+static LIVE_KEYS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<String, Arc<ward_recording::sealed::Unsealer>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The key of the encrypted recording of live session `session_id`, while it is recorded.
+pub fn live_unsealer(session_id: &str) -> Option<Arc<ward_recording::sealed::Unsealer>> {
+    LIVE_KEYS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(session_id)
+        .cloned()
+}
+
+/// A [`LIVE_KEYS`] entry, removed when dropped.
+struct LiveKey(String);
+
+impl LiveKey {
+    fn insert(session_id: &str, u: ward_recording::sealed::Unsealer) -> LiveKey {
+        LIVE_KEYS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(session_id.to_string(), Arc::new(u));
+        LiveKey(session_id.to_string())
+    }
+}
+
+impl Drop for LiveKey {
+    fn drop(&mut self) {
+        LIVE_KEYS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.0);
     }
 }
 

@@ -755,7 +755,9 @@ fn finish(
     for side in side_files(path)? {
         match std::fs::remove_file(&side) {
             Ok(()) => removed += 1,
-            Err(e) => tracing::warn!(path = %side.display(), error = %e, "could not remove an old key file"),
+            Err(e) => {
+                tracing::warn!(path = %side.display(), error = %e, "could not remove an old key file")
+            }
         }
     }
     if removed > 0 {
@@ -771,9 +773,9 @@ pub fn open_store_keys(
     store: &dyn SecretStore,
     source: &KeySource,
 ) -> Result<(Arc<KeyRing>, Rewrapped), KeyError> {
-    let ring = source.load_ring(true)?.ok_or_else(|| {
-        KeyError::NoKey(format!("{source} could not be created"))
-    })?;
+    let ring = source
+        .load_ring(true)?
+        .ok_or_else(|| KeyError::NoKey(format!("{source} could not be created")))?;
     store.key_handle().set(ring.clone());
     let rewrapped = finish_interrupted(store, &ring, source)?;
     Ok((store.key_handle().get()?, rewrapped))

@@ -270,7 +270,7 @@ impl<S: VaultStore + ?Sized + 'static> AsyncVaultStore for OffThread<S> {
         now: i64,
     ) -> Result<PutOutcome, VaultError> {
         let (device, account, username, secret) = (
-                        device.to_owned(),
+            device.to_owned(),
             account.to_owned(),
             username.to_owned(),
             secret.clone(),
@@ -321,11 +321,7 @@ impl<S: VaultStore + ?Sized + 'static> AsyncVaultStore for OffThread<S> {
         new: &Secret<String>,
         now: i64,
     ) -> Result<(), VaultError> {
-        let (device, account, new) = (
-                        device.to_owned(),
-            account.to_owned(),
-            new.clone(),
-        );
+        let (device, account, new) = (device.to_owned(), account.to_owned(), new.clone());
         self.run(move |s| s.begin_rotation(&device, &account, &new, now))
             .await
     }

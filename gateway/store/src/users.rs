@@ -155,7 +155,13 @@ pub(crate) fn rewrap(
     ring: &KeyRing,
 ) -> Result<(usize, usize), KeyError> {
     let db = |e: rusqlite::Error| KeyError::Key(format!("ward.db: {e}"));
-    type Seed = (String, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>, Option<String>);
+    type Seed = (
+        String,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<String>,
+    );
     let rows: Vec<Seed> = {
         let mut stmt = tx
             .prepare(
@@ -699,7 +705,10 @@ mod tests {
         bob.name = "bob".into();
         s.add_user(&bob).unwrap();
         assert!(s.set_totp("bob", Some("JBSWY3DPEHPK3PXP")).unwrap());
-        assert_eq!(s.user("alice").unwrap().unwrap().totp_secret, Some(b32.clone()));
+        assert_eq!(
+            s.user("alice").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
         let (plain, kek): (Option<String>, String) = s
             .conn()
             .unwrap()
@@ -732,19 +741,29 @@ mod tests {
             )
             .unwrap();
         let err = s.user("bob").unwrap_err().to_string();
-        assert!(err.contains("TOTP seed of user bob") && err.contains("integrity"), "{err}");
+        assert!(
+            err.contains("TOTP seed of user bob") && err.contains("integrity"),
+            "{err}"
+        );
         // Under a key the store does not hold: the error names the fingerprint it needs.
         let other = Kek::generate().unwrap();
         s.keys().set(KeyRing::of(other.clone()));
         let err = s.user("alice").unwrap_err().to_string();
-        assert!(err.contains(&kek) && err.contains(other.fingerprint()), "{err}");
+        assert!(
+            err.contains(&kek) && err.contains(other.fingerprint()),
+            "{err}"
+        );
         assert!(!err.contains(&b32));
         // Counts per key.
         let counts = s.key_counts().unwrap();
         let under = counts.iter().find(|c| c.fingerprint == kek).unwrap();
         assert_eq!((under.totp_seeds, under.held), (2, false));
         // Removing the seed clears every column.
-        s.keys().set(KeyRing::of(Kek::from_file(&dir.path().join("vault.key"), false).unwrap().unwrap()));
+        s.keys().set(KeyRing::of(
+            Kek::from_file(&dir.path().join("vault.key"), false)
+                .unwrap()
+                .unwrap(),
+        ));
         assert!(s.set_totp("alice", None).unwrap());
         assert_eq!(s.user("alice").unwrap().unwrap().totp_secret, None);
     }
@@ -778,7 +797,10 @@ mod tests {
         assert!(in_db_files(dir.path(), b32.as_bytes()).is_some());
         let s = SqliteStore::open(dir.path()).unwrap();
         // Readable before (a legacy seed needs no key), counted as plaintext.
-        assert_eq!(s.user("old").unwrap().unwrap().totp_secret, Some(b32.clone()));
+        assert_eq!(
+            s.user("old").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
         assert!(s
             .key_counts()
             .unwrap()
@@ -787,9 +809,15 @@ mod tests {
         let src = KeySource::File(dir.path().join("vault.key"));
         let (ring, done) = crate::keywrap::open_store_keys(&s, &src).unwrap();
         assert_eq!(done.plaintext_seeds_sealed, 1);
-        assert_eq!(s.user("old").unwrap().unwrap().totp_secret, Some(b32.clone()));
+        assert_eq!(
+            s.user("old").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
         let counts = s.key_counts().unwrap();
-        assert!(counts.iter().all(|c| c.fingerprint != "plaintext"), "{counts:?}");
+        assert!(
+            counts.iter().all(|c| c.fingerprint != "plaintext"),
+            "{counts:?}"
+        );
         assert!(counts
             .iter()
             .any(|c| c.fingerprint == ring.fingerprint() && c.totp_seeds == 1));

@@ -434,7 +434,13 @@ impl VaultStore for SqliteStore {
     ) -> Result<Credential, VaultError> {
         let conn = self.conn()?;
         let row = read_row(&conn, device, account)?.ok_or_else(|| not_found(device, account))?;
-        let secret = open(&*self.keys().get()?, &row.current, device, account, &row.username)?;
+        let secret = open(
+            &*self.keys().get()?,
+            &row.current,
+            device,
+            account,
+            &row.username,
+        )?;
         if let Some(t) = used_at {
             conn.execute(
                 "UPDATE vault SET last_used_unix = ?3 WHERE device = ?1 AND account = ?2",
@@ -485,7 +491,13 @@ impl VaultStore for SqliteStore {
         check_value(&row.username, new)?;
         // The current value must open under this key before it is kept as the fallback.
         drop(open(&ring, &row.current, device, account, &row.username)?);
-        let w = seal(&ring, device, account, &row.username, new.expose().as_bytes())?;
+        let w = seal(
+            &ring,
+            device,
+            account,
+            &row.username,
+            new.expose().as_bytes(),
+        )?;
         tx.execute(
             "UPDATE vault SET prev_ciphertext = ciphertext, prev_nonce = nonce, prev_key_fp = key_fp,
                  ciphertext = ?3, nonce = ?4, key_fp = ?5, updated_unix = ?6, pending = 1
@@ -545,7 +557,9 @@ pub(crate) fn rewrap(tx: &rusqlite::Transaction<'_>, ring: &KeyRing) -> Result<u
     };
     let mut count = 0;
     for (device, account) in keys {
-        let Some(row) = read_row(tx, &device, &account).map_err(|e| KeyError::Key(e.to_string()))? else {
+        let Some(row) =
+            read_row(tx, &device, &account).map_err(|e| KeyError::Key(e.to_string()))?
+        else {
             continue;
         };
         let a = aad(&device, &account, &row.username);
@@ -618,18 +632,10 @@ mod tests {
         let (_d, s) = store();
         let k = key(&s);
         let put = s
-            .put_credential(
-                "pump-12",
-                "service",
-                "admin",
-                &secret("Factory-pw-1"),
-                T0,
-            )
+            .put_credential("pump-12", "service", "admin", &secret("Factory-pw-1"), T0)
             .unwrap();
         assert_eq!(put, PutOutcome::Created);
-        let c = s
-            .credential("pump-12", "service", Some(T0 + 5))
-            .unwrap();
+        let c = s.credential("pump-12", "service", Some(T0 + 5)).unwrap();
         assert_eq!(c.username, "admin");
         assert_eq!(c.account, "service");
         assert_eq!(c.secret.expose(), "Factory-pw-1");
@@ -682,9 +688,7 @@ mod tests {
         s.put_credential("pump-12", "service", "admin", &secret("pw-one"), T0)
             .unwrap();
         use_key(&s, &other);
-        let err = s
-            .credential("pump-12", "service", None)
-            .unwrap_err();
+        let err = s.credential("pump-12", "service", None).unwrap_err();
         assert!(matches!(err, VaultError::WrongKey { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains(k.fingerprint()), "{text}");
@@ -695,9 +699,7 @@ mod tests {
         conn.execute("UPDATE vault SET key_fp = ?1", [other.fingerprint()])
             .unwrap();
         drop(conn);
-        let err = s
-            .credential("pump-12", "service", None)
-            .unwrap_err();
+        let err = s.credential("pump-12", "service", None).unwrap_err();
         assert!(matches!(err, VaultError::Tampered { .. }), "{err:?}");
     }
 
@@ -868,14 +870,8 @@ mod tests {
     fn listing_never_carries_a_value() {
         let (_d, s) = store();
         key(&s);
-        s.put_credential(
-            "pump-12",
-            "service",
-            "admin",
-            &secret("needle-pw-42"),
-            T0,
-        )
-        .unwrap();
+        s.put_credential("pump-12", "service", "admin", &secret("needle-pw-42"), T0)
+            .unwrap();
         let list = s.list_credentials().unwrap();
         assert_eq!(list.len(), 1);
         let json = serde_json::to_string(&list).unwrap();

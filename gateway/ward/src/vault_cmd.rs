@@ -104,10 +104,12 @@ impl Host {
         let ring = source
             .load_ring(create)
             .with_context(|| format!("the key-encryption key ({source})"))?;
-        Ok(ring.map(|r| {
-            db.keys().set(r);
-            db.keys().get().ok()
-        }).flatten())
+        Ok(ring
+            .map(|r| {
+                db.keys().set(r);
+                db.keys().get().ok()
+            })
+            .flatten())
     }
 }
 

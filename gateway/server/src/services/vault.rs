@@ -249,11 +249,7 @@ pub(crate) async fn credential(
         account: account.to_owned(),
     };
     let now = shared.clock.now().unix_timestamp();
-    match vault
-        .store
-        .credential(device, account, Some(now))
-        .await
-    {
+    match vault.store.credential(device, account, Some(now)).await {
         Ok(c) => Ok(c),
         Err(VaultError::NotFound { .. }) => Err(not_vaulted()),
         Err(e @ (VaultError::WrongKey { .. } | VaultError::Tampered { .. })) => {
@@ -750,21 +746,28 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     let (at_start, warning) = match ward_store::keywrap::open_store_keys(&**db, &source) {
         Ok((_, done)) => (done, None),
         // The key itself is unusable (unset key_env, lax mode, garbage): fail closed.
-        Err(e @ (ward_store::keywrap::KeyError::Key(_) | ward_store::keywrap::KeyError::NoKey(_)))
-            if db.key_handle().get().is_err() =>
-        {
-            return Err(e.into())
-        }
+        Err(
+            e @ (ward_store::keywrap::KeyError::Key(_) | ward_store::keywrap::KeyError::NoKey(_)),
+        ) if db.key_handle().get().is_err() => return Err(e.into()),
         Err(e) => (Rewrapped::default(), Some(e.to_string())),
     };
     if let Some(w) = &warning {
         tracing::warn!(event = "kek_finish_failed", "{w}");
     }
     if at_start.plaintext_seeds_sealed > 0 {
-        tracing::info!(event = "totp_seeds_sealed", seeds = at_start.plaintext_seeds_sealed, "sealed the plaintext TOTP seeds of an older store under the key-encryption key");
+        tracing::info!(
+            event = "totp_seeds_sealed",
+            seeds = at_start.plaintext_seeds_sealed,
+            "sealed the plaintext TOTP seeds of an older store under the key-encryption key"
+        );
     }
     if at_start.vault_values + at_start.totp_seeds > 0 {
-        tracing::warn!(event = "kek_rotation_finished", vault_values = at_start.vault_values, totp_seeds = at_start.totp_seeds, "finished a key-encryption key rotation a crash interrupted");
+        tracing::warn!(
+            event = "kek_rotation_finished",
+            vault_values = at_start.vault_values,
+            totp_seeds = at_start.totp_seeds,
+            "finished a key-encryption key rotation a crash interrupted"
+        );
     }
     let keys = VaultKeys::new(source, db.key_handle());
     let entries = db.list_credentials()?;

@@ -80,6 +80,8 @@ struct Feed {
     dirty: bool,
     /// Why the watch ends, once known.
     end: Option<String>,
+    /// The recording's session id (from its meta): the key of a live encrypted recording.
+    session_id: String,
 }
 
 /// What one read of the recording gave.
@@ -191,6 +193,7 @@ impl Feed {
             t_ns: 0,
             dirty: true,
             end: None,
+            session_id: String::new(),
         }
     }
 
@@ -228,6 +231,7 @@ impl Feed {
     fn record(&mut self, record: Record) {
         match record {
             Record::Meta(m) => {
+                self.session_id = m.session_id.clone();
                 self.telnet = m.protocol == "telnet";
                 self.terminal = Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, self.telnet);
                 self.dirty = true;
@@ -255,7 +259,22 @@ impl Feed {
             Record::Interrupted { reason, .. } => {
                 self.end.get_or_insert(format!("interrupted: {reason}"));
             }
-            Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
+            // An encrypted recording: while the session runs its recorder holds the key.
+            Record::Sealed { body, .. } => {
+                match crate::recorder::live_unsealer(&self.session_id).map(|u| u.open(&body)) {
+                    Some(Ok(records)) => records.into_iter().for_each(|r| self.record(r)),
+                    Some(Err(e)) => {
+                        self.end
+                            .get_or_insert(format!("the recording cannot be read further: {e}"));
+                    }
+                    None => {
+                        self.end.get_or_insert(
+                            "the recording is encrypted and its session has ended: replay it with the reviewer's identity (ward replay --identity-key)".into(),
+                        );
+                    }
+                }
+            }
+            Record::Checkpoint { .. } | Record::Event { .. } => {}
         }
     }
 }
@@ -368,6 +387,61 @@ mod tests {
         let end = tail.next_event().await.unwrap();
         assert!(format!("{end:?}").contains("client closed"), "{end:?}");
         assert!(tail.next_event().await.is_none());
+    }
+
+    /// An encrypted recording is watched live with its recorder's key, which goes with the
+    /// recorder: the gateway keeps no key of a finished recording.
+    #[tokio::test]
+    async fn an_encrypted_recording_is_watched_live_with_the_recorders_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let sink: Arc<dyn crate::recorder::Sink> = Arc::new(store.clone());
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let sid = "00000000000000ae";
+        let meta = SessionMeta {
+            session_id: sid.into(),
+            protocol: "telnet".into(),
+            ..SessionMeta::default()
+        };
+        let r = age::x25519::Identity::generate().to_public();
+        let rec = crate::recorder::SessionRecorder::start(&sink, signer, &meta, &[r])
+            .await
+            .unwrap();
+        rec.tap()
+            .record(Direction::Down, b"pump> secret-screen")
+            .await
+            .unwrap();
+        let mut tail = Tail::new(
+            store.clone(),
+            sid.into(),
+            Instant::now() + Duration::from_secs(30),
+        );
+        let mut seen = String::new();
+        for _ in 0..100 {
+            tail.poll().await;
+            if let Some(s) = tail.changed() {
+                seen = text(&s);
+                if seen.starts_with("pump> secret-screen") {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(seen.starts_with("pump> secret-screen"), "{seen}");
+        let file = std::fs::read(dir.path().join(format!("{sid}.wrec")))
+            .or_else(|_| std::fs::read(dir.path().join("recordings").join(format!("{sid}.wrec"))))
+            .unwrap();
+        assert!(!file.windows(13).any(|w| w == b"secret-screen"));
+        assert!(crate::recorder::live_unsealer(sid).is_some());
+        rec.finish(EndInfo {
+            ended_unix_ms: 5,
+            reason: "client closed".into(),
+            bytes_up: 0,
+            bytes_down: 19,
+        })
+        .await
+        .unwrap();
+        assert!(crate::recorder::live_unsealer(sid).is_none());
     }
 
     #[tokio::test]
