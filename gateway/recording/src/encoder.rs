@@ -172,6 +172,15 @@ impl Encoder {
         self.sealing.is_some()
     }
 
+    /// An [`crate::sealed::Unsealer`] holding this recording's file key (sealed mode only): for
+    /// watching the session live while it is recorded. Whoever holds it can read the recording,
+    /// so drop it when the recording is sealed.
+    pub fn live_unsealer(&self) -> Option<crate::sealed::Unsealer> {
+        self.sealing
+            .as_ref()
+            .map(|s| crate::sealed::Unsealer::from_key(&s.key))
+    }
+
     /// Plaintext bytes waiting to be sealed (0 when not sealed).
     pub fn pending(&self) -> usize {
         self.sealing.as_ref().map_or(0, |s| s.pending.len())

@@ -364,6 +364,12 @@ impl std::fmt::Debug for Unsealer {
 }
 
 impl Unsealer {
+    /// An unsealer with a copy of a recording's key (the recorder's, for live watching).
+    pub(crate) fn from_key(key: &SealKey) -> Unsealer {
+        let copy = FileKey::init_with_mut(|k| *k = *key.0.expose_secret());
+        Unsealer { key: SealKey(copy) }
+    }
+
     /// Unwrap the recording's file key from `meta`'s age header with the first of `identities`
     /// that matches one of its stanzas, and check the header's MAC. Errors: the recording is not
     /// encrypted, its header is malformed, no identity matches (names the recipients), or the MAC

@@ -214,6 +214,11 @@ impl SessionRecorder {
         }
         .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
         let sealed = encoder.is_sealed();
+        // Live watch of an encrypted recording reads its sealed records with this key while the
+        // task runs; the entry goes when the task ends (the recording is sealed, or failed).
+        let live = encoder
+            .live_unsealer()
+            .map(|u| crate::unseal::live_keys().register(&meta.session_id, u));
         let sink = sink.clone();
         let id = meta.session_id.clone();
         // Created, its room reserved and its header written before the session may start (fail
@@ -233,7 +238,11 @@ impl SessionRecorder {
             failed: failed_tx.clone(),
             start,
         };
-        let done = tokio::spawn(run(encoder, file, rx, end_rx, task));
+        let done = tokio::spawn(async move {
+            let out = run(encoder, file, rx, end_rx, task).await;
+            drop(live);
+            out
+        });
         let tap = Tap {
             tx,
             start,
