@@ -834,6 +834,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `ward keys`: the JSON lines the gateway streams back (admin identities only).
+    pub async fn keys(&self, op: ward_core::frame::KeysOp) -> anyhow::Result<Vec<u8>> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Keys(op)).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let out = match answer {
+            Response::Stream { .. } => datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?,
+            Response::Ok { message } => message.into_bytes(),
+            Response::Denied { reason } => bail!("refused: {reason}"),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(out)
+    }
+}
+
 /// The answer to [`Client::vault`].
 #[derive(Debug)]
 pub enum VaultAnswer {
@@ -866,6 +886,28 @@ impl Client {
     /// text as bytes.
     pub async fn review(&self, review: ward_core::frame::Review) -> anyhow::Result<Vec<u8>> {
         self.review_with(review, &|_| ()).await
+    }
+
+    /// A review request followed by `body` as data frames and `EOF` (`Review::SignEvidence`
+    /// sends the `SHA256SUMS` to sign this way); the answer as [`Client::review`] returns it.
+    pub async fn review_upload(
+        &self,
+        review: ward_core::frame::Review,
+        body: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Review(review)).await)
+            .await?;
+        self.sent(datapath::write_stream(&mut writer, body).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let body = match self.answer(&mut reader).await? {
+            Response::Ok { message } => message.into_bytes(),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(body)
     }
 
     /// [`Client::review`], telling `progress` the bytes received so far (for a progress bar).

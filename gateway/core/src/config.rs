@@ -14,8 +14,12 @@ mod audit;
 mod inject;
 mod oidc;
 pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
+mod recording;
+mod review;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
+pub use recording::RecordingConfig;
+pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -167,6 +171,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
 # anchor_ca_file = "/etc/ward/collector-ca.pem"
 
+# Recordings encrypted at rest to the security team's age keys (docs/recording-format.md). Without
+# a recipient they are stored in plain text and the gateway warns at start.
+# [recording]
+# recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
+# recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
 # name = "hospital"
@@ -183,6 +193,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -490,6 +506,11 @@ pub struct Config {
     pub oidc: Vec<OidcProvider>,
     /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
     pub audit: AuditConfig,
+    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
+    pub recording: RecordingConfig,
+    /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
+    /// default).
+    pub review: ReviewConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -654,6 +675,8 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        let recording = cx.recording(raw.recording)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -678,6 +701,8 @@ impl Config {
             web,
             oidc,
             audit,
+            recording,
+            review,
         })
     }
 
@@ -689,6 +714,19 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self.recording.recipients_file.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = self
+            .review
+            .identity_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *path = base.join(&*path);
         }
     }
 
@@ -747,6 +785,9 @@ struct RawConfig {
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
     audit: audit::RawAudit,
+    recording: recording::RawRecording,
+    #[serde(default)]
+    review: review::RawReview,
 }
 
 #[derive(Deserialize, Default)]

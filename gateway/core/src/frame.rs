@@ -112,6 +112,9 @@ pub enum Request {
     /// Live sessions: list them, or end one (security/admin; answered with `Stream` + JSON lines,
     /// or `Ok`).
     Live(LiveOp),
+    /// The store's key-encryption key: status, or an online rotation (admins; answered with
+    /// `Stream` + JSON lines).
+    Keys(KeysOp),
     /// Start a `ward login --sso`: the gateway keeps the CSR and answers `SsoPending` with a URL
     /// and a code for a signed-in browser to approve. Like `Login`, a connection without a client
     /// certificate may send it (one request per such connection).
@@ -177,6 +180,19 @@ pub enum LiveOp {
         /// Why (required).
         reason: String,
     },
+}
+
+/// `ward keys status` and `ward keys rotate --kek`, carried by [`Request::Keys`] (admins only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeysOp {
+    /// The key-encryption keys and how many stored values each seals (`Stream` + one JSON line
+    /// per key).
+    Status,
+    /// A new key-encryption key, every stored secret re-encrypted under it in one transaction
+    /// while the gateway serves, the old key file removed (`Stream` + one JSON line; audited
+    /// `kek_rotated`).
+    RotateKek,
 }
 
 /// `ward devices pin DEVICE [--confirm sha256:…] [--remove]`, carried by [`Request::PinDevice`].
@@ -513,7 +529,20 @@ pub enum Review {
     AuditLog,
     /// The gateway's recording/audit public key (hex) in an `Ok` message.
     PublicKey,
+    /// Sign an evidence bundle's `SHA256SUMS` (`ward evidence export --gateway`) with the
+    /// gateway's current signing key. The `SHA256SUMS` bytes follow the request as data frames,
+    /// then `EOF` (at most [`MAX_EVIDENCE_SUMS`] bytes). The gateway checks that each session's
+    /// `recordings/<id>.wrec` line is the SHA-256 of its stored recording, audits
+    /// `evidence_exported` (sessions, digest) and answers `Ok` whose message is the JSON
+    /// `{"key_id","public","sig"}` (hex). Security and admin identities only.
+    SignEvidence {
+        /// The sessions in the bundle.
+        sessions: Vec<String>,
+    },
 }
+
+/// The largest `SHA256SUMS` a [`Review::SignEvidence`] may send: 8 MiB (about 80,000 files).
+pub const MAX_EVIDENCE_SUMS: usize = 8 << 20;
 
 /// Error classes in [`Response::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -742,6 +771,8 @@ pub mod frame_type {
     pub const LIVE: u8 = 0x0e;
     /// `SigningKeys`.
     pub const SIGNING_KEYS: u8 = 0x0c;
+    /// `Keys`.
+    pub const KEYS: u8 = 0x0f;
     /// `SsoStart`.
     pub const SSO_START: u8 = 0x0a;
     /// `SsoPoll`.
@@ -885,6 +916,7 @@ fn type_name(t: u8) -> Option<&'static str> {
         DEVICE_PIN => "DevicePin",
         LIVE => "Live",
         SIGNING_KEYS => "SigningKeys",
+        KEYS => "Keys",
         SSO_START => "SsoStart",
         SSO_POLL => "SsoPoll",
         SSO_PENDING => "SsoPending",
@@ -918,6 +950,7 @@ impl Frame {
                 Request::PinDevice(_) => PIN_DEVICE,
                 Request::Live(_) => LIVE,
                 Request::SigningKeys(_) => SIGNING_KEYS,
+                Request::Keys(_) => KEYS,
                 Request::SsoStart(_) => SSO_START,
                 Request::SsoPoll { .. } => SSO_POLL,
             },
@@ -975,6 +1008,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::PinDevice(p) => to_json(&p),
             Request::Live(op) => to_json(&op),
             Request::SigningKeys(op) => to_json(&op),
+            Request::Keys(op) => to_json(&op),
             Request::SsoStart(start) => to_json(&start),
             Request::SsoPoll { poll } => to_json(&PollWire { poll }),
         },
@@ -1158,6 +1192,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
         LIVE => Request::Live(from_json(name, text)?).into(),
         SIGNING_KEYS => Request::SigningKeys(from_json(name, text)?).into(),
+        KEYS => Request::Keys(from_json(name, text)?).into(),
         SSO_START => Request::SsoStart(from_json(name, text)?).into(),
         SSO_POLL => {
             let w: PollWire = from_json(name, text)?;
@@ -1591,6 +1626,23 @@ mod access_frame_tests {
                 comment: None
             })
         );
+    }
+
+    /// `Keys` frames: code 0x0f, `{"op":"status"}` / `{"op":"rotate_kek"}`.
+    #[test]
+    fn keys_frames_round_trip() {
+        for (r, json) in [
+            (Request::Keys(KeysOp::Status), &br#"{"op":"status"}"#[..]),
+            (
+                Request::Keys(KeysOp::RotateKek),
+                &br#"{"op":"rotate_kek"}"#[..],
+            ),
+        ] {
+            let bytes = encode_request(&r).unwrap();
+            assert_eq!(bytes[0], 0x0f);
+            assert_eq!(bytes.get(5..), Some(json));
+            assert_eq!(decode_request(&bytes).unwrap().unwrap().0, r);
+        }
     }
 
     /// `Live` frames as docs/protocol.md writes them.

@@ -405,6 +405,9 @@ impl Gateway {
                 .detail("devices", config.devices.len())
                 .detail("rules", config.rules.len()),
         );
+        for ev in vault.start_events(clock.now()) {
+            audit.emit(ev);
+        }
         audit.emit(started_event(
             clock.now(),
             quic_addr,
@@ -418,7 +421,13 @@ impl Gateway {
             audit.clone(),
             Arc::new(crate::review_jobs::ReviewGate::default()),
             clock.clone(),
-        );
+        )
+        .with_signer({
+            // The current key: a rotation changes what signs evidence bundles too.
+            let keys = keys.clone();
+            Arc::new(move || keys.signer())
+        })
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(
@@ -486,6 +495,7 @@ impl Gateway {
         let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
               devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
+        crate::recorder::warn_if_plain(&config.recording, shared.sink.is_some());
         Ok(Gateway {
             shared,
             audit_writer,
@@ -1190,12 +1200,36 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Keys(op) => {
+            dispatch::keys_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::ListLocks
         | Request::SigningKeys(_)) => dispatch::request(&shared, caller, request).await,
+        Request::Review(frame::Review::SignEvidence { sessions }) => {
+            // The SHA256SUMS to sign follows as data (it can exceed a control frame).
+            let sums =
+                datapath::read_stream_with(&mut reader, frame::MAX_EVIDENCE_SUMS, &|_| ()).await;
+            match sums {
+                Ok(sums) => {
+                    let req =
+                        crate::services::review::ReviewRequest::SignEvidence { sessions, sums };
+                    review_answer(&shared, &identity, &principal, peer, req, &mut writer).await;
+                }
+                Err(e) => {
+                    let msg = format!("reading the SHA256SUMS to sign: {e}");
+                    refuse(&mut writer, ErrorCode::BadRequest, msg).await;
+                    return;
+                }
+            }
+            let _ = writer.finish().await;
+            return;
+        }
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
@@ -1282,6 +1316,7 @@ fn audited(request: &Request) -> bool {
         | Request::Unlock { .. }
         | Request::Live(ward_core::frame::LiveOp::End { .. })
         | Request::SigningKeys(_)
+        | Request::Keys(ward_core::frame::KeysOp::RotateKek)
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event; an SSO poll hands
         // out what its approval already audited.
@@ -1289,7 +1324,8 @@ fn audited(request: &Request) -> bool {
         | Request::SsoPoll { .. }
         | Request::ListDevices
         | Request::ListLocks
-        | Request::Live(ward_core::frame::LiveOp::List) => false,
+        | Request::Live(ward_core::frame::LiveOp::List)
+        | Request::Keys(ward_core::frame::KeysOp::Status) => false,
     }
 }
 
@@ -1328,6 +1364,18 @@ async fn review_request<W: AsyncWrite + Unpin>(
     review: frame::Review,
     writer: &mut FrameWriter<W>,
 ) {
+    review_answer(shared, identity, principal, peer, review.into(), writer).await;
+}
+
+/// [`review_request`] for a request already read whole (`SignEvidence` reads its data first).
+async fn review_answer<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    identity: &Identity,
+    principal: &Principal,
+    peer: SocketAddr,
+    request: crate::services::review::ReviewRequest,
+    writer: &mut FrameWriter<W>,
+) {
     // Frame -> service -> frame: the review service checks, audits and reads.
     use crate::services::review::{ReviewAnswer, Reviewer};
     let who = Reviewer {
@@ -1335,7 +1383,7 @@ async fn review_request<W: AsyncWrite + Unpin>(
         principal,
         source: peer,
     };
-    let answer = match shared.review.handle(&who, review.into()).await {
+    let answer = match shared.review.handle(&who, request).await {
         Ok(answer) => answer,
         Err(refusal) => {
             let _ = writer
@@ -1348,6 +1396,10 @@ async fn review_request<W: AsyncWrite + Unpin>(
     match answer {
         ReviewAnswer::PublicKey(key) => {
             let message = hex::encode(key);
+            let _ = writer.write_response(&Response::Ok { message }).await;
+        }
+        ReviewAnswer::EvidenceSignature(sig) => {
+            let message = serde_json::to_string(&sig).unwrap_or_default();
             let _ = writer.write_response(&Response::Ok { message }).await;
         }
         ReviewAnswer::Sessions(list) => {
@@ -1393,6 +1445,7 @@ pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result
     let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
+    crate::recorder::read_recipients_file(&mut config.recording)?;
     Ok(config)
 }
 

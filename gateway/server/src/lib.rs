@@ -34,6 +34,7 @@ pub mod services;
 mod session;
 pub mod signing;
 pub mod state_lock;
+pub mod unseal;
 pub mod web;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access_store;
+pub mod keywrap;
 pub mod pins;
 pub mod recording_store;
 pub mod schema;

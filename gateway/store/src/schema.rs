@@ -8,7 +8,8 @@ use crate::store::StoreError;
 pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     conn.execute_batch(
         "PRAGMA journal_mode=WAL;
-         PRAGMA synchronous=FULL;",
+         PRAGMA synchronous=FULL;
+         PRAGMA secure_delete=ON;",
     )?;
     locks(conn)?;
     access(conn)?;
@@ -87,6 +88,29 @@ fn users(conn: &rusqlite::Connection) -> Result<(), StoreError> {
         conn.execute_batch(
             "ALTER TABLE users ADD COLUMN must_change_password INTEGER NOT NULL DEFAULT 0;",
         )?;
+    }
+    users_sealed_totp(conn)?;
+    Ok(())
+}
+
+/// TOTP seeds sealed under the store's key-encryption key (issue 18): `totp_ct` (ciphertext and
+/// tag), `totp_nonce` and `totp_kek` (the key's fingerprint). `totp_secret` held the base32 seed
+/// in clear before; it stays only so an older database opens, and is emptied by the first start
+/// with a key (`keywrap::open_store_keys` seals every such seed and audits how many). Deleted
+/// content is overwritten (`secure_delete`, set above), so the old bytes do not linger in free
+/// pages.
+fn users_sealed_totp(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    for (column, ddl) in [
+        ("totp_ct", "totp_ct BLOB"),
+        ("totp_nonce", "totp_nonce BLOB"),
+        ("totp_kek", "totp_kek TEXT"),
+    ] {
+        let has_column = conn
+            .prepare("SELECT 1 FROM pragma_table_info('users') WHERE name = ?1")?
+            .exists([column])?;
+        if !has_column {
+            conn.execute_batch(&format!("ALTER TABLE users ADD COLUMN {ddl};"))?;
+        }
     }
     Ok(())
 }

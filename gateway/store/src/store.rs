@@ -32,6 +32,10 @@ pub enum StoreError {
     /// A value refused before it reached the database (a malformed user name, …).
     #[error("invalid {0}")]
     Invalid(String),
+    /// A secret could not be sealed or opened: the key-encryption key it needs is missing, or the
+    /// value was altered (the text names the key's fingerprint and what to do).
+    #[error(transparent)]
+    Key(#[from] crate::keywrap::KeyError),
 }
 
 /// Locks on principals, devices and orgs in persistent state.
@@ -56,6 +60,7 @@ pub use self::LockStore as Store;
 /// SQLite-backed store in `<state_dir>/ward.db`.
 pub struct SqliteStore {
     conn: Mutex<rusqlite::Connection>,
+    keys: crate::keywrap::KeyHandle,
 }
 
 fn target_parts(t: &LockTarget) -> (&'static str, &str) {
@@ -85,9 +90,21 @@ impl SqliteStore {
         }
         let conn = rusqlite::Connection::open(&path)?;
         crate::schema::migrate(&conn)?;
+        // The key-encryption key: the default key file, looked for when a secret is first
+        // needed. The gateway sets the ring its config names (`keywrap::open_store_keys`).
+        let keys = crate::keywrap::KeyHandle::lazy(crate::keywrap::KeySource::File(
+            state_dir.join(crate::keywrap::DEFAULT_KEY_FILE),
+        ));
         Ok(Self {
             conn: Mutex::new(conn),
+            keys,
         })
+    }
+
+    /// The key ring the store seals its secrets with (shared: setting a ring on a clone sets it
+    /// here).
+    pub fn keys(&self) -> &crate::keywrap::KeyHandle {
+        &self.keys
     }
 
     /// The connection, for the other tables' modules (`users`, `access_store`).

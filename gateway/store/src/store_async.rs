@@ -17,7 +17,7 @@ use ward_core::policy::Lock;
 use crate::access_store::{AccessStore, ApproveOutcome, DecisionError};
 use crate::store::{LockStore, StoreError};
 use crate::users::{User, UserStore};
-use crate::vault::{Kek, PutOutcome, VaultEntry, VaultError, VaultStore};
+use crate::vault::{PutOutcome, VaultEntry, VaultError, VaultStore};
 use ward_core::inject::Credential;
 use ward_core::secret::Secret;
 
@@ -210,7 +210,6 @@ pub trait AsyncVaultStore: Send + Sync {
     /// Create or replace a value.
     async fn put_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         username: &str,
@@ -230,7 +229,6 @@ pub trait AsyncVaultStore: Send + Sync {
     /// The current value; marks it used at `used_at` when given.
     async fn credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         used_at: Option<i64>,
@@ -238,14 +236,12 @@ pub trait AsyncVaultStore: Send + Sync {
     /// The previous value kept during a rotation.
     async fn previous_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
     ) -> Result<Option<Credential>, VaultError>;
     /// Rotation: store the new value (pending), keep the current one as previous.
     async fn begin_rotation(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         new: &Secret<String>,
@@ -261,29 +257,25 @@ pub trait AsyncVaultStore: Send + Sync {
     /// Rotation undone: the previous value is current again.
     async fn abort_rotation(&self, device: &str, account: &str, now: i64)
         -> Result<(), VaultError>;
-    /// Re-encrypt every value from `old` to `new`.
-    async fn rekey(&self, old: &Kek, new: &Kek, now: i64) -> Result<usize, VaultError>;
 }
 
 #[async_trait]
 impl<S: VaultStore + ?Sized + 'static> AsyncVaultStore for OffThread<S> {
     async fn put_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         username: &str,
         secret: &Secret<String>,
         now: i64,
     ) -> Result<PutOutcome, VaultError> {
-        let (kek, device, account, username, secret) = (
-            kek.clone(),
+        let (device, account, username, secret) = (
             device.to_owned(),
             account.to_owned(),
             username.to_owned(),
             secret.clone(),
         );
-        self.run(move |s| s.put_credential(&kek, &device, &account, &username, &secret, now))
+        self.run(move |s| s.put_credential(&device, &account, &username, &secret, now))
             .await
     }
     async fn list_credentials(&self) -> Result<Vec<VaultEntry>, VaultError> {
@@ -305,40 +297,32 @@ impl<S: VaultStore + ?Sized + 'static> AsyncVaultStore for OffThread<S> {
     }
     async fn credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         used_at: Option<i64>,
     ) -> Result<Credential, VaultError> {
-        let (kek, device, account) = (kek.clone(), device.to_owned(), account.to_owned());
-        self.run(move |s| s.credential(&kek, &device, &account, used_at))
+        let (device, account) = (device.to_owned(), account.to_owned());
+        self.run(move |s| s.credential(&device, &account, used_at))
             .await
     }
     async fn previous_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
     ) -> Result<Option<Credential>, VaultError> {
-        let (kek, device, account) = (kek.clone(), device.to_owned(), account.to_owned());
-        self.run(move |s| s.previous_credential(&kek, &device, &account))
+        let (device, account) = (device.to_owned(), account.to_owned());
+        self.run(move |s| s.previous_credential(&device, &account))
             .await
     }
     async fn begin_rotation(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         new: &Secret<String>,
         now: i64,
     ) -> Result<(), VaultError> {
-        let (kek, device, account, new) = (
-            kek.clone(),
-            device.to_owned(),
-            account.to_owned(),
-            new.clone(),
-        );
-        self.run(move |s| s.begin_rotation(&kek, &device, &account, &new, now))
+        let (device, account, new) = (device.to_owned(), account.to_owned(), new.clone());
+        self.run(move |s| s.begin_rotation(&device, &account, &new, now))
             .await
     }
     async fn commit_rotation(
@@ -360,10 +344,6 @@ impl<S: VaultStore + ?Sized + 'static> AsyncVaultStore for OffThread<S> {
         let (device, account) = (device.to_owned(), account.to_owned());
         self.run(move |s| s.abort_rotation(&device, &account, now))
             .await
-    }
-    async fn rekey(&self, old: &Kek, new: &Kek, now: i64) -> Result<usize, VaultError> {
-        let (old, new) = (old.clone(), new.clone());
-        self.run(move |s| s.rekey(&old, &new, now)).await
     }
 }
 

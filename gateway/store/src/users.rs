@@ -4,6 +4,12 @@
 //! it. The SQLite implementation shares `SqliteStore`'s connection; its table is created by
 //! [`crate::schema`] when the store opens. [`UserStore::record_totp_step`] is a single
 //! conditional `UPDATE`, so two logins racing with the same code cannot both consume it.
+//!
+//! TOTP seeds are never stored in clear: the SQLite implementation seals them under the store's
+//! key-encryption key ([`crate::keywrap`]) with the user's name and the purpose (`totp`) as
+//! additional authenticated data, so a seed copied to another user's row does not open there.
+//! [`User::totp_secret`] is the opened seed; a seed under a key the gateway does not hold fails
+//! the read, naming the key's fingerprint.
 
 use std::fmt;
 use std::str::FromStr;
@@ -12,6 +18,7 @@ use rusqlite::OptionalExtension;
 use time::OffsetDateTime;
 use ward_ca::Kind;
 
+use crate::keywrap::{KeyError, KeyRing, Wrapped};
 use crate::store::{SqliteStore, StoreError};
 
 /// Longest user name.
@@ -31,6 +38,7 @@ pub struct User {
     /// argon2id PHC string (`ward_core::password::hash_password`).
     pub password_phc: String,
     /// TOTP secret, base32 (`ward_core::totp::TotpSecret::to_base32`); `None` if not enrolled.
+    /// Stored sealed under the store's key-encryption key, never in clear.
     pub totp_secret: Option<String>,
     /// The last TOTP step consumed; codes at or before it are refused.
     pub totp_last_step: Option<i64>,
@@ -111,7 +119,105 @@ pub trait UserStore: Send + Sync {
 }
 
 const COLUMNS: &str = "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \
-                       disabled, created_unix, disabled_unix, must_change_password";
+                       disabled, created_unix, disabled_unix, must_change_password, \
+                       totp_ct, totp_nonce, totp_kek";
+
+/// The additional authenticated data of a user's TOTP seed: its row and purpose.
+fn totp_aad(name: &str) -> Vec<u8> {
+    crate::keywrap::aad("ward-user-secret-v1", &[name, "totp"])
+}
+
+fn totp_what(name: &str) -> String {
+    format!("the TOTP seed of user {name}")
+}
+
+/// Seals a base32 seed for `name`.
+fn seal_totp(ring: &KeyRing, name: &str, base32: &str) -> Result<Wrapped, KeyError> {
+    ring.wrap(base32.as_bytes(), &totp_aad(name))
+}
+
+/// Opens a sealed seed of `name` (base32).
+fn open_totp(ring: &KeyRing, name: &str, w: &Wrapped) -> Result<String, KeyError> {
+    let plain = ring.unwrap(w, &totp_aad(name), &totp_what(name))?;
+    String::from_utf8(plain.expose().clone()).map_err(|e| {
+        let mut b = e.into_bytes();
+        zeroize::Zeroize::zeroize(&mut b);
+        KeyError::Tampered {
+            what: totp_what(name),
+        }
+    })
+}
+
+/// Seeds (sealed and legacy plaintext) re-sealed under `ring`'s current key, inside the caller's
+/// transaction: (re-encrypted, plaintext sealed).
+pub(crate) fn rewrap(
+    tx: &rusqlite::Transaction<'_>,
+    ring: &KeyRing,
+) -> Result<(usize, usize), KeyError> {
+    let db = |e: rusqlite::Error| KeyError::Key(format!("ward.db: {e}"));
+    type Seed = (
+        String,
+        Option<String>,
+        Option<Vec<u8>>,
+        Option<Vec<u8>>,
+        Option<String>,
+    );
+    let rows: Vec<Seed> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT name, totp_secret, totp_ct, totp_nonce, totp_kek FROM users
+                 WHERE totp_secret IS NOT NULL OR (totp_kek IS NOT NULL AND totp_kek != ?1)
+                 ORDER BY name",
+            )
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([ring.fingerprint()], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
+    };
+    let (mut moved, mut sealed) = (0, 0);
+    for (name, plain, ct, nonce, kek) in rows {
+        let w = match (ct, nonce, kek) {
+            (Some(ct), Some(nonce), Some(kek)) => {
+                let old = Wrapped { kek, nonce, ct };
+                match ring.rewrap(&old, &totp_aad(&name), &totp_what(&name))? {
+                    Some(w) => {
+                        moved += 1;
+                        w
+                    }
+                    None => old,
+                }
+            }
+            _ => match plain {
+                Some(p) => {
+                    let p = zeroize::Zeroizing::new(p);
+                    sealed += 1;
+                    seal_totp(ring, &name, &p)?
+                }
+                None => continue,
+            },
+        };
+        tx.execute(
+            "UPDATE users SET totp_secret = NULL, totp_ct = ?2, totp_nonce = ?3, totp_kek = ?4 WHERE name = ?1",
+            rusqlite::params![name, w.ct, w.nonce, w.kek],
+        )
+        .map_err(db)?;
+    }
+    Ok((moved, sealed))
+}
+
+/// TOTP seeds per key fingerprint; legacy plaintext seeds count under `plaintext`.
+pub(crate) fn counts(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, usize)>> {
+    let mut stmt = conn.prepare(
+        "SELECT CASE WHEN totp_kek IS NOT NULL THEN totp_kek ELSE 'plaintext' END AS fp, COUNT(*)
+         FROM users WHERE totp_kek IS NOT NULL OR totp_secret IS NOT NULL GROUP BY fp ORDER BY fp",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    rows.map(|r| r.map(|(f, n)| (f, usize::try_from(n).unwrap_or(0))))
+        .collect()
+}
 
 type Row = (
     String,
@@ -125,6 +231,7 @@ type Row = (
     i64,
     Option<i64>,
     bool,
+    Option<Wrapped>,
 );
 
 fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
@@ -140,10 +247,19 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         row.get(8)?,
         row.get(9)?,
         row.get(10)?,
+        match (row.get(11)?, row.get(12)?, row.get(13)?) {
+            (Some(ct), Some(nonce), Some(kek)) => Some(Wrapped { kek, nonce, ct }),
+            _ => None,
+        },
     ))
 }
 
-fn to_user(r: Row) -> Result<User, StoreError> {
+fn to_user(r: Row, keys: &crate::keywrap::KeyHandle) -> Result<User, StoreError> {
+    // A sealed seed wins over a legacy plaintext one (which the first start with a key empties).
+    let totp_secret = match &r.11 {
+        Some(w) => Some(open_totp(&*keys.get()?, &r.0, w)?),
+        None => r.5.clone(),
+    };
     let kind =
         Kind::from_str(&r.1).map_err(|e| StoreError::Corrupt(format!("user {:?}: {e}", r.0)))?;
     let roles: Vec<String> = serde_json::from_str(&r.3)
@@ -154,7 +270,7 @@ fn to_user(r: Row) -> Result<User, StoreError> {
         org: r.2,
         roles,
         password_phc: r.4,
-        totp_secret: r.5,
+        totp_secret,
         totp_last_step: r.6,
         disabled: r.7,
         created_unix: r.8,
@@ -175,9 +291,14 @@ impl UserStore for SqliteStore {
         let roles = serde_json::to_string(&user.roles)
             .map_err(|e| StoreError::Invalid(format!("roles: {e}")))?;
         let conn = self.conn()?;
+        // The ring is read with the connection held (see `keywrap::rotate_file_kek`).
+        let sealed = match &user.totp_secret {
+            Some(seed) => Some(seal_totp(&*self.keys().get()?, &user.name, seed)?),
+            None => None,
+        };
         let n = conn.execute(
             &format!(
-                "INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) \
+                "INSERT INTO users ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
                  ON CONFLICT(name) DO NOTHING"
             ),
             rusqlite::params![
@@ -186,12 +307,14 @@ impl UserStore for SqliteStore {
                 user.org,
                 roles,
                 user.password_phc,
-                user.totp_secret,
                 user.totp_last_step,
                 user.disabled,
                 user.created_unix,
                 user.disabled_unix,
                 user.must_change_password,
+                sealed.as_ref().map(|w| &w.ct),
+                sealed.as_ref().map(|w| &w.nonce),
+                sealed.as_ref().map(|w| &w.kek),
             ],
         )?;
         if n == 0 {
@@ -209,7 +332,7 @@ impl UserStore for SqliteStore {
                 read_row,
             )
             .optional()?;
-        row.map(to_user).transpose()
+        row.map(|r| to_user(r, self.keys())).transpose()
     }
 
     fn list_users(&self) -> Result<Vec<User>, StoreError> {
@@ -218,7 +341,7 @@ impl UserStore for SqliteStore {
         let rows = stmt.query_map([], read_row)?;
         let mut out = Vec::new();
         for row in rows {
-            out.push(to_user(row?)?);
+            out.push(to_user(row?, self.keys())?);
         }
         Ok(out)
     }
@@ -243,9 +366,19 @@ impl UserStore for SqliteStore {
 
     fn set_totp(&self, name: &str, secret_base32: Option<&str>) -> Result<bool, StoreError> {
         let conn = self.conn()?;
+        let sealed = match secret_base32 {
+            Some(seed) => Some(seal_totp(&*self.keys().get()?, name, seed)?),
+            None => None,
+        };
         let n = conn.execute(
-            "UPDATE users SET totp_secret = ?2, totp_last_step = NULL WHERE name = ?1",
-            rusqlite::params![name, secret_base32],
+            "UPDATE users SET totp_secret = NULL, totp_ct = ?2, totp_nonce = ?3, totp_kek = ?4, \
+             totp_last_step = NULL WHERE name = ?1",
+            rusqlite::params![
+                name,
+                sealed.as_ref().map(|w| &w.ct),
+                sealed.as_ref().map(|w| &w.nonce),
+                sealed.as_ref().map(|w| &w.kek),
+            ],
         )?;
         Ok(n > 0)
     }
@@ -277,6 +410,12 @@ mod tests {
     use std::sync::{Arc, Barrier};
 
     use super::*;
+
+    /// The store in `dir`, with its default key file (created as the gateway's first start does).
+    fn open(dir: &std::path::Path) -> SqliteStore {
+        crate::keywrap::Kek::from_file(&dir.join(crate::keywrap::DEFAULT_KEY_FILE), true).unwrap();
+        SqliteStore::open(dir).unwrap()
+    }
 
     fn alice(now: i64) -> User {
         User {
@@ -328,7 +467,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let now = 1_800_000_000;
         {
-            let s = SqliteStore::open(dir.path()).unwrap();
+            let s = open(dir.path());
             s.add_user(&alice(now)).unwrap();
             let bob = User {
                 name: "bob".into(),
@@ -347,7 +486,7 @@ mod tests {
             assert!(matches!(s.add_user(&again), Err(StoreError::Exists(_))));
             assert_eq!(s.user("alice").unwrap().unwrap().kind, Kind::Vendor);
         }
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert_eq!(s.user("alice").unwrap(), Some(alice(now)));
         assert_eq!(s.user("nobody").unwrap(), None);
         let names: Vec<String> = s
@@ -367,7 +506,7 @@ mod tests {
     #[test]
     fn invalid_users_are_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let bad_name = User {
             name: "Alice".into(),
             ..alice(1)
@@ -384,7 +523,7 @@ mod tests {
     #[test]
     fn disable_password_and_totp_updates() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         s.add_user(&alice(100)).unwrap();
         assert!(s.disabled_users().unwrap().is_empty());
         assert!(s.disable_user("alice", at(200)).unwrap());
@@ -416,7 +555,7 @@ mod tests {
     #[test]
     fn initial_password_flag_round_trips_and_a_new_password_clears_it() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let fresh = User {
             must_change_password: true,
             ..alice(1)
@@ -444,7 +583,7 @@ mod tests {
             )
             .unwrap();
         }
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         let old = s.user("old").unwrap().unwrap();
         assert!(!old.must_change_password);
         assert_eq!(old.created_unix, 5);
@@ -455,14 +594,14 @@ mod tests {
         .unwrap();
         drop(s);
         // Opening again does not try to add the column twice.
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert!(s.user("alice").unwrap().unwrap().must_change_password);
     }
 
     #[test]
     fn totp_steps_are_consumed_once_and_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         s.add_user(&alice(1)).unwrap();
         assert!(s.record_totp_step("alice", 1000).unwrap());
         assert!(!s.record_totp_step("alice", 1000).unwrap());
@@ -472,7 +611,7 @@ mod tests {
         assert!(!s.record_totp_step("nobody", 5000).unwrap());
         // It survives a restart: the used code stays used.
         drop(s);
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         assert!(!s.record_totp_step("alice", 1001).unwrap());
     }
 
@@ -481,9 +620,9 @@ mod tests {
     #[test]
     fn racing_totp_steps_consume_once() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let s = Arc::new(open(dir.path()));
         s.add_user(&alice(1)).unwrap();
-        let other = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let other = Arc::new(open(dir.path()));
         for round in 0..50i64 {
             let step = 10_000 + round;
             let barrier = Arc::new(Barrier::new(2));
@@ -530,7 +669,7 @@ mod tests {
     #[test]
     fn corrupt_rows_are_errors() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteStore::open(dir.path()).unwrap();
+        let s = open(dir.path());
         s.add_user(&alice(1)).unwrap();
         s.conn()
             .unwrap()
@@ -538,5 +677,155 @@ mod tests {
             .unwrap();
         assert!(matches!(s.user("alice"), Err(StoreError::Corrupt(_))));
         assert!(matches!(s.list_users(), Err(StoreError::Corrupt(_))));
+    }
+
+    /// Whether `needle` occurs in ward.db or its WAL.
+    fn in_db_files(dir: &std::path::Path, needle: &[u8]) -> Option<&'static str> {
+        ["ward.db", "ward.db-wal", "ward.db-journal"]
+            .into_iter()
+            .find(|f| {
+                std::fs::read(dir.join(f))
+                    .is_ok_and(|b| b.windows(needle.len()).any(|w| w == needle))
+            })
+    }
+
+    #[test]
+    fn totp_seeds_are_sealed_and_bound_to_their_row() {
+        use crate::keywrap::{Kek, KeyRing, SecretStore};
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let seed = ward_core::totp::TotpSecret::generate([0x5a; 20]);
+        let b32 = seed.to_base32();
+        s.add_user(&User {
+            totp_secret: Some(b32.clone()),
+            ..alice(1)
+        })
+        .unwrap();
+        let mut bob = alice(1);
+        bob.name = "bob".into();
+        s.add_user(&bob).unwrap();
+        assert!(s.set_totp("bob", Some("JBSWY3DPEHPK3PXP")).unwrap());
+        assert_eq!(
+            s.user("alice").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
+        let (plain, kek): (Option<String>, String) = s
+            .conn()
+            .unwrap()
+            .query_row(
+                "SELECT totp_secret, totp_kek FROM users WHERE name = 'alice'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(plain, None);
+        assert_eq!(kek, s.keys().fingerprint().unwrap());
+        // Checkpointed or not, neither form of the seed is in the files.
+        for needle in [b32.as_bytes(), seed.as_bytes(), b"JBSWY3DPEHPK3PXP"] {
+            assert_eq!(in_db_files(dir.path(), needle), None);
+        }
+        s.conn()
+            .unwrap()
+            .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+            .unwrap();
+        for needle in [b32.as_bytes(), seed.as_bytes()] {
+            assert_eq!(in_db_files(dir.path(), needle), None);
+        }
+        // Alice's sealed seed copied onto bob's row does not open there.
+        s.conn()
+            .unwrap()
+            .execute(
+                "UPDATE users SET (totp_ct, totp_nonce, totp_kek) = \
+                 (SELECT totp_ct, totp_nonce, totp_kek FROM users WHERE name = 'alice') WHERE name = 'bob'",
+                [],
+            )
+            .unwrap();
+        let err = s.user("bob").unwrap_err().to_string();
+        assert!(
+            err.contains("TOTP seed of user bob") && err.contains("integrity"),
+            "{err}"
+        );
+        // Under a key the store does not hold: the error names the fingerprint it needs.
+        let other = Kek::generate().unwrap();
+        s.keys().set(KeyRing::of(other.clone()));
+        let err = s.user("alice").unwrap_err().to_string();
+        assert!(
+            err.contains(&kek) && err.contains(other.fingerprint()),
+            "{err}"
+        );
+        assert!(!err.contains(&b32));
+        // Counts per key.
+        let counts = s.key_counts().unwrap();
+        let under = counts.iter().find(|c| c.fingerprint == kek).unwrap();
+        assert_eq!((under.totp_seeds, under.held), (2, false));
+        // Removing the seed clears every column.
+        s.keys().set(KeyRing::of(
+            Kek::from_file(&dir.path().join("vault.key"), false)
+                .unwrap()
+                .unwrap(),
+        ));
+        assert!(s.set_totp("alice", None).unwrap());
+        assert_eq!(s.user("alice").unwrap().unwrap().totp_secret, None);
+    }
+
+    #[test]
+    fn plaintext_seeds_of_an_older_store_are_sealed_at_first_start() {
+        use crate::keywrap::{KeySource, SecretStore};
+        let dir = tempfile::tempdir().unwrap();
+        let seed = ward_core::totp::TotpSecret::generate([0x3c; 20]);
+        let b32 = seed.to_base32();
+        {
+            // The users table as issue 17 left it: the seed in base32, in clear.
+            let conn = rusqlite::Connection::open(dir.path().join("ward.db")).unwrap();
+            conn.execute_batch(
+                "PRAGMA journal_mode=WAL;
+                 CREATE TABLE users (
+                     name TEXT PRIMARY KEY NOT NULL, kind TEXT NOT NULL, org TEXT,
+                     roles TEXT NOT NULL, password_phc TEXT NOT NULL, totp_secret TEXT,
+                     totp_last_step INTEGER, disabled INTEGER NOT NULL DEFAULT 0,
+                     created_unix INTEGER NOT NULL, disabled_unix INTEGER,
+                     must_change_password INTEGER NOT NULL DEFAULT 0);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO users (name, kind, org, roles, password_phc, totp_secret, created_unix)
+                 VALUES ('old', 'vendor', 'acme', '[]', '$argon2id$x', ?1, 5)",
+                [&b32],
+            )
+            .unwrap();
+        }
+        assert!(in_db_files(dir.path(), b32.as_bytes()).is_some());
+        let s = SqliteStore::open(dir.path()).unwrap();
+        // Readable before (a legacy seed needs no key), counted as plaintext.
+        assert_eq!(
+            s.user("old").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
+        assert!(s
+            .key_counts()
+            .unwrap()
+            .iter()
+            .any(|c| c.fingerprint == "plaintext" && c.totp_seeds == 1));
+        let src = KeySource::File(dir.path().join("vault.key"));
+        let (ring, done) = crate::keywrap::open_store_keys(&s, &src).unwrap();
+        assert_eq!(done.plaintext_seeds_sealed, 1);
+        assert_eq!(
+            s.user("old").unwrap().unwrap().totp_secret,
+            Some(b32.clone())
+        );
+        let counts = s.key_counts().unwrap();
+        assert!(
+            counts.iter().all(|c| c.fingerprint != "plaintext"),
+            "{counts:?}"
+        );
+        assert!(counts
+            .iter()
+            .any(|c| c.fingerprint == ring.fingerprint() && c.totp_seeds == 1));
+        drop(s);
+        assert_eq!(in_db_files(dir.path(), b32.as_bytes()), None);
+        // A second start has nothing to do.
+        let s = SqliteStore::open(dir.path()).unwrap();
+        let (_, again) = crate::keywrap::open_store_keys(&s, &src).unwrap();
+        assert_eq!(again.total(), 0);
     }
 }

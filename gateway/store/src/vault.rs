@@ -1,12 +1,14 @@
 //! The credential vault: device passwords the gateway injects, encrypted at rest.
 //!
-//! Every value is sealed with AES-256-GCM (aws-lc-rs) under a key-encryption key ([`Kek`]: 32
-//! random bytes from a 0600 key file or an environment variable). The row stores the ciphertext,
-//! its 96-bit random nonce and the key's fingerprint (first 8 bytes of SHA-256 of the key, hex),
-//! so a value sealed under another key is named as such instead of failing as garbage, and
-//! `ward vault rekey` can move every value to a new key in one transaction. The additional
-//! authenticated data binds a value to its device, account and user name: a ciphertext copied
-//! to another row (by anyone with write access to `ward.db`) does not decrypt there.
+//! Every value is sealed by the store's key-encryption key ([`crate::keywrap`]: a [`KeyRing`]
+//! behind the store's [`crate::keywrap::KeyHandle`], today AES-256-GCM under a file-based
+//! [`Kek`]). The row stores the ciphertext, its nonce and the key's fingerprint, so a value
+//! sealed under another key is named as such instead of failing as garbage, and `ward keys rotate
+//! --kek` (alias `ward vault rekey`) moves every value to a new key in one transaction. The
+//! additional authenticated data binds a value to its device, account and user name: a
+//! ciphertext copied to another row (by anyone with write access to `ward.db`) does not decrypt
+//! there. The key is taken from the handle while the store's connection is held, so a rotation's
+//! re-encryption never misses a value written during it.
 //!
 //! Rotation keeps two values: the new one (`pending` until a login with it succeeds) and the
 //! previous one, so a rotation that fails half-way leaves a working credential
@@ -14,21 +16,15 @@
 //! [`VaultStore::abort_rotation`]). Listings ([`VaultEntry`]) never carry a value, and no error
 //! here carries one either.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
-use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
-use base64::Engine as _;
 use rusqlite::OptionalExtension;
 use serde::Serialize;
-use ward_core::inject::{Credential, VaultConfig};
+use ward_core::inject::Credential;
 use ward_core::secret::Secret;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroize;
 
+pub use crate::keywrap::{Kek, KeySource, DEFAULT_KEY_FILE};
+use crate::keywrap::{KeyError, KeyRing, Wrapped};
 use crate::store::{SqliteStore, StoreError};
-
-/// The key file's default name, in the state dir.
-pub const DEFAULT_KEY_FILE: &str = "vault.key";
 /// Longest vaulted value, in bytes.
 pub const MAX_SECRET_LEN: usize = 1024;
 /// Longest device-side user name, in bytes.
@@ -43,7 +39,7 @@ pub enum VaultError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The value was sealed under another key.
-    #[error("the vaulted value for {device}/{account} was sealed under the vault key with fingerprint {stored}, but this key's fingerprint is {current}: start with the key {stored} (the [vault] key_file or key_env it was made with), or re-encrypt with `ward vault rekey`")]
+    #[error("the vaulted value for {device}/{account} was sealed under the key-encryption key with fingerprint {stored}, but this gateway holds {current}: start with the key {stored} (the [vault] key_file or key_env it was made with), or set the value again with `ward vault set {device} {account}`")]
     WrongKey {
         /// Device id.
         device: String,
@@ -51,7 +47,7 @@ pub enum VaultError {
         account: String,
         /// The fingerprint stored with the value (the key it needs).
         stored: String,
-        /// The fingerprint of the key at hand.
+        /// The fingerprints of the keys at hand.
         current: String,
     },
     /// The value does not decrypt under the right key: it was altered, or moved from another row.
@@ -90,268 +86,72 @@ impl From<rusqlite::Error> for VaultError {
     }
 }
 
-struct KekInner {
-    key: LessSafeKey,
-    raw: Zeroizing<[u8; 32]>,
-    fingerprint: String,
-}
-
-/// The vault's key-encryption key. `Debug` shows the fingerprint only. Cheap to clone.
-#[derive(Clone)]
-pub struct Kek(Arc<KekInner>);
-
-impl std::fmt::Debug for Kek {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Kek({})", self.fingerprint())
+impl From<KeyError> for VaultError {
+    fn from(e: KeyError) -> Self {
+        match e {
+            KeyError::Crypto(what) => VaultError::Crypto(what),
+            other => VaultError::Key(other.to_string()),
+        }
     }
 }
 
-impl Kek {
-    /// A key from its 32 bytes.
-    pub fn from_bytes(bytes: [u8; 32]) -> Result<Kek, VaultError> {
-        let raw = Zeroizing::new(bytes);
-        let unbound = UnboundKey::new(&AES_256_GCM, raw.as_slice())
-            .map_err(|_| VaultError::Crypto("AES-256-GCM key setup"))?;
-        let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, raw.as_slice());
-        let fingerprint = hex::encode(digest.as_ref().get(..8).unwrap_or_default());
-        Ok(Kek(Arc::new(KekInner {
-            key: LessSafeKey::new(unbound),
-            raw,
-            fingerprint,
-        })))
-    }
-
-    /// A fresh random key.
-    pub fn generate() -> Result<Kek, VaultError> {
-        let mut bytes = [0u8; 32];
-        aws_lc_rs::rand::fill(&mut bytes).map_err(|_| VaultError::Crypto("no randomness"))?;
-        let k = Kek::from_bytes(bytes);
-        bytes.zeroize();
-        k
-    }
-
-    /// A key from base64 of 32 bytes (`what` names where it came from, for the error).
-    pub fn from_base64(text: &str, what: &str) -> Result<Kek, VaultError> {
-        let decoded = Zeroizing::new(
-            base64::engine::general_purpose::STANDARD
-                .decode(text.trim())
-                .map_err(|_| {
-                    VaultError::Key(format!(
-                        "{what} is not base64 (it must hold base64 of 32 random bytes, e.g. `head -c 32 /dev/urandom | base64`)"
-                    ))
-                })?,
-        );
-        let mut bytes = [0u8; 32];
-        if decoded.len() != bytes.len() {
-            return Err(VaultError::Key(format!(
-                "{what} holds {} bytes; a vault key is 32 bytes (base64, e.g. `head -c 32 /dev/urandom | base64`)",
-                decoded.len()
-            )));
-        }
-        bytes.copy_from_slice(&decoded);
-        let k = Kek::from_bytes(bytes);
-        bytes.zeroize();
-        k
-    }
-
-    /// The key as base64 (to write a key file).
-    pub fn to_base64(&self) -> Secret<String> {
-        Secret::new(base64::engine::general_purpose::STANDARD.encode(self.0.raw.as_slice()))
-    }
-
-    /// First 8 bytes of SHA-256 of the key, hex: stored with every value it seals.
-    pub fn fingerprint(&self) -> &str {
-        &self.0.fingerprint
-    }
-
-    /// The key in `path` (base64, mode 0600), created with a fresh random key if absent and
-    /// `create`. `Ok(None)`: absent and not created.
-    pub fn from_file(path: &Path, create: bool) -> Result<Option<Kek>, VaultError> {
-        use std::io::Write;
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let shown = path.display();
-        match std::fs::metadata(path) {
-            Ok(meta) => {
-                let mode = meta.permissions().mode() & 0o777;
-                if mode & 0o077 != 0 {
-                    return Err(VaultError::Key(format!(
-                        "{shown} is readable by others (mode {mode:o}): `chmod 600 {shown}`, and treat the key as exposed (`ward vault rekey`)"
-                    )));
-                }
-                let text = Zeroizing::new(
-                    std::fs::read_to_string(path)
-                        .map_err(|e| VaultError::Key(format!("reading {shown}: {e}")))?,
-                );
-                Kek::from_base64(&text, &shown.to_string()).map(Some)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if !create {
-                    return Ok(None);
-                }
-                let kek = Kek::generate()?;
-                let mut f = match std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(path)
-                {
-                    Ok(f) => f,
-                    // Somebody else created it first: use theirs.
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                        return Kek::from_file(path, false)
-                    }
-                    Err(e) => return Err(VaultError::Key(format!("creating {shown}: {e}"))),
-                };
-                let text = kek.to_base64();
-                f.write_all(text.expose().as_bytes())
-                    .and_then(|()| f.write_all(b"\n"))
-                    .and_then(|()| f.sync_all())
-                    .map_err(|e| VaultError::Key(format!("writing {shown}: {e}")))?;
-                tracing::info!(event = "vault_key_created", path = %shown, fingerprint = kek.fingerprint(), "created the vault key");
-                Ok(Some(kek))
-            }
-            Err(e) => Err(VaultError::Key(format!("reading {shown}: {e}"))),
-        }
-    }
-
-    /// The key in environment variable `var` (base64 of 32 bytes).
-    pub fn from_env(var: &str) -> Result<Kek, VaultError> {
-        let text = Zeroizing::new(std::env::var(var).map_err(|_| {
-            VaultError::Key(format!(
-                "environment variable {var} is not set: set it to base64 of 32 random bytes (e.g. `head -c 32 /dev/urandom | base64`), or configure [vault] key_file instead"
-            ))
-        })?);
-        Kek::from_base64(&text, &format!("environment variable {var}"))
-    }
-
-    /// Seals `plain` for (device, account, username): (ciphertext with tag, nonce).
-    fn seal(
-        &self,
-        device: &str,
-        account: &str,
-        username: &str,
-        plain: &[u8],
-    ) -> Result<SealedPair, VaultError> {
-        let mut nonce = [0u8; NONCE_LEN];
-        aws_lc_rs::rand::fill(&mut nonce).map_err(|_| VaultError::Crypto("no randomness"))?;
-        let mut buf = Vec::with_capacity(plain.len() + AES_256_GCM.tag_len());
-        buf.extend_from_slice(plain);
-        // Sealed in place: the buffer holds no plaintext afterwards (or is wiped on failure).
-        let sealed = self.0.key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(aad(device, account, username)),
-            &mut buf,
-        );
-        if sealed.is_err() {
-            buf.zeroize();
-            return Err(VaultError::Crypto("sealing"));
-        }
-        Ok((buf, nonce.to_vec()))
-    }
-
-    /// Opens a value sealed by [`Kek::seal`] for the same names.
-    fn open(
-        &self,
-        sealed: &Sealed,
-        device: &str,
-        account: &str,
-        username: &str,
-    ) -> Result<Secret<String>, VaultError> {
-        if sealed.fp != self.fingerprint() {
-            return Err(VaultError::WrongKey {
-                device: device.to_owned(),
-                account: account.to_owned(),
-                stored: sealed.fp.clone(),
-                current: self.fingerprint().to_owned(),
-            });
-        }
-        let tampered = || VaultError::Tampered {
+/// A [`KeyError`] about the value of (device, account), as the vault names it.
+fn key_error(e: KeyError, device: &str, account: &str) -> VaultError {
+    match e {
+        KeyError::Missing { needed, held, .. } => VaultError::WrongKey {
             device: device.to_owned(),
             account: account.to_owned(),
-        };
-        let nonce = Nonce::try_assume_unique_for_key(&sealed.nonce).map_err(|_| tampered())?;
-        let mut buf = Zeroizing::new(sealed.ciphertext.clone());
-        let len = self
-            .0
-            .key
-            .open_in_place(
-                nonce,
-                Aad::from(aad(device, account, username)),
-                buf.as_mut_slice(),
-            )
-            .map_err(|_| tampered())?
-            .len();
-        buf.truncate(len);
-        let bytes = std::mem::take(&mut *buf);
-        match String::from_utf8(bytes) {
-            Ok(s) => Ok(Secret::new(s)),
-            Err(e) => {
-                let mut b = e.into_bytes();
-                b.zeroize();
-                Err(tampered())
-            }
-        }
-    }
-
-    /// Where `[vault]` says the key is, relative to `state_dir`: `Env(var)` or `File(path)`.
-    pub fn source(config: &VaultConfig, state_dir: &Path) -> KeySource {
-        match (&config.key_env, &config.key_file) {
-            (Some(var), _) => KeySource::Env(var.clone()),
-            (None, Some(f)) if f.is_absolute() => KeySource::File(f.clone()),
-            (None, Some(f)) => KeySource::File(state_dir.join(f)),
-            (None, None) => KeySource::File(state_dir.join(DEFAULT_KEY_FILE)),
-        }
-    }
-}
-
-/// Where the vault key comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeySource {
-    /// An environment variable (base64).
-    Env(String),
-    /// A 0600 file (base64), created on first use.
-    File(PathBuf),
-}
-
-impl KeySource {
-    /// The key; with `create`, a missing key file is created with a fresh key. `Ok(None)`: the
-    /// file does not exist (and `create` was false).
-    pub fn load(&self, create: bool) -> Result<Option<Kek>, VaultError> {
-        match self {
-            KeySource::Env(var) => Kek::from_env(var).map(Some),
-            KeySource::File(path) => Kek::from_file(path, create),
-        }
-    }
-}
-
-impl std::fmt::Display for KeySource {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KeySource::Env(v) => write!(f, "environment variable {v}"),
-            KeySource::File(p) => write!(f, "{}", p.display()),
-        }
+            stored: needed,
+            current: held,
+        },
+        KeyError::Tampered { .. } => VaultError::Tampered {
+            device: device.to_owned(),
+            account: account.to_owned(),
+        },
+        other => other.into(),
     }
 }
 
 /// The additional authenticated data: a version tag and the length-prefixed names.
 fn aad(device: &str, account: &str, username: &str) -> Vec<u8> {
-    let mut out = b"ward-vault-v1".to_vec();
-    for part in [device, account, username] {
-        out.extend_from_slice(&u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-        out.extend_from_slice(part.as_bytes());
-    }
-    out
+    crate::keywrap::aad("ward-vault-v1", &[device, account, username])
 }
 
-/// Ciphertext (with tag) and nonce.
-type SealedPair = (Vec<u8>, Vec<u8>);
+/// Seals a value for (device, account, username) under the ring's current key.
+fn seal(
+    ring: &KeyRing,
+    device: &str,
+    account: &str,
+    username: &str,
+    plain: &[u8],
+) -> Result<Wrapped, VaultError> {
+    ring.wrap(plain, &aad(device, account, username))
+        .map_err(|e| key_error(e, device, account))
+}
 
-/// A sealed value as stored.
-#[derive(Clone)]
-struct Sealed {
-    ciphertext: Vec<u8>,
-    nonce: Vec<u8>,
-    fp: String,
+/// Opens a value sealed by [`seal`] for the same names.
+fn open(
+    ring: &KeyRing,
+    sealed: &Wrapped,
+    device: &str,
+    account: &str,
+    username: &str,
+) -> Result<Secret<String>, VaultError> {
+    let what = format!("the vaulted value for {device}/{account}");
+    let plain = ring
+        .unwrap(sealed, &aad(device, account, username), &what)
+        .map_err(|e| key_error(e, device, account))?;
+    match String::from_utf8(plain.expose().clone()) {
+        Ok(s) => Ok(Secret::new(s)),
+        Err(e) => {
+            let mut b = e.into_bytes();
+            b.zeroize();
+            Err(VaultError::Tampered {
+                device: device.to_owned(),
+                account: account.to_owned(),
+            })
+        }
+    }
 }
 
 /// One vault entry as listed: names, key fingerprint and times (Unix seconds). Never a value.
@@ -437,13 +237,12 @@ pub fn check_value(username: &str, secret: &Secret<String>) -> Result<(), VaultE
 }
 
 /// The vault's table. Object-safe; `SqliteStore` implements it. Values go in and out as
-/// [`Secret`]s; the key is an argument, never stored.
+/// [`Secret`]s; the store seals and opens them with its key ring ([`crate::keywrap::KeyHandle`]).
 pub trait VaultStore: Send + Sync {
     /// Create or replace the value for (device, account). Replacing drops a pending rotation and
     /// the previous value (the admin has said what the password is).
     fn put_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         username: &str,
@@ -463,7 +262,6 @@ pub trait VaultStore: Send + Sync {
     /// The current value, decrypted; marks it used at `used_at` when given.
     fn credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         used_at: Option<i64>,
@@ -471,7 +269,6 @@ pub trait VaultStore: Send + Sync {
     /// The previous value kept during a rotation, decrypted.
     fn previous_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
     ) -> Result<Option<Credential>, VaultError>;
@@ -479,7 +276,6 @@ pub trait VaultStore: Send + Sync {
     /// one and `new` the current one, pending. Refused if a rotation is already pending.
     fn begin_rotation(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         new: &Secret<String>,
@@ -489,10 +285,6 @@ pub trait VaultStore: Send + Sync {
     fn commit_rotation(&self, device: &str, account: &str, now: i64) -> Result<(), VaultError>;
     /// Rotation, undone: the previous value is current again (the device kept it).
     fn abort_rotation(&self, device: &str, account: &str, now: i64) -> Result<(), VaultError>;
-    /// Re-encrypts every value (current and previous) from `old` to `new` in one transaction.
-    /// Values already under `new` are left; a value under neither is refused (nothing changes).
-    /// Returns how many values were re-encrypted.
-    fn rekey(&self, old: &Kek, new: &Kek, now: i64) -> Result<usize, VaultError>;
 }
 
 const ENTRY_COLUMNS: &str = "device, account, username, key_fp, created_unix, updated_unix, \
@@ -515,8 +307,8 @@ fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<VaultEntry> {
 
 struct Row {
     username: String,
-    current: Sealed,
-    previous: Option<Sealed>,
+    current: Wrapped,
+    previous: Option<Wrapped>,
     pending: bool,
 }
 
@@ -536,19 +328,19 @@ fn read_row(
                     r.get::<_, Option<Vec<u8>>>(5)?,
                     r.get::<_, Option<String>>(6)?,
                 ) {
-                    (Some(ciphertext), Some(nonce), Some(fp)) => Some(Sealed {
-                        ciphertext,
+                    (Some(ciphertext), Some(nonce), Some(fp)) => Some(Wrapped {
+                        ct: ciphertext,
                         nonce,
-                        fp,
+                        kek: fp,
                     }),
                     _ => None,
                 };
                 Ok(Row {
                     username: r.get(0)?,
-                    current: Sealed {
-                        ciphertext: r.get(1)?,
+                    current: Wrapped {
+                        ct: r.get(1)?,
                         nonce: r.get(2)?,
-                        fp: r.get(3)?,
+                        kek: r.get(3)?,
                     },
                     previous: prev,
                     pending: r.get(7)?,
@@ -569,7 +361,6 @@ fn not_found(device: &str, account: &str) -> VaultError {
 impl VaultStore for SqliteStore {
     fn put_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         username: &str,
@@ -578,14 +369,15 @@ impl VaultStore for SqliteStore {
     ) -> Result<PutOutcome, VaultError> {
         check_names(device, account)?;
         check_value(username, secret)?;
-        let (ct, nonce) = kek.seal(device, account, username, secret.expose().as_bytes())?;
         let mut conn = self.conn()?;
+        let ring = self.keys().get()?;
+        let w = seal(&ring, device, account, username, secret.expose().as_bytes())?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let updated = tx.execute(
             "UPDATE vault SET username = ?3, ciphertext = ?4, nonce = ?5, key_fp = ?6, updated_unix = ?7,
                  prev_ciphertext = NULL, prev_nonce = NULL, prev_key_fp = NULL, pending = 0
              WHERE device = ?1 AND account = ?2",
-            rusqlite::params![device, account, username, ct, nonce, kek.fingerprint(), now],
+            rusqlite::params![device, account, username, w.ct, w.nonce, w.kek, now],
         )?;
         let outcome = if updated > 0 {
             PutOutcome::Replaced
@@ -593,7 +385,7 @@ impl VaultStore for SqliteStore {
             tx.execute(
                 "INSERT INTO vault (device, account, username, ciphertext, nonce, key_fp, created_unix, updated_unix, pending)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, 0)",
-                rusqlite::params![device, account, username, ct, nonce, kek.fingerprint(), now],
+                rusqlite::params![device, account, username, w.ct, w.nonce, w.kek, now],
             )?;
             PutOutcome::Created
         };
@@ -636,14 +428,19 @@ impl VaultStore for SqliteStore {
 
     fn credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         used_at: Option<i64>,
     ) -> Result<Credential, VaultError> {
         let conn = self.conn()?;
         let row = read_row(&conn, device, account)?.ok_or_else(|| not_found(device, account))?;
-        let secret = kek.open(&row.current, device, account, &row.username)?;
+        let secret = open(
+            &*self.keys().get()?,
+            &row.current,
+            device,
+            account,
+            &row.username,
+        )?;
         if let Some(t) = used_at {
             conn.execute(
                 "UPDATE vault SET last_used_unix = ?3 WHERE device = ?1 AND account = ?2",
@@ -659,7 +456,6 @@ impl VaultStore for SqliteStore {
 
     fn previous_credential(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
     ) -> Result<Option<Credential>, VaultError> {
@@ -668,7 +464,7 @@ impl VaultStore for SqliteStore {
         let Some(prev) = row.previous else {
             return Ok(None);
         };
-        let secret = kek.open(&prev, device, account, &row.username)?;
+        let secret = open(&*self.keys().get()?, &prev, device, account, &row.username)?;
         Ok(Some(Credential {
             account: account.to_owned(),
             username: row.username,
@@ -678,13 +474,13 @@ impl VaultStore for SqliteStore {
 
     fn begin_rotation(
         &self,
-        kek: &Kek,
         device: &str,
         account: &str,
         new: &Secret<String>,
         now: i64,
     ) -> Result<(), VaultError> {
         let mut conn = self.conn()?;
+        let ring = self.keys().get()?;
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let row = read_row(&tx, device, account)?.ok_or_else(|| not_found(device, account))?;
         if row.pending {
@@ -694,13 +490,19 @@ impl VaultStore for SqliteStore {
         }
         check_value(&row.username, new)?;
         // The current value must open under this key before it is kept as the fallback.
-        drop(kek.open(&row.current, device, account, &row.username)?);
-        let (ct, nonce) = kek.seal(device, account, &row.username, new.expose().as_bytes())?;
+        drop(open(&ring, &row.current, device, account, &row.username)?);
+        let w = seal(
+            &ring,
+            device,
+            account,
+            &row.username,
+            new.expose().as_bytes(),
+        )?;
         tx.execute(
             "UPDATE vault SET prev_ciphertext = ciphertext, prev_nonce = nonce, prev_key_fp = key_fp,
                  ciphertext = ?3, nonce = ?4, key_fp = ?5, updated_unix = ?6, pending = 1
              WHERE device = ?1 AND account = ?2",
-            rusqlite::params![device, account, ct, nonce, kek.fingerprint(), now],
+            rusqlite::params![device, account, w.ct, w.nonce, w.kek, now],
         )?;
         tx.commit()?;
         Ok(())
@@ -738,57 +540,69 @@ impl VaultStore for SqliteStore {
         }
         Ok(())
     }
+}
 
-    fn rekey(&self, old: &Kek, new: &Kek, now: i64) -> Result<usize, VaultError> {
-        let mut conn = self.conn()?;
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let keys: Vec<(String, String)> = {
-            let mut stmt =
-                tx.prepare("SELECT device, account FROM vault ORDER BY device, account")?;
-            let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            rows.collect::<Result<_, _>>()?
+/// Re-encrypts every vault value (current and previous) not under `ring`'s current key, inside
+/// the caller's transaction; a value no key opens stops it. Returns how many moved.
+pub(crate) fn rewrap(tx: &rusqlite::Transaction<'_>, ring: &KeyRing) -> Result<usize, KeyError> {
+    let db = |e: rusqlite::Error| KeyError::Key(format!("ward.db: {e}"));
+    let keys: Vec<(String, String)> = {
+        let mut stmt = tx
+            .prepare("SELECT device, account FROM vault WHERE key_fp != ?1 OR prev_key_fp != ?1 ORDER BY device, account")
+            .map_err(db)?;
+        let rows = stmt
+            .query_map([ring.fingerprint()], |r| Ok((r.get(0)?, r.get(1)?)))
+            .map_err(db)?;
+        rows.collect::<Result<_, _>>().map_err(db)?
+    };
+    let mut count = 0;
+    for (device, account) in keys {
+        let Some(row) =
+            read_row(tx, &device, &account).map_err(|e| KeyError::Key(e.to_string()))?
+        else {
+            continue;
         };
-        let mut count = 0;
-        for (device, account) in keys {
-            let row =
-                read_row(&tx, &device, &account)?.ok_or_else(|| not_found(&device, &account))?;
-            let mut reseal = |sealed: &Sealed| -> Result<Option<SealedPair>, VaultError> {
-                if sealed.fp == new.fingerprint() {
-                    // Already under the new key (it must still open).
-                    drop(new.open(sealed, &device, &account, &row.username)?);
-                    return Ok(None);
-                }
-                let plain = old.open(sealed, &device, &account, &row.username)?;
-                count += 1;
-                new.seal(&device, &account, &row.username, plain.expose().as_bytes())
-                    .map(Some)
-            };
-            if let Some((ct, nonce)) = reseal(&row.current)? {
+        let a = aad(&device, &account, &row.username);
+        let what = format!("the vaulted value for {device}/{account}");
+        if let Some(w) = ring.rewrap(&row.current, &a, &what)? {
+            tx.execute(
+                "UPDATE vault SET ciphertext = ?3, nonce = ?4, key_fp = ?5 WHERE device = ?1 AND account = ?2",
+                rusqlite::params![device, account, w.ct, w.nonce, w.kek],
+            )
+            .map_err(db)?;
+            count += 1;
+        }
+        if let Some(prev) = &row.previous {
+            if let Some(w) = ring.rewrap(prev, &a, &what)? {
                 tx.execute(
-                    "UPDATE vault SET ciphertext = ?3, nonce = ?4, key_fp = ?5, updated_unix = ?6
-                     WHERE device = ?1 AND account = ?2",
-                    rusqlite::params![device, account, ct, nonce, new.fingerprint(), now],
-                )?;
-            }
-            if let Some(prev) = &row.previous {
-                if let Some((ct, nonce)) = reseal(prev)? {
-                    tx.execute(
-                        "UPDATE vault SET prev_ciphertext = ?3, prev_nonce = ?4, prev_key_fp = ?5
-                         WHERE device = ?1 AND account = ?2",
-                        rusqlite::params![device, account, ct, nonce, new.fingerprint()],
-                    )?;
-                }
+                    "UPDATE vault SET prev_ciphertext = ?3, prev_nonce = ?4, prev_key_fp = ?5 WHERE device = ?1 AND account = ?2",
+                    rusqlite::params![device, account, w.ct, w.nonce, w.kek],
+                )
+                .map_err(db)?;
+                count += 1;
             }
         }
-        tx.commit()?;
-        Ok(count)
     }
+    Ok(count)
+}
+
+/// Vault values per key fingerprint (current and previous values).
+pub(crate) fn counts(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(String, usize)>> {
+    let mut stmt = conn.prepare(
+        "SELECT fp, COUNT(*) FROM (SELECT key_fp AS fp FROM vault
+             UNION ALL SELECT prev_key_fp AS fp FROM vault WHERE prev_key_fp IS NOT NULL)
+         GROUP BY fp ORDER BY fp",
+    )?;
+    let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?;
+    rows.map(|r| r.map(|(f, n)| (f, usize::try_from(n).unwrap_or(0))))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
     use super::*;
+    use ward_core::inject::VaultConfig;
 
     const T0: i64 = 1_795_514_400;
 
@@ -802,24 +616,26 @@ mod tests {
         (dir, s)
     }
 
+    /// A fresh key, made the store's only key.
+    fn key(s: &SqliteStore) -> Kek {
+        let k = Kek::generate().unwrap();
+        use_key(s, &k);
+        k
+    }
+
+    fn use_key(s: &SqliteStore, k: &Kek) {
+        s.keys().set(crate::keywrap::KeyRing::of(k.clone()));
+    }
+
     #[test]
     fn round_trip_and_replace() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
+        let k = key(&s);
         let put = s
-            .put_credential(
-                &k,
-                "pump-12",
-                "service",
-                "admin",
-                &secret("Factory-pw-1"),
-                T0,
-            )
+            .put_credential("pump-12", "service", "admin", &secret("Factory-pw-1"), T0)
             .unwrap();
         assert_eq!(put, PutOutcome::Created);
-        let c = s
-            .credential(&k, "pump-12", "service", Some(T0 + 5))
-            .unwrap();
+        let c = s.credential("pump-12", "service", Some(T0 + 5)).unwrap();
         assert_eq!(c.username, "admin");
         assert_eq!(c.account, "service");
         assert_eq!(c.secret.expose(), "Factory-pw-1");
@@ -827,10 +643,10 @@ mod tests {
         assert_eq!(e.last_used_unix, Some(T0 + 5));
         assert_eq!(e.key_fingerprint, k.fingerprint());
         let put = s
-            .put_credential(&k, "pump-12", "service", "svc", &secret("second"), T0 + 9)
+            .put_credential("pump-12", "service", "svc", &secret("second"), T0 + 9)
             .unwrap();
         assert_eq!(put, PutOutcome::Replaced);
-        let c = s.credential(&k, "pump-12", "service", None).unwrap();
+        let c = s.credential("pump-12", "service", None).unwrap();
         assert_eq!(
             (c.username.as_str(), c.secret.expose().as_str()),
             ("svc", "second")
@@ -839,7 +655,7 @@ mod tests {
         assert_eq!((e.created_unix, e.updated_unix), (T0, T0 + 9));
         assert!(s.remove_credential("pump-12", "service").unwrap());
         assert!(!s.remove_credential("pump-12", "service").unwrap());
-        let err = s.credential(&k, "pump-12", "service", None).unwrap_err();
+        let err = s.credential("pump-12", "service", None).unwrap_err();
         assert_eq!(
             err.to_string(),
             "no vaulted credential for pump-12/service; an admin runs `ward vault set pump-12 service`"
@@ -849,9 +665,9 @@ mod tests {
     #[test]
     fn the_database_never_holds_the_value_in_clear() {
         let (dir, s) = store();
-        let k = Kek::generate().unwrap();
+        key(&s);
         let pw = "Zq8-unique-needle-7731";
-        s.put_credential(&k, "pump-12", "service", "admin", &secret(pw), T0)
+        s.put_credential("pump-12", "service", "admin", &secret(pw), T0)
             .unwrap();
         drop(s);
         for f in ["ward.db", "ward.db-wal"] {
@@ -867,13 +683,12 @@ mod tests {
     #[test]
     fn a_wrong_key_is_named_by_fingerprint() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
+        let k = key(&s);
         let other = Kek::generate().unwrap();
-        s.put_credential(&k, "pump-12", "service", "admin", &secret("pw-one"), T0)
+        s.put_credential("pump-12", "service", "admin", &secret("pw-one"), T0)
             .unwrap();
-        let err = s
-            .credential(&other, "pump-12", "service", None)
-            .unwrap_err();
+        use_key(&s, &other);
+        let err = s.credential("pump-12", "service", None).unwrap_err();
         assert!(matches!(err, VaultError::WrongKey { .. }), "{err:?}");
         let text = err.to_string();
         assert!(text.contains(k.fingerprint()), "{text}");
@@ -884,21 +699,19 @@ mod tests {
         conn.execute("UPDATE vault SET key_fp = ?1", [other.fingerprint()])
             .unwrap();
         drop(conn);
-        let err = s
-            .credential(&other, "pump-12", "service", None)
-            .unwrap_err();
+        let err = s.credential("pump-12", "service", None).unwrap_err();
         assert!(matches!(err, VaultError::Tampered { .. }), "{err:?}");
     }
 
     #[test]
     fn a_value_moved_to_another_row_does_not_decrypt() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
-        s.put_credential(&k, "pump-12", "service", "admin", &secret("service-pw"), T0)
+        key(&s);
+        s.put_credential("pump-12", "service", "admin", &secret("service-pw"), T0)
             .unwrap();
-        s.put_credential(&k, "pump-12", "nurse", "nurse", &secret("nurse-pw"), T0)
+        s.put_credential("pump-12", "nurse", "nurse", &secret("nurse-pw"), T0)
             .unwrap();
-        s.put_credential(&k, "mri-3", "service", "admin", &secret("mri-pw"), T0)
+        s.put_credential("mri-3", "service", "admin", &secret("mri-pw"), T0)
             .unwrap();
         // Copy the service ciphertext (and nonce) onto the nurse row and onto another device.
         let conn = s.conn().unwrap();
@@ -922,7 +735,7 @@ mod tests {
             ("mri-3", "service"),
             ("pump-12", "service"),
         ] {
-            let err = s.credential(&k, device, account, None).unwrap_err();
+            let err = s.credential(device, account, None).unwrap_err();
             assert!(
                 matches!(err, VaultError::Tampered { .. }),
                 "{device}/{account}: {err:?}"
@@ -934,57 +747,62 @@ mod tests {
     }
 
     #[test]
-    fn rekey_moves_every_value_in_one_transaction() {
+    fn rewrap_moves_every_value_in_one_transaction() {
+        use crate::keywrap::{KeyRing, SecretStore};
         let (_d, s) = store();
-        let old = Kek::generate().unwrap();
+        let old = key(&s);
+        s.put_credential("pump-12", "service", "admin", &secret("a-pw"), T0)
+            .unwrap();
+        s.put_credential("mri-3", "service", "admin", &secret("b-pw"), T0)
+            .unwrap();
+        s.begin_rotation("mri-3", "service", &secret("b-new"), T0 + 1)
+            .unwrap();
         let new = Kek::generate().unwrap();
-        s.put_credential(&old, "pump-12", "service", "admin", &secret("a-pw"), T0)
-            .unwrap();
-        s.put_credential(&old, "mri-3", "service", "admin", &secret("b-pw"), T0)
-            .unwrap();
-        s.begin_rotation(&old, "mri-3", "service", &secret("b-new"), T0 + 1)
-            .unwrap();
-        assert_eq!(s.rekey(&old, &new, T0 + 2).unwrap(), 3);
+        let both = KeyRing::new(
+            std::sync::Arc::new(new.clone()),
+            vec![std::sync::Arc::new(old.clone())],
+        );
+        assert_eq!(s.rewrap_all(&both).unwrap().vault_values, 3);
         for e in s.list_credentials().unwrap() {
             assert_eq!(e.key_fingerprint, new.fingerprint());
         }
+        use_key(&s, &new);
         assert_eq!(
-            s.credential(&new, "pump-12", "service", None)
+            s.credential("pump-12", "service", None)
                 .unwrap()
                 .secret
                 .expose(),
             "a-pw"
         );
         assert_eq!(
-            s.previous_credential(&new, "mri-3", "service")
+            s.previous_credential("mri-3", "service")
                 .unwrap()
                 .unwrap()
                 .secret
                 .expose(),
             "b-pw"
         );
+        use_key(&s, &old);
         assert!(matches!(
-            s.credential(&old, "pump-12", "service", None),
+            s.credential("pump-12", "service", None),
             Err(VaultError::WrongKey { .. })
         ));
         // Again: nothing left under the old key, nothing to do.
-        assert_eq!(s.rekey(&old, &new, T0 + 3).unwrap(), 0);
-        // A value under a third key stops the whole rekey: nothing changes.
-        let third = Kek::generate().unwrap();
-        s.put_credential(
-            &third,
-            "infusion-1",
-            "service",
-            "admin",
-            &secret("c-pw"),
-            T0,
-        )
-        .unwrap();
+        assert_eq!(s.rewrap_all(&both).unwrap().total(), 0);
+        // A value under a third key stops the whole re-encryption: nothing changes.
+        let third = key(&s);
+        s.put_credential("infusion-1", "service", "admin", &secret("c-pw"), T0)
+            .unwrap();
         let newer = Kek::generate().unwrap();
-        let err = s.rekey(&new, &newer, T0 + 4).unwrap_err();
-        assert!(matches!(err, VaultError::WrongKey { .. }), "{err:?}");
+        let ring = KeyRing::new(
+            std::sync::Arc::new(newer.clone()),
+            vec![std::sync::Arc::new(new.clone())],
+        );
+        let err = s.rewrap_all(&ring).unwrap_err();
+        assert!(err.to_string().contains(third.fingerprint()), "{err}");
+        use_key(&s, &new);
         assert_eq!(
-            s.credential(&new, "pump-12", "service", None)
+            s.credential("pump-12", "service", None)
                 .unwrap()
                 .secret
                 .expose(),
@@ -995,22 +813,22 @@ mod tests {
     #[test]
     fn rotation_keeps_the_previous_value_until_commit_or_abort() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
-        s.put_credential(&k, "pump-12", "service", "admin", &secret("old-pw"), T0)
+        key(&s);
+        s.put_credential("pump-12", "service", "admin", &secret("old-pw"), T0)
             .unwrap();
-        s.begin_rotation(&k, "pump-12", "service", &secret("new-pw"), T0 + 1)
+        s.begin_rotation("pump-12", "service", &secret("new-pw"), T0 + 1)
             .unwrap();
         let e = s.credential_entry("pump-12", "service").unwrap().unwrap();
         assert!(e.pending && e.has_previous);
         assert_eq!(
-            s.credential(&k, "pump-12", "service", None)
+            s.credential("pump-12", "service", None)
                 .unwrap()
                 .secret
                 .expose(),
             "new-pw"
         );
         assert_eq!(
-            s.previous_credential(&k, "pump-12", "service")
+            s.previous_credential("pump-12", "service")
                 .unwrap()
                 .unwrap()
                 .secret
@@ -1019,12 +837,12 @@ mod tests {
         );
         // Only one rotation at a time.
         assert!(matches!(
-            s.begin_rotation(&k, "pump-12", "service", &secret("x-pw"), T0 + 2),
+            s.begin_rotation("pump-12", "service", &secret("x-pw"), T0 + 2),
             Err(VaultError::State(_))
         ));
         s.abort_rotation("pump-12", "service", T0 + 2).unwrap();
         assert_eq!(
-            s.credential(&k, "pump-12", "service", None)
+            s.credential("pump-12", "service", None)
                 .unwrap()
                 .secret
                 .expose(),
@@ -1032,14 +850,14 @@ mod tests {
         );
         let e = s.credential_entry("pump-12", "service").unwrap().unwrap();
         assert!(!e.pending && !e.has_previous && e.last_rotated_unix.is_none());
-        s.begin_rotation(&k, "pump-12", "service", &secret("new-pw2"), T0 + 3)
+        s.begin_rotation("pump-12", "service", &secret("new-pw2"), T0 + 3)
             .unwrap();
         s.commit_rotation("pump-12", "service", T0 + 4).unwrap();
         let e = s.credential_entry("pump-12", "service").unwrap().unwrap();
         assert!(!e.pending && !e.has_previous);
         assert_eq!(e.last_rotated_unix, Some(T0 + 4));
         assert!(s
-            .previous_credential(&k, "pump-12", "service")
+            .previous_credential("pump-12", "service")
             .unwrap()
             .is_none());
         assert!(matches!(
@@ -1051,16 +869,9 @@ mod tests {
     #[test]
     fn listing_never_carries_a_value() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
-        s.put_credential(
-            &k,
-            "pump-12",
-            "service",
-            "admin",
-            &secret("needle-pw-42"),
-            T0,
-        )
-        .unwrap();
+        key(&s);
+        s.put_credential("pump-12", "service", "admin", &secret("needle-pw-42"), T0)
+            .unwrap();
         let list = s.list_credentials().unwrap();
         assert_eq!(list.len(), 1);
         let json = serde_json::to_string(&list).unwrap();
@@ -1072,7 +883,7 @@ mod tests {
     #[test]
     fn names_and_values_are_checked_without_quoting_the_value() {
         let (_d, s) = store();
-        let k = Kek::generate().unwrap();
+        key(&s);
         for (d, a) in [
             ("pump 12", "service"),
             ("pump-12", "Service"),
@@ -1081,7 +892,7 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    s.put_credential(&k, d, a, "admin", &secret("pw"), T0),
+                    s.put_credential(d, a, "admin", &secret("pw"), T0),
                     Err(VaultError::Invalid(_))
                 ),
                 "{d}/{a}"
@@ -1089,7 +900,6 @@ mod tests {
         }
         let err = s
             .put_credential(
-                &k,
                 "pump-12",
                 "service",
                 "admin",
@@ -1099,7 +909,7 @@ mod tests {
             .unwrap_err();
         assert!(!err.to_string().contains("break-secret"));
         assert!(s
-            .put_credential(&k, "pump-12", "service", "admin", &secret(""), T0)
+            .put_credential("pump-12", "service", "admin", &secret(""), T0)
             .is_err());
         assert!(s.list_credentials().unwrap().is_empty());
     }

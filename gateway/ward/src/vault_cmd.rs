@@ -93,11 +93,23 @@ impl Host {
         Ok(ward_store::store::SqliteStore::open(&self.state_dir)?)
     }
 
-    fn key(&self, create: bool) -> anyhow::Result<Option<Kek>> {
+    /// The store's key ring as `[vault]` names it (the key and what a crashed rotation left
+    /// beside it), set on `db`.
+    fn keys(
+        &self,
+        db: &ward_store::store::SqliteStore,
+        create: bool,
+    ) -> anyhow::Result<Option<std::sync::Arc<ward_store::keywrap::KeyRing>>> {
         let source = Kek::source(&self.vault, &self.state_dir);
-        source
-            .load(create)
-            .with_context(|| format!("the vault key ({source})"))
+        let ring = source
+            .load_ring(create)
+            .with_context(|| format!("the key-encryption key ({source})"))?;
+        Ok(ring
+            .map(|r| {
+                db.keys().set(r);
+                db.keys().get().ok()
+            })
+            .flatten())
     }
 }
 
@@ -204,7 +216,7 @@ pub async fn run(cmd: VaultCommand) -> anyhow::Result<ExitCode> {
                 }
             }
             let db = host.store()?;
-            let kek = host.key(true)?.context("no vault key")?;
+            let kek = host.keys(&db, true)?.context("no key-encryption key")?;
             let username = match user {
                 Some(u) => u,
                 None => db
@@ -212,7 +224,7 @@ pub async fn run(cmd: VaultCommand) -> anyhow::Result<ExitCode> {
                     .map(|e| e.username)
                     .unwrap_or_else(|| account.clone()),
             };
-            db.put_credential(&kek, &device, &account, &username, &secret, now)?;
+            db.put_credential(&device, &account, &username, &secret, now)?;
             drop(secret);
             println!(
                 "vaulted {}/{} (user {}, key {}); a running gateway uses it for the next session",
@@ -310,8 +322,8 @@ fn rekey(host: &Host, new_key_file: &Path, now: i64) -> anyhow::Result<ExitCode>
         .context("rekey needs the gateway stopped")?;
     let db = host.store()?;
     let old_source = Kek::source(&host.vault, &host.state_dir);
-    let Some(old) = host.key(false)? else {
-        bail!("there is no vault key at {old_source}: nothing is vaulted under it, nothing to re-encrypt");
+    let Some(old) = host.keys(&db, false)? else {
+        bail!("there is no key-encryption key at {old_source}: nothing is sealed under it, nothing to re-encrypt");
     };
     let new = Kek::from_file(new_key_file, true)
         .with_context(|| format!("the new key ({})", new_key_file.display()))?
@@ -323,9 +335,12 @@ fn rekey(host: &Host, new_key_file: &Path, now: i64) -> anyhow::Result<ExitCode>
             old.fingerprint()
         );
     }
-    let n = db.rekey(&old, &new, now)?;
+    let _ = now;
+    let ring = old.with_current(std::sync::Arc::new(new.clone()));
+    let done = ward_store::keywrap::SecretStore::rewrap_all(&db, &ring)?;
+    let n = done.total();
     println!(
-        "re-encrypted {n} value(s) from key {} to key {}",
+        "re-encrypted {n} value(s) (vault values and TOTP seeds) from key {} to key {}",
         old.fingerprint(),
         new.fingerprint()
     );

@@ -93,6 +93,10 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let clock = FixedClock::new(now());
         let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        // TOTP seeds are sealed under the store's key-encryption key.
+        store.keys().set(ward_store::keywrap::KeyRing::of(
+            ward_store::keywrap::Kek::generate().unwrap(),
+        ));
         let mut config = Config::parse(ward_core::config::SAMPLE_CONFIG, "ward.toml").unwrap();
         // Clinicians log in without TOTP here (the sample's break-glass devices would require
         // it), so a password-only login can be shown.

@@ -21,6 +21,7 @@ use super::{Caller, Context, Refusal, Role};
 use crate::audit::Event;
 use crate::gateway::Shared;
 use crate::store_async::AsyncVaultStore;
+use ward_store::keywrap::{KeyHandle, KeyRing, Rewrapped, SecretStore};
 use ward_store::vault::{Kek, KeySource, PutOutcome, VaultEntry, VaultError, VaultStore};
 
 /// Changes a device's password through its console, and checks a login. The gateway's telnet
@@ -115,53 +116,45 @@ impl DeviceRotator for TelnetRotator {
     }
 }
 
-/// The vault key as the gateway holds it: loaded at start when it exists, created by the first
-/// `set` otherwise (the default key file).
+/// The store's key-encryption key as the vault service sees it: the store's shared
+/// [`KeyHandle`] (a `ward keys rotate --kek` swaps the ring in it) and where the key lives.
 pub struct VaultKeys {
     source: KeySource,
-    kek: Mutex<Option<Kek>>,
+    handle: KeyHandle,
 }
 
 impl VaultKeys {
-    /// The key `[vault]` names, relative to `state_dir`: read now if it exists (a key that exists
-    /// but cannot be read, or an unset `key_env`, is an error).
-    pub fn open(config: &VaultConfig, state_dir: &Path) -> Result<VaultKeys, VaultError> {
-        let source = Kek::source(config, state_dir);
-        let kek = source.load(false)?;
-        Ok(VaultKeys {
-            source,
-            kek: Mutex::new(kek),
-        })
+    /// Over the store's handle, with the key at `source`.
+    pub fn new(source: KeySource, handle: KeyHandle) -> VaultKeys {
+        VaultKeys { source, handle }
     }
 
     /// Over a given key (tests, host-side commands).
     pub fn with_key(kek: Kek) -> VaultKeys {
         VaultKeys {
             source: KeySource::Env("(given)".into()),
-            kek: Mutex::new(Some(kek)),
+            handle: KeyHandle::with(KeyRing::of(kek)),
         }
     }
 
-    /// The key; with `create`, made (and written) if there is none yet. A key file that did not
-    /// exist at start is looked for again.
-    pub fn get(&self, create: bool) -> Result<Option<Kek>, VaultError> {
-        let mut held = self
-            .kek
-            .lock()
-            .map_err(|_| VaultError::Key("the key's lock was poisoned".into()))?;
-        // Not there at start: made since by a host-side `ward vault set`, or made now.
-        if held.is_none() {
-            *held = self.source.load(create)?;
-        }
-        Ok(held.clone())
+    /// The current ring.
+    pub fn get(&self) -> Result<Arc<KeyRing>, VaultError> {
+        Ok(self.handle.get()?)
     }
 
-    /// The key's fingerprint, when there is a key.
+    /// The current key's fingerprint, when there is a key.
     pub fn fingerprint(&self) -> Option<String> {
-        self.kek
-            .lock()
-            .ok()
-            .and_then(|k| k.as_ref().map(|k| k.fingerprint().to_owned()))
+        self.handle.fingerprint()
+    }
+
+    /// Where the key lives.
+    pub fn source(&self) -> &KeySource {
+        &self.source
+    }
+
+    /// The shared handle.
+    pub fn handle(&self) -> &KeyHandle {
+        &self.handle
     }
 }
 
@@ -176,6 +169,12 @@ pub struct Vault {
     /// The entries a rotation is running on (one at a time per entry; `set` and `remove` wait
     /// their turn by being refused).
     pub rotating: Rotating,
+    /// Every secret in the store, for `ward keys` (none in tests that need no rotation).
+    pub secrets: Option<Arc<dyn SecretStore>>,
+    /// What the key step of the start did.
+    pub at_start: StartKeys,
+    /// Held by a running `ward keys rotate --kek` (one at a time).
+    pub kek_rotation: tokio::sync::Mutex<()>,
 }
 
 /// The (device, account) entries being rotated.
@@ -251,17 +250,8 @@ pub(crate) async fn credential(
         device: device.to_owned(),
         account: account.to_owned(),
     };
-    let kek = match vault.keys.get(false) {
-        Ok(Some(k)) => k,
-        Ok(None) => return Err(not_vaulted()),
-        Err(e) => return Err(VaultRefusal::Unavailable(e.to_string())),
-    };
     let now = shared.clock.now().unix_timestamp();
-    match vault
-        .store
-        .credential(&kek, device, account, Some(now))
-        .await
-    {
+    match vault.store.credential(device, account, Some(now)).await {
         Ok(c) => Ok(c),
         Err(VaultError::NotFound { .. }) => Err(not_vaulted()),
         Err(e @ (VaultError::WrongKey { .. } | VaultError::Tampered { .. })) => {
@@ -386,15 +376,10 @@ impl VaultService {
             let username = username
                 .or_else(|| existing.map(|e| e.username))
                 .unwrap_or_else(|| account.clone());
-            let kek = self
-                .vault
-                .keys
-                .get(true)?
-                .ok_or_else(|| VaultError::Key("no vault key".into()))?;
             let outcome = self
                 .vault
                 .store
-                .put_credential(&kek, &device, &account, &username, &secret, now)
+                .put_credential(&device, &account, &username, &secret, now)
                 .await?;
             let entry = self
                 .vault
@@ -595,8 +580,6 @@ impl VaultService {
                 account: account.to_owned(),
             })
         };
-        let kek = self.vault.keys.get(false).map_err(refusal)?;
-        let kek = kek.ok_or_else(not_found)?;
         let entry = store
             .credential_entry(device_id, account)
             .await
@@ -606,7 +589,7 @@ impl VaultService {
         if entry.pending {
             // An earlier rotation did not finish: settle it on what the device accepts first.
             let settled = self
-                .settle(&*rotator, &device, &profile, &kek, device_id, account)
+                .settle(&*rotator, &device, &profile, device_id, account)
                 .await?;
             if settled == Settled::Neither {
                 return Err(Refusal::Unavailable(format!(
@@ -617,13 +600,13 @@ impl VaultService {
             }
         }
         let old = store
-            .credential(&kek, device_id, account, Some(now()))
+            .credential(device_id, account, Some(now()))
             .await
             .map_err(refusal)?;
         let new = generate_password();
         // Stored before the device is changed: whatever happens next, the vault knows it.
         store
-            .begin_rotation(&kek, device_id, account, &new, now())
+            .begin_rotation(device_id, account, &new, now())
             .await
             .map_err(|e| {
                 Refusal::Unavailable(format!(
@@ -676,7 +659,7 @@ impl VaultService {
         drop(old);
         drop(new_cred);
         match self
-            .settle(&*rotator, &device, &profile, &kek, device_id, account)
+            .settle(&*rotator, &device, &profile, device_id, account)
             .await?
         {
             Settled::Previous => Err(Refusal::Unavailable(format!(
@@ -708,14 +691,13 @@ impl VaultService {
         rotator: &dyn DeviceRotator,
         device: &Device,
         profile: &LoginProfile,
-        kek: &Kek,
         device_id: &str,
         account: &str,
     ) -> Result<Settled, Refusal> {
         let store = &self.vault.store;
         let now = self.ctx.clock.now().unix_timestamp();
         if let Some(prev) = store
-            .previous_credential(kek, device_id, account)
+            .previous_credential(device_id, account)
             .await
             .map_err(refusal)?
         {
@@ -728,7 +710,7 @@ impl VaultService {
             }
         }
         let current = store
-            .credential(kek, device_id, account, None)
+            .credential(device_id, account, None)
             .await
             .map_err(refusal)?;
         if rotator.login_check(device, &current, profile).await.is_ok() {
@@ -749,28 +731,108 @@ enum Settled {
     Neither,
 }
 
-/// The `[vault]` key step of the gateway's start: the key (when it exists yet) and the table
-/// (served off the async workers). Warns, naming fingerprints, when stored values are sealed under
-/// another key or the key is missing: sessions that inject them would be refused.
-pub fn open_vault<S: VaultStore + 'static>(
+/// The key step of the gateway's start: the store's key-encryption key (`[vault] key_file` /
+/// `key_env`, default `<state_dir>/vault.key`, created 0600 at the first start) set on the
+/// store, then what a crashed `ward keys rotate --kek` or an upgrade left finished: values under
+/// an older key (kept beside the key file) and plaintext TOTP seeds of an older store are sealed
+/// under the current key in one transaction ([`Vault::at_start`] says how many; the gateway
+/// audits it). Warns, naming fingerprints, when stored values are sealed under a key the gateway
+/// does not hold: sessions that inject them, and logins that need such a seed, are refused.
+pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     config: &VaultConfig,
     state_dir: &Path,
     db: &Arc<S>,
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
-    let keys = VaultKeys::open(config, state_dir)?;
+    let source = KeySource::of(config, state_dir);
+    // The key itself (unset key_env, lax mode, garbage, a key file gone from under sealed
+    // values): fail closed.
+    let ring = ward_store::keywrap::load_store_keys(&**db, &source)?;
+    // What a crash or an upgrade left: values under a key the gateway does not hold are refused
+    // one by one (named), the gateway still starts.
+    let (at_start, warning) = match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
+        Ok(done) => (done, None),
+        Err(e) => (Rewrapped::default(), Some(e.to_string())),
+    };
+    if let Some(w) = &warning {
+        tracing::warn!(event = "kek_finish_failed", "{w}");
+    }
+    if at_start.plaintext_seeds_sealed > 0 {
+        tracing::info!(
+            event = "totp_seeds_sealed",
+            seeds = at_start.plaintext_seeds_sealed,
+            "sealed the plaintext TOTP seeds of an older store under the key-encryption key"
+        );
+    }
+    if at_start.vault_values + at_start.totp_seeds > 0 {
+        tracing::warn!(
+            event = "kek_rotation_finished",
+            vault_values = at_start.vault_values,
+            totp_seeds = at_start.totp_seeds,
+            "finished a key-encryption key rotation a crash interrupted"
+        );
+    }
+    let keys = VaultKeys::new(source, db.key_handle());
     let entries = db.list_credentials()?;
     if let Some(warning) = key_warning(keys.fingerprint().as_deref(), &entries) {
         tracing::warn!(event = "vault_key_mismatch", "{warning}");
     } else if let Some(fp) = keys.fingerprint() {
-        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, values = entries.len(), "vault key loaded");
+        tracing::info!(event = "vault_key_loaded", fingerprint = %fp, values = entries.len(), "key-encryption key loaded");
     }
+    let secrets: Arc<dyn SecretStore> = db.clone();
     Ok(Arc::new(Vault {
         keys,
         store: crate::store_async::OffThread::new(db.clone()),
         rotator: Some(rotator),
         rotating: Rotating::default(),
+        secrets: Some(secrets),
+        at_start: StartKeys {
+            rewrapped: at_start,
+            warning,
+        },
+        kek_rotation: Default::default(),
     }))
+}
+
+/// What the key step of the start did, for the start's audit events.
+#[derive(Debug, Clone, Default)]
+pub struct StartKeys {
+    /// Values sealed or re-encrypted.
+    pub rewrapped: Rewrapped,
+    /// Why finishing failed (values under a key the gateway does not hold), if it did.
+    pub warning: Option<String>,
+}
+
+impl Vault {
+    /// The audit events for what the key step of the start did (none when it did nothing).
+    pub fn start_events(&self, now: time::OffsetDateTime) -> Vec<Event> {
+        let mut out = Vec::new();
+        let fp = self.keys.fingerprint().unwrap_or_default();
+        let r = &self.at_start.rewrapped;
+        if r.plaintext_seeds_sealed > 0 {
+            out.push(
+                Event::new("totp_seeds_sealed", "success", now)
+                    .detail("kek", fp.as_str())
+                    .detail("seeds", r.plaintext_seeds_sealed),
+            );
+        }
+        if r.vault_values + r.totp_seeds > 0 {
+            out.push(
+                Event::new("kek_rotation_finished", "success", now)
+                    .detail("kek", fp.as_str())
+                    .detail("vault_values", r.vault_values)
+                    .detail("totp_seeds", r.totp_seeds),
+            );
+        }
+        if let Some(w) = &self.at_start.warning {
+            out.push(
+                Event::new("kek_rotation_finished", "failure", now)
+                    .detail("kek", fp.as_str())
+                    .reason(w.clone()),
+            );
+        }
+        out
+    }
 }
 
 /// What is wrong between the key at hand and the stored values' fingerprints, if anything.
@@ -910,11 +972,15 @@ mod tests {
             live: Arc::new(Live(Arc::new(config))),
         };
         let kek = Kek::generate().unwrap();
+        db.keys().set(KeyRing::of(kek.clone()));
         let vault = Arc::new(Vault {
-            keys: VaultKeys::with_key(kek.clone()),
+            keys: VaultKeys::new(KeySource::Env("(given)".into()), db.keys().clone()),
             store: OffThread::new(db.clone()),
             rotator,
             rotating: Rotating::default(),
+            secrets: Some(db.clone()),
+            at_start: StartKeys::default(),
+            kek_rotation: Default::default(),
         });
         Fx {
             service: VaultService::new(ctx, vault),
@@ -934,7 +1000,7 @@ mod tests {
         fn current(&self) -> String {
             use ward_store::vault::VaultStore;
             self.db
-                .credential(&self.kek, "pump-12", "service", None)
+                .credential("pump-12", "service", None)
                 .unwrap()
                 .secret
                 .expose()
@@ -1193,10 +1259,13 @@ mod tests {
             service: VaultService::new(
                 fx.service.ctx.clone(),
                 Arc::new(Vault {
-                    keys: VaultKeys::with_key(fx.kek.clone()),
+                    keys: VaultKeys::new(KeySource::Env("(given)".into()), fx.db.keys().clone()),
                     store: OffThread::new(fx.db.clone()),
                     rotator: Some(device2.clone()),
                     rotating: Rotating::default(),
+                    secrets: Some(fx.db.clone()),
+                    at_start: StartKeys::default(),
+                    kek_rotation: Default::default(),
                 }),
             ),
             ..fx
