@@ -785,6 +785,7 @@ struct RawConfig {
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
     audit: audit::RawAudit,
+    #[serde(default)]
     recording: recording::RawRecording,
     #[serde(default)]
     review: review::RawReview,
