@@ -177,6 +177,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
 # recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
 
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
+
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
 # name = "hospital"
@@ -193,12 +199,6 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
-
-# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
-# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
-# must play them: the gateway host can then read them (docs/recording-format.md).
-# [review]
-# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
