@@ -349,6 +349,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 0,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut rec = Vec::new();
         let mut enc =
