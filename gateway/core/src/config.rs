@@ -165,11 +165,18 @@ consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, 
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
 
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
+
 # Recordings encrypted at rest to the security team's age keys (docs/recording-format.md). Without
 # a recipient they are stored in plain text and the gateway warns at start.
 # [recording]
 # recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
 # recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+
 # Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
 # (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
 # [audit]
@@ -192,12 +199,6 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
-
-# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
-# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
-# must play them: the gateway host can then read them (docs/recording-format.md).
-# [review]
-# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
