@@ -10,12 +10,16 @@
 // size costs nothing measurable; boxing it would only put the public fields behind a pointer.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod inject;
 mod oidc;
 mod recording;
+mod review;
+pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 pub use recording::RecordingConfig;
+pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -166,6 +170,11 @@ max_session = "8h"                 # ...and this long after sign-in
 # [recording]
 # recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
 # recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
+# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
+# [audit]
+# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
+# anchor_ca_file = "/etc/ward/collector-ca.pem"
 
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
@@ -183,6 +192,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -490,6 +505,11 @@ pub struct Config {
     pub oidc: Vec<OidcProvider>,
     /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
     pub recording: RecordingConfig,
+    /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
+    /// default).
+    pub review: ReviewConfig,
+    /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
+    pub audit: AuditConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -655,6 +675,7 @@ impl Config {
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
         let recording = cx.recording(raw.recording)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -666,6 +687,7 @@ impl Config {
                 )),
             });
         }
+        let audit = cx.audit(raw.audit)?;
         Ok(Config {
             gateway,
             devices,
@@ -678,6 +700,8 @@ impl Config {
             web,
             oidc,
             recording,
+            review,
+            audit,
         })
     }
 
@@ -694,6 +718,14 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self
+            .review
+            .identity_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *path = base.join(&*path);
         }
     }
 
@@ -752,6 +784,10 @@ struct RawConfig {
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
     recording: recording::RawRecording,
+    #[serde(default)]
+    review: review::RawReview,
+    #[serde(default)]
+    audit: audit::RawAudit,
 }
 
 #[derive(Deserialize, Default)]

@@ -54,6 +54,9 @@ pub enum EvidenceError {
     /// The audit log has nothing (signed) about the sessions.
     #[error("{0}")]
     NoSlice(String),
+    /// age encryption or decryption failed.
+    #[error("age: {0}")]
+    Age(String),
     /// Not an Ed25519 public key in SPKI PEM.
     #[error("not an Ed25519 public key in PEM (SubjectPublicKeyInfo): {0}")]
     BadPem(String),
@@ -190,6 +193,39 @@ pub fn parse_spki_pem(text: &str) -> Result<[u8; 32], EvidenceError> {
         .ok_or_else(|| EvidenceError::BadPem("not an Ed25519 key".into()))?;
     key.try_into()
         .map_err(|_| EvidenceError::BadPem("wrong length".into()))
+}
+
+/// Age identities, as [`crate::sealed::load_identities`] reads them from an identity file.
+pub type Identities = Vec<Box<dyn age::Identity + Send + Sync>>;
+
+/// `plaintext` as an age file encrypted to `recipient` (`age1…`): what `age -d -i KEY` opens.
+/// For re-encrypted payloads (`payload/<id>.age`).
+pub fn age_encrypt(recipient: &str, plaintext: &[u8]) -> Result<Vec<u8>, EvidenceError> {
+    use std::io::Write as _;
+    let r = crate::sealed::parse_recipient(recipient).map_err(EvidenceError::Age)?;
+    let enc = age::Encryptor::with_recipients(std::iter::once(&r as &dyn age::Recipient))
+        .map_err(|e| EvidenceError::Age(e.to_string()))?;
+    let mut out = Vec::with_capacity(plaintext.len() + 256);
+    let mut w = enc
+        .wrap_output(&mut out)
+        .map_err(|e| EvidenceError::Age(e.to_string()))?;
+    w.write_all(plaintext)
+        .and_then(|()| w.finish().map(|_| ()))
+        .map_err(|e| EvidenceError::Age(e.to_string()))?;
+    Ok(out)
+}
+
+/// The plaintext of an age file, with the first of `identities` that opens it.
+pub fn age_decrypt(file: &[u8], identities: &Identities) -> Result<Vec<u8>, EvidenceError> {
+    use std::io::Read as _;
+    let d = age::Decryptor::new_buffered(file).map_err(|e| EvidenceError::Age(e.to_string()))?;
+    let mut r = d
+        .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
+        .map_err(|e| EvidenceError::Age(e.to_string()))?;
+    let mut out = Vec::new();
+    r.read_to_end(&mut out)
+        .map_err(|e| EvidenceError::Age(format!("the age file is damaged: {e}")))?;
+    Ok(out)
 }
 
 /// Where a slice lies in the audit log.
@@ -636,6 +672,23 @@ mod tests {
         assert!(!verify_sums(&signer.public_key(), &sums, &sig[..63]));
         // A checkpoint message is never signed through this door.
         assert!(sign_sums(&signer, b"ward-audit-checkpoint-v1\x01\0\0\0\0\0\0\0").is_err());
+    }
+
+    #[test]
+    fn age_round_trip() {
+        let id = age::x25519::Identity::generate();
+        let recipient = id.to_public().to_string();
+        let file = age_encrypt(&recipient, b"records").unwrap();
+        let ids: Vec<Box<dyn age::Identity + Send + Sync>> = vec![Box::new(id)];
+        assert_eq!(age_decrypt(&file, &ids).unwrap(), b"records");
+        let other: Vec<Box<dyn age::Identity + Send + Sync>> =
+            vec![Box::new(age::x25519::Identity::generate())];
+        assert!(age_decrypt(&file, &other).is_err());
+        let mut bad = file.clone();
+        let n = bad.len() - 3;
+        bad[n] ^= 1;
+        assert!(age_decrypt(&bad, &ids).is_err());
+        assert!(age_encrypt("age1nope", b"x").is_err());
     }
 
     #[test]

@@ -71,10 +71,14 @@ pub struct Services {
     pub live: LiveService,
     /// The credential vault.
     pub vault: VaultService,
+    /// The store's key-encryption key.
+    pub keys: crate::services::keys::KeysService,
     /// Certificate pins of devices that speak TLS.
     pub(crate) pins: PinService,
     /// `ward login --sso`: CLI logins a signed-in browser approves.
     pub sso_cli: SsoCliService,
+    /// The signing keys: the list, and rotation.
+    pub signing: crate::services::signing::SigningService,
 }
 
 impl Services {
@@ -95,12 +99,18 @@ impl Services {
             sso_cli: SsoCliService::new(ctx.clone(), shared.sso_cli.clone(), login),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
             vault: VaultService::new(ctx.clone(), shared.vault.clone()),
+            keys: crate::services::keys::KeysService::new(ctx.clone(), shared.vault.clone()),
             pins: PinService::new(
                 ctx.clone(),
                 shared.pins.clone(),
                 shared.limits().device_connect_timeout,
             ),
             live: LiveService::new(ctx.clone(), Arc::new(GatewayState(shared.clone()))),
+            signing: crate::services::signing::SigningService::new(
+                ctx.clone(),
+                shared.keys.clone(),
+                shared.audit.clone(),
+            ),
             devices: DeviceService::new(ctx),
         }
     }
@@ -289,9 +299,28 @@ pub(crate) async fn request(
             let answer = pin_device(&services, caller, p).await;
             gated(shared, answer).await
         }
+        Request::SigningKeys(op) => {
+            let answer = match op {
+                frame::SigningKeysOp::List => {
+                    answer(services.signing.list(caller).await, |k| Response::Ok {
+                        message: String::from_utf8_lossy(&k.to_jsonl()).into_owned(),
+                    })
+                }
+                frame::SigningKeysOp::Rotate => {
+                    answer(services.signing.rotate(caller).await, |r| Response::Ok {
+                        message: format!(
+                            "signing key rotated: {} retired, {} signs from now on",
+                            r.old_key_id, r.new_key_id
+                        ),
+                    })
+                }
+            };
+            gated(shared, answer).await
+        }
         Request::Open { .. }
         | Request::Access(_)
         | Request::Vault(_)
+        | Request::Keys(_)
         | Request::Live(_)
         | Request::Review(_)
         | Request::SsoStart(_)
@@ -622,6 +651,32 @@ async fn vault_answer(s: &Services, caller: Caller<'_>, op: VaultOp) -> Answer {
                 None => Response::Ok { message: r.message },
             },
         )),
+    }
+}
+
+/// Answers a [`ward_core::frame::KeysOp`]: JSON lines (one per key for `status`, one for the
+/// rotation).
+pub(crate) async fn keys_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: ward_core::frame::KeysOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    let answer = match op {
+        ward_core::frame::KeysOp::Status => {
+            listing(services.keys.status(caller).await, "keys", |v| v)
+        }
+        ward_core::frame::KeysOp::RotateKek => {
+            listing(services.keys.rotate_kek(caller).await, "keys", |r| vec![r])
+        }
+    };
+    match answer {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
     }
 }
 

@@ -218,7 +218,7 @@ impl SessionRecorder {
         // task runs; the entry goes when the task ends (the recording is sealed, or failed).
         let live = encoder
             .live_unsealer()
-            .map(|u| LiveKey::insert(&meta.session_id, u));
+            .map(|u| crate::unseal::live_keys().register(&meta.session_id, u));
         let sink = sink.clone();
         let id = meta.session_id.clone();
         // Created, its room reserved and its header written before the session may start (fail
@@ -311,44 +311,6 @@ impl SessionRecorder {
             index.close(end, outcome.clone(), ops).await;
         }
         outcome
-    }
-}
-
-/// The file keys of the encrypted recordings being written, by session id: live watch opens a
-/// running session's sealed records with them. An entry lives as long as its recorder task, so
-/// the gateway holds no key of a finished recording.
-static LIVE_KEYS: std::sync::LazyLock<
-    std::sync::Mutex<std::collections::HashMap<String, Arc<ward_recording::sealed::Unsealer>>>,
-> = std::sync::LazyLock::new(Default::default);
-
-/// The key of the encrypted recording of live session `session_id`, while it is recorded.
-pub fn live_unsealer(session_id: &str) -> Option<Arc<ward_recording::sealed::Unsealer>> {
-    LIVE_KEYS
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(session_id)
-        .cloned()
-}
-
-/// A [`LIVE_KEYS`] entry, removed when dropped.
-struct LiveKey(String);
-
-impl LiveKey {
-    fn insert(session_id: &str, u: ward_recording::sealed::Unsealer) -> LiveKey {
-        LIVE_KEYS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(session_id.to_string(), Arc::new(u));
-        LiveKey(session_id.to_string())
-    }
-}
-
-impl Drop for LiveKey {
-    fn drop(&mut self) {
-        LIVE_KEYS
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.0);
     }
 }
 
@@ -937,7 +899,11 @@ mod tests {
         let (forwarded, refusal, rec) =
             record_until_refused_to(&disk, &signer, &[id.to_public()]).await;
         assert!(refusal.to_string().contains("no room"), "{refusal}");
+        // Live watch opens it with the recorder's key while it is written, and only then.
+        let sid = meta().session_id;
+        assert!(crate::unseal::live_keys().get(&sid).is_some());
         assert!(rec.finish(end()).await.unwrap_err().contains("sealed"));
+        assert!(crate::unseal::live_keys().get(&sid).is_none());
         let d = disk.0.lock().unwrap();
         assert_eq!(d.beyond, 0, "every write landed in reserved room");
         let report = ward_recording::verify(&d.file, &signer.public_key());

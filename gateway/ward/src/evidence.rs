@@ -933,7 +933,7 @@ pub fn verify(bundle: &[u8], trust: &Trust, opener: Option<&dyn PayloadOpener>) 
 
 /// Sealed segments without a key: each payload file must be, byte for byte, the age file made of
 /// the recording's header and its sealed record (so it is covered by the recording's chain).
-fn check_segments(recording: &[u8], files: &[&[u8]]) -> Result<String, String> {
+pub fn check_segments(recording: &[u8], files: &[&[u8]]) -> Result<String, String> {
     let expected = segments_of(recording)?;
     if expected.len() != files.len() {
         return Err(format!(
@@ -957,9 +957,75 @@ fn check_segments(recording: &[u8], files: &[&[u8]]) -> Result<String, String> {
     ))
 }
 
-/// The standalone age files of a recording's sealed segments.
-pub fn segments_of(_recording: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    Ok(Vec::new())
+/// The standalone age files of a recording's sealed segments (none for a plain recording).
+pub fn segments_of(recording: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    ward_recording::sealed::age_files(recording).map_err(|e| e.to_string())
+}
+
+/// What a re-encrypted payload holds for `recording`: its records, sealed ones opened with
+/// `unsealer`, as JSON lines (`ward export --format jsonl`).
+pub fn reencrypted_plaintext(
+    recording: &[u8],
+    unsealer: &ward_recording::sealed::Unsealer,
+) -> Result<Vec<u8>, String> {
+    let records = ward_recording::read_all(recording).map_err(|e| e.to_string())?;
+    let open =
+        ward_recording::sealed::open_records(records, Some(unsealer)).map_err(|e| e.to_string())?;
+    Ok(ward_recording::export::json_lines(&open))
+}
+
+/// A re-encrypted payload's plaintext (JSON lines) against its recording, without the
+/// recording's key: the plaintext records (meta, checkpoints, end) must be the recording's own,
+/// in order; the data lines are counted. Returns what it found.
+pub fn check_reencrypted(recording: &[u8], plaintext: &[u8]) -> Result<String, String> {
+    let records = ward_recording::read_all(recording).map_err(|e| e.to_string())?;
+    let plain: Vec<ward_recording::Record> = records
+        .into_iter()
+        .filter(|r| !matches!(r, ward_recording::Record::Sealed { .. }))
+        .collect();
+    let want: Vec<serde_json::Value> = ward_recording::export::json_lines(&plain)
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| serde_json::from_slice::<serde_json::Value>(l).ok())
+        .map(strip_ordinal)
+        .collect();
+    let mut got = Vec::new();
+    let (mut up, mut down, mut events) = (0u64, 0u64, 0u64);
+    for (i, line) in plaintext
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+    {
+        let v: serde_json::Value = serde_json::from_slice(line)
+            .map_err(|e| format!("line {} of the decrypted payload is not JSON: {e}", i + 1))?;
+        match v.get("type").and_then(|t| t.as_str()) {
+            Some("data") => {
+                let n = v.get("len").and_then(|n| n.as_u64()).unwrap_or(0);
+                match v.get("dir").and_then(|d| d.as_str()) {
+                    Some("up") => up += n,
+                    _ => down += n,
+                }
+            }
+            Some("event") => events += 1,
+            Some("sealed") => return Err("the payload still holds a sealed record".into()),
+            _ => got.push(strip_ordinal(v)),
+        }
+    }
+    if got != want {
+        return Err("its meta, checkpoint and end records are not the recording's (another recording's payload, or altered)".into());
+    }
+    Ok(format!(
+        "decrypted: the recording's meta, {} checkpoint/end records, {up} bytes up, {down} down, {events} events",
+        want.len().saturating_sub(1)
+    ))
+}
+
+/// A JSON lines record without its ordinal (the payload's ordinals count the opened records).
+fn strip_ordinal(mut v: serde_json::Value) -> serde_json::Value {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("record");
+    }
+    v
 }
 
 #[cfg(test)]

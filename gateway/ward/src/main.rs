@@ -2,7 +2,10 @@
 #![forbid(unsafe_code)]
 
 mod access_cmd;
+mod audit_cmd;
 mod ca_cmd;
+mod evidence_cmd;
+mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
 mod show;
@@ -77,6 +80,10 @@ enum Command {
     /// Verify recordings and the audit log; print the gateway's signing key.
     #[command(subcommand)]
     Audit(review_cmd::AuditCommand),
+    /// Evidence bundles: export sessions with their audit trail, keys and a signed manifest into
+    /// one file; verify one anywhere without the gateway.
+    #[command(subcommand)]
+    Evidence(evidence_cmd::EvidenceCommand),
     /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -107,6 +114,10 @@ enum Command {
     /// remove, rotate, rekey. Passwords are never arguments and never printed.
     #[command(subcommand)]
     Vault(vault_cmd::VaultCommand),
+    /// The key-encryption key that seals the store's secrets (vault values, TOTP seeds):
+    /// status, and online rotation (admins).
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 #[derive(Debug, Args)]
@@ -389,6 +400,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Export(args) => runtime()?.block_on(review_cmd::export(args)),
         Command::Ops(args) => runtime()?.block_on(review_cmd::ops(args)),
         Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
+        Command::Evidence(cmd) => runtime()?.block_on(evidence_cmd::run(cmd)),
         Command::Login(args) => client_runtime()?.block_on(access_cmd::login(args)),
         Command::Request(args) => client_runtime()?.block_on(access_cmd::request(args)),
         Command::Live(args) => client_runtime()?.block_on(live_cmd::live(args)),
@@ -400,6 +412,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Revoke(args) => client_runtime()?.block_on(access_cmd::revoke(args)),
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
         Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
+        Command::Keys(cmd) => client_runtime()?.block_on(keys_cmd::run(cmd)),
     }
 }
 

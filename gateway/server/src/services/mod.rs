@@ -30,12 +30,14 @@ use crate::audit::{AuditLog, Event};
 
 pub mod access;
 pub mod devices;
+pub mod keys;
 pub mod live;
 pub mod locks;
 pub mod login;
 pub(crate) mod pins;
 pub mod principal;
 pub mod review;
+pub mod signing;
 pub mod sso;
 pub mod users;
 pub mod vault;

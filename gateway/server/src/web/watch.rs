@@ -10,6 +10,11 @@
 //! - `end`: `{"reason": …}` when the recording ends (the session's end reason), when the watch
 //!   reached `[web] max_session`, or when the recording can no longer be read. The stream closes
 //!   after it, and as soon as the browser goes away.
+//!
+//! An encrypted recording (`[recording] recipients`) is opened as it is tailed with the key its
+//! recorder holds while it writes it ([`crate::unseal::live_keys`]: in memory only, gone when the
+//! session ends), or the gateway's reviewer identity (`[review] identity_file`). Without either
+//! the watch ends with an `end` event saying how to replay the recording with the CLI.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
@@ -44,7 +49,8 @@ async fn watch(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let store = state.review().watch(&authed.reviewer(), &id).await?;
     let limit = state.shared.config().web.max_session;
-    let tail = Tail::new(store, id, Instant::now() + limit);
+    let opener = crate::unseal::Opener::live(state.review().identity(), &id);
+    let tail = Tail::new(store, id, Instant::now() + limit).opening(opener);
     let stream = futures::stream::unfold(tail, |mut tail| async move {
         let ev = tail.next_event().await?;
         Some((Ok(ev), tail))
@@ -80,8 +86,10 @@ struct Feed {
     dirty: bool,
     /// Why the watch ends, once known.
     end: Option<String>,
-    /// The recording's session id (from its meta): the key of a live encrypted recording.
-    session_id: String,
+    /// Opens encrypted records.
+    opener: crate::unseal::Opener,
+    /// The watch ends because an encrypted record could not be opened (the session goes on).
+    encrypted: bool,
 }
 
 /// What one read of the recording gave.
@@ -105,6 +113,12 @@ impl Tail {
         }
     }
 
+    /// The same watch, opening the recording's encrypted records with `opener`.
+    pub fn opening(mut self, opener: crate::unseal::Opener) -> Self {
+        self.feed.opener = opener;
+        self
+    }
+
     /// The next event to send, waiting for one; `None` once `end` was sent.
     pub async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
@@ -117,7 +131,11 @@ impl Tail {
             }
             if let Some(reason) = self.feed.end.take() {
                 self.finished = true;
-                let data = serde_json::json!({ "reason": reason }).to_string();
+                let data = match self.feed.encrypted {
+                    true => serde_json::json!({ "reason": reason, "encrypted": true }),
+                    false => serde_json::json!({ "reason": reason }),
+                }
+                .to_string();
                 return Some(SseEvent::default().event("end").data(data));
             }
             if Instant::now() >= self.deadline {
@@ -153,6 +171,11 @@ impl Tail {
     async fn poll(&mut self) -> bool {
         let (store, id) = (self.store.clone(), self.id.clone());
         let mut feed = std::mem::replace(&mut self.feed, Feed::new());
+        if feed.end.is_some() {
+            // Nothing more is read once the end is known (an unopenable record stays unread).
+            self.feed = feed;
+            return false;
+        }
         let job = tokio::task::spawn_blocking(move || {
             let more = match read_from(&store, &id, feed.offset) {
                 Polled::Gone(why) => {
@@ -193,7 +216,8 @@ impl Feed {
             t_ns: 0,
             dirty: true,
             end: None,
-            session_id: String::new(),
+            opener: crate::unseal::Opener::new(None, ""),
+            encrypted: false,
         }
     }
 
@@ -214,7 +238,14 @@ impl Feed {
             match item {
                 Ok(at) => {
                     consumed = usize::try_from(reader.offset()).unwrap_or(buf.len());
-                    self.record(at.record);
+                    match self.opener.open(at.record) {
+                        Ok(records) => records.into_iter().for_each(|r| self.record(r)),
+                        Err(e) => {
+                            self.encrypted = true;
+                            self.end.get_or_insert(e.for_gateway());
+                            break;
+                        }
+                    }
                 }
                 // The recorder is still writing it.
                 Err(ReadError::Truncated { .. }) => break,
@@ -231,7 +262,6 @@ impl Feed {
     fn record(&mut self, record: Record) {
         match record {
             Record::Meta(m) => {
-                self.session_id = m.session_id.clone();
                 self.telnet = m.protocol == "telnet";
                 self.terminal = Terminal::new(DEFAULT_COLS, DEFAULT_ROWS, self.telnet);
                 self.dirty = true;
@@ -259,22 +289,8 @@ impl Feed {
             Record::Interrupted { reason, .. } => {
                 self.end.get_or_insert(format!("interrupted: {reason}"));
             }
-            // An encrypted recording: while the session runs its recorder holds the key.
-            Record::Sealed { body, .. } => {
-                match crate::recorder::live_unsealer(&self.session_id).map(|u| u.open(&body)) {
-                    Some(Ok(records)) => records.into_iter().for_each(|r| self.record(r)),
-                    Some(Err(e)) => {
-                        self.end
-                            .get_or_insert(format!("the recording cannot be read further: {e}"));
-                    }
-                    None => {
-                        self.end.get_or_insert(
-                            "the recording is encrypted and its session has ended: replay it with the reviewer's identity (ward replay --identity-key)".into(),
-                        );
-                    }
-                }
-            }
-            Record::Checkpoint { .. } | Record::Event { .. } => {}
+            // Opened before it gets here (`parse`).
+            Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
         }
     }
 }
@@ -389,59 +405,54 @@ mod tests {
         assert!(tail.next_event().await.is_none());
     }
 
-    /// An encrypted recording is watched live with its recorder's key, which goes with the
-    /// recorder: the gateway keeps no key of a finished recording.
+    /// An encrypted recording is tailed with its recorder's live key; without a key the watch
+    /// ends at once saying so (never a blank screen that looks like an idle session).
     #[tokio::test]
-    async fn an_encrypted_recording_is_watched_live_with_the_recorders_key() {
+    async fn an_encrypted_recording_is_watched_with_the_live_key_or_ends_saying_why() {
+        use crate::unseal::tests::{identity, sealed_recording};
         let dir = tempfile::tempdir().unwrap();
         let store = RecordingStore::local_for_writing(dir.path()).unwrap();
-        let sink: Arc<dyn crate::recorder::Sink> = Arc::new(store.clone());
-        let signer = Arc::new(Signer::generate().unwrap().0);
-        let sid = "00000000000000ae";
-        let meta = SessionMeta {
-            session_id: sid.into(),
-            protocol: "telnet".into(),
-            ..SessionMeta::default()
-        };
-        let r = age::x25519::Identity::generate().to_public();
-        let rec = crate::recorder::SessionRecorder::start(&sink, signer, &meta, &[r])
-            .await
-            .unwrap();
-        rec.tap()
-            .record(Direction::Down, b"pump> secret-screen")
-            .await
-            .unwrap();
-        let mut tail = Tail::new(
+        let (text, to) = identity();
+        let identities = ward_recording::sealed::load_identities(&text).unwrap();
+        // Device output, so the screen shows it ("ok").
+        let id = "00000000000000ae";
+        let bytes = sealed_recording(id, &to, b"x");
+        store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let mut blind = Tail::new(
             store.clone(),
-            sid.into(),
+            id.into(),
             Instant::now() + Duration::from_secs(30),
-        );
-        let mut seen = String::new();
-        for _ in 0..100 {
-            tail.poll().await;
-            if let Some(s) = tail.changed() {
-                seen = text(&s);
-                if seen.starts_with("pump> secret-screen") {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        )
+        .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = blind.next_event().await {
+            events.push(format!("{ev:?}"));
         }
-        assert!(seen.starts_with("pump> secret-screen"), "{seen}");
-        let file = std::fs::read(dir.path().join(format!("{sid}.wrec")))
-            .or_else(|_| std::fs::read(dir.path().join("recordings").join(format!("{sid}.wrec"))))
-            .unwrap();
-        assert!(!file.windows(13).any(|w| w == b"secret-screen"));
-        assert!(crate::recorder::live_unsealer(sid).is_some());
-        rec.finish(EndInfo {
-            ended_unix_ms: 5,
-            reason: "client closed".into(),
-            bytes_up: 0,
-            bytes_down: 19,
-        })
-        .await
-        .unwrap();
-        assert!(crate::recorder::live_unsealer(sid).is_none());
+        let end = events.last().unwrap();
+        assert!(
+            end.contains("encrypted at rest")
+                && end.replace('\\', "").contains("\"encrypted\":true"),
+            "{events:?}"
+        );
+
+        let meta = match ward_recording::Reader::new(&bytes).next() {
+            Some(Ok((_, Record::Meta(m)))) => m,
+            other => panic!("{other:?}"),
+        };
+        let unsealer = ward_recording::sealed::Unsealer::new(&meta, &identities).unwrap();
+        let _live = crate::unseal::live_keys().register(id, unsealer);
+        let mut seeing = Tail::new(store, id.into(), Instant::now() + Duration::from_secs(30))
+            .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = seeing.next_event().await {
+            events.push(format!("{ev:?}"));
+        }
+        assert!(events.iter().any(|e| e.contains("ok")), "{events:?}");
+        assert!(
+            events.last().unwrap().contains("client closed"),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]
