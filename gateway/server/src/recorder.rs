@@ -899,7 +899,11 @@ mod tests {
         let (forwarded, refusal, rec) =
             record_until_refused_to(&disk, &signer, &[id.to_public()]).await;
         assert!(refusal.to_string().contains("no room"), "{refusal}");
+        // Live watch opens it with the recorder's key while it is written, and only then.
+        let sid = meta().session_id;
+        assert!(crate::unseal::live_keys().get(&sid).is_some());
         assert!(rec.finish(end()).await.unwrap_err().contains("sealed"));
+        assert!(crate::unseal::live_keys().get(&sid).is_none());
         let d = disk.0.lock().unwrap();
         assert_eq!(d.beyond, 0, "every write landed in reserved room");
         let report = ward_recording::verify(&d.file, &signer.public_key());

@@ -294,7 +294,7 @@ impl LiveKeys {
         LiveKeyGuard { id: id.to_string() }
     }
 
-    fn get(&self, id: &str) -> Option<Arc<Unsealer>> {
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Unsealer>> {
         self.keys.lock().ok()?.get(id).cloned()
     }
 }
