@@ -104,12 +104,10 @@ impl Host {
         let ring = source
             .load_ring(create)
             .with_context(|| format!("the key-encryption key ({source})"))?;
-        Ok(ring
-            .map(|r| {
-                db.keys().set(r);
-                db.keys().get().ok()
-            })
-            .flatten())
+        Ok(ring.and_then(|r| {
+            db.keys().set(r);
+            db.keys().get().ok()
+        }))
     }
 }
 
