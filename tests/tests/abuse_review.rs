@@ -68,6 +68,8 @@ fn write_recording(state_dir: &Path, signer: &Arc<Signer>, id: &str, down: usize
         transport: "tcp".into(),
         break_glass: false,
         started_unix_ms: started,
+        recipients: Vec::new(),
+        age_header: None,
     };
     let path = state_dir
         .join(ward_server::RECORDINGS_DIR)

@@ -61,6 +61,8 @@ fn meta(n: u32, now_ms: i64) -> (SessionMeta, EndInfo) {
         transport: "quic".into(),
         break_glass: n % 10 == 3,
         started_unix_ms: started,
+        recipients: Vec::new(),
+        age_header: None,
     };
     let end = EndInfo {
         ended_unix_ms: started + 60_000,

@@ -888,6 +888,28 @@ impl Client {
         self.review_with(review, &|_| ()).await
     }
 
+    /// A review request followed by `body` as data frames and `EOF` (`Review::SignEvidence`
+    /// sends the `SHA256SUMS` to sign this way); the answer as [`Client::review`] returns it.
+    pub async fn review_upload(
+        &self,
+        review: ward_core::frame::Review,
+        body: &[u8],
+    ) -> anyhow::Result<Vec<u8>> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Review(review)).await)
+            .await?;
+        self.sent(datapath::write_stream(&mut writer, body).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let body = match self.answer(&mut reader).await? {
+            Response::Ok { message } => message.into_bytes(),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(body)
+    }
+
     /// [`Client::review`], telling `progress` the bytes received so far (for a progress bar).
     pub async fn review_with(
         &self,

@@ -12,8 +12,12 @@
 
 mod inject;
 mod oidc;
+mod recording;
+mod review;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
+pub use recording::RecordingConfig;
+pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -159,6 +163,12 @@ consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, 
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
 
+# Recordings encrypted at rest to the security team's age keys (docs/recording-format.md). Without
+# a recipient they are stored in plain text and the gateway warns at start.
+# [recording]
+# recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
+# recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
 # name = "hospital"
@@ -175,6 +185,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -480,6 +496,11 @@ pub struct Config {
     /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
     /// order, names unique.
     pub oidc: Vec<OidcProvider>,
+    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
+    pub recording: RecordingConfig,
+    /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
+    /// default).
+    pub review: ReviewConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -644,6 +665,8 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        let recording = cx.recording(raw.recording)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -666,6 +689,8 @@ impl Config {
             operations,
             web,
             oidc,
+            recording,
+            review,
         })
     }
 
@@ -677,6 +702,19 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self.recording.recipients_file.as_mut() {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = self
+            .review
+            .identity_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *path = base.join(&*path);
         }
     }
 
@@ -733,6 +771,10 @@ struct RawConfig {
     web: RawWeb,
     #[serde(default)]
     oidc: Vec<Spanned<oidc::RawOidc>>,
+    #[serde(default)]
+    recording: recording::RawRecording,
+    #[serde(default)]
+    review: review::RawReview,
 }
 
 #[derive(Deserialize, Default)]

@@ -515,7 +515,20 @@ pub enum Review {
     AuditLog,
     /// The gateway's recording/audit public key (hex) in an `Ok` message.
     PublicKey,
+    /// Sign an evidence bundle's `SHA256SUMS` (`ward evidence export --gateway`) with the
+    /// gateway's current signing key. The `SHA256SUMS` bytes follow the request as data frames,
+    /// then `EOF` (at most [`MAX_EVIDENCE_SUMS`] bytes). The gateway checks that each session's
+    /// `recordings/<id>.wrec` line is the SHA-256 of its stored recording, audits
+    /// `evidence_exported` (sessions, digest) and answers `Ok` whose message is the JSON
+    /// `{"key_id","public","sig"}` (hex). Security and admin identities only.
+    SignEvidence {
+        /// The sessions in the bundle.
+        sessions: Vec<String>,
+    },
 }
+
+/// The largest `SHA256SUMS` a [`Review::SignEvidence`] may send: 8 MiB (about 80,000 files).
+pub const MAX_EVIDENCE_SUMS: usize = 8 << 20;
 
 /// Error classes in [`Response::Error`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

@@ -10,7 +10,7 @@ pub enum ReadError {
     #[error("bad magic: not a Ward recording")]
     BadMagic,
     /// The input is a Ward recording of a format version this reader does not know.
-    #[error("unsupported recording format version {0} (this reader knows version 1)")]
+    #[error("unsupported recording format version {0} (this reader knows versions 1 to 3)")]
     UnsupportedVersion(u8),
     /// The input ends inside a record (torn write or cut tail).
     #[error("record {record} at byte {offset}: truncated record: needs {needed} bytes, {available} remain (tail cut mid-record)")]
@@ -123,4 +123,8 @@ pub enum RecError {
     /// An export could not be built from these records.
     #[error("export: {0}")]
     Export(String),
+    /// An encrypted recording could not be sealed or opened: no matching identity, a header or
+    /// record that does not decrypt, or sealed records with no identity given.
+    #[error("encrypted recording: {0}")]
+    Unseal(String),
 }

@@ -215,6 +215,9 @@ pub fn json_lines(records: &[Record]) -> Vec<u8> {
             }
             Record::Interrupted { t_ns, reason } => serde_json::json!({"record": i,
                 "type": "interrupted", "t_ns": t_ns, "reason": reason}),
+            // Still encrypted (not opened with `sealed::open_records`): its size only.
+            Record::Sealed { t_ns, body } => serde_json::json!({"record": i,
+                "type": "sealed", "t_ns": t_ns, "len": body.len()}),
             Record::Event {
                 t_ns,
                 dir,

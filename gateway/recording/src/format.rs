@@ -11,8 +11,11 @@ use crate::signer::{KEY_ID_LEN, SIG_LEN};
 use crate::ReadError;
 
 /// File magic; the last byte is the format version (see "Versioning" in the format doc). What the
-/// encoder writes: version 2, which added the event record.
-pub const MAGIC: &[u8; 8] = b"WARDREC\x02";
+/// encoder writes: version 3, which added the sealed (encrypted) record and the meta's
+/// `recipients`/`age_header`.
+pub const MAGIC: &[u8; 8] = b"WARDREC\x03";
+/// Version 2's magic: the event record, no sealed record; still read and verified.
+pub const MAGIC_V2: &[u8; 8] = b"WARDREC\x02";
 /// Version 1's magic: the same layout without the event record; still read and verified.
 pub const MAGIC_V1: &[u8; 8] = b"WARDREC\x01";
 /// Bytes before each record body: type (1) + body length (4, little-endian).
@@ -39,7 +42,15 @@ pub(crate) mod code {
     /// Something the gateway did or saw, recorded in line (version 2): an injected credential in
     /// place of its bytes, a rejected credential, a decoded operation.
     pub const EVENT: u8 = 0x07;
+    /// Records encrypted to the recording's age recipients (version 3): `t_ns` ‖ 16-byte nonce ‖
+    /// age STREAM ciphertext of a run of data and event records.
+    pub const SEALED: u8 = 0x08;
 }
+
+/// A sealed record's body before its ciphertext: `t_ns` (8) and the STREAM nonce (16).
+pub(crate) const SEALED_FIXED: usize = 8 + 16;
+/// The shortest sealed body: its fixed part and one (empty) chunk's 16-byte tag.
+pub(crate) const SEALED_MIN: usize = SEALED_FIXED + 16;
 
 /// Body of a checkpoint: index u64, t_ns u64, key id (8), chain (32), signature (64).
 pub(crate) const CHECKPOINT_BODY_LEN: usize = 8 + 8 + KEY_ID_LEN + 32 + SIG_LEN;
@@ -74,7 +85,7 @@ impl Direction {
 }
 
 /// Who connected to what, how; the first record of every recording.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct SessionMeta {
     /// Session id (also bound into every checkpoint signature).
     pub session_id: String,
@@ -102,6 +113,15 @@ pub struct SessionMeta {
     pub break_glass: bool,
     /// Session start, Unix milliseconds.
     pub started_unix_ms: i64,
+    /// The age X25519 recipients (`age1…`) the recording's data is encrypted to (version 3);
+    /// empty for a recording stored in plain text.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recipients: Vec<String>,
+    /// Base64 (standard, padded) of the recording's complete age v1 header (version line, one
+    /// X25519 stanza per recipient, MAC line) wrapping its file key; `None` when not encrypted.
+    /// `age_header ‖ body[8..]` of any sealed record is a standard age file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_header: Option<String>,
 }
 
 /// How a session ended.
@@ -164,6 +184,15 @@ pub enum Record {
         /// Its details, in order (never a secret).
         fields: Vec<(String, String)>,
     },
+    /// Data and event records encrypted to the recording's recipients (version 3): open it with
+    /// [`crate::sealed::open_records`]. `verify` checks it as stored, without a key.
+    Sealed {
+        /// Nanoseconds since session start of the last record inside.
+        t_ns: u64,
+        /// The 16-byte STREAM nonce and the age STREAM ciphertext (the record body after
+        /// `t_ns`): prefixed with the meta's `age_header`, a standard age file.
+        body: Vec<u8>,
+    },
     /// Sealed after a crash by [`crate::seal_interrupted`].
     Interrupted {
         /// Nanoseconds since session start (at least the last record's).
@@ -211,7 +240,7 @@ pub(crate) fn check_magic(buf: &[u8]) -> Result<usize, ReadError> {
             Err(ReadError::BadMagic)
         };
     };
-    if head == MAGIC || head == MAGIC_V1 {
+    if head == MAGIC || head == MAGIC_V2 || head == MAGIC_V1 {
         return Ok(MAGIC.len());
     }
     match (head.get(..7), head.get(7)) {
@@ -220,13 +249,13 @@ pub(crate) fn check_magic(buf: &[u8]) -> Result<usize, ReadError> {
     }
 }
 
-/// The magic a file starts with (version 1 or 2; [`check_magic`] has accepted it): the chain
+/// The magic a file starts with (version 1, 2 or 3; [`check_magic`] has accepted it): the chain
 /// starts from it.
 pub(crate) fn magic_of(buf: &[u8]) -> &'static [u8; 8] {
-    if buf.get(..8) == Some(MAGIC_V1.as_slice()) {
-        MAGIC_V1
-    } else {
-        MAGIC
+    match buf.get(..8) {
+        Some(m) if m == MAGIC_V1.as_slice() => MAGIC_V1,
+        Some(m) if m == MAGIC_V2.as_slice() => MAGIC_V2,
+        _ => MAGIC,
     }
 }
 
@@ -252,6 +281,7 @@ pub(crate) fn parse_raw(buf: &[u8], offset: usize, index: u64) -> Result<Raw<'_>
             | code::INTERRUPTED
             | code::CHECKPOINT
             | code::EVENT
+            | code::SEALED
     ) {
         return Err(ReadError::UnknownType {
             record: index,
@@ -296,6 +326,11 @@ pub(crate) fn parse_raw(buf: &[u8], offset: usize, index: u64) -> Result<Raw<'_>
         }
         code::DATA_UP | code::DATA_DOWN | code::INTERRUPTED if len < 8 => {
             return Err(malformed(format!("body of {len} bytes has no 8-byte time")))
+        }
+        code::SEALED if len < SEALED_MIN => {
+            return Err(malformed(format!(
+                "sealed body of {len} bytes is shorter than its time, nonce and one tag ({SEALED_MIN} bytes)"
+            )))
         }
         code::END if len < END_FIXED => {
             return Err(malformed(format!(
@@ -512,6 +547,10 @@ pub(crate) fn decode(raw: &Raw<'_>) -> Result<Record, ReadError> {
                 fields: body.fields,
             })
         }
+        code::SEALED => Ok(Record::Sealed {
+            t_ns: read_u64(raw.body, 0),
+            body: tail(8).to_vec(),
+        }),
         code::CHECKPOINT => {
             let cp = CheckpointBody::parse(raw.body)
                 .ok_or_else(|| malformed("checkpoint body has the wrong length".into()))?;

@@ -12,6 +12,10 @@
 //! * [`audit`]: the audit log: JSON lines, chained and signed the same way.
 //! * [`trail`]: what the audit log says about each session ([`audit::session_trails`]), crash
 //!   recovery's rule ([`trail::may_seal`]) and the recording/log cross-checks of `verify --all`.
+//! * [`evidence`]: the signed parts of evidence bundles: `SHA256SUMS`, its signature, SPKI PEM
+//!   keys, the audit-log slice that verifies alone.
+//! * [`sealed`]: recordings encrypted at rest to age recipients: [`sealed::Unsealer`],
+//!   [`sealed::open_records`], [`sealed::age_files`].
 //! * [`export`]: asciicast v2, pcap, raw, JSON lines, hexdump, and the telnet IAC filter.
 //!
 //! The byte layout is specified in `docs/recording-format.md`.
@@ -20,8 +24,10 @@
 pub mod audit;
 pub mod encoder;
 pub mod error;
+pub mod evidence;
 pub mod export;
 pub mod format;
+pub mod sealed;
 pub mod signer;
 mod stream;
 pub mod terminal;
@@ -32,7 +38,7 @@ pub use encoder::{CheckpointPolicy, Encoder};
 pub use error::{ReadError, RecError};
 pub use format::{
     read_all, read_prefix, Direction, EndInfo, Reader, Record, RecordAt, SessionMeta, MAGIC,
-    MAX_DATA_PAYLOAD, MAX_RECORD_BODY, RECORD_HEADER_LEN,
+    MAGIC_V1, MAGIC_V2, MAX_DATA_PAYLOAD, MAX_RECORD_BODY, RECORD_HEADER_LEN,
 };
 pub use signer::{key_id_of, Signer};
 pub use verify::{

@@ -345,6 +345,8 @@ mod tests {
                 transport: "quic".into(),
                 break_glass: false,
                 started_unix_ms: 0,
+                recipients: Vec::new(),
+                age_header: None,
             }),
             end: end.map(|(up, down)| EndInfo {
                 ended_unix_ms: 1,

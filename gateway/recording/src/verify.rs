@@ -182,6 +182,12 @@ fn decode_light(raw: &Raw<'_>) -> Result<Record, ReadError> {
     let dir = match raw.code {
         code::DATA_UP => Direction::Up,
         code::DATA_DOWN => Direction::Down,
+        code::SEALED => {
+            return Ok(Record::Sealed {
+                t_ns: read_u64(raw.body, 0),
+                body: Vec::new(),
+            })
+        }
         _ => return decode(raw),
     };
     Ok(Record::Data {
@@ -233,6 +239,11 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
         since_cp: 1,
         ..State::default()
     };
+    // An encrypted recording holds its data and events only in sealed records; a plain one none.
+    let sealed = crate::sealed::is_sealed(&meta);
+    if let Err(what) = crate::sealed::check_meta(&meta) {
+        w.error = Some((VerifyError::record(0, start as u64, what), Fail::Integrity));
+    }
     let expected_raw = key_id_raw(public_key);
     let expected = key_id_of(public_key);
     let mut pos = w.cur.offset;
@@ -275,8 +286,15 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
         let cur = &mut w.cur;
         match rec {
             Record::Meta(_) => w.error = fail("a second meta record".into()),
+            Record::Data { .. } | Record::Event { .. } if sealed => {
+                w.error = fail("plaintext data record in an encrypted recording".into());
+            }
+            Record::Sealed { .. } if !sealed => {
+                w.error = fail("sealed record in a recording without recipients".into());
+            }
             Record::Data { .. }
             | Record::Event { .. }
+            | Record::Sealed { .. }
             | Record::End { .. }
             | Record::Interrupted { .. } => {
                 if let Some((t, at)) = cur.terminal {
@@ -287,7 +305,9 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
                     continue;
                 }
                 let t = match &rec {
-                    Record::Data { t_ns, .. } | Record::Event { t_ns, .. } => *t_ns,
+                    Record::Data { t_ns, .. }
+                    | Record::Event { t_ns, .. }
+                    | Record::Sealed { t_ns, .. } => *t_ns,
                     Record::End { t_ns, .. } => {
                         cur.terminal = Some((Terminal::End, raw.index));
                         *t_ns

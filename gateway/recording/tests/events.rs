@@ -48,7 +48,7 @@ fn with_event() -> (std::sync::Arc<Signer>, Vec<u8>) {
 fn an_event_is_read_back_chained_and_signed() {
     let (s, bytes) = with_event();
     assert_eq!(&bytes[..8], MAGIC);
-    assert_eq!(MAGIC, b"WARDREC\x02");
+    assert_eq!(MAGIC, b"WARDREC\x03");
     let report = verify(&bytes, &s.public_key());
     assert!(report.ok, "{report:?}");
     let recs = read_all(&bytes).unwrap();

@@ -92,6 +92,7 @@ fn layout_meta_first_then_checkpoints_every_n() {
             Record::End { .. } => 'E',
             Record::Interrupted { .. } => 'I',
             Record::Event { .. } => 'V',
+            Record::Sealed { .. } => 'S',
         })
         .collect();
     assert_eq!(kinds.iter().collect::<String>(), "MCDDDDCDDDDCDDEC");
@@ -546,7 +547,7 @@ fn first_err(b: &[u8]) -> ReadError {
 fn reader_reports_typed_errors() {
     assert_eq!(first_err(b""), ReadError::BadMagic);
     assert_eq!(first_err(b"GIF89a.."), ReadError::BadMagic);
-    assert_eq!(first_err(b"WARDREC\x03"), ReadError::UnsupportedVersion(3));
+    assert_eq!(first_err(b"WARDREC\x04"), ReadError::UnsupportedVersion(4));
     assert!(matches!(first_err(b"WARD"), ReadError::Truncated { .. }));
     assert!(
         Reader::new(MAGIC).next().is_none(),

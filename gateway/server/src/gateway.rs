@@ -428,7 +428,12 @@ impl Gateway {
             audit.clone(),
             Arc::new(crate::review_jobs::ReviewGate::default()),
             clock.clone(),
-        );
+        )
+        .with_signer({
+            let signer = signer.clone();
+            Arc::new(move || signer.clone())
+        })
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(
@@ -495,6 +500,7 @@ impl Gateway {
         let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
               devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
+        crate::recorder::warn_if_plain(&config.recording, shared.sink.is_some());
         Ok(Gateway {
             shared,
             audit_writer,
@@ -1205,6 +1211,25 @@ async fn serve_stream<R, W>(
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::ListLocks) => dispatch::request(&shared, caller, request).await,
+        Request::Review(frame::Review::SignEvidence { sessions }) => {
+            // The SHA256SUMS to sign follows as data (it can exceed a control frame).
+            let sums =
+                datapath::read_stream_with(&mut reader, frame::MAX_EVIDENCE_SUMS, &|_| ()).await;
+            match sums {
+                Ok(sums) => {
+                    let req =
+                        crate::services::review::ReviewRequest::SignEvidence { sessions, sums };
+                    review_answer(&shared, &identity, &principal, peer, req, &mut writer).await;
+                }
+                Err(e) => {
+                    let msg = format!("reading the SHA256SUMS to sign: {e}");
+                    refuse(&mut writer, ErrorCode::BadRequest, msg).await;
+                    return;
+                }
+            }
+            let _ = writer.finish().await;
+            return;
+        }
         Request::Review(review) => {
             review_request(&shared, &identity, &principal, peer, review, &mut writer).await;
             let _ = writer.finish().await;
@@ -1338,6 +1363,18 @@ async fn review_request<W: AsyncWrite + Unpin>(
     review: frame::Review,
     writer: &mut FrameWriter<W>,
 ) {
+    review_answer(shared, identity, principal, peer, review.into(), writer).await;
+}
+
+/// [`review_request`] for a request already read whole (`SignEvidence` reads its data first).
+async fn review_answer<W: AsyncWrite + Unpin>(
+    shared: &Shared,
+    identity: &Identity,
+    principal: &Principal,
+    peer: SocketAddr,
+    request: crate::services::review::ReviewRequest,
+    writer: &mut FrameWriter<W>,
+) {
     // Frame -> service -> frame: the review service checks, audits and reads.
     use crate::services::review::{ReviewAnswer, Reviewer};
     let who = Reviewer {
@@ -1345,7 +1382,7 @@ async fn review_request<W: AsyncWrite + Unpin>(
         principal,
         source: peer,
     };
-    let answer = match shared.review.handle(&who, review.into()).await {
+    let answer = match shared.review.handle(&who, request).await {
         Ok(answer) => answer,
         Err(refusal) => {
             let _ = writer
@@ -1358,6 +1395,10 @@ async fn review_request<W: AsyncWrite + Unpin>(
     match answer {
         ReviewAnswer::PublicKey(key) => {
             let message = hex::encode(key);
+            let _ = writer.write_response(&Response::Ok { message }).await;
+        }
+        ReviewAnswer::EvidenceSignature(sig) => {
+            let message = serde_json::to_string(&sig).unwrap_or_default();
             let _ = writer.write_response(&Response::Ok { message }).await;
         }
         ReviewAnswer::Sessions(list) => {
@@ -1403,6 +1444,7 @@ pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result
     let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
+    crate::recorder::read_recipients_file(&mut config.recording)?;
     Ok(config)
 }
 

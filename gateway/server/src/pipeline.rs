@@ -453,8 +453,10 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 0,
+            recipients: Vec::new(),
+            age_header: None,
         };
-        let rec = recorder::SessionRecorder::start(&sink, signer.clone(), &meta)
+        let rec = recorder::SessionRecorder::start(&sink, signer.clone(), &meta, &[])
             .await
             .unwrap();
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();

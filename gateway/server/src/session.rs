@@ -357,7 +357,9 @@ async fn start_recording<W: AsyncWrite + Unpin>(
         return Ok(None);
     };
     let meta = session_meta(ctx, session);
-    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta).await {
+    // `[recording] recipients` as of now: a reload gives new sessions the new recipients.
+    let recipients = ctx.shared.config().recording.recipients.clone();
+    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta, &recipients).await {
         Ok(r) => Ok(Some(match ctx.shared.recordings.index_open(&meta) {
             Some(hook) => r.indexed(hook),
             None => r,
@@ -405,6 +407,8 @@ fn session_meta(ctx: &Ctx, session: &Authorized) -> SessionMeta {
         transport: ctx.open.transport.to_string(),
         break_glass: permit.break_glass(),
         started_unix_ms: unix_ms(ctx.now),
+        recipients: Vec::new(),
+        age_header: None,
     }
 }
 

@@ -405,6 +405,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 0,
+            recipients: Vec::new(),
+            age_header: None,
         }
     }
 
@@ -560,6 +562,8 @@ mod tests {
         // A start with milliseconds: the duration is measured from it, as the recording's is.
         let started = SessionMeta {
             started_unix_ms: 1_250,
+            recipients: Vec::new(),
+            age_header: None,
             ..meta(id)
         };
         let hook = store.index_open(&started).unwrap();

@@ -464,6 +464,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         }
     }
 

@@ -584,6 +584,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: n % 7 == 0,
             started_unix_ms: start_ms,
+            recipients: Vec::new(),
+            age_header: None,
         }
     }
 

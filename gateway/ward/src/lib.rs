@@ -3,6 +3,7 @@
 //! wire `ward-transport`. See docs/architecture.md.
 #![forbid(unsafe_code)]
 
+pub mod evidence;
 pub mod quickstart;
 pub mod sim;
 pub mod telemetry;

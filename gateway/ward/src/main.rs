@@ -3,6 +3,7 @@
 
 mod access_cmd;
 mod ca_cmd;
+mod evidence_cmd;
 mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
@@ -78,6 +79,10 @@ enum Command {
     /// Verify recordings and the audit log; print the gateway's signing key.
     #[command(subcommand)]
     Audit(review_cmd::AuditCommand),
+    /// Evidence bundles: export sessions with their audit trail, keys and a signed manifest into
+    /// one file; verify one anywhere without the gateway.
+    #[command(subcommand)]
+    Evidence(evidence_cmd::EvidenceCommand),
     /// Ward's certificate authority: create it, issue short-lived identities, inspect certificates.
     #[command(subcommand)]
     Ca(ca_cmd::CaCommand),
@@ -394,6 +399,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Export(args) => runtime()?.block_on(review_cmd::export(args)),
         Command::Ops(args) => runtime()?.block_on(review_cmd::ops(args)),
         Command::Audit(cmd) => runtime()?.block_on(review_cmd::audit(cmd)),
+        Command::Evidence(cmd) => runtime()?.block_on(evidence_cmd::run(cmd)),
         Command::Login(args) => client_runtime()?.block_on(access_cmd::login(args)),
         Command::Request(args) => client_runtime()?.block_on(access_cmd::request(args)),
         Command::Live(args) => client_runtime()?.block_on(live_cmd::live(args)),

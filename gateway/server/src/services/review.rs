@@ -22,7 +22,7 @@ use ward_recording::VerifyReport;
 
 use crate::audit::{AuditLog, Event};
 use crate::recording_store::{RecordingStore, Snapshot};
-use crate::review::{Filter, SessionSummary};
+use crate::review::{Filter, IdentityKey, SessionSummary};
 use crate::review_jobs::ReviewGate;
 
 /// Who asks: an authenticated principal, from where.
@@ -45,15 +45,40 @@ pub enum Purpose {
     Export,
     /// Verify on the reviewer's machine.
     Verify,
+    /// Search its bytes on the reviewer's machine (`ward sessions --grep --identity-key`: an
+    /// encrypted recording is searched where the identity is).
+    Search,
+    /// List its operations on the reviewer's machine (`ward ops --identity-key`), patient data
+    /// shown if `show_phi` (audited as `phi_viewed`).
+    Operations {
+        /// Patient data unmasked.
+        show_phi: bool,
+    },
 }
 
 impl Purpose {
-    /// `replay`, `export`; anything else is a verification.
+    /// `replay`, `export`, `search`, `operations`, `operations-phi`; anything else is a
+    /// verification.
     pub fn parse(text: &str) -> Purpose {
         match text {
             "replay" => Purpose::Replay,
             "export" => Purpose::Export,
+            "search" => Purpose::Search,
+            "operations" => Purpose::Operations { show_phi: false },
+            "operations-phi" => Purpose::Operations { show_phi: true },
             _ => Purpose::Verify,
+        }
+    }
+
+    /// Its name on the wire ([`Purpose::parse`] reads it back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Replay => "replay",
+            Purpose::Export => "export",
+            Purpose::Verify => "verify",
+            Purpose::Search => "search",
+            Purpose::Operations { show_phi: false } => "operations",
+            Purpose::Operations { show_phi: true } => "operations-phi",
         }
     }
 }
@@ -87,6 +112,14 @@ pub enum ReviewRequest {
         /// (audited, severity high).
         force: bool,
     },
+    /// Sign an evidence bundle's `SHA256SUMS` with the gateway's current key (audited as
+    /// `evidence_exported`): [`ReviewService::sign_evidence_job`].
+    SignEvidence {
+        /// The sessions in the bundle.
+        sessions: Vec<String>,
+        /// The `SHA256SUMS` bytes (sent after the request as data).
+        sums: Vec<u8>,
+    },
 }
 
 impl From<frame::Review> for ReviewRequest {
@@ -94,6 +127,11 @@ impl From<frame::Review> for ReviewRequest {
         use frame::Review;
         match review {
             Review::PublicKey => ReviewRequest::PublicKey,
+            // The sums follow the request as data: the adapter reads them and fills `sums`.
+            Review::SignEvidence { sessions } => ReviewRequest::SignEvidence {
+                sessions,
+                sums: Vec::new(),
+            },
             Review::AuditLog => ReviewRequest::AuditLog,
             Review::ListSessions {
                 principal,
@@ -141,11 +179,15 @@ impl ReviewRequest {
                 Purpose::Replay => "recording_replayed",
                 Purpose::Export => "recording_exported",
                 Purpose::Verify => "recording_verified",
+                Purpose::Search => "recording_searched",
+                Purpose::Operations { show_phi: true } => "phi_viewed",
+                Purpose::Operations { show_phi: false } => "operations_viewed",
             },
             ReviewRequest::Operations { show_phi: true, .. } => "phi_viewed",
             ReviewRequest::Operations { .. } => "operations_viewed",
             ReviewRequest::AuditLog => "audit_log_read",
             ReviewRequest::PublicKey => "public_key_read",
+            ReviewRequest::SignEvidence { .. } => "evidence_exported",
         }
     }
 
@@ -163,6 +205,8 @@ impl ReviewRequest {
 pub enum ReviewAnswer {
     /// The public key.
     PublicKey([u8; 32]),
+    /// An evidence bundle's `SHA256SUMS` signature.
+    EvidenceSignature(EvidenceSignature),
     /// The sessions, newest first.
     Sessions(Vec<SessionSummary>),
     /// The audit log as it was when opened.
@@ -222,6 +266,11 @@ pub enum ReviewRefusal {
     /// The review could not be audited, so nothing is handed out.
     #[error("{0}")]
     AuditUnavailable(String),
+    /// The answer needs what an encrypted recording holds and the gateway cannot open it (it
+    /// holds no reviewer identity, or not one of its recipients); says how to read it on the
+    /// reviewer's machine.
+    #[error("{0}")]
+    Encrypted(String),
 }
 
 impl ReviewRefusal {
@@ -236,6 +285,7 @@ impl ReviewRefusal {
             | ReviewRefusal::FailsVerification { .. }
             | ReviewRefusal::OpsUnverified { .. }
             | ReviewRefusal::BadFilter(_)
+            | ReviewRefusal::Encrypted(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
     }
@@ -251,6 +301,42 @@ pub struct ReviewService {
     audit: AuditLog,
     gate: Arc<ReviewGate>,
     clock: Arc<dyn Clock>,
+    signer: Option<CurrentSigner>,
+    /// `[review] identity_file`: the reviewer identity the gateway opens encrypted recordings
+    /// with (the web console's player, operations, text search); none by default.
+    identity: Option<IdentityKey>,
+}
+
+/// The gateway's current signing key, asked at each use (the key can rotate while it runs).
+pub type CurrentSigner = Arc<dyn Fn() -> Arc<ward_recording::Signer> + Send + Sync>;
+
+/// A `SHA256SUMS` signature by the gateway ([`ReviewRequest::SignEvidence`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct EvidenceSignature {
+    /// The signing key's id (hex).
+    pub key_id: String,
+    /// The signing key (hex).
+    pub public: String,
+    /// Raw Ed25519 signature over the `SHA256SUMS` bytes (hex).
+    pub sig: String,
+}
+
+/// The reviewer identity `[review] identity_file` names, read (mode 0600 checked) — or none.
+/// Holding one means this gateway can read the recordings encrypted to it: it says so in its
+/// log at start.
+pub fn reviewer_identity(
+    config: &ward_core::config::ReviewConfig,
+) -> anyhow::Result<Option<IdentityKey>> {
+    let Some(path) = &config.identity_file else {
+        return Ok(None);
+    };
+    let key =
+        IdentityKey::read(path).map_err(|e| anyhow::anyhow!("[review] identity_file: {e:#}"))?;
+    tracing::warn!(
+        identity_file = %path.display(),
+        "the gateway holds a reviewer identity ([review] identity_file): it can read the recordings encrypted to it (the web console plays them); without it, only reviewers' own keys can"
+    );
+    Ok(Some(key))
 }
 
 /// What a review job hands back: the answer and its success event, or a refusal.
@@ -274,7 +360,94 @@ impl ReviewService {
             audit,
             gate,
             clock,
+            signer: None,
+            identity: None,
         }
+    }
+
+    /// The key that signs evidence bundles ([`ReviewRequest::SignEvidence`]); without it, such
+    /// requests are refused.
+    pub fn with_signer(mut self, signer: CurrentSigner) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Sign an evidence bundle's `SHA256SUMS` (blocking part): a well-formed `SHA256SUMS`
+    /// (`ward_recording::evidence::parse_sums`) whose `recordings/*.wrec` lines are exactly the
+    /// sessions named, each the SHA-256 of the recording stored here now. So a signed bundle
+    /// holds this gateway's recordings as they are; the rest (manifest, slice, report) is the
+    /// exporter's, who is named in the audit event with the digest of what was signed.
+    fn sign_evidence_job(&self, base: Event, sessions: Vec<String>, sums: Vec<u8>) -> JobResult {
+        use ward_recording::evidence as ev;
+        let Some(current) = &self.signer else {
+            return Err(ReviewRefusal::Unreadable(
+                "this gateway does not sign evidence bundles".into(),
+            ));
+        };
+        let listed = ev::parse_sums(&sums)
+            .map_err(|e| ReviewRefusal::BadFilter(format!("not an evidence SHA256SUMS: {e}")))?;
+        let mut recs: Vec<(&str, &[u8; 32])> = listed
+            .iter()
+            .filter_map(|(p, d)| {
+                p.strip_prefix("recordings/")?
+                    .strip_suffix(".wrec")
+                    .map(|id| (id, d))
+            })
+            .collect();
+        recs.sort();
+        let mut named: Vec<&str> = sessions.iter().map(String::as_str).collect();
+        named.sort();
+        named.dedup();
+        if named.is_empty() || recs.iter().map(|(id, _)| *id).ne(named.iter().copied()) {
+            return Err(ReviewRefusal::BadFilter(
+                "the SHA256SUMS to sign must list recordings/<id>.wrec for exactly the sessions named"
+                    .into(),
+            ));
+        }
+        for (id, digest) in recs {
+            if !crate::recording_store::valid_id(id) {
+                return Err(ReviewRefusal::BadSessionId(id.to_owned()));
+            }
+            let bytes = match self.recordings.read_all(id) {
+                Ok(b) => b,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(ReviewRefusal::NoRecording(id.to_owned()))
+                }
+                Err(e) => return Err(unreadable(id, &e)),
+            };
+            if ev::sha256(&bytes) != *digest {
+                return Err(ReviewRefusal::BadFilter(format!(
+                    "recordings/{id}.wrec in the SHA256SUMS is not the recording stored here (fetch it again)"
+                )));
+            }
+        }
+        let signer = current();
+        let sig =
+            ev::sign_sums(&signer, &sums).map_err(|e| ReviewRefusal::BadFilter(e.to_string()))?;
+        let key_id = signer.key_id();
+        let ev = base
+            .detail("sessions", named)
+            .detail("files", listed.len())
+            .detail("sha256sums", hex::encode(ev::sha256(&sums)))
+            .detail("key_id", key_id.clone());
+        let answer = ReviewAnswer::EvidenceSignature(EvidenceSignature {
+            key_id,
+            public: hex::encode(signer.public_key()),
+            sig: hex::encode(sig),
+        });
+        Ok((answer, ev))
+    }
+
+    /// The same service opening encrypted recordings with `identity` (`[review] identity_file`).
+    pub fn with_identity(mut self, identity: Option<IdentityKey>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The reviewer identity the gateway holds, if any: what the web console opens encrypted
+    /// recordings with (each fetch audited by [`ReviewService::handle`]).
+    pub fn identity(&self) -> Option<&IdentityKey> {
+        self.identity.as_ref()
     }
 
     /// Answer `who`'s `request`, or refuse it; either way audited once. Nothing is handed out
@@ -327,6 +500,9 @@ impl ReviewService {
                 show_phi,
                 force,
             } => self.operations(base, session_id, show_phi, force),
+            ReviewRequest::SignEvidence { sessions, sums } => {
+                self.sign_evidence_job(base, sessions, sums)
+            }
         }
     }
 
@@ -370,8 +546,15 @@ impl ReviewService {
         let rows = crate::review::operations_read(
             std::io::BufReader::new(reader.take(verified)),
             show_phi,
+            self.identity.as_ref(),
         )
-        .map_err(|e| unreadable(&id, &e))?;
+        .map_err(|e| match e {
+            crate::review::ReadFailure::Io(e) => unreadable(&id, &e),
+            crate::review::ReadFailure::Open(e) => ReviewRefusal::Encrypted(format!(
+                "{}; or list its operations on your machine: `ward ops {id} --gateway HOST:PORT --identity-key FILE`",
+                e.for_gateway()
+            )),
+        })?;
         let phi_fields = rows
             .iter()
             .flat_map(|r| &r.fields)
@@ -409,9 +592,18 @@ impl ReviewService {
             Some(_) => Vec::new(),
             None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
         };
-        let list =
-            crate::review::list_in(&self.recordings, index, &self.key, filter, &mut |_, _| {})
-                .map_err(|e| ReviewRefusal::Unreadable(format!("{e:#}")))?;
+        let list = crate::review::list_in(
+            &self.recordings,
+            index,
+            &self.key,
+            filter,
+            self.identity.as_ref(),
+            &mut |_, _| {},
+        )
+        .map_err(|e| match e.downcast_ref::<crate::review::Unsearched>() {
+            Some(u) => ReviewRefusal::Encrypted(u.for_gateway()),
+            None => ReviewRefusal::Unreadable(format!("{e:#}")),
+        })?;
         let ev = base
             .detail("sessions", list.len())
             .detail("grep", filter.grep.is_some())
@@ -442,8 +634,13 @@ impl ReviewService {
         reader
             .seek(SeekFrom::Start(0))
             .map_err(|e| unreadable(&id, &e))?;
+        let encrypted = report
+            .meta
+            .as_ref()
+            .is_some_and(ward_recording::sealed::is_sealed);
         let ev = base
             .session(id.clone())
+            .detail("encrypted", encrypted)
             .detail("verified", report.ok)
             .detail("forced", force)
             // What a forced export holds: the records up to the last valid checkpoint.
@@ -787,6 +984,9 @@ impl ReviewService {
             };
             return Ok((page, base.detail("sessions", 0)));
         };
+        // Encrypted recordings the search had to read and could not open: it is refused rather
+        // than answered without them.
+        let mut unsearched: Vec<(String, crate::review::OpenError)> = Vec::new();
         let page = match &filter.grep {
             None => {
                 let mut reread = |id: &str| self.reread(id);
@@ -819,10 +1019,18 @@ impl ReviewService {
                         .read_all(id)
                         .map_err(|e| format!("reading recording {id}: {e}"))?;
                     let read = bytes.len() as u64;
-                    Ok((
-                        crate::review::summarise(&bytes, &self.key, &filter, id),
-                        read,
-                    ))
+                    let found = crate::review::summarise_with(
+                        &bytes,
+                        &self.key,
+                        &filter,
+                        id,
+                        self.identity.as_ref(),
+                    )
+                    .unwrap_or_else(|e| {
+                        unsearched.push((id.clone(), e));
+                        None
+                    });
+                    Ok((found, read))
                 };
                 q::grep_page(
                     &reader,
@@ -835,6 +1043,13 @@ impl ReviewService {
                 .map_err(unreadable)?
             }
         };
+        if let Some((_, first)) = unsearched.first() {
+            let u = crate::review::Unsearched {
+                ids: unsearched.iter().map(|(id, _)| id.clone()).collect(),
+                first: first.clone(),
+            };
+            return Err(ReviewRefusal::Encrypted(u.for_gateway()));
+        }
         let ev = base
             .detail("sessions", page.sessions.len())
             .detail("total", page.total)
@@ -986,6 +1201,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         };
         let mut out = Vec::new();
         let mut enc =
@@ -1236,6 +1453,98 @@ mod tests {
     }
 
     const OPS: &str = "00000000000000cc";
+
+    /// Security case 57 at the service: without a key the gateway hands out an encrypted
+    /// recording only as stored, and refuses (saying how to read it on the reviewer's machine)
+    /// what would need its contents; given `[review] identity_file` it answers.
+    #[tokio::test]
+    async fn encrypted_recordings_are_refused_saying_how_to_read_them_unless_the_gateway_holds_a_key(
+    ) {
+        use crate::unseal::tests::{identity, sealed_recording_signed};
+        let f = fixture().await;
+        let (text, to) = identity();
+        let id = "00000000000000e1";
+        let bytes = sealed_recording_signed(id, &to, b"show secrets", &f.signer);
+        f.store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let e = operations(&f, &f.sam, ops_request(id, false, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(&format!("ward ops {id}")) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let grep = Filter {
+            grep: Some("secrets".into()),
+            ..Filter::default()
+        };
+        let e = ask(&f, &f.sam, ReviewRequest::List(grep.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(id) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        // A listing that does not search needs no key.
+        match ask(&f, &f.sam, ReviewRequest::List(Filter::default()))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert!(s.iter().any(|s| s.id == id)),
+            other => panic!("{other:?}"),
+        }
+        // The recording is handed out as stored: the reviewer decrypts it.
+        match ask(&f, &f.sam, fetch(id, Purpose::Replay, false))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Recording { snapshot, .. } => {
+                assert_eq!(snapshot.read_all().unwrap(), bytes)
+            }
+            other => panic!("{other:?}"),
+        }
+        let replayed = audited(&f, "recording_replayed").await;
+        assert!(
+            replayed.iter().any(|l| l.contains("\"encrypted\":true")),
+            "{replayed:?}"
+        );
+        // Fetched for a search or operations on the reviewer's machine: audited as such.
+        ask(&f, &f.sam, fetch(id, Purpose::parse("search"), false))
+            .await
+            .unwrap();
+        ask(
+            &f,
+            &f.sam,
+            fetch(id, Purpose::parse("operations-phi"), false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(audited(&f, "recording_searched").await.len(), 1);
+        assert!(audited(&f, "phi_viewed")
+            .await
+            .iter()
+            .any(|l| l.contains(id)));
+
+        // Given a reviewer identity, the gateway reads it.
+        let keyed = Fixture {
+            service: f.service.clone().with_identity(Some(
+                IdentityKey::from_text(text, "console-key.txt").unwrap(),
+            )),
+            ..f
+        };
+        let rows = operations(&keyed, &keyed.sam, ops_request(id, false, false))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        match ask(&keyed, &keyed.sam, ReviewRequest::List(grep))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert_eq!(s.len(), 1, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn ops_request(id: &str, show_phi: bool, force: bool) -> ReviewRequest {
         ReviewRequest::Operations {

@@ -184,6 +184,8 @@ mod tests {
             transport: "quic".into(),
             break_glass: false,
             started_unix_ms: 1_000,
+            recipients: Vec::new(),
+            age_header: None,
         })
         .summary;
         let v = serde_json::to_value(summary).unwrap();
