@@ -627,6 +627,12 @@ impl UserTarget {
         let config = ward_server::gateway::load_config(path)?;
         std::fs::create_dir_all(&config.gateway.state_dir)?;
         let db = ward_store::store::SqliteStore::open(&config.gateway.state_dir)?;
+        // TOTP seeds are sealed under the store's key-encryption key ([vault] names it; made at
+        // the first start when this runs before any gateway did).
+        let source =
+            ward_store::keywrap::KeySource::of(&config.inject.vault, &config.gateway.state_dir);
+        ward_store::keywrap::load_store_keys(&db, &source)
+            .with_context(|| format!("the key-encryption key ({source})"))?;
         Ok((db, config.login))
     }
 }

@@ -140,7 +140,7 @@ fn add_login_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Resul
     use ward_store::users::UserStore;
     let cfg = ward_server::gateway::load_config(config)?;
     std::fs::create_dir_all(&cfg.gateway.state_dir)?;
-    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    let db = open_store(&cfg)?;
     if db.user("tech")?.is_some() {
         return Ok(());
     }
@@ -176,7 +176,7 @@ fn add_console_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::Res
     use ward_store::users::UserStore;
     let cfg = ward_server::gateway::load_config(config)?;
     std::fs::create_dir_all(&cfg.gateway.state_dir)?;
-    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    let db = open_store(&cfg)?;
     if db.user("sam")?.is_some() {
         return Ok(());
     }
@@ -212,7 +212,7 @@ fn add_clinician_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::R
     use ward_store::users::UserStore;
     let cfg = ward_server::gateway::load_config(config)?;
     std::fs::create_dir_all(&cfg.gateway.state_dir)?;
-    let db = ward_store::store::SqliteStore::open(&cfg.gateway.state_dir)?;
+    let db = open_store(&cfg)?;
     if db.user("alice")?.is_some() {
         return Ok(());
     }
@@ -381,21 +381,29 @@ consoles_listen = "127.0.0.1:{consoles}"
 /// Vault the simulated devices' credentials before the gateway starts: the pumps' `service`
 /// account (the random password the simulated pump was given) and the monitor's `console`
 /// account (its factory admin/admin). Replaces what an earlier quickstart in this dir stored.
+/// The gateway's store with its key-encryption key (made now, 0600, when this is the first start:
+/// the users' TOTP seeds and the vaulted passwords are sealed under it before the gateway runs).
+fn open_store(config: &ward_core::Config) -> anyhow::Result<ward_store::store::SqliteStore> {
+    let state_dir = &config.gateway.state_dir;
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let db = ward_store::store::SqliteStore::open(state_dir)?;
+    let source = ward_store::keywrap::KeySource::of(&config.inject.vault, state_dir);
+    ward_store::keywrap::load_store_keys(&db, &source)
+        .with_context(|| format!("the key-encryption key ({source})"))?;
+    Ok(db)
+}
+
 fn vault_devices(
     config: &ward_core::Config,
     service: &ward_core::secret::Secret<String>,
     clock: &dyn Clock,
 ) -> anyhow::Result<()> {
-    use ward_store::vault::{Kek, VaultStore};
+    use ward_store::vault::VaultStore;
     let state_dir = &config.gateway.state_dir;
     std::fs::create_dir_all(state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
-    let source = Kek::source(&config.inject.vault, state_dir);
-    let ring = source
-        .load_ring(true)?
-        .ok_or_else(|| anyhow::anyhow!("the key-encryption key ({source}) could not be created"))?;
-    let db = ward_store::store::SqliteStore::open(state_dir)?;
-    db.keys().set(ring);
+    let db = open_store(config)?;
     let now = clock.now().unix_timestamp();
     let admin = ward_core::secret::Secret::new("admin".to_string());
     for (device, account, user, secret) in [

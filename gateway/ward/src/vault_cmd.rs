@@ -104,12 +104,10 @@ impl Host {
         let ring = source
             .load_ring(create)
             .with_context(|| format!("the key-encryption key ({source})"))?;
-        Ok(ring
-            .map(|r| {
-                db.keys().set(r);
-                db.keys().get().ok()
-            })
-            .flatten())
+        Ok(ring.and_then(|r| {
+            db.keys().set(r);
+            db.keys().get().ok()
+        }))
     }
 }
 
@@ -163,10 +161,11 @@ pub enum VaultCommand {
         #[command(flatten)]
         target: VaultTarget,
     },
-    /// Re-encrypt every vaulted value under a new key, in one transaction (on the gateway host,
-    /// with the gateway stopped). The new key is read from FILE, or created there (0600) if it
-    /// does not exist; then point [vault] key_file at it (or move it over vault.key) and start
-    /// the gateway.
+    /// Re-encrypt every secret in the store (vaulted values and TOTP seeds) under a new
+    /// key-encryption key you supply, in one transaction (on the gateway host, with the gateway
+    /// stopped). The new key is read from FILE, or created there (0600) if it does not exist;
+    /// then point [vault] key_file at it (or move it over vault.key) and start the gateway. The
+    /// online rotation, with the gateway running and a key it makes, is `ward keys rotate --kek`.
     Rekey {
         /// The new key file (base64 of 32 bytes, mode 0600; created if absent).
         #[arg(long, value_name = "FILE")]
