@@ -834,6 +834,26 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `ward keys`: the JSON lines the gateway streams back (admin identities only).
+    pub async fn keys(&self, op: ward_core::frame::KeysOp) -> anyhow::Result<Vec<u8>> {
+        let (r, w) = self.stream().await?;
+        let mut writer = FrameWriter::new(w);
+        self.sent(writer.write_request(&Request::Keys(op)).await)
+            .await?;
+        let mut reader = FrameReader::new(r);
+        let answer = self.answer(&mut reader).await?;
+        let out = match answer {
+            Response::Stream { .. } => datapath::read_stream(&mut reader, MAX_REVIEW_BYTES).await?,
+            Response::Ok { message } => message.into_bytes(),
+            Response::Denied { reason } => bail!("refused: {reason}"),
+            other => return Err(unexpected(other).into()),
+        };
+        let _ = writer.finish().await;
+        Ok(out)
+    }
+}
+
 /// The answer to [`Client::vault`].
 #[derive(Debug)]
 pub enum VaultAnswer {

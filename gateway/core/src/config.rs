@@ -12,8 +12,10 @@
 
 mod inject;
 mod oidc;
+mod recording;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
+pub use recording::RecordingConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -158,6 +160,12 @@ listen = "127.0.0.1:8443"          # the web console (docs/web.md); omit to turn
 consoles_listen = "127.0.0.1:8444" # devices' own HTTP consoles in the browser, on an origin of their own
 idle_timeout = "15m"               # a browser session ends after this long without a request
 max_session = "8h"                 # ...and this long after sign-in
+
+# Recordings encrypted at rest to the security team's age keys (docs/recording-format.md). Without
+# a recipient they are stored in plain text and the gateway warns at start.
+# [recording]
+# recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
+# recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
 
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
@@ -480,6 +488,8 @@ pub struct Config {
     /// `[[oidc]]`: the hospital's OpenID providers people sign in with (docs/web.md), in file
     /// order, names unique.
     pub oidc: Vec<OidcProvider>,
+    /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
+    pub recording: RecordingConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -644,6 +654,7 @@ impl Config {
         };
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
+        let recording = cx.recording(raw.recording)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -666,6 +677,7 @@ impl Config {
             operations,
             web,
             oidc,
+            recording,
         })
     }
 
@@ -674,6 +686,11 @@ impl Config {
     pub fn resolve_paths(&mut self, base: &Path) {
         let g = &mut self.gateway;
         for path in [&mut g.ca, &mut g.cert, &mut g.key, &mut g.state_dir] {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        if let Some(path) = self.recording.recipients_file.as_mut() {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
@@ -733,6 +750,8 @@ struct RawConfig {
     web: RawWeb,
     #[serde(default)]
     oidc: Vec<Spanned<oidc::RawOidc>>,
+    #[serde(default)]
+    recording: recording::RawRecording,
 }
 
 #[derive(Deserialize, Default)]

@@ -112,6 +112,9 @@ pub enum Request {
     /// Live sessions: list them, or end one (security/admin; answered with `Stream` + JSON lines,
     /// or `Ok`).
     Live(LiveOp),
+    /// The store's key-encryption key: status, or an online rotation (admins; answered with
+    /// `Stream` + JSON lines).
+    Keys(KeysOp),
     /// Start a `ward login --sso`: the gateway keeps the CSR and answers `SsoPending` with a URL
     /// and a code for a signed-in browser to approve. Like `Login`, a connection without a client
     /// certificate may send it (one request per such connection).
@@ -163,6 +166,19 @@ pub enum LiveOp {
         /// Why (required).
         reason: String,
     },
+}
+
+/// `ward keys status` and `ward keys rotate --kek`, carried by [`Request::Keys`] (admins only).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum KeysOp {
+    /// The key-encryption keys and how many stored values each seals (`Stream` + one JSON line
+    /// per key).
+    Status,
+    /// A new key-encryption key, every stored secret re-encrypted under it in one transaction
+    /// while the gateway serves, the old key file removed (`Stream` + one JSON line; audited
+    /// `kek_rotated`).
+    RotateKek,
 }
 
 /// `ward devices pin DEVICE [--confirm sha256:…] [--remove]`, carried by [`Request::PinDevice`].
@@ -739,6 +755,8 @@ pub mod frame_type {
     pub const DEVICE_PIN: u8 = 0x8d;
     /// `Live`.
     pub const LIVE: u8 = 0x0e;
+    /// `Keys`.
+    pub const KEYS: u8 = 0x0f;
     /// `SsoStart`.
     pub const SSO_START: u8 = 0x0a;
     /// `SsoPoll`.
@@ -881,6 +899,7 @@ fn type_name(t: u8) -> Option<&'static str> {
         PIN_DEVICE => "PinDevice",
         DEVICE_PIN => "DevicePin",
         LIVE => "Live",
+        KEYS => "Keys",
         SSO_START => "SsoStart",
         SSO_POLL => "SsoPoll",
         SSO_PENDING => "SsoPending",
@@ -913,6 +932,7 @@ impl Frame {
                 Request::Vault(_) => VAULT,
                 Request::PinDevice(_) => PIN_DEVICE,
                 Request::Live(_) => LIVE,
+                Request::Keys(_) => KEYS,
                 Request::SsoStart(_) => SSO_START,
                 Request::SsoPoll { .. } => SSO_POLL,
             },
@@ -969,6 +989,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::Vault(op) => to_json(&op),
             Request::PinDevice(p) => to_json(&p),
             Request::Live(op) => to_json(&op),
+            Request::Keys(op) => to_json(&op),
             Request::SsoStart(start) => to_json(&start),
             Request::SsoPoll { poll } => to_json(&PollWire { poll }),
         },
@@ -1151,6 +1172,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         PIN_DEVICE => Request::PinDevice(from_json(name, text)?).into(),
         DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
         LIVE => Request::Live(from_json(name, text)?).into(),
+        KEYS => Request::Keys(from_json(name, text)?).into(),
         SSO_START => Request::SsoStart(from_json(name, text)?).into(),
         SSO_POLL => {
             let w: PollWire = from_json(name, text)?;
@@ -1584,6 +1606,23 @@ mod access_frame_tests {
                 comment: None
             })
         );
+    }
+
+    /// `Keys` frames: code 0x0f, `{"op":"status"}` / `{"op":"rotate_kek"}`.
+    #[test]
+    fn keys_frames_round_trip() {
+        for (r, json) in [
+            (Request::Keys(KeysOp::Status), &br#"{"op":"status"}"#[..]),
+            (
+                Request::Keys(KeysOp::RotateKek),
+                &br#"{"op":"rotate_kek"}"#[..],
+            ),
+        ] {
+            let bytes = encode_request(&r).unwrap();
+            assert_eq!(bytes[0], 0x0f);
+            assert_eq!(bytes.get(5..), Some(json));
+            assert_eq!(decode_request(&bytes).unwrap().unwrap().0, r);
+        }
     }
 
     /// `Live` frames as docs/protocol.md writes them.

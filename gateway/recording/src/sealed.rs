@@ -549,6 +549,46 @@ pub fn load_identities(text: &str) -> Result<Vec<Box<dyn age::Identity + Send + 
     Ok(ids)
 }
 
+/// A freshly generated age X25519 identity in the text form `age-keygen` writes (a comment with
+/// its public key, then `AGE-SECRET-KEY-1…`), for `ward quickstart`. `Debug` shows nothing; write
+/// it to a 0600 file.
+pub struct NewIdentity {
+    text: age::secrecy::SecretString,
+    recipient: String,
+}
+
+impl std::fmt::Debug for NewIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "NewIdentity({}, [redacted])", self.recipient)
+    }
+}
+
+impl NewIdentity {
+    /// A new identity.
+    pub fn generate() -> NewIdentity {
+        let id = age::x25519::Identity::generate();
+        let recipient = id.to_public().to_string();
+        let text = format!(
+            "# public key: {recipient}\n{}\n",
+            id.to_string().expose_secret()
+        );
+        NewIdentity {
+            text: text.into(),
+            recipient,
+        }
+    }
+
+    /// The identity file's text (secret: never log it).
+    pub fn file_text(&self) -> &str {
+        self.text.expose_secret()
+    }
+
+    /// Its recipient (`age1…`), for `[recording] recipients`.
+    pub fn recipient(&self) -> &str {
+        &self.recipient
+    }
+}
+
 /// Parse an age X25519 recipient (`age1…`), for configuration.
 pub fn parse_recipient(s: &str) -> Result<age::x25519::Recipient, String> {
     age::x25519::Recipient::from_str(s.trim())
@@ -729,6 +769,21 @@ mod tests {
         assert!(e.contains("line 2"), "{e}");
         assert!(!e.contains("NOTAKEY"), "{e}");
         assert!(load_identities("# nothing\n").is_err());
+        // A generated identity file loads, and opens what is sealed to its recipient.
+        let new = NewIdentity::generate();
+        assert!(!format!("{new:?}").contains("AGE-SECRET"));
+        let ids = load_identities(new.file_text()).unwrap();
+        let r = parse_recipient(new.recipient()).unwrap();
+        let (key, header) = SealKey::generate(&[r]).unwrap();
+        let meta = SessionMeta {
+            recipients: vec![new.recipient().to_string()],
+            age_header: Some(header),
+            ..SessionMeta::default()
+        };
+        let mut rec = Vec::new();
+        key.seal(1, b"x", &mut rec).unwrap();
+        let u = Unsealer::new(&meta, &ids).unwrap();
+        assert_eq!(u.decrypt(&rec[RECORD_HEADER_LEN + 8..]).unwrap(), b"x");
         assert!(format!(
             "{:?}",
             Unsealer {

@@ -71,6 +71,8 @@ pub struct Services {
     pub live: LiveService,
     /// The credential vault.
     pub vault: VaultService,
+    /// The store's key-encryption key.
+    pub keys: crate::services::keys::KeysService,
     /// Certificate pins of devices that speak TLS.
     pub(crate) pins: PinService,
     /// `ward login --sso`: CLI logins a signed-in browser approves.
@@ -95,6 +97,7 @@ impl Services {
             sso_cli: SsoCliService::new(ctx.clone(), shared.sso_cli.clone(), login),
             locks: LockService::new(ctx.clone(), stores.locks.clone(), stores.users.clone()),
             vault: VaultService::new(ctx.clone(), shared.vault.clone()),
+            keys: crate::services::keys::KeysService::new(ctx.clone(), shared.vault.clone()),
             pins: PinService::new(
                 ctx.clone(),
                 shared.pins.clone(),
@@ -292,6 +295,7 @@ pub(crate) async fn request(
         Request::Open { .. }
         | Request::Access(_)
         | Request::Vault(_)
+        | Request::Keys(_)
         | Request::Live(_)
         | Request::Review(_)
         | Request::SsoStart(_)
@@ -622,6 +626,32 @@ async fn vault_answer(s: &Services, caller: Caller<'_>, op: VaultOp) -> Answer {
                 None => Response::Ok { message: r.message },
             },
         )),
+    }
+}
+
+/// Answers a [`ward_core::frame::KeysOp`]: JSON lines (one per key for `status`, one for the
+/// rotation).
+pub(crate) async fn keys_op<W: AsyncWrite + Unpin>(
+    shared: &Arc<Shared>,
+    caller: Caller<'_>,
+    op: ward_core::frame::KeysOp,
+    writer: &mut FrameWriter<W>,
+) {
+    let services = Services::of(shared);
+    let answer = match op {
+        ward_core::frame::KeysOp::Status => {
+            listing(services.keys.status(caller).await, "keys", |v| v)
+        }
+        ward_core::frame::KeysOp::RotateKek => {
+            listing(services.keys.rotate_kek(caller).await, "keys", |r| vec![r])
+        }
+    };
+    match answer {
+        Answer::Lines(what, bytes) => stream(shared, writer, what, &bytes).await,
+        Answer::Frame(response) => {
+            let response = gated(shared, response).await;
+            let _ = writer.write_response(&response).await;
+        }
     }
 }
 

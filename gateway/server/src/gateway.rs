@@ -499,6 +499,7 @@ impl Gateway {
         let config = shared.config();
         info!(event = "gateway_started", quic = %quic_addr, tcp = ?tcp_addr,
               devices = config.devices.len(), rules = config.rules.len(), "gateway listening");
+        crate::recorder::warn_if_plain(&config.recording, shared.sink.is_some());
         Ok(Gateway {
             shared,
             audit_writer,
@@ -1199,6 +1200,11 @@ async fn serve_stream<R, W>(
             let _ = writer.finish().await;
             return;
         }
+        Request::Keys(op) => {
+            dispatch::keys_op(&shared, caller, op, &mut writer).await;
+            let _ = writer.finish().await;
+            return;
+        }
         request @ (Request::ListDevices
         | Request::PinDevice(_)
         | Request::Lock { .. }
@@ -1308,6 +1314,7 @@ fn audited(request: &Request) -> bool {
         | Request::Lock { .. }
         | Request::Unlock { .. }
         | Request::Live(ward_core::frame::LiveOp::End { .. })
+        | Request::Keys(ward_core::frame::KeysOp::RotateKek)
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event; an SSO poll hands
         // out what its approval already audited.
@@ -1315,7 +1322,8 @@ fn audited(request: &Request) -> bool {
         | Request::SsoPoll { .. }
         | Request::ListDevices
         | Request::ListLocks
-        | Request::Live(ward_core::frame::LiveOp::List) => false,
+        | Request::Live(ward_core::frame::LiveOp::List)
+        | Request::Keys(ward_core::frame::KeysOp::Status) => false,
     }
 }
 
@@ -1435,6 +1443,7 @@ pub(crate) fn parse_config(path: &std::path::Path, text: &str) -> anyhow::Result
     let mut config = Config::parse(text, &path.display().to_string())?;
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     config.resolve_paths(base);
+    crate::recorder::read_recipients_file(&mut config.recording)?;
     Ok(config)
 }
 

@@ -456,7 +456,7 @@ mod tests {
             recipients: Vec::new(),
             age_header: None,
         };
-        let rec = recorder::SessionRecorder::start(&sink, signer.clone(), &meta)
+        let rec = recorder::SessionRecorder::start(&sink, signer.clone(), &meta, &[])
             .await
             .unwrap();
         let at = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();

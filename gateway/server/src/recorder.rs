@@ -195,22 +195,33 @@ pub struct SessionRecorder {
 }
 
 impl SessionRecorder {
-    /// Open the recording (header, metadata, first checkpoint written and synced) and start its task.
+    /// Open the recording (header, metadata, first checkpoint written and synced) and start its
+    /// task. With `recipients` (`[recording] recipients`), every data and event record is
+    /// encrypted to them (sealed records, docs/recording-format.md): the task seals what each
+    /// batch holds before writing it, so no plaintext reaches the file.
     pub async fn start(
         sink: &Arc<dyn Sink>,
         signer: Arc<Signer>,
         meta: &SessionMeta,
+        recipients: &[age::x25519::Recipient],
     ) -> io::Result<SessionRecorder> {
         let mut out = Vec::with_capacity(4096);
-        let encoder = Encoder::start(meta, signer, CheckpointPolicy::default(), &mut out)
-            .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
+        let policy = CheckpointPolicy::default();
+        let encoder = if recipients.is_empty() {
+            Encoder::start(meta, signer, policy, &mut out)
+        } else {
+            Encoder::start_sealed(meta, signer, policy, recipients, &mut out)
+        }
+        .map_err(|e| io::Error::other(format!("recording header: {e}")))?;
+        let sealed = encoder.is_sealed();
         let sink = sink.clone();
         let id = meta.session_id.clone();
         // Created, its room reserved and its header written before the session may start (fail
         // closed); made durable by the first batched fsync, at most SYNC_EVERY later.
-        let (file, space) = tokio::task::spawn_blocking(move || open_file(&*sink, &id, &out))
-            .await
-            .map_err(io::Error::other)??;
+        let (file, space) =
+            tokio::task::spawn_blocking(move || open_file(&*sink, &id, &out, sealed))
+                .await
+                .map_err(io::Error::other)??;
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
         let (failed_tx, failed) = watch::channel(None);
         let failed_tx = Arc::new(failed_tx);
@@ -294,16 +305,52 @@ impl SessionRecorder {
     }
 }
 
+/// Read `[recording] recipients_file` (already resolved against the config's directory) into
+/// `recording`'s recipients; errors name the file, line and field. Runs at every load and reload.
+pub fn read_recipients_file(
+    recording: &mut ward_core::config::RecordingConfig,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let Some(path) = recording.recipients_file.clone() else {
+        return Ok(());
+    };
+    let text = std::fs::read_to_string(&path).with_context(|| {
+        format!(
+            "reading [recording] recipients_file {} (one age1… recipient per line)",
+            path.display()
+        )
+    })?;
+    recording.add_recipients_file(&text, &path.display().to_string())?;
+    Ok(())
+}
+
+/// At start: say loudly when recordings will be stored in plain text.
+pub fn warn_if_plain(recording: &ward_core::config::RecordingConfig, recording_on: bool) {
+    if recording_on && !recording.encrypts() {
+        tracing::warn!(
+            event = "recordings_unencrypted",
+            "recordings are not encrypted at rest: set [recording] recipients (the security team's age public keys; docs/config.md)"
+        );
+    } else if recording.encrypts() {
+        tracing::info!(
+            event = "recordings_encrypted",
+            recipients = recording.recipients.len(),
+            "recordings are encrypted at rest to the [recording] recipients"
+        );
+    }
+}
+
 /// Create the recording, reserve its room where the sink can, and write its header (blocking).
 fn open_file(
     sink: &dyn Sink,
     id: &str,
     header: &[u8],
+    sealed: bool,
 ) -> io::Result<(Box<dyn SinkFile>, Option<Space>)> {
     let mut file = sink.create(id)?;
     let space = match file
         .reserver()
-        .and_then(|r| Space::open(r, header.len() as u64))
+        .and_then(|r| Space::open(r, header.len() as u64, sealed))
     {
         Ok(space) => Some(space),
         Err(e) if e.kind() == io::ErrorKind::Unsupported => {
@@ -392,6 +439,11 @@ async fn run(
             Next::Idle | Next::Synced => {}
         }
         let t = w.elapsed_ns();
+        // Encrypted recordings: what this batch holds is sealed before it is written, so
+        // plaintext never outlives a batch (nothing when not encrypted).
+        if let Err(e) = w.enc.flush(t, &mut w.out) {
+            return Err(w.fail(format!("recording encryption failed: {e}")));
+        }
         if idle || w.enc.checkpoint_due(t) {
             // Nothing is written when no record came since the last checkpoint.
             w.enc.checkpoint(t, &mut w.out);
@@ -515,7 +567,8 @@ impl Writer {
         if let Some(ev) = &c.event {
             self.ops.note(ev);
         }
-        self.claimed += encode(&mut self.enc, c, &mut self.out, &mut self.written);
+        let sealed = self.enc.is_sealed();
+        self.claimed += encode(&mut self.enc, c, &mut self.out, &mut self.written, sealed);
     }
 
     /// Write the batch (syncing in line for sinks without a separate syncer), release the taps
@@ -601,17 +654,18 @@ fn encode(
     c: Chunk,
     out: &mut Vec<u8>,
     written: &mut Vec<oneshot::Sender<()>>,
+    sealed: bool,
 ) -> u64 {
     written.extend(c.written);
     match c.event {
         Some(ev) => {
             let size = event_size(&ev);
             enc.event(c.dir, c.t_ns, &ev.kind, &ev.fields, out);
-            space::claim_for(size)
+            space::claim_for(size, sealed)
         }
         None => {
             enc.data(c.dir, c.t_ns, &c.bytes, out);
-            space::claim_for(c.bytes.len())
+            space::claim_for(c.bytes.len(), sealed)
         }
     }
 }
@@ -743,8 +797,16 @@ mod tests {
         disk: &Mem,
         signer: &Arc<Signer>,
     ) -> (Vec<u8>, io::Error, SessionRecorder) {
+        record_until_refused_to(disk, signer, &[]).await
+    }
+
+    async fn record_until_refused_to(
+        disk: &Mem,
+        signer: &Arc<Signer>,
+        recipients: &[age::x25519::Recipient],
+    ) -> (Vec<u8>, io::Error, SessionRecorder) {
         let sink: Arc<dyn Sink> = Arc::new(disk.clone());
-        let rec = SessionRecorder::start(&sink, signer.clone(), &meta())
+        let rec = SessionRecorder::start(&sink, signer.clone(), &meta(), recipients)
             .await
             .unwrap();
         let tap = rec.tap();
@@ -818,5 +880,40 @@ mod tests {
         let d = disk.0.lock().unwrap();
         assert_eq!(recorded_down(&d.file), forwarded);
         assert!(forwarded.len() >= 40_000, "{}", forwarded.len());
+    }
+
+    #[tokio::test]
+    async fn an_encrypted_recording_fits_its_claims_and_holds_no_plaintext() {
+        let disk = Mem::new(1 << 20, true);
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let id = age::x25519::Identity::generate();
+        let (forwarded, refusal, rec) =
+            record_until_refused_to(&disk, &signer, &[id.to_public()]).await;
+        assert!(refusal.to_string().contains("no room"), "{refusal}");
+        assert!(rec.finish(end()).await.unwrap_err().contains("sealed"));
+        let d = disk.0.lock().unwrap();
+        assert_eq!(d.beyond, 0, "every write landed in reserved room");
+        let report = ward_recording::verify(&d.file, &signer.public_key());
+        assert!(report.ok, "{:?}", report.first_error);
+        // No data record in plain text; a 2000-byte run of one byte value would show.
+        let (records, _) = ward_recording::read_prefix(&d.file);
+        assert!(!records
+            .iter()
+            .any(|r| matches!(r, ward_recording::Record::Data { .. })));
+        assert!(recorded_down(&d.file).is_empty());
+        let run = vec![5u8; 2000];
+        assert!(!d.file.windows(run.len()).any(|w| w == run.as_slice()));
+        // The reviewer's identity opens exactly what was forwarded.
+        let meta = report.meta.unwrap();
+        let ids: Vec<Box<dyn age::Identity>> = vec![Box::new(id)];
+        let u = ward_recording::sealed::Unsealer::new(&meta, &ids).unwrap();
+        let opened = ward_recording::sealed::open_records(records, Some(&u)).unwrap();
+        let mut down = Vec::new();
+        for r in opened {
+            if let ward_recording::Record::Data { payload, .. } = r {
+                down.extend_from_slice(&payload);
+            }
+        }
+        assert_eq!(down, forwarded);
     }
 }

@@ -357,7 +357,9 @@ async fn start_recording<W: AsyncWrite + Unpin>(
         return Ok(None);
     };
     let meta = session_meta(ctx, session);
-    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta).await {
+    // `[recording] recipients` as of now: a reload gives new sessions the new recipients.
+    let recipients = ctx.shared.config().recording.recipients.clone();
+    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta, &recipients).await {
         Ok(r) => Ok(Some(match ctx.shared.recordings.index_open(&meta) {
             Some(hook) => r.indexed(hook),
             None => r,

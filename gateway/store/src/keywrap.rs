@@ -23,7 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use base64::Engine as _;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use ward_core::inject::VaultConfig;
 use ward_core::secret::Secret;
 use zeroize::{Zeroize, Zeroizing};
@@ -583,7 +583,7 @@ impl KeyHandle {
 }
 
 /// How many stored values are sealed under one key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyCount {
     /// The key's fingerprint (`plaintext` for legacy values not yet sealed).
     pub fingerprint: String,
@@ -598,7 +598,7 @@ pub struct KeyCount {
 }
 
 /// What a re-encryption did.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rewrapped {
     /// Vault values moved to the current key.
     pub vault_values: usize,
@@ -628,7 +628,7 @@ pub trait SecretStore: Send + Sync {
 }
 
 /// What [`rotate_file_kek`] did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rotated {
     /// The previous key's fingerprint.
     pub old: String,
@@ -685,6 +685,22 @@ pub fn rotate_file_kek(store: &dyn SecretStore, path: &Path) -> Result<Rotated, 
             on_disk.fingerprint(),
             ring.fingerprint()
         )));
+    }
+    // Values under a key the gateway does not hold would stop step 5: refuse before any file
+    // changes, naming the key.
+    if let Some(c) = store
+        .key_counts()?
+        .into_iter()
+        .find(|c| !c.held && c.fingerprint != "plaintext" && c.vault_values + c.totp_seeds > 0)
+    {
+        return Err(KeyError::Missing {
+            what: format!(
+                "{} vault value(s) and {} TOTP seed(s)",
+                c.vault_values, c.totp_seeds
+            ),
+            needed: c.fingerprint,
+            held: ring.fingerprints().join(", "),
+        });
     }
     let old = ring.fingerprint().to_owned();
     let new = Kek::generate()?;
@@ -773,12 +789,36 @@ pub fn open_store_keys(
     store: &dyn SecretStore,
     source: &KeySource,
 ) -> Result<(Arc<KeyRing>, Rewrapped), KeyError> {
+    let ring = load_store_keys(store, source)?;
+    let rewrapped = finish_interrupted(store, &ring, source)?;
+    Ok((store.key_handle().get()?, rewrapped))
+}
+
+/// The first half of [`open_store_keys`]: the ring from `source` (the key file created at the
+/// first start, but never over values sealed under a key that is gone), set on the store.
+pub fn load_store_keys(store: &dyn SecretStore, source: &KeySource) -> Result<KeyRing, KeyError> {
+    if let KeySource::File(path) = source {
+        // The key file is gone but values are sealed under a key: do not make a new key over
+        // them (a store restored without its key). Name the key they need.
+        if !path.exists() {
+            let sealed = store
+                .key_counts()?
+                .into_iter()
+                .find(|c| c.fingerprint != "plaintext" && c.vault_values + c.totp_seeds > 0);
+            if let Some(c) = sealed {
+                let p = path.display();
+                return Err(KeyError::NoKey(format!(
+                    "{p} does not exist, but ward.db holds {} vault value(s) and {} TOTP seed(s) sealed under the key with fingerprint {}: restore that key file (from the backup made with ward.db); to give those values up instead, put a new key there (`head -c 32 /dev/urandom | base64 > {p}; chmod 600 {p}`) and set them again",
+                    c.vault_values, c.totp_seeds, c.fingerprint
+                )));
+            }
+        }
+    }
     let ring = source
         .load_ring(true)?
         .ok_or_else(|| KeyError::NoKey(format!("{source} could not be created")))?;
     store.key_handle().set(ring.clone());
-    let rewrapped = finish_interrupted(store, &ring, source)?;
-    Ok((store.key_handle().get()?, rewrapped))
+    Ok(ring)
 }
 
 /// Finishes what a crashed rotation (or an upgrade from plaintext seeds) left: see
@@ -941,5 +981,141 @@ mod tests {
         assert!(err.contains("absent.key does not exist"), "{err}");
         let handle = KeyHandle::lazy(src);
         assert_eq!(handle.fingerprint().as_deref(), Some(ring.fingerprint()));
+    }
+
+    fn user(name: &str, seed: &str) -> crate::users::User {
+        crate::users::User {
+            name: name.into(),
+            kind: ward_ca::Kind::Vendor,
+            org: Some("acme".into()),
+            roles: vec![],
+            password_phc: "$argon2id$x".into(),
+            totp_secret: Some(seed.into()),
+            totp_last_step: None,
+            disabled: false,
+            created_unix: 1,
+            disabled_unix: None,
+            must_change_password: false,
+        }
+    }
+
+    #[test]
+    fn rotation_under_concurrent_writes_leaves_everything_under_the_new_key() {
+        use crate::users::UserStore;
+        use crate::vault::VaultStore;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DEFAULT_KEY_FILE);
+        let store = Arc::new(crate::store::SqliteStore::open(dir.path()).unwrap());
+        let src = KeySource::File(path.clone());
+        let (ring, _) = open_store_keys(&*store, &src).unwrap();
+        let old = ring.fingerprint().to_owned();
+        for i in 0..50 {
+            store
+                .add_user(&user(&format!("u{i}"), "JBSWY3DPEHPK3PXP"))
+                .unwrap();
+        }
+        store
+            .put_credential(
+                "pump-12",
+                "service",
+                "admin",
+                &Secret::new("pw-1".to_string()),
+                1,
+            )
+            .unwrap();
+        // Writers and readers run while the rotation does.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..3)
+            .map(|w| {
+                let (store, stop) = (store.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) || n < 20 {
+                        let name = format!("w{w}-{n}");
+                        store.add_user(&user(&name, "GEZDGNBVGY3TQOJQ")).unwrap();
+                        assert_eq!(
+                            store.user("u7").unwrap().unwrap().totp_secret.as_deref(),
+                            Some("JBSWY3DPEHPK3PXP")
+                        );
+                        assert_eq!(
+                            store
+                                .credential("pump-12", "service", None)
+                                .unwrap()
+                                .secret
+                                .expose(),
+                            "pw-1"
+                        );
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let rotated = rotate_file_kek(&*store, &path).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let written: usize = workers.into_iter().map(|w| w.join().unwrap()).sum();
+        assert_eq!(rotated.old, old);
+        assert_ne!(rotated.new, old);
+        assert_eq!(rotated.rewrapped.vault_values, 1);
+        assert!(rotated.rewrapped.totp_seeds >= 50);
+        // Everything (the workers' writes included) is under the new key, which alone is held.
+        let counts = store.key_counts().unwrap();
+        assert_eq!(counts.len(), 1, "{counts:?}");
+        assert_eq!(counts[0].fingerprint, rotated.new);
+        assert_eq!(counts[0].totp_seeds, 50 + written);
+        assert!(side_files(&path).unwrap().is_empty());
+        assert_eq!(
+            Kek::from_file(&path, false).unwrap().unwrap().fingerprint(),
+            rotated.new
+        );
+        // A fresh open (the next start) reads everything with the file alone.
+        drop(store);
+        let again = crate::store::SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(
+            again.user("w0-0").unwrap().unwrap().totp_secret.as_deref(),
+            Some("GEZDGNBVGY3TQOJQ")
+        );
+    }
+
+    #[test]
+    fn a_start_after_a_crash_at_any_step_opens_everything() {
+        use crate::users::UserStore;
+        // After step 1 (a .next file), after step 2 (.next and .retired), after step 3 (the new
+        // key in place, the old one retired, nothing re-encrypted).
+        for step in 1..=3 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join(DEFAULT_KEY_FILE);
+            let src = KeySource::File(path.clone());
+            let store = crate::store::SqliteStore::open(dir.path()).unwrap();
+            let (ring, _) = open_store_keys(&store, &src).unwrap();
+            store.add_user(&user("alice", "JBSWY3DPEHPK3PXP")).unwrap();
+            let old = ring.fingerprint().to_owned();
+            drop(store);
+            let new = Kek::generate().unwrap();
+            let next = sibling(&path, &format!(".next-{}", new.fingerprint()));
+            new.write_new(&next).unwrap();
+            if step >= 2 {
+                std::fs::hard_link(&path, sibling(&path, &format!(".retired-{old}"))).unwrap();
+            }
+            if step >= 3 {
+                std::fs::rename(&next, &path).unwrap();
+            }
+            let store = crate::store::SqliteStore::open(dir.path()).unwrap();
+            let (ring, done) = open_store_keys(&store, &src).unwrap();
+            let want = if step >= 3 {
+                new.fingerprint()
+            } else {
+                old.as_str()
+            };
+            assert_eq!(ring.fingerprint(), want, "step {step}");
+            assert_eq!(done.totp_seeds, usize::from(step >= 3), "step {step}");
+            assert_eq!(ring.fingerprints().len(), 1, "step {step}");
+            assert!(side_files(&path).unwrap().is_empty(), "step {step}");
+            assert_eq!(
+                store.user("alice").unwrap().unwrap().totp_secret.as_deref(),
+                Some("JBSWY3DPEHPK3PXP"),
+                "step {step}"
+            );
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod access_cmd;
 mod ca_cmd;
 mod evidence_cmd;
+mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
 mod show;
@@ -112,6 +113,10 @@ enum Command {
     /// remove, rotate, rekey. Passwords are never arguments and never printed.
     #[command(subcommand)]
     Vault(vault_cmd::VaultCommand),
+    /// The key-encryption key that seals the store's secrets (vault values, TOTP seeds):
+    /// status, and online rotation (admins).
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 #[derive(Debug, Args)]
@@ -406,6 +411,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Revoke(args) => client_runtime()?.block_on(access_cmd::revoke(args)),
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
         Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
+        Command::Keys(cmd) => client_runtime()?.block_on(keys_cmd::run(cmd)),
     }
 }
 

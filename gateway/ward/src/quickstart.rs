@@ -117,8 +117,9 @@ pub fn prepare(
         clock,
     )?;
     let config = dir.join("ward.toml");
-    std::fs::write(&config, sample_config(ports, netns))
-        .with_context(|| format!("writing {}", config.display()))?;
+    let recipient = reviewer_key(dir)?;
+    let text = sample_config(ports, netns) + &recording_section(&recipient);
+    std::fs::write(&config, text).with_context(|| format!("writing {}", config.display()))?;
     add_login_user(dir, &config, clock)?;
     add_console_user(dir, &config, clock)?;
     add_clinician_user(dir, &config, clock)?;
@@ -235,6 +236,48 @@ fn add_clinician_user(dir: &Path, config: &Path, clock: &dyn Clock) -> anyhow::R
         created.totp_uri.unwrap_or_default()
     );
     write_private(&dir.join(CLINICIAN_USER_FILE), &text)
+}
+
+/// The reviewer's age identity (development only, mode 0600): quickstart recordings are
+/// encrypted to its public key, and `--identity-key` with this file reads them.
+pub const REVIEWER_KEY_FILE: &str = "reviewer-age-key.txt";
+
+/// The reviewer's recipient (`age1…`): from [`REVIEWER_KEY_FILE`] when an earlier quickstart in
+/// this dir made one (its recordings stay readable), else from a new identity written there.
+fn reviewer_key(dir: &Path) -> anyhow::Result<String> {
+    let path = dir.join(REVIEWER_KEY_FILE);
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let recipient = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# public key: "))
+            .map(str::trim)
+            .filter(|r| ward_recording::sealed::parse_recipient(r).is_ok());
+        if let (Some(r), Ok(_)) = (recipient, ward_recording::sealed::load_identities(&text)) {
+            return Ok(r.to_string());
+        }
+    }
+    let id = ward_recording::sealed::NewIdentity::generate();
+    let text = format!(
+        "# The security team's key for `ward quickstart` recordings (development only): they are\n\
+         # encrypted to its public key; read them with --identity-key {}.\n{}",
+        path.display(),
+        id.file_text()
+    );
+    write_private(&path, &text)?;
+    Ok(id.recipient().to_string())
+}
+
+/// `[recording]`: quickstart recordings are encrypted to the reviewer's key.
+fn recording_section(recipient: &str) -> String {
+    format!(
+        r#"
+# Recordings are encrypted at rest to the security team's age key (docs/recording-format.md):
+# the gateway holds only this public key; the identity is {REVIEWER_KEY_FILE} (keep it elsewhere
+# in a real deployment). `ward audit verify` needs no key.
+[recording]
+recipients = ["{recipient}"]
+"#
+    )
 }
 
 /// Writes `text` to `path`, readable by its owner only.
@@ -449,18 +492,21 @@ The monitor's own web console in the browser, through Ward: {monitor_url}
   open that address: the monitor's pages come without its password (the vault injects it), stay
   under /d/monitor-3/, and are one recorded session; Ward refuses anything but GET and HEAD.
 
-As security (sam) — every session is recorded; list, replay, export and verify them:
+As security (sam) — every session is recorded, encrypted at rest to the reviewer's age key
+{d}/{key} (mode 0600; the gateway holds only its public key, `[recording] recipients`);
+list, replay, export and verify them (verifying needs no key):
   {exe} sessions --state-dir {d}/state
-  {exe} replay SESSION --state-dir {d}/state            # SESSION from the listing
-  {exe} export SESSION --format asciicast --out session.cast --state-dir {d}/state
+  {exe} replay SESSION --identity-key {d}/{key} --state-dir {d}/state   # SESSION from the listing
+  {exe} export SESSION --format asciicast --out session.cast --identity-key {d}/{key} --state-dir {d}/state
   {exe} audit verify --all --state-dir {d}/state
   {exe} sessions --op 'telnet:passwd*' --state-dir {d}/state   # sessions by what was done in them
-  {exe} ops SESSION --state-dir {d}/state               # a session's operations (patient data masked)
+  {exe} ops SESSION --identity-key {d}/{key} --state-dir {d}/state   # a session's operations (patient data masked)
   {exe} sessions --gateway {gateway} --identity {d}/security   # the same, through the gateway (audited)
 
 Press Ctrl-C to stop.
 "#,
         cfg = setup.config.display(),
+        key = REVIEWER_KEY_FILE,
         web_url = console_url(setup),
         monitor_url = device_console_url(setup, "monitor-3"),
     )

@@ -855,6 +855,26 @@ fn start_gateway(
     launch_gateway(ward, w, &config, (quic, tcp), state, recording)
 }
 
+/// Start `ward gateway` with recordings encrypted to a fresh age recipient (`[recording]
+/// recipients`), its own config and state dir.
+fn start_encrypting_gateway(
+    ward: &Path,
+    w: &WardSetup,
+    devices: (SocketAddr, SocketAddr, SocketAddr),
+    state: &str,
+) -> Result<GatewayProc> {
+    let (quic, tcp) = (free_udp_port()?, free_port()?);
+    let config = w.dir.path().join(format!("{state}.toml"));
+    let reviewer = ward_recording::sealed::NewIdentity::generate();
+    let text = format!(
+        "{}\n[recording]\nrecipients = [\"{}\"]\n",
+        ward_config(quic, tcp, devices, state),
+        reviewer.recipient()
+    );
+    std::fs::write(&config, text)?;
+    launch_gateway(ward, w, &config, (quic, tcp), state, true)
+}
+
 /// Start the gateway process for a config already written (listening on `quic` / `tcp`, state in
 /// `state`): the `ward` binary when `recording`, else this binary as `--serve-norec`.
 fn launch_gateway(
@@ -1633,6 +1653,8 @@ enum PathKind {
     WardQuic,
     WardTcp,
     WardQuicNoRec,
+    /// `ward gateway` with `[recording] recipients`: recordings encrypted at rest.
+    WardQuicEnc,
     Peer,
 }
 
@@ -1643,6 +1665,7 @@ impl PathKind {
             PathKind::WardQuic => "quic",
             PathKind::WardTcp => "tcp",
             PathKind::WardQuicNoRec => "quic-norec",
+            PathKind::WardQuicEnc => "quic-enc",
             PathKind::Peer => "peer",
         }
     }
@@ -2852,6 +2875,18 @@ fn render(opts: &Opts, r: &Results, cmd: &str) -> String {
             format!("recording costs {:.0} % of the throughput", (1.0 - ratio) * 100.0),
         );
     }
+    let quic_enc = r.bulk.iter().find(|b| b.1 == PathKind::WardQuicEnc);
+    if let (Some(enc), Some(on)) = (quic_enc, quic_on) {
+        let ratio = enc.2.gbps() / on.2.gbps();
+        row(
+            &mut s,
+            "recording encrypted ÷ recording plain (QUIC bulk; `ward gateway` with and without `[recording] recipients`, same run)",
+            format!("{:.2} ÷ {:.2} Gbit/s = {ratio:.2}", enc.2.gbps(), on.2.gbps()),
+            "≥ 0.85",
+            ratio >= 0.85,
+            format!("encryption costs {:.0} % of the throughput", (1.0 - ratio) * 100.0),
+        );
+    }
     for (name, _, b) in r.bulk.iter().filter(|b| b.2.recorded.is_some()) {
         let rec = b.recorded.unwrap_or(0) as f64;
         let ratio = rec / b.bytes as f64;
@@ -3246,6 +3281,8 @@ fn main() -> Result<()> {
     let cl_rt = runtime("ward-cl", 2)?;
     let gw_on = start_gateway(&ward_bin, &w, devices, "state", true)?;
     let gw_off = start_gateway(&ward_bin, &w, devices, "state-norec", false)?;
+    // The same `ward gateway`, recordings encrypted to an age recipient (issue 18).
+    let gw_enc = start_encrypting_gateway(&ward_bin, &w, devices, "state-enc")?;
     let mut clients = Vec::new();
     let mut client =
         |gw: &GatewayProc, transport: &str, device: &str, tag: &str| -> Result<(u32, SocketAddr)> {
@@ -3261,7 +3298,9 @@ fn main() -> Result<()> {
     let (_, tcp_echo) = client(&gw_on, "tcp", "echo", "tcp-echo")?;
     let (nr_sink_pid, nr_sink) = client(&gw_off, "quic", "sink", "norec-sink")?;
     let (_, nr_echo) = client(&gw_off, "quic", "echo", "norec-echo")?;
-    for addr in [quic_echo, tcp_echo, nr_echo] {
+    let (enc_sink_pid, enc_sink) = client(&gw_enc, "quic", "sink", "enc-sink")?;
+    let (_, enc_echo) = client(&gw_enc, "quic", "echo", "enc-echo")?;
+    for addr in [quic_echo, tcp_echo, nr_echo, enc_echo] {
         wait_ready(addr, &mut [], &w.dir.path().join("client-quic-echo.log"))
             .with_context(|| format!("ward connect on {addr}"))?;
     }
@@ -3312,6 +3351,16 @@ fn main() -> Result<()> {
             cl_pid: Some(nr_sink_pid),
             kind: PathKind::WardQuicNoRec,
             recordings: None,
+        },
+        Route {
+            name: "Ward, QUIC, recording encrypted".into(),
+            sink: enc_sink,
+            echo: enc_echo,
+            roots: vec![],
+            gw_pid: Some(gw_enc.proc.pid()),
+            cl_pid: Some(enc_sink_pid),
+            kind: PathKind::WardQuicEnc,
+            recordings: Some(gw_enc.state.join(ward_server::RECORDINGS_DIR)),
         },
     ];
     let mut peers = Vec::new();
@@ -3377,12 +3426,19 @@ fn main() -> Result<()> {
         for (name, _, b) in &results.bulk {
             let c = b.cpu;
             println!(
-                "{name}: {:.2} Gbit/s; CPU s: gateway {:.2}, client {:.2}, peer {:.2}, process {:.2}",
+                "{name}: {:.2} Gbit/s; CPU s: gateway {:.2}, client {:.2}, peer {:.2}, process {:.2}{}",
                 b.gbps(),
                 c.gateway,
                 c.client,
                 c.peer,
-                c.total
+                c.total,
+                b.recorded
+                    .map(|r| format!(
+                        "; recorded {r} bytes for {} moved = {:.4}",
+                        b.bytes,
+                        r as f64 / b.bytes as f64
+                    ))
+                    .unwrap_or_default()
             );
         }
         cl_rt.shutdown_background();

@@ -33,16 +33,33 @@ const DATA_HEADER: u64 = RECORD_HEADER_LEN as u64 + 8;
 /// `every_records` records, the recorder one per second only if records were written since.
 const CHECKPOINT: u64 = RECORD_HEADER_LEN as u64 + 120;
 
+/// What a sealed record adds around the records it holds: its header and time (13), nonce (16),
+/// and the last chunk's tag (16); plus a tag per 64 KiB chunk ([`SEALED_CHUNK_TAG`]).
+const SEALED_FIXED: u64 = DATA_HEADER + 16 + 16;
+/// Poly1305 tag per 64 KiB of sealed plaintext.
+const SEALED_CHUNK_TAG: u64 = 16;
+
 /// The room a chunk of `len` bytes can take in the file: its records and a checkpoint after each.
-pub fn claim_for(len: usize) -> u64 {
+/// Encrypted (`sealed`): as if every record were sealed on its own, plus one more sealed record
+/// (the sealed encoder may split a chunk across two) and a tag per 64 KiB: the recorder seals
+/// each batch, so a batch of one chunk pays all of that; [`Ledger`] gives back what larger
+/// batches did not use.
+pub fn claim_for(len: usize, sealed: bool) -> u64 {
     let records = len.div_ceil(MAX_DATA_PAYLOAD).max(1) as u64;
-    len as u64 + records * (DATA_HEADER + CHECKPOINT)
+    let plain = len as u64 + records * (DATA_HEADER + CHECKPOINT);
+    if !sealed {
+        return plain;
+    }
+    let chunks = len.div_ceil(ward_recording::sealed::CHUNK) as u64;
+    plain + (records + 1) * (SEALED_FIXED + DATA_HEADER) + chunks * SEALED_CHUNK_TAG
 }
 
 /// One recording's reserved room, shared by the taps of both directions.
 pub struct Space {
     /// Reserved bytes no chunk has claimed yet.
     avail: AtomicU64,
+    /// The recording is encrypted: claims include the sealed records' overhead.
+    sealed: bool,
     /// Extensions, one at a time.
     grow: tokio::sync::Mutex<Grow>,
 }
@@ -58,11 +75,12 @@ struct Grow {
 impl Space {
     /// Reserve room for a new recording's `header_len` bytes, the end margin and a first budget
     /// (blocking: call it where the file is created).
-    pub fn open(reserver: Reserver, header_len: u64) -> io::Result<Space> {
+    pub fn open(reserver: Reserver, header_len: u64, sealed: bool) -> io::Result<Space> {
         let end = header_len + END_MARGIN + FIRST_BUDGET;
         reserver(0, end)?;
         Ok(Space {
             avail: AtomicU64::new(FIRST_BUDGET),
+            sealed,
             grow: tokio::sync::Mutex::new(Grow {
                 reserver,
                 end,
@@ -74,7 +92,7 @@ impl Space {
     /// Claim room for the record of a chunk of `len` bytes, extending the reservation when the
     /// budget is short. An error means the disk has no room for it: do not forward the chunk.
     pub async fn claim(&self, len: usize) -> io::Result<()> {
-        let need = claim_for(len);
+        let need = claim_for(len, self.sealed);
         if self.take(need) {
             return Ok(());
         }
@@ -168,10 +186,10 @@ mod tests {
 
     #[test]
     fn claims_cover_records_and_one_checkpoint_each() {
-        assert_eq!(claim_for(1), 1 + 13 + 125);
-        assert_eq!(claim_for(64 * 1024), 64 * 1024 + 138);
+        assert_eq!(claim_for(1, false), 1 + 13 + 125);
+        assert_eq!(claim_for(64 * 1024, false), 64 * 1024 + 138);
         assert_eq!(
-            claim_for(MAX_DATA_PAYLOAD + 1),
+            claim_for(MAX_DATA_PAYLOAD + 1, false),
             MAX_DATA_PAYLOAD as u64 + 1 + 2 * 138
         );
     }
@@ -179,7 +197,7 @@ mod tests {
     #[tokio::test]
     async fn steps_grow_to_the_cap_and_ranges_are_contiguous() {
         let (r, log) = disk(u64::MAX);
-        let space = Space::open(r, 600).unwrap();
+        let space = Space::open(r, 600, false).unwrap();
         for _ in 0..200 {
             space.claim(64 * 1024).await.unwrap();
         }
@@ -191,13 +209,13 @@ mod tests {
         assert!(log.iter().all(|(_, len)| *len <= MAX_STEP), "{log:?}");
         assert_eq!(log.last().unwrap().1, MAX_STEP);
         let reserved: u64 = log.iter().map(|(_, l)| l).sum();
-        assert!(reserved >= 600 + END_MARGIN + 200 * claim_for(64 * 1024));
+        assert!(reserved >= 600 + END_MARGIN + 200 * claim_for(64 * 1024, false));
     }
 
     #[tokio::test]
     async fn idle_sessions_reserve_little() {
         let (r, log) = disk(u64::MAX);
-        let space = Space::open(r, 600).unwrap();
+        let space = Space::open(r, 600, false).unwrap();
         for _ in 0..20 {
             space.claim(1).await.unwrap();
         }
@@ -211,19 +229,19 @@ mod tests {
     #[tokio::test]
     async fn what_records_did_not_use_goes_back_but_one_checkpoint() {
         let (r, log) = disk(u64::MAX);
-        let space = Space::open(r, 600).unwrap();
+        let space = Space::open(r, 600, false).unwrap();
         let mut ledger = Ledger::default();
         // A keystroke session: 1-byte records of 14 bytes, a checkpoint now and then.
         for i in 0..10_000u64 {
             space.claim(1).await.unwrap();
             let used = 14 + if i % 100 == 99 { CHECKPOINT } else { 0 };
-            ledger.settle(&space, claim_for(1), used);
+            ledger.settle(&space, claim_for(1, false), used);
         }
         let reserved: u64 = log.lock().unwrap().iter().map(|(_, l)| l).sum();
         let written = 10_000 * 14 + 100 * CHECKPOINT;
         assert!(reserved < 600 + END_MARGIN + written + 2 * MAX_STEP);
         assert!(
-            reserved < 600 + END_MARGIN + 10_000 * claim_for(1) / 4,
+            reserved < 600 + END_MARGIN + 10_000 * claim_for(1, false) / 4,
             "{reserved}"
         );
         // A checkpoint for records already written always finds its room.
@@ -232,8 +250,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_disk_fails_the_claim_after_taking_what_is_left() {
-        let (r, _) = disk(600 + END_MARGIN + FIRST_BUDGET + 3 * claim_for(10_000));
-        let space = Space::open(r, 600).unwrap();
+        let (r, _) = disk(600 + END_MARGIN + FIRST_BUDGET + 3 * claim_for(10_000, false));
+        let space = Space::open(r, 600, false).unwrap();
         let mut forwarded = 0;
         while space.claim(10_000).await.is_ok() {
             forwarded += 1;
@@ -244,5 +262,55 @@ mod tests {
         assert_eq!(forwarded, 3);
         // A small chunk still fits what the failed claims left unclaimed.
         space.claim(1).await.unwrap();
+    }
+
+    #[test]
+    fn sealed_claims_cover_what_sealed_batches_write() {
+        use std::sync::Arc;
+        use ward_recording::{CheckpointPolicy, Direction, Encoder, SessionMeta, Signer};
+        let signer = Arc::new(Signer::generate().unwrap().0);
+        let r = age::x25519::Identity::generate().to_public();
+        let policy = CheckpointPolicy {
+            every_records: 3,
+            every_ns: u64::MAX,
+        };
+        let mut out = Vec::new();
+        let meta = SessionMeta {
+            session_id: "s".into(),
+            ..SessionMeta::default()
+        };
+        let mut enc = Encoder::start_sealed(&meta, signer, policy, &[r], &mut out).unwrap();
+        out.clear();
+        let sizes = [
+            1usize,
+            3,
+            64 * 1024,
+            64 * 1024 + 1,
+            200_000,
+            1,
+            MAX_DATA_PAYLOAD,
+            17,
+        ];
+        let (mut claimed, mut used) = (0u64, 0u64);
+        // Batches of one chunk (the worst case) up to batches of many.
+        for batch in 1..=sizes.len() {
+            for (i, len) in sizes.iter().cycle().take(batch * 3).enumerate() {
+                enc.data(Direction::Down, i as u64, &vec![7u8; *len], &mut out);
+                claimed += claim_for(*len, true);
+                if i % batch == batch - 1 {
+                    enc.flush(i as u64, &mut out).unwrap();
+                    used += out.len() as u64;
+                    out.clear();
+                    assert!(used <= claimed, "batch {batch}: {used} > {claimed}");
+                }
+            }
+            enc.checkpoint(0, &mut out);
+            used += out.len() as u64;
+            out.clear();
+            assert!(used <= claimed, "{used} > {claimed}");
+        }
+        // The overhead claimed per bulk chunk stays small: 64 KiB chunks claim < 0.5 % extra.
+        let extra = claim_for(64 * 1024, true) - 64 * 1024;
+        assert!(extra < 330, "{extra}");
     }
 }

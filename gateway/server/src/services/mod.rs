@@ -30,6 +30,7 @@ use crate::audit::{AuditLog, Event};
 
 pub mod access;
 pub mod devices;
+pub mod keys;
 pub mod live;
 pub mod locks;
 pub mod login;

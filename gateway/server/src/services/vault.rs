@@ -173,6 +173,8 @@ pub struct Vault {
     pub secrets: Option<Arc<dyn SecretStore>>,
     /// What the key step of the start did.
     pub at_start: StartKeys,
+    /// Held by a running `ward keys rotate --kek` (one at a time).
+    pub kek_rotation: tokio::sync::Mutex<()>,
 }
 
 /// The (device, account) entries being rotated.
@@ -743,12 +745,13 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
     rotator: Arc<dyn DeviceRotator>,
 ) -> anyhow::Result<Arc<Vault>> {
     let source = KeySource::of(config, state_dir);
-    let (at_start, warning) = match ward_store::keywrap::open_store_keys(&**db, &source) {
-        Ok((_, done)) => (done, None),
-        // The key itself is unusable (unset key_env, lax mode, garbage): fail closed.
-        Err(
-            e @ (ward_store::keywrap::KeyError::Key(_) | ward_store::keywrap::KeyError::NoKey(_)),
-        ) if db.key_handle().get().is_err() => return Err(e.into()),
+    // The key itself (unset key_env, lax mode, garbage, a key file gone from under sealed
+    // values): fail closed.
+    let ring = ward_store::keywrap::load_store_keys(&**db, &source)?;
+    // What a crash or an upgrade left: values under a key the gateway does not hold are refused
+    // one by one (named), the gateway still starts.
+    let (at_start, warning) = match ward_store::keywrap::finish_interrupted(&**db, &ring, &source) {
+        Ok(done) => (done, None),
         Err(e) => (Rewrapped::default(), Some(e.to_string())),
     };
     if let Some(w) = &warning {
@@ -787,6 +790,7 @@ pub fn open_vault<S: VaultStore + SecretStore + 'static>(
             rewrapped: at_start,
             warning,
         },
+        kek_rotation: Default::default(),
     }))
 }
 
@@ -976,6 +980,7 @@ mod tests {
             rotating: Rotating::default(),
             secrets: Some(db.clone()),
             at_start: StartKeys::default(),
+            kek_rotation: Default::default(),
         });
         Fx {
             service: VaultService::new(ctx, vault),
@@ -1260,6 +1265,7 @@ mod tests {
                     rotating: Rotating::default(),
                     secrets: Some(fx.db.clone()),
                     at_start: StartKeys::default(),
+                    kek_rotation: Default::default(),
                 }),
             ),
             ..fx
