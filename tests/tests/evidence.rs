@@ -768,3 +768,85 @@ fn encrypted_recordings_go_in_sealed_or_reencrypted_to_an_auditor() {
         "{out:?}"
     );
 }
+
+/// A gateway with `[recording] recipients`: sessions recorded encrypted, exported through
+/// `--gateway` (the gateway signs without being able to read them), verified elsewhere with no
+/// key and with the team's identity; `age -d` opens a segment and finds what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_recordings_export_through_the_gateway() {
+    init_logs();
+    if !(require_peer("age") && require_peer("age-keygen") && require_peer("tar")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (team, team_recipient) = age_keygen(dir.path(), "team");
+    let pki = Arc::new(Pki::new());
+    let device = echo_device().await;
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        device,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let extra = format!("\n[recording]\nrecipients = [\"{team_recipient}\"]\n");
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, &extra, clock).await;
+    let state = tg.state_dir();
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let sam = pki.person(Kind::Security, "sam", None, &[]);
+    let marker = b"MARKER-7f3c9a1e-evidence-through-the-gateway-0123456789abcdef".to_vec();
+    let client = tg.client(&vendor, Transport::Quic);
+    let session = client.open("pump-12", false, None).await.unwrap();
+    let id = session.session_id.clone();
+    let (_, end) = echo_session(session, &marker).await;
+    assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
+    let bundle = dir.path().join("enc.ward-evidence");
+    let (quic, root) = (tg.quic(), pki.root());
+    run_ok(&mut ward(&[
+        "evidence",
+        "export",
+        &id,
+        "--gateway",
+        &quic,
+        "--identity",
+        sam.to_str().unwrap(),
+        "--ca",
+        root.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]));
+    tg.shutdown(Duration::from_millis(50)).await;
+    std::fs::remove_dir_all(&state).unwrap();
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_slice()),
+        "the payload is in the bundle in the clear"
+    );
+    let out = verify(&bundle, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains(&format!("payload {id}: ok")), "{out:?}");
+    let out = verify(&bundle, &["--identity-key", team.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("each decrypted with the identity"),
+        "{out:?}"
+    );
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run_ok(Command::new("tar").arg("xf").arg(&bundle).arg("-C").arg(&x));
+    let mut found = false;
+    for e in std::fs::read_dir(x.join("payload").join(&id)).unwrap() {
+        let plain = run_ok(
+            Command::new("age")
+                .arg("-d")
+                .arg("-i")
+                .arg(&team)
+                .arg(e.unwrap().path()),
+        );
+        found |= plain
+            .raw_stdout
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice());
+    }
+    assert!(found, "no segment holds the marker");
+}
