@@ -77,6 +77,7 @@ pub fn ward(args: &[&str]) -> Command {
     cmd.args(args)
         .env_remove("WARD_GATEWAY")
         .env_remove("WARD_IDENTITY")
+        .env_remove("WARD_IDENTITY_KEY")
         .env_remove("RUST_LOG");
     cmd
 }

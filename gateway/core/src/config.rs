@@ -13,9 +13,11 @@
 mod inject;
 mod oidc;
 mod recording;
+mod review;
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 pub use recording::RecordingConfig;
+pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -183,6 +185,12 @@ max_session = "8h"                 # ...and this long after sign-in
 # kind = "clinician"
 # org = "st-mary"
 # roles = ["icu"]
+
+# Recordings encrypted to [recording] recipients are opened by reviewers with their own key
+# (`ward replay --identity-key FILE`). Give the gateway a reviewer identity only if the web console
+# must play them: the gateway host can then read them (docs/recording-format.md).
+# [review]
+# identity_file = "/etc/ward/reviewer-age-key.txt"   # 0600
 "#;
 
 /// Line and column (both 1-based, column in characters) of an error.
@@ -490,6 +498,9 @@ pub struct Config {
     pub oidc: Vec<OidcProvider>,
     /// `[recording]`: the age recipients recordings are encrypted to (docs/recording-format.md).
     pub recording: RecordingConfig,
+    /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
+    /// default).
+    pub review: ReviewConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -655,6 +666,7 @@ impl Config {
         let web = cx.web(raw.web, &listeners)?;
         let oidc = cx.oidc(raw.oidc)?;
         let recording = cx.recording(raw.recording)?;
+        let review = cx.review(raw.review)?;
         if let (Some(first), None) = (oidc.first(), web.listen) {
             return Err(ConfigError {
                 file: file_name.to_owned(),
@@ -678,6 +690,7 @@ impl Config {
             web,
             oidc,
             recording,
+            review,
         })
     }
 
@@ -694,6 +707,14 @@ impl Config {
             if path.is_relative() {
                 *path = base.join(&*path);
             }
+        }
+        if let Some(path) = self
+            .review
+            .identity_file
+            .as_mut()
+            .filter(|p| p.is_relative())
+        {
+            *path = base.join(&*path);
         }
     }
 
@@ -752,6 +773,8 @@ struct RawConfig {
     oidc: Vec<Spanned<oidc::RawOidc>>,
     #[serde(default)]
     recording: recording::RawRecording,
+    #[serde(default)]
+    review: review::RawReview,
 }
 
 #[derive(Deserialize, Default)]

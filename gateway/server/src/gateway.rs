@@ -432,7 +432,8 @@ impl Gateway {
         .with_signer({
             let signer = signer.clone();
             Arc::new(move || signer.clone())
-        });
+        })
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(

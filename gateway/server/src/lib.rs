@@ -32,6 +32,7 @@ pub mod review_jobs;
 pub mod services;
 mod session;
 pub mod state_lock;
+pub mod unseal;
 pub mod web;
 
 /// The gateway's Ed25519 signing key for recordings and the audit log, inside the state dir.

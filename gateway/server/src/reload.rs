@@ -105,6 +105,7 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
         .map_err(|e| ReloadError::Invalid(format!("{e:#}")))?;
     let gateway = new.gateway.clone();
     let web = new.web.clone();
+    let review = new.review.clone();
     let published = shared.swap_config(new, |cur| {
         let mut fields = cur.gateway.restart_only_changes(&gateway);
         // The web console's listener and its sign-in timeouts are bound at start.
@@ -119,6 +120,10 @@ fn apply(shared: &Shared, path: &Path) -> Result<ReloadReport, ReloadError> {
         }
         if cur.web.max_session != web.max_session {
             fields.push("web.max_session");
+        }
+        // The reviewer identity is read (and its mode checked) at start.
+        if cur.review != review {
+            fields.push("review.identity_file");
         }
         if fields.is_empty() {
             Ok(())

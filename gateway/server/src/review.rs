@@ -17,6 +17,9 @@ pub use ward_store::session_index::{rfc3339, SessionSummary};
 
 use ward_store::recording_store::RecordingStore;
 
+use crate::unseal::Opener;
+pub use crate::unseal::{IdentityKey, OpenError};
+
 /// Which sessions to list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -107,50 +110,123 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Summarise one recording (verifying it), or `None` if it does not match `filter`.
+/// Summarise one recording (verifying it), or `None` if it does not match `filter`. An encrypted
+/// recording is read without its contents (a filter on them does not match it): see
+/// [`summarise_with`].
 pub fn summarise(
     bytes: &[u8],
     key: &[u8; 32],
     filter: &Filter,
     fallback_id: &str,
 ) -> Option<SessionSummary> {
+    summarise_with(bytes, key, filter, fallback_id, None)
+        .ok()
+        .flatten()
+}
+
+/// Whether `filter` asks about what was recorded (text, operations), which an encrypted
+/// recording answers only to an identity.
+fn reads_contents(filter: &Filter) -> bool {
+    filter.grep.is_some() || filter.op.is_some()
+}
+
+/// [`summarise`], opening an encrypted recording with `identity`. Without one (or with one that
+/// does not open it) an encrypted recording is summarised from what is stored in plaintext (its
+/// metadata, end record and verification; its operations unknown), and a filter on its contents
+/// (`grep`, `op`) is an error: it cannot be answered, and the recording is not silently dropped.
+pub fn summarise_with(
+    bytes: &[u8],
+    key: &[u8; 32],
+    filter: &Filter,
+    fallback_id: &str,
+    identity: Option<&IdentityKey>,
+) -> Result<Option<SessionSummary>, OpenError> {
     let report = ward_recording::verify(bytes, key);
     let meta = report.meta.clone();
-    let (mut up, mut down, mut last_ns, mut hay_up, mut hay_down) =
-        (0u64, 0u64, 0u64, Vec::new(), Vec::new());
-    let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
-    let mut ops = OpsSummary::default();
     // An operation pattern is matched against every operation, whole (the summary keeps a
     // bounded set of names, cut): what a listing from the index falls back to.
     let pattern = filter.op_pattern().ok().flatten();
-    let mut op_hit = false;
+    let mut seen = Contents {
+        grep: filter.grep.is_some(),
+        ..Contents::default()
+    };
+    let mut opener = Opener::new(identity, fallback_id);
     for item in ward_recording::Reader::new(bytes) {
         let Ok((_, record)) = item else { break };
+        if let Record::Sealed { t_ns, .. } = &record {
+            seen.last_ns = seen.last_ns.max(*t_ns);
+        }
+        match opener.open(record) {
+            Ok(records) => {
+                for record in records {
+                    seen.note(record, pattern.as_ref());
+                }
+            }
+            Err(e) if reads_contents(filter) => return Err(e),
+            Err(_) => seen.unopened = true,
+        }
+    }
+    Ok(summary_of(&report, meta, filter, fallback_id, seen))
+}
+
+/// What [`summarise_with`] read of a recording's records.
+#[derive(Default)]
+struct Contents {
+    up: u64,
+    down: u64,
+    last_ns: u64,
+    /// Keep the bytes (`hay_*`) to search them.
+    grep: bool,
+    hay_up: Vec<u8>,
+    hay_down: Vec<u8>,
+    op_hit: bool,
+    ops: OpsSummary,
+    /// An encrypted part was not opened: the operations are unknown.
+    unopened: bool,
+}
+
+impl Contents {
+    fn note(&mut self, record: Record, pattern: Option<&OpPattern>) {
         if let Record::Event { kind, fields, .. } = &record {
-            ops.note_event(kind, fields);
-            if let (Some(p), false) = (&pattern, op_hit) {
-                op_hit =
+            self.ops.note_event(kind, fields);
+            if let (Some(p), false) = (pattern, self.op_hit) {
+                self.op_hit =
                     ward_decode::summary::op_of_event(kind, fields).is_some_and(|o| p.matches(&o));
             }
         }
         if let Record::Data { dir, t_ns, payload } = record {
-            last_ns = last_ns.max(t_ns);
-            match dir {
-                Direction::Up => {
-                    up += payload.len() as u64;
-                    if want_grep.is_some() {
-                        hay_up.extend_from_slice(&payload);
-                    }
-                }
-                Direction::Down => {
-                    down += payload.len() as u64;
-                    if want_grep.is_some() {
-                        hay_down.extend_from_slice(&payload);
-                    }
-                }
+            self.last_ns = self.last_ns.max(t_ns);
+            let (count, hay) = match dir {
+                Direction::Up => (&mut self.up, &mut self.hay_up),
+                Direction::Down => (&mut self.down, &mut self.hay_down),
+            };
+            *count += payload.len() as u64;
+            if self.grep {
+                hay.extend_from_slice(&payload);
             }
         }
     }
+}
+
+fn summary_of(
+    report: &VerifyReport,
+    meta: Option<ward_recording::SessionMeta>,
+    filter: &Filter,
+    fallback_id: &str,
+    seen: Contents,
+) -> Option<SessionSummary> {
+    let Contents {
+        up,
+        down,
+        last_ns,
+        hay_up,
+        hay_down,
+        op_hit,
+        ops,
+        unopened,
+        ..
+    } = seen;
+    let want_grep = filter.grep.as_ref().map(|g| g.as_bytes().to_vec());
     let (id, principal, serial, device, protocol, source, rule, start_ms, break_glass) = match &meta
     {
         Some(m) => {
@@ -242,13 +318,13 @@ pub fn summarise(
         bytes_up,
         bytes_down,
         end_reason,
-        verification: verification(&report),
+        verification: verification(report),
         break_glass,
         ops: ops.ops.into_iter().collect(),
         undecodable: ops.undecodable,
         denied_ops: ops.denied,
         ops_truncated: ops.truncated,
-        ops_unknown: false,
+        ops_unknown: unopened,
     })
 }
 
@@ -292,7 +368,7 @@ pub fn summary_of_stored(
     report: &VerifyReport,
 ) -> Option<SessionSummary> {
     let mut summary = summary_of_ended(report)?;
-    let ops = store.open(id).and_then(|snap| {
+    let ops = store.open(id).map_err(ReadFailure::from).and_then(|snap| {
         ops_of_read(std::io::BufReader::new(std::io::Read::take(
             snap.reader,
             snap.len,
@@ -314,21 +390,38 @@ pub fn summary_of_stored(
 }
 
 /// Type codes of the records [`scan_records`] decodes (docs/recording-format.md; checked by a
-/// test against the encoder): the metadata and events.
+/// test against the encoder): the metadata, events, and sealed records (which hold events).
 const META_RECORD: u8 = 0x01;
 const EVENT_RECORD: u8 = 0x07;
+const SEALED_RECORD: u8 = 0x08;
+
+/// Why a recording read one record at a time gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadFailure {
+    /// Reading failed, or the bytes are not a recording.
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    /// An encrypted part could not be opened.
+    #[error(transparent)]
+    Open(#[from] OpenError),
+}
 
 /// Read a recording from `input` one record at a time, calling `f` with its metadata and each
-/// event; data records are skipped, never held. Stops at a clean or torn end; an error for a
-/// recording that is not one.
-fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> std::io::Result<()> {
+/// event (those inside sealed records too, opened by `opener`); data records are skipped, never
+/// held. Stops at a clean or torn end; an error for a recording that is not one, or for a sealed
+/// record `opener` cannot open.
+fn scan_records<R: std::io::Read>(
+    mut input: R,
+    opener: &mut Opener,
+    mut f: impl FnMut(Record),
+) -> Result<(), ReadFailure> {
     use std::io::{Error, ErrorKind, Read};
     let mut magic = [0u8; 8];
     match input.read_exact(&mut magic) {
         Ok(()) => {}
         // Nothing verified (a forced read), or not even a header: no records.
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-        Err(e) => return Err(e),
+        Err(e) => return Err(e.into()),
     }
     let mut record = Vec::new();
     loop {
@@ -336,7 +429,10 @@ fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> st
         // A clean end between records is the end; a torn header too (the rest is not verified).
         let mut got = 0;
         while got < header.len() {
-            match input.read(header.get_mut(got..).unwrap_or_default())? {
+            match input
+                .read(header.get_mut(got..).unwrap_or_default())
+                .map_err(ReadFailure::Io)?
+            {
                 0 => return Ok(()),
                 n => got += n,
             }
@@ -347,10 +443,12 @@ fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> st
             return Err(Error::new(
                 ErrorKind::InvalidData,
                 format!("record body of {len} bytes"),
-            ));
+            )
+            .into());
         }
-        if code != EVENT_RECORD && code != META_RECORD {
-            std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())?;
+        if code != EVENT_RECORD && code != META_RECORD && code != SEALED_RECORD {
+            std::io::copy(&mut (&mut input).take(u64::from(len)), &mut std::io::sink())
+                .map_err(ReadFailure::Io)?;
             continue;
         }
         // The record alone, behind the magic, read by the recording's own reader.
@@ -362,19 +460,24 @@ fn scan_records<R: std::io::Read>(mut input: R, mut f: impl FnMut(Record)) -> st
         match input.read_exact(record.get_mut(body_at..).unwrap_or_default()) {
             Ok(()) => {}
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => return Ok(()),
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
         if let Some(Ok((_, rec))) = ward_recording::Reader::new(&record).next() {
-            f(rec);
+            for rec in opener.open(rec)? {
+                if matches!(rec, Record::Meta(_) | Record::Event { .. }) {
+                    f(rec);
+                }
+            }
         }
     }
 }
 
 /// The operations of a recording read from `input` one record at a time (data records are
-/// skipped, never held): the same summary [`summarise`] makes of one in memory.
-pub fn ops_of_read<R: std::io::Read>(input: R) -> std::io::Result<OpsSummary> {
+/// skipped, never held): the same summary [`summarise`] makes of one in memory. An encrypted
+/// recording's are not known here (an error).
+pub fn ops_of_read<R: std::io::Read>(input: R) -> Result<OpsSummary, ReadFailure> {
     let mut ops = OpsSummary::default();
-    scan_records(input, |rec| {
+    scan_records(input, &mut Opener::new(None, ""), |rec| {
         if let Record::Event { kind, fields, .. } = rec {
             ops.note_event(&kind, &fields);
         }
@@ -404,13 +507,14 @@ fn matches(filter: &Filter, op: Option<&OpPattern>, s: &SessionSummary) -> bool 
 }
 
 /// List the sessions in a state dir, newest first: [`list_in`] over the state dir's recordings
-/// and its session index (none with `grep`, which searches the recorded bytes).
+/// and its session index (none with `grep`, which searches the recorded bytes). Encrypted
+/// recordings are not opened ([`list_with`] opens them).
 pub fn list(
     state_dir: &Path,
     key: &[u8; 32],
     filter: &Filter,
 ) -> anyhow::Result<Vec<SessionSummary>> {
-    list_with_progress(state_dir, key, filter, &mut |_, _| {})
+    list_with(state_dir, key, filter, None, &mut |_, _| {})
 }
 
 /// [`list`], telling `progress(done, total)` how far it got (recordings looked at, of all).
@@ -420,12 +524,70 @@ pub fn list_with_progress(
     filter: &Filter,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<SessionSummary>> {
+    list_with(state_dir, key, filter, None, progress)
+}
+
+/// [`list_with_progress`], opening encrypted recordings with `identity` where the filter reads
+/// what they hold (`grep`, an `op` the index does not answer).
+pub fn list_with(
+    state_dir: &Path,
+    key: &[u8; 32],
+    filter: &Filter,
+    identity: Option<&IdentityKey>,
+    progress: &mut dyn FnMut(usize, usize),
+) -> anyhow::Result<Vec<SessionSummary>> {
     let index = match filter.grep {
         Some(_) => Vec::new(),
         None => crate::session_index::read_only(state_dir).unwrap_or_default(),
     };
     let store = RecordingStore::local(state_dir);
-    list_in(&store, index, key, filter, progress)
+    list_in(&store, index, key, filter, identity, progress)
+}
+
+/// Encrypted recordings a search (`grep`, `op`) had to read and could not open: the search is
+/// refused rather than answered without them ([`list_in`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{} recording(s) could not be searched ({}): {first}", ids.len(), shown_ids(ids))]
+pub struct Unsearched {
+    /// The sessions whose recordings were not searched.
+    pub ids: Vec<String>,
+    /// Why the first was not (the others are alike).
+    pub first: OpenError,
+}
+
+fn shown_ids(ids: &[String]) -> String {
+    const SHOWN: usize = 5;
+    let mut text = ids
+        .iter()
+        .take(SHOWN)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join(", ");
+    if ids.len() > SHOWN {
+        text.push_str(&format!(" and {} more", ids.len() - SHOWN));
+    }
+    text
+}
+
+impl Unsearched {
+    /// The message at the command line: search again with an identity.
+    pub fn for_cli(&self) -> String {
+        format!(
+            "{} recording(s) could not be searched ({}): {}",
+            self.ids.len(),
+            shown_ids(&self.ids),
+            self.first.for_cli()
+        )
+    }
+
+    /// The message from the gateway: search on the reviewer's machine, with their identity.
+    pub fn for_gateway(&self) -> String {
+        format!(
+            "{} recording(s) could not be searched ({}): they are encrypted at rest and this gateway holds no key to read them (by design: see docs/recording-format.md, section “Reviewing encrypted recordings”) — search on your machine with `ward sessions --grep TEXT --gateway HOST:PORT --identity-key FILE` (narrow it with --since, --device, --principal), or give the gateway a reviewer identity ([review] identity_file)",
+            self.ids.len(),
+            shown_ids(&self.ids),
+        )
+    }
 }
 
 /// List the sessions of `store`, newest first.
@@ -434,15 +596,18 @@ pub fn list_with_progress(
 /// whose blob is unchanged since it was sealed (its length and mtime, a `stat`; the blob is not
 /// read) or that is still open; any other recording — not indexed, or changed since — is read and
 /// verified. Only recordings present in the store are listed. `progress(done, total)` is told
-/// after each recording.
+/// after each recording. An encrypted recording a filter must read is opened with `identity`;
+/// without one that opens it the listing fails with [`Unsearched`], naming them all.
 pub fn list_in(
     store: &RecordingStore,
     index: Vec<crate::session_index::IndexedSession>,
     key: &[u8; 32],
     filter: &Filter,
+    identity: Option<&IdentityKey>,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<SessionSummary>> {
     let op = filter.op_pattern()?;
+    let mut unsearched: Vec<(String, OpenError)> = Vec::new();
     let ids = store
         .list()
         .with_context(|| format!("listing {}", store.describe()))?;
@@ -480,11 +645,19 @@ pub fn list_in(
         let bytes = store
             .read_all(&id)
             .with_context(|| format!("reading recording {id} in {}", store.describe()))?;
-        if let Some(s) = summarise(&bytes, key, filter, &id) {
-            out.push(s);
+        match summarise_with(&bytes, key, filter, &id, identity) {
+            Ok(Some(s)) => out.push(s),
+            Ok(None) => {}
+            Err(e) => unsearched.push((id, e)),
         }
     }
     progress(total, total);
+    if let Some((_, first)) = unsearched.first() {
+        return Err(anyhow::Error::new(Unsearched {
+            ids: unsearched.iter().map(|(id, _)| id.clone()).collect(),
+            first: first.clone(),
+        }));
+    }
     out.sort_by(|a, b| b.start_unix.cmp(&a.start_unix).then(a.id.cmp(&b.id)));
     Ok(out)
 }
@@ -635,30 +808,66 @@ pub struct OpRow {
 }
 
 /// The operations of a recording (`bytes`, read as far as it reads), in order: every event of
-/// the decoders' kinds, patient data masked unless `show_phi`.
-pub fn operations(bytes: &[u8], show_phi: bool) -> Vec<OpRow> {
+/// the decoders' kinds, patient data masked unless `show_phi`; an encrypted recording's opened
+/// with `identity` (without one that opens it, an error: never an empty list).
+pub fn operations(
+    bytes: &[u8],
+    show_phi: bool,
+    identity: Option<&IdentityKey>,
+) -> Result<Vec<OpRow>, OpenError> {
     let mut out = Vec::new();
     // What reads before a problem is listed (a forced read of a damaged recording).
-    let _ = operations_into(bytes, show_phi, &mut out);
-    out
+    match operations_into(bytes, show_phi, &mut Opener::new(identity, ""), &mut out) {
+        Err(ReadFailure::Open(e)) => Err(e),
+        Ok(()) | Err(ReadFailure::Io(_)) => Ok(out),
+    }
 }
 
 /// [`operations`] of a recording read from `input` one record at a time (a stored recording is
 /// never held whole: the rows are).
-pub fn operations_read<R: std::io::Read>(input: R, show_phi: bool) -> std::io::Result<Vec<OpRow>> {
+pub fn operations_read<R: std::io::Read>(
+    input: R,
+    show_phi: bool,
+    identity: Option<&IdentityKey>,
+) -> Result<Vec<OpRow>, ReadFailure> {
     let mut out = Vec::new();
-    operations_into(input, show_phi, &mut out)?;
+    operations_into(input, show_phi, &mut Opener::new(identity, ""), &mut out)?;
     Ok(out)
 }
 
 fn operations_into<R: std::io::Read>(
     input: R,
     show_phi: bool,
+    opener: &mut Opener,
     out: &mut Vec<OpRow>,
-) -> std::io::Result<()> {
+) -> Result<(), ReadFailure> {
     let mut start_ms = None;
-    scan_records(input, |record| match record {
-        Record::Meta(m) => start_ms = Some(m.started_unix_ms),
+    scan_records(input, opener, |record| {
+        note_operation(record, show_phi, &mut start_ms, out)
+    })
+}
+
+/// The operations of a recording's records (opened), as [`operations`] lists them.
+pub fn operations_of(records: &[Record], show_phi: bool) -> Vec<OpRow> {
+    let (mut start_ms, mut out) = (None, Vec::new());
+    for record in records {
+        if matches!(record, Record::Meta(_) | Record::Event { .. }) {
+            note_operation(record.clone(), show_phi, &mut start_ms, &mut out);
+        }
+    }
+    out
+}
+
+/// One record of a recording, read in order, into `out` if it is an operation (the metadata
+/// gives the times).
+fn note_operation(
+    record: Record,
+    show_phi: bool,
+    start_ms: &mut Option<i64>,
+    out: &mut Vec<OpRow>,
+) {
+    match record {
+        Record::Meta(m) => *start_ms = Some(m.started_unix_ms),
         Record::Event {
             t_ns,
             dir,
@@ -691,7 +900,7 @@ fn operations_into<R: std::io::Read>(
             });
         }
         _ => {}
-    })
+    }
 }
 
 /// RFC 3339 UTC with milliseconds of Unix milliseconds (empty if out of range).
@@ -826,10 +1035,43 @@ pub async fn replay(
     opts: &ReplayOptions,
     out: &mut (dyn Write + Send),
 ) -> anyhow::Result<u64> {
+    replay_with(bytes, opts, None, out).await
+}
+
+/// [`replay`], an encrypted recording opened with `identity` (without one: an error naming
+/// `--identity-key`, before anything is played).
+pub async fn replay_with(
+    bytes: &[u8],
+    opts: &ReplayOptions,
+    identity: Option<&IdentityKey>,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u64> {
+    let records = records_of(bytes, identity)?;
+    replay_records(&records, opts, out).await
+}
+
+/// A recording's records, every encrypted one opened with `identity`; an error (for the command
+/// line: it names `--identity-key`) if one cannot be, or if the recording does not read to its
+/// end.
+pub fn records_of(bytes: &[u8], identity: Option<&IdentityKey>) -> anyhow::Result<Vec<Record>> {
+    match crate::unseal::open_prefix(bytes, identity, "") {
+        Ok((records, None)) => Ok(records),
+        Ok((_, Some(e))) => bail!("recording unreadable: {e}"),
+        Err(e) => bail!("{}", e.for_cli()),
+    }
+}
+
+/// Play `records` (a recording's, opened) as [`replay`] does.
+pub async fn replay_records(
+    records: &[Record],
+    opts: &ReplayOptions,
+    out: &mut (dyn Write + Send),
+) -> anyhow::Result<u64> {
     let mut guard = ward_recording::terminal::TerminalGuard::new();
-    let protocol = ward_recording::Reader::new(bytes)
+    let protocol = records
+        .iter()
         .find_map(|r| match r {
-            Ok((_, Record::Meta(m))) => Some(m.protocol),
+            Record::Meta(m) => Some(m.protocol.clone()),
             _ => None,
         })
         .unwrap_or_else(|| "raw".into());
@@ -838,11 +1080,11 @@ pub async fn replay(
     let mut filter_up = ward_recording::export::TelnetFilter::new();
     let from_ns = (opts.from.max(0.0) * 1e9) as u64;
     let mut clock_ns = from_ns;
-    for item in ward_recording::Reader::new(bytes) {
-        let (_, record) = item.map_err(|e| anyhow::anyhow!("recording unreadable: {e}"))?;
+    for record in records {
         let Record::Data { dir, t_ns, payload } = record else {
             continue;
         };
+        let (dir, t_ns) = (*dir, *t_ns);
         if t_ns < from_ns {
             continue;
         }
@@ -858,7 +1100,7 @@ pub async fn replay(
         if terminal {
             match dir {
                 Direction::Down => {
-                    let text = filter_down.filter(&payload);
+                    let text = filter_down.filter(payload);
                     if opts.raw {
                         out.write_all(&text)?;
                     } else {
@@ -866,7 +1108,7 @@ pub async fn replay(
                     }
                 }
                 Direction::Up if opts.input => {
-                    let text = filter_up.filter(&payload);
+                    let text = filter_up.filter(payload);
                     // Input is shown in reverse video so it cannot be mistaken for device output.
                     out.write_all(b"\x1b[7m")?;
                     out.write_all(printable(&String::from_utf8_lossy(&text)).as_bytes())?;
@@ -875,7 +1117,7 @@ pub async fn replay(
                 Direction::Up => {}
             }
         } else if dir == Direction::Down || opts.input {
-            out.write_all(ward_recording::export::hexdump(t_ns, dir, &payload).as_bytes())?;
+            out.write_all(ward_recording::export::hexdump(t_ns, dir, payload).as_bytes())?;
         }
     }
     out.flush()?;
@@ -917,10 +1159,22 @@ pub fn export_opts(
     out: &Path,
     raw: bool,
 ) -> anyhow::Result<Vec<PathBuf>> {
+    export_opts_with(bytes, format, out, raw, None)
+}
+
+/// [`export_opts`], an encrypted recording opened with `identity` (without one: an error naming
+/// `--identity-key`, before anything is written).
+pub fn export_opts_with(
+    bytes: &[u8],
+    format: ExportFormat,
+    out: &Path,
+    raw: bool,
+    identity: Option<&IdentityKey>,
+) -> anyhow::Result<Vec<PathBuf>> {
     if format == ExportFormat::Raw && out == Path::new("-") {
         bail!("--format raw writes two files (PATH.up and PATH.down): give --out PATH, or use --format json or pcap for standard output")
     }
-    match export_data(bytes, format, raw)? {
+    match export_records(&records_of(bytes, identity)?, format, raw)? {
         ExportData::One(data) => {
             write_export(out, &data)?;
             Ok(vec![out.to_path_buf()])
@@ -951,17 +1205,22 @@ pub enum ExportData {
 /// A recording exported to `format`, in memory (what [`export_opts`] writes; the web console's
 /// downloads); with `raw`, an asciicast keeps every escape sequence the device sent.
 pub fn export_data(bytes: &[u8], format: ExportFormat, raw: bool) -> anyhow::Result<ExportData> {
-    let records: Vec<Record> = ward_recording::Reader::new(bytes)
-        .map(|r| r.map(|(_, rec)| rec))
-        .collect::<Result<_, _>>()
-        .map_err(|e| anyhow::anyhow!("recording unreadable: {e}"))?;
+    export_records(&records_of(bytes, None)?, format, raw)
+}
+
+/// [`export_data`] of a recording's records (opened: `crate::unseal`).
+pub fn export_records(
+    records: &[Record],
+    format: ExportFormat,
+    raw: bool,
+) -> anyhow::Result<ExportData> {
     let meta = records.iter().find_map(|r| match r {
         Record::Meta(m) => Some(m.clone()),
         _ => None,
     });
     match format {
         ExportFormat::Asciicast => Ok(ExportData::One(ward_recording::export::asciicast(
-            &records,
+            records,
             &ward_recording::export::AsciicastOpts {
                 raw,
                 ..Default::default()
@@ -980,18 +1239,18 @@ pub fn export_data(bytes: &[u8], format: ExportFormat, raw: bool) -> anyhow::Res
                 ([127, 0, 0, 2], port).into()
             });
             Ok(ExportData::One(ward_recording::export::pcap(
-                &records, client, device,
+                records, client, device,
             )?))
         }
         ExportFormat::Raw => {
-            let (up, down) = ward_recording::export::raw(&records);
+            let (up, down) = ward_recording::export::raw(records);
             Ok(ExportData::Raw { up, down })
         }
-        ExportFormat::Json => Ok(ExportData::One(ward_recording::export::json_lines(
-            &records,
-        ))),
+        ExportFormat::Json => Ok(ExportData::One(ward_recording::export::json_lines(records))),
         // Patient data masked: unmasked operations come only from a gateway, audited.
-        ExportFormat::Ops => Ok(ExportData::One(ops_json_lines(&operations(bytes, false)))),
+        ExportFormat::Ops => Ok(ExportData::One(ops_json_lines(&operations_of(
+            records, false,
+        )))),
     }
 }
 
@@ -1062,7 +1321,7 @@ pub fn parse_time(text: &str, now: OffsetDateTime) -> anyhow::Result<i64> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
     use super::*;
 
     fn summary(ops: &[&str]) -> SessionSummary {
@@ -1221,8 +1480,8 @@ mod tests {
         ended.ops_unknown = false;
         assert_eq!(ended, whole);
         // The ops view, streamed or in memory: the decoders' events only, in order, with times.
-        let rows = operations_read(out.as_slice(), false).unwrap();
-        assert_eq!(rows, operations(&out, false));
+        let rows = operations_read(out.as_slice(), false, None).unwrap();
+        assert_eq!(rows, operations(&out, false, None).unwrap());
         let kinds: Vec<_> = rows.iter().map(|r| r.kind.as_str()).collect();
         assert_eq!(kinds, ["operation", "operation_denied", "undecodable"]);
         assert_eq!(rows[0].time, "1970-01-01T00:00:01.000Z");
@@ -1234,6 +1493,145 @@ mod tests {
         // A torn tail ends the scan; garbage is an error, not a panic.
         assert!(ops_of_read(out.get(..out.len() - 3).unwrap()).is_ok());
         assert!(ops_of_read(&b"WARDREC\x02\x07\xff\xff\xff\xff"[..]).is_err());
+    }
+
+    #[tokio::test]
+    async fn encrypted_recordings_list_without_a_key_and_open_only_with_one() {
+        use crate::unseal::tests::{identity, sealed_recording};
+        let (text, to) = identity();
+        let key = IdentityKey::from_text(text, "reviewer.txt").unwrap();
+        let id = "00000000000000ad";
+        let bytes = sealed_recording(id, &to, b"show config\r\n");
+        // Not the signer's key (the summaries say FAILED): what can be read does not depend on it.
+        let pubkey = [0u8; 32];
+        // Listed without a key: from what is stored in plaintext, operations unknown.
+        let plain = summarise_with(&bytes, &pubkey, &Filter::default(), id, None)
+            .unwrap()
+            .unwrap();
+        assert!(plain.ops_unknown && plain.ops.is_empty());
+        assert_eq!((plain.bytes_up, plain.bytes_down), (13, 4));
+        assert_eq!(plain.end_reason, "client closed");
+        // With it, the operations are read.
+        let opened = summarise_with(&bytes, &pubkey, &Filter::default(), id, Some(&key))
+            .unwrap()
+            .unwrap();
+        assert!(!opened.ops_unknown);
+        assert_eq!(opened.ops, ["telnet:rate 5"]);
+        // A search without it is an error, never "no match"; with it, an answer.
+        let grep = |text: &str| Filter {
+            grep: Some(text.into()),
+            ..Filter::default()
+        };
+        assert_eq!(
+            summarise_with(&bytes, &pubkey, &grep("show"), id, None).unwrap_err(),
+            OpenError::Encrypted { id: id.into() }
+        );
+        assert!(
+            summarise_with(&bytes, &pubkey, &grep("show"), id, Some(&key))
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            summarise_with(&bytes, &pubkey, &grep("reboot"), id, Some(&key))
+                .unwrap()
+                .is_none()
+        );
+        let op = Filter {
+            op: Some("telnet:rate *".into()),
+            ..Filter::default()
+        };
+        assert!(summarise_with(&bytes, &pubkey, &op, id, None).is_err());
+        assert!(summarise_with(&bytes, &pubkey, &op, id, Some(&key))
+            .unwrap()
+            .is_some());
+        // A listing that must search it: refused naming the session, or answered with the key.
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        store.create(id).unwrap().write_all(&bytes).unwrap();
+        let e = list_in(
+            &store,
+            Vec::new(),
+            &pubkey,
+            &grep("show"),
+            None,
+            &mut |_, _| {},
+        )
+        .unwrap_err();
+        let u = e.downcast_ref::<Unsearched>().unwrap();
+        assert_eq!(u.ids, [id]);
+        assert!(u.for_cli().contains("--identity-key"), "{}", u.for_cli());
+        assert!(
+            u.for_gateway()
+                .contains("ward sessions --grep TEXT --gateway HOST:PORT --identity-key FILE"),
+            "{}",
+            u.for_gateway()
+        );
+        let found = list_in(
+            &store,
+            Vec::new(),
+            &pubkey,
+            &grep("show"),
+            Some(&key),
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(found.len(), 1);
+        // Listing without a search needs no key.
+        assert_eq!(
+            list_in(
+                &store,
+                Vec::new(),
+                &pubkey,
+                &Filter::default(),
+                None,
+                &mut |_, _| {}
+            )
+            .unwrap()
+            .len(),
+            1
+        );
+        // Replay, exports and operations: the key opens them; without it an error naming it.
+        let opts = ReplayOptions {
+            speed: 1.0,
+            skip_idle: None,
+            from: 0.0,
+            input: true,
+            no_timing: true,
+            raw: true,
+        };
+        let mut shown = Vec::new();
+        let e = replay_with(&bytes, &opts, None, &mut shown)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("--identity-key"), "{e}");
+        assert!(shown.is_empty(), "nothing played without the key");
+        replay_with(&bytes, &opts, Some(&key), &mut shown)
+            .await
+            .unwrap();
+        assert!(String::from_utf8_lossy(&shown).contains("show config"));
+        assert!(export_data(&bytes, ExportFormat::Json, false).is_err());
+        let records = records_of(&bytes, Some(&key)).unwrap();
+        match export_records(&records, ExportFormat::Raw, false).unwrap() {
+            ExportData::Raw { up, down } => {
+                assert_eq!(
+                    (up.as_slice(), down.as_slice()),
+                    (&b"show config\r\n"[..], &b"ok\r\n"[..])
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(operations(&bytes, false, None).is_err());
+        assert_eq!(operations(&bytes, false, Some(&key)).unwrap().len(), 1);
+        assert!(matches!(
+            operations_read(bytes.as_slice(), false, None),
+            Err(ReadFailure::Open(OpenError::Encrypted { .. }))
+        ));
+        assert_eq!(
+            operations_read(bytes.as_slice(), false, Some(&key))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -1293,9 +1691,16 @@ mod tests {
                 op: Some(pattern.into()),
                 ..Filter::default()
             };
-            list_in(&store, vec![row.clone()], &key, &filter, &mut |_, _| {})
-                .unwrap()
-                .len()
+            list_in(
+                &store,
+                vec![row.clone()],
+                &key,
+                &filter,
+                None,
+                &mut |_, _| {},
+            )
+            .unwrap()
+            .len()
         };
         assert_eq!(search("telnet:cmd 299", &row), 1, "found in the recording");
         assert_eq!(search("telnet:cmd 000", &row), 1, "found in the index");

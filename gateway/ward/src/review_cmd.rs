@@ -43,6 +43,35 @@ pub struct SourceArgs {
     pubkey: Option<String>,
 }
 
+/// The reviewer's key for encrypted recordings.
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// An age identity file (AGE-SECRET-KEY-1…, as `age-keygen -o FILE` writes it; mode 0600):
+    /// the private key of one of the gateway's `[recording] recipients`. Encrypted recordings are
+    /// decrypted on this machine with it, also through --gateway (which sends them as stored).
+    /// Not needed for recordings stored in plaintext, nor by `ward audit verify`.
+    #[arg(long, env = "WARD_IDENTITY_KEY", value_name = "FILE")]
+    identity_key: Option<PathBuf>,
+}
+
+impl KeyArgs {
+    fn load(&self) -> anyhow::Result<Option<review::IdentityKey>> {
+        self.identity_key
+            .as_deref()
+            .map(review::IdentityKey::read)
+            .transpose()
+    }
+}
+
+/// A listing's error as the command line says it: an encrypted recording a search could not
+/// open names `--identity-key`.
+fn cli_list_error(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<review::Unsearched>() {
+        Some(u) => anyhow::anyhow!("{}", u.for_cli()),
+        None => e,
+    }
+}
+
 enum Source {
     Local { state_dir: PathBuf },
     Remote { client: Box<Client> },
@@ -102,25 +131,43 @@ impl Source {
 
     /// A session's operations: from the gateway (which reads, masks and audits), or on the host
     /// from the recording (verified first; masked: unmasked patient data only through a gateway,
-    /// where asking is audited).
+    /// where asking is audited). With an identity key through a gateway, the recording is
+    /// fetched (audited as `operations_viewed` or `phi_viewed`), verified and read here: the
+    /// gateway may not be able to open it.
     async fn operations(
         &self,
         pinned: Option<&String>,
         id: &str,
         show_phi: bool,
         force: bool,
+        identity: Option<&review::IdentityKey>,
     ) -> anyhow::Result<(Vec<review::OpRow>, Option<String>)> {
-        match self {
-            Source::Local { state_dir } => {
+        match (self, identity) {
+            (Source::Local { state_dir }, _) => {
                 if show_phi {
                     bail!("--show-phi is for a security or admin identity through the gateway, which audits it (phi_viewed): use --gateway HOST:PORT; on the host, `ward ops` shows operations with patient data masked");
                 }
                 let key = self.key(pinned).await?;
                 let bytes = review::read_recording(state_dir, id)?;
                 let (verified, note) = readable(&bytes, &key, id, force, "list the operations of")?;
-                Ok((review::operations(verified, false), note))
+                let rows = review::operations(verified, false, identity)
+                    .map_err(|e| anyhow::anyhow!("{}", e.for_cli()))?;
+                Ok((rows, note))
             }
-            Source::Remote { client } => {
+            (Source::Remote { .. }, Some(identity)) => {
+                let key = self.key(pinned).await?;
+                let purpose = if show_phi {
+                    "operations-phi"
+                } else {
+                    "operations"
+                };
+                let bytes = self.recording(id, purpose, force).await?;
+                let (verified, note) = readable(&bytes, &key, id, force, "list the operations of")?;
+                let rows = review::operations(verified, show_phi, Some(identity))
+                    .map_err(|e| anyhow::anyhow!("{}", e.for_cli()))?;
+                Ok((rows, note))
+            }
+            (Source::Remote { client }, None) => {
                 let body = client
                     .review(Review::Operations {
                         session_id: id.to_string(),
@@ -145,28 +192,66 @@ impl Source {
     }
 
     async fn list(&self, key: &[u8; 32], filter: Filter) -> anyhow::Result<Vec<SessionSummary>> {
-        match self {
-            Source::Local { state_dir } => review::list(state_dir, key, &filter),
-            Source::Remote { client } => {
-                let body = client
-                    .review(Review::ListSessions {
-                        principal: filter.principal,
-                        device: filter.device,
-                        since_unix: filter.since,
-                        until_unix: filter.until,
-                        grep: filter.grep,
-                        operation: filter.op,
-                    })
-                    .await?;
-                body.split(|b| *b == b'\n')
-                    .filter(|l| !l.is_empty())
-                    .map(|l| {
-                        serde_json::from_slice(l).context("gateway sent a malformed session line")
-                    })
-                    .collect()
+        self.list_with(key, filter, None).await
+    }
+
+    /// [`Source::list`], encrypted recordings searched with `identity`: on the host, opened
+    /// here; through a gateway, with a search (`grep`, `op`), the sessions matching the other
+    /// filters are listed by the gateway and each recording fetched (audited as
+    /// `recording_searched`), verified and searched here.
+    async fn list_with(
+        &self,
+        key: &[u8; 32],
+        filter: Filter,
+        identity: Option<&review::IdentityKey>,
+    ) -> anyhow::Result<Vec<SessionSummary>> {
+        match (self, identity) {
+            (Source::Local { state_dir }, _) => {
+                review::list_with(state_dir, key, &filter, identity, &mut |_, _| {})
+                    .map_err(cli_list_error)
             }
+            (Source::Remote { client }, Some(identity))
+                if filter.grep.is_some() || filter.op.is_some() =>
+            {
+                let candidates = Filter {
+                    grep: None,
+                    op: None,
+                    ..filter.clone()
+                };
+                let all = remote_list(client, candidates).await?;
+                let bar = show::progress(all.len() as u64, "searching recordings", false);
+                let mut out = Vec::new();
+                for s in all {
+                    let bytes = self.recording(&s.id, "search", false).await?;
+                    let found = review::summarise_with(&bytes, key, &filter, &s.id, Some(identity))
+                        .map_err(|e| anyhow::anyhow!("{}", e.for_cli()))?;
+                    out.extend(found);
+                    bar.inc(1);
+                }
+                bar.finish_and_clear();
+                Ok(out)
+            }
+            (Source::Remote { client }, _) => remote_list(client, filter).await,
         }
     }
+}
+
+/// The gateway's listing (`Review::ListSessions`).
+async fn remote_list(client: &Client, filter: Filter) -> anyhow::Result<Vec<SessionSummary>> {
+    let body = client
+        .review(Review::ListSessions {
+            principal: filter.principal,
+            device: filter.device,
+            since_unix: filter.since,
+            until_unix: filter.until,
+            grep: filter.grep,
+            operation: filter.op,
+        })
+        .await?;
+    body.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).context("gateway sent a malformed session line"))
+        .collect()
 }
 
 /// `ward sessions`.
@@ -194,6 +279,8 @@ pub struct SessionsArgs {
     /// Print JSON lines (with every operation of each session).
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    key: KeyArgs,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -227,6 +314,8 @@ pub struct ReplayArgs {
     #[arg(long)]
     raw: bool,
     #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
     source: SourceArgs,
 }
 
@@ -254,6 +343,8 @@ pub struct ExportArgs {
     #[arg(long)]
     show_phi: bool,
     #[command(flatten)]
+    key: KeyArgs,
+    #[command(flatten)]
     source: SourceArgs,
 }
 
@@ -273,6 +364,8 @@ pub struct OpsArgs {
     /// gateway as forced).
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    key: KeyArgs,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -373,9 +466,12 @@ fn print_sessions(list: &[SessionSummary]) -> anyhow::Result<()> {
 
 /// Run `ward sessions`.
 pub async fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let identity = args.key.load()?;
     let source = args.source.open()?;
     let key = source.key(args.source.pubkey.as_ref()).await?;
-    let list = source.list(&key, filter(&args)?).await?;
+    let list = source
+        .list_with(&key, filter(&args)?, identity.as_ref())
+        .await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         for s in &list {
@@ -464,12 +560,15 @@ fn readable<'a>(
 /// Run `ward replay`.
 pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     review::check_session_id(&args.session)?;
+    let identity = args.key.load()?;
     let source = args.source.open()?;
     let key = source.key(args.source.pubkey.as_ref()).await?;
     let bytes = source
         .recording(&args.session, "replay", args.force)
         .await?;
     check(&bytes, &key, &args.session, args.force, "replay")?;
+    // Opened (decrypted) before anything is played: a key that does not fit is said at once.
+    let records = review::records_of(&bytes, identity.as_ref())?;
     let opts = ReplayOptions {
         speed: args.speed,
         skip_idle: args.skip_idle,
@@ -479,7 +578,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         raw: args.raw,
     };
     let mut out = std::io::stdout();
-    let dropped = review::replay(&bytes, &opts, &mut out).await?;
+    let dropped = review::replay_records(&records, &opts, &mut out).await?;
     if dropped > 0 {
         eprintln!("ward: {dropped} terminal control sequence(s) from the device were not passed to your terminal (--raw shows them)");
     }
@@ -489,6 +588,7 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
 /// Run `ward ops`.
 pub async fn ops(args: OpsArgs) -> anyhow::Result<ExitCode> {
     review::check_session_id(&args.session)?;
+    let identity = args.key.load()?;
     let source = args.source.open()?;
     // Through a gateway, the gateway verifies the recording and asks for nothing before the
     // request itself (which it audits, refused or not).
@@ -498,6 +598,7 @@ pub async fn ops(args: OpsArgs) -> anyhow::Result<ExitCode> {
             &args.session,
             args.show_phi,
             args.force,
+            identity.as_ref(),
         )
         .await?;
     let mut out = std::io::stdout().lock();
@@ -519,6 +620,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     if args.show_phi && args.format != ExportFormat::Ops {
         bail!("--show-phi applies to --format ops (the other formats hold the recording as it is)");
     }
+    let identity = args.key.load()?;
     let source = args.source.open()?;
     if args.format == ExportFormat::Ops {
         let (rows, note) = source
@@ -527,6 +629,7 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 &args.session,
                 args.show_phi,
                 args.force,
+                identity.as_ref(),
             )
             .await?;
         review::write_export(&args.out, &review::ops_json_lines(&rows))?;
@@ -549,7 +652,13 @@ pub async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
         .await?;
     let (verified, note) = exportable(&bytes, &key, &args.session, args.force)?;
     let to_stdout = args.out.as_os_str() == "-";
-    for path in review::export_opts(verified, args.format, &args.out, args.raw)? {
+    for path in review::export_opts_with(
+        verified,
+        args.format,
+        &args.out,
+        args.raw,
+        identity.as_ref(),
+    )? {
         // On standard output the export is the output: the note goes to stderr.
         if to_stdout {
             eprintln!("ward: exported {} to standard output", args.session);

@@ -22,7 +22,7 @@ use ward_recording::VerifyReport;
 
 use crate::audit::{AuditLog, Event};
 use crate::recording_store::{RecordingStore, Snapshot};
-use crate::review::{Filter, SessionSummary};
+use crate::review::{Filter, IdentityKey, SessionSummary};
 use crate::review_jobs::ReviewGate;
 
 /// Who asks: an authenticated principal, from where.
@@ -45,15 +45,40 @@ pub enum Purpose {
     Export,
     /// Verify on the reviewer's machine.
     Verify,
+    /// Search its bytes on the reviewer's machine (`ward sessions --grep --identity-key`: an
+    /// encrypted recording is searched where the identity is).
+    Search,
+    /// List its operations on the reviewer's machine (`ward ops --identity-key`), patient data
+    /// shown if `show_phi` (audited as `phi_viewed`).
+    Operations {
+        /// Patient data unmasked.
+        show_phi: bool,
+    },
 }
 
 impl Purpose {
-    /// `replay`, `export`; anything else is a verification.
+    /// `replay`, `export`, `search`, `operations`, `operations-phi`; anything else is a
+    /// verification.
     pub fn parse(text: &str) -> Purpose {
         match text {
             "replay" => Purpose::Replay,
             "export" => Purpose::Export,
+            "search" => Purpose::Search,
+            "operations" => Purpose::Operations { show_phi: false },
+            "operations-phi" => Purpose::Operations { show_phi: true },
             _ => Purpose::Verify,
+        }
+    }
+
+    /// Its name on the wire ([`Purpose::parse`] reads it back).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Replay => "replay",
+            Purpose::Export => "export",
+            Purpose::Verify => "verify",
+            Purpose::Search => "search",
+            Purpose::Operations { show_phi: false } => "operations",
+            Purpose::Operations { show_phi: true } => "operations-phi",
         }
     }
 }
@@ -154,6 +179,9 @@ impl ReviewRequest {
                 Purpose::Replay => "recording_replayed",
                 Purpose::Export => "recording_exported",
                 Purpose::Verify => "recording_verified",
+                Purpose::Search => "recording_searched",
+                Purpose::Operations { show_phi: true } => "phi_viewed",
+                Purpose::Operations { show_phi: false } => "operations_viewed",
             },
             ReviewRequest::Operations { show_phi: true, .. } => "phi_viewed",
             ReviewRequest::Operations { .. } => "operations_viewed",
@@ -238,6 +266,11 @@ pub enum ReviewRefusal {
     /// The review could not be audited, so nothing is handed out.
     #[error("{0}")]
     AuditUnavailable(String),
+    /// The answer needs what an encrypted recording holds and the gateway cannot open it (it
+    /// holds no reviewer identity, or not one of its recipients); says how to read it on the
+    /// reviewer's machine.
+    #[error("{0}")]
+    Encrypted(String),
 }
 
 impl ReviewRefusal {
@@ -252,6 +285,7 @@ impl ReviewRefusal {
             | ReviewRefusal::FailsVerification { .. }
             | ReviewRefusal::OpsUnverified { .. }
             | ReviewRefusal::BadFilter(_)
+            | ReviewRefusal::Encrypted(_)
             | ReviewRefusal::Unreadable(_) => ErrorCode::BadRequest,
         }
     }
@@ -268,6 +302,9 @@ pub struct ReviewService {
     gate: Arc<ReviewGate>,
     clock: Arc<dyn Clock>,
     signer: Option<CurrentSigner>,
+    /// `[review] identity_file`: the reviewer identity the gateway opens encrypted recordings
+    /// with (the web console's player, operations, text search); none by default.
+    identity: Option<IdentityKey>,
 }
 
 /// The gateway's current signing key, asked at each use (the key can rotate while it runs).
@@ -282,6 +319,24 @@ pub struct EvidenceSignature {
     pub public: String,
     /// Raw Ed25519 signature over the `SHA256SUMS` bytes (hex).
     pub sig: String,
+}
+
+/// The reviewer identity `[review] identity_file` names, read (mode 0600 checked) — or none.
+/// Holding one means this gateway can read the recordings encrypted to it: it says so in its
+/// log at start.
+pub fn reviewer_identity(
+    config: &ward_core::config::ReviewConfig,
+) -> anyhow::Result<Option<IdentityKey>> {
+    let Some(path) = &config.identity_file else {
+        return Ok(None);
+    };
+    let key =
+        IdentityKey::read(path).map_err(|e| anyhow::anyhow!("[review] identity_file: {e:#}"))?;
+    tracing::warn!(
+        identity_file = %path.display(),
+        "the gateway holds a reviewer identity ([review] identity_file): it can read the recordings encrypted to it (the web console plays them); without it, only reviewers' own keys can"
+    );
+    Ok(Some(key))
 }
 
 /// What a review job hands back: the answer and its success event, or a refusal.
@@ -306,6 +361,7 @@ impl ReviewService {
             gate,
             clock,
             signer: None,
+            identity: None,
         }
     }
 
@@ -380,6 +436,18 @@ impl ReviewService {
             sig: hex::encode(sig),
         });
         Ok((answer, ev))
+    }
+
+    /// The same service opening encrypted recordings with `identity` (`[review] identity_file`).
+    pub fn with_identity(mut self, identity: Option<IdentityKey>) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// The reviewer identity the gateway holds, if any: what the web console opens encrypted
+    /// recordings with (each fetch audited by [`ReviewService::handle`]).
+    pub fn identity(&self) -> Option<&IdentityKey> {
+        self.identity.as_ref()
     }
 
     /// Answer `who`'s `request`, or refuse it; either way audited once. Nothing is handed out
@@ -478,8 +546,15 @@ impl ReviewService {
         let rows = crate::review::operations_read(
             std::io::BufReader::new(reader.take(verified)),
             show_phi,
+            self.identity.as_ref(),
         )
-        .map_err(|e| unreadable(&id, &e))?;
+        .map_err(|e| match e {
+            crate::review::ReadFailure::Io(e) => unreadable(&id, &e),
+            crate::review::ReadFailure::Open(e) => ReviewRefusal::Encrypted(format!(
+                "{}; or list its operations on your machine: `ward ops {id} --gateway HOST:PORT --identity-key FILE`",
+                e.for_gateway()
+            )),
+        })?;
         let phi_fields = rows
             .iter()
             .flat_map(|r| &r.fields)
@@ -517,9 +592,18 @@ impl ReviewService {
             Some(_) => Vec::new(),
             None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
         };
-        let list =
-            crate::review::list_in(&self.recordings, index, &self.key, filter, &mut |_, _| {})
-                .map_err(|e| ReviewRefusal::Unreadable(format!("{e:#}")))?;
+        let list = crate::review::list_in(
+            &self.recordings,
+            index,
+            &self.key,
+            filter,
+            self.identity.as_ref(),
+            &mut |_, _| {},
+        )
+        .map_err(|e| match e.downcast_ref::<crate::review::Unsearched>() {
+            Some(u) => ReviewRefusal::Encrypted(u.for_gateway()),
+            None => ReviewRefusal::Unreadable(format!("{e:#}")),
+        })?;
         let ev = base
             .detail("sessions", list.len())
             .detail("grep", filter.grep.is_some())
@@ -550,8 +634,13 @@ impl ReviewService {
         reader
             .seek(SeekFrom::Start(0))
             .map_err(|e| unreadable(&id, &e))?;
+        let encrypted = report
+            .meta
+            .as_ref()
+            .is_some_and(ward_recording::sealed::is_sealed);
         let ev = base
             .session(id.clone())
+            .detail("encrypted", encrypted)
             .detail("verified", report.ok)
             .detail("forced", force)
             // What a forced export holds: the records up to the last valid checkpoint.
@@ -895,6 +984,9 @@ impl ReviewService {
             };
             return Ok((page, base.detail("sessions", 0)));
         };
+        // Encrypted recordings the search had to read and could not open: it is refused rather
+        // than answered without them.
+        let mut unsearched: Vec<(String, crate::review::OpenError)> = Vec::new();
         let page = match &filter.grep {
             None => {
                 let mut reread = |id: &str| self.reread(id);
@@ -927,10 +1019,18 @@ impl ReviewService {
                         .read_all(id)
                         .map_err(|e| format!("reading recording {id}: {e}"))?;
                     let read = bytes.len() as u64;
-                    Ok((
-                        crate::review::summarise(&bytes, &self.key, &filter, id),
-                        read,
-                    ))
+                    let found = crate::review::summarise_with(
+                        &bytes,
+                        &self.key,
+                        &filter,
+                        id,
+                        self.identity.as_ref(),
+                    )
+                    .unwrap_or_else(|e| {
+                        unsearched.push((id.clone(), e));
+                        None
+                    });
+                    Ok((found, read))
                 };
                 q::grep_page(
                     &reader,
@@ -943,6 +1043,13 @@ impl ReviewService {
                 .map_err(unreadable)?
             }
         };
+        if let Some((_, first)) = unsearched.first() {
+            let u = crate::review::Unsearched {
+                ids: unsearched.iter().map(|(id, _)| id.clone()).collect(),
+                first: first.clone(),
+            };
+            return Err(ReviewRefusal::Encrypted(u.for_gateway()));
+        }
         let ev = base
             .detail("sessions", page.sessions.len())
             .detail("total", page.total)
@@ -1346,6 +1453,98 @@ mod tests {
     }
 
     const OPS: &str = "00000000000000cc";
+
+    /// Security case 57 at the service: without a key the gateway hands out an encrypted
+    /// recording only as stored, and refuses (saying how to read it on the reviewer's machine)
+    /// what would need its contents; given `[review] identity_file` it answers.
+    #[tokio::test]
+    async fn encrypted_recordings_are_refused_saying_how_to_read_them_unless_the_gateway_holds_a_key(
+    ) {
+        use crate::unseal::tests::{identity, sealed_recording_signed};
+        let f = fixture().await;
+        let (text, to) = identity();
+        let id = "00000000000000e1";
+        let bytes = sealed_recording_signed(id, &to, b"show secrets", &f.signer);
+        f.store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let e = operations(&f, &f.sam, ops_request(id, false, false))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(&format!("ward ops {id}")) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        assert_eq!(e.code(), ErrorCode::BadRequest);
+        let grep = Filter {
+            grep: Some("secrets".into()),
+            ..Filter::default()
+        };
+        let e = ask(&f, &f.sam, ReviewRequest::List(grep.clone()))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, ReviewRefusal::Encrypted(m) if m.contains(id) && m.contains("--identity-key")),
+            "{e:?}"
+        );
+        // A listing that does not search needs no key.
+        match ask(&f, &f.sam, ReviewRequest::List(Filter::default()))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert!(s.iter().any(|s| s.id == id)),
+            other => panic!("{other:?}"),
+        }
+        // The recording is handed out as stored: the reviewer decrypts it.
+        match ask(&f, &f.sam, fetch(id, Purpose::Replay, false))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Recording { snapshot, .. } => {
+                assert_eq!(snapshot.read_all().unwrap(), bytes)
+            }
+            other => panic!("{other:?}"),
+        }
+        let replayed = audited(&f, "recording_replayed").await;
+        assert!(
+            replayed.iter().any(|l| l.contains("\"encrypted\":true")),
+            "{replayed:?}"
+        );
+        // Fetched for a search or operations on the reviewer's machine: audited as such.
+        ask(&f, &f.sam, fetch(id, Purpose::parse("search"), false))
+            .await
+            .unwrap();
+        ask(
+            &f,
+            &f.sam,
+            fetch(id, Purpose::parse("operations-phi"), false),
+        )
+        .await
+        .unwrap();
+        assert_eq!(audited(&f, "recording_searched").await.len(), 1);
+        assert!(audited(&f, "phi_viewed")
+            .await
+            .iter()
+            .any(|l| l.contains(id)));
+
+        // Given a reviewer identity, the gateway reads it.
+        let keyed = Fixture {
+            service: f.service.clone().with_identity(Some(
+                IdentityKey::from_text(text, "console-key.txt").unwrap(),
+            )),
+            ..f
+        };
+        let rows = operations(&keyed, &keyed.sam, ops_request(id, false, false))
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        match ask(&keyed, &keyed.sam, ReviewRequest::List(grep))
+            .await
+            .unwrap()
+        {
+            ReviewAnswer::Sessions(s) => assert_eq!(s.len(), 1, "{s:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
 
     fn ops_request(id: &str, show_phi: bool, force: bool) -> ReviewRequest {
         ReviewRequest::Operations {

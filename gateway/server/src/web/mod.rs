@@ -244,6 +244,8 @@ impl From<ReviewRefusal> for ApiError {
             | ReviewRefusal::FailsVerification { .. }
             | ReviewRefusal::OpsUnverified { .. }
             | ReviewRefusal::BadFilter(_) => StatusCode::BAD_REQUEST,
+            // The player tells this one apart: the recording is encrypted, not broken.
+            ReviewRefusal::Encrypted(_) => StatusCode::CONFLICT,
         };
         ApiError::new(status, r.to_string())
     }

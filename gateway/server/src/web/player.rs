@@ -12,6 +12,11 @@
 //! recording, not one per seek, the parsed recording is kept per caller for a few minutes
 //! ([`Players`]) — the caller's certificate serial, or for a password sign-in its browser
 //! session, is the key.
+//!
+//! An encrypted recording (`[recording] recipients`) is opened with the gateway's reviewer
+//! identity (`[review] identity_file`) if it holds one; otherwise every endpoint answers 409 with
+//! how to replay or export it with the CLI and the reviewer's own key (docs/recording-format.md). Never
+//! an empty player.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -123,6 +128,23 @@ fn internal(what: impl std::fmt::Display) -> ApiError {
     ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, what.to_string())
 }
 
+/// 409: an encrypted recording the gateway cannot open (see the module's doc).
+fn encrypted(e: &crate::unseal::OpenError) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, e.for_gateway())
+}
+
+/// `bytes` (recording `id`, as stored) with its encrypted records opened by the gateway's
+/// reviewer identity: the records as far as they read.
+fn opened(
+    state: &WebState,
+    id: &str,
+    bytes: &[u8],
+) -> Result<Vec<ward_recording::Record>, ApiError> {
+    crate::unseal::open_prefix(bytes, state.review().identity(), id)
+        .map(|(records, _)| records)
+        .map_err(|e| encrypted(&e))
+}
+
 fn too_large(id: &str, len: u64, cli: &str) -> ApiError {
     ApiError::new(
         StatusCode::PAYLOAD_TOO_LARGE,
@@ -190,9 +212,12 @@ async fn player_for(
         }
     }
     let (bytes, verified) = fetch(state, authed, id, Purpose::Replay, force).await?;
-    let player = tokio::task::spawn_blocking(move || Player::new(&bytes))
-        .await
-        .map_err(internal)?;
+    let (state2, id2) = (state.clone(), id.to_string());
+    let player = tokio::task::spawn_blocking(move || {
+        opened(&state2, &id2, &bytes).map(Player::from_records)
+    })
+    .await
+    .map_err(internal)??;
     let player = Arc::new(player);
     state.players.put(key, player.clone(), verified);
     Ok((player, verified))
@@ -328,6 +353,7 @@ async fn export(
     let force = q.force;
     let id2 = id.clone();
     let key = state.shared.signer.public_key();
+    let state2 = state.clone();
     let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         // As `ward export`: the whole recording when it verifies; with force, its verified
         // records only.
@@ -355,7 +381,8 @@ async fn export(
                 format!("recording {id2} has no verified records to export"),
             ));
         }
-        match crate::review::export_data(part, format, false) {
+        let records = opened(&state2, &id2, part)?;
+        match crate::review::export_records(&records, format, false) {
             Ok(ExportData::One(data)) => Ok(data),
             Ok(ExportData::Raw { up, down }) => Ok(match dir {
                 Direction::Up => up,

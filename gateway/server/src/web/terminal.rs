@@ -575,13 +575,22 @@ impl Player {
     /// Read a recording (its records up to the first that cannot be read: a forced replay of a
     /// damaged recording plays what is readable).
     pub fn new(recording: &[u8]) -> Self {
+        Player::from_records(
+            Reader::new(recording)
+                .map_while(Result::ok)
+                .map(|(_, record)| record),
+        )
+    }
+
+    /// A recording's records, in order (an encrypted one's opened: `crate::unseal`; a sealed
+    /// record left in adds nothing).
+    pub fn from_records(all: impl IntoIterator<Item = Record>) -> Self {
         let mut protocol = String::from("raw");
         let (mut up, mut down) = (Vec::new(), Vec::new());
         let mut records = Vec::new();
         let mut duration_ns = 0u64;
         let mut end_reason = None;
-        for item in Reader::new(recording) {
-            let Ok((_, record)) = item else { break };
+        for record in all {
             match record {
                 Record::Meta(m) => protocol = m.protocol,
                 Record::Data { dir, t_ns, payload } => {

@@ -10,6 +10,11 @@
 //! - `end`: `{"reason": …}` when the recording ends (the session's end reason), when the watch
 //!   reached `[web] max_session`, or when the recording can no longer be read. The stream closes
 //!   after it, and as soon as the browser goes away.
+//!
+//! An encrypted recording (`[recording] recipients`) is opened as it is tailed with the key its
+//! recorder holds while it writes it ([`crate::unseal::live_keys`]: in memory only, gone when the
+//! session ends), or the gateway's reviewer identity (`[review] identity_file`). Without either
+//! the watch ends with an `end` event saying how to replay the recording with the CLI.
 
 use std::convert::Infallible;
 use std::io::{Read, Seek, SeekFrom};
@@ -44,7 +49,8 @@ async fn watch(
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let store = state.review().watch(&authed.reviewer(), &id).await?;
     let limit = state.shared.config().web.max_session;
-    let tail = Tail::new(store, id, Instant::now() + limit);
+    let opener = crate::unseal::Opener::live(state.review().identity(), &id);
+    let tail = Tail::new(store, id, Instant::now() + limit).opening(opener);
     let stream = futures::stream::unfold(tail, |mut tail| async move {
         let ev = tail.next_event().await?;
         Some((Ok(ev), tail))
@@ -80,6 +86,10 @@ struct Feed {
     dirty: bool,
     /// Why the watch ends, once known.
     end: Option<String>,
+    /// Opens encrypted records.
+    opener: crate::unseal::Opener,
+    /// The watch ends because an encrypted record could not be opened (the session goes on).
+    encrypted: bool,
 }
 
 /// What one read of the recording gave.
@@ -103,6 +113,12 @@ impl Tail {
         }
     }
 
+    /// The same watch, opening the recording's encrypted records with `opener`.
+    pub fn opening(mut self, opener: crate::unseal::Opener) -> Self {
+        self.feed.opener = opener;
+        self
+    }
+
     /// The next event to send, waiting for one; `None` once `end` was sent.
     pub async fn next_event(&mut self) -> Option<SseEvent> {
         loop {
@@ -115,7 +131,11 @@ impl Tail {
             }
             if let Some(reason) = self.feed.end.take() {
                 self.finished = true;
-                let data = serde_json::json!({ "reason": reason }).to_string();
+                let data = match self.feed.encrypted {
+                    true => serde_json::json!({ "reason": reason, "encrypted": true }),
+                    false => serde_json::json!({ "reason": reason }),
+                }
+                .to_string();
                 return Some(SseEvent::default().event("end").data(data));
             }
             if Instant::now() >= self.deadline {
@@ -151,6 +171,11 @@ impl Tail {
     async fn poll(&mut self) -> bool {
         let (store, id) = (self.store.clone(), self.id.clone());
         let mut feed = std::mem::replace(&mut self.feed, Feed::new());
+        if feed.end.is_some() {
+            // Nothing more is read once the end is known (an unopenable record stays unread).
+            self.feed = feed;
+            return false;
+        }
         let job = tokio::task::spawn_blocking(move || {
             let more = match read_from(&store, &id, feed.offset) {
                 Polled::Gone(why) => {
@@ -191,6 +216,8 @@ impl Feed {
             t_ns: 0,
             dirty: true,
             end: None,
+            opener: crate::unseal::Opener::new(None, ""),
+            encrypted: false,
         }
     }
 
@@ -211,7 +238,14 @@ impl Feed {
             match item {
                 Ok(at) => {
                     consumed = usize::try_from(reader.offset()).unwrap_or(buf.len());
-                    self.record(at.record);
+                    match self.opener.open(at.record) {
+                        Ok(records) => records.into_iter().for_each(|r| self.record(r)),
+                        Err(e) => {
+                            self.encrypted = true;
+                            self.end.get_or_insert(e.for_gateway());
+                            break;
+                        }
+                    }
                 }
                 // The recorder is still writing it.
                 Err(ReadError::Truncated { .. }) => break,
@@ -255,6 +289,7 @@ impl Feed {
             Record::Interrupted { reason, .. } => {
                 self.end.get_or_insert(format!("interrupted: {reason}"));
             }
+            // Opened before it gets here (`parse`).
             Record::Checkpoint { .. } | Record::Event { .. } | Record::Sealed { .. } => {}
         }
     }
@@ -368,6 +403,56 @@ mod tests {
         let end = tail.next_event().await.unwrap();
         assert!(format!("{end:?}").contains("client closed"), "{end:?}");
         assert!(tail.next_event().await.is_none());
+    }
+
+    /// An encrypted recording is tailed with its recorder's live key; without a key the watch
+    /// ends at once saying so (never a blank screen that looks like an idle session).
+    #[tokio::test]
+    async fn an_encrypted_recording_is_watched_with_the_live_key_or_ends_saying_why() {
+        use crate::unseal::tests::{identity, sealed_recording};
+        let dir = tempfile::tempdir().unwrap();
+        let store = RecordingStore::local_for_writing(dir.path()).unwrap();
+        let (text, to) = identity();
+        let identities = ward_recording::sealed::load_identities(&text).unwrap();
+        // Device output, so the screen shows it ("ok").
+        let id = "00000000000000ae";
+        let bytes = sealed_recording(id, &to, b"x");
+        store.create(id).unwrap().write_all(&bytes).unwrap();
+
+        let mut blind = Tail::new(
+            store.clone(),
+            id.into(),
+            Instant::now() + Duration::from_secs(30),
+        )
+        .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = blind.next_event().await {
+            events.push(format!("{ev:?}"));
+        }
+        let end = events.last().unwrap();
+        assert!(
+            end.contains("encrypted at rest")
+                && end.replace('\\', "").contains("\"encrypted\":true"),
+            "{events:?}"
+        );
+
+        let meta = match ward_recording::Reader::new(&bytes).next() {
+            Some(Ok((_, Record::Meta(m)))) => m,
+            other => panic!("{other:?}"),
+        };
+        let unsealer = ward_recording::sealed::Unsealer::new(&meta, &identities).unwrap();
+        let _live = crate::unseal::live_keys().register(id, unsealer);
+        let mut seeing = Tail::new(store, id.into(), Instant::now() + Duration::from_secs(30))
+            .opening(crate::unseal::Opener::live(None, id));
+        let mut events = Vec::new();
+        while let Some(ev) = seeing.next_event().await {
+            events.push(format!("{ev:?}"));
+        }
+        assert!(events.iter().any(|e| e.contains("ok")), "{events:?}");
+        assert!(
+            events.last().unwrap().contains("client closed"),
+            "{events:?}"
+        );
     }
 
     #[tokio::test]

@@ -69,6 +69,17 @@ function offerForce(box, e, again) {
 
 const refusedUnverified = (e, force) => !force && e.status === 400 && /verif/i.test(e.message);
 
+// 409: the recording is encrypted at rest and the gateway holds no key for it ([review]
+// identity_file unset, by design): nothing to play here. Say so, and how to replay it with the CLI.
+const encrypted = (e) => e && e.status === 409;
+export function encryptedPanel(box, e, id) {
+  fill(box, h('div', { class: 'notice', id: 'encrypted', role: 'status' },
+    h('h3', null, 'This recording is encrypted at rest'),
+    h('p', null, 'The gateway cannot read it, so the console cannot play or export it. Replay it on your machine with the identity key it is encrypted to:'),
+    h('pre', null, 'ward replay ' + String(id) + ' --gateway HOST:PORT --identity-key FILE'),
+    h('p', { class: 'muted small' }, e.message)));
+}
+
 export function player(box, id, report, force) {
   const base = '/sessions/' + enc(id);
   const f = force ? '&force=true' : '';
@@ -202,7 +213,8 @@ export function player(box, id, report, force) {
     ask(0);
   }).catch((e) => {
     if (dead) return;
-    if (refusedUnverified(e, force)) offerForce(box, e, () => { inner = player(box, id, report, true); });
+    if (encrypted(e)) encryptedPanel(box, e, id);
+    else if (refusedUnverified(e, force)) offerForce(box, e, () => { inner = player(box, id, report, true); });
     else { fill(info, 'The player is not available.'); report(e); }
   });
 
@@ -236,7 +248,8 @@ export function hexView(box, id, report, force) {
         nextB.disabled = end >= pane.total;
       } catch (e) {
         if (dead || offered) return;
-        if (refusedUnverified(e, force)) { offered = true; offerForce(box, e, () => { inner = hexView(box, id, report, true); }); } else report(e);
+        if (encrypted(e)) { offered = true; encryptedPanel(box, e, id); }
+        else if (refusedUnverified(e, force)) { offered = true; offerForce(box, e, () => { inner = hexView(box, id, report, true); }); } else report(e);
       }
     }
     prev.addEventListener('click', () => load(Math.max(0, pane.offset - PAGE)));
@@ -263,10 +276,11 @@ export function watch(box, id, report) {
   });
   es.addEventListener('end', (ev) => {
     ended = true;
-    let why = '';
-    try { why = JSON.parse(ev.data).reason || ''; } catch (e) { why = ''; }
+    let why = '', sealed = false;
+    try { const d = JSON.parse(ev.data); why = d.reason || ''; sealed = d.encrypted === true; } catch (e) { why = ''; }
     status.classList.add('ended');
-    fill(status, 'Session ended' + (why ? ': ' + why : '.'));
+    // An encrypted recording the gateway cannot open: the watch stops, the session goes on.
+    fill(status, (sealed ? 'Live watch stopped: ' : 'Session ended') + (why ? (sealed ? '' : ': ') + why : '.'));
     es.close();
   });
   es.addEventListener('error', () => {
