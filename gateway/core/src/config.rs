@@ -10,10 +10,12 @@
 // size costs nothing measurable; boxing it would only put the public fields behind a pointer.
 #![allow(clippy::result_large_err)]
 
+mod audit;
 mod inject;
 mod oidc;
 mod recording;
 mod review;
+pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 pub use recording::RecordingConfig;
@@ -168,6 +170,11 @@ max_session = "8h"                 # ...and this long after sign-in
 # [recording]
 # recipients = ["age1..."]         # public keys only (`age-keygen -y KEYFILE` prints one)
 # recipients_file = "/etc/ward/recording-recipients.txt"   # one age1... per line, # comments
+# Off-host anchors of the audit log's signed checkpoints and every recording's final checkpoint
+# (docs/recording-format.md, "Anchors"): a separate append-only mount, an HTTP collector, OTel.
+# [audit]
+# anchors = ["file:/mnt/ward-anchors/anchors.jsonl", "https://collector.example/ward", "otel"]
+# anchor_ca_file = "/etc/ward/collector-ca.pem"
 
 # Sign-in with the hospital's identity provider (OpenID Connect; docs/web.md, docs/config.md):
 # [[oidc]]
@@ -501,6 +508,8 @@ pub struct Config {
     /// `[review]`: a reviewer identity the gateway may open encrypted recordings with (none by
     /// default).
     pub review: ReviewConfig,
+    /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
+    pub audit: AuditConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -678,6 +687,7 @@ impl Config {
                 )),
             });
         }
+        let audit = cx.audit(raw.audit)?;
         Ok(Config {
             gateway,
             devices,
@@ -691,6 +701,7 @@ impl Config {
             oidc,
             recording,
             review,
+            audit,
         })
     }
 
@@ -775,6 +786,8 @@ struct RawConfig {
     recording: recording::RawRecording,
     #[serde(default)]
     review: review::RawReview,
+    #[serde(default)]
+    audit: audit::RawAudit,
 }
 
 #[derive(Deserialize, Default)]

@@ -125,6 +125,20 @@ pub enum Request {
         /// The `poll` id from `SsoPending`.
         poll: String,
     },
+    /// The gateway's signing keys: list every public key, or rotate (answered with `Ok`).
+    SigningKeys(SigningKeysOp),
+}
+
+/// `ward audit pubkey --all` and `ward audit rotate-key`, carried by [`Request::SigningKeys`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SigningKeysOp {
+    /// Every public key the gateway ever signed with (security/admin; audited
+    /// `public_keys_read`): `Ok` whose message is the keyring's JSON lines.
+    List,
+    /// Make a new signing key (admin; audited `signing_key_rotated`): `Ok` naming the old and new
+    /// key ids.
+    Rotate,
 }
 
 /// `ward login --sso`'s first request, carried by [`Request::SsoStart`].
@@ -757,6 +771,8 @@ pub mod frame_type {
     pub const LIVE: u8 = 0x0e;
     /// `Keys`.
     pub const KEYS: u8 = 0x0f;
+    /// `SigningKeys`.
+    pub const SIGNING_KEYS: u8 = 0x0c;
     /// `SsoStart`.
     pub const SSO_START: u8 = 0x0a;
     /// `SsoPoll`.
@@ -900,6 +916,7 @@ fn type_name(t: u8) -> Option<&'static str> {
         DEVICE_PIN => "DevicePin",
         LIVE => "Live",
         KEYS => "Keys",
+        SIGNING_KEYS => "SigningKeys",
         SSO_START => "SsoStart",
         SSO_POLL => "SsoPoll",
         SSO_PENDING => "SsoPending",
@@ -933,6 +950,7 @@ impl Frame {
                 Request::PinDevice(_) => PIN_DEVICE,
                 Request::Live(_) => LIVE,
                 Request::Keys(_) => KEYS,
+                Request::SigningKeys(_) => SIGNING_KEYS,
                 Request::SsoStart(_) => SSO_START,
                 Request::SsoPoll { .. } => SSO_POLL,
             },
@@ -990,6 +1008,7 @@ pub fn encode(frame: &Frame) -> Result<Vec<u8>, FrameError> {
             Request::PinDevice(p) => to_json(&p),
             Request::Live(op) => to_json(&op),
             Request::Keys(op) => to_json(&op),
+            Request::SigningKeys(op) => to_json(&op),
             Request::SsoStart(start) => to_json(&start),
             Request::SsoPoll { poll } => to_json(&PollWire { poll }),
         },
@@ -1173,6 +1192,7 @@ fn parse_payload(frame_type: u8, name: &'static str, text: &str) -> Result<Frame
         DEVICE_PIN => Response::DevicePin(Box::new(from_json(name, text)?)).into(),
         LIVE => Request::Live(from_json(name, text)?).into(),
         KEYS => Request::Keys(from_json(name, text)?).into(),
+        SIGNING_KEYS => Request::SigningKeys(from_json(name, text)?).into(),
         SSO_START => Request::SsoStart(from_json(name, text)?).into(),
         SSO_POLL => {
             let w: PollWire = from_json(name, text)?;

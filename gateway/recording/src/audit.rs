@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 use time::{OffsetDateTime, UtcOffset};
 
 use crate::encoder::CheckpointPolicy;
-use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer, KEY_ID_LEN};
+use crate::keyring::PublicKeys;
+use crate::signer::{sha256_parts, verify_sig, Signer, KEY_ID_LEN};
 use crate::verify::{SealStatus, VerifyError, VerifyReport};
 use crate::RecError;
 
@@ -92,7 +93,7 @@ fn genesis() -> [u8; 32] {
     sha256_parts(&[GENESIS_DOMAIN])
 }
 
-fn checkpoint_message(seq: u64, key_id: &[u8; KEY_ID_LEN], chain: &[u8; 32]) -> Vec<u8> {
+pub(crate) fn checkpoint_message(seq: u64, key_id: &[u8; KEY_ID_LEN], chain: &[u8; 32]) -> Vec<u8> {
     let mut m = Vec::with_capacity(CHECKPOINT_DOMAIN.len() + 8 + KEY_ID_LEN + 32);
     m.extend_from_slice(CHECKPOINT_DOMAIN);
     m.extend_from_slice(&seq.to_le_bytes());
@@ -147,7 +148,19 @@ impl AuditChain {
         signer: Arc<Signer>,
         policy: CheckpointPolicy,
     ) -> Result<(Self, u64), RecError> {
-        let w = walk(existing, &signer.public_key());
+        let public = signer.public_key();
+        Self::resume_keys(existing, &public, signer, policy)
+    }
+
+    /// [`AuditChain::resume`] of a log whose checkpoints may be signed by any of `keys` (the
+    /// gateway's keyring, after a key rotation); new checkpoints are signed by `signer`.
+    pub fn resume_keys<K: PublicKeys + ?Sized>(
+        existing: &[u8],
+        keys: &K,
+        signer: Arc<Signer>,
+        policy: CheckpointPolicy,
+    ) -> Result<(Self, u64), RecError> {
+        let w = walk(existing, keys);
         match w.error {
             None | Some((_, Fail::Torn)) | Some((_, Fail::Tail)) => {}
             Some((e, Fail::Integrity)) => return Err(RecError::Tampered(e)),
@@ -224,6 +237,13 @@ impl AuditChain {
         line
     }
 
+    /// Sign the next checkpoints with `signer` (key rotation). The caller writes a checkpoint with
+    /// the old key first ([`AuditChain::checkpoint`]), so every line is signed by the key that was
+    /// current when it was written.
+    pub fn set_signer(&mut self, signer: Arc<Signer>) {
+        self.signer = signer;
+    }
+
     /// Event lines written since the last checkpoint (not yet covered by a signature).
     pub fn unsigned_lines(&self) -> u64 {
         self.since_cp
@@ -268,9 +288,7 @@ fn parse_hex<const N: usize>(v: Option<&serde_json::Value>) -> Option<[u8; N]> {
     Some(out)
 }
 
-fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
-    let expected_raw = key_id_raw(public_key);
-    let expected = key_id_of(public_key);
+fn walk<K: PublicKeys + ?Sized>(bytes: &[u8], keys: &K) -> Walk {
     let mut w = Walk {
         lines: 0,
         error: None,
@@ -299,8 +317,7 @@ fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
         let next = pos + nl + 1;
         w.lines += 1;
         if w.error.is_none() {
-            if let Err(what) = check_line(&mut w.cur, line, n, public_key, &expected_raw, &expected)
-            {
+            if let Err(what) = check_line(&mut w.cur, line, n, keys) {
                 w.error = Some((VerifyError::line(n, pos as u64, what), Fail::Integrity));
             } else {
                 w.cur.next_seq = n + 1;
@@ -325,13 +342,11 @@ fn walk(bytes: &[u8], public_key: &[u8; 32]) -> Walk {
     w
 }
 
-fn check_line(
+fn check_line<K: PublicKeys + ?Sized>(
     st: &mut State,
     line: &[u8],
     n: u64,
-    public_key: &[u8; 32],
-    expected_raw: &[u8; KEY_ID_LEN],
-    expected: &str,
+    keys: &K,
 ) -> Result<(), String> {
     let v: serde_json::Value =
         serde_json::from_slice(line).map_err(|e| format!("not valid JSON ({e}): line altered"))?;
@@ -356,14 +371,16 @@ fn check_line(
         if checkpoint_line(seq, &chain, &key_id, &sig).strip_suffix(b"\n") != Some(line) {
             return Err("checkpoint line is not in canonical form: line altered".into());
         }
-        if !verify_sig(public_key, &checkpoint_message(seq, &key_id, &chain), &sig) {
-            return Err(if key_id != *expected_raw {
-                format!(
-                    "signature does not verify with the gateway key {expected} (checkpoint names key {}: re-signed with another key?)",
+        let public = keys.public_for(&key_id);
+        if !public
+            .is_some_and(|pk| verify_sig(&pk, &checkpoint_message(seq, &key_id, &chain), &sig))
+        {
+            return Err(match public {
+                None => keys.unknown_key(&key_id),
+                Some(_) => format!(
+                    "signature does not verify with the gateway key {} (checkpoint altered)",
                     hex::encode(key_id)
-                )
-            } else {
-                format!("signature does not verify with the gateway key {expected} (checkpoint altered)")
+                ),
             });
         }
         if chain != st.chain {
@@ -405,14 +422,14 @@ fn check_line(
     Ok(())
 }
 
-/// Verify an audit log against the gateway's public key; names the first bad line (1-based).
+/// Verify an audit log against the gateway's public key or keyring; names the first bad line (1-based).
 ///
 /// `ok` is true if every line verifies and the log ends with a valid checkpoint (an empty log is
 /// ok). Lines after the last checkpoint fail verification: they are unsigned (a log being written
 /// has such lines for at most one checkpoint interval). A cut exactly after a checkpoint line
 /// cannot be detected from the file alone; see `docs/recording-format.md`.
-pub fn verify_audit(bytes: &[u8], public_key: &[u8; 32]) -> VerifyReport {
-    let w = walk(bytes, public_key);
+pub fn verify_audit<K: PublicKeys + ?Sized>(bytes: &[u8], keys: &K) -> VerifyReport {
+    let w = walk(bytes, keys);
     let first_error = w.error.map(|(e, _)| e);
     let status = if first_error.is_none() {
         SealStatus::Sealed

@@ -9,6 +9,9 @@
 //!   SHA-256 hash chain and writing Ed25519-signed checkpoints.
 //! * [`mod@verify`]: [`verify()`] (names the first bad record) and [`seal_interrupted`] (crash recovery).
 //! * [`signer`]: the gateway's Ed25519 recording key ([`Signer`]).
+//! * [`keyring`]: every public key the gateway ever signed with ([`Keyring`], [`PublicKeys`]).
+//! * [`anchor`]: off-host anchors of signed checkpoints, and the pure checker of
+//!   `ward audit verify --anchors`.
 //! * [`audit`]: the audit log: JSON lines, chained and signed the same way.
 //! * [`trail`]: what the audit log says about each session ([`audit::session_trails`]), crash
 //!   recovery's rule ([`trail::may_seal`]) and the recording/log cross-checks of `verify --all`.
@@ -21,12 +24,14 @@
 //! The byte layout is specified in `docs/recording-format.md`.
 #![forbid(unsafe_code)]
 
+pub mod anchor;
 pub mod audit;
 pub mod encoder;
 pub mod error;
 pub mod evidence;
 pub mod export;
 pub mod format;
+pub mod keyring;
 pub mod sealed;
 pub mod signer;
 mod stream;
@@ -40,7 +45,9 @@ pub use format::{
     read_all, read_prefix, Direction, EndInfo, Reader, Record, RecordAt, SessionMeta, MAGIC,
     MAGIC_V1, MAGIC_V2, MAX_DATA_PAYLOAD, MAX_RECORD_BODY, RECORD_HEADER_LEN,
 };
+pub use keyring::{Keyring, PublicKeys};
 pub use signer::{key_id_of, Signer};
 pub use verify::{
-    seal_interrupted, verify, verify_read, ErrorUnit, SealStatus, VerifyError, VerifyReport,
+    seal_interrupted, seal_interrupted_keys, verify, verify_read, ErrorUnit, SealStatus,
+    VerifyError, VerifyReport,
 };

@@ -7,9 +7,9 @@ use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, UnparsedPublicKey, ED25519};
 use crate::RecError;
 
 /// Length of an Ed25519 signature.
-pub(crate) const SIG_LEN: usize = 64;
+pub const SIG_LEN: usize = 64;
 /// Length of the raw key id stored in checkpoints (first bytes of SHA-256 of the public key).
-pub(crate) const KEY_ID_LEN: usize = 8;
+pub const KEY_ID_LEN: usize = 8;
 
 /// An Ed25519 key pair that signs checkpoints. `Debug` never shows the key.
 pub struct Signer {
@@ -61,6 +61,13 @@ impl Signer {
 
     pub(crate) fn key_id_raw(&self) -> [u8; KEY_ID_LEN] {
         key_id_raw(&self.public)
+    }
+
+    /// A raw Ed25519 signature of `msg` (evidence bundles sign their `SHA256SUMS` with it).
+    /// Checkpoints are signed inside this crate over domain-separated messages; never sign a
+    /// message that could be mistaken for one (start it with a domain string of your own).
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; SIG_LEN] {
+        self.sign(msg)
     }
 
     pub(crate) fn sign(&self, msg: &[u8]) -> [u8; SIG_LEN] {

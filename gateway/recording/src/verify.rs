@@ -8,7 +8,8 @@ use crate::format::{
     checkpoint_message, code, decode, encode_interrupted, read_u64, CheckpointBody, Direction,
     EndInfo, Raw, Record, SessionMeta,
 };
-use crate::signer::{key_id_of, key_id_raw, sha256_parts, verify_sig, Signer};
+use crate::keyring::PublicKeys;
+use crate::signer::{sha256_parts, verify_sig, Signer};
 use crate::stream::{Source, Window};
 use crate::{ReadError, RecError};
 
@@ -197,7 +198,7 @@ fn decode_light(raw: &Raw<'_>) -> Result<Record, ReadError> {
     })
 }
 
-fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
+fn walk<S: Source, K: PublicKeys + ?Sized>(src: &mut S, keys: &K) -> Walk {
     let mut w = Walk::default();
     let header_fail = |w: &mut Walk, record: u64, offset: u64, what: String| {
         w.error = Some((VerifyError::record(record, offset, what), Fail::Header));
@@ -244,8 +245,6 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
     if let Err(what) = crate::sealed::check_meta(&meta) {
         w.error = Some((VerifyError::record(0, start as u64, what), Fail::Integrity));
     }
-    let expected_raw = key_id_raw(public_key);
-    let expected = key_id_of(public_key);
     let mut pos = w.cur.offset;
     let mut index = 1u64;
     while src.more(pos) {
@@ -333,16 +332,14 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
                     checkpoint_message(&meta.session_id, cp.index, cp.t_ns, &cp.key_id, &cp.chain);
                 let first = cur.last_cp.map_or(1, |i| i + 1);
                 let last = raw.index.saturating_sub(1);
-                if !verify_sig(public_key, &msg, &cp.sig) {
-                    w.error = fail(if cp.key_id != expected_raw {
-                        format!(
-                            "signature does not verify with the gateway key {expected} (checkpoint names key {}: re-signed with another key?)",
+                let public = keys.public_for(&cp.key_id);
+                if !public.is_some_and(|pk| verify_sig(&pk, &msg, &cp.sig)) {
+                    w.error = fail(match public {
+                        None => keys.unknown_key(&cp.key_id),
+                        Some(_) => format!(
+                            "signature does not verify with the gateway key {} (checkpoint altered, or copied from another recording)",
                             hex::encode(cp.key_id)
-                        )
-                    } else {
-                        format!(
-                            "signature does not verify with the gateway key {expected} (checkpoint altered, or copied from another recording)"
-                        )
+                        ),
                     });
                 } else if cp.chain != cur.chain {
                     w.error = fail(format!(
@@ -387,23 +384,24 @@ fn walk<S: Source>(src: &mut S, public_key: &[u8; 32]) -> Walk {
     w
 }
 
-/// Verify a recording against the gateway's public key.
+/// Verify a recording against the gateway's public key, or its keyring (any [`PublicKeys`]).
 ///
-/// `ok` is true only if every record reads, every checkpoint verifies (signature under
-/// `public_key`, bound to this session id; chain value; position), and the recording is sealed:
-/// it ends with an end or interrupted record covered by a final checkpoint and nothing after it.
-pub fn verify(bytes: &[u8], public_key: &[u8; 32]) -> VerifyReport {
-    report(walk(&mut { bytes }, public_key))
+/// `ok` is true only if every record reads, every checkpoint verifies (signature under the key its
+/// key id names, which must be one of `keys`, bound to this session id; chain value; position),
+/// and the recording is sealed: it ends with an end or interrupted record covered by a final
+/// checkpoint and nothing after it.
+pub fn verify<K: PublicKeys + ?Sized>(bytes: &[u8], keys: &K) -> VerifyReport {
+    report(walk(&mut { bytes }, keys))
 }
 
 /// [`verify()`] of a recording read from `input` (a file), holding at most one record and a read
 /// chunk in memory whatever the recording's size. An error if reading fails.
-pub fn verify_read<R: std::io::Read>(
+pub fn verify_read<R: std::io::Read, K: PublicKeys + ?Sized>(
     input: R,
-    public_key: &[u8; 32],
+    keys: &K,
 ) -> std::io::Result<VerifyReport> {
     let mut window = Window::new(input);
-    let w = walk(&mut window, public_key);
+    let w = walk(&mut window, keys);
     match window.error.take() {
         Some(e) => Err(e),
         None => Ok(report(w)),
@@ -455,7 +453,20 @@ pub fn seal_interrupted(
     t_ns: u64,
     out: &mut Vec<u8>,
 ) -> Result<u64, RecError> {
-    let w = walk(&mut { bytes }, &signer.public_key());
+    seal_interrupted_keys(bytes, &signer.public_key(), signer, reason, t_ns, out)
+}
+
+/// [`seal_interrupted`] of a recording whose checkpoints may be signed by any of `keys` (the
+/// gateway's keyring: a recording started before a key rotation), sealed with `signer`.
+pub fn seal_interrupted_keys<K: PublicKeys + ?Sized>(
+    bytes: &[u8],
+    keys: &K,
+    signer: &Signer,
+    reason: &str,
+    t_ns: u64,
+    out: &mut Vec<u8>,
+) -> Result<u64, RecError> {
+    let w = walk(&mut { bytes }, keys);
     let Some((err, fail)) = w.error else {
         return Err(RecError::AlreadySealed(format!(
             "the recording is sealed ({} records verified)",

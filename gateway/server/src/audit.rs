@@ -29,7 +29,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use ward_ca::Clock;
 use ward_recording::audit::{rfc3339_ms, AuditChain, AuditEvent, AuditPrincipal};
-use ward_recording::{CheckpointPolicy, Signer};
+use ward_recording::{CheckpointPolicy, PublicKeys, Signer};
+
+use crate::anchors::Anchors;
 
 /// The audit log file name inside the state dir.
 pub const AUDIT_LOG: &str = "audit.log";
@@ -145,6 +147,11 @@ type Ack = oneshot::Sender<Result<(), AuditUnavailable>>;
 
 enum Msg {
     Event(Box<AuditEvent>),
+    /// Key rotation: checkpoint what the old key has not signed yet, then sign with this one.
+    Rotate {
+        signer: Arc<Signer>,
+        ack: Ack,
+    },
     /// A barrier: answered once every event before it is written (and fsynced when `sync`).
     Barrier {
         sync: bool,
@@ -252,6 +259,19 @@ impl AuditLog {
         signer: Arc<Signer>,
         clock: Arc<dyn Clock>,
     ) -> anyhow::Result<(AuditLog, AuditWriter)> {
+        let public = signer.public_key();
+        Self::open_with(state_dir, &public, signer, clock, None)
+    }
+
+    /// [`AuditLog::open`] of a log whose checkpoints may be signed by any of `keys` (the keyring,
+    /// after rotations), publishing every checkpoint it writes to `anchors`.
+    pub fn open_with<K: PublicKeys + ?Sized>(
+        state_dir: &Path,
+        keys: &K,
+        signer: Arc<Signer>,
+        clock: Arc<dyn Clock>,
+        anchors: Option<Anchors>,
+    ) -> anyhow::Result<(AuditLog, AuditWriter)> {
         let path = state_dir.join(AUDIT_LOG);
         let existing = match std::fs::read(&path) {
             Ok(b) => b,
@@ -262,7 +282,7 @@ impl AuditLog {
         let (chain, keep) = if existing.is_empty() {
             (AuditChain::new(signer, policy), 0)
         } else {
-            AuditChain::resume(&existing, signer, policy).with_context(|| {
+            AuditChain::resume_keys(&existing, keys, signer, policy).with_context(|| {
                 format!(
                     "{} does not verify; move it aside and investigate",
                     path.display()
@@ -297,6 +317,7 @@ impl AuditLog {
             dirty: false,
             outage: None,
             lost_since_barrier: false,
+            anchors,
         };
         let log = AuditLog {
             tx,
@@ -368,6 +389,30 @@ impl AuditLog {
         rx.await.map_err(|_| gone())?
     }
 
+    /// Key rotation: every line emitted before is signed (checkpointed and fsynced) with the old
+    /// key, then the writer signs with `signer`. Returns once the writer has switched; an error
+    /// if the old key's checkpoint could not be written (the writer has switched anyway, and the
+    /// next checkpoint signs those lines with the new key).
+    pub async fn rotate(&self, signer: Arc<Signer>) -> Result<(), AuditUnavailable> {
+        let (ack, rx) = oneshot::channel();
+        let gone = || AuditUnavailable("the audit writer has stopped".into());
+        self.tx
+            .send(Msg::Rotate { signer, ack })
+            .await
+            .map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    /// A handle that does not keep the writer running (for tasks the writer itself feeds).
+    pub fn downgrade(&self) -> WeakAuditLog {
+        WeakAuditLog {
+            tx: self.tx.downgrade(),
+            dropped: self.dropped.clone(),
+            healthy: self.healthy.clone(),
+            path: self.path.clone(),
+        }
+    }
+
     /// Checkpoint and fsync everything emitted so far (at shutdown; errors are the writer's to
     /// report).
     pub async fn flush(&self) {
@@ -383,6 +428,27 @@ impl AuditLog {
     /// The file written.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// An [`AuditLog`] that does not keep the writer open.
+#[derive(Clone)]
+pub struct WeakAuditLog {
+    tx: mpsc::WeakSender<Msg>,
+    dropped: Arc<AtomicU64>,
+    healthy: Arc<AtomicBool>,
+    path: PathBuf,
+}
+
+impl WeakAuditLog {
+    /// The log, while the writer still runs.
+    pub fn upgrade(&self) -> Option<AuditLog> {
+        Some(AuditLog {
+            tx: self.tx.upgrade()?,
+            dropped: self.dropped.clone(),
+            healthy: self.healthy.clone(),
+            path: self.path.clone(),
+        })
     }
 }
 
@@ -436,6 +502,8 @@ struct Batch {
     closed: bool,
     /// Nothing arrived for [`SYNC_EVERY`].
     idle: bool,
+    /// A key rotation ends the batch: after its events are signed with the old key.
+    rotate: Option<Arc<Signer>>,
 }
 
 impl Batch {
@@ -445,6 +513,11 @@ impl Batch {
             Msg::Barrier { sync, ack } => {
                 self.sync |= sync;
                 self.acks.push(ack);
+            }
+            Msg::Rotate { signer, ack } => {
+                self.sync = true;
+                self.acks.push(ack);
+                self.rotate = Some(signer);
             }
         }
     }
@@ -468,6 +541,8 @@ struct Writer {
     outage: Option<Outage>,
     /// Events were lost since the last barrier was answered.
     lost_since_barrier: bool,
+    /// Where checkpoints are published off the host.
+    anchors: Option<Anchors>,
 }
 
 impl Writer {
@@ -477,7 +552,7 @@ impl Writer {
                 .context("seeking the audit log")?;
         }
         loop {
-            let batch = next_batch(&mut rx).await;
+            let mut batch = next_batch(&mut rx).await;
             let closed = batch.closed;
             if self.outage.is_some() {
                 self.retry(closed).await;
@@ -502,6 +577,11 @@ impl Writer {
                     ));
                 }
                 self.lost_since_barrier = false;
+            }
+            if let Some(signer) = batch.rotate.take() {
+                // The old key signed every line before (unless the log is down: then the next
+                // checkpoint signs them with the new key, which the keyring already holds).
+                self.chain.set_signer(signer);
             }
             let stop = closed.then(|| result.clone());
             batch.answer(&result);
@@ -535,8 +615,12 @@ impl Writer {
         if buf.is_empty() && !sync {
             return Ok(());
         }
+        let prepared = self.anchors.as_ref().map(|a| a.prepare_audit(&buf));
         match self.append(buf, sync).await {
             Ok(n) => {
+                if let (Some(a), Some(anchors)) = (&self.anchors, prepared) {
+                    a.publish_all(anchors);
+                }
                 self.chain = next;
                 self.len += n;
                 self.dirty = !sync;
@@ -584,8 +668,12 @@ impl Writer {
         let mut next = self.chain.clone();
         let mut buf = next.line(&gap, t);
         buf.extend(next.checkpoint(t));
+        let prepared = self.anchors.as_ref().map(|a| a.prepare_audit(&buf));
         match self.append(buf, true).await {
             Ok(n) => {
+                if let (Some(a), Some(anchors)) = (&self.anchors, prepared) {
+                    a.publish_all(anchors);
+                }
                 self.chain = next;
                 self.len += n;
                 self.dirty = false;
@@ -648,7 +736,8 @@ async fn next_batch(rx: &mut mpsc::Receiver<Msg>) -> Batch {
     match tokio::time::timeout(SYNC_EVERY, rx.recv()).await {
         Ok(Some(m)) => {
             batch.take(m);
-            while let Ok(m) = rx.try_recv() {
+            while batch.rotate.is_none() {
+                let Ok(m) = rx.try_recv() else { break };
                 batch.take(m);
             }
         }

@@ -77,6 +77,8 @@ pub struct Services {
     pub(crate) pins: PinService,
     /// `ward login --sso`: CLI logins a signed-in browser approves.
     pub sso_cli: SsoCliService,
+    /// The signing keys: the list, and rotation.
+    pub signing: crate::services::signing::SigningService,
 }
 
 impl Services {
@@ -104,6 +106,11 @@ impl Services {
                 shared.limits().device_connect_timeout,
             ),
             live: LiveService::new(ctx.clone(), Arc::new(GatewayState(shared.clone()))),
+            signing: crate::services::signing::SigningService::new(
+                ctx.clone(),
+                shared.keys.clone(),
+                shared.audit.clone(),
+            ),
             devices: DeviceService::new(ctx),
         }
     }
@@ -290,6 +297,24 @@ pub(crate) async fn request(
         }
         Request::PinDevice(p) => {
             let answer = pin_device(&services, caller, p).await;
+            gated(shared, answer).await
+        }
+        Request::SigningKeys(op) => {
+            let answer = match op {
+                frame::SigningKeysOp::List => {
+                    answer(services.signing.list(caller).await, |k| Response::Ok {
+                        message: String::from_utf8_lossy(&k.to_jsonl()).into_owned(),
+                    })
+                }
+                frame::SigningKeysOp::Rotate => {
+                    answer(services.signing.rotate(caller).await, |r| Response::Ok {
+                        message: format!(
+                            "signing key rotated: {} retired, {} signs from now on",
+                            r.old_key_id, r.new_key_id
+                        ),
+                    })
+                }
+            };
             gated(shared, answer).await
         }
         Request::Open { .. }

@@ -47,7 +47,11 @@ pub struct Shared {
     limits: Limits,
     verified: Arc<tls::VerifiedCache>,
     pub(crate) audit: AuditLog,
-    pub(crate) signer: Arc<Signer>,
+    /// The signing keys: new sessions take the current signer when they start (rotation swaps
+    /// it), verification uses the keyring ([`crate::signing`]).
+    pub(crate) keys: crate::signing::SigningKeys,
+    /// Where checkpoints are anchored off the host (`[audit] anchors`), if anywhere.
+    pub(crate) anchors: Option<crate::anchors::Anchors>,
     pub(crate) sink: Option<Arc<dyn Sink>>,
     pub(crate) validator: Validator,
     pub(crate) clock: Arc<dyn Clock>,
@@ -287,36 +291,11 @@ impl std::fmt::Debug for Options {
 }
 
 /// The gateway's recording/audit signing key: `<state_dir>/audit.key` (PKCS#8, 0600), created at
-/// first start; its public key is written to `audit.pub` (hex).
+/// first start with its keyring and gateway id ([`crate::signing::SigningKeys`]); its public key
+/// is written to `audit.pub` (hex).
 pub fn load_or_create_signer(state_dir: &std::path::Path) -> anyhow::Result<Arc<Signer>> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let key_path = state_dir.join(crate::AUDIT_KEY);
-    if key_path.exists() {
-        ward_ca::check_private_key(&key_path)?;
-    }
-    let signer = match std::fs::read(&key_path) {
-        Ok(pkcs8) => Signer::from_pkcs8(&pkcs8)
-            .with_context(|| format!("{} is not a Ward signing key", key_path.display()))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let (signer, pkcs8) = Signer::generate().context("generating the audit signing key")?;
-            let mut f = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&key_path)
-                .with_context(|| format!("creating {}", key_path.display()))?;
-            f.write_all(&pkcs8)?;
-            f.sync_all()?;
-            signer
-        }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", key_path.display())),
-    };
-    std::fs::write(
-        state_dir.join(crate::AUDIT_PUB),
-        format!("{}\n", hex::encode(signer.public_key())),
-    )?;
-    Ok(Arc::new(signer))
+    let now = ward_ca::SystemClock.now();
+    Ok(crate::signing::SigningKeys::load_or_create(state_dir, now)?.signer())
 }
 
 impl Gateway {
@@ -348,13 +327,27 @@ impl Gateway {
                 Arc::new(crate::services::vault::TelnetRotator::new(clock.clone()))
             }),
         )?;
-        let signer = load_or_create_signer(&g.state_dir)?;
-        let (audit, audit_writer) = AuditLog::open(&g.state_dir, signer.clone(), clock.clone())?;
+        let keys = crate::signing::SigningKeys::load_or_create(&g.state_dir, clock.now())?;
+        let (anchors, anchor_task) =
+            match crate::anchors::Anchors::new(&config.audit, keys.gateway_id(), clock.clone())? {
+                Some((a, t)) => (Some(a), Some(t)),
+                None => (None, None),
+            };
+        let (audit, audit_writer) = AuditLog::open_with(
+            &g.state_dir,
+            &*keys.keyring(),
+            keys.signer(),
+            clock.clone(),
+            anchors.clone(),
+        )?;
+        if let Some(task) = anchor_task {
+            tokio::spawn(task.run(audit.downgrade()));
+        }
         let recordings = RecordingStore::local_for_writing(&g.state_dir)
             .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?
             .with_index(session_index);
         let (sink, disk) = recording_sink(g, &options, &recordings, &audit, &clock);
-        let sealed = recover_recordings(&recordings, &signer, &audit, clock.now())?;
+        let sealed = recover_recordings(&recordings, &keys, &audit, anchors.as_ref(), clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
@@ -424,14 +417,14 @@ impl Gateway {
         let review = crate::services::review::ReviewService::new(
             recordings.clone(),
             g.state_dir.clone(),
-            signer.public_key(),
+            keys.clone(),
             audit.clone(),
             Arc::new(crate::review_jobs::ReviewGate::default()),
             clock.clone(),
         )
         .with_signer({
-            let signer = signer.clone();
-            Arc::new(move || signer.clone())
+            let keys = keys.clone();
+            Arc::new(move || keys.signer())
         })
         .with_identity(crate::services::review::reviewer_identity(&config.review)?);
         let shared = Arc::new(Shared {
@@ -444,7 +437,8 @@ impl Gateway {
             )),
             verified,
             audit,
-            signer,
+            keys,
+            anchors,
             sink,
             validator,
             clock,
@@ -611,6 +605,10 @@ impl Gateway {
             )
             .await;
         self.shared.audit.flush().await;
+        if let Some(anchors) = &self.shared.anchors {
+            // The last checkpoint's anchor, off the host before the process ends (bounded).
+            anchors.settle(Duration::from_secs(2)).await;
+        }
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
@@ -1210,7 +1208,8 @@ async fn serve_stream<R, W>(
         | Request::PinDevice(_)
         | Request::Lock { .. }
         | Request::Unlock { .. }
-        | Request::ListLocks) => dispatch::request(&shared, caller, request).await,
+        | Request::ListLocks
+        | Request::SigningKeys(_)) => dispatch::request(&shared, caller, request).await,
         Request::Review(frame::Review::SignEvidence { sessions }) => {
             // The SHA256SUMS to sign follows as data (it can exceed a control frame).
             let sums =
@@ -1316,6 +1315,7 @@ fn audited(request: &Request) -> bool {
         | Request::Unlock { .. }
         | Request::Live(ward_core::frame::LiveOp::End { .. })
         | Request::Keys(ward_core::frame::KeysOp::RotateKek)
+        | Request::SigningKeys(_)
         | Request::Review(_) => true,
         // Sessions pass the gate in `open_session`; listings write no event; an SSO poll hands
         // out what its approval already audited.

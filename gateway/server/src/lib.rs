@@ -10,6 +10,7 @@ pub use ward_store::{access_store, recording_store, session_index, store, store_
 pub use ward_transport::{datapath, refusal, tls};
 
 mod admit;
+pub mod anchors;
 pub mod audit;
 mod decode;
 pub mod device_login;
@@ -31,6 +32,7 @@ pub mod review;
 pub mod review_jobs;
 pub mod services;
 mod session;
+pub mod signing;
 pub mod state_lock;
 pub mod unseal;
 pub mod web;

@@ -17,7 +17,10 @@ use std::path::Path;
 use anyhow::Context;
 use time::OffsetDateTime;
 use ward_recording::audit::{session_trails, SessionTrail};
-use ward_recording::{SealStatus, Signer, VerifyReport};
+use ward_recording::{SealStatus, VerifyReport};
+
+use crate::anchors::Anchors;
+use crate::signing::SigningKeys;
 
 use crate::audit::{AuditLog, Event};
 use crate::recording_store::RecordingStore;
@@ -33,10 +36,13 @@ static NO_TRAILS: BTreeMap<String, SessionTrail> = BTreeMap::new();
 /// allows, and index (backfill) the recordings the store's session index lacks. Returns how many were sealed.
 /// Reading the audit log fails the start (no recovery without it, and no gateway without its log);
 /// a log that does not exist yet opens no session.
+/// Checkpoints of recordings started before a key rotation verify with the keyring (`keys`); a
+/// recording is sealed with the current key, and its new final checkpoint is anchored (`anchors`).
 pub fn recover_recordings(
     store: &RecordingStore,
-    signer: &Signer,
+    keys: &SigningKeys,
     audit: &AuditLog,
+    anchors: Option<&Anchors>,
     now: OffsetDateTime,
 ) -> anyhow::Result<usize> {
     let index = store.index();
@@ -50,7 +56,8 @@ pub fn recover_recordings(
         .collect();
     let mut scan = Scan {
         store,
-        signer,
+        keys,
+        anchors,
         audit,
         now,
         trails: None,
@@ -74,7 +81,8 @@ pub fn recover_recordings(
 /// Recovery's walk over the recordings.
 struct Scan<'a> {
     store: &'a RecordingStore,
-    signer: &'a Signer,
+    keys: &'a SigningKeys,
+    anchors: Option<&'a Anchors>,
     audit: &'a AuditLog,
     now: OffsetDateTime,
     /// The audit log's session trails, read once, and only when some recording needs them.
@@ -87,7 +95,7 @@ struct Scan<'a> {
 impl Scan<'_> {
     /// Look at one recording: index it if `backfill`, seal it if a crash left it open.
     fn one(&mut self, session: &str, backfill: bool) -> anyhow::Result<()> {
-        let key = self.signer.public_key();
+        let key = self.keys.keyring();
         let where_ = || format!("reading recording {session} in {}", self.store.describe());
         // Verified through a bounded window: a sealed recording is never held in memory here.
         let snap = self.store.open(session).with_context(where_)?;
@@ -154,12 +162,17 @@ impl Scan<'_> {
     /// Seal a recording a crash left open: its verified prefix, then an interrupted end.
     fn seal(&mut self, session: &str, bytes: &[u8], report: &VerifyReport) -> anyhow::Result<()> {
         let mut tail = Vec::new();
-        match ward_recording::seal_interrupted(bytes, self.signer, WHY, 0, &mut tail) {
+        let keyring = self.keys.keyring();
+        let signer = self.keys.signer();
+        match ward_recording::seal_interrupted_keys(bytes, &*keyring, &signer, WHY, 0, &mut tail) {
             Ok(keep) => {
                 self.store.recover(session, keep, &tail).with_context(|| {
                     format!("sealing recording {session} in {}", self.store.describe())
                 })?;
                 self.sealed += 1;
+                if let Some(anchors) = self.anchors {
+                    anchors.recording_sealed_now(self.store, session, "interrupted");
+                }
                 let mut now_bytes = bytes
                     .get(..usize::try_from(keep).unwrap_or(usize::MAX))
                     .unwrap_or_default()
@@ -192,8 +205,8 @@ impl Scan<'_> {
     /// blob's stamp if it verifies as sealed). Best effort: a listing reads a recording the index
     /// lacks.
     fn backfill(&mut self, bytes: &[u8], session: &str) {
-        let key = self.signer.public_key();
-        let Some(summary) = crate::review::summarise(bytes, &key, &Filter::default(), session)
+        let key = self.keys.keyring();
+        let Some(summary) = crate::review::summarise(bytes, &*key, &Filter::default(), session)
         else {
             return;
         };

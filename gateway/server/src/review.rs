@@ -11,7 +11,7 @@ use time::OffsetDateTime;
 pub use ward_decode::summary::OpPattern;
 use ward_decode::summary::OpsSummary;
 use ward_recording::trail::Finding;
-use ward_recording::{Direction, Record, SealStatus, VerifyReport};
+use ward_recording::{Direction, PublicKeys, Record, SealStatus, VerifyReport};
 
 pub use ward_store::session_index::{rfc3339, SessionSummary};
 
@@ -54,6 +54,9 @@ impl Filter {
 pub fn recordings_dir(state_dir: &Path) -> PathBuf {
     state_dir.join(crate::recording_store::RECORDINGS_DIR)
 }
+
+/// Every public key of a state dir (`audit.keys`; `audit.pub` for one from before rotation).
+pub use crate::signing::keyring;
 
 /// The public key of a state dir's signing key.
 pub fn public_key(state_dir: &Path) -> anyhow::Result<[u8; 32]> {
@@ -115,7 +118,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// [`summarise_with`].
 pub fn summarise(
     bytes: &[u8],
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
     fallback_id: &str,
 ) -> Option<SessionSummary> {
@@ -136,7 +139,7 @@ fn reads_contents(filter: &Filter) -> bool {
 /// (`grep`, `op`) is an error: it cannot be answered, and the recording is not silently dropped.
 pub fn summarise_with(
     bytes: &[u8],
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
     fallback_id: &str,
     identity: Option<&IdentityKey>,
@@ -511,7 +514,7 @@ fn matches(filter: &Filter, op: Option<&OpPattern>, s: &SessionSummary) -> bool 
 /// recordings are not opened ([`list_with`] opens them).
 pub fn list(
     state_dir: &Path,
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
 ) -> anyhow::Result<Vec<SessionSummary>> {
     list_with(state_dir, key, filter, None, &mut |_, _| {})
@@ -520,7 +523,7 @@ pub fn list(
 /// [`list`], telling `progress(done, total)` how far it got (recordings looked at, of all).
 pub fn list_with_progress(
     state_dir: &Path,
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
     progress: &mut dyn FnMut(usize, usize),
 ) -> anyhow::Result<Vec<SessionSummary>> {
@@ -531,7 +534,7 @@ pub fn list_with_progress(
 /// what they hold (`grep`, an `op` the index does not answer).
 pub fn list_with(
     state_dir: &Path,
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
     identity: Option<&IdentityKey>,
     progress: &mut dyn FnMut(usize, usize),
@@ -601,7 +604,7 @@ impl Unsearched {
 pub fn list_in(
     store: &RecordingStore,
     index: Vec<crate::session_index::IndexedSession>,
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     filter: &Filter,
     identity: Option<&IdentityKey>,
     progress: &mut dyn FnMut(usize, usize),
@@ -667,7 +670,7 @@ pub fn list_in(
 /// does on the gateway host. A recording that cannot be read is reported as failed, not skipped.
 pub fn verify_recordings(
     store: &RecordingStore,
-    key: &[u8; 32],
+    key: &(dyn PublicKeys + Sync),
     ids: &[String],
     progress: &mut dyn FnMut(usize, usize),
 ) -> Vec<(String, Result<VerifyReport, String>)> {

@@ -359,7 +359,7 @@ async fn start_recording<W: AsyncWrite + Unpin>(
     let meta = session_meta(ctx, session);
     // `[recording] recipients` as of now: a reload gives new sessions the new recipients.
     let recipients = ctx.shared.config().recording.recipients.clone();
-    match SessionRecorder::start(sink, ctx.shared.signer.clone(), &meta, &recipients).await {
+    match SessionRecorder::start(sink, ctx.shared.keys.signer(), &meta, &recipients).await {
         Ok(r) => Ok(Some(match ctx.shared.recordings.index_open(&meta) {
             Some(hook) => r.indexed(hook),
             None => r,
@@ -825,7 +825,13 @@ async fn end_recording(
         bytes_up,
         bytes_down,
     };
-    if let Err(e) = rec.finish(info).await {
+    let sealed = rec.finish(info).await;
+    // Anchor the final checkpoint off the host (docs/recording-format.md, "Anchors"); a failed
+    // recording is sealed too when it ran out of room, so publish whatever ends the file.
+    if let Some(anchors) = &ctx.shared.anchors {
+        anchors.recording_sealed(&ctx.shared.recordings, &ctx.id, "sealed");
+    }
+    if let Err(e) = sealed {
         let ev = ctx.event("recording_failed", "failure").severity("high");
         ctx.shared.audit.emit(ev.reason(e));
     }

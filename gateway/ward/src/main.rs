@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod access_cmd;
+mod audit_cmd;
 mod ca_cmd;
 mod evidence_cmd;
 mod keys_cmd;

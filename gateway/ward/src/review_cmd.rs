@@ -11,7 +11,7 @@ use ward_ca::{Clock, SystemClock};
 use ward_client::{Client, Transport};
 use ward_core::frame::Review;
 use ward_recording::trail::Level;
-use ward_recording::VerifyReport;
+use ward_recording::{Keyring, VerifyReport};
 use ward_server::review::{self, ExportFormat, Filter, ReplayOptions, SessionSummary};
 
 use crate::show;
@@ -93,16 +93,15 @@ impl SourceArgs {
 }
 
 impl Source {
-    async fn key(&self, pinned: Option<&String>) -> anyhow::Result<[u8; 32]> {
+    /// Every key recordings and the log may be signed with: the pinned one, or the source's
+    /// keyring (all keys across rotations).
+    async fn key(&self, pinned: Option<&String>) -> anyhow::Result<Keyring> {
         if let Some(hex) = pinned {
-            return review::parse_public_key(hex);
+            return Ok(Keyring::single(review::parse_public_key(hex)?, ""));
         }
         match self {
-            Source::Local { state_dir } => review::public_key(state_dir),
-            Source::Remote { client } => {
-                let text = client.review(Review::PublicKey).await?;
-                review::parse_public_key(&String::from_utf8_lossy(&text))
-            }
+            Source::Local { state_dir } => review::keyring(state_dir),
+            Source::Remote { client } => crate::audit_cmd::remote_keyring(client).await,
         }
     }
 
@@ -191,7 +190,7 @@ impl Source {
         }
     }
 
-    async fn list(&self, key: &[u8; 32], filter: Filter) -> anyhow::Result<Vec<SessionSummary>> {
+    async fn list(&self, key: &Keyring, filter: Filter) -> anyhow::Result<Vec<SessionSummary>> {
         self.list_with(key, filter, None).await
     }
 
@@ -201,7 +200,7 @@ impl Source {
     /// `recording_searched`), verified and searched here.
     async fn list_with(
         &self,
-        key: &[u8; 32],
+        key: &Keyring,
         filter: Filter,
         identity: Option<&review::IdentityKey>,
     ) -> anyhow::Result<Vec<SessionSummary>> {
@@ -377,8 +376,14 @@ pub enum AuditCommand {
     /// cross-checked against each other (--all), or by default the audit log. Names the first bad
     /// record and what is wrong.
     Verify(VerifyArgs),
-    /// Print the gateway's public key (hex) that signs recordings and the audit log.
+    /// Print the gateway's current public key (hex) that signs recordings and the audit log;
+    /// with --all, every key it ever had (id, created, current or retired).
     Pubkey(PubkeyArgs),
+    /// Make a new signing key (admin): the old private key is deleted, its public key kept in the
+    /// keyring so everything it signed still verifies. Through a running gateway (--gateway,
+    /// audited `signing_key_rotated`), or on the host with the gateway stopped (--state-dir or
+    /// --config).
+    RotateKey(crate::audit_cmd::RotateArgs),
 }
 
 /// `ward audit verify`.
@@ -391,6 +396,25 @@ pub struct VerifyArgs {
     /// closed has a sealed recording whose byte counts match the close.
     #[arg(long, conflicts_with = "session")]
     all: bool,
+    /// Also check the audit log (and, with --all or on the host, the recordings) against the
+    /// anchors published off the host (`[audit] anchors`): a FILE of anchor lines, or an
+    /// http(s):// URL to GET them from. Catches a log cut after a checkpoint, a rewritten
+    /// history, a deleted or rewritten recording, and forged anchors.
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "session")]
+    anchors: Option<String>,
+    /// With --anchors URL: a PEM file of the CAs the collector's certificate chains to (default:
+    /// the public web roots).
+    #[arg(long, value_name = "FILE", requires = "anchors")]
+    anchor_ca_file: Option<PathBuf>,
+    /// With --anchors: only this gateway's anchors (default: the gateway id of the state dir, or
+    /// the id of the gateway's first key).
+    #[arg(long, value_name = "ID", requires = "anchors")]
+    gateway_id: Option<String>,
+    /// Verify with the public keys in this keyring file (JSON lines as in `audit.keys`, or as
+    /// `ward audit pubkey --all --json` prints) instead of the ones the source reports: pin them
+    /// when you do not trust the host holding the recordings.
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -398,6 +422,13 @@ pub struct VerifyArgs {
 /// `ward audit pubkey`.
 #[derive(Debug, Args)]
 pub struct PubkeyArgs {
+    /// Every key the gateway ever had, oldest first: id, created, current or retired (retired
+    /// keys' private keys are deleted; their public keys verify what they signed).
+    #[arg(long)]
+    all: bool,
+    /// With --all: the keyring's JSON lines (what `ward audit verify --keys FILE` reads).
+    #[arg(long, requires = "all")]
+    json: bool,
     #[command(flatten)]
     source: SourceArgs,
 }
@@ -493,7 +524,7 @@ fn why(report: &VerifyReport) -> String {
         .unwrap_or_else(|| format!("{:?}", report.status))
 }
 
-fn check(bytes: &[u8], key: &[u8; 32], id: &str, force: bool, what: &str) -> anyhow::Result<()> {
+fn check(bytes: &[u8], key: &Keyring, id: &str, force: bool, what: &str) -> anyhow::Result<()> {
     let report = ward_recording::verify(bytes, key);
     if report.ok {
         return Ok(());
@@ -511,7 +542,7 @@ fn check(bytes: &[u8], key: &[u8; 32], id: &str, force: bool, what: &str) -> any
 /// its verified prefix, with a warning saying where it stops (printed once the export is written).
 fn exportable<'a>(
     bytes: &'a [u8],
-    key: &[u8; 32],
+    key: &Keyring,
     id: &str,
     force: bool,
 ) -> anyhow::Result<(&'a [u8], Option<String>)> {
@@ -521,7 +552,7 @@ fn exportable<'a>(
 /// [`exportable`], for `verb` (`export`, `list the operations of`).
 fn readable<'a>(
     bytes: &'a [u8],
-    key: &[u8; 32],
+    key: &Keyring,
     id: &str,
     force: bool,
     verb: &str,
@@ -691,15 +722,38 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Pubkey(args) => {
             let source = args.source.open()?;
-            println!(
-                "{}",
-                hex::encode(source.key(args.source.pubkey.as_ref()).await?)
-            );
+            let keys = source.key(args.source.pubkey.as_ref()).await?;
+            if args.all {
+                crate::audit_cmd::print_keys(&keys, args.json)?;
+            } else {
+                let current = keys.current().context("the keyring names no current key")?;
+                println!("{}", hex::encode(current.public));
+            }
             Ok(ExitCode::SUCCESS)
         }
+        AuditCommand::RotateKey(args) => crate::audit_cmd::rotate(args).await,
         AuditCommand::Verify(args) => {
             let source = args.source.open()?;
-            let key = source.key(args.source.pubkey.as_ref()).await?;
+            let key = match &args.keys {
+                Some(file) => crate::audit_cmd::keys_file(file)?,
+                None => source.key(args.source.pubkey.as_ref()).await?,
+            };
+            let anchors = match &args.anchors {
+                Some(from) => Some(
+                    crate::audit_cmd::read_anchors(from, args.anchor_ca_file.as_deref()).await?,
+                ),
+                None => None,
+            };
+            let gateway_id = match &source {
+                Source::Local { state_dir } => ward_server::signing::gateway_id(state_dir),
+                Source::Remote { .. } => None,
+            };
+            let gateway_id = args
+                .gateway_id
+                .clone()
+                .or(gateway_id)
+                .or_else(|| key.entries().first().map(|e| e.key_id.clone()));
+            let mut finals = std::collections::BTreeMap::new();
             let mut failed = 0;
             let mut report =
                 |name: &str, r: &ward_recording::VerifyReport| match (&r.first_error, r.ok) {
@@ -730,6 +784,12 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                 for s in all {
                     let bytes = source.recording(&s.id, "verify", false).await?;
                     let r = ward_recording::verify(&bytes, &key);
+                    if anchors.is_some() {
+                        finals.insert(
+                            s.id.clone(),
+                            ward_recording::anchor::final_checkpoint(&bytes),
+                        );
+                    }
                     bar.suspend(|| report(&format!("recording {}", s.id), &r));
                     bar.inc(1);
                     recordings.push((s.id, r));
@@ -764,6 +824,15 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     failed += problems;
                     println!("recordings vs audit log: FAILED ({problems} problems, {warnings} warnings; {n} recordings, {sessions} sessions in the log)");
                 }
+                if let Some(anchors) = &anchors {
+                    failed += crate::audit_cmd::check_anchors(
+                        &log,
+                        anchors,
+                        Some(&finals),
+                        &key,
+                        gateway_id.as_deref(),
+                    );
+                }
             } else {
                 let log = source.audit_log().await?;
                 report(
@@ -771,6 +840,23 @@ pub async fn audit(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
                     &ward_recording::audit::verify_audit(&log, &key),
                 );
                 print_incidents(&log);
+                if let Some(anchors) = &anchors {
+                    // On the host the recordings' ends are read too (cheap); through a gateway
+                    // that takes --all.
+                    let finals = match &source {
+                        Source::Local { state_dir } => {
+                            Some(crate::audit_cmd::local_finals(state_dir)?)
+                        }
+                        Source::Remote { .. } => None,
+                    };
+                    failed += crate::audit_cmd::check_anchors(
+                        &log,
+                        anchors,
+                        finals.as_ref(),
+                        &key,
+                        gateway_id.as_deref(),
+                    );
+                }
             }
             Ok(if failed == 0 {
                 ExitCode::SUCCESS

@@ -91,7 +91,7 @@ pub(super) struct RawMap {
 }
 
 /// Whether `url` is `https://…`, or `http://` to a loopback host; the host part (for errors).
-fn url_ok(url: &str) -> Result<(), String> {
+pub(super) fn url_ok(url: &str) -> Result<(), String> {
     let (scheme, rest) = url
         .split_once("://")
         .ok_or_else(|| format!("{url:?} is not a URL: expected https://host[:port]/path"))?;

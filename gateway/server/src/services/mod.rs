@@ -37,6 +37,7 @@ pub mod login;
 pub(crate) mod pins;
 pub mod principal;
 pub mod review;
+pub mod signing;
 pub mod sso;
 pub mod users;
 pub mod vault;

@@ -297,7 +297,7 @@ pub struct ReviewService {
     recordings: RecordingStore,
     /// Where the session index is (read only, so listings never wait on the gateway's writes).
     state_dir: PathBuf,
-    key: [u8; 32],
+    key: Arc<dyn crate::signing::VerifyKeys>,
     audit: AuditLog,
     gate: Arc<ReviewGate>,
     clock: Arc<dyn Clock>,
@@ -348,7 +348,7 @@ impl ReviewService {
     pub fn new(
         recordings: RecordingStore,
         state_dir: PathBuf,
-        key: [u8; 32],
+        key: impl crate::signing::VerifyKeys + 'static,
         audit: AuditLog,
         gate: Arc<ReviewGate>,
         clock: Arc<dyn Clock>,
@@ -356,7 +356,7 @@ impl ReviewService {
         ReviewService {
             recordings,
             state_dir,
-            key,
+            key: Arc::new(key),
             audit,
             gate,
             clock,
@@ -482,7 +482,7 @@ impl ReviewService {
     /// The blocking part (on the review pool): read, verify, list.
     fn job(&self, base: Event, request: ReviewRequest) -> JobResult {
         match request {
-            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key), base)),
+            ReviewRequest::PublicKey => Ok((ReviewAnswer::PublicKey(self.key.current()), base)),
             ReviewRequest::AuditLog => {
                 let snapshot = open_file(self.audit.path()).map_err(|e| {
                     ReviewRefusal::Unreadable(format!("reading the audit log: {e}"))
@@ -1021,7 +1021,7 @@ impl ReviewService {
                     let read = bytes.len() as u64;
                     let found = crate::review::summarise_with(
                         &bytes,
-                        &self.key,
+                        &*self.key,
                         &filter,
                         id,
                         self.identity.as_ref(),

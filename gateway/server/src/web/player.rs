@@ -352,7 +352,7 @@ async fn export(
     let (bytes, verified) = fetch(&state, &authed, &id, Purpose::Export, q.force).await?;
     let force = q.force;
     let id2 = id.clone();
-    let key = state.shared.signer.public_key();
+    let key = state.shared.keys.keyring();
     let state2 = state.clone();
     let data = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ApiError> {
         // As `ward export`: the whole recording when it verifies; with force, its verified
