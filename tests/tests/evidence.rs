@@ -768,3 +768,173 @@ fn encrypted_recordings_go_in_sealed_or_reencrypted_to_an_auditor() {
         "{out:?}"
     );
 }
+
+/// A gateway with `[recording] recipients`: sessions recorded encrypted, exported through
+/// `--gateway` (the gateway signs without being able to read them), verified elsewhere with no
+/// key and with the team's identity; `age -d` opens a segment and finds what was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_recordings_export_through_the_gateway() {
+    init_logs();
+    if !(require_peer("age") && require_peer("age-keygen") && require_peer("tar")) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (team, team_recipient) = age_keygen(dir.path(), "team");
+    let pki = Arc::new(Pki::new());
+    let device = echo_device().await;
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        device,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let extra = format!("\n[recording]\nrecipients = [\"{team_recipient}\"]\n");
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, &extra, clock).await;
+    let state = tg.state_dir();
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let sam = pki.person(Kind::Security, "sam", None, &[]);
+    let marker = b"MARKER-7f3c9a1e-evidence-through-the-gateway-0123456789abcdef".to_vec();
+    let client = tg.client(&vendor, Transport::Quic);
+    let session = client.open("pump-12", false, None).await.unwrap();
+    let id = session.session_id.clone();
+    let (_, end) = echo_session(session, &marker).await;
+    assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
+    let bundle = dir.path().join("enc.ward-evidence");
+    let (quic, root) = (tg.quic(), pki.root());
+    run_ok(&mut ward(&[
+        "evidence",
+        "export",
+        &id,
+        "--gateway",
+        &quic,
+        "--identity",
+        sam.to_str().unwrap(),
+        "--ca",
+        root.to_str().unwrap(),
+        "--out",
+        bundle.to_str().unwrap(),
+    ]));
+    tg.shutdown(Duration::from_millis(50)).await;
+    std::fs::remove_dir_all(&state).unwrap();
+    let bytes = std::fs::read(&bundle).unwrap();
+    assert!(
+        !bytes.windows(marker.len()).any(|w| w == marker.as_slice()),
+        "the payload is in the bundle in the clear"
+    );
+    let out = verify(&bundle, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(out.stdout.contains(&format!("payload {id}: ok")), "{out:?}");
+    let out = verify(&bundle, &["--identity-key", team.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout.contains("each decrypted with the identity"),
+        "{out:?}"
+    );
+    let x = dir.path().join("x");
+    std::fs::create_dir(&x).unwrap();
+    run_ok(Command::new("tar").arg("xf").arg(&bundle).arg("-C").arg(&x));
+    let mut found = false;
+    for e in std::fs::read_dir(x.join("payload").join(&id)).unwrap() {
+        let plain = run_ok(
+            Command::new("age")
+                .arg("-d")
+                .arg("-i")
+                .arg(&team)
+                .arg(e.unwrap().path()),
+        );
+        found |= plain
+            .raw_stdout
+            .windows(marker.len())
+            .any(|w| w == marker.as_slice());
+    }
+    assert!(found, "no segment holds the marker");
+}
+
+/// A signing-key rotation between two sessions: one bundle holds a session signed by each key
+/// and an audit slice spanning the rotation; it verifies with both keys listed, signed by the new
+/// one, and `--pubkey` of only the old key fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bundle_spanning_a_key_rotation_verifies_with_both_keys() {
+    init_logs();
+    let pki = Arc::new(Pki::new());
+    let device = echo_device().await;
+    let devices = [DeviceSpec::new(
+        "pump-12",
+        device,
+        "telnet",
+        &[("vendor", "acme")],
+    )];
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let mut tg = start_gateway(pki.clone(), &devices, ACME_RULES, "", clock).await;
+    let state = tg.state_dir();
+    let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
+    let sam = pki.person(Kind::Security, "sam", None, &[]);
+    let ada = pki.person(Kind::Admin, "ada", None, &[]);
+    let (quic, root) = (tg.quic(), pki.root());
+    let gw = |who: &Path| {
+        vec![
+            "--gateway".to_string(),
+            quic.clone(),
+            "--identity".into(),
+            who.display().to_string(),
+            "--ca".into(),
+            root.display().to_string(),
+        ]
+    };
+    let old = std::fs::read_to_string(state.join("audit.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let client = tg.client(&vendor, Transport::Quic);
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        let session = client.open("pump-12", false, None).await.unwrap();
+        ids.push(session.session_id.clone());
+        let (_, end) = echo_session(session, b"status\r\n").await;
+        assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
+        if round == 0 {
+            let mut args = vec!["audit".to_string(), "rotate-key".into()];
+            args.extend(gw(&ada));
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ok(&mut ward(&args));
+        }
+    }
+    let new = std::fs::read_to_string(state.join("audit.pub"))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_ne!(old, new, "the key rotated");
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("rotated.ward-evidence");
+    let mut args = vec!["evidence".to_string(), "export".into()];
+    args.extend(ids.iter().cloned());
+    args.extend(["--out".to_string(), bundle.display().to_string()]);
+    args.extend(gw(&sam));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_ok(&mut ward(&args));
+    tg.shutdown(Duration::from_millis(50)).await;
+    std::fs::remove_dir_all(&state).unwrap();
+    let id_of = |hex_key: &str| {
+        let raw: [u8; 32] = hex::decode(hex_key).unwrap().try_into().unwrap();
+        ward_recording::key_id_of(&raw)
+    };
+    let out = verify(&bundle, &[]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        out.stdout
+            .contains(&format!("SHA256SUMS signed by key {}", id_of(&new))),
+        "{out:?}"
+    );
+    for k in [&old, &new] {
+        assert!(
+            out.stdout.contains(&id_of(k)),
+            "key {} not listed: {out:?}",
+            id_of(k)
+        );
+    }
+    let both = verify(&bundle, &["--pubkey", &old, "--pubkey", &new]);
+    assert!(both.status.success(), "{both:?}");
+    let only_old = verify(&bundle, &["--pubkey", &old]);
+    assert!(!only_old.status.success(), "{only_old:?}");
+}

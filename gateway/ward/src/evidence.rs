@@ -838,7 +838,29 @@ pub fn verify(bundle: &[u8], trust: &Trust, opener: Option<&dyn PayloadOpener>) 
         );
         reports.insert(id.clone(), r);
     }
-    // Payload.
+    // Payload: exactly the files the manifest names.
+    let named: BTreeSet<&str> = manifest
+        .recordings
+        .iter()
+        .flat_map(|m| m.payload.iter().map(String::as_str))
+        .collect();
+    if let Some(stray) = files
+        .keys()
+        .find(|p| p.starts_with("payload/") && !named.contains(p.as_str()))
+    {
+        return v.fail(
+            "manifest",
+            format!("{stray} is not a payload file of any recording in the manifest"),
+        );
+    }
+    let listed_recs: BTreeSet<&str> = manifest
+        .recordings
+        .iter()
+        .map(|m| m.session_id.as_str())
+        .collect();
+    if listed_recs != sessions.iter().map(String::as_str).collect() {
+        return v.fail("manifest", "its recordings are not its sessions");
+    }
     for m in &manifest.recordings {
         let payload: Vec<&[u8]> = m.payload.iter().filter_map(|p| get(p)).collect();
         if payload.len() != m.payload.len() {

@@ -365,8 +365,15 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 .review(Review::AuditLog)
                 .await
                 .context("fetching the audit log")?;
-            let public = client.review(Review::PublicKey).await?;
-            let public = ward_server::review::parse_public_key(&String::from_utf8_lossy(&public))?;
+            // Every key the gateway ever signed with (the slice may span a rotation); the
+            // current one signs the bundle.
+            let keys = remote_keys(&client).await?;
+            let public = keys
+                .iter()
+                .rev()
+                .find(|k| !k.retired)
+                .and_then(KeyEntry::key)
+                .context("the gateway lists no current signing key")?;
             let input = ExportInput {
                 gateway: gw.clone(),
                 exported_by: identity_name(s.identity.as_ref()),
@@ -374,7 +381,7 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
                 recordings,
                 payload: Payload::None,
                 audit_log,
-                keys: vec![KeyEntry::of(&public)],
+                keys,
                 signing_key: public,
                 anchors: anchors.clone(),
             };
@@ -395,6 +402,25 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let sig = ev::sign_sums(&signer, &unsigned.sums)?;
     let tar = evidence::write_tar(&unsigned, &sig, now.unix_timestamp().max(0) as u64)?;
     write_bundle(&args.out, &(tar, unsigned))
+}
+
+/// The gateway's keys (`ward audit pubkey --all`'s request).
+async fn remote_keys(client: &ward_client::Client) -> anyhow::Result<Vec<KeyEntry>> {
+    use ward_core::frame::{Request, Response, SigningKeysOp};
+    let text = match client
+        .request(&Request::SigningKeys(SigningKeysOp::List))
+        .await?
+    {
+        Response::Ok { message } => message,
+        other => bail!(
+            "asking the gateway for its signing keys: {}",
+            Escaped(&ward_client::unexpected(other).to_string())
+        ),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str::<KeyEntry>(l).context("the gateway's key list"))
+        .collect()
 }
 
 fn identity_name(identity: Option<&PathBuf>) -> String {

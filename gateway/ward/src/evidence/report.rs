@@ -166,6 +166,32 @@ pub fn render(
                 &esc(&format!("{} (no end record)", r.status)),
             ),
         }
+        let files = manifest
+            .recordings
+            .iter()
+            .find(|m| &m.session_id == id)
+            .map(|m| m.payload.clone())
+            .unwrap_or_default();
+        let encrypted = r.meta.as_ref().is_some_and(|m| !m.recipients.is_empty());
+        let payload = match (encrypted, &manifest.recipient) {
+            (false, _) => "in the recording, not encrypted".to_string(),
+            (true, Some(to)) => format!(
+                "encrypted at rest; re-encrypted for {} in {}",
+                esc(to),
+                esc(&files.join(", "))
+            ),
+            (true, None) => format!(
+                "encrypted at rest to {}: {} age file(s) under <code>payload/{}/</code>",
+                esc(&r
+                    .meta
+                    .as_ref()
+                    .map(|m| m.recipients.join(", "))
+                    .unwrap_or_default()),
+                files.len(),
+                esc(id)
+            ),
+        };
+        row(&mut h, "Payload", &payload);
         row(
             &mut h,
             "Recording",
