@@ -781,3 +781,16 @@ pub fn otlp_collector() -> (String, OtlpReceived) {
     });
     (url, got)
 }
+
+/// The store under `state_dir` as `ward user add` opens it: with its key-encryption key (the
+/// default key file, made when no gateway ran yet), so users' TOTP seeds can be sealed and read.
+///
+/// # Panics
+/// When the store or its key cannot be opened (a test's set-up failed).
+pub fn open_store(state_dir: &std::path::Path) -> ward_store::store::SqliteStore {
+    let db = ward_store::store::SqliteStore::open(state_dir).expect("opening the store");
+    let source =
+        ward_store::keywrap::KeySource::File(state_dir.join(ward_store::keywrap::DEFAULT_KEY_FILE));
+    ward_store::keywrap::load_store_keys(&db, &source).expect("the store's key-encryption key");
+    db
+}

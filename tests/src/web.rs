@@ -77,7 +77,7 @@ pub fn add_user(
 ) -> WebUser {
     use ward_store::users::UserStore;
     std::fs::create_dir_all(state_dir).expect("state dir");
-    let db = ward_store::store::SqliteStore::open(state_dir).expect("opening the store");
+    let db = crate::open_store(state_dir);
     let new = ward_server::jit::NewUser {
         org: org.map(Into::into),
         must_change: false,

@@ -127,7 +127,7 @@ async fn gateway_with_tech() -> (TestGateway, String, TotpSecret) {
         &[("vendor", "acme")],
     )];
     let tg = start_gateway(pki, &devices, ACME_RULES, "", Arc::new(SystemClock)).await;
-    let db = ward_store::store::SqliteStore::open(&tg.state_dir()).unwrap();
+    let db = ward_tests::open_store(tg.state_dir().as_ref());
     let tech = ward_server::jit::NewUser {
         org: Some("acme".into()),
         must_change: false,

@@ -1098,7 +1098,7 @@ devices = { labels = { vendor = "acme" } }
     )
     .await;
     let state = tg.state_dir();
-    let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let db = ward_tests::open_store(state.as_ref());
     let tech = ward_server::jit::NewUser {
         org: Some("acme".into()),
         must_change: false,

@@ -88,7 +88,7 @@ async fn nothing_audited_runs_while_the_audit_log_cannot_be_written_and_the_gap_
         let (_, end) = echo_session(session, b"status\r\n").await;
         assert!(matches!(end, ward_client::SessionEnd::Completed), "{end:?}");
     }
-    let db = ward_store::store::SqliteStore::open(&state).unwrap();
+    let db = ward_tests::open_store(state.as_ref());
     let tech = ward_server::jit::NewUser {
         org: Some("acme".into()),
         must_change: false,

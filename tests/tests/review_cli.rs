@@ -99,6 +99,15 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     );
     let as_security: &[&str] = &["--gateway", &gateway, "--identity", &security];
     let as_clinician: &[&str] = &["--gateway", &gateway, "--identity", &clinician];
+    // Quickstart recordings are encrypted to the reviewer's age key it made: every review below
+    // reads with it (`WARD_IDENTITY_KEY`, as `--identity-key`), except where it says otherwise.
+    let reviewer_key = format!("{d}/reviewer-age-key.txt");
+    let without_key = ward;
+    let ward = |args: &[&str]| -> Command {
+        let mut cmd = without_key(args);
+        cmd.env("WARD_IDENTITY_KEY", &reviewer_key);
+        cmd
+    };
     let pump = device_address(
         &std::fs::read_to_string(dir.join("ward.toml")).unwrap(),
         "pump-12",
@@ -166,6 +175,21 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert!(duration >= PAUSE.as_secs_f64() * 0.9, "{s}");
     let wrec = dir.join("state/recordings").join(format!("{id}.wrec"));
     assert!(wrec.is_file(), "{} missing", wrec.display());
+    // Encrypted at rest: nothing the pump said is in the file, and without the reviewer's key
+    // the binary says which flag reads it.
+    let stored = std::fs::read(&wrec).unwrap();
+    assert!(
+        find(&stored, b"RUNNING").is_none(),
+        "plaintext in {}",
+        wrec.display()
+    );
+    assert!(find(&stored, COMMANDS).is_none());
+    let out = run(&mut without_key(
+        &[&["replay", id.as_str(), "--no-timing"], local].concat(),
+    ));
+    assert!(!out.status.success(), "{out:?}");
+    assert!(out.stderr.contains("--identity-key"), "{out:?}");
+    assert!(!out.stdout.contains("RUNNING"), "{out:?}");
 
     // The table.
     let out = run_ok(&mut ward(&[&["sessions"], local].concat()));
@@ -181,10 +205,13 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
 
     // Filters: each one both ways.
     let ids = |filter: &[&str]| -> Vec<String> {
-        sessions_json(local, filter)
-            .iter()
-            .map(|s| s["id"].as_str().unwrap().to_string())
-            .collect()
+        sessions_json(
+            local,
+            &[filter, &["--identity-key", &reviewer_key]].concat(),
+        )
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
     };
     let just = vec![id.clone()];
     assert_eq!(ids(&["--grep", "status: RUNNING"]), just);
@@ -207,7 +234,11 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     let remote = sessions_json(as_security, &[]);
     assert_eq!(remote, listed, "remote and local listings differ");
     assert_eq!(
-        sessions_json(as_security, &["--grep", "status: RUNNING"]).len(),
+        sessions_json(
+            as_security,
+            &["--grep", "status: RUNNING", "--identity-key", &reviewer_key]
+        )
+        .len(),
         1
     );
     assert_eq!(
@@ -460,7 +491,7 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     let piped = run_ok(Command::new("sh").current_dir(&out_dir).args([
         "-c",
         &format!(
-            "'{}' export {} --format pcap --out - --state-dir '{state}' | tshark -r - -qz follow,tcp,ascii,0",
+            "'{}' export {} --format pcap --out - --state-dir '{state}' --identity-key '{reviewer_key}' | tshark -r - -qz follow,tcp,ascii,0",
             ward_tests::process::ward_binary().display(),
             id
         ),
@@ -547,9 +578,29 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
         &[&["audit", "verify", id.as_str()], local].concat(),
     ));
 
-    // A byte of what the pump said: RUNNING becomes SUNNING.
-    let at = find(&original, b"RUNNING").unwrap();
-    flip(&wrec, at);
+    // A byte of the encrypted record that holds what the pump said: it no longer verifies, and
+    // it no longer decrypts.
+    let identities =
+        ward_recording::sealed::load_identities(&std::fs::read_to_string(&reviewer_key).unwrap())
+            .unwrap();
+    let mut records = ward_recording::Reader::new(&original);
+    let meta = match records.next() {
+        Some(Ok((_, ward_recording::Record::Meta(m)))) => m,
+        other => panic!("{other:?}"),
+    };
+    let unsealer = ward_recording::sealed::Unsealer::new(&meta, &identities).unwrap();
+    let at = records
+        .find_map(|r| match r {
+            Ok((at, ward_recording::Record::Sealed { body, .. }))
+                if find(&unsealer.decrypt(&body).unwrap(), b"RUNNING").is_some() =>
+            {
+                Some(at as usize)
+            }
+            _ => None,
+        })
+        .expect("no encrypted record holds the pump's status");
+    // Past the record header (5), its time (8) and nonce (16): ciphertext.
+    flip(&wrec, at + 5 + 8 + 16 + 2);
     let out = run(&mut ward(
         &[&["audit", "verify", id.as_str()], local].concat(),
     ));
@@ -582,12 +633,13 @@ fn quickstart_session_is_listed_replayed_exported_verified_and_tamper_evident() 
     assert!(!out.status.success(), "{out:?}");
     assert!(out.stderr.contains("fails verification"), "{out:?}");
     assert!(!Path::new(&p).exists(), "a refused export wrote {p}");
-    // --force plays it, altered byte and all, with a warning.
+    // --force plays what still decrypts, up to the altered record, with a warning saying where
+    // it stopped; the altered record is never shown.
     for source in [local, as_security] {
         let out = run_ok(&mut ward(
             &[&["replay", id.as_str(), "--no-timing", "--force"], source].concat(),
         ));
-        assert!(out.stdout.contains("status: SUNNING"), "{out:?}");
+        assert!(!out.stdout.contains("RUNNING"), "{out:?}");
         assert!(out.stderr.contains("fails verification"), "{out:?}");
     }
 
