@@ -129,7 +129,7 @@ fn cookie_of(r: &Reply) -> String {
 /// A user with a known password (and TOTP where `[login]` asks for it, here every kind but
 /// clinician); returns its TOTP secret.
 fn add_user(state: &Path, name: &str, kind: &str, clock: &dyn Clock) -> Option<TotpSecret> {
-    let db = ward_tests::open_store(state.as_ref());
+    let db = ward_tests::open_store(state);
     let login = ward_core::config::LoginConfig {
         mfa: vec![
             ward_core::PrincipalKind::Vendor,

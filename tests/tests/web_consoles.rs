@@ -245,7 +245,7 @@ impl Curl {
 fn add_user(state: &Path, login: &LoginConfig, name: &str, kind: &str, roles: &[&str]) -> WebUser {
     use ward_store::users::UserStore;
     std::fs::create_dir_all(state).unwrap();
-    let db = ward_tests::open_store(state.as_ref());
+    let db = ward_tests::open_store(state);
     let new = ward_server::jit::NewUser {
         roles: roles.iter().map(|r| (*r).to_owned()).collect(),
         must_change: false,
