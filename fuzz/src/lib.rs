@@ -154,6 +154,8 @@ fn meta() -> SessionMeta {
         transport: "quic".into(),
         break_glass: false,
         started_unix_ms: 1_795_000_000_123,
+        recipients: Vec::new(),
+        age_header: None,
     }
 }
 
