@@ -485,7 +485,8 @@ fn final_chain(bytes: &[u8]) -> Option<(u64, String)> {
 
 /// Anchors against the slice and the recordings: an audit anchor's `seq` inside the slice must
 /// be a checkpoint line there with the same chain; a recording anchor must match the recording's
-/// final checkpoint. An anchor's signature is checked with the bundle's keys.
+/// final checkpoint. Anchors' own signatures are not checked here (`ward audit verify --anchors`
+/// checks them, with `ward_recording::anchor::check`).
 fn check_anchors(anchors: &[u8], slice: &[u8], recordings: &BTreeMap<String, &[u8]>) -> Vec<Check> {
     let mut cps: BTreeMap<u64, String> = BTreeMap::new();
     for line in slice.split(|b| *b == b'\n') {
