@@ -23,7 +23,9 @@ use ward_server::gateway::Gateway;
 
 pub mod hostile;
 pub mod nginx;
+pub mod pg;
 pub mod process;
+pub mod s3;
 pub mod web;
 
 /// Install a test log subscriber once (RUST_LOG=debug to see the gateway's logs).

@@ -2,12 +2,17 @@
 //! ([`users::UserStore`]), access requests, approvals and grants ([`access_store`]), the session
 //! index ([`session_index::SessionIndex`]) and the credential vault ([`vault::VaultStore`]), with
 //! the embedded SQLite implementation
-//! ([`store::SqliteStore`], `<state_dir>/ward.db`). A shared PostgreSQL for a hospital group goes
-//! in behind the same traits. See docs/architecture.md.
+//! ([`store::SqliteStore`], `<state_dir>/ward.db`) and the shared PostgreSQL one ([`pg::PgStore`])
+//! for several gateways; [`backend::Backend`] is the set a gateway runs on. See
+//! docs/architecture.md and docs/deployment.md.
 #![forbid(unsafe_code)]
 
 pub mod access_store;
+pub mod backend;
+pub mod conformance;
+pub mod gateways;
 pub mod keywrap;
+pub mod pg;
 pub mod pins;
 pub mod recording_store;
 pub mod schema;

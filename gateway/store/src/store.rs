@@ -26,6 +26,10 @@ pub enum StoreError {
     /// The store's lock was poisoned by a panic elsewhere.
     #[error("store is unavailable after an internal error")]
     Poisoned,
+    /// A networked database (PostgreSQL) could not be reached, or refused a statement. The text
+    /// names the server and what failed; the password is never in it.
+    #[error("database: {0}")]
+    Remote(String),
     /// A record with that key already exists (a user name, …).
     #[error("{0} already exists")]
     Exists(String),

@@ -1,0 +1,1 @@
+//! An S3-compatible object store for tests, on loopback.
