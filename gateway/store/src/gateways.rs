@@ -22,6 +22,9 @@ pub struct GatewayRow {
     pub started: OffsetDateTime,
     /// Its last heartbeat.
     pub last_seen: OffsetDateTime,
+    /// Its public signing keyring (`audit.keys` JSON lines: public keys only), so every gateway
+    /// verifies the others' recordings and audit chains.
+    pub keyring: String,
 }
 
 /// The registry of gateways sharing a store.

@@ -5,6 +5,7 @@ mod access_cmd;
 mod audit_cmd;
 mod ca_cmd;
 mod evidence_cmd;
+mod gateways_cmd;
 mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
@@ -118,6 +119,9 @@ enum Command {
     /// status, and online rotation (admins).
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// The gateways sharing this gateway's store, with their health (on a gateway host; exits 1
+    /// when one is down).
+    Gateways(gateways_cmd::GatewaysArgs),
 }
 
 #[derive(Debug, Args)]
@@ -422,6 +426,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
         Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
         Command::Keys(cmd) => client_runtime()?.block_on(keys_cmd::run(cmd)),
+        Command::Gateways(args) => gateways_cmd::run(args),
     }
 }
 
