@@ -664,6 +664,7 @@ pub fn gateways(b: &TestBackend) {
         version: "0.19.0".into(),
         started: ms(1),
         last_seen: ms(1),
+        keyring: "{\"key\":1}\n".into(),
     };
     let gw2 = GatewayRow {
         id: "conf-gw-2".into(),
@@ -673,6 +674,7 @@ pub fn gateways(b: &TestBackend) {
         version: "0.19.0".into(),
         started: ms(500),
         last_seen: ms(500),
+        keyring: String::new(),
     };
     b.b.gateways.heartbeat(&gw2).unwrap();
     b.a.gateways.heartbeat(&gw1).unwrap();
