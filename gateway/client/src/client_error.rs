@@ -131,6 +131,30 @@ pub enum ClientError {
     /// The gateway answered something this client does not expect here.
     #[error("unexpected answer from the gateway: {0}")]
     Unexpected(String),
+    /// Several gateways were given (or a name with several addresses) and none could be used:
+    /// every address tried, in order, and why.
+    #[error("no gateway could be reached; tried {}. Check --gateway (hosts and ports) and that the gateways are running", tried_text(.tried))]
+    NoGateway {
+        /// Each address tried, with what went wrong on each transport.
+        tried: Vec<Tried>,
+    },
+}
+
+/// One gateway address tried, and why it was not used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tried {
+    /// The address as given, with what it resolved to (`gw1.example:4433 (10.0.0.1:4433)`).
+    pub gateway: String,
+    /// Why, per transport tried (`QUIC: no answer within 1s`, `TCP: Connection refused`).
+    pub why: Vec<String>,
+}
+
+fn tried_text(tried: &[Tried]) -> String {
+    let each: Vec<String> = tried
+        .iter()
+        .map(|t| format!("{} ({})", t.gateway, t.why.join("; then ")))
+        .collect();
+    each.join(", ")
 }
 
 fn expired_text(not_after: Option<&str>) -> String {
@@ -163,6 +187,36 @@ impl ClientError {
                 | ClientError::Unreachable { .. }
                 | ClientError::Connection(_)
         )
+    }
+
+    /// Whether a client given several gateways should try the next one after this failure to
+    /// connect: the address did not answer, is at a limit, closed the connection, or is not a
+    /// gateway we trust under the name used (another gateway is checked on its own). A refusal of
+    /// our own certificate would be the same on every gateway of the fleet, and a denial is a
+    /// decision: neither is retried elsewhere (a client never shops for a gateway that says yes).
+    pub fn fails_over(&self) -> bool {
+        matches!(
+            self,
+            ClientError::TimedOut { .. }
+                | ClientError::Unreachable { .. }
+                | ClientError::Connection(_)
+                | ClientError::Busy(_)
+                | ClientError::ClosedByGateway { .. }
+                | ClientError::GatewayNotTrusted { .. }
+                | ClientError::GatewayCertificateExpired
+                | ClientError::WrongGatewayName
+        )
+    }
+
+    /// One transport's failure in a few words, for the list of gateways tried.
+    pub fn short(&self) -> String {
+        match self {
+            ClientError::TimedOut {
+                transport, after, ..
+            } => format!("{transport}: no answer within {after:?}"),
+            ClientError::Unreachable { transport, why, .. } => format!("{transport}: {why}"),
+            other => other.to_string(),
+        }
     }
 
     /// The gateway's typed error answer.
@@ -267,6 +321,14 @@ pub const QUIC_IDLE: Duration = Duration::from_secs(60);
 pub const TCP_CONNECT: Duration = Duration::from_secs(10);
 /// How long `--transport auto` gives QUIC before falling back to TCP.
 pub const AUTO_QUIC_WAIT: Duration = Duration::from_millis(1000);
+/// With several gateways: how long one address may take to connect over one transport (QUIC
+/// handshake; TCP connect, then the TLS handshake) before the next address is tried.
+pub const FAILOVER_CONNECT: Duration = Duration::from_secs(5);
+/// With several gateways: the QUIC idle timeout, so a gateway that vanished (killed, cut off) is
+/// noticed within it and new sessions go to another.
+pub const FAILOVER_IDLE: Duration = Duration::from_secs(15);
+/// With several gateways: the QUIC keep-alive, well inside [`FAILOVER_IDLE`].
+pub const FAILOVER_KEEPALIVE: Duration = Duration::from_secs(3);
 
 #[cfg(test)]
 mod tests {
@@ -295,6 +357,67 @@ mod tests {
         ] {
             assert!(!no.falls_back(), "{no:?}");
         }
+    }
+
+    #[test]
+    fn only_connection_failures_move_to_the_next_gateway() {
+        for yes in [
+            ClientError::from_quic(&quinn::ConnectionError::TimedOut, addr()),
+            ClientError::from_tcp_connect(
+                &std::io::Error::from(std::io::ErrorKind::ConnectionRefused),
+                addr(),
+            ),
+            ClientError::Busy(Busy::All),
+            ClientError::WrongGatewayName,
+            ClientError::GatewayNotTrusted { root: None },
+        ] {
+            assert!(yes.fails_over(), "{yes:?}");
+        }
+        for no in [
+            ClientError::Denied("no rule".into()),
+            ClientError::CertificateExpired { not_after: None },
+            ClientError::OtherWard,
+            ClientError::CertificateRefused,
+            ClientError::TotpReused,
+            ClientError::Gateway {
+                code: ErrorCode::LoginBusy,
+                message: "x".into(),
+            },
+            ClientError::NoGateway { tried: vec![] },
+        ] {
+            assert!(!no.fails_over(), "{no:?}");
+        }
+    }
+
+    #[test]
+    fn no_gateway_lists_every_address_and_why() {
+        let quic = ClientError::TimedOut {
+            gateway: addr(),
+            transport: "QUIC",
+            after: AUTO_QUIC_WAIT,
+        };
+        let tcp = ClientError::Unreachable {
+            gateway: addr(),
+            transport: "TCP",
+            why: "Connection refused (os error 111)".into(),
+        };
+        let e = ClientError::NoGateway {
+            tried: vec![
+                Tried {
+                    gateway: "127.0.0.1:4433".into(),
+                    why: vec![quic.short(), tcp.short()],
+                },
+                Tried {
+                    gateway: "gw2.example:4433".into(),
+                    why: vec!["failed to lookup address information".into()],
+                },
+            ],
+        };
+        assert_eq!(
+            e.to_string(),
+            "no gateway could be reached; tried 127.0.0.1:4433 (QUIC: no answer within 1s; then TCP: Connection refused (os error 111)), gw2.example:4433 (failed to lookup address information). Check --gateway (hosts and ports) and that the gateways are running"
+        );
+        assert!(!e.falls_back());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! `ward connect` and the other client commands: reach the gateway over QUIC (or the TLS-over-TCP
 //! fallback), open sessions, and carry them to a local port or to stdio.
 
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +15,16 @@ use tokio::sync::Mutex;
 use ward_core::frame::{self, Request, Response};
 use ward_core::Escaped;
 
-use crate::client_error::{ClientError, AUTO_QUIC_WAIT, QUIC_IDLE, TCP_CONNECT};
+use crate::client_error::{
+    ClientError, Tried, AUTO_QUIC_WAIT, FAILOVER_CONNECT, FAILOVER_IDLE, FAILOVER_KEEPALIVE,
+    QUIC_IDLE, TCP_CONNECT,
+};
 use ward_transport::datapath::{self, Activity, FrameReader, FrameWriter, FramedEnd, Inbound};
 use ward_transport::{refusal, tls};
 
 pub mod client_error;
 pub mod sso;
+pub mod targets;
 
 /// Which transport to reach the gateway over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -95,31 +100,71 @@ pub fn home_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(PathBuf::from)
 }
 
-/// A connection (or connection factory) to one gateway.
+/// A connection (or connection factory) to a gateway: one, or several tried in order.
+///
+/// With several addresses (`--gateway a,b`, or a name with several records), each new connection
+/// starts at the address that answered last (the first at start) and moves on to the next when
+/// one cannot be used ([`ClientError::fails_over`]), each address with its own QUIC→TCP fallback
+/// and a bounded connect ([`FAILOVER_CONNECT`]). Requests already sent are never sent again
+/// elsewhere; only a session that had not been opened when its connection died is retried.
 pub struct Client {
     tls: Arc<rustls::ClientConfig>,
-    host: String,
-    addr: SocketAddr,
+    /// Never empty (the constructor refuses otherwise).
+    targets: Vec<Target>,
+    /// Entries that did not resolve (named in the error if no other address answers).
+    unresolved: Vec<targets::Unresolved>,
     transport: Transport,
-    quic: Mutex<Option<(quinn::Endpoint, quinn::Connection)>>,
-    fell_back: std::sync::atomic::AtomicBool,
+    /// The target that answered last: new connections start there.
+    current: AtomicUsize,
+    quic: Mutex<Option<CachedQuic>>,
     /// Our certificate (PEM) and the root file: to explain a refused handshake.
     identity: Option<Box<(String, PathBuf)>>,
     /// The local address to connect from (default: the system's choice).
     local: Option<IpAddr>,
 }
 
+/// One address to try.
+struct Target {
+    at: targets::Candidate,
+    /// `--transport auto` gave up on QUIC for this address.
+    fell_back: AtomicBool,
+}
+
+/// The QUIC connection in use, and which target it goes to.
+struct CachedQuic {
+    target: usize,
+    /// Kept with its connection (the endpoint drives it).
+    _endpoint: quinn::Endpoint,
+    conn: quinn::Connection,
+}
+
+/// Why one target could not give a stream: the final error, and QUIC's before a fallback.
+struct Failure {
+    error: ClientError,
+    quic_first: Option<ClientError>,
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Self {
+        Failure {
+            error,
+            quic_first: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client")
-            .field("gateway", &self.addr)
+            .field("gateway", &self.gateways())
             .field("transport", &self.transport)
             .finish()
     }
 }
 
 impl Client {
-    /// Prepare a client for `gateway` (`HOST:PORT`) with the given identity.
+    /// Prepare a client for `gateway` (`HOST:PORT`, or several comma-separated) with the given
+    /// identity.
     pub fn new(gateway: &str, files: &IdentityFiles, transport: Transport) -> anyhow::Result<Self> {
         let chain = tls::load_certs(&files.cert)?;
         let key = tls::load_key(&files.key)?;
@@ -135,10 +180,22 @@ impl Client {
         Ok(client)
     }
 
-    /// A QUIC connection error, typed: a refused handshake from its TLS alert, the gateway's
-    /// own closes (busy, evicted, deadline) from their application code.
-    fn quic_error(&self, e: &quinn::ConnectionError) -> ClientError {
-        let otherwise = || ClientError::from_quic(e, self.addr);
+    /// A QUIC connection error on the connection to `gateway`, typed: a refused handshake from
+    /// its TLS alert, the gateway's own closes (busy, evicted, deadline) from their application
+    /// code.
+    fn quic_error(&self, gateway: SocketAddr, e: &quinn::ConnectionError) -> ClientError {
+        let otherwise = || match ClientError::from_quic(e, gateway) {
+            ClientError::TimedOut {
+                gateway,
+                transport,
+                after: _,
+            } if self.several() => ClientError::TimedOut {
+                gateway,
+                transport,
+                after: FAILOVER_IDLE,
+            },
+            other => other,
+        };
         match refusal::from_quic(e) {
             Some(r) => self.refusal_or(Some(r), otherwise),
             None => otherwise(),
@@ -175,25 +232,37 @@ impl Client {
         cfg: rustls::ClientConfig,
         transport: Transport,
     ) -> anyhow::Result<Self> {
-        let (host, _) = gateway
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow!("--gateway must be HOST:PORT, got {gateway:?}"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let addr = gateway
-            .to_socket_addrs()
-            .with_context(|| format!("resolving gateway {gateway}"))?
-            .next()
-            .ok_or_else(|| anyhow!("gateway {gateway} resolves to no address"))?;
+        let entries = targets::parse(gateway).map_err(anyhow::Error::msg)?;
+        let (found, unresolved) = targets::resolve(&entries);
+        if found.is_empty() {
+            match (entries.as_slice(), unresolved.as_slice()) {
+                // One address, as before: the resolver's words.
+                ([one], [failed]) => {
+                    bail!("resolving gateway {}: {}", one.given, failed.why)
+                }
+                _ => {
+                    let each: Vec<String> = unresolved
+                        .iter()
+                        .map(|u| format!("{} ({})", u.given, u.why))
+                        .collect();
+                    bail!("no --gateway address resolves: {}", each.join(", "))
+                }
+            }
+        }
+        let targets = found
+            .into_iter()
+            .map(|at| Target {
+                at,
+                fell_back: AtomicBool::new(false),
+            })
+            .collect();
         Ok(Self {
             tls: Arc::new(cfg),
-            host,
-            addr,
+            targets,
+            unresolved,
             transport,
+            current: AtomicUsize::new(0),
             quic: Mutex::new(None),
-            fell_back: std::sync::atomic::AtomicBool::new(false),
             identity: None,
             local: None,
         })
@@ -205,36 +274,84 @@ impl Client {
         self
     }
 
-    fn server_name(&self) -> anyhow::Result<ServerName<'static>> {
-        ServerName::try_from(self.host.clone())
-            .map_err(|_| anyhow!("{:?} is not a valid gateway host name", self.host))
+    /// Whether more than one address may be tried (then connects are bounded and failures move on).
+    fn several(&self) -> bool {
+        self.targets.len() + self.unresolved.len() > 1
     }
 
-    async fn quic_connection(&self) -> Result<quinn::Connection, ClientError> {
+    /// The gateways, for people: the address for one; the list, in order, for several.
+    pub fn gateways(&self) -> String {
+        let all: Vec<String> = self.targets.iter().map(|t| t.at.describe()).collect();
+        all.join(", ")
+    }
+
+    /// With several gateways, the one that answered last (the one a session just opened went
+    /// through); `None` with one.
+    pub fn gateway_in_use(&self) -> Option<String> {
+        if !self.several() {
+            return None;
+        }
+        self.targets
+            .get(self.current.load(Ordering::Relaxed))
+            .map(|t| t.at.describe())
+    }
+
+    fn server_name(t: &Target) -> anyhow::Result<ServerName<'static>> {
+        ServerName::try_from(t.at.host.clone())
+            .map_err(|_| anyhow!("{:?} is not a valid gateway host name", t.at.host))
+    }
+
+    async fn quic_connection(
+        &self,
+        i: usize,
+        t: &Target,
+    ) -> Result<quinn::Connection, ClientError> {
         let mut guard = self.quic.lock().await;
-        if let Some((_, conn)) = guard.as_ref() {
-            if conn.close_reason().is_none() {
-                return Ok(conn.clone());
+        if let Some(cached) = guard.as_ref() {
+            if cached.target == i && cached.conn.close_reason().is_none() {
+                return Ok(cached.conn.clone());
             }
         }
-        let endpoint = self.quic_endpoint().map_err(|e| ClientError::Unreachable {
-            gateway: self.addr,
-            transport: "QUIC",
-            why: format!("{e:#}"),
-        })?;
+        let endpoint = self
+            .quic_endpoint(t)
+            .map_err(|e| ClientError::Unreachable {
+                gateway: t.at.addr,
+                transport: "QUIC",
+                why: format!("{e:#}"),
+            })?;
         let connecting = endpoint
-            .connect(self.addr, &self.host)
+            .connect(t.at.addr, &t.at.host)
             .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let conn = connecting.await.map_err(|e| self.quic_error(&e))?;
-        *guard = Some((endpoint, conn.clone()));
+        let conn = if self.several() {
+            // A dead address must not hold the others up for the whole idle timeout.
+            match tokio::time::timeout(FAILOVER_CONNECT, connecting).await {
+                Ok(r) => r.map_err(|e| self.quic_error(t.at.addr, &e))?,
+                Err(_) => {
+                    return Err(ClientError::TimedOut {
+                        gateway: t.at.addr,
+                        transport: "QUIC",
+                        after: FAILOVER_CONNECT,
+                    })
+                }
+            }
+        } else {
+            connecting
+                .await
+                .map_err(|e| self.quic_error(t.at.addr, &e))?
+        };
+        *guard = Some(CachedQuic {
+            target: i,
+            _endpoint: endpoint,
+            conn: conn.clone(),
+        });
         Ok(conn)
     }
 
     /// A client endpoint with the gateway's UDP tuning and our TLS config.
-    fn quic_endpoint(&self) -> anyhow::Result<quinn::Endpoint> {
+    fn quic_endpoint(&self, t: &Target) -> anyhow::Result<quinn::Endpoint> {
         let bind: SocketAddr = match self.local {
             Some(ip) => SocketAddr::new(ip, 0),
-            None if self.addr.is_ipv6() => "[::]:0".parse()?,
+            None if t.at.addr.is_ipv6() => "[::]:0".parse()?,
             None => "0.0.0.0:0".parse()?,
         };
         // Large UDP buffers, as on the gateway: bursts of full-size packets are not dropped.
@@ -247,41 +364,64 @@ impl Client {
         )?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from((*self.tls).clone())?;
         let mut cc = quinn::ClientConfig::new(Arc::new(crypto));
-        let mut transport = ward_transport::quic::transport_config(1024, QUIC_IDLE)?;
-        transport.keep_alive_interval(Some(Duration::from_secs(10)));
+        // With several gateways a vanished one is noticed sooner, so new sessions move on.
+        let (idle, keep_alive) = if self.several() {
+            (FAILOVER_IDLE, FAILOVER_KEEPALIVE)
+        } else {
+            (QUIC_IDLE, Duration::from_secs(10))
+        };
+        let mut transport = ward_transport::quic::transport_config(1024, idle)?;
+        transport.keep_alive_interval(Some(keep_alive));
         cc.transport_config(Arc::new(transport));
         endpoint.set_default_client_config(cc);
         Ok(endpoint)
     }
 
-    async fn tcp_stream(&self) -> Result<(BoxRead, BoxWrite), ClientError> {
+    async fn tcp_stream(&self, t: &Target) -> Result<(BoxRead, BoxWrite), ClientError> {
+        let gateway = t.at.addr;
         let connect = async {
             match self.local {
-                None => TcpStream::connect(self.addr).await,
+                None => TcpStream::connect(gateway).await,
                 Some(ip) => {
                     let socket = match ip {
                         IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
                         IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
                     };
                     socket.bind(SocketAddr::new(ip, 0))?;
-                    socket.connect(self.addr).await
+                    socket.connect(gateway).await
                 }
             }
         };
-        let tcp = tokio::time::timeout(TCP_CONNECT, connect)
+        let limit = if self.several() {
+            FAILOVER_CONNECT
+        } else {
+            TCP_CONNECT
+        };
+        let tcp = tokio::time::timeout(limit, connect)
             .await
             .map_err(|_| ClientError::TimedOut {
-                gateway: self.addr,
+                gateway,
                 transport: "TCP",
-                after: TCP_CONNECT,
+                after: limit,
             })?
-            .map_err(|e| ClientError::from_tcp_connect(&e, self.addr))?;
+            .map_err(|e| ClientError::from_tcp_connect(&e, gateway))?;
         let _ = tcp.set_nodelay(true);
         let connector = tokio_rustls::TlsConnector::from(self.tls.clone());
-        let name = self
-            .server_name()
-            .map_err(|e| ClientError::Connection(e.to_string()))?;
-        let tls = connector.connect(name, tcp).await.map_err(|e| {
+        let name = Self::server_name(t).map_err(|e| ClientError::Connection(e.to_string()))?;
+        let handshake = connector.connect(name, tcp);
+        let handshake = if self.several() {
+            // A gateway that accepts but never answers (stopped, overloaded) is skipped too.
+            tokio::time::timeout(FAILOVER_CONNECT, handshake)
+                .await
+                .map_err(|_| ClientError::TimedOut {
+                    gateway,
+                    transport: "TCP",
+                    after: FAILOVER_CONNECT,
+                })?
+        } else {
+            handshake.await
+        };
+        let tls = handshake.map_err(|e| {
             self.refusal_or(refusal::from_tcp(&e), || {
                 ClientError::Connection(e.to_string())
             })
@@ -298,12 +438,67 @@ impl Client {
 
     /// [`Client::stream`], calling `waiting` once if the QUIC connection has no stream to spare
     /// (the gateway's `max_sessions_per_connection` is reached) and the stream waits for one.
+    /// With several gateways: from the one that answered last, each in turn until one gives a
+    /// stream; the error then lists every address tried and why.
     async fn stream_with(
         &self,
         waiting: &(dyn Fn() + Send + Sync),
     ) -> Result<(BoxRead, BoxWrite), ClientError> {
-        let Some(quic) = self.quic_or_tcp().await? else {
-            return self.tcp_stream().await;
+        self.stream_at(waiting).await.map(|(r, w, _)| (r, w))
+    }
+
+    /// [`Client::stream_with`], and which gateway gave the stream.
+    async fn stream_at(
+        &self,
+        waiting: &(dyn Fn() + Send + Sync),
+    ) -> Result<(BoxRead, BoxWrite, &targets::Candidate), ClientError> {
+        let n = self.targets.len();
+        let start = self.current.load(Ordering::Relaxed) % n.max(1);
+        let mut tried = Vec::new();
+        for (i, t) in self.targets.iter().enumerate().cycle().skip(start).take(n) {
+            match self.stream_via(i, t, waiting).await {
+                Ok((r, w)) => {
+                    if i != start {
+                        self.current.store(i, Ordering::Relaxed);
+                        tracing::info!(gateway = %t.at.describe(), "using gateway");
+                    }
+                    return Ok((r, w, &t.at));
+                }
+                Err(f) if self.several() && f.error.fails_over() => {
+                    tracing::warn!(gateway = %t.at.describe(), "{}; trying the next gateway", f.error);
+                    let mut why: Vec<String> =
+                        f.quic_first.iter().map(ClientError::short).collect();
+                    why.push(f.error.short());
+                    tried.push(Tried {
+                        gateway: t.at.describe(),
+                        why,
+                    });
+                }
+                Err(f) => return Err(f.error),
+            }
+        }
+        tried.extend(self.unresolved.iter().map(|u| Tried {
+            gateway: u.given.clone(),
+            why: vec![u.why.clone()],
+        }));
+        Err(ClientError::NoGateway { tried })
+    }
+
+    /// A stream to target `i`: QUIC, or TLS over TCP (as `--transport` says, with the fallback).
+    async fn stream_via(
+        &self,
+        i: usize,
+        t: &Target,
+        waiting: &(dyn Fn() + Send + Sync),
+    ) -> Result<(BoxRead, BoxWrite), Failure> {
+        let quic = match self.quic_or_tcp(i, t).await? {
+            (Some(quic), _) => quic,
+            (None, quic_first) => {
+                return self
+                    .tcp_stream(t)
+                    .await
+                    .map_err(|error| Failure { error, quic_first })
+            }
         };
         let open = quic.open_bi();
         tokio::pin!(open);
@@ -314,7 +509,7 @@ impl Client {
                 open.await
             }
         };
-        let (send, recv) = opened.map_err(|e| self.quic_error(&e))?;
+        let (send, recv) = opened.map_err(|e| self.quic_error(t.at.addr, &e))?;
         Ok((
             Box::new(recv),
             Box::new(QuicSend {
@@ -324,37 +519,45 @@ impl Client {
         ))
     }
 
-    /// The QUIC connection to use, or `None` for TLS over TCP. With `--transport auto`, QUIC gets
-    /// [`AUTO_QUIC_WAIT`]; the fallback is decided on the typed failure.
-    async fn quic_or_tcp(&self) -> Result<Option<quinn::Connection>, ClientError> {
-        use std::sync::atomic::Ordering;
+    /// The QUIC connection to use, or `None` for TLS over TCP (with why QUIC was given up, when
+    /// that happened now). With `--transport auto`, QUIC gets [`AUTO_QUIC_WAIT`]; the fallback is
+    /// decided on the typed failure.
+    async fn quic_or_tcp(
+        &self,
+        i: usize,
+        t: &Target,
+    ) -> Result<(Option<quinn::Connection>, Option<ClientError>), ClientError> {
         match self.transport {
-            Transport::Tcp => Ok(None),
-            Transport::Quic => Ok(Some(self.quic_connection().await?)),
-            Transport::Auto if self.fell_back.load(Ordering::Relaxed) => Ok(None),
+            Transport::Tcp => Ok((None, None)),
+            Transport::Quic => Ok((Some(self.quic_connection(i, t).await?), None)),
+            Transport::Auto if t.fell_back.load(Ordering::Relaxed) => Ok((None, None)),
             Transport::Auto => {
-                let why = match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection()).await {
-                    Ok(Ok(c)) => return Ok(Some(c)),
-                    Ok(Err(e)) if !e.falls_back() => return Err(e),
-                    Ok(Err(e)) => e,
-                    Err(_elapsed) => ClientError::TimedOut {
-                        gateway: self.addr,
-                        transport: "QUIC",
-                        after: AUTO_QUIC_WAIT,
-                    },
-                };
+                let why =
+                    match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection(i, t)).await {
+                        Ok(Ok(c)) => return Ok((Some(c), None)),
+                        Ok(Err(e)) if !e.falls_back() => return Err(e),
+                        Ok(Err(e)) => e,
+                        Err(_elapsed) => ClientError::TimedOut {
+                            gateway: t.at.addr,
+                            transport: "QUIC",
+                            after: AUTO_QUIC_WAIT,
+                        },
+                    };
                 tracing::info!("{why}; falling back to TLS over TCP");
-                self.fell_back.store(true, Ordering::Relaxed);
-                Ok(None)
+                t.fell_back.store(true, Ordering::Relaxed);
+                Ok((None, Some(why)))
             }
         }
     }
-
     /// Why the QUIC connection closed, typed, if it has.
     async fn quic_close_reason(&self) -> Option<ClientError> {
         let guard = self.quic.lock().await;
-        let (_, conn) = guard.as_ref()?;
-        conn.close_reason().map(|e| self.quic_error(&e))
+        let cached = guard.as_ref()?;
+        let gateway = self.targets.get(cached.target)?.at.addr;
+        cached
+            .conn
+            .close_reason()
+            .map(|e| self.quic_error(gateway, &e))
     }
 
     /// Read the answer; if the stream broke because the gateway closed the connection (for example
@@ -428,7 +631,35 @@ impl Client {
         reason: Option<String>,
         waiting: &(dyn Fn() + Send + Sync),
     ) -> anyhow::Result<Session> {
-        let (r, w) = self.stream_with(waiting).await?;
+        match self
+            .open_once(device, break_glass, reason.clone(), waiting)
+            .await
+        {
+            // With several gateways: the connection died before the gateway answered (killed,
+            // cut off, shutting down), so no session was opened there; open it on another. Only
+            // connection failures are retried, never an answer.
+            Err(e)
+                if self.several()
+                    && e.downcast_ref::<ClientError>()
+                        .is_some_and(ClientError::fails_over) =>
+            {
+                tracing::warn!("{e:#}; opening the session on the next gateway");
+                self.open_once(device, break_glass, reason, waiting).await
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Client::open_with`].
+    async fn open_once(
+        &self,
+        device: &str,
+        break_glass: bool,
+        reason: Option<String>,
+        waiting: &(dyn Fn() + Send + Sync),
+    ) -> anyhow::Result<Session> {
+        let (r, w, at) = self.stream_at(waiting).await?;
+        let gateway = self.several().then(|| at.describe());
         let mut writer = FrameWriter::new(w);
         let written = writer
             .write_request(&Request::Open {
@@ -453,6 +684,7 @@ impl Client {
                 rule,
                 ends_at_unix,
                 end_reason: end_reason_if_uncut,
+                gateway,
             }),
             other => Err(unexpected(other).into()),
         }
@@ -540,6 +772,8 @@ pub struct Session {
     pub ends_at_unix: i64,
     /// What that end will be (certificate expiry, maximum duration…).
     pub end_reason: String,
+    /// With several gateways given, the one it opened on (`None` with one).
+    pub gateway: Option<String>,
 }
 
 /// How a session ended, as seen by the client.
@@ -658,7 +892,7 @@ pub async fn listen(
     let local = listener.local_addr()?;
     eprintln!(
         "ward: forwarding {local} → {device} through {}; Ctrl-C to stop",
-        client.addr
+        client.gateways()
     );
     if let Some(tx) = ready {
         let _ = tx.send(local);
@@ -685,8 +919,13 @@ pub async fn listen(
             match client.open_with(&device, false, None, &waiting).await {
                 Ok(session) => {
                     let id = session.session_id.clone();
+                    let via = session
+                        .gateway
+                        .as_ref()
+                        .map(|g| format!(" via {g}"))
+                        .unwrap_or_default();
                     eprintln!(
-                        "ward: {from} → {device}: session {id} opened (rule {})",
+                        "ward: {from} → {device}: session {id} opened (rule {}){via}",
                         session.rule
                     );
                     let (r, w) = sock.into_split();

@@ -5,13 +5,15 @@
 //! (`Issued`), refused or expired (`Denied`), or the wait is over. The client never sees the
 //! identity provider's tokens: the gateway is the OpenID client and issues the certificate.
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::bail;
 use ward_ca::Clock as _;
 use ward_core::frame::{Request, Response, SsoPending, SsoStart};
 
-use crate::{key_and_csr, unexpected, Client, LoggedIn};
+use crate::targets::Candidate;
+use crate::{key_and_csr, unexpected, Client, LoggedIn, Target};
 
 /// How often the client asks whether the login was approved.
 pub const POLL_EVERY: Duration = Duration::from_secs(2);
@@ -46,26 +48,54 @@ pub fn console_url(url: &str, host: &str) -> String {
 }
 
 impl Client {
-    /// This client's gateway, trust and transport, without its connection: the next request
-    /// opens a new one.
-    fn fresh(&self) -> Client {
+    /// This client's gateways, trust and transport, without its connection: the next request
+    /// opens a new one. With `only`, just that gateway (an SSO login in progress lives on the
+    /// gateway that started it, so its polls go there).
+    fn fresh(&self, only: Option<&Candidate>) -> Client {
+        let targets = self
+            .targets
+            .iter()
+            .filter(|t| match only {
+                Some(o) => *o == t.at,
+                None => true,
+            })
+            .map(|t| Target {
+                at: t.at.clone(),
+                fell_back: AtomicBool::new(t.fell_back.load(Ordering::Relaxed)),
+            })
+            .collect();
         Client {
             tls: self.tls.clone(),
-            host: self.host.clone(),
-            addr: self.addr,
+            targets,
+            unresolved: match only {
+                Some(_) => Vec::new(),
+                None => self.unresolved.clone(),
+            },
             transport: self.transport,
+            current: AtomicUsize::new(match only {
+                Some(_) => 0,
+                None => self.current.load(Ordering::Relaxed),
+            }),
             quic: tokio::sync::Mutex::new(None),
-            fell_back: std::sync::atomic::AtomicBool::new(
-                self.fell_back.load(std::sync::atomic::Ordering::Relaxed),
-            ),
             identity: None,
             local: self.local,
         }
     }
 
-    /// One request on a connection of its own.
-    async fn request_alone(&self, req: &Request) -> anyhow::Result<Response> {
-        self.fresh().request(req).await
+    /// One request on a connection of its own (to `only`, or the first gateway that answers);
+    /// the answer and the gateway that gave it.
+    async fn request_alone(
+        &self,
+        req: &Request,
+        only: Option<&Candidate>,
+    ) -> anyhow::Result<(Response, Option<Candidate>)> {
+        let alone = self.fresh(only);
+        let answer = alone.request(req).await?;
+        let by = alone
+            .targets
+            .get(alone.current.load(Ordering::Relaxed))
+            .map(|t| t.at.clone());
+        Ok((answer, by))
     }
 
     /// Logs in through a browser: starts an SSO login (for `provider`, if given), calls `show`
@@ -79,7 +109,8 @@ impl Client {
     ) -> anyhow::Result<LoggedIn> {
         let (key_pem, csr) = key_and_csr("ward login --sso")?;
         let start = Request::SsoStart(SsoStart { provider, csr });
-        let pending = match self.request_alone(&start).await? {
+        let (answer, by) = self.request_alone(&start, None).await?;
+        let pending = match answer {
             Response::SsoPending(p) => p,
             Response::Denied { reason } => bail!("{reason}"),
             other => return Err(unexpected(other).into()),
@@ -91,7 +122,7 @@ impl Client {
             expires_unix,
         } = pending;
         let prompt = SsoPrompt {
-            url: console_url(&url, &self.host),
+            url: console_url(&url, by.as_ref().map_or("", |c| c.host.as_str())),
             user_code,
             expires_unix,
         };
@@ -132,7 +163,11 @@ impl Client {
                 );
             }
             tokio::time::sleep_until(next).await;
-            match self.request_alone(&ask).await {
+            match self
+                .request_alone(&ask, by.as_ref())
+                .await
+                .map(|(answer, _)| answer)
+            {
                 Ok(Response::SsoPending(_)) => failures = 0,
                 Ok(Response::Issued {
                     chain_pem,

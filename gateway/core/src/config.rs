@@ -15,11 +15,13 @@ mod inject;
 mod oidc;
 mod recording;
 mod review;
+mod store;
 pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
 pub use recording::RecordingConfig;
 pub use review::ReviewConfig;
+pub use store::{check_store_url, PostgresConfig, StoreConfig, StoreTls};
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -511,6 +513,8 @@ pub struct Config {
     pub review: ReviewConfig,
     /// `[audit]`: where the audit log's signed checkpoints are anchored off the host.
     pub audit: AuditConfig,
+    /// `[store]`: the embedded SQLite store (default) or a PostgreSQL shared by several gateways.
+    pub store: StoreConfig,
 }
 
 /// The `[web]` table: the web console (docs/web.md).
@@ -689,6 +693,7 @@ impl Config {
             });
         }
         let audit = cx.audit(raw.audit)?;
+        let store = cx.store(raw.store)?;
         Ok(Config {
             gateway,
             devices,
@@ -703,12 +708,14 @@ impl Config {
             recording,
             review,
             audit,
+            store,
         })
     }
 
     /// Joins every relative path (`ca`, `cert`, `key`, `state_dir`) onto `base`, normally the
     /// config file's directory. Pure path arithmetic: nothing is read or canonicalized.
     pub fn resolve_paths(&mut self, base: &Path) {
+        self.store.resolve_paths(base);
         let g = &mut self.gateway;
         for path in [&mut g.ca, &mut g.cert, &mut g.key, &mut g.state_dir] {
             if path.is_relative() {
@@ -789,6 +796,8 @@ struct RawConfig {
     review: review::RawReview,
     #[serde(default)]
     audit: audit::RawAudit,
+    #[serde(default)]
+    store: store::RawStore,
 }
 
 #[derive(Deserialize, Default)]

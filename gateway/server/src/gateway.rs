@@ -32,7 +32,7 @@ use crate::recorder::Sink;
 use crate::recording_store::RecordingStore;
 use crate::recovery::recover_recordings;
 use crate::services::Caller;
-use crate::store::{SqliteStore, Store};
+use ward_store::backend::Backend;
 use crate::tls;
 use ward_core::stage::StageFactory;
 use ward_recording::Signer;
@@ -115,6 +115,7 @@ impl Shared {
     /// Publish the current locks plus `lock` (replacing one on the same target); returns how
     /// many live sessions it ends.
     pub(crate) fn publish_lock(&self, lock: Lock) -> usize {
+        self.jit.lock_writes.fetch_add(1, Ordering::AcqRel);
         let published = self.policy.update(self.clock.now(), |cur| {
             let mut locks: Vec<Lock> = cur
                 .locks
@@ -133,6 +134,7 @@ impl Shared {
 
     /// Publish the current locks without the one on `target`.
     pub(crate) fn publish_unlock(&self, target: &LockTarget) {
+        self.jit.lock_writes.fetch_add(1, Ordering::AcqRel);
         self.policy.update(self.clock.now(), |cur| {
             let locks: Vec<Lock> = cur
                 .locks
@@ -147,12 +149,18 @@ impl Shared {
         });
     }
 
-    /// Publish the JIT state's current grants and disabled users if they changed (the store
-    /// refresh, [`crate::jit::refresh`]); sessions on a revoked or ended grant and sessions of
-    /// disabled users then end. Read under the watch's lock, so concurrent refreshes publish in
-    /// the order they read.
-    pub(crate) fn publish_jit(&self) {
+    /// Publish the JIT state's current grants and disabled users, and the locks read from the
+    /// store, if they changed (the store refresh, [`crate::jit::refresh`]); sessions under a new
+    /// lock, on a revoked or ended grant and sessions of disabled users then end. Read under the
+    /// watch's lock, so concurrent refreshes publish in the order they read. `locks` carries the
+    /// lock-write count read before the store was: when this gateway published a lock or unlock
+    /// since, the read set may be older than the published one and is not used.
+    pub(crate) fn publish_jit(&self, locks: Option<(Vec<Lock>, u64)>) {
         self.policy.update(self.clock.now(), |cur| {
+            let locks = locks
+                .filter(|(_, before)| self.jit.lock_writes.load(Ordering::Acquire) == *before)
+                .map(|(l, _)| l)
+                .filter(|l| !crate::jit::same_locks(l, &cur.locks));
             let grants = self.jit.grants();
             let disabled: BTreeSet<String> = {
                 let d = self
@@ -162,12 +170,16 @@ impl Shared {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
                 d.iter().cloned().collect()
             };
-            if *cur.grants == *grants && *cur.disabled == disabled {
+            if *cur.grants == *grants && *cur.disabled == disabled && locks.is_none() {
                 return None;
             }
             Some(PolicySnapshot {
                 grants,
                 disabled: Arc::new(disabled),
+                locks: match locks {
+                    Some(l) => l.into(),
+                    None => cur.locks.clone(),
+                },
                 ..cur.clone()
             })
         });
@@ -315,19 +327,19 @@ impl Gateway {
         // One gateway per state dir: locked before anything in it is read or written (store,
         // audit log, crash recovery), held until this gateway is dropped.
         let state_lock = open_state_dir(&g.state_dir)?;
-        let db = Arc::new(SqliteStore::open(&g.state_dir)?);
-        let session_index: Arc<dyn crate::session_index::SessionIndex> = db.clone();
+        let keys = crate::signing::SigningKeys::load_or_create(&g.state_dir, clock.now())?;
+        let backend = open_backend(&config, keys.gateway_id()).await?;
+        let session_index: Arc<dyn crate::session_index::SessionIndex> = backend.index.clone();
         let jit =
-            crate::jit::Jit::new(crate::jit::Stores::sqlite(&db), issuing_ca(g), clock.now())?;
+            crate::jit::Jit::new(crate::jit::Stores::of(&backend), issuing_ca(g), clock.now())?;
         let vault = crate::services::vault::open_vault(
             &config.inject.vault,
             &g.state_dir,
-            &db,
+            &backend.shared_vault(),
             options.rotator.clone().unwrap_or_else(|| {
                 Arc::new(crate::services::vault::TelnetRotator::new(clock.clone()))
             }),
         )?;
-        let keys = crate::signing::SigningKeys::load_or_create(&g.state_dir, clock.now())?;
         let (anchors, anchor_task) =
             match crate::anchors::Anchors::new(&config.audit, keys.gateway_id(), clock.clone())? {
                 Some((a, t)) => (Some(a), Some(t)),
@@ -351,7 +363,7 @@ impl Gateway {
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
-        let locks = db.active_locks(clock.now())?;
+        let locks = backend.locks.active_locks(clock.now())?;
         let disabled = jit
             .disabled
             .read()
@@ -414,10 +426,18 @@ impl Gateway {
             tcp_addr,
             !options.no_recording,
         ));
+        // Reviews verify every gateway's recordings: this one's keys, then the keys the other
+        // gateways sharing the store registered.
+        let fleet_keys = {
+            let (keys, registry) = (keys.clone(), backend.gateways.clone());
+            tokio::task::spawn_blocking(move || crate::fleet::FleetKeys::new(keys, registry))
+                .await
+                .context("reading the gateway registry")?
+        };
         let review = crate::services::review::ReviewService::new(
             recordings.clone(),
             g.state_dir.clone(),
-            keys.clone(),
+            fleet_keys.clone(),
             audit.clone(),
             Arc::new(crate::review_jobs::ReviewGate::default()),
             clock.clone(),
@@ -451,14 +471,30 @@ impl Gateway {
             recordings,
             stages: options.stages.clone(),
             vault,
-            pins: db.clone(),
+            pins: backend.pins.clone(),
             sso_cli: Arc::new(crate::services::sso::CliLogins::new()),
             web_addr,
         });
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(disk.run());
-        tasks.spawn(crate::jit::refresh_loop(shared.clone()));
+        tasks.spawn(crate::jit::refresh_loop(
+            shared.clone(),
+            backend.changes.clone(),
+        ));
+        tasks.spawn(crate::fleet::heartbeat_loop(
+            backend.gateways.clone(),
+            crate::fleet::Registration {
+                id: shared.keys.gateway_id().to_string(),
+                quic: quic_addr,
+                tcp: tcp_addr,
+                web: web_addr,
+                started: shared.clock.now(),
+            },
+            shared.keys.clone(),
+            fleet_keys,
+            shared.clock.clone(),
+        ));
         tasks.spawn(noise_loop(shared.clone()));
         tasks.spawn(rotation_loop(shared.clone()));
         tasks.spawn(quic_accept_loop(
@@ -612,6 +648,19 @@ impl Gateway {
         drop(self.audit_writer);
         info!(event = "gateway_stopped", cut, "gateway stopped");
     }
+}
+
+/// The store `[store]` names (connecting to a PostgreSQL and migrating it may take a while: off
+/// the async workers).
+async fn open_backend(config: &Config, gateway_id: &str) -> anyhow::Result<Backend> {
+    let config = config.clone();
+    let id = gateway_id.to_owned();
+    let backend = tokio::task::spawn_blocking(move || Backend::open(&config, Some(&id)))
+        .await
+        .context("opening the store")?
+        .context("opening the store ([store] in the config)")?;
+    info!(event = "store_opened", store = %backend.describe, shared = backend.shared, "store opened");
+    Ok(backend)
 }
 
 /// The issuing CA: login issues certificates, so it needs the issuing key; without it the gateway

@@ -4,6 +4,7 @@
 //! approvals, grants, revocation, users, login) are the services in [`crate::services`].
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -14,19 +15,25 @@ use ward_core::access::Grant;
 use crate::access_store::AccessStore;
 use crate::gateway::Shared;
 use crate::services::login::LoginState;
+use crate::store::LockStore;
 use crate::store_async::ServiceStores;
 use crate::users::UserStore;
+use ward_core::policy::Lock;
 
 pub use crate::dispatch::user_line;
 pub use crate::services::login::TOTP_REUSED;
 pub use crate::services::users::{create_user, CreatedUser, NewUser};
 
-/// How often the gateway re-reads grants and disabled users from the store (host-side changes,
-/// other gateways), and cuts sessions that lost their footing.
+/// How often the gateway re-reads locks, grants and disabled users from the store (host-side
+/// changes, other gateways), and cuts sessions that lost their footing. On a shared PostgreSQL
+/// the change feed (`LISTEN/NOTIFY`) triggers a re-read at once; this periodic resync stays as the
+/// safety net, so a lost notification still takes effect within a second (security case 61).
 pub const REFRESH_EVERY: Duration = Duration::from_millis(400);
 
 /// The stores the gateway's services and sessions use, one trait object per aggregate.
 pub struct Stores {
+    /// Locks.
+    pub locks: Arc<dyn LockStore>,
     /// Access requests, approvals and grants.
     pub access: Arc<dyn AccessStore>,
     /// Users.
@@ -39,15 +46,30 @@ impl Stores {
     /// All of them in one SQLite store.
     pub fn sqlite(db: &Arc<crate::store::SqliteStore>) -> Self {
         Self {
+            locks: db.clone(),
             access: db.clone(),
             users: db.clone(),
             services: ServiceStores::off_thread(db),
+        }
+    }
+
+    /// The ones of a [`ward_store::backend::Backend`].
+    pub fn of(backend: &ward_store::backend::Backend) -> Self {
+        Self {
+            locks: backend.locks.clone(),
+            access: backend.access.clone(),
+            users: backend.users.clone(),
+            services: backend.services(),
         }
     }
 }
 
 /// JIT state held by the gateway.
 pub struct Jit {
+    pub(crate) locks: Arc<dyn LockStore>,
+    /// Bumped by every lock or unlock this gateway publishes itself, so a refresh that read the
+    /// store before it does not publish the older set over it ([`refresh`]).
+    pub(crate) lock_writes: AtomicU64,
     pub(crate) access: Arc<dyn AccessStore>,
     pub(crate) users: Arc<dyn UserStore>,
     /// The stores the services run on.
@@ -66,6 +88,7 @@ impl Jit {
     /// (login needs it); without it login answers with a clear error.
     pub fn new(stores: Stores, ca: Option<Ca>, now: OffsetDateTime) -> anyhow::Result<Jit> {
         let Stores {
+            locks,
             access,
             users,
             services,
@@ -73,6 +96,8 @@ impl Jit {
         let grants = access.grants(now, false)?;
         let disabled = users.disabled_users()?.into_iter().collect();
         Ok(Jit {
+            locks,
+            lock_writes: AtomicU64::new(0),
             access,
             users,
             services,
@@ -101,11 +126,21 @@ impl Jit {
     }
 }
 
-/// Re-reads grants and disabled users and publishes them in the policy snapshot when they changed:
-/// sessions on a revoked or vanished grant, and sessions of disabled users, then end.
+/// Re-reads locks, grants and disabled users and publishes them in the policy snapshot when they
+/// changed: sessions under a lock another gateway set, sessions on a revoked or vanished grant,
+/// and sessions of disabled users then end. A store that cannot be read keeps what was published
+/// (a lock never disappears because the database is down).
 pub(crate) fn refresh(shared: &Shared) {
     let now = shared.clock.now();
     let jit = &shared.jit;
+    let writes_before = jit.lock_writes.load(Ordering::Acquire);
+    let locks = match jit.locks.active_locks(now) {
+        Ok(l) => Some((l, writes_before)),
+        Err(e) => {
+            tracing::warn!(event = "store_failed", reason = %e, "reading locks");
+            None
+        }
+    };
     match jit.access.grants(now, false) {
         Ok(g) => {
             if let Ok(mut cur) = jit.grants.write() {
@@ -122,17 +157,50 @@ pub(crate) fn refresh(shared: &Shared) {
         }
         Err(e) => tracing::warn!(event = "store_failed", reason = %e, "reading users"),
     }
-    // Live sessions on a revoked or ended grant, and those of disabled users, see the change in
-    // the policy snapshot and end themselves.
-    shared.publish_jit();
+    // Live sessions under a new lock, on a revoked or ended grant, and those of disabled users,
+    // see the change in the policy snapshot and end themselves.
+    shared.publish_jit(locks);
 }
 
-/// The periodic refresh task.
-pub(crate) async fn refresh_loop(shared: Arc<Shared>) {
+/// Whether two lock sets are the same, whatever their order.
+pub(crate) fn same_locks(a: &[Lock], b: &[Lock]) -> bool {
+    a.len() == b.len() && a.iter().all(|l| b.contains(l))
+}
+
+/// The refresh task: at every change the store's feed announces (another gateway wrote), and
+/// every [`REFRESH_EVERY`] whatever the feed says. Each refresh runs on the blocking pool (a
+/// networked store's round trips never hold an async worker).
+pub(crate) async fn refresh_loop(
+    shared: Arc<Shared>,
+    mut changes: Option<tokio::sync::watch::Receiver<u64>>,
+) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
-        refresh(&shared);
+        match changes.as_mut() {
+            None => {
+                tick.tick().await;
+            }
+            Some(feed) => {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    changed = feed.changed() => {
+                        if changed.is_err() {
+                            tracing::warn!(event = "change_feed_closed", "the store's change feed ended; re-reading every {} ms only", REFRESH_EVERY.as_millis());
+                            changes = None;
+                        } else {
+                            feed.borrow_and_update();
+                        }
+                    }
+                }
+            }
+        }
+        let s = shared.clone();
+        if tokio::task::spawn_blocking(move || refresh(&s))
+            .await
+            .is_err()
+        {
+            tracing::warn!(event = "store_failed", "a store refresh panicked");
+        }
     }
 }

@@ -17,6 +17,7 @@ pub mod device_login;
 mod device_tls;
 pub mod diskwatch;
 pub mod dispatch;
+pub mod fleet;
 pub mod gateway;
 pub mod hygiene;
 mod inject;

@@ -617,7 +617,7 @@ impl UserTarget {
     fn local(
         &self,
     ) -> anyhow::Result<(
-        ward_store::store::SqliteStore,
+        std::sync::Arc<dyn ward_store::users::UserStore>,
         ward_core::config::LoginConfig,
     )> {
         let path = self
@@ -626,14 +626,16 @@ impl UserTarget {
             .context("--config FILE is required here")?;
         let config = ward_server::gateway::load_config(path)?;
         std::fs::create_dir_all(&config.gateway.state_dir)?;
-        let db = ward_store::store::SqliteStore::open(&config.gateway.state_dir)?;
+        // The store [store] names: the state dir's SQLite, or the PostgreSQL the gateways share.
+        let db =
+            ward_store::backend::Backend::open(&config, None)?;
         // TOTP seeds are sealed under the store's key-encryption key ([vault] names it; made at
         // the first start when this runs before any gateway did).
         let source =
             ward_store::keywrap::KeySource::of(&config.inject.vault, &config.gateway.state_dir);
-        ward_store::keywrap::load_store_keys(&db, &source)
+        ward_store::keywrap::load_store_keys(&*db.shared_vault(), &source)
             .with_context(|| format!("the key-encryption key ({source})"))?;
-        Ok((db, config.login))
+        Ok((db.users, config.login))
     }
 }
 
@@ -715,7 +717,7 @@ pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
                 password,
                 ..ward_server::jit::NewUser::new(name.clone(), kind)
             };
-            let created = ward_server::jit::create_user(&db, &login, new, now)?;
+            let created = ward_server::jit::create_user(&*db, &login, new, now)?;
             print_created(&name, &created.password, created.totp_uri.as_deref());
             Ok(ExitCode::SUCCESS)
         }

@@ -5,6 +5,7 @@ mod access_cmd;
 mod audit_cmd;
 mod ca_cmd;
 mod evidence_cmd;
+mod gateways_cmd;
 mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
@@ -118,6 +119,9 @@ enum Command {
     /// status, and online rotation (admins).
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// The gateways sharing this gateway's store, with their health (on a gateway host; exits 1
+    /// when one is down).
+    Gateways(gateways_cmd::GatewaysArgs),
 }
 
 #[derive(Debug, Args)]
@@ -150,9 +154,18 @@ struct GatewayArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct GatewayClientArgs {
-    /// The gateway, HOST:PORT.
-    #[arg(long, env = "WARD_GATEWAY", value_name = "HOST:PORT")]
-    gateway: String,
+    /// The gateway, HOST:PORT. For failover give several: comma-separated or the option repeated
+    /// (or a name with several addresses). They are tried in order, each with the QUIC→TCP
+    /// fallback; an address that does not connect within 5 s per transport (QUIC gets 1 s with
+    /// --transport auto) is skipped, and the error lists every address tried.
+    #[arg(
+        long,
+        env = "WARD_GATEWAY",
+        value_name = "HOST:PORT[,HOST:PORT...]",
+        required = true,
+        action = clap::ArgAction::Append
+    )]
+    gateway: Vec<String>,
     /// Your identity: PREFIX.crt and PREFIX.key (default ~/.ward/identity, written by `ward login`).
     #[arg(long, env = "WARD_IDENTITY", value_name = "PREFIX")]
     identity: Option<PathBuf>,
@@ -167,7 +180,7 @@ pub(crate) struct GatewayClientArgs {
 impl GatewayClientArgs {
     pub(crate) fn client(&self) -> anyhow::Result<Client> {
         make_client(
-            &self.gateway,
+            &self.gateway.join(","),
             self.identity.as_ref(),
             self.ca.as_ref(),
             self.transport,
@@ -413,6 +426,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
         Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
         Command::Keys(cmd) => client_runtime()?.block_on(keys_cmd::run(cmd)),
+        Command::Gateways(args) => gateways_cmd::run(args),
     }
 }
 
@@ -561,8 +575,13 @@ async fn connect(args: ConnectArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
+    let via = session
+        .gateway
+        .as_ref()
+        .map(|g| format!(" via {g}"))
+        .unwrap_or_default();
     eprintln!(
-        "ward: session {} to {} opened (rule {})",
+        "ward: session {} to {} opened (rule {}){via}",
         session.session_id, args.device, session.rule
     );
     match session.run(tokio::io::stdin(), tokio::io::stdout()).await {
