@@ -26,6 +26,8 @@ pub struct Postgres {
     port: u16,
     super_password: String,
     proc: Option<Proc>,
+    /// TLS only (`hostssl`), with a certificate for 127.0.0.1 from a test CA.
+    tls: bool,
 }
 
 /// The directory holding `initdb` and `postgres`: `$WARD_PG_BIN`, else the newest
@@ -87,6 +89,21 @@ impl Postgres {
 
     /// Initialises and starts a server (panics if PostgreSQL is missing or does not start).
     pub fn start() -> Postgres {
+        Postgres::start_with(false)
+    }
+
+    /// [`Postgres::require`] for a server that takes TLS connections only, with a certificate
+    /// for 127.0.0.1 signed by a test CA ([`Postgres::ca_file`]).
+    pub fn require_tls() -> Option<Postgres> {
+        available().then(|| Postgres::start_with(true))
+    }
+
+    /// The test CA that signed a TLS server's certificate (PEM).
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    fn start_with(tls: bool) -> Postgres {
         let bin = bin_dir().expect("PostgreSQL is not installed (apt-get install postgresql)");
         let dir = tempfile::tempdir().unwrap();
         let root = std::fs::metadata(dir.path()).unwrap().uid() == 0;
@@ -112,6 +129,7 @@ impl Postgres {
             port: 0,
             super_password,
             proc: None,
+            tls,
         };
         let data = pg.data_dir();
         let out = run(pg
@@ -122,6 +140,9 @@ impl Postgres {
             .args(["--locale=C", "--no-sync"])
             .arg(format!("--pwfile={}", super_file.display())));
         assert!(out.status.success(), "initdb: {out:?}");
+        if tls {
+            pg.make_tls(&own);
+        }
         pg.start_on_free_port();
         let ward_password = random_password();
         pg.psql(
@@ -133,6 +154,40 @@ impl Postgres {
         std::fs::write(&pw, format!("{ward_password}\n")).unwrap();
         std::fs::set_permissions(&pw, std::fs::Permissions::from_mode(0o600)).unwrap();
         pg
+    }
+
+    /// A CA, the server's certificate for 127.0.0.1, and `pg_hba.conf` taking TLS only.
+    fn make_tls(&self, own: &dyn Fn(&Path)) {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Ward test database CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(self.ca_file(), ca.pem()).unwrap();
+        let data = self.data_dir();
+        for (name, text) in [
+            ("server.crt", leaf.pem()),
+            ("server.key", key.serialize_pem()),
+        ] {
+            let path = data.join(name);
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            own(&path);
+        }
+        let hba = data.join("pg_hba.conf");
+        std::fs::write(
+            &hba,
+            "local all all scram-sha-256\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+        )
+        .unwrap();
+        own(&hba);
     }
 
     fn data_dir(&self) -> PathBuf {
@@ -184,6 +239,10 @@ impl Postgres {
             .args(["-c", "fsync=off", "-c", "synchronous_commit=off"])
             .args(["-c", "full_page_writes=off", "-c", "max_connections=300"])
             .args(["-c", "shared_buffers=32MB"]);
+        if self.tls {
+            cmd.args(["-c", "ssl=on", "-c", "ssl_cert_file=server.crt"])
+                .args(["-c", "ssl_key_file=server.key"]);
+        }
         let mut proc = Proc::spawn(&mut cmd, Input::Null);
         let deadline = std::time::Instant::now() + COMMAND_TIMEOUT;
         loop {

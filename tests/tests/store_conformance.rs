@@ -13,7 +13,7 @@ use ward_core::frame::LockTarget;
 use ward_core::policy::Lock;
 use ward_store::conformance::{self, Stores, TestBackend};
 use ward_store::keywrap::{Kek, KeySource};
-use ward_store::pg::{PgOptions, PgStore};
+use ward_store::pg::{PgOptions, PgStore, PgTls};
 use ward_store::store::{LockStore, SqliteStore};
 use ward_store::users::UserStore;
 use ward_tests::pg::Postgres;
@@ -334,4 +334,55 @@ fn a_wrong_password_is_refused_and_never_shown() {
     // The right one (from the harness's file) works.
     let ok = PgStore::connect(&options(&pg, pg.url(), key_source(dir.path()))).unwrap();
     assert!(ok.schema_version().unwrap() >= 1);
+}
+
+#[test]
+fn tls_to_the_database_is_verified_and_required() {
+    let Some(pg) = Postgres::require_tls() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_source(dir.path());
+    // With the CA that signed the server's certificate: connected, over TLS.
+    let mut o = options(&pg, pg.url(), keys.clone());
+    o.tls = PgTls::Require {
+        ca_file: Some(pg.ca_file()),
+    };
+    let store = PgStore::connect(&o).unwrap();
+    let db = store.db();
+    let ssl: bool = store
+        .block(async move {
+            let c = db.get().await?;
+            let row = c
+                .query_one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await
+                .map_err(ward_store::pg::pg_err)?;
+            Ok::<_, ward_store::store::StoreError>(row.get(0))
+        })
+        .unwrap();
+    assert!(ssl, "the pooled connection is not encrypted");
+    // Another CA: the server's certificate is refused.
+    let other = dir.path().join("other-ca.pem");
+    {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca = CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(&other, ca.pem()).unwrap();
+    }
+    o.tls = PgTls::Require {
+        ca_file: Some(other),
+    };
+    let err = PgStore::connect(&o).unwrap_err().to_string();
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // Without TLS: the server (hostssl only) refuses.
+    o.tls = PgTls::Disable;
+    let err = PgStore::connect(&o).unwrap_err().to_string();
+    assert!(
+        err.contains("no pg_hba.conf entry") && err.contains("no encryption"),
+        "{err}"
+    );
 }
