@@ -17,6 +17,8 @@ pub(crate) fn migrate(conn: &rusqlite::Connection) -> Result<(), StoreError> {
     sessions(conn)?;
     vault(conn)?;
     device_pins(conn)?;
+    gateways(conn)?;
+    login_failures(conn)?;
     Ok(())
 }
 
@@ -215,6 +217,36 @@ fn device_pins(conn: &rusqlite::Connection) -> Result<(), StoreError> {
              pin TEXT NOT NULL,
              set_by TEXT NOT NULL,
              set_unix INTEGER NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+/// The gateways using this store (`GatewayRegistry`): on SQLite, the one gateway and its
+/// heartbeat.
+fn gateways(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS gateways (
+             id TEXT PRIMARY KEY NOT NULL,
+             quic TEXT NOT NULL,
+             tcp TEXT,
+             web TEXT,
+             version TEXT NOT NULL,
+             started_unix_ms INTEGER NOT NULL,
+             last_seen_unix_ms INTEGER NOT NULL
+         );",
+    )?;
+    Ok(())
+}
+
+/// Consecutive failed logins per name, user or not (`UserStore::note_login_failure`): the login
+/// back-off survives a restart, and on a shared database holds across gateways.
+fn login_failures(conn: &rusqlite::Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS login_failures (
+             name TEXT PRIMARY KEY NOT NULL,
+             failures INTEGER NOT NULL,
+             last_unix_ms INTEGER NOT NULL
          );",
     )?;
     Ok(())

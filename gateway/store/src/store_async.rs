@@ -59,6 +59,13 @@ pub trait AsyncUserStore: Send + Sync {
     async fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError>;
     /// The names of disabled users.
     async fn disabled_users(&self) -> Result<Vec<String>, StoreError>;
+    /// Counts a failed login for `name` (see [`UserStore::note_login_failure`]).
+    async fn note_login_failure(&self, name: &str, now: OffsetDateTime) -> Result<u32, StoreError>;
+    /// `name`'s consecutive failed logins and the last one's time.
+    async fn login_failures(&self, name: &str)
+        -> Result<(u32, Option<OffsetDateTime>), StoreError>;
+    /// Forgets `name`'s failed logins.
+    async fn clear_login_failures(&self, name: &str) -> Result<(), StoreError>;
 }
 
 /// Access requests, approvals and grants (see [`AccessStore`]).
@@ -160,6 +167,21 @@ impl<S: UserStore + ?Sized + 'static> AsyncUserStore for OffThread<S> {
     }
     async fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
         self.run(|s| s.disabled_users()).await
+    }
+    async fn note_login_failure(&self, name: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
+        let name = name.to_owned();
+        self.run(move |s| s.note_login_failure(&name, now)).await
+    }
+    async fn login_failures(
+        &self,
+        name: &str,
+    ) -> Result<(u32, Option<OffsetDateTime>), StoreError> {
+        let name = name.to_owned();
+        self.run(move |s| s.login_failures(&name)).await
+    }
+    async fn clear_login_failures(&self, name: &str) -> Result<(), StoreError> {
+        let name = name.to_owned();
+        self.run(move |s| s.clear_login_failures(&name)).await
     }
 }
 
@@ -405,6 +427,15 @@ mod tests {
         }
         fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
             panic!("disabled_users")
+        }
+        fn note_login_failure(&self, _: &str, _: OffsetDateTime) -> Result<u32, StoreError> {
+            panic!("note_login_failure")
+        }
+        fn login_failures(&self, _: &str) -> Result<(u32, Option<OffsetDateTime>), StoreError> {
+            panic!("login_failures")
+        }
+        fn clear_login_failures(&self, _: &str) -> Result<(), StoreError> {
+            panic!("clear_login_failures")
         }
     }
 

@@ -116,28 +116,44 @@ pub trait UserStore: Send + Sync {
     fn record_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError>;
     /// Names of disabled users (the gateway ends their live sessions).
     fn disabled_users(&self) -> Result<Vec<String>, StoreError>;
+    /// Counts a failed login for `name` (a user or not: an attacker guesses names) at `now`,
+    /// atomically; returns the consecutive failures including this one. On a shared database
+    /// every gateway counts into the same row, so the back-off holds whichever gateway a guess
+    /// reaches.
+    fn note_login_failure(&self, name: &str, now: OffsetDateTime) -> Result<u32, StoreError>;
+    /// The consecutive failed logins for `name` and when the last one was (to the millisecond);
+    /// `(0, None)` when there are none.
+    fn login_failures(&self, name: &str) -> Result<(u32, Option<OffsetDateTime>), StoreError>;
+    /// Forgets `name`'s failed logins (after a successful one).
+    fn clear_login_failures(&self, name: &str) -> Result<(), StoreError>;
 }
 
-const COLUMNS: &str = "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \
+/// A failure count as stored (never negative; saturates).
+pub(crate) fn failures_of(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+pub(crate) const COLUMNS: &str =
+    "name, kind, org, roles, password_phc, totp_secret, totp_last_step, \
                        disabled, created_unix, disabled_unix, must_change_password, \
                        totp_ct, totp_nonce, totp_kek";
 
 /// The additional authenticated data of a user's TOTP seed: its row and purpose.
-fn totp_aad(name: &str) -> Vec<u8> {
+pub(crate) fn totp_aad(name: &str) -> Vec<u8> {
     crate::keywrap::aad("ward-user-secret-v1", &[name, "totp"])
 }
 
-fn totp_what(name: &str) -> String {
+pub(crate) fn totp_what(name: &str) -> String {
     format!("the TOTP seed of user {name}")
 }
 
 /// Seals a base32 seed for `name`.
-fn seal_totp(ring: &KeyRing, name: &str, base32: &str) -> Result<Wrapped, KeyError> {
+pub(crate) fn seal_totp(ring: &KeyRing, name: &str, base32: &str) -> Result<Wrapped, KeyError> {
     ring.wrap(base32.as_bytes(), &totp_aad(name))
 }
 
 /// Opens a sealed seed of `name` (base32).
-fn open_totp(ring: &KeyRing, name: &str, w: &Wrapped) -> Result<String, KeyError> {
+pub(crate) fn open_totp(ring: &KeyRing, name: &str, w: &Wrapped) -> Result<String, KeyError> {
     let plain = ring.unwrap(w, &totp_aad(name), &totp_what(name))?;
     String::from_utf8(plain.expose().clone()).map_err(|e| {
         let mut b = e.into_bytes();
@@ -219,7 +235,7 @@ pub(crate) fn counts(conn: &rusqlite::Connection) -> rusqlite::Result<Vec<(Strin
         .collect()
 }
 
-type Row = (
+pub(crate) type Row = (
     String,
     String,
     Option<String>,
@@ -254,7 +270,7 @@ fn read_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     ))
 }
 
-fn to_user(r: Row, keys: &crate::keywrap::KeyHandle) -> Result<User, StoreError> {
+pub(crate) fn to_user(r: Row, keys: &crate::keywrap::KeyHandle) -> Result<User, StoreError> {
     // A sealed seed wins over a legacy plaintext one (which the first start with a key empties).
     let totp_secret = match &r.11 {
         Some(w) => Some(open_totp(&*keys.get()?, &r.0, w)?),
@@ -402,6 +418,40 @@ impl UserStore for SqliteStore {
             out.push(row?);
         }
         Ok(out)
+    }
+
+    fn note_login_failure(&self, name: &str, now: OffsetDateTime) -> Result<u32, StoreError> {
+        let conn = self.conn()?;
+        let n: i64 = conn.query_row(
+            "INSERT INTO login_failures (name, failures, last_unix_ms) VALUES (?1, 1, ?2)
+             ON CONFLICT (name) DO UPDATE
+             SET failures = failures + 1, last_unix_ms = MAX(last_unix_ms, excluded.last_unix_ms)
+             RETURNING failures",
+            rusqlite::params![name, crate::gateways::unix_ms(now)],
+            |r| r.get(0),
+        )?;
+        Ok(failures_of(n))
+    }
+
+    fn login_failures(&self, name: &str) -> Result<(u32, Option<OffsetDateTime>), StoreError> {
+        let conn = self.conn()?;
+        let row: Option<(i64, i64)> = conn
+            .query_row(
+                "SELECT failures, last_unix_ms FROM login_failures WHERE name = ?1",
+                [name],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            Some((n, last)) => Ok((failures_of(n), Some(crate::gateways::from_unix_ms(last)?))),
+            None => Ok((0, None)),
+        }
+    }
+
+    fn clear_login_failures(&self, name: &str) -> Result<(), StoreError> {
+        let conn = self.conn()?;
+        conn.execute("DELETE FROM login_failures WHERE name = ?1", [name])?;
+        Ok(())
     }
 }
 

@@ -1,0 +1,2 @@
+-- Ward's shared state, part 2: the session index and the vault (pgindex fills this in).
+SELECT 1;
