@@ -50,12 +50,12 @@ impl GatewayRegistry for crate::store::SqliteStore {
     fn heartbeat(&self, row: &GatewayRow) -> Result<(), StoreError> {
         let conn = self.conn()?;
         conn.execute(
-            "INSERT INTO gateways (id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+            "INSERT INTO gateways (id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms, keyring)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
              ON CONFLICT (id) DO UPDATE SET quic = excluded.quic, tcp = excluded.tcp,
                  web = excluded.web, version = excluded.version,
                  started_unix_ms = excluded.started_unix_ms,
-                 last_seen_unix_ms = excluded.last_seen_unix_ms",
+                 last_seen_unix_ms = excluded.last_seen_unix_ms, keyring = excluded.keyring",
             rusqlite::params![
                 row.id,
                 row.quic,
@@ -63,7 +63,8 @@ impl GatewayRegistry for crate::store::SqliteStore {
                 row.web,
                 row.version,
                 unix_ms(row.started),
-                unix_ms(row.last_seen)
+                unix_ms(row.last_seen),
+                row.keyring
             ],
         )?;
         Ok(())
@@ -72,7 +73,7 @@ impl GatewayRegistry for crate::store::SqliteStore {
     fn gateways(&self) -> Result<Vec<GatewayRow>, StoreError> {
         let conn = self.conn()?;
         let mut stmt = conn.prepare(
-            "SELECT id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms
+            "SELECT id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms, keyring
              FROM gateways ORDER BY started_unix_ms, id",
         )?;
         let rows = stmt.query_map([], |r| {
@@ -84,11 +85,12 @@ impl GatewayRegistry for crate::store::SqliteStore {
                 r.get::<_, String>(4)?,
                 r.get::<_, i64>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, String>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, quic, tcp, web, version, started, seen) = row?;
+            let (id, quic, tcp, web, version, started, seen, keyring) = row?;
             out.push(GatewayRow {
                 id,
                 quic,
@@ -97,6 +99,7 @@ impl GatewayRegistry for crate::store::SqliteStore {
                 version,
                 started: from_unix_ms(started)?,
                 last_seen: from_unix_ms(seen)?,
+                keyring,
             });
         }
         Ok(out)

@@ -233,7 +233,8 @@ fn gateways(conn: &rusqlite::Connection) -> Result<(), StoreError> {
              web TEXT,
              version TEXT NOT NULL,
              started_unix_ms INTEGER NOT NULL,
-             last_seen_unix_ms INTEGER NOT NULL
+             last_seen_unix_ms INTEGER NOT NULL,
+             keyring TEXT NOT NULL DEFAULT ''
          );",
     )?;
     Ok(())

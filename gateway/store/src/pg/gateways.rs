@@ -11,12 +11,12 @@ impl GatewayRegistry for PgStore {
         self.block(async move {
             let c = db.get().await?;
             c.execute(
-                "INSERT INTO gateways (id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                "INSERT INTO gateways (id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms, keyring)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                  ON CONFLICT (id) DO UPDATE SET quic = excluded.quic, tcp = excluded.tcp,
                      web = excluded.web, version = excluded.version,
                      started_unix_ms = excluded.started_unix_ms,
-                     last_seen_unix_ms = excluded.last_seen_unix_ms",
+                     last_seen_unix_ms = excluded.last_seen_unix_ms, keyring = excluded.keyring",
                 &[
                     &r.id,
                     &r.quic,
@@ -25,6 +25,7 @@ impl GatewayRegistry for PgStore {
                     &r.version,
                     &unix_ms(r.started),
                     &unix_ms(r.last_seen),
+                    &r.keyring,
                 ],
             )
             .await
@@ -39,7 +40,7 @@ impl GatewayRegistry for PgStore {
             let c = db.get().await?;
             let rows = c
                 .query(
-                    "SELECT id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms
+                    "SELECT id, quic, tcp, web, version, started_unix_ms, last_seen_unix_ms, keyring
                      FROM gateways ORDER BY started_unix_ms, id",
                     &[],
                 )
@@ -57,6 +58,7 @@ impl GatewayRegistry for PgStore {
                         version: r.try_get(4).map_err(pg_err)?,
                         started: from_unix_ms(started)?,
                         last_seen: from_unix_ms(seen)?,
+                        keyring: r.try_get(7).map_err(pg_err)?,
                     })
                 })
                 .collect::<Result<Vec<_>, StoreError>>()

@@ -78,7 +78,8 @@ CREATE TABLE gateways (
     web text,
     version text NOT NULL,
     started_unix_ms bigint NOT NULL,
-    last_seen_unix_ms bigint NOT NULL
+    last_seen_unix_ms bigint NOT NULL,
+    keyring text NOT NULL DEFAULT ''
 );
 
 -- The change feed: every change that can end a live session or open one (a lock, a grant or its
