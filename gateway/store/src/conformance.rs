@@ -664,7 +664,7 @@ pub fn gateways(b: &TestBackend) {
         version: "0.19.0".into(),
         started: ms(1),
         last_seen: ms(1),
-        keyring: "{\"key\":1}\n".into(),
+        keyring: "{\"key_id\":\"k1\"}\n".into(),
     };
     let gw2 = GatewayRow {
         id: "conf-gw-2".into(),
@@ -680,6 +680,8 @@ pub fn gateways(b: &TestBackend) {
     b.a.gateways.heartbeat(&gw1).unwrap();
     let gw1_later = GatewayRow {
         last_seen: ms(10_123),
+        // A rotated key: the heartbeat carries the new keyring.
+        keyring: "{\"key_id\":\"k1\"}\n{\"key_id\":\"k2\"}\n".into(),
         ..gw1.clone()
     };
     b.a.gateways.heartbeat(&gw1_later).unwrap();
