@@ -18,7 +18,9 @@ mod review;
 pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
-pub use recording::RecordingConfig;
+pub use recording::{
+    parse_size, ObjectStoreConfig, RecordingConfig, Retention, RetentionMode, DEFAULT_SPOOL_DIR,
+};
 pub use review::ReviewConfig;
 
 use std::collections::{BTreeMap, HashMap};
@@ -715,11 +717,7 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
-        if let Some(path) = self.recording.recipients_file.as_mut() {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
+        self.recording.resolve_paths(base);
         if let Some(path) = self
             .review
             .identity_file
