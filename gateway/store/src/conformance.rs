@@ -30,6 +30,9 @@ use crate::pins::{PinStore, StoredPin};
 use crate::store::{LockStore, StoreError};
 use crate::users::{User, UserStore};
 
+/// The session index and its search, the vault and the store's secrets (each on an empty store).
+pub mod index_vault;
+
 /// One handle on the database, as every trait the suite checks.
 #[derive(Clone)]
 pub struct Stores {
