@@ -404,7 +404,14 @@ async fn three_gateways_one_postgres_one_bucket() {
     eprintln!("fleet: gw2 restarted, {recovered} recordings recovered from its spool");
 
     // ---- one view: `ward sessions` on gateway 3 lists every gateway's sessions --------------
-    let listed = sessions_json(&gw3.quic(), &security, &pki.root());
+    // Recordings reach the bucket once uploaded and verified from each gateway's spool: list
+    // until every completed session is there (bounded).
+    let mut listed = sessions_json(&gw3.quic(), &security, &pki.root());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while listed.len() < SESSIONS && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        listed = sessions_json(&gw3.quic(), &security, &pki.root());
+    }
     let by_verification: BTreeMap<String, usize> =
         listed.iter().fold(BTreeMap::new(), |mut m, s| {
             *m.entry(s["verification"].as_str().unwrap_or("?").to_owned())
