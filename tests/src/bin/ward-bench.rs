@@ -4350,7 +4350,7 @@ fn store_open(opts: &Opts) -> Result<()> {
         bail!("PostgreSQL is not installed (Debian: apt-get install postgresql): no figure");
     }
     let pg = ward_tests::pg::Postgres::start();
-    let url = pg.create_database("ward_bench")?;
+    let url = pg.create_database("ward_bench");
     let w = ward_setup(&SystemClock)?;
     let sink = start_sink()?;
     let dev_rt = runtime("bench-dev", 1)?;
