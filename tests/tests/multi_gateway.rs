@@ -440,8 +440,8 @@ async fn three_gateways_one_postgres_one_bucket() {
     let interrupted = by_verification.get("interrupted").copied().unwrap_or(0);
     assert_eq!(interrupted, recovered, "{by_verification:?}");
     assert!(
-        interrupted <= failed,
-        "{interrupted} interrupted, {failed} cut"
+        interrupted <= CONCURRENCY,
+        "{interrupted} interrupted (an open the kill swallowed is retried by the client itself), {failed} cut at the client"
     );
     let gateways_seen: BTreeSet<String> = listed
         .iter()
