@@ -386,3 +386,78 @@ fn tls_to_the_database_is_verified_and_required() {
         "{err}"
     );
 }
+
+/// The session index, its search, the vault and the secrets (pgindex's part of the suite), on a
+/// database of their own: rows written through one gateway's index are searched through the
+/// other's store and name the gateway that wrote them; `ward keys rotate --kek` re-encrypts the
+/// shared rows, after which a gateway started with the new key file opens them.
+#[test]
+fn postgres_index_vault_and_secrets_conform() {
+    use ward_store::session_index::SessionIndex;
+    use ward_store::vault::VaultStore;
+    let Some(pg) = Postgres::require() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let keys = key_source(dir.path());
+    let url = pg.create_database("conformance_index_vault");
+    let a = connect(&pg, &url, &keys);
+    let b = connect(&pg, &url, &keys);
+    let index = ward_store::pg::index::PgIndex::new(a.clone(), Some("gw-a".into()));
+    conformance::index_vault::session_index(&index, &*b);
+    let all = index.all().unwrap();
+    let ids: Vec<String> = all.iter().map(|r| r.summary.id.clone()).collect();
+    let by = index.gateways_of(&ids).unwrap();
+    assert_eq!(by.len(), all.len());
+    assert!(by.iter().all(|(_, g)| g == "gw-a"), "{by:?}");
+    // A row another gateway (or recovery without an id) puts again keeps the gateway it had.
+    let anonymous = ward_store::pg::index::PgIndex::new(b.clone(), None);
+    anonymous.put(&all[0]).unwrap();
+    assert_eq!(
+        anonymous.gateways_of(&ids[..1]).unwrap(),
+        [(ids[0].clone(), "gw-a".to_string())]
+    );
+
+    conformance::index_vault::vault(&*a, a.keys());
+    conformance::index_vault::secrets(&*a, &*a, &*a);
+
+    // Online rotation of the key file, on the shared database.
+    let path = dir.path().join("vault.key");
+    ward_store::keywrap::open_store_keys(&*a, &keys).unwrap();
+    a.put_credential(
+        "pump-9",
+        "service",
+        "admin",
+        &ward_core::secret::Secret::new("rotate-me-1".to_owned()),
+        1,
+    )
+    .unwrap();
+    let old = a.keys().fingerprint().unwrap();
+    let rotated = ward_store::keywrap::rotate_file_kek(&*a, &path).unwrap();
+    assert_eq!(rotated.old, old);
+    assert!(rotated.rewrapped.vault_values >= 1, "{rotated:?}");
+    assert_eq!(
+        a.credential("pump-9", "service", None)
+            .unwrap()
+            .secret
+            .expose(),
+        "rotate-me-1"
+    );
+    let c = connect(&pg, &url, &keys);
+    assert_eq!(c.keys().fingerprint().unwrap(), rotated.new);
+    assert_eq!(
+        c.credential("pump-9", "service", None)
+            .unwrap()
+            .secret
+            .expose(),
+        "rotate-me-1",
+        "a gateway started with the new key file opens the re-encrypted value"
+    );
+    let counts = ward_store::keywrap::SecretStore::key_counts(&*c).unwrap();
+    assert!(
+        counts
+            .iter()
+            .all(|k| k.fingerprint == rotated.new || k.vault_values + k.totp_seeds == 0),
+        "{counts:?}"
+    );
+}

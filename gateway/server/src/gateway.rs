@@ -449,7 +449,8 @@ impl Gateway {
             let keys = keys.clone();
             Arc::new(move || keys.signer())
         })
-        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?)
+        .with_search(backend.search.clone());
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(

@@ -541,7 +541,12 @@ pub fn list_with(
 ) -> anyhow::Result<Vec<SessionSummary>> {
     let index = match filter.grep {
         Some(_) => Vec::new(),
-        None => crate::session_index::read_only(state_dir).unwrap_or_default(),
+        None => {
+            use ward_store::session_query::SessionSearch as _;
+            ward_store::session_query::SqliteSearch::new(state_dir)
+                .all()
+                .unwrap_or_default()
+        }
     };
     let store = RecordingStore::local(state_dir);
     list_in(&store, index, key, filter, identity, progress)

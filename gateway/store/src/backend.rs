@@ -37,6 +37,8 @@ pub struct Backend {
     pub access: Arc<dyn AccessStore>,
     /// The session index.
     pub index: Arc<dyn SessionIndex>,
+    /// Searches and listings of the session index (every gateway's rows on a shared store).
+    pub search: Arc<dyn crate::session_query::SessionSearch>,
     /// The credential vault and the secrets' key ring ([`SharedVault`] serves it where a
     /// concrete store is expected).
     pub vault: Arc<dyn VaultBackend>,
@@ -89,6 +91,7 @@ impl Backend {
             users: db.clone(),
             access: db.clone(),
             index: db.clone(),
+            search: Arc::new(crate::session_query::SqliteSearch::new(state_dir)),
             vault: db.clone(),
             pins: db.clone(),
             gateways: db,
@@ -103,7 +106,6 @@ impl Backend {
         config: &Config,
         gateway_id: Option<&str>,
     ) -> Result<Backend, StoreError> {
-        let _ = gateway_id;
         let state_dir = &config.gateway.state_dir;
         let keys = KeySource::of(&config.inject.vault, state_dir);
         let mut opts = PgOptions::new(pg.url.clone(), keys);
@@ -117,15 +119,16 @@ impl Backend {
         opts.pool_size = pg.pool;
         opts.connect_timeout = pg.connect_timeout;
         let store = PgStore::connect(&opts)?;
-        // Until the PostgreSQL session index and vault land (pgindex), they stay in the state
-        // dir's SQLite file.
-        let local = Arc::new(SqliteStore::open(state_dir)?);
         Ok(Backend {
             locks: store.clone(),
             users: store.clone(),
             access: store.clone(),
-            index: local.clone(),
-            vault: local,
+            index: Arc::new(crate::pg::index::PgIndex::new(
+                store.clone(),
+                gateway_id.map(str::to_owned),
+            )),
+            search: store.clone(),
+            vault: store.clone(),
             pins: store.clone(),
             gateways: store.clone(),
             changes: Some(store.changes()),

@@ -30,6 +30,9 @@ use crate::pins::{PinStore, StoredPin};
 use crate::store::{LockStore, StoreError};
 use crate::users::{User, UserStore};
 
+/// The session index and its search, the vault and the store's secrets (each on an empty store).
+pub mod index_vault;
+
 /// One handle on the database, as every trait the suite checks.
 #[derive(Clone)]
 pub struct Stores {
@@ -549,7 +552,7 @@ pub fn access(b: &TestBackend) {
             .map(|g| g.id)
             .collect()
     };
-    assert_eq!(mine(o.grants(at(NOW), false).unwrap()), [grant.id.clone()]);
+    assert_eq!(mine(o.grants(at(NOW), false).unwrap()), vec![grant.id.clone()]);
     assert!(mine(o.grants(at(NOW) + time::Duration::hours(2), false).unwrap()).is_empty());
     let revoked = o
         .revoke_grant(&grant.id, at(NOW + 60), "by soc: done early")
@@ -563,7 +566,7 @@ pub fn access(b: &TestBackend) {
     assert_eq!(again.revoked_at, Some(at(NOW + 60)), "{n}");
     assert_eq!(again.revoked.as_deref(), Some("by soc: done early"), "{n}");
     assert!(mine(a.grants(at(NOW), false).unwrap()).is_empty(), "{n}");
-    assert_eq!(mine(a.grants(at(NOW), true).unwrap()), [grant.id.clone()]);
+    assert_eq!(mine(a.grants(at(NOW), true).unwrap()), vec![grant.id.clone()]);
     assert!(a.revoke_grant("conf-none", at(NOW), "x").unwrap().is_none());
 }
 

@@ -845,6 +845,49 @@ pub fn finish_interrupted(
     }
 }
 
+/// The counts per key of `vault` values and `totp` seeds (per fingerprint, as the store counted
+/// them), with every key `ring` holds (the store's [`SecretStore::key_counts`]).
+pub(crate) fn key_counts_of(
+    ring: Option<&KeyRing>,
+    vault: Vec<(String, usize)>,
+    totp: Vec<(String, usize)>,
+) -> Vec<KeyCount> {
+    let held = ring.as_ref().map(|r| r.fingerprints()).unwrap_or_default();
+    let mut out: Vec<KeyCount> = held
+        .iter()
+        .map(|fp| KeyCount {
+            fingerprint: fp.clone(),
+            vault_values: 0,
+            totp_seeds: 0,
+            held: true,
+            current: ring.as_ref().is_some_and(|r| r.fingerprint() == fp),
+        })
+        .collect();
+    fn entry<'a>(out: &'a mut Vec<KeyCount>, fp: &str) -> Option<&'a mut KeyCount> {
+        if !out.iter().any(|c| c.fingerprint == fp) {
+            out.push(KeyCount {
+                fingerprint: fp.to_owned(),
+                vault_values: 0,
+                totp_seeds: 0,
+                held: false,
+                current: false,
+            });
+        }
+        out.iter_mut().find(|c| c.fingerprint == fp)
+    }
+    for (fp, n) in vault {
+        if let Some(c) = entry(&mut out, &fp) {
+            c.vault_values += n;
+        }
+    }
+    for (fp, n) in totp {
+        if let Some(c) = entry(&mut out, &fp) {
+            c.totp_seeds += n;
+        }
+    }
+    out
+}
+
 impl SecretStore for crate::store::SqliteStore {
     fn key_handle(&self) -> KeyHandle {
         self.keys().clone()
@@ -856,41 +899,11 @@ impl SecretStore for crate::store::SqliteStore {
         let vault = crate::vault::counts(&conn).map_err(db)?;
         let totp = crate::users::counts(&conn).map_err(db)?;
         drop(conn);
-        let ring = self.keys().get().ok();
-        let held = ring.as_ref().map(|r| r.fingerprints()).unwrap_or_default();
-        let mut out: Vec<KeyCount> = held
-            .iter()
-            .map(|fp| KeyCount {
-                fingerprint: fp.clone(),
-                vault_values: 0,
-                totp_seeds: 0,
-                held: true,
-                current: ring.as_ref().is_some_and(|r| r.fingerprint() == fp),
-            })
-            .collect();
-        fn entry<'a>(out: &'a mut Vec<KeyCount>, fp: &str) -> Option<&'a mut KeyCount> {
-            if !out.iter().any(|c| c.fingerprint == fp) {
-                out.push(KeyCount {
-                    fingerprint: fp.to_owned(),
-                    vault_values: 0,
-                    totp_seeds: 0,
-                    held: false,
-                    current: false,
-                });
-            }
-            out.iter_mut().find(|c| c.fingerprint == fp)
-        }
-        for (fp, n) in vault {
-            if let Some(c) = entry(&mut out, &fp) {
-                c.vault_values += n;
-            }
-        }
-        for (fp, n) in totp {
-            if let Some(c) = entry(&mut out, &fp) {
-                c.totp_seeds += n;
-            }
-        }
-        Ok(out)
+        Ok(key_counts_of(
+            self.keys().get().ok().as_deref(),
+            vault,
+            totp,
+        ))
     }
 
     fn rewrap_all(&self, ring: &KeyRing) -> Result<Rewrapped, KeyError> {

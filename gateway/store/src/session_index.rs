@@ -291,7 +291,7 @@ fn close(
     Ok(())
 }
 
-fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
+pub(crate) fn all(conn: &rusqlite::Connection) -> Result<Vec<IndexedSession>, StoreError> {
     let mut stmt = conn.prepare(&format!("SELECT {COLUMNS} FROM sessions"))?;
     let rows = stmt.query_map([], row_of)?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -2,8 +2,9 @@
 //! search and overview (docs/web.md), answered by SQL over `ward.db`'s `sessions` table instead
 //! of a walk over every row or every recording.
 //!
-//! A query is read only (its own read-only connection, like [`crate::session_index::read_only`]:
-//! a listing never waits on the gateway's writes). What a row says is trusted only as far as
+//! The queries are behind [`SessionSearch`], which SQLite ([`SqliteSearch`]: its own read-only
+//! connections, like [`crate::session_index::read_only`], so a listing never waits on the
+//! gateway's writes) and PostgreSQL (`crate::pg`, the index several gateways share) answer alike. What a row says is trusted only as far as
 //! [`freshen`] checks it: the rows of one page are `stat`ed (at most `per_page` of them) and a
 //! recording changed since it was indexed sealed, or gone, is never shown as `ok` — it is read
 //! and verified again through the caller's `reread` (the review service's summary of a recording,
@@ -53,7 +54,7 @@ impl Verification {
         }
     }
 
-    fn sql(self) -> &'static str {
+    pub(crate) fn sql(self) -> &'static str {
         match self {
             Verification::Ok => "verification = 'ok'",
             Verification::Open => "substr(verification, 1, 4) = 'open'",
@@ -210,182 +211,328 @@ fn where_of(q: &SessionQuery) -> (String, Vec<Value>) {
 /// Newest first; the id breaks ties (served by the `sessions_start_id` index).
 const ORDER: &str = " ORDER BY start_unix_ms DESC, id DESC";
 
-/// A read-only view of a state dir's session index.
-pub struct IndexReader {
-    conn: rusqlite::Connection,
+/// What the session search asks of the index, whichever store holds it (SQLite's `ward.db`, or
+/// a PostgreSQL shared by several gateways): filtered, newest-first rows and counts, one row, the
+/// overview's aggregates and, for `ward sessions`, every row. Object-safe; [`SqliteSearch`] (and
+/// [`IndexReader`]) answer it over a read-only SQLite connection, `crate::pg::PgStore` over its
+/// pool. Rows are what the index says: [`page`] freshens them against the recordings.
+pub trait SessionSearch: Send + Sync {
+    /// How many rows match `q`.
+    fn count(&self, q: &SessionQuery) -> Result<u64, StoreError>;
+    /// The rows matching `q`, newest first (the id breaks ties, descending), `limit` of them
+    /// after skipping `offset`.
+    fn rows(
+        &self,
+        q: &SessionQuery,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<IndexedSession>, StoreError>;
+    /// The rows matching `q` whose operations `keep` accepts (an operation pattern: not SQL),
+    /// newest first, `limit` after skipping `offset`, and how many match in all.
+    fn rows_where_ops(
+        &self,
+        q: &SessionQuery,
+        keep: OpsFilter<'_>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<IndexedSession>, u64), StoreError>;
+    /// One session's row.
+    fn one(&self, id: &str) -> Result<Option<IndexedSession>, StoreError>;
+    /// The overview's aggregates over sessions started in `[since, until)` (Unix seconds), by
+    /// UTC day (`YYYY-MM-DD`).
+    fn aggregates(&self, since: i64, until: i64) -> Result<Aggregates, StoreError>;
+    /// Every row (what `ward sessions` lists from; no order promised).
+    fn all(&self) -> Result<Vec<IndexedSession>, StoreError>;
 }
 
-impl IndexReader {
-    /// The index of `state_dir`, read only; `None` if it has none yet (no `ward.db`).
-    pub fn open(state_dir: &Path) -> Result<Option<IndexReader>, StoreError> {
-        let path = state_dir.join("ward.db");
-        if !path.exists() {
-            return Ok(None);
+/// The session search over a state dir's `ward.db`, read only: a listing never waits on the
+/// gateway's writes. Connections are opened as needed and kept for the next query (as many as
+/// queries ran at once). Before the gateway's first start (no `ward.db`) every answer is empty,
+/// and a listing then reads every recording.
+pub struct SqliteSearch {
+    path: std::path::PathBuf,
+    idle: std::sync::Mutex<Vec<rusqlite::Connection>>,
+}
+
+impl SqliteSearch {
+    /// The search over `<state_dir>/ward.db`.
+    pub fn new(state_dir: &Path) -> SqliteSearch {
+        SqliteSearch {
+            path: state_dir.join("ward.db"),
+            idle: std::sync::Mutex::new(Vec::new()),
         }
-        let conn = rusqlite::Connection::open_with_flags(
-            &path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )?;
-        Ok(Some(IndexReader { conn }))
     }
 
-    /// A reader over an open connection (tests, and a store that holds one already).
-    pub fn over(conn: rusqlite::Connection) -> IndexReader {
-        IndexReader { conn }
+    /// `f` over an idle (or new) read-only connection, or `empty` if there is no database yet.
+    fn with<T>(
+        &self,
+        empty: impl FnOnce() -> T,
+        f: impl FnOnce(&rusqlite::Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let idle = self.idle.lock().map_err(|_| StoreError::Poisoned)?.pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => match open_read_only(&self.path)? {
+                Some(c) => c,
+                None => return Ok(empty()),
+            },
+        };
+        let out = f(&conn);
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(conn);
+        }
+        out
     }
+}
 
-    /// How many rows match `q`.
-    pub fn count(&self, q: &SessionQuery) -> Result<u64, StoreError> {
-        let (w, params) = where_of(q);
-        let n: i64 = self.conn.query_row(
-            &format!("SELECT COUNT(*) FROM sessions{w}"),
-            rusqlite::params_from_iter(params),
-            |r| r.get(0),
-        )?;
-        Ok(u64::try_from(n).unwrap_or(0))
+impl SessionSearch for SqliteSearch {
+    fn count(&self, q: &SessionQuery) -> Result<u64, StoreError> {
+        self.with(|| 0, |c| count(c, q))
     }
-
-    /// The rows matching `q`, newest first, `limit` of them after skipping `offset`.
-    pub fn rows(
+    fn rows(
         &self,
         q: &SessionQuery,
         offset: u64,
         limit: u64,
     ) -> Result<Vec<IndexedSession>, StoreError> {
-        let (w, mut params) = where_of(q);
-        params.push(Value::Integer(sql_i64(limit)));
-        let l = params.len();
-        params.push(Value::Integer(sql_i64(offset)));
-        let o = params.len();
-        let mut stmt = self.conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM sessions{w}{ORDER} LIMIT ?{l} OFFSET ?{o}"
-        ))?;
-        let rows = stmt.query_map(rusqlite::params_from_iter(params), row_of)?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.with(Vec::new, |c| rows(c, q, offset, limit))
     }
-
-    /// The rows matching `q` whose operations `keep` accepts (an operation pattern: not SQL),
-    /// newest first, `limit` after skipping `offset`, and how many match in all. The operations
-    /// of every row `q` matches are read (one column), the page's rows whole.
-    pub fn rows_where_ops(
+    fn rows_where_ops(
         &self,
         q: &SessionQuery,
         keep: OpsFilter<'_>,
         offset: u64,
         limit: u64,
     ) -> Result<(Vec<IndexedSession>, u64), StoreError> {
-        let (w, params) = where_of(q);
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT id, ops FROM sessions{w}{ORDER}"))?;
-        let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
-        let (mut total, mut ids) = (0u64, Vec::new());
-        while let Some(r) = rows.next()? {
-            let ops: String = r.get(1)?;
-            let ops: Vec<String> = ops
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(str::to_owned)
-                .collect();
-            if !keep(&ops) {
-                continue;
-            }
-            if total >= offset && total < offset.saturating_add(limit) {
-                ids.push(r.get::<_, String>(0)?);
-            }
-            total += 1;
-        }
-        let mut page = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(row) = self.one(&id)? {
-                page.push(row);
-            }
-        }
-        Ok((page, total))
+        self.with(
+            || (Vec::new(), 0),
+            |c| rows_where_ops(c, q, keep, offset, limit),
+        )
+    }
+    fn one(&self, id: &str) -> Result<Option<IndexedSession>, StoreError> {
+        self.with(|| None, |c| one(c, id))
+    }
+    fn aggregates(&self, since: i64, until: i64) -> Result<Aggregates, StoreError> {
+        self.with(Aggregates::default, |c| aggregates(c, since, until))
+    }
+    fn all(&self) -> Result<Vec<IndexedSession>, StoreError> {
+        self.with(Vec::new, crate::session_index::all)
+    }
+}
+
+/// `path` opened read only; `None` if it does not exist.
+fn open_read_only(path: &Path) -> Result<Option<rusqlite::Connection>, StoreError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let conn = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    Ok(Some(conn))
+}
+
+/// A read-only view of a state dir's session index over one connection (the benchmark, tests).
+pub struct IndexReader {
+    conn: std::sync::Mutex<rusqlite::Connection>,
+}
+
+impl IndexReader {
+    /// The index of `state_dir`, read only; `None` if it has none yet (no `ward.db`).
+    pub fn open(state_dir: &Path) -> Result<Option<IndexReader>, StoreError> {
+        Ok(open_read_only(&state_dir.join("ward.db"))?.map(IndexReader::over))
     }
 
-    /// One session's row.
-    pub fn one(&self, id: &str) -> Result<Option<IndexedSession>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?;
-        let mut rows = stmt.query_map([id], row_of)?;
-        Ok(rows.next().transpose()?)
+    /// A reader over an open connection (tests, and a store that holds one already).
+    pub fn over(conn: rusqlite::Connection) -> IndexReader {
+        IndexReader {
+            conn: std::sync::Mutex::new(conn),
+        }
     }
 
-    /// The overview's aggregates over sessions started in `[since, until)` (Unix seconds), by
-    /// UTC day (`YYYY-MM-DD`).
-    pub fn aggregates(&self, since: i64, until: i64) -> Result<Aggregates, StoreError> {
-        let range = [since.saturating_mul(1000), until.saturating_mul(1000)];
-        const DAY: &str = "date(start_unix_ms / 1000, 'unixepoch')";
-        const IN: &str = "start_unix_ms >= ?1 AND start_unix_ms < ?2";
-        let count = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
-            Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
-        };
-        // `kind org/name` → org; `kind name` → kind.
-        let org = "CASE WHEN instr(substr(principal, instr(principal, ' ') + 1), '/') > 0 \
-             THEN substr(principal, instr(principal, ' ') + 1, \
-                  instr(substr(principal, instr(principal, ' ') + 1), '/') - 1) \
-             WHEN instr(principal, ' ') > 0 THEN substr(principal, 1, instr(principal, ' ') - 1) \
-             ELSE principal END";
-        let by_org = self
-            .conn
-            .prepare(&format!(
-                "SELECT {DAY} AS day, {org} AS k, COUNT(*) FROM sessions WHERE {IN} \
-                 GROUP BY day, k ORDER BY day, k"
-            ))?
-            .query_map(range, |r| Ok((r.get(0)?, r.get(1)?, count(r, 2)?)))?
-            .collect::<Result<_, _>>()?;
-        let by_device = self
-            .conn
-            .prepare(&format!(
-                "SELECT {DAY} AS day, device, protocol, COUNT(*) FROM sessions WHERE {IN} \
-                 GROUP BY day, device, protocol ORDER BY day, device"
-            ))?
-            .query_map(range, |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, count(r, 3)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        let break_glass = self
-            .conn
-            .prepare(&format!(
-                "SELECT {DAY} AS day, COUNT(*) FROM sessions WHERE {IN} AND break_glass <> 0 \
-                 GROUP BY day ORDER BY day"
-            ))?
-            .query_map(range, |r| Ok((r.get(0)?, count(r, 1)?)))?
-            .collect::<Result<_, _>>()?;
-        let busiest = self
-            .conn
-            .prepare(&format!(
-                "SELECT device, COUNT(*) AS n FROM sessions WHERE {IN} \
-                 GROUP BY device ORDER BY n DESC, device LIMIT {BUSIEST}"
-            ))?
-            .query_map(range, |r| Ok((r.get(0)?, count(r, 1)?)))?
-            .collect::<Result<_, _>>()?;
-        let failing = self
-            .conn
-            .prepare(&format!(
-                "SELECT id, device, principal, verification FROM sessions WHERE {}{ORDER} \
-                 LIMIT {FAILING}",
-                Verification::Failed.sql()
-            ))?
-            .query_map([], |r| {
-                Ok(Failing {
-                    id: r.get(0)?,
-                    device: r.get(1)?,
-                    principal: r.get(2)?,
-                    verification: r.get(3)?,
-                })
-            })?
-            .collect::<Result<_, _>>()?;
-        Ok(Aggregates {
-            by_org,
-            by_device,
-            break_glass,
-            busiest,
-            failing,
-        })
+    fn conn(&self) -> Result<std::sync::MutexGuard<'_, rusqlite::Connection>, StoreError> {
+        self.conn.lock().map_err(|_| StoreError::Poisoned)
     }
+}
+
+impl SessionSearch for IndexReader {
+    fn count(&self, q: &SessionQuery) -> Result<u64, StoreError> {
+        count(&*self.conn()?, q)
+    }
+    fn rows(
+        &self,
+        q: &SessionQuery,
+        offset: u64,
+        limit: u64,
+    ) -> Result<Vec<IndexedSession>, StoreError> {
+        rows(&*self.conn()?, q, offset, limit)
+    }
+    fn rows_where_ops(
+        &self,
+        q: &SessionQuery,
+        keep: OpsFilter<'_>,
+        offset: u64,
+        limit: u64,
+    ) -> Result<(Vec<IndexedSession>, u64), StoreError> {
+        rows_where_ops(&*self.conn()?, q, keep, offset, limit)
+    }
+    fn one(&self, id: &str) -> Result<Option<IndexedSession>, StoreError> {
+        one(&*self.conn()?, id)
+    }
+    fn aggregates(&self, since: i64, until: i64) -> Result<Aggregates, StoreError> {
+        aggregates(&*self.conn()?, since, until)
+    }
+    fn all(&self) -> Result<Vec<IndexedSession>, StoreError> {
+        crate::session_index::all(&*self.conn()?)
+    }
+}
+
+/// How many rows match `q`.
+fn count(conn: &rusqlite::Connection, q: &SessionQuery) -> Result<u64, StoreError> {
+    let (w, params) = where_of(q);
+    let n: i64 = conn.query_row(
+        &format!("SELECT COUNT(*) FROM sessions{w}"),
+        rusqlite::params_from_iter(params),
+        |r| r.get(0),
+    )?;
+    Ok(u64::try_from(n).unwrap_or(0))
+}
+
+/// The rows matching `q`, newest first, `limit` of them after skipping `offset`.
+fn rows(
+    conn: &rusqlite::Connection,
+    q: &SessionQuery,
+    offset: u64,
+    limit: u64,
+) -> Result<Vec<IndexedSession>, StoreError> {
+    let (w, mut params) = where_of(q);
+    params.push(Value::Integer(sql_i64(limit)));
+    let l = params.len();
+    params.push(Value::Integer(sql_i64(offset)));
+    let o = params.len();
+    let mut stmt = conn.prepare(&format!(
+        "SELECT {COLUMNS} FROM sessions{w}{ORDER} LIMIT ?{l} OFFSET ?{o}"
+    ))?;
+    let rows = stmt.query_map(rusqlite::params_from_iter(params), row_of)?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+/// The rows matching `q` whose operations `keep` accepts (an operation pattern: not SQL),
+/// newest first, `limit` after skipping `offset`, and how many match in all. The operations
+/// of every row `q` matches are read (one column), the page's rows whole.
+fn rows_where_ops(
+    conn: &rusqlite::Connection,
+    q: &SessionQuery,
+    keep: OpsFilter<'_>,
+    offset: u64,
+    limit: u64,
+) -> Result<(Vec<IndexedSession>, u64), StoreError> {
+    let (w, params) = where_of(q);
+    let mut stmt = conn.prepare(&format!("SELECT id, ops FROM sessions{w}{ORDER}"))?;
+    let mut rows = stmt.query(rusqlite::params_from_iter(params))?;
+    let (mut total, mut ids) = (0u64, Vec::new());
+    while let Some(r) = rows.next()? {
+        let ops: String = r.get(1)?;
+        let ops: Vec<String> = ops
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if !keep(&ops) {
+            continue;
+        }
+        if total >= offset && total < offset.saturating_add(limit) {
+            ids.push(r.get::<_, String>(0)?);
+        }
+        total += 1;
+    }
+    let mut page = Vec::with_capacity(ids.len());
+    for id in ids {
+        if let Some(row) = one(conn, &id)? {
+            page.push(row);
+        }
+    }
+    Ok((page, total))
+}
+
+/// One session's row.
+fn one(conn: &rusqlite::Connection, id: &str) -> Result<Option<IndexedSession>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {COLUMNS} FROM sessions WHERE id = ?1"))?;
+    let mut rows = stmt.query_map([id], row_of)?;
+    Ok(rows.next().transpose()?)
+}
+
+/// The overview's aggregates over sessions started in `[since, until)` (Unix seconds), by
+/// UTC day (`YYYY-MM-DD`).
+fn aggregates(
+    conn: &rusqlite::Connection,
+    since: i64,
+    until: i64,
+) -> Result<Aggregates, StoreError> {
+    let range = [since.saturating_mul(1000), until.saturating_mul(1000)];
+    const DAY: &str = "date(start_unix_ms / 1000, 'unixepoch')";
+    const IN: &str = "start_unix_ms >= ?1 AND start_unix_ms < ?2";
+    let count = |r: &rusqlite::Row<'_>, i: usize| -> rusqlite::Result<u64> {
+        Ok(u64::try_from(r.get::<_, i64>(i)?).unwrap_or(0))
+    };
+    // `kind org/name` → org; `kind name` → kind.
+    let org = "CASE WHEN instr(substr(principal, instr(principal, ' ') + 1), '/') > 0 \
+         THEN substr(principal, instr(principal, ' ') + 1, \
+              instr(substr(principal, instr(principal, ' ') + 1), '/') - 1) \
+         WHEN instr(principal, ' ') > 0 THEN substr(principal, 1, instr(principal, ' ') - 1) \
+         ELSE principal END";
+    let by_org = conn
+        .prepare(&format!(
+            "SELECT {DAY} AS day, {org} AS k, COUNT(*) FROM sessions WHERE {IN} \
+             GROUP BY day, k ORDER BY day, k"
+        ))?
+        .query_map(range, |r| Ok((r.get(0)?, r.get(1)?, count(r, 2)?)))?
+        .collect::<Result<_, _>>()?;
+    let by_device = conn
+        .prepare(&format!(
+            "SELECT {DAY} AS day, device, protocol, COUNT(*) FROM sessions WHERE {IN} \
+             GROUP BY day, device, protocol ORDER BY day, device"
+        ))?
+        .query_map(range, |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, count(r, 3)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    let break_glass = conn
+        .prepare(&format!(
+            "SELECT {DAY} AS day, COUNT(*) FROM sessions WHERE {IN} AND break_glass <> 0 \
+             GROUP BY day ORDER BY day"
+        ))?
+        .query_map(range, |r| Ok((r.get(0)?, count(r, 1)?)))?
+        .collect::<Result<_, _>>()?;
+    let busiest = conn
+        .prepare(&format!(
+            "SELECT device, COUNT(*) AS n FROM sessions WHERE {IN} \
+             GROUP BY device ORDER BY n DESC, device LIMIT {BUSIEST}"
+        ))?
+        .query_map(range, |r| Ok((r.get(0)?, count(r, 1)?)))?
+        .collect::<Result<_, _>>()?;
+    let failing = conn
+        .prepare(&format!(
+            "SELECT id, device, principal, verification FROM sessions WHERE {}{ORDER} \
+             LIMIT {FAILING}",
+            Verification::Failed.sql()
+        ))?
+        .query_map([], |r| {
+            Ok(Failing {
+                id: r.get(0)?,
+                device: r.get(1)?,
+                principal: r.get(2)?,
+                verification: r.get(3)?,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Aggregates {
+        by_org,
+        by_device,
+        break_glass,
+        busiest,
+        failing,
+    })
 }
 
 /// What a row's recording is now, by a `stat`.
@@ -446,7 +593,7 @@ pub fn freshen(
 /// One page of the sessions matching `q` (and, with `ops`, whose operations it accepts), fresh
 /// ([`freshen`]).
 pub fn page(
-    reader: &IndexReader,
+    reader: &dyn SessionSearch,
     store: &RecordingStore,
     q: &SessionQuery,
     ops: Option<OpsFilter<'_>>,
@@ -502,7 +649,7 @@ pub type Scanned = (Option<SessionSummary>, u64);
 /// scanned; `has_more` says more may follow (a match past the page, or candidates not scanned).
 /// A recording `scan` cannot read is skipped (and logged).
 pub fn grep_page(
-    reader: &IndexReader,
+    reader: &dyn SessionSearch,
     q: &SessionQuery,
     ops: Option<OpsFilter<'_>>,
     (page, per_page): (u32, u32),

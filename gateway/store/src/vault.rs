@@ -113,12 +113,12 @@ fn key_error(e: KeyError, device: &str, account: &str) -> VaultError {
 }
 
 /// The additional authenticated data: a version tag and the length-prefixed names.
-fn aad(device: &str, account: &str, username: &str) -> Vec<u8> {
+pub(crate) fn aad(device: &str, account: &str, username: &str) -> Vec<u8> {
     crate::keywrap::aad("ward-vault-v1", &[device, account, username])
 }
 
 /// Seals a value for (device, account, username) under the ring's current key.
-fn seal(
+pub(crate) fn seal(
     ring: &KeyRing,
     device: &str,
     account: &str,
@@ -130,7 +130,7 @@ fn seal(
 }
 
 /// Opens a value sealed by [`seal`] for the same names.
-fn open(
+pub(crate) fn open(
     ring: &KeyRing,
     sealed: &Wrapped,
     device: &str,
@@ -351,7 +351,7 @@ fn read_row(
     Ok(row)
 }
 
-fn not_found(device: &str, account: &str) -> VaultError {
+pub(crate) fn not_found(device: &str, account: &str) -> VaultError {
     VaultError::NotFound {
         device: device.to_owned(),
         account: account.to_owned(),

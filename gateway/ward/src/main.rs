@@ -10,6 +10,7 @@ mod keys_cmd;
 mod live_cmd;
 mod review_cmd;
 mod show;
+mod store_cmd;
 mod vault_cmd;
 mod whoami;
 
@@ -119,6 +120,10 @@ enum Command {
     /// status, and online rotation (admins).
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// The gateway's store: `migrate` moves a gateway's SQLite state into a PostgreSQL several
+    /// gateways share (on the gateway host, the gateway stopped).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
     /// The gateways sharing this gateway's store, with their health (on a gateway host; exits 1
     /// when one is down).
     Gateways(gateways_cmd::GatewaysArgs),
@@ -426,6 +431,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::User(cmd) => client_runtime()?.block_on(access_cmd::user(cmd)),
         Command::Vault(cmd) => client_runtime()?.block_on(vault_cmd::run(cmd)),
         Command::Keys(cmd) => client_runtime()?.block_on(keys_cmd::run(cmd)),
+        Command::Store(cmd) => store_cmd::run(cmd),
         Command::Gateways(args) => gateways_cmd::run(args),
     }
 }

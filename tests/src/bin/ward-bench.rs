@@ -62,7 +62,9 @@ const USAGE: &str =
   --web-list   only the web console's session listing over an index of 100,000 sessions: one page,
                from the index and through the API (issue 16), then stop
   --web-rtt    only the web terminal's keystroke-to-echo round trip in Chromium against `ward
-               connect --listen` and a TCP client on the same echoing device (issue 17), then stop";
+               connect --listen` and a TCP client on the same echoing device (issue 17), then stop
+  --store-open only session open with the PostgreSQL store vs the SQLite store, the same `ward gateway`
+               in the same run (issue 19; a PostgreSQL on loopback started by the test harness), then stop";
 
 /// Generator write size (64–256 KiB, as the data path's chunks).
 const WRITE_CHUNK: usize = 256 * 1024;
@@ -100,6 +102,8 @@ struct Opts {
     web_list: bool,
     /// Only the web terminal's keystroke-to-echo round trip vs `ward connect` (issue 17).
     web_rtt: bool,
+    /// Only session open on the PostgreSQL store vs SQLite (issue 19).
+    store_open: bool,
 }
 
 impl Opts {
@@ -116,6 +120,7 @@ impl Opts {
         let mut dicom_only = false;
         let mut web_list = false;
         let mut web_rtt = false;
+        let mut store_open = false;
         let mut args = std::env::args().skip(1);
         while let Some(a) = args.next() {
             match a.as_str() {
@@ -127,6 +132,7 @@ impl Opts {
                 "--dicom-only" => dicom_only = true,
                 "--web-list" => web_list = true,
                 "--web-rtt" => web_rtt = true,
+                "--store-open" => store_open = true,
                 "--ward" => {
                     ward = Some(PathBuf::from(
                         args.next()
@@ -181,6 +187,7 @@ impl Opts {
                 dicom_only,
                 web_list,
                 web_rtt,
+                store_open,
             }
         } else {
             Opts {
@@ -203,6 +210,7 @@ impl Opts {
                 dicom_only,
                 web_list,
                 web_rtt,
+                store_open,
             }
         };
         if let Some(secs) = bulk_secs {
@@ -3208,6 +3216,9 @@ fn main() -> Result<()> {
     if opts.web_rtt {
         return web_rtt(&opts);
     }
+    if opts.store_open {
+        return store_open(&opts);
+    }
     if opts.dicom_only {
         return dicom_only(&opts);
     }
@@ -4322,5 +4333,99 @@ listen = "127.0.0.1:{web_port}"
     if let Some(path) = &opts.out {
         std::fs::write(path, &s).with_context(|| format!("writing {}", path.display()))?;
     }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Session open with the PostgreSQL store vs the SQLite store (issue 19): the same `ward gateway`
+// binary and config, one gateway with `[store] url` on a PostgreSQL on loopback (the test
+// harness's: Debian's server, its own data dir), one on its state dir's SQLite, measured in the
+// same run, interleaved. A session open writes the session index's row and reads the policy's
+// state (locks, grants) from the store the gateway runs on.
+
+fn store_open(opts: &Opts) -> Result<()> {
+    let load_at_start = loadavg();
+    let ward_bin = ward_binary(opts)?;
+    if ward_tests::pg::bin_dir().is_none() {
+        bail!("PostgreSQL is not installed (Debian: apt-get install postgresql): no figure");
+    }
+    let pg = ward_tests::pg::Postgres::start();
+    let url = pg.create_database("ward_bench");
+    let w = ward_setup(&SystemClock)?;
+    let sink = start_sink()?;
+    let dev_rt = runtime("bench-dev", 1)?;
+    let echo = dev_rt
+        .block_on(ward::sim::echo("127.0.0.1:0".parse()?))?
+        .addr;
+    let idle_dev = IdleDevice::start()?;
+    let devices = (sink.addr, echo, idle_dev.addr);
+    let gw_sqlite = start_gateway(&ward_bin, &w, devices, "state-sqlite", true)?;
+    let state = "state-pg";
+    let (quic, tcp) = (free_udp_port()?, free_port()?);
+    let config = w.dir.path().join(format!("{state}.toml"));
+    std::fs::write(
+        &config,
+        format!(
+            "{}\n[store]\nurl = \"{url}\"\npassword_file = \"{}\"\n",
+            ward_config(quic, tcp, devices, state),
+            pg.password_file().display()
+        ),
+    )?;
+    let gw_pg = launch_gateway(&ward_bin, &w, &config, (quic, tcp), state, true)?;
+    let cl_rt = runtime("ward-cl", 2)?;
+    let rounds = if opts.quick { 2 } else { 5 };
+    let per_round = opts.opens.max(50);
+    eprintln!(
+        "ward-bench: session open (QUIC, existing connection), PostgreSQL store vs SQLite, {rounds} rounds of {per_round}"
+    );
+    let (mut on_pg, mut on_sqlite) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for (is_pg, gw) in [(false, &gw_sqlite), (true, &gw_pg)] {
+            let p = cl_rt.block_on(open_times(
+                gw.quic,
+                &w.files,
+                Transport::Quic,
+                per_round,
+                true,
+            ))?;
+            eprintln!(
+                "  {:<12} p50 {:>8.1} µs  p99 {:>8.1} µs",
+                if is_pg { "PostgreSQL" } else { "SQLite" },
+                p.p50,
+                p.p99
+            );
+            if is_pg {
+                on_pg.push(p);
+            } else {
+                on_sqlite.push(p);
+            }
+        }
+    }
+    let median = |v: &[Pcts], f: fn(&Pcts) -> f64| {
+        let mut x: Vec<f64> = v.iter().map(f).collect();
+        x.sort_by(f64::total_cmp);
+        x.get(x.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (pg50, pg99) = (median(&on_pg, |p| p.p50), median(&on_pg, |p| p.p99));
+    let (sq50, sq99) = (median(&on_sqlite, |p| p.p50), median(&on_sqlite, |p| p.p99));
+    let ratio = pg50 / sq50;
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "\n### Session open, PostgreSQL store vs SQLite (same run; issue 19: `ward gateway`, recording on, QUIC on an existing connection, {rounds} interleaved rounds of {per_round} opens, median of the rounds' percentiles; PostgreSQL 15 from Debian on loopback, the test harness's)\n"
+    );
+    let _ = writeln!(
+        s,
+        "| store | p50 | p99 |\n|---|---:|---:|\n| SQLite (state dir) | {sq50:.1} µs | {sq99:.1} µs |\n| PostgreSQL (loopback) | {pg50:.1} µs | {pg99:.1} µs |"
+    );
+    let _ = writeln!(
+        s,
+        "\n| figure | measured | target | verdict |\n|---|---|---|---|\n| session open, PostgreSQL store vs SQLite (same run), p50 | {ratio:.2}× | ≤ 1.5× | {} |",
+        if ratio <= 1.5 { "met" } else { "**not met**" }
+    );
+    println!("\n{}\n{s}", machine(&load_at_start));
+    drop(gw_pg);
+    drop(gw_sqlite);
+    drop(pg);
     Ok(())
 }

@@ -295,8 +295,9 @@ impl ReviewRefusal {
 #[derive(Clone)]
 pub struct ReviewService {
     recordings: RecordingStore,
-    /// Where the session index is (read only, so listings never wait on the gateway's writes).
-    state_dir: PathBuf,
+    /// The session index's search (SQLite's read only, so listings never wait on the gateway's
+    /// writes; or the store several gateways share).
+    search: Arc<dyn ward_store::session_query::SessionSearch>,
     key: Arc<dyn crate::signing::VerifyKeys>,
     audit: AuditLog,
     gate: Arc<ReviewGate>,
@@ -355,7 +356,7 @@ impl ReviewService {
     ) -> Self {
         ReviewService {
             recordings,
-            state_dir,
+            search: Arc::new(ward_store::session_query::SqliteSearch::new(&state_dir)),
             key: Arc::new(key),
             audit,
             gate,
@@ -363,6 +364,13 @@ impl ReviewService {
             signer: None,
             identity: None,
         }
+    }
+
+    /// Search the session index through `search` (the gateway's store) instead of `state_dir`'s
+    /// `ward.db`.
+    pub fn with_search(mut self, search: Arc<dyn ward_store::session_query::SessionSearch>) -> Self {
+        self.search = search;
+        self
     }
 
     /// The key that signs evidence bundles ([`ReviewRequest::SignEvidence`]); without it, such
@@ -590,7 +598,10 @@ impl ReviewService {
             .map_err(|e| ReviewRefusal::BadFilter(format!("{e:#}")))?;
         let index = match filter.grep {
             Some(_) => Vec::new(),
-            None => crate::session_index::read_only(&self.state_dir).unwrap_or_default(),
+            None => self.search.all().unwrap_or_else(|e| {
+                tracing::debug!(error = %e, "no session index: listing reads every recording");
+                Vec::new()
+            }),
         };
         let list = crate::review::list_in(
             &self.recordings,
@@ -822,13 +833,10 @@ impl ReviewService {
             if !crate::recording_store::valid_id(&id) {
                 return Err(ReviewRefusal::BadSessionId(id));
             }
-            let reader = me.index_reader()?;
-            let row = reader
-                .as_ref()
-                .map(|r| r.one(&id))
-                .transpose()
-                .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?
-                .flatten();
+            let row = me
+                .search
+                .one(&id)
+                .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?;
             let summary = match row {
                 Some(row) => {
                     let mut reread = |id: &str| me.reread(id);
@@ -865,12 +873,10 @@ impl ReviewService {
                 .detail("view", "overview")
         };
         self.audited_job(who, event, move |me, base| {
-            let aggregates = match me.index_reader()? {
-                Some(reader) => reader
-                    .aggregates(since, until)
-                    .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?,
-                None => ward_store::session_query::Aggregates::default(),
-            };
+            let aggregates = me
+                .search
+                .aggregates(since, until)
+                .map_err(|e| ReviewRefusal::Unreadable(format!("the session index: {e}")))?;
             Ok((
                 aggregates,
                 base.detail("since", since).detail("until", until),
@@ -937,13 +943,6 @@ impl ReviewService {
         }
     }
 
-    fn index_reader(
-        &self,
-    ) -> Result<Option<ward_store::session_query::IndexReader>, ReviewRefusal> {
-        ward_store::session_query::IndexReader::open(&self.state_dir)
-            .map_err(|e| ReviewRefusal::Unreadable(format!("opening the session index: {e}")))
-    }
-
     /// A recording read and verified again: what `ward sessions` shows of it.
     fn reread(&self, id: &str) -> Result<SessionSummary, String> {
         let bytes = self
@@ -976,14 +975,7 @@ impl ReviewService {
         let unreadable = |e: ward_store::store::StoreError| {
             ReviewRefusal::Unreadable(format!("the session index: {e}"))
         };
-        let Some(reader) = self.index_reader()? else {
-            let page = q::SessionPage {
-                page: paging.0,
-                per_page: paging.1,
-                ..q::SessionPage::default()
-            };
-            return Ok((page, base.detail("sessions", 0)));
-        };
+        let reader = &*self.search;
         // Encrypted recordings the search had to read and could not open: it is refused rather
         // than answered without them.
         let mut unsearched: Vec<(String, crate::review::OpenError)> = Vec::new();
@@ -991,7 +983,7 @@ impl ReviewService {
             None => {
                 let mut reread = |id: &str| self.reread(id);
                 q::page(
-                    &reader,
+                    reader,
                     &self.recordings,
                     &search.query,
                     keep,
@@ -1033,7 +1025,7 @@ impl ReviewService {
                     Ok((found, read))
                 };
                 q::grep_page(
-                    &reader,
+                    reader,
                     &search.query,
                     keep,
                     paging,

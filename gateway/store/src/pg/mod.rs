@@ -28,11 +28,16 @@ use crate::store::StoreError;
 
 pub mod access;
 pub mod gateways;
+pub mod import;
+pub mod index;
 pub mod locks;
 pub mod notify;
 pub mod pins;
+pub mod query;
 pub mod schema;
+pub mod secrets;
 pub mod users;
+pub mod vault;
 
 pub use notify::ChangeFeed;
 
