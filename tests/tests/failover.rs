@@ -142,10 +142,10 @@ async fn ward_connect_lands_on_a_live_gateway_as_gateways_die() {
     let fleet = Fleet::new().await;
     let mut gw1 = fleet.gateway(RULES).await;
     let mut gw2 = fleet.gateway(RULES).await;
-    let gw3 = fleet.gateway(RULES).await;
+    let mut gw3 = fleet.gateway(RULES).await;
     // Comma-separated and repeated, mixed.
-    let list = format!("{},{}", gw1.addr, gw2.addr);
-    let args = [list.as_str(), gw3.addr.as_str()];
+    let (list, third) = (format!("{},{}", gw1.addr, gw2.addr), gw3.addr.clone());
+    let args = [list.as_str(), third.as_str()];
     let data = payload(64 * 1024, 19);
 
     // All up: the first in the list.
@@ -187,7 +187,6 @@ async fn ward_connect_lands_on_a_live_gateway_as_gateways_die() {
     assert!(opened_on(&gw3.state_dir, &session_id(&out)).await);
 
     // None left: one error naming every address, in order, each with QUIC's and TCP's reason.
-    let mut gw3 = gw3;
     kill9(&mut gw3);
     let out = fleet.connect(&args, &data).await;
     assert_eq!(out.status.code(), Some(2), "{out:?}");

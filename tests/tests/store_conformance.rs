@@ -5,6 +5,14 @@
 //! after the database restarts), the runtime bridge from every kind of caller, and the password
 //! never showing in errors.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::type_complexity
+)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

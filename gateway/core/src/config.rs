@@ -19,7 +19,9 @@ mod store;
 pub use audit::{parse_anchor_sink, AnchorSink, AuditConfig};
 pub use inject::InjectConfig;
 pub use oidc::{is_loopback, OidcProvider, SsoMfa};
-pub use recording::RecordingConfig;
+pub use recording::{
+    parse_size, ObjectStoreConfig, RecordingConfig, Retention, RetentionMode, DEFAULT_SPOOL_DIR,
+};
 pub use review::ReviewConfig;
 pub use store::{check_store_url, PostgresConfig, StoreConfig, StoreTls};
 
@@ -722,11 +724,7 @@ impl Config {
                 *path = base.join(&*path);
             }
         }
-        if let Some(path) = self.recording.recipients_file.as_mut() {
-            if path.is_relative() {
-                *path = base.join(&*path);
-            }
-        }
+        self.recording.resolve_paths(base);
         if let Some(path) = self
             .review
             .identity_file

@@ -8,6 +8,13 @@
 //! and warnings. It runs every second ([`DiskWatch::run`]) and again each time a recording is about
 //! to be created ([`GuardedSink`]), so a disk that filled between two ticks still alerts before the
 //! session it refuses — and a full disk refuses new sessions with a clear reason.
+//!
+//! Recordings that go to object storage (issue 19) are written to a local spool first. The same
+//! watch then measures the spool against its `spool_limit` ([`DiskWatch::spool`]: `spool_high` at
+//! [`SPOOL_ALERT_PERCENT`], new sessions refused at the limit, `spool_cleared` when it drains),
+//! alongside the spool disk's own watch, and [`watch_object_store`] turns the uploader's view of
+//! the object store into `object_store_down` / `object_store_restored` / `recording_upload_conflict`
+//! audit events.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -179,10 +186,52 @@ impl UsageSource for Statvfs {
     }
 }
 
+/// The spool's alert threshold (percent of `spool_limit`).
+pub const SPOOL_ALERT_PERCENT: u8 = 80;
+
+/// Bytes spooled against the spool's limit, as a [`Usage`] (size = the limit).
+#[derive(Debug, Clone)]
+pub struct SpoolUsage {
+    dir: PathBuf,
+    limit: u64,
+}
+
+impl SpoolUsage {
+    /// The spool in `dir`, which may hold `limit` bytes.
+    pub fn new(dir: &Path, limit: u64) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+            limit,
+        }
+    }
+}
+
+impl UsageSource for SpoolUsage {
+    fn usage(&self) -> io::Result<Usage> {
+        let used = ward_store::s3::spool_bytes(&self.dir)?;
+        Ok(Usage {
+            total_bytes: self.limit,
+            available_bytes: self.limit.saturating_sub(used),
+        })
+    }
+}
+
+/// What a watch measures: the recording disk, or the spool of recordings on their way to
+/// object storage.
+enum Watched {
+    Disk,
+    Spool {
+        limit: u64,
+        remote: String,
+        status: tokio::sync::watch::Receiver<ward_store::s3::RemoteStatus>,
+    },
+}
+
 /// The driver: measures, decides, and reports.
 pub struct DiskWatch {
     source: Box<dyn UsageSource>,
     what: String,
+    watched: Watched,
     monitor: Mutex<Monitor>,
     audit: AuditLog,
     clock: Arc<dyn Clock>,
@@ -211,11 +260,82 @@ impl DiskWatch {
         Arc::new(Self {
             source,
             what: what.into(),
+            watched: Watched::Disk,
             monitor: Mutex::new(Monitor::new(thresholds)),
             audit,
             clock,
             failing: Mutex::new(false),
         })
+    }
+
+    /// Watch a spool against its limit: `spool_high` at [`SPOOL_ALERT_PERCENT`], sessions refused
+    /// at the limit (within 1 %: the usage is rounded up to a whole percent).
+    pub fn spool(
+        info: &ward_store::s3::SpoolInfo,
+        audit: AuditLog,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Self::spool_from(
+            Box::new(SpoolUsage::new(&info.dir, info.limit)),
+            info,
+            audit,
+            clock,
+        )
+    }
+
+    /// [`DiskWatch::spool`] measured through `source` (tests).
+    pub fn spool_from(
+        source: Box<dyn UsageSource>,
+        info: &ward_store::s3::SpoolInfo,
+        audit: AuditLog,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            source,
+            what: info.dir.display().to_string(),
+            watched: Watched::Spool {
+                limit: info.limit,
+                remote: info.remote.clone(),
+                status: info.status.clone(),
+            },
+            monitor: Mutex::new(Monitor::new(Thresholds {
+                alert_percent: SPOOL_ALERT_PERCENT,
+                refuse_percent: 100,
+            })),
+            audit,
+            clock,
+            failing: Mutex::new(false),
+        })
+    }
+
+    /// Why a session is refused at [`Level::Full`].
+    fn refusal(&self) -> String {
+        match &self.watched {
+            Watched::Disk => format!(
+                "the recording disk {} is at or above its refuse threshold of {}% used",
+                self.what,
+                self.monitor
+                    .lock()
+                    .map(|m| m.thresholds.refuse_percent)
+                    .unwrap_or(100)
+            ),
+            Watched::Spool {
+                limit,
+                remote,
+                status,
+            } => {
+                let why = status
+                    .borrow()
+                    .last_error
+                    .clone()
+                    .map(|e| format!(" (last error: {e})"))
+                    .unwrap_or_default();
+                format!(
+                    "the recording spool {} is at its limit of {limit} bytes (spool_limit): recordings are not leaving it for {remote}{why}; new sessions are refused until the object store takes them",
+                    self.what
+                )
+            }
+        }
     }
 
     /// The level as of the last measurement.
@@ -263,6 +383,9 @@ impl DiskWatch {
     }
 
     fn report(&self, t: Transition, th: Thresholds) {
+        if let Watched::Spool { limit, remote, .. } = &self.watched {
+            return self.report_spool(t, *limit, remote);
+        }
         let now = self.clock.now();
         let base = |event: &str, outcome: &str, severity: &str| {
             Event::new(event, outcome, now)
@@ -308,6 +431,45 @@ impl DiskWatch {
         }
     }
 
+    fn report_spool(&self, t: Transition, limit: u64, remote: &str) {
+        let base = |event: &str, outcome: &str, severity: &str| {
+            Event::new(event, outcome, self.clock.now())
+                .severity(severity)
+                .detail("path", self.what.as_str())
+                .detail("remote", remote)
+                .detail("percent_used", t.percent)
+                .detail("spool_limit", limit)
+        };
+        if t.to > t.from {
+            if t.from == Level::Ok {
+                let reason = format!(
+                    "the recording spool {} is {}% full ({limit} bytes limit): recordings are not reaching {remote} fast enough; at the limit new sessions are refused",
+                    self.what, t.percent
+                );
+                tracing::warn!(event = "spool_high", path = %self.what, percent_used = t.percent, "{reason}");
+                self.audit.emit(base("spool_high", "failure", "high").reason(reason));
+            }
+            if t.to == Level::Full {
+                let reason = self.refusal();
+                tracing::warn!(event = "spool_full", path = %self.what, percent_used = t.percent, "{reason}");
+                self.audit.emit(base("spool_full", "failure", "high").reason(reason));
+            }
+        } else {
+            let reason = format!(
+                "the recording spool {} is down to {}% of its limit{}",
+                self.what,
+                t.percent,
+                if t.to == Level::Alert {
+                    ": new sessions accepted again"
+                } else {
+                    ""
+                }
+            );
+            tracing::info!(event = "spool_cleared", path = %self.what, percent_used = t.percent, "{reason}");
+            self.audit.emit(base("spool_cleared", "success", "warning").reason(reason));
+        }
+    }
+
     /// Measure every [`CHECK_EVERY`] until the task is aborted.
     pub async fn run(self: Arc<Self>) {
         let mut tick = tokio::time::interval(CHECK_EVERY);
@@ -323,37 +485,98 @@ impl DiskWatch {
     }
 }
 
-/// A [`Sink`] that refuses to create recordings while the disk is at [`Level::Full`], measuring
-/// first — so the refusal carries a clear reason and the alert is always on record before it.
+/// A [`Sink`] that refuses to create recordings while the disk (or the spool) is at
+/// [`Level::Full`], measuring first — so the refusal carries a clear reason and the alert is
+/// always on record before it.
 pub struct GuardedSink {
     inner: Arc<dyn Sink>,
-    watch: Arc<DiskWatch>,
+    watches: Vec<Arc<DiskWatch>>,
 }
 
 impl GuardedSink {
     /// Guard `inner` with `watch`.
     pub fn new(inner: Arc<dyn Sink>, watch: Arc<DiskWatch>) -> Self {
-        Self { inner, watch }
+        Self {
+            inner,
+            watches: vec![watch],
+        }
+    }
+
+    /// Also refuse while `watch` is full (the spool's limit besides its disk).
+    pub fn also(mut self, watch: Arc<DiskWatch>) -> Self {
+        self.watches.push(watch);
+        self
     }
 }
 
 impl Sink for GuardedSink {
     fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>> {
-        if self.watch.check() == Level::Full {
-            return Err(io::Error::new(
-                io::ErrorKind::StorageFull,
-                format!(
-                    "the recording disk {} is at or above its refuse threshold of {}% used",
-                    self.watch.what,
-                    self.watch
-                        .monitor
-                        .lock()
-                        .map(|m| m.thresholds.refuse_percent)
-                        .unwrap_or(100)
-                ),
-            ));
+        for watch in &self.watches {
+            if watch.check() == Level::Full {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, watch.refusal()));
+            }
         }
         self.inner.create(session_id)
+    }
+}
+
+/// Audit the object store's ups and downs as the spool's uploader sees them: `object_store_down`
+/// (high) once per outage with the reason, `object_store_restored` when uploads succeed again, and
+/// `recording_upload_conflict` (high) for each recording kept in the spool because the bucket
+/// holds a different object under its key. Runs until the uploader is gone.
+pub async fn watch_object_store(info: ward_store::s3::SpoolInfo, audit: AuditLog, clock: Arc<dyn Clock>) {
+    let mut status = info.status.clone();
+    let mut down = false;
+    let mut conflicts = 0usize;
+    loop {
+        let now = status.borrow_and_update().clone();
+        if !now.reachable && !down {
+            down = true;
+            let reason = format!(
+                "the object store {} does not take recordings ({}): they stay in the spool {} until it does; at its limit new sessions are refused",
+                info.remote,
+                now.last_error.as_deref().unwrap_or("unknown error"),
+                info.dir.display()
+            );
+            tracing::warn!(event = "object_store_down", remote = %info.remote, "{reason}");
+            audit.emit(
+                Event::new("object_store_down", "failure", clock.now())
+                    .severity("high")
+                    .detail("remote", info.remote.as_str())
+                    .detail("pending", now.pending)
+                    .reason(reason),
+            );
+        } else if now.reachable && down {
+            down = false;
+            let reason = format!(
+                "the object store {} takes recordings again: the spool drains",
+                info.remote
+            );
+            tracing::info!(event = "object_store_restored", remote = %info.remote, "{reason}");
+            audit.emit(
+                Event::new("object_store_restored", "success", clock.now())
+                    .severity("warning")
+                    .detail("remote", info.remote.as_str())
+                    .detail("pending", now.pending)
+                    .reason(reason),
+            );
+        }
+        for key in now.conflicts.iter().skip(conflicts) {
+            audit.emit(
+                Event::new("recording_upload_conflict", "failure", clock.now())
+                    .severity("high")
+                    .detail("remote", info.remote.as_str())
+                    .detail("key", key.as_str())
+                    .reason(format!(
+                        "the bucket holds a different object under {key}: not overwritten; the recording stays in the spool {} for investigation",
+                        info.dir.display()
+                    )),
+            );
+        }
+        conflicts = now.conflicts.len();
+        if status.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::{anyhow, Context};
+use anyhow::{anyhow, bail, Context};
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -355,14 +355,17 @@ impl Gateway {
         if let Some(task) = anchor_task {
             tokio::spawn(task.run(audit.downgrade()));
         }
-        let recordings = RecordingStore::local_for_writing(&g.state_dir)
-            .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()))?
-            .with_index(session_index);
-        let (sink, disk) = recording_sink(g, &options, &recordings, &audit, &clock);
+        let recordings = open_recordings(&config)?.with_index(session_index);
+        let (sink, disk, spool) = recording_sink(g, &options, &recordings, &audit, &clock);
         let sealed = recover_recordings(&recordings, &keys, &audit, anchors.as_ref(), clock.now())?;
         if sealed > 0 {
             tracing::warn!(sealed, "sealed recordings left open by a previous crash");
         }
+        // Uploads from the spool start once recovery has sealed what a crash left open.
+        recordings.start_background();
+        let object_store_watch = recordings.spool().map(|info| {
+            crate::diskwatch::watch_object_store(info, audit.clone(), clock.clone())
+        });
         let locks = backend.locks.active_locks(clock.now())?;
         let disabled = jit
             .disabled
@@ -446,7 +449,8 @@ impl Gateway {
             let keys = keys.clone();
             Arc::new(move || keys.signer())
         })
-        .with_identity(crate::services::review::reviewer_identity(&config.review)?);
+        .with_identity(crate::services::review::reviewer_identity(&config.review)?)
+        .with_search(backend.search.clone());
         let shared = Arc::new(Shared {
             limits: config.gateway.limits,
             policy: PolicyWatch::new(PolicySnapshot::new(
@@ -478,6 +482,12 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
         tasks.spawn(disk.run());
+        if let Some(spool) = spool {
+            tasks.spawn(spool.run());
+        }
+        if let Some(w) = object_store_watch {
+            tasks.spawn(w);
+        }
         tasks.spawn(crate::jit::refresh_loop(
             shared.clone(),
             backend.changes.clone(),
@@ -727,15 +737,81 @@ fn open_state_dir(dir: &std::path::Path) -> anyhow::Result<crate::state_lock::St
     Ok(lock)
 }
 
+/// The recording store `[recording]` names: local files in `<state_dir>/recordings`, or an
+/// S3-compatible bucket through a spool (`store = "s3://…"`, credentials from `credentials_file`
+/// or the environment).
+fn open_recordings(config: &Config) -> anyhow::Result<RecordingStore> {
+    let g = &config.gateway;
+    let Some(s3) = &config.recording.store else {
+        return RecordingStore::local_for_writing(&g.state_dir)
+            .with_context(|| format!("creating the recordings dir in {}", g.state_dir.display()));
+    };
+    let credentials = match &s3.credentials_file {
+        Some(path) => read_s3_credentials(path)?,
+        None => ward_store::s3::Credentials::from_env().ok_or_else(|| {
+            anyhow!(
+                "[recording] store = {:?} needs credentials: set credentials_file (AWS_ACCESS_KEY_ID=… and AWS_SECRET_ACCESS_KEY=… lines, mode 0600) or those environment variables",
+                s3.url()
+            )
+        })?,
+    };
+    let bucket = ward_store::s3::BucketSettings {
+        bucket: s3.bucket.clone(),
+        prefix: s3.prefix.clone(),
+        endpoint: s3.endpoint.clone(),
+        region: s3.region.clone(),
+        credentials,
+        allow_http: s3.allow_http,
+        retention: s3.retention.map(|r| (r.mode.as_s3().to_owned(), r.days)),
+        request_timeout: std::time::Duration::from_secs(30),
+    };
+    let spool_dir = s3.spool_dir(&g.state_dir);
+    RecordingStore::spooled(bucket, &spool_dir, s3.spool_limit).with_context(|| {
+        format!(
+            "opening the recording store {} (spool {})",
+            s3.url(),
+            spool_dir.display()
+        )
+    })
+}
+
+/// `[recording] credentials_file`: refused unless only its owner can read it; errors never show
+/// a value from it.
+fn read_s3_credentials(path: &std::path::Path) -> anyhow::Result<ward_store::s3::Credentials> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path).with_context(|| {
+        format!("reading [recording] credentials_file {}", path.display())
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        bail!(
+            "[recording] credentials_file {} is readable by others (mode {:o}): chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
+    }
+    let text = std::fs::read_to_string(path).with_context(|| {
+        format!("reading [recording] credentials_file {}", path.display())
+    })?;
+    let text = ward_core::secret::Secret::new(text);
+    ward_store::s3::Credentials::parse(text.expose(), &path.display().to_string())
+        .map_err(|e| anyhow!("[recording] credentials_file: {e}"))
+}
+
 /// Where sessions record (`None`: recording off, benchmarks only), behind the recording-disk
-/// watch (SR 2.9: alert before the disk fills, refuse new sessions once it is full).
+/// watch (SR 2.9: alert before the disk fills, refuse new sessions once it is full) and, for a
+/// spool in front of object storage, the spool's watch (refuse new sessions at `spool_limit`).
+#[allow(clippy::type_complexity)]
 fn recording_sink(
     g: &ward_core::config::GatewayConfig,
     options: &Options,
     recordings: &RecordingStore,
     audit: &AuditLog,
     clock: &Arc<dyn Clock>,
-) -> (Option<Arc<dyn Sink>>, Arc<crate::diskwatch::DiskWatch>) {
+) -> (
+    Option<Arc<dyn Sink>>,
+    Arc<crate::diskwatch::DiskWatch>,
+    Option<Arc<crate::diskwatch::DiskWatch>>,
+) {
     let sink: Option<Arc<dyn Sink>> = if !options.no_recording {
         match options.sink.clone() {
             Some(s) => Some(s),
@@ -753,10 +829,17 @@ fn recording_sink(
         audit.clone(),
         clock.clone(),
     );
+    let spool = recordings
+        .spool()
+        .map(|info| crate::diskwatch::DiskWatch::spool(&info, audit.clone(), clock.clone()));
     let sink = sink.map(|s| -> Arc<dyn Sink> {
-        Arc::new(crate::diskwatch::GuardedSink::new(s, disk.clone()))
+        let guarded = crate::diskwatch::GuardedSink::new(s, disk.clone());
+        match &spool {
+            Some(spool) => Arc::new(guarded.also(spool.clone())),
+            None => Arc::new(guarded),
+        }
     });
-    (sink, disk)
+    (sink, disk, spool)
 }
 
 /// The QUIC endpoint and, when configured, the TLS-over-TCP listener.

@@ -63,10 +63,22 @@ pub fn recover_recordings(
         trails: None,
         rows: Vec::new(),
         sealed: 0,
+        local: None,
     };
-    let Ok(ids) = store.list() else {
-        return Ok(0);
+    // Recordings on this host (all of them for local files; the spool's in front of object
+    // storage) are the only ones a crash can have left open. Those elsewhere (uploaded, so
+    // sealed) are only backfilled, and an object store that cannot list them does not stop the
+    // start: the spool is recovered, and listings fail with the store's error until it is back.
+    let local: HashSet<String> = store.list_local().unwrap_or_default().into_iter().collect();
+    let ids = match store.list() {
+        Ok(ids) => ids,
+        Err(e) => {
+            tracing::warn!(event = "recording_store_unlisted", store = %store.describe(), reason = %e,
+                "cannot list the recording store at start: recovering the local spool only");
+            local.iter().cloned().collect()
+        }
     };
+    scan.local = Some(&local);
     for session in ids {
         scan.one(&session, !indexed.contains(&session))?;
     }
@@ -90,6 +102,8 @@ struct Scan<'a> {
     /// Index rows to write (backfill).
     rows: Vec<IndexedSession>,
     sealed: usize,
+    /// The recordings on this host (`None`: all of them).
+    local: Option<&'a HashSet<String>>,
 }
 
 impl Scan<'_> {
@@ -132,6 +146,13 @@ impl Scan<'_> {
             self.trails = Some(read_trails(self.audit.path())?);
         }
         let trails = self.trails.as_ref().unwrap_or(&NO_TRAILS);
+        if self.local.is_some_and(|l| !l.contains(session)) {
+            // The spool uploads sealed recordings only: an unsealed one in the object store was
+            // put there by someone else, or cut there.
+            let why = "an unsealed recording in the object store: the gateway uploads sealed recordings only";
+            self.tampered(session, why, &report, bytes.len());
+            return Ok(());
+        }
         if let Err(why) = ward_recording::trail::may_seal(session, &report, trails) {
             self.tampered(session, &why, &report, bytes.len());
             return Ok(());

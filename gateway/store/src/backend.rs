@@ -6,13 +6,14 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ward_core::config::Config;
+use ward_core::config::{Config, PostgresConfig, StoreTls};
 use ward_core::inject::Credential;
 use ward_core::secret::Secret;
 
 use crate::access_store::AccessStore;
 use crate::gateways::GatewayRegistry;
-use crate::keywrap::{KeyCount, KeyError, KeyHandle, KeyRing, Rewrapped, SecretStore};
+use crate::keywrap::{KeyCount, KeyError, KeyHandle, KeyRing, KeySource, Rewrapped, SecretStore};
+use crate::pg::{PgOptions, PgStore, PgTls};
 use crate::pins::PinStore;
 use crate::session_index::SessionIndex;
 use crate::store::{LockStore, SqliteStore, StoreError};
@@ -36,6 +37,8 @@ pub struct Backend {
     pub access: Arc<dyn AccessStore>,
     /// The session index.
     pub index: Arc<dyn SessionIndex>,
+    /// Searches and listings of the session index (every gateway's rows on a shared store).
+    pub search: Arc<dyn crate::session_query::SessionSearch>,
     /// The credential vault and the secrets' key ring ([`SharedVault`] serves it where a
     /// concrete store is expected).
     pub vault: Arc<dyn VaultBackend>,
@@ -88,9 +91,10 @@ impl Backend {
             users: db.clone(),
             access: db.clone(),
             index: db.clone(),
+            search: Arc::new(crate::session_query::SqliteSearch::new(state_dir)),
             vault: db.clone(),
             pins: db.clone(),
-            gateways: Arc::new(MemoryRegistry::default()),
+            gateways: db,
             changes: None,
             describe,
             shared: false,
@@ -98,13 +102,39 @@ impl Backend {
     }
 
     fn postgres(
-        _pg: &ward_core::config::PostgresConfig,
-        _config: &Config,
-        _gateway_id: Option<&str>,
+        pg: &PostgresConfig,
+        config: &Config,
+        gateway_id: Option<&str>,
     ) -> Result<Backend, StoreError> {
-        Err(StoreError::Remote(
-            "this build has no PostgreSQL store yet".into(),
-        ))
+        let state_dir = &config.gateway.state_dir;
+        let keys = KeySource::of(&config.inject.vault, state_dir);
+        let mut opts = PgOptions::new(pg.url.clone(), keys);
+        opts.password_file = pg.password_file.clone();
+        opts.tls = match &pg.tls {
+            StoreTls::Disable => PgTls::Disable,
+            StoreTls::Require { ca_file } => PgTls::Require {
+                ca_file: ca_file.clone(),
+            },
+        };
+        opts.pool_size = pg.pool;
+        opts.connect_timeout = pg.connect_timeout;
+        let store = PgStore::connect(&opts)?;
+        Ok(Backend {
+            locks: store.clone(),
+            users: store.clone(),
+            access: store.clone(),
+            index: Arc::new(crate::pg::index::PgIndex::new(
+                store.clone(),
+                gateway_id.map(str::to_owned),
+            )),
+            search: store.clone(),
+            vault: store.clone(),
+            pins: store.clone(),
+            gateways: store.clone(),
+            changes: Some(store.changes()),
+            describe: store.describe().to_owned(),
+            shared: true,
+        })
     }
 
     /// The async stores the services run on (each blocking call off the async workers).
@@ -119,22 +149,6 @@ impl Backend {
     /// The vault as a concrete store (for code generic over `VaultStore + SecretStore`).
     pub fn shared_vault(&self) -> Arc<SharedVault> {
         Arc::new(SharedVault(self.vault.clone()))
-    }
-}
-
-/// TEMPORARY until the SQLite gateways table lands (pgcore): the registry of this process.
-#[derive(Default)]
-struct MemoryRegistry(std::sync::Mutex<Vec<crate::gateways::GatewayRow>>);
-
-impl GatewayRegistry for MemoryRegistry {
-    fn heartbeat(&self, row: &crate::gateways::GatewayRow) -> Result<(), StoreError> {
-        let mut rows = self.0.lock().map_err(|_| StoreError::Poisoned)?;
-        rows.retain(|r| r.id != row.id);
-        rows.push(row.clone());
-        Ok(())
-    }
-    fn gateways(&self) -> Result<Vec<crate::gateways::GatewayRow>, StoreError> {
-        Ok(self.0.lock().map_err(|_| StoreError::Poisoned)?.clone())
     }
 }
 

@@ -552,7 +552,10 @@ pub fn access(b: &TestBackend) {
             .map(|g| g.id)
             .collect()
     };
-    assert_eq!(mine(o.grants(at(NOW), false).unwrap()), [grant.id.clone()]);
+    assert_eq!(
+        mine(o.grants(at(NOW), false).unwrap()),
+        vec![grant.id.clone()]
+    );
     assert!(mine(o.grants(at(NOW) + time::Duration::hours(2), false).unwrap()).is_empty());
     let revoked = o
         .revoke_grant(&grant.id, at(NOW + 60), "by soc: done early")
@@ -566,7 +569,10 @@ pub fn access(b: &TestBackend) {
     assert_eq!(again.revoked_at, Some(at(NOW + 60)), "{n}");
     assert_eq!(again.revoked.as_deref(), Some("by soc: done early"), "{n}");
     assert!(mine(a.grants(at(NOW), false).unwrap()).is_empty(), "{n}");
-    assert_eq!(mine(a.grants(at(NOW), true).unwrap()), [grant.id.clone()]);
+    assert_eq!(
+        mine(a.grants(at(NOW), true).unwrap()),
+        vec![grant.id.clone()]
+    );
     assert!(a.revoke_grant("conf-none", at(NOW), "x").unwrap().is_none());
 }
 
@@ -667,7 +673,7 @@ pub fn gateways(b: &TestBackend) {
         version: "0.19.0".into(),
         started: ms(1),
         last_seen: ms(1),
-        keyring: "{\"key\":1}\n".into(),
+        keyring: "{\"key_id\":\"k1\"}\n".into(),
     };
     let gw2 = GatewayRow {
         id: "conf-gw-2".into(),
@@ -683,6 +689,8 @@ pub fn gateways(b: &TestBackend) {
     b.a.gateways.heartbeat(&gw1).unwrap();
     let gw1_later = GatewayRow {
         last_seen: ms(10_123),
+        // A rotated key: the heartbeat carries the new keyring.
+        keyring: "{\"key_id\":\"k1\"}\n{\"key_id\":\"k2\"}\n".into(),
         ..gw1.clone()
     };
     b.a.gateways.heartbeat(&gw1_later).unwrap();

@@ -15,6 +15,7 @@ pub mod keywrap;
 pub mod pg;
 pub mod pins;
 pub mod recording_store;
+pub mod s3;
 pub mod schema;
 pub mod session_index;
 pub mod session_query;

@@ -104,6 +104,33 @@ pub trait BlobBackend: Send + Sync + 'static {
     }
     /// Where the blobs are, for people (events, errors).
     fn describe(&self) -> String;
+    /// The keys on this host only (a spool's), which crash recovery may have to seal: every key
+    /// for local files.
+    fn list_local(&self) -> io::Result<Vec<String>> {
+        self.list()
+    }
+    /// Start background work (a spool's uploader): called once crash recovery has run.
+    fn start_background(&self) {}
+    /// The spool, when blobs go elsewhere through one (the disk watch admits sessions on it).
+    fn spool(&self) -> Option<crate::s3::SpoolInfo> {
+        None
+    }
+    /// Move what is ready to its final place and wait up to `within`; true when nothing is left
+    /// to move (local files: always).
+    fn drain(&self, within: std::time::Duration) -> bool {
+        let _ = within;
+        true
+    }
+    /// The object store and key prefix the blobs end up in, if any (for other shared files in
+    /// the same bucket, e.g. audit mirrors: never for recordings, which go through the store).
+    fn object_store(
+        &self,
+    ) -> Option<(
+        Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    )> {
+        None
+    }
 }
 
 /// Blobs as files in one directory.
@@ -306,6 +333,50 @@ impl RecordingStore {
         Ok(Self::new(Arc::new(files)))
     }
 
+    /// Recordings in S3-compatible object storage through the spool `spool_dir` (created).
+    pub fn spooled(
+        bucket: crate::s3::BucketSettings,
+        spool_dir: &Path,
+        spool_limit: u64,
+    ) -> io::Result<Self> {
+        Ok(Self::new(crate::s3::Spooled::open(
+            bucket,
+            spool_dir,
+            spool_limit,
+        )?))
+    }
+
+    /// The ids of the recordings on this host (a spool's), the ones crash recovery may seal.
+    pub fn list_local(&self) -> io::Result<Vec<String>> {
+        Ok(self.ids_of(self.blobs.list_local()?))
+    }
+
+    /// Start background work (uploads from a spool): after crash recovery.
+    pub fn start_background(&self) {
+        self.blobs.start_background();
+    }
+
+    /// The spool, if recordings go through one.
+    pub fn spool(&self) -> Option<crate::s3::SpoolInfo> {
+        self.blobs.spool()
+    }
+
+    /// The bucket (and key prefix) recordings go to, if they go to object storage: for other
+    /// shared files kept next to them (audit mirrors). Recordings themselves go through this store.
+    pub fn object_store(
+        &self,
+    ) -> Option<(
+        Arc<dyn object_store::ObjectStore>,
+        object_store::path::Path,
+    )> {
+        self.blobs.object_store()
+    }
+
+    /// Move every ready recording to its final place, waiting up to `within`; true when done.
+    pub fn drain(&self, within: std::time::Duration) -> bool {
+        self.blobs.drain(within)
+    }
+
     /// Create the recording of a new session (never over an existing one).
     pub fn create(&self, id: &str) -> io::Result<Box<dyn BlobWriter>> {
         self.blobs.create(&key_of(id)?)
@@ -345,9 +416,13 @@ impl RecordingStore {
 
     /// The ids of every recording stored (unsorted); other blobs are ignored.
     pub fn list(&self) -> io::Result<Vec<String>> {
+        Ok(self.ids_of(self.blobs.list()?))
+    }
+
+    fn ids_of(&self, keys: Vec<String>) -> Vec<String> {
         let suffix = format!(".{EXT}");
         let mut ids = Vec::new();
-        for key in self.blobs.list()? {
+        for key in keys {
             let Some(id) = key.strip_suffix(&suffix) else {
                 continue;
             };
@@ -359,7 +434,7 @@ impl RecordingStore {
                     "a blob in the recordings is not named after a session id: not listed");
             }
         }
-        Ok(ids)
+        ids
     }
 
     /// Crash recovery's seal: keep the first `keep` bytes (the verified prefix), append `tail`

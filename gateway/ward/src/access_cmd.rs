@@ -676,7 +676,6 @@ pub enum UserCommand {
 }
 
 pub async fn user(cmd: UserCommand) -> anyhow::Result<ExitCode> {
-    use ward_store::users::UserStore;
     let now = SystemClock.now();
     match cmd {
         UserCommand::Add {

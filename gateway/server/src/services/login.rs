@@ -209,11 +209,39 @@ impl Attempt {
         Refusal::Denied(LOGIN_FAILED.to_owned())
     }
 
+    /// Refused by a back-off: audited, and told how long to wait.
+    fn rate_limited(&mut self, wait: time::Duration) -> Refusal {
+        let e = self.ev("denied").severity("warning").reason(format!(
+            "rate-limited for {}s after repeated failures",
+            wait.whole_seconds()
+        ));
+        self.trail.push(e);
+        Refusal::Denied(format!(
+            "too many failed logins for this user or from this address; try again in {} s",
+            wait.whole_seconds().max(1)
+        ))
+    }
+
     /// A right password with a code already used: say so (only reachable with the password).
     fn reused(&mut self, why: &str, user: &User) -> Refusal {
         self.denied(why, Some(user));
         Refusal::TotpReused
     }
+}
+
+/// The wait the per-user schedule imposes after `failures` consecutive failures, the last at
+/// `last`, at `now` (none once it is forgotten).
+fn shared_wait(failures: u32, last: Option<OffsetDateTime>, now: OffsetDateTime) -> time::Duration {
+    let schedule = ward_core::ratelimit::Limits::default().user;
+    let Some(last) = last else {
+        return time::Duration::ZERO;
+    };
+    let since = now - last;
+    if since >= schedule.forget_after {
+        return time::Duration::ZERO;
+    }
+    // A clock stepped backwards must not turn into a wait longer than the cap.
+    (schedule.delay(failures) - since).clamp(time::Duration::ZERO, schedule.cap)
 }
 
 impl LoginService {
@@ -399,8 +427,21 @@ impl LoginService {
         // pass the back-off check before any of them is counted (ward_core::ratelimit).
         let second_factor =
             totp.is_some() && user.as_ref().is_some_and(|u| u.totp_secret.is_some());
+        // The user name's failures on every gateway sharing the store bind first (a guesser
+        // spreading attempts over the gateways meets the same back-off); then this gateway's
+        // own per-address and per-pair counters.
+        let shared_wait = self.shared_backoff(a, name).await?;
+        if shared_wait > time::Duration::ZERO && !second_factor {
+            return Err(a.rate_limited(shared_wait));
+        }
         let reserved = self.reserve(a, second_factor)?;
-        a.past_others = reserved == Reserved::PastOthers;
+        a.past_others = reserved == Reserved::PastOthers || shared_wait > time::Duration::ZERO;
+        // Counted in the store before anything is verified, like the local reservation; a
+        // success takes it back.
+        self.users
+            .note_login_failure(name, a.now)
+            .await
+            .map_err(|e| a.store_down(e, "write"))?;
         // Refusals in `authenticate` were counted by the reservation; a success takes the count
         // back.
         let verified = self
@@ -410,7 +451,25 @@ impl LoginService {
         if let Ok(mut limiter) = self.state.limiter.lock() {
             limiter.success(name, &a.peer.ip().to_string(), reserved);
         }
+        // One let past others' back-off leaves the user's shared count in place (as the local
+        // limiter does); a clear one forgets it.
+        if !a.past_others {
+            if let Err(e) = self.users.clear_login_failures(name).await {
+                tracing::warn!(event = "store_failed", reason = %e, "clearing a user's failed logins");
+            }
+        }
         Ok(verified)
+    }
+
+    /// How long the user name's shared back-off (its failures on every gateway sharing the
+    /// store, `ward_core::ratelimit`'s per-user schedule) still holds at `a.now`.
+    async fn shared_backoff(&self, a: &mut Attempt, name: &str) -> Result<time::Duration, Refusal> {
+        let (failures, last) = self
+            .users
+            .login_failures(name)
+            .await
+            .map_err(|e| a.store_down(e, "read"))?;
+        Ok(shared_wait(failures, last, a.now))
     }
 
     /// Reserves a login attempt with the back-off (`ward_core::ratelimit`).
@@ -424,17 +483,7 @@ impl LoginService {
                 ))
             }
         };
-        reserved.map_err(|wait| {
-            let e = a.ev("denied").severity("warning").reason(format!(
-                "rate-limited for {}s after repeated failures",
-                wait.whole_seconds()
-            ));
-            a.trail.push(e);
-            Refusal::Denied(format!(
-                "too many failed logins for this user or from this address; try again in {} s",
-                wait.whole_seconds().max(1)
-            ))
-        })
+        reserved.map_err(|wait| a.rate_limited(wait))
     }
 
     /// Checks the password and, where MFA applies, the TOTP code (consuming its step). Returns
@@ -646,5 +695,38 @@ impl LoginService {
                 )))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod shared_backoff_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn the_shared_count_follows_the_per_user_schedule() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let free = ward_core::ratelimit::USER_FREE_FAILURES;
+        // None, or only free failures: no wait.
+        assert_eq!(shared_wait(0, None, now), time::Duration::ZERO);
+        assert_eq!(shared_wait(free, Some(now), now), time::Duration::ZERO);
+        // Past the free ones: the schedule's wait, less the time since the last failure.
+        assert_eq!(
+            shared_wait(free + 1, Some(now), now),
+            time::Duration::seconds(2)
+        );
+        assert_eq!(
+            shared_wait(free + 3, Some(now - time::Duration::seconds(3)), now),
+            time::Duration::seconds(5)
+        );
+        // Forgotten after a day; a last failure "in the future" waits at most the cap.
+        assert_eq!(
+            shared_wait(free + 20, Some(now - time::Duration::hours(25)), now),
+            time::Duration::ZERO
+        );
+        assert_eq!(
+            shared_wait(free + 20, Some(now + time::Duration::hours(5)), now),
+            time::Duration::seconds(900)
+        );
     }
 }
