@@ -32,10 +32,10 @@ use crate::recorder::Sink;
 use crate::recording_store::RecordingStore;
 use crate::recovery::recover_recordings;
 use crate::services::Caller;
-use ward_store::backend::Backend;
 use crate::tls;
 use ward_core::stage::StageFactory;
 use ward_recording::Signer;
+use ward_store::backend::Backend;
 
 /// Live state shared by the listeners and every session.
 pub struct Shared {
@@ -363,9 +363,9 @@ impl Gateway {
         }
         // Uploads from the spool start once recovery has sealed what a crash left open.
         recordings.start_background();
-        let object_store_watch = recordings.spool().map(|info| {
-            crate::diskwatch::watch_object_store(info, audit.clone(), clock.clone())
-        });
+        let object_store_watch = recordings
+            .spool()
+            .map(|info| crate::diskwatch::watch_object_store(info, audit.clone(), clock.clone()));
         let locks = backend.locks.active_locks(clock.now())?;
         let disabled = jit
             .disabled
@@ -779,9 +779,8 @@ fn open_recordings(config: &Config) -> anyhow::Result<RecordingStore> {
 /// a value from it.
 fn read_s3_credentials(path: &std::path::Path) -> anyhow::Result<ward_store::s3::Credentials> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path).with_context(|| {
-        format!("reading [recording] credentials_file {}", path.display())
-    })?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("reading [recording] credentials_file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         bail!(
             "[recording] credentials_file {} is readable by others (mode {:o}): chmod 600 it",
@@ -789,9 +788,8 @@ fn read_s3_credentials(path: &std::path::Path) -> anyhow::Result<ward_store::s3:
             meta.permissions().mode() & 0o777
         );
     }
-    let text = std::fs::read_to_string(path).with_context(|| {
-        format!("reading [recording] credentials_file {}", path.display())
-    })?;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading [recording] credentials_file {}", path.display()))?;
     let text = ward_core::secret::Secret::new(text);
     ward_store::s3::Credentials::parse(text.expose(), &path.display().to_string())
         .map_err(|e| anyhow!("[recording] credentials_file: {e}"))

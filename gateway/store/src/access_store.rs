@@ -148,7 +148,8 @@ impl AccessStore for SqliteStore {
 
     fn requests(&self) -> Result<Vec<(AccessRequest, Vec<Approval>)>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT body FROM access_requests ORDER BY created DESC")?;
+        let mut stmt =
+            conn.prepare("SELECT body FROM access_requests ORDER BY created DESC, id DESC")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for row in rows {
@@ -217,7 +218,7 @@ impl AccessStore for SqliteStore {
 
     fn grants(&self, now: OffsetDateTime, all: bool) -> Result<Vec<Grant>, StoreError> {
         let conn = self.conn()?;
-        let mut stmt = conn.prepare("SELECT body FROM grants ORDER BY end_unix DESC")?;
+        let mut stmt = conn.prepare("SELECT body FROM grants ORDER BY end_unix DESC, id DESC")?;
         let rows = stmt.query_map([], |r| r.get::<_, String>(0))?;
         let mut out = Vec::new();
         for row in rows {

@@ -125,10 +125,7 @@ pub trait BlobBackend: Send + Sync + 'static {
     /// the same bucket, e.g. audit mirrors: never for recordings, which go through the store).
     fn object_store(
         &self,
-    ) -> Option<(
-        Arc<dyn object_store::ObjectStore>,
-        object_store::path::Path,
-    )> {
+    ) -> Option<(Arc<dyn object_store::ObjectStore>, object_store::path::Path)> {
         None
     }
 }
@@ -365,10 +362,7 @@ impl RecordingStore {
     /// shared files kept next to them (audit mirrors). Recordings themselves go through this store.
     pub fn object_store(
         &self,
-    ) -> Option<(
-        Arc<dyn object_store::ObjectStore>,
-        object_store::path::Path,
-    )> {
+    ) -> Option<(Arc<dyn object_store::ObjectStore>, object_store::path::Path)> {
         self.blobs.object_store()
     }
 

@@ -627,8 +627,7 @@ impl UserTarget {
         let config = ward_server::gateway::load_config(path)?;
         std::fs::create_dir_all(&config.gateway.state_dir)?;
         // The store [store] names: the state dir's SQLite, or the PostgreSQL the gateways share.
-        let db =
-            ward_store::backend::Backend::open(&config, None)?;
+        let db = ward_store::backend::Backend::open(&config, None)?;
         // TOTP seeds are sealed under the store's key-encryption key ([vault] names it; made at
         // the first start when this runs before any gateway did).
         let source =

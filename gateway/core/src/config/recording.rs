@@ -240,13 +240,11 @@ enum SizeValue {
 /// powers of 1000; KiB, MiB, GiB, TiB powers of 1024).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(s.len());
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size: expected e.g. \"20 GiB\" or a number of bytes"))?;
+    let n: u64 = num.parse().map_err(|_| {
+        format!("{s:?} is not a size: expected e.g. \"20 GiB\" or a number of bytes")
+    })?;
     let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" => 1,
         "kb" => 1_000,
@@ -335,19 +333,32 @@ impl Cx<'_> {
 
     fn object_store(&self, raw: &RawRecording) -> Result<Option<ObjectStoreConfig>, ConfigError> {
         let limit = |span: Range<usize>, field: &str, what: String| {
-            self.err(span, format!("recording.{field}"), ConfigErrorKind::Limit(what))
+            self.err(
+                span,
+                format!("recording.{field}"),
+                ConfigErrorKind::Limit(what),
+            )
         };
         let Some(store) = &raw.store else {
             // Every other key configures the object store: alone, it is a mistake.
             let stray: [(Option<Range<usize>>, &str); 8] = [
                 (raw.endpoint.as_ref().map(|v| v.span()), "endpoint"),
                 (raw.region.as_ref().map(|v| v.span()), "region"),
-                (raw.credentials_file.as_ref().map(|v| v.span()), "credentials_file"),
+                (
+                    raw.credentials_file.as_ref().map(|v| v.span()),
+                    "credentials_file",
+                ),
                 (raw.spool_dir.as_ref().map(|v| v.span()), "spool_dir"),
                 (raw.spool_limit.as_ref().map(|v| v.span()), "spool_limit"),
                 (raw.allow_http.as_ref().map(|v| v.span()), "allow_http"),
-                (raw.retention_mode.as_ref().map(|v| v.span()), "retention_mode"),
-                (raw.retention_days.as_ref().map(|v| v.span()), "retention_days"),
+                (
+                    raw.retention_mode.as_ref().map(|v| v.span()),
+                    "retention_mode",
+                ),
+                (
+                    raw.retention_days.as_ref().map(|v| v.span()),
+                    "retention_days",
+                ),
             ];
             if let Some((Some(span), field)) = stray.into_iter().find(|(s, _)| s.is_some()) {
                 return Err(limit(
@@ -396,7 +407,11 @@ impl Cx<'_> {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
                 {
-                    return Err(limit(r.span(), "region", format!("{v:?} is not a region name")));
+                    return Err(limit(
+                        r.span(),
+                        "region",
+                        format!("{v:?} is not a region name"),
+                    ));
                 }
                 v.to_owned()
             }
@@ -416,7 +431,9 @@ impl Cx<'_> {
             None => DEFAULT_SPOOL_LIMIT,
             Some(v) => {
                 let n = match v.get_ref() {
-                    SizeValue::Bytes(n) => u64::try_from(*n).map_err(|_| "a negative size".to_owned()),
+                    SizeValue::Bytes(n) => {
+                        u64::try_from(*n).map_err(|_| "a negative size".to_owned())
+                    }
                     SizeValue::Text(t) => parse_size(t),
                 }
                 .map_err(|e| limit(v.span(), "spool_limit", e))?;
@@ -433,10 +450,18 @@ impl Cx<'_> {
         let retention = match (&raw.retention_mode, &raw.retention_days) {
             (None, None) => None,
             (Some(m), None) => {
-                return Err(limit(m.span(), "retention_mode", "needs retention_days too".into()))
+                return Err(limit(
+                    m.span(),
+                    "retention_mode",
+                    "needs retention_days too".into(),
+                ))
             }
             (None, Some(d)) => {
-                return Err(limit(d.span(), "retention_days", "needs retention_mode too".into()))
+                return Err(limit(
+                    d.span(),
+                    "retention_days",
+                    "needs retention_mode too".into(),
+                ))
             }
             (Some(m), Some(d)) => {
                 let mode = match m.get_ref().trim().to_ascii_lowercase().as_str() {
@@ -597,8 +622,15 @@ state_dir = "state"
         let c = Config::parse(GATEWAY, "w.toml").unwrap();
         assert!(c.recording.store.is_none());
         let minimal = format!("{GATEWAY}[recording]\nstore = \"s3://bucket\"\n");
-        let s = Config::parse(&minimal, "w.toml").unwrap().recording.store.unwrap();
-        assert_eq!((s.prefix.as_str(), s.spool_limit), ("", DEFAULT_SPOOL_LIMIT));
+        let s = Config::parse(&minimal, "w.toml")
+            .unwrap()
+            .recording
+            .store
+            .unwrap();
+        assert_eq!(
+            (s.prefix.as_str(), s.spool_limit),
+            ("", DEFAULT_SPOOL_LIMIT)
+        );
         assert_eq!(s.endpoint, None);
     }
 
@@ -606,20 +638,52 @@ state_dir = "state"
     #[test]
     fn bad_object_store_settings_name_the_field() {
         let cases: &[(&str, &str, &str)] = &[
-            ("store = \"/var/rec\"", "recording.store", "s3://bucket/prefix"),
-            ("store = \"s3://UPPER\"", "recording.store", "not a bucket name"),
-            ("store = \"s3://ok-bucket/../etc\"", "recording.store", "not a key prefix"),
+            (
+                "store = \"/var/rec\"",
+                "recording.store",
+                "s3://bucket/prefix",
+            ),
+            (
+                "store = \"s3://UPPER\"",
+                "recording.store",
+                "not a bucket name",
+            ),
+            (
+                "store = \"s3://ok-bucket/../etc\"",
+                "recording.store",
+                "not a key prefix",
+            ),
             ("store = \"s3://b\"", "recording.store", "not a bucket name"),
             (
                 "store = \"s3://bkt\"\nendpoint = \"http://10.0.0.1:9000\"",
                 "recording.endpoint",
                 "allow_http",
             ),
-            ("store = \"s3://bkt\"\nendpoint = \"ftp://x\"", "recording.endpoint", "https://"),
-            ("store = \"s3://bkt\"\nspool_limit = \"12 parsecs\"", "recording.spool_limit", "unknown unit"),
-            ("store = \"s3://bkt\"\nspool_limit = 1000", "recording.spool_limit", "1 MiB minimum"),
-            ("store = \"s3://bkt\"\nspool_limit = -5", "recording.spool_limit", "negative"),
-            ("store = \"s3://bkt\"\nretention_days = 3", "recording.retention_days", "retention_mode"),
+            (
+                "store = \"s3://bkt\"\nendpoint = \"ftp://x\"",
+                "recording.endpoint",
+                "https://",
+            ),
+            (
+                "store = \"s3://bkt\"\nspool_limit = \"12 parsecs\"",
+                "recording.spool_limit",
+                "unknown unit",
+            ),
+            (
+                "store = \"s3://bkt\"\nspool_limit = 1000",
+                "recording.spool_limit",
+                "1 MiB minimum",
+            ),
+            (
+                "store = \"s3://bkt\"\nspool_limit = -5",
+                "recording.spool_limit",
+                "negative",
+            ),
+            (
+                "store = \"s3://bkt\"\nretention_days = 3",
+                "recording.retention_days",
+                "retention_mode",
+            ),
             (
                 "store = \"s3://bkt\"\nretention_mode = \"forever\"\nretention_days = 3",
                 "recording.retention_mode",
@@ -630,10 +694,26 @@ state_dir = "state"
                 "recording.retention_days",
                 "between 1",
             ),
-            ("store = \"s3://bkt\"\nregion = \"eu west\"", "recording.region", "region"),
-            ("spool_limit = \"1 GiB\"", "recording.spool_limit", "only used with store"),
-            ("endpoint = \"https://s3\"", "recording.endpoint", "only used with store"),
-            ("store = \"s3://bkt\"\ncredentials_file = \"\"", "recording.credentials_file", ""),
+            (
+                "store = \"s3://bkt\"\nregion = \"eu west\"",
+                "recording.region",
+                "region",
+            ),
+            (
+                "spool_limit = \"1 GiB\"",
+                "recording.spool_limit",
+                "only used with store",
+            ),
+            (
+                "endpoint = \"https://s3\"",
+                "recording.endpoint",
+                "only used with store",
+            ),
+            (
+                "store = \"s3://bkt\"\ncredentials_file = \"\"",
+                "recording.credentials_file",
+                "",
+            ),
         ];
         for (body, field, says) in cases {
             let text = format!("{GATEWAY}[recording]\n{body}\n");
@@ -657,7 +737,14 @@ state_dir = "state"
         ] {
             assert_eq!(parse_size(s).unwrap(), n, "{s}");
         }
-        for bad in ["", "GiB", "1.5 GiB", "-1", "99999999999999999999", "16777216 TiB"] {
+        for bad in [
+            "",
+            "GiB",
+            "1.5 GiB",
+            "-1",
+            "99999999999999999999",
+            "16777216 TiB",
+        ] {
             assert!(parse_size(bad).is_err(), "{bad}");
         }
     }

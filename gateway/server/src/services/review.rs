@@ -368,7 +368,10 @@ impl ReviewService {
 
     /// Search the session index through `search` (the gateway's store) instead of `state_dir`'s
     /// `ward.db`.
-    pub fn with_search(mut self, search: Arc<dyn ward_store::session_query::SessionSearch>) -> Self {
+    pub fn with_search(
+        mut self,
+        search: Arc<dyn ward_store::session_query::SessionSearch>,
+    ) -> Self {
         self.search = search;
         self
     }

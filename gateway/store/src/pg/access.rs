@@ -117,7 +117,7 @@ impl AccessStore for PgStore {
                 .map_err(pg_err)?;
             let rows = tx
                 .query(
-                    "SELECT body FROM access_requests ORDER BY created DESC, id",
+                    "SELECT body FROM access_requests ORDER BY created DESC, id DESC",
                     &[],
                 )
                 .await
@@ -215,7 +215,10 @@ impl AccessStore for PgStore {
         self.block(async move {
             let c = db.get().await?;
             let rows = c
-                .query("SELECT body FROM grants ORDER BY end_unix DESC, id", &[])
+                .query(
+                    "SELECT body FROM grants ORDER BY end_unix DESC, id DESC",
+                    &[],
+                )
                 .await
                 .map_err(pg_err)?;
             let mut out = Vec::new();
