@@ -176,6 +176,7 @@ pub(crate) async fn refresh_loop(
 ) {
     let mut tick = tokio::time::interval(REFRESH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut worker = refresh_thread(&shared);
     loop {
         match changes.as_mut() {
             None => {
@@ -195,12 +196,50 @@ pub(crate) async fn refresh_loop(
                 }
             }
         }
-        let s = shared.clone();
-        if tokio::task::spawn_blocking(move || refresh(&s))
-            .await
-            .is_err()
-        {
-            tracing::warn!(event = "store_failed", "a store refresh panicked");
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        match worker.as_ref().map(|w| w.send(done_tx)) {
+            Some(Ok(())) => {
+                if done_rx.await.is_err() {
+                    tracing::warn!(event = "store_failed", "a store refresh panicked");
+                    worker = None;
+                }
+            }
+            // No refresh thread (it could not be started, or a refresh panicked on it): the
+            // blocking pool.
+            _ => {
+                let s = shared.clone();
+                if tokio::task::spawn_blocking(move || refresh(&s))
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(event = "store_failed", "a store refresh panicked");
+                }
+            }
+        }
+    }
+}
+
+/// The thread the refresh's store reads run on (they block: SQLite, or the PostgreSQL store's
+/// bridge). One long-lived thread rather than the blocking pool: a pool thread woken every
+/// [`REFRESH_EVERY`] by turns never reaches its idle timeout, so after a burst of sessions the pool
+/// would never shrink back. The thread ends when the loop (its sender) is dropped.
+fn refresh_thread(
+    shared: &Arc<Shared>,
+) -> Option<std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>> {
+    let (tx, rx) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+    let s = shared.clone();
+    match std::thread::Builder::new()
+        .name("ward-refresh".into())
+        .spawn(move || {
+            while let Ok(done) = rx.recv() {
+                refresh(&s);
+                let _ = done.send(());
+            }
+        }) {
+        Ok(_) => Some(tx),
+        Err(e) => {
+            tracing::warn!(event = "store_failed", reason = %e, "starting the refresh thread; refreshing on the blocking pool");
+            None
         }
     }
 }
