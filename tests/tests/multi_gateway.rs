@@ -402,6 +402,12 @@ async fn three_gateways_one_postgres_one_bucket() {
         .filter(|e| e["event"] == "recording_interrupted")
         .count();
     eprintln!("fleet: gw2 restarted, {recovered} recordings recovered from its spool");
+    for e in audit_events(&gw2_state)
+        .into_iter()
+        .filter(|e| e["event"] == "recording_tampered")
+    {
+        eprintln!("fleet: gw2 recovery left a recording unsealed: {e}");
+    }
 
     // ---- one view: `ward sessions` on gateway 3 lists every gateway's sessions --------------
     // Recordings reach the bucket once uploaded and verified from each gateway's spool: list
