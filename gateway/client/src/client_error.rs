@@ -326,9 +326,10 @@ pub const AUTO_QUIC_WAIT: Duration = Duration::from_millis(1000);
 pub const FAILOVER_CONNECT: Duration = Duration::from_secs(5);
 /// With several gateways: the QUIC idle timeout, so a gateway that vanished (killed, cut off) is
 /// noticed within it and new sessions go to another.
-pub const FAILOVER_IDLE: Duration = Duration::from_secs(15);
-/// With several gateways: the QUIC keep-alive, well inside [`FAILOVER_IDLE`].
-pub const FAILOVER_KEEPALIVE: Duration = Duration::from_secs(3);
+pub const FAILOVER_IDLE: Duration = Duration::from_secs(5);
+/// With several gateways: the QUIC keep-alive, well inside [`FAILOVER_IDLE`] (a live gateway
+/// acknowledges it, so only a silent one lets the idle timeout run out).
+pub const FAILOVER_KEEPALIVE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {

@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context};
 use rustls::pki_types::ServerName;
@@ -41,6 +41,10 @@ pub enum Transport {
 pub type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 /// A boxed write half of a session stream.
 pub type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// With several gateways: how long a gateway that failed is tried only after the others (a dead
+/// gateway then costs its detection once per client, not once per session).
+const DOWN_FOR: Duration = Duration::from_secs(30);
 
 /// How long a new QUIC stream may wait for the gateway's stream credit before the caller is told.
 const STREAM_WAIT_NOTICE: Duration = Duration::from_millis(500);
@@ -128,6 +132,29 @@ struct Target {
     at: targets::Candidate,
     /// `--transport auto` gave up on QUIC for this address.
     fell_back: AtomicBool,
+    /// When this address last failed (connect, or a connection that died under a request):
+    /// for [`DOWN_FOR`] it is tried after the others.
+    down_since: std::sync::Mutex<Option<Instant>>,
+}
+
+impl Target {
+    fn mark_down(&self) {
+        if let Ok(mut d) = self.down_since.lock() {
+            *d = Some(Instant::now());
+        }
+    }
+
+    fn mark_up(&self) {
+        if let Ok(mut d) = self.down_since.lock() {
+            *d = None;
+        }
+    }
+
+    /// When it failed, if within [`DOWN_FOR`].
+    fn down(&self) -> Option<Instant> {
+        let d = *self.down_since.lock().ok()?;
+        d.filter(|at| at.elapsed() < DOWN_FOR)
+    }
 }
 
 /// The QUIC connection in use, and which target it goes to.
@@ -254,6 +281,7 @@ impl Client {
             .map(|at| Target {
                 at,
                 fell_back: AtomicBool::new(false),
+                down_since: std::sync::Mutex::new(None),
             })
             .collect();
         Ok(Self {
@@ -305,12 +333,22 @@ impl Client {
         &self,
         i: usize,
         t: &Target,
+        began: Instant,
     ) -> Result<quinn::Connection, ClientError> {
         let mut guard = self.quic.lock().await;
         if let Some(cached) = guard.as_ref() {
             if cached.target == i && cached.conn.close_reason().is_none() {
                 return Ok(cached.conn.clone());
             }
+        }
+        // Another request found this gateway dead while we waited for the lock: do not wait for
+        // it again (each waiter would otherwise spend the whole connect timeout on it in turn).
+        if self.several() && t.down().is_some_and(|at| at > began) {
+            return Err(ClientError::TimedOut {
+                gateway: t.at.addr,
+                transport: "QUIC",
+                after: FAILOVER_CONNECT,
+            });
         }
         let endpoint = self
             .quic_endpoint(t)
@@ -444,28 +482,38 @@ impl Client {
         &self,
         waiting: &(dyn Fn() + Send + Sync),
     ) -> Result<(BoxRead, BoxWrite), ClientError> {
-        self.stream_at(waiting).await.map(|(r, w, _)| (r, w))
+        self.stream_at(waiting).await.map(|(r, w, _, _)| (r, w))
     }
 
     /// [`Client::stream_with`], and which gateway gave the stream.
     async fn stream_at(
         &self,
         waiting: &(dyn Fn() + Send + Sync),
-    ) -> Result<(BoxRead, BoxWrite, &targets::Candidate), ClientError> {
+    ) -> Result<(BoxRead, BoxWrite, usize, Option<quinn::Connection>), ClientError> {
         let n = self.targets.len();
         let start = self.current.load(Ordering::Relaxed) % n.max(1);
+        let began = Instant::now();
+        // From the one that answered last, in order; those that failed lately last of all.
+        let mut order: Vec<usize> = (0..n).map(|k| (start + k) % n).collect();
+        if self.several() {
+            order.sort_by_key(|&i| self.targets.get(i).is_some_and(|t| t.down().is_some()));
+        }
         let mut tried = Vec::new();
-        for (i, t) in self.targets.iter().enumerate().cycle().skip(start).take(n) {
-            match self.stream_via(i, t, waiting).await {
-                Ok((r, w)) => {
-                    if i != start {
-                        self.current.store(i, Ordering::Relaxed);
+        for i in order {
+            let Some(t) = self.targets.get(i) else {
+                continue;
+            };
+            match self.stream_via(i, t, waiting, began).await {
+                Ok((r, w, conn)) => {
+                    t.mark_up();
+                    if self.current.swap(i, Ordering::Relaxed) != i {
                         tracing::info!(gateway = %t.at.describe(), "using gateway");
                     }
-                    return Ok((r, w, &t.at));
+                    return Ok((r, w, i, conn));
                 }
                 Err(f) if self.several() && f.error.fails_over() => {
                     tracing::warn!(gateway = %t.at.describe(), "{}; trying the next gateway", f.error);
+                    t.mark_down();
                     let mut why: Vec<String> =
                         f.quic_first.iter().map(ClientError::short).collect();
                     why.push(f.error.short());
@@ -490,13 +538,15 @@ impl Client {
         i: usize,
         t: &Target,
         waiting: &(dyn Fn() + Send + Sync),
-    ) -> Result<(BoxRead, BoxWrite), Failure> {
-        let quic = match self.quic_or_tcp(i, t).await? {
+        began: Instant,
+    ) -> Result<(BoxRead, BoxWrite, Option<quinn::Connection>), Failure> {
+        let quic = match self.quic_or_tcp(i, t, began).await? {
             (Some(quic), _) => quic,
             (None, quic_first) => {
                 return self
                     .tcp_stream(t)
                     .await
+                    .map(|(r, w)| (r, w, None))
                     .map_err(|error| Failure { error, quic_first })
             }
         };
@@ -516,6 +566,7 @@ impl Client {
                 inner: send,
                 stopped: None,
             }),
+            Some(quic.clone()),
         ))
     }
 
@@ -526,14 +577,16 @@ impl Client {
         &self,
         i: usize,
         t: &Target,
+        began: Instant,
     ) -> Result<(Option<quinn::Connection>, Option<ClientError>), ClientError> {
         match self.transport {
             Transport::Tcp => Ok((None, None)),
-            Transport::Quic => Ok((Some(self.quic_connection(i, t).await?), None)),
+            Transport::Quic => Ok((Some(self.quic_connection(i, t, began).await?), None)),
             Transport::Auto if t.fell_back.load(Ordering::Relaxed) => Ok((None, None)),
             Transport::Auto => {
                 let why =
-                    match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection(i, t)).await {
+                    match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection(i, t, began))
+                        .await {
                         Ok(Ok(c)) => return Ok((Some(c), None)),
                         Ok(Err(e)) if !e.falls_back() => return Err(e),
                         Ok(Err(e)) => e,
@@ -631,8 +684,9 @@ impl Client {
         reason: Option<String>,
         waiting: &(dyn Fn() + Send + Sync),
     ) -> anyhow::Result<Session> {
+        let mut at = None;
         match self
-            .open_once(device, break_glass, reason.clone(), waiting)
+            .open_once(device, break_glass, reason.clone(), waiting, &mut at)
             .await
         {
             // With several gateways: the connection died before the gateway answered (killed,
@@ -643,8 +697,14 @@ impl Client {
                     && e.downcast_ref::<ClientError>()
                         .is_some_and(ClientError::fails_over) =>
             {
+                // The gateway it went to is tried last for a while, by every request of this
+                // client (not only this one).
+                if let Some(t) = at.and_then(|i| self.targets.get(i)) {
+                    t.mark_down();
+                }
                 tracing::warn!("{e:#}; opening the session on the next gateway");
-                self.open_once(device, break_glass, reason, waiting).await
+                self.open_once(device, break_glass, reason, waiting, &mut at)
+                    .await
             }
             other => other,
         }
@@ -657,9 +717,22 @@ impl Client {
         break_glass: bool,
         reason: Option<String>,
         waiting: &(dyn Fn() + Send + Sync),
+        used: &mut Option<usize>,
     ) -> anyhow::Result<Session> {
-        let (r, w, at) = self.stream_at(waiting).await?;
-        let gateway = self.several().then(|| at.describe());
+        let (r, w, i, conn) = self.stream_at(waiting).await?;
+        *used = Some(i);
+        let addr = self.targets.get(i).map(|t| t.at.addr);
+        let gateway = self
+            .several()
+            .then(|| self.targets.get(i).map(|t| t.at.describe()))
+            .flatten();
+        // A failure on this stream explained by its own connection's close (the cached one may
+        // already be another gateway's).
+        let explain = |e: anyhow::Error| match (conn.as_ref().and_then(|c| c.close_reason()), addr)
+        {
+            (Some(why), Some(addr)) => Err(anyhow::Error::from(self.quic_error(addr, &why))),
+            _ => Ok(e),
+        };
         let mut writer = FrameWriter::new(w);
         let written = writer
             .write_request(&Request::Open {
@@ -668,9 +741,19 @@ impl Client {
                 reason,
             })
             .await;
-        self.sent(written).await?;
+        if let Err(e) = written {
+            let e = explain(e.into())?;
+            return Err(self.why_failed(e).await);
+        }
         let mut reader = FrameReader::new(r);
-        match self.answer(&mut reader).await? {
+        let answer = match read_response(&mut reader).await {
+            Ok(a) => a,
+            Err(e) => {
+                let e = explain(e)?;
+                return Err(self.why_failed(e).await);
+            }
+        };
+        match answer {
             Response::Opened {
                 session_id,
                 rule,

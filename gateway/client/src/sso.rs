@@ -62,6 +62,7 @@ impl Client {
             .map(|t| Target {
                 at: t.at.clone(),
                 fell_back: AtomicBool::new(t.fell_back.load(Ordering::Relaxed)),
+                down_since: std::sync::Mutex::new(None),
             })
             .collect();
         Client {
