@@ -222,7 +222,11 @@ impl S3Server {
         self.request(method, path, headers, &[])
     }
 
-    /// One HTTP/1.1 request (`Connection: close`), unsigned: moto does not check signatures.
+    /// One HTTP/1.1 request (`Connection: close`). moto does not verify signatures, but a
+    /// request with no `Authorization` header is anonymous to it and goes through the ACL check:
+    /// a GET of an existing private object (or its `?retention`) is then 403 (a missing one is
+    /// still 404). So every request carries a SigV4-shaped header naming [`ACCESS_KEY_ID`]
+    /// with a dummy signature: moto takes it as the bucket owner's.
     fn request(
         &self,
         method: &str,
@@ -237,6 +241,10 @@ impl S3Server {
             self.addr(),
             body.len()
         );
+        req.push_str(&format!(
+            "Authorization: AWS4-HMAC-SHA256 Credential={ACCESS_KEY_ID}/20260101/us-east-1/s3/aws4_request, SignedHeaders=host, Signature={}\r\n",
+            "0".repeat(64)
+        ));
         for (k, v) in headers {
             req.push_str(&format!("{k}: {v}\r\n"));
         }
