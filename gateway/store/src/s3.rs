@@ -703,6 +703,10 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
                 };
                 h.insert("x-amz-object-lock-mode", value(mode)?);
                 h.insert("x-amz-object-lock-retain-until-date", value(&until)?);
+                // S3 refuses a PUT with object lock headers without Content-MD5 or this header
+                // naming the checksum sent (`x-amz-checksum-sha256`, see `client`): "Content-MD5
+                // or x-amz-sdk-checksum-algorithm header is required" (moto checks it too).
+                h.insert("x-amz-sdk-checksum-algorithm", HeaderValue::from_static("SHA256"));
                 client(&inner.settings, Some(h)).map_err(UploadError::Local)?
             }
         };
