@@ -195,12 +195,26 @@ impl S3Server {
             .collect()
     }
 
-    /// The object lock retention of `bucket/key` (GetObjectRetention's XML), if any.
+    /// The object lock retention of `bucket/key`, if any: the `x-amz-object-lock-mode` and
+    /// `x-amz-object-lock-retain-until-date` headers of a HEAD, as `MODE until DATE`. (Not
+    /// GetObjectRetention: moto 5.2 does not implement `GET ?retention` and answers it with the
+    /// object itself; S3 returns the same headers on HEAD.)
     pub fn retention(&self, bucket: &str, key: &str) -> Option<String> {
-        let (status, body) = self
-            .http("GET", &format!("/{bucket}/{key}?retention"), &[])
+        let (status, head, _) = self
+            .exchange("HEAD", &format!("/{bucket}/{key}"), &[], &[])
             .unwrap();
-        (status == 200).then_some(body)
+        if status != 200 {
+            return None;
+        }
+        let header = |name: &str| {
+            head.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let mode = header("x-amz-object-lock-mode")?;
+        let until = header("x-amz-object-lock-retain-until-date").unwrap_or_default();
+        Some(format!("{mode} until {until}"))
     }
 
     fn http(
@@ -234,6 +248,18 @@ impl S3Server {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> std::io::Result<(u16, Vec<u8>)> {
+        self.exchange(method, path, headers, body)
+            .map(|(status, _, body)| (status, body))
+    }
+
+    /// [`S3Server::request`], with the response's header block too.
+    fn exchange(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<(u16, String, Vec<u8>)> {
         let mut s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(30)))?;
         let mut req = format!(
@@ -270,7 +296,7 @@ impl S3Server {
         {
             body = dechunk(&body);
         }
-        Ok((status, body))
+        Ok((status, head, body))
     }
 }
 
