@@ -61,7 +61,9 @@ impl S3Server {
                     "moto_server is required under CI: python3 -m venv $HOME/.cache/ward-ci/venv && $HOME/.cache/ward-ci/venv/bin/pip install 'moto[server]' (.ci/run does)"
                 );
             }
-            eprintln!("SKIPPED: moto_server is not installed (pip install 'moto[server]'; .ci/run does)");
+            eprintln!(
+                "SKIPPED: moto_server is not installed (pip install 'moto[server]'; .ci/run does)"
+            );
             return None;
         };
         let mut s = S3Server {
@@ -163,11 +165,16 @@ impl S3Server {
 
     /// The object's bytes at `bucket/key`, or `None` if there is none.
     pub fn get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
-        let (status, body) = self.http_bytes("GET", &format!("/{bucket}/{key}"), &[]).unwrap();
+        let (status, body) = self
+            .http_bytes("GET", &format!("/{bucket}/{key}"), &[])
+            .unwrap();
         match status {
             200 => Some(body),
             404 => None,
-            other => panic!("GET {bucket}/{key}: {other}: {}", String::from_utf8_lossy(&body)),
+            other => panic!(
+                "GET {bucket}/{key}: {other}: {}",
+                String::from_utf8_lossy(&body)
+            ),
         }
     }
 
@@ -176,7 +183,12 @@ impl S3Server {
         let (status, body) = self
             .request("PUT", &format!("/{bucket}/{key}"), &[], bytes)
             .unwrap();
-        assert_eq!(status, 200, "PUT {bucket}/{key}: {}", String::from_utf8_lossy(&body));
+        assert_eq!(
+            status,
+            200,
+            "PUT {bucket}/{key}: {}",
+            String::from_utf8_lossy(&body)
+        );
     }
 
     /// The keys under `bucket/prefix/` (ListObjectsV2, up to 1000).
@@ -209,7 +221,9 @@ impl S3Server {
         let header = |name: &str| {
             head.lines().find_map(|l| {
                 let (k, v) = l.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+                k.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
             })
         };
         let mode = header("x-amz-object-lock-mode")?;

@@ -48,7 +48,9 @@ fn settings(endpoint: &str, bucket: &str, prefix: &str) -> BucketSettings {
         endpoint: Some(endpoint.into()),
         region: "us-east-1".into(),
         credentials: Credentials::parse(
-            &format!("AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}\nAWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}\n"),
+            &format!(
+                "AWS_ACCESS_KEY_ID={ACCESS_KEY_ID}\nAWS_SECRET_ACCESS_KEY={SECRET_ACCESS_KEY}\n"
+            ),
             "test",
         )
         .unwrap(),
@@ -74,7 +76,12 @@ fn spooled(dir: &Path) -> Vec<String> {
 
 async fn wait_spool_empty(dir: &Path, limit: Duration) {
     let ok = eventually(limit, || spooled(dir).is_empty()).await;
-    assert!(ok, "the spool {} still holds {:?}", dir.display(), spooled(dir));
+    assert!(
+        ok,
+        "the spool {} still holds {:?}",
+        dir.display(),
+        spooled(dir)
+    );
 }
 
 /// Write a blob and seal it the way the recorder does (write, sync, release, close).
@@ -128,7 +135,10 @@ async fn a_sealed_recording_is_uploaded_verified_then_freed_and_reads_see_both()
     .unwrap();
     assert_eq!(all, bytes);
     assert_eq!(read, b"still recording");
-    assert_eq!(stamp_after, stamp, "len and mtime carried as object metadata");
+    assert_eq!(
+        stamp_after, stamp,
+        "len and mtime carried as object metadata"
+    );
     let mut ids = ids;
     ids.sort();
     assert_eq!(
@@ -154,7 +164,12 @@ async fn a_sealed_recording_is_uploaded_verified_then_freed_and_reads_see_both()
 async fn wait_spool_empty_except(dir: &Path, left: &[&str]) {
     let want: Vec<String> = left.iter().map(|s| s.to_string()).collect();
     let ok = eventually(Duration::from_secs(30), || spooled(dir) == want).await;
-    assert!(ok, "the spool {} holds {:?}, expected {want:?}", dir.display(), spooled(dir));
+    assert!(
+        ok,
+        "the spool {} holds {:?}, expected {want:?}",
+        dir.display(),
+        spooled(dir)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,13 +246,23 @@ async fn an_unreachable_store_keeps_recordings_in_the_spool_until_it_is_back() {
     store.start_background();
     proxy.cut();
     write_sealed(&store, "00000000000000d1", b"made while the store is down");
-    let ok = eventually(Duration::from_secs(20), || !status.borrow_and_update().reachable).await;
+    let ok = eventually(Duration::from_secs(20), || {
+        !status.borrow_and_update().reachable
+    })
+    .await;
     assert!(ok, "the uploader never saw the store down");
     assert!(status.borrow().last_error.is_some());
-    assert_eq!(spooled(&spool), ["00000000000000d1.wrec"], "kept: not verified");
+    assert_eq!(
+        spooled(&spool),
+        ["00000000000000d1.wrec"],
+        "kept: not verified"
+    );
     // Listing fails with the store's error rather than answering half.
     let s = store.clone();
-    assert!(tokio::task::spawn_blocking(move || s.list()).await.unwrap().is_err());
+    assert!(tokio::task::spawn_blocking(move || s.list())
+        .await
+        .unwrap()
+        .is_err());
     proxy.restore();
     wait_spool_empty(&spool, Duration::from_secs(30)).await;
     assert!(status.borrow_and_update().reachable);
@@ -253,7 +278,12 @@ async fn echo_devices() -> Vec<DeviceSpec> {
     let echo = ward::sim::echo("127.0.0.1:0".parse().unwrap())
         .await
         .unwrap();
-    vec![DeviceSpec::new("pump-12", echo.addr, "raw", &[("vendor", "acme")])]
+    vec![DeviceSpec::new(
+        "pump-12",
+        echo.addr,
+        "raw",
+        &[("vendor", "acme")],
+    )]
 }
 
 /// Send `data` through a new session, half-close, collect the echo.
@@ -287,9 +317,16 @@ async fn sessions_are_byte_exact_in_the_bucket_and_reviewed_from_it() {
     let spool = state.join("spool");
     let vendor = pki.person(Kind::Vendor, "jdoe", Some("acme"), &[]);
     let mut sessions = Vec::new();
-    for (i, len) in [1usize, 70_000, 2 * 1024 * 1024 + 3].into_iter().enumerate() {
+    for (i, len) in [1usize, 70_000, 2 * 1024 * 1024 + 3]
+        .into_iter()
+        .enumerate()
+    {
         let data = payload(len, i as u64);
-        let t = if i % 2 == 0 { Transport::Quic } else { Transport::Tcp };
+        let t = if i % 2 == 0 {
+            Transport::Quic
+        } else {
+            Transport::Tcp
+        };
         let (out, end, id) = session(&gw.client(&vendor, t), &data).await.unwrap();
         assert_eq!(end, SessionEnd::Completed);
         assert_eq!(sha256(&out), sha256(&data));
@@ -319,8 +356,16 @@ async fn sessions_are_byte_exact_in_the_bucket_and_reviewed_from_it() {
         assert_eq!(report.status, SealStatus::Sealed);
         let out = tempfile::tempdir().unwrap();
         let files = review::export(&object, ExportFormat::Raw, &out.path().join("s")).unwrap();
-        assert_eq!(sha256(&std::fs::read(&files[0]).unwrap()), sha256(data), "{id} up");
-        assert_eq!(sha256(&std::fs::read(&files[1]).unwrap()), sha256(data), "{id} down");
+        assert_eq!(
+            sha256(&std::fs::read(&files[0]).unwrap()),
+            sha256(data),
+            "{id} up"
+        );
+        assert_eq!(
+            sha256(&std::fs::read(&files[1]).unwrap()),
+            sha256(data),
+            "{id} down"
+        );
         // Review through the gateway reads it from the bucket (the spool no longer has it).
         assert!(listing.contains(id.as_str()), "{id} not listed: {listing}");
         assert!(listing.contains("ok"), "{listing}");
@@ -399,7 +444,10 @@ async fn store_down_sessions_spool_then_the_limit_refuses_then_it_drains_and_ver
     for id in &acknowledged {
         assert!(ids_in_spool.contains(id), "{id} not in the spool");
     }
-    assert!(s3.keys("ward-rec", "site").is_empty(), "nothing reached the bucket");
+    assert!(
+        s3.keys("ward-rec", "site").is_empty(),
+        "nothing reached the bucket"
+    );
     // Audited, in this order: the store down, the spool high, the spool full (with the reason).
     let ok = eventually(Duration::from_secs(10), || {
         !events(&state, "object_store_down").is_empty()
@@ -436,7 +484,9 @@ async fn store_down_sessions_spool_then_the_limit_refuses_then_it_drains_and_ver
     })
     .await;
     assert!(ok, "no object_store_restored / spool_cleared");
-    let (out, end, _) = session(&client, b"after the store came back").await.unwrap();
+    let (out, end, _) = session(&client, b"after the store came back")
+        .await
+        .unwrap();
     assert_eq!(end, SessionEnd::Completed);
     assert_eq!(out, b"after the store came back");
 }
@@ -495,7 +545,12 @@ async fn kill_9_the_spool_is_recovered_and_uploaded_at_restart() {
     assert_eq!(report.status, SealStatus::Sealed);
     let object = s3.get("ward-rec", &format!("gw2/{live_id}.wrec")).unwrap();
     let report = ward_recording::verify(&object, &key);
-    assert_eq!(report.status, SealStatus::Interrupted, "{:?}", report.first_error);
+    assert_eq!(
+        report.status,
+        SealStatus::Interrupted,
+        "{:?}",
+        report.first_error
+    );
     // Everything the client saw echoed is in the recording.
     let out = tempfile::tempdir().unwrap();
     let files = review::export(&object, ExportFormat::Raw, &out.path().join("s")).unwrap();

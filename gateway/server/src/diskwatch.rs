@@ -447,12 +447,14 @@ impl DiskWatch {
                     self.what, t.percent
                 );
                 tracing::warn!(event = "spool_high", path = %self.what, percent_used = t.percent, "{reason}");
-                self.audit.emit(base("spool_high", "failure", "high").reason(reason));
+                self.audit
+                    .emit(base("spool_high", "failure", "high").reason(reason));
             }
             if t.to == Level::Full {
                 let reason = self.refusal();
                 tracing::warn!(event = "spool_full", path = %self.what, percent_used = t.percent, "{reason}");
-                self.audit.emit(base("spool_full", "failure", "high").reason(reason));
+                self.audit
+                    .emit(base("spool_full", "failure", "high").reason(reason));
             }
         } else {
             let reason = format!(
@@ -466,7 +468,8 @@ impl DiskWatch {
                 }
             );
             tracing::info!(event = "spool_cleared", path = %self.what, percent_used = t.percent, "{reason}");
-            self.audit.emit(base("spool_cleared", "success", "warning").reason(reason));
+            self.audit
+                .emit(base("spool_cleared", "success", "warning").reason(reason));
         }
     }
 
@@ -554,7 +557,11 @@ impl Sink for GuardedSink {
 /// (high) once per outage with the reason, `object_store_restored` when uploads succeed again, and
 /// `recording_upload_conflict` (high) for each recording kept in the spool because the bucket
 /// holds a different object under its key. Runs until the uploader is gone.
-pub async fn watch_object_store(info: ward_store::s3::SpoolInfo, audit: AuditLog, clock: Arc<dyn Clock>) {
+pub async fn watch_object_store(
+    info: ward_store::s3::SpoolInfo,
+    audit: AuditLog,
+    clock: Arc<dyn Clock>,
+) {
     let mut status = info.status.clone();
     let mut down = false;
     let mut conflicts = 0usize;

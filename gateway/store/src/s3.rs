@@ -250,7 +250,10 @@ impl Bridge {
     }
 
     /// Run `fut` on the bridge's runtime and wait for it (never call from inside that runtime).
-    fn block<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> io::Result<T> {
+    fn block<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> io::Result<T> {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.handle.spawn(async move {
             let _ = tx.send(fut.await);
@@ -305,7 +308,10 @@ impl std::fmt::Debug for Spooled {
     }
 }
 
-fn client(s: &BucketSettings, extra_headers: Option<HeaderMap>) -> io::Result<Arc<dyn ObjectStore>> {
+fn client(
+    s: &BucketSettings,
+    extra_headers: Option<HeaderMap>,
+) -> io::Result<Arc<dyn ObjectStore>> {
     let mut options = ClientOptions::new()
         .with_allow_http(s.allow_http)
         .with_timeout(s.request_timeout)
@@ -340,9 +346,12 @@ fn client(s: &BucketSettings, extra_headers: Option<HeaderMap>) -> io::Result<Ar
         b = b.with_checksum_algorithm(object_store::aws::Checksum::SHA256);
     }
     // The error names the setting, never a credential.
-    let store = b
-        .build()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("object store settings: {e}")))?;
+    let store = b.build().map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("object store settings: {e}"),
+        )
+    })?;
     Ok(Arc::new(store))
 }
 
@@ -400,7 +409,12 @@ impl Spooled {
         let deadline = std::time::Instant::now() + within;
         loop {
             self.inner.kick.notify_one();
-            if self.inner.ready_keys().map(|k| k.is_empty()).unwrap_or(false) {
+            if self
+                .inner
+                .ready_keys()
+                .map(|k| k.is_empty())
+                .unwrap_or(false)
+            {
                 return true;
             }
             if std::time::Instant::now() >= deadline {
@@ -417,7 +431,9 @@ impl Spooled {
 
 fn remote_err(e: object_store::Error) -> io::Error {
     match e {
-        object_store::Error::NotFound { .. } => io::Error::new(io::ErrorKind::NotFound, e.to_string()),
+        object_store::Error::NotFound { .. } => {
+            io::Error::new(io::ErrorKind::NotFound, e.to_string())
+        }
         e => io::Error::other(e.to_string()),
     }
 }
@@ -511,7 +527,10 @@ async fn run(inner: Arc<Inner>) {
             }
         };
         let conflicts: HashSet<String> = inner.status.borrow().conflicts.iter().cloned().collect();
-        let keys: Vec<String> = keys.into_iter().filter(|k| !conflicts.contains(k)).collect();
+        let keys: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !conflicts.contains(k))
+            .collect();
         inner.set_status(|s| s.pending = keys.len());
         let mut failure: Option<String> = None;
         let mut reached = false;
@@ -634,7 +653,9 @@ fn hash_file(path: &Path) -> io::Result<(u64, [u8; 32], FileStamp)> {
     Ok((len, out, stamp))
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     tokio::task::spawn_blocking(f)
         .await
         .unwrap_or_else(|e| Err(io::Error::other(e.to_string())))
@@ -667,7 +688,11 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
         )
         .await;
     let present = match head {
-        Ok(r) => Some(r.attributes.get(&Attribute::Metadata(META_SHA256.into())).map(|v| v.to_string())),
+        Ok(r) => Some(
+            r.attributes
+                .get(&Attribute::Metadata(META_SHA256.into()))
+                .map(|v| v.to_string()),
+        ),
         Err(object_store::Error::NotFound { .. }) => None,
         Err(e) => return Err(remote(e)),
     };
@@ -683,37 +708,50 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
     };
     if needs_upload {
         let mut attributes = Attributes::new();
-        attributes.insert(Attribute::Metadata(META_SHA256.into()), AttributeValue::from(sha_hex.clone()));
+        attributes.insert(
+            Attribute::Metadata(META_SHA256.into()),
+            AttributeValue::from(sha_hex.clone()),
+        );
         attributes.insert(
             Attribute::Metadata(META_MTIME.into()),
             AttributeValue::from(stamp.mtime_ns.to_string()),
         );
-        attributes.insert(Attribute::ContentType, AttributeValue::from("application/octet-stream"));
+        attributes.insert(
+            Attribute::ContentType,
+            AttributeValue::from("application/octet-stream"),
+        );
         let store = match &inner.settings.retention {
             None => inner.store.clone(),
             Some((mode, days)) => {
                 // Object lock headers on this upload's requests (signed with them).
-                let until = ward_ca::Clock::now(&ward_ca::SystemClock) + time::Duration::days(i64::from(*days));
+                let until = ward_ca::Clock::now(&ward_ca::SystemClock)
+                    + time::Duration::days(i64::from(*days));
                 let until = until
                     .format(&time::format_description::well_known::Rfc3339)
                     .map_err(|e| UploadError::Local(io::Error::other(e.to_string())))?;
                 let mut h = HeaderMap::new();
                 let value = |v: &str| {
-                    HeaderValue::from_str(v).map_err(|e| UploadError::Local(io::Error::other(e.to_string())))
+                    HeaderValue::from_str(v)
+                        .map_err(|e| UploadError::Local(io::Error::other(e.to_string())))
                 };
                 h.insert("x-amz-object-lock-mode", value(mode)?);
                 h.insert("x-amz-object-lock-retain-until-date", value(&until)?);
                 // S3 refuses a PUT with object lock headers without Content-MD5 or this header
                 // naming the checksum sent (`x-amz-checksum-sha256`, see `client`): "Content-MD5
                 // or x-amz-sdk-checksum-algorithm header is required" (moto checks it too).
-                h.insert("x-amz-sdk-checksum-algorithm", HeaderValue::from_static("SHA256"));
+                h.insert(
+                    "x-amz-sdk-checksum-algorithm",
+                    HeaderValue::from_static("SHA256"),
+                );
                 client(&inner.settings, Some(h)).map_err(UploadError::Local)?
             }
         };
         if len <= MULTIPART_ABOVE {
             let bytes = {
                 let path = path.clone();
-                blocking(move || std::fs::read(path)).await.map_err(UploadError::Local)?
+                blocking(move || std::fs::read(path))
+                    .await
+                    .map_err(UploadError::Local)?
             };
             if bytes.len() as u64 != len {
                 return Ok(Outcome::Skipped); // changed meanwhile: next pass
@@ -741,7 +779,9 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
                 .await
                 .map_err(remote)?;
             let mut w = WriteMultipart::new_with_chunk_size(upload, PART_SIZE);
-            let file = tokio::fs::File::open(&path).await.map_err(UploadError::Local)?;
+            let file = tokio::fs::File::open(&path)
+                .await
+                .map_err(UploadError::Local)?;
             let mut file = tokio::io::BufReader::with_capacity(1 << 20, file);
             let mut buf = vec![0u8; 1 << 20];
             let mut sent = 0u64;
@@ -752,7 +792,9 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
                     if n == 0 {
                         break;
                     }
-                    w.wait_for_capacity(CONCURRENT_PARTS).await.map_err(remote)?;
+                    w.wait_for_capacity(CONCURRENT_PARTS)
+                        .await
+                        .map_err(remote)?;
                     w.write(buf.get(..n).unwrap_or_default());
                     sent += n as u64;
                 }
@@ -804,7 +846,12 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
 }
 
 /// Read the object back whole: true when its length and SHA-256 are the spooled recording's.
-async fn verify(inner: &Inner, loc: &ObjPath, len: u64, sha: &[u8; 32]) -> Result<bool, UploadError> {
+async fn verify(
+    inner: &Inner,
+    loc: &ObjPath,
+    len: u64,
+    sha: &[u8; 32],
+) -> Result<bool, UploadError> {
     let remote = |e: object_store::Error| UploadError::Remote(e.to_string());
     let got = inner.store.get(loc).await.map_err(remote)?;
     if got.meta.size != len {
@@ -978,8 +1025,11 @@ impl BlobBackend for Spooled {
         let prefix = self.inner.settings.prefix.clone();
         let remote: Vec<String> = self.bridge.block(async move {
             let p = (!prefix.is_empty()).then(|| ObjPath::from(prefix.as_str()));
-            let metas: Vec<object_store::ObjectMeta> =
-                store.list(p.as_ref()).try_collect().await.map_err(remote_err)?;
+            let metas: Vec<object_store::ObjectMeta> = store
+                .list(p.as_ref())
+                .try_collect()
+                .await
+                .map_err(remote_err)?;
             let strip = if prefix.is_empty() {
                 String::new()
             } else {
@@ -1094,9 +1144,18 @@ mod tests {
         for (text, says) in [
             ("AWS_ACCESS_KEY_ID=AKIA1\n", "needs both"),
             ("AWS_SECRET_ACCESS_KEY=s3cr3t-value\n", "needs both"),
-            ("AWS_ACCESS_KEY_ID=\nAWS_SECRET_ACCESS_KEY=s3cr3t-value\n", "needs both"),
-            ("AWS_SECRET_ACCESS_KEY s3cr3t-value\n", "s3.env:1: expected KEY=value"),
-            ("AWS_ACCESS_KEY_ID=a\nSECRET=s3cr3t-value\n", "s3.env:2: unknown key"),
+            (
+                "AWS_ACCESS_KEY_ID=\nAWS_SECRET_ACCESS_KEY=s3cr3t-value\n",
+                "needs both",
+            ),
+            (
+                "AWS_SECRET_ACCESS_KEY s3cr3t-value\n",
+                "s3.env:1: expected KEY=value",
+            ),
+            (
+                "AWS_ACCESS_KEY_ID=a\nSECRET=s3cr3t-value\n",
+                "s3.env:2: unknown key",
+            ),
         ] {
             let e = Credentials::parse(text, "s3.env").unwrap_err();
             assert!(e.contains(says), "{text}: {e}");
