@@ -586,7 +586,8 @@ impl Client {
             Transport::Auto => {
                 let why =
                     match tokio::time::timeout(AUTO_QUIC_WAIT, self.quic_connection(i, t, began))
-                        .await {
+                        .await
+                    {
                         Ok(Ok(c)) => return Ok((Some(c), None)),
                         Ok(Err(e)) if !e.falls_back() => return Err(e),
                         Ok(Err(e)) => e,

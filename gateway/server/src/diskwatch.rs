@@ -512,11 +512,41 @@ impl GuardedSink {
     }
 }
 
+/// The error inside a [`GuardedSink`] refusal (kind `StorageFull`): the full reason, and
+/// whether it is the spool's limit rather than a disk, so the session can tell the client which
+/// (see [`refused_by_spool`]).
+#[derive(Debug)]
+pub struct Refusal {
+    /// The full reason (paths, limit, the object store's last error): for the audit log.
+    pub reason: String,
+    /// The spool at its `spool_limit`, not a disk at its refuse threshold.
+    pub spool: bool,
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+/// Whether `e` is a [`GuardedSink`] refusal for the spool's limit.
+pub fn refused_by_spool(e: &io::Error) -> bool {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<Refusal>())
+        .is_some_and(|r| r.spool)
+}
+
 impl Sink for GuardedSink {
     fn create(&self, session_id: &str) -> io::Result<Box<dyn SinkFile>> {
         for watch in &self.watches {
             if watch.check() == Level::Full {
-                return Err(io::Error::new(io::ErrorKind::StorageFull, watch.refusal()));
+                let refusal = Refusal {
+                    reason: watch.refusal(),
+                    spool: matches!(watch.watched, Watched::Spool { .. }),
+                };
+                return Err(io::Error::new(io::ErrorKind::StorageFull, refusal));
             }
         }
         self.inner.create(session_id)

@@ -376,7 +376,11 @@ async fn start_recording<W: AsyncWrite + Unpin>(
                 ctx.event("session_deny", "failure")
                     .reason("recording unavailable"),
             );
-            let why = if e.kind() == io::ErrorKind::StorageFull {
+            // The client is told which limit, not the paths or the object store's error (those
+            // are in the audit event above).
+            let why = if crate::diskwatch::refused_by_spool(&e) {
+                "the recording spool is at its limit (recordings are not reaching the object store)"
+            } else if e.kind() == io::ErrorKind::StorageFull {
                 "the recording disk is full"
             } else {
                 "its recording could not be opened"

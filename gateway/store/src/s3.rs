@@ -724,8 +724,8 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
             None => inner.store.clone(),
             Some((mode, days)) => {
                 // Object lock headers on this upload's requests (signed with them).
-                let until =
-                    time::OffsetDateTime::now_utc() + time::Duration::days(i64::from(*days));
+                let until = ward_ca::Clock::now(&ward_ca::SystemClock)
+                    + time::Duration::days(i64::from(*days));
                 let until = until
                     .format(&time::format_description::well_known::Rfc3339)
                     .map_err(|e| UploadError::Local(io::Error::other(e.to_string())))?;
@@ -736,6 +736,13 @@ async fn upload_one(inner: &Arc<Inner>, key: &str) -> Result<Outcome, UploadErro
                 };
                 h.insert("x-amz-object-lock-mode", value(mode)?);
                 h.insert("x-amz-object-lock-retain-until-date", value(&until)?);
+                // S3 refuses a PUT with object lock headers without Content-MD5 or this header
+                // naming the checksum sent (`x-amz-checksum-sha256`, see `client`): "Content-MD5
+                // or x-amz-sdk-checksum-algorithm header is required" (moto checks it too).
+                h.insert(
+                    "x-amz-sdk-checksum-algorithm",
+                    HeaderValue::from_static("SHA256"),
+                );
                 client(&inner.settings, Some(h)).map_err(UploadError::Local)?
             }
         };
@@ -1113,10 +1120,7 @@ fn rand_u64() -> u64 {
     let mut b = [0u8; 8];
     if aws_lc_rs::rand::fill(&mut b).is_err() {
         // Uniqueness only (create_new refuses a clash): the time will do.
-        return std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
+        return ward_ca::Clock::now(&ward_ca::SystemClock).unix_timestamp_nanos() as u64;
     }
     u64::from_le_bytes(b)
 }
