@@ -154,7 +154,7 @@ async fn load_session(client: &Client, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[ignore = "known gap, issue 19 open: after kill -9 a recording whose session_open audit event had not reached the disk is left unsealed by recovery (it is never acknowledged to a client) and a few completed sessions of the killed gateway do not reach the bucket; run with --ignored"]
+#[ignore = "known gap, issue 19 open: after kill -9 a recording whose session_open audit event had not reached the disk is left unsealed by recovery (it is never acknowledged to a client) and in one run 3 sessions completed at their clients were not listed as completed; run with --ignored"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_one_postgres_one_bucket() {
     init_logs();
